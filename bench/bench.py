@@ -1,0 +1,588 @@
+#!/usr/bin/env python3
+"""Benchmark yimmo against other WSGI servers on a hello-world app.
+
+    python bench/bench.py [--duration 10] [--rounds 3] [--connections 50]
+                          [--threads 4] [--only yimmo,gunicorn,...]
+                          [--reference]
+
+Each server serves bench/hello.py pinned to CPU 1 while wrk, pinned to CPU
+0, loads it over keep-alive connections on 127.0.0.1. Servers are measured
+round-robin, a fresh process for each measurement, and the medians over the
+rounds are reported: requests/s, p99 latency and server CPU time per
+request (user + system time of the server and all its child processes,
+from /proc). See bench/README.md for how to read the table.
+
+The servers are installed into bench/.venv (created on first use): this
+checkout of yimmo, gunicorn, waitress, bjoern and granian. A server that
+fails to install or start is skipped with a note.
+"""
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import List, NamedTuple
+
+BENCH_DIR = Path(__file__).resolve().parent
+REPO = BENCH_DIR.parent
+DEFAULT_VENV = BENCH_DIR / ".venv"
+REFERENCE_DIRS = (REPO.parent / "shared" / "reference-servers",
+                  Path("/work/shared/reference-servers"))
+
+SERVER_CPU = "1"
+CLIENT_CPU = "0"
+EXPECTED_BODY = b"Hello, World!"
+PEERS = ("gunicorn", "waitress", "bjoern", "granian")
+# Ratios in the table are taken against these, when they ran.
+BASELINES = ("yimmo-w4", "yimmo-w1")
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def log(message):
+    print(message, file=sys.stderr, flush=True)
+
+
+# -- the servers --------------------------------------------------------------
+
+
+class Server(NamedTuple):
+    name: str
+    package: str  # what must be installed: a pip name, "yimmo" or "ref"
+    argv: List[str]  # "{port}" and "{ref}" are filled in by start()
+    cwd: str  # likewise
+
+
+def all_servers(python, venv_bin, threads):
+    """Every server the benchmark knows, in table order. "{ref}" is the
+    directory where the reference servers were built."""
+    app = "hello:app"
+    bind = "127.0.0.1:{port}"
+    servers = [
+        Server("yimmo-w4", "yimmo",
+               [python, "-m", "yimmo", "--bind", bind, "--workers", "4",
+                "--log-level", "warning", app], str(BENCH_DIR)),
+        Server("yimmo-w1", "yimmo",
+               [python, "-m", "yimmo", "--bind", bind, "--workers", "1",
+                "--log-level", "warning", app], str(BENCH_DIR)),
+        Server("gunicorn", "gunicorn",
+               [str(venv_bin / "gunicorn"), "-k", "gthread", "--threads",
+                str(threads), "-w", "1", "--bind", bind, "--log-level",
+                "warning", app], str(BENCH_DIR)),
+        Server("waitress", "waitress",
+               [str(venv_bin / "waitress-serve"), "--threads=%d" % threads,
+                "--listen=" + bind, app], str(BENCH_DIR)),
+        # bjoern has no CLI and no threads: one process, one thread.
+        Server("bjoern", "bjoern",
+               [python, "-c", "import bjoern, hello; "
+                "bjoern.run(hello.app, '127.0.0.1', {port})"],
+               str(BENCH_DIR)),
+        Server("granian", "granian",
+               [str(venv_bin / "granian"), "--interface", "wsgi", "--http",
+                "1", "--host", "127.0.0.1", "--port", "{port}", "--workers",
+                "1", "--runtime-threads", "1", "--blocking-threads",
+                str(threads), "--log-level", "warning", "--no-ws", app],
+               str(BENCH_DIR)),
+        # C only, no Python: the ceiling for a libev server on this machine.
+        Server("ceiling", "ref", ["{ref}/ceiling", "{port}"], "{ref}"),
+        # The app called inline on the loop thread: the floor cost of Python.
+        Server("pyfloor", "ref", [python, "-m", "pyfloor", app, "{port}"],
+               "{ref}"),
+        # A naive handoff to 4 worker threads: yimmo must beat this.
+        Server("pyfloor-w4", "ref",
+               [python, "-m", "pyfloor", app, "{port}", "--workers=4"],
+               "{ref}"),
+    ]
+    return servers
+
+
+def select(servers, only, reference):
+    """Apply --only (names or prefixes such as "yimmo") and --reference."""
+    if not only:
+        return [s for s in servers if s.package != "ref" or reference]
+    wanted = set(only)
+    chosen = [s for s in servers
+              if s.name in wanted or s.name.split("-")[0] in wanted]
+    known = {s.name for s in servers} | {s.name.split("-")[0]
+                                         for s in servers}
+    for name in sorted(wanted - known):
+        log("note: unknown server %r ignored (known: %s)"
+            % (name, ", ".join(s.name for s in servers)))
+    return chosen
+
+
+# -- installing ---------------------------------------------------------------
+
+
+def run_logged(argv, logfile, **kwargs):
+    """Run argv with its output in logfile; True if it succeeded."""
+    with open(logfile, "ab") as out:
+        out.write(("\n$ %s\n" % " ".join(argv)).encode())
+        out.flush()
+        result = subprocess.run(argv, stdout=out, stderr=subprocess.STDOUT,
+                                **kwargs)
+    return result.returncode == 0
+
+
+def tail(path, lines=5):
+    try:
+        text = Path(path).read_text(errors="replace").splitlines()
+    except OSError:
+        return ""
+    return "\n".join("    " + line for line in text[-lines:])
+
+
+def import_error(python, module):
+    """None if python can import module, else the last line of the error."""
+    # From bench/, so a source tree on the cwd cannot shadow the venv.
+    result = subprocess.run([python, "-c", "import " + module], cwd=BENCH_DIR,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            universal_newlines=True)
+    if result.returncode == 0:
+        return None
+    lines = result.stderr.strip().splitlines()
+    return lines[-1] if lines else "exit status %d" % result.returncode
+
+
+def copy_checkout(logs):
+    """This checkout without build output, so pip builds it from scratch
+    and leaves no build/ or *.egg-info behind in the work tree."""
+    target = logs / "yimmo-src"
+    shutil.copytree(REPO, target, ignore=shutil.ignore_patterns(
+        ".git", "build", "dist", "*.egg-info", ".venv*", "__pycache__",
+        "*.so", "*.o"))
+    return target
+
+
+def prepare_venv(venv, packages, reinstall_yimmo, logs, notes):
+    """Create venv if needed and install what the chosen servers need.
+
+    Returns the set of packages that are usable.
+    """
+    python = str(venv / "bin" / "python")
+    if not Path(python).exists():
+        log("creating %s" % venv)
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    ok = set()
+    for package in packages:
+        module = "yimmo._yimmo" if package == "yimmo" else package
+        pip_log = logs / ("pip-%s.log" % package)
+        if package == "yimmo" and reinstall_yimmo:
+            # Always measure this checkout, not a build from an earlier run.
+            log("installing yimmo from %s" % REPO)
+            argv = [python, "-m", "pip", "install", "--force-reinstall",
+                    "--no-deps", str(copy_checkout(logs))]
+        elif import_error(python, module) is None:
+            ok.add(package)
+            continue
+        else:
+            log("installing %s" % package)
+            argv = [python, "-m", "pip", "install", package]
+        if not run_logged(argv, pip_log):
+            hint = " (bjoern needs libev headers: apt-get install " \
+                "libev-dev)" if package == "bjoern" else ""
+            notes.append("%s skipped: pip install failed%s; see %s\n%s"
+                         % (package, hint, pip_log, tail(pip_log)))
+            continue
+        error = import_error(python, module)
+        if error is None:
+            ok.add(package)
+        else:
+            notes.append("%s skipped: installed, but import %s failed: %s"
+                         % (package, module, error))
+    return ok
+
+
+def build_reference(python, logs, notes):
+    """Copy shared/reference-servers to a temp dir and build it there
+    (shared/ may be read-only)."""
+    source = next((d for d in REFERENCE_DIRS if d.is_dir()), None)
+    if source is None:
+        notes.append("reference servers skipped: no shared/"
+                     "reference-servers next to the repository")
+        return None
+    target = Path(tempfile.mkdtemp(prefix="yimmo-bench-ref-")) / "ref"
+    shutil.copytree(source, target)
+    if not run_logged(["make", "PYTHON=" + python], logs / "make.log",
+                      cwd=target):
+        notes.append("reference servers skipped: make failed; see %s\n%s"
+                     % (logs / "make.log", tail(logs / "make.log")))
+        return None
+    return target
+
+
+# -- running a server ---------------------------------------------------------
+
+
+def free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def pinned(argv, cpu):
+    if shutil.which("taskset") and (os.cpu_count() or 1) > int(cpu):
+        return ["taskset", "-c", cpu] + argv
+    return argv
+
+
+def start(server, port, logs, ref_dir):
+    def fill(text):
+        return text.replace("{port}", str(port)).replace("{ref}",
+                                                         str(ref_dir))
+    argv = [fill(a) for a in server.argv]
+    env = dict(os.environ, PYTHONPATH=str(BENCH_DIR),
+               PYTHONDONTWRITEBYTECODE="1")
+    logfile = open(logs / ("%s.log" % server.name), "ab")
+    # Own session = own process group: stop() signals exactly this server
+    # and the workers it forks, nothing else.
+    proc = subprocess.Popen(pinned(argv, SERVER_CPU), cwd=fill(server.cwd),
+                            env=env,
+                            stdin=subprocess.DEVNULL, stdout=logfile,
+                            stderr=subprocess.STDOUT, start_new_session=True)
+    logfile.close()
+    return proc
+
+
+def stop(proc, timeout=10.0):
+    """SIGTERM the server's process group, SIGKILL it if it lingers."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            pass
+        # Wait for the leader (poll reaps it) and for workers it forked.
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if proc.poll() is not None and not group_alive(proc.pid):
+                return
+            time.sleep(0.05)
+
+
+def group_alive(pgid):
+    try:
+        os.killpg(pgid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+
+
+def wait_ready(proc, port, timeout):
+    """Wait until the port accepts connections; False if the server died
+    or did not come up in time."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            return False
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return True
+        except OSError:
+            time.sleep(0.05)
+    return False
+
+
+def check_response(port):
+    """One request before measuring: a server that answers wrongly is not
+    benchmarked."""
+    url = "http://127.0.0.1:%d/" % port
+    with urllib.request.urlopen(url, timeout=5) as response:
+        body = response.read()
+        if response.status != 200 or body != EXPECTED_BODY:
+            raise RuntimeError("unexpected response %d %r"
+                               % (response.status, body[:60]))
+
+
+# -- CPU accounting -----------------------------------------------------------
+
+
+def read_stat(pid):
+    """(ppid, utime + stime, cutime + cstime) in clock ticks, or None."""
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            data = f.read()
+    except OSError:
+        return None
+    # The command name may hold spaces and parentheses: split after it.
+    fields = data[data.rindex(")") + 2:].split()
+    ppid = int(fields[1])
+    own = int(fields[11]) + int(fields[12])
+    reaped = int(fields[13]) + int(fields[14])
+    return ppid, own, reaped
+
+
+def tree_cpu_seconds(root):
+    """CPU time of root and every live descendant, plus children root has
+    already reaped. /proc/PID/stat sums all threads of a process."""
+    stats = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            stat = read_stat(int(entry))
+            if stat is not None:
+                stats[int(entry)] = stat
+    children = {}
+    for pid, (ppid, _, _) in stats.items():
+        children.setdefault(ppid, []).append(pid)
+    total, todo = 0, [root]
+    while todo:
+        pid = todo.pop()
+        if pid in stats:
+            total += stats[pid][1]
+            if pid == root:
+                total += stats[pid][2]
+        todo.extend(children.get(pid, ()))
+    return total / CLK_TCK
+
+
+# -- wrk ----------------------------------------------------------------------
+
+
+class WrkResult(NamedTuple):
+    requests: int
+    rps: float
+    p99_ms: float
+    errors: int  # socket errors + non-2xx/3xx responses
+
+
+def parse_duration_ms(text):
+    for unit, scale in (("us", 0.001), ("ms", 1.0), ("s", 1000.0),
+                        ("m", 60000.0)):
+        if text.endswith(unit):
+            return float(text[:-len(unit)]) * scale
+    raise ValueError("bad wrk duration %r" % text)
+
+
+def parse_wrk(output):
+    requests = rps = p99 = None
+    errors = 0
+    for line in output.splitlines():
+        words = line.split()
+        if not words:
+            continue
+        if words[0] == "99%":
+            p99 = parse_duration_ms(words[1])
+        elif len(words) > 1 and words[1] == "requests" and words[2] == "in":
+            requests = int(words[0])
+        elif words[0] == "Requests/sec:":
+            rps = float(words[1])
+        elif words[0] == "Socket" and words[1] == "errors:":
+            # "Socket errors: connect 0, read 0, write 0, timeout 0"
+            errors += sum(int(w.rstrip(",")) for w in words[3::2])
+        elif line.strip().startswith("Non-2xx or 3xx responses:"):
+            errors += int(words[-1])
+    if requests is None or rps is None or p99 is None:
+        raise RuntimeError("could not parse wrk output:\n" + output)
+    return WrkResult(requests, rps, p99, errors)
+
+
+def run_wrk(port, seconds, connections):
+    argv = pinned(["wrk", "-t1", "-c%d" % connections, "-d%ds" % seconds,
+                   "--latency", "http://127.0.0.1:%d/" % port], CLIENT_CPU)
+    result = subprocess.run(argv, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, timeout=seconds + 60,
+                            universal_newlines=True)
+    if result.returncode != 0:
+        raise RuntimeError("wrk failed:\n" + result.stdout)
+    return parse_wrk(result.stdout)
+
+
+# -- one measurement ----------------------------------------------------------
+
+
+class Sample(NamedTuple):
+    rps: float
+    p99_ms: float
+    cpu_us: float  # server CPU microseconds per request
+    errors: int
+
+
+def measure(server, args, logs):
+    port = free_port()
+    proc = start(server, port, logs, args.ref_dir)
+    try:
+        if not wait_ready(proc, port, args.start_timeout):
+            raise RuntimeError("did not accept connections within %gs%s"
+                               % (args.start_timeout,
+                                  exited(proc, logs, server)))
+        check_response(port)
+        if args.warmup:
+            run_wrk(port, args.warmup, args.connections)
+        before = tree_cpu_seconds(proc.pid)
+        wrk = run_wrk(port, args.duration, args.connections)
+        after = tree_cpu_seconds(proc.pid)
+        if proc.poll() is not None:
+            raise RuntimeError("exited during the run%s"
+                               % exited(proc, logs, server))
+    finally:
+        stop(proc)
+    cpu_us = (after - before) * 1e6 / wrk.requests if wrk.requests else 0.0
+    return Sample(wrk.rps, wrk.p99_ms, cpu_us, wrk.errors)
+
+
+def exited(proc, logs, server):
+    if proc.poll() is None:
+        return ""
+    return " (exit status %s); log %s:\n%s" % (
+        proc.returncode, logs / ("%s.log" % server.name),
+        tail(logs / ("%s.log" % server.name)))
+
+
+def run_rounds(servers, args, logs, notes):
+    samples = {s.name: [] for s in servers}
+    active = list(servers)
+    for round_no in range(1, args.rounds + 1):
+        for server in list(active):
+            log("round %d/%d: %s" % (round_no, args.rounds, server.name))
+            try:
+                sample = measure(server, args, logs)
+            except Exception as exc:  # one broken server must not end it all
+                notes.append("%s dropped in round %d: %s"
+                             % (server.name, round_no, exc))
+                active.remove(server)
+                continue
+            log("  %.0f req/s, p99 %.2f ms, %.1f us CPU/request%s"
+                % (sample.rps, sample.p99_ms, sample.cpu_us,
+                   ", %d errors" % sample.errors if sample.errors else ""))
+            samples[server.name].append(sample)
+    return {name: s for name, s in samples.items() if s}
+
+
+# -- the report ---------------------------------------------------------------
+
+
+def medians(samples):
+    return Sample(statistics.median(s.rps for s in samples),
+                  statistics.median(s.p99_ms for s in samples),
+                  statistics.median(s.cpu_us for s in samples),
+                  sum(s.errors for s in samples))
+
+
+def ratio(value, base):
+    return "%.2fx" % (value / base) if base else "-"
+
+
+def format_table(results, order):
+    rows = [(name, medians(results[name])) for name in order
+            if name in results]
+    baselines = [b for b in BASELINES if b in results]
+    header = ["server", "req/s", "p99 ms", "CPU us/req", "errors"]
+    for base in baselines:
+        header += ["req/s vs " + base, "CPU vs " + base]
+    lines = [header]
+    for name, m in rows:
+        line = [name, "%.0f" % m.rps, "%.2f" % m.p99_ms, "%.1f" % m.cpu_us,
+                str(m.errors)]
+        for base in baselines:
+            b = medians(results[base])
+            line += [ratio(m.rps, b.rps), ratio(m.cpu_us, b.cpu_us)]
+        lines.append(line)
+    widths = [max(len(row[i]) for row in lines) for i in range(len(header))]
+    text = []
+    for n, row in enumerate(lines):
+        text.append("  ".join(cell.ljust(w) if i == 0 else cell.rjust(w)
+                              for i, (cell, w) in enumerate(zip(row, widths))))
+        if n == 0:
+            text.append("  ".join("-" * w for w in widths))
+    return "\n".join(text)
+
+
+# -- main ---------------------------------------------------------------------
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(
+        description="Benchmark yimmo against other WSGI servers.")
+    parser.add_argument("--duration", type=int, default=10,
+                        help="seconds of load per measurement (default 10)")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="measurements per server, interleaved; the "
+                             "median is reported (default 3)")
+    parser.add_argument("--connections", type=int, default=50,
+                        help="wrk keep-alive connections (default 50)")
+    parser.add_argument("--threads", type=int, default=4,
+                        help="threads for the thread-pool peers (default 4)")
+    parser.add_argument("--warmup", type=int, default=2,
+                        help="seconds of unmeasured load first (default 2)")
+    parser.add_argument("--only", default="",
+                        help="comma-separated servers, e.g. yimmo,gunicorn "
+                             "(yimmo means yimmo-w1 and yimmo-w4)")
+    parser.add_argument("--reference", action="store_true",
+                        help="also run the reference servers (ceiling, "
+                             "pyfloor) from shared/reference-servers")
+    parser.add_argument("--venv", type=Path, default=DEFAULT_VENV,
+                        help="virtualenv for the servers (default "
+                             "bench/.venv)")
+    parser.add_argument("--no-reinstall", action="store_true",
+                        help="use the yimmo already in the venv instead of "
+                             "reinstalling this checkout")
+    parser.add_argument("--start-timeout", type=float, default=30.0,
+                        help="seconds a server gets to start (default 30)")
+    parser.add_argument("--json", type=Path,
+                        help="also write every sample to this file")
+    args = parser.parse_args(argv)
+    if min(args.duration, args.rounds, args.connections, args.threads) < 1:
+        parser.error("--duration, --rounds, --connections and --threads "
+                     "must be >= 1")
+    args.only = [n.strip() for n in args.only.split(",") if n.strip()]
+    return args
+
+
+def main(argv=None):
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    if shutil.which("wrk") is None:
+        log("bench: wrk not found (apt-get install wrk)")
+        return 1
+    notes = []
+    if not shutil.which("taskset") or (os.cpu_count() or 1) < 2:
+        notes.append("not pinned: needs taskset and 2 CPUs; server and wrk "
+                     "share the CPUs, so numbers are noisier")
+    logs = Path(tempfile.mkdtemp(prefix="yimmo-bench-logs-"))
+    venv = args.venv.resolve()
+    python = str(venv / "bin" / "python")
+    chosen = select(all_servers(python, venv / "bin", args.threads),
+                    args.only, args.reference)
+    packages = sorted({s.package for s in chosen} - {"ref"})
+    usable = prepare_venv(venv, packages, not args.no_reinstall, logs, notes)
+    args.ref_dir = None
+    if any(s.package == "ref" for s in chosen):
+        args.ref_dir = build_reference(python, logs, notes)
+        if args.ref_dir is not None:
+            usable.add("ref")
+    servers = [s for s in chosen if s.package in usable]
+    if not servers:
+        log("bench: no server to run")
+        for note in notes:
+            log("note: " + note)
+        return 1
+
+    log("%d server(s), %d round(s) of %ds, %d connections; logs in %s"
+        % (len(servers), args.rounds, args.duration, args.connections, logs))
+    results = run_rounds(servers, args, logs, notes)
+
+    print()
+    print("hello world, wrk -t1 -c%d -d%ds, server on CPU %s, wrk on CPU %s, "
+          "median of %d" % (args.connections, args.duration, SERVER_CPU,
+                            CLIENT_CPU, args.rounds))
+    print(format_table(results, [s.name for s in servers]))
+    for note in notes:
+        print("note: " + note)
+    if args.json:
+        args.json.write_text(json.dumps(
+            {name: [s._asdict() for s in samples]
+             for name, samples in results.items()}, indent=2))
+    return 0 if results else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

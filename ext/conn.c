@@ -1,0 +1,655 @@
+/* conn.c - the connection state machine (loop thread only): read, parse,
+ * hand the request to a worker as an exchange, stream its body, write the
+ * response the worker produces, then the next request or close. One
+ * exchange at a time per connection, so pipelined responses go out in
+ * request order; pipelined requests wait in the input buffer.           */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE
+#endif
+#include "conn.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/sendfile.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+#include "http_response.h"
+#include "wsgi_worker.h"
+
+#define INBUF_INITIAL 8192
+#define INBUF_BODY 65536
+#define IOV_BATCH 64
+#define LINGER_SECONDS 2.0
+
+static void conn_on_io(struct ev_loop *loop, ev_io *w, int revents);
+static void conn_on_timer(struct ev_loop *loop, ev_timer *w, int revents);
+static void conn_step(ymo_conn_t *c);
+
+static ev_tstamp
+now(const ymo_conn_t *c)
+{
+    return ev_now(c->server->loop);
+}
+
+ymo_conn_t *
+ymo_conn_new(ymo_server_t *s, const ymo_listener_t *l, int fd,
+             const char *addr, int port)
+{
+    ymo_conn_t *c = calloc(1, sizeof(*c));
+    if (c == NULL) {
+        return NULL;
+    }
+    c->inbuf = malloc(INBUF_INITIAL);
+    c->headers = malloc(s->config.limits.max_header_count
+                        * sizeof(ymo_http_header_t) + 1);
+    if (c->inbuf == NULL || c->headers == NULL) {
+        free(c->inbuf);
+        free(c->headers);
+        free(c);
+        return NULL;
+    }
+    c->incap = INBUF_INITIAL;
+    c->server = s;
+    c->listener = l;
+    c->fd = fd;
+    c->remote_port = port;
+    snprintf(c->remote_addr, sizeof(c->remote_addr), "%s", addr);
+    ymo_http_parser_init(&c->parser, &s->config.limits);
+    c->head_started = now(c);
+    ev_io_init(&c->io, conn_on_io, fd, EV_READ);
+    c->io.data = c;
+    ev_init(&c->timer, conn_on_timer);
+    c->timer.data = c;
+    c->next = s->conns;
+    if (s->conns != NULL) {
+        s->conns->prev = c;
+    }
+    s->conns = c;
+    s->n_conns++;
+    conn_step(c);
+    return c;
+}
+
+static void
+conn_free_exchange(ymo_conn_t *c)
+{
+    ymo_exchange_t *ex = c->ex;
+    c->ex = NULL;
+    if (ex == NULL) {
+        return;
+    }
+    ex->conn = NULL;
+    if (ex->worker_done) {
+        ymo_exchange_free(ex);
+    }
+    else {
+        /* The worker still has it: it stops at its next read or write,
+         * and the loop frees it when the final post arrives. */
+        ymo_exchange_abort(ex);
+    }
+}
+
+void
+ymo_conn_close(ymo_conn_t *c)
+{
+    ymo_server_t *s = c->server;
+    ev_io_stop(s->loop, &c->io);
+    ev_timer_stop(s->loop, &c->timer);
+    close(c->fd);
+    conn_free_exchange(c);
+    ymo_bucket_free_chain(c->wq_head);
+    if (c->prev != NULL) {
+        c->prev->next = c->next;
+    }
+    else {
+        s->conns = c->next;
+    }
+    if (c->next != NULL) {
+        c->next->prev = c->prev;
+    }
+    free(c->inbuf);
+    free(c->headers);
+    free(c);
+    ymo_server_conn_closed(s);
+}
+
+static void
+wq_append(ymo_conn_t *c, ymo_bucket_t *chain)
+{
+    if (chain == NULL) {
+        return;
+    }
+    if (c->wq_tail != NULL) {
+        c->wq_tail->next = chain;
+    }
+    else {
+        c->wq_head = chain;
+    }
+    while (chain->next != NULL) {
+        chain = chain->next;
+    }
+    c->wq_tail = chain;
+}
+
+/* The one place a request the parser refused becomes a response: status
+ * line, a short text body, and the connection closes after it. */
+static void
+conn_error(ymo_conn_t *c, int status)
+{
+    ymo_bucket_t *b = ymo_http_error_bucket(status);
+    c->closing = 1;
+    c->inlen = 0;
+    if (b == NULL) {
+        return;
+    }
+    wq_append(c, b);
+    /* Discard what the client may still send, so the kernel does not
+     * answer it with a reset that could destroy this response. */
+    c->state = YMO_CONN_LINGER;
+}
+
+/* Write as much of the queue as the socket takes. Returns -1 when the
+ * connection was closed (c is gone), 0 otherwise. */
+static int
+conn_flush(ymo_conn_t *c)
+{
+    size_t ex_bytes = 0;
+    int r = 0;
+    while (c->wq_head != NULL) {
+        ymo_bucket_t *b = c->wq_head;
+        ssize_t n;
+        if (b->fd >= 0) {
+            off_t off = b->file_off + (off_t)b->off;
+            size_t want = b->len - b->off;
+            n = sendfile(c->fd, b->fd, &off, want > (1u << 30) ? (1u << 30)
+                                                                : want);
+            if (n == 0 && want > 0) {
+                /* The file is shorter than promised: the response cannot
+                 * be completed. */
+                r = -1;
+                break;
+            }
+        }
+        else {
+            struct iovec iov[IOV_BATCH];
+            int cnt = 0;
+            for (ymo_bucket_t *x = b; x != NULL && x->fd < 0 &&
+                                      cnt < IOV_BATCH; x = x->next) {
+                if (x->len == x->off) {
+                    continue;
+                }
+                iov[cnt].iov_base = x->data + x->off;
+                iov[cnt].iov_len = x->len - x->off;
+                cnt++;
+            }
+            n = cnt > 0 ? writev(c->fd, iov, cnt) : 0;
+        }
+        if (n < 0) {
+            if (errno == EINTR) {
+                continue;
+            }
+            if (errno == EAGAIN || errno == EWOULDBLOCK) {
+                if (!c->write_blocked) {
+                    c->write_blocked = 1;
+                    c->last_write = now(c);
+                }
+                break;
+            }
+            r = -1;
+            break;
+        }
+        c->write_blocked = 0;
+        c->last_write = now(c);
+        size_t left = (size_t)n;
+        while (c->wq_head != NULL) {
+            ymo_bucket_t *x = c->wq_head;
+            size_t rest = x->len - x->off;
+            size_t take = left < rest ? left : rest;
+            x->off += take;
+            left -= take;
+            if (x->from_ex) {
+                ex_bytes += take;
+            }
+            if (x->off < x->len) {
+                break;
+            }
+            c->wq_head = x->next;
+            if (c->wq_head == NULL) {
+                c->wq_tail = NULL;
+            }
+            ymo_bucket_free(x);
+            if (left == 0) {
+                break;
+            }
+        }
+    }
+    if (ex_bytes > 0 && c->ex != NULL) {
+        ymo_exchange_output_written(c->ex, ex_bytes,
+                                    c->server->config.out_high_water / 2);
+    }
+    if (r < 0) {
+        ymo_conn_close(c);
+    }
+    return r;
+}
+
+/* Hand body bytes at the front of inbuf to the exchange. */
+static int
+conn_feed_body(ymo_conn_t *c)
+{
+    ymo_exchange_t *ex = c->ex;
+    size_t hwm = c->server->config.in_high_water;
+    size_t used = 0;
+    int r = 0;
+    if (c->body_kind == YMO_HTTP_BODY_LENGTH) {
+        size_t take = c->inlen < c->body_left ? c->inlen
+                                              : (size_t)c->body_left;
+        c->body_left -= take;
+        used = take;
+        c->body_done = c->body_left == 0;
+        r = ymo_exchange_input_append(ex, c->inbuf, take, c->body_done, hwm);
+    }
+    else {
+        while (used < c->inlen && !c->chunked.done) {
+            const char *data;
+            size_t dlen;
+            ssize_t n = ymo_http_chunked_feed(&c->chunked, c->inbuf + used,
+                                              c->inlen - used, &data, &dlen);
+            if (n < 0) {
+                c->body_done = 1;
+                c->closing = 1;
+                ymo_exchange_input_fail(ex, c->chunked.status);
+                c->inlen = 0;
+                return 0;
+            }
+            if (n == 0) {
+                break;
+            }
+            used += (size_t)n;
+            if (dlen > 0 || c->chunked.done) {
+                r = ymo_exchange_input_append(ex, data, dlen,
+                                              c->chunked.done, hwm);
+                if (r != 0) {
+                    break;
+                }
+            }
+        }
+        c->body_done = c->chunked.done;
+    }
+    if (r < 0) {
+        c->closing = 1;
+        c->body_done = 1;
+        ymo_exchange_input_fail(ex, 500);
+    }
+    else if (r == 1) {
+        c->body_paused = 1;
+    }
+    c->inlen -= used;
+    if (c->inlen > 0 && used > 0) {
+        memmove(c->inbuf, c->inbuf + used, c->inlen);
+    }
+    if (used > 0) {
+        c->last_read = now(c);
+    }
+    return 0;
+}
+
+/* A complete head is at the front of inbuf: make it an exchange. */
+static void
+conn_start_exchange(ymo_conn_t *c, size_t head_len,
+                    const ymo_http_request_t *req)
+{
+    ymo_server_t *s = c->server;
+    ymo_exchange_t *ex = ymo_exchange_new(c->inbuf, head_len, req,
+                                          s->config.limits.max_header_count);
+    if (ex == NULL) {
+        conn_error(c, 503);
+        return;
+    }
+    ex->server = s;
+    ex->listener = c->listener;
+    memcpy(ex->remote_addr, c->remote_addr, sizeof(ex->remote_addr));
+    ex->remote_port = c->remote_port;
+    ex->seq = c->seq++;
+    ex->conn = c;
+    c->ex = ex;
+    c->state = YMO_CONN_EXCHANGE;
+    c->head_written = 0;
+    c->body_kind = req->body;
+    c->body_left = req->content_length;
+    c->body_done = req->body == YMO_HTTP_BODY_NONE;
+    c->body_paused = 0;
+    c->last_read = now(c);
+    if (req->body == YMO_HTTP_BODY_CHUNKED) {
+        ymo_http_chunked_init(&c->chunked, &s->config.limits);
+    }
+    c->inlen -= head_len;
+    memmove(c->inbuf, c->inbuf + head_len, c->inlen);
+    ymo_server_dispatch(s, ex);
+}
+
+static void
+conn_set_events(ymo_conn_t *c, int events)
+{
+    struct ev_loop *loop = c->server->loop;
+    if (ev_is_active(&c->io) && (c->io.events & (EV_READ | EV_WRITE))
+                                == events) {
+        return;
+    }
+    ev_io_stop(loop, &c->io);
+    if (events != 0) {
+        ev_io_set(&c->io, c->fd, events);
+        ev_io_start(loop, &c->io);
+    }
+}
+
+/* When the current state times out; 0 when nothing can. */
+static ev_tstamp
+conn_deadline(const ymo_conn_t *c)
+{
+    const ymo_config_t *cfg = &c->server->config;
+    if (c->write_blocked) {
+        return c->last_write + cfg->write_timeout;
+    }
+    switch (c->state) {
+    case YMO_CONN_LINGER:
+        return c->linger_until;
+    case YMO_CONN_HEAD:
+        if (c->closing) {
+            return 0;
+        }
+        if (c->inlen == 0 && c->seq > 0) {
+            return c->head_started + cfg->keepalive_timeout;
+        }
+        return c->head_started + cfg->header_timeout;
+    default:
+        /* While the app works, only a body the client is expected to be
+         * sending can time out. */
+        if (!c->body_done && !c->body_paused && c->ex != NULL &&
+            (!c->ex->req.expect_continue || c->head_written)) {
+            return c->last_read + cfg->body_timeout;
+        }
+        return 0;
+    }
+}
+
+static void
+conn_arm_timer(ymo_conn_t *c)
+{
+    struct ev_loop *loop = c->server->loop;
+    ev_tstamp deadline = conn_deadline(c);
+    if (deadline == 0) {
+        ev_timer_stop(loop, &c->timer);
+        return;
+    }
+    ev_tstamp t = ev_now(loop);
+    if (ev_is_active(&c->timer) &&
+        t + ev_timer_remaining(loop, &c->timer) <= deadline) {
+        /* Fires no later than needed; the callback re-checks. */
+        return;
+    }
+    ev_timer_stop(loop, &c->timer);
+    ev_timer_set(&c->timer, deadline > t ? deadline - t : 0., 0.);
+    ev_timer_start(loop, &c->timer);
+}
+
+static void
+conn_on_timer(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    (void)revents;
+    ymo_conn_t *c = w->data;
+    ev_tstamp deadline = conn_deadline(c);
+    if (deadline == 0) {
+        return;
+    }
+    if (ev_now(loop) < deadline) {
+        conn_arm_timer(c);
+        return;
+    }
+    if (c->write_blocked || c->state == YMO_CONN_LINGER) {
+        ymo_conn_close(c);
+        return;
+    }
+    if (c->state == YMO_CONN_HEAD) {
+        if (c->inlen == 0) {
+            ymo_conn_close(c);      /* idle: nothing to answer */
+            return;
+        }
+        conn_error(c, 408);
+        conn_step(c);
+        return;
+    }
+    /* The body stalled while the app waits for it. */
+    c->body_done = 1;
+    c->closing = 1;
+    ymo_exchange_input_fail(c->ex, 408);
+    conn_step(c);
+}
+
+/* Bring the connection forward as far as it can go now: parse, feed the
+ * body, write, finish the exchange, start the next one. */
+static void
+conn_step(ymo_conn_t *c)
+{
+    ymo_server_t *s = c->server;
+    for (;;) {
+        if (c->state == YMO_CONN_HEAD && !c->closing && c->inlen > 0) {
+            ymo_http_request_t req;
+            req.headers = c->headers;
+            int n = ymo_http_parse_request(&c->parser, c->inbuf, c->inlen,
+                                           &req);
+            if (n > 0) {
+                conn_start_exchange(c, (size_t)n, &req);
+            }
+            else if (n == -1) {
+                conn_error(c, c->parser.status);
+            }
+        }
+        if (c->state == YMO_CONN_EXCHANGE && !c->body_done &&
+            !c->body_paused && c->inlen > 0) {
+            conn_feed_body(c);
+        }
+        if (c->wq_head != NULL && !c->write_blocked) {
+            if (conn_flush(c) < 0) {
+                return;
+            }
+        }
+        if (c->state == YMO_CONN_EXCHANGE && c->ex->worker_done &&
+            c->wq_head == NULL) {
+            /* Response complete. A body the app did not read closes the
+             * connection: its bytes cannot be told from the next request
+             * unless we read them, and the worker said so in its head. */
+            conn_free_exchange(c);
+            c->state = YMO_CONN_HEAD;
+            if (!c->body_done) {
+                c->closing = 1;
+            }
+            if (s->draining_loop || c->read_eof ||
+                s->config.keepalive_timeout <= 0) {
+                c->closing = 1;
+            }
+            ymo_http_parser_init(&c->parser, &s->config.limits);
+            c->head_started = now(c);
+            if (!c->closing && c->inlen > 0) {
+                continue;       /* a pipelined request is waiting */
+            }
+        }
+        break;
+    }
+    if (c->closing && c->wq_head == NULL) {
+        if (c->state == YMO_CONN_HEAD) {
+            ymo_conn_close(c);
+            return;
+        }
+        if (c->state == YMO_CONN_LINGER && c->linger_until == 0) {
+            shutdown(c->fd, SHUT_WR);
+            c->linger_until = now(c) + LINGER_SECONDS;
+        }
+    }
+    int events = 0;
+    if (c->write_blocked) {
+        events |= EV_WRITE;
+    }
+    if (!c->read_eof) {
+        if ((c->state == YMO_CONN_HEAD && !c->closing) ||
+            (c->state == YMO_CONN_EXCHANGE && !c->body_done &&
+             !c->body_paused) ||
+            (c->state == YMO_CONN_LINGER && c->linger_until != 0)) {
+            events |= EV_READ;
+        }
+    }
+    conn_set_events(c, events);
+    conn_arm_timer(c);
+}
+
+/* Read what the socket has. Returns -1 when the connection was closed. */
+static int
+conn_read(ymo_conn_t *c)
+{
+    if (c->state == YMO_CONN_LINGER) {
+        char sink[16384];
+        ssize_t n = read(c->fd, sink, sizeof(sink));
+        if (n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR)) {
+            ymo_conn_close(c);
+            return -1;
+        }
+        return 0;
+    }
+    if (c->inlen == c->incap) {
+        /* Grow for a long head (the parser bounds it) or for a body. */
+        size_t limit = c->server->config.limits.max_head_size + 1;
+        size_t cap = c->incap * 2;
+        if (c->state == YMO_CONN_HEAD && cap > limit) {
+            cap = limit > c->incap ? limit : c->incap;
+        }
+        if (c->state == YMO_CONN_EXCHANGE && cap < INBUF_BODY) {
+            cap = INBUF_BODY;
+        }
+        if (cap > c->incap) {
+            char *p = realloc(c->inbuf, cap);
+            if (p == NULL) {
+                ymo_conn_close(c);
+                return -1;
+            }
+            c->inbuf = p;
+            c->incap = cap;
+        }
+        else {
+            return 0;           /* full: the parser will decide */
+        }
+    }
+    else if (c->state == YMO_CONN_EXCHANGE && c->incap < INBUF_BODY) {
+        char *p = realloc(c->inbuf, INBUF_BODY);
+        if (p != NULL) {
+            c->inbuf = p;
+            c->incap = INBUF_BODY;
+        }
+    }
+    ssize_t n = read(c->fd, c->inbuf + c->inlen, c->incap - c->inlen);
+    if (n < 0) {
+        if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) {
+            return 0;
+        }
+        ymo_conn_close(c);
+        return -1;
+    }
+    if (n == 0) {
+        c->read_eof = 1;
+        if (c->state == YMO_CONN_HEAD && c->wq_head == NULL) {
+            /* Nothing (or half a head) and the client is done. */
+            ymo_conn_close(c);
+            return -1;
+        }
+        if (c->state == YMO_CONN_EXCHANGE && !c->body_done) {
+            ymo_conn_close(c);  /* the body can never complete */
+            return -1;
+        }
+        return 0;
+    }
+    if (c->state == YMO_CONN_HEAD && c->inlen == 0) {
+        c->head_started = now(c);
+    }
+    c->inlen += (size_t)n;
+    return 0;
+}
+
+static void
+conn_on_io(struct ev_loop *loop, ev_io *w, int revents)
+{
+    (void)loop;
+    ymo_conn_t *c = w->data;
+    if (revents & EV_WRITE) {
+        c->write_blocked = 0;
+    }
+    if ((revents & EV_READ) && conn_read(c) < 0) {
+        return;
+    }
+    conn_step(c);
+}
+
+void
+ymo_conn_on_exchange(ymo_exchange_t *ex)
+{
+    pthread_mutex_lock(&ex->lock);
+    ymo_bucket_t *out = ex->out_head;
+    ex->out_head = ex->out_tail = NULL;
+    ex->out_queued = 0;
+    int done = ex->out_done;
+    int close_after = ex->out_close || ex->out_abort;
+    int cont = ex->need_continue;
+    int resume = ex->need_resume;
+    ex->need_continue = 0;
+    if (resume) {
+        ex->need_resume = 0;
+        ex->in_paused = 0;
+    }
+    pthread_mutex_unlock(&ex->lock);
+
+    if (done) {
+        ex->worker_done = 1;
+        if (ex->assigned != NULL) {
+            ex->assigned->assigned--;
+        }
+    }
+    ymo_conn_t *c = ex->conn;
+    if (c == NULL) {
+        /* The client is gone: drop the output, free when done. */
+        ymo_bucket_free_chain(out);
+        if (done) {
+            ymo_exchange_free(ex);
+        }
+        return;
+    }
+    if (cont && !c->head_written && !c->body_done) {
+        static const char msg[] = "HTTP/1.1 100 Continue\r\n\r\n";
+        ymo_bucket_t *b = ymo_bucket_copy(msg, sizeof(msg) - 1);
+        if (b != NULL) {
+            b->from_ex = 0;
+            wq_append(c, b);
+        }
+        c->head_written = 1;
+    }
+    if (out != NULL) {
+        c->head_written = 1;
+        wq_append(c, out);
+    }
+    if (resume) {
+        c->body_paused = 0;
+    }
+    if (done && close_after) {
+        c->closing = 1;
+    }
+    conn_step(c);
+}
+
+void
+ymo_conn_drain(ymo_conn_t *c)
+{
+    if (c->state == YMO_CONN_HEAD && c->inlen == 0 && c->wq_head == NULL) {
+        ymo_conn_close(c);
+    }
+}

@@ -1,0 +1,74 @@
+/* conn.h - one client connection, owned by the loop thread: reads and
+ * parses requests, feeds request bodies to the exchange, writes responses
+ * in request order, keeps the connection alive and enforces timeouts. */
+#ifndef YMO_CONN_H
+#define YMO_CONN_H
+
+#include <ev.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "bucket.h"
+#include "exchange.h"
+#include "http_parser.h"
+#include "server.h"
+
+enum ymo_conn_state {
+    YMO_CONN_HEAD = 0,         /* waiting for / reading a request head */
+    YMO_CONN_EXCHANGE,         /* an exchange is in progress */
+    YMO_CONN_LINGER,           /* error sent, discarding input, closing */
+};
+
+typedef struct ymo_conn {
+    ev_io io;                  /* read/write readiness */
+    ev_timer timer;            /* the current timeout, if any */
+    ymo_server_t *server;
+    const ymo_listener_t *listener;
+    struct ymo_conn *prev, *next;  /* server->conns */
+    int fd;
+    int state;                 /* enum ymo_conn_state */
+    int closing;               /* close once the write queue drains */
+    int read_eof;              /* the client shut down its side */
+    char remote_addr[64];
+    int remote_port;
+
+    /* input */
+    char *inbuf;
+    size_t inlen;              /* bytes in inbuf */
+    size_t incap;
+    ymo_http_parser_t parser;
+    ymo_http_header_t *headers;    /* limits.max_header_count long */
+    ev_tstamp head_started;    /* first byte of the current head */
+    ev_tstamp last_read;       /* last body bytes */
+    uint64_t seq;              /* requests on this connection */
+
+    /* the current exchange and its request body */
+    ymo_exchange_t *ex;
+    int body_kind;
+    uint64_t body_left;        /* Content-Length bytes still to come */
+    ymo_http_chunked_t chunked;
+    int body_done;
+    int body_paused;           /* exchange input above high water */
+
+    /* output */
+    ymo_bucket_t *wq_head, *wq_tail;   /* to write, in order */
+    int head_written;          /* response bytes already went out */
+    ev_tstamp last_write;      /* last write progress */
+    int write_blocked;         /* waiting for EV_WRITE */
+    ev_tstamp linger_until;
+} ymo_conn_t;
+
+/* Loop thread: a new connection on an accepted, non-blocking fd. */
+ymo_conn_t *ymo_conn_new(ymo_server_t *s, const ymo_listener_t *l, int fd,
+                         const char *addr, int port);
+
+/* Loop thread: the worker posted news for ex (output, flags, done). */
+void ymo_conn_on_exchange(ymo_exchange_t *ex);
+
+/* Loop thread: close now (aborting any exchange). */
+void ymo_conn_close(ymo_conn_t *c);
+
+/* Loop thread: server is draining; close if idle. */
+void ymo_conn_drain(ymo_conn_t *c);
+
+#endif /* YMO_CONN_H */

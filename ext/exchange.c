@@ -1,0 +1,237 @@
+/* exchange.c - creation, request-body hand-over and teardown of an
+ * exchange (see exchange.h for who owns what). */
+#include "exchange.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "wsgi_worker.h"
+
+/* Body bytes are appended to the tail bucket while it has room, so a body
+ * that arrives in small reads does not become a long chain. */
+#define IN_BUCKET_SIZE 16384
+
+static const char *
+rebase(const char *p, const char *from, char *to)
+{
+    return p == NULL ? NULL : to + (p - from);
+}
+
+ymo_exchange_t *
+ymo_exchange_new(const char *buf, size_t head_len,
+                 const ymo_http_request_t *req, size_t max_headers)
+{
+    (void)max_headers;
+    /* One allocation: the struct, the head copy, then the header array
+     * aligned for it. */
+    size_t align = _Alignof(ymo_http_header_t);
+    size_t hoff = (head_len + 1 + align - 1) & ~(align - 1);
+    size_t hsize = req->num_headers * sizeof(ymo_http_header_t);
+    ymo_exchange_t *ex = calloc(1, sizeof(*ex) + hoff + hsize);
+    if (ex == NULL) {
+        return NULL;
+    }
+    if (pthread_mutex_init(&ex->lock, NULL) != 0) {
+        free(ex);
+        return NULL;
+    }
+    if (pthread_cond_init(&ex->cond, NULL) != 0) {
+        pthread_mutex_destroy(&ex->lock);
+        free(ex);
+        return NULL;
+    }
+    memcpy(ex->head, buf, head_len);
+    ex->head_len = head_len;
+    ex->req = *req;
+    ymo_http_header_t *h = (ymo_http_header_t *)(ex->head + hoff);
+    char *to = ex->head;
+    ex->req.method = rebase(req->method, buf, to);
+    ex->req.target = rebase(req->target, buf, to);
+    ex->req.path = rebase(req->path, buf, to);
+    ex->req.query = rebase(req->query, buf, to);
+    ex->req.host = rebase(req->host, buf, to);
+    for (size_t i = 0; i < req->num_headers; i++) {
+        h[i].name = rebase(req->headers[i].name, buf, to);
+        h[i].name_len = req->headers[i].name_len;
+        h[i].value = rebase(req->headers[i].value, buf, to);
+        h[i].value_len = req->headers[i].value_len;
+    }
+    ex->req.headers = h;
+    ex->in_done = req->body == YMO_HTTP_BODY_NONE;
+    ex->remote_port = -1;
+    return ex;
+}
+
+void
+ymo_exchange_free(ymo_exchange_t *ex)
+{
+    ymo_bucket_free_chain(ex->in_head);
+    ymo_bucket_free_chain(ex->out_head);
+    pthread_cond_destroy(&ex->cond);
+    pthread_mutex_destroy(&ex->lock);
+    free(ex);
+}
+
+int
+ymo_exchange_input_append(ymo_exchange_t *ex, const char *data, size_t len,
+                          int done, size_t high_water)
+{
+    int r = 0;
+    pthread_mutex_lock(&ex->lock);
+    while (len > 0) {
+        ymo_bucket_t *b = ex->in_tail;
+        if (b == NULL || b->len == b->cap) {
+            b = ymo_bucket_new(len > IN_BUCKET_SIZE ? len : IN_BUCKET_SIZE);
+            if (b == NULL) {
+                r = -ENOMEM;
+                break;
+            }
+            if (ex->in_tail != NULL) {
+                ex->in_tail->next = b;
+            }
+            else {
+                ex->in_head = b;
+            }
+            ex->in_tail = b;
+        }
+        size_t n = b->cap - b->len < len ? b->cap - b->len : len;
+        memcpy(b->data + b->len, data, n);
+        b->len += n;
+        ex->in_buffered += n;
+        data += n;
+        len -= n;
+    }
+    if (done) {
+        ex->in_done = 1;
+    }
+    if (r == 0 && !ex->in_done && ex->in_buffered >= high_water) {
+        ex->in_paused = 1;
+        r = 1;
+    }
+    if (ex->waiting) {
+        pthread_cond_signal(&ex->cond);
+    }
+    pthread_mutex_unlock(&ex->lock);
+    return r;
+}
+
+void
+ymo_exchange_input_fail(ymo_exchange_t *ex, int status)
+{
+    pthread_mutex_lock(&ex->lock);
+    if (!ex->in_done && ex->in_error == 0) {
+        ex->in_error = status;
+    }
+    if (ex->waiting) {
+        pthread_cond_signal(&ex->cond);
+    }
+    pthread_mutex_unlock(&ex->lock);
+}
+
+void
+ymo_exchange_abort(ymo_exchange_t *ex)
+{
+    pthread_mutex_lock(&ex->lock);
+    ex->aborted = 1;
+    if (!ex->in_done && ex->in_error == 0) {
+        ex->in_error = -1;
+    }
+    if (ex->waiting) {
+        pthread_cond_signal(&ex->cond);
+    }
+    pthread_mutex_unlock(&ex->lock);
+}
+
+void
+ymo_exchange_output_written(ymo_exchange_t *ex, size_t n, size_t low_water)
+{
+    pthread_mutex_lock(&ex->lock);
+    ex->out_buffered -= n;
+    if (ex->waiting && ex->out_buffered <= low_water) {
+        pthread_cond_signal(&ex->cond);
+    }
+    pthread_mutex_unlock(&ex->lock);
+}
+
+long
+ymo_exchange_read(ymo_exchange_t *ex, char *dst, size_t n, int line,
+                  size_t low_water, int *status)
+{
+    size_t got = 0;
+    int post = 0;
+    long r;
+    pthread_mutex_lock(&ex->lock);
+    if (!ex->in_started) {
+        ex->in_started = 1;
+        if (ex->req.expect_continue && !ex->in_done) {
+            ex->need_continue = 1;
+            post = 1;
+        }
+    }
+    for (;;) {
+        /* Copy what is there; a read returns as soon as it has something
+         * (like a socket), except that a line keeps going to its end. */
+        while (got < n && ex->in_head != NULL) {
+            ymo_bucket_t *b = ex->in_head;
+            size_t avail = b->len - b->off;
+            size_t want = n - got < avail ? n - got : avail;
+            const char *src = b->data + b->off;
+            if (line) {
+                const char *nl = memchr(src, '\n', want);
+                if (nl != NULL) {
+                    want = (size_t)(nl - src) + 1;
+                }
+            }
+            memcpy(dst + got, src, want);
+            got += want;
+            b->off += want;
+            ex->in_buffered -= want;
+            if (b->off == b->len) {
+                ex->in_head = b->next;
+                if (ex->in_head == NULL) {
+                    ex->in_tail = NULL;
+                }
+                ymo_bucket_free(b);
+            }
+            if (line && dst[got - 1] == '\n') {
+                goto done;
+            }
+        }
+        if (got == n || (got > 0 && !line) || ex->in_done) {
+            break;
+        }
+        if (ex->in_error != 0) {
+            *status = ex->in_error;
+            r = -1;
+            goto out;
+        }
+        if (ex->in_paused && !ex->need_resume) {
+            ex->need_resume = 1;
+            post = 1;
+        }
+        if (post) {
+            /* Tell the loop before sleeping, or nobody would wake us. */
+            pthread_mutex_unlock(&ex->lock);
+            ymo_wsgi_worker_post(ex);
+            post = 0;
+            pthread_mutex_lock(&ex->lock);
+            continue;
+        }
+        ex->waiting = 1;
+        pthread_cond_wait(&ex->cond, &ex->lock);
+        ex->waiting = 0;
+    }
+done:
+    if (ex->in_paused && !ex->need_resume && ex->in_buffered <= low_water) {
+        ex->need_resume = 1;
+        post = 1;
+    }
+    r = (long)got;
+out:
+    pthread_mutex_unlock(&ex->lock);
+    if (post) {
+        ymo_wsgi_worker_post(ex);
+    }
+    return r;
+}

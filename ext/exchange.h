@@ -1,0 +1,107 @@
+/* exchange.h - one request/response exchange, the only object the loop
+ * and a worker share. The loop creates it when a request head is complete
+ * (with its own copy of the head, so the worker never reads connection
+ * memory), feeds it the request body, and writes the output the worker
+ * appends; the worker runs the app on it. Plain C: no Python here.
+ *
+ * Ownership: the loop thread frees an exchange, once both sides are done
+ * with it: the worker has posted its final output (out_done) and the
+ * connection has written it or gone away (conn == NULL).                */
+#ifndef YMO_EXCHANGE_H
+#define YMO_EXCHANGE_H
+
+#include <pthread.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "bucket.h"
+#include "http_parser.h"
+
+struct ymo_conn;
+struct ymo_server;
+struct ymo_listener;
+struct ymo_wsgi_worker;
+
+typedef struct ymo_exchange {
+    /* -- Immutable once the loop has dispatched the exchange. -- */
+    ymo_http_request_t req;        /* pointers into head[] */
+    struct ymo_server *server;
+    const struct ymo_listener *listener;
+    char remote_addr[64];          /* numeric address, "" for unix */
+    int remote_port;               /* -1 for unix sockets */
+    uint64_t seq;                  /* request number on its connection */
+
+    /* -- Loop thread only. -- */
+    struct ymo_conn *conn;         /* NULL once the connection is gone */
+    struct ymo_wsgi_worker *assigned;  /* worker whose queue got it */
+    int worker_done;               /* the worker's final post arrived */
+
+    /* -- Set by the worker that dequeues it, before its first post; the
+     * loop reads it only for exchanges that worker posted. -- */
+    struct ymo_wsgi_worker *worker;
+
+    /* -- Shared: guarded by lock. -- */
+    pthread_mutex_t lock;
+    pthread_cond_t cond;           /* worker waits here for input / drain */
+    int waiting;                   /* worker is in cond wait */
+    int aborted;                   /* client gone or timed out: stop */
+    /* request body: loop appends, worker reads */
+    ymo_bucket_t *in_head, *in_tail;
+    size_t in_buffered;            /* bytes in the input chain */
+    int in_done;                   /* whole body received */
+    int in_error;                  /* body framing error status, or 0 */
+    int in_paused;                 /* loop stopped reading (high water) */
+    int in_started;                /* worker asked for the body */
+    /* response: worker appends, loop writes */
+    ymo_bucket_t *out_head, *out_tail;
+    size_t out_buffered;           /* appended and not yet written */
+    int out_queued;                /* in the worker's queue_out */
+    int out_done;                  /* final output appended */
+    int out_close;                 /* close the connection after it */
+    int out_abort;                 /* abort: close without finishing */
+    int need_continue;             /* send "100 Continue" */
+    int need_resume;               /* resume reading the body */
+
+    /* -- Worker only (under the GIL). -- */
+    uint64_t in_consumed;          /* body bytes handed to the app */
+
+    size_t head_len;
+    char head[];                   /* copy of the request head */
+} ymo_exchange_t;
+
+/* Loop thread: new exchange with a copy of the parsed head in buf.
+ * `req` points into buf; its pointers are rebased into the copy. */
+ymo_exchange_t *ymo_exchange_new(const char *buf, size_t head_len,
+                                 const ymo_http_request_t *req,
+                                 size_t max_headers);
+
+/* Loop thread: free (the worker must be done with it). */
+void ymo_exchange_free(ymo_exchange_t *ex);
+
+/* Loop thread: append request body bytes (done: the body is complete).
+ * Returns 1 when the input is above the high-water mark and the loop
+ * should stop reading (in_paused is then set), 0 otherwise, -ENOMEM. */
+int ymo_exchange_input_append(ymo_exchange_t *ex, const char *data,
+                              size_t len, int done, size_t high_water);
+
+/* Loop thread: the body cannot complete (status: 400/413, or -1 when the
+ * client went away). Wakes a waiting worker. */
+void ymo_exchange_input_fail(ymo_exchange_t *ex, int status);
+
+/* Loop thread: the client is gone or timed out; the worker stops at its
+ * next read or write. */
+void ymo_exchange_abort(ymo_exchange_t *ex);
+
+/* Loop thread: n bytes of the exchange's output were written. */
+void ymo_exchange_output_written(ymo_exchange_t *ex, size_t n,
+                                 size_t low_water);
+
+/* Worker, GIL released (it may block): copy up to n body bytes to dst,
+ * stopping after a '\n' when `line`. Returns bytes copied, 0 at the end
+ * of the body, -1 when the body failed (*status: 400/413, or -1 when the
+ * client went away). Asks for "100 Continue" and for more input as
+ * needed, through ymo_wsgi_worker_post(). */
+long ymo_exchange_read(ymo_exchange_t *ex, char *dst, size_t n, int line,
+                       size_t low_water, int *status);
+
+#endif /* YMO_EXCHANGE_H */

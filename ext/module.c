@@ -1,0 +1,498 @@
+/* module.c - the yimmo._yimmo extension module: module state (interned
+ * environ keys, heap types), multi-phase initialisation, and the Core type
+ * that owns one server (loop, listeners, workers) for the Python side.  */
+#include "wsgi.h"
+
+#include <string.h>
+
+typedef struct {
+    PyObject_HEAD
+    ymo_server_t server;
+    struct ymo_wsgi_app app;
+    size_t n_listeners;
+    int initialized;           /* server set up; GIL-protected */
+    int running;               /* run() in progress; GIL-protected */
+    int workers_started;       /* GIL-protected */
+    int finished;              /* stopped and workers joined */
+} CoreObject;
+
+static ymo_module_state *
+get_state(PyObject *module)
+{
+    return (ymo_module_state *)PyModule_GetState(module);
+}
+
+static double
+get_double(PyObject *o, const char *name, double min)
+{
+    double v = PyFloat_AsDouble(o);
+    if (v == -1.0 && PyErr_Occurred()) {
+        return -1.0;
+    }
+    if (v < min || v != v) {
+        PyErr_Format(PyExc_ValueError, "%s must be >= %g", name, min);
+        return -1.0;
+    }
+    return v;
+}
+
+static PyObject *
+Core_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
+{
+    static char *kwlist[] = {
+        "app", "listeners", "log_error", "errors", "workers",
+        "limit_request_line", "limit_request_fields",
+        "limit_request_field_size", "limit_request_head_size",
+        "max_body_size", "header_timeout", "keepalive_timeout",
+        "body_timeout", "write_timeout", "log_access", "multiprocess",
+        NULL,
+    };
+    PyObject *app, *listeners, *log_error, *errors;
+    Py_ssize_t workers = 8, line = 4094, fields = 100, field_size = 8190,
+               head_size = 65536;
+    unsigned long long max_body = 0;
+    PyObject *t_header = NULL, *t_keepalive = NULL, *t_body = NULL,
+             *t_write = NULL, *log_access = Py_None;
+    int multiprocess = 0;
+    if (!PyArg_ParseTupleAndKeywords(
+            args, kwargs, "OOOO|$nnnnnKOOOOOp:Core", kwlist, &app,
+            &listeners, &log_error, &errors, &workers, &line, &fields,
+            &field_size, &head_size, &max_body, &t_header, &t_keepalive,
+            &t_body, &t_write, &log_access, &multiprocess)) {
+        return NULL;
+    }
+    PyObject *module = PyType_GetModule(type);
+    if (module == NULL) {
+        return NULL;
+    }
+    ymo_module_state *st = get_state(module);
+    if (!PyCallable_Check(app) || !PyCallable_Check(log_error) ||
+        (log_access != Py_None && !PyCallable_Check(log_access))) {
+        PyErr_SetString(PyExc_TypeError,
+                        "app, log_error and log_access must be callable");
+        return NULL;
+    }
+    if (!PyList_Check(listeners) || PyList_GET_SIZE(listeners) == 0) {
+        PyErr_SetString(PyExc_ValueError,
+                        "listeners must be a non-empty list");
+        return NULL;
+    }
+    if (workers < 1 || workers > 4096) {
+        PyErr_SetString(PyExc_ValueError, "workers must be 1..4096");
+        return NULL;
+    }
+    if (line < 16 || fields < 1 || field_size < 16 || head_size < 64) {
+        PyErr_SetString(PyExc_ValueError, "request limits are too small");
+        return NULL;
+    }
+    ymo_config_t cfg;
+    memset(&cfg, 0, sizeof(cfg));
+    cfg.limits.max_request_line = (size_t)line;
+    cfg.limits.max_header_count = (size_t)fields;
+    cfg.limits.max_field_size = (size_t)field_size;
+    cfg.limits.max_head_size = (size_t)head_size;
+    cfg.limits.max_body_size = max_body;
+    cfg.workers = (size_t)workers;
+    cfg.header_timeout = 10.0;
+    cfg.keepalive_timeout = 5.0;
+    cfg.body_timeout = 30.0;
+    cfg.write_timeout = 30.0;
+    cfg.in_high_water = 256 * 1024;
+    cfg.out_high_water = 256 * 1024;
+    struct {
+        PyObject *o;
+        double *to;
+        const char *name;
+        double min;
+    } timeouts[] = {
+        {t_header, &cfg.header_timeout, "header_timeout", 0.001},
+        {t_keepalive, &cfg.keepalive_timeout, "keepalive_timeout", 0.0},
+        {t_body, &cfg.body_timeout, "body_timeout", 0.001},
+        {t_write, &cfg.write_timeout, "write_timeout", 0.001},
+    };
+    for (size_t i = 0; i < sizeof(timeouts) / sizeof(timeouts[0]); i++) {
+        if (timeouts[i].o != NULL && timeouts[i].o != Py_None) {
+            double v = get_double(timeouts[i].o, timeouts[i].name,
+                                  timeouts[i].min);
+            if (v < 0) {
+                return NULL;
+            }
+            *timeouts[i].to = v;
+        }
+    }
+
+    Py_ssize_t n = PyList_GET_SIZE(listeners);
+    int *fds = PyMem_Calloc((size_t)n, sizeof(int));
+    int *is_unix = PyMem_Calloc((size_t)n, sizeof(int));
+    CoreObject *self = NULL;
+    if (fds == NULL || is_unix == NULL) {
+        PyErr_NoMemory();
+        goto fail;
+    }
+    self = (CoreObject *)type->tp_alloc(type, 0);
+    if (self == NULL) {
+        goto fail;
+    }
+    self->app.server_name = PyMem_Calloc((size_t)n, sizeof(PyObject *));
+    self->app.server_port = PyMem_Calloc((size_t)n, sizeof(PyObject *));
+    if (self->app.server_name == NULL || self->app.server_port == NULL) {
+        PyErr_NoMemory();
+        goto fail;
+    }
+    self->n_listeners = (size_t)n;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *item = PyList_GET_ITEM(listeners, i);
+        PyObject *name, *port;
+        int u;
+        if (!PyArg_ParseTuple(item, "ipUU;listeners items are (fd, is_unix,"
+                              " server_name, server_port)", &fds[i], &u,
+                              &name, &port)) {
+            goto fail;
+        }
+        is_unix[i] = u;
+        self->app.server_name[i] = Py_NewRef(name);
+        self->app.server_port[i] = Py_NewRef(port);
+    }
+    self->app.st = st;
+    self->app.server = &self->server;
+    self->app.app = Py_NewRef(app);
+    self->app.log_error = Py_NewRef(log_error);
+    self->app.log_access = log_access == Py_None ? NULL
+                                                 : Py_NewRef(log_access);
+    self->app.errors = Py_NewRef(errors);
+    self->app.file_wrapper = Py_NewRef((PyObject *)st->FileWrapper_type);
+    self->app.multithread = Py_NewRef(workers > 1 ? Py_True : Py_False);
+    self->app.multiprocess = Py_NewRef(multiprocess ? Py_True : Py_False);
+    int r = ymo_server_init(&self->server, &cfg, fds, is_unix, (size_t)n,
+                            &self->app);
+    if (r < 0) {
+        errno = -r;
+        PyErr_SetFromErrno(PyExc_OSError);
+        goto fail;
+    }
+    self->initialized = 1;
+    PyMem_Free(fds);
+    PyMem_Free(is_unix);
+    return (PyObject *)self;
+fail:
+    PyMem_Free(fds);
+    PyMem_Free(is_unix);
+    Py_XDECREF(self);
+    return NULL;
+}
+
+/* Stop and wait for everything, GIL released. */
+static void
+core_shutdown(CoreObject *self, double grace)
+{
+    if (!self->initialized || self->finished) {
+        return;
+    }
+    ymo_server_stop(&self->server, grace);
+    if (self->workers_started) {
+        Py_BEGIN_ALLOW_THREADS
+        while (!ymo_server_run(&self->server, -1)) {
+        }
+        ymo_server_join_workers(&self->server);
+        Py_END_ALLOW_THREADS
+    }
+    self->finished = 1;
+}
+
+static PyObject *
+Core_run(CoreObject *self, PyObject *args, PyObject *kwargs)
+{
+    static char *kwlist[] = {"wakeup_fd", NULL};
+    int wakeup_fd = -1;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|i:run", kwlist,
+                                     &wakeup_fd)) {
+        return NULL;
+    }
+    if (self->finished) {
+        Py_RETURN_TRUE;
+    }
+    if (self->running) {
+        PyErr_SetString(PyExc_RuntimeError, "the server is already running");
+        return NULL;
+    }
+    if (!self->workers_started) {
+        int r = ymo_server_start_workers(&self->server);
+        self->workers_started = 1;
+        if (r < 0) {
+            errno = -r;
+            PyErr_SetFromErrno(PyExc_OSError);
+            core_shutdown(self, 0);
+            return NULL;
+        }
+    }
+    self->running = 1;
+    int stopped;
+    Py_BEGIN_ALLOW_THREADS
+    stopped = ymo_server_run(&self->server, wakeup_fd);
+    if (stopped) {
+        ymo_server_join_workers(&self->server);
+    }
+    Py_END_ALLOW_THREADS
+    self->running = 0;
+    if (stopped) {
+        self->finished = 1;
+    }
+    return PyBool_FromLong(stopped);
+}
+
+static PyObject *
+Core_stop(CoreObject *self, PyObject *args, PyObject *kwargs)
+{
+    static char *kwlist[] = {"grace", NULL};
+    double grace = 30.0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|d:stop", kwlist,
+                                     &grace)) {
+        return NULL;
+    }
+    if (self->initialized && !self->finished) {
+        ymo_server_stop(&self->server, grace < 0 ? 0 : grace);
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+Core_get_finished(CoreObject *self, void *closure)
+{
+    (void)closure;
+    return PyBool_FromLong(self->finished);
+}
+
+static int
+Core_traverse(CoreObject *self, visitproc visit, void *arg)
+{
+    Py_VISIT(Py_TYPE(self));
+    Py_VISIT(self->app.app);
+    Py_VISIT(self->app.log_error);
+    Py_VISIT(self->app.log_access);
+    Py_VISIT(self->app.errors);
+    Py_VISIT(self->app.file_wrapper);
+    return 0;
+}
+
+static int
+Core_clear(CoreObject *self)
+{
+    /* Only after the workers are gone may the app go. */
+    if (self->initialized && !self->finished && !self->running) {
+        core_shutdown(self, 0);
+    }
+    if (self->running) {
+        return 0;
+    }
+    Py_CLEAR(self->app.app);
+    Py_CLEAR(self->app.log_error);
+    Py_CLEAR(self->app.log_access);
+    Py_CLEAR(self->app.errors);
+    Py_CLEAR(self->app.file_wrapper);
+    return 0;
+}
+
+static void
+Core_dealloc(CoreObject *self)
+{
+    PyTypeObject *tp = Py_TYPE(self);
+    PyObject_GC_UnTrack(self);
+    Core_clear(self);
+    if (self->initialized) {
+        ymo_server_destroy(&self->server);
+        self->initialized = 0;
+    }
+    for (size_t i = 0; i < self->n_listeners; i++) {
+        Py_XDECREF(self->app.server_name[i]);
+        Py_XDECREF(self->app.server_port[i]);
+    }
+    PyMem_Free(self->app.server_name);
+    PyMem_Free(self->app.server_port);
+    Py_CLEAR(self->app.multithread);
+    Py_CLEAR(self->app.multiprocess);
+    tp->tp_free(self);
+    Py_DECREF(tp);
+}
+
+static PyMethodDef Core_methods[] = {
+    {"run", (PyCFunction)(void (*)(void))Core_run,
+     METH_VARARGS | METH_KEYWORDS,
+     "run(wakeup_fd=-1) -> bool: serve on this thread (GIL released) until"
+     " stopped (True) or wakeup_fd is readable (False: a signal arrived;"
+     " call again)"},
+    {"stop", (PyCFunction)(void (*)(void))Core_stop,
+     METH_VARARGS | METH_KEYWORDS,
+     "stop(grace=30.0): stop accepting; in-flight requests get grace "
+     "seconds. Thread-safe; run() returns True once stopped."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef Core_getset[] = {
+    {"finished", (getter)Core_get_finished, NULL,
+     "True once the server has stopped and its workers have exited", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyType_Slot Core_slots[] = {
+    {Py_tp_new, Core_new},
+    {Py_tp_dealloc, Core_dealloc},
+    {Py_tp_traverse, Core_traverse},
+    {Py_tp_clear, Core_clear},
+    {Py_tp_methods, Core_methods},
+    {Py_tp_getset, Core_getset},
+    {Py_tp_doc, "Core(app, listeners, log_error, errors, *, workers, ...):"
+                " one server over bound listening sockets"},
+    {0, NULL},
+};
+
+static PyType_Spec Core_spec = {
+    .name = "yimmo._yimmo.Core",
+    .basicsize = sizeof(CoreObject),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .slots = Core_slots,
+};
+
+/* -- module -- */
+
+static int
+intern(PyObject **slot, const char *s)
+{
+    *slot = PyUnicode_InternFromString(s);
+    return *slot == NULL ? -1 : 0;
+}
+
+static int
+module_exec(PyObject *module)
+{
+    ymo_module_state *st = get_state(module);
+#define TYPE(field, spec)                                                  \
+    do {                                                                   \
+        st->field = (PyTypeObject *)PyType_FromModuleAndSpec(              \
+            module, &(spec), NULL);                                        \
+        if (st->field == NULL) {                                           \
+            return -1;                                                     \
+        }                                                                  \
+    } while (0)
+    TYPE(Core_type, Core_spec);
+    TYPE(Input_type, ymo_input_spec);
+    TYPE(StartResponse_type, ymo_start_response_spec);
+    TYPE(FileWrapper_type, ymo_file_wrapper_spec);
+#undef TYPE
+    if (PyModule_AddType(module, st->Core_type) < 0 ||
+        PyModule_AddType(module, st->FileWrapper_type) < 0) {
+        return -1;
+    }
+    if (intern(&st->k_request_method, "REQUEST_METHOD") ||
+        intern(&st->k_script_name, "SCRIPT_NAME") ||
+        intern(&st->k_path_info, "PATH_INFO") ||
+        intern(&st->k_query_string, "QUERY_STRING") ||
+        intern(&st->k_content_type, "CONTENT_TYPE") ||
+        intern(&st->k_content_length, "CONTENT_LENGTH") ||
+        intern(&st->k_server_name, "SERVER_NAME") ||
+        intern(&st->k_server_port, "SERVER_PORT") ||
+        intern(&st->k_server_protocol, "SERVER_PROTOCOL") ||
+        intern(&st->k_server_software, "SERVER_SOFTWARE") ||
+        intern(&st->k_remote_addr, "REMOTE_ADDR") ||
+        intern(&st->k_remote_port, "REMOTE_PORT") ||
+        intern(&st->k_raw_uri, "RAW_URI") ||
+        intern(&st->k_wsgi_version, "wsgi.version") ||
+        intern(&st->k_wsgi_url_scheme, "wsgi.url_scheme") ||
+        intern(&st->k_wsgi_input, "wsgi.input") ||
+        intern(&st->k_wsgi_errors, "wsgi.errors") ||
+        intern(&st->k_wsgi_multithread, "wsgi.multithread") ||
+        intern(&st->k_wsgi_multiprocess, "wsgi.multiprocess") ||
+        intern(&st->k_wsgi_run_once, "wsgi.run_once") ||
+        intern(&st->k_wsgi_input_terminated, "wsgi.input_terminated") ||
+        intern(&st->k_wsgi_file_wrapper, "wsgi.file_wrapper") ||
+        intern(&st->v_empty, "") || intern(&st->v_http, "http") ||
+        intern(&st->v_http10, "HTTP/1.0") ||
+        intern(&st->v_http11, "HTTP/1.1") ||
+        intern(&st->v_software, "yimmo") || intern(&st->v_get, "GET") ||
+        intern(&st->v_post, "POST") || intern(&st->v_head, "HEAD") ||
+        intern(&st->s_close, "close") || intern(&st->s_fileno, "fileno") ||
+        intern(&st->s_read, "read") || intern(&st->s_seek, "seek") ||
+        intern(&st->s_tell, "tell")) {
+        return -1;
+    }
+    st->v_version = Py_BuildValue("(ii)", 1, 0);
+    if (st->v_version == NULL || ymo_environ_state_init(st) < 0) {
+        return -1;
+    }
+    return 0;
+}
+
+/* Every PyObject field of the state, for traverse and clear. */
+#define STATE_OBJECTS(st)                                                  \
+    (PyObject **)&(st)->Core_type, (PyObject **)&(st)->Input_type,         \
+        (PyObject **)&(st)->StartResponse_type,                            \
+        (PyObject **)&(st)->FileWrapper_type, &(st)->k_request_method,     \
+        &(st)->k_script_name, &(st)->k_path_info, &(st)->k_query_string,   \
+        &(st)->k_content_type, &(st)->k_content_length,                    \
+        &(st)->k_server_name, &(st)->k_server_port,                        \
+        &(st)->k_server_protocol, &(st)->k_server_software,                \
+        &(st)->k_remote_addr, &(st)->k_remote_port, &(st)->k_raw_uri,      \
+        &(st)->k_wsgi_version, &(st)->k_wsgi_url_scheme,                   \
+        &(st)->k_wsgi_input, &(st)->k_wsgi_errors,                         \
+        &(st)->k_wsgi_multithread, &(st)->k_wsgi_multiprocess,             \
+        &(st)->k_wsgi_run_once, &(st)->k_wsgi_input_terminated,            \
+        &(st)->k_wsgi_file_wrapper, &(st)->v_empty, &(st)->v_http,         \
+        &(st)->v_http10, &(st)->v_http11, &(st)->v_version,                \
+        &(st)->v_software, &(st)->v_get, &(st)->v_post, &(st)->v_head,     \
+        &(st)->s_close, &(st)->s_fileno, &(st)->s_read, &(st)->s_seek,     \
+        &(st)->s_tell
+
+static int
+module_traverse(PyObject *module, visitproc visit, void *arg)
+{
+    ymo_module_state *st = get_state(module);
+    PyObject **fields[] = {STATE_OBJECTS(st)};
+    for (size_t i = 0; i < sizeof(fields) / sizeof(fields[0]); i++) {
+        Py_VISIT(*fields[i]);
+    }
+    for (size_t i = 0; i < YMO_COMMON_HEADER_KEYS; i++) {
+        Py_VISIT(st->header_keys[i]);
+    }
+    return 0;
+}
+
+static int
+module_clear(PyObject *module)
+{
+    ymo_module_state *st = get_state(module);
+    PyObject **fields[] = {STATE_OBJECTS(st)};
+    for (size_t i = 0; i < sizeof(fields) / sizeof(fields[0]); i++) {
+        Py_CLEAR(*fields[i]);
+    }
+    for (size_t i = 0; i < YMO_COMMON_HEADER_KEYS; i++) {
+        Py_CLEAR(st->header_keys[i]);
+    }
+    return 0;
+}
+
+static void
+module_free(void *module)
+{
+    module_clear((PyObject *)module);
+}
+
+static PyModuleDef_Slot module_slots[] = {
+    {Py_mod_exec, module_exec},
+    {0, NULL},
+};
+
+static struct PyModuleDef module_def = {
+    PyModuleDef_HEAD_INIT,
+    .m_name = "yimmo._yimmo",
+    .m_doc = "yimmo's C core: the libev I/O thread and the WSGI workers",
+    .m_size = sizeof(ymo_module_state),
+    .m_slots = module_slots,
+    .m_traverse = module_traverse,
+    .m_clear = module_clear,
+    .m_free = module_free,
+};
+
+PyMODINIT_FUNC
+PyInit__yimmo(void)
+{
+    return PyModuleDef_Init(&module_def);
+}

@@ -1,0 +1,80 @@
+/* queue.c - FIFO with a node pool (see queue.h). */
+#include "queue.h"
+
+#include <errno.h>
+#include <stdlib.h>
+
+void
+ymo_queue_init(ymo_queue_t *q, ymo_queue_node_t *pool, size_t n)
+{
+    q->head = q->tail = NULL;
+    q->count = 0;
+    q->free = NULL;
+    q->pool = pool;
+    q->pool_size = n;
+    for (size_t i = n; i > 0; i--) {
+        pool[i - 1].next = q->free;
+        pool[i - 1].item = NULL;
+        q->free = &pool[i - 1];
+    }
+}
+
+static int
+from_pool(const ymo_queue_t *q, const ymo_queue_node_t *node)
+{
+    return node >= q->pool && node < q->pool + q->pool_size;
+}
+
+int
+ymo_queue_push(ymo_queue_t *q, void *item)
+{
+    ymo_queue_node_t *node = q->free;
+    if (node != NULL) {
+        q->free = node->next;
+    }
+    else if ((node = malloc(sizeof(*node))) == NULL) {
+        return -ENOMEM;
+    }
+    node->next = NULL;
+    node->item = item;
+    if (q->tail != NULL) {
+        q->tail->next = node;
+    }
+    else {
+        q->head = node;
+    }
+    q->tail = node;
+    q->count++;
+    return 0;
+}
+
+void *
+ymo_queue_pop(ymo_queue_t *q)
+{
+    ymo_queue_node_t *node = q->head;
+    if (node == NULL) {
+        return NULL;
+    }
+    q->head = node->next;
+    if (q->head == NULL) {
+        q->tail = NULL;
+    }
+    q->count--;
+    void *item = node->item;
+    if (from_pool(q, node)) {
+        node->next = q->free;
+        q->free = node;
+    }
+    else {
+        free(node);
+    }
+    return item;
+}
+
+void
+ymo_queue_clear(ymo_queue_t *q)
+{
+    while (q->head != NULL) {
+        ymo_queue_pop(q);
+    }
+}

@@ -1,0 +1,306 @@
+/* server.c - the I/O thread: libev loop setup, accepting connections,
+ * dispatching exchanges to workers, and the graceful stop. */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE
+#endif
+#include "server.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include "conn.h"
+
+/* Accept at most this many connections per readiness event, so a flood of
+ * new connections cannot starve the ones already open. */
+#define ACCEPT_BATCH 64
+
+static void
+listener_on_accept(struct ev_loop *loop, ev_io *w, int revents)
+{
+    (void)loop;
+    (void)revents;
+    ymo_listener_t *l = w->data;
+    ymo_server_t *s = l->server;
+    for (int i = 0; i < ACCEPT_BATCH; i++) {
+        struct sockaddr_storage ss;
+        socklen_t slen = sizeof(ss);
+        int fd = accept4(l->fd, (struct sockaddr *)&ss, &slen,
+                         SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (fd < 0) {
+            if (errno == EINTR || errno == ECONNABORTED) {
+                continue;
+            }
+            /* EAGAIN: done. EMFILE/ENFILE/ENOBUFS: the pending
+             * connection stays in the backlog; try on the next event. */
+            return;
+        }
+        char addr[64] = "";
+        int port = -1;
+        if (ss.ss_family == AF_INET) {
+            struct sockaddr_in *sin = (struct sockaddr_in *)&ss;
+            inet_ntop(AF_INET, &sin->sin_addr, addr, sizeof(addr));
+            port = ntohs(sin->sin_port);
+        }
+        else if (ss.ss_family == AF_INET6) {
+            struct sockaddr_in6 *sin6 = (struct sockaddr_in6 *)&ss;
+            inet_ntop(AF_INET6, &sin6->sin6_addr, addr, sizeof(addr));
+            port = ntohs(sin6->sin6_port);
+        }
+        if (!l->is_unix) {
+            int one = 1;
+            setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+        }
+        if (ymo_conn_new(s, l, fd, addr, port) == NULL) {
+            close(fd);
+        }
+    }
+}
+
+static void
+server_finish(ymo_server_t *s)
+{
+    s->stopped = 1;
+    ev_timer_stop(s->loop, &s->grace_timer);
+    ev_break(s->loop, EVBREAK_ALL);
+}
+
+void
+ymo_server_conn_closed(ymo_server_t *s)
+{
+    s->n_conns--;
+    if (s->draining_loop && s->n_conns == 0) {
+        server_finish(s);
+    }
+}
+
+static void
+server_on_grace(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    (void)loop;
+    (void)revents;
+    ymo_server_t *s = w->data;
+    /* Out of patience: abort what is left. Workers still running an app
+     * find their exchange aborted at their next read or write. */
+    while (s->conns != NULL) {
+        ymo_conn_close(s->conns);
+    }
+    server_finish(s);
+}
+
+static void
+server_on_stop(struct ev_loop *loop, ev_async *w, int revents)
+{
+    (void)revents;
+    ymo_server_t *s = w->data;
+    pthread_mutex_lock(&s->ctl_lock);
+    double grace = s->grace;
+    int requested = s->stop_requested;
+    pthread_mutex_unlock(&s->ctl_lock);
+    if (!requested) {
+        return;
+    }
+    if (!s->draining_loop) {
+        s->draining_loop = 1;
+        atomic_store(&s->draining, 1);
+        for (size_t i = 0; i < s->n_listeners; i++) {
+            ev_io_stop(loop, &s->listeners[i].io);
+        }
+        ymo_conn_t *c = s->conns;
+        while (c != NULL) {
+            ymo_conn_t *next = c->next;
+            ymo_conn_drain(c);
+            c = next;
+        }
+    }
+    if (s->n_conns == 0) {
+        server_finish(s);
+        return;
+    }
+    /* A later stop() may shorten the grace period. */
+    ev_timer_stop(loop, &s->grace_timer);
+    ev_timer_set(&s->grace_timer, grace > 0 ? grace : 0., 0.);
+    ev_timer_start(loop, &s->grace_timer);
+}
+
+static void
+server_on_wakeup(struct ev_loop *loop, ev_io *w, int revents)
+{
+    (void)revents;
+    ymo_server_t *s = w->data;
+    char buf[256];
+    while (read(w->fd, buf, sizeof(buf)) > 0) {
+    }
+    s->woken = 1;
+    ev_break(loop, EVBREAK_ALL);
+}
+
+int
+ymo_server_init(ymo_server_t *s, const ymo_config_t *config,
+                const int *listen_fds, const int *is_unix, size_t n,
+                struct ymo_wsgi_app *app)
+{
+    memset(s, 0, sizeof(*s));
+    s->config = *config;
+    s->app = app;
+    s->loop = ev_loop_new(EVFLAG_AUTO | EVFLAG_NOSIGMASK);
+    if (s->loop == NULL) {
+        return -ENOMEM;
+    }
+    pthread_mutex_init(&s->ctl_lock, NULL);
+    atomic_init(&s->draining, 0);
+    s->listeners = calloc(n ? n : 1, sizeof(*s->listeners));
+    s->workers = calloc(config->workers, sizeof(*s->workers));
+    if (s->listeners == NULL || s->workers == NULL) {
+        ymo_server_destroy(s);
+        return -ENOMEM;
+    }
+    s->n_listeners = n;
+    for (size_t i = 0; i < n; i++) {
+        ymo_listener_t *l = &s->listeners[i];
+        l->server = s;
+        l->fd = listen_fds[i];
+        l->is_unix = is_unix[i];
+        l->index = i;
+        ev_io_init(&l->io, listener_on_accept, l->fd, EV_READ);
+        l->io.data = l;
+        ev_io_start(s->loop, &l->io);
+    }
+    for (size_t i = 0; i < config->workers; i++) {
+        int r = ymo_wsgi_worker_init(s->loop, i, &s->workers[i]);
+        if (r < 0) {
+            ymo_server_destroy(s);
+            return r;
+        }
+        s->workers[i].server = s;
+        s->n_workers = i + 1;
+    }
+    ev_async_init(&s->stop_watcher, server_on_stop);
+    s->stop_watcher.data = s;
+    ev_async_start(s->loop, &s->stop_watcher);
+    ev_init(&s->grace_timer, server_on_grace);
+    s->grace_timer.data = s;
+    ev_init(&s->wakeup_watcher, server_on_wakeup);
+    s->wakeup_watcher.data = s;
+    return 0;
+}
+
+int
+ymo_server_start_workers(ymo_server_t *s)
+{
+    for (size_t i = 0; i < s->n_workers; i++) {
+        if (!s->workers[i].started) {
+            int r = ymo_wsgi_worker_start(&s->workers[i]);
+            if (r < 0) {
+                return r;
+            }
+        }
+    }
+    return 0;
+}
+
+int
+ymo_server_run(ymo_server_t *s, int wakeup_fd)
+{
+    if (s->stopped) {
+        return 1;
+    }
+    if (wakeup_fd >= 0) {
+        ev_io_set(&s->wakeup_watcher, wakeup_fd, EV_READ);
+        ev_io_start(s->loop, &s->wakeup_watcher);
+    }
+    s->woken = 0;
+    ev_run(s->loop, 0);
+    ev_io_stop(s->loop, &s->wakeup_watcher);
+    return s->stopped ? 1 : 0;
+}
+
+void
+ymo_server_stop(ymo_server_t *s, double grace)
+{
+    pthread_mutex_lock(&s->ctl_lock);
+    if (!s->stop_requested || grace < s->grace) {
+        s->grace = grace;
+    }
+    s->stop_requested = 1;
+    pthread_mutex_unlock(&s->ctl_lock);
+    ev_async_send(s->loop, &s->stop_watcher);
+}
+
+void
+ymo_server_join_workers(ymo_server_t *s)
+{
+    for (size_t i = 0; i < s->n_workers; i++) {
+        ymo_wsgi_worker_stop(&s->workers[i]);
+    }
+    for (size_t i = 0; i < s->n_workers; i++) {
+        ymo_wsgi_worker_join(&s->workers[i]);
+    }
+    /* Final posts of exchanges whose connections were aborted: the
+     * workers are gone, so run their output callbacks once more. */
+    ev_run(s->loop, EVRUN_NOWAIT);
+}
+
+void
+ymo_server_destroy(ymo_server_t *s)
+{
+    while (s->conns != NULL) {
+        ymo_conn_close(s->conns);
+    }
+    for (size_t i = 0; i < s->n_workers; i++) {
+        ymo_wsgi_worker_destroy(&s->workers[i]);
+    }
+    if (s->loop != NULL) {
+        ev_loop_destroy(s->loop);
+        s->loop = NULL;
+        pthread_mutex_destroy(&s->ctl_lock);
+    }
+    free(s->listeners);
+    free(s->workers);
+    s->listeners = NULL;
+    s->workers = NULL;
+    s->n_workers = 0;
+}
+
+void
+ymo_server_dispatch(ymo_server_t *s, ymo_exchange_t *ex)
+{
+    /* An idle worker first (round robin among them, so load spreads);
+     * otherwise the least loaded one. */
+    ymo_wsgi_worker_t *best = NULL;
+    size_t n = s->n_workers;
+    for (size_t i = 0; i < n; i++) {
+        ymo_wsgi_worker_t *w = &s->workers[(s->next_worker + i) % n];
+        if (best == NULL || w->assigned < best->assigned) {
+            best = w;
+            if (w->assigned == 0) {
+                break;
+            }
+        }
+    }
+    s->next_worker = (best->id + 1) % n;
+    ex->assigned = best;
+    best->assigned++;
+    ymo_wsgi_worker_add_exchange(best, ex);
+    if (best->assigned > 1) {
+        /* Queued behind work the loop believes is running. A worker that
+         * is about to sleep may have finished already: wake it, and it
+         * steals the exchange (see worker_next in wsgi_worker.c). */
+        for (size_t i = 0; i < n; i++) {
+            ymo_wsgi_worker_t *w = &s->workers[i];
+            if (w != best && atomic_load(&w->idle)) {
+                if (!w->notify_pending) {
+                    w->notify_pending = 1;
+                    ev_prepare_start(s->loop, &w->prepare_watcher);
+                }
+            }
+        }
+    }
+}

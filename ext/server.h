@@ -1,0 +1,98 @@
+/* server.h - one server: its libev loop (the I/O thread), listening
+ * sockets, connections and workers, and the configuration they share.
+ * Plain C: the loop never touches Python. The Python-facing side hands in
+ * listening sockets it bound and an opaque app context for the workers. */
+#ifndef YMO_SERVER_H
+#define YMO_SERVER_H
+
+#include <ev.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stddef.h>
+
+#include "exchange.h"
+#include "http_parser.h"
+#include "wsgi_worker.h"
+
+struct ymo_conn;
+struct ymo_wsgi_app;
+
+/* Read-only once the server starts. */
+typedef struct ymo_config {
+    ymo_http_limits_t limits;
+    size_t workers;
+    double header_timeout;     /* a request head must arrive within */
+    double keepalive_timeout;  /* idle keep-alive connection; 0: no reuse */
+    double body_timeout;       /* max gap between request body bytes */
+    double write_timeout;      /* max stall writing to the client */
+    size_t in_high_water;      /* buffered request body: stop reading */
+    size_t out_high_water;     /* buffered response: the worker waits */
+} ymo_config_t;
+
+typedef struct ymo_listener {
+    ev_io io;                  /* loop thread */
+    struct ymo_server *server;
+    int fd;                    /* owned by the Python side */
+    int is_unix;
+    size_t index;              /* position in server->listeners */
+} ymo_listener_t;
+
+typedef struct ymo_server {
+    struct ev_loop *loop;
+    ymo_config_t config;
+    ymo_listener_t *listeners;
+    size_t n_listeners;
+    ymo_wsgi_worker_t *workers;
+    size_t n_workers;
+    struct ymo_wsgi_app *app;  /* opaque to the loop; workers use it */
+
+    /* Loop thread only. */
+    struct ymo_conn *conns;    /* doubly linked list of open connections */
+    size_t n_conns;
+    size_t next_worker;        /* round-robin start for dispatch */
+    int draining_loop;         /* stop requested: no accepts, wind down */
+    int stopped;               /* drained: ev_run returns for good */
+    int woken;                 /* the wakeup fd fired */
+    ev_io wakeup_watcher;      /* signal wakeup fd (main thread only) */
+    ev_timer grace_timer;
+    ev_async stop_watcher;     /* any thread -> loop: stop */
+
+    /* Shared. */
+    atomic_int draining;       /* loop writes; workers read (close conns) */
+    pthread_mutex_t ctl_lock;  /* guards stop_requested and grace */
+    int stop_requested;
+    double grace;
+} ymo_server_t;
+
+/* Set up the loop, listeners and workers (not started). listen_fds are
+ * bound, listening, non-blocking sockets owned by the caller. */
+int ymo_server_init(ymo_server_t *s, const ymo_config_t *config,
+                    const int *listen_fds, const int *is_unix, size_t n,
+                    struct ymo_wsgi_app *app);
+
+/* Start the worker threads (GIL held; see ymo_wsgi_worker_start). */
+int ymo_server_start_workers(ymo_server_t *s);
+
+/* Run the loop on the calling thread until the server has stopped (returns
+ * 1) or the wakeup fd became readable (returns 0; call again). GIL
+ * released. */
+int ymo_server_run(ymo_server_t *s, int wakeup_fd);
+
+/* Ask the loop to stop: no new connections, in-flight exchanges get
+ * `grace` seconds. Any thread. */
+void ymo_server_stop(ymo_server_t *s, double grace);
+
+/* After ymo_server_run returned 1: stop and join the workers, free what
+ * they left. GIL released. */
+void ymo_server_join_workers(ymo_server_t *s);
+
+/* Free everything (workers joined or never started). */
+void ymo_server_destroy(ymo_server_t *s);
+
+/* Loop thread: give an exchange to a worker. */
+void ymo_server_dispatch(ymo_server_t *s, ymo_exchange_t *ex);
+
+/* Loop thread: a connection closed (for draining). */
+void ymo_server_conn_closed(ymo_server_t *s);
+
+#endif /* YMO_SERVER_H */

@@ -1,0 +1,93 @@
+/* wsgi.h - declarations shared by the Python-facing C files: the module
+ * state, the app context the workers run, and the per-request objects
+ * (wsgi.input, start_response, wsgi.file_wrapper). */
+#ifndef YMO_WSGI_H
+#define YMO_WSGI_H
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include "exchange.h"
+#include "server.h"
+#include "wsgi_worker.h"
+
+#if PY_VERSION_HEX < 0x030A0000
+static inline PyObject *
+Py_NewRef(PyObject *o)
+{
+    Py_INCREF(o);
+    return o;
+}
+#endif
+
+#ifndef Py_TPFLAGS_DISALLOW_INSTANTIATION
+#define Py_TPFLAGS_DISALLOW_INSTANTIATION 0
+#endif
+
+#define YMO_COMMON_HEADER_KEYS 32
+
+/* Interned environ keys and constant values, created once per module. */
+typedef struct ymo_module_state {
+    PyTypeObject *Core_type;
+    PyTypeObject *Input_type;
+    PyTypeObject *StartResponse_type;
+    PyTypeObject *FileWrapper_type;
+    PyObject *k_request_method, *k_script_name, *k_path_info,
+        *k_query_string, *k_content_type, *k_content_length,
+        *k_server_name, *k_server_port, *k_server_protocol,
+        *k_server_software, *k_remote_addr, *k_remote_port, *k_raw_uri,
+        *k_wsgi_version, *k_wsgi_url_scheme, *k_wsgi_input,
+        *k_wsgi_errors, *k_wsgi_multithread, *k_wsgi_multiprocess,
+        *k_wsgi_run_once, *k_wsgi_input_terminated, *k_wsgi_file_wrapper;
+    PyObject *v_empty, *v_http, *v_http10, *v_http11, *v_version,
+        *v_software, *v_get, *v_post, *v_head;
+    PyObject *s_close, *s_fileno, *s_read, *s_seek, *s_tell;
+    PyObject *header_keys[YMO_COMMON_HEADER_KEYS];  /* HTTP_HOST, ... */
+} ymo_module_state;
+
+/* Fill st->header_keys; -1 with an exception set. */
+int ymo_environ_state_init(ymo_module_state *st);
+
+/* What the workers need to run the app: owned by a Core object, read-only
+ * while workers run (Python objects here are only read, or called). */
+struct ymo_wsgi_app {
+    ymo_module_state *st;
+    ymo_server_t *server;
+    PyObject *app;
+    PyObject *log_error;       /* callable(message, exc_info) */
+    PyObject *log_access;      /* callable(environ, status, length,
+                                * seconds), or NULL */
+    PyObject *errors;          /* wsgi.errors */
+    PyObject *file_wrapper;    /* the FileWrapper type */
+    PyObject *multithread;     /* bools */
+    PyObject *multiprocess;
+    PyObject **server_name;    /* per listener */
+    PyObject **server_port;
+};
+
+/* GIL held: run one exchange to completion (app call, body, close()). */
+void ymo_wsgi_run_exchange(struct ymo_wsgi_app *app,
+                           ymo_wsgi_worker_t *worker, ymo_exchange_t *ex);
+
+/* GIL held: a new environ dict for ex (without wsgi.input). */
+PyObject *ymo_wsgi_environ(struct ymo_wsgi_app *app, ymo_exchange_t *ex);
+
+/* Type specs, defined next to their implementations. */
+extern PyType_Spec ymo_input_spec;
+extern PyType_Spec ymo_start_response_spec;
+extern PyType_Spec ymo_file_wrapper_spec;
+
+/* wsgi.input for ex. GIL held. */
+PyObject *ymo_input_new(ymo_module_state *st, ymo_exchange_t *ex,
+                        size_t low_water);
+/* The exchange is finished: the object reads as empty from now on. */
+void ymo_input_detach(PyObject *input);
+
+/* wsgi.file_wrapper objects */
+typedef struct {
+    PyObject_HEAD
+    PyObject *filelike;
+    Py_ssize_t blksize;
+} ymo_file_wrapper_t;
+
+#endif /* YMO_WSGI_H */

@@ -1,0 +1,272 @@
+/* wsgi_environ.c - builds the PEP 3333 environ dict from an exchange's
+ * parsed request head. GIL held throughout. */
+#include "wsgi.h"
+
+#include <string.h>
+
+/* Headers common enough that their environ keys are worth interning. */
+static const char *const common_headers[] = {
+    "Host", "User-Agent", "Accept", "Accept-Encoding", "Accept-Language",
+    "Connection", "Cookie", "Referer", "Cache-Control", "Origin",
+    "Authorization", "Upgrade-Insecure-Requests", "X-Forwarded-For",
+    "X-Forwarded-Proto", "X-Requested-With", "If-None-Match",
+    "If-Modified-Since", "Pragma", "Sec-Fetch-Mode", "Sec-Fetch-Site",
+    "Sec-Fetch-Dest", "Content-Encoding", "Keep-Alive", "Expect",
+    "Transfer-Encoding", "Range", NULL,
+};
+#define N_COMMON (sizeof(common_headers) / sizeof(common_headers[0]) - 1)
+_Static_assert(N_COMMON <= YMO_COMMON_HEADER_KEYS, "room for the keys");
+
+static int
+name_eq(const char *a, size_t alen, const char *b)
+{
+    size_t blen = strlen(b);
+    if (alen != blen) {
+        return 0;
+    }
+    for (size_t i = 0; i < alen; i++) {
+        char x = a[i], y = b[i];
+        if (x >= 'A' && x <= 'Z') {
+            x += 32;
+        }
+        if (y >= 'A' && y <= 'Z') {
+            y += 32;
+        }
+        if (x != y) {
+            return 0;
+        }
+    }
+    return 1;
+}
+
+/* "HTTP_" + upper-cased name with '-' as '_'; new reference. */
+static PyObject *
+make_key(const char *name, size_t len)
+{
+    char buf[256];
+    char *p = len + 5 <= sizeof(buf) ? buf : PyMem_Malloc(len + 5);
+    if (p == NULL) {
+        return PyErr_NoMemory();
+    }
+    memcpy(p, "HTTP_", 5);
+    for (size_t i = 0; i < len; i++) {
+        char ch = name[i];
+        if (ch >= 'a' && ch <= 'z') {
+            ch -= 32;
+        }
+        else if (ch == '-') {
+            ch = '_';
+        }
+        p[5 + i] = ch;
+    }
+    PyObject *key = PyUnicode_FromStringAndSize(p, (Py_ssize_t)len + 5);
+    if (p != buf) {
+        PyMem_Free(p);
+    }
+    return key;
+}
+
+int
+ymo_environ_state_init(ymo_module_state *st)
+{
+    for (size_t i = 0; i < N_COMMON; i++) {
+        st->header_keys[i] = make_key(common_headers[i],
+                                      strlen(common_headers[i]));
+        if (st->header_keys[i] == NULL) {
+            return -1;
+        }
+        PyUnicode_InternInPlace(&st->header_keys[i]);
+    }
+    return 0;
+}
+
+static PyObject *
+header_key(ymo_module_state *st, const char *name, size_t len)
+{
+    for (size_t i = 0; i < N_COMMON; i++) {
+        if (name_eq(name, len, common_headers[i])) {
+            return Py_NewRef(st->header_keys[i]);
+        }
+    }
+    return make_key(name, len);
+}
+
+static int
+set_latin1(PyObject *env, PyObject *key, const char *s, size_t n)
+{
+    PyObject *v = PyUnicode_DecodeLatin1(s, (Py_ssize_t)n, NULL);
+    if (v == NULL) {
+        return -1;
+    }
+    int r = PyDict_SetItem(env, key, v);
+    Py_DECREF(v);
+    return r;
+}
+
+/* Set or extend a header's environ entry: repeated fields are joined with
+ * "," (RFC 9110 5.3), cookies with "; " (RFC 6265 5.4). */
+static int
+add_header(PyObject *env, PyObject *key, const char *v, size_t n,
+           int is_cookie)
+{
+    PyObject *old = PyDict_GetItemWithError(env, key);
+    if (old == NULL) {
+        return PyErr_Occurred() ? -1 : set_latin1(env, key, v, n);
+    }
+    PyObject *add = PyUnicode_DecodeLatin1(v, (Py_ssize_t)n, NULL);
+    if (add == NULL) {
+        return -1;
+    }
+    PyObject *joined = PyUnicode_FromFormat("%U%s%U", old,
+                                            is_cookie ? "; " : ",", add);
+    Py_DECREF(add);
+    if (joined == NULL) {
+        return -1;
+    }
+    int r = PyDict_SetItem(env, key, joined);
+    Py_DECREF(joined);
+    return r;
+}
+
+static PyObject *
+method_str(ymo_module_state *st, const ymo_http_request_t *req)
+{
+    const char *m = req->method;
+    size_t n = req->method_len;
+    if (n == 3 && memcmp(m, "GET", 3) == 0) {
+        return Py_NewRef(st->v_get);
+    }
+    if (n == 4 && memcmp(m, "POST", 4) == 0) {
+        return Py_NewRef(st->v_post);
+    }
+    if (n == 4 && memcmp(m, "HEAD", 4) == 0) {
+        return Py_NewRef(st->v_head);
+    }
+    return PyUnicode_DecodeLatin1(m, (Py_ssize_t)n, NULL);
+}
+
+PyObject *
+ymo_wsgi_environ(struct ymo_wsgi_app *app, ymo_exchange_t *ex)
+{
+    ymo_module_state *st = app->st;
+    const ymo_http_request_t *req = &ex->req;
+    PyObject *env = PyDict_New();
+    PyObject *v;
+    if (env == NULL) {
+        return NULL;
+    }
+#define SET(key, value)                                                    \
+    do {                                                                   \
+        if (PyDict_SetItem(env, (key), (value)) < 0) {                     \
+            goto fail;                                                     \
+        }                                                                  \
+    } while (0)
+#define SET_NEW(key, expr)                                                 \
+    do {                                                                   \
+        if ((v = (expr)) == NULL) {                                        \
+            goto fail;                                                     \
+        }                                                                  \
+        int r_ = PyDict_SetItem(env, (key), v);                            \
+        Py_DECREF(v);                                                      \
+        if (r_ < 0) {                                                      \
+            goto fail;                                                     \
+        }                                                                  \
+    } while (0)
+
+    SET_NEW(st->k_request_method, method_str(st, req));
+    SET(st->k_script_name, st->v_empty);
+    /* PATH_INFO: percent-decoded bytes as latin-1 (PEP 3333 "native
+     * strings"); frameworks re-encode it to recover UTF-8. */
+    {
+        char stackbuf[1024];
+        char *buf = req->path_len <= sizeof(stackbuf)
+                        ? stackbuf : PyMem_Malloc(req->path_len + 1);
+        if (buf == NULL) {
+            PyErr_NoMemory();
+            goto fail;
+        }
+        size_t n = ymo_http_percent_decode(req->path, req->path_len, buf);
+        v = PyUnicode_DecodeLatin1(buf, (Py_ssize_t)n, NULL);
+        if (buf != stackbuf) {
+            PyMem_Free(buf);
+        }
+        if (v == NULL) {
+            goto fail;
+        }
+        int r = PyDict_SetItem(env, st->k_path_info, v);
+        Py_DECREF(v);
+        if (r < 0) {
+            goto fail;
+        }
+    }
+    if (req->query_len == 0) {
+        SET(st->k_query_string, st->v_empty);
+    }
+    else if (set_latin1(env, st->k_query_string, req->query,
+                        req->query_len) < 0) {
+        goto fail;
+    }
+    if (set_latin1(env, st->k_raw_uri, req->target, req->target_len) < 0) {
+        goto fail;
+    }
+    SET(st->k_server_protocol,
+        req->minor_version == 1 ? st->v_http11 : st->v_http10);
+    SET(st->k_server_name, app->server_name[ex->listener->index]);
+    SET(st->k_server_port, app->server_port[ex->listener->index]);
+    SET(st->k_server_software, st->v_software);
+    SET_NEW(st->k_remote_addr, PyUnicode_FromString(ex->remote_addr));
+    if (ex->remote_port >= 0) {
+        SET_NEW(st->k_remote_port,
+                PyUnicode_FromFormat("%d", ex->remote_port));
+    }
+    else {
+        SET(st->k_remote_port, st->v_empty);
+    }
+    for (size_t i = 0; i < req->num_headers; i++) {
+        const ymo_http_header_t *h = &req->headers[i];
+        /* "X_Foo" would become the same key as "X-Foo": a way to smuggle
+         * a header past a proxy that checks X-Foo. Drop such names. */
+        if (memchr(h->name, '_', h->name_len) != NULL) {
+            continue;
+        }
+        if (name_eq(h->name, h->name_len, "Content-Type")) {
+            if (set_latin1(env, st->k_content_type, h->value,
+                           h->value_len) < 0) {
+                goto fail;
+            }
+            continue;
+        }
+        if (name_eq(h->name, h->name_len, "Content-Length")) {
+            /* The parser accepted only identical duplicates. */
+            if (set_latin1(env, st->k_content_length, h->value,
+                           h->value_len) < 0) {
+                goto fail;
+            }
+            continue;
+        }
+        PyObject *key = header_key(st, h->name, h->name_len);
+        if (key == NULL) {
+            goto fail;
+        }
+        int r = add_header(env, key, h->value, h->value_len,
+                           name_eq(h->name, h->name_len, "Cookie"));
+        Py_DECREF(key);
+        if (r < 0) {
+            goto fail;
+        }
+    }
+    SET(st->k_wsgi_version, st->v_version);
+    SET(st->k_wsgi_url_scheme, st->v_http);
+    SET(st->k_wsgi_errors, app->errors);
+    SET(st->k_wsgi_multithread, app->multithread);
+    SET(st->k_wsgi_multiprocess, app->multiprocess);
+    SET(st->k_wsgi_run_once, Py_False);
+    SET(st->k_wsgi_input_terminated, Py_True);
+    SET(st->k_wsgi_file_wrapper, app->file_wrapper);
+#undef SET
+#undef SET_NEW
+    return env;
+fail:
+    Py_DECREF(env);
+    return NULL;
+}

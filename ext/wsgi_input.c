@@ -1,0 +1,250 @@
+/* wsgi_input.c - the wsgi.input stream: reads the request body as the loop
+ * delivers it, blocking with the GIL released, so the app can start before
+ * the body has arrived and memory stays bounded whatever its size.      */
+#include "wsgi.h"
+
+#include <string.h>
+
+typedef struct {
+    PyObject_HEAD
+    ymo_exchange_t *ex;        /* NULL once the exchange has finished */
+    size_t low_water;
+} InputObject;
+
+PyObject *
+ymo_input_new(ymo_module_state *st, ymo_exchange_t *ex, size_t low_water)
+{
+    InputObject *self = PyObject_New(InputObject, st->Input_type);
+    if (self == NULL) {
+        return NULL;
+    }
+    self->ex = ex;
+    self->low_water = low_water;
+    return (PyObject *)self;
+}
+
+void
+ymo_input_detach(PyObject *input)
+{
+    ((InputObject *)input)->ex = NULL;
+}
+
+static void
+Input_dealloc(InputObject *self)
+{
+    PyTypeObject *tp = Py_TYPE(self);
+    PyObject_Free(self);
+    Py_DECREF(tp);
+}
+
+/* Read into buf with the GIL released. Returns bytes read (0 at the end)
+ * or -1 with an exception set. */
+static long
+input_fill(InputObject *self, char *buf, size_t n, int line)
+{
+    if (self->ex == NULL || n == 0) {
+        return 0;
+    }
+    long r;
+    int status = 0;
+    Py_BEGIN_ALLOW_THREADS
+    r = ymo_exchange_read(self->ex, buf, n, line, self->low_water, &status);
+    Py_END_ALLOW_THREADS
+    if (r < 0) {
+        if (status == -1) {
+            PyErr_SetString(PyExc_OSError,
+                            "client disconnected before the request body "
+                            "was complete");
+        }
+        else {
+            PyErr_Format(PyExc_OSError, "request body refused: %d %s",
+                         status, ymo_http_reason(status));
+        }
+    }
+    return r;
+}
+
+/* Read up to `limit` bytes (all when limit < 0), stopping after a newline
+ * when `line`. Keeps reading until then: a short result means the end of
+ * the body. */
+static PyObject *
+input_read(InputObject *self, Py_ssize_t limit, int line)
+{
+    size_t cap;
+    if (limit >= 0) {
+        cap = (size_t)limit;
+        if (!line && self->ex != NULL &&
+            self->ex->req.body == YMO_HTTP_BODY_LENGTH) {
+            /* No bigger than what can still come. */
+            uint64_t left = self->ex->req.content_length
+                            - self->ex->in_consumed;
+            if (left < cap) {
+                cap = (size_t)left;
+            }
+        }
+        if (line && cap > 65536) {
+            cap = 65536;        /* grows below if the line is longer */
+        }
+    }
+    else if (!line && self->ex != NULL &&
+             self->ex->req.body == YMO_HTTP_BODY_LENGTH) {
+        cap = (size_t)(self->ex->req.content_length - self->ex->in_consumed);
+    }
+    else {
+        cap = line ? 256 : 65536;
+    }
+    PyObject *out = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)cap);
+    if (out == NULL) {
+        return NULL;
+    }
+    size_t got = 0;
+    for (;;) {
+        size_t want = cap - got;
+        if (limit >= 0 && (size_t)limit - got < want) {
+            want = (size_t)limit - got;
+        }
+        if (want == 0) {
+            if (limit >= 0 && got >= (size_t)limit) {
+                break;
+            }
+            /* Out of room with no limit reached: grow. */
+            size_t ncap = cap < 65536 ? 65536 : cap * 2;
+            if (_PyBytes_Resize(&out, (Py_ssize_t)ncap) < 0) {
+                return NULL;
+            }
+            cap = ncap;
+            continue;
+        }
+        long n = input_fill(self, PyBytes_AS_STRING(out) + got, want, line);
+        if (n < 0) {
+            Py_DECREF(out);
+            return NULL;
+        }
+        if (n == 0) {
+            break;
+        }
+        got += (size_t)n;
+        if (self->ex != NULL) {
+            self->ex->in_consumed += (uint64_t)n;
+        }
+        if (line && PyBytes_AS_STRING(out)[got - 1] == '\n') {
+            break;
+        }
+    }
+    if (got != cap && _PyBytes_Resize(&out, (Py_ssize_t)got) < 0) {
+        return NULL;
+    }
+    return out;
+}
+
+static int
+size_arg(PyObject *const *args, Py_ssize_t nargs, Py_ssize_t *size)
+{
+    *size = -1;
+    if (nargs > 1) {
+        PyErr_SetString(PyExc_TypeError, "expected at most 1 argument");
+        return -1;
+    }
+    if (nargs == 1 && args[0] != Py_None) {
+        *size = PyNumber_AsSsize_t(args[0], PyExc_OverflowError);
+        if (*size == -1 && PyErr_Occurred()) {
+            return -1;
+        }
+    }
+    return 0;
+}
+
+static PyObject *
+Input_read(InputObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    Py_ssize_t size;
+    if (size_arg(args, nargs, &size) < 0) {
+        return NULL;
+    }
+    return input_read(self, size, 0);
+}
+
+static PyObject *
+Input_readline(InputObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    Py_ssize_t size;
+    if (size_arg(args, nargs, &size) < 0) {
+        return NULL;
+    }
+    return input_read(self, size, 1);
+}
+
+static PyObject *
+Input_readlines(InputObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    Py_ssize_t hint;
+    if (size_arg(args, nargs, &hint) < 0) {
+        return NULL;
+    }
+    PyObject *lines = PyList_New(0);
+    if (lines == NULL) {
+        return NULL;
+    }
+    Py_ssize_t total = 0;
+    for (;;) {
+        PyObject *line = input_read(self, -1, 1);
+        if (line == NULL) {
+            Py_DECREF(lines);
+            return NULL;
+        }
+        Py_ssize_t n = PyBytes_GET_SIZE(line);
+        if (n == 0) {
+            Py_DECREF(line);
+            break;
+        }
+        int r = PyList_Append(lines, line);
+        Py_DECREF(line);
+        if (r < 0) {
+            Py_DECREF(lines);
+            return NULL;
+        }
+        total += n;
+        if (hint > 0 && total >= hint) {
+            break;
+        }
+    }
+    return lines;
+}
+
+static PyObject *
+Input_iternext(InputObject *self)
+{
+    PyObject *line = input_read(self, -1, 1);
+    if (line != NULL && PyBytes_GET_SIZE(line) == 0) {
+        Py_DECREF(line);
+        return NULL;            /* StopIteration */
+    }
+    return line;
+}
+
+static PyMethodDef Input_methods[] = {
+    {"read", (PyCFunction)(void (*)(void))Input_read, METH_FASTCALL,
+     "read(size=-1) -> bytes: up to size bytes of the body (all when -1);"
+     " fewer only at its end"},
+    {"readline", (PyCFunction)(void (*)(void))Input_readline, METH_FASTCALL,
+     "readline(size=-1) -> bytes: one line, including its newline"},
+    {"readlines", (PyCFunction)(void (*)(void))Input_readlines,
+     METH_FASTCALL, "readlines(hint=-1) -> list of lines"},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyType_Slot Input_slots[] = {
+    {Py_tp_dealloc, Input_dealloc},
+    {Py_tp_iter, PyObject_SelfIter},
+    {Py_tp_iternext, Input_iternext},
+    {Py_tp_methods, Input_methods},
+    {Py_tp_doc, "wsgi.input: the request body as a stream"},
+    {0, NULL},
+};
+
+PyType_Spec ymo_input_spec = {
+    .name = "yimmo._yimmo.Input",
+    .basicsize = sizeof(InputObject),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_DISALLOW_INSTANTIATION,
+    .slots = Input_slots,
+};

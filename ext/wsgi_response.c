@@ -1,0 +1,1115 @@
+/* wsgi_response.c - running one exchange on a worker: the app call,
+ * start_response and write(), turning the returned iterable into output
+ * buckets with the right framing, wsgi.file_wrapper via sendfile, app
+ * errors, and close(). GIL held throughout unless stated otherwise.     */
+#include "wsgi.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "http_response.h"
+
+/* Output is copied into buckets of at least this size, so small writes
+ * share one; a list response is posted to the loop in one go up to this
+ * many bytes. */
+#define BUCKET_MIN 4096
+#define POST_BATCH (256 * 1024)
+
+typedef struct {
+    PyObject_HEAD
+    ymo_exchange_t *ex;        /* NULL once the exchange has finished */
+    struct ymo_wsgi_app *app;
+    PyObject *status;          /* from start_response */
+    PyObject *headers;
+    int called;                /* start_response was called */
+    int head_built;            /* the head is in the output: "sent" */
+    int status_code;
+    int no_body;               /* HEAD, 1xx, 204, 304 */
+    int chunked;
+    int keep_alive;
+    int aborted;               /* the client is gone */
+    int overflow;              /* the app gave more than Content-Length */
+    long long content_length;  /* -1 when not known */
+    long long known_length;    /* length of a one-item body, or -1 */
+    unsigned long long body_sent;
+    ymo_bucket_t *pend_head;   /* built, not yet posted */
+    ymo_bucket_t *pend_tail;
+    size_t pend_len;
+} StartResponseObject;
+
+/* -- Date header: formatted once a second per worker thread. -- */
+
+static __thread time_t date_when;
+static __thread char date_buf[64];
+
+static const char *
+http_date(void)
+{
+    time_t t = time(NULL);
+    if (t != date_when) {
+        struct tm tm;
+        gmtime_r(&t, &tm);
+        strftime(date_buf, sizeof(date_buf), "%a, %d %b %Y %H:%M:%S GMT",
+                 &tm);
+        date_when = t;
+    }
+    return date_buf;
+}
+
+/* -- Small helpers -- */
+
+/* Latin-1 bytes of a str without copying; -1 (ValueError) when it has
+ * characters beyond latin-1, or TypeError when not a str. */
+static int
+latin1_view(PyObject *s, const char *what, const char **p, Py_ssize_t *n)
+{
+    if (!PyUnicode_Check(s)) {
+        PyErr_Format(PyExc_TypeError, "%s must be str, not %.100s", what,
+                     Py_TYPE(s)->tp_name);
+        return -1;
+    }
+    if (PyUnicode_KIND(s) != PyUnicode_1BYTE_KIND) {
+        PyErr_Format(PyExc_ValueError, "%s is not latin-1: %R", what, s);
+        return -1;
+    }
+    *p = (const char *)PyUnicode_DATA(s);
+    *n = PyUnicode_GET_LENGTH(s);
+    return 0;
+}
+
+static const unsigned char is_tchar[256] = {
+    ['!'] = 1, ['#'] = 1, ['$'] = 1, ['%'] = 1, ['&'] = 1, ['\''] = 1,
+    ['*'] = 1, ['+'] = 1, ['-'] = 1, ['.'] = 1, ['^'] = 1, ['_'] = 1,
+    ['`'] = 1, ['|'] = 1, ['~'] = 1,
+    ['0'] = 1, ['1'] = 1, ['2'] = 1, ['3'] = 1, ['4'] = 1, ['5'] = 1,
+    ['6'] = 1, ['7'] = 1, ['8'] = 1, ['9'] = 1,
+    ['A'] = 1, ['B'] = 1, ['C'] = 1, ['D'] = 1, ['E'] = 1, ['F'] = 1,
+    ['G'] = 1, ['H'] = 1, ['I'] = 1, ['J'] = 1, ['K'] = 1, ['L'] = 1,
+    ['M'] = 1, ['N'] = 1, ['O'] = 1, ['P'] = 1, ['Q'] = 1, ['R'] = 1,
+    ['S'] = 1, ['T'] = 1, ['U'] = 1, ['V'] = 1, ['W'] = 1, ['X'] = 1,
+    ['Y'] = 1, ['Z'] = 1,
+    ['a'] = 1, ['b'] = 1, ['c'] = 1, ['d'] = 1, ['e'] = 1, ['f'] = 1,
+    ['g'] = 1, ['h'] = 1, ['i'] = 1, ['j'] = 1, ['k'] = 1, ['l'] = 1,
+    ['m'] = 1, ['n'] = 1, ['o'] = 1, ['p'] = 1, ['q'] = 1, ['r'] = 1,
+    ['s'] = 1, ['t'] = 1, ['u'] = 1, ['v'] = 1, ['w'] = 1, ['x'] = 1,
+    ['y'] = 1, ['z'] = 1,
+};
+
+static int
+ieq(const char *a, Py_ssize_t n, const char *lower)
+{
+    if ((size_t)n != strlen(lower)) {
+        return 0;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        char ch = a[i];
+        if (ch >= 'A' && ch <= 'Z') {
+            ch += 32;
+        }
+        if (ch != lower[i]) {
+            return 0;
+        }
+    }
+    return 1;
+}
+
+/* Does a Connection value list the "close" token? */
+static int
+has_close_token(const char *v, Py_ssize_t n)
+{
+    Py_ssize_t i = 0;
+    while (i < n) {
+        while (i < n && (v[i] == ' ' || v[i] == '\t' || v[i] == ',')) {
+            i++;
+        }
+        Py_ssize_t start = i;
+        while (i < n && v[i] != ',' && v[i] != ' ' && v[i] != '\t') {
+            i++;
+        }
+        if (ieq(v + start, i - start, "close")) {
+            return 1;
+        }
+    }
+    return 0;
+}
+
+/* Status "NNN reason": three digits, a space, then no control bytes. */
+static int
+check_status(PyObject *status, int *code)
+{
+    const char *s;
+    Py_ssize_t n;
+    if (latin1_view(status, "status", &s, &n) < 0) {
+        return -1;
+    }
+    if (n < 4 || s[3] != ' ' || s[0] < '1' || s[0] > '9' || s[1] < '0' ||
+        s[1] > '9' || s[2] < '0' || s[2] > '9') {
+        PyErr_Format(PyExc_ValueError,
+                     "status must look like '200 OK', got %R", status);
+        return -1;
+    }
+    for (Py_ssize_t i = 4; i < n; i++) {
+        unsigned char ch = (unsigned char)s[i];
+        if ((ch < 0x20 && ch != '\t') || ch == 0x7f) {
+            PyErr_Format(PyExc_ValueError,
+                         "control character in status %R", status);
+            return -1;
+        }
+    }
+    *code = (s[0] - '0') * 100 + (s[1] - '0') * 10 + (s[2] - '0');
+    return 0;
+}
+
+/* Check one (name, value) pair; -1 with ValueError/TypeError. */
+static int
+check_header(PyObject *item, const char **name, Py_ssize_t *nlen,
+             const char **value, Py_ssize_t *vlen)
+{
+    if (!PyTuple_Check(item) || PyTuple_GET_SIZE(item) != 2) {
+        PyErr_Format(PyExc_TypeError,
+                     "headers must be (name, value) tuples, got %R", item);
+        return -1;
+    }
+    if (latin1_view(PyTuple_GET_ITEM(item, 0), "header name", name,
+                    nlen) < 0 ||
+        latin1_view(PyTuple_GET_ITEM(item, 1), "header value", value,
+                    vlen) < 0) {
+        return -1;
+    }
+    if (*nlen == 0) {
+        PyErr_SetString(PyExc_ValueError, "empty header name");
+        return -1;
+    }
+    for (Py_ssize_t i = 0; i < *nlen; i++) {
+        if (!is_tchar[(unsigned char)(*name)[i]]) {
+            PyErr_Format(PyExc_ValueError, "invalid header name %R",
+                         PyTuple_GET_ITEM(item, 0));
+            return -1;
+        }
+    }
+    for (Py_ssize_t i = 0; i < *vlen; i++) {
+        unsigned char ch = (unsigned char)(*value)[i];
+        if ((ch < 0x20 && ch != '\t') || ch == 0x7f) {
+            /* CR or LF here would let the app's data split the
+             * response: refuse it. */
+            PyErr_Format(PyExc_ValueError,
+                         "control character in value of header %R",
+                         PyTuple_GET_ITEM(item, 0));
+            return -1;
+        }
+    }
+    return 0;
+}
+
+/* -- Output -- */
+
+/* Room for n more bytes at the end of the pending chain. */
+static char *
+pend_reserve(StartResponseObject *self, size_t n)
+{
+    ymo_bucket_t *b = self->pend_tail;
+    if (b == NULL || b->cap - b->len < n) {
+        b = ymo_bucket_new(n > BUCKET_MIN ? n : BUCKET_MIN);
+        if (b == NULL) {
+            PyErr_NoMemory();
+            return NULL;
+        }
+        if (self->pend_tail != NULL) {
+            self->pend_tail->next = b;
+        }
+        else {
+            self->pend_head = b;
+        }
+        self->pend_tail = b;
+    }
+    return b->data + b->len;
+}
+
+static void
+pend_commit(StartResponseObject *self, size_t n)
+{
+    self->pend_tail->len += n;
+    self->pend_len += n;
+}
+
+static int
+pend_add(StartResponseObject *self, const char *data, size_t n)
+{
+    char *p = pend_reserve(self, n);
+    if (p == NULL) {
+        return -1;
+    }
+    memcpy(p, data, n);
+    pend_commit(self, n);
+    return 0;
+}
+
+/* Wait, GIL released, until the loop has written enough of the output. */
+static void
+wait_drain(StartResponseObject *self)
+{
+    ymo_exchange_t *ex = self->ex;
+    size_t low = ex->server->config.out_high_water / 2;
+    int aborted;
+    Py_BEGIN_ALLOW_THREADS
+    pthread_mutex_lock(&ex->lock);
+    while (!ex->aborted && ex->out_buffered > low) {
+        ex->waiting = 1;
+        pthread_cond_wait(&ex->cond, &ex->lock);
+        ex->waiting = 0;
+    }
+    aborted = ex->aborted;
+    pthread_mutex_unlock(&ex->lock);
+    Py_END_ALLOW_THREADS
+    if (aborted) {
+        self->aborted = 1;
+    }
+}
+
+/* Hand the pending output to the loop (with `done` flags, the last). */
+static int
+post(StartResponseObject *self, int done)
+{
+    ymo_bucket_t *chain = self->pend_head;
+    self->pend_head = self->pend_tail = NULL;
+    self->pend_len = 0;
+    if (chain == NULL && !done) {
+        return 0;
+    }
+    int r = ymo_wsgi_worker_response_body_append(self->ex, chain, done);
+    if (r < 0) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    if (done) {
+        self->ex = NULL;        /* the loop's now */
+        return 0;
+    }
+    if (r & YMO_OUT_ABORTED) {
+        self->aborted = 1;
+    }
+    else if (r & YMO_OUT_HIGH_WATER) {
+        wait_drain(self);
+    }
+    return 0;
+}
+
+/* Build the status line and headers into the pending output, deciding
+ * the framing. `extra` is a hint of body bytes about to follow. */
+static int
+build_head(StartResponseObject *self, size_t extra)
+{
+    ymo_exchange_t *ex = self->ex;
+    const ymo_http_request_t *req = &ex->req;
+    const char *s;
+    Py_ssize_t slen;
+    if (latin1_view(self->status, "status", &s, &slen) < 0) {
+        return -1;
+    }
+    Py_ssize_t nh = PyList_GET_SIZE(self->headers);
+    size_t size = 9 + (size_t)slen + 2 + 160;
+    for (Py_ssize_t i = 0; i < nh; i++) {
+        PyObject *item = PyList_GET_ITEM(self->headers, i);
+        size += (size_t)PyUnicode_GET_LENGTH(PyTuple_GET_ITEM(item, 0)) +
+                (size_t)PyUnicode_GET_LENGTH(PyTuple_GET_ITEM(item, 1)) + 4;
+    }
+    char *p = pend_reserve(self, size + (extra < POST_BATCH ? extra : 0));
+    if (p == NULL) {
+        return -1;
+    }
+    char *start = p;
+    memcpy(p, "HTTP/1.1 ", 9);
+    p += 9;
+    memcpy(p, s, (size_t)slen);
+    p += slen;
+    *p++ = '\r';
+    *p++ = '\n';
+    int app_close = 0, has_date = 0, has_server = 0;
+    for (Py_ssize_t i = 0; i < nh; i++) {
+        PyObject *item = PyList_GET_ITEM(self->headers, i);
+        const char *name, *value;
+        Py_ssize_t nlen, vlen;
+        if (check_header(item, &name, &nlen, &value, &vlen) < 0) {
+            return -1;
+        }
+        if (ieq(name, nlen, "connection")) {
+            /* Hop-by-hop: the server manages it; honour a close. */
+            app_close |= has_close_token(value, vlen);
+            continue;
+        }
+        if (ieq(name, nlen, "date")) {
+            has_date = 1;
+        }
+        else if (ieq(name, nlen, "server")) {
+            has_server = 1;
+        }
+        memcpy(p, name, (size_t)nlen);
+        p += nlen;
+        *p++ = ':';
+        *p++ = ' ';
+        memcpy(p, value, (size_t)vlen);
+        p += vlen;
+        *p++ = '\r';
+        *p++ = '\n';
+    }
+    if (!has_date) {
+        p += sprintf(p, "Date: %s\r\n", http_date());
+    }
+    if (!has_server) {
+        memcpy(p, "Server: yimmo\r\n", 15);
+        p += 15;
+    }
+    int code = self->status_code;
+    int head_req = req->method_len == 4 &&
+                   memcmp(req->method, "HEAD", 4) == 0;
+    self->no_body = head_req || code < 200 || code == 204 || code == 304;
+    int keep = req->keep_alive && !atomic_load(&ex->server->draining) &&
+               !app_close;
+    /* A request body not fully received by now cannot be told apart from
+     * the next request unless it is read to its end: do not reuse. */
+    pthread_mutex_lock(&ex->lock);
+    if (!ex->in_done || ex->in_error != 0) {
+        keep = 0;
+    }
+    pthread_mutex_unlock(&ex->lock);
+    if (self->content_length < 0 && self->known_length >= 0 &&
+        !(code < 200 || code == 204 || code == 304)) {
+        self->content_length = self->known_length;
+        p += sprintf(p, "Content-Length: %lld\r\n", self->content_length);
+    }
+    else if (self->content_length < 0 && !self->no_body) {
+        if (req->minor_version >= 1) {
+            self->chunked = 1;
+            memcpy(p, "Transfer-Encoding: chunked\r\n", 28);
+            p += 28;
+        }
+        else {
+            keep = 0;           /* the end of the body is the close */
+        }
+    }
+    if (!keep) {
+        memcpy(p, "Connection: close\r\n", 19);
+        p += 19;
+    }
+    else if (req->minor_version == 0) {
+        memcpy(p, "Connection: keep-alive\r\n", 24);
+        p += 24;
+    }
+    *p++ = '\r';
+    *p++ = '\n';
+    pend_commit(self, (size_t)(p - start));
+    self->keep_alive = keep;
+    self->head_built = 1;
+    return 0;
+}
+
+/* Add body bytes (framed as needed) to the pending output; post when
+ * `flush` or when enough has gathered. */
+static int
+emit(StartResponseObject *self, const char *data, size_t n, int flush)
+{
+    if (!self->head_built && build_head(self, n) < 0) {
+        return -1;
+    }
+    if (self->no_body || self->aborted || self->overflow) {
+        n = 0;
+    }
+    if (self->content_length >= 0 &&
+        self->body_sent + n > (unsigned long long)self->content_length) {
+        /* Never more bytes than the Content-Length the app declared. */
+        n = (size_t)((unsigned long long)self->content_length
+                     - self->body_sent);
+        self->overflow = 1;
+    }
+    if (n > 0) {
+        if (self->chunked) {
+            char size_line[24];
+            int k = snprintf(size_line, sizeof(size_line), "%zx\r\n", n);
+            char *p = pend_reserve(self, (size_t)k + n + 2);
+            if (p == NULL) {
+                return -1;
+            }
+            memcpy(p, size_line, (size_t)k);
+            memcpy(p + k, data, n);
+            memcpy(p + k + n, "\r\n", 2);
+            pend_commit(self, (size_t)k + n + 2);
+        }
+        else if (pend_add(self, data, n) < 0) {
+            return -1;
+        }
+        self->body_sent += n;
+    }
+    if (flush || self->pend_len >= POST_BATCH) {
+        return post(self, 0);
+    }
+    return 0;
+}
+
+/* One item of the app's iterable. */
+static int
+emit_item(StartResponseObject *self, PyObject *item, int flush)
+{
+    if (!PyBytes_Check(item)) {
+        PyErr_Format(PyExc_TypeError,
+                     "response body items must be bytes, not %.100s",
+                     Py_TYPE(item)->tp_name);
+        return -1;
+    }
+    Py_ssize_t n = PyBytes_GET_SIZE(item);
+    if (n == 0) {
+        return 0;               /* empty chunks would end a chunked body */
+    }
+    if (!self->called) {
+        PyErr_SetString(PyExc_RuntimeError,
+                        "the app sent body data before calling "
+                        "start_response");
+        return -1;
+    }
+    return emit(self, PyBytes_AS_STRING(item), (size_t)n, flush);
+}
+
+/* -- start_response and write -- */
+
+static PyObject *
+StartResponse_write(StartResponseObject *self, PyObject *data)
+{
+    if (!self->called) {
+        PyErr_SetString(PyExc_RuntimeError,
+                        "write() before start_response()");
+        return NULL;
+    }
+    if (self->ex == NULL) {
+        PyErr_SetString(PyExc_RuntimeError,
+                        "write() after the response has finished");
+        return NULL;
+    }
+    if (!PyBytes_Check(data)) {
+        PyErr_Format(PyExc_TypeError, "write() takes bytes, not %.100s",
+                     Py_TYPE(data)->tp_name);
+        return NULL;
+    }
+    if (self->aborted) {
+        PyErr_SetString(PyExc_OSError, "client disconnected");
+        return NULL;
+    }
+    if (emit(self, PyBytes_AS_STRING(data), (size_t)PyBytes_GET_SIZE(data),
+             1) < 0) {
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef write_def = {
+    "write", (PyCFunction)StartResponse_write, METH_O,
+    "write(data): send bytes now (the PEP 3333 write callable)",
+};
+
+static PyObject *
+StartResponse_call(StartResponseObject *self, PyObject *args,
+                   PyObject *kwargs)
+{
+    static char *kwlist[] = {"status", "headers", "exc_info", NULL};
+    PyObject *status, *headers, *exc_info = Py_None;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OO|O:start_response",
+                                     kwlist, &status, &headers, &exc_info)) {
+        return NULL;
+    }
+    if (exc_info != Py_None) {
+        if (self->head_built) {
+            /* Too late to change the response: re-raise (PEP 3333). */
+            if (!PyTuple_Check(exc_info) || PyTuple_GET_SIZE(exc_info) != 3) {
+                PyErr_SetString(PyExc_TypeError,
+                                "exc_info must be a 3-tuple");
+                return NULL;
+            }
+            PyObject *t = PyTuple_GET_ITEM(exc_info, 0);
+            PyObject *v = PyTuple_GET_ITEM(exc_info, 1);
+            PyObject *tb = PyTuple_GET_ITEM(exc_info, 2);
+            Py_INCREF(t);
+            Py_INCREF(v);
+            Py_XINCREF(tb == Py_None ? NULL : tb);
+            PyErr_Restore(t, v, tb == Py_None ? NULL : tb);
+            return NULL;
+        }
+    }
+    else if (self->called) {
+        PyErr_SetString(PyExc_RuntimeError,
+                        "start_response() called again without exc_info");
+        return NULL;
+    }
+    if (!PyList_Check(headers)) {
+        PyErr_Format(PyExc_TypeError, "headers must be a list, not %.100s",
+                     Py_TYPE(headers)->tp_name);
+        return NULL;
+    }
+    int code;
+    if (check_status(status, &code) < 0) {
+        return NULL;
+    }
+    long long cl = -1;
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(headers); i++) {
+        const char *name, *value;
+        Py_ssize_t nlen, vlen;
+        if (check_header(PyList_GET_ITEM(headers, i), &name, &nlen, &value,
+                         &vlen) < 0) {
+            return NULL;
+        }
+        if (ieq(name, nlen, "content-length")) {
+            long long v = 0;
+            if (vlen == 0 || vlen > 18) {
+                goto bad_length;
+            }
+            for (Py_ssize_t k = 0; k < vlen; k++) {
+                if (value[k] < '0' || value[k] > '9') {
+                    goto bad_length;
+                }
+                v = v * 10 + (value[k] - '0');
+            }
+            if (cl >= 0 && cl != v) {
+                goto bad_length;
+            }
+            cl = v;
+            continue;
+bad_length:
+            PyErr_Format(PyExc_ValueError, "bad Content-Length %R",
+                         PyTuple_GET_ITEM(PyList_GET_ITEM(headers, i), 1));
+            return NULL;
+        }
+        if (ieq(name, nlen, "transfer-encoding") ||
+            ieq(name, nlen, "keep-alive") || ieq(name, nlen, "upgrade") ||
+            ieq(name, nlen, "proxy-connection") || ieq(name, nlen, "te") ||
+            ieq(name, nlen, "trailer")) {
+            PyErr_Format(PyExc_ValueError,
+                         "hop-by-hop header %R is the server's business "
+                         "(PEP 3333)", PyTuple_GET_ITEM(
+                             PyList_GET_ITEM(headers, i), 0));
+            return NULL;
+        }
+    }
+    Py_INCREF(status);
+    Py_XSETREF(self->status, status);
+    /* A copy: the app may change its list after the call. */
+    PyObject *copy = PyList_GetSlice(headers, 0, PyList_GET_SIZE(headers));
+    if (copy == NULL) {
+        return NULL;
+    }
+    Py_XSETREF(self->headers, copy);
+    self->status_code = code;
+    self->content_length = cl;
+    self->called = 1;
+    return PyCFunction_New(&write_def, (PyObject *)self);
+}
+
+static int
+StartResponse_traverse(StartResponseObject *self, visitproc visit, void *arg)
+{
+    Py_VISIT(Py_TYPE(self));
+    Py_VISIT(self->status);
+    Py_VISIT(self->headers);
+    return 0;
+}
+
+static int
+StartResponse_clear(StartResponseObject *self)
+{
+    Py_CLEAR(self->status);
+    Py_CLEAR(self->headers);
+    return 0;
+}
+
+static void
+StartResponse_dealloc(StartResponseObject *self)
+{
+    PyTypeObject *tp = Py_TYPE(self);
+    PyObject_GC_UnTrack(self);
+    StartResponse_clear(self);
+    ymo_bucket_free_chain(self->pend_head);
+    tp->tp_free(self);
+    Py_DECREF(tp);
+}
+
+static PyType_Slot StartResponse_slots[] = {
+    {Py_tp_call, StartResponse_call},
+    {Py_tp_traverse, StartResponse_traverse},
+    {Py_tp_clear, StartResponse_clear},
+    {Py_tp_dealloc, StartResponse_dealloc},
+    {Py_tp_doc, "start_response(status, headers, exc_info=None)"},
+    {0, NULL},
+};
+
+PyType_Spec ymo_start_response_spec = {
+    .name = "yimmo._yimmo.StartResponse",
+    .basicsize = sizeof(StartResponseObject),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC |
+             Py_TPFLAGS_DISALLOW_INSTANTIATION,
+    .slots = StartResponse_slots,
+};
+
+/* -- wsgi.file_wrapper -- */
+
+static PyObject *
+FileWrapper_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
+{
+    static char *kwlist[] = {"filelike", "blksize", NULL};
+    PyObject *filelike;
+    Py_ssize_t blksize = 8192;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O|n:file_wrapper",
+                                     kwlist, &filelike, &blksize)) {
+        return NULL;
+    }
+    if (blksize <= 0) {
+        PyErr_SetString(PyExc_ValueError, "blksize must be positive");
+        return NULL;
+    }
+    ymo_file_wrapper_t *self = (ymo_file_wrapper_t *)type->tp_alloc(type, 0);
+    if (self == NULL) {
+        return NULL;
+    }
+    self->filelike = Py_NewRef(filelike);
+    self->blksize = blksize;
+    return (PyObject *)self;
+}
+
+static PyObject *
+FileWrapper_iternext(ymo_file_wrapper_t *self)
+{
+    PyObject *data = PyObject_CallMethod(self->filelike, "read", "n",
+                                         self->blksize);
+    if (data == NULL) {
+        return NULL;
+    }
+    if (PyObject_Length(data) == 0) {
+        Py_DECREF(data);
+        return NULL;
+    }
+    return data;
+}
+
+static PyObject *
+FileWrapper_close(ymo_file_wrapper_t *self, PyObject *unused)
+{
+    (void)unused;
+    if (PyObject_HasAttrString(self->filelike, "close")) {
+        return PyObject_CallMethod(self->filelike, "close", NULL);
+    }
+    Py_RETURN_NONE;
+}
+
+static int
+FileWrapper_traverse(ymo_file_wrapper_t *self, visitproc visit, void *arg)
+{
+    Py_VISIT(Py_TYPE(self));
+    Py_VISIT(self->filelike);
+    return 0;
+}
+
+static int
+FileWrapper_clear(ymo_file_wrapper_t *self)
+{
+    Py_CLEAR(self->filelike);
+    return 0;
+}
+
+static void
+FileWrapper_dealloc(ymo_file_wrapper_t *self)
+{
+    PyTypeObject *tp = Py_TYPE(self);
+    PyObject_GC_UnTrack(self);
+    FileWrapper_clear(self);
+    tp->tp_free(self);
+    Py_DECREF(tp);
+}
+
+static PyMethodDef FileWrapper_methods[] = {
+    {"close", (PyCFunction)FileWrapper_close, METH_NOARGS,
+     "close the wrapped file"},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyType_Slot FileWrapper_slots[] = {
+    {Py_tp_new, FileWrapper_new},
+    {Py_tp_iter, PyObject_SelfIter},
+    {Py_tp_iternext, FileWrapper_iternext},
+    {Py_tp_methods, FileWrapper_methods},
+    {Py_tp_traverse, FileWrapper_traverse},
+    {Py_tp_clear, FileWrapper_clear},
+    {Py_tp_dealloc, FileWrapper_dealloc},
+    {Py_tp_doc, "wsgi.file_wrapper(filelike, blksize=8192): a file sent "
+                "with sendfile(2) when it is a regular file"},
+    {0, NULL},
+};
+
+PyType_Spec ymo_file_wrapper_spec = {
+    .name = "yimmo._yimmo.FileWrapper",
+    .basicsize = sizeof(ymo_file_wrapper_t),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .slots = FileWrapper_slots,
+};
+
+/* Send a FileWrapper around a regular file with sendfile(2), from the
+ * file's current position. Returns 1 when done that way, 0 when the caller
+ * should iterate instead, -1 on error. */
+static int
+send_file(StartResponseObject *self, ymo_file_wrapper_t *fw)
+{
+    ymo_module_state *st = self->app->st;
+    if (!self->called || self->head_built) {
+        return 0;
+    }
+    PyObject *r = PyObject_CallMethodNoArgs(fw->filelike, st->s_fileno);
+    if (r == NULL) {
+        PyErr_Clear();          /* not a real file: iterate */
+        return 0;
+    }
+    int fd = PyLong_AsLong(r);
+    Py_DECREF(r);
+    struct stat sb;
+    if (fd < 0 || PyErr_Occurred() || fstat(fd, &sb) < 0 ||
+        !S_ISREG(sb.st_mode)) {
+        PyErr_Clear();
+        return 0;
+    }
+    long long pos;
+    r = PyObject_CallMethodNoArgs(fw->filelike, st->s_tell);
+    if (r != NULL) {
+        pos = PyLong_AsLongLong(r);
+        Py_DECREF(r);
+    }
+    else {
+        PyErr_Clear();
+        pos = (long long)lseek(fd, 0, SEEK_CUR);
+    }
+    if (pos < 0 || PyErr_Occurred()) {
+        PyErr_Clear();
+        return 0;
+    }
+    long long avail = (long long)sb.st_size - pos;
+    if (avail < 0) {
+        avail = 0;
+    }
+    long long len = avail;
+    if (self->content_length >= 0 && self->content_length < len) {
+        len = self->content_length;
+    }
+    self->known_length = len;
+    if (build_head(self, 0) < 0) {
+        return -1;
+    }
+    if (!self->no_body && len > 0) {
+        int dupfd = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+        if (dupfd < 0) {
+            PyErr_SetFromErrno(PyExc_OSError);
+            return -1;
+        }
+        ymo_bucket_t *b = ymo_bucket_file(dupfd, (off_t)pos, (size_t)len);
+        if (b == NULL) {
+            close(dupfd);
+            PyErr_NoMemory();
+            return -1;
+        }
+        if (self->pend_tail != NULL) {
+            self->pend_tail->next = b;
+        }
+        else {
+            self->pend_head = b;
+        }
+        self->pend_tail = b;
+        self->body_sent += (unsigned long long)len;
+    }
+    return 1;
+}
+
+/* -- Running an exchange -- */
+
+static StartResponseObject *
+start_response_new(struct ymo_wsgi_app *app, ymo_exchange_t *ex)
+{
+    StartResponseObject *self = PyObject_GC_New(
+        StartResponseObject, app->st->StartResponse_type);
+    if (self == NULL) {
+        return NULL;
+    }
+    self->ex = ex;
+    self->app = app;
+    self->status = NULL;
+    self->headers = NULL;
+    self->called = self->head_built = 0;
+    self->status_code = 0;
+    self->no_body = self->chunked = self->keep_alive = 0;
+    self->aborted = self->overflow = 0;
+    self->content_length = -1;
+    self->known_length = -1;
+    self->body_sent = 0;
+    self->pend_head = self->pend_tail = NULL;
+    self->pend_len = 0;
+    PyObject_GC_Track(self);
+    return self;
+}
+
+/* Log the exception set, with its traceback, through the app's logger;
+ * the request is named from environ (the exchange may be gone). */
+static void
+log_exception(struct ymo_wsgi_app *app, PyObject *environ, const char *what)
+{
+    PyObject *type, *value, *tb;
+    PyErr_Fetch(&type, &value, &tb);
+    PyErr_NormalizeException(&type, &value, &tb);
+    if (tb != NULL && value != NULL) {
+        PyException_SetTraceback(value, tb);
+    }
+    PyObject *method = NULL, *uri = NULL;
+    if (environ != NULL) {
+        method = PyDict_GetItemWithError(environ, app->st->k_request_method);
+        uri = PyDict_GetItemWithError(environ, app->st->k_raw_uri);
+        PyErr_Clear();
+    }
+    PyObject *msg;
+    if (method != NULL && uri != NULL) {
+        msg = PyUnicode_FromFormat("%s: %U %U", what, method, uri);
+    }
+    else {
+        msg = PyUnicode_FromString(what);
+    }
+    PyObject *info = PyTuple_Pack(3, type ? type : Py_None,
+                                  value ? value : Py_None,
+                                  tb ? tb : Py_None);
+    PyObject *r = NULL;
+    if (msg != NULL && info != NULL) {
+        PyObject *args[2] = {msg, info};
+        r = PyObject_Vectorcall(app->log_error, args, 2, NULL);
+    }
+    if (r == NULL) {
+        PyErr_WriteUnraisable(app->log_error);
+    }
+    Py_XDECREF(r);
+    Py_XDECREF(msg);
+    Py_XDECREF(info);
+    Py_XDECREF(type);
+    Py_XDECREF(value);
+    Py_XDECREF(tb);
+}
+
+/* Finish after an app error: an error response if nothing went out yet,
+ * otherwise abort the connection. */
+static void
+fail_response(StartResponseObject *self)
+{
+    ymo_exchange_t *ex = self->ex;
+    if (ex == NULL) {
+        return;
+    }
+    if (!self->head_built) {
+        int status = 500;
+        pthread_mutex_lock(&ex->lock);
+        if (ex->in_error > 0) {
+            status = ex->in_error;   /* the body was refused: say why */
+        }
+        pthread_mutex_unlock(&ex->lock);
+        ymo_bucket_free_chain(self->pend_head);
+        self->pend_head = self->pend_tail = NULL;
+        self->pend_len = 0;
+        self->status_code = status;
+        ymo_bucket_t *b = ymo_http_error_bucket(status);
+        if (b != NULL) {
+            b->from_ex = 1;
+        }
+        ymo_wsgi_worker_response_body_append(ex, b, YMO_DONE |
+                                                    YMO_DONE_CLOSE);
+    }
+    else {
+        post(self, YMO_DONE | YMO_DONE_ABORT);
+    }
+    self->ex = NULL;
+}
+
+static int
+iterate(StartResponseObject *self, PyObject *result)
+{
+    struct ymo_wsgi_app *app = self->app;
+    if (PyList_CheckExact(result) || PyTuple_CheckExact(result)) {
+        Py_ssize_t n = PySequence_Fast_GET_SIZE(result);
+        PyObject **items = PySequence_Fast_ITEMS(result);
+        if (n == 1 && PyBytes_Check(items[0])) {
+            self->known_length = PyBytes_GET_SIZE(items[0]);
+        }
+        for (Py_ssize_t i = 0; i < n && !self->aborted && !self->overflow;
+             i++) {
+            if (emit_item(self, items[i], 0) < 0) {
+                return -1;
+            }
+        }
+        return 0;
+    }
+    if (Py_IS_TYPE(result, (PyTypeObject *)app->file_wrapper)) {
+        int r = send_file(self, (ymo_file_wrapper_t *)result);
+        if (r != 0) {
+            return r;
+        }
+    }
+    PyObject *it = PyObject_GetIter(result);
+    if (it == NULL) {
+        return -1;
+    }
+    PyObject *item;
+    while (!self->aborted && !self->overflow &&
+           (item = PyIter_Next(it)) != NULL) {
+        /* Each chunk goes out before the next is asked for. */
+        int r = emit_item(self, item, 1);
+        Py_DECREF(item);
+        if (r < 0) {
+            Py_DECREF(it);
+            return -1;
+        }
+    }
+    Py_DECREF(it);
+    return PyErr_Occurred() ? -1 : 0;
+}
+
+/* The response is complete: head if none yet, end of chunked body, and
+ * the final post. */
+static int
+finish_response(StartResponseObject *self)
+{
+    if (!self->called) {
+        PyErr_SetString(PyExc_RuntimeError,
+                        "the app returned without calling start_response");
+        return -1;
+    }
+    if (!self->head_built && build_head(self, 0) < 0) {
+        return -1;
+    }
+    int done = YMO_DONE;
+    if (self->aborted) {
+        done |= YMO_DONE_ABORT;
+    }
+    else if (self->chunked) {
+        if (pend_add(self, "0\r\n\r\n", 5) < 0) {
+            return -1;
+        }
+    }
+    if (!self->no_body && self->content_length >= 0 &&
+        self->body_sent != (unsigned long long)self->content_length) {
+        /* Fewer bytes than promised: the client must see the response is
+         * cut short, so the connection closes after them. */
+        done |= YMO_DONE_ABORT;
+    }
+    if (self->overflow) {
+        done |= YMO_DONE_CLOSE;
+    }
+    if (!self->keep_alive) {
+        done |= YMO_DONE_CLOSE;
+    }
+    return post(self, done);
+}
+
+static void
+close_result(struct ymo_wsgi_app *app, PyObject *environ, PyObject *result)
+{
+    PyObject *close = PyObject_GetAttr(result, app->st->s_close);
+    if (close == NULL) {
+        PyErr_Clear();
+        return;
+    }
+    PyObject *r = PyObject_CallNoArgs(close);
+    Py_DECREF(close);
+    if (r == NULL) {
+        log_exception(app, environ, "error closing the response iterable");
+    }
+    Py_XDECREF(r);
+}
+
+void
+ymo_wsgi_run_exchange(struct ymo_wsgi_app *app, ymo_wsgi_worker_t *worker,
+                      ymo_exchange_t *ex)
+{
+    (void)worker;
+    ymo_module_state *st = app->st;
+    struct timespec t0 = {0, 0};
+    if (app->log_access != NULL) {
+        clock_gettime(CLOCK_MONOTONIC, &t0);
+    }
+    PyObject *result = NULL, *input = NULL;
+    StartResponseObject *sr = NULL;
+    PyObject *environ = ymo_wsgi_environ(app, ex);
+    if (environ == NULL) {
+        goto internal_error;
+    }
+    input = ymo_input_new(st, ex, ex->server->config.in_high_water / 2);
+    if (input == NULL || PyDict_SetItem(environ, st->k_wsgi_input,
+                                        input) < 0) {
+        goto internal_error;
+    }
+    sr = start_response_new(app, ex);
+    if (sr == NULL) {
+        goto internal_error;
+    }
+    PyObject *args[2] = {environ, (PyObject *)sr};
+    result = PyObject_Vectorcall(app->app, args, 2, NULL);
+    if (result == NULL || iterate(sr, result) < 0 ||
+        finish_response(sr) < 0) {
+        log_exception(app, environ, "error handling request");
+        fail_response(sr);
+    }
+    if (result != NULL) {
+        close_result(app, environ, result);
+    }
+    goto done;
+
+internal_error:
+    log_exception(app, environ, "internal error preparing request");
+    if (sr != NULL) {
+        fail_response(sr);
+    }
+    else {
+        ymo_bucket_t *b = ymo_http_error_bucket(500);
+        if (b != NULL) {
+            b->from_ex = 1;
+        }
+        ymo_wsgi_worker_response_body_append(ex, b, YMO_DONE |
+                                                    YMO_DONE_CLOSE);
+    }
+
+done:
+    /* The exchange belongs to the loop now: cut the objects the app may
+     * still hold loose from it. */
+    if (input != NULL) {
+        ymo_input_detach(input);
+    }
+    if (sr != NULL) {
+        sr->ex = NULL;
+    }
+    if (app->log_access != NULL && environ != NULL && sr != NULL) {
+        struct timespec t1;
+        clock_gettime(CLOCK_MONOTONIC, &t1);
+        double secs = (double)(t1.tv_sec - t0.tv_sec) +
+                      (double)(t1.tv_nsec - t0.tv_nsec) / 1e9;
+        PyObject *status = sr->status ? Py_NewRef(sr->status)
+                                      : PyUnicode_FromFormat(
+                                            "%d", sr->status_code);
+        PyObject *len = PyLong_FromUnsignedLongLong(sr->body_sent);
+        PyObject *dur = PyFloat_FromDouble(secs);
+        if (status != NULL && len != NULL && dur != NULL) {
+            PyObject *a[4] = {environ, status, len, dur};
+            PyObject *r = PyObject_Vectorcall(app->log_access, a, 4, NULL);
+            if (r == NULL) {
+                PyErr_WriteUnraisable(app->log_access);
+            }
+            Py_XDECREF(r);
+        }
+        else {
+            PyErr_Clear();
+        }
+        Py_XDECREF(status);
+        Py_XDECREF(len);
+        Py_XDECREF(dur);
+    }
+    Py_XDECREF(result);
+    Py_XDECREF(sr);
+    Py_XDECREF(input);
+    Py_XDECREF(environ);
+}

@@ -1,0 +1,308 @@
+/* wsgi_worker.c - the thread worker (see wsgi_worker.h): the worker thread
+ * with its one persistent Python thread state, the input queue it sleeps
+ * on, stealing from busy peers, and the output queue back to the loop.  */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include "wsgi_worker.h"
+
+#include <errno.h>
+#include <signal.h>
+#include <string.h>
+
+#include "conn.h"
+#include "server.h"
+#include "wsgi.h"
+
+/* Loop thread: once per loop iteration, wake a worker that got work. */
+static void
+worker_on_prepare(struct ev_loop *loop, ev_prepare *w, int revents)
+{
+    (void)revents;
+    ymo_wsgi_worker_t *worker = w->data;
+    ev_prepare_stop(loop, w);
+    worker->notify_pending = 0;
+    ymo_wsgi_worker_notify(worker);
+}
+
+/* Loop thread: the worker posted exchanges with output or requests. The
+ * queue is drained in batches, each under one hold of lock_out. */
+static void
+worker_on_output(struct ev_loop *loop, ev_async *w, int revents)
+{
+    (void)loop;
+    (void)revents;
+    ymo_wsgi_worker_t *worker = w->data;
+    for (;;) {
+        ymo_exchange_t *batch[64];
+        size_t n = 0;
+        ymo_wsgi_worker_lock_out(worker);
+        while (n < 64 && (batch[n] = ymo_queue_pop(&worker->queue_out))) {
+            n++;
+        }
+        ymo_wsgi_worker_unlock_out(worker);
+        for (size_t i = 0; i < n; i++) {
+            ymo_conn_on_exchange(batch[i]);
+        }
+        if (n < 64) {
+            break;
+        }
+    }
+}
+
+ymo_status_t
+ymo_wsgi_worker_init(struct ev_loop *loop, size_t thread_id,
+                     ymo_wsgi_worker_t *worker)
+{
+    worker->loop = loop;
+    worker->id = thread_id;
+    ymo_queue_init(&worker->queue_in, worker->pool_in,
+                   YMO_WSGI_WORKER_QUEUE_POOL_SIZE);
+    ymo_queue_init(&worker->queue_out, worker->pool_out,
+                   YMO_WSGI_WORKER_QUEUE_POOL_SIZE);
+    if (pthread_mutex_init(&worker->lock_in, NULL) != 0) {
+        return -ENOMEM;
+    }
+    if (pthread_mutex_init(&worker->lock_out, NULL) != 0) {
+        pthread_mutex_destroy(&worker->lock_in);
+        return -ENOMEM;
+    }
+    if (pthread_cond_init(&worker->ready_in, NULL) != 0) {
+        pthread_mutex_destroy(&worker->lock_out);
+        pthread_mutex_destroy(&worker->lock_in);
+        return -ENOMEM;
+    }
+    ev_prepare_init(&worker->prepare_watcher, worker_on_prepare);
+    worker->prepare_watcher.data = worker;
+    ev_async_init(&worker->event_out, worker_on_output);
+    worker->event_out.data = worker;
+    ev_async_start(loop, &worker->event_out);
+    atomic_init(&worker->idle, 0);
+    worker->running = 1;
+    worker->poked = 0;
+    worker->started = 0;
+    worker->assigned = 0;
+    worker->notify_pending = 0;
+    worker->thread_initialized = 1;
+    return 0;
+}
+
+/* Pop one exchange from `from`'s input queue for `self`. */
+static ymo_exchange_t *
+take_from(ymo_wsgi_worker_t *self, ymo_wsgi_worker_t *from)
+{
+    ymo_wsgi_worker_lock_in(from);
+    ymo_exchange_t *ex = ymo_queue_pop(&from->queue_in);
+    if (ex != NULL) {
+        ex->worker = self;
+    }
+    ymo_wsgi_worker_unlock_in(from);
+    return ex;
+}
+
+/* Take the oldest exchange waiting for a peer: an exchange queued behind a
+ * busy worker must not wait while this one is idle. */
+static ymo_exchange_t *
+steal(ymo_wsgi_worker_t *self)
+{
+    ymo_server_t *s = self->server;
+    for (size_t i = 1; i < s->n_workers; i++) {
+        ymo_wsgi_worker_t *peer = &s->workers[(self->id + i) % s->n_workers];
+        ymo_exchange_t *ex = take_from(self, peer);
+        if (ex != NULL) {
+            return ex;
+        }
+    }
+    return NULL;
+}
+
+/* The next exchange to run: own queue, then peers'. With `block`, sleep
+ * until there is one (GIL released); NULL then means stop. */
+static ymo_exchange_t *
+worker_next(ymo_wsgi_worker_t *self, int block)
+{
+    for (;;) {
+        ymo_exchange_t *ex = take_from(self, self);
+        if (ex == NULL) {
+            ex = steal(self);
+        }
+        if (ex != NULL || !block) {
+            return ex;
+        }
+        /* Announce idleness, then look once more: the loop checks `idle`
+         * after queueing to a busy worker, so either it sees the flag and
+         * pokes us, or this second look sees its exchange. */
+        atomic_store(&self->idle, 1);
+        ex = steal(self);
+        if (ex != NULL) {
+            atomic_store(&self->idle, 0);
+            return ex;
+        }
+        ymo_wsgi_worker_lock_in(self);
+        while (self->queue_in.count == 0 && !self->poked && self->running) {
+            pthread_cond_wait(&self->ready_in, &self->lock_in);
+        }
+        int running = self->running;
+        int queued = self->queue_in.count > 0;
+        self->poked = 0;
+        ymo_wsgi_worker_unlock_in(self);
+        atomic_store(&self->idle, 0);
+        if (!running && !queued) {
+            return NULL;
+        }
+    }
+}
+
+static void *
+worker_main(void *arg)
+{
+    ymo_wsgi_worker_t *self = arg;
+    /* The one thread state this worker has for its whole life, so
+     * threading.local() data survives between requests. */
+    PyGILState_STATE gstate = PyGILState_Ensure();
+    PyThreadState *ts = PyEval_SaveThread();
+    ymo_exchange_t *ex;
+    while ((ex = worker_next(self, 1)) != NULL) {
+        PyEval_RestoreThread(ts);
+        /* Run everything that is queued under this one GIL hold. */
+        do {
+            ymo_wsgi_run_exchange(self->server->app, self, ex);
+        } while ((ex = worker_next(self, 0)) != NULL);
+        ts = PyEval_SaveThread();
+    }
+    PyEval_RestoreThread(ts);
+    PyGILState_Release(gstate);
+    return NULL;
+}
+
+ymo_status_t
+ymo_wsgi_worker_start(ymo_wsgi_worker_t *worker)
+{
+    /* Signals go to the loop thread (Python's handlers run on the main
+     * thread), never to a worker in the middle of a system call. */
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_BLOCK, &all, &old);
+    int r = pthread_create(&worker->thread, NULL, worker_main, worker);
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    if (r != 0) {
+        return -r;
+    }
+    worker->started = 1;
+    return 0;
+}
+
+ymo_status_t
+ymo_wsgi_worker_add_exchange(ymo_wsgi_worker_t *worker,
+                             ymo_exchange_t *exchange)
+{
+    ymo_wsgi_worker_lock_in(worker);
+    int r = ymo_queue_push(&worker->queue_in, exchange);
+    ymo_wsgi_worker_unlock_in(worker);
+    if (r == 0 && !worker->notify_pending) {
+        worker->notify_pending = 1;
+        ev_prepare_start(worker->loop, &worker->prepare_watcher);
+    }
+    return r;
+}
+
+ymo_status_t
+ymo_wsgi_worker_response_body_append(ymo_exchange_t *exchange,
+                                     ymo_bucket_t *body_item, int done)
+{
+    ymo_wsgi_worker_t *worker = exchange->worker;
+    pthread_mutex_lock(&exchange->lock);
+    if (body_item != NULL) {
+        ymo_bucket_t *last = body_item;
+        exchange->out_buffered += last->len;
+        while (last->next != NULL) {
+            last = last->next;
+            exchange->out_buffered += last->len;
+        }
+        if (exchange->out_tail != NULL) {
+            exchange->out_tail->next = body_item;
+        }
+        else {
+            exchange->out_head = body_item;
+        }
+        exchange->out_tail = last;
+    }
+    if (done) {
+        exchange->out_done = 1;
+        exchange->out_close = (done & YMO_DONE_CLOSE) != 0;
+        exchange->out_abort = (done & YMO_DONE_ABORT) != 0;
+    }
+    int flags = exchange->aborted ? YMO_OUT_ABORTED : 0;
+    if (exchange->out_buffered > worker->server->config.out_high_water) {
+        flags |= YMO_OUT_HIGH_WATER;
+    }
+    int need_push = !exchange->out_queued;
+    exchange->out_queued = 1;
+    pthread_mutex_unlock(&exchange->lock);
+    /* After the unlock the loop may already be taking (and, when done,
+     * freeing) the exchange: only its address is used below. */
+    if (!need_push) {
+        return flags;
+    }
+    ymo_wsgi_worker_lock_out(worker);
+    int r = ymo_queue_push(&worker->queue_out, exchange);
+    int first = worker->queue_out.count == 1;
+    ymo_wsgi_worker_unlock_out(worker);
+    if (first) {
+        /* The loop drains the whole queue per wake-up, so only the
+         * empty -> non-empty transition needs one. */
+        ev_async_send(worker->loop, &worker->event_out);
+    }
+    return r < 0 ? r : flags;
+}
+
+void
+ymo_wsgi_worker_post(ymo_exchange_t *exchange)
+{
+    ymo_wsgi_worker_response_body_append(exchange, NULL, 0);
+}
+
+ymo_status_t
+ymo_wsgi_worker_notify(ymo_wsgi_worker_t *worker)
+{
+    ymo_wsgi_worker_lock_in(worker);
+    worker->poked = 1;
+    pthread_cond_signal(&worker->ready_in);
+    ymo_wsgi_worker_unlock_in(worker);
+    return 0;
+}
+
+void
+ymo_wsgi_worker_stop(ymo_wsgi_worker_t *worker)
+{
+    ymo_wsgi_worker_lock_in(worker);
+    worker->running = 0;
+    pthread_cond_signal(&worker->ready_in);
+    ymo_wsgi_worker_unlock_in(worker);
+}
+
+int
+ymo_wsgi_worker_join(ymo_wsgi_worker_t *worker)
+{
+    if (!worker->started) {
+        return 0;
+    }
+    worker->started = 0;
+    return pthread_join(worker->thread, NULL);
+}
+
+void
+ymo_wsgi_worker_destroy(ymo_wsgi_worker_t *worker)
+{
+    if (!worker->thread_initialized) {
+        return;
+    }
+    ev_async_stop(worker->loop, &worker->event_out);
+    ev_prepare_stop(worker->loop, &worker->prepare_watcher);
+    ymo_queue_clear(&worker->queue_in);
+    ymo_queue_clear(&worker->queue_out);
+    pthread_cond_destroy(&worker->ready_in);
+    pthread_mutex_destroy(&worker->lock_out);
+    pthread_mutex_destroy(&worker->lock_in);
+    worker->thread_initialized = 0;
+}

@@ -1,0 +1,133 @@
+/* wsgi_worker.h - the thread worker (see shared/seed/thread-worker.rst):
+ * N threads that run the WSGI app, fed by the loop through an input queue
+ * and a condition variable, answering through an output queue and an
+ * ev_async watcher. This header is plain C so the loop can use it; only
+ * wsgi_worker.c touches Python (one persistent thread state per worker).
+ *
+ * Locks: lock_in guards queue_in, running and poked; lock_out guards
+ * queue_out. Each is held for a few pointer operations only and never while
+ * waiting for anything else, so a worker may take them with the GIL held.
+ * Neither is ever held together with another worker's lock.              */
+#ifndef YMO_WSGI_WORKER_H
+#define YMO_WSGI_WORKER_H
+
+#include <ev.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stddef.h>
+
+#include "bucket.h"
+#include "exchange.h"
+#include "queue.h"
+
+#define YMO_WSGI_WORKER_QUEUE_POOL_SIZE 256
+
+typedef int ymo_status_t;            /* 0 or a negative errno */
+
+struct ymo_server;
+
+typedef struct ymo_wsgi_worker {
+    ymo_queue_t queue_in;            /* exchanges to run; lock_in */
+    ymo_queue_t queue_out;           /* exchanges with news; lock_out */
+    ymo_queue_node_t pool_in[YMO_WSGI_WORKER_QUEUE_POOL_SIZE];
+    ymo_queue_node_t pool_out[YMO_WSGI_WORKER_QUEUE_POOL_SIZE];
+
+    /* Loop thread: signals the worker once per loop iteration, however
+     * many exchanges the iteration queued. */
+    ev_prepare prepare_watcher;
+
+    /* Output data is signalled to the evloop using an async watcher: */
+    ev_async event_out;
+    pthread_mutex_t lock_out;
+
+    /* Inbound data is signalled using a condition var: */
+    pthread_mutex_t lock_in;
+    pthread_cond_t ready_in;
+
+    /* And the thread itself: */
+    pthread_t thread;
+    size_t id;
+    int running;                     /* lock_in; cleared to stop */
+
+    int poked;                       /* lock_in: look for work to steal */
+    atomic_int idle;                 /* worker: about to sleep; any reads */
+    struct ev_loop *loop;            /* the loop that owns event_out */
+    struct ymo_server *server;       /* read-only after start */
+    int started;                     /* creator thread only */
+    int thread_initialized;          /* init succeeded; creator only */
+    size_t assigned;                 /* loop only: dispatched, not done */
+    int notify_pending;              /* loop only: prepare will notify */
+} ymo_wsgi_worker_t;
+
+/* Initialize a worker thread (not started). Loop thread. */
+ymo_status_t ymo_wsgi_worker_init(struct ev_loop *loop, size_t thread_id,
+                                  ymo_wsgi_worker_t *worker);
+
+/* Start a worker thread. Called with the GIL held: the thread creates its
+ * thread state and waits for the GIL. */
+ymo_status_t ymo_wsgi_worker_start(ymo_wsgi_worker_t *worker);
+
+static inline int
+ymo_wsgi_worker_lock_in(ymo_wsgi_worker_t *worker)
+{
+    return pthread_mutex_lock(&worker->lock_in);
+}
+
+static inline int
+ymo_wsgi_worker_unlock_in(ymo_wsgi_worker_t *worker)
+{
+    return pthread_mutex_unlock(&worker->lock_in);
+}
+
+static inline int
+ymo_wsgi_worker_lock_out(ymo_wsgi_worker_t *worker)
+{
+    return pthread_mutex_lock(&worker->lock_out);
+}
+
+static inline int
+ymo_wsgi_worker_unlock_out(ymo_wsgi_worker_t *worker)
+{
+    return pthread_mutex_unlock(&worker->lock_out);
+}
+
+/* Loop thread: add an exchange to the worker's input queue. The worker is
+ * signalled from prepare_watcher, once per loop iteration. */
+ymo_status_t ymo_wsgi_worker_add_exchange(ymo_wsgi_worker_t *worker,
+                                          ymo_exchange_t *exchange);
+
+/* Flags for `done` below: the final output, and what follows it. */
+#define YMO_DONE 1
+#define YMO_DONE_CLOSE 2           /* close the connection after it */
+#define YMO_DONE_ABORT 4           /* the response is incomplete: close */
+
+/* What response_body_append reports back. */
+#define YMO_OUT_ABORTED 1          /* the client is gone: stop */
+#define YMO_OUT_HIGH_WATER 2       /* wait for the loop to write */
+
+/* Worker thread: append a bucket chain (may be NULL) to the exchange's
+ * response and tell the loop; `done` (YMO_DONE | ...) marks the final
+ * output. After a post with done the worker must not touch the exchange
+ * again. Returns YMO_OUT_* flags, or a negative errno. */
+ymo_status_t ymo_wsgi_worker_response_body_append(ymo_exchange_t *exchange,
+                                                  ymo_bucket_t *body_item,
+                                                  int done);
+
+/* Worker thread: tell the loop to look at the exchange's flags
+ * (need_continue, need_resume) without new output. */
+void ymo_wsgi_worker_post(ymo_exchange_t *exchange);
+
+/* Signals across thread boundaries to notify a worker that input data is
+ * available for processing. Loop thread. */
+ymo_status_t ymo_wsgi_worker_notify(ymo_wsgi_worker_t *worker);
+
+/* Ask the worker to exit once its queue is empty. Any thread. */
+void ymo_wsgi_worker_stop(ymo_wsgi_worker_t *worker);
+
+/* Join the worker thread. Call with the GIL released. */
+int ymo_wsgi_worker_join(ymo_wsgi_worker_t *worker);
+
+/* Free what init allocated (after join, or if never started). */
+void ymo_wsgi_worker_destroy(ymo_wsgi_worker_t *worker);
+
+#endif /* YMO_WSGI_WORKER_H */

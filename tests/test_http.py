@@ -1,0 +1,512 @@
+"""HTTP/1.1 protocol edges over raw sockets: malformed or ambiguous requests
+are refused with the right status and the connection closed, without the
+application ever being called; valid but unusual requests are served;
+pipelining, keep-alive, Expect: 100-continue and timeouts.
+"""
+
+import json
+import threading
+from wsgiref.validate import validator
+
+import pytest
+
+from helpers import (assert_closed, build_request, chunked, connect, get,
+                     parse_response, parse_responses, raw_request,
+                     read_response, read_until_close, request, wait_readable)
+
+WAIT = 10
+
+
+class Recorder:
+    """A WSGI app that reads the whole body, records each call and answers
+    with what it saw as JSON."""
+
+    def __init__(self):
+        self.calls = []
+        self.lock = threading.Lock()
+
+    def __call__(self, environ, start_response):
+        with self.lock:
+            self.calls.append(environ.get("RAW_URI"))
+        inp = environ["wsgi.input"]
+        body = b""
+        while True:
+            piece = inp.read(65536)
+            if not piece:
+                break
+            body += piece
+        seen = {k: v for k, v in environ.items()
+                if isinstance(v, str) and k.isupper()}
+        seen["body"] = body.decode("latin-1")
+        out = json.dumps(seen).encode()
+        start_response("200 OK", [("Content-Type", "application/json"),
+                                  ("Content-Length", str(len(out)))])
+        return [out]
+
+
+@pytest.fixture
+def recorder():
+    return Recorder()
+
+
+@pytest.fixture
+def server(yimmo_server, recorder):
+    return yimmo_server(validator(recorder), workers=2)
+
+
+def seen(resp):
+    assert resp.status == 200, resp
+    return json.loads(resp.body)
+
+
+def assert_rejected(server, recorder, data, statuses, app_may_run=False):
+    """data gets exactly one response with a status in statuses, marked
+    Connection: close, and the server closes the connection. Unless
+    app_may_run (errors found in a body the app is already reading), the
+    app is not called. The server then still serves."""
+    if isinstance(statuses, int):
+        statuses = (statuses,)
+    before = len(recorder.calls)
+    resp = parse_response(raw_request(server.address, data))
+    assert resp.status in statuses, resp
+    assert resp.headers.get("Connection", "").lower() == "close"
+    if not app_may_run:
+        assert recorder.calls[before:] == []
+    resp2 = get(server.address, "/still-serving")
+    assert resp2.status == 200
+    return resp
+
+
+def req(*header_lines, request_line=b"GET / HTTP/1.1", body=b""):
+    return b"\r\n".join((request_line,) + header_lines) + b"\r\n\r\n" + body
+
+
+HOST = b"Host: x"
+
+BAD_HEADS = {
+    "bare-lf-line-endings": b"GET / HTTP/1.1\nHost: x\n\n",
+    "bare-lf-in-one-header-line": req(HOST + b"\nX-A: b"),
+    "bare-cr-in-header-value": req(HOST, b"X-A: a\rb"),
+    "obs-fold": req(HOST, b"X-A: a", b" b"),
+    "obs-fold-with-tab": req(HOST, b"X-A: a", b"\tb"),
+    "space-before-colon": req(HOST, b"X-A : b"),
+    "whitespace-before-first-header": req(b" " + HOST),
+    "content-length-with-transfer-encoding": req(
+        HOST, b"Content-Length: 5", b"Transfer-Encoding: chunked",
+        request_line=b"POST / HTTP/1.1", body=b"0\r\n\r\n"),
+    "two-different-content-lengths": req(
+        HOST, b"Content-Length: 5", b"Content-Length: 6",
+        request_line=b"POST / HTTP/1.1", body=b"hello!"),
+    "content-length-plus-sign": req(
+        HOST, b"Content-Length: +10", request_line=b"POST / HTTP/1.1",
+        body=b"0123456789"),
+    "content-length-list": req(
+        HOST, b"Content-Length: 1, 1", request_line=b"POST / HTTP/1.1",
+        body=b"x"),
+    "content-length-negative": req(
+        HOST, b"Content-Length: -1", request_line=b"POST / HTTP/1.1"),
+    "content-length-hex": req(
+        HOST, b"Content-Length: 0x10", request_line=b"POST / HTTP/1.1"),
+    "content-length-empty": req(
+        HOST, b"Content-Length: ", request_line=b"POST / HTTP/1.1"),
+    "transfer-encoding-in-http10": req(
+        b"Transfer-Encoding: chunked", request_line=b"POST / HTTP/1.0",
+        body=b"0\r\n\r\n"),
+    "control-char-in-header-value": req(HOST, b"X-A: a\x01b"),
+    "nul-in-header-value": req(HOST, b"X-A: a\x00b"),
+    "del-in-header-value": req(HOST, b"X-A: a\x7fb"),
+    "nbsp-after-header-name": req(HOST, b"X-A\xa0: b"),
+    "bad-char-in-header-name": req(HOST, b"X(A): b"),
+    "empty-header-name": req(HOST, b": b"),
+    "missing-host-in-http11": req(),
+    "duplicate-host": req(b"Host: a", b"Host: b"),
+    "bad-char-in-method": req(HOST, request_line=b"G(T / HTTP/1.1"),
+    "two-spaces-in-request-line": req(HOST,
+                                      request_line=b"GET  / HTTP/1.1"),
+    "space-in-target": req(HOST, request_line=b"GET /a b HTTP/1.1"),
+    "lowercase-http-version": req(HOST, request_line=b"GET / http/1.1"),
+}
+
+
+@pytest.mark.parametrize("data", BAD_HEADS.values(), ids=BAD_HEADS.keys())
+def test_malformed_request_gets_400_and_close(server, recorder, data):
+    assert_rejected(server, recorder, data, 400)
+
+
+BAD_BODIES = {
+    "chunk-size-not-hex": b"zz\r\nhello\r\n0\r\n\r\n",
+    "missing-crlf-after-chunk-data": b"3\r\nabcX\r\n0\r\n\r\n",
+    "chunk-size-overflows": b"10000000000000000\r\nabc\r\n0\r\n\r\n",
+    "chunk-size-empty": b"\r\nabc\r\n0\r\n\r\n",
+}
+
+
+@pytest.mark.parametrize("body", BAD_BODIES.values(), ids=BAD_BODIES.keys())
+def test_malformed_chunked_body_gets_400_and_close(server, recorder, body):
+    # The app may already be running (bodies stream), but it must not get
+    # to answer: its read fails and the client gets 400.
+    data = req(HOST, b"Transfer-Encoding: chunked",
+               request_line=b"POST / HTTP/1.1", body=body)
+    assert_rejected(server, recorder, data, 400, app_may_run=True)
+
+
+def test_unknown_transfer_coding_gets_501(server, recorder):
+    data = req(HOST, b"Transfer-Encoding: gzip, chunked",
+               request_line=b"POST / HTTP/1.1", body=b"0\r\n\r\n")
+    assert_rejected(server, recorder, data, 501)
+
+
+@pytest.mark.parametrize("coding", [b"chunked, gzip", b"gzip",
+                                    b"chunked, chunked"])
+def test_transfer_coding_not_ending_in_single_chunked_is_refused(
+        server, recorder, coding):
+    data = req(HOST, b"Transfer-Encoding: " + coding,
+               request_line=b"POST / HTTP/1.1", body=b"0\r\n\r\n")
+    assert_rejected(server, recorder, data, (400, 501))
+
+
+@pytest.mark.parametrize("version", [b"HTTP/2.0", b"HTTP/3.0"])
+def test_unsupported_http_version_gets_505(server, recorder, version):
+    assert_rejected(server, recorder,
+                    req(HOST, request_line=b"GET / " + version), 505)
+
+
+def test_long_request_line_gets_414(server, recorder):
+    line = b"GET /" + b"a" * 4985 + b" HTTP/1.1"
+    assert len(line) == 5000
+    assert_rejected(server, recorder, req(HOST, request_line=line), 414)
+
+
+def test_too_many_header_fields_gets_431(server, recorder):
+    fields = [b"X-H%d: v" % i for i in range(100)]
+    assert_rejected(server, recorder, req(HOST, *fields), 431)
+
+
+def test_long_header_field_gets_431(server, recorder):
+    field = b"X-Long: " + b"v" * (9000 - 8)
+    assert len(field) == 9000
+    assert_rejected(server, recorder, req(HOST, field), 431)
+
+
+def test_unknown_expectation_gets_417(server, recorder):
+    assert_rejected(server, recorder, req(HOST, b"Expect: the-unexpected"),
+                    417)
+
+
+def test_body_over_max_body_size_gets_413_before_body_is_sent(
+        yimmo_server, recorder):
+    server = yimmo_server(validator(recorder), workers=2, max_body_size=100)
+    # Only the head goes out: the server must answer without the body.
+    head = req(HOST, b"Content-Length: 1000",
+               request_line=b"POST / HTTP/1.1")
+    assert_rejected(server, recorder, head, 413)
+
+
+def test_body_at_max_body_size_is_accepted(yimmo_server, recorder):
+    server = yimmo_server(validator(recorder), workers=2, max_body_size=100)
+    with connect(server.address) as sock:
+        resp = request(sock, "POST", "/", body=b"x" * 100)
+    assert seen(resp)["body"] == "x" * 100
+
+
+def test_chunked_body_over_max_body_size_gets_413(yimmo_server, recorder):
+    server = yimmo_server(validator(recorder), workers=2, max_body_size=100)
+    data = build_request("POST", "/", body=b"x" * 1000, chunk_size=64)
+    assert_rejected(server, recorder, data, 413, app_may_run=True)
+
+
+def test_configured_limit_request_line(yimmo_server, recorder):
+    server = yimmo_server(validator(recorder), workers=2,
+                          limit_request_line=100)
+    ok_line = b"GET /" + b"a" * 80 + b" HTTP/1.1"
+    with connect(server.address) as sock:
+        sock.sendall(req(HOST, request_line=ok_line))
+        assert read_response(sock).status == 200
+    long_line = b"GET /" + b"a" * 190 + b" HTTP/1.1"
+    assert_rejected(server, recorder, req(HOST, request_line=long_line),
+                    414)
+
+
+def test_configured_limit_request_fields(yimmo_server, recorder):
+    server = yimmo_server(validator(recorder), workers=2,
+                          limit_request_fields=5)
+    with connect(server.address) as sock:
+        sock.sendall(req(HOST, *[b"X-H%d: v" % i for i in range(4)]))
+        assert read_response(sock).status == 200
+    assert_rejected(server, recorder,
+                    req(HOST, *[b"X-H%d: v" % i for i in range(5)]), 431)
+
+
+def test_configured_limit_request_field_size(yimmo_server, recorder):
+    server = yimmo_server(validator(recorder), workers=2,
+                          limit_request_field_size=100)
+    with connect(server.address) as sock:
+        sock.sendall(req(HOST, b"X-L: " + b"v" * 80))
+        assert read_response(sock).status == 200
+    assert_rejected(server, recorder, req(HOST, b"X-L: " + b"v" * 150), 431)
+
+
+def test_head_larger_than_limit_request_head_size_gets_431(yimmo_server,
+                                                           recorder):
+    server = yimmo_server(validator(recorder), workers=2,
+                          limit_request_head_size=1000)
+    fields = [b"X-H%d: %s" % (i, b"v" * 80) for i in range(20)]
+    assert_rejected(server, recorder, req(HOST, *fields), 431)
+
+
+def test_error_response_says_connection_close_even_on_keepalive(
+        server, recorder):
+    data = req(HOST, b"Connection: keep-alive", b"X-A : b")
+    resp = assert_rejected(server, recorder, data, 400)
+    assert resp.headers["Connection"].lower() == "close"
+
+
+# -- valid edges -------------------------------------------------------------
+
+
+def test_absolute_form_target_is_accepted(server):
+    with connect(server.address) as sock:
+        sock.sendall(req(b"Host: example.com",
+                         request_line=b"GET http://example.com/p/q?x=1 "
+                                      b"HTTP/1.1"))
+        env = seen(read_response(sock))
+    assert env["PATH_INFO"] == "/p/q"
+    assert env["QUERY_STRING"] == "x=1"
+    assert env["HTTP_HOST"] == "example.com"
+
+
+def test_options_asterisk_is_accepted(yimmo_server, recorder):
+    # PATH_INFO for "*" is not a path: validator() would object to it.
+    server = yimmo_server(recorder, workers=2)
+    with connect(server.address) as sock:
+        sock.sendall(req(HOST, request_line=b"OPTIONS * HTTP/1.1"))
+        env = seen(read_response(sock))
+    assert env["REQUEST_METHOD"] == "OPTIONS"
+    assert env["RAW_URI"] == "*"
+
+
+def test_leading_empty_line_before_request_line_is_ignored(server):
+    with connect(server.address) as sock:
+        sock.sendall(b"\r\n" + req(HOST, request_line=b"GET /x HTTP/1.1"))
+        assert seen(read_response(sock))["PATH_INFO"] == "/x"
+
+
+def test_tab_inside_header_value_is_kept(server):
+    with connect(server.address) as sock:
+        sock.sendall(req(HOST, b"X-Tab: a\tb"))
+        assert seen(read_response(sock))["HTTP_X_TAB"] == "a\tb"
+
+
+def test_whitespace_around_header_value_is_trimmed(server):
+    with connect(server.address) as sock:
+        sock.sendall(req(HOST, b"X-Pad: \t padded \t"))
+        assert seen(read_response(sock))["HTTP_X_PAD"] == "padded"
+
+
+def test_obs_text_in_header_value_is_passed_as_latin1(server):
+    with connect(server.address) as sock:
+        sock.sendall(req(HOST, b"X-Text: caf\xc3\xa9"))
+        assert seen(read_response(sock))["HTTP_X_TEXT"] == "caf\xc3\xa9"
+
+
+def test_chunked_body_with_extensions_and_trailers(server):
+    body = chunked(b"hello world", chunk_size=[5, 6],
+                   extensions=b";name=value;flag",
+                   trailers=b"X-Trailer: t\r\nX-Other: u\r\n")
+    with connect(server.address) as sock:
+        sock.sendall(req(HOST, b"Transfer-Encoding: chunked",
+                         request_line=b"POST /c HTTP/1.1", body=body))
+        assert seen(read_response(sock))["body"] == "hello world"
+        # the trailer section was consumed: the connection goes on
+        assert seen(request(sock, "GET", "/after"))["PATH_INFO"] == "/after"
+
+
+def test_http10_keepalive_with_connection_header(server):
+    with connect(server.address) as sock:
+        port = sock.getsockname()[1]
+        for path in ("/one", "/two"):
+            sock.sendall(build_request("GET", path,
+                                       [("Connection", "keep-alive")],
+                                       version="HTTP/1.0"))
+            resp = read_response(sock)
+            env = seen(resp)
+            assert resp.headers.get("Connection", "").lower() == "keep-alive"
+            assert env["PATH_INFO"] == path
+            assert env["REMOTE_PORT"] == str(port)
+
+
+def test_http10_without_keepalive_closes_after_response(server):
+    data = raw_request(server.address, build_request("GET", "/",
+                                                     version="HTTP/1.0"))
+    assert parse_response(data).status == 200
+
+
+def test_connection_close_from_client_closes_after_response(server):
+    with connect(server.address) as sock:
+        sock.sendall(build_request("GET", "/", [("Connection", "close")]))
+        resp = read_response(sock)
+        assert resp.status == 200
+        assert resp.headers.get("Connection", "").lower() == "close"
+        assert_closed(sock)
+
+
+def test_three_pipelined_requests_answered_in_order(server, recorder):
+    with connect(server.address) as sock:
+        sock.sendall(build_request("GET", "/1")
+                     + build_request("POST", "/2", body=b"two")
+                     + build_request("GET", "/3"))
+        envs = [seen(read_response(sock)) for _ in range(3)]
+    assert [e["PATH_INFO"] for e in envs] == ["/1", "/2", "/3"]
+    assert envs[1]["body"] == "two"
+    assert recorder.calls == ["/1", "/2", "/3"]
+
+
+def test_pipelined_responses_keep_order_when_first_is_slow(yimmo_server):
+    entered = threading.Event()
+    release = threading.Event()
+
+    def app(environ, start_response):
+        path = environ["PATH_INFO"]
+        if path == "/slow":
+            entered.set()
+            release.wait(WAIT)
+        body = path.encode()
+        start_response("200 OK", [("Content-Type", "text/plain"),
+                                  ("Content-Length", str(len(body)))])
+        return [body]
+
+    server = yimmo_server(validator(app), workers=2)
+    try:
+        with connect(server.address) as sock:
+            sock.sendall(build_request("GET", "/slow")
+                         + build_request("GET", "/fast"))
+            assert entered.wait(WAIT)
+            release.set()
+            assert read_response(sock).body == b"/slow"
+            assert read_response(sock).body == b"/fast"
+    finally:
+        release.set()
+
+
+def test_error_in_second_of_three_pipelined_requests(server, recorder):
+    data = (build_request("GET", "/1")
+            + req(HOST, b"X-A: a", b" folded", request_line=b"GET /2 HTTP/1.1")
+            + build_request("GET", "/3"))
+    responses = parse_responses(raw_request(server.address, data))
+    assert [r.status for r in responses] == [200, 400]
+    assert seen(responses[0])["PATH_INFO"] == "/1"
+    assert responses[1].headers.get("Connection", "").lower() == "close"
+    assert recorder.calls == ["/1"]
+
+
+# -- Expect: 100-continue ----------------------------------------------------
+
+
+def test_100_continue_sent_when_app_reads_body(yimmo_server):
+    entered = threading.Event()
+    go = threading.Event()
+
+    def app(environ, start_response):
+        entered.set()
+        go.wait(WAIT)
+        data = environ["wsgi.input"].read(int(environ["CONTENT_LENGTH"]))
+        start_response("200 OK", [("Content-Type", "text/plain"),
+                                  ("Content-Length", str(len(data)))])
+        return [data]
+
+    server = yimmo_server(validator(app), workers=2)
+    try:
+        with connect(server.address) as sock:
+            sock.sendall(req(HOST, b"Expect: 100-continue",
+                             b"Content-Length: 5",
+                             request_line=b"POST / HTTP/1.1"))
+            assert entered.wait(WAIT)
+            # the app has not read yet: nothing may have been sent
+            assert not wait_readable(sock, 0.5), \
+                "server answered before the app read the body"
+            go.set()
+            interim = read_response(sock)
+            assert interim.status == 100
+            assert interim.body == b""
+            sock.sendall(b"hello")
+            final = read_response(sock)
+            assert final.status == 200
+            assert final.body == b"hello"
+    finally:
+        go.set()
+
+
+def test_no_100_continue_when_app_answers_without_reading(yimmo_server):
+    def app(environ, start_response):
+        body = b"too large"
+        start_response("413 Content Too Large",
+                       [("Content-Type", "text/plain"),
+                        ("Content-Length", str(len(body)))])
+        return [body]
+
+    server = yimmo_server(validator(app), workers=2)
+    with connect(server.address) as sock:
+        sock.sendall(req(HOST, b"Expect: 100-continue",
+                         b"Content-Length: 100000",
+                         request_line=b"POST / HTTP/1.1"))
+        resp = read_response(sock)
+    assert resp.status == 413
+    assert resp.body == b"too large"
+
+
+def test_expect_100_continue_ignored_for_http10(server):
+    with connect(server.address) as sock:
+        sock.sendall(req(b"Expect: 100-continue", b"Content-Length: 5",
+                         request_line=b"POST / HTTP/1.0", body=b"hello"))
+        resp = read_response(sock)
+    assert resp.status == 200
+    assert seen(resp)["body"] == "hello"
+
+
+# -- timeouts ----------------------------------------------------------------
+
+
+def test_header_timeout_closes_connection_with_incomplete_head(
+        yimmo_server, recorder):
+    server = yimmo_server(validator(recorder), workers=2, header_timeout=0.5)
+    with connect(server.address) as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n")
+        data = read_until_close(sock, timeout=WAIT)
+    if data:
+        assert parse_response(data).status == 408
+    assert recorder.calls == []
+
+
+def test_keepalive_timeout_closes_idle_connection(yimmo_server, recorder):
+    server = yimmo_server(validator(recorder), workers=2,
+                          keepalive_timeout=0.5)
+    with connect(server.address) as sock:
+        assert request(sock, "GET", "/").status == 200
+        assert_closed(sock, timeout=WAIT)
+
+
+def test_body_timeout_closes_stalled_upload_and_fails_the_read(
+        yimmo_server):
+    outcome = []
+    done = threading.Event()
+
+    def app(environ, start_response):
+        try:
+            data = environ["wsgi.input"].read(int(environ["CONTENT_LENGTH"]))
+            outcome.append(data)
+        except Exception as exc:
+            outcome.append(exc)
+        finally:
+            done.set()
+        start_response("200 OK", [("Content-Type", "text/plain"),
+                                  ("Content-Length", "4")])
+        return [b"done"]
+
+    server = yimmo_server(validator(app), workers=2, body_timeout=0.5)
+    with connect(server.address) as sock:
+        sock.sendall(req(HOST, b"Content-Length: 10",
+                         request_line=b"POST / HTTP/1.1", body=b"ab"))
+        assert done.wait(WAIT), "read() still blocked after body_timeout"
+        read_until_close(sock, timeout=WAIT)
+    # A body cut short must not look like a whole one to the app.
+    assert isinstance(outcome[0], Exception), outcome

@@ -1,0 +1,275 @@
+"""Tests for yimmo._options: the option table, the command line and
+environment parsing, keyword validation and the generated docs.
+
+No server is started; these run without the C extension doing anything.
+"""
+
+import pytest
+
+from yimmo._options import (DEFAULTS, OPTIONS, options_rst, parse_address,
+                            parse_args, validate)
+
+
+def parse(argv, environ=None):
+    """parse_args with a controlled environment (never the real one)."""
+    return parse_args(argv, environ or {})
+
+
+def parse_error(capsys, argv, environ=None):
+    """Run parse_args expecting a usage error; return the stderr text."""
+    with pytest.raises(SystemExit) as info:
+        parse(argv, environ)
+    assert info.value.code == 2
+    return capsys.readouterr().err
+
+
+# -- the table ----------------------------------------------------------------
+
+
+def test_defaults_match_the_contract():
+    assert DEFAULTS == {
+        "bind": ["127.0.0.1:8000"],
+        "workers": 8,
+        "backlog": 2048,
+        "limit_request_line": 4094,
+        "limit_request_fields": 100,
+        "limit_request_field_size": 8190,
+        "limit_request_head_size": 65536,
+        "max_body_size": 0,
+        "header_timeout": 10.0,
+        "keepalive_timeout": 5.0,
+        "body_timeout": 30.0,
+        "write_timeout": 30.0,
+        "graceful_timeout": 30.0,
+        "access_log": None,
+        "log_level": "info",
+    }
+
+
+def test_every_option_has_a_yimmo_env_var_and_a_long_flag():
+    for opt in OPTIONS:
+        assert opt.env == "YIMMO_" + opt.name.upper()
+        assert "--" + opt.name.replace("_", "-") in opt.flags
+        assert opt.help.strip()
+
+
+def test_defaults_pass_their_own_validation():
+    assert validate({}) == DEFAULTS
+    assert validate(dict(DEFAULTS)) == DEFAULTS
+
+
+def test_validate_result_is_a_fresh_copy():
+    options = validate({})
+    options["bind"].append("0.0.0.0:1")
+    assert DEFAULTS["bind"] == ["127.0.0.1:8000"]
+
+
+# -- command line and environment ---------------------------------------------
+
+
+def test_no_options_gives_defaults():
+    app, options = parse(["myapp:app"])
+    assert app == "myapp:app"
+    assert options == DEFAULTS
+
+
+def test_env_var_overrides_default():
+    _, options = parse(["app"], {"YIMMO_WORKERS": "3",
+                                 "YIMMO_HEADER_TIMEOUT": "2.5",
+                                 "YIMMO_LOG_LEVEL": "DEBUG",
+                                 "YIMMO_ACCESS_LOG": "-"})
+    assert options["workers"] == 3
+    assert options["header_timeout"] == 2.5
+    assert options["log_level"] == "debug"
+    assert options["access_log"] == "-"
+
+
+def test_flag_overrides_env_var():
+    _, options = parse(["--workers", "5", "app"], {"YIMMO_WORKERS": "3"})
+    assert options["workers"] == 5
+
+
+def test_short_flags():
+    _, options = parse(["-w", "2", "-b", ":9000", "app"])
+    assert options["workers"] == 2
+    assert options["bind"] == [":9000"]
+
+
+def test_bind_flag_repeats_and_replaces_env_list():
+    environ = {"YIMMO_BIND": "127.0.0.1:1, unix:/tmp/a.sock"}
+    _, options = parse(["app"], environ)
+    assert options["bind"] == ["127.0.0.1:1", "unix:/tmp/a.sock"]
+    _, options = parse(["-b", "[::1]:0", "--bind", "2", "app"], environ)
+    assert options["bind"] == ["[::1]:0", "2"]
+
+
+def test_timeout_alias_sets_three_timeouts():
+    _, options = parse(["--timeout", "7", "app"])
+    assert options["header_timeout"] == 7.0
+    assert options["body_timeout"] == 7.0
+    assert options["write_timeout"] == 7.0
+    assert options["keepalive_timeout"] == DEFAULTS["keepalive_timeout"]
+    assert "timeout" not in options
+
+
+def test_specific_timeout_beats_alias_at_same_level():
+    _, options = parse(["--header-timeout", "1", "--timeout", "7", "app"])
+    assert options["header_timeout"] == 1.0
+    assert options["body_timeout"] == 7.0
+
+
+def test_alias_flag_beats_specific_env_var():
+    _, options = parse(["--timeout", "7", "app"],
+                       {"YIMMO_HEADER_TIMEOUT": "1", "YIMMO_TIMEOUT": "3"})
+    assert options["header_timeout"] == 7.0
+
+
+def test_limit_request_line_zero_means_maximum():
+    _, options = parse(["--limit-request-line", "0", "app"])
+    assert options["limit_request_line"] == 65536
+
+
+def test_empty_access_log_turns_it_off():
+    _, options = parse(["--access-log", "", "app"],
+                       {"YIMMO_ACCESS_LOG": "/tmp/x.log"})
+    assert options["access_log"] is None
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["-w", "0", "app"], "argument -w/--workers: must be an int >= 1, got 0"),
+    (["--workers", "many", "app"], "must be an int >= 1, got 'many'"),
+    (["--header-timeout", "0", "app"], "must be a number of seconds > 0"),
+    (["--keepalive-timeout", "-1", "app"], "must be a number of seconds >= 0"),
+    (["--graceful-timeout", "nan", "app"], "got nan"),
+    (["--log-level", "loud", "app"], "must be one of debug, info, warning"),
+    (["--bind", "::1:80", "app"], "put an IPv6 address in brackets"),
+    (["--bind", "host:http", "app"], "port must be a number"),
+    (["--limit-request-line", "70000", "app"],
+     "must be an int from 0 to 65536"),
+    (["--no-such-flag", "app"], "unrecognized arguments: --no-such-flag"),
+    ([], "the following arguments are required: APP"),
+])
+def test_bad_flags_give_one_line_error(capsys, argv, expected):
+    err = parse_error(capsys, argv)
+    assert err.startswith("yimmo: error: ")
+    assert expected in err
+    assert err.count("\n") == 1, err  # no usage block, no traceback
+
+
+def test_bad_env_var_names_the_variable(capsys):
+    err = parse_error(capsys, ["app"], {"YIMMO_BACKLOG": "lots"})
+    assert err == ("yimmo: error: YIMMO_BACKLOG: must be an int >= 1, "
+                   "got 'lots'\n")
+
+
+def test_abbreviated_flags_are_not_accepted(capsys):
+    err = parse_error(capsys, ["--work", "3", "app"])
+    assert "unrecognized arguments" in err
+
+
+def test_help_lists_flags_and_env_vars(capsys):
+    with pytest.raises(SystemExit) as info:
+        parse(["--help"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    for opt in OPTIONS:
+        assert opt.flags[-1] in out
+        assert opt.env in out
+
+
+# -- keyword arguments --------------------------------------------------------
+
+
+def test_validate_normalises_values():
+    options = validate({"bind": "127.0.0.1:0", "workers": 2,
+                        "header_timeout": 3, "log_level": "WARNING"})
+    assert options["bind"] == ["127.0.0.1:0"]
+    assert options["workers"] == 2
+    assert options["header_timeout"] == 3.0
+    assert isinstance(options["header_timeout"], float)
+    assert options["log_level"] == "warning"
+
+
+def test_validate_timeout_alias_does_not_override_explicit_keyword():
+    options = validate({"timeout": 4, "write_timeout": 9})
+    assert options["header_timeout"] == 4.0
+    assert options["body_timeout"] == 4.0
+    assert options["write_timeout"] == 9.0
+    assert "timeout" not in options
+    assert validate({"timeout": None}) == DEFAULTS
+
+
+def test_unknown_keyword_is_a_type_error():
+    with pytest.raises(TypeError, match=r"^unknown option 'wrokers' "
+                                        r"\(did you mean 'workers'\?\)$"):
+        validate({"wrokers": 2})
+    with pytest.raises(TypeError, match=r"^unknown option 'zzz'$"):
+        validate({"zzz": 1})
+
+
+@pytest.mark.parametrize("options, error, message", [
+    ({"workers": 0}, ValueError, "option 'workers': must be an int >= 1"),
+    ({"workers": "4"}, TypeError, "option 'workers': must be an int, not str"),
+    ({"workers": True}, TypeError, "must be an int, not bool"),
+    ({"workers": 2.0}, TypeError, "must be an int, not float"),
+    ({"max_body_size": -1}, ValueError, "must be an int >= 0"),
+    ({"header_timeout": 0}, ValueError, "must be a number of seconds > 0"),
+    ({"body_timeout": float("inf")}, ValueError, "got inf"),
+    ({"keepalive_timeout": "5"}, TypeError, "must be a number of seconds"),
+    ({"log_level": "verbose"}, ValueError, "must be one of"),
+    ({"log_level": 10}, TypeError, "must be a str, not int"),
+    ({"access_log": 1}, TypeError, "must be a str or None"),
+    ({"bind": []}, ValueError, "needs at least one address"),
+    ({"bind": 8000}, TypeError, "must be a str or a list of str"),
+    ({"bind": ["127.0.0.1:1", 2]}, TypeError, "containing int"),
+    ({"bind": "127.0.0.1:99999"}, ValueError, "port must be a number"),
+])
+def test_validate_rejects_bad_values(options, error, message):
+    with pytest.raises(error) as info:
+        validate(options)
+    assert message in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+# -- addresses ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("127.0.0.1:8000", ("127.0.0.1", 8000)),
+    ("localhost:0", ("localhost", 0)),
+    ("[::1]:8080", ("::1", 8080)),
+    ("[::]:80", ("::", 80)),
+    ("8000", ("0.0.0.0", 8000)),
+    (":8000", ("0.0.0.0", 8000)),
+    ("unix:/tmp/yimmo.sock", "/tmp/yimmo.sock"),
+])
+def test_parse_address(text, expected):
+    assert parse_address(text) == expected
+
+
+@pytest.mark.parametrize("text", [
+    "", "host:", "host:-1", "host:65536", "::1:80", "[::1]", "[]:80",
+    "[::1]80", "unix:", "a b:80", "host:8o",
+])
+def test_parse_address_rejects(text):
+    with pytest.raises(ValueError, match="bad address"):
+        parse_address(text)
+
+
+# -- docs ---------------------------------------------------------------------
+
+
+def test_options_rst_mentions_every_option():
+    text = options_rst()
+    for opt in OPTIONS:
+        assert "``%s``" % opt.name in text
+        assert opt.env in text
+        for flag in opt.flags:
+            assert flag in text
+
+
+def test_options_rst_is_a_definition_list():
+    lines = options_rst().splitlines()
+    terms = [line for line in lines if line and not line.startswith(" ")]
+    assert len(terms) == len(OPTIONS)
+    assert all(line.startswith("``-") for line in terms)

@@ -1,0 +1,59 @@
+"""Build and run the C tests of the HTTP parser (tests/parser/test_parser.c).
+
+The parser is plain C, so its tests are a C program: it is compiled with
+ASan and UBSan into a temporary directory and must report no failures.
+"""
+
+import os
+import shutil
+import subprocess
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+EXT = os.path.join(ROOT, "ext")
+PARSER = os.path.join(EXT, "http_parser.c")
+TEST = os.path.join(ROOT, "tests", "parser", "test_parser.c")
+WARNINGS = ["-std=c11", "-D_GNU_SOURCE", "-Wall", "-Wextra", "-Werror"]
+TIMEOUT = 300
+
+
+def _compile(cc, args, tmp_path):
+    try:
+        proc = subprocess.run([cc, *args], cwd=tmp_path, capture_output=True,
+                              text=True, timeout=TIMEOUT)
+    except subprocess.TimeoutExpired:
+        pytest.fail("%s timed out" % cc)
+    assert proc.returncode == 0, "%s failed:\n%s%s" % (
+        " ".join([cc, *args]), proc.stdout, proc.stderr)
+
+
+def test_parser_c(tmp_path):
+    if shutil.which("gcc") is None:
+        pytest.skip("gcc is not installed")
+    exe = str(tmp_path / "test_parser")
+    _compile("gcc", [*WARNINGS, "-g", "-O1", "-fsanitize=address,undefined",
+                     "-fno-sanitize-recover=all", "-fno-omit-frame-pointer",
+                     "-I", EXT, TEST, PARSER, "-o", exe], tmp_path)
+    env = dict(os.environ)
+    env.setdefault("ASAN_OPTIONS", "abort_on_error=0:detect_leaks=1")
+    env.setdefault("UBSAN_OPTIONS", "print_stacktrace=1")
+    try:
+        proc = subprocess.run([exe], cwd=tmp_path, capture_output=True,
+                              text=True, errors="replace", env=env,
+                              timeout=TIMEOUT)
+    except subprocess.TimeoutExpired:
+        pytest.fail("test_parser timed out after %d s" % TIMEOUT)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, output
+    last = proc.stdout.strip().splitlines()[-1]
+    assert last.endswith(" passed, 0 failed"), output
+
+
+@pytest.mark.parametrize("cc", ["gcc", "clang"])
+def test_parser_compiles_cleanly(cc, tmp_path):
+    """The optimised build (what the extension uses) has no warnings."""
+    if shutil.which(cc) is None:
+        pytest.skip("%s is not installed" % cc)
+    _compile(cc, [*WARNINGS, "-O2", "-c", PARSER, "-o",
+                  str(tmp_path / "http_parser.o")], tmp_path)

@@ -1,0 +1,284 @@
+"""The Server object and serve(): start and stop, several servers at once,
+IPv6 and unix-socket listeners, graceful shutdown, and signals (in
+subprocesses, where serve() runs on the main thread as it would for real).
+"""
+
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import threading
+from wsgiref.validate import validator
+
+import pytest
+
+import yimmo
+from helpers import (ServerProcess, build_request, connect, get,
+                     read_response, request)
+
+WAIT = 10
+
+
+def make_app(body):
+    def app(environ, start_response):
+        start_response("200 OK", [("Content-Type", "text/plain"),
+                                  ("Content-Length", str(len(body)))])
+        return [body]
+    return validator(app)
+
+
+def refuses_connections(addr):
+    try:
+        with connect(addr, timeout=2):
+            return False
+    except ConnectionRefusedError:
+        return True
+
+
+# -- Server in this process --------------------------------------------------
+
+
+def test_server_context_manager_starts_and_stops():
+    with yimmo.Server(make_app(b"hi"), bind="127.0.0.1:0", workers=2) as s:
+        host, port = s.address
+        assert host == "127.0.0.1"
+        assert port > 0
+        assert s.url == "http://127.0.0.1:%d" % port
+        assert s.addresses == [s.address]
+        # serving as soon as __enter__ returns: no retry needed
+        assert get(s.address).body == b"hi"
+    assert refuses_connections((host, port))
+
+
+def test_server_binds_in_constructor_and_start_returns_when_serving():
+    server = yimmo.Server(make_app(b"started"), bind="127.0.0.1:0",
+                          workers=1)
+    try:
+        assert server.address[1] > 0  # known before start()
+        server.start()
+        assert get(server.address).body == b"started"
+    finally:
+        server.stop()
+    assert refuses_connections(server.address)
+
+
+def test_serve_forever_in_a_thread_returns_after_stop():
+    server = yimmo.Server(make_app(b"forever"), bind="127.0.0.1:0",
+                          workers=1)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        # the listener exists since the constructor: the request waits in
+        # the backlog until serve_forever() accepts it
+        assert get(server.address, timeout=WAIT).body == b"forever"
+    finally:
+        server.stop()
+        thread.join(WAIT)
+    assert not thread.is_alive(), "serve_forever() did not return"
+
+
+def test_port_in_use_raises_oserror_from_constructor():
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        with pytest.raises(OSError):
+            yimmo.Server(make_app(b"x"), bind="127.0.0.1:%d" % port)
+
+
+@pytest.mark.parametrize("options, error", [
+    ({"workers": 0}, ValueError),
+    ({"bind": "127.0.0.1:notaport"}, ValueError),
+    ({"no_such_option": 1}, TypeError),
+])
+def test_bad_option_values_raise(options, error):
+    kw = {"bind": "127.0.0.1:0"}
+    kw.update(options)
+    with pytest.raises(error):
+        yimmo.Server(make_app(b"x"), **kw)
+
+
+def test_two_servers_in_one_process(yimmo_server):
+    one = yimmo_server(make_app(b"one"), workers=1)
+    two = yimmo_server(make_app(b"two"), workers=2)
+    assert one.address != two.address
+    with connect(one.address) as s1, connect(two.address) as s2:
+        for _ in range(3):
+            assert request(s1, "GET", "/").body == b"one"
+            assert request(s2, "GET", "/").body == b"two"
+
+
+def test_fixture_server_listens_on_loopback_ephemeral_port(yimmo_server):
+    server = yimmo_server(make_app(b"x"))
+    assert server.address[0] == "127.0.0.1"
+    assert server.address[1] > 0
+    assert server.url == "http://127.0.0.1:%d" % server.address[1]
+
+
+def _has_ipv6_loopback():
+    if not socket.has_ipv6:
+        return False
+    try:
+        with socket.socket(socket.AF_INET6) as s:
+            s.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not _has_ipv6_loopback(), reason="no IPv6 loopback")
+def test_ipv6_bind(yimmo_server):
+    def app(environ, start_response):
+        body = environ["REMOTE_ADDR"].encode()
+        start_response("200 OK", [("Content-Type", "text/plain"),
+                                  ("Content-Length", str(len(body)))])
+        return [body]
+
+    server = yimmo_server(validator(app), bind="[::1]:0", workers=1)
+    host, port = server.address[:2]
+    assert host == "::1"
+    assert server.url == "http://[::1]:%d" % port
+    with connect(("::1", port)) as sock:
+        assert sock.family == socket.AF_INET6
+        assert request(sock, "GET", "/").body == b"::1"
+
+
+def test_unix_socket_bind(yimmo_server, tmp_path):
+    path = str(tmp_path / "s.sock")
+    server = yimmo_server(make_app(b"over unix"), bind="unix:" + path,
+                          workers=1)
+    assert server.address == path
+    assert server.url == "unix:" + path
+    with connect(path) as sock:
+        assert sock.family == socket.AF_UNIX
+        assert request(sock, "GET", "/").body == b"over unix"
+        assert request(sock, "GET", "/again").body == b"over unix"
+
+
+def test_tcp_and_unix_listeners_together(yimmo_server, tmp_path):
+    path = str(tmp_path / "both.sock")
+    server = yimmo_server(make_app(b"both"),
+                          bind=["127.0.0.1:0", "unix:" + path], workers=1)
+    assert len(server.addresses) == 2
+    assert path in server.addresses
+    assert server.address == server.addresses[0]
+    assert get(server.address).body == b"both"
+    with connect(path) as sock:
+        assert request(sock, "GET", "/").body == b"both"
+
+
+def test_stop_lets_in_flight_request_finish(yimmo_server):
+    entered = threading.Event()
+    release = threading.Event()
+
+    def app(environ, start_response):
+        entered.set()
+        release.wait(WAIT)
+        body = b"finished"
+        start_response("200 OK", [("Content-Type", "text/plain"),
+                                  ("Content-Length", str(len(body)))])
+        return [body]
+
+    server = yimmo.Server(validator(app), bind="127.0.0.1:0", workers=2)
+    server.start()
+    stopper = None
+    try:
+        with connect(server.address, WAIT) as sock:
+            sock.sendall(build_request("GET", "/slow"))
+            assert entered.wait(WAIT)
+            stopper = threading.Thread(target=server.stop, daemon=True)
+            stopper.start()
+            # stop() waits for the request in flight
+            stopper.join(0.5)
+            assert stopper.is_alive(), "stop() did not wait for the request"
+            release.set()
+            resp = read_response(sock)
+            assert resp.status == 200
+            assert resp.body == b"finished"
+        stopper.join(WAIT)
+        assert not stopper.is_alive(), "stop() did not return"
+    finally:
+        release.set()
+        if stopper is None:
+            server.stop()
+    assert refuses_connections(server.address)
+
+
+# -- serve() in a subprocess -------------------------------------------------
+
+SERVE_SCRIPT = textwrap.dedent("""
+    import logging, signal, sys
+    import yimmo
+
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr)
+
+    def app(environ, start_response):
+        if environ["PATH_INFO"] == "/slow":
+            print("entered", flush=True)
+            line = sys.stdin.readline()
+            body = b"finished:" + line.strip().encode()
+        else:
+            body = b"ok"
+        start_response("200 OK", [("Content-Type", "text/plain"),
+                                  ("Content-Length", str(len(body)))])
+        return [body]
+
+    def on_usr1(signum, frame):
+        print("usr1 handled", flush=True)
+
+    signal.signal(signal.SIGUSR1, on_usr1)
+    try:
+        yimmo.serve(app, bind="127.0.0.1:0", workers=2)
+    except KeyboardInterrupt:
+        print("KeyboardInterrupt raised", flush=True)
+        sys.exit(42)
+    print("serve returned", flush=True)
+""")
+
+
+def start_serve_script():
+    return ServerProcess([sys.executable, "-c", SERVE_SCRIPT],
+                         stdin=subprocess.PIPE)
+
+
+def test_serve_stops_on_sigterm_with_exit_0_after_in_flight_request():
+    with start_serve_script() as proc:
+        addr = proc.wait_listening()
+        assert get(addr).body == b"ok"
+        with connect(addr, WAIT) as sock:
+            sock.sendall(build_request("GET", "/slow"))
+            proc.wait_for_line("^entered$", stream="stdout")
+            proc.signal(signal.SIGTERM)
+            # still finishing the request in flight
+            with pytest.raises(subprocess.TimeoutExpired):
+                proc.proc.wait(0.5)
+            proc.proc.stdin.write(b"go\n")
+            proc.proc.stdin.flush()
+            resp = read_response(sock)
+            assert resp.status == 200
+            assert resp.body == b"finished:go"
+        assert proc.wait(WAIT) == 0
+        assert "serve returned" in proc.stdout
+        assert "Traceback" not in proc.stderr
+
+
+def test_serve_raises_keyboard_interrupt_on_sigint():
+    with start_serve_script() as proc:
+        addr = proc.wait_listening()
+        assert get(addr).body == b"ok"
+        proc.signal(signal.SIGINT)
+        assert proc.wait(WAIT) == 42, proc.stderr
+        assert "KeyboardInterrupt raised" in proc.stdout
+        assert "serve returned" not in proc.stdout
+
+
+def test_app_signal_handler_runs_while_serving():
+    with start_serve_script() as proc:
+        addr = proc.wait_listening()
+        proc.signal(signal.SIGUSR1)
+        proc.wait_for_line("^usr1 handled$", stream="stdout", timeout=WAIT)
+        assert get(addr).body == b"ok"
+        assert proc.proc.poll() is None
+        proc.signal(signal.SIGTERM)
+        assert proc.wait(WAIT) == 0

@@ -1,0 +1,13 @@
+"""yimmo: a WSGI server written in C.
+
+    import yimmo
+    yimmo.serve(app, bind="127.0.0.1:8000", workers=8)
+
+or ``python -m yimmo module:app``. One libev I/O thread per process does
+all socket work without the GIL; worker threads run the app.
+"""
+
+from ._server import Server, serve
+
+__version__ = "0.1.0"
+__all__ = ["Server", "serve", "__version__"]

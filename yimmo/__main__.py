@@ -1,0 +1,81 @@
+"""The command line: python -m yimmo [options] APP (also the `yimmo` script).
+
+Parses options (yimmo._options), sets up logging, imports the application
+and serves it. Every expected failure ends as one "yimmo: error: ..." line
+on stderr: exit status 2 for bad usage or option values, 1 for an
+application that cannot be loaded or an address that cannot be bound.
+"""
+
+import os
+import sys
+import traceback
+
+import yimmo
+from yimmo._appload import AppLoadError, load_app
+from yimmo._logging import configure_logging
+from yimmo._options import parse_args
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+
+
+def main(argv=None):
+    """Run the server; return the process exit status."""
+    try:
+        return _run(sys.argv[1:] if argv is None else argv)
+    except KeyboardInterrupt:
+        # SIGINT: serve() has already stopped gracefully; Ctrl-C during
+        # start-up (a slow import) is just as deliberate.
+        return EXIT_OK
+
+
+def _run(argv):
+    try:
+        app_spec, options = parse_args(argv)
+    except SystemExit as exc:
+        # argparse has printed --help, --version or the one-line error.
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+
+    try:
+        configure_logging(options["log_level"], options["access_log"])
+    except OSError as exc:
+        return _fail("cannot open access log: %s" % _describe(exc),
+                     EXIT_FAILURE)
+
+    # Like `python -m`, find the application relative to where we run.
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        app = load_app(app_spec)
+    except AppLoadError as exc:
+        if options["log_level"] == "debug" and exc.__cause__ is not None:
+            traceback.print_exception(type(exc.__cause__), exc.__cause__,
+                                      exc.__cause__.__traceback__)
+        return _fail(str(exc), EXIT_FAILURE)
+
+    try:
+        yimmo.serve(app, **options)
+    except (TypeError, ValueError) as exc:
+        return _fail(str(exc), EXIT_USAGE)
+    except OSError as exc:
+        return _fail(_describe(exc), EXIT_FAILURE)
+    return EXIT_OK
+
+
+def _describe(exc):
+    """An OSError as one line without the "[Errno 98]" prefix."""
+    if exc.strerror:
+        if exc.filename is not None:
+            return "%s: %s" % (exc.filename, exc.strerror)
+        return exc.strerror
+    return str(exc) or type(exc).__name__
+
+
+def _fail(message, status):
+    print("yimmo: error: %s" % message, file=sys.stderr)
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

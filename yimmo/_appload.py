@@ -1,0 +1,203 @@
+"""Turn an APP spec from the command line into the WSGI callable.
+
+Accepted forms:
+
+    module:name            an attribute of the module
+    module:name.sub        an attribute of an attribute
+    module                 'application', else 'app'
+    module:factory(...)    call a factory; arguments must be Python literals
+
+Factory arguments are read with ast.literal_eval: nothing from the command
+line is ever executed. Every failure raises AppLoadError with a one-line
+message; the original exception, if any, is its __cause__.
+
+The caller puts the current directory on sys.path; this module does not
+touch it. It imports nothing from the rest of yimmo.
+"""
+
+import ast
+import importlib
+import traceback
+
+DEFAULT_NAMES = ("application", "app")
+
+
+class AppLoadError(Exception):
+    """The application could not be loaded; str() is a one-line reason."""
+
+
+def load_app(spec):
+    """Import and return the WSGI application named by spec."""
+    module_name, sep, expr = (part.strip() for part in spec.partition(":"))
+    _check_module_name(spec, module_name)
+    if sep and not expr:
+        raise _invalid(spec, "nothing after ':'")
+    target = _parse_target(spec, expr) if sep else None
+    module = _import(module_name)
+    if target is None:
+        return _default_app(module, module_name)
+    path, call = target
+    obj = _resolve(module, module_name, path)
+    label = "%s:%s" % (module_name, ".".join(path))
+    if call is None:
+        _check_callable(obj, "%r is not callable" % label)
+        return obj
+    if not callable(obj):
+        raise AppLoadError("%r is not callable, so it cannot be used as a "
+                           "factory (%s object)" % (label, type(obj).__name__))
+    app = _call_factory(obj, call, "%s:%s" % (module_name, expr))
+    _check_callable(app, "%r did not return a WSGI callable"
+                    % ("%s:%s" % (module_name, expr)))
+    return app
+
+
+# -- parsing ------------------------------------------------------------------
+
+
+def _invalid(spec, why, forms=True):
+    message = "invalid application %r: %s" % (spec, why)
+    if forms:
+        message += " (expected MODULE:NAME, MODULE or MODULE:FACTORY(ARGS))"
+    return AppLoadError(message)
+
+
+def _check_module_name(spec, name):
+    if not name:
+        raise _invalid(spec, "no module name")
+    if name.endswith(".py") or "/" in name or "\\" in name:
+        raise _invalid(spec, "%r is a file name; give the module name and "
+                             "run from its directory" % name, forms=False)
+    if not all(part.isidentifier() for part in name.split(".")):
+        raise _invalid(spec, "%r is not a module name" % name)
+
+
+def _parse_target(spec, expr):
+    """Split "a.b" / "f(1, x='y')" into (['a', 'b'], None) / (['f'],
+    ([1], {'x': 'y'}))."""
+    try:
+        node = ast.parse(expr, mode="eval").body
+    except SyntaxError:
+        raise _invalid(spec, "%r is not a name or a call" % expr) from None
+    call = None
+    if isinstance(node, ast.Call):
+        call = _literal_arguments(spec, node)
+        node = node.func
+    path = _dotted_name(node)
+    if path is None:
+        raise _invalid(spec, "%r is not a name or a call" % expr)
+    return path, call
+
+
+def _dotted_name(node):
+    parts = []
+    while isinstance(node, ast.Attribute):
+        parts.append(node.attr)
+        node = node.value
+    if not isinstance(node, ast.Name):
+        return None
+    parts.append(node.id)
+    return parts[::-1]
+
+
+def _literal_arguments(spec, call):
+    try:
+        args = []
+        for arg in call.args:
+            if isinstance(arg, ast.Starred):
+                raise ValueError
+            args.append(ast.literal_eval(arg))
+        kwargs = {}
+        for kw in call.keywords:
+            if kw.arg is None:  # **mapping
+                raise ValueError
+            kwargs[kw.arg] = ast.literal_eval(kw.value)
+    except ValueError:
+        raise _invalid(spec, "factory arguments must be Python literals "
+                             "(strings, numbers, True/False/None, tuples, "
+                             "lists, dicts)", forms=False) from None
+    return args, kwargs
+
+
+# -- importing and resolving --------------------------------------------------
+
+
+def _where(exc, verb="raised"):
+    """' (raised at file:line)' for the innermost frame of exc, or ''."""
+    # The innermost frames of an import error are importlib's own.
+    frames = [f for f in traceback.extract_tb(exc.__traceback__)
+              if not f.filename.startswith("<frozen ")]
+    if not frames:
+        return ""
+    return " (%s at %s:%d)" % (verb, frames[-1].filename, frames[-1].lineno)
+
+
+def _is_the_module(exc, name):
+    """True if ModuleNotFoundError exc is about name (or a package of it)
+    rather than about something name imports."""
+    missing = exc.name
+    return missing is not None and (
+        missing == name or name.startswith(missing + "."))
+
+
+def _import(name):
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as exc:
+        if _is_the_module(exc, name):
+            raise AppLoadError("cannot import module %r: %s"
+                               % (name, exc)) from exc
+        # The module exists; something it imports does not.
+        raise AppLoadError(
+            "module %r needs a module that is not installed: %s%s"
+            % (name, exc, _where(exc, "imported"))) from exc
+    except SyntaxError as exc:
+        # str() of a SyntaxError already names the file and line.
+        raise AppLoadError("module %r was found but importing it failed: "
+                           "SyntaxError: %s" % (name, exc)) from exc
+    except Exception as exc:
+        raise AppLoadError(
+            "module %r was found but importing it failed: %s: %s%s"
+            % (name, type(exc).__name__, exc, _where(exc))) from exc
+
+
+def _default_app(module, module_name):
+    for attr in DEFAULT_NAMES:
+        if hasattr(module, attr):
+            app = getattr(module, attr)
+            _check_callable(app, "'%s:%s' is not callable"
+                            % (module_name, attr))
+            return app
+    raise AppLoadError(
+        "module %r has no attribute %s; name the application, e.g. '%s:NAME'"
+        % (module_name, " or ".join(repr(n) for n in DEFAULT_NAMES),
+           module_name))
+
+
+def _resolve(module, module_name, path):
+    obj = module
+    for i, attr in enumerate(path):
+        try:
+            obj = getattr(obj, attr)
+        except AttributeError:
+            if i == 0:
+                raise AppLoadError("module %r has no attribute %r"
+                                   % (module_name, attr)) from None
+            owner = "%s:%s" % (module_name, ".".join(path[:i]))
+            raise AppLoadError("%r has no attribute %r"
+                               % (owner, attr)) from None
+    return obj
+
+
+def _call_factory(factory, call, label):
+    args, kwargs = call
+    try:
+        return factory(*args, **kwargs)
+    except Exception as exc:
+        raise AppLoadError("calling %r failed: %s: %s%s"
+                           % (label, type(exc).__name__, exc,
+                              _where(exc))) from exc
+
+
+def _check_callable(obj, message):
+    if not callable(obj):
+        raise AppLoadError("%s (%s object)" % (message, type(obj).__name__))

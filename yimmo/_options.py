@@ -1,0 +1,477 @@
+"""The table of server options and everything derived from it.
+
+OPTIONS below is the single source for the command-line flags, the YIMMO_*
+environment variables, the defaults, the validation of keyword arguments to
+yimmo.serve()/yimmo.Server() and the option docs in the README
+(options_rst()). Add an option by adding a row; nothing else lists them.
+
+This module imports nothing from the rest of yimmo, so it works before the C
+extension is built.
+"""
+
+import argparse
+import difflib
+import math
+import os
+import sys
+from typing import Any, NamedTuple, Optional, Tuple
+
+ENV_PREFIX = "YIMMO_"
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+# limit_request_line=0 means "as long as the parser allows".
+MAX_REQUEST_LINE = 65536
+
+
+# -- value kinds --------------------------------------------------------------
+#
+# A kind knows how to check a Python value (keyword arguments) and how to
+# parse a string (flags and environment variables). Both raise TypeError or
+# ValueError with a message that completes "option 'x' ...".
+
+
+class Int(NamedTuple):
+    minimum: int
+    maximum: Optional[int] = None
+    zero_means: Optional[int] = None  # value that 0 is replaced with
+
+    def describe(self):
+        if self.maximum is not None:
+            return "an int from %d to %d" % (self.minimum, self.maximum)
+        return "an int >= %d" % self.minimum
+
+    def check(self, value):
+        # bool is an int subclass, but workers=True is a mistake.
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError("must be an int, not %s" % type(value).__name__)
+        if value < self.minimum or (self.maximum is not None
+                                    and value > self.maximum):
+            raise ValueError("must be %s, got %r" % (self.describe(), value))
+        if value == 0 and self.zero_means is not None:
+            return self.zero_means
+        return value
+
+    def parse(self, text):
+        try:
+            value = int(text.strip())
+        except ValueError:
+            raise ValueError("must be %s, got %r" % (self.describe(), text))
+        return self.check(value)
+
+
+class Seconds(NamedTuple):
+    allow_zero: bool
+
+    def describe(self):
+        return "a number of seconds %s 0" % (">=" if self.allow_zero else ">")
+
+    def check(self, value):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise TypeError("must be a number of seconds, not %s"
+                            % type(value).__name__)
+        # inf/nan would reach the event loop's timers as garbage.
+        if not math.isfinite(value) or value < 0 or (
+                value == 0 and not self.allow_zero):
+            raise ValueError("must be %s, got %r" % (self.describe(), value))
+        return float(value)
+
+    def parse(self, text):
+        try:
+            value = float(text.strip())
+        except ValueError:
+            raise ValueError("must be %s, got %r" % (self.describe(), text))
+        return self.check(value)
+
+
+class Choice(NamedTuple):
+    choices: Tuple[str, ...]
+
+    def describe(self):
+        return "one of " + ", ".join(self.choices)
+
+    def check(self, value):
+        if not isinstance(value, str):
+            raise TypeError("must be a str, not %s" % type(value).__name__)
+        if value.lower() not in self.choices:
+            raise ValueError("must be %s, got %r" % (self.describe(), value))
+        return value.lower()
+
+    def parse(self, text):
+        return self.check(text.strip())
+
+
+class OptionalPath(NamedTuple):
+    """A path, "-" for stderr, or None (off). "" also means off, so an
+    environment variable can be overridden with an empty flag value."""
+
+    def describe(self):
+        return '"-" (stderr), a file path, or None (off)'
+
+    def check(self, value):
+        if value is None:
+            return None
+        if not isinstance(value, (str, os.PathLike)):
+            raise TypeError("must be a str or None, not %s"
+                            % type(value).__name__)
+        value = os.fspath(value)
+        if not isinstance(value, str):
+            raise TypeError("must be a str or None, not bytes")
+        return value or None
+
+    def parse(self, text):
+        return self.check(text)
+
+
+class Addresses(NamedTuple):
+    """One or more listen addresses (see parse_address)."""
+
+    def describe(self):
+        return "an address or a list of addresses"
+
+    def check(self, value):
+        if isinstance(value, str):
+            value = [value]
+        elif not isinstance(value, (list, tuple)):
+            raise TypeError("must be a str or a list of str, not %s"
+                            % type(value).__name__)
+        if not value:
+            raise ValueError("needs at least one address")
+        for item in value:
+            if not isinstance(item, str):
+                raise TypeError("must be a str or a list of str, not a list "
+                                "containing %s" % type(item).__name__)
+            parse_address(item)
+        return list(value)
+
+    def parse(self, text):
+        # Environment form: comma-separated. Unix socket paths with commas
+        # cannot be given this way; use --bind for those.
+        return self.check([a.strip() for a in text.split(",") if a.strip()])
+
+
+# -- the table ----------------------------------------------------------------
+
+
+class Option(NamedTuple):
+    name: str  # keyword argument and key in the options dict
+    flags: Tuple[str, ...]  # command-line flags
+    kind: Any  # one of the kinds above
+    default: Any
+    help: str
+    metavar: str = "N"
+    # An alias sets these options instead of one of its own (--timeout).
+    sets: Tuple[str, ...] = ()
+
+    @property
+    def env(self):
+        return ENV_PREFIX + self.name.upper()
+
+
+OPTIONS = (
+    Option("bind", ("-b", "--bind"), Addresses(), ["127.0.0.1:8000"],
+           "Address to listen on: HOST:PORT, [IPV6]:PORT, PORT or :PORT "
+           "(all IPv4 interfaces), or unix:PATH. Port 0 picks a free port. "
+           "Repeat the flag to listen on several; the environment variable "
+           "takes a comma-separated list.",
+           metavar="ADDRESS"),
+    Option("workers", ("-w", "--workers"), Int(1), 8,
+           "Number of worker threads running the application."),
+    Option("backlog", ("--backlog",), Int(1), 2048,
+           "Length of the listen() queue of pending connections."),
+    Option("limit_request_line", ("--limit-request-line",),
+           Int(0, MAX_REQUEST_LINE, zero_means=MAX_REQUEST_LINE), 4094,
+           "Longest request line in bytes; longer gets 414. 0 means the "
+           "maximum, %d." % MAX_REQUEST_LINE,
+           metavar="BYTES"),
+    Option("limit_request_fields", ("--limit-request-fields",), Int(1), 100,
+           "Most header fields in a request; more gets 431."),
+    Option("limit_request_field_size", ("--limit-request-field-size",),
+           Int(1), 8190,
+           "Longest header field line in bytes; longer gets 431.",
+           metavar="BYTES"),
+    Option("limit_request_head_size", ("--limit-request-head-size",),
+           Int(1), 65536,
+           "Largest request head (request line and headers) in bytes; "
+           "larger gets 431.",
+           metavar="BYTES"),
+    Option("max_body_size", ("--max-body-size",), Int(0), 0,
+           "Largest request body in bytes; larger gets 413. 0 means no "
+           "limit.",
+           metavar="BYTES"),
+    Option("header_timeout", ("--header-timeout",), Seconds(False), 10.0,
+           "Seconds a client has to send a complete request head.",
+           metavar="SECONDS"),
+    Option("keepalive_timeout", ("--keepalive-timeout",), Seconds(True), 5.0,
+           "Seconds an idle keep-alive connection is kept open. 0 closes "
+           "each connection after its response.",
+           metavar="SECONDS"),
+    Option("body_timeout", ("--body-timeout",), Seconds(False), 30.0,
+           "Longest gap in seconds between two pieces of a request body.",
+           metavar="SECONDS"),
+    Option("write_timeout", ("--write-timeout",), Seconds(False), 30.0,
+           "Seconds a client may stop reading a response before the "
+           "connection is closed.",
+           metavar="SECONDS"),
+    Option("graceful_timeout", ("--graceful-timeout",), Seconds(True), 30.0,
+           "On shutdown, seconds in-flight requests get to finish.",
+           metavar="SECONDS"),
+    Option("access_log", ("--access-log",), OptionalPath(), None,
+           'Where to write the access log (Combined Log Format): "-" for '
+           "stderr, or a file path. Off by default; an empty value turns "
+           "it off.",
+           metavar="PATH"),
+    Option("log_level", ("--log-level",), Choice(LOG_LEVELS), "info",
+           "Level of the 'yimmo' logger: %s." % ", ".join(LOG_LEVELS),
+           metavar="LEVEL"),
+    Option("timeout", ("--timeout",), Seconds(False), None,
+           "Sets --header-timeout, --body-timeout and --write-timeout "
+           "together; the specific options win over it.",
+           metavar="SECONDS",
+           sets=("header_timeout", "body_timeout", "write_timeout")),
+)
+
+BY_NAME = {opt.name: opt for opt in OPTIONS}
+# Only real options have a value; aliases just set others.
+DEFAULTS = {opt.name: opt.default for opt in OPTIONS if not opt.sets}
+
+
+def _copy_defaults():
+    return {name: (list(v) if isinstance(v, list) else v)
+            for name, v in DEFAULTS.items()}
+
+
+# -- addresses ----------------------------------------------------------------
+
+
+def parse_address(text):
+    """Check a bind address and split it.
+
+    Returns the path (str) for "unix:PATH", else (host, port) with the host
+    as written (brackets removed); "PORT" and ":PORT" give host "0.0.0.0".
+    Raises ValueError with a message naming the address.
+    """
+    if not isinstance(text, str):
+        raise TypeError("address must be a str, not %s" % type(text).__name__)
+    if text.startswith("unix:"):
+        path = text[len("unix:"):]
+        if not path:
+            raise ValueError("bad address %r: empty unix socket path" % text)
+        return path
+    if text.startswith("["):
+        host, sep, port = text[1:].partition("]:")
+        if not sep or not host:
+            raise ValueError("bad address %r: expected [IPV6]:PORT" % text)
+    elif text.count(":") > 1:
+        raise ValueError("bad address %r: put an IPv6 address in brackets, "
+                         "e.g. [::1]:8000" % text)
+    elif ":" in text:
+        host, _, port = text.partition(":")
+        host = host or "0.0.0.0"
+    else:
+        host, port = "0.0.0.0", text
+    if not host.strip() or any(c.isspace() for c in host):
+        raise ValueError("bad address %r: bad host" % text)
+    if not port.isdigit() or int(port) > 65535:
+        raise ValueError("bad address %r: port must be a number from 0 to "
+                         "65535" % text)
+    return host, int(port)
+
+
+# -- keyword arguments --------------------------------------------------------
+
+
+def validate(options):
+    """Check keyword arguments for Server()/serve(); return the full set.
+
+    The result has every option (defaults filled in), values normalised
+    (bind as a list, timeouts as float, log_level lower-case) and aliases
+    expanded. Unknown names raise TypeError, bad types TypeError, bad
+    values ValueError, each with a one-line message.
+    """
+    result = _copy_defaults()
+    aliases = {}
+    for name, value in options.items():
+        opt = BY_NAME.get(name)
+        if opt is None:
+            raise TypeError(_unknown(name))
+        if opt.sets and value is None:
+            continue  # timeout=None: the alias is simply not used
+        try:
+            value = opt.kind.check(value)
+        except (TypeError, ValueError) as exc:
+            raise type(exc)("option %r: %s" % (name, exc)) from None
+        if opt.sets:
+            aliases[name] = value
+        else:
+            result[name] = value
+    # An alias only fills in what was not given explicitly.
+    for name, value in aliases.items():
+        for target in BY_NAME[name].sets:
+            if target not in options:
+                result[target] = value
+    return result
+
+
+def _unknown(name):
+    message = "unknown option %r" % name
+    close = difflib.get_close_matches(name, BY_NAME, n=1)
+    if close:
+        message += " (did you mean %r?)" % close[0]
+    return message
+
+
+# -- command line and environment ---------------------------------------------
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports errors in one line, "yimmo: error: ...".
+
+    The stock parser prints the usage block first; the contract is one line
+    on stderr and exit status 2.
+    """
+
+    def error(self, message):
+        self.exit(2, "%s: error: %s\n" % (self.prog, message))
+
+
+class _VersionAction(argparse.Action):
+    def __init__(self, option_strings, dest=argparse.SUPPRESS,
+                 default=argparse.SUPPRESS, help=None):
+        super().__init__(option_strings, dest, nargs=0, default=default,
+                         help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        # Imported here: this module must not import the C extension.
+        from yimmo import __version__
+        parser.exit(0, "yimmo %s\n" % __version__)
+
+
+def _converter(opt):
+    """argparse type= function: parse and validate one flag value."""
+    def convert(text):
+        try:
+            return opt.kind.parse(text)
+        except (TypeError, ValueError) as exc:
+            raise argparse.ArgumentTypeError(str(exc))
+    convert.__name__ = opt.name  # argparse names it in some messages
+    return convert
+
+
+def _flag_help(opt):
+    extra = ["env %s" % opt.env]
+    if opt.default is not None:
+        default = opt.default
+        if isinstance(default, list):
+            default = ",".join(default)
+        extra.append("default %s" % default)
+    return "%s [%s]" % (opt.help, "; ".join(extra))
+
+
+def build_parser():
+    parser = _Parser(
+        prog="yimmo",
+        usage="python -m yimmo [options] APP",
+        description="Serve a WSGI application with yimmo.",
+        epilog="APP is MODULE:NAME, MODULE:NAME.ATTR, MODULE (uses "
+               "'application', then 'app') or MODULE:FACTORY(ARGS) with "
+               "literal arguments. Each option can also be set with the "
+               "environment variable shown; flags win over the environment.",
+        allow_abbrev=False,  # so a new option never changes what --x means
+    )
+    parser.add_argument("app", metavar="APP",
+                        help="the WSGI application, e.g. myproject.wsgi:app")
+    for opt in OPTIONS:
+        kwargs = dict(dest=opt.name, type=_converter(opt),
+                      default=argparse.SUPPRESS, metavar=opt.metavar,
+                      help=_flag_help(opt))
+        if opt.name == "bind":
+            kwargs["action"] = "append"
+        parser.add_argument(*opt.flags, **kwargs)
+    parser.add_argument("--version", action=_VersionAction,
+                        help="print the version and exit")
+    return parser
+
+
+def _flatten_bind(values):
+    # Each --bind value went through Addresses.parse and is a list already.
+    return [address for value in values for address in value]
+
+
+def _apply(result, given):
+    """Layer one source (env or flags) over result: aliases, then the
+    specific options, so --header-timeout beats --timeout."""
+    for name, value in given.items():
+        opt = BY_NAME[name]
+        for target in opt.sets:
+            result[target] = value
+    for name, value in given.items():
+        if not BY_NAME[name].sets:
+            result[name] = value
+
+
+def _from_environ(parser, environ):
+    given = {}
+    for opt in OPTIONS:
+        text = environ.get(opt.env)
+        if text is None:
+            continue
+        try:
+            given[opt.name] = opt.kind.parse(text)
+        except (TypeError, ValueError) as exc:
+            parser.error("%s: %s" % (opt.env, exc))
+    return given
+
+
+def parse_args(argv=None, environ=None):
+    """Parse the command line and YIMMO_* variables.
+
+    Returns (app_spec, options) with options complete and validated:
+    flags override environment variables, which override defaults. Bad
+    input prints one "yimmo: error: ..." line and raises SystemExit(2).
+    """
+    if argv is None:
+        argv = sys.argv[1:]
+    if environ is None:
+        environ = os.environ
+    parser = build_parser()
+    args = vars(parser.parse_args(argv))
+    app_spec = args.pop("app")
+    if "bind" in args:
+        args["bind"] = _flatten_bind(args["bind"])
+    options = _copy_defaults()
+    _apply(options, _from_environ(parser, environ))
+    _apply(options, args)
+    return app_spec, options
+
+
+# -- docs ---------------------------------------------------------------------
+
+
+def _rst_default(opt):
+    if opt.sets:
+        return "(none)"
+    if opt.default is None:
+        return "off"
+    if isinstance(opt.default, list):
+        return ", ".join("``%s``" % d for d in opt.default)
+    if isinstance(opt.default, float) and opt.default.is_integer():
+        return "``%d``" % opt.default
+    return "``%s``" % opt.default
+
+
+def options_rst():
+    """The options as an RST definition list, for the README."""
+    lines = []
+    for opt in OPTIONS:
+        flags = ", ".join("``%s %s``" % (f, opt.metavar) for f in opt.flags)
+        lines.append(flags)
+        lines.append("    %s" % opt.help)
+        lines.append("")
+        lines.append("    Keyword ``%s``; environment ``%s``; default %s."
+                     % (opt.name, opt.env, _rst_default(opt)))
+        lines.append("")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    # python -m yimmo._options prints the README section.
+    sys.stdout.write(options_rst())

@@ -1,0 +1,310 @@
+"""Server: binds the listening sockets and runs the C core (yimmo._yimmo)
+in the calling thread or in a background thread; serve() on top of it.
+
+The C core never touches Python on its I/O thread; what stays here is what
+needs no speed: parsing bind addresses, binding, signals and shutdown.
+"""
+
+import atexit
+import errno
+import logging
+import os
+import signal
+import socket
+import stat
+import sys
+import threading
+import time
+import weakref
+
+from . import _logging, _options, _yimmo
+
+log = logging.getLogger("yimmo")
+error_log = logging.getLogger("yimmo.error")
+access_log = logging.getLogger("yimmo.access")
+
+# Servers running in background threads, stopped at interpreter exit so no
+# worker thread is left running Python during finalisation.
+_running = weakref.WeakSet()
+
+
+@atexit.register
+def _stop_all():
+    for server in list(_running):
+        server.stop(timeout=0)
+
+
+def _log_error(message, exc_info):
+    error_log.error("%s", message, exc_info=exc_info)
+
+
+def _log_access(environ, status, length, seconds):
+    access_log.info(_logging.format_access(environ, status, length,
+                                           time.time() - seconds))
+
+
+class Server:
+    """A WSGI server bound to its addresses (binding happens here, so a
+    port in use raises OSError at construction).
+
+    start() serves in a background thread, stop() stops gracefully;
+    serve_forever() serves in the calling thread. Usable as a context
+    manager: ``with Server(app, bind="127.0.0.1:0") as s: ... s.url``.
+    """
+
+    def __init__(self, app, **options):
+        if not callable(app):
+            raise TypeError("app must be callable, not %s"
+                            % type(app).__name__)
+        self.app = app
+        self.options = opts = _options.validate(options)
+        self._sockets = []
+        self._unix_paths = []
+        self.addresses = []
+        self._thread = None
+        self._lock = threading.Lock()
+        self._closed = False
+        listeners = []
+        try:
+            for text in opts["bind"]:
+                sock, address, is_unix = self._bind(text, opts["backlog"])
+                self._sockets.append(sock)
+                self.addresses.append(address)
+                if is_unix:
+                    listeners.append((sock.fileno(), True, address, ""))
+                else:
+                    listeners.append((sock.fileno(), False, address[0],
+                                      str(address[1])))
+            self._core = _yimmo.Core(
+                app, listeners, _log_error, sys.stderr,
+                workers=opts["workers"],
+                limit_request_line=opts["limit_request_line"] or 65536,
+                limit_request_fields=opts["limit_request_fields"],
+                limit_request_field_size=opts["limit_request_field_size"],
+                limit_request_head_size=opts["limit_request_head_size"],
+                max_body_size=opts["max_body_size"],
+                header_timeout=opts["header_timeout"],
+                keepalive_timeout=opts["keepalive_timeout"],
+                body_timeout=opts["body_timeout"],
+                write_timeout=opts["write_timeout"],
+                log_access=(_log_access if opts["access_log"] is not None
+                            else None),
+            )
+        except BaseException:
+            self._close_sockets()
+            raise
+
+    # -- binding --
+
+    @staticmethod
+    def _bind(text, backlog):
+        parsed = _options.parse_address(text)
+        if isinstance(parsed, str):
+            return Server._bind_unix(text, parsed, backlog)
+        host, port = parsed
+        try:
+            infos = socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM, 0,
+                                       socket.AI_PASSIVE)
+        except socket.gaierror as exc:
+            raise OSError(errno.EADDRNOTAVAIL, "cannot bind %s: %s"
+                          % (text, exc.strerror)) from None
+        family, kind, proto, _, sockaddr = infos[0]
+        sock = socket.socket(family, kind, proto)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind(sockaddr)
+            sock.listen(backlog)
+            sock.setblocking(False)
+        except OSError as exc:
+            sock.close()
+            raise OSError(exc.errno, "cannot bind %s: %s"
+                          % (text, exc.strerror)) from None
+        name = sock.getsockname()
+        return sock, (name[0], name[1]), False
+
+    @staticmethod
+    def _bind_unix(text, path, backlog):
+        # A socket file left by a server that is gone may be replaced; one
+        # that still accepts connections may not.
+        try:
+            if stat.S_ISSOCK(os.stat(path).st_mode):
+                probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                try:
+                    probe.connect(path)
+                except ConnectionRefusedError:
+                    os.unlink(path)
+                except OSError:
+                    pass
+                finally:
+                    probe.close()
+        except FileNotFoundError:
+            pass
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.bind(path)
+            sock.listen(backlog)
+            sock.setblocking(False)
+        except OSError as exc:
+            sock.close()
+            raise OSError(exc.errno, "cannot bind %s: %s"
+                          % (text, exc.strerror)) from None
+        return sock, path, True
+
+    def _close_sockets(self):
+        for sock in self._sockets:
+            family = sock.family
+            path = sock.getsockname() if family == socket.AF_UNIX else None
+            sock.close()
+            if path:
+                try:
+                    os.unlink(path)
+                except OSError:
+                    pass
+        self._sockets = []
+
+    # -- addresses --
+
+    @property
+    def address(self):
+        """The first listener's address: (host, port) or a unix path."""
+        return self.addresses[0]
+
+    @property
+    def url(self):
+        """http://HOST:PORT of the first TCP listener ("unix:PATH" when
+        there is none)."""
+        for address in self.addresses:
+            if isinstance(address, tuple):
+                host, port = address
+                if ":" in host:
+                    host = "[%s]" % host
+                return "http://%s:%d" % (host, port)
+        return "unix:" + self.addresses[0]
+
+    # -- running --
+
+    def serve_forever(self):
+        """Serve in the calling thread until stopped. On the main thread,
+        SIGTERM stops gracefully (and this returns) and SIGINT stops
+        gracefully and raises KeyboardInterrupt; handlers the app installed
+        keep working."""
+        on_main = threading.current_thread() is threading.main_thread()
+        grace = self.options["graceful_timeout"]
+        wakeup_r = wakeup_w = None
+        old_wakeup = old_term = None
+        if on_main:
+            # Python's C signal handler writes to this fd; the loop wakes,
+            # run() returns, and the interpreter runs the Python handlers.
+            wakeup_r, wakeup_w = socket.socketpair()
+            wakeup_r.setblocking(False)
+            wakeup_w.setblocking(False)
+            old_wakeup = signal.set_wakeup_fd(wakeup_w.fileno(),
+                                              warn_on_full_buffer=False)
+            if signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):
+                old_term = signal.signal(signal.SIGTERM, self._on_sigterm)
+        fd = wakeup_r.fileno() if wakeup_r is not None else -1
+        with self._lock:
+            _running.add(self)
+        log.info("Listening at %s (%d workers)",
+                 ", ".join(self._describe(a) for a in self.addresses),
+                 self.options["workers"])
+        try:
+            try:
+                while not self._core.run(wakeup_fd=fd):
+                    pass
+            except BaseException:
+                # KeyboardInterrupt, or a signal handler that raised: let
+                # in-flight requests finish, then let it propagate.
+                log.info("Shutting down")
+                self._core.stop(grace)
+                while True:
+                    try:
+                        if self._core.run(wakeup_fd=fd):
+                            break
+                    except KeyboardInterrupt:
+                        self._core.stop(0)      # asked twice: no grace
+                raise
+        finally:
+            _running.discard(self)
+            if on_main:
+                signal.set_wakeup_fd(old_wakeup)
+                if old_term is not None:
+                    signal.signal(signal.SIGTERM, old_term)
+                wakeup_r.close()
+                wakeup_w.close()
+            self._close_sockets()
+
+    def _on_sigterm(self, signum, frame):
+        log.info("Received SIGTERM, shutting down")
+        self._core.stop(self.options["graceful_timeout"])
+
+    @staticmethod
+    def _describe(address):
+        if isinstance(address, tuple):
+            host, port = address
+            if ":" in host:
+                host = "[%s]" % host
+            return "http://%s:%d" % (host, port)
+        return "unix:" + address
+
+    def start(self):
+        """Serve in a background thread; returns at once (the sockets are
+        already listening, so clients may connect right away)."""
+        with self._lock:
+            if self._thread is not None:
+                raise RuntimeError("the server was already started")
+            self._thread = threading.Thread(target=self._run_in_thread,
+                                            name="yimmo-server", daemon=True)
+            _running.add(self)
+        self._thread.start()
+        return self
+
+    def _run_in_thread(self):
+        try:
+            while not self._core.run():
+                pass
+        except BaseException:
+            log.exception("the server thread failed")
+        finally:
+            _running.discard(self)
+            self._close_sockets()
+
+    def stop(self, timeout=None):
+        """Stop accepting, give in-flight requests `timeout` seconds
+        (default: the graceful_timeout option), and wait until done."""
+        grace = self.options["graceful_timeout"] if timeout is None \
+            else timeout
+        self._core.stop(grace)
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join()
+        elif thread is None:
+            self._close_sockets()
+
+    @property
+    def stopped(self):
+        """True once the server has stopped and its workers have exited."""
+        return self._core.finished
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
+
+
+def serve(app, **options):
+    """Serve app until SIGTERM (returns) or SIGINT (raises
+    KeyboardInterrupt), after in-flight requests have finished.
+
+    Logging goes to stderr (logger "yimmo") unless the application has set
+    up logging itself."""
+    opts = _options.validate(options)
+    if not logging.getLogger().handlers and \
+            not logging.getLogger("yimmo").handlers:
+        _logging.configure_logging(opts["log_level"], opts["access_log"])
+    elif opts["access_log"] is not None:
+        _logging.configure_access_log(opts["access_log"])
+    Server(app, **options).serve_forever()
