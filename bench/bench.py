@@ -20,6 +20,7 @@ fails to install or start is skipped with a note.
 import argparse
 import json
 import os
+import resource
 import shutil
 import signal
 import socket
@@ -42,6 +43,9 @@ SERVER_CPU = "1"
 CLIENT_CPU = "0"
 EXPECTED_BODY = b"Hello, World!"
 PEERS = ("gunicorn", "waitress", "bjoern", "granian")
+# 'other %' above this (CPU of unrelated processes, % of one core) gets a
+# warning under the table.
+BUSY_WARNING = 10.0
 # Ratios in the table are taken against these, when they ran.
 BASELINES = ("yimmo-w4", "yimmo-w1")
 
@@ -345,6 +349,22 @@ def tree_cpu_seconds(root):
     return total / CLK_TCK
 
 
+def machine_busy_seconds():
+    """CPU time all CPUs spent not idle since boot (from /proc/stat)."""
+    with open("/proc/stat") as f:
+        fields = [int(v) for v in f.readline().split()[1:]]
+    # user nice system idle iowait irq softirq steal [guest guest_nice]:
+    # guest time is already inside user and nice.
+    total = sum(fields[:8])
+    return (total - fields[3] - fields[4]) / CLK_TCK
+
+
+def children_cpu_seconds():
+    """CPU time of this script's reaped children (wrk, once it exits)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 # -- wrk ----------------------------------------------------------------------
 
 
@@ -405,6 +425,9 @@ class Sample(NamedTuple):
     p99_ms: float
     cpu_us: float  # server CPU microseconds per request
     errors: int
+    # CPU used by processes other than the server and wrk during the run,
+    # in % of one core: other load on the machine skews the comparison.
+    other_pct: float
 
 
 def measure(server, args, logs):
@@ -418,16 +441,22 @@ def measure(server, args, logs):
         check_response(port)
         if args.warmup:
             run_wrk(port, args.warmup, args.connections)
-        before = tree_cpu_seconds(proc.pid)
+        started = time.monotonic()
+        before = (tree_cpu_seconds(proc.pid), children_cpu_seconds(),
+                  machine_busy_seconds())
         wrk = run_wrk(port, args.duration, args.connections)
-        after = tree_cpu_seconds(proc.pid)
+        after = (tree_cpu_seconds(proc.pid), children_cpu_seconds(),
+                 machine_busy_seconds())
+        wall = time.monotonic() - started
         if proc.poll() is not None:
             raise RuntimeError("exited during the run%s"
                                % exited(proc, logs, server))
     finally:
         stop(proc)
-    cpu_us = (after - before) * 1e6 / wrk.requests if wrk.requests else 0.0
-    return Sample(wrk.rps, wrk.p99_ms, cpu_us, wrk.errors)
+    server_cpu, wrk_cpu, busy = (a - b for a, b in zip(after, before))
+    cpu_us = server_cpu * 1e6 / wrk.requests if wrk.requests else 0.0
+    other = max(0.0, busy - server_cpu - wrk_cpu) * 100 / wall
+    return Sample(wrk.rps, wrk.p99_ms, cpu_us, wrk.errors, other)
 
 
 def exited(proc, logs, server):
@@ -451,8 +480,9 @@ def run_rounds(servers, args, logs, notes):
                              % (server.name, round_no, exc))
                 active.remove(server)
                 continue
-            log("  %.0f req/s, p99 %.2f ms, %.1f us CPU/request%s"
-                % (sample.rps, sample.p99_ms, sample.cpu_us,
+            log("  %.0f req/s, p99 %.2f ms, %.1f us CPU/request, other "
+                "processes %.0f%% of a core%s"
+                % (sample.rps, sample.p99_ms, sample.cpu_us, sample.other_pct,
                    ", %d errors" % sample.errors if sample.errors else ""))
             samples[server.name].append(sample)
     return {name: s for name, s in samples.items() if s}
@@ -465,7 +495,8 @@ def medians(samples):
     return Sample(statistics.median(s.rps for s in samples),
                   statistics.median(s.p99_ms for s in samples),
                   statistics.median(s.cpu_us for s in samples),
-                  sum(s.errors for s in samples))
+                  sum(s.errors for s in samples),
+                  max(s.other_pct for s in samples))
 
 
 def ratio(value, base):
@@ -476,13 +507,14 @@ def format_table(results, order):
     rows = [(name, medians(results[name])) for name in order
             if name in results]
     baselines = [b for b in BASELINES if b in results]
-    header = ["server", "req/s", "p99 ms", "CPU us/req", "errors"]
+    header = ["server", "req/s", "p99 ms", "CPU us/req", "errors",
+              "other %"]
     for base in baselines:
         header += ["req/s vs " + base, "CPU vs " + base]
     lines = [header]
     for name, m in rows:
         line = [name, "%.0f" % m.rps, "%.2f" % m.p99_ms, "%.1f" % m.cpu_us,
-                str(m.errors)]
+                str(m.errors), "%.0f" % m.other_pct]
         for base in baselines:
             b = medians(results[base])
             line += [ratio(m.rps, b.rps), ratio(m.cpu_us, b.cpu_us)]
@@ -575,6 +607,12 @@ def main(argv=None):
           "median of %d" % (args.connections, args.duration, SERVER_CPU,
                             CLIENT_CPU, args.rounds))
     print(format_table(results, [s.name for s in servers]))
+    busiest = max((max(s.other_pct for s in v) for v in results.values()),
+                  default=0.0)
+    if busiest > BUSY_WARNING:
+        print("note: other processes used up to %.0f%% of a core during "
+              "some runs ('other %%' column): the machine was not quiet, "
+              "so these numbers are skewed; rerun when it is idle" % busiest)
     for note in notes:
         print("note: " + note)
     if args.json:

@@ -1,13 +1,5 @@
 /* http_parser.c - the strict, incremental HTTP/1.1 request head parser and
- * the streaming chunked body decoder declared in http_parser.h.
- *
- * The head parser works in two steps. An incremental scan (SSE2 where
- * available) only looks for line ends and enforces the limits and the
- * CRLF rule on the bytes new since the previous call; once it finds the
- * blank line that ends the head, one validating pass parses the whole
- * head. Every error the scan can report is tied to the byte that triggers
- * it, and it looks at the bytes in order, so a head delivered in any
- * slices gives the same result as the head delivered at once.            */
+ * the streaming chunked body decoder declared in http_parser.h.          */
 
 #include "http_parser.h"
 
@@ -853,6 +845,13 @@ parse_head(ymo_http_parser_t *p, const char *buf, size_t head_len,
     return (int)head_len;
 }
 
+/* The head is parsed in two steps. An incremental scan (SSE2 where
+ * available) only looks for line ends and enforces the limits and the
+ * CRLF rule on the bytes new since the previous call; once it finds the
+ * blank line that ends the head, one validating pass parses the whole
+ * head. Every error the scan reports is tied to the byte that triggers
+ * it and the scan looks at the bytes in order, so a head delivered in any
+ * slices gives the same result as the head delivered at once.            */
 int
 ymo_http_parse_request(ymo_http_parser_t *p, const char *buf, size_t len,
                        ymo_http_request_t *req)
@@ -864,6 +863,10 @@ ymo_http_parse_request(ymo_http_parser_t *p, const char *buf, size_t len,
     size_t end = len < max_head ? len : max_head;
     size_t pos = p->_scanned, ls = p->_line_start, nlines = p->_nlines;
 
+    if (pos > end) {
+        /* The buffer shrank: not the documented use, start over. */
+        pos = ls = nlines = 0;
+    }
     /* Each error below is reported when the byte that makes it certain
      * arrives, in byte order: the same error whatever the slicing. The
      * state is only saved when more input is needed, so a call after a

@@ -15,8 +15,11 @@
 typedef struct ymo_http_limits {
     size_t max_request_line;  /* bytes before CRLF; longer gives 414 */
     size_t max_header_count;  /* header fields (and trailer fields); 431 */
-    size_t max_field_size;    /* one field line "name: value"; 431 */
-    size_t max_head_size;     /* whole head incl. final CRLF CRLF; 431 */
+    size_t max_field_size;    /* one field line "name: value" (without
+                               * its CRLF); 431 */
+    size_t max_head_size;     /* whole head incl. leading empty lines and
+                               * the final CRLF CRLF; also bounds the
+                               * trailer section; 431 */
     uint64_t max_body_size;   /* 0 = unlimited; larger body gives 413 */
 } ymo_http_limits_t;
 
@@ -31,7 +34,7 @@ typedef struct ymo_http_header {
 } ymo_http_header_t;
 
 enum ymo_http_body_kind {
-    YMO_HTTP_BODY_NONE = 0,   /* no body */
+    YMO_HTTP_BODY_NONE = 0,   /* no body (also "Content-Length: 0") */
     YMO_HTTP_BODY_LENGTH,     /* Content-Length bytes follow */
     YMO_HTTP_BODY_CHUNKED,    /* chunked transfer coding follows */
 };
@@ -54,9 +57,9 @@ typedef struct ymo_http_request {
     size_t num_headers;       /* out: fields stored in headers[] */
     int body;                 /* enum ymo_http_body_kind */
     uint64_t content_length;  /* with YMO_HTTP_BODY_LENGTH */
-    const char *host;         /* Host field value, or authority of an
-                               * absolute-form target; NULL for HTTP/1.0
-                               * without one */
+    const char *host;         /* Host field value (may be empty), or the
+                               * authority of an absolute-form target;
+                               * NULL for HTTP/1.0 without either */
     size_t host_len;
     unsigned keep_alive : 1;  /* connection persists after this exchange */
     unsigned expect_continue : 1; /* "Expect: 100-continue" was sent */
@@ -73,6 +76,7 @@ typedef struct ymo_http_parser {
     size_t _nlines;           /* complete lines seen so far */
 } ymo_http_parser_t;
 
+/* `limits` must outlive the parser; NULL means YMO_HTTP_LIMITS_DEFAULT. */
 void ymo_http_parser_init(ymo_http_parser_t *p,
                           const ymo_http_limits_t *limits);
 
@@ -82,7 +86,12 @@ void ymo_http_parser_init(ymo_http_parser_t *p,
  * parsed). `req->headers` must have room for limits->max_header_count
  * fields. Returns the head's length (> 0, through the blank line) when it
  * is complete and valid, -2 when more input is needed, -1 on error with
- * p->status set. Never reads beyond buf[len - 1].                         */
+ * p->status set. Never reads beyond buf[len - 1]. Any slicing of the input
+ * gives the same result: limit (414, 431) and line-ending errors come as
+ * soon as the byte that makes them certain arrives, the other checks run
+ * once the head is complete. After a result other than -2, calling again
+ * with the same bytes repeats it; init the parser for the next request.
+ * `req` is only meaningful after a result > 0.                            */
 int ymo_http_parse_request(ymo_http_parser_t *p, const char *buf,
                            size_t len, ymo_http_request_t *req);
 
@@ -101,6 +110,7 @@ typedef struct ymo_http_chunked {
     int _digits;              /* hex digits of the current chunk size */
 } ymo_http_chunked_t;
 
+/* `limits` as for ymo_http_parser_init(). */
 void ymo_http_chunked_init(ymo_http_chunked_t *d,
                            const ymo_http_limits_t *limits);
 
@@ -108,7 +118,9 @@ void ymo_http_chunked_init(ymo_http_chunked_t *d,
  * (returns n > 0 with *data_len == 0), or returns a span of body data
  * (returns n == *data_len > 0, *data == buf), or returns 0 when it needs
  * more input (buf exhausted) or once d->done is set. Returns -1 on error
- * with d->status set. Never reads beyond buf[len - 1]. Callers loop:
+ * with d->status set (and again on any later call). A chunk-size line
+ * (size and extensions) over 4096 bytes is a 400. The bytes after the
+ * final CRLF are not consumed. Never reads beyond buf[len - 1]. Loop:
  *     while (len && !d->done) { n = feed(...); if (n <= 0) break; ... }  */
 ssize_t ymo_http_chunked_feed(ymo_http_chunked_t *d, const char *buf,
                               size_t len, const char **data,

@@ -34,6 +34,8 @@ typedef struct {
     int keep_alive;
     int aborted;               /* the client is gone */
     int overflow;              /* the app gave more than Content-Length */
+    int head_req;              /* a HEAD request: count, send no body */
+    unsigned long long head_count;  /* body bytes a HEAD app produced */
     long long content_length;  /* -1 when not known */
     long long known_length;    /* length of a one-item body, or -1 */
     unsigned long long body_sent;
@@ -365,9 +367,7 @@ build_head(StartResponseObject *self, size_t extra)
         p += 15;
     }
     int code = self->status_code;
-    int head_req = req->method_len == 4 &&
-                   memcmp(req->method, "HEAD", 4) == 0;
-    self->no_body = head_req || code < 200 || code == 204 || code == 304;
+    self->no_body = self->head_req || code < 200 || code == 204 || code == 304;
     int keep = req->keep_alive && !atomic_load(&ex->server->draining) &&
                !app_close;
     /* A request body not fully received by now cannot be told apart from
@@ -413,6 +413,12 @@ build_head(StartResponseObject *self, size_t extra)
 static int
 emit(StartResponseObject *self, const char *data, size_t n, int flush)
 {
+    if (self->head_req && !self->head_built) {
+        /* HEAD gets the headers GET would get: its Content-Length is the
+         * body the app produced, known once the iterable is done. */
+        self->head_count += n;
+        return 0;
+    }
     if (!self->head_built && build_head(self, n) < 0) {
         return -1;
     }
@@ -842,6 +848,9 @@ start_response_new(struct ymo_wsgi_app *app, ymo_exchange_t *ex)
     self->status_code = 0;
     self->no_body = self->chunked = self->keep_alive = 0;
     self->aborted = self->overflow = 0;
+    self->head_req = ex->req.method_len == 4 &&
+                     memcmp(ex->req.method, "HEAD", 4) == 0;
+    self->head_count = 0;
     self->content_length = -1;
     self->known_length = -1;
     self->body_sent = 0;
@@ -979,6 +988,9 @@ finish_response(StartResponseObject *self)
         PyErr_SetString(PyExc_RuntimeError,
                         "the app returned without calling start_response");
         return -1;
+    }
+    if (self->head_req && !self->head_built && self->known_length < 0) {
+        self->known_length = (long long)self->head_count;
     }
     if (!self->head_built && build_head(self, 0) < 0) {
         return -1;

@@ -1,8 +1,8 @@
-/* fuzz_parser.c - libFuzzer target for ext/http_parser.c. Each input is
- * parsed as a request head whole and in data-derived slices, then what
- * follows the head (or the whole input) is decoded as a chunked body whole
- * and in slices; any difference, or a result pointing outside the input,
- * aborts. Build and run with fuzz/run.sh.                                 */
+/* fuzz_parser.c - libFuzzer target for ext/http_parser.c (run it with
+ * fuzz/run.sh): each input is parsed as a request head and what follows it
+ * (or the whole input) decoded as a chunked body, each whole and in
+ * data-derived slices, aborting when the results differ or point outside
+ * the input.                                                              */
 
 #include "http_parser.h"
 
@@ -183,6 +183,22 @@ fuzz_head(const uint8_t *data, size_t size, uint64_t h,
     CHECK(r == wr && (r != -1 || p.status == wst));
     if (r > 0) {
         same_request(&whole, buf, &inc, part);
+    }
+    /* short inputs: also every prefix in turn, one byte more each time */
+    if (size <= 128) {
+        ymo_http_parser_init(&p, lim);
+        for (i = 0; (size_t)i <= size; i++) {
+            free(part);
+            part = dup_exact(data, (size_t)i);
+            r = ymo_http_parse_request(&p, part, (size_t)i, &inc);
+            check_prefix((size_t)i, r, p.status, wr, wst);
+            if (r != -2) {
+                break;
+            }
+        }
+        if (r > 0) {
+            same_request(&whole, buf, &inc, part);
+        }
     }
     /* and a fresh parser on the first prefix alone */
     free(part);

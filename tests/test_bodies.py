@@ -6,6 +6,7 @@ import json
 import random
 import socket
 import threading
+import time
 from wsgiref.validate import validator
 
 import pytest
@@ -221,27 +222,38 @@ def test_large_write_then_iterable_streams_in_order(yimmo_server):
     assert resp.body == big + b"-end"
 
 
-def test_response_to_client_reading_slowly_arrives_complete(yimmo_server):
-    pieces = [random.Random(i).randbytes(65536) for i in range(64)]
+def test_stalled_client_gets_whole_response_without_server_buffering_it(
+        yimmo_server):
+    pieces = [random.Random(i).randbytes(65536) for i in range(256)]
     expected = b"".join(pieces)
+    yielded = []
 
     def app(environ, start_response):
         start_response("200 OK", [("Content-Type",
                                    "application/octet-stream"),
                                   ("Content-Length", str(len(expected)))])
-        return iter(pieces)
+
+        def body():
+            for i, piece in enumerate(pieces):
+                yielded.append(i)
+                yield piece
+        return body()
 
     server = yimmo_server(validator(app), workers=2)
     with connect(server.address, 30) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
         sock.sendall(build_request("GET", "/"))
         reader = reader_for(sock)
         assert reader.read_head()["status"] == 200
+        # Not reading for a moment fills the socket buffers, so the server
+        # has to wait for the client (the data must arrive intact anyway).
+        time.sleep(0.5)
+        assert len(yielded) < len(pieces), \
+            "the whole 16 MB body was buffered for a client not reading"
         got = bytearray(reader.buf)
         reader.buf.clear()
         while len(got) < len(expected):
-            # small reads keep the server's writes blocked for a while
-            piece = sock.recv(8192)
+            piece = sock.recv(65536)
             assert piece, "connection closed early"
             got += piece
     assert len(got) == len(expected)

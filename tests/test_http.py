@@ -172,7 +172,7 @@ def test_unsupported_http_version_gets_505(server, recorder, version):
 
 
 def test_long_request_line_gets_414(server, recorder):
-    line = b"GET /" + b"a" * 4985 + b" HTTP/1.1"
+    line = b"GET /" + b"a" * 4986 + b" HTTP/1.1"
     assert len(line) == 5000
     assert_rejected(server, recorder, req(HOST, request_line=line), 414)
 

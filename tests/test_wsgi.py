@@ -458,7 +458,8 @@ def test_single_item_list_gets_content_length(yimmo_server):
         start_response("200 OK", TEXT)
         return [b"hello"]
 
-    server = yimmo_server(validator(app), workers=2)
+    # Not wrapped: validator() would hide the list behind an iterator.
+    server = yimmo_server(app, workers=2)
     with connect(server.address) as sock:
         resp = request(sock, "GET", "/")
     assert resp.framing == "length"
@@ -475,7 +476,8 @@ def _unknown_length_app(kind):
         if kind == "list":
             return list(pieces)
         return (p for p in pieces)
-    return validator(app)
+    # Not wrapped: validator() would turn the list into an iterator.
+    return app
 
 
 @pytest.mark.parametrize("kind", ["list", "generator"])

@@ -79,6 +79,7 @@ static const ymo_http_limits_t lim_tsect = {
     .max_head_size = 32, .max_body_size = 0,
 };
 static const ymo_http_limits_t lim_body1 = {4094, 100, 8190, 65536, 1};
+static const ymo_http_limits_t lim_nohdr = {4094, 0, 8190, 65536, 0};
 static const ymo_http_limits_t lim_default = YMO_HTTP_LIMITS_DEFAULT;
 
 #define GET11 "GET / HTTP/1.1\r\n"
@@ -197,6 +198,9 @@ static const pcase_t pcases[] = {
      .host = "h", .path = "/", .query = "q=1"},
     {"absolute-form IPv6", S("GET http://[::1]:80/x HTTP/1.1\r\n" HOSTX
                              "\r\n"), OK, .host = "[::1]:80", .path = "/x"},
+    {"absolute-form overrides Host", S("GET http://a.example/ HTTP/1.0\r\n"
+                                       "Host: b.example\r\n\r\n"), OK,
+     .host = "a.example", .hdrs = {{"Host", "b.example"}}},
     {"absolute-form HTTP/1.0 no Host", S("GET http://h/x HTTP/1.0\r\n\r\n"),
      OK, .host = "h", .path = "/x"},
     {"absolute-form needs Host", S("GET http://h/x HTTP/1.1\r\n\r\n"), ERR,
@@ -376,6 +380,21 @@ static const pcase_t pcases[] = {
     {"Host IPv6 v4 tail", S(GET11 "Host: [::ffff:1.2.3.4]\r\n\r\n"), OK},
     {"Host IPvFuture", S(GET11 "Host: [v1.fe:x]\r\n\r\n"), OK},
     {"Host pct-encoded", S(GET11 "Host: h%41st\r\n\r\n"), OK},
+    {"Host trailing dot", S(GET11 "Host: example.com.\r\n\r\n"), OK},
+    {"Host sub-delims", S(GET11 "Host: a!$&'()*+,;=b-._~\r\n\r\n"), OK},
+    {"Host IPv6 ::", S(GET11 "Host: [::]\r\n\r\n"), OK},
+    {"Host IPv6 trailing ::", S(GET11 "Host: [1:2:3:4:5:6:7::]\r\n\r\n"),
+     OK},
+    {"Host IPv6 :: with 8 groups", S(GET11 "Host: [1::2:3:4:5:6:7:8]\r\n"
+                                     "\r\n"), ERR, 400},
+    {"Host IPv6 5-digit group", S(GET11 "Host: [12345::1]\r\n\r\n"), ERR,
+     400},
+    {"Host IPv6 single colon start", S(GET11 "Host: [:1::2]\r\n\r\n"), ERR,
+     400},
+    {"Host IPv6 trailing colon", S(GET11 "Host: [1::2:]\r\n\r\n"), ERR,
+     400},
+    {"Host IPvFuture empty", S(GET11 "Host: [v1.]\r\n\r\n"), ERR, 400},
+    {"Host empty brackets", S(GET11 "Host: []\r\n\r\n"), ERR, 400},
     {"Host port 65535", S(GET11 "Host: h:65535\r\n\r\n"), OK},
     {"Host port 65536", S(GET11 "Host: h:65536\r\n\r\n"), ERR, 400},
     {"Host port 6 digits", S(GET11 "Host: h:000080\r\n\r\n"), ERR, 400},
@@ -399,6 +418,10 @@ static const pcase_t pcases[] = {
     {"expect 100-continue", S(GET11 HOSTX "Expect: 100-Continue\r\n\r\n"), OK,
      .ec = YES},
     {"expect other", S(GET11 HOSTX "Expect: foo\r\n\r\n"), ERR, 417},
+    {"expect second line other", S(GET11 HOSTX "Expect: 100-continue\r\n"
+                                   "Expect: 200-ok\r\n\r\n"), ERR, 417},
+    {"expect list", S(GET11 HOSTX "Expect: 100-continue, foo\r\n\r\n"), ERR,
+     417},
     {"expect empty", S(GET11 HOSTX "Expect:\r\n\r\n"), ERR, 417},
     {"expect in HTTP/1.0", S("GET / HTTP/1.0\r\nExpect: 100-continue\r\n"
                              "\r\n"), OK, .ec = NO},
@@ -457,6 +480,12 @@ static const pcase_t pcases[] = {
     {"long line before bad one", S("GET / HTTP/1.1\r\nHost: 45678901234567"
                                    "8\n"),
      ERR, 431, .limits = &lim_small},
+    {"no fields allowed", S("GET / HTTP/1.0\r\n\r\n"), OK, .nh = NH(0),
+     .limits = &lim_nohdr},
+    {"no fields allowed, one sent", S("GET / HTTP/1.0\r\nA: b\r\n\r\n"), ERR,
+     431, .limits = &lim_nohdr},
+    {"request line at limit, bare CR", S("GET /234567890123456789 HTTP/1.1\r"
+                                         "x"), ERR, 400, .limits = &lim_small},
     {"syntax error, then too long", S("G(T / HTTP/1.1\r\nHost: 456789012345678"
                                       "90\r\n\r\n"), ERR, 431,
      .limits = &lim_small},
@@ -760,11 +789,12 @@ run_pcase_inner(const pcase_t *c, ymo_http_header_t *hdrs)
     for (k = 0; k <= c->len; k += (c->len - k < step ? 1 : step)) {
         buf = place(c->in, k);
         r = ymo_http_parse_request(&p, buf, k, &req);
-        if ((err = check_prefix(k, r, p.status, wr, wst)) != NULL) {
-            return FAILF("incremental: %s", err);
-        }
-        if (r > 0 && (err = check_req(c, buf, (size_t)r, &req)) != NULL) {
-            return FAILF("incremental, prefix %zu: %s", k, err);
+        if ((err = check_prefix(k, r, p.status, wr, wst)) != NULL
+            || (r > 0 && (err = check_req(c, buf, (size_t)r, &req)))) {
+            char msg[sizeof(errbuf) / 2];
+
+            snprintf(msg, sizeof(msg), "%.200s", err);
+            return FAILF("incremental, prefix %zu: %s", k, msg);
         }
         if (k == c->len) {
             if (r != wr) {
@@ -975,7 +1005,16 @@ feed_chunked(const ccase_t *c, const size_t *sizes, size_t nsizes,
         off += n;
     }
     res->total = d.total;
-    if (!res->status && d.done) {
+    if (res->status) {
+        const char *data;
+        size_t data_len;
+
+        if (ymo_http_chunked_feed(&d, place("0", 1), 1, &data, &data_len)
+            != -1 || d.status != res->status) {
+            return "feed after an error did not fail again";
+        }
+    }
+    else if (d.done) {
         /* after the end, nothing more is taken */
         const char *data;
         size_t data_len;
