@@ -448,6 +448,10 @@ conn_step(ymo_conn_t *c)
             else if (n == -1) {
                 conn_error(c, c->parser.status);
             }
+            else if (c->read_eof) {
+                ymo_conn_close(c);  /* the head can never complete */
+                return;
+            }
         }
         if (c->state == YMO_CONN_EXCHANGE && !c->body_done &&
             !c->body_paused && c->inlen > 0) {
@@ -468,7 +472,7 @@ conn_step(ymo_conn_t *c)
             if (!c->body_done) {
                 c->closing = 1;
             }
-            if (s->draining_loop || c->read_eof ||
+            if (s->draining_loop || (c->read_eof && c->inlen == 0) ||
                 s->config.keepalive_timeout <= 0) {
                 c->closing = 1;
             }
@@ -495,9 +499,15 @@ conn_step(ymo_conn_t *c)
         events |= EV_WRITE;
     }
     if (!c->read_eof) {
+        /* While the app works on a request whose body has arrived, keep
+         * reading into the buffer (a pipelined request, or the client's
+         * EOF): switching the watcher off and on would cost an epoll_ctl
+         * per request. */
         if ((c->state == YMO_CONN_HEAD && !c->closing) ||
             (c->state == YMO_CONN_EXCHANGE && !c->body_done &&
              !c->body_paused) ||
+            (c->state == YMO_CONN_EXCHANGE && c->body_done &&
+             c->inlen < c->incap) ||
             (c->state == YMO_CONN_LINGER && c->linger_until != 0)) {
             events |= EV_READ;
         }
@@ -542,7 +552,8 @@ conn_read(ymo_conn_t *c)
             return 0;           /* full: the parser will decide */
         }
     }
-    else if (c->state == YMO_CONN_EXCHANGE && c->incap < INBUF_BODY) {
+    else if (c->state == YMO_CONN_EXCHANGE && !c->body_done &&
+             c->incap < INBUF_BODY) {
         char *p = realloc(c->inbuf, INBUF_BODY);
         if (p != NULL) {
             c->inbuf = p;
@@ -559,7 +570,8 @@ conn_read(ymo_conn_t *c)
     }
     if (n == 0) {
         c->read_eof = 1;
-        if (c->state == YMO_CONN_HEAD && c->wq_head == NULL) {
+        if (c->state == YMO_CONN_HEAD && c->wq_head == NULL &&
+            c->inlen == 0) {
             /* Nothing (or half a head) and the client is done. */
             ymo_conn_close(c);
             return -1;
