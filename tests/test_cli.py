@@ -205,8 +205,8 @@ def test_bad_bind_address_is_one_line():
 
 
 def test_factory_arguments_are_not_evaluated():
-    result = run_cli(ANY_PORT + ["apps.factory:create_app(print('EVALUATED'))"],
-                     cwd=TESTS_DIR)
+    spec = "apps.factory:create_app(print('EVALUATED'))"
+    result = run_cli(ANY_PORT + [spec], cwd=TESTS_DIR)
     assert "EVALUATED" not in result.stdout
     assert_one_error_line(result, 1)
 

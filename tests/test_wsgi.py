@@ -18,7 +18,7 @@ from wsgiref.validate import validator
 
 import pytest
 
-from helpers import (build_request, chunked, connect, get, raw_request,
+from helpers import (build_request, connect, get, raw_request,
                      read_response, read_until_close, reader_for, request,
                      parse_response, sha256)
 
@@ -659,7 +659,7 @@ def test_exception_before_start_response_gives_500_and_logs_traceback(
 
 
 def test_exception_before_first_body_chunk_gives_500(yimmo_server,
-                                                      log_watcher):
+                                                     log_watcher):
     def app(environ, start_response):
         if environ["PATH_INFO"] == "/ok":
             return ok(start_response)
