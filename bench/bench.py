@@ -45,7 +45,7 @@ EXPECTED_BODY = b"Hello, World!"
 PEERS = ("gunicorn", "waitress", "bjoern", "granian")
 # 'other %' above this (CPU of unrelated processes, % of one core) gets a
 # warning under the table.
-BUSY_WARNING = 10.0
+BUSY_WARNING = 15.0
 # Ratios in the table are taken against these, when they ran.
 BASELINES = ("yimmo-w4", "yimmo-w1")
 
@@ -167,6 +167,18 @@ def copy_checkout(logs):
     return target
 
 
+def install(python, package, pip_log, logs):
+    """pip install package (yimmo: this checkout) into the venv."""
+    if package != "yimmo":
+        return run_logged([python, "-m", "pip", "install", package], pip_log)
+    source = copy_checkout(logs)
+    try:
+        return run_logged([python, "-m", "pip", "install", "--force-reinstall",
+                           "--no-deps", str(source)], pip_log)
+    finally:
+        shutil.rmtree(source, ignore_errors=True)
+
+
 def prepare_venv(venv, packages, reinstall_yimmo, logs, notes):
     """Create venv if needed and install what the chosen servers need.
 
@@ -179,19 +191,16 @@ def prepare_venv(venv, packages, reinstall_yimmo, logs, notes):
     ok = set()
     for package in packages:
         module = "yimmo._yimmo" if package == "yimmo" else package
-        pip_log = logs / ("pip-%s.log" % package)
-        if package == "yimmo" and reinstall_yimmo:
-            # Always measure this checkout, not a build from an earlier run.
-            log("installing yimmo from %s" % REPO)
-            argv = [python, "-m", "pip", "install", "--force-reinstall",
-                    "--no-deps", str(copy_checkout(logs))]
-        elif import_error(python, module) is None:
+        # yimmo is reinstalled every run so the numbers are for this
+        # checkout, not for a build left from an earlier run.
+        fresh = package == "yimmo" and reinstall_yimmo
+        if not fresh and import_error(python, module) is None:
             ok.add(package)
             continue
-        else:
-            log("installing %s" % package)
-            argv = [python, "-m", "pip", "install", package]
-        if not run_logged(argv, pip_log):
+        log("installing %s" % (package if package != "yimmo"
+                               else "yimmo from %s" % REPO))
+        pip_log = logs / ("pip-%s.log" % package)
+        if not install(python, package, pip_log, logs):
             hint = " (bjoern needs libev headers: apt-get install " \
                 "libev-dev)" if package == "bjoern" else ""
             notes.append("%s skipped: pip install failed%s; see %s\n%s"
@@ -233,10 +242,15 @@ def free_port():
         return sock.getsockname()[1]
 
 
+def can_pin():
+    """taskset exists and this process may run on both CPUs we pin to."""
+    allowed = os.sched_getaffinity(0)
+    return bool(shutil.which("taskset")) and \
+        {int(SERVER_CPU), int(CLIENT_CPU)} <= allowed
+
+
 def pinned(argv, cpu):
-    if shutil.which("taskset") and (os.cpu_count() or 1) > int(cpu):
-        return ["taskset", "-c", cpu] + argv
-    return argv
+    return ["taskset", "-c", cpu] + argv if can_pin() else argv
 
 
 def start(server, port, logs, ref_dir):
@@ -435,9 +449,11 @@ def measure(server, args, logs):
     proc = start(server, port, logs, args.ref_dir)
     try:
         if not wait_ready(proc, port, args.start_timeout):
-            raise RuntimeError("did not accept connections within %gs%s"
-                               % (args.start_timeout,
-                                  exited(proc, logs, server)))
+            if proc.poll() is not None:
+                raise RuntimeError("exited before accepting connections%s"
+                                   % exited(proc, logs, server))
+            raise RuntimeError("did not accept connections within %gs"
+                               % args.start_timeout)
         check_response(port)
         if args.warmup:
             run_wrk(port, args.warmup, args.connections)
@@ -576,9 +592,10 @@ def main(argv=None):
         log("bench: wrk not found (apt-get install wrk)")
         return 1
     notes = []
-    if not shutil.which("taskset") or (os.cpu_count() or 1) < 2:
-        notes.append("not pinned: needs taskset and 2 CPUs; server and wrk "
-                     "share the CPUs, so numbers are noisier")
+    if not can_pin():
+        notes.append("not pinned: needs taskset and CPUs %s and %s; server "
+                     "and wrk share the CPUs, so numbers are noisier"
+                     % (SERVER_CPU, CLIENT_CPU))
     logs = Path(tempfile.mkdtemp(prefix="yimmo-bench-logs-"))
     venv = args.venv.resolve()
     python = str(venv / "bin" / "python")
@@ -600,7 +617,11 @@ def main(argv=None):
 
     log("%d server(s), %d round(s) of %ds, %d connections; logs in %s"
         % (len(servers), args.rounds, args.duration, args.connections, logs))
-    results = run_rounds(servers, args, logs, notes)
+    try:
+        results = run_rounds(servers, args, logs, notes)
+    finally:
+        if args.ref_dir is not None:
+            shutil.rmtree(args.ref_dir.parent, ignore_errors=True)
 
     print()
     print("hello world, wrk -t1 -c%d -d%ds, server on CPU %s, wrk on CPU %s, "

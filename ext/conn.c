@@ -582,7 +582,10 @@ conn_read(ymo_conn_t *c)
         }
         return 0;
     }
-    if (c->state == YMO_CONN_HEAD && c->inlen == 0) {
+    if (c->state == YMO_CONN_HEAD && c->inlen == 0 && c->seq > 0) {
+        /* A keep-alive connection's next head is timed from its first
+         * byte (idleness before it is keepalive_timeout's business); the
+         * first request's from the accept. */
         c->head_started = now(c);
     }
     c->inlen += (size_t)n;
@@ -644,13 +647,16 @@ ymo_conn_on_exchange(ymo_exchange_t *ex)
             wq_append(c, b);
         }
         c->head_written = 1;
+        c->last_read = now(c);  /* the client sends the body from now */
     }
     if (out != NULL) {
         c->head_written = 1;
         wq_append(c, out);
     }
     if (resume) {
+        /* The body clock restarts: the pause was the app's doing. */
         c->body_paused = 0;
+        c->last_read = now(c);
     }
     if (done && close_after) {
         c->closing = 1;
