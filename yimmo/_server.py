@@ -43,6 +43,18 @@ def _log_access(environ, status, length, seconds):
                                            time.time() - seconds))
 
 
+def _listen(sock, address, text, backlog):
+    """Bind and listen, non-blocking; an OSError names the address."""
+    try:
+        sock.bind(address)
+        sock.listen(backlog)
+        sock.setblocking(False)
+    except OSError as exc:
+        sock.close()
+        raise OSError(exc.errno, "cannot bind %s: %s"
+                      % (text, exc.strerror)) from None
+
+
 class Server:
     """A WSGI server bound to its addresses (binding happens here, so a
     port in use raises OSError at construction).
@@ -110,17 +122,10 @@ class Server:
                           % (text, exc.strerror)) from None
         family, kind, proto, _, sockaddr = infos[0]
         sock = socket.socket(family, kind, proto)
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            if family == socket.AF_INET6:
-                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-            sock.bind(sockaddr)
-            sock.listen(backlog)
-            sock.setblocking(False)
-        except OSError as exc:
-            sock.close()
-            raise OSError(exc.errno, "cannot bind %s: %s"
-                          % (text, exc.strerror)) from None
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        _listen(sock, sockaddr, text, backlog)
         name = sock.getsockname()
         return sock, (name[0], name[1]), False
 
@@ -142,14 +147,7 @@ class Server:
         except FileNotFoundError:
             pass
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            sock.bind(path)
-            sock.listen(backlog)
-            sock.setblocking(False)
-        except OSError as exc:
-            sock.close()
-            raise OSError(exc.errno, "cannot bind %s: %s"
-                          % (text, exc.strerror)) from None
+        _listen(sock, path, text, backlog)
         return sock, path, True
 
     def _close_sockets(self):
