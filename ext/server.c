@@ -22,6 +22,9 @@
  * new connections cannot starve the ones already open. */
 #define ACCEPT_BATCH 64
 
+/* Seconds to stop accepting after running out of file descriptors. */
+#define ACCEPT_PAUSE 0.1
+
 static void
 listener_on_accept(struct ev_loop *loop, ev_io *w, int revents)
 {
@@ -38,9 +41,18 @@ listener_on_accept(struct ev_loop *loop, ev_io *w, int revents)
             if (errno == EINTR || errno == ECONNABORTED) {
                 continue;
             }
-            /* EAGAIN: done. EMFILE/ENFILE/ENOBUFS: the pending
-             * connection stays in the backlog; try on the next event. */
-            return;
+            if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS ||
+                errno == ENOMEM) {
+                /* Out of descriptors or memory: the connection waits in
+                 * the backlog. The listener stays readable, so stop
+                 * watching it for a moment instead of spinning. */
+                for (size_t k = 0; k < s->n_listeners; k++) {
+                    ev_io_stop(s->loop, &s->listeners[k].io);
+                }
+                ev_timer_set(&s->accept_timer, ACCEPT_PAUSE, 0.);
+                ev_timer_start(s->loop, &s->accept_timer);
+            }
+            return;             /* EAGAIN: all taken */
         }
         char addr[64] = "";
         int port = -1;
@@ -61,6 +73,19 @@ listener_on_accept(struct ev_loop *loop, ev_io *w, int revents)
         if (ymo_conn_new(s, l, fd, addr, port) == NULL) {
             close(fd);
         }
+    }
+}
+
+static void
+server_on_accept_timer(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    (void)revents;
+    ymo_server_t *s = w->data;
+    if (s->draining_loop) {
+        return;
+    }
+    for (size_t i = 0; i < s->n_listeners; i++) {
+        ev_io_start(loop, &s->listeners[i].io);
     }
 }
 
@@ -113,6 +138,7 @@ server_on_stop(struct ev_loop *loop, ev_async *w, int revents)
         for (size_t i = 0; i < s->n_listeners; i++) {
             ev_io_stop(loop, &s->listeners[i].io);
         }
+        ev_timer_stop(loop, &s->accept_timer);
         ymo_conn_t *c = s->conns;
         while (c != NULL) {
             ymo_conn_t *next = c->next;
@@ -187,6 +213,8 @@ ymo_server_init(ymo_server_t *s, const ymo_config_t *config,
     ev_async_start(s->loop, &s->stop_watcher);
     ev_init(&s->grace_timer, server_on_grace);
     s->grace_timer.data = s;
+    ev_init(&s->accept_timer, server_on_accept_timer);
+    s->accept_timer.data = s;
     ev_init(&s->wakeup_watcher, server_on_wakeup);
     s->wakeup_watcher.data = s;
     return 0;

@@ -55,6 +55,7 @@ typedef struct ymo_server {
     int woken;                 /* the wakeup fd fired */
     ev_io wakeup_watcher;      /* signal wakeup fd (main thread only) */
     ev_timer grace_timer;
+    ev_timer accept_timer;     /* resumes accepting after EMFILE */
     ev_async stop_watcher;     /* any thread -> loop: stop */
 
     /* Shared. */
