@@ -369,7 +369,7 @@ build_head(StartResponseObject *self, size_t extra)
     int code = self->status_code;
     self->no_body = self->head_req || code < 200 || code == 204 || code == 304;
     int keep = req->keep_alive && !atomic_load(&ex->server->draining) &&
-               !app_close;
+               ex->server->config.keepalive_timeout > 0 && !app_close;
     /* A request body not fully received by now cannot be told apart from
      * the next request unless it is read to its end: do not reuse. */
     pthread_mutex_lock(&ex->lock);

@@ -14,6 +14,8 @@ import time
 
 import pytest
 
+from helpers import skip_under_asan
+
 APP = textwrap.dedent('''
     import yimmo
 
@@ -83,6 +85,7 @@ def one_round(port):
         assert s.recv(100).startswith(b"HTTP/1.1 400")
 
 
+@skip_under_asan
 def test_rss_is_flat_over_many_requests(tmp_path):
     proc, port = start_server(tmp_path)
     try:
