@@ -14,6 +14,9 @@ typedef struct {
     int running;               /* run() in progress; GIL-protected */
     int workers_started;       /* GIL-protected */
     int finished;              /* stopped and workers joined */
+    size_t abandoned;          /* workers still in the app after the
+                                * grace period: this object then stays
+                                * alive for good, as they use it */
 } CoreObject;
 
 static ymo_module_state *
@@ -193,7 +196,7 @@ core_shutdown(CoreObject *self, double grace)
         Py_BEGIN_ALLOW_THREADS
         while (!ymo_server_run(&self->server, -1)) {
         }
-        ymo_server_join_workers(&self->server);
+        ymo_server_join_workers(&self->server, -1);
         Py_END_ALLOW_THREADS
     }
     self->finished = 1;
@@ -227,15 +230,22 @@ Core_run(CoreObject *self, PyObject *args, PyObject *kwargs)
     }
     self->running = 1;
     int stopped;
+    size_t busy = 0;
     Py_BEGIN_ALLOW_THREADS
     stopped = ymo_server_run(&self->server, wakeup_fd);
     if (stopped) {
-        ymo_server_join_workers(&self->server);
+        /* Workers still running the app get the grace period too. */
+        busy = ymo_server_join_workers(&self->server,
+                                       ymo_server_grace(&self->server));
     }
     Py_END_ALLOW_THREADS
     self->running = 0;
     if (stopped) {
         self->finished = 1;
+        if (busy > 0) {
+            self->abandoned = busy;
+            Py_INCREF(self);    /* never freed: those threads use it */
+        }
     }
     return PyBool_FromLong(stopped);
 }
@@ -327,7 +337,16 @@ static PyMethodDef Core_methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
+static PyObject *
+Core_get_abandoned(CoreObject *self, void *closure)
+{
+    (void)closure;
+    return PyLong_FromSize_t(self->abandoned);
+}
+
 static PyGetSetDef Core_getset[] = {
+    {"abandoned_workers", (getter)Core_get_abandoned, NULL,
+     "workers still running the app when the grace period ran out", NULL},
     {"finished", (getter)Core_get_finished, NULL,
      "True once the server has stopped and its workers have exited", NULL},
     {NULL, NULL, NULL, NULL, NULL},

@@ -262,18 +262,33 @@ ymo_server_stop(ymo_server_t *s, double grace)
     ev_async_send(s->loop, &s->stop_watcher);
 }
 
-void
-ymo_server_join_workers(ymo_server_t *s)
+size_t
+ymo_server_join_workers(ymo_server_t *s, double timeout)
 {
     for (size_t i = 0; i < s->n_workers; i++) {
         ymo_wsgi_worker_stop(&s->workers[i]);
     }
+    size_t busy = 0;
     for (size_t i = 0; i < s->n_workers; i++) {
-        ymo_wsgi_worker_join(&s->workers[i]);
+        if (ymo_wsgi_worker_join(&s->workers[i], timeout) != 0) {
+            busy++;
+        }
     }
-    /* Final posts of exchanges whose connections were aborted: the
-     * workers are gone, so run their output callbacks once more. */
-    ev_run(s->loop, EVRUN_NOWAIT);
+    if (busy == 0) {
+        /* Final posts of exchanges whose connections were aborted: the
+         * workers are gone, so run their output callbacks once more. */
+        ev_run(s->loop, EVRUN_NOWAIT);
+    }
+    return busy;
+}
+
+double
+ymo_server_grace(ymo_server_t *s)
+{
+    pthread_mutex_lock(&s->ctl_lock);
+    double grace = s->grace;
+    pthread_mutex_unlock(&s->ctl_lock);
+    return grace;
 }
 
 void

@@ -84,8 +84,13 @@ int ymo_server_run(ymo_server_t *s, int wakeup_fd);
 void ymo_server_stop(ymo_server_t *s, double grace);
 
 /* After ymo_server_run returned 1: stop and join the workers, free what
- * they left. GIL released. */
-void ymo_server_join_workers(ymo_server_t *s);
+ * they left. Waits at most `timeout` seconds (< 0: for ever) for workers
+ * still running the app; returns how many are still running then (their
+ * memory, and the server's, must then stay allocated). GIL released. */
+size_t ymo_server_join_workers(ymo_server_t *s, double timeout);
+
+/* The grace period the last stop asked for. Any thread. */
+double ymo_server_grace(ymo_server_t *s);
 
 /* Free everything (workers joined or never started). */
 void ymo_server_destroy(ymo_server_t *s);

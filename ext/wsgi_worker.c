@@ -9,6 +9,7 @@
 #include <errno.h>
 #include <signal.h>
 #include <string.h>
+#include <time.h>
 
 #include "conn.h"
 #include "server.h"
@@ -282,13 +283,28 @@ ymo_wsgi_worker_stop(ymo_wsgi_worker_t *worker)
 }
 
 int
-ymo_wsgi_worker_join(ymo_wsgi_worker_t *worker)
+ymo_wsgi_worker_join(ymo_wsgi_worker_t *worker, double timeout)
 {
     if (!worker->started) {
         return 0;
     }
-    worker->started = 0;
-    return pthread_join(worker->thread, NULL);
+    int r;
+    if (timeout < 0) {
+        r = pthread_join(worker->thread, NULL);
+    }
+    else {
+        struct timespec deadline;
+        clock_gettime(CLOCK_REALTIME, &deadline);
+        double secs = (double)deadline.tv_sec +
+                      (double)deadline.tv_nsec / 1e9 + timeout;
+        deadline.tv_sec = (time_t)secs;
+        deadline.tv_nsec = (long)((secs - (double)deadline.tv_sec) * 1e9);
+        r = pthread_timedjoin_np(worker->thread, NULL, &deadline);
+    }
+    if (r == 0) {
+        worker->started = 0;
+    }
+    return r;
 }
 
 void

@@ -124,8 +124,10 @@ ymo_status_t ymo_wsgi_worker_notify(ymo_wsgi_worker_t *worker);
 /* Ask the worker to exit once its queue is empty. Any thread. */
 void ymo_wsgi_worker_stop(ymo_wsgi_worker_t *worker);
 
-/* Join the worker thread. Call with the GIL released. */
-int ymo_wsgi_worker_join(ymo_wsgi_worker_t *worker);
+/* Join the worker thread, waiting at most `timeout` seconds (< 0: for
+ * ever). 0 once joined, ETIMEDOUT while it still runs. Call with the GIL
+ * released. */
+int ymo_wsgi_worker_join(ymo_wsgi_worker_t *worker, double timeout);
 
 /* Free what init allocated (after join, or if never started). */
 void ymo_wsgi_worker_destroy(ymo_wsgi_worker_t *worker);

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 from wsgiref.validate import validator
 
 import pytest
@@ -282,3 +283,28 @@ def test_app_signal_handler_runs_while_serving():
         assert proc.proc.poll() is None
         proc.signal(signal.SIGTERM)
         assert proc.wait(WAIT) == 0
+
+
+def test_stop_does_not_wait_forever_for_an_app_that_never_returns(
+        yimmo_server, log_watcher):
+    release = threading.Event()
+    entered = threading.Event()
+
+    def app(environ, start_response):
+        entered.set()
+        release.wait(30)        # far longer than the grace period
+        start_response("200 OK", [("Content-Length", "0")])
+        return []
+
+    server = yimmo_server(app, workers=1)
+    try:
+        with socket.create_connection(server.address, timeout=5) as sock:
+            sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert entered.wait(5)
+            t0 = time.monotonic()
+            server.stop(timeout=0.5)
+            assert time.monotonic() - t0 < 5
+            assert server.stopped
+    finally:
+        release.set()
+    log_watcher.wait_for("still running the app", timeout=5)

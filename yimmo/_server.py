@@ -225,6 +225,7 @@ class Server:
                         self._core.stop(0)      # asked twice: no grace
                 raise
         finally:
+            self._report_abandoned()
             _running.discard(self)
             if on_main:
                 signal.set_wakeup_fd(old_wakeup)
@@ -233,6 +234,12 @@ class Server:
                 wakeup_r.close()
                 wakeup_w.close()
             self._close_sockets()
+
+    def _report_abandoned(self):
+        busy = self._core.abandoned_workers
+        if busy:
+            log.warning("%d worker thread(s) still running the app after "
+                        "the graceful timeout; not waiting for them", busy)
 
     def _on_sigterm(self, signum, frame):
         log.info("Received SIGTERM, shutting down")
@@ -266,6 +273,7 @@ class Server:
         except BaseException:
             log.exception("the server thread failed")
         finally:
+            self._report_abandoned()
             _running.discard(self)
             self._close_sockets()
 
