@@ -124,11 +124,10 @@ def is_build(argv):
 def compile_args():
     # PyMODINIT_FUNC marks PyInit__yimmo visible, so hidden is safe; it keeps
     # the ymo_* symbols from clashing with other extensions in the process.
-    # _GNU_SOURCE is defined empty, as `#define _GNU_SOURCE` at the top of a
-    # file does: the two then agree and -Werror does not trip on a redefined
-    # macro (pyconfig.h only defines it #ifndef).
-    args = ["-std=gnu11", "-Wall", "-Wextra", "-g", "-fvisibility=hidden",
-            "-D_GNU_SOURCE="]
+    # No -D_GNU_SOURCE: pyconfig.h defines it (unguarded on 3.9, so a
+    # command-line definition would be a redefinition under -Werror); the
+    # plain C files that need it define it themselves, as 1, like pyconfig.
+    args = ["-std=gnu11", "-Wall", "-Wextra", "-g", "-fvisibility=hidden"]
     if os.environ.get("YIMMO_SANITIZE") == "1":
         args += sanitize_args()
     else:

@@ -4,7 +4,7 @@
  * exchange at a time per connection, so pipelined responses go out in
  * request order; pipelined requests wait in the input buffer.           */
 #ifndef _GNU_SOURCE
-#define _GNU_SOURCE
+#define _GNU_SOURCE 1
 #endif
 #include "conn.h"
 

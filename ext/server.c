@@ -1,7 +1,7 @@
 /* server.c - the I/O thread: libev loop setup, accepting connections,
  * dispatching exchanges to workers, and the graceful stop. */
 #ifndef _GNU_SOURCE
-#define _GNU_SOURCE
+#define _GNU_SOURCE 1
 #endif
 #include "server.h"
 
