@@ -166,6 +166,18 @@ Core_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
     self->app.file_wrapper = Py_NewRef((PyObject *)st->FileWrapper_type);
     self->app.multithread = Py_NewRef(workers > 1 ? Py_True : Py_False);
     self->app.multiprocess = Py_NewRef(multiprocess ? Py_True : Py_False);
+    self->app.environ_template = PyMem_Calloc((size_t)n, sizeof(PyObject *));
+    if (self->app.environ_template == NULL) {
+        PyErr_NoMemory();
+        goto fail;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        self->app.environ_template[i] = ymo_wsgi_environ_template(
+            &self->app, (size_t)i);
+        if (self->app.environ_template[i] == NULL) {
+            goto fail;
+        }
+    }
     int r = ymo_server_init(&self->server, &cfg, fds, is_unix, (size_t)n,
                             &self->app);
     if (r < 0) {
@@ -281,6 +293,10 @@ Core_traverse(CoreObject *self, visitproc visit, void *arg)
     Py_VISIT(self->app.log_access);
     Py_VISIT(self->app.errors);
     Py_VISIT(self->app.file_wrapper);
+    for (size_t i = 0; self->app.environ_template != NULL &&
+                       i < self->n_listeners; i++) {
+        Py_VISIT(self->app.environ_template[i]);
+    }
     return 0;
 }
 
@@ -299,6 +315,10 @@ Core_clear(CoreObject *self)
     Py_CLEAR(self->app.log_access);
     Py_CLEAR(self->app.errors);
     Py_CLEAR(self->app.file_wrapper);
+    for (size_t i = 0; self->app.environ_template != NULL &&
+                       i < self->n_listeners; i++) {
+        Py_CLEAR(self->app.environ_template[i]);
+    }
     return 0;
 }
 
@@ -315,7 +335,11 @@ Core_dealloc(CoreObject *self)
     for (size_t i = 0; i < self->n_listeners; i++) {
         Py_XDECREF(self->app.server_name[i]);
         Py_XDECREF(self->app.server_port[i]);
+        if (self->app.environ_template != NULL) {
+            Py_XDECREF(self->app.environ_template[i]);
+        }
     }
+    PyMem_Free(self->app.environ_template);
     PyMem_Free(self->app.server_name);
     PyMem_Free(self->app.server_port);
     Py_CLEAR(self->app.multithread);

@@ -63,13 +63,19 @@ struct ymo_wsgi_app {
     PyObject *multiprocess;
     PyObject **server_name;    /* per listener */
     PyObject **server_port;
+    PyObject **environ_template;   /* per listener: copied per request */
 };
 
 /* GIL held: run one exchange to completion (app call, body, close()). */
 void ymo_wsgi_run_exchange(struct ymo_wsgi_app *app,
                            ymo_wsgi_worker_t *worker, ymo_exchange_t *ex);
 
-/* GIL held: a new environ dict for ex (without wsgi.input). */
+/* GIL held: the dict each environ of a listener starts as a copy of:
+ * every per-server key set, room for the per-request ones. */
+PyObject *ymo_wsgi_environ_template(struct ymo_wsgi_app *app,
+                                    size_t listener);
+
+/* GIL held: a new environ dict for ex (wsgi.input still None). */
 PyObject *ymo_wsgi_environ(struct ymo_wsgi_app *app, ymo_exchange_t *ex);
 
 /* Type specs, defined next to their implementations. */

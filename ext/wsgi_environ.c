@@ -146,11 +146,56 @@ method_str(ymo_module_state *st, const ymo_http_request_t *req)
 }
 
 PyObject *
+ymo_wsgi_environ_template(struct ymo_wsgi_app *app, size_t listener)
+{
+    ymo_module_state *st = app->st;
+    /* Presized for the per-request keys and a few dozen headers, so that
+     * the copies never grow their tables; PyDict_Copy keeps the size. */
+    PyObject *env = _PyDict_NewPresized(48);
+    if (env == NULL) {
+        return NULL;
+    }
+    PyObject *per_request[] = {
+        st->k_request_method, st->k_path_info, st->k_query_string,
+        st->k_raw_uri, st->k_server_protocol, st->k_remote_addr,
+        st->k_remote_port, st->k_wsgi_input,
+    };
+    for (size_t i = 0; i < sizeof(per_request) / sizeof(*per_request);
+         i++) {
+        if (PyDict_SetItem(env, per_request[i], Py_None) < 0) {
+            goto fail;
+        }
+    }
+    if (PyDict_SetItem(env, st->k_script_name, st->v_empty) < 0 ||
+        PyDict_SetItem(env, st->k_server_name,
+                       app->server_name[listener]) < 0 ||
+        PyDict_SetItem(env, st->k_server_port,
+                       app->server_port[listener]) < 0 ||
+        PyDict_SetItem(env, st->k_server_software, st->v_software) < 0 ||
+        PyDict_SetItem(env, st->k_wsgi_version, st->v_version) < 0 ||
+        PyDict_SetItem(env, st->k_wsgi_url_scheme, st->v_http) < 0 ||
+        PyDict_SetItem(env, st->k_wsgi_errors, app->errors) < 0 ||
+        PyDict_SetItem(env, st->k_wsgi_multithread, app->multithread) < 0 ||
+        PyDict_SetItem(env, st->k_wsgi_multiprocess,
+                       app->multiprocess) < 0 ||
+        PyDict_SetItem(env, st->k_wsgi_run_once, Py_False) < 0 ||
+        PyDict_SetItem(env, st->k_wsgi_input_terminated, Py_True) < 0 ||
+        PyDict_SetItem(env, st->k_wsgi_file_wrapper,
+                       app->file_wrapper) < 0) {
+        goto fail;
+    }
+    return env;
+fail:
+    Py_DECREF(env);
+    return NULL;
+}
+
+PyObject *
 ymo_wsgi_environ(struct ymo_wsgi_app *app, ymo_exchange_t *ex)
 {
     ymo_module_state *st = app->st;
     const ymo_http_request_t *req = &ex->req;
-    PyObject *env = PyDict_New();
+    PyObject *env = PyDict_Copy(app->environ_template[ex->listener->index]);
     PyObject *v;
     if (env == NULL) {
         return NULL;
@@ -174,7 +219,6 @@ ymo_wsgi_environ(struct ymo_wsgi_app *app, ymo_exchange_t *ex)
     } while (0)
 
     SET_NEW(st->k_request_method, method_str(st, req));
-    SET(st->k_script_name, st->v_empty);
     /* PATH_INFO: percent-decoded bytes as latin-1 (PEP 3333 "native
      * strings"); frameworks re-encode it to recover UTF-8. */
     {
@@ -211,13 +255,19 @@ ymo_wsgi_environ(struct ymo_wsgi_app *app, ymo_exchange_t *ex)
     }
     SET(st->k_server_protocol,
         req->minor_version == 1 ? st->v_http11 : st->v_http10);
-    SET(st->k_server_name, app->server_name[ex->listener->index]);
-    SET(st->k_server_port, app->server_port[ex->listener->index]);
-    SET(st->k_server_software, st->v_software);
     SET_NEW(st->k_remote_addr, PyUnicode_FromString(ex->remote_addr));
     if (ex->remote_port >= 0) {
-        SET_NEW(st->k_remote_port,
-                PyUnicode_FromFormat("%d", ex->remote_port));
+        char digits[8];
+        int n = 0, port = ex->remote_port;
+        char tmp[8];
+        do {
+            tmp[n++] = (char)('0' + port % 10);
+            port /= 10;
+        } while (port != 0 && n < 7);
+        for (int i = 0; i < n; i++) {
+            digits[i] = tmp[n - 1 - i];
+        }
+        SET_NEW(st->k_remote_port, PyUnicode_FromStringAndSize(digits, n));
     }
     else {
         SET(st->k_remote_port, st->v_empty);
@@ -255,14 +305,6 @@ ymo_wsgi_environ(struct ymo_wsgi_app *app, ymo_exchange_t *ex)
             goto fail;
         }
     }
-    SET(st->k_wsgi_version, st->v_version);
-    SET(st->k_wsgi_url_scheme, st->v_http);
-    SET(st->k_wsgi_errors, app->errors);
-    SET(st->k_wsgi_multithread, app->multithread);
-    SET(st->k_wsgi_multiprocess, app->multiprocess);
-    SET(st->k_wsgi_run_once, Py_False);
-    SET(st->k_wsgi_input_terminated, Py_True);
-    SET(st->k_wsgi_file_wrapper, app->file_wrapper);
 #undef SET
 #undef SET_NEW
     return env;

@@ -4,6 +4,8 @@
  * errors, and close(). GIL held throughout unless stated otherwise.     */
 #include "wsgi.h"
 
+#include <structmember.h>
+
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
@@ -22,6 +24,7 @@
 
 typedef struct {
     PyObject_HEAD
+    vectorcallfunc vectorcall;
     ymo_exchange_t *ex;        /* NULL once the exchange has finished */
     struct ymo_wsgi_app *app;
     PyObject *status;          /* from start_response */
@@ -47,20 +50,56 @@ typedef struct {
 /* -- Date header: formatted once a second per worker thread. -- */
 
 static __thread time_t date_when;
-static __thread char date_buf[64];
+static __thread char date_line[64];
+static __thread size_t date_len;
 
+/* "Date: ...\r\n"; its length in *len. */
 static const char *
-http_date(void)
+date_header(size_t *len)
 {
     time_t t = time(NULL);
     if (t != date_when) {
         struct tm tm;
         gmtime_r(&t, &tm);
-        strftime(date_buf, sizeof(date_buf), "%a, %d %b %Y %H:%M:%S GMT",
-                 &tm);
+        date_len = strftime(date_line, sizeof(date_line),
+                            "Date: %a, %d %b %Y %H:%M:%S GMT\r\n", &tm);
         date_when = t;
     }
-    return date_buf;
+    *len = date_len;
+    return date_line;
+}
+
+/* Decimal digits of v at p; returns the count. */
+static size_t
+put_decimal(char *p, unsigned long long v)
+{
+    char tmp[24];
+    size_t n = 0;
+    do {
+        tmp[n++] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v != 0);
+    for (size_t i = 0; i < n; i++) {
+        p[i] = tmp[n - 1 - i];
+    }
+    return n;
+}
+
+/* Hex digits of v at p (a chunk size); returns the count. */
+static size_t
+put_hex(char *p, size_t v)
+{
+    static const char digits[] = "0123456789abcdef";
+    char tmp[24];
+    size_t n = 0;
+    do {
+        tmp[n++] = digits[v & 15];
+        v >>= 4;
+    } while (v != 0);
+    for (size_t i = 0; i < n; i++) {
+        p[i] = tmp[n - 1 - i];
+    }
+    return n;
 }
 
 /* -- Small helpers -- */
@@ -102,10 +141,13 @@ static const unsigned char is_tchar[256] = {
     ['y'] = 1, ['z'] = 1,
 };
 
+/* Case-insensitive comparison with a lower-case string literal. */
+#define IEQ(a, n, lit) ieq((a), (n), (lit), sizeof(lit) - 1)
+
 static int
-ieq(const char *a, Py_ssize_t n, const char *lower)
+ieq(const char *a, Py_ssize_t n, const char *lower, size_t len)
 {
-    if ((size_t)n != strlen(lower)) {
+    if ((size_t)n != len) {
         return 0;
     }
     for (Py_ssize_t i = 0; i < n; i++) {
@@ -133,7 +175,7 @@ has_close_token(const char *v, Py_ssize_t n)
         while (i < n && v[i] != ',' && v[i] != ' ' && v[i] != '\t') {
             i++;
         }
-        if (ieq(v + start, i - start, "close")) {
+        if (IEQ(v + start, i - start, "close")) {
             return 1;
         }
     }
@@ -333,21 +375,24 @@ build_head(StartResponseObject *self, size_t extra)
     *p++ = '\n';
     int app_close = 0, has_date = 0, has_server = 0;
     for (Py_ssize_t i = 0; i < nh; i++) {
+        /* Checked by start_response; the list is our own copy and its
+         * tuples and strings cannot change. */
         PyObject *item = PyList_GET_ITEM(self->headers, i);
-        const char *name, *value;
-        Py_ssize_t nlen, vlen;
-        if (check_header(item, &name, &nlen, &value, &vlen) < 0) {
-            return -1;
-        }
-        if (ieq(name, nlen, "connection")) {
+        PyObject *n_obj = PyTuple_GET_ITEM(item, 0);
+        PyObject *v_obj = PyTuple_GET_ITEM(item, 1);
+        const char *name = (const char *)PyUnicode_DATA(n_obj);
+        const char *value = (const char *)PyUnicode_DATA(v_obj);
+        Py_ssize_t nlen = PyUnicode_GET_LENGTH(n_obj);
+        Py_ssize_t vlen = PyUnicode_GET_LENGTH(v_obj);
+        if (IEQ(name, nlen, "connection")) {
             /* Hop-by-hop: the server manages it; honour a close. */
             app_close |= has_close_token(value, vlen);
             continue;
         }
-        if (ieq(name, nlen, "date")) {
+        if (IEQ(name, nlen, "date")) {
             has_date = 1;
         }
-        else if (ieq(name, nlen, "server")) {
+        else if (IEQ(name, nlen, "server")) {
             has_server = 1;
         }
         memcpy(p, name, (size_t)nlen);
@@ -360,7 +405,10 @@ build_head(StartResponseObject *self, size_t extra)
         *p++ = '\n';
     }
     if (!has_date) {
-        p += sprintf(p, "Date: %s\r\n", http_date());
+        size_t n;
+        const char *line = date_header(&n);
+        memcpy(p, line, n);
+        p += n;
     }
     if (!has_server) {
         memcpy(p, "Server: yimmo\r\n", 15);
@@ -380,7 +428,11 @@ build_head(StartResponseObject *self, size_t extra)
     if (self->content_length < 0 && self->known_length >= 0 &&
         !(code < 200 || code == 204 || code == 304)) {
         self->content_length = self->known_length;
-        p += sprintf(p, "Content-Length: %lld\r\n", self->content_length);
+        memcpy(p, "Content-Length: ", 16);
+        p += 16;
+        p += put_decimal(p, (unsigned long long)self->content_length);
+        *p++ = '\r';
+        *p++ = '\n';
     }
     else if (self->content_length < 0 && !self->no_body) {
         if (req->minor_version >= 1) {
@@ -435,15 +487,17 @@ emit(StartResponseObject *self, const char *data, size_t n, int flush)
     if (n > 0) {
         if (self->chunked) {
             char size_line[24];
-            int k = snprintf(size_line, sizeof(size_line), "%zx\r\n", n);
-            char *p = pend_reserve(self, (size_t)k + n + 2);
+            size_t k = put_hex(size_line, n);
+            size_line[k++] = '\r';
+            size_line[k++] = '\n';
+            char *p = pend_reserve(self, k + n + 2);
             if (p == NULL) {
                 return -1;
             }
-            memcpy(p, size_line, (size_t)k);
+            memcpy(p, size_line, k);
             memcpy(p + k, data, n);
             memcpy(p + k + n, "\r\n", 2);
-            pend_commit(self, (size_t)k + n + 2);
+            pend_commit(self, k + n + 2);
         }
         else if (pend_add(self, data, n) < 0) {
             return -1;
@@ -516,15 +570,9 @@ static PyMethodDef write_def = {
 };
 
 static PyObject *
-StartResponse_call(StartResponseObject *self, PyObject *args,
-                   PyObject *kwargs)
+start_response(StartResponseObject *self, PyObject *status,
+               PyObject *headers, PyObject *exc_info)
 {
-    static char *kwlist[] = {"status", "headers", "exc_info", NULL};
-    PyObject *status, *headers, *exc_info = Py_None;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OO|O:start_response",
-                                     kwlist, &status, &headers, &exc_info)) {
-        return NULL;
-    }
     if (exc_info != Py_None) {
         if (self->head_built) {
             /* Too late to change the response: re-raise (PEP 3333). */
@@ -565,7 +613,7 @@ StartResponse_call(StartResponseObject *self, PyObject *args,
                          &vlen) < 0) {
             return NULL;
         }
-        if (ieq(name, nlen, "content-length")) {
+        if (IEQ(name, nlen, "content-length")) {
             long long v = 0;
             if (vlen == 0 || vlen > 18) {
                 goto bad_length;
@@ -586,10 +634,10 @@ bad_length:
                          PyTuple_GET_ITEM(PyList_GET_ITEM(headers, i), 1));
             return NULL;
         }
-        if (ieq(name, nlen, "transfer-encoding") ||
-            ieq(name, nlen, "keep-alive") || ieq(name, nlen, "upgrade") ||
-            ieq(name, nlen, "proxy-connection") || ieq(name, nlen, "te") ||
-            ieq(name, nlen, "trailer")) {
+        if (IEQ(name, nlen, "transfer-encoding") ||
+            IEQ(name, nlen, "keep-alive") || IEQ(name, nlen, "upgrade") ||
+            IEQ(name, nlen, "proxy-connection") || IEQ(name, nlen, "te") ||
+            IEQ(name, nlen, "trailer")) {
             PyErr_Format(PyExc_ValueError,
                          "hop-by-hop header %R is the server's business "
                          "(PEP 3333)", PyTuple_GET_ITEM(
@@ -610,6 +658,50 @@ bad_length:
     self->called = 1;
     return PyCFunction_New(&write_def, (PyObject *)self);
 }
+
+/* start_response(status, headers, exc_info=None), called once per request:
+ * vectorcall spares it building an args tuple and parsing it. */
+static PyObject *
+StartResponse_vectorcall(PyObject *callable, PyObject *const *args,
+                         size_t nargsf, PyObject *kwnames)
+{
+    static const char *const names[] = {"status", "headers", "exc_info"};
+    PyObject *vals[3] = {NULL, NULL, Py_None};
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    Py_ssize_t nkw = kwnames == NULL ? 0 : PyTuple_GET_SIZE(kwnames);
+    if (nargs > 3) {
+        goto usage;
+    }
+    for (Py_ssize_t i = 0; i < nargs; i++) {
+        vals[i] = args[i];
+    }
+    for (Py_ssize_t k = 0; k < nkw; k++) {
+        PyObject *key = PyTuple_GET_ITEM(kwnames, k);
+        Py_ssize_t i = 0;
+        while (i < 3 && PyUnicode_CompareWithASCIIString(key, names[i]) != 0) {
+            i++;
+        }
+        if (i == 3 || i < nargs) {
+            goto usage;
+        }
+        vals[i] = args[nargs + k];
+    }
+    if (vals[0] == NULL || vals[1] == NULL) {
+        goto usage;
+    }
+    return start_response((StartResponseObject *)callable, vals[0], vals[1],
+                          vals[2]);
+usage:
+    PyErr_SetString(PyExc_TypeError,
+                    "start_response(status, headers, exc_info=None)");
+    return NULL;
+}
+
+static PyMemberDef StartResponse_members[] = {
+    {"__vectorcalloffset__", T_PYSSIZET,
+     offsetof(StartResponseObject, vectorcall), READONLY, NULL},
+    {NULL, 0, 0, 0, NULL},
+};
 
 static int
 StartResponse_traverse(StartResponseObject *self, visitproc visit, void *arg)
@@ -640,7 +732,8 @@ StartResponse_dealloc(StartResponseObject *self)
 }
 
 static PyType_Slot StartResponse_slots[] = {
-    {Py_tp_call, StartResponse_call},
+    {Py_tp_call, PyVectorcall_Call},
+    {Py_tp_members, StartResponse_members},
     {Py_tp_traverse, StartResponse_traverse},
     {Py_tp_clear, StartResponse_clear},
     {Py_tp_dealloc, StartResponse_dealloc},
@@ -652,7 +745,7 @@ PyType_Spec ymo_start_response_spec = {
     .name = "yimmo._yimmo.StartResponse",
     .basicsize = sizeof(StartResponseObject),
     .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC |
-             Py_TPFLAGS_DISALLOW_INSTANTIATION,
+             Py_TPFLAGS_DISALLOW_INSTANTIATION | Py_TPFLAGS_HAVE_VECTORCALL,
     .slots = StartResponse_slots,
 };
 
@@ -840,6 +933,7 @@ start_response_new(struct ymo_wsgi_app *app, ymo_exchange_t *ex)
     if (self == NULL) {
         return NULL;
     }
+    self->vectorcall = StartResponse_vectorcall;
     self->ex = ex;
     self->app = app;
     self->status = NULL;

@@ -1147,3 +1147,28 @@ def test_gil_is_released_while_server_idles(yimmo_server):
     assert with_server >= 0.5 * baseline, (
         "a Python thread counted %d with an idle server running, %d "
         "without" % (with_server, baseline))
+
+
+def test_start_response_accepts_keywords_and_rejects_bad_calls(
+        yimmo_server):
+    errors = []
+
+    def app(environ, start_response):
+        for bad in [(), ("200 OK",), ("200 OK", [], None, 1)]:
+            try:
+                start_response(*bad)
+            except TypeError as exc:
+                errors.append(str(exc))
+        try:
+            start_response("200 OK", [], bogus=1)
+        except TypeError as exc:
+            errors.append(str(exc))
+        start_response(headers=[("Content-Length", "2")], status="200 OK",
+                       exc_info=None)
+        return [b"ok"]
+
+    server = yimmo_server(app, workers=1)
+    with connect(server.address) as sock:
+        resp = request(sock, "GET", "/")
+    assert resp.status == 200 and resp.body == b"ok"
+    assert len(errors) == 4
