@@ -1116,9 +1116,21 @@ finish_response(StartResponseObject *self)
 static void
 close_result(struct ymo_wsgi_app *app, PyObject *environ, PyObject *result)
 {
-    PyObject *close = PyObject_GetAttr(result, app->st->s_close);
-    if (close == NULL) {
-        PyErr_Clear();
+    if (PyList_CheckExact(result) || PyTuple_CheckExact(result)) {
+        return;                 /* the common case: nothing to close */
+    }
+    /* Looked up without raising AttributeError when there is none: that
+     * exception would cost more than the rest of a small request. */
+    PyObject *close;
+#if PY_VERSION_HEX >= 0x030D0000
+    int found = PyObject_GetOptionalAttr(result, app->st->s_close, &close);
+#else
+    int found = _PyObject_LookupAttr(result, app->st->s_close, &close);
+#endif
+    if (found <= 0) {
+        if (found < 0) {
+            log_exception(app, environ, "error looking up close()");
+        }
         return;
     }
     PyObject *r = PyObject_CallNoArgs(close);
