@@ -5,22 +5,28 @@
 #include <string.h>
 
 /* Headers common enough that their environ keys are worth interning. */
-static const char *const common_headers[] = {
-    "Host", "User-Agent", "Accept", "Accept-Encoding", "Accept-Language",
-    "Connection", "Cookie", "Referer", "Cache-Control", "Origin",
-    "Authorization", "Upgrade-Insecure-Requests", "X-Forwarded-For",
-    "X-Forwarded-Proto", "X-Requested-With", "If-None-Match",
-    "If-Modified-Since", "Pragma", "Sec-Fetch-Mode", "Sec-Fetch-Site",
-    "Sec-Fetch-Dest", "Content-Encoding", "Keep-Alive", "Expect",
-    "Transfer-Encoding", "Range", NULL,
+#define H(name) {name, sizeof(name) - 1}
+static const struct {
+    const char *name;
+    size_t len;
+} common_headers[] = {
+    H("Host"), H("User-Agent"), H("Accept"), H("Accept-Encoding"),
+    H("Accept-Language"), H("Connection"), H("Cookie"), H("Referer"),
+    H("Cache-Control"), H("Origin"), H("Authorization"),
+    H("Upgrade-Insecure-Requests"), H("X-Forwarded-For"),
+    H("X-Forwarded-Proto"), H("X-Requested-With"), H("If-None-Match"),
+    H("If-Modified-Since"), H("Pragma"), H("Sec-Fetch-Mode"),
+    H("Sec-Fetch-Site"), H("Sec-Fetch-Dest"), H("Content-Encoding"),
+    H("Keep-Alive"), H("Expect"), H("Transfer-Encoding"), H("Range"),
 };
-#define N_COMMON (sizeof(common_headers) / sizeof(common_headers[0]) - 1)
+#undef H
+#define N_COMMON (sizeof(common_headers) / sizeof(common_headers[0]))
 _Static_assert(N_COMMON <= YMO_COMMON_HEADER_KEYS, "room for the keys");
 
+/* Case-insensitive equality of a[0..alen) and b[0..blen). */
 static int
-name_eq(const char *a, size_t alen, const char *b)
+name_eq(const char *a, size_t alen, const char *b, size_t blen)
 {
-    size_t blen = strlen(b);
     if (alen != blen) {
         return 0;
     }
@@ -38,6 +44,9 @@ name_eq(const char *a, size_t alen, const char *b)
     }
     return 1;
 }
+
+#define NAME_IS(h, lit) name_eq((h)->name, (h)->name_len, lit, \
+                                sizeof(lit) - 1)
 
 /* "HTTP_" + upper-cased name with '-' as '_'; new reference. */
 static PyObject *
@@ -70,8 +79,8 @@ int
 ymo_environ_state_init(ymo_module_state *st)
 {
     for (size_t i = 0; i < N_COMMON; i++) {
-        st->header_keys[i] = make_key(common_headers[i],
-                                      strlen(common_headers[i]));
+        st->header_keys[i] = make_key(common_headers[i].name,
+                                      common_headers[i].len);
         if (st->header_keys[i] == NULL) {
             return -1;
         }
@@ -84,7 +93,8 @@ static PyObject *
 header_key(ymo_module_state *st, const char *name, size_t len)
 {
     for (size_t i = 0; i < N_COMMON; i++) {
-        if (name_eq(name, len, common_headers[i])) {
+        if (name_eq(name, len, common_headers[i].name,
+                    common_headers[i].len)) {
             return Py_NewRef(st->header_keys[i]);
         }
     }
@@ -279,14 +289,14 @@ ymo_wsgi_environ(struct ymo_wsgi_app *app, ymo_exchange_t *ex)
         if (memchr(h->name, '_', h->name_len) != NULL) {
             continue;
         }
-        if (name_eq(h->name, h->name_len, "Content-Type")) {
+        if (NAME_IS(h, "Content-Type")) {
             if (set_latin1(env, st->k_content_type, h->value,
                            h->value_len) < 0) {
                 goto fail;
             }
             continue;
         }
-        if (name_eq(h->name, h->name_len, "Content-Length")) {
+        if (NAME_IS(h, "Content-Length")) {
             /* The parser accepted only identical duplicates. */
             if (set_latin1(env, st->k_content_length, h->value,
                            h->value_len) < 0) {
@@ -299,7 +309,7 @@ ymo_wsgi_environ(struct ymo_wsgi_app *app, ymo_exchange_t *ex)
             goto fail;
         }
         int r = add_header(env, key, h->value, h->value_len,
-                           name_eq(h->name, h->name_len, "Cookie"));
+                           NAME_IS(h, "Cookie"));
         Py_DECREF(key);
         if (r < 0) {
             goto fail;
