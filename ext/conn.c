@@ -329,7 +329,12 @@ conn_start_exchange(ymo_conn_t *c, size_t head_len,
     }
     c->inlen -= head_len;
     memmove(c->inbuf, c->inbuf + head_len, c->inlen);
-    ymo_server_dispatch(s, ex);
+    if (ymo_server_dispatch(s, ex) < 0) {
+        c->ex = NULL;
+        ymo_exchange_free(ex);
+        c->state = YMO_CONN_HEAD;
+        conn_error(c, 503);
+    }
 }
 
 static void
@@ -470,7 +475,13 @@ conn_step(ymo_conn_t *c)
             conn_free_exchange(c);
             c->state = YMO_CONN_HEAD;
             if (!c->body_done) {
+                /* Closing with unread body bytes would make the kernel
+                 * reset the connection, destroying the response still in
+                 * flight: shut down our side and discard them first. */
+                c->state = YMO_CONN_LINGER;
                 c->closing = 1;
+                c->inlen = 0;
+                c->linger_until = 0;
             }
             if (s->draining_loop || (c->read_eof && c->inlen == 0) ||
                 s->config.keepalive_timeout <= 0) {
@@ -576,8 +587,12 @@ conn_read(ymo_conn_t *c)
             ymo_conn_close(c);
             return -1;
         }
-        if (c->state == YMO_CONN_EXCHANGE && !c->body_done) {
-            ymo_conn_close(c);  /* the body can never complete */
+        if (c->state == YMO_CONN_EXCHANGE) {
+            /* The client is gone (HTTP clients do not half-close): abort
+             * the exchange, so that a request still waiting for a worker
+             * never reaches the app and a running one stops at its next
+             * write. */
+            ymo_conn_close(c);
             return -1;
         }
         return 0;

@@ -14,6 +14,7 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/un.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "conn.h"
@@ -268,11 +269,34 @@ ymo_server_join_workers(ymo_server_t *s, double timeout)
     for (size_t i = 0; i < s->n_workers; i++) {
         ymo_wsgi_worker_stop(&s->workers[i]);
     }
-    size_t busy = 0;
-    for (size_t i = 0; i < s->n_workers; i++) {
-        if (ymo_wsgi_worker_join(&s->workers[i], timeout) != 0) {
-            busy++;
+    /* One deadline for all workers, re-read between short waits so that a
+     * later stop() with less grace takes effect. */
+    struct timespec t0;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    size_t busy;
+    for (;;) {
+        busy = 0;
+        for (size_t i = 0; i < s->n_workers; i++) {
+            if (ymo_wsgi_worker_join(&s->workers[i], 0.0) != 0) {
+                busy++;
+            }
         }
+        if (busy == 0) {
+            break;
+        }
+        struct timespec t;
+        clock_gettime(CLOCK_MONOTONIC, &t);
+        double spent = (double)(t.tv_sec - t0.tv_sec) +
+                       (double)(t.tv_nsec - t0.tv_nsec) / 1e9;
+        double limit = timeout < 0 ? -1 : ymo_server_grace(s);
+        if (limit >= 0 && timeout >= 0 && timeout < limit) {
+            limit = timeout;
+        }
+        if (limit >= 0 && spent >= limit) {
+            break;
+        }
+        struct timespec nap = {0, 20 * 1000 * 1000};
+        nanosleep(&nap, NULL);
     }
     if (busy == 0) {
         /* Final posts of exchanges whose connections were aborted: the
@@ -312,38 +336,41 @@ ymo_server_destroy(ymo_server_t *s)
     s->n_workers = 0;
 }
 
-void
+int
 ymo_server_dispatch(ymo_server_t *s, ymo_exchange_t *ex)
 {
-    /* An idle worker first (round robin among them, so load spreads);
-     * otherwise the least loaded one. */
+    /* A worker waiting for work first (round robin among them, so load
+     * spreads); otherwise the one with the fewest exchanges in hand. */
     ymo_wsgi_worker_t *best = NULL;
     size_t n = s->n_workers;
     for (size_t i = 0; i < n; i++) {
         ymo_wsgi_worker_t *w = &s->workers[(s->next_worker + i) % n];
+        if (atomic_load(&w->idle)) {
+            best = w;
+            break;
+        }
         if (best == NULL || w->assigned < best->assigned) {
             best = w;
-            if (w->assigned == 0) {
-                break;
-            }
         }
+    }
+    int r = ymo_wsgi_worker_add_exchange(best, ex);
+    if (r < 0) {
+        return r;
     }
     s->next_worker = (best->id + 1) % n;
     ex->assigned = best;
     best->assigned++;
-    ymo_wsgi_worker_add_exchange(best, ex);
-    if (best->assigned > 1) {
-        /* Queued behind work the loop believes is running. A worker that
-         * is about to sleep may have finished already: wake it, and it
-         * steals the exchange (see worker_next in wsgi_worker.c). */
+    if (!atomic_load(&best->idle)) {
+        /* Queued behind work in progress. A worker that is idle, or about
+         * to be (it may have finished since), must not watch: wake it and
+         * it steals the exchange (see worker_next in wsgi_worker.c). */
         for (size_t i = 0; i < n; i++) {
             ymo_wsgi_worker_t *w = &s->workers[i];
-            if (w != best && atomic_load(&w->idle)) {
-                if (!w->notify_pending) {
-                    w->notify_pending = 1;
-                    ev_prepare_start(s->loop, &w->prepare_watcher);
-                }
+            if (w != best && atomic_load(&w->idle) && !w->notify_pending) {
+                w->notify_pending = 1;
+                ev_prepare_start(s->loop, &w->prepare_watcher);
             }
         }
     }
+    return 0;
 }

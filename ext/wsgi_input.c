@@ -71,6 +71,7 @@ static PyObject *
 input_read(InputObject *self, Py_ssize_t limit, int line)
 {
     size_t cap;
+    int unbounded = 0;
     if (limit >= 0) {
         cap = (size_t)limit;
         if (!line && self->ex != NULL &&
@@ -92,6 +93,19 @@ input_read(InputObject *self, Py_ssize_t limit, int line)
     }
     else {
         cap = line ? 256 : 65536;
+        if (!line) {
+            unbounded = 1;
+        }
+    }
+    if (line && limit < 0) {
+        unbounded = 1;
+    }
+    /* The result can be no longer than this; start no bigger than the
+     * input buffer, though: what the client announced or the app asked
+     * for is not there yet, and may never come. */
+    size_t maxcap = unbounded ? SIZE_MAX : cap;
+    if (cap > 256 * 1024) {
+        cap = 256 * 1024;
     }
     PyObject *out = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)cap);
     if (out == NULL) {
@@ -104,11 +118,14 @@ input_read(InputObject *self, Py_ssize_t limit, int line)
             want = (size_t)limit - got;
         }
         if (want == 0) {
-            if (limit >= 0 && got >= (size_t)limit) {
+            if (cap >= maxcap) {
                 break;
             }
-            /* Out of room with no limit reached: grow. */
+            /* Out of room with more to come: grow. */
             size_t ncap = cap < 65536 ? 65536 : cap * 2;
+            if (ncap > maxcap) {
+                ncap = maxcap;
+            }
             if (_PyBytes_Resize(&out, (Py_ssize_t)ncap) < 0) {
                 return NULL;
             }

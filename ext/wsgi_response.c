@@ -782,9 +782,10 @@ FileWrapper_iternext(ymo_file_wrapper_t *self)
     if (data == NULL) {
         return NULL;
     }
-    if (PyObject_Length(data) == 0) {
+    Py_ssize_t n = PyObject_Length(data);
+    if (n <= 0) {
         Py_DECREF(data);
-        return NULL;
+        return NULL;            /* the end, or the error set */
     }
     return data;
 }
@@ -973,7 +974,7 @@ log_exception(struct ymo_wsgi_app *app, PyObject *environ, const char *what)
     }
     PyObject *msg;
     if (method != NULL && uri != NULL) {
-        msg = PyUnicode_FromFormat("%s: %U %U", what, method, uri);
+        msg = PyUnicode_FromFormat("%s: %S %S", what, method, uri);
     }
     else {
         msg = PyUnicode_FromString(what);
@@ -1035,14 +1036,20 @@ iterate(StartResponseObject *self, PyObject *result)
 {
     struct ymo_wsgi_app *app = self->app;
     if (PyList_CheckExact(result) || PyTuple_CheckExact(result)) {
-        Py_ssize_t n = PySequence_Fast_GET_SIZE(result);
-        PyObject **items = PySequence_Fast_ITEMS(result);
-        if (n == 1 && PyBytes_Check(items[0])) {
-            self->known_length = PyBytes_GET_SIZE(items[0]);
+        if (PySequence_Fast_GET_SIZE(result) == 1 &&
+            PyBytes_Check(PySequence_Fast_GET_ITEM(result, 0))) {
+            self->known_length = PyBytes_GET_SIZE(
+                PySequence_Fast_GET_ITEM(result, 0));
         }
-        for (Py_ssize_t i = 0; i < n && !self->aborted && !self->overflow;
-             i++) {
-            if (emit_item(self, items[i], 0) < 0) {
+        /* Size and items re-read each time: emit may release the GIL
+         * (waiting for a slow client) and another thread could change a
+         * list the app shares. */
+        for (Py_ssize_t i = 0; i < PySequence_Fast_GET_SIZE(result) &&
+                               !self->aborted && !self->overflow; i++) {
+            PyObject *item = Py_NewRef(PySequence_Fast_GET_ITEM(result, i));
+            int r = emit_item(self, item, 0);
+            Py_DECREF(item);
+            if (r < 0) {
                 return -1;
             }
         }
@@ -1147,6 +1154,17 @@ ymo_wsgi_run_exchange(struct ymo_wsgi_app *app, ymo_wsgi_worker_t *worker,
 {
     (void)worker;
     ymo_module_state *st = app->st;
+    pthread_mutex_lock(&ex->lock);
+    int aborted = ex->aborted;
+    pthread_mutex_unlock(&ex->lock);
+    if (aborted) {
+        /* The client went away while the request waited for a worker: no
+         * one would see the answer, and running the app could repeat a
+         * side effect the client will retry. */
+        ymo_wsgi_worker_response_body_append(ex, NULL, YMO_DONE |
+                                                       YMO_DONE_ABORT);
+        return;
+    }
     struct timespec t0 = {0, 0};
     if (app->log_access != NULL) {
         clock_gettime(CLOCK_MONOTONIC, &t0);

@@ -249,12 +249,19 @@ ymo_wsgi_worker_response_body_append(ymo_exchange_t *exchange,
     int r = ymo_queue_push(&worker->queue_out, exchange);
     int first = worker->queue_out.count == 1;
     ymo_wsgi_worker_unlock_out(worker);
+    if (r < 0) {
+        /* Not queued after all: let the next post try again. */
+        pthread_mutex_lock(&exchange->lock);
+        exchange->out_queued = 0;
+        pthread_mutex_unlock(&exchange->lock);
+        return r;
+    }
     if (first) {
         /* The loop drains the whole queue per wake-up, so only the
          * empty -> non-empty transition needs one. */
         ev_async_send(worker->loop, &worker->event_out);
     }
-    return r < 0 ? r : flags;
+    return flags;
 }
 
 void
@@ -291,6 +298,9 @@ ymo_wsgi_worker_join(ymo_wsgi_worker_t *worker, double timeout)
     int r;
     if (timeout < 0) {
         r = pthread_join(worker->thread, NULL);
+    }
+    else if (timeout == 0) {
+        r = pthread_tryjoin_np(worker->thread, NULL);
     }
     else {
         struct timespec deadline;

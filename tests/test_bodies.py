@@ -258,3 +258,88 @@ def test_stalled_client_gets_whole_response_without_server_buffering_it(
             got += piece
     assert len(got) == len(expected)
     assert sha256(bytes(got)) == sha256(expected)
+
+
+def test_response_survives_a_request_body_the_app_never_read(yimmo_server):
+    """The app answers without reading an 8 MB upload. Closing the socket
+    with unread input would make the kernel reset the connection and
+    destroy the response in flight; the server must shut down its side
+    and drain instead, so the client gets every byte."""
+    size = 3 << 20
+
+    def app(environ, start_response):
+        start_response("413 Content Too Large",
+                       [("Content-Length", str(size))])
+        return [b"y" * size]
+
+    server = yimmo_server(app, workers=2)
+    for _ in range(3):
+        with connect(server.address, 30) as sock:
+            body = b"x" * (8 << 20)
+            sock.sendall(b"POST / HTTP/1.1\r\nHost: x\r\n"
+                         b"Content-Length: %d\r\n\r\n" % len(body))
+
+            def send():
+                try:
+                    sock.sendall(body)
+                except OSError:
+                    pass            # the server may stop reading: fine
+            sender = threading.Thread(target=send)
+            sender.start()
+            resp = read_response(sock)
+            sender.join(30)
+        assert resp.status == 413
+        assert resp.headers.get("Connection") == "close"
+        assert len(resp.body) == size
+
+
+def test_app_is_not_run_for_a_request_whose_client_left(yimmo_server):
+    """workers=1 is busy; a POST arrives and its client disconnects before
+    a worker is free. Nobody could see the answer (and the client may
+    retry), so the app must not run for it."""
+    gate = threading.Event()
+    busy = threading.Event()
+    calls = []
+
+    def app(environ, start_response):
+        calls.append(environ["PATH_INFO"])
+        if environ["PATH_INFO"] == "/busy":
+            busy.set()
+            gate.wait(20)
+        start_response("200 OK", [("Content-Length", "2")])
+        return [b"ok"]
+
+    server = yimmo_server(app, workers=1)
+    first = connect(server.address, 30)
+    try:
+        first.sendall(build_request("GET", "/busy"))
+        assert busy.wait(5)
+        with connect(server.address, 5) as sock:
+            sock.sendall(build_request("POST", "/charge", body=b"hi"))
+        # The server sees the disconnect once it tries to read more;
+        # a third request on a fresh connection proves ordering below.
+        time.sleep(0.2)
+        gate.set()
+        assert read_response(first).status == 200
+        with connect(server.address, 10) as sock:
+            sock.sendall(build_request("GET", "/after"))
+            assert read_response(sock).status == 200
+    finally:
+        gate.set()
+        first.close()
+    assert calls == ["/busy", "/after"]
+
+
+def test_huge_read_size_does_not_allocate_it(yimmo_server):
+    def app(environ, start_response):
+        data = environ["wsgi.input"].read(1 << 40)
+        start_response("200 OK", [("Content-Length", str(len(data)))])
+        return [data]
+
+    server = yimmo_server(app, workers=1)
+    with connect(server.address, 10) as sock:
+        sock.sendall(b"POST / HTTP/1.1\r\nHost: x\r\n"
+                     b"Transfer-Encoding: chunked\r\n\r\n"
+                     b"5\r\nhello\r\n0\r\n\r\n")
+        resp = read_response(sock)
+    assert resp.status == 200 and resp.body == b"hello"

@@ -1172,3 +1172,58 @@ def test_start_response_accepts_keywords_and_rejects_bad_calls(
         resp = request(sock, "GET", "/")
     assert resp.status == 200 and resp.body == b"ok"
     assert len(errors) == 4
+
+
+def test_no_request_waits_behind_a_busy_worker_while_another_is_idle(
+        yimmo_server):
+    """Two workers. S and F occupy both; X queues behind one of them and is
+    taken by whichever frees first (F). When S finishes too, its worker is
+    idle while X still runs: a new request Y must be served at once, not
+    wait for X. Synchronised with events only."""
+    gates = {name: threading.Event() for name in ("S", "F", "X")}
+    entered = {name: threading.Event() for name in ("S", "F", "X", "Y")}
+
+    def app(environ, start_response):
+        name = environ["PATH_INFO"].strip("/")
+        entered[name].set()
+        if name in gates:
+            gates[name].wait(20)
+        start_response("200 OK", [("Content-Length", "2")])
+        return [b"ok"]
+
+    server = yimmo_server(app, workers=2)
+    results = {}
+
+    def get(name):
+        conn = http.client.HTTPConnection(*server.address, timeout=30)
+        conn.request("GET", "/" + name)
+        results[name] = conn.getresponse().read()
+        conn.close()
+
+    threads = {}
+
+    def start(name):
+        threads[name] = threading.Thread(target=get, args=(name,))
+        threads[name].start()
+
+    try:
+        start("S")
+        assert entered["S"].wait(5)
+        start("F")
+        assert entered["F"].wait(5)
+        start("X")                      # both workers busy: X queues
+        gates["F"].set()
+        assert entered["X"].wait(5), "X was not picked up by the free worker"
+        gates["S"].set()
+        threads["S"].join(5)
+        assert results.get("S") == b"ok"
+        start("Y")
+        threads["Y"].join(5)
+        assert results.get("Y") == b"ok", \
+            "Y waited behind X while a worker was idle"
+    finally:
+        for gate in gates.values():
+            gate.set()
+        for thread in threads.values():
+            thread.join(10)
+    assert results.get("X") == b"ok"

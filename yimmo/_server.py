@@ -74,6 +74,7 @@ class Server:
         self._unix_paths = []
         self.addresses = []
         self._thread = None
+        self._serving = False
         self._lock = threading.Lock()
         self._closed = False
         listeners = []
@@ -205,6 +206,7 @@ class Server:
         fd = wakeup_r.fileno() if wakeup_r is not None else -1
         with self._lock:
             _running.add(self)
+            self._serving = True
         log.info("Listening at %s (%d workers)",
                  ", ".join(self._describe(a) for a in self.addresses),
                  self.options["workers"])
@@ -286,7 +288,9 @@ class Server:
         thread = self._thread
         if thread is not None and thread is not threading.current_thread():
             thread.join()
-        elif thread is None:
+        elif thread is None and not self._serving:
+            # Never served: nothing else will close them. (A loop running
+            # in serve_forever closes them itself once it has stopped.)
             self._close_sockets()
 
     @property
