@@ -5,10 +5,12 @@
 
 #include <string.h>
 
+/* Fields change only with the GIL held (the worker, or whoever reads the
+ * stream); the body itself comes through the exchange's lock. */
 typedef struct {
     PyObject_HEAD
     ymo_exchange_t *ex;        /* NULL once the exchange has finished */
-    size_t low_water;
+    size_t low_water;          /* ask the loop for more below this */
 } InputObject;
 
 PyObject *

@@ -22,6 +22,9 @@
 #define BUCKET_MIN 4096
 #define POST_BATCH (256 * 1024)
 
+/* start_response for one exchange, and the response's framing state.
+ * Used only by the worker running the exchange, with the GIL held (an app
+ * calling it from another thread must hold the GIL too). */
 typedef struct {
     PyObject_HEAD
     vectorcallfunc vectorcall;
