@@ -208,7 +208,8 @@ core_shutdown(CoreObject *self, double grace)
         Py_BEGIN_ALLOW_THREADS
         while (!ymo_server_run(&self->server, -1)) {
         }
-        ymo_server_join_workers(&self->server, -1);
+        int interrupted;
+        ymo_server_join_workers(&self->server, -1, -1, &interrupted);
         Py_END_ALLOW_THREADS
     }
     self->finished = 1;
@@ -242,16 +243,23 @@ Core_run(CoreObject *self, PyObject *args, PyObject *kwargs)
     }
     self->running = 1;
     int stopped;
+    int interrupted = 0;
     size_t busy = 0;
     Py_BEGIN_ALLOW_THREADS
     stopped = ymo_server_run(&self->server, wakeup_fd);
     if (stopped) {
         /* Workers still running the app get the grace period too. */
         busy = ymo_server_join_workers(&self->server,
-                                       ymo_server_grace(&self->server));
+                                       ymo_server_grace(&self->server),
+                                       wakeup_fd, &interrupted);
     }
     Py_END_ALLOW_THREADS
     self->running = 0;
+    if (interrupted) {
+        /* A signal while waiting for workers: let Python run its handler
+         * (which may stop(0)); the next run() goes on joining. */
+        Py_RETURN_FALSE;
+    }
     if (stopped) {
         self->finished = 1;
         if (busy > 0) {

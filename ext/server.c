@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <poll.h>
 #include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
@@ -264,15 +265,20 @@ ymo_server_stop(ymo_server_t *s, double grace)
 }
 
 size_t
-ymo_server_join_workers(ymo_server_t *s, double timeout)
+ymo_server_join_workers(ymo_server_t *s, double timeout, int wakeup_fd,
+                        int *interrupted)
 {
+    *interrupted = 0;
     for (size_t i = 0; i < s->n_workers; i++) {
         ymo_wsgi_worker_stop(&s->workers[i]);
     }
-    /* One deadline for all workers, re-read between short waits so that a
-     * later stop() with less grace takes effect. */
-    struct timespec t0;
-    clock_gettime(CLOCK_MONOTONIC, &t0);
+    /* One deadline for all workers (and across interrupted calls),
+     * re-read between short waits so that a later stop() with less grace
+     * takes effect. */
+    if (s->join_started.tv_sec == 0 && s->join_started.tv_nsec == 0) {
+        clock_gettime(CLOCK_MONOTONIC, &s->join_started);
+    }
+    struct timespec t0 = s->join_started;
     size_t busy;
     for (;;) {
         busy = 0;
@@ -295,8 +301,16 @@ ymo_server_join_workers(ymo_server_t *s, double timeout)
         if (limit >= 0 && spent >= limit) {
             break;
         }
-        struct timespec nap = {0, 20 * 1000 * 1000};
-        nanosleep(&nap, NULL);
+        /* Nap, but wake for a signal: its Python handler (a second
+         * Ctrl-C) may want to cut the wait short. */
+        struct pollfd pfd = {wakeup_fd, POLLIN, 0};
+        if (poll(&pfd, wakeup_fd >= 0 ? 1 : 0, 20) > 0) {
+            char buf[256];
+            while (read(wakeup_fd, buf, sizeof(buf)) > 0) {
+            }
+            *interrupted = 1;
+            return busy;
+        }
     }
     if (busy == 0) {
         /* Final posts of exchanges whose connections were aborted: the

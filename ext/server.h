@@ -9,6 +9,7 @@
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stddef.h>
+#include <time.h>
 
 #include "exchange.h"
 #include "http_parser.h"
@@ -57,6 +58,7 @@ typedef struct ymo_server {
     ev_timer grace_timer;
     ev_timer accept_timer;     /* resumes accepting after EMFILE */
     ev_async stop_watcher;     /* any thread -> loop: stop */
+    struct timespec join_started;  /* when joining the workers began */
 
     /* Shared. */
     atomic_int draining;       /* loop writes; workers read (close conns) */
@@ -84,10 +86,14 @@ int ymo_server_run(ymo_server_t *s, int wakeup_fd);
 void ymo_server_stop(ymo_server_t *s, double grace);
 
 /* After ymo_server_run returned 1: stop and join the workers, free what
- * they left. Waits at most `timeout` seconds (< 0: for ever) for workers
- * still running the app; returns how many are still running then (their
- * memory, and the server's, must then stay allocated). GIL released. */
-size_t ymo_server_join_workers(ymo_server_t *s, double timeout);
+ * they left. Waits at most `timeout` seconds (< 0: for ever; otherwise no
+ * longer than the grace period) for workers still running the app;
+ * returns how many are still running then (their memory, and the
+ * server's, must then stay allocated). Returns early with *interrupted set
+ * when wakeup_fd (if >= 0) becomes readable; call again to go on. GIL
+ * released. */
+size_t ymo_server_join_workers(ymo_server_t *s, double timeout,
+                               int wakeup_fd, int *interrupted);
 
 /* The grace period the last stop asked for. Any thread. */
 double ymo_server_grace(ymo_server_t *s);

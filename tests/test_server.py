@@ -308,3 +308,43 @@ def test_stop_does_not_wait_forever_for_an_app_that_never_returns(
     finally:
         release.set()
     log_watcher.wait_for("still running the app", timeout=5)
+
+
+STUCK_APP = textwrap.dedent("""
+    import sys, threading, yimmo
+
+    def app(environ, start_response):
+        print("entered", flush=True)
+        threading.Event().wait(60)      # stuck far beyond any grace
+        start_response("200 OK", [])
+        return [b""]
+
+    try:
+        yimmo.serve(app, bind="127.0.0.1:0", workers=1,
+                    graceful_timeout=60)
+    except KeyboardInterrupt:
+        print("KeyboardInterrupt raised", flush=True)
+        sys.exit(42)
+""")
+
+
+def test_second_sigint_cuts_the_wait_for_a_stuck_worker_short():
+    """Ctrl-C waits up to graceful_timeout for a worker stuck in the app;
+    a second Ctrl-C stops waiting, even once all connections are gone and
+    only the worker is left to join."""
+    with ServerProcess([sys.executable, "-c", STUCK_APP]) as proc:
+        addr = proc.wait_listening()
+        with socket.create_connection(addr, timeout=5) as sock:
+            sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            proc.wait_for_line("^entered$", stream="stdout", timeout=WAIT)
+        # The client is gone: its exchange is aborted, the loop has no
+        # connection left, and only the stuck worker keeps serve() busy.
+        proc.signal(signal.SIGINT)
+        proc.wait_for_line("Shutting down", timeout=WAIT)
+        with pytest.raises(subprocess.TimeoutExpired):
+            proc.proc.wait(0.5)         # still waiting for the worker
+        t0 = time.monotonic()
+        proc.signal(signal.SIGINT)
+        assert proc.wait(WAIT) == 42, proc.stderr
+        assert time.monotonic() - t0 < 5
+        assert "still running the app" in proc.stderr
