@@ -44,11 +44,7 @@ ymo_conn_new(ymo_server_t *s, const ymo_listener_t *l, int fd,
         return NULL;
     }
     c->inbuf = malloc(INBUF_INITIAL);
-    c->headers = malloc(s->config.limits.max_header_count
-                        * sizeof(ymo_http_header_t) + 1);
-    if (c->inbuf == NULL || c->headers == NULL) {
-        free(c->inbuf);
-        free(c->headers);
+    if (c->inbuf == NULL) {
         free(c);
         return NULL;
     }
@@ -112,7 +108,6 @@ ymo_conn_close(ymo_conn_t *c)
         c->next->prev = c->prev;
     }
     free(c->inbuf);
-    free(c->headers);
     free(c);
     ymo_server_conn_closed(s);
 }
@@ -444,7 +439,9 @@ conn_step(ymo_conn_t *c)
     for (;;) {
         if (c->state == YMO_CONN_HEAD && !c->closing && c->inlen > 0) {
             ymo_http_request_t req;
-            req.headers = c->headers;
+            /* The loop's one header array: a complete head is copied
+             * into its exchange before the next parse. */
+            req.headers = s->headers;
             int n = ymo_http_parse_request(&c->parser, c->inbuf, c->inlen,
                                            &req);
             if (n > 0) {

@@ -37,7 +37,6 @@ typedef struct ymo_conn {
     size_t inlen;              /* bytes in inbuf */
     size_t incap;
     ymo_http_parser_t parser;
-    ymo_http_header_t *headers;    /* limits.max_header_count long */
     ev_tstamp head_started;    /* first byte of the current head */
     ev_tstamp last_read;       /* last body bytes */
     uint64_t seq;              /* requests on this connection */

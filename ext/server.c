@@ -186,7 +186,9 @@ ymo_server_init(ymo_server_t *s, const ymo_config_t *config,
     atomic_init(&s->draining, 0);
     s->listeners = calloc(n ? n : 1, sizeof(*s->listeners));
     s->workers = calloc(config->workers, sizeof(*s->workers));
-    if (s->listeners == NULL || s->workers == NULL) {
+    s->headers = calloc(config->limits.max_header_count + 1,
+                        sizeof(*s->headers));
+    if (s->listeners == NULL || s->workers == NULL || s->headers == NULL) {
         ymo_server_destroy(s);
         return -ENOMEM;
     }
@@ -345,6 +347,8 @@ ymo_server_destroy(ymo_server_t *s)
     }
     free(s->listeners);
     free(s->workers);
+    free(s->headers);
+    s->headers = NULL;
     s->listeners = NULL;
     s->workers = NULL;
     s->n_workers = 0;

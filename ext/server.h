@@ -48,6 +48,8 @@ typedef struct ymo_server {
     struct ymo_wsgi_app *app;  /* opaque to the loop; workers use it */
 
     /* Loop thread only. */
+    ymo_http_header_t *headers;    /* parser output, max_header_count long,
+                                    * shared by all connections */
     struct ymo_conn *conns;    /* doubly linked list of open connections */
     size_t n_conns;
     size_t next_worker;        /* round-robin start for dispatch */
