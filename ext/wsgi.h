@@ -78,6 +78,23 @@ PyObject *ymo_wsgi_environ_template(struct ymo_wsgi_app *app,
 /* GIL held: a new environ dict for ex (wsgi.input still None). */
 PyObject *ymo_wsgi_environ(struct ymo_wsgi_app *app, ymo_exchange_t *ex);
 
+/* Decimal digits of v at p (room for 20); returns the count. Cheaper
+ * than printf on the per-request path. */
+static inline size_t
+ymo_put_decimal(char *p, unsigned long long v)
+{
+    char tmp[24];
+    size_t n = 0;
+    do {
+        tmp[n++] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v != 0);
+    for (size_t i = 0; i < n; i++) {
+        p[i] = tmp[n - 1 - i];
+    }
+    return n;
+}
+
 /* Type specs, defined next to their implementations. */
 extern PyType_Spec ymo_input_spec;
 extern PyType_Spec ymo_start_response_spec;

@@ -267,17 +267,11 @@ ymo_wsgi_environ(struct ymo_wsgi_app *app, ymo_exchange_t *ex)
         req->minor_version == 1 ? st->v_http11 : st->v_http10);
     SET_NEW(st->k_remote_addr, PyUnicode_FromString(ex->remote_addr));
     if (ex->remote_port >= 0) {
-        char digits[8];
-        int n = 0, port = ex->remote_port;
-        char tmp[8];
-        do {
-            tmp[n++] = (char)('0' + port % 10);
-            port /= 10;
-        } while (port != 0 && n < 7);
-        for (int i = 0; i < n; i++) {
-            digits[i] = tmp[n - 1 - i];
-        }
-        SET_NEW(st->k_remote_port, PyUnicode_FromStringAndSize(digits, n));
+        char digits[24];
+        size_t n = ymo_put_decimal(digits,
+                                   (unsigned long long)ex->remote_port);
+        SET_NEW(st->k_remote_port,
+                PyUnicode_FromStringAndSize(digits, (Py_ssize_t)n));
     }
     else {
         SET(st->k_remote_port, st->v_empty);

@@ -72,22 +72,6 @@ date_header(size_t *len)
     return date_line;
 }
 
-/* Decimal digits of v at p; returns the count. */
-static size_t
-put_decimal(char *p, unsigned long long v)
-{
-    char tmp[24];
-    size_t n = 0;
-    do {
-        tmp[n++] = (char)('0' + v % 10);
-        v /= 10;
-    } while (v != 0);
-    for (size_t i = 0; i < n; i++) {
-        p[i] = tmp[n - 1 - i];
-    }
-    return n;
-}
-
 /* Hex digits of v at p (a chunk size); returns the count. */
 static size_t
 put_hex(char *p, size_t v)
@@ -433,7 +417,7 @@ build_head(StartResponseObject *self, size_t extra)
         self->content_length = self->known_length;
         memcpy(p, "Content-Length: ", 16);
         p += 16;
-        p += put_decimal(p, (unsigned long long)self->content_length);
+        p += ymo_put_decimal(p, (unsigned long long)self->content_length);
         *p++ = '\r';
         *p++ = '\n';
     }
