@@ -43,12 +43,10 @@ ymo_conn_new(ymo_server_t *s, const ymo_listener_t *l, int fd,
     if (c == NULL) {
         return NULL;
     }
-    c->inbuf = malloc(INBUF_INITIAL);
-    if (c->inbuf == NULL) {
-        free(c);
-        return NULL;
-    }
-    c->incap = INBUF_INITIAL;
+    /* No input buffer of its own until a read leaves something behind:
+     * an idle connection costs only this struct. */
+    c->inbuf = NULL;
+    c->incap = 0;
     c->server = s;
     c->listener = l;
     c->fd = fd;
@@ -107,7 +105,9 @@ ymo_conn_close(ymo_conn_t *c)
     if (c->next != NULL) {
         c->next->prev = c->prev;
     }
-    free(c->inbuf);
+    if (!c->inbuf_borrowed) {
+        free(c->inbuf);
+    }
     free(c);
     ymo_server_conn_closed(s);
 }
@@ -430,6 +430,31 @@ conn_on_timer(struct ev_loop *loop, ev_timer *w, int revents)
     conn_step(c);
 }
 
+/* The input sits in the loop's shared buffer: give the connection a
+ * buffer of its own for what is left (a partial head, body bytes held back
+ * by back-pressure, pipelined requests), or none when nothing is. */
+static int
+conn_keep_input(ymo_conn_t *c)
+{
+    c->inbuf_borrowed = 0;
+    if (c->inlen == 0) {
+        c->inbuf = NULL;
+        c->incap = 0;
+        return 0;
+    }
+    size_t cap = c->inlen < INBUF_INITIAL ? INBUF_INITIAL : c->inlen;
+    char *p = malloc(cap);
+    if (p == NULL) {
+        c->inbuf = NULL;
+        c->incap = c->inlen = 0;
+        return -1;
+    }
+    memcpy(p, c->inbuf, c->inlen);
+    c->inbuf = p;
+    c->incap = cap;
+    return 0;
+}
+
 /* Bring the connection forward as far as it can go now: parse, feed the
  * body, write, finish the exchange, start the next one. */
 static void
@@ -486,11 +511,20 @@ conn_step(ymo_conn_t *c)
             }
             ymo_http_parser_init(&c->parser, &s->config.limits);
             c->head_started = now(c);
+            if (c->inlen == 0 && !c->inbuf_borrowed) {
+                free(c->inbuf);         /* idle again: give it back */
+                c->inbuf = NULL;
+                c->incap = 0;
+            }
             if (!c->closing && c->inlen > 0) {
                 continue;       /* a pipelined request is waiting */
             }
         }
         break;
+    }
+    if (c->inbuf_borrowed && conn_keep_input(c) < 0) {
+        ymo_conn_close(c);
+        return;
     }
     if (c->closing && c->wq_head == NULL) {
         if (c->state == YMO_CONN_HEAD) {
@@ -515,7 +549,7 @@ conn_step(ymo_conn_t *c)
             (c->state == YMO_CONN_EXCHANGE && !c->body_done &&
              !c->body_paused) ||
             (c->state == YMO_CONN_EXCHANGE && c->body_done &&
-             c->inlen < c->incap) ||
+             (c->inbuf == NULL || c->inlen < c->incap)) ||
             (c->state == YMO_CONN_LINGER && c->linger_until != 0)) {
             events |= EV_READ;
         }
@@ -537,7 +571,13 @@ conn_read(ymo_conn_t *c)
         }
         return 0;
     }
-    if (c->inlen == c->incap) {
+    if (c->inbuf == NULL) {
+        /* Read into the loop's buffer; conn_step keeps what is left. */
+        c->inbuf = c->server->scratch;
+        c->incap = YMO_SCRATCH_SIZE;
+        c->inbuf_borrowed = 1;
+    }
+    else if (c->inlen == c->incap) {
         /* Grow for a long head (the parser bounds it) or for a body. */
         size_t limit = c->server->config.limits.max_head_size + 1;
         size_t cap = c->incap * 2;
@@ -561,7 +601,7 @@ conn_read(ymo_conn_t *c)
         }
     }
     else if (c->state == YMO_CONN_EXCHANGE && !c->body_done &&
-             c->incap < INBUF_BODY) {
+             !c->inbuf_borrowed && c->incap < INBUF_BODY) {
         char *p = realloc(c->inbuf, INBUF_BODY);
         if (p != NULL) {
             c->inbuf = p;

@@ -33,9 +33,11 @@ typedef struct ymo_conn {
     int remote_port;
 
     /* input */
-    char *inbuf;
+    char *inbuf;               /* NULL when empty; during a callback it may
+                                * be the server's scratch buffer */
     size_t inlen;              /* bytes in inbuf */
     size_t incap;
+    int inbuf_borrowed;        /* inbuf is server->scratch */
     ymo_http_parser_t parser;
     ev_tstamp head_started;    /* first byte of the current head */
     ev_tstamp last_read;       /* last body bytes */

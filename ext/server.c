@@ -188,7 +188,9 @@ ymo_server_init(ymo_server_t *s, const ymo_config_t *config,
     s->workers = calloc(config->workers, sizeof(*s->workers));
     s->headers = calloc(config->limits.max_header_count + 1,
                         sizeof(*s->headers));
-    if (s->listeners == NULL || s->workers == NULL || s->headers == NULL) {
+    s->scratch = malloc(YMO_SCRATCH_SIZE);
+    if (s->listeners == NULL || s->workers == NULL || s->headers == NULL ||
+        s->scratch == NULL) {
         ymo_server_destroy(s);
         return -ENOMEM;
     }
@@ -348,7 +350,9 @@ ymo_server_destroy(ymo_server_t *s)
     free(s->listeners);
     free(s->workers);
     free(s->headers);
+    free(s->scratch);
     s->headers = NULL;
+    s->scratch = NULL;
     s->listeners = NULL;
     s->workers = NULL;
     s->n_workers = 0;

@@ -18,6 +18,9 @@
 struct ymo_conn;
 struct ymo_wsgi_app;
 
+/* Size of the loop's read buffer. */
+#define YMO_SCRATCH_SIZE 65536
+
 /* Read-only once the server starts. */
 typedef struct ymo_config {
     ymo_http_limits_t limits;
@@ -48,6 +51,8 @@ typedef struct ymo_server {
     struct ymo_wsgi_app *app;  /* opaque to the loop; workers use it */
 
     /* Loop thread only. */
+    char *scratch;             /* connections read into this; a connection
+                                * keeps a copy only of what is left over */
     ymo_http_header_t *headers;    /* parser output, max_header_count long,
                                     * shared by all connections */
     struct ymo_conn *conns;    /* doubly linked list of open connections */
