@@ -88,3 +88,67 @@ def test_out_of_descriptors_pauses_accepting_then_recovers(tmp_path):
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+IDLE_APP = textwrap.dedent('''
+    import yimmo
+
+    def app(environ, start_response):
+        start_response("200 OK", [("Content-Length", "2")])
+        return [b"ok"]
+
+    yimmo.serve(app, bind="127.0.0.1:0", workers=2)
+''')
+
+
+def rss_kb(pid):
+    with open("/proc/%d/status" % pid) as f:
+        return int(re.search(r"VmRSS:\s+(\d+)", f.read()).group(1))
+
+
+@pytest.mark.skipif("libasan" in __import__("os").environ.get("LD_PRELOAD",
+                                                                 ""),
+                    reason="RSS is meaningless under ASan's quarantine")
+def test_idle_keepalive_connections_cost_little_memory(tmp_path):
+    """An idle keep-alive connection keeps no input buffer: 2000 of them
+    (each after one request) add well under 2 KB apiece."""
+    n = 2000
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < n + 200:
+        pytest.skip("needs %d descriptors" % (n + 200))
+    script = tmp_path / "idleapp.py"
+    script.write_text(IDLE_APP)
+    proc = subprocess.Popen([sys.executable, str(script)],
+                            stderr=subprocess.PIPE, text=True)
+    clients = []
+    try:
+        port = None
+        for line in proc.stderr:
+            m = re.search(r"Listening at http://127\.0\.0\.1:(\d+)", line)
+            if m:
+                port = int(m.group(1))
+                break
+        assert port, "server did not start"
+        assert get(port).endswith(b"ok")
+        before = rss_kb(proc.pid)
+        for _ in range(n):
+            c = socket.create_connection(("127.0.0.1", port), timeout=10)
+            c.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            clients.append(c)
+        for c in clients:
+            data = b""
+            while not data.endswith(b"ok"):
+                part = c.recv(4096)
+                assert part, "connection closed"
+                data += part
+        after = rss_kb(proc.pid)
+        assert after - before < n * 2, (before, after)
+    finally:
+        for c in clients:
+            c.close()
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
