@@ -3,18 +3,14 @@ requests of every kind (plain, bodies both ways, chunked, errors, app
 exceptions, refused requests) and its RSS stays flat after a warm-up."""
 
 import http.client
-import os
 import re
 import signal
 import socket
-import subprocess
 import sys
 import textwrap
-import time
 
-import pytest
 
-from helpers import skip_under_asan
+from helpers import ServerProcess, skip_under_asan
 
 APP = textwrap.dedent('''
     import yimmo
@@ -48,17 +44,7 @@ def rss_kb(pid):
 def start_server(tmp_path):
     script = tmp_path / "leakapp.py"
     script.write_text(APP)
-    proc = subprocess.Popen([sys.executable, str(script)],
-                            stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 20
-    for line in proc.stderr:
-        m = re.search(r"Listening at http://127\.0\.0\.1:(\d+)", line)
-        if m:
-            return proc, int(m.group(1))
-        if time.monotonic() > deadline:
-            break
-    proc.kill()
-    pytest.fail("server did not start")
+    return ServerProcess([sys.executable, str(script)])
 
 
 def one_round(port):
@@ -87,21 +73,16 @@ def one_round(port):
 
 @skip_under_asan
 def test_rss_is_flat_over_many_requests(tmp_path):
-    proc, port = start_server(tmp_path)
-    try:
+    with start_server(tmp_path) as proc:
+        port = proc.wait_listening()[1]
         for _ in range(150):
             one_round(port)
-        before = rss_kb(proc.pid)
+        before = rss_kb(proc.proc.pid)
         for _ in range(600):
             one_round(port)
-        after = rss_kb(proc.pid)
+        after = rss_kb(proc.proc.pid)
         # 600 rounds are ~15,000 requests: a leak of 300 bytes per request
         # would add over 4 MB.
         assert after - before < 4096, (before, after)
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        proc.signal(signal.SIGTERM)
+        assert proc.wait(15) == 0
