@@ -299,8 +299,7 @@ conn_start_exchange(ymo_conn_t *c, size_t head_len,
                     const ymo_http_request_t *req)
 {
     ymo_server_t *s = c->server;
-    ymo_exchange_t *ex = ymo_exchange_new(c->inbuf, head_len, req,
-                                          s->config.limits.max_header_count);
+    ymo_exchange_t *ex = ymo_exchange_new(c->inbuf, head_len, req);
     if (ex == NULL) {
         conn_error(c, 503);
         return;

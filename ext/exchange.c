@@ -20,9 +20,8 @@ rebase(const char *p, const char *from, char *to)
 
 ymo_exchange_t *
 ymo_exchange_new(const char *buf, size_t head_len,
-                 const ymo_http_request_t *req, size_t max_headers)
+                 const ymo_http_request_t *req)
 {
-    (void)max_headers;
     /* One allocation: the struct, the head copy, then the header array
      * aligned for it. */
     size_t align = _Alignof(ymo_http_header_t);

@@ -72,8 +72,7 @@ typedef struct ymo_exchange {
 /* Loop thread: new exchange with a copy of the parsed head in buf.
  * `req` points into buf; its pointers are rebased into the copy. */
 ymo_exchange_t *ymo_exchange_new(const char *buf, size_t head_len,
-                                 const ymo_http_request_t *req,
-                                 size_t max_headers);
+                                 const ymo_http_request_t *req);
 
 /* Loop thread: free (the worker must be done with it). */
 void ymo_exchange_free(ymo_exchange_t *ex);

@@ -461,7 +461,6 @@ module_exec(PyObject *module)
         intern(&st->v_software, "yimmo") || intern(&st->v_get, "GET") ||
         intern(&st->v_post, "POST") || intern(&st->v_head, "HEAD") ||
         intern(&st->s_close, "close") || intern(&st->s_fileno, "fileno") ||
-        intern(&st->s_read, "read") || intern(&st->s_seek, "seek") ||
         intern(&st->s_tell, "tell")) {
         return -1;
     }
@@ -489,8 +488,7 @@ module_exec(PyObject *module)
         &(st)->k_wsgi_file_wrapper, &(st)->v_empty, &(st)->v_http,         \
         &(st)->v_http10, &(st)->v_http11, &(st)->v_version,                \
         &(st)->v_software, &(st)->v_get, &(st)->v_post, &(st)->v_head,     \
-        &(st)->s_close, &(st)->s_fileno, &(st)->s_read, &(st)->s_seek,     \
-        &(st)->s_tell
+        &(st)->s_close, &(st)->s_fileno, &(st)->s_tell
 
 static int
 module_traverse(PyObject *module, visitproc visit, void *arg)

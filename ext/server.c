@@ -162,11 +162,10 @@ static void
 server_on_wakeup(struct ev_loop *loop, ev_io *w, int revents)
 {
     (void)revents;
-    ymo_server_t *s = w->data;
+    /* A signal arrived: return to Python so that its handler runs. */
     char buf[256];
     while (read(w->fd, buf, sizeof(buf)) > 0) {
     }
-    s->woken = 1;
     ev_break(loop, EVBREAK_ALL);
 }
 
@@ -250,7 +249,6 @@ ymo_server_run(ymo_server_t *s, int wakeup_fd)
         ev_io_set(&s->wakeup_watcher, wakeup_fd, EV_READ);
         ev_io_start(s->loop, &s->wakeup_watcher);
     }
-    s->woken = 0;
     ev_run(s->loop, 0);
     ev_io_stop(s->loop, &s->wakeup_watcher);
     return s->stopped ? 1 : 0;

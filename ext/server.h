@@ -60,7 +60,6 @@ typedef struct ymo_server {
     size_t next_worker;        /* round-robin start for dispatch */
     int draining_loop;         /* stop requested: no accepts, wind down */
     int stopped;               /* drained: ev_run returns for good */
-    int woken;                 /* the wakeup fd fired */
     ev_io wakeup_watcher;      /* signal wakeup fd (main thread only) */
     ev_timer grace_timer;
     ev_timer accept_timer;     /* resumes accepting after EMFILE */

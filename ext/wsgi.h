@@ -41,7 +41,7 @@ typedef struct ymo_module_state {
         *k_wsgi_run_once, *k_wsgi_input_terminated, *k_wsgi_file_wrapper;
     PyObject *v_empty, *v_http, *v_http10, *v_http11, *v_version,
         *v_software, *v_get, *v_post, *v_head;
-    PyObject *s_close, *s_fileno, *s_read, *s_seek, *s_tell;
+    PyObject *s_close, *s_fileno, *s_tell;
     PyObject *header_keys[YMO_COMMON_HEADER_KEYS];  /* HTTP_HOST, ... */
 } ymo_module_state;
 
