@@ -78,7 +78,7 @@ conn_free_exchange(ymo_conn_t *c)
     }
     ex->conn = NULL;
     if (ex->worker_done) {
-        ymo_exchange_free(ex);
+        ymo_exchange_release(ex);
     }
     else {
         /* The worker still has it: it stops at its next read or write,
@@ -323,12 +323,7 @@ conn_start_exchange(ymo_conn_t *c, size_t head_len,
     }
     c->inlen -= head_len;
     memmove(c->inbuf, c->inbuf + head_len, c->inlen);
-    if (ymo_server_dispatch(s, ex) < 0) {
-        c->ex = NULL;
-        ymo_exchange_free(ex);
-        c->state = YMO_CONN_HEAD;
-        conn_error(c, 503);
-    }
+    ymo_server_dispatch(s, ex);
 }
 
 static void
@@ -686,7 +681,7 @@ ymo_conn_on_exchange(ymo_exchange_t *ex)
         /* The client is gone: drop the output, free when done. */
         ymo_bucket_free_chain(out);
         if (done) {
-            ymo_exchange_free(ex);
+            ymo_exchange_release(ex);
         }
         return;
     }

@@ -35,11 +35,18 @@ ymo_exchange_new(const char *buf, size_t head_len,
         free(ex);
         return NULL;
     }
-    if (pthread_cond_init(&ex->cond, NULL) != 0) {
+    if (pthread_cond_init(&ex->cond_in, NULL) != 0) {
         pthread_mutex_destroy(&ex->lock);
         free(ex);
         return NULL;
     }
+    if (pthread_cond_init(&ex->cond_out, NULL) != 0) {
+        pthread_cond_destroy(&ex->cond_in);
+        pthread_mutex_destroy(&ex->lock);
+        free(ex);
+        return NULL;
+    }
+    atomic_init(&ex->refs, 1);     /* the loop's (see exchange.h) */
     memcpy(ex->head, buf, head_len);
     ex->head_len = head_len;
     ex->req = *req;
@@ -63,13 +70,43 @@ ymo_exchange_new(const char *buf, size_t head_len,
 }
 
 void
-ymo_exchange_free(ymo_exchange_t *ex)
+ymo_exchange_retain(ymo_exchange_t *ex)
 {
+    atomic_fetch_add_explicit(&ex->refs, 1, memory_order_relaxed);
+}
+
+void
+ymo_exchange_release(ymo_exchange_t *ex)
+{
+    /* acq_rel: whatever this thread did to the exchange happens before
+     * the free on the thread that drops the last reference. */
+    if (atomic_fetch_sub_explicit(&ex->refs, 1, memory_order_acq_rel) != 1) {
+        return;
+    }
     ymo_bucket_free_chain(ex->in_head);
     ymo_bucket_free_chain(ex->out_head);
-    pthread_cond_destroy(&ex->cond);
+    pthread_cond_destroy(&ex->cond_out);
+    pthread_cond_destroy(&ex->cond_in);
     pthread_mutex_destroy(&ex->lock);
     free(ex);
+}
+
+/* Wake every reader (lock held): there may be several threads of the app
+ * reading, and each must see the news. */
+static void
+wake_readers(ymo_exchange_t *ex)
+{
+    if (ex->in_waiters > 0) {
+        pthread_cond_broadcast(&ex->cond_in);
+    }
+}
+
+static void
+wake_writers(ymo_exchange_t *ex)
+{
+    if (ex->out_waiters > 0) {
+        pthread_cond_broadcast(&ex->cond_out);
+    }
 }
 
 int
@@ -108,9 +145,7 @@ ymo_exchange_input_append(ymo_exchange_t *ex, const char *data, size_t len,
         ex->in_paused = 1;
         r = 1;
     }
-    if (ex->waiting) {
-        pthread_cond_signal(&ex->cond);
-    }
+    wake_readers(ex);
     pthread_mutex_unlock(&ex->lock);
     return r;
 }
@@ -122,9 +157,7 @@ ymo_exchange_input_fail(ymo_exchange_t *ex, int status)
     if (!ex->in_done && ex->in_error == 0) {
         ex->in_error = status;
     }
-    if (ex->waiting) {
-        pthread_cond_signal(&ex->cond);
-    }
+    wake_readers(ex);
     pthread_mutex_unlock(&ex->lock);
 }
 
@@ -136,9 +169,8 @@ ymo_exchange_abort(ymo_exchange_t *ex)
     if (!ex->in_done && ex->in_error == 0) {
         ex->in_error = -1;
     }
-    if (ex->waiting) {
-        pthread_cond_signal(&ex->cond);
-    }
+    wake_readers(ex);
+    wake_writers(ex);
     pthread_mutex_unlock(&ex->lock);
 }
 
@@ -147,8 +179,8 @@ ymo_exchange_output_written(ymo_exchange_t *ex, size_t n, size_t low_water)
 {
     pthread_mutex_lock(&ex->lock);
     ex->out_buffered -= n;
-    if (ex->waiting && ex->out_buffered <= low_water) {
-        pthread_cond_signal(&ex->cond);
+    if (ex->out_buffered <= low_water) {
+        wake_writers(ex);
     }
     pthread_mutex_unlock(&ex->lock);
 }
@@ -200,8 +232,13 @@ ymo_exchange_read(ymo_exchange_t *ex, char *dst, size_t n, int line,
         if (got == n || (got > 0 && !line) || ex->in_done) {
             break;
         }
-        if (ex->in_error != 0) {
-            *status = ex->in_error;
+        if (ex->in_error != 0 || ex->out_done) {
+            /* A line cut short is still returned: the error comes with
+             * the next read. */
+            if (got > 0) {
+                break;
+            }
+            *status = ex->in_error != 0 ? ex->in_error : YMO_READ_FINISHED;
             r = -1;
             goto out;
         }
@@ -217,9 +254,9 @@ ymo_exchange_read(ymo_exchange_t *ex, char *dst, size_t n, int line,
             pthread_mutex_lock(&ex->lock);
             continue;
         }
-        ex->waiting = 1;
-        pthread_cond_wait(&ex->cond, &ex->lock);
-        ex->waiting = 0;
+        ex->in_waiters++;
+        pthread_cond_wait(&ex->cond_in, &ex->lock);
+        ex->in_waiters--;
     }
 done:
     if (ex->in_paused && !ex->need_resume && ex->in_buffered <= low_water) {
@@ -233,4 +270,18 @@ out:
         ymo_wsgi_worker_post(ex);
     }
     return r;
+}
+
+int
+ymo_exchange_wait_drain(ymo_exchange_t *ex, size_t low_water)
+{
+    pthread_mutex_lock(&ex->lock);
+    while (!ex->aborted && !ex->out_done && ex->out_buffered > low_water) {
+        ex->out_waiters++;
+        pthread_cond_wait(&ex->cond_out, &ex->lock);
+        ex->out_waiters--;
+    }
+    int stop = ex->aborted || ex->out_done;
+    pthread_mutex_unlock(&ex->lock);
+    return stop;
 }

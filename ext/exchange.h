@@ -4,18 +4,25 @@
  * memory), feeds it the request body, and writes the output the worker
  * appends; the worker runs the app on it. Plain C: no Python here.
  *
- * Ownership: the loop thread frees an exchange, once both sides are done
- * with it: the worker has posted its final output (out_done) and the
- * connection has written it or gone away (conn == NULL).                */
+ * Lifetime: an exchange is reference-counted. The loop holds one
+ * reference for itself and the worker running the app: it drops it once
+ * the worker has posted its final output (out_done) and the connection
+ * has written it or gone away (conn == NULL). A wsgi.input object holds
+ * one until the worker detaches it, and an app thread blocked in a read or
+ * a write holds one while it waits, so a thread of the app that is still
+ * reading when the response is done never touches freed memory. The last
+ * release frees, on whatever thread that is.                            */
 #ifndef YMO_EXCHANGE_H
 #define YMO_EXCHANGE_H
 
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
 
 #include "bucket.h"
 #include "http_parser.h"
+#include "queue.h"
 
 struct ymo_conn;
 struct ymo_server;
@@ -40,10 +47,24 @@ typedef struct ymo_exchange {
      * loop reads it only for exchanges that worker posted. -- */
     struct ymo_wsgi_worker *worker;
 
+    /* -- Queue nodes of its own, used when a queue's pool is empty, so a
+     * hand-off never allocates (see queue.h). node_in: whoever holds the
+     * lock_in of the queue it is in; node_out: likewise with lock_out.
+     * An exchange is in at most one input queue, and in an output queue
+     * at most once (out_queued). -- */
+    ymo_queue_node_t node_in;
+    ymo_queue_node_t node_out;
+
+    /* -- Any thread: see "Lifetime" above. -- */
+    atomic_int refs;
+
     /* -- Shared: guarded by lock. -- */
     pthread_mutex_t lock;
-    pthread_cond_t cond;           /* worker waits here for input / drain */
-    int waiting;                   /* worker is in cond wait */
+    pthread_cond_t cond_in;        /* readers wait here for body bytes */
+    pthread_cond_t cond_out;       /* writers wait here for the loop to
+                                    * write what is buffered */
+    int in_waiters;                /* threads waiting on cond_in */
+    int out_waiters;               /* threads waiting on cond_out */
     int aborted;                   /* client gone or timed out: stop */
     /* request body: loop appends, worker reads */
     ymo_bucket_t *in_head, *in_tail;
@@ -56,13 +77,15 @@ typedef struct ymo_exchange {
     ymo_bucket_t *out_head, *out_tail;
     size_t out_buffered;           /* appended and not yet written */
     int out_queued;                /* in the worker's queue_out */
-    int out_done;                  /* final output appended */
+    int out_done;                  /* final output appended: the exchange
+                                    * is over for the app (later posts,
+                                    * reads and waits return at once) */
     int out_close;                 /* close the connection after it */
     int out_abort;                 /* abort: close without finishing */
     int need_continue;             /* send "100 Continue" */
     int need_resume;               /* resume reading the body */
 
-    /* -- Worker only (under the GIL). -- */
+    /* -- Whoever reads wsgi.input, under the GIL. -- */
     uint64_t in_consumed;          /* body bytes handed to the app */
 
     size_t head_len;
@@ -74,8 +97,12 @@ typedef struct ymo_exchange {
 ymo_exchange_t *ymo_exchange_new(const char *buf, size_t head_len,
                                  const ymo_http_request_t *req);
 
-/* Loop thread: free (the worker must be done with it). */
-void ymo_exchange_free(ymo_exchange_t *ex);
+/* Any thread: take a reference (the caller must already hold one, or
+ * know that one is held for it). */
+void ymo_exchange_retain(ymo_exchange_t *ex);
+
+/* Any thread: drop a reference; the last one frees the exchange. */
+void ymo_exchange_release(ymo_exchange_t *ex);
 
 /* Loop thread: append request body bytes (done: the body is complete).
  * Returns 1 when the input is above the high-water mark and the loop
@@ -95,12 +122,24 @@ void ymo_exchange_abort(ymo_exchange_t *ex);
 void ymo_exchange_output_written(ymo_exchange_t *ex, size_t n,
                                  size_t low_water);
 
-/* Worker, GIL released (it may block): copy up to n body bytes to dst,
- * stopping after a '\n' when `line`. Returns bytes copied, 0 at the end
- * of the body, -1 when the body failed (*status: 400/413, or -1 when the
- * client went away). Asks for "100 Continue" and for more input as
- * needed, through ymo_wsgi_worker_post(). */
+/* *status of a read that failed because the response was already
+ * complete (the app's thread read after the exchange ended). */
+#define YMO_READ_FINISHED (-2)
+
+/* Worker or an app thread, GIL released (it may block), holding a
+ * reference: copy up to n body bytes to dst, stopping after a '\n' when
+ * `line`. Returns bytes copied, 0 at the end of the body, -1 when the
+ * body failed (*status: 400/408/413/500, -1 when the client went away,
+ * YMO_READ_FINISHED once the response is complete and nothing is left).
+ * Asks for "100 Continue" and for more input as needed, through
+ * ymo_wsgi_worker_post(). */
 long ymo_exchange_read(ymo_exchange_t *ex, char *dst, size_t n, int line,
                        size_t low_water, int *status);
+
+/* Worker or an app thread, GIL released, holding a reference: wait until
+ * the loop has written the output down to low_water bytes. Returns 1 when
+ * the client is gone or the response is already complete (stop writing),
+ * 0 otherwise. */
+int ymo_exchange_wait_drain(ymo_exchange_t *ex, size_t low_water);
 
 #endif /* YMO_EXCHANGE_H */

@@ -1,8 +1,6 @@
-/* queue.c - FIFO with a node pool (see queue.h). */
+/* queue.c - FIFO with a node pool and caller-provided spare nodes (see
+ * queue.h). Nothing here allocates. */
 #include "queue.h"
-
-#include <errno.h>
-#include <stdlib.h>
 
 void
 ymo_queue_init(ymo_queue_t *q, ymo_queue_node_t *pool, size_t n)
@@ -25,15 +23,15 @@ from_pool(const ymo_queue_t *q, const ymo_queue_node_t *node)
     return node >= q->pool && node < q->pool + q->pool_size;
 }
 
-int
-ymo_queue_push(ymo_queue_t *q, void *item)
+void
+ymo_queue_push(ymo_queue_t *q, void *item, ymo_queue_node_t *spare)
 {
     ymo_queue_node_t *node = q->free;
     if (node != NULL) {
         q->free = node->next;
     }
-    else if ((node = malloc(sizeof(*node))) == NULL) {
-        return -ENOMEM;
+    else {
+        node = spare;
     }
     node->next = NULL;
     node->item = item;
@@ -45,7 +43,6 @@ ymo_queue_push(ymo_queue_t *q, void *item)
     }
     q->tail = node;
     q->count++;
-    return 0;
 }
 
 void *
@@ -65,16 +62,5 @@ ymo_queue_pop(ymo_queue_t *q)
         node->next = q->free;
         q->free = node;
     }
-    else {
-        free(node);
-    }
     return item;
-}
-
-void
-ymo_queue_clear(ymo_queue_t *q)
-{
-    while (q->head != NULL) {
-        ymo_queue_pop(q);
-    }
 }

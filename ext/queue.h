@@ -1,7 +1,9 @@
 /* queue.h - the FIFO that carries exchanges between the loop and a worker,
  * with a pre-allocated pool of nodes. A queue has no lock of its own: the
  * worker's lock_in or lock_out guards it (see wsgi_worker.h). When the
- * pool is empty a node is allocated, so a push never drops an item.     */
+ * pool is empty the caller's spare node is used: every item brings one
+ * (an exchange embeds a node per queue it can be in, and is in each at
+ * most once), so a push never allocates and never fails.               */
 #ifndef YMO_QUEUE_H
 #define YMO_QUEUE_H
 
@@ -24,14 +26,12 @@ typedef struct ymo_queue {
 /* Use pool[0..n) as the queue's node pool. */
 void ymo_queue_init(ymo_queue_t *q, ymo_queue_node_t *pool, size_t n);
 
-/* Append item. 0, or -ENOMEM when the pool is empty and malloc fails. */
-int ymo_queue_push(ymo_queue_t *q, void *item);
+/* Append item, in a pool node or, when the pool is used up, in `spare`
+ * (owned by the caller, in no queue now, and left alone until the item is
+ * popped). Cannot fail. */
+void ymo_queue_push(ymo_queue_t *q, void *item, ymo_queue_node_t *spare);
 
 /* Remove and return the first item; NULL when empty. */
 void *ymo_queue_pop(ymo_queue_t *q);
-
-/* Free any allocated (non-pool) nodes still queued; the items are the
- * caller's business. */
-void ymo_queue_clear(ymo_queue_t *q);
 
 #endif /* YMO_QUEUE_H */

@@ -356,7 +356,7 @@ ymo_server_destroy(ymo_server_t *s)
     s->n_workers = 0;
 }
 
-int
+void
 ymo_server_dispatch(ymo_server_t *s, ymo_exchange_t *ex)
 {
     /* A worker waiting for work first (round robin among them, so load
@@ -373,10 +373,7 @@ ymo_server_dispatch(ymo_server_t *s, ymo_exchange_t *ex)
             best = w;
         }
     }
-    int r = ymo_wsgi_worker_add_exchange(best, ex);
-    if (r < 0) {
-        return r;
-    }
+    ymo_wsgi_worker_add_exchange(best, ex);
     s->next_worker = (best->id + 1) % n;
     ex->assigned = best;
     best->assigned++;
@@ -392,5 +389,4 @@ ymo_server_dispatch(ymo_server_t *s, ymo_exchange_t *ex)
             }
         }
     }
-    return 0;
 }

@@ -107,8 +107,8 @@ double ymo_server_grace(ymo_server_t *s);
 /* Free everything (workers joined or never started). */
 void ymo_server_destroy(ymo_server_t *s);
 
-/* Loop thread: give an exchange to a worker. 0, or -ENOMEM. */
-int ymo_server_dispatch(ymo_server_t *s, ymo_exchange_t *ex);
+/* Loop thread: give an exchange to a worker (cannot fail). */
+void ymo_server_dispatch(ymo_server_t *s, ymo_exchange_t *ex);
 
 /* Loop thread: a connection closed (for draining). */
 void ymo_server_conn_closed(ymo_server_t *s);

@@ -100,11 +100,10 @@ extern PyType_Spec ymo_input_spec;
 extern PyType_Spec ymo_start_response_spec;
 extern PyType_Spec ymo_file_wrapper_spec;
 
-/* wsgi.input for ex. GIL held. */
+/* wsgi.input for ex (it keeps a reference to ex for its life). GIL
+ * held. */
 PyObject *ymo_input_new(ymo_module_state *st, ymo_exchange_t *ex,
                         size_t low_water);
-/* The exchange is finished: the object reads as empty from now on. */
-void ymo_input_detach(PyObject *input);
 
 /* wsgi.file_wrapper objects */
 typedef struct {

@@ -6,10 +6,14 @@
 #include <string.h>
 
 /* Fields change only with the GIL held (the worker, or whoever reads the
- * stream); the body itself comes through the exchange's lock. */
+ * stream); the body itself comes through the exchange's lock. The object
+ * holds a reference to its exchange for its whole life, so a thread of
+ * the app still reading when the response is complete reads memory that
+ * is still there: it gets what had arrived, then an error (see
+ * ymo_exchange_read, which also wakes a read waiting then). */
 typedef struct {
     PyObject_HEAD
-    ymo_exchange_t *ex;        /* NULL once the exchange has finished */
+    ymo_exchange_t *ex;        /* immutable */
     size_t low_water;          /* ask the loop for more below this */
 } InputObject;
 
@@ -20,40 +24,46 @@ ymo_input_new(ymo_module_state *st, ymo_exchange_t *ex, size_t low_water)
     if (self == NULL) {
         return NULL;
     }
+    ymo_exchange_retain(ex);
     self->ex = ex;
     self->low_water = low_water;
     return (PyObject *)self;
-}
-
-void
-ymo_input_detach(PyObject *input)
-{
-    ((InputObject *)input)->ex = NULL;
 }
 
 static void
 Input_dealloc(InputObject *self)
 {
     PyTypeObject *tp = Py_TYPE(self);
+    ymo_exchange_release(self->ex);
     PyObject_Free(self);
     Py_DECREF(tp);
 }
 
 /* Read into buf with the GIL released. Returns bytes read (0 at the end)
- * or -1 with an exception set. */
+ * or -1 with an exception set; -2 with an exception set when the response
+ * is already complete (what was read before stays valid). */
 static long
 input_fill(InputObject *self, char *buf, size_t n, int line)
 {
-    if (self->ex == NULL || n == 0) {
+    ymo_exchange_t *ex = self->ex;
+    if (n == 0) {
         return 0;
     }
     long r;
     int status = 0;
+    /* The caller keeps this object, and so its reference to the exchange,
+     * alive while we wait. */
     Py_BEGIN_ALLOW_THREADS
-    r = ymo_exchange_read(self->ex, buf, n, line, self->low_water, &status);
+    r = ymo_exchange_read(ex, buf, n, line, self->low_water, &status);
     Py_END_ALLOW_THREADS
     if (r < 0) {
-        if (status == -1) {
+        if (status == YMO_READ_FINISHED) {
+            PyErr_SetString(PyExc_OSError,
+                            "the response is complete: the rest of the "
+                            "request body can no longer be read");
+            return -2;
+        }
+        else if (status == -1) {
             PyErr_SetString(PyExc_OSError,
                             "client disconnected before the request body "
                             "was complete");
@@ -85,9 +95,6 @@ input_read(InputObject *self, Py_ssize_t limit, int line)
                 cap = (size_t)left;
             }
         }
-        if (line && cap > 65536) {
-            cap = 65536;        /* grows below if the line is longer */
-        }
     }
     else if (!line && self->ex != NULL &&
              self->ex->req.body == YMO_HTTP_BODY_LENGTH) {
@@ -106,6 +113,9 @@ input_read(InputObject *self, Py_ssize_t limit, int line)
      * input buffer, though: what the client announced or the app asked
      * for is not there yet, and may never come. */
     size_t maxcap = unbounded ? SIZE_MAX : cap;
+    if (line && cap > 65536) {
+        cap = 65536;            /* grows below if the line is longer */
+    }
     if (cap > 256 * 1024) {
         cap = 256 * 1024;
     }
@@ -135,6 +145,12 @@ input_read(InputObject *self, Py_ssize_t limit, int line)
             continue;
         }
         long n = input_fill(self, PyBytes_AS_STRING(out) + got, want, line);
+        if (n == -2 && got > 0) {
+            /* The exchange ended: what arrived is returned, and the next
+             * read raises. */
+            PyErr_Clear();
+            break;
+        }
         if (n < 0) {
             Py_DECREF(out);
             return NULL;

@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/vfs.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -41,6 +42,8 @@ typedef struct {
     int aborted;               /* the client is gone */
     int overflow;              /* the app gave more than Content-Length */
     int head_req;              /* a HEAD request: count, send no body */
+    int head_only;             /* HEAD of a streamed body: the head is
+                                * out, the rest is not asked for */
     unsigned long long head_count;  /* body bytes a HEAD app produced */
     long long content_length;  /* -1 when not known */
     long long known_length;    /* length of a one-item body, or -1 */
@@ -169,7 +172,10 @@ has_close_token(const char *v, Py_ssize_t n)
     return 0;
 }
 
-/* Status "NNN reason": three digits, a space, then no control bytes. */
+/* Status "NNN reason": three digits from 200 to 599, a space, then no
+ * control bytes. A 1xx status is not a response a WSGI app can send: it
+ * would go out as the final answer and leave the real one, or the next
+ * request's, to be read as this one's (RFC 9110 15.2). */
 static int
 check_status(PyObject *status, int *code)
 {
@@ -193,6 +199,13 @@ check_status(PyObject *status, int *code)
         }
     }
     *code = (s[0] - '0') * 100 + (s[1] - '0') * 10 + (s[2] - '0');
+    if (*code < 200 || *code > 599) {
+        PyErr_Format(PyExc_ValueError,
+                     *code < 200 ? "informational (1xx) status %R: a WSGI "
+                                   "app must send a final status"
+                                 : "status %R is beyond 599", status);
+        return -1;
+    }
     return 0;
 }
 
@@ -280,46 +293,47 @@ pend_add(StartResponseObject *self, const char *data, size_t n)
     return 0;
 }
 
-/* Wait, GIL released, until the loop has written enough of the output. */
+/* Wait, GIL released, until the loop has written enough of the output.
+ * The caller may be a thread of the app calling write() while the worker
+ * finishes the exchange: a reference keeps the exchange alive meanwhile,
+ * and the final post wakes the wait. */
 static void
 wait_drain(StartResponseObject *self)
 {
     ymo_exchange_t *ex = self->ex;
     size_t low = ex->server->config.out_high_water / 2;
-    int aborted;
+    int stop;
+    ymo_exchange_retain(ex);
     Py_BEGIN_ALLOW_THREADS
-    pthread_mutex_lock(&ex->lock);
-    while (!ex->aborted && ex->out_buffered > low) {
-        ex->waiting = 1;
-        pthread_cond_wait(&ex->cond, &ex->lock);
-        ex->waiting = 0;
-    }
-    aborted = ex->aborted;
-    pthread_mutex_unlock(&ex->lock);
+    stop = ymo_exchange_wait_drain(ex, low);
     Py_END_ALLOW_THREADS
-    if (aborted) {
+    ymo_exchange_release(ex);
+    if (stop) {
         self->aborted = 1;
     }
 }
 
 /* Hand the pending output to the loop (with `done` flags, the last). */
-static int
+static void
 post(StartResponseObject *self, int done)
 {
     ymo_bucket_t *chain = self->pend_head;
     self->pend_head = self->pend_tail = NULL;
     self->pend_len = 0;
     if (chain == NULL && !done) {
-        return 0;
+        return;
+    }
+    if (self->ex == NULL) {
+        /* Finished meanwhile (a write() from a thread of the app while
+         * the worker completed the response). */
+        ymo_bucket_free_chain(chain);
+        self->aborted = 1;
+        return;
     }
     int r = ymo_wsgi_worker_response_body_append(self->ex, chain, done);
-    if (r < 0) {
-        PyErr_NoMemory();
-        return -1;
-    }
     if (done) {
         self->ex = NULL;        /* the loop's now */
-        return 0;
+        return;
     }
     if (r & YMO_OUT_ABORTED) {
         self->aborted = 1;
@@ -327,7 +341,6 @@ post(StartResponseObject *self, int done)
     else if (r & YMO_OUT_HIGH_WATER) {
         wait_drain(self);
     }
-    return 0;
 }
 
 /* Build the status line and headers into the pending output, deciding
@@ -447,16 +460,36 @@ build_head(StartResponseObject *self, size_t extra)
     return 0;
 }
 
+/* HEAD: send the head now and stop producing the body (see emit). */
+static void
+head_now(StartResponseObject *self)
+{
+    if (build_head(self, 0) < 0) {
+        return;
+    }
+    self->head_only = 1;
+    post(self, 0);
+}
+
 /* Add body bytes (framed as needed) to the pending output; post when
  * `flush` or when enough has gathered. */
 static int
 emit(StartResponseObject *self, const char *data, size_t n, int flush)
 {
     if (self->head_req && !self->head_built) {
-        /* HEAD gets the headers GET would get: its Content-Length is the
-         * body the app produced, known once the iterable is done. */
-        self->head_count += n;
-        return 0;
+        if (!flush) {
+            /* HEAD gets the headers GET would get: the Content-Length of
+             * a list body is counted (it is all there already). */
+            self->head_count += n;
+            return 0;
+        }
+        /* A streamed body (an iterable, write()) would tell its length
+         * only at its end, which may never come (server-sent events).
+         * RFC 9110 9.3.2 lets a HEAD response leave out what only the
+         * body would tell: the head goes out now, and no more of the
+         * body is asked for. */
+        head_now(self);
+        return self->head_built ? 0 : -1;
     }
     if (!self->head_built && build_head(self, n) < 0) {
         return -1;
@@ -492,7 +525,7 @@ emit(StartResponseObject *self, const char *data, size_t n, int flush)
         self->body_sent += n;
     }
     if (flush || self->pend_len >= POST_BATCH) {
-        return post(self, 0);
+        post(self, 0);
     }
     return 0;
 }
@@ -838,6 +871,32 @@ PyType_Spec ymo_file_wrapper_spec = {
     .slots = FileWrapper_slots,
 };
 
+/* Does the file's size say how much a read would give? Not for size 0
+ * (procfs reports 0 for files full of text) nor on pseudo file systems
+ * whose sizes are placeholders (sysfs reports 4096): those are read. */
+static int
+size_trusted(int fd, const struct stat *sb)
+{
+    if (sb->st_size == 0) {
+        return 0;
+    }
+    struct statfs fs;
+    if (fstatfs(fd, &fs) < 0) {
+        return 0;
+    }
+    switch ((unsigned long)fs.f_type) {
+    case 0x9fa0:        /* PROC_SUPER_MAGIC */
+    case 0x62656572:    /* SYSFS_MAGIC */
+    case 0x64626720:    /* DEBUGFS_MAGIC */
+    case 0x74726163:    /* TRACEFS_MAGIC */
+    case 0x27e0eb:      /* CGROUP_SUPER_MAGIC */
+    case 0x63677270:    /* CGROUP2_SUPER_MAGIC */
+        return 0;
+    default:
+        return 1;
+    }
+}
+
 /* Send a FileWrapper around a regular file with sendfile(2), from the
  * file's current position. Returns 1 when done that way, 0 when the caller
  * should iterate instead, -1 on error. */
@@ -857,7 +916,7 @@ send_file(StartResponseObject *self, ymo_file_wrapper_t *fw)
     Py_DECREF(r);
     struct stat sb;
     if (fd < 0 || PyErr_Occurred() || fstat(fd, &sb) < 0 ||
-        !S_ISREG(sb.st_mode)) {
+        !S_ISREG(sb.st_mode) || !size_trusted(fd, &sb)) {
         PyErr_Clear();
         return 0;
     }
@@ -933,6 +992,7 @@ start_response_new(struct ymo_wsgi_app *app, ymo_exchange_t *ex)
     self->head_req = ex->req.method_len == 4 &&
                      memcmp(ex->req.method, "HEAD", 4) == 0;
     self->head_count = 0;
+    self->head_only = 0;
     self->content_length = -1;
     self->known_length = -1;
     self->body_sent = 0;
@@ -1048,12 +1108,18 @@ iterate(StartResponseObject *self, PyObject *result)
             return r;
         }
     }
+    if (self->head_req && self->called && !self->head_built) {
+        /* HEAD of a streamed body: the head is known now; iterating could
+         * take for ever (see emit). close() is still called. */
+        head_now(self);
+        return self->head_built ? 0 : -1;
+    }
     PyObject *it = PyObject_GetIter(result);
     if (it == NULL) {
         return -1;
     }
     PyObject *item;
-    while (!self->aborted && !self->overflow &&
+    while (!self->aborted && !self->overflow && !self->head_only &&
            (item = PyIter_Next(it)) != NULL) {
         /* Each chunk goes out before the next is asked for. */
         int r = emit_item(self, item, 1);
@@ -1104,7 +1170,8 @@ finish_response(StartResponseObject *self)
     if (!self->keep_alive) {
         done |= YMO_DONE_CLOSE;
     }
-    return post(self, done);
+    post(self, done);
+    return 0;
 }
 
 static void
@@ -1198,11 +1265,8 @@ internal_error:
     }
 
 done:
-    /* The exchange belongs to the loop now: cut the objects the app may
-     * still hold loose from it. */
-    if (input != NULL) {
-        ymo_input_detach(input);
-    }
+    /* The exchange belongs to the loop now: cut start_response loose from
+     * it (wsgi.input keeps a reference of its own). */
     if (sr != NULL) {
         sr->ex = NULL;
     }

@@ -158,6 +158,13 @@ static void *
 worker_main(void *arg)
 {
     ymo_wsgi_worker_t *self = arg;
+    /* Created with every signal blocked (so none lands here before the
+     * thread is set up); from now on the worker has the mask of the thread
+     * that started the server. Processes the app starts inherit this
+     * thread's mask, and Popen.terminate() or Ctrl-C must reach them. The
+     * server routes no signal through the workers: Python's handler may
+     * run on any thread and wakes the loop through the wakeup fd. */
+    pthread_sigmask(SIG_SETMASK, &self->sigmask, NULL);
     /* The one thread state this worker has for its whole life, so
      * threading.local() data survives between requests. */
     PyGILState_STATE gstate = PyGILState_Ensure();
@@ -179,13 +186,13 @@ worker_main(void *arg)
 ymo_status_t
 ymo_wsgi_worker_start(ymo_wsgi_worker_t *worker)
 {
-    /* Signals go to the loop thread (Python's handlers run on the main
-     * thread), never to a worker in the middle of a system call. */
-    sigset_t all, old;
+    /* The thread starts with every signal blocked and restores the
+     * creator's mask itself (see worker_main). */
+    sigset_t all;
     sigfillset(&all);
-    pthread_sigmask(SIG_BLOCK, &all, &old);
+    pthread_sigmask(SIG_BLOCK, &all, &worker->sigmask);
     int r = pthread_create(&worker->thread, NULL, worker_main, worker);
-    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    pthread_sigmask(SIG_SETMASK, &worker->sigmask, NULL);
     if (r != 0) {
         return -r;
     }
@@ -193,26 +200,32 @@ ymo_wsgi_worker_start(ymo_wsgi_worker_t *worker)
     return 0;
 }
 
-ymo_status_t
+void
 ymo_wsgi_worker_add_exchange(ymo_wsgi_worker_t *worker,
                              ymo_exchange_t *exchange)
 {
     ymo_wsgi_worker_lock_in(worker);
-    int r = ymo_queue_push(&worker->queue_in, exchange);
+    ymo_queue_push(&worker->queue_in, exchange, &exchange->node_in);
     ymo_wsgi_worker_unlock_in(worker);
-    if (r == 0 && !worker->notify_pending) {
+    if (!worker->notify_pending) {
         worker->notify_pending = 1;
         ev_prepare_start(worker->loop, &worker->prepare_watcher);
     }
-    return r;
 }
 
-ymo_status_t
+int
 ymo_wsgi_worker_response_body_append(ymo_exchange_t *exchange,
                                      ymo_bucket_t *body_item, int done)
 {
     ymo_wsgi_worker_t *worker = exchange->worker;
     pthread_mutex_lock(&exchange->lock);
+    if (exchange->out_done) {
+        /* A thread of the app (a background reader) asking for more body
+         * after the final post: the exchange is over. */
+        pthread_mutex_unlock(&exchange->lock);
+        ymo_bucket_free_chain(body_item);
+        return YMO_OUT_ABORTED;
+    }
     if (body_item != NULL) {
         ymo_bucket_t *last = body_item;
         exchange->out_buffered += last->len;
@@ -232,35 +245,40 @@ ymo_wsgi_worker_response_body_append(ymo_exchange_t *exchange,
         exchange->out_done = 1;
         exchange->out_close = (done & YMO_DONE_CLOSE) != 0;
         exchange->out_abort = (done & YMO_DONE_ABORT) != 0;
+        /* Threads of the app still reading the body or waiting to write
+         * must not wait for an exchange that is over. */
+        if (exchange->in_waiters > 0) {
+            pthread_cond_broadcast(&exchange->cond_in);
+        }
+        if (exchange->out_waiters > 0) {
+            pthread_cond_broadcast(&exchange->cond_out);
+        }
     }
     int flags = exchange->aborted ? YMO_OUT_ABORTED : 0;
     if (exchange->out_buffered > worker->server->config.out_high_water) {
         flags |= YMO_OUT_HIGH_WATER;
     }
-    int need_push = !exchange->out_queued;
-    exchange->out_queued = 1;
+    if (!exchange->out_queued) {
+        /* Queued with the exchange's lock held (lock order: exchange,
+         * then lock_out; the loop never holds lock_out while it takes an
+         * exchange's lock): the loop cannot see the final post, free the
+         * exchange and let the server go before a concurrent post from an
+         * app thread has finished with the queue. The push cannot fail:
+         * the exchange brings its own node. */
+        exchange->out_queued = 1;
+        ymo_wsgi_worker_lock_out(worker);
+        ymo_queue_push(&worker->queue_out, exchange, &exchange->node_out);
+        int first = worker->queue_out.count == 1;
+        ymo_wsgi_worker_unlock_out(worker);
+        if (first) {
+            /* The loop drains the whole queue per wake-up, so only the
+             * empty -> non-empty transition needs one. */
+            ev_async_send(worker->loop, &worker->event_out);
+        }
+    }
     pthread_mutex_unlock(&exchange->lock);
     /* After the unlock the loop may already be taking (and, when done,
-     * freeing) the exchange: only its address is used below. */
-    if (!need_push) {
-        return flags;
-    }
-    ymo_wsgi_worker_lock_out(worker);
-    int r = ymo_queue_push(&worker->queue_out, exchange);
-    int first = worker->queue_out.count == 1;
-    ymo_wsgi_worker_unlock_out(worker);
-    if (r < 0) {
-        /* Not queued after all: let the next post try again. */
-        pthread_mutex_lock(&exchange->lock);
-        exchange->out_queued = 0;
-        pthread_mutex_unlock(&exchange->lock);
-        return r;
-    }
-    if (first) {
-        /* The loop drains the whole queue per wake-up, so only the
-         * empty -> non-empty transition needs one. */
-        ev_async_send(worker->loop, &worker->event_out);
-    }
+     * releasing) the exchange. */
     return flags;
 }
 
@@ -325,8 +343,6 @@ ymo_wsgi_worker_destroy(ymo_wsgi_worker_t *worker)
     }
     ev_async_stop(worker->loop, &worker->event_out);
     ev_prepare_stop(worker->loop, &worker->prepare_watcher);
-    ymo_queue_clear(&worker->queue_in);
-    ymo_queue_clear(&worker->queue_out);
     pthread_cond_destroy(&worker->ready_in);
     pthread_mutex_destroy(&worker->lock_out);
     pthread_mutex_destroy(&worker->lock_in);

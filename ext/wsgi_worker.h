@@ -13,6 +13,7 @@
 
 #include <ev.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdatomic.h>
 #include <stddef.h>
 
@@ -54,6 +55,9 @@ typedef struct ymo_wsgi_worker {
     struct ev_loop *loop;            /* the loop that owns event_out */
     struct ymo_server *server;       /* read-only after start */
     int started;                     /* creator thread only */
+    sigset_t sigmask;                /* the creator's signal mask: set
+                                      * before the thread starts, then
+                                      * read-only */
     int thread_initialized;          /* init succeeded; creator only */
     size_t assigned;                 /* loop only: dispatched, not done */
     int notify_pending;              /* loop only: prepare will notify */
@@ -91,10 +95,11 @@ ymo_wsgi_worker_unlock_out(ymo_wsgi_worker_t *worker)
     return pthread_mutex_unlock(&worker->lock_out);
 }
 
-/* Loop thread: add an exchange to the worker's input queue. The worker is
+/* Loop thread: add an exchange to the worker's input queue (this cannot
+ * fail: the exchange brings a queue node of its own). The worker is
  * signalled from prepare_watcher, once per loop iteration. */
-ymo_status_t ymo_wsgi_worker_add_exchange(ymo_wsgi_worker_t *worker,
-                                          ymo_exchange_t *exchange);
+void ymo_wsgi_worker_add_exchange(ymo_wsgi_worker_t *worker,
+                                  ymo_exchange_t *exchange);
 
 /* Flags for `done` below: the final output, and what follows it. */
 #define YMO_DONE 1
@@ -105,16 +110,19 @@ ymo_status_t ymo_wsgi_worker_add_exchange(ymo_wsgi_worker_t *worker,
 #define YMO_OUT_ABORTED 1          /* the client is gone: stop */
 #define YMO_OUT_HIGH_WATER 2       /* wait for the loop to write */
 
-/* Worker thread: append a bucket chain (may be NULL) to the exchange's
- * response and tell the loop; `done` (YMO_DONE | ...) marks the final
- * output. After a post with done the worker must not touch the exchange
- * again. Returns YMO_OUT_* flags, or a negative errno. */
-ymo_status_t ymo_wsgi_worker_response_body_append(ymo_exchange_t *exchange,
-                                                  ymo_bucket_t *body_item,
-                                                  int done);
+/* Worker thread (or an app thread holding a reference): append a bucket
+ * chain (may be NULL; the exchange takes it) to the exchange's response
+ * and tell the loop; `done` (YMO_DONE | ...) marks the final output.
+ * After a post with done the worker must not touch the exchange again
+ * (except through a reference of its own); later posts are refused
+ * (YMO_OUT_ABORTED, the chain freed). Never fails: returns YMO_OUT_*
+ * flags. */
+int ymo_wsgi_worker_response_body_append(ymo_exchange_t *exchange,
+                                         ymo_bucket_t *body_item, int done);
 
-/* Worker thread: tell the loop to look at the exchange's flags
- * (need_continue, need_resume) without new output. */
+/* Worker thread (or an app thread holding a reference): tell the loop to
+ * look at the exchange's flags (need_continue, need_resume) without new
+ * output. */
 void ymo_wsgi_worker_post(ymo_exchange_t *exchange);
 
 /* Signals across thread boundaries to notify a worker that input data is
