@@ -165,10 +165,26 @@ def test_transfer_coding_not_ending_in_single_chunked_is_refused(
     assert_rejected(server, recorder, data, (400, 501))
 
 
-@pytest.mark.parametrize("version", [b"HTTP/2.0", b"HTTP/3.0"])
+@pytest.mark.parametrize("version", [b"HTTP/2.0", b"HTTP/3.0", b"HTTP/0.9"])
 def test_unsupported_http_version_gets_505(server, recorder, version):
     assert_rejected(server, recorder,
                     req(HOST, request_line=b"GET / " + version), 505)
+
+
+@pytest.mark.parametrize("version", [b"HTTP/1.2", b"HTTP/1.9"])
+def test_higher_http_1_minor_version_is_served_as_http_11(server, version):
+    # RFC 9110 2.5: a higher minor version of a major version we implement
+    # is handled as the highest we know, HTTP/1.1: answered as 1.1 and
+    # persistent without a Connection header.
+    with connect(server.address) as sock:
+        sock.sendall(req(HOST, request_line=b"GET /first " + version))
+        resp = read_response(sock)
+        assert resp.version == "HTTP/1.1"
+        env = seen(resp)
+        assert env["SERVER_PROTOCOL"] == "HTTP/1.1"
+        assert resp.headers.get("Connection", "").lower() != "close"
+        sock.sendall(req(HOST, request_line=b"GET /second " + version))
+        assert seen(read_response(sock))["PATH_INFO"] == "/second"
 
 
 def test_long_request_line_gets_414(server, recorder):
