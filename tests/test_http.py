@@ -4,8 +4,11 @@ application ever being called; valid but unusual requests are served;
 pipelining, keep-alive, Expect: 100-continue and timeouts.
 """
 
+import email.utils
 import json
+import re
 import threading
+import time
 from wsgiref.validate import validator
 
 import pytest
@@ -275,6 +278,66 @@ def test_error_response_says_connection_close_even_on_keepalive(
     data = req(HOST, b"Connection: keep-alive", b"X-A : b")
     resp = assert_rejected(server, recorder, data, 400)
     assert resp.headers["Connection"].lower() == "close"
+
+
+IMF_FIXDATE = re.compile(r"(Mon|Tue|Wed|Thu|Fri|Sat|Sun), \d\d "
+                         r"(Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec) "
+                         r"\d{4} \d\d:\d\d:\d\d GMT\Z")
+
+
+def assert_date_header_is_now(resp):
+    """RFC 9110 6.6.1: an origin server with a clock sends Date, as an
+    IMF-fixdate, on every response it makes, its own errors included."""
+    dates = resp.headers.get_all("Date")
+    assert len(dates) == 1, resp.raw_head
+    assert IMF_FIXDATE.match(dates[0]), dates[0]
+    when = email.utils.parsedate_to_datetime(dates[0]).timestamp()
+    assert abs(when - time.time()) < 5, dates[0]
+
+
+ERRORS_BY_STATUS = {
+    400: req(HOST, b"X-A : b"),
+    414: req(HOST, request_line=b"GET /" + b"a" * 5000 + b" HTTP/1.1"),
+    417: req(HOST, b"Expect: the-unexpected"),
+    431: req(HOST, *[b"X-H%d: v" % i for i in range(100)]),
+    501: req(HOST, b"Transfer-Encoding: gzip, chunked",
+             request_line=b"POST / HTTP/1.1", body=b"0\r\n\r\n"),
+    505: req(HOST, request_line=b"GET / HTTP/2.0"),
+}
+
+
+@pytest.mark.parametrize("status", ERRORS_BY_STATUS.keys())
+def test_error_response_from_parser_carries_date(server, recorder, status):
+    resp = assert_rejected(server, recorder, ERRORS_BY_STATUS[status],
+                           status)
+    assert_date_header_is_now(resp)
+
+
+def test_header_timeout_408_carries_date(yimmo_server, recorder):
+    server = yimmo_server(validator(recorder), workers=2, header_timeout=0.5)
+    with connect(server.address) as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n")
+        resp = parse_response(read_until_close(sock, timeout=WAIT))
+    assert resp.status == 408
+    assert_date_header_is_now(resp)
+
+
+def test_413_for_oversized_body_carries_date(yimmo_server, recorder):
+    server = yimmo_server(validator(recorder), workers=2, max_body_size=100)
+    resp = assert_rejected(server, recorder,
+                           req(HOST, b"Content-Length: 1000",
+                               request_line=b"POST / HTTP/1.1"), 413)
+    assert_date_header_is_now(resp)
+
+
+def test_500_for_app_error_before_headers_carries_date(yimmo_server):
+    def app(environ, start_response):
+        raise RuntimeError("boom before start_response")
+
+    server = yimmo_server(app, workers=1)
+    resp = parse_response(raw_request(server.address, req(HOST)))
+    assert resp.status == 500
+    assert_date_header_is_now(resp)
 
 
 # -- valid edges -------------------------------------------------------------
