@@ -4,7 +4,9 @@
 
 #include <string.h>
 
-/* Headers common enough that their environ keys are worth interning. */
+/* Headers common enough that their environ keys are worth interning.
+ * Host stays first: HTTP_HOST is set from header_keys[HOST_KEY].      */
+#define HOST_KEY 0
 #define H(name) {name, sizeof(name) - 1}
 static const struct {
     const char *name;
@@ -276,6 +278,14 @@ ymo_wsgi_environ(struct ymo_wsgi_app *app, ymo_exchange_t *ex)
     else {
         SET(st->k_remote_port, st->v_empty);
     }
+    /* req->host is the Host field or, for an absolute-form target, the
+     * target's authority, which replaces Host (RFC 9112 3.2.2): HTTP_HOST
+     * is taken from it, and the Host field line is skipped below. */
+    if (req->host != NULL &&
+        set_latin1(env, st->header_keys[HOST_KEY], req->host,
+                   req->host_len) < 0) {
+        goto fail;
+    }
     for (size_t i = 0; i < req->num_headers; i++) {
         const ymo_http_header_t *h = &req->headers[i];
         /* "X_Foo" would become the same key as "X-Foo": a way to smuggle
@@ -297,6 +307,9 @@ ymo_wsgi_environ(struct ymo_wsgi_app *app, ymo_exchange_t *ex)
                 goto fail;
             }
             continue;
+        }
+        if (NAME_IS(h, "Host")) {
+            continue;               /* HTTP_HOST is set above */
         }
         PyObject *key = header_key(st, h->name, h->name_len);
         if (key == NULL) {

@@ -354,6 +354,29 @@ def test_absolute_form_target_is_accepted(server):
     assert env["HTTP_HOST"] == "example.com"
 
 
+@pytest.mark.parametrize("target, host", [
+    (b"http://example.com/abs", "example.com"),
+    (b"HTTP://a.example:8080/abs?q=1", "a.example:8080"),
+    (b"https://[::1]:81", "[::1]:81"),
+])
+def test_absolute_form_authority_replaces_host_header(server, target, host):
+    # RFC 9112 3.2.2: with an absolute-form target the Host field is
+    # ignored and the target's authority is the host.
+    with connect(server.address) as sock:
+        sock.sendall(req(b"Host: x", request_line=b"GET " + target
+                         + b" HTTP/1.1"))
+        env = seen(read_response(sock))
+    assert env["HTTP_HOST"] == host
+
+
+def test_absolute_form_sets_host_for_http10_without_host_header(server):
+    with connect(server.address) as sock:
+        sock.sendall(req(request_line=b"GET http://h.example/x HTTP/1.0"))
+        env = seen(read_response(sock))
+    assert env["HTTP_HOST"] == "h.example"
+    assert env["PATH_INFO"] == "/x"
+
+
 def test_options_asterisk_is_accepted(yimmo_server, recorder):
     # PATH_INFO for "*" is not a path: validator() would object to it.
     server = yimmo_server(recorder, workers=2)
