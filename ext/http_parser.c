@@ -688,10 +688,12 @@ parse_head(ymo_http_parser_t *p, const char *buf, size_t head_len,
         || !IS(u[start + 7], C_DIGIT)) {
         return fail(p, 400);
     }
-    if (u[start + 5] != '1' || (u[start + 7] != '0' && u[start + 7] != '1')) {
+    if (u[start + 5] != '1') {
         return fail(p, 505);
     }
-    req->minor_version = u[start + 7] - '0';
+    /* RFC 9110 2.5: a higher minor version of HTTP/1 is handled as the
+     * highest one implemented, HTTP/1.1 (framing, keep-alive, Host). */
+    req->minor_version = u[start + 7] == '0' ? 0 : 1;
     status = parse_target(req, &auth, &auth_len);
     if (status) {
         return fail(p, status);

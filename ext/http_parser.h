@@ -52,7 +52,8 @@ typedef struct ymo_http_request {
     size_t path_len;
     const char *query;        /* after the first '?' (empty when none) */
     size_t query_len;
-    int minor_version;        /* 0 or 1 (HTTP/1.0, HTTP/1.1) */
+    int minor_version;        /* 0 or 1 (HTTP/1.0, HTTP/1.1); a higher
+                               * 1.x is 1, as RFC 9110 2.5 asks */
     ymo_http_header_t *headers;  /* caller's array, max_header_count long */
     size_t num_headers;       /* out: fields stored in headers[] */
     int body;                 /* enum ymo_http_body_kind */

@@ -173,7 +173,7 @@ Core_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
     }
     for (Py_ssize_t i = 0; i < n; i++) {
         self->app.environ_template[i] = ymo_wsgi_environ_template(
-            &self->app, (size_t)i);
+            &self->app, (size_t)i, is_unix[i]);
         if (self->app.environ_template[i] == NULL) {
             goto fail;
         }

@@ -61,7 +61,8 @@ struct ymo_wsgi_app {
     PyObject *file_wrapper;    /* the FileWrapper type */
     PyObject *multithread;     /* bools */
     PyObject *multiprocess;
-    PyObject **server_name;    /* per listener */
+    PyObject **server_name;    /* per listener; a unix listener's are
+                                * not used (see wsgi_environ.c) */
     PyObject **server_port;
     PyObject **environ_template;   /* per listener: copied per request */
 };
@@ -71,9 +72,11 @@ void ymo_wsgi_run_exchange(struct ymo_wsgi_app *app,
                            ymo_wsgi_worker_t *worker, ymo_exchange_t *ex);
 
 /* GIL held: the dict each environ of a listener starts as a copy of:
- * every per-server key set, room for the per-request ones. */
+ * every per-server key set, room for the per-request ones. A unix
+ * listener's SERVER_NAME and SERVER_PORT are "localhost" and "80" here
+ * (a request's host replaces them), a TCP listener's those it was given. */
 PyObject *ymo_wsgi_environ_template(struct ymo_wsgi_app *app,
-                                    size_t listener);
+                                    size_t listener, int is_unix);
 
 /* GIL held: a new environ dict for ex (wsgi.input still None). */
 PyObject *ymo_wsgi_environ(struct ymo_wsgi_app *app, ymo_exchange_t *ex);

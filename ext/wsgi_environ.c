@@ -4,7 +4,9 @@
 
 #include <string.h>
 
-/* Headers common enough that their environ keys are worth interning. */
+/* Headers common enough that their environ keys are worth interning.
+ * Host stays first: HTTP_HOST is set from header_keys[HOST_KEY].      */
+#define HOST_KEY 0
 #define H(name) {name, sizeof(name) - 1}
 static const struct {
     const char *name;
@@ -155,15 +157,61 @@ method_str(ymo_module_state *st, const ymo_http_request_t *req)
     return PyUnicode_DecodeLatin1(m, (Py_ssize_t)n, NULL);
 }
 
+/* A unix socket has no host name or port of its own, and PEP 3333 wants
+ * neither SERVER_NAME nor SERVER_PORT empty: on a unix listener they come
+ * from the request's host (the Host field, or an absolute-form target's
+ * authority), which the parser has checked to be uri-host [":" port].
+ * An IP literal keeps its brackets, so that SERVER_NAME ":" SERVER_PORT
+ * is still an authority, as in PEP 3333's URL reconstruction. Without a
+ * port the template's "80" stays; without a host, also its "localhost". */
+static int
+set_unix_server(ymo_module_state *st, PyObject *env, const char *host,
+                size_t len)
+{
+    const char *end = host + len, *colon;
+    if (host[0] == '[') {
+        /* An IPv6 address has colons of its own; the literal ends at the
+         * first ']', and only ":" port may follow it. */
+        const char *close = memchr(host, ']', len);
+        colon = close + 1 < end ? close + 1 : NULL;
+    }
+    else {
+        colon = memchr(host, ':', len);
+    }
+    if (set_latin1(env, st->k_server_name, host,
+                   colon != NULL ? (size_t)(colon - host) : len) < 0) {
+        return -1;
+    }
+    if (colon != NULL && set_latin1(env, st->k_server_port, colon + 1,
+                                    (size_t)(end - colon - 1)) < 0) {
+        return -1;
+    }
+    return 0;
+}
+
 PyObject *
-ymo_wsgi_environ_template(struct ymo_wsgi_app *app, size_t listener)
+ymo_wsgi_environ_template(struct ymo_wsgi_app *app, size_t listener,
+                          int is_unix)
 {
     ymo_module_state *st = app->st;
+    PyObject *server_name = NULL, *server_port = NULL;
     /* Presized for the per-request keys and a few dozen headers, so that
      * the copies never grow their tables; PyDict_Copy keeps the size. */
     PyObject *env = _PyDict_NewPresized(48);
     if (env == NULL) {
         return NULL;
+    }
+    if (is_unix) {
+        /* What a request without a host gets (see set_unix_server()). */
+        server_name = PyUnicode_FromString("localhost");
+        server_port = PyUnicode_FromString("80");
+    }
+    else {
+        server_name = Py_NewRef(app->server_name[listener]);
+        server_port = Py_NewRef(app->server_port[listener]);
+    }
+    if (server_name == NULL || server_port == NULL) {
+        goto fail;
     }
     PyObject *per_request[] = {
         st->k_request_method, st->k_path_info, st->k_query_string,
@@ -177,10 +225,8 @@ ymo_wsgi_environ_template(struct ymo_wsgi_app *app, size_t listener)
         }
     }
     if (PyDict_SetItem(env, st->k_script_name, st->v_empty) < 0 ||
-        PyDict_SetItem(env, st->k_server_name,
-                       app->server_name[listener]) < 0 ||
-        PyDict_SetItem(env, st->k_server_port,
-                       app->server_port[listener]) < 0 ||
+        PyDict_SetItem(env, st->k_server_name, server_name) < 0 ||
+        PyDict_SetItem(env, st->k_server_port, server_port) < 0 ||
         PyDict_SetItem(env, st->k_server_software, st->v_software) < 0 ||
         PyDict_SetItem(env, st->k_wsgi_version, st->v_version) < 0 ||
         PyDict_SetItem(env, st->k_wsgi_url_scheme, st->v_http) < 0 ||
@@ -194,8 +240,12 @@ ymo_wsgi_environ_template(struct ymo_wsgi_app *app, size_t listener)
                        app->file_wrapper) < 0) {
         goto fail;
     }
+    Py_DECREF(server_name);
+    Py_DECREF(server_port);
     return env;
 fail:
+    Py_XDECREF(server_name);
+    Py_XDECREF(server_port);
     Py_DECREF(env);
     return NULL;
 }
@@ -276,6 +326,19 @@ ymo_wsgi_environ(struct ymo_wsgi_app *app, ymo_exchange_t *ex)
     else {
         SET(st->k_remote_port, st->v_empty);
     }
+    /* Only unix listeners take the server's name from the request. */
+    if (ex->listener->is_unix && req->host_len > 0 &&
+        set_unix_server(st, env, req->host, req->host_len) < 0) {
+        goto fail;
+    }
+    /* req->host is the Host field or, for an absolute-form target, the
+     * target's authority, which replaces Host (RFC 9112 3.2.2): HTTP_HOST
+     * is taken from it, and the Host field line is skipped below. */
+    if (req->host != NULL &&
+        set_latin1(env, st->header_keys[HOST_KEY], req->host,
+                   req->host_len) < 0) {
+        goto fail;
+    }
     for (size_t i = 0; i < req->num_headers; i++) {
         const ymo_http_header_t *h = &req->headers[i];
         /* "X_Foo" would become the same key as "X-Foo": a way to smuggle
@@ -297,6 +360,9 @@ ymo_wsgi_environ(struct ymo_wsgi_app *app, ymo_exchange_t *ex)
                 goto fail;
             }
             continue;
+        }
+        if (NAME_IS(h, "Host")) {
+            continue;               /* HTTP_HOST is set above */
         }
         PyObject *key = header_key(st, h->name, h->name_len);
         if (key == NULL) {

@@ -4,8 +4,11 @@ application ever being called; valid but unusual requests are served;
 pipelining, keep-alive, Expect: 100-continue and timeouts.
 """
 
+import email.utils
 import json
+import re
 import threading
+import time
 from wsgiref.validate import validator
 
 import pytest
@@ -165,10 +168,26 @@ def test_transfer_coding_not_ending_in_single_chunked_is_refused(
     assert_rejected(server, recorder, data, (400, 501))
 
 
-@pytest.mark.parametrize("version", [b"HTTP/2.0", b"HTTP/3.0"])
+@pytest.mark.parametrize("version", [b"HTTP/2.0", b"HTTP/3.0", b"HTTP/0.9"])
 def test_unsupported_http_version_gets_505(server, recorder, version):
     assert_rejected(server, recorder,
                     req(HOST, request_line=b"GET / " + version), 505)
+
+
+@pytest.mark.parametrize("version", [b"HTTP/1.2", b"HTTP/1.9"])
+def test_higher_http_1_minor_version_is_served_as_http_11(server, version):
+    # RFC 9110 2.5: a higher minor version of a major version we implement
+    # is handled as the highest we know, HTTP/1.1: answered as 1.1 and
+    # persistent without a Connection header.
+    with connect(server.address) as sock:
+        sock.sendall(req(HOST, request_line=b"GET /first " + version))
+        resp = read_response(sock)
+        assert resp.version == "HTTP/1.1"
+        env = seen(resp)
+        assert env["SERVER_PROTOCOL"] == "HTTP/1.1"
+        assert resp.headers.get("Connection", "").lower() != "close"
+        sock.sendall(req(HOST, request_line=b"GET /second " + version))
+        assert seen(read_response(sock))["PATH_INFO"] == "/second"
 
 
 def test_long_request_line_gets_414(server, recorder):
@@ -261,6 +280,66 @@ def test_error_response_says_connection_close_even_on_keepalive(
     assert resp.headers["Connection"].lower() == "close"
 
 
+IMF_FIXDATE = re.compile(r"(Mon|Tue|Wed|Thu|Fri|Sat|Sun), \d\d "
+                         r"(Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec) "
+                         r"\d{4} \d\d:\d\d:\d\d GMT\Z")
+
+
+def assert_date_header_is_now(resp):
+    """RFC 9110 6.6.1: an origin server with a clock sends Date, as an
+    IMF-fixdate, on every response it makes, its own errors included."""
+    dates = resp.headers.get_all("Date")
+    assert len(dates) == 1, resp.raw_head
+    assert IMF_FIXDATE.match(dates[0]), dates[0]
+    when = email.utils.parsedate_to_datetime(dates[0]).timestamp()
+    assert abs(when - time.time()) < 5, dates[0]
+
+
+ERRORS_BY_STATUS = {
+    400: req(HOST, b"X-A : b"),
+    414: req(HOST, request_line=b"GET /" + b"a" * 5000 + b" HTTP/1.1"),
+    417: req(HOST, b"Expect: the-unexpected"),
+    431: req(HOST, *[b"X-H%d: v" % i for i in range(100)]),
+    501: req(HOST, b"Transfer-Encoding: gzip, chunked",
+             request_line=b"POST / HTTP/1.1", body=b"0\r\n\r\n"),
+    505: req(HOST, request_line=b"GET / HTTP/2.0"),
+}
+
+
+@pytest.mark.parametrize("status", ERRORS_BY_STATUS.keys())
+def test_error_response_from_parser_carries_date(server, recorder, status):
+    resp = assert_rejected(server, recorder, ERRORS_BY_STATUS[status],
+                           status)
+    assert_date_header_is_now(resp)
+
+
+def test_header_timeout_408_carries_date(yimmo_server, recorder):
+    server = yimmo_server(validator(recorder), workers=2, header_timeout=0.5)
+    with connect(server.address) as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n")
+        resp = parse_response(read_until_close(sock, timeout=WAIT))
+    assert resp.status == 408
+    assert_date_header_is_now(resp)
+
+
+def test_413_for_oversized_body_carries_date(yimmo_server, recorder):
+    server = yimmo_server(validator(recorder), workers=2, max_body_size=100)
+    resp = assert_rejected(server, recorder,
+                           req(HOST, b"Content-Length: 1000",
+                               request_line=b"POST / HTTP/1.1"), 413)
+    assert_date_header_is_now(resp)
+
+
+def test_500_for_app_error_before_headers_carries_date(yimmo_server):
+    def app(environ, start_response):
+        raise RuntimeError("boom before start_response")
+
+    server = yimmo_server(app, workers=1)
+    resp = parse_response(raw_request(server.address, req(HOST)))
+    assert resp.status == 500
+    assert_date_header_is_now(resp)
+
+
 # -- valid edges -------------------------------------------------------------
 
 
@@ -273,6 +352,29 @@ def test_absolute_form_target_is_accepted(server):
     assert env["PATH_INFO"] == "/p/q"
     assert env["QUERY_STRING"] == "x=1"
     assert env["HTTP_HOST"] == "example.com"
+
+
+@pytest.mark.parametrize("target, host", [
+    (b"http://example.com/abs", "example.com"),
+    (b"HTTP://a.example:8080/abs?q=1", "a.example:8080"),
+    (b"https://[::1]:81", "[::1]:81"),
+])
+def test_absolute_form_authority_replaces_host_header(server, target, host):
+    # RFC 9112 3.2.2: with an absolute-form target the Host field is
+    # ignored and the target's authority is the host.
+    with connect(server.address) as sock:
+        sock.sendall(req(b"Host: x", request_line=b"GET " + target
+                         + b" HTTP/1.1"))
+        env = seen(read_response(sock))
+    assert env["HTTP_HOST"] == host
+
+
+def test_absolute_form_sets_host_for_http10_without_host_header(server):
+    with connect(server.address) as sock:
+        sock.sendall(req(request_line=b"GET http://h.example/x HTTP/1.0"))
+        env = seen(read_response(sock))
+    assert env["HTTP_HOST"] == "h.example"
+    assert env["PATH_INFO"] == "/x"
 
 
 def test_options_asterisk_is_accepted(yimmo_server, recorder):

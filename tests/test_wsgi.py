@@ -828,6 +828,63 @@ def test_environ_server_name_and_port(env_server):
     assert env["_types"]["SERVER_PORT"] == "str"
 
 
+UNIX_HOSTS = {
+    "name-and-port": ([("Host", "example.com:8080")], "/",
+                      "example.com", "8080"),
+    "name-only": ([("Host", "example.com")], "/", "example.com", "80"),
+    "ipv4": ([("Host", "10.1.2.3:81")], "/", "10.1.2.3", "81"),
+    "ipv6-and-port": ([("Host", "[::1]:9000")], "/", "[::1]", "9000"),
+    "ipv6-only": ([("Host", "[2001:db8::1]")], "/", "[2001:db8::1]", "80"),
+    "absolute-form": ([("Host", "ignored:1")], "http://abs.example:82/p",
+                      "abs.example", "82"),
+    "empty-host": ([("Host", "")], "/", "localhost", "80"),
+}
+
+
+@pytest.mark.parametrize("headers, target, name, port", UNIX_HOSTS.values(),
+                         ids=UNIX_HOSTS.keys())
+def test_environ_server_name_and_port_on_unix_socket_come_from_host(
+        yimmo_server, tmp_path, headers, target, name, port):
+    # PEP 3333: neither may be empty; a unix socket has no host or port of
+    # its own, so the request's Host (or absolute-form authority) says.
+    path = str(tmp_path / "env.sock")
+    server = yimmo_server(validator(echo_environ), bind="unix:" + path,
+                          workers=1)
+    with connect(path) as sock:
+        env = json.loads(request(sock, "GET", target, headers,
+                                 host=None).body)
+    assert (env["SERVER_NAME"], env["SERVER_PORT"]) == (name, port)
+    assert server.address == path
+
+
+def test_environ_server_name_and_port_on_unix_socket_without_host(
+        yimmo_server, tmp_path):
+    path = str(tmp_path / "env10.sock")
+    yimmo_server(validator(echo_environ), bind="unix:" + path, workers=1)
+    with connect(path) as sock:
+        resp = request(sock, "GET", "/", version="HTTP/1.0", host=None)
+    env = json.loads(resp.body)
+    assert "HTTP_HOST" not in env
+    assert (env["SERVER_NAME"], env["SERVER_PORT"]) == ("localhost", "80")
+
+
+def test_environ_server_name_and_port_on_tcp_ignore_host(yimmo_server,
+                                                         tmp_path):
+    # Beside a unix listener, a TCP listener still reports its own bound
+    # address whatever the client's Host says.
+    path = str(tmp_path / "both.sock")
+    server = yimmo_server(validator(echo_environ),
+                          bind=["127.0.0.1:0", "unix:" + path], workers=1)
+    host, port = server.addresses[0]
+    env = fetch_environ(server, "/", host="elsewhere.example:9")
+    assert (env["SERVER_NAME"], env["SERVER_PORT"]) == (host, str(port))
+    with connect(path) as sock:
+        env = json.loads(request(sock, "GET", "/",
+                                 host="elsewhere.example:9").body)
+    assert (env["SERVER_NAME"], env["SERVER_PORT"]) == ("elsewhere.example",
+                                                        "9")
+
+
 def test_environ_content_type_and_length_for_post(env_server):
     env = fetch_environ(env_server, "/", method="POST", body=b"12345",
                         headers=[("Content-Type", "text/x-test")])

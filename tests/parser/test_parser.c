@@ -151,7 +151,26 @@ static const pcase_t pcases[] = {
     {"no version", S("GET /\r\n" HOSTX "\r\n"), ERR, 400},
     {"method only", S("GET\r\n" HOSTX "\r\n"), ERR, 400},
     {"HTTP/2.0", S("GET / HTTP/2.0\r\n" HOSTX "\r\n"), ERR, 505},
-    {"HTTP/1.2", S("GET / HTTP/1.2\r\n" HOSTX "\r\n"), ERR, 505},
+    /* RFC 9110 2.5: a higher 1.x minor version is handled as HTTP/1.1. */
+    {"HTTP/1.2 is 1.1", S("GET / HTTP/1.2\r\n" HOSTX "\r\n"), OK,
+     .host = "x", .version = 11, .ka = YES},
+    {"HTTP/1.9 is 1.1", S("GET / HTTP/1.9\r\n" HOSTX "\r\n"), OK,
+     .version = 11, .ka = YES},
+    {"HTTP/1.2 close", S("GET / HTTP/1.2\r\n" HOSTX "Connection: close"
+                         "\r\n\r\n"), OK, .version = 11, .ka = NO},
+    {"HTTP/1.2 needs Host", S("GET / HTTP/1.2\r\n\r\n"), ERR, 400},
+    {"HTTP/1.2 chunked", S("POST / HTTP/1.2\r\n" HOSTX "Transfer-Encoding:"
+                           " chunked\r\n\r\n"), OK, .version = 11,
+     .body = B_CHUNKED},
+    {"HTTP/1.2 100-continue", S("POST / HTTP/1.2\r\n" HOSTX "Expect: "
+                                "100-continue\r\n\r\n"), OK, .ec = YES},
+    {"HTTP/1.2 bad expectation", S("GET / HTTP/1.2\r\n" HOSTX "Expect: "
+                                   "x\r\n\r\n"), ERR, 417},
+    {"HTTP/1.2 bad target", S("GET x HTTP/1.2\r\n" HOSTX "\r\n"), ERR,
+     400},
+    {"HTTP/2.1", S("GET / HTTP/2.1\r\n" HOSTX "\r\n"), ERR, 505},
+    {"HTTP/0.0", S("GET / HTTP/0.0\r\n" HOSTX "\r\n"), ERR, 505},
+    {"HTTP/9.9", S("GET / HTTP/9.9\r\n" HOSTX "\r\n"), ERR, 505},
     {"HTTP/0.9", S("GET / HTTP/0.9\r\n" HOSTX "\r\n"), ERR, 505},
     {"HTTP/3.0 before bad target", S("GET x HTTP/3.0\r\n\r\n"), ERR, 505},
     {"HTTP/1.10", S("GET / HTTP/1.10\r\n" HOSTX "\r\n"), ERR, 400},
