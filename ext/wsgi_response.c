@@ -53,28 +53,6 @@ typedef struct {
     size_t pend_len;
 } StartResponseObject;
 
-/* -- Date header: formatted once a second per worker thread. -- */
-
-static __thread time_t date_when;
-static __thread char date_line[64];
-static __thread size_t date_len;
-
-/* "Date: ...\r\n"; its length in *len. */
-static const char *
-date_header(size_t *len)
-{
-    time_t t = time(NULL);
-    if (t != date_when) {
-        struct tm tm;
-        gmtime_r(&t, &tm);
-        date_len = strftime(date_line, sizeof(date_line),
-                            "Date: %a, %d %b %Y %H:%M:%S GMT\r\n", &tm);
-        date_when = t;
-    }
-    *len = date_len;
-    return date_line;
-}
-
 /* Hex digits of v at p (a chunk size); returns the count. */
 static size_t
 put_hex(char *p, size_t v)
@@ -406,7 +384,7 @@ build_head(StartResponseObject *self, size_t extra)
     }
     if (!has_date) {
         size_t n;
-        const char *line = date_header(&n);
+        const char *line = ymo_http_date_header(&n);
         memcpy(p, line, n);
         p += n;
     }
