@@ -1,4 +1,5 @@
-"""Build and run the C tests of the HTTP parser (tests/parser/test_parser.c).
+"""Build and run the C tests of the HTTP parser (tests/parser/test_parser.c)
+and of the hand-off queue (tests/queue/test_queue.c).
 
 The parser is plain C, so its tests are a C program: it is compiled with
 ASan and UBSan into a temporary directory and must report no failures.
@@ -57,3 +58,25 @@ def test_parser_compiles_cleanly(cc, tmp_path):
         pytest.skip("%s is not installed" % cc)
     _compile(cc, [*WARNINGS, "-O2", "-c", PARSER, "-o",
                   str(tmp_path / "http_parser.o")], tmp_path)
+
+
+QUEUE = os.path.join(EXT, "queue.c")
+QUEUE_TEST = os.path.join(ROOT, "tests", "queue", "test_queue.c")
+
+
+def test_queue_push_never_allocates_or_fails(tmp_path):
+    """The loop <-> worker hand-off cannot lose an exchange to a failed
+    allocation: past the pool, an exchange's own node is used (issue 6)."""
+    if shutil.which("gcc") is None:
+        pytest.skip("gcc is not installed")
+    exe = str(tmp_path / "test_queue")
+    _compile("gcc", [*WARNINGS, "-g", "-O1",
+                     "-fsanitize=address,undefined",
+                     "-fno-sanitize-recover=all", "-I", EXT, QUEUE_TEST,
+                     QUEUE, "-Wl,--wrap=malloc,--wrap=calloc,--wrap=realloc",
+                     "-o", exe], tmp_path)
+    proc = subprocess.run([exe], cwd=tmp_path, capture_output=True,
+                          text=True, errors="replace", timeout=TIMEOUT)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, output
+    assert proc.stdout.strip().splitlines()[-1].endswith(" 0 failed"), output

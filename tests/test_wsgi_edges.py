@@ -1,0 +1,105 @@
+"""WSGI edges: statuses an app may not send, readline() with large
+limits, and wsgi.file_wrapper over files whose size cannot be trusted."""
+
+import socket
+
+import pytest
+
+from helpers import (build_request, connect, read_response,
+                     read_until_close)
+
+WAIT = 10
+
+
+# -- statuses an app may not send -----------------------------------------
+
+
+@pytest.mark.parametrize("status", [
+    "100 Continue", "101 Switching Protocols", "103 Early Hints",
+    "199 Whatever", "600 Too Far", "999 Weird",
+])
+@pytest.mark.parametrize("version", ["HTTP/1.1", "HTTP/1.0"])
+def test_informational_or_out_of_range_status_is_an_app_error(
+        yimmo_server, log_watcher, status, version):
+    def app(environ, start_response):
+        if environ["PATH_INFO"] == "/next":
+            start_response("200 OK", [("Content-Length", "4")])
+            return [b"next"]
+        start_response(status, [])
+        return [b"x"]
+
+    server = yimmo_server(app, workers=2)
+    # The next request is pipelined: had the 1xx gone out as the answer,
+    # the 200 that follows would be read as this request's response.
+    data = build_request("GET", "/", version=version) + \
+        build_request("GET", "/next", version=version)
+    with connect(server.address, WAIT) as sock:
+        sock.sendall(data)
+        raw = read_until_close(sock, WAIT)
+    assert raw.startswith(b"HTTP/1.1 500 "), raw[:200]
+    assert status.encode() not in raw
+    assert b"next" not in raw           # closed after the error
+    log_watcher.wait_for("error handling request", status.split()[0])
+
+
+# -- readline with a limit larger than the first buffer ---------------------
+
+
+def test_readline_with_large_size_returns_whole_line(yimmo_server):
+    line = b"a" * 70000 + b"\n"
+    body = line + b"b" * 100 + b"\n" + b"tail"
+
+    def app(environ, start_response):
+        inp = environ["wsgi.input"]
+        first = inp.readline(100000)        # longer than the line
+        second = inp.readline(50)           # shorter than the line
+        rest = inp.read()
+        out = b"%d %d %d %d" % (len(first), first.endswith(b"\n"),
+                                len(second), len(rest))
+        start_response("200 OK", [("Content-Length", str(len(out)))])
+        return [out]
+
+    server = yimmo_server(app, workers=2)
+    with connect(server.address, WAIT) as sock:
+        sock.sendall(build_request("POST", "/", body=body))
+        resp = read_response(sock)
+    assert resp.body == b"70001 1 50 %d" % (101 - 50 + 4)
+
+
+# -- file_wrapper over files whose size says nothing ------------------------
+
+
+@pytest.mark.parametrize("path", ["/proc/self/status", "/proc/cpuinfo"])
+def test_file_wrapper_on_zero_size_proc_file_sends_its_content(
+        yimmo_server, path):
+    def app(environ, start_response):
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return environ["wsgi.file_wrapper"](open(path, "rb"), 4096)
+
+    server = yimmo_server(app, workers=2)
+    with connect(server.address, WAIT) as sock:
+        sock.sendall(build_request("GET", "/"))
+        resp = read_response(sock)
+    assert resp.status == 200
+    with open(path, "rb") as f:
+        first_line = f.readline()
+    assert len(resp.body) > 0
+    assert resp.body.split(b"\n")[0].split(b":")[0] == \
+        first_line.split(b":")[0]
+
+
+def test_file_wrapper_on_regular_file_still_uses_its_size(yimmo_server,
+                                                           tmp_path):
+    data = bytes(range(256)) * 1000
+    (tmp_path / "f.bin").write_bytes(data)
+
+    def app(environ, start_response):
+        start_response("200 OK", [])
+        return environ["wsgi.file_wrapper"](open(tmp_path / "f.bin", "rb"))
+
+    server = yimmo_server(app, workers=2)
+    with connect(server.address, WAIT) as sock:
+        sock.sendall(build_request("GET", "/"))
+        resp = read_response(sock)
+    assert resp.headers["Content-Length"] == str(len(data))
+    assert resp.body == data
