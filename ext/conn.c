@@ -618,13 +618,22 @@ conn_read(ymo_conn_t *c)
             ymo_conn_close(c);
             return -1;
         }
-        if (c->state == YMO_CONN_EXCHANGE) {
-            /* The client is gone (HTTP clients do not half-close): abort
+        if (c->state == YMO_CONN_EXCHANGE && !c->body_done) {
+            /* The request can never complete: the client is gone. Abort
              * the exchange, so that a request still waiting for a worker
              * never reaches the app and a running one stops at its next
-             * write. */
+             * read or write. */
             ymo_conn_close(c);
             return -1;
+        }
+        if (c->ex != NULL) {
+            /* After a complete request an EOF may be a client that only
+             * shut down its sending side (`nc -N`, HTTP/1.0 scripts, some
+             * health checks) and waits for its answer: it gets it, and the
+             * connection closes after it. Only a reset or a failed write
+             * says for sure that a client is gone; the app may still ask
+             * (yimmo.client_gone). */
+            ymo_exchange_client_eof(c->ex);
         }
         return 0;
     }

@@ -135,6 +135,7 @@ ymo_exchange_input_append(ymo_exchange_t *ex, const char *data, size_t len,
         memcpy(b->data + b->len, data, n);
         b->len += n;
         ex->in_buffered += n;
+        ex->in_received += n;
         data += n;
         len -= n;
     }
@@ -172,6 +173,23 @@ ymo_exchange_abort(ymo_exchange_t *ex)
     wake_readers(ex);
     wake_writers(ex);
     pthread_mutex_unlock(&ex->lock);
+}
+
+void
+ymo_exchange_client_eof(ymo_exchange_t *ex)
+{
+    pthread_mutex_lock(&ex->lock);
+    ex->client_eof = 1;
+    pthread_mutex_unlock(&ex->lock);
+}
+
+int
+ymo_exchange_client_gone(ymo_exchange_t *ex)
+{
+    pthread_mutex_lock(&ex->lock);
+    int gone = ex->aborted || ex->client_eof;
+    pthread_mutex_unlock(&ex->lock);
+    return gone;
 }
 
 void

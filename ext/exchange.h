@@ -66,6 +66,8 @@ typedef struct ymo_exchange {
     int in_waiters;                /* threads waiting on cond_in */
     int out_waiters;               /* threads waiting on cond_out */
     int aborted;                   /* client gone or timed out: stop */
+    int client_eof;                /* the client shut down its sending
+                                    * side after the request */
     /* request body: loop appends, worker reads */
     ymo_bucket_t *in_head, *in_tail;
     size_t in_buffered;            /* bytes in the input chain */
@@ -73,6 +75,7 @@ typedef struct ymo_exchange {
     int in_error;                  /* body framing error status, or 0 */
     int in_paused;                 /* loop stopped reading (high water) */
     int in_started;                /* worker asked for the body */
+    uint64_t in_received;          /* body bytes the loop delivered */
     /* response: worker appends, loop writes */
     ymo_bucket_t *out_head, *out_tail;
     size_t out_buffered;           /* appended and not yet written */
@@ -117,6 +120,15 @@ void ymo_exchange_input_fail(ymo_exchange_t *ex, int status);
 /* Loop thread: the client is gone or timed out; the worker stops at its
  * next read or write. */
 void ymo_exchange_abort(ymo_exchange_t *ex);
+
+/* Loop thread: the client shut down its sending side after a complete
+ * request (it may still be reading: the response goes on). */
+void ymo_exchange_client_eof(ymo_exchange_t *ex);
+
+/* Any thread holding a reference: has the client reset, timed out or
+ * closed (best effort: a client that only shut down its sending side
+ * counts as closed)? */
+int ymo_exchange_client_gone(ymo_exchange_t *ex);
 
 /* Loop thread: n bytes of the exchange's output were written. */
 void ymo_exchange_output_written(ymo_exchange_t *ex, size_t n,

@@ -433,6 +433,17 @@ module_exec(PyObject *module)
         PyModule_AddType(module, st->FileWrapper_type) < 0) {
         return -1;
     }
+    /* An OSError, so that frameworks which turn an OSError from the body
+     * into their own error (Django's UnreadablePostError) keep working. */
+    st->ClientDisconnected = PyErr_NewExceptionWithDoc(
+        "yimmo.ClientDisconnected",
+        "The client went away before its request body was complete.",
+        PyExc_OSError, NULL);
+    if (st->ClientDisconnected == NULL ||
+        PyModule_AddObjectRef(module, "ClientDisconnected",
+                              st->ClientDisconnected) < 0) {
+        return -1;
+    }
     if (intern(&st->k_request_method, "REQUEST_METHOD") ||
         intern(&st->k_script_name, "SCRIPT_NAME") ||
         intern(&st->k_path_info, "PATH_INFO") ||
@@ -455,6 +466,7 @@ module_exec(PyObject *module)
         intern(&st->k_wsgi_run_once, "wsgi.run_once") ||
         intern(&st->k_wsgi_input_terminated, "wsgi.input_terminated") ||
         intern(&st->k_wsgi_file_wrapper, "wsgi.file_wrapper") ||
+        intern(&st->k_client_gone, "yimmo.client_gone") ||
         intern(&st->v_empty, "") || intern(&st->v_http, "http") ||
         intern(&st->v_http10, "HTTP/1.0") ||
         intern(&st->v_http11, "HTTP/1.1") ||
@@ -485,7 +497,8 @@ module_exec(PyObject *module)
         &(st)->k_wsgi_input, &(st)->k_wsgi_errors,                         \
         &(st)->k_wsgi_multithread, &(st)->k_wsgi_multiprocess,             \
         &(st)->k_wsgi_run_once, &(st)->k_wsgi_input_terminated,            \
-        &(st)->k_wsgi_file_wrapper, &(st)->v_empty, &(st)->v_http,         \
+        &(st)->k_wsgi_file_wrapper, &(st)->k_client_gone,                  \
+        &(st)->ClientDisconnected, &(st)->v_empty, &(st)->v_http,          \
         &(st)->v_http10, &(st)->v_http11, &(st)->v_version,                \
         &(st)->v_software, &(st)->v_get, &(st)->v_post, &(st)->v_head,     \
         &(st)->s_close, &(st)->s_fileno, &(st)->s_tell

@@ -20,6 +20,19 @@ Py_NewRef(PyObject *o)
 }
 #endif
 
+#if PY_VERSION_HEX < 0x030A0000
+static inline int
+PyModule_AddObjectRef(PyObject *mod, const char *name, PyObject *value)
+{
+    Py_INCREF(value);
+    if (PyModule_AddObject(mod, name, value) < 0) {
+        Py_DECREF(value);
+        return -1;
+    }
+    return 0;
+}
+#endif
+
 #ifndef Py_TPFLAGS_DISALLOW_INSTANTIATION
 #define Py_TPFLAGS_DISALLOW_INSTANTIATION 0
 #endif
@@ -38,7 +51,9 @@ typedef struct ymo_module_state {
         *k_server_software, *k_remote_addr, *k_remote_port, *k_raw_uri,
         *k_wsgi_version, *k_wsgi_url_scheme, *k_wsgi_input,
         *k_wsgi_errors, *k_wsgi_multithread, *k_wsgi_multiprocess,
-        *k_wsgi_run_once, *k_wsgi_input_terminated, *k_wsgi_file_wrapper;
+        *k_wsgi_run_once, *k_wsgi_input_terminated, *k_wsgi_file_wrapper,
+        *k_client_gone;
+    PyObject *ClientDisconnected;  /* yimmo.ClientDisconnected(OSError) */
     PyObject *v_empty, *v_http, *v_http10, *v_http11, *v_version,
         *v_software, *v_get, *v_post, *v_head;
     PyObject *s_close, *s_fileno, *s_tell;
@@ -107,6 +122,10 @@ extern PyType_Spec ymo_file_wrapper_spec;
  * held. */
 PyObject *ymo_input_new(ymo_module_state *st, ymo_exchange_t *ex,
                         size_t low_water);
+
+/* environ["yimmo.client_gone"] for the request of a wsgi.input object: a
+ * callable with no arguments. GIL held. */
+PyObject *ymo_input_client_gone(PyObject *input);
 
 /* wsgi.file_wrapper objects */
 typedef struct {

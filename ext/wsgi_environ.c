@@ -216,7 +216,7 @@ ymo_wsgi_environ_template(struct ymo_wsgi_app *app, size_t listener,
     PyObject *per_request[] = {
         st->k_request_method, st->k_path_info, st->k_query_string,
         st->k_raw_uri, st->k_server_protocol, st->k_remote_addr,
-        st->k_remote_port, st->k_wsgi_input,
+        st->k_remote_port, st->k_wsgi_input, st->k_client_gone,
     };
     for (size_t i = 0; i < sizeof(per_request) / sizeof(*per_request);
          i++) {

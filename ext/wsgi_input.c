@@ -64,7 +64,8 @@ input_fill(InputObject *self, char *buf, size_t n, int line)
             return -2;
         }
         else if (status == -1) {
-            PyErr_SetString(PyExc_OSError,
+            ymo_module_state *st = PyType_GetModuleState(Py_TYPE(self));
+            PyErr_SetString(st->ClientDisconnected,
                             "client disconnected before the request body "
                             "was complete");
         }
@@ -255,6 +256,26 @@ Input_iternext(InputObject *self)
         return NULL;            /* StopIteration */
     }
     return line;
+}
+
+static PyObject *
+Input_client_gone(InputObject *self, PyObject *unused)
+{
+    (void)unused;
+    return PyBool_FromLong(ymo_exchange_client_gone(self->ex));
+}
+
+static PyMethodDef client_gone_def = {
+    "client_gone", (PyCFunction)Input_client_gone, METH_NOARGS,
+    "client_gone() -> bool: True once the client reset the connection, "
+    "timed out or closed it (best effort: a client that only shut down "
+    "its sending side counts as gone)",
+};
+
+PyObject *
+ymo_input_client_gone(PyObject *input)
+{
+    return PyCFunction_New(&client_gone_def, input);
 }
 
 static PyMethodDef Input_methods[] = {

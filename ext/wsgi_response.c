@@ -1023,8 +1023,51 @@ log_exception(struct ymo_wsgi_app *app, PyObject *environ, const char *what)
     Py_XDECREF(tb);
 }
 
+/* A ClientDisconnected (set) came out of the app: log one INFO line with
+ * the request and how much of its body arrived, no traceback. */
+static void
+log_disconnect(struct ymo_wsgi_app *app, PyObject *environ,
+               ymo_exchange_t *ex)
+{
+    PyErr_Clear();
+    pthread_mutex_lock(&ex->lock);
+    unsigned long long got = ex->in_received;
+    pthread_mutex_unlock(&ex->lock);
+    const ymo_http_request_t *req = &ex->req;
+    PyObject *uri = PyDict_GetItemWithError(environ, app->st->k_raw_uri);
+    PyObject *method = PyDict_GetItemWithError(environ,
+                                               app->st->k_request_method);
+    PyObject *msg;
+    if (uri == NULL || method == NULL) {
+        PyErr_Clear();
+        uri = method = app->st->v_empty;
+    }
+    if (req->body == YMO_HTTP_BODY_LENGTH) {
+        msg = PyUnicode_FromFormat(
+            "client disconnected: %S %S (%llu of %llu body bytes "
+            "received)", method, uri, got,
+            (unsigned long long)req->content_length);
+    }
+    else {
+        msg = PyUnicode_FromFormat(
+            "client disconnected: %S %S (%llu body bytes received, "
+            "chunked)", method, uri, got);
+    }
+    PyObject *r = NULL;
+    if (msg != NULL) {
+        PyObject *args[2] = {msg, Py_None};
+        r = PyObject_Vectorcall(app->log_error, args, 2, NULL);
+    }
+    if (r == NULL) {
+        PyErr_WriteUnraisable(app->log_error);
+    }
+    Py_XDECREF(r);
+    Py_XDECREF(msg);
+}
+
 /* Finish after an app error: an error response if nothing went out yet,
- * otherwise abort the connection. */
+ * otherwise abort the connection; nothing at all for a client that is
+ * gone. */
 static void
 fail_response(StartResponseObject *self)
 {
@@ -1032,7 +1075,15 @@ fail_response(StartResponseObject *self)
     if (ex == NULL) {
         return;
     }
-    if (!self->head_built) {
+    if (self->aborted) {
+        /* The client is gone: nothing to answer. */
+        ymo_bucket_free_chain(self->pend_head);
+        self->pend_head = self->pend_tail = NULL;
+        self->pend_len = 0;
+        ymo_wsgi_worker_response_body_append(ex, NULL, YMO_DONE |
+                                                       YMO_DONE_ABORT);
+    }
+    else if (!self->head_built) {
         int status = 500;
         pthread_mutex_lock(&ex->lock);
         if (ex->in_error > 0) {
@@ -1212,6 +1263,15 @@ ymo_wsgi_run_exchange(struct ymo_wsgi_app *app, ymo_wsgi_worker_t *worker,
                                         input) < 0) {
         goto internal_error;
     }
+    PyObject *gone = ymo_input_client_gone(input);
+    if (gone == NULL) {
+        goto internal_error;
+    }
+    int set = PyDict_SetItem(environ, st->k_client_gone, gone);
+    Py_DECREF(gone);
+    if (set < 0) {
+        goto internal_error;
+    }
     sr = start_response_new(app, ex);
     if (sr == NULL) {
         goto internal_error;
@@ -1220,7 +1280,14 @@ ymo_wsgi_run_exchange(struct ymo_wsgi_app *app, ymo_wsgi_worker_t *worker,
     result = PyObject_Vectorcall(app->app, args, 2, NULL);
     if (result == NULL || iterate(sr, result) < 0 ||
         finish_response(sr) < 0) {
-        log_exception(app, environ, "error handling request");
+        if (PyErr_ExceptionMatches(st->ClientDisconnected)) {
+            /* Not an error of the app's: one line, and nothing to send. */
+            log_disconnect(app, environ, ex);
+            sr->aborted = 1;
+        }
+        else {
+            log_exception(app, environ, "error handling request");
+        }
         fail_response(sr);
     }
     if (result != NULL) {

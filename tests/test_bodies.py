@@ -5,6 +5,7 @@ import hashlib
 import json
 import random
 import socket
+import struct
 import threading
 import time
 from wsgiref.validate import validator
@@ -294,9 +295,11 @@ def test_response_survives_a_request_body_the_app_never_read(yimmo_server):
 
 
 def test_app_is_not_run_for_a_request_whose_client_left(yimmo_server):
-    """workers=1 is busy; a POST arrives and its client disconnects before
-    a worker is free. Nobody could see the answer (and the client may
-    retry), so the app must not run for it."""
+    """workers=1 is busy; a POST arrives and its client resets the
+    connection before a worker is free. Nobody could see the answer (and
+    the client may retry), so the app must not run for it. (A client that
+    only closes, with a FIN, may be one that shut down its sending side
+    and waits for the answer: see test_client_close.py.)"""
     gate = threading.Event()
     busy = threading.Event()
     calls = []
@@ -316,7 +319,9 @@ def test_app_is_not_run_for_a_request_whose_client_left(yimmo_server):
         assert busy.wait(5)
         with connect(server.address, 5) as sock:
             sock.sendall(build_request("POST", "/charge", body=b"hi"))
-        # The server sees the disconnect once it tries to read more;
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                            struct.pack("ii", 1, 0))
+        # The server sees the reset once it tries to read more;
         # a third request on a fresh connection proves ordering below.
         time.sleep(0.2)
         gate.set()

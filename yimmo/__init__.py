@@ -8,6 +8,7 @@ all socket work without the GIL; worker threads run the app.
 """
 
 from ._server import Server, serve
+from ._yimmo import ClientDisconnected
 
 __version__ = "0.1.0"
-__all__ = ["Server", "serve", "__version__"]
+__all__ = ["ClientDisconnected", "Server", "serve", "__version__"]

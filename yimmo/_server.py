@@ -35,7 +35,11 @@ def _stop_all():
 
 
 def _log_error(message, exc_info):
-    error_log.error("%s", message, exc_info=exc_info)
+    # exc_info None: an expected event (a client that went away), INFO.
+    if exc_info is None:
+        log.info("%s", message)
+    else:
+        error_log.error("%s", message, exc_info=exc_info)
 
 
 def _log_access(environ, status, length, seconds):

@@ -1,0 +1,193 @@
+"""Clients that close: a client that shuts down its sending side after a
+complete request still gets its answer; a client that disconnects while
+the app reads its body makes wsgi.input raise yimmo.ClientDisconnected (an
+OSError), logged as one INFO line when the app lets it propagate; and
+environ["yimmo.client_gone"]() tells a long computation that nobody waits
+for it any more."""
+
+import json
+import logging
+import socket
+import struct
+import threading
+import time
+
+import pytest
+
+import yimmo
+from helpers import (build_request, connect, read_response,
+                     read_until_close)
+
+WAIT = 10
+
+
+def hello(environ, start_response):
+    body = ("hello %s" % environ["PATH_INFO"]).encode()
+    start_response("200 OK", [("Content-Length", str(len(body)))])
+    return [body]
+
+
+def reset(sock):
+    """Close with a reset (RST) instead of a FIN."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                    struct.pack("ii", 1, 0))
+    sock.close()
+
+
+# -- half-closed clients ----------------------------------------------------
+
+
+@pytest.mark.parametrize("version", ["HTTP/1.1", "HTTP/1.0"])
+def test_half_closed_client_gets_its_response(yimmo_server, version):
+    # printf 'GET / HTTP/1.1...' | nc -N host port
+    server = yimmo_server(hello, workers=2)
+    with connect(server.address, WAIT) as sock:
+        sock.sendall(build_request("GET", "/x", version=version))
+        sock.shutdown(socket.SHUT_WR)
+        raw = read_until_close(sock, WAIT)
+    assert raw.startswith(b"HTTP/1.1 200 ")
+    assert raw.endswith(b"hello /x")
+
+
+def test_half_closed_client_gets_all_pipelined_responses(yimmo_server):
+    server = yimmo_server(hello, workers=2)
+    with connect(server.address, WAIT) as sock:
+        sock.sendall(build_request("GET", "/a") + build_request("GET", "/b")
+                     + build_request("POST", "/c", body=b"xyz"))
+        sock.shutdown(socket.SHUT_WR)
+        raw = read_until_close(sock, WAIT)
+    assert raw.count(b"HTTP/1.1 200 ") == 3
+    assert raw.endswith(b"hello /c")
+    assert raw.index(b"hello /a") < raw.index(b"hello /b")
+
+
+def test_half_closed_client_with_slow_app(yimmo_server):
+    def app(environ, start_response):
+        time.sleep(0.5)         # the EOF arrives while the app works
+        return hello(environ, start_response)
+
+    server = yimmo_server(app, workers=2)
+    with connect(server.address, WAIT) as sock:
+        sock.sendall(build_request("GET", "/slow"))
+        sock.shutdown(socket.SHUT_WR)
+        raw = read_until_close(sock, WAIT)
+    assert raw.endswith(b"hello /slow")
+
+
+def test_half_closed_in_the_middle_of_a_request_is_closed(yimmo_server):
+    calls = []
+
+    def app(environ, start_response):
+        calls.append(environ["PATH_INFO"])
+        return hello(environ, start_response)
+
+    server = yimmo_server(app, workers=2)
+    for partial in [b"GET /head HTTP/1.1\r\nHost: x\r\n",
+                    build_request("GET", "/ok") + b"GET /next HTTP/1.1\r\n"]:
+        with connect(server.address, WAIT) as sock:
+            sock.sendall(partial)
+            sock.shutdown(socket.SHUT_WR)
+            raw = read_until_close(sock, WAIT)
+        # Whatever was complete is answered; the rest can never complete.
+        assert raw.count(b"HTTP/1.1") == partial.count(b"\r\n\r\n")
+    assert calls == ["/ok"]
+
+
+# -- a client that leaves while the app reads its body ----------------------
+
+
+def test_disconnect_during_body_raises_client_disconnected(yimmo_server,
+                                                           log_watcher):
+    seen = []
+    done = threading.Event()
+
+    def app(environ, start_response):
+        try:
+            environ["wsgi.input"].read()
+        except OSError as exc:
+            seen.append((type(exc), isinstance(exc, OSError)))
+            done.set()
+            raise
+        return hello(environ, start_response)
+
+    log_watcher.logger.setLevel(logging.INFO)
+    server = yimmo_server(app, workers=2)
+    sock = connect(server.address, WAIT)
+    sock.sendall(b"POST /upload HTTP/1.1\r\nHost: x\r\n"
+                 b"Content-Length: 10\r\n\r\nabc")
+    time.sleep(0.2)
+    sock.close()
+    assert done.wait(WAIT)
+    assert seen == [(yimmo.ClientDisconnected, True)]
+    record = log_watcher.wait_for("client disconnected", "/upload")
+    assert "3 of 10 body bytes" in record
+    assert " INFO " in record
+    time.sleep(0.2)
+    # One INFO line, and no traceback at ERROR for it.
+    assert not [t for t in log_watcher.texts if " ERROR " in t], \
+        log_watcher.texts
+    assert "Traceback" not in record
+
+
+def test_disconnect_during_chunked_body_is_logged_quietly(yimmo_server,
+                                                          log_watcher):
+    def app(environ, start_response):
+        environ["wsgi.input"].read()
+        return hello(environ, start_response)
+
+    log_watcher.logger.setLevel(logging.INFO)
+    server = yimmo_server(app, workers=2)
+    sock = connect(server.address, WAIT)
+    sock.sendall(b"POST /chunks HTTP/1.1\r\nHost: x\r\n"
+                 b"Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n")
+    time.sleep(0.2)
+    reset(sock)
+    record = log_watcher.wait_for("client disconnected", "/chunks")
+    assert "5 body bytes received, chunked" in record
+    assert not [t for t in log_watcher.texts if " ERROR " in t]
+
+
+# -- yimmo.client_gone ---------------------------------------------------
+
+
+@pytest.mark.parametrize("how", ["reset", "close"])
+def test_client_gone_tells_a_long_computation_to_stop(yimmo_server, how):
+    result = {}
+    done = threading.Event()
+
+    def app(environ, start_response):
+        gone = environ["yimmo.client_gone"]
+        result["before"] = gone()
+        started = time.monotonic()
+        while not gone() and time.monotonic() - started < 5:
+            time.sleep(0.01)
+        result["after"] = gone()
+        result["waited"] = time.monotonic() - started
+        done.set()
+        return hello(environ, start_response)
+
+    server = yimmo_server(app, workers=2)
+    sock = connect(server.address, WAIT)
+    sock.sendall(build_request("GET", "/long"))
+    time.sleep(0.3)
+    if how == "reset":
+        reset(sock)
+    else:
+        sock.close()
+    assert done.wait(WAIT)
+    assert result["before"] is False
+    assert result["after"] is True
+    assert result["waited"] < 2
+
+
+def test_client_gone_is_false_while_the_client_waits(yimmo_server):
+    def app(environ, start_response):
+        time.sleep(0.3)
+        body = json.dumps(environ["yimmo.client_gone"]()).encode()
+        start_response("200 OK", [("Content-Length", str(len(body)))])
+        return [body]
+
+    server = yimmo_server(app, workers=2)
+    with connect(server.address, WAIT) as sock:
+        sock.sendall(build_request("GET", "/"))
+        assert read_response(sock).body == b"false"
