@@ -62,6 +62,12 @@ static const unsigned char cls[256] = {
     0x14, 0x14, 0x14, 0x14, 0x14, 0x14, 0x14, 0x14,  /* f8 */
 };
 
+#if defined(__GNUC__)
+#define ALWAYS_INLINE inline __attribute__((always_inline))
+#else
+#define ALWAYS_INLINE inline
+#endif
+
 #define IS(c, k) (cls[(unsigned char)(c)] & (k))
 #define IS_WS(c) ((c) == ' ' || (c) == '\t')
 
@@ -95,6 +101,168 @@ hexval(unsigned char c)
         return c - '0';
     }
     return (c | 0x20) - 'a' + 10;
+}
+
+
+/* ---- fields known by name ---- */
+
+/* The fields the parser acts on, in the head or in a trailer section. At
+ * most 32, so that a set of them is one uint32_t.                       */
+enum {
+    F_OTHER = 0,
+    F_HOST, F_CONTENT_LENGTH, F_TRANSFER_ENCODING, F_CONNECTION, F_EXPECT,
+    F_CONTENT_TYPE, F_CONTENT_RANGE, F_CONTENT_ENCODING, F_AUTHORIZATION,
+    F_PROXY_AUTHORIZATION, F_COOKIE, F_ORIGIN, F_REFERER, F_RANGE,
+    F_IF_RANGE, F_IF_MATCH, F_IF_NONE_MATCH, F_IF_MODIFIED_SINCE,
+    F_IF_UNMODIFIED_SINCE, F_MAX_FORWARDS, F_CACHE_CONTROL, F_TE, F_TRAILER,
+    F_KEEP_ALIVE, F_PROXY_CONNECTION, F_UPGRADE,
+    F_COUNT
+};
+_Static_assert(F_COUNT <= 32, "a set of fields is a uint32_t");
+
+#define F(id) ((uint32_t)1 << (id))
+
+/* Fields that a request may carry at most once (RFC 9110 5.3: they are not
+ * lists, so two lines cannot be combined into one value). A proxy that
+ * takes the first line and an app that takes the last, or the two joined
+ * with ",", act on different values; no legitimate client repeats these:
+ *   Host                  routing: which site the request is for.
+ *   Content-Type,         how the content is read: a filter in front and
+ *   Content-Range         the app could parse different formats / ranges.
+ *   Authorization,        credentials: who the request is from.
+ *   Proxy-Authorization
+ *   Origin, Referer       cross-site checks (CSRF, CORS); RFC 6454 7.3:
+ *                         a user agent sends at most one Origin.
+ *   Range, If-Range,      what a cache stores or answers: a cache and the
+ *   If-Modified-Since,    origin evaluating different conditions or
+ *   If-Unmodified-Since   ranges is a cache poisoning recipe.
+ *   Max-Forwards          whether a TRACE/OPTIONS is answered here or
+ *                         forwarded (the app may be a gateway itself).
+ * Content-Length is handled on its own: identical repeats are one value
+ * (RFC 9110 8.6), different ones a 400. Singletons left out on purpose:
+ * User-Agent (clients do send it twice, and nothing a proxy decides hangs
+ * on it), Date, From and Content-Location (informational in a request).
+ * Cookie is not a singleton here: HTTP/2 splits it into several lines and
+ * gateways may pass them on as such; they are joined with "; ".        */
+#define SINGLETONS (F(F_HOST) | F(F_CONTENT_TYPE) | F(F_CONTENT_RANGE)     \
+                    | F(F_AUTHORIZATION) | F(F_PROXY_AUTHORIZATION)         \
+                    | F(F_ORIGIN) | F(F_REFERER) | F(F_RANGE)               \
+                    | F(F_IF_RANGE) | F(F_IF_MODIFIED_SINCE)                \
+                    | F(F_IF_UNMODIFIED_SINCE) | F(F_MAX_FORWARDS))
+
+/* Fields refused in a trailer section. RFC 9110 6.5.1: a field whose
+ * evaluation is needed before the content is received cannot be a trailer
+ * field; a trailer section that carries one is either broken or meant for
+ * a recipient that merges trailers into the header section, so it is a 400
+ * and the connection closes (the bytes after it are never read as a
+ * request). By the RFC's categories:
+ *   framing               Content-Length, Transfer-Encoding, Trailer
+ *   routing               Host
+ *   request modifiers     Expect, Max-Forwards, TE, Cache-Control (the
+ *                         controls), If-Match, If-None-Match,
+ *                         If-Modified-Since, If-Unmodified-Since, If-Range
+ *                         (the conditionals), Range
+ *   authentication        Authorization, Proxy-Authorization, Cookie
+ *   content format        Content-Type, Content-Encoding, Content-Range
+ *   the connection        Connection, Keep-Alive, Proxy-Connection, Upgrade
+ *                         (hop-by-hop: they are about this hop only)
+ * Other trailer fields (checksums, Server-Timing, ...) are parsed and
+ * dropped: WSGI has no way to hand them to the app.                     */
+#define NO_TRAILER (F(F_CONTENT_LENGTH) | F(F_TRANSFER_ENCODING)           \
+                    | F(F_TRAILER) | F(F_HOST) | F(F_EXPECT)                \
+                    | F(F_MAX_FORWARDS) | F(F_TE) | F(F_CACHE_CONTROL)      \
+                    | F(F_IF_MATCH) | F(F_IF_NONE_MATCH)                    \
+                    | F(F_IF_MODIFIED_SINCE) | F(F_IF_UNMODIFIED_SINCE)     \
+                    | F(F_IF_RANGE) | F(F_RANGE) | F(F_AUTHORIZATION)       \
+                    | F(F_PROXY_AUTHORIZATION) | F(F_COOKIE)                \
+                    | F(F_CONTENT_TYPE) | F(F_CONTENT_ENCODING)             \
+                    | F(F_CONTENT_RANGE) | F(F_CONNECTION)                  \
+                    | F(F_KEEP_ALIVE) | F(F_PROXY_CONNECTION)               \
+                    | F(F_UPGRADE))
+
+/* The fields the head parser looks at. */
+#define HEAD_FIELDS (SINGLETONS | F(F_CONTENT_LENGTH)                      \
+                     | F(F_TRANSFER_ENCODING) | F(F_CONNECTION)             \
+                     | F(F_EXPECT))
+
+/* The longest name field_id() knows ("if-unmodified-since",
+ * "proxy-authorization"). */
+#define FIELD_NAME_MAX 19
+_Static_assert(sizeof(((ymo_http_chunked_t *)0)->_name) >= FIELD_NAME_MAX,
+               "a trailer name that field_id() may know fits in _name");
+
+/* Which of the fields in `want` s[0, n) names (case-insensitively), or
+ * F_OTHER. Inlined with a constant `want` (GCC does not inline it on its
+ * own: it is big, and called from two places), it only compares the
+ * names the caller cares about, and the length picks the few candidates;
+ * the head parser stays as fast as with its former five-name switch.   */
+static ALWAYS_INLINE int
+field_id(const char *s, size_t n, uint32_t want)
+{
+#define IS_NAME(lit, id)                                                  \
+    do {                                                                  \
+        if ((want & F(id)) && ieq(s, lit, n)) {                           \
+            return id;                                                    \
+        }                                                                 \
+    } while (0)
+    switch (n) {
+    case 2:
+        IS_NAME("te", F_TE);
+        break;
+    case 4:
+        IS_NAME("host", F_HOST);
+        break;
+    case 5:
+        IS_NAME("range", F_RANGE);
+        break;
+    case 6:
+        IS_NAME("expect", F_EXPECT);
+        IS_NAME("cookie", F_COOKIE);
+        IS_NAME("origin", F_ORIGIN);
+        break;
+    case 7:
+        IS_NAME("referer", F_REFERER);
+        IS_NAME("trailer", F_TRAILER);
+        IS_NAME("upgrade", F_UPGRADE);
+        break;
+    case 8:
+        IS_NAME("if-range", F_IF_RANGE);
+        IS_NAME("if-match", F_IF_MATCH);
+        break;
+    case 10:
+        IS_NAME("connection", F_CONNECTION);
+        IS_NAME("keep-alive", F_KEEP_ALIVE);
+        break;
+    case 12:
+        IS_NAME("content-type", F_CONTENT_TYPE);
+        IS_NAME("max-forwards", F_MAX_FORWARDS);
+        break;
+    case 13:
+        IS_NAME("authorization", F_AUTHORIZATION);
+        IS_NAME("cache-control", F_CACHE_CONTROL);
+        IS_NAME("content-range", F_CONTENT_RANGE);
+        IS_NAME("if-none-match", F_IF_NONE_MATCH);
+        break;
+    case 14:
+        IS_NAME("content-length", F_CONTENT_LENGTH);
+        break;
+    case 16:
+        IS_NAME("content-encoding", F_CONTENT_ENCODING);
+        IS_NAME("proxy-connection", F_PROXY_CONNECTION);
+        break;
+    case 17:
+        IS_NAME("transfer-encoding", F_TRANSFER_ENCODING);
+        IS_NAME("if-modified-since", F_IF_MODIFIED_SINCE);
+        break;
+    case 19:
+        IS_NAME("if-unmodified-since", F_IF_UNMODIFIED_SINCE);
+        IS_NAME("proxy-authorization", F_PROXY_AUTHORIZATION);
+        break;
+    default:
+        break;
+    }
+    return F_OTHER;
+#undef IS_NAME
 }
 
 
@@ -205,8 +373,10 @@ valid_ip_literal(const unsigned char *s, size_t n)
     return 1;
 }
 
-/* uri-host [ ":" port ] with a non-empty host; the port, when there is a
- * colon, is 1-5 digits not above 65535 (required if need_port). */
+/* uri-host [ ":" port ] with a non-empty host; the port is at most 5
+ * digits and not above 65535. It may be empty ("example.com:", RFC 3986
+ * 3.2.3: the scheme's default) unless need_port: CONNECT names the port
+ * to open a tunnel to, and there is no default for that. */
 static int
 valid_authority(const char *str, size_t n, int need_port)
 {
@@ -252,7 +422,7 @@ valid_authority(const char *str, size_t n, int need_port)
         port = port * 10 + (s[i] - '0');
         i++;
     }
-    return i == n && i > start && port <= 65535;
+    return i == n && (i > start || !need_port) && port <= 65535;
 }
 
 
@@ -501,23 +671,36 @@ skip_quoted(const unsigned char *v, size_t n, size_t *i)
 #define SKIP_OWS(v, n, i) while ((i) < (n) && IS_WS((v)[i])) (i)++
 #define SKIP_TOKEN(v, n, i) while ((i) < (n) && IS((v)[i], C_TCHAR)) (i)++
 
-/* One Transfer-Encoding field value: 1#transfer-coding where
+/* One Transfer-Encoding field value: #transfer-coding where
  * transfer-coding = token *( OWS ";" OWS token BWS "=" BWS ( token /
  * quoted-string ) ). Only a single, final, parameterless "chunked" is
- * accepted; *chunked carries over between fields. Returns 0 or a status:
- * 400 for bad syntax, empty elements, or anything after "chunked" (it
- * must be last and appear once, RFC 9112 6.3), 501 for other codings.  */
+ * accepted; *chunked carries over between fields. Empty list elements
+ * (", chunked", "chunked,") are ignored as RFC 9110 5.6.1 asks, but a
+ * field line that names no coding at all is refused even when another
+ * line says chunked: a recipient that reads that line alone (or takes
+ * the first Transfer-Encoding line) sees no transfer coding and frames the
+ * body differently. Returns 0 or a status: 400 for bad syntax, no coding,
+ * or anything after "chunked" (it must be last and appear once, RFC 9112
+ * 6.3), 501 for other codings.                                         */
 static int
 parse_te(const char *str, size_t n, int *chunked)
 {
     const unsigned char *v = (const unsigned char *)str;
     size_t i = 0;
+    int codings = 0;
 
     for (;;) {
         size_t start;
         int is_chunked, params = 0;
 
         SKIP_OWS(v, n, i);
+        if (i == n) {
+            return codings ? 0 : 400;
+        }
+        if (v[i] == ',') {
+            i++;
+            continue;
+        }
         start = i;
         SKIP_TOKEN(v, n, i);
         if (i == start) {
@@ -567,10 +750,45 @@ parse_te(const char *str, size_t n, int *chunked)
             return 400;
         }
         *chunked = 1;
+        codings++;
+    }
+}
+
+/* One Expect field value (HTTP/1.1): #expectation, where the only
+ * expectation we know is "100-continue" (RFC 9110 10.1.1). Empty list
+ * elements are ignored (RFC 9110 5.6.1), so an empty value expects
+ * nothing. Sets *expect for 100-continue. Returns 0, or 417 for any other
+ * expectation. A ',' inside a quoted parameter of another expectation may
+ * split it, but every piece of that element is still not 100-continue.  */
+static int
+parse_expect(const char *str, size_t n, int *expect)
+{
+    const unsigned char *v = (const unsigned char *)str;
+    size_t i = 0;
+
+    for (;;) {
+        size_t start, end;
+
+        SKIP_OWS(v, n, i);
         if (i == n) {
             return 0;
         }
-        i++;
+        if (v[i] == ',') {
+            i++;
+            continue;
+        }
+        start = i;
+        while (i < n && v[i] != ',') {
+            i++;
+        }
+        end = i;
+        while (IS_WS(v[end - 1])) {
+            end--;
+        }
+        if (end - start != 12 || !ieq(str + start, "100-continue", 12)) {
+            return 417;
+        }
+        *expect = 1;
     }
 }
 
@@ -655,7 +873,8 @@ parse_head(ymo_http_parser_t *p, const char *buf, size_t head_len,
     size_t i = 0, start, n = 0;
     const char *auth = NULL, *host = NULL, *cl = NULL;
     size_t auth_len = 0, host_len = 0, cl_len = 0;
-    int nhost = 0, te = 0, chunked = 0, conn = 0, expect = 0, status;
+    int te = 0, chunked = 0, conn = 0, expect = 0, status;
+    uint32_t seen = 0;        /* the known fields met so far */
     uint64_t content_length = 0;
 
     /* Leading empty lines (RFC 9112 2.2); each CR is known to be
@@ -704,6 +923,7 @@ parse_head(ymo_http_parser_t *p, const char *buf, size_t head_len,
     while (u[i] != '\r') {
         size_t name_len, vs, ve;
         const char *name;
+        int id;
 
         start = i;
         i = skip_token(u, i, head_len);
@@ -735,67 +955,62 @@ parse_head(ymo_http_parser_t *p, const char *buf, size_t head_len,
         req->headers[n].value_len = ve - vs;
         n++;
 
-        /* The fields that decide framing and the connection; names are
-         * case-insensitive, dispatch on the length first. */
-        switch (name_len) {
-        case 4:
-            if (ieq(name, "host", 4)) {
-                if (++nhost > 1) {
-                    return fail(p, 400);
-                }
-                host = buf + vs;
-                host_len = ve - vs;
-                if (host_len && !valid_authority(host, host_len, 0)) {
-                    return fail(p, 400);
-                }
+        /* The fields that decide framing, routing and the connection,
+         * and the ones that may not be repeated. */
+        id = field_id(name, name_len, HEAD_FIELDS);
+        if (id == F_OTHER) {
+            continue;
+        }
+        if (seen & SINGLETONS & F(id)) {
+            return fail(p, 400);
+        }
+        seen |= F(id);
+        switch (id) {
+        case F_HOST:
+            host = buf + vs;
+            host_len = ve - vs;
+            if (host_len && !valid_authority(host, host_len, 0)) {
+                return fail(p, 400);
             }
             break;
-        case 6:
-            if (ieq(name, "expect", 6) && req->minor_version == 1) {
-                /* RFC 9110 10.1.1: HTTP/1.0 expectations are ignored. */
-                if (ve - vs == 12 && ieq(buf + vs, "100-continue", 12)) {
-                    expect = 1;
-                }
-                else {
-                    return fail(p, 417);
-                }
-            }
-            break;
-        case 10:
-            if (ieq(name, "connection", 10)) {
-                status = parse_connection(buf + vs, ve - vs, &conn);
+        case F_EXPECT:
+            /* RFC 9110 10.1.1: HTTP/1.0 expectations are ignored. */
+            if (req->minor_version == 1) {
+                status = parse_expect(buf + vs, ve - vs, &expect);
                 if (status) {
                     return fail(p, status);
                 }
             }
             break;
-        case 14:
-            if (ieq(name, "content-length", 14)) {
-                if (cl != NULL) {
-                    /* Repeats must be byte-identical (RFC 9110 8.6). */
-                    if (ve - vs != cl_len || memcmp(cl, buf + vs, cl_len)) {
-                        return fail(p, 400);
-                    }
-                }
-                else if (!parse_content_length(buf + vs, ve - vs,
-                                               &content_length)) {
-                    return fail(p, 400);
-                }
-                cl = buf + vs;
-                cl_len = ve - vs;
+        case F_CONNECTION:
+            status = parse_connection(buf + vs, ve - vs, &conn);
+            if (status) {
+                return fail(p, status);
             }
             break;
-        case 17:
-            if (ieq(name, "transfer-encoding", 17)) {
-                /* HTTP/1.0 has no chunked coding (RFC 9112 6.1). */
-                if (req->minor_version == 0) {
+        case F_CONTENT_LENGTH:
+            if (cl != NULL) {
+                /* Repeats must be byte-identical (RFC 9110 8.6). */
+                if (ve - vs != cl_len || memcmp(cl, buf + vs, cl_len)) {
                     return fail(p, 400);
                 }
-                te = 1;
-                status = parse_te(buf + vs, ve - vs, &chunked);
-                if (status) {
-                    return fail(p, status);
-                }
+            }
+            else if (!parse_content_length(buf + vs, ve - vs,
+                                           &content_length)) {
+                return fail(p, 400);
+            }
+            cl = buf + vs;
+            cl_len = ve - vs;
+            break;
+        case F_TRANSFER_ENCODING:
+            /* HTTP/1.0 has no chunked coding (RFC 9112 6.1). */
+            if (req->minor_version == 0) {
+                return fail(p, 400);
+            }
+            te = 1;
+            status = parse_te(buf + vs, ve - vs, &chunked);
+            if (status) {
+                return fail(p, status);
             }
             break;
         default:
@@ -803,7 +1018,7 @@ parse_head(ymo_http_parser_t *p, const char *buf, size_t head_len,
         }
     }
 
-    if (req->minor_version == 1 && nhost == 0) {
+    if (req->minor_version == 1 && !(seen & F(F_HOST))) {
         return fail(p, 400);
     }
     if (te && cl != NULL) {
@@ -1188,15 +1403,25 @@ ymo_http_chunked_feed(ymo_http_chunked_t *d, const char *buf, size_t len,
                 if (++d->_trailer_count > lim->max_header_count) {
                     return ch_fail(d, 431);
                 }
+                d->_name[0] = (char)c;
                 d->_line = 0;
                 d->_state = CH_TR_NAME;
                 break;
             case CH_TR_NAME:
+                /* d->_line is the name's length so far */
                 if (c == ':') {
+                    if (d->_line <= FIELD_NAME_MAX
+                        && field_id(d->_name, d->_line, NO_TRAILER)
+                           != F_OTHER) {
+                        return ch_fail(d, 400);
+                    }
                     d->_state = CH_TR_VALUE;
                 }
                 else if (!IS(c, C_TCHAR)) {
                     return ch_fail(d, 400);
+                }
+                else if (d->_line < FIELD_NAME_MAX) {
+                    d->_name[d->_line] = (char)c;
                 }
                 break;
             case CH_TR_VALUE:

@@ -96,7 +96,10 @@ void ymo_http_parser_init(ymo_http_parser_t *p,
 int ymo_http_parse_request(ymo_http_parser_t *p, const char *buf,
                            size_t len, ymo_http_request_t *req);
 
-/* Chunked body decoder state (RFC 9112 7.1), trailers included. */
+/* Chunked body decoder state (RFC 9112 7.1), trailers included. Trailer
+ * fields are checked and dropped; one that RFC 9110 6.5.1 does not allow
+ * in a trailer section (Content-Length, Host, Authorization, ...; the list
+ * is NO_TRAILER in http_parser.c) is a 400. */
 typedef struct ymo_http_chunked {
     const ymo_http_limits_t *limits;
     int status;               /* after -1: 400, 413 or 431 */
@@ -109,6 +112,9 @@ typedef struct ymo_http_chunked {
     size_t _trailer_bytes;    /* bytes of the trailer section so far */
     size_t _trailer_count;    /* trailer fields so far */
     int _digits;              /* hex digits of the current chunk size */
+    char _name[20];           /* the current trailer field name's first
+                               * bytes: enough for every name the parser
+                               * refuses in a trailer section */
 } ymo_http_chunked_t;
 
 /* `limits` as for ymo_http_parser_init(). */

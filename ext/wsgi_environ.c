@@ -163,7 +163,8 @@ method_str(ymo_module_state *st, const ymo_http_request_t *req)
  * authority), which the parser has checked to be uri-host [":" port].
  * An IP literal keeps its brackets, so that SERVER_NAME ":" SERVER_PORT
  * is still an authority, as in PEP 3333's URL reconstruction. Without a
- * port the template's "80" stays; without a host, also its "localhost". */
+ * port (or with an empty one) the template's "80" stays; without a host,
+ * also its "localhost". */
 static int
 set_unix_server(ymo_module_state *st, PyObject *env, const char *host,
                 size_t len)
@@ -182,8 +183,11 @@ set_unix_server(ymo_module_state *st, PyObject *env, const char *host,
                    colon != NULL ? (size_t)(colon - host) : len) < 0) {
         return -1;
     }
-    if (colon != NULL && set_latin1(env, st->k_server_port, colon + 1,
-                                    (size_t)(end - colon - 1)) < 0) {
+    /* "name:" has an empty port, which means the default (RFC 3986
+     * 3.2.3): the template's "80" stays, as without a colon. */
+    if (colon != NULL && colon + 1 < end &&
+        set_latin1(env, st->k_server_port, colon + 1,
+                   (size_t)(end - colon - 1)) < 0) {
         return -1;
     }
     return 0;
@@ -347,6 +351,7 @@ ymo_wsgi_environ(struct ymo_wsgi_app *app, ymo_exchange_t *ex)
             continue;
         }
         if (NAME_IS(h, "Content-Type")) {
+            /* The parser refuses a repeated Content-Type. */
             if (set_latin1(env, st->k_content_type, h->value,
                            h->value_len) < 0) {
                 goto fail;

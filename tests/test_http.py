@@ -501,6 +501,212 @@ def test_error_in_second_of_three_pipelined_requests(server, recorder):
     assert recorder.calls == ["/1"]
 
 
+# -- fields that cannot repeat, trailer fields, empty list elements ----------
+
+# RFC 9110 5.3: a field that is not a list must not be repeated. These are
+# the ones where a proxy taking the first line and an app seeing them joined
+# (or taking the last) would act on different values; see SINGLETONS in
+# ext/http_parser.c for the reasons. Even identical repeats are refused.
+REPEATED_SINGLETONS = {
+    "host-same-value": (b"Host: x", b"host: x"),
+    "content-type": (b"Content-Type: text/plain",
+                     b"Content-Type: application/json"),
+    "content-type-same-value": (b"Content-Type: text/plain",
+                                b"content-type: text/plain"),
+    "content-range": (b"Content-Range: bytes 0-0/2",
+                      b"Content-Range: bytes 1-1/2"),
+    "authorization": (b"Authorization: Basic YTpi",
+                      b"Authorization: Bearer token"),
+    "proxy-authorization": (b"Proxy-Authorization: Basic YTpi",
+                            b"PROXY-AUTHORIZATION: Basic Yzpk"),
+    "origin": (b"Origin: https://a.example", b"Origin: https://b.example"),
+    "referer": (b"Referer: https://a.example/",
+                b"Referer: https://b.example/"),
+    "range": (b"Range: bytes=0-1", b"Range: bytes=5-6"),
+    "if-range": (b'If-Range: "a"', b'If-Range: "b"'),
+    "if-modified-since": (b"If-Modified-Since: Sun, 06 Nov 1994 08:49:37 GMT",
+                          b"If-Modified-Since: Mon, 07 Nov 1994 08:49:37 GMT"),
+    "if-unmodified-since": (
+        b"If-Unmodified-Since: Sun, 06 Nov 1994 08:49:37 GMT",
+        b"If-Unmodified-Since: Mon, 07 Nov 1994 08:49:37 GMT"),
+    "max-forwards": (b"Max-Forwards: 1", b"Max-Forwards: 0"),
+}
+
+
+@pytest.mark.parametrize("lines", REPEATED_SINGLETONS.values(),
+                         ids=REPEATED_SINGLETONS.keys())
+def test_repeated_singleton_field_gets_400_and_close(server, recorder,
+                                                     lines):
+    host = () if lines[0].lower().startswith(b"host:") else (HOST,)
+    data = req(*host, lines[0], b"X-Between: 1", lines[1],
+               request_line=b"POST / HTTP/1.1")
+    assert_rejected(server, recorder, data, 400)
+
+
+def test_identical_content_length_lines_are_one(server):
+    # RFC 9110 8.6 lets a recipient take identical Content-Length lines as
+    # one; a list in one line ("5, 5") or differing values stay refused.
+    with connect(server.address) as sock:
+        sock.sendall(req(HOST, b"Content-Length: 5", b"content-length: 5",
+                         request_line=b"POST / HTTP/1.1", body=b"hello"))
+        env = seen(read_response(sock))
+        assert env["CONTENT_LENGTH"] == "5"
+        assert env["body"] == "hello"
+        assert seen(request(sock, "GET", "/after"))["PATH_INFO"] == "/after"
+
+
+def test_repeated_list_and_harmless_fields_are_joined(server):
+    # Lists (Accept, Cache-Control, ...) join with ","; User-Agent is not a
+    # list but is left out of the refused set on purpose: clients do send
+    # it twice, and nothing a proxy decides hangs on it.
+    with connect(server.address) as sock:
+        sock.sendall(req(HOST, b"Accept: text/html", b"User-Agent: a/1",
+                         b"Accept: */*", b"User-Agent: b/2",
+                         b"Cache-Control: no-cache",
+                         b"Cache-Control: max-age=0"))
+        env = seen(read_response(sock))
+    assert env["HTTP_ACCEPT"] == "text/html,*/*"
+    assert env["HTTP_USER_AGENT"] == "a/1,b/2"
+    assert env["HTTP_CACHE_CONTROL"] == "no-cache,max-age=0"
+
+
+# RFC 9110 6.5.1: fields that must be known before the content is processed
+# (framing, routing, request modifiers, authentication, content format) or
+# that manage the connection cannot be trailer fields. One of them in a
+# trailer section is a 400 and the connection is closed: nothing after it
+# is read as a request. See NO_TRAILER in ext/http_parser.c.
+FORBIDDEN_TRAILERS = [
+    b"Content-Length: 5", b"Transfer-Encoding: chunked", b"Trailer: X-A",
+    b"Host: other.example", b"Expect: 100-continue", b"Range: bytes=0-1",
+    b"If-Match: *", b"If-None-Match: *",
+    b"If-Modified-Since: Sun, 06 Nov 1994 08:49:37 GMT",
+    b"If-Unmodified-Since: Sun, 06 Nov 1994 08:49:37 GMT",
+    b'If-Range: "a"', b"Max-Forwards: 0", b"TE: trailers",
+    b"Cache-Control: no-cache", b"Authorization: Basic YTpi",
+    b"Proxy-Authorization: Basic YTpi", b"Cookie: a=b",
+    b"Content-Type: text/plain", b"Content-Encoding: gzip",
+    b"Content-Range: bytes 0-0/1", b"Connection: close",
+    b"Keep-Alive: timeout=5", b"Proxy-Connection: close",
+    b"Upgrade: websocket", b"content-LENGTH: 0",
+]
+
+
+@pytest.mark.parametrize("field", FORBIDDEN_TRAILERS,
+                         ids=[f.split(b":")[0].decode()
+                              for f in FORBIDDEN_TRAILERS])
+def test_forbidden_trailer_field_gets_400_and_close(server, recorder, field):
+    # The app reads the body, so it is running when the trailer comes: its
+    # read fails and the client gets the 400. What follows the trailer
+    # section is never taken for a request.
+    body = chunked(b"hello", trailers=b"X-Ok: 1\r\n" + field + b"\r\n")
+    data = req(HOST, b"Transfer-Encoding: chunked",
+               request_line=b"POST / HTTP/1.1", body=body)
+    data += build_request("GET", "/smuggled")
+    assert_rejected(server, recorder, data, 400, app_may_run=True)
+    assert "/smuggled" not in recorder.calls
+
+
+def test_permitted_trailer_fields_are_read_and_dropped(server):
+    body = chunked(b"hello", trailers=b"X-Checksum: abc\r\n"
+                   b"Server-Timing: db;dur=5\r\nContent-Language: en\r\n")
+    with connect(server.address) as sock:
+        sock.sendall(req(HOST, b"Transfer-Encoding: chunked",
+                         request_line=b"POST / HTTP/1.1", body=body))
+        env = seen(read_response(sock))
+        assert env["body"] == "hello"
+        assert "HTTP_X_CHECKSUM" not in env
+        assert "HTTP_SERVER_TIMING" not in env
+        assert "HTTP_CONTENT_LANGUAGE" not in env
+        assert seen(request(sock, "GET", "/after"))["PATH_INFO"] == "/after"
+
+
+# RFC 9110 5.6.1: a recipient ignores empty list elements.
+EMPTY_TE_ELEMENTS = [b", chunked", b"chunked,", b" , ,chunked , ,",
+                     b",,chunked"]
+
+
+@pytest.mark.parametrize("coding", EMPTY_TE_ELEMENTS)
+def test_empty_transfer_coding_elements_are_ignored(server, coding):
+    with connect(server.address) as sock:
+        sock.sendall(req(HOST, b"Transfer-Encoding: " + coding,
+                         request_line=b"POST / HTTP/1.1",
+                         body=chunked(b"hello world", chunk_size=4)))
+        env = seen(read_response(sock))
+        assert env["body"] == "hello world"
+        assert seen(request(sock, "GET", "/after"))["PATH_INFO"] == "/after"
+
+
+@pytest.mark.parametrize("lines", [
+    (b"Transfer-Encoding: ,",),
+    (b"Transfer-Encoding: , ,",),
+    (b"Transfer-Encoding: ,", b"Transfer-Encoding: chunked"),
+    (b"Transfer-Encoding: chunked", b"Transfer-Encoding: ,"),
+], ids=["only-comma", "only-commas", "comma-line-then-chunked",
+        "chunked-then-comma-line"])
+def test_transfer_encoding_line_without_a_coding_is_refused(server, recorder,
+                                                            lines):
+    # A line that names no coding could be read as "no Transfer-Encoding"
+    # by a recipient that looks at it alone: refused, even beside chunked.
+    data = req(HOST, *lines, request_line=b"POST / HTTP/1.1",
+               body=b"0\r\n\r\n")
+    assert_rejected(server, recorder, data, 400)
+
+
+@pytest.mark.parametrize("value", [b"100-continue,", b", 100-continue",
+                                   b"100-continue, ,100-Continue"])
+def test_empty_expect_elements_are_ignored(server, value):
+    with connect(server.address) as sock:
+        sock.sendall(req(HOST, b"Expect: " + value, b"Content-Length: 5",
+                         request_line=b"POST / HTTP/1.1"))
+        interim = read_response(sock)
+        assert interim.status == 100
+        sock.sendall(b"hello")
+        assert seen(read_response(sock))["body"] == "hello"
+
+
+@pytest.mark.parametrize("value", [b"", b",", b" , "])
+def test_expect_without_expectations_is_no_expectation(server, value):
+    # Expect = #expectation: an empty list expects nothing, so no 100.
+    with connect(server.address) as sock:
+        sock.sendall(req(HOST, b"Expect: " + value, b"Content-Length: 5",
+                         request_line=b"POST / HTTP/1.1", body=b"hello"))
+        resp = read_response(sock)
+        assert resp.status == 200
+        assert seen(resp)["body"] == "hello"
+
+
+@pytest.mark.parametrize("value", [b", close", b"close,", b" ,, close ,"])
+def test_empty_connection_elements_are_ignored(server, value):
+    with connect(server.address) as sock:
+        sock.sendall(req(HOST, b"Connection: " + value))
+        resp = read_response(sock)
+        assert resp.status == 200
+        assert resp.headers.get("Connection", "").lower() == "close"
+        assert_closed(sock)
+
+
+@pytest.mark.parametrize("target, host", [
+    (b"/", b"example.com:"),
+    (b"/", b"[::1]:"),
+    (b"http://abs.example:/p", b"abs.example:"),
+], ids=["host-field", "ipv6-host-field", "absolute-form"])
+def test_empty_port_in_host_is_accepted(server, target, host):
+    # RFC 3986 3.2.3: port = *DIGIT, so "name:" is a valid authority that
+    # means the scheme's default port. HTTP_HOST is the authority as sent.
+    with connect(server.address) as sock:
+        sock.sendall(req(b"Host: " + host if target == b"/" else HOST,
+                         request_line=b"GET " + target + b" HTTP/1.1"))
+        env = seen(read_response(sock))
+    assert env["HTTP_HOST"] == host.decode()
+
+
+def test_connect_with_empty_port_is_still_refused(server, recorder):
+    # CONNECT names a port to open a tunnel to: there is no default.
+    assert_rejected(server, recorder,
+                    req(HOST, request_line=b"CONNECT example.com: HTTP/1.1"),
+                    400)
+
+
 # -- Expect: 100-continue ----------------------------------------------------
 
 

@@ -838,6 +838,12 @@ UNIX_HOSTS = {
     "absolute-form": ([("Host", "ignored:1")], "http://abs.example:82/p",
                       "abs.example", "82"),
     "empty-host": ([("Host", "")], "/", "localhost", "80"),
+    # RFC 3986 3.2.3: an empty port is the scheme's default.
+    "empty-port": ([("Host", "example.com:")], "/", "example.com", "80"),
+    "ipv6-empty-port": ([("Host", "[::1]:")], "/", "[::1]", "80"),
+    "absolute-form-empty-port": ([("Host", "ignored:1")],
+                                 "http://abs.example:/p", "abs.example",
+                                 "80"),
 }
 
 

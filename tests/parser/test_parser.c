@@ -236,6 +236,11 @@ static const pcase_t pcases[] = {
      ERR, 400},
     {"absolute-form bad port", S("GET http://h:x/ HTTP/1.1\r\n" HOSTX
                                  "\r\n"), ERR, 400},
+    {"absolute-form empty port", S("GET http://h:/x HTTP/1.1\r\n" HOSTX
+                                   "\r\n"), OK, .host = "h:", .path = "/x"},
+    {"absolute-form empty port, no path", S("GET http://h:?q HTTP/1.1\r\n"
+                                            HOSTX "\r\n"), OK, .host = "h:",
+     .path = "/", .query = "q"},
     {"CONNECT", S("CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443"
                   "\r\n\r\n"), OK, .method = "CONNECT",
      .path = "example.com:443", .query = "", .host = "example.com:443"},
@@ -360,14 +365,37 @@ static const pcase_t pcases[] = {
                                      "\r\nTransfer-Encoding: gzip\r\n\r\n"),
      ERR, 400},
     {"te empty", S(GET11 HOSTX "Transfer-Encoding:\r\n\r\n"), ERR, 400},
+    /* RFC 9110 5.6.1: empty list elements are ignored... */
     {"te trailing comma", S(GET11 HOSTX "Transfer-Encoding: chunked,\r\n"
-                            "\r\n"), ERR, 400},
+                            "\r\n"), OK, .body = B_CHUNKED},
     {"te leading comma", S(GET11 HOSTX "Transfer-Encoding: ,chunked\r\n"
-                           "\r\n"), ERR, 400},
+                           "\r\n"), OK, .body = B_CHUNKED},
     {"te first problem wins", S(GET11 HOSTX "Transfer-Encoding: gzip , ,"
                                 "chunked\r\n\r\n"), ERR, 501},
     {"te empty element", S(GET11 HOSTX "Transfer-Encoding: chunked, ,\r\n"
-                           "\r\n"), ERR, 400},
+                           "\r\n"), OK, .body = B_CHUNKED},
+    {"te empty elements around", S(GET11 HOSTX "Transfer-Encoding: \t, ,"
+                                   "chunked ,\t,\r\n\r\n"), OK,
+     .body = B_CHUNKED},
+    {"te comma, chunked, gzip", S(GET11 HOSTX "Transfer-Encoding: ,chunked,"
+                                  ",gzip\r\n\r\n"), ERR, 400},
+    {"te chunked, , chunked", S(GET11 HOSTX "Transfer-Encoding: chunked, ,"
+                                "chunked\r\n\r\n"), ERR, 400},
+    /* ...but a line that names no coding is refused, even beside one that
+     * says chunked: read alone it means no transfer coding. */
+    {"te only a comma", S(GET11 HOSTX "Transfer-Encoding: ,\r\n\r\n"), ERR,
+     400},
+    {"te only commas", S(GET11 HOSTX "Transfer-Encoding: , \t,,\r\n\r\n"),
+     ERR, 400},
+    {"te comma line, chunked line", S(GET11 HOSTX "Transfer-Encoding: ,\r\n"
+                                      "Transfer-Encoding: chunked\r\n\r\n"),
+     ERR, 400},
+    {"te chunked line, comma line", S(GET11 HOSTX "Transfer-Encoding: chunked"
+                                      "\r\nTransfer-Encoding: ,\r\n\r\n"),
+     ERR, 400},
+    {"te chunked line, empty line", S(GET11 HOSTX "Transfer-Encoding: chunked"
+                                      "\r\nTransfer-Encoding:\r\n\r\n"),
+     ERR, 400},
     {"te junk after coding", S(GET11 HOSTX "Transfer-Encoding: gzip/1\r\n"
                                "\r\n"), ERR, 400},
     {"te chunked with params", S(GET11 HOSTX "Transfer-Encoding: chunked;a=b"
@@ -417,7 +445,16 @@ static const pcase_t pcases[] = {
     {"Host port 65535", S(GET11 "Host: h:65535\r\n\r\n"), OK},
     {"Host port 65536", S(GET11 "Host: h:65536\r\n\r\n"), ERR, 400},
     {"Host port 6 digits", S(GET11 "Host: h:000080\r\n\r\n"), ERR, 400},
-    {"Host empty port", S(GET11 "Host: h:\r\n\r\n"), ERR, 400},
+    /* RFC 3986 3.2.3: port = *DIGIT; empty means the scheme's default */
+    {"Host empty port", S(GET11 "Host: h:\r\n\r\n"), OK, .host = "h:",
+     .hdrs = {{"Host", "h:"}}},
+    {"Host IPv6 empty port", S(GET11 "Host: [::1]:\r\n\r\n"), OK,
+     .host = "[::1]:"},
+    {"Host IPv4 empty port", S(GET11 "Host: 10.0.0.1:\r\n\r\n"), OK,
+     .host = "10.0.0.1:"},
+    {"Host only a colon", S(GET11 "Host: :\r\n\r\n"), ERR, 400},
+    {"Host two colons", S(GET11 "Host: h::\r\n\r\n"), ERR, 400},
+    {"Host empty port then junk", S(GET11 "Host: h:x\r\n\r\n"), ERR, 400},
     {"Host only port", S(GET11 "Host: :80\r\n\r\n"), ERR, 400},
     {"Host bad port", S(GET11 "Host: h:8a\r\n\r\n"), ERR, 400},
     {"Host with space", S(GET11 "Host: a b\r\n\r\n"), ERR, 400},
@@ -433,6 +470,62 @@ static const pcase_t pcases[] = {
     {"Host IPv6 v4 zero", S(GET11 "Host: [::01.2.3.4]\r\n\r\n"), ERR, 400},
     {"Host junk after ]", S(GET11 "Host: [::1]x\r\n\r\n"), ERR, 400},
 
+    /* ---- fields that may not repeat (SINGLETONS in http_parser.c) ---- */
+    {"two Host fields, same value", S(GET11 "Host: x\r\nhost: x\r\n\r\n"),
+     ERR, 400},
+    {"two Content-Type", S(GET11 HOSTX "Content-Type: a/b\r\nContent-Type:"
+                           " c/d\r\n\r\n"), ERR, 400},
+    {"two Content-Type, same value", S(GET11 HOSTX "Content-Type: a/b\r\n"
+                                       "CONTENT-TYPE: a/b\r\n\r\n"), ERR,
+     400},
+    {"two Content-Type, apart", S(GET11 "content-type: a/b\r\n" HOSTX
+                                  "X: 1\r\nContent-type: a/b\r\n\r\n"),
+     ERR, 400},
+    {"two Content-Type in 1.0", S("POST / HTTP/1.0\r\nContent-Type: a/b\r\n"
+                                  "Content-Type: c/d\r\n\r\n"), ERR, 400},
+    {"two Content-Range", S(GET11 HOSTX "Content-Range: bytes 0-0/2\r\n"
+                            "Content-Range: bytes 1-1/2\r\n\r\n"), ERR,
+     400},
+    {"two Authorization", S(GET11 HOSTX "Authorization: Basic YTpi\r\n"
+                            "authorization: Bearer x\r\n\r\n"), ERR, 400},
+    {"two Proxy-Authorization", S(GET11 HOSTX "Proxy-Authorization: a\r\n"
+                                  "Proxy-Authorization: b\r\n\r\n"), ERR,
+     400},
+    {"two Origin", S(GET11 HOSTX "Origin: http://a\r\nOrigin: http://b\r\n"
+                     "\r\n"), ERR, 400},
+    {"two Referer", S(GET11 HOSTX "Referer: /a\r\nReferer: /b\r\n\r\n"),
+     ERR, 400},
+    {"two Range", S(GET11 HOSTX "Range: bytes=0-1\r\nRange: bytes=3-4\r\n"
+                    "\r\n"), ERR, 400},
+    {"two If-Range", S(GET11 HOSTX "If-Range: \"a\"\r\nIf-Range: \"b\"\r\n"
+                       "\r\n"), ERR, 400},
+    {"two If-Modified-Since", S(GET11 HOSTX "If-Modified-Since: a\r\n"
+                                "If-Modified-Since: b\r\n\r\n"), ERR, 400},
+    {"two If-Unmodified-Since", S(GET11 HOSTX "If-Unmodified-Since: a\r\n"
+                                  "if-unmodified-since: a\r\n\r\n"), ERR,
+     400},
+    {"two Max-Forwards", S(GET11 HOSTX "Max-Forwards: 1\r\nMax-Forwards: 0"
+                           "\r\n\r\n"), ERR, 400},
+    {"singletons once each", S(GET11 HOSTX "Content-Type: a/b\r\n"
+                               "Content-Range: bytes 0-0/1\r\n"
+                               "Authorization: a\r\n"
+                               "Proxy-Authorization: b\r\nOrigin: null\r\n"
+                               "Referer: /r\r\nRange: bytes=0-\r\n"
+                               "If-Range: \"e\"\r\nIf-Modified-Since: d\r\n"
+                               "If-Unmodified-Since: d\r\n"
+                               "Max-Forwards: 2\r\n\r\n"), OK, .nh = NH(12),
+     .hdrs = {{"Content-Type", "a/b"}, {"Max-Forwards", "2"}}},
+    {"repeated lists and User-Agent", S(GET11 HOSTX "Accept: a\r\nAccept: b"
+                                        "\r\nUser-Agent: u\r\nUser-Agent: v"
+                                        "\r\nCookie: a=1\r\nCookie: b=2\r\n"
+                                        "If-None-Match: \"x\"\r\n"
+                                        "If-None-Match: \"y\"\r\n\r\n"),
+     OK, .nh = NH(9)},
+    {"names near singletons", S(GET11 HOSTX "Content-Types: a\r\n"
+                                "Content-Types: b\r\nX-Range: 1\r\n"
+                                "X-Range: 2\r\nReferrer: a\r\n"
+                                "Referrer: b\r\n\r\n"), OK, .nh = NH(7)},
+
     /* ---- Expect ---- */
     {"expect 100-continue", S(GET11 HOSTX "Expect: 100-Continue\r\n\r\n"), OK,
      .ec = YES},
@@ -441,7 +534,29 @@ static const pcase_t pcases[] = {
                                    "Expect: 200-ok\r\n\r\n"), ERR, 417},
     {"expect list", S(GET11 HOSTX "Expect: 100-continue, foo\r\n\r\n"), ERR,
      417},
-    {"expect empty", S(GET11 HOSTX "Expect:\r\n\r\n"), ERR, 417},
+    /* Expect = #expectation: empty elements are ignored (RFC 9110
+     * 5.6.1), so an empty list expects nothing. */
+    {"expect empty", S(GET11 HOSTX "Expect:\r\n\r\n"), OK, .ec = NO},
+    {"expect only commas", S(GET11 HOSTX "Expect: , ,\t\r\n\r\n"), OK,
+     .ec = NO},
+    {"expect trailing comma", S(GET11 HOSTX "Expect: 100-continue,\r\n\r\n"),
+     OK, .ec = YES},
+    {"expect leading comma", S(GET11 HOSTX "Expect: , 100-continue\r\n\r\n"),
+     OK, .ec = YES},
+    {"expect twice in a list", S(GET11 HOSTX "Expect: 100-continue ,,\t"
+                                 "100-CONTINUE\r\n\r\n"), OK, .ec = YES},
+    {"expect empty line and 100", S(GET11 HOSTX "Expect:\r\nExpect: "
+                                    "100-continue\r\n\r\n"), OK, .ec = YES},
+    {"expect comma then other", S(GET11 HOSTX "Expect: ,foo\r\n\r\n"), ERR,
+     417},
+    {"expect 100, empty, other", S(GET11 HOSTX "Expect: 100-continue,,foo"
+                                   "\r\n\r\n"), ERR, 417},
+    {"expect quoted comma", S(GET11 HOSTX "Expect: a=\"x,100-continue\""
+                              "\r\n\r\n"), ERR, 417},
+    {"expect 100 with a parameter", S(GET11 HOSTX "Expect: 100-continue;a=b"
+                                      "\r\n\r\n"), ERR, 417},
+    {"expect inner space", S(GET11 HOSTX "Expect: 100- continue\r\n\r\n"),
+     ERR, 417},
     {"expect in HTTP/1.0", S("GET / HTTP/1.0\r\nExpect: 100-continue\r\n"
                              "\r\n"), OK, .ec = NO},
     {"expect other in HTTP/1.0", S("GET / HTTP/1.0\r\nExpect: foo\r\n\r\n"),
@@ -562,6 +677,71 @@ static const ccase_t ccases[] = {
     {"trailers", S("3\r\nabc\r\n0\r\nX-T: v\r\nY:\r\nZ: \t a b\xff\r\n\r\n"),
      DONE, 0, S("abc")},
     {"trailer obs-fold", S("0\r\nX: a\r\n b\r\n\r\n"), ERR, 400, S("")},
+    /* RFC 9110 6.5.1: NO_TRAILER in http_parser.c */
+    {"trailer Content-Length", S("3\r\nabc\r\n0\r\nContent-Length: 3\r\n"
+                                 "\r\n"), ERR, 400, S("abc")},
+    {"trailer content-length, case", S("0\r\ncOnTeNt-LeNgTh: 0\r\n\r\n"),
+     ERR, 400, S("")},
+    {"trailer Transfer-Encoding", S("0\r\nTransfer-Encoding: chunked\r\n"
+                                    "\r\n"), ERR, 400, S("")},
+    {"trailer Trailer", S("0\r\nTrailer: X\r\n\r\n"), ERR, 400, S("")},
+    {"trailer Host", S("0\r\nHost: other\r\n\r\n"), ERR, 400, S("")},
+    {"trailer Expect", S("0\r\nExpect: 100-continue\r\n\r\n"), ERR, 400,
+     S("")},
+    {"trailer Max-Forwards", S("0\r\nMax-Forwards: 0\r\n\r\n"), ERR, 400,
+     S("")},
+    {"trailer TE", S("0\r\nTE: trailers\r\n\r\n"), ERR, 400, S("")},
+    {"trailer Cache-Control", S("0\r\nCache-Control: no-cache\r\n\r\n"),
+     ERR, 400, S("")},
+    {"trailer If-Match", S("0\r\nIf-Match: *\r\n\r\n"), ERR, 400, S("")},
+    {"trailer If-None-Match", S("0\r\nIf-None-Match: *\r\n\r\n"), ERR, 400,
+     S("")},
+    {"trailer If-Modified-Since", S("0\r\nIf-Modified-Since: d\r\n\r\n"),
+     ERR, 400, S("")},
+    {"trailer If-Unmodified-Since", S("0\r\nIf-Unmodified-Since: d\r\n"
+                                      "\r\n"), ERR, 400, S("")},
+    {"trailer If-Range", S("0\r\nIf-Range: \"e\"\r\n\r\n"), ERR, 400,
+     S("")},
+    {"trailer Range", S("0\r\nRange: bytes=0-1\r\n\r\n"), ERR, 400, S("")},
+    {"trailer Authorization", S("0\r\nAuthorization: Basic YTpi\r\n\r\n"),
+     ERR, 400, S("")},
+    {"trailer Proxy-Authorization", S("0\r\nProxy-Authorization: x\r\n"
+                                      "\r\n"), ERR, 400, S("")},
+    {"trailer Cookie", S("0\r\nCookie: a=b\r\n\r\n"), ERR, 400, S("")},
+    {"trailer Content-Type", S("0\r\nContent-Type: a/b\r\n\r\n"), ERR, 400,
+     S("")},
+    {"trailer Content-Encoding", S("0\r\nContent-Encoding: gzip\r\n\r\n"),
+     ERR, 400, S("")},
+    {"trailer Content-Range", S("0\r\nContent-Range: bytes 0-0/1\r\n\r\n"),
+     ERR, 400, S("")},
+    {"trailer Connection", S("0\r\nConnection: close\r\n\r\n"), ERR, 400,
+     S("")},
+    {"trailer Keep-Alive", S("0\r\nKeep-Alive: 5\r\n\r\n"), ERR, 400,
+     S("")},
+    {"trailer Proxy-Connection", S("0\r\nProxy-Connection: close\r\n"
+                                   "\r\n"), ERR, 400, S("")},
+    {"trailer Upgrade", S("0\r\nUpgrade: h2c\r\n\r\n"), ERR, 400, S("")},
+    {"trailer empty forbidden value", S("0\r\nHost:\r\n\r\n"), ERR, 400,
+     S("")},
+    {"trailer forbidden after allowed", S("1\r\nz\r\n0\r\nX-A: 1\r\n"
+                                          "Cookie: a\r\n\r\n"), ERR, 400,
+     S("z")},
+    {"trailer forbidden, no end yet", S("0\r\nHost:"), ERR, 400, S("")},
+    {"trailer forbidden name, 431 first", S("0\r\nContent-Length: 1\r\n"
+                                            "\r\n"), ERR, 431, S(""),
+     .limits = &lim_trailer},
+    {"trailers allowed", S("2\r\nab\r\n0\r\nX-Checksum: 1\r\n"
+                           "Server-Timing: a\r\nContent-Language: en\r\n"
+                           "Content-Location: /x\r\nOrigin: null\r\n"
+                           "User-Agent: u\r\nDigest: d\r\n\r\n"), DONE, 0,
+     S("ab")},
+    {"trailer names near forbidden", S("0\r\nHosts: 1\r\nX-Host: 1\r\n"
+                                       "Content-Length2: 1\r\nTEE: 1\r\nT: 1"
+                                       "\r\nIf-Unmodified-Sinc: 1\r\n"
+                                       "If-Unmodified-Since2: 1\r\n"
+                                       "Proxy-Authorization-X: 1\r\n"
+                                       "Proxy-Authorizationn: 1\r\n\r\n"),
+     DONE, 0, S("")},
     {"trailer space before colon", S("0\r\nX : a\r\n\r\n"), ERR, 400, S("")},
     {"trailer no colon", S("0\r\nX\r\n\r\n"), ERR, 400, S("")},
     {"trailer empty name", S("0\r\n: a\r\n\r\n"), ERR, 400, S("")},
