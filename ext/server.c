@@ -14,6 +14,7 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <poll.h>
+#include <signal.h>
 #include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
@@ -249,7 +250,23 @@ ymo_server_run(ymo_server_t *s, int wakeup_fd)
         ev_io_set(&s->wakeup_watcher, wakeup_fd, EV_READ);
         ev_io_start(s->loop, &s->wakeup_watcher);
     }
+    /* sendfile(2) to a client that reset the connection raises SIGPIPE
+     * (it takes no MSG_NOSIGNAL), and where the process left SIGPIPE at
+     * SIG_DFL (an embedding program, a CLI that restores it) that kills
+     * every thread. Block it on this thread while the loop runs, which
+     * costs two calls per run() rather than two per sendfile, then discard
+     * what our writes left pending before the old mask lets it through.
+     * Whatever is pending, not only after a failed call: sendfile can
+     * raise it and still return the bytes it sent before the reset. */
+    sigset_t pipe_set, old_mask;
+    sigemptyset(&pipe_set);
+    sigaddset(&pipe_set, SIGPIPE);
+    pthread_sigmask(SIG_BLOCK, &pipe_set, &old_mask);
     ev_run(s->loop, 0);
+    static const struct timespec no_wait = {0, 0};
+    while (sigtimedwait(&pipe_set, NULL, &no_wait) == SIGPIPE) {
+    }
+    pthread_sigmask(SIG_SETMASK, &old_mask, NULL);
     ev_io_stop(s->loop, &s->wakeup_watcher);
     return s->stopped ? 1 : 0;
 }

@@ -83,8 +83,9 @@ int ymo_server_init(ymo_server_t *s, const ymo_config_t *config,
 int ymo_server_start_workers(ymo_server_t *s);
 
 /* Run the loop on the calling thread until the server has stopped (returns
- * 1) or the wakeup fd became readable (returns 0; call again). GIL
- * released. */
+ * 1) or the wakeup fd became readable (returns 0; call again). SIGPIPE is
+ * blocked on the calling thread meanwhile; the caller's mask is restored
+ * on return. GIL released. */
 int ymo_server_run(ymo_server_t *s, int wakeup_fd);
 
 /* Ask the loop to stop: no new connections, in-flight exchanges get
