@@ -281,6 +281,12 @@ Core_stop(CoreObject *self, PyObject *args, PyObject *kwargs)
     }
     if (self->initialized && !self->finished) {
         ymo_server_stop(&self->server, grace < 0 ? 0 : grace);
+        if (!self->workers_started) {
+            /* No loop has run (workers_started is set, GIL held, before
+             * the first does), so none will see the stop soon: close the
+             * listeners here, as the loop would. */
+            ymo_server_close_listeners(&self->server);
+        }
     }
     Py_RETURN_NONE;
 }
@@ -364,8 +370,9 @@ static PyMethodDef Core_methods[] = {
      " call again)"},
     {"stop", (PyCFunction)(void (*)(void))Core_stop,
      METH_VARARGS | METH_KEYWORDS,
-     "stop(grace=30.0): stop accepting; in-flight requests get grace "
-     "seconds. Thread-safe; run() returns True once stopped."},
+     "stop(grace=30.0): stop accepting (the listening sockets are closed);"
+     " in-flight requests get grace seconds. Thread-safe; run() returns"
+     " True once stopped."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -392,7 +399,11 @@ static PyType_Slot Core_slots[] = {
     {Py_tp_methods, Core_methods},
     {Py_tp_getset, Core_getset},
     {Py_tp_doc, "Core(app, listeners, log_error, errors, *, workers, ...):"
-                " one server over bound listening sockets"},
+                " one server over bound listening sockets. listeners:"
+                " [(fd, is_unix, server_name, server_port)]; once"
+                " constructed the Core owns the fds (it closes them when"
+                " a stop begins), while if construction raises they stay"
+                " the caller's"},
     {0, NULL},
 };
 

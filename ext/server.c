@@ -138,9 +138,10 @@ server_on_stop(struct ev_loop *loop, ev_async *w, int revents)
     if (!s->draining_loop) {
         s->draining_loop = 1;
         atomic_store(&s->draining, 1);
-        for (size_t i = 0; i < s->n_listeners; i++) {
-            ev_io_stop(loop, &s->listeners[i].io);
-        }
+        /* Closed now, not at exit: a client connecting during the grace
+         * period is refused at once instead of waiting in the backlog to
+         * be reset. */
+        ymo_server_close_listeners(s);
         ev_timer_stop(loop, &s->accept_timer);
         ymo_conn_t *c = s->conns;
         while (c != NULL) {
@@ -194,6 +195,18 @@ ymo_server_init(ymo_server_t *s, const ymo_config_t *config,
         ymo_server_destroy(s);
         return -ENOMEM;
     }
+    for (size_t i = 0; i < config->workers; i++) {
+        int r = ymo_wsgi_worker_init(s->loop, i, &s->workers[i]);
+        if (r < 0) {
+            ymo_server_destroy(s);
+            return r;
+        }
+        s->workers[i].server = s;
+        s->n_workers = i + 1;
+    }
+    /* Last, as nothing can fail after it: the listening sockets become
+     * the server's only when init succeeds (destroy closes those it
+     * has). */
     s->n_listeners = n;
     for (size_t i = 0; i < n; i++) {
         ymo_listener_t *l = &s->listeners[i];
@@ -204,15 +217,6 @@ ymo_server_init(ymo_server_t *s, const ymo_config_t *config,
         ev_io_init(&l->io, listener_on_accept, l->fd, EV_READ);
         l->io.data = l;
         ev_io_start(s->loop, &l->io);
-    }
-    for (size_t i = 0; i < config->workers; i++) {
-        int r = ymo_wsgi_worker_init(s->loop, i, &s->workers[i]);
-        if (r < 0) {
-            ymo_server_destroy(s);
-            return r;
-        }
-        s->workers[i].server = s;
-        s->n_workers = i + 1;
     }
     ev_async_init(&s->stop_watcher, server_on_stop);
     s->stop_watcher.data = s;
@@ -269,6 +273,26 @@ ymo_server_run(ymo_server_t *s, int wakeup_fd)
     pthread_sigmask(SIG_SETMASK, &old_mask, NULL);
     ev_io_stop(s->loop, &s->wakeup_watcher);
     return s->stopped ? 1 : 0;
+}
+
+void
+ymo_server_close_listeners(ymo_server_t *s)
+{
+    for (size_t i = 0; i < s->n_listeners; i++) {
+        ymo_listener_t *l = &s->listeners[i];
+        if (l->fd < 0) {
+            continue;
+        }
+        ev_io_stop(s->loop, &l->io);
+        /* close() of this process's descriptor, never shutdown() of the
+         * socket: with several processes on one listening socket (a
+         * supervisor that forks servers and reloads them), shutdown()
+         * would stop it listening for all of them, while close() only
+         * drops ours, so a supervisor holding its own copy keeps the port
+         * open across a reload. */
+        close(l->fd);
+        l->fd = -1;
+    }
 }
 
 void
@@ -358,6 +382,7 @@ ymo_server_destroy(ymo_server_t *s)
         ymo_wsgi_worker_destroy(&s->workers[i]);
     }
     if (s->loop != NULL) {
+        ymo_server_close_listeners(s);
         ev_loop_destroy(s->loop);
         s->loop = NULL;
         pthread_mutex_destroy(&s->ctl_lock);
@@ -369,6 +394,7 @@ ymo_server_destroy(ymo_server_t *s)
     s->headers = NULL;
     s->scratch = NULL;
     s->listeners = NULL;
+    s->n_listeners = 0;
     s->workers = NULL;
     s->n_workers = 0;
 }

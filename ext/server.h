@@ -1,7 +1,8 @@
 /* server.h - one server: its libev loop (the I/O thread), listening
  * sockets, connections and workers, and the configuration they share.
- * Plain C: the loop never touches Python. The Python-facing side hands in
- * listening sockets it bound and an opaque app context for the workers. */
+ * Plain C: the loop never touches Python. The Python-facing side hands
+ * over listening sockets it bound and an opaque app context for the
+ * workers. */
 #ifndef YMO_SERVER_H
 #define YMO_SERVER_H
 
@@ -36,7 +37,8 @@ typedef struct ymo_config {
 typedef struct ymo_listener {
     ev_io io;                  /* loop thread */
     struct ymo_server *server;
-    int fd;                    /* owned by the Python side */
+    int fd;                    /* owned by the server once init succeeded;
+                                * -1 once closed (the stop began) */
     int is_unix;
     size_t index;              /* position in server->listeners */
 } ymo_listener_t;
@@ -74,7 +76,9 @@ typedef struct ymo_server {
 } ymo_server_t;
 
 /* Set up the loop, listeners and workers (not started). listen_fds are
- * bound, listening, non-blocking sockets owned by the caller. */
+ * bound, listening, non-blocking sockets. On success the server owns them
+ * (it closes them when a stop begins, or in destroy); on failure they
+ * are still the caller's. */
 int ymo_server_init(ymo_server_t *s, const ymo_config_t *config,
                     const int *listen_fds, const int *is_unix, size_t n,
                     struct ymo_wsgi_app *app);
@@ -91,6 +95,11 @@ int ymo_server_run(ymo_server_t *s, int wakeup_fd);
 /* Ask the loop to stop: no new connections, in-flight exchanges get
  * `grace` seconds. Any thread. */
 void ymo_server_stop(ymo_server_t *s, double grace);
+
+/* Stop accepting and close the listening sockets (once; later calls do
+ * nothing). Loop thread, or any thread while no loop runs: before the
+ * first ymo_server_run, or after the last. */
+void ymo_server_close_listeners(ymo_server_t *s);
 
 /* After ymo_server_run returned 1: stop and join the workers, free what
  * they left. Waits at most `timeout` seconds (< 0: for ever; otherwise no

@@ -3,6 +3,7 @@ IPv6 and unix-socket listeners, graceful shutdown, and signals (in
 subprocesses, where serve() runs on the main thread as it would for real).
 """
 
+import os
 import signal
 import socket
 import subprocess
@@ -15,6 +16,7 @@ from wsgiref.validate import validator
 import pytest
 
 import yimmo
+from yimmo import _yimmo
 from helpers import (ServerProcess, build_request, connect, get,
                      read_response, request)
 
@@ -204,6 +206,91 @@ def test_stop_lets_in_flight_request_finish(yimmo_server):
         if stopper is None:
             server.stop()
     assert refuses_connections(server.address)
+
+
+def wait_refused(addr, timeout=3):
+    """True once connecting to addr is refused, polling until timeout."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if refuses_connections(addr):
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+
+
+def test_new_clients_are_refused_during_the_grace_period(tmp_path):
+    """Once stop() begins, the listeners are closed: a client connecting
+    during the grace period is refused at once (it used to be accepted by
+    the kernel, hang, and be reset at exit), while the request in flight
+    still finishes; the unix socket file is removed at exit."""
+    entered = threading.Event()
+    release = threading.Event()
+
+    def app(environ, start_response):
+        entered.set()
+        release.wait(WAIT)
+        start_response("200 OK", [("Content-Length", "8")])
+        return [b"finished"]
+
+    path = str(tmp_path / "grace.sock")
+    server = yimmo.Server(app, bind=["127.0.0.1:0", "unix:" + path],
+                          workers=2, graceful_timeout=WAIT)
+    tcp = server.address
+    server.start()
+    stopper = threading.Thread(target=server.stop, daemon=True)
+    try:
+        with connect(tcp, WAIT) as sock:
+            sock.sendall(build_request("GET", "/"))
+            assert entered.wait(WAIT)
+            stopper.start()
+            assert wait_refused(tcp), "TCP clients accepted while stopping"
+            assert wait_refused(path), "unix clients accepted while stopping"
+            assert stopper.is_alive()       # still in the grace period
+            release.set()
+            resp = read_response(sock)
+            assert resp.status == 200
+            assert resp.body == b"finished"
+        stopper.join(WAIT)
+        assert not stopper.is_alive(), "stop() did not return"
+    finally:
+        release.set()
+        if not stopper.is_alive():
+            server.stop(timeout=0)
+    assert server.stopped
+    assert not os.path.exists(path), "unix socket file left behind"
+
+
+def test_server_that_never_ran_closes_its_listeners_on_stop(tmp_path):
+    path = str(tmp_path / "never.sock")
+    server = yimmo.Server(make_app(b"x"),
+                          bind=["127.0.0.1:0", "unix:" + path], workers=1)
+    assert os.path.exists(path)
+    server.stop()
+    assert refuses_connections(server.address)
+    assert not os.path.exists(path)
+
+
+def test_core_owns_listener_fds_only_once_constructed():
+    """A Core that fails to construct leaves the descriptors to the caller;
+    a constructed one closes them when stopped, even if it never ran."""
+    def app(environ, start_response):
+        start_response("200 OK", [])
+        return [b""]
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(8)
+        sock.setblocking(False)
+        listeners = [(sock.fileno(), False, "127.0.0.1", "0")]
+        with pytest.raises(ValueError):
+            _yimmo.Core(app, listeners, print, sys.stderr, workers=0)
+        sock.getsockname()          # still open: the caller's to close
+        core = _yimmo.Core(app, listeners, print, sys.stderr, workers=1)
+        fd = sock.detach()
+        core.stop(0)
+        with pytest.raises(OSError):
+            os.fstat(fd)            # closed by the core
 
 
 # -- serve() in a subprocess -------------------------------------------------
