@@ -3,6 +3,7 @@
  * that owns one server (loop, listeners, workers) for the Python side.  */
 #include "wsgi.h"
 
+#include <math.h>
 #include <string.h>
 
 typedef struct {
@@ -209,7 +210,7 @@ core_shutdown(CoreObject *self, double grace)
         while (!ymo_server_run(&self->server, -1)) {
         }
         int interrupted;
-        ymo_server_join_workers(&self->server, -1, -1, &interrupted);
+        ymo_server_join_workers(&self->server, 1, -1, &interrupted);
         Py_END_ALLOW_THREADS
     }
     self->finished = 1;
@@ -248,10 +249,9 @@ Core_run(CoreObject *self, PyObject *args, PyObject *kwargs)
     Py_BEGIN_ALLOW_THREADS
     stopped = ymo_server_run(&self->server, wakeup_fd);
     if (stopped) {
-        /* Workers still running the app get the grace period too. */
-        busy = ymo_server_join_workers(&self->server,
-                                       ymo_server_grace(&self->server),
-                                       wakeup_fd, &interrupted);
+        /* Workers still running the app get until the same deadline. */
+        busy = ymo_server_join_workers(&self->server, 0, wakeup_fd,
+                                       &interrupted);
     }
     Py_END_ALLOW_THREADS
     self->running = 0;
@@ -277,6 +277,12 @@ Core_stop(CoreObject *self, PyObject *args, PyObject *kwargs)
     double grace = 30.0;
     if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|d:stop", kwlist,
                                      &grace)) {
+        return NULL;
+    }
+    if (isnan(grace)) {
+        /* No number of seconds: it used to mean no limit at all, and
+         * reading it as 0 would cut in-flight requests off. Refuse it. */
+        PyErr_SetString(PyExc_ValueError, "grace must be a number, not NaN");
         return NULL;
     }
     if (self->initialized && !self->finished) {
@@ -371,8 +377,10 @@ static PyMethodDef Core_methods[] = {
     {"stop", (PyCFunction)(void (*)(void))Core_stop,
      METH_VARARGS | METH_KEYWORDS,
      "stop(grace=30.0): stop accepting (the listening sockets are closed);"
-     " in-flight requests get grace seconds. Thread-safe; run() returns"
-     " True once stopped."},
+     " in-flight requests get until one deadline, now + grace seconds"
+     " (negative: 0; NaN: ValueError), which a later stop may bring"
+     " forward but never postpone. Thread-safe; run() returns True once"
+     " stopped."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -7,6 +7,7 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <math.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <stdio.h>
@@ -27,6 +28,25 @@
 
 /* Seconds to stop accepting after running out of file descriptors. */
 #define ACCEPT_PAUSE 0.1
+
+/* Seconds on CLOCK_MONOTONIC, the clock of the stop deadline: unlike the
+ * loop's cached time, any thread can read it. */
+static double
+monotonic_now(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + (double)t.tv_nsec / 1e9;
+}
+
+static double
+server_deadline(ymo_server_t *s)
+{
+    pthread_mutex_lock(&s->ctl_lock);
+    double deadline = s->deadline;
+    pthread_mutex_unlock(&s->ctl_lock);
+    return deadline;
+}
 
 static void
 listener_on_accept(struct ev_loop *loop, ev_io *w, int revents)
@@ -129,7 +149,7 @@ server_on_stop(struct ev_loop *loop, ev_async *w, int revents)
     (void)revents;
     ymo_server_t *s = w->data;
     pthread_mutex_lock(&s->ctl_lock);
-    double grace = s->grace;
+    double deadline = s->deadline;
     int requested = s->stop_requested;
     pthread_mutex_unlock(&s->ctl_lock);
     if (!requested) {
@@ -154,9 +174,16 @@ server_on_stop(struct ev_loop *loop, ev_async *w, int revents)
         server_finish(s);
         return;
     }
-    /* A later stop() may shorten the grace period. */
+    /* Armed for the absolute deadline, which a later stop() may only have
+     * brought forward: re-arming for `grace` from now let every repeated
+     * SIGTERM postpone the end. */
     ev_timer_stop(loop, &s->grace_timer);
-    ev_timer_set(&s->grace_timer, grace > 0 ? grace : 0., 0.);
+    ev_now_update(loop);
+    double left = deadline - monotonic_now();
+    if (isinf(left)) {
+        return;                 /* stop(inf): wait as long as it takes */
+    }
+    ev_timer_set(&s->grace_timer, left > 0 ? left : 0., 0.);
     ev_timer_start(loop, &s->grace_timer);
 }
 
@@ -298,9 +325,10 @@ ymo_server_close_listeners(ymo_server_t *s)
 void
 ymo_server_stop(ymo_server_t *s, double grace)
 {
+    double deadline = monotonic_now() + (grace > 0 ? grace : 0.);
     pthread_mutex_lock(&s->ctl_lock);
-    if (!s->stop_requested || grace < s->grace) {
-        s->grace = grace;
+    if (!s->stop_requested || deadline < s->deadline) {
+        s->deadline = deadline;
     }
     s->stop_requested = 1;
     pthread_mutex_unlock(&s->ctl_lock);
@@ -308,20 +336,13 @@ ymo_server_stop(ymo_server_t *s, double grace)
 }
 
 size_t
-ymo_server_join_workers(ymo_server_t *s, double timeout, int wakeup_fd,
+ymo_server_join_workers(ymo_server_t *s, int forever, int wakeup_fd,
                         int *interrupted)
 {
     *interrupted = 0;
     for (size_t i = 0; i < s->n_workers; i++) {
         ymo_wsgi_worker_stop(&s->workers[i]);
     }
-    /* One deadline for all workers (and across interrupted calls),
-     * re-read between short waits so that a later stop() with less grace
-     * takes effect. */
-    if (s->join_started.tv_sec == 0 && s->join_started.tv_nsec == 0) {
-        clock_gettime(CLOCK_MONOTONIC, &s->join_started);
-    }
-    struct timespec t0 = s->join_started;
     size_t busy;
     for (;;) {
         busy = 0;
@@ -333,15 +354,11 @@ ymo_server_join_workers(ymo_server_t *s, double timeout, int wakeup_fd,
         if (busy == 0) {
             break;
         }
-        struct timespec t;
-        clock_gettime(CLOCK_MONOTONIC, &t);
-        double spent = (double)(t.tv_sec - t0.tv_sec) +
-                       (double)(t.tv_nsec - t0.tv_nsec) / 1e9;
-        double limit = timeout < 0 ? -1 : ymo_server_grace(s);
-        if (limit >= 0 && timeout >= 0 && timeout < limit) {
-            limit = timeout;
-        }
-        if (limit >= 0 && spent >= limit) {
+        /* The loop's deadline, not a grace period of its own: counting
+         * the grace again from here gave a stuck request twice as long.
+         * Re-read between short waits, so a later stop() that brings it
+         * forward takes effect. */
+        if (!forever && monotonic_now() >= server_deadline(s)) {
             break;
         }
         /* Nap, but wake for a signal: its Python handler (a second
@@ -361,15 +378,6 @@ ymo_server_join_workers(ymo_server_t *s, double timeout, int wakeup_fd,
         ev_run(s->loop, EVRUN_NOWAIT);
     }
     return busy;
-}
-
-double
-ymo_server_grace(ymo_server_t *s)
-{
-    pthread_mutex_lock(&s->ctl_lock);
-    double grace = s->grace;
-    pthread_mutex_unlock(&s->ctl_lock);
-    return grace;
 }
 
 void

@@ -66,13 +66,14 @@ typedef struct ymo_server {
     ev_timer grace_timer;
     ev_timer accept_timer;     /* resumes accepting after EMFILE */
     ev_async stop_watcher;     /* any thread -> loop: stop */
-    struct timespec join_started;  /* when joining the workers began */
 
     /* Shared. */
     atomic_int draining;       /* loop writes; workers read (close conns) */
-    pthread_mutex_t ctl_lock;  /* guards stop_requested and grace */
+    pthread_mutex_t ctl_lock;  /* guards stop_requested and deadline */
     int stop_requested;
-    double grace;
+    double deadline;           /* CLOCK_MONOTONIC seconds when in-flight
+                                * work is cut off: set by the first stop,
+                                * only ever moved earlier */
 } ymo_server_t;
 
 /* Set up the loop, listeners and workers (not started). listen_fds are
@@ -93,7 +94,9 @@ int ymo_server_start_workers(ymo_server_t *s);
 int ymo_server_run(ymo_server_t *s, int wakeup_fd);
 
 /* Ask the loop to stop: no new connections, in-flight exchanges get
- * `grace` seconds. Any thread. */
+ * until the deadline, which the first stop sets to now + `grace` seconds
+ * (<= 0: none; a NaN counts as 0) and a later one may only bring
+ * forward. Any thread. */
 void ymo_server_stop(ymo_server_t *s, double grace);
 
 /* Stop accepting and close the listening sockets (once; later calls do
@@ -102,17 +105,14 @@ void ymo_server_stop(ymo_server_t *s, double grace);
 void ymo_server_close_listeners(ymo_server_t *s);
 
 /* After ymo_server_run returned 1: stop and join the workers, free what
- * they left. Waits at most `timeout` seconds (< 0: for ever; otherwise no
- * longer than the grace period) for workers still running the app;
- * returns how many are still running then (their memory, and the
- * server's, must then stay allocated). Returns early with *interrupted set
- * when wakeup_fd (if >= 0) becomes readable; call again to go on. GIL
- * released. */
-size_t ymo_server_join_workers(ymo_server_t *s, double timeout,
-                               int wakeup_fd, int *interrupted);
-
-/* The grace period the last stop asked for. Any thread. */
-double ymo_server_grace(ymo_server_t *s);
+ * they left. Waits for workers still running the app until the stop's
+ * deadline (the one the loop kept, re-read so that a later stop can
+ * bring it forward), or for ever with `forever`; returns how many are
+ * still running then (their memory, and the server's, must then stay
+ * allocated). Returns early with *interrupted set when wakeup_fd (if
+ * >= 0) becomes readable; call again to go on. GIL released. */
+size_t ymo_server_join_workers(ymo_server_t *s, int forever, int wakeup_fd,
+                               int *interrupted);
 
 /* Free everything (workers joined or never started). */
 void ymo_server_destroy(ymo_server_t *s);

@@ -293,6 +293,97 @@ def test_core_owns_listener_fds_only_once_constructed():
             os.fstat(fd)            # closed by the core
 
 
+def serve_stuck_request(yimmo_server, **options):
+    """A server whose one request is stuck in the app until the returned
+    event is set (the caller must set it)."""
+    entered = threading.Event()
+    release = threading.Event()
+
+    def app(environ, start_response):
+        entered.set()
+        release.wait(60)
+        start_response("200 OK", [("Content-Length", "0")])
+        return []
+
+    server = yimmo_server(app, **options)
+    sock = connect(server.address, WAIT)
+    sock.sendall(build_request("GET", "/"))
+    assert entered.wait(WAIT)
+    return server, sock, release
+
+
+def test_grace_period_is_applied_once(yimmo_server):
+    """stop(2.0) with a request stuck in the app returns after about 2 s:
+    the workers are joined until the loop's deadline, not for another
+    grace period after it (that took 4 s)."""
+    server, sock, release = serve_stuck_request(yimmo_server, workers=2)
+    try:
+        t0 = time.monotonic()
+        server.stop(2.0)
+        spent = time.monotonic() - t0
+        assert server.stopped
+        assert 1.8 < spent < 3.5, "stop(2.0) took %.2fs" % spent
+    finally:
+        release.set()
+        sock.close()
+
+
+def test_repeated_stop_does_not_postpone_the_deadline(yimmo_server):
+    """stop(3) again every 0.5 s (as repeated SIGTERMs do) must not re-arm
+    the grace period: the first stop fixed the deadline."""
+    server, sock, release = serve_stuck_request(yimmo_server, workers=1)
+    try:
+        t0 = time.monotonic()
+        stoppers = []
+        while not server.stopped and time.monotonic() - t0 < 8:
+            t = threading.Thread(target=server.stop, args=(3,), daemon=True)
+            t.start()
+            stoppers.append(t)
+            time.sleep(0.5)
+        spent = time.monotonic() - t0
+        assert server.stopped, "still not stopped after %.1fs" % spent
+        assert spent < 4.5, "stopped after %.2fs, not ~3s" % spent
+        for t in stoppers:
+            t.join(WAIT)
+    finally:
+        release.set()
+        sock.close()
+
+
+def test_a_later_stop_may_shorten_the_deadline(yimmo_server):
+    server, sock, release = serve_stuck_request(yimmo_server, workers=1)
+    try:
+        t0 = time.monotonic()
+        first = threading.Thread(target=server.stop, args=(30,),
+                                 daemon=True)
+        first.start()
+        time.sleep(0.3)
+        server.stop(0.5)
+        assert server.stopped
+        assert time.monotonic() - t0 < 2.5
+        first.join(WAIT)
+        assert not first.is_alive()
+    finally:
+        release.set()
+        sock.close()
+
+
+def test_stop_rejects_nan():
+    server = yimmo.Server(make_app(b"still fine"), bind="127.0.0.1:0",
+                          workers=1)
+    try:
+        with pytest.raises(ValueError):
+            server.stop(float("nan"))
+        with pytest.raises(ValueError):
+            server._core.stop(float("nan"))
+        # Nothing was stopped: the server still starts and serves.
+        server.start()
+        assert get(server.address).body == b"still fine"
+    finally:
+        server.stop(-1)             # negative: no grace, like 0
+    assert server.stopped
+
+
 # -- serve() in a subprocess -------------------------------------------------
 
 SERVE_SCRIPT = textwrap.dedent("""
@@ -434,4 +525,25 @@ def test_second_sigint_cuts_the_wait_for_a_stuck_worker_short():
         proc.signal(signal.SIGINT)
         assert proc.wait(WAIT) == 42, proc.stderr
         assert time.monotonic() - t0 < 5
+        assert "still running the app" in proc.stderr
+
+
+def test_repeated_sigterm_does_not_postpone_the_exit():
+    """SIGTERM every 0.5 s while a request is stuck: the process still
+    exits about graceful_timeout (3 s) after the first one. (The signals
+    stop before that deadline: once serve() returns, SIGTERM has its
+    default action again.)"""
+    script = STUCK_APP.replace("graceful_timeout=60", "graceful_timeout=3")
+    with ServerProcess([sys.executable, "-c", script]) as proc:
+        addr = proc.wait_listening()
+        with socket.create_connection(addr, timeout=5) as sock:
+            sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            proc.wait_for_line("^entered$", stream="stdout", timeout=WAIT)
+            t0 = time.monotonic()
+            for _ in range(6):          # the last one 2.5 s in
+                proc.signal(signal.SIGTERM)
+                time.sleep(0.5)
+            assert proc.wait(WAIT) == 0, proc.stderr
+            spent = time.monotonic() - t0
+        assert spent < 4.5, "exited %.2fs after the first SIGTERM" % spent
         assert "still running the app" in proc.stderr

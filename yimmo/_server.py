@@ -291,7 +291,11 @@ class Server:
 
     def stop(self, timeout=None):
         """Stop accepting, give in-flight requests `timeout` seconds
-        (default: the graceful_timeout option), and wait until done."""
+        (default: the graceful_timeout option), and wait until done.
+
+        The first stop fixes the deadline; a later one may bring it
+        forward but never postpones it. A negative timeout counts as 0;
+        NaN raises ValueError."""
         grace = self.options["graceful_timeout"] if timeout is None \
             else timeout
         self._core.stop(grace)
