@@ -29,6 +29,11 @@
 /* Seconds to stop accepting after running out of file descriptors. */
 #define ACCEPT_PAUSE 0.1
 
+/* Seconds the join goes on past the stop deadline, for workers that were
+ * idle: woken by the stop, they need only the GIL to exit, and without
+ * this moment stop(0) gave them up as still running the app. */
+#define JOIN_SLACK 0.1
+
 /* Seconds on CLOCK_MONOTONIC, the clock of the stop deadline: unlike the
  * loop's cached time, any thread can read it. */
 static double
@@ -358,7 +363,7 @@ ymo_server_join_workers(ymo_server_t *s, int forever, int wakeup_fd,
          * the grace again from here gave a stuck request twice as long.
          * Re-read between short waits, so a later stop() that brings it
          * forward takes effect. */
-        if (!forever && monotonic_now() >= server_deadline(s)) {
+        if (!forever && monotonic_now() >= server_deadline(s) + JOIN_SLACK) {
             break;
         }
         /* Nap, but wake for a signal: its Python handler (a second

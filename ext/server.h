@@ -107,10 +107,11 @@ void ymo_server_close_listeners(ymo_server_t *s);
 /* After ymo_server_run returned 1: stop and join the workers, free what
  * they left. Waits for workers still running the app until the stop's
  * deadline (the one the loop kept, re-read so that a later stop can
- * bring it forward), or for ever with `forever`; returns how many are
- * still running then (their memory, and the server's, must then stay
- * allocated). Returns early with *interrupted set when wakeup_fd (if
- * >= 0) becomes readable; call again to go on. GIL released. */
+ * bring it forward; plus a moment for idle workers to exit), or for ever
+ * with `forever`; returns how many are still running then (their memory,
+ * and the server's, must then stay allocated). Returns early with
+ * *interrupted set when wakeup_fd (if >= 0) becomes readable; call again
+ * to go on. GIL released. */
 size_t ymo_server_join_workers(ymo_server_t *s, int forever, int wakeup_fd,
                                int *interrupted);
 

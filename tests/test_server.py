@@ -368,6 +368,21 @@ def test_a_later_stop_may_shorten_the_deadline(yimmo_server):
         sock.close()
 
 
+def test_stop_without_grace_joins_idle_workers():
+    """stop(0), as at interpreter exit or on a second Ctrl-C, with nothing
+    in flight: idle workers need a moment to wake and exit, and must not
+    be given up on as "still running the app" (which also keeps the core
+    allocated for good)."""
+    for _ in range(5):
+        server = yimmo.Server(make_app(b"idle"), bind="127.0.0.1:0",
+                              workers=4)
+        server.start()
+        assert get(server.address).body == b"idle"
+        server.stop(timeout=0)
+        assert server.stopped
+        assert server._core.abandoned_workers == 0
+
+
 def test_stop_rejects_nan():
     server = yimmo.Server(make_app(b"still fine"), bind="127.0.0.1:0",
                           workers=1)
