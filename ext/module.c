@@ -298,6 +298,14 @@ Core_stop(CoreObject *self, PyObject *args, PyObject *kwargs)
 }
 
 static PyObject *
+Core_is_worker_thread(CoreObject *self, PyObject *unused)
+{
+    (void)unused;
+    return PyBool_FromLong(self->initialized &&
+                           ymo_server_on_worker_thread(&self->server));
+}
+
+static PyObject *
 Core_get_finished(CoreObject *self, void *closure)
 {
     (void)closure;
@@ -381,6 +389,9 @@ static PyMethodDef Core_methods[] = {
      " (negative: 0; NaN: ValueError), which a later stop may bring"
      " forward but never postpone. Thread-safe; run() returns True once"
      " stopped."},
+    {"is_worker_thread", (PyCFunction)Core_is_worker_thread, METH_NOARGS,
+     "is_worker_thread() -> bool: whether the calling thread is one of this"
+     " Core's workers (code called by the app, inside a request)"},
     {NULL, NULL, 0, NULL},
 };
 

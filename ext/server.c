@@ -385,6 +385,23 @@ ymo_server_join_workers(ymo_server_t *s, int forever, int wakeup_fd,
     return busy;
 }
 
+/* The server this thread is a worker of, NULL on any other thread. Each
+ * worker thread writes its own copy once, at its start, and only it reads
+ * it, so it needs no lock; nor does it cost anything per request. */
+static _Thread_local const ymo_server_t *worker_of;
+
+void
+ymo_server_enter_worker_thread(const ymo_server_t *s)
+{
+    worker_of = s;
+}
+
+int
+ymo_server_on_worker_thread(const ymo_server_t *s)
+{
+    return worker_of == s;
+}
+
 void
 ymo_server_destroy(ymo_server_t *s)
 {

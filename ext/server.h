@@ -115,6 +115,13 @@ void ymo_server_close_listeners(ymo_server_t *s);
 size_t ymo_server_join_workers(ymo_server_t *s, int forever, int wakeup_fd,
                                int *interrupted);
 
+/* Worker thread, once at its start: mark the calling thread as one of
+ * s's workers. */
+void ymo_server_enter_worker_thread(const ymo_server_t *s);
+
+/* Whether the calling thread is one of s's workers. Any thread. */
+int ymo_server_on_worker_thread(const ymo_server_t *s);
+
 /* Free everything (workers joined or never started). */
 void ymo_server_destroy(ymo_server_t *s);
 

@@ -158,6 +158,8 @@ static void *
 worker_main(void *arg)
 {
     ymo_wsgi_worker_t *self = arg;
+    /* So that a stop() the app calls knows not to wait for itself. */
+    ymo_server_enter_worker_thread(self->server);
     /* The one thread state this worker has for its whole life, so
      * threading.local() data survives between requests. */
     PyGILState_STATE gstate = PyGILState_Ensure();

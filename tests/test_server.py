@@ -383,6 +383,38 @@ def test_stop_without_grace_joins_idle_workers():
         assert server._core.abandoned_workers == 0
 
 
+def test_stop_from_inside_a_request_handler():
+    """An app may call server.stop(): from one of the server's own worker
+    threads it only begins the graceful stop and returns at once (waiting
+    would mean waiting for itself), and the request that called it still
+    gets its response."""
+    holder = []
+
+    def app(environ, start_response):
+        t0 = time.monotonic()
+        holder[0].stop()
+        body = b"stop returned in %.3f" % (time.monotonic() - t0)
+        start_response("200 OK", [("Content-Length", str(len(body)))])
+        return [body]
+
+    server = yimmo.Server(app, bind="127.0.0.1:0", workers=2,
+                          graceful_timeout=10)
+    holder.append(server)
+    server.start()
+    try:
+        resp = get(server.address, timeout=5)
+        assert resp.status == 200
+        assert resp.body.startswith(b"stop returned in ")
+        assert float(resp.body.split()[-1]) < 0.5, resp.body
+        server._thread.join(3)
+        assert not server._thread.is_alive(), "the server did not finish"
+        assert server.stopped
+        assert server._core.abandoned_workers == 0
+    finally:
+        server.stop(timeout=0)
+    assert refuses_connections(server.address)
+
+
 def test_stop_rejects_nan():
     server = yimmo.Server(make_app(b"still fine"), bind="127.0.0.1:0",
                           workers=1)

@@ -295,10 +295,17 @@ class Server:
 
         The first stop fixes the deadline; a later one may bring it
         forward but never postpones it. A negative timeout counts as 0;
-        NaN raises ValueError."""
+        NaN raises ValueError.
+
+        Called from inside a request handler (one of this server's worker
+        threads), it only begins the graceful stop and returns at once:
+        waiting would mean waiting for itself. The request that called it
+        still gets its response."""
         grace = self.options["graceful_timeout"] if timeout is None \
             else timeout
         self._core.stop(grace)
+        if self._core.is_worker_thread():
+            return
         thread = self._thread
         if thread is not None and thread is not threading.current_thread():
             thread.join()
