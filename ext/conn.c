@@ -181,7 +181,13 @@ conn_flush(ymo_conn_t *c)
                 iov[cnt].iov_len = x->len - x->off;
                 cnt++;
             }
-            n = cnt > 0 ? writev(c->fd, iov, cnt) : 0;
+            /* sendmsg rather than writev for MSG_NOSIGNAL: a client that
+             * reset the connection must cost an EPIPE, not a SIGPIPE that
+             * kills the process where its disposition is SIG_DFL. (For
+             * sendfile, which takes no flags, see ymo_server_run.) */
+            struct msghdr msg = {.msg_iov = iov,
+                                 .msg_iovlen = (size_t)cnt};
+            n = cnt > 0 ? sendmsg(c->fd, &msg, MSG_NOSIGNAL) : 0;
         }
         if (n < 0) {
             if (errno == EINTR) {

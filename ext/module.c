@@ -3,6 +3,7 @@
  * that owns one server (loop, listeners, workers) for the Python side.  */
 #include "wsgi.h"
 
+#include <math.h>
 #include <string.h>
 
 typedef struct {
@@ -209,7 +210,7 @@ core_shutdown(CoreObject *self, double grace)
         while (!ymo_server_run(&self->server, -1)) {
         }
         int interrupted;
-        ymo_server_join_workers(&self->server, -1, -1, &interrupted);
+        ymo_server_join_workers(&self->server, 1, -1, &interrupted);
         Py_END_ALLOW_THREADS
     }
     self->finished = 1;
@@ -248,10 +249,9 @@ Core_run(CoreObject *self, PyObject *args, PyObject *kwargs)
     Py_BEGIN_ALLOW_THREADS
     stopped = ymo_server_run(&self->server, wakeup_fd);
     if (stopped) {
-        /* Workers still running the app get the grace period too. */
-        busy = ymo_server_join_workers(&self->server,
-                                       ymo_server_grace(&self->server),
-                                       wakeup_fd, &interrupted);
+        /* Workers still running the app get until the same deadline. */
+        busy = ymo_server_join_workers(&self->server, 0, wakeup_fd,
+                                       &interrupted);
     }
     Py_END_ALLOW_THREADS
     self->running = 0;
@@ -279,10 +279,30 @@ Core_stop(CoreObject *self, PyObject *args, PyObject *kwargs)
                                      &grace)) {
         return NULL;
     }
+    if (isnan(grace)) {
+        /* No number of seconds: it used to mean no limit at all, and
+         * reading it as 0 would cut in-flight requests off. Refuse it. */
+        PyErr_SetString(PyExc_ValueError, "grace must be a number, not NaN");
+        return NULL;
+    }
     if (self->initialized && !self->finished) {
         ymo_server_stop(&self->server, grace < 0 ? 0 : grace);
+        if (!self->workers_started) {
+            /* No loop has run (workers_started is set, GIL held, before
+             * the first does), so none will see the stop soon: close the
+             * listeners here, as the loop would. */
+            ymo_server_close_listeners(&self->server);
+        }
     }
     Py_RETURN_NONE;
+}
+
+static PyObject *
+Core_is_worker_thread(CoreObject *self, PyObject *unused)
+{
+    (void)unused;
+    return PyBool_FromLong(self->initialized &&
+                           ymo_server_on_worker_thread(&self->server));
 }
 
 static PyObject *
@@ -364,8 +384,14 @@ static PyMethodDef Core_methods[] = {
      " call again)"},
     {"stop", (PyCFunction)(void (*)(void))Core_stop,
      METH_VARARGS | METH_KEYWORDS,
-     "stop(grace=30.0): stop accepting; in-flight requests get grace "
-     "seconds. Thread-safe; run() returns True once stopped."},
+     "stop(grace=30.0): stop accepting (the listening sockets are closed);"
+     " in-flight requests get until one deadline, now + grace seconds"
+     " (negative: 0; NaN: ValueError), which a later stop may bring"
+     " forward but never postpone. Thread-safe; run() returns True once"
+     " stopped."},
+    {"is_worker_thread", (PyCFunction)Core_is_worker_thread, METH_NOARGS,
+     "is_worker_thread() -> bool: whether the calling thread is one of this"
+     " Core's workers (code called by the app, inside a request)"},
     {NULL, NULL, 0, NULL},
 };
 
@@ -392,7 +418,11 @@ static PyType_Slot Core_slots[] = {
     {Py_tp_methods, Core_methods},
     {Py_tp_getset, Core_getset},
     {Py_tp_doc, "Core(app, listeners, log_error, errors, *, workers, ...):"
-                " one server over bound listening sockets"},
+                " one server over bound listening sockets. listeners:"
+                " [(fd, is_unix, server_name, server_port)]; once"
+                " constructed the Core owns the fds (it closes them when"
+                " a stop begins), while if construction raises they stay"
+                " the caller's"},
     {0, NULL},
 };
 

@@ -7,6 +7,7 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <math.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <stdio.h>
@@ -14,6 +15,7 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <poll.h>
+#include <signal.h>
 #include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
@@ -26,6 +28,30 @@
 
 /* Seconds to stop accepting after running out of file descriptors. */
 #define ACCEPT_PAUSE 0.1
+
+/* Seconds the join goes on past the stop deadline, for workers that were
+ * idle: woken by the stop, they need only the GIL to exit, and without
+ * this moment stop(0) gave them up as still running the app. */
+#define JOIN_SLACK 0.1
+
+/* Seconds on CLOCK_MONOTONIC, the clock of the stop deadline: unlike the
+ * loop's cached time, any thread can read it. */
+static double
+monotonic_now(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + (double)t.tv_nsec / 1e9;
+}
+
+static double
+server_deadline(ymo_server_t *s)
+{
+    pthread_mutex_lock(&s->ctl_lock);
+    double deadline = s->deadline;
+    pthread_mutex_unlock(&s->ctl_lock);
+    return deadline;
+}
 
 static void
 listener_on_accept(struct ev_loop *loop, ev_io *w, int revents)
@@ -128,7 +154,7 @@ server_on_stop(struct ev_loop *loop, ev_async *w, int revents)
     (void)revents;
     ymo_server_t *s = w->data;
     pthread_mutex_lock(&s->ctl_lock);
-    double grace = s->grace;
+    double deadline = s->deadline;
     int requested = s->stop_requested;
     pthread_mutex_unlock(&s->ctl_lock);
     if (!requested) {
@@ -137,9 +163,10 @@ server_on_stop(struct ev_loop *loop, ev_async *w, int revents)
     if (!s->draining_loop) {
         s->draining_loop = 1;
         atomic_store(&s->draining, 1);
-        for (size_t i = 0; i < s->n_listeners; i++) {
-            ev_io_stop(loop, &s->listeners[i].io);
-        }
+        /* Closed now, not at exit: a client connecting during the grace
+         * period is refused at once instead of waiting in the backlog to
+         * be reset. */
+        ymo_server_close_listeners(s);
         ev_timer_stop(loop, &s->accept_timer);
         ymo_conn_t *c = s->conns;
         while (c != NULL) {
@@ -152,9 +179,16 @@ server_on_stop(struct ev_loop *loop, ev_async *w, int revents)
         server_finish(s);
         return;
     }
-    /* A later stop() may shorten the grace period. */
+    /* Armed for the absolute deadline, which a later stop() may only have
+     * brought forward: re-arming for `grace` from now let every repeated
+     * SIGTERM postpone the end. */
     ev_timer_stop(loop, &s->grace_timer);
-    ev_timer_set(&s->grace_timer, grace > 0 ? grace : 0., 0.);
+    ev_now_update(loop);
+    double left = deadline - monotonic_now();
+    if (isinf(left)) {
+        return;                 /* stop(inf): wait as long as it takes */
+    }
+    ev_timer_set(&s->grace_timer, left > 0 ? left : 0., 0.);
     ev_timer_start(loop, &s->grace_timer);
 }
 
@@ -193,6 +227,18 @@ ymo_server_init(ymo_server_t *s, const ymo_config_t *config,
         ymo_server_destroy(s);
         return -ENOMEM;
     }
+    for (size_t i = 0; i < config->workers; i++) {
+        int r = ymo_wsgi_worker_init(s->loop, i, &s->workers[i]);
+        if (r < 0) {
+            ymo_server_destroy(s);
+            return r;
+        }
+        s->workers[i].server = s;
+        s->n_workers = i + 1;
+    }
+    /* Last, as nothing can fail after it: the listening sockets become
+     * the server's only when init succeeds (destroy closes those it
+     * has). */
     s->n_listeners = n;
     for (size_t i = 0; i < n; i++) {
         ymo_listener_t *l = &s->listeners[i];
@@ -203,15 +249,6 @@ ymo_server_init(ymo_server_t *s, const ymo_config_t *config,
         ev_io_init(&l->io, listener_on_accept, l->fd, EV_READ);
         l->io.data = l;
         ev_io_start(s->loop, &l->io);
-    }
-    for (size_t i = 0; i < config->workers; i++) {
-        int r = ymo_wsgi_worker_init(s->loop, i, &s->workers[i]);
-        if (r < 0) {
-            ymo_server_destroy(s);
-            return r;
-        }
-        s->workers[i].server = s;
-        s->n_workers = i + 1;
     }
     ev_async_init(&s->stop_watcher, server_on_stop);
     s->stop_watcher.data = s;
@@ -249,17 +286,54 @@ ymo_server_run(ymo_server_t *s, int wakeup_fd)
         ev_io_set(&s->wakeup_watcher, wakeup_fd, EV_READ);
         ev_io_start(s->loop, &s->wakeup_watcher);
     }
+    /* sendfile(2) to a client that reset the connection raises SIGPIPE
+     * (it takes no MSG_NOSIGNAL), and where the process left SIGPIPE at
+     * SIG_DFL (an embedding program, a CLI that restores it) that kills
+     * every thread. Block it on this thread while the loop runs, which
+     * costs two calls per run() rather than two per sendfile, then discard
+     * what our writes left pending before the old mask lets it through.
+     * Whatever is pending, not only after a failed call: sendfile can
+     * raise it and still return the bytes it sent before the reset. */
+    sigset_t pipe_set, old_mask;
+    sigemptyset(&pipe_set);
+    sigaddset(&pipe_set, SIGPIPE);
+    pthread_sigmask(SIG_BLOCK, &pipe_set, &old_mask);
     ev_run(s->loop, 0);
+    static const struct timespec no_wait = {0, 0};
+    while (sigtimedwait(&pipe_set, NULL, &no_wait) == SIGPIPE) {
+    }
+    pthread_sigmask(SIG_SETMASK, &old_mask, NULL);
     ev_io_stop(s->loop, &s->wakeup_watcher);
     return s->stopped ? 1 : 0;
 }
 
 void
+ymo_server_close_listeners(ymo_server_t *s)
+{
+    for (size_t i = 0; i < s->n_listeners; i++) {
+        ymo_listener_t *l = &s->listeners[i];
+        if (l->fd < 0) {
+            continue;
+        }
+        ev_io_stop(s->loop, &l->io);
+        /* close() of this process's descriptor, never shutdown() of the
+         * socket: with several processes on one listening socket (a
+         * supervisor that forks servers and reloads them), shutdown()
+         * would stop it listening for all of them, while close() only
+         * drops ours, so a supervisor holding its own copy keeps the port
+         * open across a reload. */
+        close(l->fd);
+        l->fd = -1;
+    }
+}
+
+void
 ymo_server_stop(ymo_server_t *s, double grace)
 {
+    double deadline = monotonic_now() + (grace > 0 ? grace : 0.);
     pthread_mutex_lock(&s->ctl_lock);
-    if (!s->stop_requested || grace < s->grace) {
-        s->grace = grace;
+    if (!s->stop_requested || deadline < s->deadline) {
+        s->deadline = deadline;
     }
     s->stop_requested = 1;
     pthread_mutex_unlock(&s->ctl_lock);
@@ -267,20 +341,13 @@ ymo_server_stop(ymo_server_t *s, double grace)
 }
 
 size_t
-ymo_server_join_workers(ymo_server_t *s, double timeout, int wakeup_fd,
+ymo_server_join_workers(ymo_server_t *s, int forever, int wakeup_fd,
                         int *interrupted)
 {
     *interrupted = 0;
     for (size_t i = 0; i < s->n_workers; i++) {
         ymo_wsgi_worker_stop(&s->workers[i]);
     }
-    /* One deadline for all workers (and across interrupted calls),
-     * re-read between short waits so that a later stop() with less grace
-     * takes effect. */
-    if (s->join_started.tv_sec == 0 && s->join_started.tv_nsec == 0) {
-        clock_gettime(CLOCK_MONOTONIC, &s->join_started);
-    }
-    struct timespec t0 = s->join_started;
     size_t busy;
     for (;;) {
         busy = 0;
@@ -292,15 +359,11 @@ ymo_server_join_workers(ymo_server_t *s, double timeout, int wakeup_fd,
         if (busy == 0) {
             break;
         }
-        struct timespec t;
-        clock_gettime(CLOCK_MONOTONIC, &t);
-        double spent = (double)(t.tv_sec - t0.tv_sec) +
-                       (double)(t.tv_nsec - t0.tv_nsec) / 1e9;
-        double limit = timeout < 0 ? -1 : ymo_server_grace(s);
-        if (limit >= 0 && timeout >= 0 && timeout < limit) {
-            limit = timeout;
-        }
-        if (limit >= 0 && spent >= limit) {
+        /* The loop's deadline, not a grace period of its own: counting
+         * the grace again from here gave a stuck request twice as long.
+         * Re-read between short waits, so a later stop() that brings it
+         * forward takes effect. */
+        if (!forever && monotonic_now() >= server_deadline(s) + JOIN_SLACK) {
             break;
         }
         /* Nap, but wake for a signal: its Python handler (a second
@@ -322,13 +385,21 @@ ymo_server_join_workers(ymo_server_t *s, double timeout, int wakeup_fd,
     return busy;
 }
 
-double
-ymo_server_grace(ymo_server_t *s)
+/* The server this thread is a worker of, NULL on any other thread. Each
+ * worker thread writes its own copy once, at its start, and only it reads
+ * it, so it needs no lock; nor does it cost anything per request. */
+static _Thread_local const ymo_server_t *worker_of;
+
+void
+ymo_server_enter_worker_thread(const ymo_server_t *s)
 {
-    pthread_mutex_lock(&s->ctl_lock);
-    double grace = s->grace;
-    pthread_mutex_unlock(&s->ctl_lock);
-    return grace;
+    worker_of = s;
+}
+
+int
+ymo_server_on_worker_thread(const ymo_server_t *s)
+{
+    return worker_of == s;
 }
 
 void
@@ -341,6 +412,7 @@ ymo_server_destroy(ymo_server_t *s)
         ymo_wsgi_worker_destroy(&s->workers[i]);
     }
     if (s->loop != NULL) {
+        ymo_server_close_listeners(s);
         ev_loop_destroy(s->loop);
         s->loop = NULL;
         pthread_mutex_destroy(&s->ctl_lock);
@@ -352,6 +424,7 @@ ymo_server_destroy(ymo_server_t *s)
     s->headers = NULL;
     s->scratch = NULL;
     s->listeners = NULL;
+    s->n_listeners = 0;
     s->workers = NULL;
     s->n_workers = 0;
 }

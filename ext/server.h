@@ -1,7 +1,8 @@
 /* server.h - one server: its libev loop (the I/O thread), listening
  * sockets, connections and workers, and the configuration they share.
- * Plain C: the loop never touches Python. The Python-facing side hands in
- * listening sockets it bound and an opaque app context for the workers. */
+ * Plain C: the loop never touches Python. The Python-facing side hands
+ * over listening sockets it bound and an opaque app context for the
+ * workers. */
 #ifndef YMO_SERVER_H
 #define YMO_SERVER_H
 
@@ -36,7 +37,8 @@ typedef struct ymo_config {
 typedef struct ymo_listener {
     ev_io io;                  /* loop thread */
     struct ymo_server *server;
-    int fd;                    /* owned by the Python side */
+    int fd;                    /* owned by the server once init succeeded;
+                                * -1 once closed (the stop began) */
     int is_unix;
     size_t index;              /* position in server->listeners */
 } ymo_listener_t;
@@ -64,17 +66,20 @@ typedef struct ymo_server {
     ev_timer grace_timer;
     ev_timer accept_timer;     /* resumes accepting after EMFILE */
     ev_async stop_watcher;     /* any thread -> loop: stop */
-    struct timespec join_started;  /* when joining the workers began */
 
     /* Shared. */
     atomic_int draining;       /* loop writes; workers read (close conns) */
-    pthread_mutex_t ctl_lock;  /* guards stop_requested and grace */
+    pthread_mutex_t ctl_lock;  /* guards stop_requested and deadline */
     int stop_requested;
-    double grace;
+    double deadline;           /* CLOCK_MONOTONIC seconds when in-flight
+                                * work is cut off: set by the first stop,
+                                * only ever moved earlier */
 } ymo_server_t;
 
 /* Set up the loop, listeners and workers (not started). listen_fds are
- * bound, listening, non-blocking sockets owned by the caller. */
+ * bound, listening, non-blocking sockets. On success the server owns them
+ * (it closes them when a stop begins, or in destroy); on failure they
+ * are still the caller's. */
 int ymo_server_init(ymo_server_t *s, const ymo_config_t *config,
                     const int *listen_fds, const int *is_unix, size_t n,
                     struct ymo_wsgi_app *app);
@@ -83,26 +88,39 @@ int ymo_server_init(ymo_server_t *s, const ymo_config_t *config,
 int ymo_server_start_workers(ymo_server_t *s);
 
 /* Run the loop on the calling thread until the server has stopped (returns
- * 1) or the wakeup fd became readable (returns 0; call again). GIL
- * released. */
+ * 1) or the wakeup fd became readable (returns 0; call again). SIGPIPE is
+ * blocked on the calling thread meanwhile; the caller's mask is restored
+ * on return. GIL released. */
 int ymo_server_run(ymo_server_t *s, int wakeup_fd);
 
 /* Ask the loop to stop: no new connections, in-flight exchanges get
- * `grace` seconds. Any thread. */
+ * until the deadline, which the first stop sets to now + `grace` seconds
+ * (<= 0: none; a NaN counts as 0) and a later one may only bring
+ * forward. Any thread. */
 void ymo_server_stop(ymo_server_t *s, double grace);
 
-/* After ymo_server_run returned 1: stop and join the workers, free what
- * they left. Waits at most `timeout` seconds (< 0: for ever; otherwise no
- * longer than the grace period) for workers still running the app;
- * returns how many are still running then (their memory, and the
- * server's, must then stay allocated). Returns early with *interrupted set
- * when wakeup_fd (if >= 0) becomes readable; call again to go on. GIL
- * released. */
-size_t ymo_server_join_workers(ymo_server_t *s, double timeout,
-                               int wakeup_fd, int *interrupted);
+/* Stop accepting and close the listening sockets (once; later calls do
+ * nothing). Loop thread, or any thread while no loop runs: before the
+ * first ymo_server_run, or after the last. */
+void ymo_server_close_listeners(ymo_server_t *s);
 
-/* The grace period the last stop asked for. Any thread. */
-double ymo_server_grace(ymo_server_t *s);
+/* After ymo_server_run returned 1: stop and join the workers, free what
+ * they left. Waits for workers still running the app until the stop's
+ * deadline (the one the loop kept, re-read so that a later stop can
+ * bring it forward; plus a moment for idle workers to exit), or for ever
+ * with `forever`; returns how many are still running then (their memory,
+ * and the server's, must then stay allocated). Returns early with
+ * *interrupted set when wakeup_fd (if >= 0) becomes readable; call again
+ * to go on. GIL released. */
+size_t ymo_server_join_workers(ymo_server_t *s, int forever, int wakeup_fd,
+                               int *interrupted);
+
+/* Worker thread, once at its start: mark the calling thread as one of
+ * s's workers. */
+void ymo_server_enter_worker_thread(const ymo_server_t *s);
+
+/* Whether the calling thread is one of s's workers. Any thread. */
+int ymo_server_on_worker_thread(const ymo_server_t *s);
 
 /* Free everything (workers joined or never started). */
 void ymo_server_destroy(ymo_server_t *s);

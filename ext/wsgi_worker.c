@@ -165,6 +165,8 @@ worker_main(void *arg)
      * server routes no signal through the workers: Python's handler may
      * run on any thread and wakes the loop through the wakeup fd. */
     pthread_sigmask(SIG_SETMASK, &self->sigmask, NULL);
+    /* So that a stop() the app calls knows not to wait for itself. */
+    ymo_server_enter_worker_thread(self->server);
     /* The one thread state this worker has for its whole life, so
      * threading.local() data survives between requests. */
     PyGILState_STATE gstate = PyGILState_Ensure();

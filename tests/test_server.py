@@ -3,6 +3,7 @@ IPv6 and unix-socket listeners, graceful shutdown, and signals (in
 subprocesses, where serve() runs on the main thread as it would for real).
 """
 
+import os
 import signal
 import socket
 import subprocess
@@ -15,6 +16,7 @@ from wsgiref.validate import validator
 import pytest
 
 import yimmo
+from yimmo import _yimmo
 from helpers import (ServerProcess, build_request, connect, get,
                      read_response, request)
 
@@ -206,6 +208,232 @@ def test_stop_lets_in_flight_request_finish(yimmo_server):
     assert refuses_connections(server.address)
 
 
+def wait_refused(addr, timeout=3):
+    """True once connecting to addr is refused, polling until timeout."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if refuses_connections(addr):
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+
+
+def test_new_clients_are_refused_during_the_grace_period(tmp_path):
+    """Once stop() begins, the listeners are closed: a client connecting
+    during the grace period is refused at once (it used to be accepted by
+    the kernel, hang, and be reset at exit), while the request in flight
+    still finishes; the unix socket file is removed at exit."""
+    entered = threading.Event()
+    release = threading.Event()
+
+    def app(environ, start_response):
+        entered.set()
+        release.wait(WAIT)
+        start_response("200 OK", [("Content-Length", "8")])
+        return [b"finished"]
+
+    path = str(tmp_path / "grace.sock")
+    server = yimmo.Server(app, bind=["127.0.0.1:0", "unix:" + path],
+                          workers=2, graceful_timeout=WAIT)
+    tcp = server.address
+    server.start()
+    stopper = threading.Thread(target=server.stop, daemon=True)
+    try:
+        with connect(tcp, WAIT) as sock:
+            sock.sendall(build_request("GET", "/"))
+            assert entered.wait(WAIT)
+            stopper.start()
+            assert wait_refused(tcp), "TCP clients accepted while stopping"
+            assert wait_refused(path), "unix clients accepted while stopping"
+            assert stopper.is_alive()       # still in the grace period
+            release.set()
+            resp = read_response(sock)
+            assert resp.status == 200
+            assert resp.body == b"finished"
+        stopper.join(WAIT)
+        assert not stopper.is_alive(), "stop() did not return"
+    finally:
+        release.set()
+        if not stopper.is_alive():
+            server.stop(timeout=0)
+    assert server.stopped
+    assert not os.path.exists(path), "unix socket file left behind"
+
+
+def test_server_that_never_ran_closes_its_listeners_on_stop(tmp_path):
+    path = str(tmp_path / "never.sock")
+    server = yimmo.Server(make_app(b"x"),
+                          bind=["127.0.0.1:0", "unix:" + path], workers=1)
+    assert os.path.exists(path)
+    server.stop()
+    assert refuses_connections(server.address)
+    assert not os.path.exists(path)
+
+
+def test_core_owns_listener_fds_only_once_constructed():
+    """A Core that fails to construct leaves the descriptors to the caller;
+    a constructed one closes them when stopped, even if it never ran."""
+    def app(environ, start_response):
+        start_response("200 OK", [])
+        return [b""]
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(8)
+        sock.setblocking(False)
+        listeners = [(sock.fileno(), False, "127.0.0.1", "0")]
+        with pytest.raises(ValueError):
+            _yimmo.Core(app, listeners, print, sys.stderr, workers=0)
+        sock.getsockname()          # still open: the caller's to close
+        core = _yimmo.Core(app, listeners, print, sys.stderr, workers=1)
+        fd = sock.detach()
+        inode = os.fstat(fd).st_ino
+        core.stop(0)
+        try:                        # closed by the core (or even reused)
+            assert os.fstat(fd).st_ino != inode, "the core left it open"
+        except OSError:
+            pass
+
+
+def serve_stuck_request(yimmo_server, **options):
+    """A server whose one request is stuck in the app until the returned
+    event is set (the caller must set it)."""
+    entered = threading.Event()
+    release = threading.Event()
+
+    def app(environ, start_response):
+        entered.set()
+        release.wait(60)
+        start_response("200 OK", [("Content-Length", "0")])
+        return []
+
+    server = yimmo_server(app, **options)
+    sock = connect(server.address, WAIT)
+    sock.sendall(build_request("GET", "/"))
+    assert entered.wait(WAIT)
+    return server, sock, release
+
+
+def test_grace_period_is_applied_once(yimmo_server):
+    """stop(2.0) with a request stuck in the app returns after about 2 s:
+    the workers are joined until the loop's deadline, not for another
+    grace period after it (that took 4 s)."""
+    server, sock, release = serve_stuck_request(yimmo_server, workers=2)
+    try:
+        t0 = time.monotonic()
+        server.stop(2.0)
+        spent = time.monotonic() - t0
+        assert server.stopped
+        assert 1.8 < spent < 3.5, "stop(2.0) took %.2fs" % spent
+    finally:
+        release.set()
+        sock.close()
+
+
+def test_repeated_stop_does_not_postpone_the_deadline(yimmo_server):
+    """stop(3) again every 0.5 s (as repeated SIGTERMs do) must not re-arm
+    the grace period: the first stop fixed the deadline."""
+    server, sock, release = serve_stuck_request(yimmo_server, workers=1)
+    try:
+        t0 = time.monotonic()
+        stoppers = []
+        while not server.stopped and time.monotonic() - t0 < 8:
+            t = threading.Thread(target=server.stop, args=(3,), daemon=True)
+            t.start()
+            stoppers.append(t)
+            time.sleep(0.5)
+        spent = time.monotonic() - t0
+        assert server.stopped, "still not stopped after %.1fs" % spent
+        assert spent < 4.5, "stopped after %.2fs, not ~3s" % spent
+        for t in stoppers:
+            t.join(WAIT)
+    finally:
+        release.set()
+        sock.close()
+
+
+def test_a_later_stop_may_shorten_the_deadline(yimmo_server):
+    server, sock, release = serve_stuck_request(yimmo_server, workers=1)
+    try:
+        t0 = time.monotonic()
+        first = threading.Thread(target=server.stop, args=(30,),
+                                 daemon=True)
+        first.start()
+        time.sleep(0.3)
+        server.stop(0.5)
+        assert server.stopped
+        assert time.monotonic() - t0 < 2.5
+        first.join(WAIT)
+        assert not first.is_alive()
+    finally:
+        release.set()
+        sock.close()
+
+
+def test_stop_without_grace_joins_idle_workers():
+    """stop(0), as at interpreter exit or on a second Ctrl-C, with nothing
+    in flight: idle workers need a moment to wake and exit, and must not
+    be given up on as "still running the app" (which also keeps the core
+    allocated for good)."""
+    for _ in range(5):
+        server = yimmo.Server(make_app(b"idle"), bind="127.0.0.1:0",
+                              workers=4)
+        server.start()
+        assert get(server.address).body == b"idle"
+        server.stop(timeout=0)
+        assert server.stopped
+        assert server._core.abandoned_workers == 0
+
+
+def test_stop_from_inside_a_request_handler():
+    """An app may call server.stop(): from one of the server's own worker
+    threads it only begins the graceful stop and returns at once (waiting
+    would mean waiting for itself), and the request that called it still
+    gets its response."""
+    holder = []
+
+    def app(environ, start_response):
+        t0 = time.monotonic()
+        holder[0].stop()
+        body = b"stop returned in %.3f" % (time.monotonic() - t0)
+        start_response("200 OK", [("Content-Length", str(len(body)))])
+        return [body]
+
+    server = yimmo.Server(app, bind="127.0.0.1:0", workers=2,
+                          graceful_timeout=10)
+    holder.append(server)
+    server.start()
+    try:
+        resp = get(server.address, timeout=5)
+        assert resp.status == 200
+        assert resp.body.startswith(b"stop returned in ")
+        assert float(resp.body.split()[-1]) < 0.5, resp.body
+        server._thread.join(3)
+        assert not server._thread.is_alive(), "the server did not finish"
+        assert server.stopped
+        assert server._core.abandoned_workers == 0
+    finally:
+        server.stop(timeout=0)
+    assert refuses_connections(server.address)
+
+
+def test_stop_rejects_nan():
+    server = yimmo.Server(make_app(b"still fine"), bind="127.0.0.1:0",
+                          workers=1)
+    try:
+        with pytest.raises(ValueError):
+            server.stop(float("nan"))
+        with pytest.raises(ValueError):
+            server._core.stop(float("nan"))
+        # Nothing was stopped: the server still starts and serves.
+        server.start()
+        assert get(server.address).body == b"still fine"
+    finally:
+        server.stop(-1)             # negative: no grace, like 0
+    assert server.stopped
+
+
 # -- serve() in a subprocess -------------------------------------------------
 
 SERVE_SCRIPT = textwrap.dedent("""
@@ -347,4 +575,25 @@ def test_second_sigint_cuts_the_wait_for_a_stuck_worker_short():
         proc.signal(signal.SIGINT)
         assert proc.wait(WAIT) == 42, proc.stderr
         assert time.monotonic() - t0 < 5
+        assert "still running the app" in proc.stderr
+
+
+def test_repeated_sigterm_does_not_postpone_the_exit():
+    """SIGTERM every 0.5 s while a request is stuck: the process still
+    exits about graceful_timeout (3 s) after the first one. (The signals
+    stop before that deadline: once serve() returns, SIGTERM has its
+    default action again.)"""
+    script = STUCK_APP.replace("graceful_timeout=60", "graceful_timeout=3")
+    with ServerProcess([sys.executable, "-c", script]) as proc:
+        addr = proc.wait_listening()
+        with socket.create_connection(addr, timeout=5) as sock:
+            sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            proc.wait_for_line("^entered$", stream="stdout", timeout=WAIT)
+            t0 = time.monotonic()
+            for _ in range(6):          # the last one 2.5 s in
+                proc.signal(signal.SIGTERM)
+                time.sleep(0.5)
+            assert proc.wait(WAIT) == 0, proc.stderr
+            spent = time.monotonic() - t0
+        assert spent < 4.5, "exited %.2fs after the first SIGTERM" % spent
         assert "still running the app" in proc.stderr

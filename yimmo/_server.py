@@ -61,7 +61,9 @@ def _listen(sock, address, text, backlog):
 
 class Server:
     """A WSGI server bound to its addresses (binding happens here, so a
-    port in use raises OSError at construction).
+    port in use raises OSError at construction). Once constructed, the C
+    core owns the listening sockets: it closes them as soon as a stop
+    begins, so new clients are refused during the grace period.
 
     start() serves in a background thread, stop() stops gracefully;
     serve_forever() serves in the calling thread. Usable as a context
@@ -88,6 +90,7 @@ class Server:
                 self._sockets.append(sock)
                 self.addresses.append(address)
                 if is_unix:
+                    self._unix_paths.append(address)
                     listeners.append((sock.fileno(), True, address, ""))
                 else:
                     listeners.append((sock.fileno(), False, address[0],
@@ -110,6 +113,11 @@ class Server:
         except BaseException:
             self._close_sockets()
             raise
+        # The core owns the descriptors now (until here, a failure left
+        # them to us): the socket objects must not close them too.
+        for sock in self._sockets:
+            sock.detach()
+        self._sockets = []
 
     # -- binding --
 
@@ -156,16 +164,18 @@ class Server:
         return sock, path, True
 
     def _close_sockets(self):
+        """Close the sockets the core has not taken over (construction
+        failed) and remove the unix socket files, once. The core closes
+        the descriptors it owns itself."""
         for sock in self._sockets:
-            family = sock.family
-            path = sock.getsockname() if family == socket.AF_UNIX else None
             sock.close()
-            if path:
-                try:
-                    os.unlink(path)
-                except OSError:
-                    pass
         self._sockets = []
+        for path in self._unix_paths:
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
+        self._unix_paths = []
 
     # -- addresses --
 
@@ -285,16 +295,28 @@ class Server:
 
     def stop(self, timeout=None):
         """Stop accepting, give in-flight requests `timeout` seconds
-        (default: the graceful_timeout option), and wait until done."""
+        (default: the graceful_timeout option), and wait until done.
+
+        The first stop fixes the deadline; a later one may bring it
+        forward but never postpones it. A negative timeout counts as 0;
+        NaN raises ValueError.
+
+        Called from inside a request handler (one of this server's worker
+        threads), it only begins the graceful stop and returns at once:
+        waiting would mean waiting for itself. The request that called it
+        still gets its response."""
         grace = self.options["graceful_timeout"] if timeout is None \
             else timeout
         self._core.stop(grace)
+        if self._core.is_worker_thread():
+            return
         thread = self._thread
         if thread is not None and thread is not threading.current_thread():
             thread.join()
         elif thread is None and not self._serving:
-            # Never served: nothing else will close them. (A loop running
-            # in serve_forever closes them itself once it has stopped.)
+            # Never served: the core has closed the listeners; nothing
+            # else will remove the socket files. (serve_forever removes
+            # them itself once it has stopped.)
             self._close_sockets()
 
     @property
