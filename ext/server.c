@@ -29,11 +29,6 @@
 /* Seconds to stop accepting after running out of file descriptors. */
 #define ACCEPT_PAUSE 0.1
 
-/* Seconds the join goes on past the stop deadline, for workers that were
- * idle: woken by the stop, they need only the GIL to exit, and without
- * this moment stop(0) gave them up as still running the app. */
-#define JOIN_SLACK 0.1
-
 /* Seconds on CLOCK_MONOTONIC, the clock of the stop deadline: unlike the
  * loop's cached time, any thread can read it. */
 static double
@@ -351,9 +346,11 @@ ymo_server_join_workers(ymo_server_t *s, int forever, int wakeup_fd,
     size_t busy;
     for (;;) {
         busy = 0;
+        size_t in_app = 0;
         for (size_t i = 0; i < s->n_workers; i++) {
             if (ymo_wsgi_worker_join(&s->workers[i], 0.0) != 0) {
                 busy++;
+                in_app += atomic_load(&s->workers[i].in_app) != 0;
             }
         }
         if (busy == 0) {
@@ -362,8 +359,11 @@ ymo_server_join_workers(ymo_server_t *s, int forever, int wakeup_fd,
         /* The loop's deadline, not a grace period of its own: counting
          * the grace again from here gave a stuck request twice as long.
          * Re-read between short waits, so a later stop() that brings it
-         * forward takes effect. */
-        if (!forever && monotonic_now() >= server_deadline(s) + JOIN_SLACK) {
+         * forward takes effect. Only a worker inside the app is given up
+         * on: one that is not exits as soon as it has the GIL (stop(0) on
+         * an idle server must not leave its workers behind). */
+        if (!forever && busy == in_app &&
+            monotonic_now() >= server_deadline(s)) {
             break;
         }
         /* Nap, but wake for a signal: its Python handler (a second

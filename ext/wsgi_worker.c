@@ -79,6 +79,7 @@ ymo_wsgi_worker_init(struct ev_loop *loop, size_t thread_id,
     worker->event_out.data = worker;
     ev_async_start(loop, &worker->event_out);
     atomic_init(&worker->idle, 0);
+    atomic_init(&worker->in_app, 0);
     worker->running = 1;
     worker->poked = 0;
     worker->started = 0;
@@ -173,12 +174,14 @@ worker_main(void *arg)
     PyThreadState *ts = PyEval_SaveThread();
     ymo_exchange_t *ex;
     while ((ex = worker_next(self, 1)) != NULL) {
+        atomic_store(&self->in_app, 1);
         PyEval_RestoreThread(ts);
         /* Run everything that is queued under this one GIL hold. */
         do {
             ymo_wsgi_run_exchange(self->server->app, self, ex);
         } while ((ex = worker_next(self, 0)) != NULL);
         ts = PyEval_SaveThread();
+        atomic_store(&self->in_app, 0);
     }
     PyEval_RestoreThread(ts);
     PyGILState_Release(gstate);

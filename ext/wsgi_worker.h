@@ -52,6 +52,11 @@ typedef struct ymo_wsgi_worker {
 
     int poked;                       /* lock_in: look for work to steal */
     atomic_int idle;                 /* worker: about to sleep; any reads */
+    atomic_int in_app;               /* worker: has exchanges to run (from
+                                      * taking the GIL for them to giving
+                                      * it back); the joiner reads it to
+                                      * tell a stuck worker from one that
+                                      * is exiting */
     struct ev_loop *loop;            /* the loop that owns event_out */
     struct ymo_server *server;       /* read-only after start */
     int started;                     /* creator thread only */
