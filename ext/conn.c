@@ -68,6 +68,68 @@ ymo_conn_new(ymo_server_t *s, const ymo_listener_t *l, int fd,
     return c;
 }
 
+/* -- Waiting for room (max_inflight) -- */
+
+static int
+server_full(const ymo_server_t *s)
+{
+    return s->config.max_inflight > 0 &&
+           s->n_exchanges >= s->config.max_inflight;
+}
+
+/* The server has as many exchanges in hand as it takes: the connection's
+ * next request waits, unparsed, and no more is read from it (its bytes
+ * wait in the kernel), until an exchange finishes. */
+static void
+conn_stall(ymo_conn_t *c)
+{
+    ymo_server_t *s = c->server;
+    c->stalled = 1;
+    c->stalled_since = now(c);
+    c->stall_next = NULL;
+    c->stall_prev = s->stalled_tail;
+    if (s->stalled_tail != NULL) {
+        s->stalled_tail->stall_next = c;
+    }
+    else {
+        s->stalled_head = c;
+    }
+    s->stalled_tail = c;
+}
+
+static void
+conn_unlink_stalled(ymo_conn_t *c)
+{
+    ymo_server_t *s = c->server;
+    if (c->stall_prev != NULL) {
+        c->stall_prev->stall_next = c->stall_next;
+    }
+    else {
+        s->stalled_head = c->stall_next;
+    }
+    if (c->stall_next != NULL) {
+        c->stall_next->stall_prev = c->stall_prev;
+    }
+    else {
+        s->stalled_tail = c->stall_prev;
+    }
+    c->stall_next = c->stall_prev = NULL;
+    c->stalled = 0;
+}
+
+/* An exchange finished: let waiting connections go on, oldest first, as
+ * long as there is room. */
+static void
+server_unstall(ymo_server_t *s)
+{
+    while (s->stalled_head != NULL && !server_full(s)) {
+        ymo_conn_t *c = s->stalled_head;
+        conn_unlink_stalled(c);
+        c->wait_since = c->stalled_since;
+        conn_step(c);
+    }
+}
+
 static void
 conn_free_exchange(ymo_conn_t *c)
 {
@@ -77,7 +139,12 @@ conn_free_exchange(ymo_conn_t *c)
         return;
     }
     ex->conn = NULL;
-    if (ex->worker_done) {
+    if (c->dispatch_pending) {
+        /* No worker ever had it. */
+        c->dispatch_pending = 0;
+        ymo_exchange_release(ex);
+    }
+    else if (ex->worker_done) {
         ymo_exchange_release(ex);
     }
     else {
@@ -93,6 +160,9 @@ ymo_conn_close(ymo_conn_t *c)
     ymo_server_t *s = c->server;
     ev_io_stop(s->loop, &c->io);
     ev_timer_stop(s->loop, &c->timer);
+    if (c->stalled) {
+        conn_unlink_stalled(c);
+    }
     close(c->fd);
     conn_free_exchange(c);
     ymo_bucket_free_chain(c->wq_head);
@@ -263,7 +333,10 @@ conn_feed_body(ymo_conn_t *c)
             if (n < 0) {
                 c->body_done = 1;
                 c->closing = 1;
-                ymo_exchange_input_fail(ex, c->chunked.status);
+                c->body_error = c->chunked.status;
+                if (!c->dispatch_pending) {
+                    ymo_exchange_input_fail(ex, c->chunked.status);
+                }
                 c->inlen = 0;
                 return 0;
             }
@@ -284,7 +357,10 @@ conn_feed_body(ymo_conn_t *c)
     if (r < 0) {
         c->closing = 1;
         c->body_done = 1;
-        ymo_exchange_input_fail(ex, 500);
+        c->body_error = 500;
+        if (!c->dispatch_pending) {
+            ymo_exchange_input_fail(ex, 500);
+        }
     }
     else if (r == 1) {
         c->body_paused = 1;
@@ -295,6 +371,7 @@ conn_feed_body(ymo_conn_t *c)
     }
     if (used > 0) {
         c->last_read = now(c);
+        c->body_received += used;
     }
     return 0;
 }
@@ -323,13 +400,52 @@ conn_start_exchange(ymo_conn_t *c, size_t head_len,
     c->body_left = req->content_length;
     c->body_done = req->body == YMO_HTTP_BODY_NONE;
     c->body_paused = 0;
+    c->body_error = 0;
+    c->body_received = 0;
     c->last_read = now(c);
+    c->rate_since = c->last_read;
+    c->rate_bytes = 0;
     if (req->body == YMO_HTTP_BODY_CHUNKED) {
         ymo_http_chunked_init(&c->chunked, &s->config.limits);
     }
     c->inlen -= head_len;
     memmove(c->inbuf, c->inbuf + head_len, c->inlen);
-    ymo_server_dispatch(s, ex);
+    ex->queued_at = c->wait_since != 0 ? c->wait_since : now(c);
+    c->wait_since = 0;
+    /* A small body is read whole before a worker is engaged, so that a
+     * client sending it slowly (the slow-POST attack) ties up only its
+     * connection. Not with Expect: 100-continue, which the app answers by
+     * reading (or not). */
+    size_t buffer = s->config.buffer_body;
+    c->dispatch_pending =
+        buffer > 0 && req->body != YMO_HTTP_BODY_NONE &&
+        !req->expect_continue &&
+        (req->body == YMO_HTTP_BODY_CHUNKED || req->content_length <= buffer);
+    if (!c->dispatch_pending) {
+        ymo_server_dispatch(s, ex);
+    }
+}
+
+/* The body of a buffered request is in (or is too big to wait for): hand
+ * the exchange to a worker. */
+static void
+conn_dispatch(ymo_conn_t *c)
+{
+    c->dispatch_pending = 0;
+    ymo_server_dispatch(c->server, c->ex);
+}
+
+/* The body cannot complete (status 400/408/413/500): tell the app, or,
+ * when no worker has the exchange yet, answer for it. */
+static void
+conn_body_failed(ymo_conn_t *c, int status)
+{
+    c->body_done = 1;
+    c->closing = 1;
+    c->body_error = status;
+    if (!c->dispatch_pending) {
+        ymo_exchange_input_fail(c->ex, status);
+    }
 }
 
 static void
@@ -359,6 +475,11 @@ conn_deadline(const ymo_conn_t *c)
     case YMO_CONN_LINGER:
         return c->linger_until;
     case YMO_CONN_HEAD:
+        if (c->stalled) {
+            /* Waiting for room is the server's doing, not the client's. */
+            return cfg->queue_timeout > 0
+                       ? c->stalled_since + cfg->queue_timeout : 0;
+        }
         if (c->closing) {
             return 0;
         }
@@ -371,7 +492,9 @@ conn_deadline(const ymo_conn_t *c)
          * sending can time out. */
         if (!c->body_done && !c->body_paused && c->ex != NULL &&
             (!c->ex->req.expect_continue || c->head_written)) {
-            return c->last_read + cfg->body_timeout;
+            ev_tstamp gap = c->last_read + cfg->body_timeout;
+            ev_tstamp rate = c->rate_since + YMO_RATE_WINDOW;
+            return cfg->min_body_rate > 0 && rate < gap ? rate : gap;
         }
         return 0;
     }
@@ -415,6 +538,13 @@ conn_on_timer(struct ev_loop *loop, ev_timer *w, int revents)
         return;
     }
     if (c->state == YMO_CONN_HEAD) {
+        if (c->stalled) {
+            /* Waited too long for room: the client may try again. */
+            conn_unlink_stalled(c);
+            conn_error(c, 503);
+            conn_step(c);
+            return;
+        }
         if (c->inlen == 0) {
             ymo_conn_close(c);      /* idle: nothing to answer */
             return;
@@ -423,10 +553,19 @@ conn_on_timer(struct ev_loop *loop, ev_timer *w, int revents)
         conn_step(c);
         return;
     }
-    /* The body stalled while the app waits for it. */
-    c->body_done = 1;
-    c->closing = 1;
-    ymo_exchange_input_fail(c->ex, 408);
+    const ymo_config_t *cfg = &c->server->config;
+    if (cfg->min_body_rate > 0 &&
+        ev_now(loop) < c->last_read + cfg->body_timeout &&
+        (double)(c->body_received - c->rate_bytes) >=
+            cfg->min_body_rate * YMO_RATE_WINDOW) {
+        /* Fast enough over this window: measure the next one. */
+        c->rate_since = ev_now(loop);
+        c->rate_bytes = c->body_received;
+        conn_arm_timer(c);
+        return;
+    }
+    /* The body stalled, or crawls, while the app waits for it. */
+    conn_body_failed(c, 408);
     conn_step(c);
 }
 
@@ -442,7 +581,10 @@ conn_keep_input(ymo_conn_t *c)
         c->incap = 0;
         return 0;
     }
-    size_t cap = c->inlen < INBUF_INITIAL ? INBUF_INITIAL : c->inlen;
+    /* Room to grow a partial head, except on a connection that waits for
+     * room in the server: thousands of them may each hold a request. */
+    size_t cap = c->inlen < INBUF_INITIAL && !c->stalled ? INBUF_INITIAL
+                                                         : c->inlen;
     char *p = malloc(cap);
     if (p == NULL) {
         c->inbuf = NULL;
@@ -462,7 +604,12 @@ conn_step(ymo_conn_t *c)
 {
     ymo_server_t *s = c->server;
     for (;;) {
-        if (c->state == YMO_CONN_HEAD && !c->closing && c->inlen > 0) {
+        if (c->state == YMO_CONN_HEAD && !c->closing && c->inlen > 0 &&
+            !c->stalled && server_full(s)) {
+            conn_stall(c);
+        }
+        if (c->state == YMO_CONN_HEAD && !c->closing && c->inlen > 0 &&
+            !c->stalled) {
             ymo_http_request_t req;
             /* The loop's one header array: a complete head is copied
              * into its exchange before the next parse. */
@@ -483,6 +630,19 @@ conn_step(ymo_conn_t *c)
         if (c->state == YMO_CONN_EXCHANGE && !c->body_done &&
             !c->body_paused && c->inlen > 0) {
             conn_feed_body(c);
+        }
+        if (c->state == YMO_CONN_EXCHANGE && c->dispatch_pending) {
+            if (c->body_error != 0) {
+                /* Nobody ran the app: the loop answers. */
+                int status = c->body_error;
+                conn_free_exchange(c);
+                c->state = YMO_CONN_HEAD;
+                conn_error(c, status);
+            }
+            else if (c->body_done || c->body_paused ||
+                     c->body_received >= s->config.buffer_body) {
+                conn_dispatch(c);
+            }
         }
         if (c->wq_head != NULL && !c->write_blocked) {
             if (conn_flush(c) < 0) {
@@ -545,7 +705,7 @@ conn_step(ymo_conn_t *c)
          * reading into the buffer (a pipelined request, or the client's
          * EOF): switching the watcher off and on would cost an epoll_ctl
          * per request. */
-        if ((c->state == YMO_CONN_HEAD && !c->closing) ||
+        if ((c->state == YMO_CONN_HEAD && !c->closing && !c->stalled) ||
             (c->state == YMO_CONN_EXCHANGE && !c->body_done &&
              !c->body_paused) ||
             (c->state == YMO_CONN_EXCHANGE && c->body_done &&
@@ -685,11 +845,13 @@ ymo_conn_on_exchange(ymo_exchange_t *ex)
     }
     pthread_mutex_unlock(&ex->lock);
 
+    ymo_server_t *s = ex->server;
     if (done) {
         ex->worker_done = 1;
         if (ex->assigned != NULL) {
             ex->assigned->assigned--;
         }
+        s->n_exchanges--;
     }
     ymo_conn_t *c = ex->conn;
     if (c == NULL) {
@@ -697,8 +859,14 @@ ymo_conn_on_exchange(ymo_exchange_t *ex)
         ymo_bucket_free_chain(out);
         if (done) {
             ymo_exchange_release(ex);
+            server_unstall(s);
         }
         return;
+    }
+    if (done) {
+        /* Connections waiting for room go first, then this one's next
+         * request (it waits behind them if there is no room left). */
+        server_unstall(s);
     }
     if (cont && !c->head_written && !c->body_done) {
         static const char msg[] = "HTTP/1.1 100 Continue\r\n\r\n";
@@ -709,6 +877,8 @@ ymo_conn_on_exchange(ymo_exchange_t *ex)
         }
         c->head_written = 1;
         c->last_read = now(c);  /* the client sends the body from now */
+        c->rate_since = c->last_read;
+        c->rate_bytes = c->body_received;
     }
     if (out != NULL) {
         c->head_written = 1;
@@ -718,6 +888,8 @@ ymo_conn_on_exchange(ymo_exchange_t *ex)
         /* The body clock restarts: the pause was the app's doing. */
         c->body_paused = 0;
         c->last_read = now(c);
+        c->rate_since = c->last_read;
+        c->rate_bytes = c->body_received;
     }
     if (done && close_after) {
         c->closing = 1;

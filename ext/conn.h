@@ -50,6 +50,19 @@ typedef struct ymo_conn {
     ymo_http_chunked_t chunked;
     int body_done;
     int body_paused;           /* exchange input above high water */
+    int body_error;            /* the body failed: 400/408/413/500 */
+    uint64_t body_received;    /* body bytes read, framing included */
+    ev_tstamp rate_since;      /* start of the body rate's window */
+    uint64_t rate_bytes;       /* body_received then */
+    int dispatch_pending;      /* the body is being read whole before the
+                                * exchange goes to a worker (buffer_body) */
+
+    /* waiting for room for its next request (max_inflight) */
+    int stalled;
+    struct ymo_conn *stall_next, *stall_prev;  /* server->stalled_* */
+    ev_tstamp stalled_since;
+    ev_tstamp wait_since;      /* when its next request began to wait for
+                                * a worker, 0: from when it is parsed */
 
     /* output */
     ymo_bucket_t *wq_head, *wq_tail;   /* to write, in order */

@@ -37,6 +37,8 @@ typedef struct ymo_exchange {
     char remote_addr[64];          /* numeric address, "" for unix */
     int remote_port;               /* -1 for unix sockets */
     uint64_t seq;                  /* request number on its connection */
+    double queued_at;              /* ev_time() when it began to wait for
+                                    * a worker (queue_timeout) */
 
     /* -- Loop thread only. -- */
     struct ymo_conn *conn;         /* NULL once the connection is gone */

@@ -60,11 +60,13 @@ ymo_http_error_bucket(int status)
                      "%.*s"
                      "Content-Type: text/plain; charset=utf-8\r\n"
                      "Content-Length: %zu\r\n"
+                     "%s"
                      "Connection: close\r\n"
                      "\r\n"
                      "%s\n",
                      status, reason, (int)date_n, date, strlen(reason) + 1,
-                     reason);
+                     /* Overloaded: a client may try again shortly. */
+                     status == 503 ? "Retry-After: 1\r\n" : "", reason);
     ymo_bucket_t *b = ymo_bucket_copy(buf, (size_t)n);
     if (b != NULL) {
         b->from_ex = 0;

@@ -49,6 +49,7 @@ Core_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
         "limit_request_field_size", "limit_request_head_size",
         "max_body_size", "header_timeout", "keepalive_timeout",
         "body_timeout", "write_timeout", "log_access", "multiprocess",
+        "buffer_body", "min_body_rate", "max_pending", "queue_timeout",
         NULL,
     };
     PyObject *app, *listeners, *log_error, *errors;
@@ -58,11 +59,18 @@ Core_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
     PyObject *t_header = NULL, *t_keepalive = NULL, *t_body = NULL,
              *t_write = NULL, *log_access = Py_None;
     int multiprocess = 0;
+    Py_ssize_t buffer_body = 65536, max_pending = -1;
+    PyObject *min_rate = NULL, *t_queue = NULL;
     if (!PyArg_ParseTupleAndKeywords(
-            args, kwargs, "OOOO|$nnnnnKOOOOOp:Core", kwlist, &app,
+            args, kwargs, "OOOO|$nnnnnKOOOOOpnOnO:Core", kwlist, &app,
             &listeners, &log_error, &errors, &workers, &line, &fields,
             &field_size, &head_size, &max_body, &t_header, &t_keepalive,
-            &t_body, &t_write, &log_access, &multiprocess)) {
+            &t_body, &t_write, &log_access, &multiprocess, &buffer_body,
+            &min_rate, &max_pending, &t_queue)) {
+        return NULL;
+    }
+    if (buffer_body < 0) {
+        PyErr_SetString(PyExc_ValueError, "buffer_body must be >= 0");
         return NULL;
     }
     PyObject *module = PyType_GetModule(type);
@@ -103,6 +111,15 @@ Core_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
     cfg.write_timeout = 30.0;
     cfg.in_high_water = 256 * 1024;
     cfg.out_high_water = 256 * 1024;
+    /* Never more than the input high water: a buffered body must fit. */
+    cfg.buffer_body = (size_t)buffer_body < cfg.in_high_water / 2
+                          ? (size_t)buffer_body : cfg.in_high_water / 2;
+    cfg.min_body_rate = 1024.0;
+    /* max_pending < 0: the default, 16 requests waiting per worker. */
+    cfg.max_inflight = (size_t)workers +
+                       (max_pending < 0 ? 16 * (size_t)workers
+                                        : (size_t)max_pending);
+    cfg.queue_timeout = 0.0;
     struct {
         PyObject *o;
         double *to;
@@ -113,6 +130,8 @@ Core_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
         {t_keepalive, &cfg.keepalive_timeout, "keepalive_timeout", 0.0},
         {t_body, &cfg.body_timeout, "body_timeout", 0.001},
         {t_write, &cfg.write_timeout, "write_timeout", 0.001},
+        {min_rate, &cfg.min_body_rate, "min_body_rate", 0.0},
+        {t_queue, &cfg.queue_timeout, "queue_timeout", 0.0},
     };
     for (size_t i = 0; i < sizeof(timeouts) / sizeof(timeouts[0]); i++) {
         if (timeouts[i].o != NULL && timeouts[i].o != Py_None) {

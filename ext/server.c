@@ -447,6 +447,7 @@ ymo_server_dispatch(ymo_server_t *s, ymo_exchange_t *ex)
         }
     }
     ymo_wsgi_worker_add_exchange(best, ex);
+    s->n_exchanges++;
     s->next_worker = (best->id + 1) % n;
     ex->assigned = best;
     best->assigned++;

@@ -32,7 +32,19 @@ typedef struct ymo_config {
     double write_timeout;      /* max stall writing to the client */
     size_t in_high_water;      /* buffered request body: stop reading */
     size_t out_high_water;     /* buffered response: the worker waits */
+    size_t buffer_body;        /* bodies up to this many bytes arrive whole
+                                * before a worker is engaged; 0: stream */
+    double min_body_rate;      /* bytes/s a body must average over each
+                                * YMO_RATE_WINDOW; 0: no minimum */
+    size_t max_inflight;       /* exchanges handed to workers and not yet
+                                * finished (workers + max_pending): at this
+                                * many, no new request is parsed */
+    double queue_timeout;      /* a request that waited longer for a worker
+                                * gets 503; 0: no limit */
 } ymo_config_t;
+
+/* Seconds over which a request body's rate is measured. */
+#define YMO_RATE_WINDOW 10.0
 
 typedef struct ymo_listener {
     ev_io io;                  /* loop thread */
@@ -59,6 +71,9 @@ typedef struct ymo_server {
                                     * shared by all connections */
     struct ymo_conn *conns;    /* doubly linked list of open connections */
     size_t n_conns;
+    size_t n_exchanges;        /* handed to workers, not yet finished */
+    struct ymo_conn *stalled_head;  /* connections with a request waiting */
+    struct ymo_conn *stalled_tail;  /* for room (max_inflight), in order */
     size_t next_worker;        /* round-robin start for dispatch */
     int draining_loop;         /* stop requested: no accepts, wind down */
     int stopped;               /* drained: ev_run returns for good */

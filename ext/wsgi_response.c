@@ -1248,6 +1248,15 @@ ymo_wsgi_run_exchange(struct ymo_wsgi_app *app, ymo_wsgi_worker_t *worker,
                                                        YMO_DONE_ABORT);
         return;
     }
+    double queue_timeout = ex->server->config.queue_timeout;
+    if (queue_timeout > 0 && ev_time() - ex->queued_at > queue_timeout) {
+        /* Under a flood, work goes to requests whose clients are likely
+         * still waiting: this one waited too long for a worker. */
+        ymo_bucket_t *b = ymo_http_error_bucket(503);
+        ymo_wsgi_worker_response_body_append(ex, b, YMO_DONE |
+                                                    YMO_DONE_CLOSE);
+        return;
+    }
     struct timespec t0 = {0, 0};
     if (app->log_access != NULL) {
         clock_gettime(CLOCK_MONOTONIC, &t0);

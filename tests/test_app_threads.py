@@ -96,7 +96,9 @@ BACKGROUND_READER = '''
 @pytest.mark.parametrize("when", ["pending", "later"])
 def test_background_reader_after_response_does_not_freeze_loop(tmp_path,
                                                                 when):
-    proc, addr = serve_app(tmp_path, BACKGROUND_READER, workers=2)
+    # Streamed, so that the app runs before its body is complete.
+    proc, addr = serve_app(tmp_path, BACKGROUND_READER, workers=2,
+                           buffer_body=0)
     with proc:
         with connect(addr, WAIT) as sock:
             # Content-Length 10, only 3 bytes: the reader waits for more.

@@ -111,7 +111,8 @@ def test_disconnect_during_body_raises_client_disconnected(yimmo_server,
         return hello(environ, start_response)
 
     log_watcher.logger.setLevel(logging.INFO)
-    server = yimmo_server(app, workers=2)
+    # Streamed, so that the app reads while the body arrives.
+    server = yimmo_server(app, workers=2, buffer_body=0)
     sock = connect(server.address, WAIT)
     sock.sendall(b"POST /upload HTTP/1.1\r\nHost: x\r\n"
                  b"Content-Length: 10\r\n\r\nabc")
@@ -136,7 +137,8 @@ def test_disconnect_during_chunked_body_is_logged_quietly(yimmo_server,
         return hello(environ, start_response)
 
     log_watcher.logger.setLevel(logging.INFO)
-    server = yimmo_server(app, workers=2)
+    # Streamed, so that the app reads while the body arrives.
+    server = yimmo_server(app, workers=2, buffer_body=0)
     sock = connect(server.address, WAIT)
     sock.sendall(b"POST /chunks HTTP/1.1\r\nHost: x\r\n"
                  b"Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n")

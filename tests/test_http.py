@@ -810,7 +810,8 @@ def test_body_timeout_closes_stalled_upload_and_fails_the_read(
                                   ("Content-Length", "4")])
         return [b"done"]
 
-    server = yimmo_server(validator(app), workers=2, body_timeout=0.5)
+    server = yimmo_server(validator(app), workers=2, body_timeout=0.5,
+                          buffer_body=0)
     with connect(server.address) as sock:
         sock.sendall(req(HOST, b"Content-Length: 10",
                          request_line=b"POST / HTTP/1.1", body=b"ab"))

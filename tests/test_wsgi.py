@@ -290,7 +290,7 @@ def test_app_starts_before_body_arrives_and_read_waits_for_rest(
         data = environ["wsgi.input"].read(int(environ["CONTENT_LENGTH"]))
         return ok(start_response, data)
 
-    server = yimmo_server(validator(app), workers=2)
+    server = yimmo_server(validator(app), workers=2, buffer_body=0)
     body = b"0123456789" * 100
     with connect(server.address, WAIT) as sock:
         sock.sendall(build_request("POST", "/", body=body)[:-500])

@@ -33,6 +33,7 @@ class Int(NamedTuple):
     minimum: int
     maximum: Optional[int] = None
     zero_means: Optional[int] = None  # value that 0 is replaced with
+    none_ok: bool = False  # None: the default that depends on others
 
     def describe(self):
         if self.maximum is not None:
@@ -40,6 +41,8 @@ class Int(NamedTuple):
         return "an int >= %d" % self.minimum
 
     def check(self, value):
+        if value is None and self.none_ok:
+            return None
         # bool is an int subclass, but workers=True is a mistake.
         if isinstance(value, bool) or not isinstance(value, int):
             raise TypeError("must be an int, not %s" % type(value).__name__)
@@ -160,6 +163,8 @@ class Option(NamedTuple):
     metavar: str = "N"
     # An alias sets these options instead of one of its own (--timeout).
     sets: Tuple[str, ...] = ()
+    # How the README states a default that depends on other options.
+    default_text: Optional[str] = None
 
     @property
     def env(self):
@@ -210,6 +215,29 @@ OPTIONS = (
     Option("write_timeout", ("--write-timeout",), Seconds(False), 30.0,
            "Seconds a client may stop reading a response before the "
            "connection is closed.",
+           metavar="SECONDS"),
+    Option("buffer_body", ("--buffer-body",), Int(0, 131072), 65536,
+           "Request bodies up to this many bytes are read completely "
+           "before a worker runs the app, so clients that send them slowly "
+           "tie up only their connection, never a worker (larger bodies, "
+           "and those sent after Expect: 100-continue, stream to the app). "
+           "0 streams every body.",
+           metavar="BYTES"),
+    Option("min_body_rate", ("--min-body-rate",), Int(0), 1024,
+           "Least average rate, in bytes per second over each 10-second "
+           "window, at which a request body must arrive while the server "
+           "waits for it; slower gets 408 and a closed connection. 0 turns "
+           "it off.",
+           metavar="BYTES"),
+    Option("max_pending", ("--max-pending",), Int(0, none_ok=True), None,
+           "Most requests waiting for a worker. When that many wait, no new "
+           "request is read from any connection (its bytes wait in the "
+           "kernel) until one finishes.",
+           default_text="16 per worker"),
+    Option("queue_timeout", ("--queue-timeout",), Seconds(True), 0.0,
+           "A request that waited longer than this for a worker gets 503 "
+           "with Retry-After, without running the app, so that under a "
+           "flood work goes to clients still waiting. 0 turns it off.",
            metavar="SECONDS"),
     Option("graceful_timeout", ("--graceful-timeout",), Seconds(True), 30.0,
            "On shutdown, seconds in-flight requests get to finish.",
@@ -447,6 +475,8 @@ def parse_args(argv=None, environ=None):
 
 
 def _rst_default(opt):
+    if opt.default_text is not None:
+        return opt.default_text
     if opt.sets:
         return "(none)"
     if opt.default is None:

@@ -107,6 +107,11 @@ class Server:
                 keepalive_timeout=opts["keepalive_timeout"],
                 body_timeout=opts["body_timeout"],
                 write_timeout=opts["write_timeout"],
+                buffer_body=opts["buffer_body"],
+                min_body_rate=float(opts["min_body_rate"]),
+                max_pending=(-1 if opts["max_pending"] is None
+                             else opts["max_pending"]),
+                queue_timeout=opts["queue_timeout"],
                 log_access=(_log_access if opts["access_log"] is not None
                             else None),
             )
