@@ -150,7 +150,7 @@ conn_free_exchange(ymo_conn_t *c)
     else {
         /* The worker still has it: it stops at its next read or write,
          * and the loop frees it when the final post arrives. */
-        ymo_exchange_abort(ex);
+        ymo_exchange_abort(ex, c->server->cut_off ? YMO_READ_STOPPED : -1);
     }
 }
 
@@ -631,6 +631,13 @@ conn_step(ymo_conn_t *c)
             !c->body_paused && c->inlen > 0) {
             conn_feed_body(c);
         }
+        if (c->state == YMO_CONN_EXCHANGE && !c->body_done &&
+            c->read_eof && c->inlen == 0) {
+            /* A pipelined request whose body was cut short by an EOF the
+             * connection read earlier: it can never complete. */
+            ymo_conn_close(c);
+            return;
+        }
         if (c->state == YMO_CONN_EXCHANGE && c->dispatch_pending) {
             if (c->body_error != 0) {
                 /* Nobody ran the app: the loop answers. */
@@ -687,9 +694,19 @@ conn_step(ymo_conn_t *c)
         return;
     }
     if (c->closing && c->wq_head == NULL) {
-        if (c->state == YMO_CONN_HEAD) {
+        if (c->state == YMO_CONN_HEAD && c->read_eof) {
             ymo_conn_close(c);
             return;
+        }
+        if (c->state == YMO_CONN_HEAD) {
+            /* Our close: the client may have sent more (pipelined
+             * requests) that sits unread in the kernel, and closing over
+             * unread data resets the connection, destroying the response
+             * still in flight. Shut down our side, then discard until the
+             * client closes (or LINGER_SECONDS). */
+            c->state = YMO_CONN_LINGER;
+            c->inlen = 0;
+            c->linger_until = 0;
         }
         if (c->state == YMO_CONN_LINGER && c->linger_until == 0) {
             shutdown(c->fd, SHUT_WR);

@@ -163,12 +163,12 @@ ymo_exchange_input_fail(ymo_exchange_t *ex, int status)
 }
 
 void
-ymo_exchange_abort(ymo_exchange_t *ex)
+ymo_exchange_abort(ymo_exchange_t *ex, int reason)
 {
     pthread_mutex_lock(&ex->lock);
     ex->aborted = 1;
     if (!ex->in_done && ex->in_error == 0) {
-        ex->in_error = -1;
+        ex->in_error = reason;
     }
     wake_readers(ex);
     wake_writers(ex);

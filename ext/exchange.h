@@ -119,9 +119,14 @@ int ymo_exchange_input_append(ymo_exchange_t *ex, const char *data,
  * client went away). Wakes a waiting worker. */
 void ymo_exchange_input_fail(ymo_exchange_t *ex, int status);
 
-/* Loop thread: the client is gone or timed out; the worker stops at its
- * next read or write. */
-void ymo_exchange_abort(ymo_exchange_t *ex);
+/* *status of a read whose body was cut off because the server stopped
+ * (its grace period ran out), not because the client left. */
+#define YMO_READ_STOPPED (-3)
+
+/* Loop thread: the client is gone or timed out (reason -1), or the server
+ * stopped before the exchange could finish (YMO_READ_STOPPED); the worker
+ * stops at its next read or write. */
+void ymo_exchange_abort(ymo_exchange_t *ex, int reason);
 
 /* Loop thread: the client shut down its sending side after a complete
  * request (it may still be reading: the response goes on). */

@@ -29,6 +29,12 @@
 /* Seconds to stop accepting after running out of file descriptors. */
 #define ACCEPT_PAUSE 0.1
 
+/* Seconds past the stop deadline a worker inside the app still gets: the
+ * deadline's abort wakes workers waiting for their client, and one that
+ * is just leaving the app must not be given up on (and its server kept
+ * for good). */
+#define JOIN_SLACK 0.1
+
 /* Seconds on CLOCK_MONOTONIC, the clock of the stop deadline: unlike the
  * loop's cached time, any thread can read it. */
 static double
@@ -137,6 +143,7 @@ server_on_grace(struct ev_loop *loop, ev_timer *w, int revents)
     ymo_server_t *s = w->data;
     /* Out of patience: abort what is left. Workers still running an app
      * find their exchange aborted at their next read or write. */
+    s->cut_off = 1;
     while (s->conns != NULL) {
         ymo_conn_close(s->conns);
     }
@@ -360,10 +367,11 @@ ymo_server_join_workers(ymo_server_t *s, int forever, int wakeup_fd,
          * the grace again from here gave a stuck request twice as long.
          * Re-read between short waits, so a later stop() that brings it
          * forward takes effect. Only a worker inside the app is given up
-         * on: one that is not exits as soon as it has the GIL (stop(0) on
-         * an idle server must not leave its workers behind). */
+         * on, and only JOIN_SLACK after the deadline: one that is not in
+         * the app exits as soon as it has the GIL (stop(0) on an idle
+         * server must not leave its workers behind). */
         if (!forever && busy == in_app &&
-            monotonic_now() >= server_deadline(s)) {
+            monotonic_now() >= server_deadline(s) + JOIN_SLACK) {
             break;
         }
         /* Nap, but wake for a signal: its Python handler (a second

@@ -76,6 +76,8 @@ typedef struct ymo_server {
     struct ymo_conn *stalled_tail;  /* for room (max_inflight), in order */
     size_t next_worker;        /* round-robin start for dispatch */
     int draining_loop;         /* stop requested: no accepts, wind down */
+    int cut_off;               /* the grace period ran out: what is left
+                                * is aborted by the server, not a client */
     int stopped;               /* drained: ev_run returns for good */
     ev_io wakeup_watcher;      /* signal wakeup fd (main thread only) */
     ev_timer grace_timer;

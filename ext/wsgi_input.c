@@ -63,6 +63,11 @@ input_fill(InputObject *self, char *buf, size_t n, int line)
                             "request body can no longer be read");
             return -2;
         }
+        else if (status == YMO_READ_STOPPED) {
+            PyErr_SetString(PyExc_OSError,
+                            "the server is shutting down: the request body "
+                            "can no longer be read");
+        }
         else if (status == -1) {
             ymo_module_state *st = PyType_GetModuleState(Py_TYPE(self));
             PyErr_SetString(st->ClientDisconnected,

@@ -552,7 +552,8 @@ StartResponse_write(StartResponseObject *self, PyObject *data)
         return NULL;
     }
     if (self->aborted) {
-        PyErr_SetString(PyExc_OSError, "client disconnected");
+        PyErr_SetString(self->app->st->ClientDisconnected,
+                        "client disconnected");
         return NULL;
     }
     if (emit(self, PyBytes_AS_STRING(data), (size_t)PyBytes_GET_SIZE(data),
@@ -582,6 +583,15 @@ start_response(StartResponseObject *self, PyObject *status,
             PyObject *t = PyTuple_GET_ITEM(exc_info, 0);
             PyObject *v = PyTuple_GET_ITEM(exc_info, 1);
             PyObject *tb = PyTuple_GET_ITEM(exc_info, 2);
+            if (!PyExceptionClass_Check(t) || !PyExceptionInstance_Check(v) ||
+                (tb != Py_None && !PyTraceBack_Check(tb))) {
+                /* (None, None, None) is what sys.exc_info() gives
+                 * outside an except block. */
+                PyErr_Format(PyExc_TypeError,
+                             "exc_info must be an exception triple, "
+                             "got %R", exc_info);
+                return NULL;
+            }
             Py_INCREF(t);
             Py_INCREF(v);
             Py_XINCREF(tb == Py_None ? NULL : tb);
@@ -1042,7 +1052,11 @@ log_disconnect(struct ymo_wsgi_app *app, PyObject *environ,
         PyErr_Clear();
         uri = method = app->st->v_empty;
     }
-    if (req->body == YMO_HTTP_BODY_LENGTH) {
+    if (req->body == YMO_HTTP_BODY_NONE) {
+        msg = PyUnicode_FromFormat("client disconnected: %S %S", method,
+                                   uri);
+    }
+    else if (req->body == YMO_HTTP_BODY_LENGTH) {
         msg = PyUnicode_FromFormat(
             "client disconnected: %S %S (%llu of %llu body bytes "
             "received)", method, uri, got,
@@ -1289,7 +1303,8 @@ ymo_wsgi_run_exchange(struct ymo_wsgi_app *app, ymo_wsgi_worker_t *worker,
     result = PyObject_Vectorcall(app->app, args, 2, NULL);
     if (result == NULL || iterate(sr, result) < 0 ||
         finish_response(sr) < 0) {
-        if (PyErr_ExceptionMatches(st->ClientDisconnected)) {
+        if (PyErr_ExceptionMatches(st->ClientDisconnected) &&
+            ymo_exchange_client_gone(ex)) {
             /* Not an error of the app's: one line, and nothing to send. */
             log_disconnect(app, environ, ex);
             sr->aborted = 1;

@@ -47,6 +47,20 @@ def _log_access(environ, status, length, seconds):
                                            time.time() - seconds))
 
 
+def _unlink_unix_files(paths):
+    """Remove the socket files a server created, unless another server has
+    put its own there since (our listener closes when a stop begins, so a
+    new server may legitimately take the path over while we drain)."""
+    while paths:
+        path, dev, ino = paths.pop()
+        try:
+            st = os.lstat(path)
+            if (st.st_dev, st.st_ino) == (dev, ino):
+                os.unlink(path)
+        except OSError:
+            pass
+
+
 def _listen(sock, address, text, backlog):
     """Bind and listen, non-blocking; an OSError names the address."""
     try:
@@ -77,10 +91,15 @@ class Server:
         self.app = app
         self.options = opts = _options.validate(options)
         self._sockets = []
-        self._unix_paths = []
+        # (absolute path, st_dev, st_ino) of each socket file we created;
+        # removed when the server is done, or collected unstarted.
+        self._unix_files = []
+        self._remove_unix_files = weakref.finalize(
+            self, _unlink_unix_files, self._unix_files)
         self.addresses = []
         self._thread = None
         self._serving = False
+        self._done = threading.Event()  # serve_forever has returned
         self._lock = threading.Lock()
         self._closed = False
         listeners = []
@@ -90,7 +109,9 @@ class Server:
                 self._sockets.append(sock)
                 self.addresses.append(address)
                 if is_unix:
-                    self._unix_paths.append(address)
+                    st = os.stat(address)
+                    self._unix_files.append((os.path.abspath(address),
+                                             st.st_dev, st.st_ino))
                     listeners.append((sock.fileno(), True, address, ""))
                 else:
                     listeners.append((sock.fileno(), False, address[0],
@@ -175,12 +196,7 @@ class Server:
         for sock in self._sockets:
             sock.close()
         self._sockets = []
-        for path in self._unix_paths:
-            try:
-                os.unlink(path)
-            except OSError:
-                pass
-        self._unix_paths = []
+        self._remove_unix_files()
 
     # -- addresses --
 
@@ -208,6 +224,17 @@ class Server:
         SIGTERM stops gracefully (and this returns) and SIGINT stops
         gracefully and raises KeyboardInterrupt; handlers the app installed
         keep working."""
+        with self._lock:
+            if self._serving or self._thread is not None:
+                raise RuntimeError("the server was already started")
+            self._serving = True
+            self._serving_thread = threading.current_thread()
+        try:
+            self._serve_forever()
+        finally:
+            self._done.set()
+
+    def _serve_forever(self):
         on_main = threading.current_thread() is threading.main_thread()
         grace = self.options["graceful_timeout"]
         wakeup_r = wakeup_w = None
@@ -225,7 +252,6 @@ class Server:
         fd = wakeup_r.fileno() if wakeup_r is not None else -1
         with self._lock:
             _running.add(self)
-            self._serving = True
         log.info("Listening at %s (%d workers)",
                  ", ".join(self._describe(a) for a in self.addresses),
                  self.options["workers"])
@@ -242,8 +268,11 @@ class Server:
                     try:
                         if self._core.run(wakeup_fd=fd):
                             break
-                    except KeyboardInterrupt:
-                        self._core.stop(0)      # asked twice: no grace
+                    except BaseException:
+                        # Asked twice (a second Ctrl-C, or a handler that
+                        # raised again): no grace, but still drain; the
+                        # first exception is the one that propagates.
+                        self._core.stop(0)
                 raise
         finally:
             self._report_abandoned()
@@ -279,7 +308,7 @@ class Server:
         """Serve in a background thread; returns at once (the sockets are
         already listening, so clients may connect right away)."""
         with self._lock:
-            if self._thread is not None:
+            if self._thread is not None or self._serving:
                 raise RuntimeError("the server was already started")
             self._thread = threading.Thread(target=self._run_in_thread,
                                             name="yimmo-server", daemon=True)
@@ -318,7 +347,11 @@ class Server:
         thread = self._thread
         if thread is not None and thread is not threading.current_thread():
             thread.join()
-        elif thread is None and not self._serving:
+        elif self._serving:
+            # serve_forever on another thread: wait until it has returned.
+            if self._serving_thread is not threading.current_thread():
+                self._done.wait()
+        elif thread is None:
             # Never served: the core has closed the listeners; nothing
             # else will remove the socket files. (serve_forever removes
             # them itself once it has stopped.)

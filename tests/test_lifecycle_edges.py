@@ -1,0 +1,321 @@
+"""Edges of the server's life found by review: socket files on takeover
+and garbage collection, stop() with serve_forever on another thread, a
+second signal whose handler raises, workers woken by the stop deadline,
+closes the server makes while the client still sends, a client leaving
+during write(), and exc_info values that are not an exception."""
+
+import gc
+import logging
+import os
+import signal
+import socket
+import sys
+import textwrap
+import threading
+import time
+
+import pytest
+
+import yimmo
+from helpers import (ServerProcess, build_request, connect, read_response,
+                     read_until_close)
+
+WAIT = 10
+
+
+def ok(start_response, body=b"ok"):
+    start_response("200 OK", [("Content-Length", str(len(body)))])
+    return [body]
+
+
+def unix_get(path):
+    with connect("unix:" + path, WAIT) as sock:
+        sock.sendall(build_request("GET", "/", [("Connection", "close")]))
+        return read_response(sock).body
+
+
+# -- unix socket files ---------------------------------------------------------
+
+
+def test_draining_server_leaves_its_successors_socket_file(tmp_path):
+    path = str(tmp_path / "s.sock")
+
+    def slow(environ, start_response):
+        time.sleep(1.0)
+        return ok(start_response, b"A")
+
+    def fast(environ, start_response):
+        return ok(start_response, b"B")
+
+    a = yimmo.Server(slow, bind="unix:" + path, workers=1).start()
+    t = threading.Thread(target=unix_get, args=(path,))
+    t.start()
+    time.sleep(0.2)
+    stopper = threading.Thread(target=a.stop, kwargs={"timeout": 5})
+    stopper.start()
+    time.sleep(0.2)
+    # A's listener closed when its stop began: B takes the path over.
+    b = yimmo.Server(fast, bind="unix:" + path, workers=1).start()
+    try:
+        assert unix_get(path) == b"B"
+        t.join(WAIT)
+        stopper.join(WAIT)
+        assert a.stopped
+        assert os.path.exists(path)
+        assert unix_get(path) == b"B"
+    finally:
+        b.stop()
+    assert not os.path.exists(path)
+
+
+def test_never_started_server_removes_its_socket_file_when_collected(
+        tmp_path):
+    path = str(tmp_path / "g.sock")
+    server = yimmo.Server(lambda e, s: ok(s), bind="unix:" + path)
+    assert os.path.exists(path)
+    del server
+    gc.collect()
+    assert not os.path.exists(path)
+
+
+# -- stop() and serve_forever -----------------------------------------------
+
+
+def test_stop_waits_for_serve_forever_on_another_thread():
+    def app(environ, start_response):
+        time.sleep(0.5)
+        return ok(start_response)
+
+    server = yimmo.Server(app, bind="127.0.0.1:0", workers=1)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    with connect(server.address, WAIT) as sock:
+        sock.sendall(build_request("GET", "/"))
+        time.sleep(0.1)
+        server.stop(5)
+        # stop() returned: serve_forever has returned too, and the
+        # request in flight was answered.
+        assert server.stopped
+        thread.join(0.5)
+        assert not thread.is_alive()
+        assert read_response(sock).body == b"ok"
+
+
+SYSEXIT_APP = textwrap.dedent('''
+    import signal, sys, time, yimmo
+    signal.signal(signal.SIGTERM, lambda *a: sys.exit(0))
+    def app(environ, start_response):
+        time.sleep(float(environ["QUERY_STRING"]))
+        start_response("200 OK", [("Content-Length", "4")])
+        return [b"done"]
+    server = yimmo.Server(app, bind="127.0.0.1:0", workers=1,
+                          graceful_timeout=10)
+    print(server.address[1], flush=True)
+    try:
+        server.serve_forever()
+    finally:
+        print("returned stopped=%s" % server.stopped, flush=True)
+''')
+
+
+def test_second_signal_whose_handler_raises_still_drains(tmp_path):
+    """An app's SIGTERM handler raises SystemExit; SIGTERM twice: the
+    first drains gracefully, the second cuts the grace, and serve_forever
+    returns only once the server has stopped."""
+    script = tmp_path / "sysexit.py"
+    script.write_text(SYSEXIT_APP)
+    with ServerProcess([sys.executable, str(script)]) as proc:
+        port = int(proc.wait_for_line(r"^\d+$", "stdout").group(0))
+        with connect(("127.0.0.1", port), WAIT) as sock:
+            sock.sendall(build_request("GET", "/?0.8"))
+            time.sleep(0.2)
+            proc.signal(signal.SIGTERM)
+            resp = read_response(sock)
+        assert resp.body == b"done"      # the first signal drains
+        assert proc.wait(10) == 0
+    # A fresh process for two signals.
+    with ServerProcess([sys.executable, str(script)]) as proc:
+        port = int(proc.wait_for_line(r"^\d+$", "stdout").group(0))
+        with connect(("127.0.0.1", port), WAIT) as sock:
+            sock.sendall(build_request("GET", "/?30"))
+            time.sleep(0.2)
+            t0 = time.monotonic()
+            proc.signal(signal.SIGTERM)
+            time.sleep(0.2)
+            proc.signal(signal.SIGTERM)
+            assert proc.wait(10) == 0
+            assert time.monotonic() - t0 < 3
+        assert "returned stopped=True" in proc.stdout
+
+
+def test_workers_woken_by_the_deadline_are_joined_not_abandoned():
+    def app(environ, start_response):
+        try:
+            environ["wsgi.input"].read()
+        except OSError:
+            time.sleep(0.01)        # a little cleanup after the abort
+            raise
+        return ok(start_response)
+
+    abandoned = 0
+    for _ in range(10):
+        server = yimmo.Server(app, bind="127.0.0.1:0", workers=2,
+                              buffer_body=0).start()
+        sock = connect(server.address, WAIT)
+        sock.sendall(b"POST / HTTP/1.1\r\nHost: x\r\n"
+                     b"Content-Length: 1000\r\n\r\nabc")
+        time.sleep(0.05)
+        server.stop(0.05)
+        abandoned += server._core.abandoned_workers
+        sock.close()
+    assert abandoned == 0
+
+
+def test_read_cut_off_by_the_deadline_is_not_a_client_disconnect(
+        log_watcher):
+    seen = []
+
+    def app(environ, start_response):
+        try:
+            environ["wsgi.input"].read()
+        except OSError as exc:
+            seen.append(exc)
+            raise
+        return ok(start_response)
+
+    server = yimmo.Server(app, bind="127.0.0.1:0", workers=1,
+                          buffer_body=0).start()
+    with connect(server.address, WAIT) as sock:
+        sock.sendall(b"POST / HTTP/1.1\r\nHost: x\r\n"
+                     b"Content-Length: 1000\r\n\r\nabc")
+        time.sleep(0.1)
+        server.stop(0.2)
+    assert len(seen) == 1
+    assert not isinstance(seen[0], yimmo.ClientDisconnected)
+    assert "shutting down" in str(seen[0])
+
+
+# -- closes the server makes ----------------------------------------------
+
+
+@pytest.mark.parametrize("how", ["connection-close", "http10"])
+def test_closing_response_survives_pipelined_requests_behind_it(
+        yimmo_server, how):
+    """The server closes after this response while the client has sent
+    more: closing over unread data would reset the connection and destroy
+    the response in flight."""
+    def app(environ, start_response):
+        return ok(start_response, b"R" * 200000)
+
+    server = yimmo_server(app, workers=1)
+    if how == "http10":
+        first = build_request("GET", "/", version="HTTP/1.0")
+    else:
+        first = build_request("GET", "/", [("Connection", "close")])
+    more = build_request("GET", "/more") * 20000
+    for _ in range(5):
+        with connect(server.address, WAIT) as sock:
+            def send():
+                try:
+                    sock.sendall(first + more)
+                except OSError:
+                    pass        # the server closed: expected
+            sender = threading.Thread(target=send, daemon=True)
+            sender.start()
+            time.sleep(0.3)     # the client is busy sending; reads later
+            data = read_until_close(sock, WAIT)
+            sender.join(WAIT)
+        assert data.startswith(b"HTTP/1.1 200 ")
+        assert len(data.split(b"\r\n\r\n", 1)[1]) == 200000
+
+
+def test_half_closed_pipeline_with_incomplete_body_is_closed_promptly(
+        yimmo_server):
+    calls = []
+
+    def app(environ, start_response):
+        calls.append(environ["PATH_INFO"])
+        if environ["PATH_INFO"] == "/slow":
+            time.sleep(0.5)
+        environ["wsgi.input"].read()
+        return ok(start_response)
+
+    server = yimmo_server(app, workers=2, body_timeout=5, buffer_body=0)
+    with connect(server.address, WAIT) as sock:
+        sock.sendall(build_request("GET", "/slow") +
+                     b"POST /cut HTTP/1.1\r\nHost: x\r\n"
+                     b"Content-Length: 10\r\n\r\nabc")
+        sock.shutdown(socket.SHUT_WR)
+        t0 = time.monotonic()
+        data = read_until_close(sock, WAIT)
+        assert time.monotonic() - t0 < 2      # not the body timeout
+    assert data.count(b"HTTP/1.1 ") == 1 and data.endswith(b"ok")
+    assert calls == ["/slow"]
+
+
+# -- errors that are not what they seem -------------------------------------
+
+
+def test_client_disconnect_during_write_is_logged_quietly(yimmo_server,
+                                                          log_watcher):
+    done = threading.Event()
+
+    def app(environ, start_response):
+        write = start_response("200 OK", [])
+        try:
+            for _ in range(2000):
+                write(b"x" * 65536)
+                time.sleep(0.001)
+        finally:
+            done.set()
+        return []
+
+    log_watcher.logger.setLevel(logging.INFO)
+    server = yimmo_server(app, workers=1)
+    sock = connect(server.address, WAIT)
+    sock.sendall(build_request("GET", "/w"))
+    sock.recv(1000)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                    b"\x01\x00\x00\x00\x00\x00\x00\x00")
+    sock.close()
+    assert done.wait(WAIT)
+    log_watcher.wait_for("client disconnected", "/w")
+    time.sleep(0.1)
+    assert not [t for t in log_watcher.texts if " ERROR " in t]
+
+
+def test_client_disconnected_raised_by_the_app_itself_is_an_error(
+        yimmo_server, log_watcher):
+    """Only a client that did leave makes a quiet disconnect: the same
+    exception from the app's own upstream is a 500."""
+    def app(environ, start_response):
+        raise yimmo.ClientDisconnected("upstream went away")
+
+    server = yimmo_server(app, workers=1)
+    with connect(server.address, WAIT) as sock:
+        sock.sendall(build_request("GET", "/x"))
+        assert read_response(sock).status == 500
+    log_watcher.wait_for("error handling request", "upstream went away")
+
+
+@pytest.mark.parametrize("exc_info", [
+    "(None, None, None)", "(1, 2, 3)", "(ValueError, ValueError(), 3)",
+])
+def test_exc_info_that_is_no_exception_is_a_type_error(yimmo_server,
+                                                       exc_info):
+    errors = []
+
+    def app(environ, start_response):
+        write = start_response("200 OK", [])
+        write(b"started")
+        try:
+            start_response("500 Oops", [], eval(exc_info))
+        except TypeError as exc:
+            errors.append(exc)
+        return [b" and done"]
+
+    server = yimmo_server(app, workers=1)
+    with connect(server.address, WAIT) as sock:
+        sock.sendall(build_request("GET", "/"))
+        assert read_response(sock).body == b"started and done"
+    assert len(errors) == 1 and "exception triple" in str(errors[0])
