@@ -123,9 +123,8 @@ extern PyType_Spec ymo_file_wrapper_spec;
 PyObject *ymo_input_new(ymo_module_state *st, ymo_exchange_t *ex,
                         size_t low_water);
 
-/* environ["yimmo.client_gone"] for the request of a wsgi.input object: a
- * callable with no arguments. GIL held. */
-PyObject *ymo_input_client_gone(PyObject *input);
+/* A wsgi.input object is callable: calling it is
+ * environ["yimmo.client_gone"](). */
 
 /* wsgi.file_wrapper objects */
 typedef struct {

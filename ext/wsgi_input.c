@@ -263,24 +263,18 @@ Input_iternext(InputObject *self)
     return line;
 }
 
+/* environ["yimmo.client_gone"] is the wsgi.input object itself, called:
+ * one callable per request without allocating one. */
 static PyObject *
-Input_client_gone(InputObject *self, PyObject *unused)
+Input_call(InputObject *self, PyObject *args, PyObject *kwargs)
 {
-    (void)unused;
+    if (PyTuple_GET_SIZE(args) != 0 ||
+        (kwargs != NULL && PyDict_GET_SIZE(kwargs) != 0)) {
+        PyErr_SetString(PyExc_TypeError,
+                        "client_gone() takes no arguments");
+        return NULL;
+    }
     return PyBool_FromLong(ymo_exchange_client_gone(self->ex));
-}
-
-static PyMethodDef client_gone_def = {
-    "client_gone", (PyCFunction)Input_client_gone, METH_NOARGS,
-    "client_gone() -> bool: True once the client reset the connection, "
-    "timed out or closed it (best effort: a client that only shut down "
-    "its sending side counts as gone)",
-};
-
-PyObject *
-ymo_input_client_gone(PyObject *input)
-{
-    return PyCFunction_New(&client_gone_def, input);
 }
 
 static PyMethodDef Input_methods[] = {
@@ -298,6 +292,7 @@ static PyType_Slot Input_slots[] = {
     {Py_tp_dealloc, Input_dealloc},
     {Py_tp_iter, PyObject_SelfIter},
     {Py_tp_iternext, Input_iternext},
+    {Py_tp_call, Input_call},
     {Py_tp_methods, Input_methods},
     {Py_tp_doc, "wsgi.input: the request body as a stream"},
     {0, NULL},

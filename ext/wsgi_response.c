@@ -1286,13 +1286,8 @@ ymo_wsgi_run_exchange(struct ymo_wsgi_app *app, ymo_wsgi_worker_t *worker,
                                         input) < 0) {
         goto internal_error;
     }
-    PyObject *gone = ymo_input_client_gone(input);
-    if (gone == NULL) {
-        goto internal_error;
-    }
-    int set = PyDict_SetItem(environ, st->k_client_gone, gone);
-    Py_DECREF(gone);
-    if (set < 0) {
+    /* yimmo.client_gone: the input object is callable for it. */
+    if (PyDict_SetItem(environ, st->k_client_gone, input) < 0) {
         goto internal_error;
     }
     sr = start_response_new(app, ex);
