@@ -978,6 +978,10 @@ app_step(rec_t *r)
          * own lets it look again (a thread still reading wsgi.input). */
         if (r->holds_ref) {
             if (r->late_read) {
+                /* A first read here still asks for 100 Continue, which the
+                 * loop sends if the final post has not been handled yet:
+                 * harmless (a 1xx before the end), if useless. */
+                r->read_any = 1;
                 int status = 0;
                 char b[8];
                 long got = ymo_exchange_read(ex, b, sizeof(b), 0, 0,
@@ -1407,7 +1411,6 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     CHECK(H.conn_closed);
     CHECK(H.server.n_conns == (other != 0 && !H.other_closed));
     CHECK((H.server.conns == NULL) == (H.server.n_conns == 0));
-    verify_output();
     if (getenv("FUZZ_CONN_DEBUG") != NULL) {
         /* What happened, for reading a reproducer. */
         fprintf(stderr, "%zu exchanges, %zu of %zu client bytes read, "
@@ -1424,6 +1427,8 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
                     r->done_flags);
         }
     }
+
+    verify_output();
 
     ymo_server_destroy(&H.server);
     CHECK(other == 0 || H.other_closed);

@@ -37,6 +37,11 @@ clang -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all \
 
 cp -r "$here/corpus" "$work/corpus"
 cp -r "$here/corpus_conn" "$work/corpus_conn"
+# Inputs that once failed, replayed first on every run (never written to).
+regressions=()
+if [ -d "$here/regressions_conn" ]; then
+    regressions=("$here/regressions_conn")
+fi
 # Tokens that help the mutator reach the deeper states.
 cat > "$work/http.dict" <<'DICT'
 "GET"
@@ -85,7 +90,7 @@ status=0
 conn_status=0
 "$work/fuzz_conn" -runs="$runs" -max_len=20000 -dict="$work/http.dict" \
     -artifact_prefix="$artifacts/" -print_final_stats=1 "$work/corpus_conn" \
-    || conn_status=$?
+    "${regressions[@]}" || conn_status=$?
 if [ "$status" -eq 0 ]; then
     status=$conn_status
 fi
