@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
-# Build the libFuzzer target for the HTTP parser and run it for a bounded
-# number of executions: bash fuzz/run.sh [RUNS] (default 200000). Exits
-# non-zero when the fuzzer finds a crash; the repository is left untouched
-# (the corpus is copied to a temporary directory, new inputs stay there).
+# Build the libFuzzer targets and run each for a bounded number of
+# executions: bash fuzz/run.sh [RUNS] (default 200000), first the HTTP
+# parser (fuzz_parser.c), then a whole connection (fuzz_conn.c: conn.c
+# with the parser, bodies, pipelining, response writing and timers, no
+# socket and no Python). Exits non-zero when a fuzzer finds a crash; the
+# repository is left untouched (the corpora are copied to a temporary
+# directory, new inputs stay there).
 set -euo pipefail
 
 runs="${1:-200000}"
@@ -19,7 +22,26 @@ clang -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all \
     -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -I"$root/ext" \
     "$here/fuzz_parser.c" "$root/ext/http_parser.c" -o "$work/fuzz_parser"
 
+# The connection target takes conn.c as built for production: the linker
+# sends its socket calls, libev's clock and timers, and the loop's exchange
+# creation and release to the harness (see the opening of fuzz_conn.c).
+wraps=read,sendmsg,sendfile,shutdown,close,ev_now,ev_timer_start
+wraps=$wraps,ev_timer_stop,ev_timer_remaining,ymo_exchange_new
+wraps=$wraps,ymo_exchange_release
+clang -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all \
+    -std=gnu11 -D_GNU_SOURCE -Wall -Wextra -Werror -I"$root/ext" \
+    "$here/fuzz_conn.c" "$root/ext/conn.c" "$root/ext/server.c" \
+    "$root/ext/exchange.c" "$root/ext/bucket.c" "$root/ext/queue.c" \
+    "$root/ext/http_parser.c" "$root/ext/http_response.c" \
+    -lev -lpthread -Wl,--wrap="${wraps//,/,--wrap=}" -o "$work/fuzz_conn"
+
 cp -r "$here/corpus" "$work/corpus"
+cp -r "$here/corpus_conn" "$work/corpus_conn"
+# Inputs that once failed, replayed first on every run (never written to).
+regressions=()
+if [ -d "$here/regressions_conn" ]; then
+    regressions=("$here/regressions_conn")
+fi
 # Tokens that help the mutator reach the deeper states.
 cat > "$work/http.dict" <<'DICT'
 "GET"
@@ -65,6 +87,13 @@ status=0
 "$work/fuzz_parser" -runs="$runs" -max_len=2048 -dict="$work/http.dict" \
     -artifact_prefix="$artifacts/" -print_final_stats=1 "$work/corpus" \
     || status=$?
+conn_status=0
+"$work/fuzz_conn" -runs="$runs" -max_len=20000 -dict="$work/http.dict" \
+    -artifact_prefix="$artifacts/" -print_final_stats=1 "$work/corpus_conn" \
+    "${regressions[@]}" || conn_status=$?
+if [ "$status" -eq 0 ]; then
+    status=$conn_status
+fi
 if [ "$status" -ne 0 ]; then
     echo "fuzz/run.sh: fuzzer failed (exit $status); see $artifacts" >&2
 elif [ -z "${FUZZ_ARTIFACTS:-}" ]; then
