@@ -885,7 +885,7 @@ ymo_conn_on_exchange(ymo_exchange_t *ex)
          * request (it waits behind them if there is no room left). */
         server_unstall(s);
     }
-    if (cont && !c->head_written && !c->body_done) {
+    if (cont && !done && !c->head_written && !c->body_done) {
         static const char msg[] = "HTTP/1.1 100 Continue\r\n\r\n";
         ymo_bucket_t *b = ymo_bucket_copy(msg, sizeof(msg) - 1);
         if (b != NULL) {

@@ -213,7 +213,7 @@ ymo_exchange_read(ymo_exchange_t *ex, char *dst, size_t n, int line,
     pthread_mutex_lock(&ex->lock);
     if (!ex->in_started) {
         ex->in_started = 1;
-        if (ex->req.expect_continue && !ex->in_done) {
+        if (ex->req.expect_continue && !ex->in_done && !ex->out_done) {
             ex->need_continue = 1;
             post = 1;
         }
