@@ -990,6 +990,23 @@ start_response_new(struct ymo_wsgi_app *app, ymo_exchange_t *ex)
     return self;
 }
 
+/* log_error(msg, info): info is an exc_info triple (ERROR with the
+ * traceback) or None (an expected event, INFO). msg or info NULL: the
+ * error set while building them is reported instead. */
+static void
+call_log_error(struct ymo_wsgi_app *app, PyObject *msg, PyObject *info)
+{
+    PyObject *r = NULL;
+    if (msg != NULL && info != NULL) {
+        PyObject *args[2] = {msg, info};
+        r = PyObject_Vectorcall(app->log_error, args, 2, NULL);
+    }
+    if (r == NULL) {
+        PyErr_WriteUnraisable(app->log_error);
+    }
+    Py_XDECREF(r);
+}
+
 /* Log the exception set, with its traceback, through the app's logger;
  * the request is named from environ (the exchange may be gone). */
 static void
@@ -1017,15 +1034,7 @@ log_exception(struct ymo_wsgi_app *app, PyObject *environ, const char *what)
     PyObject *info = PyTuple_Pack(3, type ? type : Py_None,
                                   value ? value : Py_None,
                                   tb ? tb : Py_None);
-    PyObject *r = NULL;
-    if (msg != NULL && info != NULL) {
-        PyObject *args[2] = {msg, info};
-        r = PyObject_Vectorcall(app->log_error, args, 2, NULL);
-    }
-    if (r == NULL) {
-        PyErr_WriteUnraisable(app->log_error);
-    }
-    Py_XDECREF(r);
+    call_log_error(app, msg, info);
     Py_XDECREF(msg);
     Py_XDECREF(info);
     Py_XDECREF(type);
@@ -1067,15 +1076,7 @@ log_disconnect(struct ymo_wsgi_app *app, PyObject *environ,
             "client disconnected: %S %S (%llu body bytes received, "
             "chunked)", method, uri, got);
     }
-    PyObject *r = NULL;
-    if (msg != NULL) {
-        PyObject *args[2] = {msg, Py_None};
-        r = PyObject_Vectorcall(app->log_error, args, 2, NULL);
-    }
-    if (r == NULL) {
-        PyErr_WriteUnraisable(app->log_error);
-    }
-    Py_XDECREF(r);
+    call_log_error(app, msg, Py_None);
     Py_XDECREF(msg);
 }
 
