@@ -6,6 +6,9 @@ flags. Environment switches:
 
     YIMMO_WERROR=1     treat warnings as errors (CI does this)
     YIMMO_SANITIZE=1   build with AddressSanitizer + UBSan
+    YIMMO_FAULT_INJECTION=1
+                       build the allocation fault injector in (ext/alloc.h;
+                       tests/test_fault_injection.py): never for production
     LIBEV_PREFIX=DIR   look for DIR/include/ev.h and DIR/lib/libev.*
 """
 
@@ -134,6 +137,8 @@ def compile_args():
         args.append("-O2")
     if os.environ.get("YIMMO_WERROR") == "1":
         args.append("-Werror")
+    if os.environ.get("YIMMO_FAULT_INJECTION") == "1":
+        args.append("-DYMO_FAULT_INJECTION")
     return args
 
 

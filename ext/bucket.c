@@ -6,9 +6,9 @@
 #include <unistd.h>
 
 ymo_bucket_t *
-ymo_bucket_new(size_t cap)
+(ymo_bucket_new)(size_t cap YMO_SITE_PARAM)
 {
-    ymo_bucket_t *b = malloc(sizeof(*b) + cap);
+    ymo_bucket_t *b = ymo_malloc_fwd(sizeof(*b) + cap);
     if (b == NULL) {
         return NULL;
     }
@@ -23,9 +23,9 @@ ymo_bucket_new(size_t cap)
 }
 
 ymo_bucket_t *
-ymo_bucket_copy(const void *data, size_t len)
+(ymo_bucket_copy)(const void *data, size_t len YMO_SITE_PARAM)
 {
-    ymo_bucket_t *b = ymo_bucket_new(len);
+    ymo_bucket_t *b = (ymo_bucket_new)(len YMO_SITE_FWD);
     if (b != NULL) {
         memcpy(b->data, data, len);
         b->len = len;
@@ -34,9 +34,9 @@ ymo_bucket_copy(const void *data, size_t len)
 }
 
 ymo_bucket_t *
-ymo_bucket_file(int fd, off_t off, size_t len)
+(ymo_bucket_file)(int fd, off_t off, size_t len YMO_SITE_PARAM)
 {
-    ymo_bucket_t *b = ymo_bucket_new(0);
+    ymo_bucket_t *b = (ymo_bucket_new)(0 YMO_SITE_FWD);
     if (b != NULL) {
         b->fd = fd;
         b->file_off = off;

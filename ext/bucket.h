@@ -7,6 +7,8 @@
 #include <stddef.h>
 #include <sys/types.h>
 
+#include "alloc.h"
+
 typedef struct ymo_bucket {
     struct ymo_bucket *next;
     size_t len;       /* bytes of data in this bucket (or of the file) */
@@ -19,14 +21,25 @@ typedef struct ymo_bucket {
     char data[];
 } ymo_bucket_t;
 
-/* A memory bucket with room for cap bytes, len 0. NULL when out of memory. */
-ymo_bucket_t *ymo_bucket_new(size_t cap);
+/* The three allocate, and return NULL when out of memory. Each is called
+ * through a macro of its name, which in a fault-injection build adds the
+ * caller's site (see alloc.h): which bucket failed is the caller's
+ * business, not this file's. */
+
+/* A memory bucket with room for cap bytes, len 0. */
+ymo_bucket_t *(ymo_bucket_new)(size_t cap YMO_SITE_PARAM);
+#define ymo_bucket_new(cap) (ymo_bucket_new)((cap) YMO_SITE_HERE("bucket"))
 
 /* A memory bucket holding a copy of data[0..len). */
-ymo_bucket_t *ymo_bucket_copy(const void *data, size_t len);
+ymo_bucket_t *(ymo_bucket_copy)(const void *data, size_t len YMO_SITE_PARAM);
+#define ymo_bucket_copy(data, len)                                         \
+    (ymo_bucket_copy)((data), (len) YMO_SITE_HERE("bucket copy"))
 
-/* A file bucket; takes ownership of fd. */
-ymo_bucket_t *ymo_bucket_file(int fd, off_t off, size_t len);
+/* A file bucket; takes ownership of fd when it succeeds (on failure the
+ * caller still owns it). */
+ymo_bucket_t *(ymo_bucket_file)(int fd, off_t off, size_t len YMO_SITE_PARAM);
+#define ymo_bucket_file(fd, off, len)                                      \
+    (ymo_bucket_file)((fd), (off), (len) YMO_SITE_HERE("file bucket"))
 
 /* Free one bucket (closing its file, if any). */
 void ymo_bucket_free(ymo_bucket_t *b);

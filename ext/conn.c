@@ -39,7 +39,7 @@ ymo_conn_t *
 ymo_conn_new(ymo_server_t *s, const ymo_listener_t *l, int fd,
              const char *addr, int port)
 {
-    ymo_conn_t *c = calloc(1, sizeof(*c));
+    ymo_conn_t *c = ymo_calloc(1, sizeof(*c));
     if (c == NULL) {
         return NULL;
     }
@@ -585,7 +585,7 @@ conn_keep_input(ymo_conn_t *c)
      * room in the server: thousands of them may each hold a request. */
     size_t cap = c->inlen < INBUF_INITIAL && !c->stalled ? INBUF_INITIAL
                                                          : c->inlen;
-    char *p = malloc(cap);
+    char *p = ymo_malloc(cap);
     if (p == NULL) {
         c->inbuf = NULL;
         c->incap = c->inlen = 0;
@@ -765,7 +765,7 @@ conn_read(ymo_conn_t *c)
             cap = INBUF_BODY;
         }
         if (cap > c->incap) {
-            char *p = realloc(c->inbuf, cap);
+            char *p = ymo_realloc(c->inbuf, cap);
             if (p == NULL) {
                 ymo_conn_close(c);
                 return -1;
@@ -779,7 +779,7 @@ conn_read(ymo_conn_t *c)
     }
     else if (c->state == YMO_CONN_EXCHANGE && !c->body_done &&
              !c->inbuf_borrowed && c->incap < INBUF_BODY) {
-        char *p = realloc(c->inbuf, INBUF_BODY);
+        char *p = ymo_realloc(c->inbuf, INBUF_BODY);
         if (p != NULL) {
             c->inbuf = p;
             c->incap = INBUF_BODY;

@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "alloc.h"
 #include "wsgi_worker.h"
 
 /* Body bytes are appended to the tail bucket while it has room, so a body
@@ -27,20 +28,23 @@ ymo_exchange_new(const char *buf, size_t head_len,
     size_t align = _Alignof(ymo_http_header_t);
     size_t hoff = (head_len + 1 + align - 1) & ~(align - 1);
     size_t hsize = req->num_headers * sizeof(ymo_http_header_t);
-    ymo_exchange_t *ex = calloc(1, sizeof(*ex) + hoff + hsize);
+    ymo_exchange_t *ex = ymo_calloc(1, sizeof(*ex) + hoff + hsize);
     if (ex == NULL) {
         return NULL;
     }
-    if (pthread_mutex_init(&ex->lock, NULL) != 0) {
+    if (YMO_FI_FAIL("exchange lock") ||
+        pthread_mutex_init(&ex->lock, NULL) != 0) {
         free(ex);
         return NULL;
     }
-    if (pthread_cond_init(&ex->cond_in, NULL) != 0) {
+    if (YMO_FI_FAIL("exchange cond_in") ||
+        pthread_cond_init(&ex->cond_in, NULL) != 0) {
         pthread_mutex_destroy(&ex->lock);
         free(ex);
         return NULL;
     }
-    if (pthread_cond_init(&ex->cond_out, NULL) != 0) {
+    if (YMO_FI_FAIL("exchange cond_out") ||
+        pthread_cond_init(&ex->cond_out, NULL) != 0) {
         pthread_cond_destroy(&ex->cond_in);
         pthread_mutex_destroy(&ex->lock);
         free(ex);
@@ -110,15 +114,17 @@ wake_writers(ymo_exchange_t *ex)
 }
 
 int
-ymo_exchange_input_append(ymo_exchange_t *ex, const char *data, size_t len,
-                          int done, size_t high_water)
+(ymo_exchange_input_append)(ymo_exchange_t *ex, const char *data,
+                            size_t len, int done, size_t high_water
+                            YMO_SITE_PARAM)
 {
     int r = 0;
     pthread_mutex_lock(&ex->lock);
     while (len > 0) {
         ymo_bucket_t *b = ex->in_tail;
         if (b == NULL || b->len == b->cap) {
-            b = ymo_bucket_new(len > IN_BUCKET_SIZE ? len : IN_BUCKET_SIZE);
+            b = (ymo_bucket_new)(len > IN_BUCKET_SIZE ? len : IN_BUCKET_SIZE
+                                 YMO_SITE_FWD);
             if (b == NULL) {
                 r = -ENOMEM;
                 break;

@@ -112,8 +112,12 @@ void ymo_exchange_release(ymo_exchange_t *ex);
 /* Loop thread: append request body bytes (done: the body is complete).
  * Returns 1 when the input is above the high-water mark and the loop
  * should stop reading (in_paused is then set), 0 otherwise, -ENOMEM. */
-int ymo_exchange_input_append(ymo_exchange_t *ex, const char *data,
-                              size_t len, int done, size_t high_water);
+int (ymo_exchange_input_append)(ymo_exchange_t *ex, const char *data,
+                                size_t len, int done, size_t high_water
+                                YMO_SITE_PARAM);
+#define ymo_exchange_input_append(ex, data, len, done, high_water)         \
+    (ymo_exchange_input_append)((ex), (data), (len), (done),               \
+                                (high_water) YMO_SITE_HERE("body bucket"))
 
 /* Loop thread: the body cannot complete (status: 400/413, or -1 when the
  * client went away). Wakes a waiting worker. */

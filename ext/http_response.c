@@ -49,7 +49,7 @@ ymo_http_date_header(size_t *len)
 }
 
 ymo_bucket_t *
-ymo_http_error_bucket(int status)
+(ymo_http_error_bucket)(int status YMO_SITE_PARAM)
 {
     const char *reason = ymo_http_reason(status);
     size_t date_n;
@@ -67,7 +67,7 @@ ymo_http_error_bucket(int status)
                      status, reason, (int)date_n, date, strlen(reason) + 1,
                      /* Overloaded: a client may try again shortly. */
                      status == 503 ? "Retry-After: 1\r\n" : "", reason);
-    ymo_bucket_t *b = ymo_bucket_copy(buf, (size_t)n);
+    ymo_bucket_t *b = (ymo_bucket_copy)(buf, (size_t)n YMO_SITE_FWD);
     if (b != NULL) {
         b->from_ex = 0;
     }

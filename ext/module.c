@@ -529,6 +529,11 @@ module_exec(PyObject *module)
     if (st->v_version == NULL || ymo_environ_state_init(st) < 0) {
         return -1;
     }
+#ifdef YMO_FAULT_INJECTION
+    if (ymo_fault_injection_init() < 0) {
+        return -1;
+    }
+#endif
     return 0;
 }
 
@@ -596,6 +601,9 @@ static struct PyModuleDef module_def = {
     .m_name = "yimmo._yimmo",
     .m_doc = "yimmo's C core: the libev I/O thread and the WSGI workers",
     .m_size = sizeof(ymo_module_state),
+#ifdef YMO_FAULT_INJECTION
+    .m_methods = ymo_fault_injection_methods,
+#endif
     .m_slots = module_slots,
     .m_traverse = module_traverse,
     .m_clear = module_clear,

@@ -20,6 +20,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "alloc.h"
 #include "conn.h"
 
 /* Accept at most this many connections per readiness event, so a flood of
@@ -219,11 +220,11 @@ ymo_server_init(ymo_server_t *s, const ymo_config_t *config,
     }
     pthread_mutex_init(&s->ctl_lock, NULL);
     atomic_init(&s->draining, 0);
-    s->listeners = calloc(n ? n : 1, sizeof(*s->listeners));
-    s->workers = calloc(config->workers, sizeof(*s->workers));
-    s->headers = calloc(config->limits.max_header_count + 1,
-                        sizeof(*s->headers));
-    s->scratch = malloc(YMO_SCRATCH_SIZE);
+    s->listeners = ymo_calloc(n ? n : 1, sizeof(*s->listeners));
+    s->workers = ymo_calloc(config->workers, sizeof(*s->workers));
+    s->headers = ymo_calloc(config->limits.max_header_count + 1,
+                            sizeof(*s->headers));
+    s->scratch = ymo_malloc(YMO_SCRATCH_SIZE);
     if (s->listeners == NULL || s->workers == NULL || s->headers == NULL ||
         s->scratch == NULL) {
         ymo_server_destroy(s);

@@ -133,4 +133,11 @@ typedef struct {
     Py_ssize_t blksize;
 } ymo_file_wrapper_t;
 
+#ifdef YMO_FAULT_INJECTION
+/* wsgi_fault_injection.c: the module's private _fault_injection(), and
+ * arming from YIMMO_FAULT_ALLOC at import (-1 with an exception set). */
+extern PyMethodDef ymo_fault_injection_methods[];
+int ymo_fault_injection_init(void);
+#endif
+
 #endif /* YMO_WSGI_H */

@@ -11,6 +11,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "alloc.h"
 #include "conn.h"
 #include "server.h"
 #include "wsgi.h"
@@ -61,14 +62,17 @@ ymo_wsgi_worker_init(struct ev_loop *loop, size_t thread_id,
                    YMO_WSGI_WORKER_QUEUE_POOL_SIZE);
     ymo_queue_init(&worker->queue_out, worker->pool_out,
                    YMO_WSGI_WORKER_QUEUE_POOL_SIZE);
-    if (pthread_mutex_init(&worker->lock_in, NULL) != 0) {
+    if (YMO_FI_FAIL("worker lock_in") ||
+        pthread_mutex_init(&worker->lock_in, NULL) != 0) {
         return -ENOMEM;
     }
-    if (pthread_mutex_init(&worker->lock_out, NULL) != 0) {
+    if (YMO_FI_FAIL("worker lock_out") ||
+        pthread_mutex_init(&worker->lock_out, NULL) != 0) {
         pthread_mutex_destroy(&worker->lock_in);
         return -ENOMEM;
     }
-    if (pthread_cond_init(&worker->ready_in, NULL) != 0) {
+    if (YMO_FI_FAIL("worker ready_in") ||
+        pthread_cond_init(&worker->ready_in, NULL) != 0) {
         pthread_mutex_destroy(&worker->lock_out);
         pthread_mutex_destroy(&worker->lock_in);
         return -ENOMEM;
