@@ -357,9 +357,9 @@ conn_feed_body(ymo_conn_t *c)
     if (r < 0) {
         c->closing = 1;
         c->body_done = 1;
-        c->body_error = 500;
+        c->body_error = 503;   /* out of memory: try again later */
         if (!c->dispatch_pending) {
-            ymo_exchange_input_fail(ex, 500);
+            ymo_exchange_input_fail(ex, 503);
         }
     }
     else if (r == 1) {
@@ -888,14 +888,20 @@ ymo_conn_on_exchange(ymo_exchange_t *ex)
     if (cont && !done && !c->head_written && !c->body_done) {
         static const char msg[] = "HTTP/1.1 100 Continue\r\n\r\n";
         ymo_bucket_t *b = ymo_bucket_copy(msg, sizeof(msg) - 1);
-        if (b != NULL) {
+        if (b == NULL) {
+            /* Out of memory: a client that waits for the 100 would never
+             * send the body. Fail it now: the app's read raises, and the
+             * client gets a 503 and the close. */
+            conn_body_failed(c, 503);
+        }
+        else {
             b->from_ex = 0;
             wq_append(c, b);
+            c->head_written = 1;
+            c->last_read = now(c);  /* the client sends the body from now */
+            c->rate_since = c->last_read;
+            c->rate_bytes = c->body_received;
         }
-        c->head_written = 1;
-        c->last_read = now(c);  /* the client sends the body from now */
-        c->rate_since = c->last_read;
-        c->rate_bytes = c->body_received;
     }
     if (out != NULL) {
         c->head_written = 1;

@@ -145,7 +145,10 @@ int
         data += n;
         len -= n;
     }
-    if (done) {
+    if (done && r == 0) {
+        /* Not when a bucket failed: the body is not all there, and a
+         * complete-looking body would be handed to the app short (the loop
+         * fails the input next, which a done body would ignore). */
         ex->in_done = 1;
     }
     if (r == 0 && !ex->in_done && ex->in_buffered >= high_water) {

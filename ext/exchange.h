@@ -111,7 +111,9 @@ void ymo_exchange_release(ymo_exchange_t *ex);
 
 /* Loop thread: append request body bytes (done: the body is complete).
  * Returns 1 when the input is above the high-water mark and the loop
- * should stop reading (in_paused is then set), 0 otherwise, -ENOMEM. */
+ * should stop reading (in_paused is then set), 0 otherwise, -ENOMEM (then
+ * part of data may have been appended, and the body is not done: the
+ * caller fails the input). */
 int (ymo_exchange_input_append)(ymo_exchange_t *ex, const char *data,
                                 size_t len, int done, size_t high_water
                                 YMO_SITE_PARAM);

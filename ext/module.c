@@ -145,8 +145,8 @@ Core_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
     }
 
     Py_ssize_t n = PyList_GET_SIZE(listeners);
-    int *fds = PyMem_Calloc((size_t)n, sizeof(int));
-    int *is_unix = PyMem_Calloc((size_t)n, sizeof(int));
+    int *fds = ymo_pymem_calloc((size_t)n, sizeof(int));
+    int *is_unix = ymo_pymem_calloc((size_t)n, sizeof(int));
     CoreObject *self = NULL;
     if (fds == NULL || is_unix == NULL) {
         PyErr_NoMemory();
@@ -156,8 +156,8 @@ Core_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
     if (self == NULL) {
         goto fail;
     }
-    self->app.server_name = PyMem_Calloc((size_t)n, sizeof(PyObject *));
-    self->app.server_port = PyMem_Calloc((size_t)n, sizeof(PyObject *));
+    self->app.server_name = ymo_pymem_calloc((size_t)n, sizeof(PyObject *));
+    self->app.server_port = ymo_pymem_calloc((size_t)n, sizeof(PyObject *));
     if (self->app.server_name == NULL || self->app.server_port == NULL) {
         PyErr_NoMemory();
         goto fail;
@@ -186,7 +186,8 @@ Core_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
     self->app.file_wrapper = Py_NewRef((PyObject *)st->FileWrapper_type);
     self->app.multithread = Py_NewRef(workers > 1 ? Py_True : Py_False);
     self->app.multiprocess = Py_NewRef(multiprocess ? Py_True : Py_False);
-    self->app.environ_template = PyMem_Calloc((size_t)n, sizeof(PyObject *));
+    self->app.environ_template = ymo_pymem_calloc((size_t)n,
+                                                  sizeof(PyObject *));
     if (self->app.environ_template == NULL) {
         PyErr_NoMemory();
         goto fail;

@@ -7,6 +7,7 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
+#include "alloc.h"
 #include "exchange.h"
 #include "server.h"
 #include "wsgi_worker.h"
@@ -132,6 +133,13 @@ typedef struct {
     PyObject *filelike;
     Py_ssize_t blksize;
 } ymo_file_wrapper_t;
+
+/* PyMem_Malloc/PyMem_Calloc for the Python-facing files: sites of the
+ * fault injector in a fault-injection build (see alloc.h), the plain
+ * calls otherwise. */
+#define ymo_pymem_malloc(n) (YMO_FI_FAIL(#n) ? NULL : PyMem_Malloc(n))
+#define ymo_pymem_calloc(k, n)                                             \
+    (YMO_FI_FAIL(#n) ? NULL : PyMem_Calloc((k), (n)))
 
 #ifdef YMO_FAULT_INJECTION
 /* wsgi_fault_injection.c: the module's private _fault_injection(), and

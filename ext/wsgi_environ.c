@@ -55,7 +55,7 @@ static PyObject *
 make_key(const char *name, size_t len)
 {
     char buf[256];
-    char *p = len + 5 <= sizeof(buf) ? buf : PyMem_Malloc(len + 5);
+    char *p = len + 5 <= sizeof(buf) ? buf : ymo_pymem_malloc(len + 5);
     if (p == NULL) {
         return PyErr_NoMemory();
     }
@@ -288,7 +288,8 @@ ymo_wsgi_environ(struct ymo_wsgi_app *app, ymo_exchange_t *ex)
     {
         char stackbuf[1024];
         char *buf = req->path_len <= sizeof(stackbuf)
-                        ? stackbuf : PyMem_Malloc(req->path_len + 1);
+                        ? stackbuf
+                        : ymo_pymem_malloc(req->path_len + 1);
         if (buf == NULL) {
             PyErr_NoMemory();
             goto fail;
