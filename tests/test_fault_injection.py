@@ -103,10 +103,15 @@ def servers(tmp_path_factory):
     path.write_bytes(bytes(range(256)) * (FILE_SIZE // 256) +
                      b"z" * (FILE_SIZE % 256))
     app = make_app(str(path))
-    # App exceptions (ours and the MemoryErrors we cause) are expected.
-    quiet = logging.getLogger("yimmo")
-    old_level = quiet.level
-    quiet.setLevel(logging.CRITICAL)
+    # App exceptions (ours and the MemoryErrors we cause) are expected and
+    # kept off the console; what the server logs is checked at the end.
+    logger = logging.getLogger("yimmo")
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    old = logger.propagate
+    logger.propagate = False
+    logger.addHandler(handler)
     main = Server(app, bind="127.0.0.1:0", workers=2, max_body_size=600000,
                   body_timeout=2.0, header_timeout=2.0).start()
     queued = Server(app, bind="127.0.0.1:0", workers=1, queue_timeout=0.2,
@@ -114,9 +119,16 @@ def servers(tmp_path_factory):
     yield {"main": main.address, "queue": queued.address}
     main.stop(timeout=5)
     queued.stop(timeout=5)
-    quiet.setLevel(old_level)
+    logger.removeHandler(handler)
+    logger.propagate = old
     assert main.stopped and queued.stopped
     tally()
+    # A failure path that returned NULL without an exception, or left one
+    # set for later, shows as a SystemError in the error log.
+    bad = [r for r in records if r.exc_info and r.exc_info[0] is not None
+           and not issubclass(r.exc_info[0], (MemoryError, RuntimeError,
+                                             OSError))]
+    assert not bad, [(r.getMessage(), r.exc_info[:2]) for r in bad[:5]]
 
 
 # -- checking one exchange -----------------------------------------------------
