@@ -12,6 +12,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <linux/sockios.h>
+#include <sys/ioctl.h>
 #include <sys/sendfile.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
@@ -24,15 +26,29 @@
 #define INBUF_BODY 65536
 #define IOV_BATCH 64
 #define LINGER_SECONDS 2.0
+#define LINGER_POLL 0.02
 
 static void conn_on_io(struct ev_loop *loop, ev_io *w, int revents);
 static void conn_on_timer(struct ev_loop *loop, ev_timer *w, int revents);
 static void conn_step(ymo_conn_t *c);
+static void conn_dispatch(ymo_conn_t *c);
 
 static ev_tstamp
 now(const ymo_conn_t *c)
 {
     return ev_now(c->server->loop);
+}
+
+/* While the server stops, a lingering connection need not wait for its
+ * client to close: once the client has acknowledged everything we sent
+ * (nothing left in the socket's send queue), a reset can no longer
+ * destroy the response. */
+static int
+conn_linger_done(const ymo_conn_t *c)
+{
+    int queued = 0;
+    return c->linger_until != 0 && c->wq_head == NULL &&
+           ioctl(c->fd, SIOCOUTQ, &queued) == 0 && queued == 0;
 }
 
 ymo_conn_t *
@@ -125,7 +141,13 @@ server_unstall(ymo_server_t *s)
     while (s->stalled_head != NULL && !server_full(s)) {
         ymo_conn_t *c = s->stalled_head;
         conn_unlink_stalled(c);
-        c->wait_since = c->stalled_since;
+        /* The wait was the server's: it counts toward the queue timeout,
+         * not toward the client's head or body timeouts. */
+        ev_tstamp waited = now(c) - c->stalled_since;
+        c->stall_credit += waited;
+        c->head_started += waited;
+        c->last_read += waited;
+        c->rate_since += waited;
         conn_step(c);
     }
 }
@@ -205,7 +227,8 @@ wq_append(ymo_conn_t *c, ymo_bucket_t *chain)
 static void
 conn_error(ymo_conn_t *c, int status)
 {
-    ymo_bucket_t *b = ymo_http_error_bucket(status);
+    /* Mostly a request that could not be parsed: its method is unknown. */
+    ymo_bucket_t *b = ymo_http_error_bucket(status, 0);
     c->closing = 1;
     c->inlen = 0;
     if (b == NULL) {
@@ -410,8 +433,6 @@ conn_start_exchange(ymo_conn_t *c, size_t head_len,
     }
     c->inlen -= head_len;
     memmove(c->inbuf, c->inbuf + head_len, c->inlen);
-    ex->queued_at = c->wait_since != 0 ? c->wait_since : now(c);
-    c->wait_since = 0;
     /* A small body is read whole before a worker is engaged, so that a
      * client sending it slowly (the slow-POST attack) ties up only its
      * connection. Not with Expect: 100-continue, which the app answers by
@@ -419,19 +440,37 @@ conn_start_exchange(ymo_conn_t *c, size_t head_len,
     size_t buffer = s->config.buffer_body;
     c->dispatch_pending =
         buffer > 0 && req->body != YMO_HTTP_BODY_NONE &&
-        !req->expect_continue &&
         (req->body == YMO_HTTP_BODY_CHUNKED || req->content_length <= buffer);
+    if (c->dispatch_pending && req->expect_continue) {
+        /* The body is small enough to buffer: the loop asks for it, so
+         * that Expect cannot be a way around the buffering (the app could
+         * not have refused a body this small to much gain). */
+        static const char msg[] = "HTTP/1.1 100 Continue\r\n\r\n";
+        ymo_bucket_t *b = ymo_bucket_copy(msg, sizeof(msg) - 1);
+        if (b == NULL) {
+            conn_free_exchange(c);
+            c->state = YMO_CONN_HEAD;
+            conn_error(c, 503);
+            return;
+        }
+        b->from_ex = 0;
+        wq_append(c, b);
+        c->head_written = 1;
+    }
     if (!c->dispatch_pending) {
-        ymo_server_dispatch(s, ex);
+        conn_dispatch(c);
     }
 }
 
-/* The body of a buffered request is in (or is too big to wait for): hand
- * the exchange to a worker. */
+/* Hand the exchange to a worker (for a buffered request: its body is in,
+ * or too big to wait for). Its wait for a worker starts now, plus what it
+ * waited for room. */
 static void
 conn_dispatch(ymo_conn_t *c)
 {
     c->dispatch_pending = 0;
+    c->ex->queued_at = now(c) - c->stall_credit;
+    c->stall_credit = 0;
     ymo_server_dispatch(c->server, c->ex);
 }
 
@@ -473,6 +512,12 @@ conn_deadline(const ymo_conn_t *c)
     }
     switch (c->state) {
     case YMO_CONN_LINGER:
+        if (c->server->draining_loop && c->linger_until != 0) {
+            /* Stopping: look again shortly whether the client has what
+             * we sent (see conn_linger_done). */
+            ev_tstamp soon = ev_now(c->server->loop) + LINGER_POLL;
+            return soon < c->linger_until ? soon : c->linger_until;
+        }
         return c->linger_until;
     case YMO_CONN_HEAD:
         if (c->stalled) {
@@ -488,6 +533,10 @@ conn_deadline(const ymo_conn_t *c)
         }
         return c->head_started + cfg->header_timeout;
     default:
+        if (c->stalled) {
+            return cfg->queue_timeout > 0
+                       ? c->stalled_since + cfg->queue_timeout : 0;
+        }
         /* While the app works, only a body the client is expected to be
          * sending can time out. */
         if (!c->body_done && !c->body_paused && c->ex != NULL &&
@@ -533,18 +582,29 @@ conn_on_timer(struct ev_loop *loop, ev_timer *w, int revents)
         conn_arm_timer(c);
         return;
     }
+    if (c->state == YMO_CONN_LINGER && !c->write_blocked &&
+        c->server->draining_loop && ev_now(loop) < c->linger_until &&
+        !conn_linger_done(c)) {
+        conn_arm_timer(c);
+        return;
+    }
     if (c->write_blocked || c->state == YMO_CONN_LINGER) {
         ymo_conn_close(c);
         return;
     }
-    if (c->state == YMO_CONN_HEAD) {
-        if (c->stalled) {
-            /* Waited too long for room: the client may try again. */
-            conn_unlink_stalled(c);
-            conn_error(c, 503);
-            conn_step(c);
-            return;
+    if (c->stalled) {
+        /* Waited too long for room: the client may try again. A buffered
+         * request's exchange never reached a worker: drop it. */
+        conn_unlink_stalled(c);
+        if (c->state == YMO_CONN_EXCHANGE) {
+            conn_free_exchange(c);
+            c->state = YMO_CONN_HEAD;
         }
+        conn_error(c, 503);
+        conn_step(c);
+        return;
+    }
+    if (c->state == YMO_CONN_HEAD) {
         if (c->inlen == 0) {
             ymo_conn_close(c);      /* idle: nothing to answer */
             return;
@@ -646,9 +706,15 @@ conn_step(ymo_conn_t *c)
                 c->state = YMO_CONN_HEAD;
                 conn_error(c, status);
             }
-            else if (c->body_done || c->body_paused ||
-                     c->body_received >= s->config.buffer_body) {
-                conn_dispatch(c);
+            else if ((c->body_done || c->body_paused ||
+                      c->body_received >= s->config.buffer_body) &&
+                     !c->stalled) {
+                if (server_full(s)) {
+                    conn_stall(c);  /* room first, like a new head */
+                }
+                else {
+                    conn_dispatch(c);
+                }
             }
         }
         if (c->wq_head != NULL && !c->write_blocked) {
@@ -709,6 +775,12 @@ conn_step(ymo_conn_t *c)
             c->linger_until = 0;
         }
         if (c->state == YMO_CONN_LINGER && c->linger_until == 0) {
+            if (c->read_eof) {
+                /* Everything the client sent was read: nothing can reset
+                 * the connection. */
+                ymo_conn_close(c);
+                return;
+            }
             shutdown(c->fd, SHUT_WR);
             c->linger_until = now(c) + LINGER_SECONDS;
         }
@@ -717,11 +789,11 @@ conn_step(ymo_conn_t *c)
     if (c->write_blocked) {
         events |= EV_WRITE;
     }
-    if (!c->read_eof) {
+    if (!c->read_eof && !c->stalled) {
         /* While the app works on a request whose body has arrived, keep
          * reading into the buffer (a pipelined request, or the client's
          * EOF): switching the watcher off and on would cost an epoll_ctl
-         * per request. */
+         * per request. (A connection waiting for room reads nothing.) */
         if ((c->state == YMO_CONN_HEAD && !c->closing && !c->stalled) ||
             (c->state == YMO_CONN_EXCHANGE && !c->body_done &&
              !c->body_paused) ||
@@ -923,7 +995,11 @@ ymo_conn_on_exchange(ymo_exchange_t *ex)
 void
 ymo_conn_drain(ymo_conn_t *c)
 {
-    if (c->state == YMO_CONN_HEAD && c->inlen == 0 && c->wq_head == NULL) {
+    if ((c->state == YMO_CONN_HEAD && c->inlen == 0 && c->wq_head == NULL) ||
+        (c->state == YMO_CONN_LINGER && conn_linger_done(c))) {
         ymo_conn_close(c);
+    }
+    else if (c->state == YMO_CONN_LINGER) {
+        conn_arm_timer(c);      /* polled from now on: see conn_deadline */
     }
 }

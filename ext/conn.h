@@ -61,8 +61,8 @@ typedef struct ymo_conn {
     int stalled;
     struct ymo_conn *stall_next, *stall_prev;  /* server->stalled_* */
     ev_tstamp stalled_since;
-    ev_tstamp wait_since;      /* when its next request began to wait for
-                                * a worker, 0: from when it is parsed */
+    ev_tstamp stall_credit;    /* seconds its request already waited for
+                                * room (queue_timeout counts them) */
 
     /* output */
     ymo_bucket_t *wq_head, *wq_tail;   /* to write, in order */

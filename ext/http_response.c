@@ -49,7 +49,7 @@ ymo_http_date_header(size_t *len)
 }
 
 ymo_bucket_t *
-(ymo_http_error_bucket)(int status YMO_SITE_PARAM)
+(ymo_http_error_bucket)(int status, int head YMO_SITE_PARAM)
 {
     const char *reason = ymo_http_reason(status);
     size_t date_n;
@@ -63,10 +63,12 @@ ymo_bucket_t *
                      "%s"
                      "Connection: close\r\n"
                      "\r\n"
-                     "%s\n",
+                     "%s%s",
                      status, reason, (int)date_n, date, strlen(reason) + 1,
                      /* Overloaded: a client may try again shortly. */
-                     status == 503 ? "Retry-After: 1\r\n" : "", reason);
+                     status == 503 ? "Retry-After: 1\r\n" : "",
+                     /* A HEAD response has no body (RFC 9110 9.3.2). */
+                     head ? "" : reason, head ? "" : "\n");
     ymo_bucket_t *b = (ymo_bucket_copy)(buf, (size_t)n YMO_SITE_FWD);
     if (b != NULL) {
         b->from_ex = 0;

@@ -18,11 +18,12 @@
 const char *ymo_http_date_header(size_t *len);
 
 /* A complete "HTTP/1.1 <status>" response with Date, a short text body
- * and "Connection: close", as a bucket not counted as exchange output.
- * NULL when out of memory. (The macro adds the caller's site in a
- * fault-injection build: see alloc.h.) */
-ymo_bucket_t *(ymo_http_error_bucket)(int status YMO_SITE_PARAM);
-#define ymo_http_error_bucket(status)                                      \
-    (ymo_http_error_bucket)((status) YMO_SITE_HERE("error response"))
+ * (none when `head`: the answer to a HEAD request) and "Connection:
+ * close", as a bucket not counted as exchange output. NULL when out of
+ * memory. (The macro adds the caller's site in a fault-injection build:
+ * see alloc.h.) */
+ymo_bucket_t *(ymo_http_error_bucket)(int status, int head YMO_SITE_PARAM);
+#define ymo_http_error_bucket(status, head)                                \
+    (ymo_http_error_bucket)((status), (head) YMO_SITE_HERE("error response"))
 
 #endif /* YMO_HTTP_RESPONSE_H */

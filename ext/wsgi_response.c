@@ -960,6 +960,12 @@ send_file(StartResponseObject *self, ymo_file_wrapper_t *fw)
 
 /* -- Running an exchange -- */
 
+static int
+is_head(const ymo_exchange_t *ex)
+{
+    return ex->req.method_len == 4 && memcmp(ex->req.method, "HEAD", 4) == 0;
+}
+
 static StartResponseObject *
 start_response_new(struct ymo_wsgi_app *app, ymo_exchange_t *ex)
 {
@@ -977,8 +983,7 @@ start_response_new(struct ymo_wsgi_app *app, ymo_exchange_t *ex)
     self->status_code = 0;
     self->no_body = self->chunked = self->keep_alive = 0;
     self->aborted = self->overflow = 0;
-    self->head_req = ex->req.method_len == 4 &&
-                     memcmp(ex->req.method, "HEAD", 4) == 0;
+    self->head_req = is_head(ex);
     self->head_count = 0;
     self->head_only = 0;
     self->content_length = -1;
@@ -1109,7 +1114,7 @@ fail_response(StartResponseObject *self)
         self->pend_head = self->pend_tail = NULL;
         self->pend_len = 0;
         self->status_code = status;
-        ymo_bucket_t *b = ymo_http_error_bucket(status);
+        ymo_bucket_t *b = ymo_http_error_bucket(status, self->head_req);
         if (b != NULL) {
             b->from_ex = 1;
         }
@@ -1267,7 +1272,7 @@ ymo_wsgi_run_exchange(struct ymo_wsgi_app *app, ymo_wsgi_worker_t *worker,
     if (queue_timeout > 0 && ev_time() - ex->queued_at > queue_timeout) {
         /* Under a flood, work goes to requests whose clients are likely
          * still waiting: this one waited too long for a worker. */
-        ymo_bucket_t *b = ymo_http_error_bucket(503);
+        ymo_bucket_t *b = ymo_http_error_bucket(503, is_head(ex));
         ymo_wsgi_worker_response_body_append(ex, b, YMO_DONE |
                                                     YMO_DONE_CLOSE);
         return;
@@ -1321,7 +1326,7 @@ internal_error:
         fail_response(sr);
     }
     else {
-        ymo_bucket_t *b = ymo_http_error_bucket(500);
+        ymo_bucket_t *b = ymo_http_error_bucket(500, is_head(ex));
         if (b != NULL) {
             b->from_ex = 1;
         }

@@ -826,7 +826,7 @@ app_respond(rec_t *r)
             append(r, NULL, YMO_DONE | YMO_DONE_ABORT);
             return;
         }
-        ymo_bucket_t *b = ymo_http_error_bucket(status);
+        ymo_bucket_t *b = ymo_http_error_bucket(status, 0);
         CHECK(b != NULL);
         b->from_ex = 1;
         append(r, b, YMO_DONE | YMO_DONE_CLOSE);

@@ -266,6 +266,19 @@ def s_expect_continue(addr):
         expect(sock, body_is(body))
 
 
+def s_expect_continue_small(addr):
+    # Small enough to buffer: the loop sends the 100 itself.
+    body = os.urandom(1000)
+    with connect(addr, TIMEOUT) as sock:
+        head = build_request("POST", "/echo", body=body,
+                             headers=[("Expect", "100-continue")])
+        send(sock, head[:-len(body)])
+        interim = expect(sock, lambda r: None, statuses=(100,))
+        assert interim.status == 100
+        send(sock, body)
+        expect(sock, body_is(body))
+
+
 def s_big_stream(addr):
     expected = b"".join(bytes([65 + i]) * BIG_CHUNK
                         for i in range(BIG_CHUNKS))
@@ -342,6 +355,7 @@ def s_queue_timeout(addrs):
 
 SCENARIOS = [s_get_keepalive, s_pipelined, s_post_small, s_post_in_pieces,
              s_post_large, s_post_chunked, s_post_paused, s_expect_continue,
+             s_expect_continue_small,
              s_big_stream, s_write, s_file, s_errors, s_app_exception,
              s_long_head, s_queue_timeout]
 

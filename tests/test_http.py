@@ -722,7 +722,8 @@ def test_100_continue_sent_when_app_reads_body(yimmo_server):
                                   ("Content-Length", str(len(data)))])
         return [data]
 
-    server = yimmo_server(validator(app), workers=2)
+    # Streamed (buffer_body=0): the app decides when the body is wanted.
+    server = yimmo_server(validator(app), workers=2, buffer_body=0)
     try:
         with connect(server.address) as sock:
             sock.sendall(req(HOST, b"Expect: 100-continue",
@@ -760,6 +761,32 @@ def test_no_100_continue_when_app_answers_without_reading(yimmo_server):
         resp = read_response(sock)
     assert resp.status == 413
     assert resp.body == b"too large"
+
+
+def test_100_continue_for_a_buffered_body_comes_from_the_loop(yimmo_server):
+    """A body small enough to buffer is asked for by the loop at once and
+    read whole before the app runs: Expect is no way around buffering (a
+    client trickling it cannot hold a worker)."""
+    calls = []
+
+    def app(environ, start_response):
+        calls.append(time.monotonic())
+        data = environ["wsgi.input"].read()
+        start_response("200 OK", [("Content-Length", str(len(data)))])
+        return [data]
+
+    server = yimmo_server(app, workers=1)
+    with connect(server.address) as sock:
+        sock.sendall(req(HOST, b"Expect: 100-continue",
+                         b"Content-Length: 5",
+                         request_line=b"POST / HTTP/1.1"))
+        assert read_response(sock).status == 100
+        assert calls == []
+        sock.sendall(b"he")
+        time.sleep(0.3)
+        assert calls == []          # not before the body is in
+        sock.sendall(b"llo")
+        assert read_response(sock).body == b"hello"
 
 
 def test_expect_100_continue_ignored_for_http10(server):

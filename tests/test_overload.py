@@ -255,3 +255,128 @@ def test_queue_timeout_answers_503_without_the_app(yimmo_server):
         gate.set()
         for sock in socks:
             sock.close()
+
+
+# -- found by review ----------------------------------------------------------
+
+
+def test_queue_timeout_does_not_count_the_upload(yimmo_server):
+    """A buffered body that takes its time to arrive has not waited for a
+    worker: an idle server does not answer it 503."""
+    server = yimmo_server(hello, workers=1, queue_timeout=0.5)
+    with connect(server.address, WAIT) as sock:
+        sock.sendall(b"POST / HTTP/1.1\r\nHost: x\r\n"
+                     b"Content-Length: 10\r\n\r\nhello")
+        time.sleep(1.0)
+        sock.sendall(b"world")
+        resp = read_response(sock)
+    assert resp.status == 200 and resp.body == b"helloworld"
+
+
+def test_max_pending_bounds_requests_whose_bodies_come_later(yimmo_server):
+    """Requests whose bodies arrive after their heads wait for room too:
+    with one worker busy and room for one more, two of three such POSTs
+    wait (and get the loop's 503 at the queue timeout)."""
+    gate = threading.Event()
+    calls = []
+
+    def app(environ, start_response):
+        calls.append(environ["PATH_INFO"])
+        if environ["PATH_INFO"] == "/block":
+            gate.wait(5)
+        return hello(environ, start_response)
+
+    server = yimmo_server(app, workers=1, max_pending=1, queue_timeout=0.8)
+    socks = []
+    try:
+        sock = connect(server.address, WAIT)
+        sock.sendall(build_request("GET", "/block"))
+        socks.append(sock)
+        time.sleep(0.1)
+        for i in range(3):
+            sock = connect(server.address, WAIT)
+            sock.sendall(b"POST /p%d HTTP/1.1\r\nHost: x\r\n"
+                         b"Content-Length: 4\r\n\r\n" % i)
+            socks.append(sock)
+        time.sleep(0.2)
+        for sock in socks[1:]:
+            sock.sendall(b"body")
+        t0 = time.monotonic()
+        early = 0
+        for sock in socks[1:]:
+            sock.settimeout(max(0.1, 1.5 - (time.monotonic() - t0)))
+            try:
+                data = sock.recv(200)
+            except socket.timeout:
+                continue
+            assert data.startswith(b"HTTP/1.1 503 "), data
+            early += 1
+        assert early == 2
+        assert calls == ["/block"]
+    finally:
+        gate.set()
+        for sock in socks:
+            sock.close()
+
+
+def test_waiting_for_room_does_not_count_against_the_head_timeout(
+        yimmo_server):
+    gate = threading.Event()
+
+    def app(environ, start_response):
+        if environ["PATH_INFO"] == "/block":
+            gate.wait(5)
+        return hello(environ, start_response)
+
+    server = yimmo_server(app, workers=1, max_pending=0, header_timeout=1)
+    with connect(server.address, WAIT) as busy, \
+            connect(server.address, WAIT) as sock:
+        busy.sendall(build_request("GET", "/block"))
+        time.sleep(0.1)
+        data = build_request("GET", "/later")
+        sock.sendall(data[:10])         # half a head: it waits for room
+        time.sleep(0.3)
+        sock.sendall(data[10:])
+        time.sleep(1.5)                 # past header_timeout, stalled
+        gate.set()
+        assert read_response(busy).status == 200
+        resp = read_response(sock)
+    assert resp.status == 200 and resp.body == b"hello"
+
+
+def test_stop_does_not_wait_for_clients_that_keep_a_closed_connection(
+        yimmo_server):
+    server = yimmo_server(hello, workers=1)
+    with connect(server.address, WAIT) as sock:
+        sock.sendall(build_request("GET", "/", [("Connection", "close")]))
+        assert read_response(sock).status == 200
+        time.sleep(0.1)
+        # The client keeps its end open (a pooled client): the server
+        # lingers, but a stop need not wait for it.
+        t0 = time.monotonic()
+        server.stop(10)
+        assert time.monotonic() - t0 < 0.5
+
+
+def test_503_to_a_head_request_has_no_body(yimmo_server):
+    gate = threading.Event()
+
+    def app(environ, start_response):
+        if environ["PATH_INFO"] == "/block":
+            gate.wait(5)
+        return hello(environ, start_response)
+
+    server = yimmo_server(app, workers=1, queue_timeout=0.3)
+    try:
+        with connect(server.address, WAIT) as busy, \
+                connect(server.address, WAIT) as sock:
+            busy.sendall(build_request("GET", "/block"))
+            time.sleep(0.1)
+            sock.sendall(build_request("HEAD", "/late"))
+            time.sleep(0.5)
+            gate.set()
+            data = read_until_close(sock, WAIT)
+        assert data.startswith(b"HTTP/1.1 503 ")
+        assert data.endswith(b"\r\n\r\n")     # the head, and no body
+    finally:
+        gate.set()

@@ -219,9 +219,10 @@ OPTIONS = (
     Option("buffer_body", ("--buffer-body",), Int(0, 131072), 65536,
            "Request bodies up to this many bytes are read completely "
            "before a worker runs the app, so clients that send them slowly "
-           "tie up only their connection, never a worker (larger bodies, "
-           "and those sent after Expect: 100-continue, stream to the app). "
-           "0 streams every body.",
+           "tie up only their connection, never a worker (the server "
+           "answers Expect: 100-continue for them itself; larger bodies "
+           "stream to the app, which answers it by reading). 0 streams "
+           "every body.",
            metavar="BYTES"),
     Option("min_body_rate", ("--min-body-rate",), Int(0), 1024,
            "Least average rate, in bytes per second over each 10-second "
