@@ -28,6 +28,7 @@ import struct
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -263,10 +264,26 @@ def scenario_download(port, rng, slow=False):
 
 
 def scenario_echo(port, rng):
+    # Full duplex: the body comes back while it is being sent, so the
+    # client must read while it sends (sending all first deadlocks once
+    # the body outgrows the socket buffers on both sides).
     c = Conn(port)
     data = rng.randbytes(big_size(rng))
-    c.sock.sendall(request(b"POST", b"/echo", data, chunked=True))
-    code, _, body = c.response()
+    errors = []
+
+    def send():
+        try:
+            c.sock.sendall(request(b"POST", b"/echo", data, chunked=True))
+        except OSError as exc:
+            errors.append(exc)
+
+    sender = threading.Thread(target=send)
+    sender.start()
+    try:
+        code, _, body = c.response()
+    finally:
+        sender.join(30)
+    expect(not errors, "echo send failed: %r" % errors)
     expect(code == 200 and body == data, "echo body")
     c.close()
     return 1
