@@ -223,12 +223,12 @@ wq_append(ymo_conn_t *c, ymo_bucket_t *chain)
 }
 
 /* The one place a request the parser refused becomes a response: status
- * line, a short text body, and the connection closes after it. */
+ * line, a short text body (none for HEAD), and the connection closes
+ * after it. */
 static void
-conn_error(ymo_conn_t *c, int status)
+conn_error_head(ymo_conn_t *c, int status, int head)
 {
-    /* Mostly a request that could not be parsed: its method is unknown. */
-    ymo_bucket_t *b = ymo_http_error_bucket(status, 0);
+    ymo_bucket_t *b = ymo_http_error_bucket(status, head);
     c->closing = 1;
     c->inlen = 0;
     if (b == NULL) {
@@ -238,6 +238,14 @@ conn_error(ymo_conn_t *c, int status)
     /* Discard what the client may still send, so the kernel does not
      * answer it with a reset that could destroy this response. */
     c->state = YMO_CONN_LINGER;
+}
+
+/* The same for a request whose method is unknown (mostly one that could
+ * not be parsed). */
+static void
+conn_error(ymo_conn_t *c, int status)
+{
+    conn_error_head(c, status, 0);
 }
 
 /* Write as much of the queue as the socket takes. Returns -1 when the
@@ -574,17 +582,23 @@ conn_on_timer(struct ev_loop *loop, ev_timer *w, int revents)
 {
     (void)revents;
     ymo_conn_t *c = w->data;
+    if (c->state == YMO_CONN_LINGER && !c->write_blocked &&
+        c->server->draining_loop && c->linger_until != 0) {
+        /* Stopping: the poll of conn_deadline (its deadline moves with
+         * the clock, so it is looked at here, before the check below). */
+        if (conn_linger_done(c) || ev_now(loop) >= c->linger_until) {
+            ymo_conn_close(c);
+        }
+        else {
+            conn_arm_timer(c);
+        }
+        return;
+    }
     ev_tstamp deadline = conn_deadline(c);
     if (deadline == 0) {
         return;
     }
     if (ev_now(loop) < deadline) {
-        conn_arm_timer(c);
-        return;
-    }
-    if (c->state == YMO_CONN_LINGER && !c->write_blocked &&
-        c->server->draining_loop && ev_now(loop) < c->linger_until &&
-        !conn_linger_done(c)) {
         conn_arm_timer(c);
         return;
     }
@@ -594,13 +608,18 @@ conn_on_timer(struct ev_loop *loop, ev_timer *w, int revents)
     }
     if (c->stalled) {
         /* Waited too long for room: the client may try again. A buffered
-         * request's exchange never reached a worker: drop it. */
+         * request's exchange never reached a worker: drop it. (The request
+         * of a connection stalled before parsing is not parsed: whether it
+         * is a HEAD is read off its first bytes.) */
         conn_unlink_stalled(c);
+        int head = c->inlen >= 5 && memcmp(c->inbuf, "HEAD ", 5) == 0;
         if (c->state == YMO_CONN_EXCHANGE) {
+            head = c->ex->req.method_len == 4 &&
+                   memcmp(c->ex->req.method, "HEAD", 4) == 0;
             conn_free_exchange(c);
             c->state = YMO_CONN_HEAD;
         }
-        conn_error(c, 503);
+        conn_error_head(c, 503, head);
         conn_step(c);
         return;
     }
@@ -784,6 +803,13 @@ conn_step(ymo_conn_t *c)
             shutdown(c->fd, SHUT_WR);
             c->linger_until = now(c) + LINGER_SECONDS;
         }
+    }
+    if (c->state == YMO_CONN_HEAD) {
+        /* The credit for time spent waiting for room belongs to the
+         * request parsed right after the wait; without one (only part of
+         * a head, or stray line breaks, were in), it does not carry over
+         * to a later request. */
+        c->stall_credit = 0;
     }
     int events = 0;
     if (c->write_blocked) {

@@ -380,3 +380,79 @@ def test_503_to_a_head_request_has_no_body(yimmo_server):
         assert data.endswith(b"\r\n\r\n")     # the head, and no body
     finally:
         gate.set()
+
+
+def test_stop_closes_a_lingering_connection_once_its_client_has_all(
+        yimmo_server):
+    """A response that goes out during the stop (Connection: close), read
+    by a client that keeps its socket open: the stop ends once the client
+    has it, not after the 2 s linger."""
+    def app(environ, start_response):
+        time.sleep(0.3)
+        return hello(environ, start_response)
+
+    server = yimmo_server(app, workers=1)
+    with connect(server.address, WAIT) as sock:
+        sock.sendall(build_request("GET", "/"))
+        time.sleep(0.1)
+        t0 = time.monotonic()
+        stopper = threading.Thread(target=server.stop, args=(10,))
+        stopper.start()
+        assert read_response(sock).body == b"hello"
+        stopper.join(WAIT)
+        assert time.monotonic() - t0 < 1.0
+
+
+def test_credit_for_waiting_does_not_carry_over_to_a_later_request(
+        yimmo_server):
+    """A connection waits for room with only stray line breaks after its
+    request; its next request, much later, starts its queue wait afresh."""
+    gate = threading.Event()
+
+    def app(environ, start_response):
+        if environ["PATH_INFO"] == "/block":
+            gate.wait(5)
+        if environ["PATH_INFO"].startswith("/slow"):
+            time.sleep(0.4)
+        return hello(environ, start_response)
+
+    server = yimmo_server(app, workers=1, max_pending=1, queue_timeout=1.0)
+    with connect(server.address, WAIT) as b, \
+            connect(server.address, WAIT) as c, \
+            connect(server.address, WAIT) as d, \
+            connect(server.address, WAIT) as e:
+        b.sendall(build_request("GET", "/slow") + b"\r\n")
+        time.sleep(0.1)
+        c.sendall(build_request("GET", "/block"))
+        time.sleep(0.1)
+        d.sendall(build_request("GET", "/d"))
+        time.sleep(0.9)             # b's line breaks wait ~0.8 s for room
+        gate.set()
+        for sock in (b, c, d):
+            assert read_response(sock).status == 200
+        time.sleep(1.5)             # idle
+        e.sendall(build_request("GET", "/slow2"))
+        time.sleep(0.05)
+        b.sendall(build_request("GET", "/y"))   # waits ~0.4 s: fine
+        assert read_response(b).status == 200
+
+
+def test_loops_503_to_a_waiting_head_request_has_no_body(yimmo_server):
+    gate = threading.Event()
+
+    def app(environ, start_response):
+        gate.wait(5)
+        return hello(environ, start_response)
+
+    server = yimmo_server(app, workers=1, max_pending=0, queue_timeout=0.3)
+    try:
+        with connect(server.address, WAIT) as busy, \
+                connect(server.address, WAIT) as sock:
+            busy.sendall(build_request("GET", "/block"))
+            time.sleep(0.1)
+            sock.sendall(build_request("HEAD", "/late"))
+            data = read_until_close(sock, WAIT)
+        assert data.startswith(b"HTTP/1.1 503 ")
+        assert data.endswith(b"\r\n\r\n")
+    finally:
+        gate.set()
