@@ -113,6 +113,13 @@ wake_writers(ymo_exchange_t *ex)
     }
 }
 
+void
+ymo_exchange_wake_all(ymo_exchange_t *ex)
+{
+    wake_readers(ex);
+    wake_writers(ex);
+}
+
 int
 (ymo_exchange_input_append)(ymo_exchange_t *ex, const char *data,
                             size_t len, int done, size_t high_water
@@ -179,8 +186,7 @@ ymo_exchange_abort(ymo_exchange_t *ex, int reason)
     if (!ex->in_done && ex->in_error == 0) {
         ex->in_error = reason;
     }
-    wake_readers(ex);
-    wake_writers(ex);
+    ymo_exchange_wake_all(ex);
     pthread_mutex_unlock(&ex->lock);
 }
 

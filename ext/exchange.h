@@ -143,6 +143,10 @@ void ymo_exchange_client_eof(ymo_exchange_t *ex);
  * counts as closed)? */
 int ymo_exchange_client_gone(ymo_exchange_t *ex);
 
+/* Any thread, lock held: wake every thread waiting to read or to write
+ * (the exchange is over for them: aborted, or its final post arrived). */
+void ymo_exchange_wake_all(ymo_exchange_t *ex);
+
 /* Loop thread: n bytes of the exchange's output were written. */
 void ymo_exchange_output_written(ymo_exchange_t *ex, size_t n,
                                  size_t low_water);

@@ -256,12 +256,7 @@ ymo_wsgi_worker_response_body_append(ymo_exchange_t *exchange,
         exchange->out_abort = (done & YMO_DONE_ABORT) != 0;
         /* Threads of the app still reading the body or waiting to write
          * must not wait for an exchange that is over. */
-        if (exchange->in_waiters > 0) {
-            pthread_cond_broadcast(&exchange->cond_in);
-        }
-        if (exchange->out_waiters > 0) {
-            pthread_cond_broadcast(&exchange->cond_out);
-        }
+        ymo_exchange_wake_all(exchange);
     }
     int flags = exchange->aborted ? YMO_OUT_ABORTED : 0;
     if (exchange->out_buffered > worker->server->config.out_high_water) {

@@ -23,6 +23,18 @@ def hello(environ, start_response):
     return [body]
 
 
+def blocking_app(gate, calls=None, wait=5):
+    """hello, except that /block waits for gate (at most `wait` seconds);
+    every path is recorded in calls."""
+    def app(environ, start_response):
+        if calls is not None:
+            calls.append(environ["PATH_INFO"])
+        if environ["PATH_INFO"] == "/block":
+            gate.wait(wait)
+        return hello(environ, start_response)
+    return app
+
+
 def timed_get(addr, path="/"):
     t0 = time.monotonic()
     with connect(addr, WAIT) as sock:
@@ -183,11 +195,7 @@ def test_full_server_stops_reading_new_requests(yimmo_server):
     gate = threading.Event()
     calls = []
 
-    def app(environ, start_response):
-        calls.append(environ["PATH_INFO"])
-        if environ["PATH_INFO"] == "/block":
-            gate.wait(20)
-        return hello(environ, start_response)
+    app = blocking_app(gate, calls, wait=20)
 
     # One worker and one waiting request: two in hand at most.
     server = yimmo_server(app, workers=1, max_pending=1)
@@ -223,11 +231,7 @@ def test_queue_timeout_answers_503_without_the_app(yimmo_server):
     gate = threading.Event()
     calls = []
 
-    def app(environ, start_response):
-        calls.append(environ["PATH_INFO"])
-        if environ["PATH_INFO"] == "/block":
-            gate.wait(1.5)
-        return hello(environ, start_response)
+    app = blocking_app(gate, calls, wait=1.5)
 
     # /late waits in the worker's queue; /stalled waits for room.
     server = yimmo_server(app, workers=1, max_pending=1, queue_timeout=0.5)
@@ -280,11 +284,7 @@ def test_max_pending_bounds_requests_whose_bodies_come_later(yimmo_server):
     gate = threading.Event()
     calls = []
 
-    def app(environ, start_response):
-        calls.append(environ["PATH_INFO"])
-        if environ["PATH_INFO"] == "/block":
-            gate.wait(5)
-        return hello(environ, start_response)
+    app = blocking_app(gate, calls, wait=5)
 
     server = yimmo_server(app, workers=1, max_pending=1, queue_timeout=0.8)
     socks = []
@@ -323,10 +323,7 @@ def test_waiting_for_room_does_not_count_against_the_head_timeout(
         yimmo_server):
     gate = threading.Event()
 
-    def app(environ, start_response):
-        if environ["PATH_INFO"] == "/block":
-            gate.wait(5)
-        return hello(environ, start_response)
+    app = blocking_app(gate, wait=5)
 
     server = yimmo_server(app, workers=1, max_pending=0, header_timeout=1)
     with connect(server.address, WAIT) as busy, \
@@ -361,10 +358,7 @@ def test_stop_does_not_wait_for_clients_that_keep_a_closed_connection(
 def test_503_to_a_head_request_has_no_body(yimmo_server):
     gate = threading.Event()
 
-    def app(environ, start_response):
-        if environ["PATH_INFO"] == "/block":
-            gate.wait(5)
-        return hello(environ, start_response)
+    app = blocking_app(gate, wait=5)
 
     server = yimmo_server(app, workers=1, queue_timeout=0.3)
     try:
