@@ -7,7 +7,10 @@
  * Locks: lock_in guards queue_in, running and poked; lock_out guards
  * queue_out. Each is held for a few pointer operations only and never while
  * waiting for anything else, so a worker may take them with the GIL held.
- * Neither is ever held together with another worker's lock.              */
+ * Neither is ever held together with another worker's lock. Lock order:
+ * an exchange's lock, then lock_out (a post queues its exchange with the
+ * exchange's lock held); the loop takes an exchange's lock only after
+ * releasing lock_out.                                                    */
 #ifndef YMO_WSGI_WORKER_H
 #define YMO_WSGI_WORKER_H
 
