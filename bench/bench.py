@@ -36,8 +36,9 @@ from typing import List, NamedTuple
 BENCH_DIR = Path(__file__).resolve().parent
 REPO = BENCH_DIR.parent
 DEFAULT_VENV = BENCH_DIR / ".venv"
-REFERENCE_DIRS = (REPO.parent / "shared" / "reference-servers",
-                  Path("/work/shared/reference-servers"))
+# Only next to the repository: no machine's absolute path in here. Without
+# them the benchmark runs the peers only.
+REFERENCE_DIRS = (REPO.parent / "shared" / "reference-servers",)
 
 SERVER_CPU = "1"
 CLIENT_CPU = "0"
