@@ -324,11 +324,30 @@ set_port(PyObject *env, PyObject *key, int port)
  * Forwarded, when present and well formed, wins, and the X-Forwarded-*
  * fields are then not looked at: a proxy that speaks RFC 7239 is the
  * better informed, and mixing the two could combine hops that do not
- * belong together. The fields themselves stay in env as HTTP_*. 0, or -1
- * with an exception set. */
+ * belong together. The fields themselves stay in env as HTTP_*. The
+ * client's address, if one was given, is left in out->addr/port for the
+ * caller. 0, or -1 with an exception set. */
+/* The value of forwarding field `kind`: straight from the request head
+ * when it came in one field line (the usual case, and no dict lookup),
+ * else the joined value env holds. Same returns as env_value. */
+static int
+fwd_value(ymo_module_state *st, PyObject *env, const ymo_exchange_t *ex,
+          const size_t *line, unsigned repeated, int kind, const char **v,
+          size_t *n)
+{
+    if (!(repeated & (1u << kind))) {
+        const ymo_http_header_t *h = &ex->req.headers[line[kind]];
+        *v = h->value;
+        *n = h->value_len;
+        return 0;
+    }
+    return env_value(env, st->header_keys[FWD_KEY + kind], v, n);
+}
+
 static int
 apply_forwarded(ymo_module_state *st, PyObject *env, ymo_exchange_t *ex,
-                unsigned seen)
+                unsigned seen, const size_t *line, unsigned repeated,
+                ymo_forwarded_t *out)
 {
     const ymo_trust_t *t = &ex->server->config.trust;
     ymo_forwarded_t fw;
@@ -341,7 +360,7 @@ apply_forwarded(ymo_module_state *st, PyObject *env, ymo_exchange_t *ex,
     fw.host_len = 0;
     int from_forwarded = 0;
     if (seen & (1u << FWD_FORWARDED)) {
-        r = env_value(env, st->header_keys[FWD_KEY + FWD_FORWARDED], &v, &n);
+        r = fwd_value(st, env, ex, line, repeated, FWD_FORWARDED, &v, &n);
         if (r < 0) {
             return -1;
         }
@@ -349,7 +368,7 @@ apply_forwarded(ymo_module_state *st, PyObject *env, ymo_exchange_t *ex,
     }
     if (!from_forwarded) {
         if (seen & (1u << FWD_XFF)) {
-            r = env_value(env, st->header_keys[FWD_KEY + FWD_XFF], &v, &n);
+            r = fwd_value(st, env, ex, line, repeated, FWD_XFF, &v, &n);
             if (r < 0) {
                 return -1;
             }
@@ -358,7 +377,7 @@ apply_forwarded(ymo_module_state *st, PyObject *env, ymo_exchange_t *ex,
             }
         }
         if (seen & (1u << FWD_XFP)) {
-            r = env_value(env, st->header_keys[FWD_KEY + FWD_XFP], &v, &n);
+            r = fwd_value(st, env, ex, line, repeated, FWD_XFP, &v, &n);
             if (r < 0) {
                 return -1;
             }
@@ -367,7 +386,7 @@ apply_forwarded(ymo_module_state *st, PyObject *env, ymo_exchange_t *ex,
             }
         }
         if (seen & (1u << FWD_XFH)) {
-            r = env_value(env, st->header_keys[FWD_KEY + FWD_XFH], &v, &n);
+            r = fwd_value(st, env, ex, line, repeated, FWD_XFH, &v, &n);
             if (r < 0) {
                 return -1;
             }
@@ -376,19 +395,11 @@ apply_forwarded(ymo_module_state *st, PyObject *env, ymo_exchange_t *ex,
             }
         }
     }
+    /* The address is the caller's to set (it sets REMOTE_ADDR once). */
+    out->has_addr = fw.has_addr;
     if (fw.has_addr) {
-        if (set_latin1(env, st->k_remote_addr, fw.addr,
-                       strlen(fw.addr)) < 0) {
-            return -1;
-        }
-        /* The proxy's port says nothing about the client: without a port
-         * of the client's own, REMOTE_PORT is empty. */
-        r = fw.port >= 0 ? set_port(env, st->k_remote_port, fw.port)
-                         : PyDict_SetItem(env, st->k_remote_port,
-                                          st->v_empty);
-        if (r < 0) {
-            return -1;
-        }
+        memcpy(out->addr, fw.addr, sizeof(out->addr));
+        out->port = fw.port;
     }
     if (fw.proto == YMO_PROTO_HTTPS &&
         (PyDict_SetItem(env, st->k_wsgi_url_scheme, st->v_https) < 0 ||
@@ -488,17 +499,6 @@ ymo_wsgi_environ(struct ymo_wsgi_app *app, ymo_exchange_t *ex)
     }
     SET(st->k_server_protocol,
         req->minor_version == 1 ? st->v_http11 : st->v_http10);
-    SET_NEW(st->k_remote_addr, PyUnicode_FromString(ex->remote_addr));
-    if (ex->remote_port >= 0) {
-        char digits[24];
-        size_t n = ymo_put_decimal(digits,
-                                   (unsigned long long)ex->remote_port);
-        SET_NEW(st->k_remote_port,
-                PyUnicode_FromStringAndSize(digits, (Py_ssize_t)n));
-    }
-    else {
-        SET(st->k_remote_port, st->v_empty);
-    }
     /* Only unix listeners take the server's name from the request. */
     if (ex->listener->is_unix && req->host_len > 0 &&
         set_unix_server(st, env, req->host, req->host_len) < 0) {
@@ -513,6 +513,8 @@ ymo_wsgi_environ(struct ymo_wsgi_app *app, ymo_exchange_t *ex)
         goto fail;
     }
     unsigned fwd_seen = 0;     /* forwarding fields from a trusted peer */
+    unsigned fwd_repeated = 0; /* ... that came in more than one line */
+    size_t fwd_line[FWD_NONE] = {0};   /* where each one is */
     for (size_t i = 0; i < req->num_headers; i++) {
         const ymo_http_header_t *h = &req->headers[i];
         /* "X_Foo" would become the same key as "X-Foo": a way to smuggle
@@ -544,7 +546,9 @@ ymo_wsgi_environ(struct ymo_wsgi_app *app, ymo_exchange_t *ex)
         if (fwd != FWD_NONE) {
             key = Py_NewRef(st->header_keys[FWD_KEY + fwd]);
             if (ex->trusted) {
+                fwd_repeated |= fwd_seen & (1u << fwd);
                 fwd_seen |= 1u << fwd;
+                fwd_line[fwd] = i;
             }
         }
         else if ((key = header_key(st, h->name, h->name_len)) == NULL) {
@@ -557,8 +561,29 @@ ymo_wsgi_environ(struct ymo_wsgi_app *app, ymo_exchange_t *ex)
             goto fail;
         }
     }
-    if (fwd_seen != 0 && apply_forwarded(st, env, ex, fwd_seen) < 0) {
+    /* REMOTE_ADDR and REMOTE_PORT are set last, once: from what a
+     * trusted proxy said, or the peer's. */
+    ymo_forwarded_t fw;
+    fw.has_addr = 0;
+    if (fwd_seen != 0 && apply_forwarded(st, env, ex, fwd_seen, fwd_line,
+                                         fwd_repeated, &fw) < 0) {
         goto fail;
+    }
+    const char *addr = fw.has_addr ? fw.addr : ex->remote_addr;
+    int port = fw.has_addr ? fw.port : ex->remote_port;
+    if (set_latin1(env, st->k_remote_addr, addr, strlen(addr)) < 0) {
+        goto fail;
+    }
+    if (port >= 0) {
+        char digits[24];
+        size_t n = ymo_put_decimal(digits, (unsigned long long)port);
+        SET_NEW(st->k_remote_port,
+                PyUnicode_FromStringAndSize(digits, (Py_ssize_t)n));
+    }
+    else {
+        /* A unix socket peer, or a forwarded client without a port of
+         * its own (the proxy's port says nothing about it). */
+        SET(st->k_remote_port, st->v_empty);
     }
 #undef SET
 #undef SET_NEW
