@@ -731,6 +731,9 @@ conn_proxy_header(ymo_conn_t *c)
         inet_ntop(family == YMO_PROXY_INET ? AF_INET : AF_INET6, a,
                   c->remote_addr, sizeof(c->remote_addr));
         c->remote_port = h.src_port;
+        /* The client's forwarding fields are believed only if the client
+         * is itself a trusted proxy: a layer-4 proxy passes them on
+         * unread. */
         c->trusted = ymo_trust_match(&cfg->trust,
                                      family == YMO_PROXY_INET ? 4 : 6, a);
         break;
@@ -747,9 +750,6 @@ conn_proxy_header(ymo_conn_t *c)
          * connection's own addresses stand. */
         break;
     }
-    /* The client's forwarding fields are believed only if the client is
-     * itself a trusted proxy: the PROXY header's peer passed them on
-     * without a look. */
     c->inlen -= (size_t)n;
     memmove(c->inbuf, c->inbuf + n, c->inlen);
     c->proxy = YMO_CONN_PROXY_DONE;
