@@ -8,6 +8,7 @@
 #endif
 #include "conn.h"
 
+#include <arpa/inet.h>
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -20,6 +21,7 @@
 #include <unistd.h>
 
 #include "http_response.h"
+#include "proxy_protocol.h"
 #include "wsgi_worker.h"
 
 #define INBUF_INITIAL 8192
@@ -53,7 +55,7 @@ conn_linger_done(const ymo_conn_t *c)
 
 ymo_conn_t *
 ymo_conn_new(ymo_server_t *s, const ymo_listener_t *l, int fd,
-             const char *addr, int port)
+             const char *addr, int port, int trusted)
 {
     ymo_conn_t *c = ymo_calloc(1, sizeof(*c));
     if (c == NULL) {
@@ -68,6 +70,10 @@ ymo_conn_new(ymo_server_t *s, const ymo_listener_t *l, int fd,
     c->fd = fd;
     c->remote_port = port;
     snprintf(c->remote_addr, sizeof(c->remote_addr), "%s", addr);
+    c->trusted = trusted;
+    c->proxy = !s->config.proxy_protocol ? YMO_CONN_PROXY_DONE
+               : trusted                 ? YMO_CONN_PROXY_EXPECT
+                                         : YMO_CONN_PROXY_REFUSE;
     ymo_http_parser_init(&c->parser, &s->config.limits);
     c->head_started = now(c);
     ev_io_init(&c->io, conn_on_io, fd, EV_READ);
@@ -422,6 +428,7 @@ conn_start_exchange(ymo_conn_t *c, size_t head_len,
     ex->listener = c->listener;
     memcpy(ex->remote_addr, c->remote_addr, sizeof(ex->remote_addr));
     ex->remote_port = c->remote_port;
+    ex->trusted = c->trusted;
     ex->seq = c->seq++;
     ex->conn = c;
     c->ex = ex;
@@ -624,8 +631,10 @@ conn_on_timer(struct ev_loop *loop, ev_timer *w, int revents)
         return;
     }
     if (c->state == YMO_CONN_HEAD) {
-        if (c->inlen == 0) {
-            ymo_conn_close(c);      /* idle: nothing to answer */
+        if (c->inlen == 0 || c->proxy != YMO_CONN_PROXY_DONE) {
+            /* Idle, or a PROXY header that never completed: nothing to
+             * answer (a proxy does not read HTTP errors there). */
+            ymo_conn_close(c);
             return;
         }
         conn_error(c, 408);
@@ -676,6 +685,77 @@ conn_keep_input(ymo_conn_t *c)
     return 0;
 }
 
+/* --proxy-protocol: read (from a trusted peer) or refuse (from anyone
+ * else) the PROXY header at the start of the connection. Returns 0 once
+ * HTTP may be parsed (a header was consumed, or an untrusted peer sent
+ * none), 1 while more bytes are needed, -1 when the connection was
+ * closed: a trusted peer must send a valid header, an untrusted one may
+ * not name a client. The whole header must arrive within header_timeout
+ * (see conn_on_timer) and within limit_request_head_size bytes. */
+static int
+conn_proxy_header(ymo_conn_t *c)
+{
+    const ymo_config_t *cfg = &c->server->config;
+    if (c->proxy == YMO_CONN_PROXY_REFUSE) {
+        int sig = ymo_proxy_signature(c->inbuf, c->inlen);
+        if (sig == 0) {
+            c->proxy = YMO_CONN_PROXY_DONE;
+            return 0;
+        }
+        if (sig < 0 && !c->read_eof) {
+            return 1;
+        }
+        ymo_conn_close(c);
+        return -1;
+    }
+    ymo_proxy_header_t h;
+    int n = ymo_proxy_parse(c->inbuf, c->inlen, &h);
+    if (n == -2 && !c->read_eof && c->inlen <= cfg->limits.max_head_size) {
+        return 1;
+    }
+    if (n < 0) {
+        ymo_conn_close(c);
+        return -1;
+    }
+    uint8_t *a = h.src_addr;
+    static const uint8_t v4_mapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+                                          0xff, 0xff};
+    int family = h.family;
+    if (family == YMO_PROXY_INET6 && memcmp(a, v4_mapped, 12) == 0) {
+        family = YMO_PROXY_INET;    /* an IPv4 client of an IPv6 proxy */
+        a += 12;
+    }
+    switch (family) {
+    case YMO_PROXY_INET6:
+    case YMO_PROXY_INET:
+        inet_ntop(family == YMO_PROXY_INET ? AF_INET : AF_INET6, a,
+                  c->remote_addr, sizeof(c->remote_addr));
+        c->remote_port = h.src_port;
+        /* The client's forwarding fields are believed only if the client
+         * is itself a trusted proxy: a layer-4 proxy passes them on
+         * unread. */
+        c->trusted = ymo_trust_match(&cfg->trust,
+                                     family == YMO_PROXY_INET ? 4 : 6, a);
+        break;
+    case YMO_PROXY_UNIX:
+        /* A client on a unix socket of the proxy's host: as for our own
+         * unix peers, no address; but nothing says who it is, so its
+         * forwarding fields are not believed. */
+        c->remote_addr[0] = '\0';
+        c->remote_port = -1;
+        c->trusted = 0;
+        break;
+    default:
+        /* LOCAL (the proxy's own health check) or UNKNOWN: the
+         * connection's own addresses stand. */
+        break;
+    }
+    c->inlen -= (size_t)n;
+    memmove(c->inbuf, c->inbuf + n, c->inlen);
+    c->proxy = YMO_CONN_PROXY_DONE;
+    return 0;
+}
+
 /* Bring the connection forward as far as it can go now: parse, feed the
  * body, write, finish the exchange, start the next one. */
 static void
@@ -687,8 +767,12 @@ conn_step(ymo_conn_t *c)
             !c->stalled && server_full(s)) {
             conn_stall(c);
         }
+        if (c->state == YMO_CONN_HEAD && c->proxy != YMO_CONN_PROXY_DONE &&
+            !c->closing && c->inlen > 0 && conn_proxy_header(c) < 0) {
+            return;
+        }
         if (c->state == YMO_CONN_HEAD && !c->closing && c->inlen > 0 &&
-            !c->stalled) {
+            !c->stalled && c->proxy == YMO_CONN_PROXY_DONE) {
             ymo_http_request_t req;
             /* The loop's one header array: a complete head is copied
              * into its exchange before the next parse. */

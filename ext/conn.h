@@ -19,6 +19,14 @@ enum ymo_conn_state {
     YMO_CONN_LINGER,           /* error sent, discarding input, closing */
 };
 
+/* --proxy-protocol: what the start of a connection may hold. */
+enum ymo_conn_proxy {
+    YMO_CONN_PROXY_DONE = 0,   /* nothing (more) to check */
+    YMO_CONN_PROXY_EXPECT,     /* a trusted peer: a PROXY header first */
+    YMO_CONN_PROXY_REFUSE,     /* an untrusted peer: plain HTTP, and a
+                                * PROXY header closes the connection */
+};
+
 typedef struct ymo_conn {
     ev_io io;                  /* read/write readiness */
     ev_timer timer;            /* the current timeout, if any */
@@ -31,6 +39,11 @@ typedef struct ymo_conn {
     int read_eof;              /* the client shut down its side */
     char remote_addr[64];
     int remote_port;
+    int trusted;               /* the peer (or, after a PROXY header, the
+                                * client it named) is a trusted proxy:
+                                * its forwarding fields are believed */
+    int proxy;                 /* enum ymo_conn_proxy: a PROXY header is
+                                * still to be read or refused */
 
     /* input */
     char *inbuf;               /* NULL when empty; during a callback it may
@@ -72,9 +85,10 @@ typedef struct ymo_conn {
     ev_tstamp linger_until;
 } ymo_conn_t;
 
-/* Loop thread: a new connection on an accepted, non-blocking fd. */
+/* Loop thread: a new connection on an accepted, non-blocking fd; trusted:
+ * the peer is in config.trust (or on a unix socket). */
 ymo_conn_t *ymo_conn_new(ymo_server_t *s, const ymo_listener_t *l, int fd,
-                         const char *addr, int port);
+                         const char *addr, int port, int trusted);
 
 /* Loop thread: the worker posted news for ex (output, flags, done). */
 void ymo_conn_on_exchange(ymo_exchange_t *ex);

@@ -36,6 +36,8 @@ typedef struct ymo_exchange {
     const struct ymo_listener *listener;
     char remote_addr[64];          /* numeric address, "" for unix */
     int remote_port;               /* -1 for unix sockets */
+    int trusted;                   /* from a trusted proxy: believe its
+                                    * Forwarded / X-Forwarded-* fields */
     uint64_t seq;                  /* request number on its connection */
     double queued_at;              /* ev_time() when it began to wait for
                                     * a worker (queue_timeout) */

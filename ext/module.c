@@ -40,6 +40,62 @@ get_double(PyObject *o, const char *name, double min)
     return v;
 }
 
+/* The trusted proxies from a sequence of "ADDR[/PREFIX]" or "*" strings
+ * (None: the default, the loopback addresses). 0, or -1 with an exception
+ * set and nothing allocated. */
+static int
+build_trust(ymo_trust_t *t, PyObject *allow_ips)
+{
+    static const char *const loopback[] = {"127.0.0.1", "::1"};
+    memset(t, 0, sizeof(*t));
+    if (allow_ips == NULL || allow_ips == Py_None) {
+        for (size_t i = 0; i < 2; i++) {
+            if (ymo_trust_add(t, loopback[i], strlen(loopback[i])) < 0) {
+                ymo_trust_free(t);
+                PyErr_NoMemory();
+                return -1;
+            }
+        }
+        return 0;
+    }
+    PyObject *seq = PySequence_Fast(allow_ips,
+                                    "forwarded_allow_ips must be a list");
+    if (seq == NULL) {
+        return -1;
+    }
+    for (Py_ssize_t i = 0; i < PySequence_Fast_GET_SIZE(seq); i++) {
+        PyObject *item = PySequence_Fast_GET_ITEM(seq, i);
+        Py_ssize_t len;
+        const char *text = PyUnicode_Check(item)
+                               ? PyUnicode_AsUTF8AndSize(item, &len)
+                               : NULL;
+        if (text == NULL) {
+            if (!PyErr_Occurred()) {
+                PyErr_SetString(PyExc_TypeError,
+                                "forwarded_allow_ips items must be str");
+            }
+            goto fail;
+        }
+        int r = ymo_trust_add(t, text, (size_t)len);
+        if (r == -ENOMEM) {
+            PyErr_NoMemory();
+            goto fail;
+        }
+        if (r < 0) {
+            PyErr_Format(PyExc_ValueError,
+                         "forwarded_allow_ips: bad address or network %R",
+                         item);
+            goto fail;
+        }
+    }
+    Py_DECREF(seq);
+    return 0;
+fail:
+    Py_DECREF(seq);
+    ymo_trust_free(t);
+    return -1;
+}
+
 static PyObject *
 Core_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
 {
@@ -50,7 +106,7 @@ Core_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
         "max_body_size", "header_timeout", "keepalive_timeout",
         "body_timeout", "write_timeout", "log_access", "multiprocess",
         "buffer_body", "min_body_rate", "max_pending", "queue_timeout",
-        NULL,
+        "forwarded_allow_ips", "proxy_protocol", NULL,
     };
     PyObject *app, *listeners, *log_error, *errors;
     Py_ssize_t workers = 8, line = 4094, fields = 100, field_size = 8190,
@@ -60,13 +116,15 @@ Core_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
              *t_write = NULL, *log_access = Py_None;
     int multiprocess = 0;
     Py_ssize_t buffer_body = 65536, max_pending = -1;
-    PyObject *min_rate = NULL, *t_queue = NULL;
+    PyObject *min_rate = NULL, *t_queue = NULL, *allow_ips = NULL;
+    int proxy_protocol = 0;
     if (!PyArg_ParseTupleAndKeywords(
-            args, kwargs, "OOOO|$nnnnnKOOOOOpnOnO:Core", kwlist, &app,
+            args, kwargs, "OOOO|$nnnnnKOOOOOpnOnOOp:Core", kwlist, &app,
             &listeners, &log_error, &errors, &workers, &line, &fields,
             &field_size, &head_size, &max_body, &t_header, &t_keepalive,
             &t_body, &t_write, &log_access, &multiprocess, &buffer_body,
-            &min_rate, &max_pending, &t_queue)) {
+            &min_rate, &max_pending, &t_queue, &allow_ips,
+            &proxy_protocol)) {
         return NULL;
     }
     if (buffer_body < 0) {
@@ -144,6 +202,13 @@ Core_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
         }
     }
 
+    cfg.proxy_protocol = proxy_protocol;
+    /* From here on cfg.trust owns memory: freed on failure until
+     * ymo_server_init takes it over. */
+    if (build_trust(&cfg.trust, allow_ips) < 0) {
+        return NULL;
+    }
+
     Py_ssize_t n = PyList_GET_SIZE(listeners);
     int *fds = ymo_pymem_calloc((size_t)n, sizeof(int));
     int *is_unix = ymo_pymem_calloc((size_t)n, sizeof(int));
@@ -201,6 +266,7 @@ Core_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
     }
     int r = ymo_server_init(&self->server, &cfg, fds, is_unix, (size_t)n,
                             &self->app);
+    cfg.trust.nets = NULL;          /* the server's now, even on failure */
     if (r < 0) {
         errno = -r;
         PyErr_SetFromErrno(PyExc_OSError);
@@ -211,6 +277,7 @@ Core_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
     PyMem_Free(is_unix);
     return (PyObject *)self;
 fail:
+    ymo_trust_free(&cfg.trust);
     PyMem_Free(fds);
     PyMem_Free(is_unix);
     Py_XDECREF(self);
@@ -517,6 +584,8 @@ module_exec(PyObject *module)
         intern(&st->k_wsgi_input_terminated, "wsgi.input_terminated") ||
         intern(&st->k_wsgi_file_wrapper, "wsgi.file_wrapper") ||
         intern(&st->k_client_gone, "yimmo.client_gone") ||
+        intern(&st->k_https, "HTTPS") || intern(&st->v_https, "https") ||
+        intern(&st->v_on, "on") ||
         intern(&st->v_empty, "") || intern(&st->v_http, "http") ||
         intern(&st->v_http10, "HTTP/1.0") ||
         intern(&st->v_http11, "HTTP/1.1") ||
@@ -552,7 +621,8 @@ module_exec(PyObject *module)
         &(st)->k_wsgi_input, &(st)->k_wsgi_errors,                         \
         &(st)->k_wsgi_multithread, &(st)->k_wsgi_multiprocess,             \
         &(st)->k_wsgi_run_once, &(st)->k_wsgi_input_terminated,            \
-        &(st)->k_wsgi_file_wrapper, &(st)->k_client_gone,                  \
+        &(st)->k_wsgi_file_wrapper, &(st)->k_client_gone, &(st)->k_https,  \
+        &(st)->v_https, &(st)->v_on,                                       \
         &(st)->ClientDisconnected, &(st)->v_empty, &(st)->v_http,          \
         &(st)->v_http10, &(st)->v_http11, &(st)->v_version,                \
         &(st)->v_software, &(st)->v_get, &(st)->v_post, &(st)->v_head,     \

@@ -100,7 +100,11 @@ listener_on_accept(struct ev_loop *loop, ev_io *w, int revents)
             int one = 1;
             setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
         }
-        if (ymo_conn_new(s, l, fd, addr, port) == NULL) {
+        /* Trust is decided once, here, for the connection's life. */
+        int trusted = l->is_unix ||
+                      ymo_trust_match_sockaddr(&s->config.trust,
+                                               (struct sockaddr *)&ss);
+        if (ymo_conn_new(s, l, fd, addr, port, trusted) == NULL) {
             close(fd);
         }
     }
@@ -216,6 +220,7 @@ ymo_server_init(ymo_server_t *s, const ymo_config_t *config,
     s->app = app;
     s->loop = ev_loop_new(EVFLAG_AUTO | EVFLAG_NOSIGMASK);
     if (s->loop == NULL) {
+        ymo_trust_free(&s->config.trust);
         return -ENOMEM;
     }
     pthread_mutex_init(&s->ctl_lock, NULL);
@@ -430,6 +435,7 @@ ymo_server_destroy(ymo_server_t *s)
     free(s->workers);
     free(s->headers);
     free(s->scratch);
+    ymo_trust_free(&s->config.trust);
     s->headers = NULL;
     s->scratch = NULL;
     s->listeners = NULL;

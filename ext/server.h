@@ -14,6 +14,7 @@
 
 #include "exchange.h"
 #include "http_parser.h"
+#include "trust.h"
 #include "wsgi_worker.h"
 
 struct ymo_conn;
@@ -41,6 +42,11 @@ typedef struct ymo_config {
                                 * many, no new request is parsed */
     double queue_timeout;      /* a request that waited longer for a worker
                                 * gets 503; 0: no limit */
+    ymo_trust_t trust;         /* peers whose Forwarded / X-Forwarded-*
+                                * fields and PROXY headers are believed;
+                                * the server frees it in destroy */
+    int proxy_protocol;        /* trusted peers must open with a PROXY
+                                * header (v1 or v2) */
 } ymo_config_t;
 
 /* Seconds over which a request body's rate is measured. */
@@ -93,8 +99,9 @@ typedef struct ymo_server {
                                 * only ever moved earlier */
 } ymo_server_t;
 
-/* Set up the loop, listeners and workers (not started). listen_fds are
- * bound, listening, non-blocking sockets. On success the server owns them
+/* Set up the loop, listeners and workers (not started). The server takes
+ * config->trust over (and frees it in destroy), on failure too. listen_fds
+ * are bound, listening, non-blocking sockets. On success the server owns them
  * (it closes them when a stop begins, or in destroy); on failure they
  * are still the caller's. */
 int ymo_server_init(ymo_server_t *s, const ymo_config_t *config,

@@ -53,10 +53,10 @@ typedef struct ymo_module_state {
         *k_wsgi_version, *k_wsgi_url_scheme, *k_wsgi_input,
         *k_wsgi_errors, *k_wsgi_multithread, *k_wsgi_multiprocess,
         *k_wsgi_run_once, *k_wsgi_input_terminated, *k_wsgi_file_wrapper,
-        *k_client_gone;
+        *k_client_gone, *k_https;
     PyObject *ClientDisconnected;  /* yimmo.ClientDisconnected(OSError) */
     PyObject *v_empty, *v_http, *v_http10, *v_http11, *v_version,
-        *v_software, *v_get, *v_post, *v_head;
+        *v_software, *v_get, *v_post, *v_head, *v_https, *v_on;
     PyObject *s_close, *s_fileno, *s_tell;
     PyObject *header_keys[YMO_COMMON_HEADER_KEYS];  /* HTTP_HOST, ... */
 } ymo_module_state;

@@ -4,9 +4,13 @@
 
 #include <string.h>
 
+#include "forwarded.h"
+
 /* Headers common enough that their environ keys are worth interning.
  * Host stays first: HTTP_HOST is set from header_keys[HOST_KEY].      */
 #define HOST_KEY 0
+/* The forwarding fields, in the order of enum fwd_kind. */
+#define FWD_KEY 12
 #define H(name) {name, sizeof(name) - 1}
 static const struct {
     const char *name;
@@ -16,7 +20,8 @@ static const struct {
     H("Accept-Language"), H("Connection"), H("Cookie"), H("Referer"),
     H("Cache-Control"), H("Origin"), H("Authorization"),
     H("Upgrade-Insecure-Requests"), H("X-Forwarded-For"),
-    H("X-Forwarded-Proto"), H("X-Requested-With"), H("If-None-Match"),
+    H("X-Forwarded-Proto"), H("X-Forwarded-Host"), H("Forwarded"),
+    H("X-Requested-With"), H("If-None-Match"),
     H("If-Modified-Since"), H("Pragma"), H("Sec-Fetch-Mode"),
     H("Sec-Fetch-Site"), H("Sec-Fetch-Dest"), H("Content-Encoding"),
     H("Keep-Alive"), H("Expect"), H("Transfer-Encoding"), H("Range"),
@@ -50,6 +55,29 @@ name_eq(const char *a, size_t alen, const char *b, size_t blen)
 #define NAME_IS(h, lit) name_eq((h)->name, (h)->name_len, lit, \
                                 sizeof(lit) - 1)
 
+/* The fields through which a proxy speaks for its client, in the order
+ * of their keys in common_headers from FWD_KEY on. */
+enum fwd_kind { FWD_XFF = 0, FWD_XFP, FWD_XFH, FWD_FORWARDED, FWD_NONE };
+
+/* Which forwarding field h is, by its length first: most fields cost one
+ * switch. */
+static int
+fwd_kind(const ymo_http_header_t *h)
+{
+    switch (h->name_len) {
+    case 9:
+        return NAME_IS(h, "Forwarded") ? FWD_FORWARDED : FWD_NONE;
+    case 15:
+        return NAME_IS(h, "X-Forwarded-For") ? FWD_XFF : FWD_NONE;
+    case 16:
+        return NAME_IS(h, "X-Forwarded-Host") ? FWD_XFH : FWD_NONE;
+    case 17:
+        return NAME_IS(h, "X-Forwarded-Proto") ? FWD_XFP : FWD_NONE;
+    default:
+        return FWD_NONE;
+    }
+}
+
 /* "HTTP_" + upper-cased name with '-' as '_'; new reference. */
 static PyObject *
 make_key(const char *name, size_t len)
@@ -80,6 +108,10 @@ make_key(const char *name, size_t len)
 int
 ymo_environ_state_init(ymo_module_state *st)
 {
+    if (common_headers[FWD_KEY + FWD_FORWARDED].len != 9) {
+        PyErr_SetString(PyExc_SystemError, "FWD_KEY is out of date");
+        return -1;
+    }
     for (size_t i = 0; i < N_COMMON; i++) {
         st->header_keys[i] = make_key(common_headers[i].name,
                                       common_headers[i].len);
@@ -254,6 +286,153 @@ fail:
     return NULL;
 }
 
+/* The value of a header field in env as latin-1 bytes (the forwarding
+ * fields are ASCII when valid; PyUnicode_AsUTF8AndSize costs nothing for
+ * an ASCII string). 0 when found, 1 when not, -1 with an exception. */
+static int
+env_value(PyObject *env, PyObject *key, const char **v, size_t *n)
+{
+    PyObject *o = PyDict_GetItemWithError(env, key);
+    if (o == NULL) {
+        return PyErr_Occurred() ? -1 : 1;
+    }
+    Py_ssize_t len;
+    *v = PyUnicode_AsUTF8AndSize(o, &len);
+    if (*v == NULL) {
+        return -1;
+    }
+    *n = (size_t)len;
+    return 0;
+}
+
+static int
+set_port(PyObject *env, PyObject *key, int port)
+{
+    char digits[24];
+    size_t n = ymo_put_decimal(digits, (unsigned long long)port);
+    PyObject *v = PyUnicode_FromStringAndSize(digits, (Py_ssize_t)n);
+    if (v == NULL) {
+        return -1;
+    }
+    int r = PyDict_SetItem(env, key, v);
+    Py_DECREF(v);
+    return r;
+}
+
+/* A trusted proxy sent forwarding fields (bit 1 << enum fwd_kind in
+ * `seen`): let them say who the client is and how it reached the proxy.
+ * Forwarded, when present and well formed, wins, and the X-Forwarded-*
+ * fields are then not looked at: a proxy that speaks RFC 7239 is the
+ * better informed, and mixing the two could combine hops that do not
+ * belong together. The fields themselves stay in env as HTTP_*. The
+ * client's address, if one was given, is left in out->addr/port for the
+ * caller. 0, or -1 with an exception set. */
+/* The value of forwarding field `kind`: straight from the request head
+ * when it came in one field line (the usual case, and no dict lookup),
+ * else the joined value env holds. Same returns as env_value. */
+static int
+fwd_value(ymo_module_state *st, PyObject *env, const ymo_exchange_t *ex,
+          const size_t *line, unsigned repeated, int kind, const char **v,
+          size_t *n)
+{
+    if (!(repeated & (1u << kind))) {
+        const ymo_http_header_t *h = &ex->req.headers[line[kind]];
+        *v = h->value;
+        *n = h->value_len;
+        return 0;
+    }
+    return env_value(env, st->header_keys[FWD_KEY + kind], v, n);
+}
+
+static int
+apply_forwarded(ymo_module_state *st, PyObject *env, ymo_exchange_t *ex,
+                unsigned seen, const size_t *line, unsigned repeated,
+                ymo_forwarded_t *out)
+{
+    const ymo_trust_t *t = &ex->server->config.trust;
+    ymo_forwarded_t fw;
+    const char *v;
+    size_t n;
+    int r;
+    fw.has_addr = 0;
+    fw.port = -1;
+    fw.proto = YMO_PROTO_NONE;
+    fw.host_len = 0;
+    int from_forwarded = 0;
+    if (seen & (1u << FWD_FORWARDED)) {
+        r = fwd_value(st, env, ex, line, repeated, FWD_FORWARDED, &v, &n);
+        if (r < 0) {
+            return -1;
+        }
+        from_forwarded = r == 0 && ymo_forwarded_parse(v, n, t, &fw) == 0;
+    }
+    if (!from_forwarded) {
+        if (seen & (1u << FWD_XFF)) {
+            r = fwd_value(st, env, ex, line, repeated, FWD_XFF, &v, &n);
+            if (r < 0) {
+                return -1;
+            }
+            if (r == 0 && ymo_forwarded_for(v, n, t, &fw) < 0) {
+                fw.has_addr = 0;
+            }
+        }
+        if (seen & (1u << FWD_XFP)) {
+            r = fwd_value(st, env, ex, line, repeated, FWD_XFP, &v, &n);
+            if (r < 0) {
+                return -1;
+            }
+            if (r == 0) {
+                fw.proto = ymo_forwarded_proto(v, n);
+            }
+        }
+        if (seen & (1u << FWD_XFH)) {
+            r = fwd_value(st, env, ex, line, repeated, FWD_XFH, &v, &n);
+            if (r < 0) {
+                return -1;
+            }
+            if (r == 0 && ymo_forwarded_host(v, n, &fw) < 0) {
+                fw.host_len = 0;
+            }
+        }
+    }
+    /* The address is the caller's to set (it sets REMOTE_ADDR once). */
+    out->has_addr = fw.has_addr;
+    if (fw.has_addr) {
+        memcpy(out->addr, fw.addr, sizeof(out->addr));
+        out->port = fw.port;
+    }
+    if (fw.proto == YMO_PROTO_HTTPS &&
+        (PyDict_SetItem(env, st->k_wsgi_url_scheme, st->v_https) < 0 ||
+         PyDict_SetItem(env, st->k_https, st->v_on) < 0)) {
+        return -1;
+    }
+    if (fw.host_len > 0) {
+        /* The host the client asked for: HTTP_HOST, and SERVER_NAME and
+         * SERVER_PORT from it (the port defaults to the scheme's), so
+         * that both of PEP 3333's URL reconstructions agree. */
+        size_t name_len, port_off, port_len;
+        ymo_forwarded_split_host(fw.host, fw.host_len, &name_len,
+                                 &port_off, &port_len);
+        if (set_latin1(env, st->header_keys[HOST_KEY], fw.host,
+                       fw.host_len) < 0 ||
+            set_latin1(env, st->k_server_name, fw.host, name_len) < 0) {
+            return -1;
+        }
+        if (port_len > 0) {
+            r = set_latin1(env, st->k_server_port, fw.host + port_off,
+                           port_len);
+        }
+        else {
+            r = set_port(env, st->k_server_port,
+                         fw.proto == YMO_PROTO_HTTPS ? 443 : 80);
+        }
+        if (r < 0) {
+            return -1;
+        }
+    }
+    return 0;
+}
+
 PyObject *
 ymo_wsgi_environ(struct ymo_wsgi_app *app, ymo_exchange_t *ex)
 {
@@ -320,17 +499,6 @@ ymo_wsgi_environ(struct ymo_wsgi_app *app, ymo_exchange_t *ex)
     }
     SET(st->k_server_protocol,
         req->minor_version == 1 ? st->v_http11 : st->v_http10);
-    SET_NEW(st->k_remote_addr, PyUnicode_FromString(ex->remote_addr));
-    if (ex->remote_port >= 0) {
-        char digits[24];
-        size_t n = ymo_put_decimal(digits,
-                                   (unsigned long long)ex->remote_port);
-        SET_NEW(st->k_remote_port,
-                PyUnicode_FromStringAndSize(digits, (Py_ssize_t)n));
-    }
-    else {
-        SET(st->k_remote_port, st->v_empty);
-    }
     /* Only unix listeners take the server's name from the request. */
     if (ex->listener->is_unix && req->host_len > 0 &&
         set_unix_server(st, env, req->host, req->host_len) < 0) {
@@ -344,6 +512,9 @@ ymo_wsgi_environ(struct ymo_wsgi_app *app, ymo_exchange_t *ex)
                    req->host_len) < 0) {
         goto fail;
     }
+    unsigned fwd_seen = 0;     /* forwarding fields from a trusted peer */
+    unsigned fwd_repeated = 0; /* ... that came in more than one line */
+    size_t fwd_line[FWD_NONE] = {0};   /* where each one is */
     for (size_t i = 0; i < req->num_headers; i++) {
         const ymo_http_header_t *h = &req->headers[i];
         /* "X_Foo" would become the same key as "X-Foo": a way to smuggle
@@ -370,8 +541,17 @@ ymo_wsgi_environ(struct ymo_wsgi_app *app, ymo_exchange_t *ex)
         if (NAME_IS(h, "Host")) {
             continue;               /* HTTP_HOST is set above */
         }
-        PyObject *key = header_key(st, h->name, h->name_len);
-        if (key == NULL) {
+        int fwd = fwd_kind(h);
+        PyObject *key;
+        if (fwd != FWD_NONE) {
+            key = Py_NewRef(st->header_keys[FWD_KEY + fwd]);
+            if (ex->trusted) {
+                fwd_repeated |= fwd_seen & (1u << fwd);
+                fwd_seen |= 1u << fwd;
+                fwd_line[fwd] = i;
+            }
+        }
+        else if ((key = header_key(st, h->name, h->name_len)) == NULL) {
             goto fail;
         }
         int r = add_header(env, key, h->value, h->value_len,
@@ -380,6 +560,30 @@ ymo_wsgi_environ(struct ymo_wsgi_app *app, ymo_exchange_t *ex)
         if (r < 0) {
             goto fail;
         }
+    }
+    /* REMOTE_ADDR and REMOTE_PORT are set last, once: from what a
+     * trusted proxy said, or the peer's. */
+    ymo_forwarded_t fw;
+    fw.has_addr = 0;
+    if (fwd_seen != 0 && apply_forwarded(st, env, ex, fwd_seen, fwd_line,
+                                         fwd_repeated, &fw) < 0) {
+        goto fail;
+    }
+    const char *addr = fw.has_addr ? fw.addr : ex->remote_addr;
+    int port = fw.has_addr ? fw.port : ex->remote_port;
+    if (set_latin1(env, st->k_remote_addr, addr, strlen(addr)) < 0) {
+        goto fail;
+    }
+    if (port >= 0) {
+        char digits[24];
+        size_t n = ymo_put_decimal(digits, (unsigned long long)port);
+        SET_NEW(st->k_remote_port,
+                PyUnicode_FromStringAndSize(digits, (Py_ssize_t)n));
+    }
+    else {
+        /* A unix socket peer, or a forwarded client without a port of
+         * its own (the proxy's port says nothing about it). */
+        SET(st->k_remote_port, st->v_empty);
     }
 #undef SET
 #undef SET_NEW

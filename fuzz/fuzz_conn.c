@@ -19,7 +19,9 @@
  * queues and flags, the app run one step at a time.
  *
  * Input layout: byte 0 picks the configuration, byte 1 how the client
- * and the socket behave at the end, bytes 2-3 (little endian) the length
+ * and the socket behave at the end (and, byte 1 / 60, whether the client
+ * is a trusted proxy that must send a PROXY header, or an untrusted peer
+ * that may not), bytes 2-3 (little endian) the length
  * of the choice bytes that follow; the rest is what the client sends.
  * Choices read past their end are 0, the benign default.                 */
 #ifndef _GNU_SOURCE
@@ -41,6 +43,7 @@
 #include "exchange.h"
 #include "http_parser.h"
 #include "http_response.h"
+#include "proxy_protocol.h"
 #include "queue.h"
 #include "server.h"
 #include "wsgi_worker.h"
@@ -1387,13 +1390,29 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
      * one, so that the list of connections has neighbours. */
     int other = (fin / 20) % 3;
     if (other == 1) {
-        CHECK(ymo_conn_new(&H.server, &H.listener, other_fd, "", -1));
+        CHECK(ymo_conn_new(&H.server, &H.listener, other_fd, "", -1, 1));
+    }
+    /* fin / 60: with --proxy-protocol, from a trusted peer (a PROXY
+     * header is required) or an untrusted one (one is refused). */
+    int proxy = (fin / 60) % 3;
+    H.server.config.proxy_protocol = proxy != 0;
+    if (proxy == 1) {
+        /* The first request follows the PROXY header (when the client's
+         * bytes hold a valid one; otherwise none may start). */
+        ymo_proxy_header_t ph;
+        int n = ymo_proxy_parse((const char *)H.client, H.client_total, &ph);
+        H.cursor = n > 0 ? (size_t)n : SIZE_MAX;
+    }
+    else if (proxy == 2 &&
+             ymo_proxy_signature((const char *)H.client,
+                                 H.client_total) != 0) {
+        H.cursor = SIZE_MAX;        /* refused: no request may start */
     }
     ymo_conn_t *c = ymo_conn_new(&H.server, &H.listener, conn_fd,
-                                 "192.0.2.1", 4321);
+                                 "192.0.2.1", 4321, proxy != 2);
     CHECK(c != NULL);
     if (other == 2) {
-        CHECK(ymo_conn_new(&H.server, &H.listener, other_fd, "", -1));
+        CHECK(ymo_conn_new(&H.server, &H.listener, other_fd, "", -1, 1));
     }
     if (!H.conn_closed) {
         H.conn = c;

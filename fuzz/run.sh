@@ -3,7 +3,8 @@
 # executions: bash fuzz/run.sh [RUNS] (default 200000), first the HTTP
 # parser (fuzz_parser.c), then a whole connection (fuzz_conn.c: conn.c
 # with the parser, bodies, pipelining, response writing and timers, no
-# socket and no Python). Exits non-zero when a fuzzer finds a crash; the
+# socket and no Python), then the PROXY protocol parser and the forwarding
+# field parsers (fuzz_proxy.c). Exits non-zero when a fuzzer finds a crash; the
 # repository is left untouched (the corpora are copied to a temporary
 # directory, new inputs stay there).
 set -euo pipefail
@@ -33,9 +34,16 @@ clang -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all \
     "$here/fuzz_conn.c" "$root/ext/conn.c" "$root/ext/server.c" \
     "$root/ext/exchange.c" "$root/ext/bucket.c" "$root/ext/queue.c" \
     "$root/ext/http_parser.c" "$root/ext/http_response.c" \
+    "$root/ext/proxy_protocol.c" "$root/ext/trust.c" \
     -lev -lpthread -Wl,--wrap="${wraps//,/,--wrap=}" -o "$work/fuzz_conn"
 
+clang -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all \
+    -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -I"$root/ext" \
+    "$here/fuzz_proxy.c" "$root/ext/proxy_protocol.c" "$root/ext/trust.c" \
+    "$root/ext/forwarded.c" -o "$work/fuzz_proxy"
+
 cp -r "$here/corpus" "$work/corpus"
+cp -r "$here/corpus_proxy" "$work/corpus_proxy"
 cp -r "$here/corpus_conn" "$work/corpus_conn"
 # Inputs that once failed, replayed first on every run (never written to).
 regressions=()
@@ -65,6 +73,16 @@ cat > "$work/http.dict" <<'DICT'
 "keep-alive"
 "Expect: "
 "100-continue"
+"PROXY TCP4 "
+"PROXY TCP6 "
+"PROXY UNKNOWN"
+"\x0d\x0a\x0d\x0a\x00\x0d\x0aQUIT\x0a"
+"\x21\x11\x00\x0c"
+"\x21\x21\x00\x24"
+"for="
+"proto=https"
+"host="
+"_hidden"
 "Content-Type: "
 "Authorization: "
 "If-Modified-Since: "
@@ -93,6 +111,13 @@ conn_status=0
     "${regressions[@]}" || conn_status=$?
 if [ "$status" -eq 0 ]; then
     status=$conn_status
+fi
+proxy_status=0
+"$work/fuzz_proxy" -runs="$runs" -max_len=1024 -dict="$work/http.dict" \
+    -artifact_prefix="$artifacts/" -print_final_stats=1 "$work/corpus_proxy" \
+    || proxy_status=$?
+if [ "$status" -eq 0 ]; then
+    status=$proxy_status
 fi
 if [ "$status" -ne 0 ]; then
     echo "fuzz/run.sh: fuzzer failed (exit $status); see $artifacts" >&2

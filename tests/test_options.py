@@ -47,6 +47,8 @@ def test_defaults_match_the_contract():
         "graceful_timeout": 30.0,
         "access_log": None,
         "log_level": "info",
+        "forwarded_allow_ips": ["127.0.0.1", "::1"],
+        "proxy_protocol": False,
     }
 
 

@@ -1,4 +1,5 @@
-"""Build and run the C tests of the HTTP parser (tests/parser/test_parser.c)
+"""Build and run the C tests of the HTTP parser (tests/parser/test_parser.c),
+of the PROXY protocol parser (tests/proxy/test_proxy_protocol.c)
 and of the hand-off queue (tests/queue/test_queue.c).
 
 The parser is plain C, so its tests are a C program: it is compiled with
@@ -80,3 +81,25 @@ def test_queue_push_never_allocates_or_fails(tmp_path):
     output = proc.stdout + proc.stderr
     assert proc.returncode == 0, output
     assert proc.stdout.strip().splitlines()[-1].endswith(" 0 failed"), output
+
+
+PROXY = os.path.join(EXT, "proxy_protocol.c")
+PROXY_TEST = os.path.join(ROOT, "tests", "proxy", "test_proxy_protocol.c")
+
+
+def test_proxy_protocol_c(tmp_path):
+    """The PROXY protocol parser (v1 and v2), driven directly with every
+    input and each of its prefixes against a guard page, under ASan and
+    UBSan."""
+    if shutil.which("gcc") is None:
+        pytest.skip("gcc is not installed")
+    exe = str(tmp_path / "test_proxy_protocol")
+    _compile("gcc", [*WARNINGS, "-g", "-O1", "-fsanitize=address,undefined",
+                     "-fno-sanitize-recover=all", "-fno-omit-frame-pointer",
+                     "-I", EXT, PROXY_TEST, PROXY, "-o", exe], tmp_path)
+    proc = subprocess.run([exe], cwd=tmp_path, capture_output=True,
+                          text=True, errors="replace", timeout=TIMEOUT)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, output
+    assert proc.stdout.strip().splitlines()[-1].endswith(" passed, 0 failed"), \
+        output

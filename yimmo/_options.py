@@ -124,6 +124,74 @@ class OptionalPath(NamedTuple):
         return self.check(text)
 
 
+class Flag(NamedTuple):
+    """On or off: a flag without a value on the command line; the
+    environment variable takes 1/0, true/false, yes/no, on/off."""
+
+    def describe(self):
+        return "true or false"
+
+    def check(self, value):
+        if not isinstance(value, bool):
+            raise TypeError("must be a bool, not %s" % type(value).__name__)
+        return value
+
+    def parse(self, text):
+        word = text.strip().lower()
+        if word in ("1", "true", "yes", "on"):
+            return True
+        if word in ("0", "false", "no", "off", ""):
+            return False
+        raise ValueError("must be %s, got %r" % (self.describe(), text))
+
+
+class Networks(NamedTuple):
+    """IP addresses and networks (ADDR or ADDR/PREFIX, IPv4 or IPv6), or
+    "*" for any: a list, or one comma-separated string."""
+
+    def describe(self):
+        return "IP addresses or networks (e.g. 10.0.0.0/8), or *"
+
+    def check(self, value):
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        elif not isinstance(value, (list, tuple)):
+            raise TypeError("must be a str or a list of str, not %s"
+                            % type(value).__name__)
+        result = []
+        for item in value:
+            if not isinstance(item, str):
+                raise TypeError("must be a str or a list of str, not a list "
+                                "containing %s" % type(item).__name__)
+            item = item.strip()
+            if item != "*":
+                check_network(item)
+            result.append(item)
+        return result
+
+    def parse(self, text):
+        return self.check(text)
+
+
+def check_network(text):
+    """Check "ADDR" or "ADDR/PREFIX" the way the C core reads it (numeric
+    addresses only, no zone index); raises ValueError naming it."""
+    import ipaddress
+    addr, slash, prefix = text.partition("/")
+    try:
+        if "%" in addr:
+            raise ValueError
+        ip = ipaddress.ip_address(addr)
+        bits = 32 if ip.version == 4 else 128
+        if slash and not (prefix.isdigit() and len(prefix) <= 3
+                          and int(prefix) <= bits):
+            raise ValueError
+    except ValueError:
+        raise ValueError("bad address or network %r (expected e.g. "
+                         "10.0.0.1, 10.0.0.0/8, ::1, fd00::/8 or *)"
+                         % text) from None
+
+
 class Addresses(NamedTuple):
     """One or more listen addresses (see parse_address)."""
 
@@ -251,6 +319,23 @@ OPTIONS = (
     Option("log_level", ("--log-level",), Choice(LOG_LEVELS), "info",
            "Level of the 'yimmo' logger: %s." % ", ".join(LOG_LEVELS),
            metavar="LEVEL"),
+    Option("forwarded_allow_ips", ("--forwarded-allow-ips",), Networks(),
+           ["127.0.0.1", "::1"],
+           "Proxies whose word about the client is believed: from these "
+           "peers (IP addresses or networks such as 10.0.0.0/8, "
+           "comma-separated; * for any; unix socket peers always), the "
+           "Forwarded, X-Forwarded-For, X-Forwarded-Proto and "
+           "X-Forwarded-Host fields set REMOTE_ADDR, wsgi.url_scheme and "
+           "HTTP_HOST, and PROXY headers are read (--proxy-protocol). From "
+           "anyone else those fields stay plain HTTP_* headers.",
+           metavar="ADDRS"),
+    Option("proxy_protocol", ("--proxy-protocol",), Flag(), False,
+           "Read a PROXY protocol header (v1 or v2, as HAProxy and cloud "
+           "load balancers send) at the start of each connection from a "
+           "trusted peer (--forwarded-allow-ips), which must send one; it "
+           "sets REMOTE_ADDR and REMOTE_PORT. An untrusted peer is served "
+           "plain HTTP, and closed if it sends a PROXY header.",
+           metavar=""),
     Option("timeout", ("--timeout",), Seconds(False), None,
            "Sets --header-timeout, --body-timeout and --write-timeout "
            "together; the specific options win over it.",
@@ -414,6 +499,9 @@ def build_parser():
                       help=_flag_help(opt))
         if opt.name == "bind":
             kwargs["action"] = "append"
+        if isinstance(opt.kind, Flag):
+            kwargs = dict(dest=opt.name, action="store_const", const=True,
+                          default=argparse.SUPPRESS, help=_flag_help(opt))
         parser.add_argument(*opt.flags, **kwargs)
     parser.add_argument("--version", action=_VersionAction,
                         help="print the version and exit")
@@ -480,7 +568,7 @@ def _rst_default(opt):
         return opt.default_text
     if opt.sets:
         return "(none)"
-    if opt.default is None:
+    if opt.default is None or opt.default is False:
         return "off"
     if isinstance(opt.default, list):
         return ", ".join("``%s``" % d for d in opt.default)
@@ -493,7 +581,8 @@ def options_rst():
     """The options as an RST definition list, for the README."""
     lines = []
     for opt in OPTIONS:
-        flags = ", ".join("``%s %s``" % (f, opt.metavar) for f in opt.flags)
+        flags = ", ".join("``%s``" % " ".join(filter(None, (f, opt.metavar)))
+                          for f in opt.flags)
         lines.append(flags)
         lines.append("    %s" % opt.help)
         lines.append("")

@@ -133,6 +133,8 @@ class Server:
                 max_pending=(-1 if opts["max_pending"] is None
                              else opts["max_pending"]),
                 queue_timeout=opts["queue_timeout"],
+                forwarded_allow_ips=opts["forwarded_allow_ips"],
+                proxy_protocol=opts["proxy_protocol"],
                 log_access=(_log_access if opts["access_log"] is not None
                             else None),
             )
