@@ -46,7 +46,10 @@ def test_defaults_match_the_contract():
         "queue_timeout": 0.0,
         "graceful_timeout": 30.0,
         "access_log": None,
+        "access_log_format": None,
+        "error_log": "-",
         "log_level": "info",
+        "log_config": None,
     }
 
 
