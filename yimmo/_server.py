@@ -392,14 +392,19 @@ def serve(app, **options):
     KeyboardInterrupt), after in-flight requests have finished.
 
     Logging goes to stderr (logger "yimmo") unless the application has set
-    up logging itself."""
+    up logging itself; the access log to access_log unless the
+    "yimmo.access" logger already has a handler; log_config is applied
+    last."""
     opts = _options.validate(options)
     if not logging.getLogger().handlers and \
             not logging.getLogger("yimmo").handlers:
         _logging.configure_logging(opts["log_level"], opts["access_log"],
                                    opts["error_log"], opts["log_config"])
     else:
-        if opts["access_log"] is not None:
+        # The access logger is set up here only if nothing (the command
+        # line, a --log-config, the app) has given it a handler.
+        if opts["access_log"] is not None and \
+                not logging.getLogger("yimmo.access").handlers:
             _logging.configure_access_log(opts["access_log"])
         if opts["log_config"] is not None:
             _logging.apply_log_config(opts["log_config"])
