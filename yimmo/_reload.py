@@ -37,6 +37,8 @@ import time
 log = logging.getLogger("yimmo")
 
 CHILD_ENV = "_YIMMO_RELOAD_FILES"
+# Set (to anything) to poll even where inotify works: the tests use it.
+POLL_ENV = "_YIMMO_RELOAD_POLL"
 POLL_INTERVAL = 1.0
 # After inotify wakes us, wait this long for an editor to finish writing.
 SETTLE = 0.05
@@ -87,9 +89,17 @@ def report_modules(list_path, config_path=None):
         extra.add(os.path.realpath(config_path))
 
     def write(files):
+        # Each file with its state now, before any edit the parent has
+        # yet to see: the parent compares with that, so an edit made
+        # before it reads the list is still a change.
+        lines = []
+        for path in sorted(files | extra):
+            sig = _signature(path)
+            if sig is not None:
+                lines.append("%d %d %d %s" % (sig + (path,)))
         tmp = list_path + ".tmp"
         with open(tmp, "w", encoding="utf-8") as f:
-            f.write("\n".join(sorted(files | extra)) + "\n")
+            f.write("".join(line + "\n" for line in lines))
         os.replace(tmp, list_path)
 
     write(app_files(excluded))
@@ -184,15 +194,20 @@ class _Parent:
         self.list_sig = None
         self.stopping = False
         self.pending = set()  # changed files waiting for a good compile
-        try:
-            self.inotify = _Inotify()
-        except (OSError, AttributeError, TypeError):
-            self.inotify = None
-            log.info("inotify is not available; polling for changes")
+        self.inotify = None
+        if not os.environ.get(POLL_ENV):
+            try:
+                self.inotify = _Inotify()
+            except (OSError, AttributeError, TypeError):
+                pass
+        if self.inotify is None:
+            log.info("Reloader: polling for changes every %gs",
+                     POLL_INTERVAL)
 
     def start_child(self):
         env = dict(os.environ)
         env[CHILD_ENV] = self.list_path
+        env.pop(POLL_ENV, None)
         self.child = subprocess.Popen(
             [sys.executable, "-m", "yimmo"] + self.argv, env=env,
             # Its own process group: Ctrl-C reaches only the parent, which
@@ -219,12 +234,15 @@ class _Parent:
         self.list_sig = sig
         try:
             with open(self.list_path, encoding="utf-8") as f:
-                paths = [line for line in f.read().splitlines() if line]
+                lines = [line for line in f.read().splitlines() if line]
         except OSError:
             return
-        for path in paths:
+        paths = []
+        for line in lines:
+            mtime, size, ino, path = line.split(" ", 3)
+            paths.append(path)
             if path not in self.files:
-                self.files[path] = _signature(path)
+                self.files[path] = (int(mtime), int(size), int(ino))
         if self.inotify is not None:
             self.inotify.watch_dirs({os.path.dirname(p) for p in paths})
 
