@@ -20,6 +20,10 @@ from yimmo._options import DEFAULTS, parse_command_line
 
 WAIT = 15
 
+needs_tomllib = pytest.mark.skipif(
+    sys.version_info < (3, 11), reason="TOML needs tomllib (Python 3.11+); "
+    "test_toml_without_tomllib_is_a_clear_error covers older versions")
+
 
 def write(path, text):
     path.write_text(textwrap.dedent(text))
@@ -229,6 +233,7 @@ def test_yimmo_ignore_lets_them_through(tmp_path):
     assert options["workers"] == 2
 
 
+@needs_tomllib
 def test_toml_file(tmp_path):
     conf = write(tmp_path / "yimmo.toml", """\
         bind = ["127.0.0.1:0", "unix:/tmp/x.sock"]
@@ -257,10 +262,32 @@ def test_toml_file(tmp_path):
     ("workers = \n", "config file {}: Invalid value"),
     ("workers = true\n", "workers: must be an int, not bool"),
 ])
+@needs_tomllib
 def test_a_bad_toml_file_is_one_line(capsys, tmp_path, text, expected):
     conf = write(tmp_path / "c.toml", text)
     line = parse_error(capsys, ["-c", conf, "app"])
     assert expected.format(conf) in line, line
+
+
+def test_toml_without_tomllib_is_a_clear_error(capsys, tmp_path,
+                                              monkeypatch):
+    # As on Python 3.9 and 3.10: "import tomllib" fails.
+    monkeypatch.setitem(sys.modules, "tomllib", None)
+    conf = write(tmp_path / "c.toml", "workers = 2\n")
+    line = parse_error(capsys, ["-c", conf, "app"])
+    assert line == ("yimmo: error: config file %s: TOML needs Python 3.11 "
+                    "or later (tomllib); use a Python config file" % conf)
+
+
+def test_gunicorn_logconfig_dict(tmp_path):
+    conf = write(tmp_path / "c.py", """\
+        logconfig_dict = {"version": 1, "loggers": {"x": {"level": "INFO"}}}
+    """)
+    _, options, _ = parse(["-c", conf, "app"])
+    assert options["log_config"]["loggers"] == {"x": {"level": "INFO"}}
+    # gunicorn's default, {}, means none.
+    conf = write(tmp_path / "d.py", "logconfig_dict = {}\n")
+    assert parse(["-c", conf, "app"])[1]["log_config"] is None
 
 
 # -- serving from a config file ------------------------------------------------
