@@ -221,6 +221,18 @@ def test_gunicorn_settings_yimmo_lacks_are_named(capsys, tmp_path):
     assert "yimmo's workers are threads" in line
 
 
+def test_gunicorn_settings_turned_off_are_no_error(tmp_path):
+    conf = write(tmp_path / "c.py", """\
+        workers = 2
+        pidfile = None
+        daemon = False
+        raw_env = []
+        umask = 0
+    """)
+    _, options, _ = parse(["-c", conf, "app"])
+    assert options["workers"] == 2
+
+
 def test_yimmo_ignore_lets_them_through(tmp_path):
     conf = write(tmp_path / "c.py", """\
         workers = 2

@@ -185,3 +185,35 @@ def test_syntax_error_names_file_and_line(tmp_path):
         "%s, line 2: " % bad)
     bad.write_text("x = 1\n")
     assert _reload.syntax_error(str(bad)) is None
+
+
+def test_sighup_restarts_and_a_killed_parent_takes_the_server_along(
+        tmp_path):
+    (tmp_path / "app.py").write_text(APP)
+    (tmp_path / "helper.py").write_text('MESSAGE = "one"\n')
+    port = free_port()
+    addr = ("127.0.0.1", port)
+    with ServerProcess([sys.executable, "-m", "yimmo", "--reload", "-b",
+                        "127.0.0.1:%d" % port, "app:app"],
+                       cwd=str(tmp_path)) as proc:
+        wait_body(addr, "one")
+        proc.signal(signal.SIGHUP)
+        proc.wait_for_line("SIGHUP, restarting")
+        deadline = time.monotonic() + WAIT
+        while len(child_pids(proc)) < 2:
+            assert time.monotonic() < deadline, proc.stderr
+            time.sleep(0.05)
+        wait_body(addr, "one")
+        pid = child_pids(proc)[-1]
+        proc.signal(signal.SIGKILL)
+        proc.wait(WAIT)
+        # The server is told to stop (parent-death signal) and does.
+        deadline = time.monotonic() + WAIT
+        while True:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                break
+            assert time.monotonic() < deadline, "the server outlived its parent"
+            time.sleep(0.05)
+    assert body_of(addr) is None

@@ -13,8 +13,9 @@ gunicorn spellings of a few (keepalive, accesslog, errorlog, loglevel,
 logconfig, logconfig_dict, wsgi_app). Modules, functions, classes and
 names starting with "_" are helpers and ignored, as are names with an
 upper-case letter (PORT = 8000); any other name must be an option. A
-gunicorn setting yimmo does not have is an error that says so, unless the
-file lists it in yimmo_ignore (gunicorn ignores that name).
+gunicorn setting yimmo does not have is an error that says so, unless its
+value turns it off (None, False, 0, empty) or the file lists it in
+yimmo_ignore (gunicorn ignores that name).
 
 This module imports only yimmo._options.
 """
@@ -175,7 +176,10 @@ def _to_options(path, names, is_python):
         opt = BY_NAME.get(target)
         if opt is None:
             if name in GUNICORN_SETTINGS:
-                unsupported.append(name)
+                # None, False, 0 or empty turn a setting off: nothing
+                # yimmo would have to do (pidfile = None, daemon = False).
+                if value or value is True:
+                    unsupported.append(name)
                 continue
             raise ConfigError("%s: %s" % (where, _unknown(name)))
         if target == "config" or (name == "logconfig_dict" and not value):

@@ -17,7 +17,8 @@ plus the new one's import), which a development server can afford. A
 child that exits by itself (an import error in the new code) is reported
 and the parent waits for the next change.
 
-SIGTERM and SIGINT stop the child and the parent; SIGUSR1 is passed on.
+SIGTERM and SIGINT stop the child and the parent; SIGHUP restarts the
+child; SIGUSR1 is passed on. The child gets SIGTERM if the parent dies.
 """
 
 import ctypes
@@ -159,6 +160,28 @@ class _Inotify:
         os.close(self.fd)
 
 
+def _parent_death_signal():
+    """prctl(PR_SET_PDEATHSIG, SIGTERM) where Linux has it: the server
+    stops if the parent is killed (-9) instead of serving on, orphaned."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6",
+                           use_errno=True)
+        return lambda: libc.prctl(1, int(signal.SIGTERM), 0, 0, 0)
+    except (OSError, AttributeError):
+        return lambda: None
+
+
+_set_parent_death_signal = _parent_death_signal()
+
+
+def _in_child():
+    # Between fork and exec (the parent has no threads). Its own process
+    # group: Ctrl-C reaches only the parent, which then stops the child
+    # once (a second signal would cut its grace short).
+    os.setpgrp()
+    _set_parent_death_signal()
+
+
 def _signature(path):
     try:
         st = os.stat(path)
@@ -193,6 +216,7 @@ class _Parent:
         self.files = {}  # path -> signature when last (re)started
         self.list_sig = None
         self.stopping = False
+        self.hup = False  # SIGHUP: restart without a change
         self.pending = set()  # changed files waiting for a good compile
         self.inotify = None
         if not os.environ.get(POLL_ENV):
@@ -210,10 +234,7 @@ class _Parent:
         env.pop(POLL_ENV, None)
         self.child = subprocess.Popen(
             [sys.executable, "-m", "yimmo"] + self.argv, env=env,
-            # Its own process group: Ctrl-C reaches only the parent, which
-            # then stops the child once (a second signal would cut its
-            # grace short).
-            preexec_fn=os.setpgrp)
+            preexec_fn=_in_child)
         log.info("Reloader: started the server (pid %d)", self.child.pid)
 
     def stop_child(self):
@@ -281,6 +302,14 @@ class _Parent:
                 log.error("Reloader: the server exited (%s); waiting for a "
                           "file to change", _status(code))
             changed = self.changed()
+            if self.hup:
+                self.hup = False
+                log.info("Reloader: SIGHUP, restarting")
+                self.pending.clear()
+                self.stop_child()
+                self.start_child()
+                reported_exit = False
+                continue
             if not changed:
                 continue
             self.pending.update(changed)
@@ -328,6 +357,9 @@ def run_parent(argv, options, cli):
     def on_stop(signum, frame):
         parent.stopping = True
 
+    def on_hup(signum, frame):
+        parent.hup = True
+
     def on_usr1(signum, frame):
         child = parent.child
         if child is not None and child.poll() is None:
@@ -335,7 +367,7 @@ def run_parent(argv, options, cli):
 
     old = {s: signal.signal(s, h) for s, h in (
         (signal.SIGTERM, on_stop), (signal.SIGINT, on_stop),
-        (signal.SIGUSR1, on_usr1))}
+        (signal.SIGUSR1, on_usr1), (signal.SIGHUP, on_hup))}
     try:
         parent.run()
     finally:
