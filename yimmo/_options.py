@@ -496,7 +496,9 @@ def _flag_help(opt):
     extra = ["env %s" % opt.env]
     if opt.default is not None:
         default = opt.default
-        if isinstance(default, list):
+        if isinstance(default, bool):
+            default = "on" if default else "off"
+        elif isinstance(default, list):
             default = ",".join(default)
         extra.append("default %s" % default)
     # argparse %-formats help strings: the access log atoms need escaping.

@@ -401,6 +401,11 @@ def serve(app, **options):
         _logging.configure_logging(opts["log_level"], opts["access_log"],
                                    opts["error_log"], opts["log_config"])
     else:
+        # An error log file asked for by name is always set up; stderr
+        # only when nothing else logs (above).
+        if opts["error_log"] not in (None, "-"):
+            _logging.configure_error_log(opts["log_level"],
+                                         opts["error_log"])
         # The access logger is set up here only if nothing (the command
         # line, a --log-config, the app) has given it a handler.
         if opts["access_log"] is not None and \
