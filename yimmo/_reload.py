@@ -163,12 +163,15 @@ class _Inotify:
 def _parent_death_signal():
     """prctl(PR_SET_PDEATHSIG, SIGTERM) where Linux has it: the server
     stops if the parent is killed (-9) instead of serving on, orphaned."""
+    if not sys.platform.startswith("linux"):
+        return lambda: None
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6",
                            use_errno=True)
-        return lambda: libc.prctl(1, int(signal.SIGTERM), 0, 0, 0)
+        prctl = libc.prctl  # looked up now: the child must not fail
     except (OSError, AttributeError):
         return lambda: None
+    return lambda: prctl(1, int(signal.SIGTERM), 0, 0, 0)  # PR_SET_PDEATHSIG
 
 
 _set_parent_death_signal = _parent_death_signal()
