@@ -217,3 +217,25 @@ def test_sighup_restarts_and_a_killed_parent_takes_the_server_along(
             assert time.monotonic() < deadline, "the server outlived its parent"
             time.sleep(0.05)
     assert body_of(addr) is None
+
+
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="TOML needs tomllib")
+def test_the_config_file_is_watched_too(tmp_path):
+    (tmp_path / "app.py").write_text(APP)
+    (tmp_path / "helper.py").write_text('MESSAGE = "one"\n')
+    port = free_port()
+    conf = tmp_path / "yimmo.toml"
+    conf.write_text('bind = "127.0.0.1:%d"\nworkers = 2\n' % port)
+    with ServerProcess([sys.executable, "-m", "yimmo", "--reload", "-c",
+                        str(conf), "app:app"], cwd=str(tmp_path)) as proc:
+        addr = ("127.0.0.1", port)
+        wait_body(addr, "one")
+        proc.wait_for_line(r"\(2 workers\)")
+        time.sleep(0.5)
+        # A TOML file is not compiled as Python: it simply restarts.
+        conf.write_text('bind = "127.0.0.1:%d"\nworkers = 3\n' % port)
+        proc.wait_for_line(r"\(3 workers\)")
+        wait_body(addr, "one")
+        assert "SyntaxError" not in proc.stderr
+        proc.signal(signal.SIGTERM)
+        assert proc.wait(WAIT) == 0

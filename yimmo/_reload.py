@@ -316,7 +316,10 @@ class _Parent:
             if not changed:
                 continue
             self.pending.update(changed)
-            errors = [e for e in map(syntax_error, sorted(self.pending)) if e]
+            # Only Python is compiled first (a .toml config is not);
+            # anything else wrong shows when the new server starts.
+            python = sorted(p for p in self.pending if p.endswith(".py"))
+            errors = [e for e in map(syntax_error, python) if e]
             if errors:
                 for error in errors:
                     log.error("Reloader: SyntaxError in %s; the server keeps "
