@@ -110,20 +110,19 @@ def _run_python(path):
     except OSError as exc:
         raise ConfigError("config file %s: %s" % (path, exc.strerror or exc)) \
             from None
-    namespace = {"__file__": os.path.abspath(path), "__name__": "__config__",
-                 "__builtins__": __builtins__}
+    namespace = {"__file__": os.path.abspath(path), "__name__": "__config__"}
     try:
         code = compile(source, path, "exec")
         exec(code, namespace)
     except SyntaxError as exc:
         raise ConfigError("config file %s, line %s: %s"
                           % (path, exc.lineno, exc.msg)) from None
-    except SystemExit:
-        raise
-    except BaseException as exc:
-        line = _error_line(exc, path)
+    except Exception as exc:
+        # One line, whatever the exception's message holds.
+        message = " ".join(str(exc).split())
         raise ConfigError("config file %s%s: %s: %s"
-                          % (path, line, type(exc).__name__, exc)) from None
+                          % (path, _error_line(exc, path),
+                             type(exc).__name__, message)) from None
     return namespace
 
 
