@@ -364,3 +364,18 @@ def test_reopen_log_files_reopens_stdlib_file_handlers(tmp_path):
     finally:
         logger.removeHandler(handler)
         handler.close()
+
+
+def test_response_header_atom_when_the_app_failed(access_file):
+    def failing(environ, start_response):
+        raise RuntimeError("boom before start_response")
+
+    with yimmo.Server(failing, bind="127.0.0.1:0", workers=1,
+                      access_log=access_file,
+                      access_log_format="%(s)s %({content-type}o)s %(b)s"
+                      ) as server:
+        with connect(server.address) as sock:
+            assert request(sock, "GET", "/").status == 500
+        line = wait_lines(access_file, 1)[0]
+    # No headers from the app: "-" (the 500 the server sent is logged).
+    assert re.fullmatch(r"500 - \S+", line), line
