@@ -193,9 +193,12 @@ def test_sighup_restarts_and_a_killed_parent_takes_the_server_along(
     (tmp_path / "helper.py").write_text('MESSAGE = "one"\n')
     port = free_port()
     addr = ("127.0.0.1", port)
+    # The killed parent cannot remove its temporary directory: keep it
+    # in tmp_path.
+    env = subprocess_env(TMPDIR=str(tmp_path))
     with ServerProcess([sys.executable, "-m", "yimmo", "--reload", "-b",
                         "127.0.0.1:%d" % port, "app:app"],
-                       cwd=str(tmp_path)) as proc:
+                       cwd=str(tmp_path), env=env) as proc:
         wait_body(addr, "one")
         proc.signal(signal.SIGHUP)
         proc.wait_for_line("SIGHUP, restarting")
