@@ -72,7 +72,7 @@ struct ymo_wsgi_app {
     PyObject *app;
     PyObject *log_error;       /* callable(message, exc_info) */
     PyObject *log_access;      /* callable(environ, status, length,
-                                * seconds), or NULL */
+                                * seconds, response_headers), or NULL */
     PyObject *errors;          /* wsgi.errors */
     PyObject *file_wrapper;    /* the FileWrapper type */
     PyObject *multithread;     /* bools */

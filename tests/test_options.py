@@ -46,9 +46,12 @@ def test_defaults_match_the_contract():
         "queue_timeout": 0.0,
         "graceful_timeout": 30.0,
         "access_log": None,
+        "access_log_format": None,
+        "error_log": "-",
         "log_level": "info",
         "forwarded_allow_ips": ["127.0.0.1", "::1"],
         "proxy_protocol": False,
+        "log_config": None,
     }
 
 

@@ -11,9 +11,10 @@ import sys
 import traceback
 
 import yimmo
+from yimmo import _reload
 from yimmo._appload import AppLoadError, load_app
-from yimmo._logging import configure_logging
-from yimmo._options import parse_args
+from yimmo._logging import LogConfigError, configure_logging
+from yimmo._options import parse_command_line
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -32,16 +33,29 @@ def main(argv=None):
 
 def _run(argv):
     try:
-        app_spec, options = parse_args(argv)
+        app_spec, options, cli = parse_command_line(argv)
     except SystemExit as exc:
         # argparse has printed --help, --version or the one-line error.
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
 
+    reload_child = os.environ.get(_reload.CHILD_ENV)
+    if reload_child:
+        cli["reload"] = False  # the --reload parent runs this process
     try:
-        configure_logging(options["log_level"], options["access_log"])
+        if cli["reload"]:
+            # The watching parent logs only on the error log.
+            configure_logging(options["log_level"], None,
+                              options["error_log"])
+        else:
+            configure_logging(options["log_level"], options["access_log"],
+                              options["error_log"], options["log_config"])
     except OSError as exc:
-        return _fail("cannot open access log: %s" % _describe(exc),
+        return _fail("cannot open log file: %s" % _describe(exc),
                      EXIT_FAILURE)
+    except LogConfigError as exc:
+        return _fail(str(exc), EXIT_USAGE)
+    if cli["reload"]:
+        return _reload.run_parent(argv, options, cli)
 
     # Like `python -m`, find the application relative to where we run.
     if os.getcwd() not in sys.path:
@@ -53,7 +67,11 @@ def _run(argv):
             traceback.print_exception(type(exc.__cause__), exc.__cause__,
                                       exc.__cause__.__traceback__)
         return _fail(str(exc), EXIT_FAILURE)
+    if reload_child:
+        _reload.report_modules(reload_child, cli["config"])
 
+    # Logging is set up: serve() only adds what is missing.
+    options["log_config"] = None
     try:
         yimmo.serve(app, **options)
     except (TypeError, ValueError) as exc:

@@ -1,18 +1,28 @@
 """Logging set-up for the server and the access-log line format.
 
-Two loggers: "yimmo" for the server's own messages (to stderr, as
+Two loggers: "yimmo" for the server's own messages (to stderr or a file, as
 "[2026-11-25 18:00:00 +0000] [PID] [INFO] message") and "yimmo.access" for
-one Combined Log Format line per request, to stderr or a file.
-configure_logging() sets up both (the command line, serve());
-configure_access_log() only the access log (Server(access_log=...) in an
-application that handles its own logging). format_access() builds a line.
+one line per request (Combined Log Format unless --access-log-format says
+otherwise), to stderr or a file. configure_logging() sets up both (the
+command line, serve()); configure_access_log() only the access log
+(Server(access_log=...) in an application that handles its own logging);
+apply_log_config() layers a logging.config file on top. format_access()
+builds a Combined line, compile_access_format() a formatter for gunicorn's
+atoms. reopen_log_files() reopens the files (SIGUSR1, logrotate).
+
+Each record is written with one write(2) (files are opened O_APPEND), so
+lines from several processes sharing a file never interleave inside a line.
 
 This module imports nothing from the rest of yimmo.
 """
 
 import logging
+import logging.config
+import os
+import re
 import sys
 import time
+import weakref
 
 ERROR_LOGGER = "yimmo"
 ACCESS_LOGGER = "yimmo.access"
@@ -26,22 +36,33 @@ DATE_FORMAT = "%Y-%m-%d %H:%M:%S %z"
 _OURS = "_yimmo_handler"
 
 
-def configure_logging(log_level="info", access_log=None):
-    """Set up both loggers, as the command line and serve() want them."""
-    configure_error_log(log_level)
+def configure_logging(log_level="info", access_log=None, error_log="-",
+                      log_config=None):
+    """Set up both loggers, as the command line and serve() want them, then
+    apply log_config (a file path or a dictConfig dict) if given."""
+    configure_error_log(log_level, error_log)
     configure_access_log(access_log)
+    if log_config is not None:
+        apply_log_config(log_config)
 
 
-def configure_error_log(log_level="info"):
-    """Send the "yimmo" logger to stderr at log_level.
+def configure_error_log(log_level="info", error_log="-"):
+    """Send the "yimmo" logger to error_log ("-" or None: stderr, else a
+    file path, appended to) at log_level. Raises OSError if the file cannot
+    be opened.
 
     It stops propagating to the root logger, so an application that
     configures root logging does not print server lines twice.
     """
-    error_log = logging.getLogger(ERROR_LOGGER)
-    _replace_handler(error_log, _stream_handler(ERROR_FORMAT, DATE_FORMAT))
-    error_log.setLevel(log_level.upper())
-    error_log.propagate = False
+    error_log_ = logging.getLogger(ERROR_LOGGER)
+    if error_log in (None, "-"):
+        handler = _stream_handler(ERROR_FORMAT, DATE_FORMAT)
+    else:
+        handler = AppendFileHandler(error_log)
+        handler.setFormatter(logging.Formatter(ERROR_FORMAT, DATE_FORMAT))
+    _replace_handler(error_log_, handler)
+    error_log_.setLevel(log_level.upper())
+    error_log_.propagate = False
 
 
 def configure_access_log(access_log):
@@ -58,9 +79,191 @@ def configure_access_log(access_log):
     elif access_log == "-":
         _replace_handler(access, _stream_handler("%(message)s"))
     else:
-        handler = logging.FileHandler(access_log, encoding="utf-8")
+        handler = AppendFileHandler(access_log)
         handler.setFormatter(logging.Formatter("%(message)s"))
         _replace_handler(access, handler)
+
+
+class LogConfigError(ValueError):
+    """A --log-config file that cannot be read or applied (one line)."""
+
+
+def apply_log_config(log_config):
+    """Apply a logging configuration on top of what configure_logging()
+    set up: a dict (logging.config.dictConfig), or a file path chosen by
+    its extension: .json and .toml hold a dictConfig dict, anything else
+    is an INI file for logging.config.fileConfig.
+
+    Existing loggers stay enabled unless the configuration says
+    otherwise (disable_existing_loggers defaults to False here, as in
+    gunicorn): the stdlib default would silence "yimmo.access". A logger
+    the configuration names loses the handlers yimmo gave it. Raises
+    LogConfigError with a one-line message.
+    """
+    if isinstance(log_config, dict):
+        source = "log config"
+        config = log_config
+    else:
+        source = "log config %s" % log_config
+        ext = os.path.splitext(log_config)[1].lower()
+        try:
+            if ext == ".json":
+                import json
+                with open(log_config, encoding="utf-8") as f:
+                    config = json.load(f)
+            elif ext == ".toml":
+                config = _load_toml(log_config)
+            else:
+                config = None
+                if not os.path.isfile(log_config):
+                    raise FileNotFoundError(2, "No such file or directory",
+                                            log_config)
+        except OSError as exc:
+            raise LogConfigError("%s: %s" % (source, exc.strerror or exc)) \
+                from None
+        except ValueError as exc:  # JSONDecodeError, TOMLDecodeError
+            raise LogConfigError("%s: %s" % (source, exc)) from None
+        if config is None:
+            try:
+                logging.config.fileConfig(log_config,
+                                          disable_existing_loggers=False)
+            except Exception as exc:
+                raise LogConfigError("%s: %s" % (source, _one_line(exc))) \
+                    from None
+            return
+    if not isinstance(config, dict):
+        raise LogConfigError("%s: must hold a dict (dictConfig)" % source)
+    config = dict(config)
+    config.setdefault("version", 1)
+    config.setdefault("disable_existing_loggers", False)
+    try:
+        logging.config.dictConfig(config)
+    except Exception as exc:
+        raise LogConfigError("%s: %s" % (source, _one_line(exc))) from None
+
+
+def _load_toml(path):
+    try:
+        import tomllib
+    except ImportError:
+        raise ValueError("TOML needs Python 3.11 or later (tomllib); "
+                         "use a .json file") from None
+    with open(path, "rb") as f:
+        return tomllib.load(f)
+
+
+def _one_line(exc):
+    text = str(exc) or type(exc).__name__
+    if exc.__cause__ is not None:
+        text += ": %s" % (exc.__cause__,)
+    return " ".join(text.split())
+
+
+def _write_all(fd, data):
+    """Write data with as few write(2) calls as the kernel allows: one for
+    a regular file (O_APPEND makes it land whole at the end, even with
+    other processes appending). A partial write only happens when the disk
+    is full or a signal interrupts; the rest then follows."""
+    view = memoryview(data)
+    while view:
+        n = os.write(fd, view)
+        view = view[n:]
+
+
+class AppendFileHandler(logging.Handler):
+    """Logs to a file opened with O_APPEND, one os.write() per record.
+
+    logging.FileHandler goes through a buffered text stream, which may
+    split a long record into several writes; two processes sharing the
+    file could then interleave inside a line. reopen() opens the path
+    again (after logrotate renamed the file). Usable in a --log-config
+    file as class yimmo._logging.AppendFileHandler, args (filename,).
+    """
+
+    def __init__(self, filename, encoding="utf-8"):
+        super().__init__()
+        self.baseFilename = os.path.abspath(os.fspath(filename))
+        self.encoding = encoding
+        self._fd = self._open()
+        _file_handlers.add(self)
+
+    def _open(self):
+        return os.open(self.baseFilename,
+                       os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC,
+                       0o644)
+
+    def emit(self, record):
+        try:
+            data = (self.format(record) + "\n").encode(self.encoding,
+                                                       "backslashreplace")
+            # handle() holds self.lock: reopen() cannot swap the fd
+            # under us.
+            if self._fd >= 0:
+                _write_all(self._fd, data)
+        except Exception:
+            self.handleError(record)
+
+    def reopen(self):
+        """Open the path again (a new file if it was renamed); the old
+        descriptor is closed once no record is being written to it."""
+        fd = self._open()
+        self.acquire()
+        try:
+            old, self._fd = self._fd, fd
+        finally:
+            self.release()
+        if old >= 0:
+            os.close(old)
+
+    def close(self):
+        self.acquire()
+        try:
+            fd, self._fd = self._fd, -1
+        finally:
+            self.release()
+        if fd >= 0:
+            os.close(fd)
+        _file_handlers.discard(self)
+        super().close()
+
+
+# Every AppendFileHandler alive: reopen_log_files() reopens them all.
+_file_handlers = weakref.WeakSet()
+
+
+def reopen_log_files():
+    """Reopen every log file: yimmo's own handlers, and the
+    logging.FileHandler instances a --log-config set up (as gunicorn does
+    on SIGUSR1). Errors are logged, not raised: a signal handler must not
+    bring the server down because a directory vanished."""
+    for handler in list(_file_handlers):
+        try:
+            handler.reopen()
+        except OSError as exc:
+            logging.getLogger(ERROR_LOGGER).error(
+                "cannot reopen log file %s: %s", handler.baseFilename,
+                exc.strerror or exc)
+    loggers = [logging.getLogger()] + [
+        lg for lg in list(logging.Logger.manager.loggerDict.values())
+        if isinstance(lg, logging.Logger)]
+    seen = set()
+    for logger in loggers:
+        for handler in list(logger.handlers):
+            if not isinstance(handler, logging.FileHandler) or \
+                    id(handler) in seen:
+                continue
+            seen.add(id(handler))
+            handler.acquire()
+            try:
+                if handler.stream is not None:
+                    handler.stream.close()
+                    handler.stream = handler._open()
+            except OSError as exc:
+                logging.getLogger(ERROR_LOGGER).error(
+                    "cannot reopen log file %s: %s", handler.baseFilename,
+                    exc.strerror or exc)
+            finally:
+                handler.release()
 
 
 def _stream_handler(fmt, datefmt=None):
@@ -72,7 +275,10 @@ def _stream_handler(fmt, datefmt=None):
 
 
 class _StderrHandler(logging.StreamHandler):
-    """A StreamHandler that always writes to the current sys.stderr."""
+    """A StreamHandler that always writes to the current sys.stderr, each
+    record with one write(2) when sys.stderr has a descriptor (so
+    processes sharing it do not interleave inside a line; through a pipe
+    that holds up to PIPE_BUF bytes, 4096 on Linux)."""
 
     def __init__(self):
         super().__init__(sys.stderr)
@@ -84,6 +290,21 @@ class _StderrHandler(logging.StreamHandler):
     @stream.setter
     def stream(self, value):
         pass
+
+    def emit(self, record):
+        stream = sys.stderr
+        try:
+            fd = stream.fileno()
+        except (AttributeError, OSError, ValueError):
+            return super().emit(record)
+        try:
+            data = (self.format(record) + "\n").encode(
+                getattr(stream, "encoding", None) or "utf-8",
+                "backslashreplace")
+            stream.flush()
+            _write_all(fd, data)
+        except Exception:
+            self.handleError(record)
 
 
 def _replace_handler(logger, handler):
@@ -184,3 +405,147 @@ def format_access(environ, status, length, request_time=None):
         _field(environ, "HTTP_REFERER"),
         _field(environ, "HTTP_USER_AGENT"),
     )
+
+
+# -- access log formats (gunicorn's atoms) ------------------------------------
+
+# The default: what format_access() writes, byte for byte (%(t)s carries
+# its brackets, as in gunicorn).
+DEFAULT_ACCESS_FORMAT = \
+    '%(h)s %(l)s %(u)s %(t)s "%(r)s" %(s)s %(b)s "%(f)s" "%(a)s"'
+
+# Atom name -> what it is (README and error messages).
+ACCESS_ATOMS = {
+    "h": "remote address",
+    "l": "'-'",
+    "u": "user name (REMOTE_USER)",
+    "t": "date and time of the request, [10/Oct/2000:13:55:36 -0700]",
+    "r": "request line",
+    "m": "request method",
+    "U": "URL path without the query string",
+    "q": "query string",
+    "H": "protocol",
+    "s": "status code",
+    "B": "response body length",
+    "b": "response body length, '-' for 0",
+    "f": "referer",
+    "a": "user agent",
+    "T": "request time in whole seconds",
+    "M": "request time in milliseconds",
+    "D": "request time in microseconds",
+    "L": "request time in decimal seconds",
+    "p": "process id, as <PID>",
+    "{name}i": "request header",
+    "{name}o": "response header",
+    "{name}e": "environ variable",
+}
+
+# %(key)... conversions; "%%" is skipped by the alternation.
+_KEY_RE = re.compile(r"%%|%\(([^)]*)\)")
+
+
+def compile_access_format(fmt):
+    """A function (environ, status, length, seconds, headers) -> line for
+    the access log format fmt, in gunicorn's syntax: %-formatting with the
+    atoms of ACCESS_ATOMS as keys. Only the atoms the format uses are
+    computed per request. Raises ValueError with a one-line message for
+    an unknown atom or a format that %-formatting rejects.
+
+    For DEFAULT_ACCESS_FORMAT (or None) it is format_access() itself.
+    """
+    if fmt is None or fmt == DEFAULT_ACCESS_FORMAT:
+        return _format_default
+    if not isinstance(fmt, str):
+        raise TypeError("must be a str, not %s" % type(fmt).__name__)
+    getters = {}
+    for m in _KEY_RE.finditer(fmt):
+        key = m.group(1)
+        if key is None or key in getters:
+            continue
+        getters[key] = _atom_getter(key)
+    # Try it on a sample: catches "%(h)" with no conversion, a lone "%",
+    # "%(D)d" is fine (D is an int), "%(h)d" is not.
+    sample = {key: get({"REQUEST_METHOD": "GET", "SERVER_PROTOCOL":
+                        "HTTP/1.1", "PATH_INFO": "/"}, "200 OK", 0, 0.0, [])
+              for key, get in getters.items()}
+    try:
+        fmt % sample
+    except (TypeError, ValueError, KeyError) as exc:
+        raise ValueError("bad access log format %r: %s" % (fmt, exc)) \
+            from None
+    items = tuple(getters.items())
+
+    def format_line(environ, status, length, seconds, headers):
+        return fmt % {key: get(environ, status, length, seconds, headers)
+                      for key, get in items}
+    return format_line
+
+
+def _format_default(environ, status, length, seconds, headers):
+    return format_access(environ, status, length, time.time() - seconds)
+
+
+def _env_atom(key):
+    return lambda e, s, n, t, h: _field(e, key)
+
+
+def _atom_getter(key):
+    """The function computing one atom from (environ, status, length,
+    seconds, headers). Values from the request are escaped as in the
+    Combined format; a missing one is "-"."""
+    simple = {
+        "h": _env_atom("REMOTE_ADDR"),
+        "l": lambda e, s, n, t, h: "-",
+        "u": _env_atom("REMOTE_USER"),
+        "t": lambda e, s, n, t, h: "[%s]" % _format_time(time.time() - t),
+        "r": lambda e, s, n, t, h: _escape(_request_line(e)),
+        "m": _env_atom("REQUEST_METHOD"),
+        "U": lambda e, s, n, t, h: _escape(
+            e.get("SCRIPT_NAME", "") + e.get("PATH_INFO", "")) or "-",
+        "q": _env_atom("QUERY_STRING"),
+        "H": _env_atom("SERVER_PROTOCOL"),
+        "s": lambda e, s, n, t, h: (str(s).split(" ", 1)[0] if s else "-"),
+        "B": lambda e, s, n, t, h: n or 0,
+        "b": lambda e, s, n, t, h: n if n else "-",
+        "f": _env_atom("HTTP_REFERER"),
+        "a": _env_atom("HTTP_USER_AGENT"),
+        "T": lambda e, s, n, t, h: int(t),
+        "M": lambda e, s, n, t, h: int(t * 1000),
+        "D": lambda e, s, n, t, h: int(t * 1000000),
+        "L": lambda e, s, n, t, h: "%.6f" % t,
+        "p": lambda e, s, n, t, h: "<%d>" % os.getpid(),
+    }
+    if key in simple:
+        return simple[key]
+    m = re.fullmatch(r"\{([^{}]+)\}([ioe])", key)
+    if m is None:
+        raise ValueError(
+            "bad access log format: unknown atom %%(%s)s (known: %s)"
+            % (key, ", ".join(ACCESS_ATOMS)))
+    name, kind = m.group(1), m.group(2)
+    if kind == "i":
+        upper = name.upper().replace("-", "_")
+        if upper in ("CONTENT_TYPE", "CONTENT_LENGTH"):
+            return _env_atom(upper)
+        return _env_atom("HTTP_" + upper)
+    if kind == "e":
+        # gunicorn matches environ keys whatever their case.
+        lower = name.lower()
+
+        def environ_atom(e, s, n, t, h):
+            value = e.get(name)
+            if value is None:
+                for k, v in e.items():
+                    if k.lower() == lower:
+                        value = v
+                        break
+            if value is None or value == "":
+                return "-"
+            return _escape(value if isinstance(value, str) else str(value))
+        return environ_atom
+    lower = name.lower()
+
+    def response_header(e, s, n, t, h):
+        values = [v for k, v in h or () if k.lower() == lower]
+        return _escape(", ".join(values)) if values else "-"
+    return response_header

@@ -124,27 +124,6 @@ class OptionalPath(NamedTuple):
         return self.check(text)
 
 
-class Flag(NamedTuple):
-    """On or off: a flag without a value on the command line; the
-    environment variable takes 1/0, true/false, yes/no, on/off."""
-
-    def describe(self):
-        return "true or false"
-
-    def check(self, value):
-        if not isinstance(value, bool):
-            raise TypeError("must be a bool, not %s" % type(value).__name__)
-        return value
-
-    def parse(self, text):
-        word = text.strip().lower()
-        if word in ("1", "true", "yes", "on"):
-            return True
-        if word in ("0", "false", "no", "off", ""):
-            return False
-        raise ValueError("must be %s, got %r" % (self.describe(), text))
-
-
 class Networks(NamedTuple):
     """IP addresses and networks (ADDR or ADDR/PREFIX, IPv4 or IPv6), or
     "*" for any: a list, or one comma-separated string."""
@@ -219,6 +198,68 @@ class Addresses(NamedTuple):
         return self.check([a.strip() for a in text.split(",") if a.strip()])
 
 
+class Bool(NamedTuple):
+    """On/off. A flag takes no value (--reload); the environment says
+    1/true/yes/on or 0/false/no/off."""
+
+    def describe(self):
+        return "true or false"
+
+    def check(self, value):
+        if not isinstance(value, bool):
+            raise TypeError("must be True or False, not %s"
+                            % type(value).__name__)
+        return value
+
+    def parse(self, text):
+        word = text.strip().lower()
+        if word in ("1", "true", "yes", "on"):
+            return True
+        if word in ("", "0", "false", "no", "off"):
+            return False
+        raise ValueError("must be 1/true/yes/on or 0/false/no/off, got %r"
+                         % text)
+
+
+class AccessLogFormat(NamedTuple):
+    """An access log format in gunicorn's syntax, checked when given."""
+
+    def describe(self):
+        return "an access log format"
+
+    def check(self, value):
+        if value is None:
+            return None
+        if not isinstance(value, str):
+            raise TypeError("must be a str, not %s" % type(value).__name__)
+        if not value:
+            return None
+        # Imported here: yimmo._logging imports nothing of yimmo's either.
+        from ._logging import compile_access_format
+        compile_access_format(value)  # ValueError names the problem
+        return value
+
+    def parse(self, text):
+        return self.check(text)
+
+
+class LogConfig(NamedTuple):
+    """A logging configuration file (by extension: .json or .toml hold a
+    dictConfig dict, anything else is INI for fileConfig), or, from
+    Python or a config file, a dictConfig dict."""
+
+    def describe(self):
+        return "a file path or a dict"
+
+    def check(self, value):
+        if value is None or isinstance(value, dict):
+            return value
+        return OptionalPath().check(value)
+
+    def parse(self, text):
+        return self.check(text)
+
+
 # -- the table ----------------------------------------------------------------
 
 
@@ -233,6 +274,9 @@ class Option(NamedTuple):
     sets: Tuple[str, ...] = ()
     # How the README states a default that depends on other options.
     default_text: Optional[str] = None
+    # Only for the command line (and its environment variable and config
+    # file): not a keyword argument of serve()/Server().
+    cli_only: bool = False
 
     @property
     def env(self):
@@ -316,6 +360,25 @@ OPTIONS = (
            "stderr, or a file path. Off by default; an empty value turns "
            "it off.",
            metavar="PATH"),
+    Option("access_log_format", ("--access-log-format",), AccessLogFormat(),
+           None,
+           "Format of the access log lines, with gunicorn's atoms: "
+           "%(h)s remote address, %(l)s '-', %(u)s user, %(t)s "
+           "[time], %(r)s request line, %(m)s method, %(U)s path, %(q)s "
+           "query string, %(H)s protocol, %(s)s status, %(b)s body "
+           "bytes ('-' for 0), %(B)s body bytes, %(f)s referer, %(a)s "
+           "user agent, %(T)s/%(M)s/%(D)s/%(L)s request time in "
+           "seconds/milliseconds/microseconds/decimal seconds, %(p)s "
+           "<pid>, %({name}i)s request header, %({name}o)s response "
+           "header, %({name}e)s environ variable. An unknown atom is an "
+           "error.",
+           metavar="FORMAT",
+           default_text='Combined Log Format, ``%(h)s %(l)s %(u)s %(t)s '
+                        '"%(r)s" %(s)s %(b)s "%(f)s" "%(a)s"``'),
+    Option("error_log", ("--error-log",), OptionalPath(), "-",
+           'Where the server\'s own log (logger "yimmo") goes: "-" for '
+           "stderr, or a file path (appended to; reopened on SIGUSR1).",
+           metavar="PATH"),
     Option("log_level", ("--log-level",), Choice(LOG_LEVELS), "info",
            "Level of the 'yimmo' logger: %s." % ", ".join(LOG_LEVELS),
            metavar="LEVEL"),
@@ -329,13 +392,33 @@ OPTIONS = (
            "HTTP_HOST, and PROXY headers are read (--proxy-protocol). From "
            "anyone else those fields stay plain HTTP_* headers.",
            metavar="ADDRS"),
-    Option("proxy_protocol", ("--proxy-protocol",), Flag(), False,
+    Option("proxy_protocol", ("--proxy-protocol",), Bool(), False,
            "Read a PROXY protocol header (v1 or v2, as HAProxy and cloud "
            "load balancers send) at the start of each connection from a "
            "trusted peer (--forwarded-allow-ips), which must send one; it "
            "sets REMOTE_ADDR and REMOTE_PORT. An untrusted peer is served "
            "plain HTTP, and closed if it sends a PROXY header.",
            metavar=""),
+    Option("log_config", ("--log-config",), LogConfig(), None,
+           "A logging configuration applied after yimmo's own: a .json or "
+           ".toml file holding a logging.config.dictConfig dict, or any "
+           "other file in logging.config.fileConfig's INI format (from "
+           "Python or a config file, also a dict). Loggers it does not "
+           "name keep yimmo's set-up; loggers it names (\"yimmo\", "
+           "\"yimmo.access\") get its handlers instead.",
+           metavar="FILE"),
+    Option("config", ("-c", "--config"), OptionalPath(), None,
+           "Read options from FILE: a Python file whose module-level names "
+           "are option names (a gunicorn.conf.py works for the options "
+           "yimmo shares with gunicorn), or a .toml file. Flags and "
+           "environment variables override it.",
+           metavar="FILE", cli_only=True),
+    Option("reload", ("--reload",), Bool(), False,
+           "Development: restart the server when a Python file of the app "
+           "(not of site-packages or the standard library) changes. A file "
+           "with a syntax error is logged and the running code keeps "
+           "serving until it is fixed.",
+           metavar="", cli_only=True),
     Option("timeout", ("--timeout",), Seconds(False), None,
            "Sets --header-timeout, --body-timeout and --write-timeout "
            "together; the specific options win over it.",
@@ -344,8 +427,11 @@ OPTIONS = (
 )
 
 BY_NAME = {opt.name: opt for opt in OPTIONS}
-# Only real options have a value; aliases just set others.
-DEFAULTS = {opt.name: opt.default for opt in OPTIONS if not opt.sets}
+# Only real options have a value; aliases just set others. Command-line
+# only options are not server options.
+DEFAULTS = {opt.name: opt.default for opt in OPTIONS
+            if not opt.sets and not opt.cli_only}
+CLI_DEFAULTS = {opt.name: opt.default for opt in OPTIONS if opt.cli_only}
 
 
 def _copy_defaults():
@@ -405,7 +491,7 @@ def validate(options):
     aliases = {}
     for name, value in options.items():
         opt = BY_NAME.get(name)
-        if opt is None:
+        if opt is None or opt.cli_only:
             raise TypeError(_unknown(name))
         if opt.sets and value is None:
             continue  # timeout=None: the alias is simply not used
@@ -474,10 +560,13 @@ def _flag_help(opt):
     extra = ["env %s" % opt.env]
     if opt.default is not None:
         default = opt.default
-        if isinstance(default, list):
+        if isinstance(default, bool):
+            default = "on" if default else "off"
+        elif isinstance(default, list):
             default = ",".join(default)
         extra.append("default %s" % default)
-    return "%s [%s]" % (opt.help, "; ".join(extra))
+    # argparse %-formats help strings: the access log atoms need escaping.
+    return ("%s [%s]" % (opt.help, "; ".join(extra))).replace("%", "%%")
 
 
 def build_parser():
@@ -488,20 +577,25 @@ def build_parser():
         epilog="APP is MODULE:NAME, MODULE:NAME.ATTR, MODULE (uses "
                "'application', then 'app') or MODULE:FACTORY(ARGS) with "
                "literal arguments. Each option can also be set with the "
-               "environment variable shown; flags win over the environment.",
+               "environment variable shown; flags win over the environment, "
+               "which wins over the config file (-c).",
         allow_abbrev=False,  # so a new option never changes what --x means
     )
-    parser.add_argument("app", metavar="APP",
-                        help="the WSGI application, e.g. myproject.wsgi:app")
+    parser.add_argument("app", metavar="APP", nargs="?",
+                        help="the WSGI application, e.g. myproject.wsgi:app "
+                             "(or wsgi_app in the config file)")
     for opt in OPTIONS:
+        if isinstance(opt.kind, Bool):
+            parser.add_argument(*opt.flags, dest=opt.name,
+                                action="store_const", const=True,
+                                default=argparse.SUPPRESS,
+                                help=_flag_help(opt))
+            continue
         kwargs = dict(dest=opt.name, type=_converter(opt),
                       default=argparse.SUPPRESS, metavar=opt.metavar,
                       help=_flag_help(opt))
         if opt.name == "bind":
             kwargs["action"] = "append"
-        if isinstance(opt.kind, Flag):
-            kwargs = dict(dest=opt.name, action="store_const", const=True,
-                          default=argparse.SUPPRESS, help=_flag_help(opt))
         parser.add_argument(*opt.flags, **kwargs)
     parser.add_argument("--version", action=_VersionAction,
                         help="print the version and exit")
@@ -539,11 +633,24 @@ def _from_environ(parser, environ):
 
 
 def parse_args(argv=None, environ=None):
-    """Parse the command line and YIMMO_* variables.
+    """Parse the command line, YIMMO_* variables and the config file.
 
-    Returns (app_spec, options) with options complete and validated:
-    flags override environment variables, which override defaults. Bad
-    input prints one "yimmo: error: ..." line and raises SystemExit(2).
+    Returns (app_spec, options) with options complete and validated (the
+    server options only; see parse_command_line for the others).
+    """
+    app_spec, options, _ = parse_command_line(argv, environ)
+    return app_spec, options
+
+
+def parse_command_line(argv=None, environ=None):
+    """Parse the command line, YIMMO_* variables and the config file.
+
+    Returns (app_spec, options, cli_options): options complete and
+    validated, for serve(); cli_options the command-line only ones
+    (config, reload). Flags override environment variables, which
+    override the config file (-c/--config or YIMMO_CONFIG), which
+    overrides the defaults. Bad input prints one "yimmo: error: ..." line
+    and raises SystemExit(2).
     """
     if argv is None:
         argv = sys.argv[1:]
@@ -554,10 +661,26 @@ def parse_args(argv=None, environ=None):
     app_spec = args.pop("app")
     if "bind" in args:
         args["bind"] = _flatten_bind(args["bind"])
+    from_env = _from_environ(parser, environ)
     options = _copy_defaults()
-    _apply(options, _from_environ(parser, environ))
+    options.update(CLI_DEFAULTS)
+    config_path = args.get("config", from_env.get("config"))
+    if config_path:
+        # Imported here: the loader imports this module.
+        from ._config import ConfigError, load_config
+        try:
+            config_app, from_config = load_config(config_path)
+        except ConfigError as exc:
+            parser.error(str(exc))
+        _apply(options, from_config)
+        if app_spec is None:
+            app_spec = config_app
+    _apply(options, from_env)
     _apply(options, args)
-    return app_spec, options
+    if app_spec is None:
+        parser.error("the following arguments are required: APP")
+    cli = {name: options.pop(name) for name in CLI_DEFAULTS}
+    return app_spec, options, cli
 
 
 # -- docs ---------------------------------------------------------------------
@@ -568,7 +691,9 @@ def _rst_default(opt):
         return opt.default_text
     if opt.sets:
         return "(none)"
-    if opt.default is None or opt.default is False:
+    if isinstance(opt.default, bool):
+        return "on" if opt.default else "off"
+    if opt.default is None:
         return "off"
     if isinstance(opt.default, list):
         return ", ".join("``%s``" % d for d in opt.default)
@@ -581,13 +706,21 @@ def options_rst():
     """The options as an RST definition list, for the README."""
     lines = []
     for opt in OPTIONS:
-        flags = ", ".join("``%s``" % " ".join(filter(None, (f, opt.metavar)))
-                          for f in opt.flags)
+        if isinstance(opt.kind, Bool):
+            flags = ", ".join("``%s``" % f for f in opt.flags)
+        else:
+            flags = ", ".join("``%s %s``" % (f, opt.metavar)
+                              for f in opt.flags)
         lines.append(flags)
         lines.append("    %s" % opt.help)
         lines.append("")
-        lines.append("    Keyword ``%s``; environment ``%s``; default %s."
-                     % (opt.name, opt.env, _rst_default(opt)))
+        if opt.cli_only:
+            lines.append("    Name ``%s`` (not a keyword argument); "
+                         "environment ``%s``; default %s."
+                         % (opt.name, opt.env, _rst_default(opt)))
+        else:
+            lines.append("    Keyword ``%s``; environment ``%s``; default "
+                         "%s." % (opt.name, opt.env, _rst_default(opt)))
         lines.append("")
     return "\n".join(lines)
 

@@ -14,7 +14,6 @@ import socket
 import stat
 import sys
 import threading
-import time
 import weakref
 
 from . import _logging, _options, _yimmo
@@ -42,9 +41,17 @@ def _log_error(message, exc_info):
         error_log.error("%s", message, exc_info=exc_info)
 
 
-def _log_access(environ, status, length, seconds):
-    access_log.info(_logging.format_access(environ, status, length,
-                                           time.time() - seconds))
+def _access_logger(fmt):
+    """The core's log_access callback for an --access-log-format (None:
+    Combined). It is called on a worker thread after each response with
+    the response headers as the app gave them."""
+    format_line = _logging.compile_access_format(fmt)
+
+    def log_access(environ, status, length, seconds, headers):
+        if access_log.isEnabledFor(logging.INFO):
+            access_log.info(format_line(environ, status, length, seconds,
+                                        headers))
+    return log_access
 
 
 def _unlink_unix_files(paths):
@@ -71,6 +78,11 @@ def _listen(sock, address, text, backlog):
         sock.close()
         raise OSError(exc.errno, "cannot bind %s: %s"
                       % (text, exc.strerror)) from None
+
+
+def _on_sigusr1(signum, frame):
+    log.info("Received SIGUSR1, reopening log files")
+    _logging.reopen_log_files()
 
 
 class Server:
@@ -135,8 +147,8 @@ class Server:
                 queue_timeout=opts["queue_timeout"],
                 forwarded_allow_ips=opts["forwarded_allow_ips"],
                 proxy_protocol=opts["proxy_protocol"],
-                log_access=(_log_access if opts["access_log"] is not None
-                            else None),
+                log_access=(_access_logger(opts["access_log_format"])
+                            if opts["access_log"] is not None else None),
             )
         except BaseException:
             self._close_sockets()
@@ -240,7 +252,7 @@ class Server:
         on_main = threading.current_thread() is threading.main_thread()
         grace = self.options["graceful_timeout"]
         wakeup_r = wakeup_w = None
-        old_wakeup = old_term = None
+        old_wakeup = old_term = old_usr1 = None
         if on_main:
             # Python's C signal handler writes to this fd; the loop wakes,
             # run() returns, and the interpreter runs the Python handlers.
@@ -251,6 +263,10 @@ class Server:
                                               warn_on_full_buffer=False)
             if signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):
                 old_term = signal.signal(signal.SIGTERM, self._on_sigterm)
+            # SIGUSR1 reopens the log files (logrotate), unless the app
+            # has a handler of its own.
+            if signal.getsignal(signal.SIGUSR1) in (signal.SIG_DFL, None):
+                old_usr1 = signal.signal(signal.SIGUSR1, _on_sigusr1)
         fd = wakeup_r.fileno() if wakeup_r is not None else -1
         with self._lock:
             _running.add(self)
@@ -283,6 +299,8 @@ class Server:
                 signal.set_wakeup_fd(old_wakeup)
                 if old_term is not None:
                     signal.signal(signal.SIGTERM, old_term)
+                if old_usr1 is not None:
+                    signal.signal(signal.SIGUSR1, old_usr1)
                 wakeup_r.close()
                 wakeup_w.close()
             self._close_sockets()
@@ -376,11 +394,25 @@ def serve(app, **options):
     KeyboardInterrupt), after in-flight requests have finished.
 
     Logging goes to stderr (logger "yimmo") unless the application has set
-    up logging itself."""
+    up logging itself; the access log to access_log unless the
+    "yimmo.access" logger already has a handler; log_config is applied
+    last."""
     opts = _options.validate(options)
     if not logging.getLogger().handlers and \
             not logging.getLogger("yimmo").handlers:
-        _logging.configure_logging(opts["log_level"], opts["access_log"])
-    elif opts["access_log"] is not None:
-        _logging.configure_access_log(opts["access_log"])
+        _logging.configure_logging(opts["log_level"], opts["access_log"],
+                                   opts["error_log"], opts["log_config"])
+    else:
+        # An error log file asked for by name is always set up; stderr
+        # only when nothing else logs (above).
+        if opts["error_log"] not in (None, "-"):
+            _logging.configure_error_log(opts["log_level"],
+                                         opts["error_log"])
+        # The access logger is set up here only if nothing (the command
+        # line, a --log-config, the app) has given it a handler.
+        if opts["access_log"] is not None and \
+                not logging.getLogger("yimmo.access").handlers:
+            _logging.configure_access_log(opts["access_log"])
+        if opts["log_config"] is not None:
+            _logging.apply_log_config(opts["log_config"])
     Server(app, **options).serve_forever()

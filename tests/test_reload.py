@@ -1,0 +1,244 @@
+"""--reload: the watching parent restarts the server when a file of the
+app changes, keeps the old code serving while the edit has a syntax
+error, and picks up modules the app imports later.
+
+The app lives in tmp_path; each test runs `python -m yimmo --reload` as a
+child (killed at the end in any case) on a port picked for it, and every
+wait is bounded.
+"""
+
+import os
+import re
+import signal
+import socket
+import sys
+import time
+
+import pytest
+
+from helpers import ServerProcess, get, subprocess_env
+from yimmo import _reload
+
+WAIT = 15
+
+APP = """\
+import helper
+
+def app(environ, start_response):
+    if environ["PATH_INFO"] == "/lazy":
+        import lazy
+        body = lazy.VALUE
+    else:
+        body = helper.MESSAGE
+    body = body.encode()
+    start_response("200 OK", [("Content-Type", "text/plain"),
+                              ("Content-Length", str(len(body)))])
+    return [body]
+"""
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def edit(path, text):
+    # Editors write in place or replace the file; mtime may not move
+    # within a coarse clock tick, so the size changes too in these tests.
+    path.write_text(text)
+
+
+def body_of(addr, target="/"):
+    """The body of a 200 answer, or None while the server is not up."""
+    try:
+        resp = get(addr, target, timeout=2)
+    except OSError:
+        return None
+    return resp.body.decode() if resp.status == 200 else None
+
+
+def wait_body(addr, expected, target="/", timeout=WAIT):
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = body_of(addr, target)
+        if last == expected:
+            return
+        time.sleep(0.1)
+    raise AssertionError("expected %r from %s, last got %r"
+                         % (expected, target, last))
+
+
+@pytest.fixture(params=["inotify", "polling"])
+def reloading(request, tmp_path):
+    """Start the reloading server on the app in tmp_path; yields
+    (process, address)."""
+    (tmp_path / "app.py").write_text(APP)
+    (tmp_path / "helper.py").write_text('MESSAGE = "one"\n')
+    (tmp_path / "lazy.py").write_text('VALUE = "lazy one"\n')
+    port = free_port()
+    env = subprocess_env()
+    if request.param == "polling":
+        env[_reload.POLL_ENV] = "1"
+    proc = ServerProcess([sys.executable, "-m", "yimmo", "--reload", "-b",
+                          "127.0.0.1:%d" % port, "-w", "2",
+                          "--graceful-timeout", "2", "app:app"],
+                         cwd=str(tmp_path), env=env)
+    with proc:
+        addr = ("127.0.0.1", port)
+        wait_body(addr, "one")
+        if request.param == "polling":
+            proc.wait_for_line("polling for changes")
+        else:
+            assert "polling" not in proc.stderr
+        yield proc, addr
+        proc.signal(signal.SIGTERM)
+        assert proc.wait(WAIT) == 0
+        assert "Traceback" not in proc.stderr, proc.stderr
+
+
+def child_pids(proc):
+    return [int(m) for m in re.findall(r"started the server \(pid (\d+)\)",
+                                       proc.stderr)]
+
+
+def test_an_edit_is_served_then_a_syntax_error_keeps_the_old_code(
+        reloading, tmp_path):
+    proc, addr = reloading
+    helper = tmp_path / "helper.py"
+    edit(helper, 'MESSAGE = "two, edited"\n')
+    started = time.monotonic()
+    wait_body(addr, "two, edited")
+    assert time.monotonic() - started < 5
+    assert len(child_pids(proc)) == 2
+
+    # A syntax error: logged with the file, and the old code answers.
+    edit(helper, 'MESSAGE = "three\n')
+    line = proc.wait_for_line(r"SyntaxError in .*helper\.py, line 1")
+    assert str(helper) in line.string
+    end = time.monotonic() + 2.5
+    while time.monotonic() < end:
+        assert body_of(addr) == "two, edited"
+        time.sleep(0.1)
+    assert len(child_pids(proc)) == 2, "restarted despite the error"
+
+    # Fixed: the new code answers.
+    edit(helper, 'MESSAGE = "three, fixed"\n')
+    wait_body(addr, "three, fixed")
+    assert len(child_pids(proc)) == 3
+
+
+def test_a_module_imported_later_is_watched_too(reloading, tmp_path):
+    proc, addr = reloading
+    wait_body(addr, "lazy one", "/lazy")
+    # The child lists it within about a second of importing it.
+    time.sleep(2.5)
+    edit(tmp_path / "lazy.py", 'VALUE = "lazy two!"\n')
+    wait_body(addr, "lazy two!", "/lazy")
+
+
+def test_an_import_error_waits_for_the_fix(reloading, tmp_path):
+    proc, addr = reloading
+    # Compiles, but fails when imported: the new server exits.
+    edit(tmp_path / "helper.py", 'MESSAGE = undefined_name\n')
+    proc.wait_for_line(r"the server exited \(exit status 1\); waiting")
+    assert "NameError" in proc.stderr
+    edit(tmp_path / "helper.py", 'MESSAGE = "back again"\n')
+    wait_body(addr, "back again")
+
+
+def test_sigterm_stops_the_parent_and_the_server(tmp_path):
+    (tmp_path / "app.py").write_text(APP)
+    (tmp_path / "helper.py").write_text('MESSAGE = "one"\n')
+    port = free_port()
+    with ServerProcess([sys.executable, "-m", "yimmo", "--reload", "-b",
+                        "127.0.0.1:%d" % port, "app:app"],
+                       cwd=str(tmp_path)) as proc:
+        wait_body(("127.0.0.1", port), "one")
+        [pid] = child_pids(proc)
+        proc.signal(signal.SIGTERM)
+        assert proc.wait(WAIT) == 0
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
+    assert body_of(("127.0.0.1", port)) is None
+
+
+def test_app_files_are_the_apps_not_the_libraries(tmp_path, monkeypatch):
+    (tmp_path / "reload_probe_mod.py").write_text("X = 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import json  # noqa: F401 (the standard library must not be listed)
+
+    import reload_probe_mod  # noqa: F401
+    files = _reload.app_files()
+    assert os.path.realpath(tmp_path / "reload_probe_mod.py") in files
+    assert os.path.realpath(json.__file__) not in files
+    assert os.path.realpath(_reload.__file__) not in files
+    assert not [f for f in files if "site-packages" in f]
+    sys.modules.pop("reload_probe_mod", None)
+
+
+def test_syntax_error_names_file_and_line(tmp_path):
+    bad = tmp_path / "bad.py"
+    bad.write_text("x = 1\ndef f(:\n")
+    assert _reload.syntax_error(str(bad)).startswith(
+        "%s, line 2: " % bad)
+    bad.write_text("x = 1\n")
+    assert _reload.syntax_error(str(bad)) is None
+
+
+def test_sighup_restarts_and_a_killed_parent_takes_the_server_along(
+        tmp_path):
+    (tmp_path / "app.py").write_text(APP)
+    (tmp_path / "helper.py").write_text('MESSAGE = "one"\n')
+    port = free_port()
+    addr = ("127.0.0.1", port)
+    # The killed parent cannot remove its temporary directory: keep it
+    # in tmp_path.
+    env = subprocess_env(TMPDIR=str(tmp_path))
+    with ServerProcess([sys.executable, "-m", "yimmo", "--reload", "-b",
+                        "127.0.0.1:%d" % port, "app:app"],
+                       cwd=str(tmp_path), env=env) as proc:
+        wait_body(addr, "one")
+        proc.signal(signal.SIGHUP)
+        proc.wait_for_line("SIGHUP, restarting")
+        deadline = time.monotonic() + WAIT
+        while len(child_pids(proc)) < 2:
+            assert time.monotonic() < deadline, proc.stderr
+            time.sleep(0.05)
+        wait_body(addr, "one")
+        pid = child_pids(proc)[-1]
+        proc.signal(signal.SIGKILL)
+        proc.wait(WAIT)
+        # The server is told to stop (parent-death signal) and does.
+        deadline = time.monotonic() + WAIT
+        while True:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                break
+            assert time.monotonic() < deadline, "the server outlived its parent"
+            time.sleep(0.05)
+    assert body_of(addr) is None
+
+
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="TOML needs tomllib")
+def test_the_config_file_is_watched_too(tmp_path):
+    (tmp_path / "app.py").write_text(APP)
+    (tmp_path / "helper.py").write_text('MESSAGE = "one"\n')
+    port = free_port()
+    conf = tmp_path / "yimmo.toml"
+    conf.write_text('bind = "127.0.0.1:%d"\nworkers = 2\n' % port)
+    with ServerProcess([sys.executable, "-m", "yimmo", "--reload", "-c",
+                        str(conf), "app:app"], cwd=str(tmp_path)) as proc:
+        addr = ("127.0.0.1", port)
+        wait_body(addr, "one")
+        proc.wait_for_line(r"\(2 workers\)")
+        time.sleep(0.5)
+        # A TOML file is not compiled as Python: it simply restarts.
+        conf.write_text('bind = "127.0.0.1:%d"\nworkers = 3\n' % port)
+        proc.wait_for_line(r"\(3 workers\)")
+        wait_body(addr, "one")
+        assert "SyntaxError" not in proc.stderr
+        proc.signal(signal.SIGTERM)
+        assert proc.wait(WAIT) == 0

@@ -1,0 +1,383 @@
+"""--reload, for development: a parent process that watches the app's
+Python files and runs the real server as a child, restarting it when one
+changes.
+
+The parent never imports the app. It runs `python -m yimmo` with the same
+arguments as a child, with CHILD_ENV naming a file where the child lists
+the source files of the modules it has imported (rewritten when that set
+grows, since frameworks import lazily); files of the standard library,
+site-packages and yimmo itself are left out. The parent stats those files
+about once a second, sooner when inotify (through ctypes, Linux) reports
+a change in one of their directories. On a change it compiles the changed
+files first: a syntax error is logged with the file and line and the
+running child keeps serving the old code; once they compile, the old child
+is stopped (SIGTERM, gracefully) and a new one started. Stop then start:
+the port is refused for the moment between them (the old server's grace
+plus the new one's import), which a development server can afford. A
+child that exits by itself (an import error in the new code) is reported
+and the parent waits for the next change.
+
+SIGTERM and SIGINT stop the child and the parent; SIGHUP restarts the
+child; SIGUSR1 is passed on. The child gets SIGTERM if the parent dies.
+"""
+
+import ctypes
+import ctypes.util
+import logging
+import os
+import select
+import signal
+import site
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import threading
+import time
+
+log = logging.getLogger("yimmo")
+
+CHILD_ENV = "_YIMMO_RELOAD_FILES"
+# Set (to anything) to poll even where inotify works: the tests use it.
+POLL_ENV = "_YIMMO_RELOAD_POLL"
+POLL_INTERVAL = 1.0
+# After inotify wakes us, wait this long for an editor to finish writing.
+SETTLE = 0.05
+
+
+# -- the child: which files to watch -------------------------------------------
+
+
+def _excluded_dirs():
+    dirs = set()
+    for key in ("stdlib", "platstdlib", "purelib", "platlib"):
+        path = sysconfig.get_paths().get(key)
+        if path:
+            dirs.add(os.path.realpath(path))
+    try:
+        dirs.update(os.path.realpath(p) for p in site.getsitepackages())
+    except AttributeError:  # old virtualenv's site module
+        pass
+    user_site = getattr(site, "USER_SITE", None)
+    if user_site:
+        dirs.add(os.path.realpath(user_site))
+    dirs.add(os.path.dirname(os.path.realpath(__file__)))  # yimmo itself
+    return tuple(d.rstrip(os.sep) + os.sep for d in dirs)
+
+
+def app_files(excluded=None):
+    """The .py files of the imported modules that belong to the app."""
+    if excluded is None:
+        excluded = _excluded_dirs()
+    files = set()
+    for module in list(sys.modules.values()):
+        path = getattr(module, "__file__", None)
+        if not isinstance(path, str) or not path.endswith(".py"):
+            continue
+        path = os.path.realpath(path)
+        if not path.startswith(excluded) and os.path.isfile(path):
+            files.add(path)
+    return files
+
+
+def report_modules(list_path, config_path=None):
+    """In the child, after the app was imported: write the app's files to
+    list_path now, and again from a daemon thread whenever more modules
+    have been imported."""
+    excluded = _excluded_dirs()
+    extra = set()
+    if config_path:
+        extra.add(os.path.realpath(config_path))
+
+    def write(files):
+        # Each file with its state now, before any edit the parent has
+        # yet to see: the parent compares with that, so an edit made
+        # before it reads the list is still a change.
+        lines = []
+        for path in sorted(files | extra):
+            sig = _signature(path)
+            if sig is not None:
+                lines.append("%d %d %d %s" % (sig + (path,)))
+        tmp = list_path + ".tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write("".join(line + "\n" for line in lines))
+        os.replace(tmp, list_path)
+
+    write(app_files(excluded))
+
+    def watch_imports():
+        count = len(sys.modules)
+        while True:
+            time.sleep(POLL_INTERVAL)
+            if len(sys.modules) != count:
+                count = len(sys.modules)
+                try:
+                    write(app_files(excluded))
+                except OSError:
+                    return  # the parent has gone
+
+    threading.Thread(target=watch_imports, name="yimmo-reload-imports",
+                     daemon=True).start()
+
+
+# -- the parent ----------------------------------------------------------------
+
+
+class _Inotify:
+    """inotify(7) through ctypes, used only to wake up early: what changed
+    is found by comparing stats. None of this is needed for correctness;
+    without it the parent polls."""
+
+    MASK = (0x00000002 | 0x00000004 | 0x00000008 | 0x00000080 | 0x00000100
+            | 0x00000200 | 0x00000040)
+    # IN_MODIFY, IN_ATTRIB, IN_CLOSE_WRITE, IN_MOVED_TO, IN_CREATE,
+    # IN_DELETE, IN_MOVED_FROM
+
+    def __init__(self):
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6",
+                           use_errno=True)
+        self._add = libc.inotify_add_watch
+        self._add.argtypes = (ctypes.c_int, ctypes.c_char_p, ctypes.c_uint32)
+        fd = libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
+        if fd < 0:
+            raise OSError(ctypes.get_errno(), "inotify_init1")
+        self.fd = fd
+        self._dirs = set()
+
+    def watch_dirs(self, dirs):
+        for d in dirs - self._dirs:
+            if self._add(self.fd, os.fsencode(d), self.MASK) >= 0:
+                self._dirs.add(d)
+
+    def drain(self):
+        try:
+            while os.read(self.fd, 65536):
+                pass
+        except BlockingIOError:
+            pass
+
+    def close(self):
+        os.close(self.fd)
+
+
+def _parent_death_signal():
+    """prctl(PR_SET_PDEATHSIG, SIGTERM) where Linux has it: the server
+    stops if the parent is killed (-9) instead of serving on, orphaned."""
+    if not sys.platform.startswith("linux"):
+        return lambda: None
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6",
+                           use_errno=True)
+        prctl = libc.prctl  # looked up now: the child must not fail
+    except (OSError, AttributeError):
+        return lambda: None
+    return lambda: prctl(1, int(signal.SIGTERM), 0, 0, 0)  # PR_SET_PDEATHSIG
+
+
+_set_parent_death_signal = _parent_death_signal()
+
+
+def _in_child():
+    # Between fork and exec (the parent has no threads). Its own process
+    # group: Ctrl-C reaches only the parent, which then stops the child
+    # once (a second signal would cut its grace short).
+    os.setpgrp()
+    _set_parent_death_signal()
+
+
+def _signature(path):
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_mtime_ns, st.st_size, st.st_ino)
+
+
+def syntax_error(path):
+    """A one-line description of the syntax error in path, or None."""
+    try:
+        with open(path, "rb") as f:
+            source = f.read()
+    except OSError:
+        return None  # deleted: let the new child find out
+    try:
+        compile(source, path, "exec", dont_inherit=True)
+    except SyntaxError as exc:
+        return "%s, line %s: %s" % (path, exc.lineno, exc.msg)
+    except ValueError as exc:  # null bytes
+        return "%s: %s" % (path, exc)
+    return None
+
+
+class _Parent:
+    def __init__(self, argv, options):
+        self.argv = list(argv)
+        self.grace = options["graceful_timeout"]
+        self.tmpdir = tempfile.mkdtemp(prefix="yimmo-reload-")
+        self.list_path = os.path.join(self.tmpdir, "files")
+        self.child = None
+        self.files = {}  # path -> signature when last (re)started
+        self.list_sig = None
+        self.stopping = False
+        self.hup = False  # SIGHUP: restart without a change
+        self.pending = set()  # changed files waiting for a good compile
+        self.inotify = None
+        if not os.environ.get(POLL_ENV):
+            try:
+                self.inotify = _Inotify()
+            except (OSError, AttributeError, TypeError):
+                pass
+        if self.inotify is None:
+            log.info("Reloader: polling for changes every %gs",
+                     POLL_INTERVAL)
+
+    def start_child(self):
+        env = dict(os.environ)
+        env[CHILD_ENV] = self.list_path
+        env.pop(POLL_ENV, None)
+        self.child = subprocess.Popen(
+            [sys.executable, "-m", "yimmo"] + self.argv, env=env,
+            preexec_fn=_in_child)
+        log.info("Reloader: started the server (pid %d)", self.child.pid)
+
+    def stop_child(self):
+        child, self.child = self.child, None
+        if child is None or child.poll() is not None:
+            return
+        child.send_signal(signal.SIGTERM)
+        try:
+            child.wait(self.grace + 5)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()
+
+    def read_list(self):
+        sig = _signature(self.list_path)
+        if sig is None or sig == self.list_sig:
+            return
+        self.list_sig = sig
+        try:
+            with open(self.list_path, encoding="utf-8") as f:
+                lines = [line for line in f.read().splitlines() if line]
+        except OSError:
+            return
+        paths = []
+        for line in lines:
+            mtime, size, ino, path = line.split(" ", 3)
+            paths.append(path)
+            if path not in self.files:
+                self.files[path] = (int(mtime), int(size), int(ino))
+        if self.inotify is not None:
+            self.inotify.watch_dirs({os.path.dirname(p) for p in paths})
+
+    def changed(self):
+        found = []
+        for path, sig in self.files.items():
+            now = _signature(path)
+            if now != sig:
+                self.files[path] = now
+                found.append(path)
+        return found
+
+    def wait(self, timeout):
+        if self.inotify is None:
+            time.sleep(timeout)
+            return
+        try:
+            r, _, _ = select.select([self.inotify.fd], [], [], timeout)
+        except InterruptedError:
+            return
+        if r:
+            time.sleep(SETTLE)
+            self.inotify.drain()
+
+    def run(self):
+        self.start_child()
+        reported_exit = False
+        while not self.stopping:
+            self.wait(POLL_INTERVAL)
+            if self.stopping:
+                break
+            self.read_list()
+            code = self.child.poll() if self.child is not None else None
+            if code is not None and not reported_exit:
+                reported_exit = True
+                log.error("Reloader: the server exited (%s); waiting for a "
+                          "file to change", _status(code))
+            changed = self.changed()
+            if self.hup:
+                self.hup = False
+                log.info("Reloader: SIGHUP, restarting")
+                self.pending.clear()
+                self.stop_child()
+                self.start_child()
+                reported_exit = False
+                continue
+            if not changed:
+                continue
+            self.pending.update(changed)
+            # Only Python is compiled first (a .toml config is not);
+            # anything else wrong shows when the new server starts.
+            python = sorted(p for p in self.pending if p.endswith(".py"))
+            errors = [e for e in map(syntax_error, python) if e]
+            if errors:
+                for error in errors:
+                    log.error("Reloader: SyntaxError in %s; the server keeps "
+                              "running the previous code", error)
+                continue
+            log.info("Reloader: %s changed, restarting",
+                     ", ".join(sorted(self.pending)))
+            self.pending.clear()
+            self.stop_child()
+            self.start_child()
+            reported_exit = False
+
+    def cleanup(self):
+        self.stop_child()
+        if self.inotify is not None:
+            self.inotify.close()
+        for name in ("files", "files.tmp"):
+            try:
+                os.unlink(os.path.join(self.tmpdir, name))
+            except OSError:
+                pass
+        try:
+            os.rmdir(self.tmpdir)
+        except OSError:
+            pass
+
+
+def _status(code):
+    if code < 0:
+        try:
+            return "killed by %s" % signal.Signals(-code).name
+        except ValueError:
+            return "killed by signal %d" % -code
+    return "exit status %d" % code
+
+
+def run_parent(argv, options, cli):
+    """Run the watching parent until SIGTERM/SIGINT; the exit status."""
+    parent = _Parent(argv, options)
+
+    def on_stop(signum, frame):
+        parent.stopping = True
+
+    def on_hup(signum, frame):
+        parent.hup = True
+
+    def on_usr1(signum, frame):
+        child = parent.child
+        if child is not None and child.poll() is None:
+            child.send_signal(signal.SIGUSR1)
+
+    old = {s: signal.signal(s, h) for s, h in (
+        (signal.SIGTERM, on_stop), (signal.SIGINT, on_stop),
+        (signal.SIGUSR1, on_usr1), (signal.SIGHUP, on_hup))}
+    try:
+        parent.run()
+    finally:
+        parent.cleanup()
+        for s, h in old.items():
+            signal.signal(s, h)
+    return 0
