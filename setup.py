@@ -178,9 +178,15 @@ def license_args():
     free-text field. Distributions come from pip or `python -m build`,
     whose isolated builds get setuptools >= 77 (pyproject's build-system).
     """
+    # yimmo is MIT. The binary wheels also carry libev (auditwheel copies
+    # it in), whose BSD license asks for its notice to go with them:
+    # LICENSE-libev, and its terms in the expression, as projects that
+    # vendor libraries do for all their distributions alike.
+    expression = "MIT AND (BSD-2-Clause OR GPL-2.0-or-later)"
+    files = ["LICENSE", "LICENSE-libev"]
     if int(setuptools.__version__.split(".")[0]) >= 77:
-        return {"license_expression": "MIT", "license_files": ["LICENSE"]}
-    return {"license": "MIT", "license_files": ["LICENSE"]}
+        return {"license_expression": expression, "license_files": files}
+    return {"license": expression, "license_files": files}
 
 
 def main():

@@ -6,8 +6,9 @@ A wheel holds the package's modules (every SOURCE_DIR/yimmo/*.py), its
 typing markers when the source has them (py.typed, *.pyi), exactly one
 compiled extension (yimmo/_yimmo.*.so) and the dist-info; with --repaired,
 also exactly one bundled libev (yimmo.libs/libev-HASH.so.*, auditwheel's
-copy) and nothing else bundled. Anything else (a header, a C file, a test,
-a benchmark, a build artefact) fails the check, named.
+copy), its license (LICENSE-libev) and nothing else bundled. Anything else
+(a header, a C file, a test, a benchmark, a build artefact) fails the
+check, named.
 """
 
 import argparse
@@ -60,6 +61,9 @@ def main():
         libev = [n for n in names if n.startswith("yimmo.libs/")]
         if len(libev) != 1:
             problems.append("expected one bundled libev, got %r" % libev)
+        notice = "%s-%s.dist-info/licenses/LICENSE-libev" % (name, version)
+        if notice not in names:
+            problems.append("libev's license is missing: " + notice)
 
     for n in names:
         print("  " + n)

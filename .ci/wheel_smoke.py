@@ -23,8 +23,10 @@ TIMEOUT = 10
 
 
 def app(environ, start_response):
-    body = environ["wsgi.input"].read() if environ["REQUEST_METHOD"] == "POST" \
-        else b"hello from an installed yimmo\n"
+    if environ["REQUEST_METHOD"] == "POST":
+        body = environ["wsgi.input"].read()
+    else:
+        body = b"hello from an installed yimmo\n"
     start_response("200 OK", [("Content-Type", "text/plain"),
                               ("Content-Length", str(len(body)))])
     return [body]
