@@ -19,7 +19,7 @@ import sys
 import time
 import urllib.request
 
-TIMEOUT = 10
+TIMEOUT = 30  # generous: cibuildwheel runs this under QEMU for aarch64
 
 
 def app(environ, start_response):
