@@ -19,6 +19,7 @@ import subprocess
 import sys
 from glob import glob
 
+import setuptools
 from setuptools import Extension, setup
 
 LIBEV_MISSING = (
@@ -102,8 +103,12 @@ def libev_from_prefixes():
         prefixes.append(os.environ["LIBEV_PREFIX"])
     prefixes += ["/usr", "/usr/local", "/opt/homebrew", "/opt/local"]
     for prefix in prefixes:
-        include = os.path.join(prefix, "include")
-        if os.path.isfile(os.path.join(include, "ev.h")):
+        # PREFIX/include/libev/ev.h: Fedora and RHEL's libev-devel (whose
+        # pkg-config file says so too, when pkg-config is there).
+        for include in (os.path.join(prefix, "include"),
+                        os.path.join(prefix, "include", "libev")):
+            if not os.path.isfile(os.path.join(include, "ev.h")):
+                continue
             libdirs = [d for d in (os.path.join(prefix, "lib"),
                                    os.path.join(prefix, "lib64"))
                        if os.path.isdir(d)]
@@ -165,6 +170,25 @@ def make_extension(libev):
     )
 
 
+def license_args():
+    """The license, dynamic in pyproject.toml (see the comment there).
+
+    setuptools >= 77 writes it as a PEP 639 License-Expression; older ones
+    (an in-place build in a venv that has setuptools 61-76) take the old
+    free-text field. Distributions come from pip or `python -m build`,
+    whose isolated builds get setuptools >= 77 (pyproject's build-system).
+    """
+    # yimmo is MIT. The binary wheels also carry libev (auditwheel copies
+    # it in), whose BSD license asks for its notice to go with them:
+    # LICENSE-libev, and its terms in the expression, as projects that
+    # vendor libraries do for all their distributions alike.
+    expression = "MIT AND (BSD-2-Clause OR GPL-2.0-or-later)"
+    files = ["LICENSE", "LICENSE-libev"]
+    if int(setuptools.__version__.split(".")[0]) >= 77:
+        return {"license_expression": expression, "license_files": files}
+    return {"license": expression, "license_files": files}
+
+
 def main():
     libev = find_libev()
     if libev is None:
@@ -172,7 +196,7 @@ def main():
             print(LIBEV_MISSING, file=sys.stderr)
             sys.exit(1)
         libev = Libev()  # metadata-only command: nothing gets compiled
-    setup(ext_modules=[make_extension(libev)])
+    setup(ext_modules=[make_extension(libev)], **license_args())
 
 
 main()
