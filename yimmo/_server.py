@@ -42,6 +42,11 @@ def _log_error(message, exc_info):
         error_log.error("%s", message, exc_info=exc_info)
 
 
+def _log_warning(message):
+    # The request watchdog: an overrun, or a stuck worker.
+    error_log.warning("%s", message)
+
+
 def _log_access(environ, status, length, seconds):
     access_log.info(_logging.format_access(environ, status, length,
                                            time.time() - seconds))
@@ -133,6 +138,8 @@ class Server:
                 max_pending=(-1 if opts["max_pending"] is None
                              else opts["max_pending"]),
                 queue_timeout=opts["queue_timeout"],
+                timeout=opts["timeout"],
+                log_warning=_log_warning,
                 log_access=(_log_access if opts["access_log"] is not None
                             else None),
             )
