@@ -396,10 +396,10 @@ scan(ymo_server_t *s, PyThreadState *ts, const sigset_t *mask)
             report_overrun(s, w, &o, ts);
         }
         else if (action == 2) {
-            report_stuck(s, &o, ts);
             if (o.replacement < 0) {
                 ymo_server_request_recycle(s);
             }
+            report_stuck(s, &o, ts);
         }
     }
 }
