@@ -24,6 +24,10 @@
  * later request.                                                         */
 #include "wsgi.h"
 
+#if PY_VERSION_HEX < 0x030B0000
+#include <frameobject.h>        /* PyFrame_GetBack (3.9, 3.10) */
+#endif
+
 #include <errno.h>
 #include <signal.h>
 #include <stdio.h>
@@ -152,7 +156,8 @@ format_stack(PyObject *frame)
     if (lines == NULL) {
         return NULL;
     }
-    PyFrameObject *f = (PyFrameObject *)Py_XNewRef(frame);
+    PyFrameObject *f = (PyFrameObject *)frame;
+    Py_XINCREF(f);
     for (int n = 0; f != NULL; n++) {
         PyObject *line;
         if (n == FRAMES_MAX) {
