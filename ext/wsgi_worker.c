@@ -144,7 +144,9 @@ worker_next(ymo_wsgi_worker_t *self, int block)
 {
     for (;;) {
         ymo_exchange_t *ex = take_from(self, self);
-        if (ex == NULL) {
+        if (ex == NULL && !self->retiring) {
+            /* (A retiring worker takes only what was queued to it: under
+             * load, stealing would keep it from ever leaving.) */
             ex = steal(self);
         }
         if (ex != NULL || !block || self->retiring) {

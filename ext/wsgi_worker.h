@@ -10,7 +10,16 @@
  * Neither is ever held together with another worker's lock. Lock order:
  * an exchange's lock, then lock_out (a post queues its exchange with the
  * exchange's lock held); the loop takes an exchange's lock only after
- * releasing lock_out.                                                    */
+ * releasing lock_out. watch_lock (the request watchdog's view of the
+ * worker, see wsgi_watchdog.c) comes before all of them: the watchdog
+ * answers a timed-out exchange holding it. Only the watchdog ever holds
+ * two watch_locks (a stuck worker's, then a spare slot's it starts a
+ * thread in); no worker thread uses a spare's.
+ *
+ * Slots: with a request timeout the server has twice `workers` slots;
+ * the spares have no thread (unused, retired) until the watchdog starts
+ * one in place of a stuck worker, which retires (exits) when it comes
+ * back.                                                                  */
 #ifndef YMO_WSGI_WORKER_H
 #define YMO_WSGI_WORKER_H
 

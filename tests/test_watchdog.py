@@ -24,10 +24,10 @@ SLACK = 1.0     # the watchdog's answer comes within timeout + SLACK
 WAIT = 10       # bound for what must simply happen
 
 
-def threads():
-    """Threads of this process (worker threads are C threads, not in
-    threading.enumerate())."""
-    return len(os.listdir("/proc/self/task"))
+def thread_alive(native_id):
+    """Whether a thread of this process still runs (worker threads are C
+    threads, not in threading.enumerate())."""
+    return os.path.exists("/proc/self/task/%d" % native_id)
 
 
 class App:
@@ -48,7 +48,7 @@ class App:
             start_response("200 OK", [("Content-Type", "text/plain")])
             return Body(self, me, spin_before=False)
         if path == "/block":
-            self.events.append(("block", me))
+            self.events.append(("block", me, threading.get_native_id()))
             self.release.wait(WAIT * 3)
             self.events.append(("after block", me))
         if path == "/sleep":
@@ -165,7 +165,6 @@ def test_python_loop_gets_503_and_the_same_worker_serves_next(serve,
 def test_worker_blocked_in_c_is_replaced(serve, log_watcher):
     server, app = serve(workers=1, timeout=0.5)
     worker = int(get(server.address, "/").body)
-    n = threads()
     resp, took = timed_get(server, "/block")
     assert resp.status == 503
     assert took <= 0.5 + SLACK
@@ -176,16 +175,17 @@ def test_worker_blocked_in_c_is_replaced(serve, log_watcher):
     assert resp.status == 200
     assert int(resp.body) != worker
     assert took < 0.5
-    assert threads() == n + 1
-    assert ("after block", worker) not in app.events
+    [(_, blocked, native_id)] = app.events
+    assert blocked == worker
+    assert thread_alive(native_id)
     # Released, the stuck thread leaves the app (its RequestTimeout lands
     # as soon as it runs Python again) and retires: the pool is back to
     # its size.
     app.release.set()
     deadline = time.monotonic() + WAIT
-    while threads() > n and time.monotonic() < deadline:
+    while thread_alive(native_id) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert threads() == n
+    assert not thread_alive(native_id)
     assert ("after block", worker) not in app.events
     for _ in range(3):
         assert get(server.address, "/").status == 200
