@@ -93,9 +93,16 @@ void ymo_wsgi_run_exchange(struct ymo_wsgi_app *app,
  * the watchdog watches it (nothing without a request timeout). */
 void ymo_watch_begin(ymo_wsgi_worker_t *worker, ymo_exchange_t *ex);
 
-/* GIL held: the exchange has left the app (after close()). Returns 1 when
- * the watchdog timed it out: its answer went out already and a pending
- * RequestTimeout has been cleared from this thread. */
+/* What the watchdog did to a timed-out exchange: its response was
+ * complete already, it answered 503, or it closed the connection. */
+#define YMO_WATCH_COMPLETE 1
+#define YMO_WATCH_503 2
+#define YMO_WATCH_CLOSED 3
+
+/* GIL held: the exchange has left the app (after close()). Returns 0, or
+ * YMO_WATCH_* when the watchdog timed it out: its answer went out already
+ * and a pending RequestTimeout has been cleared from this thread. The
+ * worker must not touch ex afterwards (its reference is dropped). */
 int ymo_watch_end(ymo_wsgi_worker_t *worker, ymo_exchange_t *ex);
 
 /* GIL held, on the worker: has the watchdog timed out its exchange? */

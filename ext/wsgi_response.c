@@ -1287,6 +1287,7 @@ ymo_wsgi_run_exchange(struct ymo_wsgi_app *app, ymo_wsgi_worker_t *worker,
     }
     PyObject *result = NULL, *input = NULL;
     StartResponseObject *sr = NULL;
+    int watched = 0;            /* YMO_WATCH_*, or 0 */
     ymo_watch_begin(worker, ex);
     PyObject *environ = ymo_wsgi_environ(app, ex);
     if (environ == NULL) {
@@ -1331,7 +1332,8 @@ ymo_wsgi_run_exchange(struct ymo_wsgi_app *app, ymo_wsgi_worker_t *worker,
     if (result != NULL) {
         close_result(app, worker, environ, result);
     }
-    if (ymo_watch_end(worker, ex) && PyErr_Occurred()) {
+    watched = ymo_watch_end(worker, ex);
+    if (watched && PyErr_Occurred()) {
         PyErr_Clear();
     }
     goto done;
@@ -1354,7 +1356,7 @@ internal_error:
         ymo_wsgi_worker_response_body_append(ex, b, YMO_DONE |
                                                     YMO_DONE_CLOSE);
     }
-    ymo_watch_end(worker, ex);
+    watched = ymo_watch_end(worker, ex);
 
 done:
     /* The exchange belongs to the loop now: cut start_response loose from
@@ -1367,10 +1369,14 @@ done:
         clock_gettime(CLOCK_MONOTONIC, &t1);
         double secs = (double)(t1.tv_sec - t0.tv_sec) +
                       (double)(t1.tv_nsec - t0.tv_nsec) / 1e9;
-        PyObject *status = sr->status ? Py_NewRef(sr->status)
-                                      : PyUnicode_FromFormat(
-                                            "%d", sr->status_code);
-        PyObject *len = PyLong_FromUnsignedLongLong(sr->body_sent);
+        /* The client of a request the watchdog answered got its 503. */
+        int w503 = watched == YMO_WATCH_503;
+        PyObject *status = w503 ? PyUnicode_FromString("503")
+                           : sr->status ? Py_NewRef(sr->status)
+                                        : PyUnicode_FromFormat(
+                                              "%d", sr->status_code);
+        PyObject *len = PyLong_FromUnsignedLongLong(w503 ? 0
+                                                    : sr->body_sent);
         PyObject *dur = PyFloat_FromDouble(secs);
         if (status != NULL && len != NULL && dur != NULL) {
             PyObject *a[4] = {environ, status, len, dur};

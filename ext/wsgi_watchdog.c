@@ -376,7 +376,7 @@ scan(ymo_server_t *s, PyThreadState *ts, const sigset_t *mask)
                        memcmp(ex->req.method, "HEAD", 4) == 0;
             o.answer = ymo_wsgi_worker_response_cut(
                 ex, ymo_http_error_bucket(503, head));
-            w->timed_out = 1;
+            w->timed_out = YMO_WATCH_COMPLETE + o.answer;
             w->timed_out_at = now;
             action = 1;
         }

@@ -96,7 +96,8 @@ typedef struct ymo_wsgi_worker {
     double current_start;            /* watch_lock: when it began
                                       * (ymo_watch_now) */
     int timed_out;                   /* watch_lock: the watchdog detached
-                                      * `current` (503 or close sent) */
+                                      * `current`: YMO_WATCH_* (wsgi.h),
+                                      * 0 while it has not */
     double timed_out_at;             /* watch_lock */
     int stuck;                       /* watch_lock: still in the app after
                                       * the RequestTimeout had its chance */

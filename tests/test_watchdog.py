@@ -9,6 +9,7 @@ so no thread is left sleeping after the test (an Event's wait, like
 time.sleep, is one C call that an asynchronous exception cannot break).
 """
 
+import logging
 import os
 import socket
 import threading
@@ -330,3 +331,17 @@ def test_pending_exception_never_lands_in_the_next_request(serve,
         sock.close()
     assert sum(1 for e in app.events if e[0] == "work done") == 3
     assert not any("ERROR" in t for t in log_watcher.texts)
+
+
+def test_access_log_has_the_503(serve, log_watcher):
+    # The app had called start_response("200 OK") before it spun: the
+    # client got the watchdog's 503, and so says the access log.
+    logger = logging.getLogger("yimmo.access")
+    old = logger.level
+    logger.setLevel(logging.INFO)
+    try:
+        server, app = serve(workers=1, timeout=0.5, access_log="-")
+        assert get(server.address, "/spin").status == 503
+        log_watcher.wait_for("yimmo.access", '"GET /spin HTTP/1.1" 503 - ')
+    finally:
+        logger.setLevel(old)
