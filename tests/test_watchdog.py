@@ -11,7 +11,6 @@ time.sleep, is one C call that an asynchronous exception cannot break).
 
 import logging
 import os
-import socket
 import threading
 import time
 
@@ -74,9 +73,9 @@ class App:
             for i in range(200000):
                 total += i
             self.events.append(("work done", me))
-        if path == "/big":
+        if path == "/fifo":
             start_response("200 OK", [("Content-Type", "text/plain")])
-            return [b"x" * (16 << 20)]
+            return open(self.fifo, "rb")
         start_response("200 OK", [("Content-Type", "text/plain")])
         return [str(me).encode()]
 
@@ -313,22 +312,29 @@ def test_app_that_catches_the_timeout_and_returns(serve, log_watcher):
 
 
 def test_pending_exception_never_lands_in_the_next_request(serve,
-                                                           log_watcher):
-    # The worker is in C (waiting for a client that does not read) when
-    # the exception is raised, and leaves the request without running any
-    # bytecode: the exception must be cleared, not kept for the next one.
-    server, app = serve(workers=1, timeout=0.5, write_timeout=30)
-    sock = socket.create_connection(server.address, timeout=WAIT)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+                                                           log_watcher,
+                                                           tmp_path):
+    # The response iterable is a file reading a FIFO: the worker blocks in
+    # C (no bytecode runs in it) when the exception is raised, and leaves
+    # the request without running any bytecode (the file's lines and
+    # close() are C too). The exception must be cleared then, not kept
+    # for the next request, which runs Python.
+    fifo = str(tmp_path / "fifo")
+    os.mkfifo(fifo)
+    writer = os.open(fifo, os.O_RDWR)   # (a reader's open won't block)
+    server, app = serve(workers=1, timeout=0.5)
+    server.app.fifo = fifo
     try:
-        sock.sendall(build_request("GET", "/big"))
-        log_watcher.wait_for("GET /big", "connection closed",
+        resp = get(server.address, "/fifo")
+        assert resp.status == 503
+        log_watcher.wait_for("GET /fifo", "answered 503",
                              "RequestTimeout raised")
-        for _ in range(3):
-            resp = get(server.address, "/work")
-            assert resp.status == 200
+        os.write(writer, b"late line\n")
     finally:
-        sock.close()
+        os.close(writer)
+    for _ in range(3):
+        resp = get(server.address, "/work")
+        assert resp.status == 200
     assert sum(1 for e in app.events if e[0] == "work done") == 3
     assert not any("ERROR" in t for t in log_watcher.texts)
 
