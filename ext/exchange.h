@@ -83,6 +83,8 @@ typedef struct ymo_exchange {
     /* response: worker appends, loop writes */
     ymo_bucket_t *out_head, *out_tail;
     size_t out_buffered;           /* appended and not yet written */
+    int out_started;               /* some output was appended (the head
+                                    * may be out: too late for a 503) */
     int out_queued;                /* in the worker's queue_out */
     int out_done;                  /* final output appended: the exchange
                                     * is over for the app (later posts,

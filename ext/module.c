@@ -106,7 +106,8 @@ Core_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
         "max_body_size", "header_timeout", "keepalive_timeout",
         "body_timeout", "write_timeout", "log_access", "multiprocess",
         "buffer_body", "min_body_rate", "max_pending", "queue_timeout",
-        "forwarded_allow_ips", "proxy_protocol", NULL,
+        "forwarded_allow_ips", "proxy_protocol", "timeout", "log_warning",
+        NULL,
     };
     PyObject *app, *listeners, *log_error, *errors;
     Py_ssize_t workers = 8, line = 4094, fields = 100, field_size = 8190,
@@ -116,15 +117,16 @@ Core_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
              *t_write = NULL, *log_access = Py_None;
     int multiprocess = 0;
     Py_ssize_t buffer_body = 65536, max_pending = -1;
-    PyObject *min_rate = NULL, *t_queue = NULL, *allow_ips = NULL;
+    PyObject *min_rate = NULL, *t_queue = NULL, *allow_ips = NULL,
+             *t_request = NULL, *log_warning = Py_None;
     int proxy_protocol = 0;
     if (!PyArg_ParseTupleAndKeywords(
-            args, kwargs, "OOOO|$nnnnnKOOOOOpnOnOOp:Core", kwlist, &app,
+            args, kwargs, "OOOO|$nnnnnKOOOOOpnOnOOpOO:Core", kwlist, &app,
             &listeners, &log_error, &errors, &workers, &line, &fields,
             &field_size, &head_size, &max_body, &t_header, &t_keepalive,
             &t_body, &t_write, &log_access, &multiprocess, &buffer_body,
             &min_rate, &max_pending, &t_queue, &allow_ips,
-            &proxy_protocol)) {
+            &proxy_protocol, &t_request, &log_warning)) {
         return NULL;
     }
     if (buffer_body < 0) {
@@ -137,9 +139,11 @@ Core_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
     }
     ymo_module_state *st = get_state(module);
     if (!PyCallable_Check(app) || !PyCallable_Check(log_error) ||
+        (log_warning != Py_None && !PyCallable_Check(log_warning)) ||
         (log_access != Py_None && !PyCallable_Check(log_access))) {
         PyErr_SetString(PyExc_TypeError,
-                        "app, log_error and log_access must be callable");
+                        "app, log_error, log_warning and log_access must be"
+                        " callable");
         return NULL;
     }
     if (!PyList_Check(listeners) || PyList_GET_SIZE(listeners) == 0) {
@@ -178,6 +182,7 @@ Core_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
                        (max_pending < 0 ? 16 * (size_t)workers
                                         : (size_t)max_pending);
     cfg.queue_timeout = 0.0;
+    cfg.request_timeout = 0.0;
     struct {
         PyObject *o;
         double *to;
@@ -190,6 +195,7 @@ Core_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
         {t_write, &cfg.write_timeout, "write_timeout", 0.001},
         {min_rate, &cfg.min_body_rate, "min_body_rate", 0.0},
         {t_queue, &cfg.queue_timeout, "queue_timeout", 0.0},
+        {t_request, &cfg.request_timeout, "timeout", 0.0},
     };
     for (size_t i = 0; i < sizeof(timeouts) / sizeof(timeouts[0]); i++) {
         if (timeouts[i].o != NULL && timeouts[i].o != Py_None) {
@@ -245,6 +251,9 @@ Core_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
     self->app.server = &self->server;
     self->app.app = Py_NewRef(app);
     self->app.log_error = Py_NewRef(log_error);
+    /* None: the watchdog's lines go to log_error(message, None). */
+    self->app.log_warning = log_warning == Py_None ? NULL
+                                                   : Py_NewRef(log_warning);
     self->app.log_access = log_access == Py_None ? NULL
                                                  : Py_NewRef(log_access);
     self->app.errors = Py_NewRef(errors);
@@ -321,6 +330,9 @@ Core_run(CoreObject *self, PyObject *args, PyObject *kwargs)
     }
     if (!self->workers_started) {
         int r = ymo_server_start_workers(&self->server);
+        if (r == 0) {
+            r = ymo_watchdog_start(&self->server);
+        }
         self->workers_started = 1;
         if (r < 0) {
             errno = -r;
@@ -405,6 +417,7 @@ Core_traverse(CoreObject *self, visitproc visit, void *arg)
     Py_VISIT(Py_TYPE(self));
     Py_VISIT(self->app.app);
     Py_VISIT(self->app.log_error);
+    Py_VISIT(self->app.log_warning);
     Py_VISIT(self->app.log_access);
     Py_VISIT(self->app.errors);
     Py_VISIT(self->app.file_wrapper);
@@ -427,6 +440,7 @@ Core_clear(CoreObject *self)
     }
     Py_CLEAR(self->app.app);
     Py_CLEAR(self->app.log_error);
+    Py_CLEAR(self->app.log_warning);
     Py_CLEAR(self->app.log_access);
     Py_CLEAR(self->app.errors);
     Py_CLEAR(self->app.file_wrapper);
@@ -489,7 +503,19 @@ Core_get_abandoned(CoreObject *self, void *closure)
     return PyLong_FromSize_t(self->abandoned);
 }
 
+static PyObject *
+Core_get_recycle_requested(CoreObject *self, void *closure)
+{
+    (void)closure;
+    return PyBool_FromLong(
+        self->initialized &&
+        atomic_load(&self->server.recycle_requested) != 0);
+}
+
 static PyGetSetDef Core_getset[] = {
+    {"recycle_requested", (getter)Core_get_recycle_requested, NULL,
+     "True once the request watchdog asked for this process to be"
+     " recycled (a worker stuck and no replacement thread left)", NULL},
     {"abandoned_workers", (getter)Core_get_abandoned, NULL,
      "workers still running the app when the grace period ran out", NULL},
     {"finished", (getter)Core_get_finished, NULL,
@@ -561,6 +587,19 @@ module_exec(PyObject *module)
                               st->ClientDisconnected) < 0) {
         return -1;
     }
+    /* A BaseException, as asyncio.CancelledError: the app's own
+     * `except Exception` handlers must not swallow it and go on. */
+    st->RequestTimeout = PyErr_NewExceptionWithDoc(
+        "yimmo.RequestTimeout",
+        "Raised asynchronously in a worker thread whose request ran longer"
+        " than the server's timeout; the client was answered already (503,"
+        " or a closed connection).",
+        PyExc_BaseException, NULL);
+    if (st->RequestTimeout == NULL ||
+        PyModule_AddObjectRef(module, "RequestTimeout",
+                              st->RequestTimeout) < 0) {
+        return -1;
+    }
     if (intern(&st->k_request_method, "REQUEST_METHOD") ||
         intern(&st->k_script_name, "SCRIPT_NAME") ||
         intern(&st->k_path_info, "PATH_INFO") ||
@@ -623,7 +662,8 @@ module_exec(PyObject *module)
         &(st)->k_wsgi_run_once, &(st)->k_wsgi_input_terminated,            \
         &(st)->k_wsgi_file_wrapper, &(st)->k_client_gone, &(st)->k_https,  \
         &(st)->v_https, &(st)->v_on,                                       \
-        &(st)->ClientDisconnected, &(st)->v_empty, &(st)->v_http,          \
+        &(st)->ClientDisconnected, &(st)->RequestTimeout,                  \
+        &(st)->v_empty, &(st)->v_http,                                     \
         &(st)->v_http10, &(st)->v_http11, &(st)->v_version,                \
         &(st)->v_software, &(st)->v_get, &(st)->v_post, &(st)->v_head,     \
         &(st)->s_close, &(st)->s_fileno, &(st)->s_tell

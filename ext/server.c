@@ -224,9 +224,15 @@ ymo_server_init(ymo_server_t *s, const ymo_config_t *config,
         return -ENOMEM;
     }
     pthread_mutex_init(&s->ctl_lock, NULL);
+    pthread_mutex_init(&s->watchdog_lock, NULL);
+    pthread_cond_init(&s->watchdog_cond, NULL);
     atomic_init(&s->draining, 0);
+    atomic_init(&s->recycle_requested, 0);
+    /* With a watchdog, room for as many replacement threads as workers
+     * (see wsgi_watchdog.c). */
+    size_t slots = config->workers * (config->request_timeout > 0 ? 2 : 1);
     s->listeners = ymo_calloc(n ? n : 1, sizeof(*s->listeners));
-    s->workers = ymo_calloc(config->workers, sizeof(*s->workers));
+    s->workers = ymo_calloc(slots, sizeof(*s->workers));
     s->headers = ymo_calloc(config->limits.max_header_count + 1,
                             sizeof(*s->headers));
     s->scratch = ymo_malloc(YMO_SCRATCH_SIZE);
@@ -235,13 +241,18 @@ ymo_server_init(ymo_server_t *s, const ymo_config_t *config,
         ymo_server_destroy(s);
         return -ENOMEM;
     }
-    for (size_t i = 0; i < config->workers; i++) {
+    for (size_t i = 0; i < slots; i++) {
         int r = ymo_wsgi_worker_init(s->loop, i, &s->workers[i]);
         if (r < 0) {
             ymo_server_destroy(s);
             return r;
         }
         s->workers[i].server = s;
+        if (i >= config->workers) {
+            /* A spare: no thread until the watchdog starts one. */
+            atomic_store(&s->workers[i].retired, 1);
+            atomic_store(&s->workers[i].unused, 1);
+        }
         s->n_workers = i + 1;
     }
     /* Last, as nothing can fail after it: the listening sockets become
@@ -273,7 +284,7 @@ ymo_server_init(ymo_server_t *s, const ymo_config_t *config,
 int
 ymo_server_start_workers(ymo_server_t *s)
 {
-    for (size_t i = 0; i < s->n_workers; i++) {
+    for (size_t i = 0; i < s->config.workers && i < s->n_workers; i++) {
         if (!s->workers[i].started) {
             int r = ymo_wsgi_worker_start(&s->workers[i]);
             if (r < 0) {
@@ -353,6 +364,9 @@ ymo_server_join_workers(ymo_server_t *s, int forever, int wakeup_fd,
                         int *interrupted)
 {
     *interrupted = 0;
+    /* First the watchdog, which may start threads in worker slots: from
+     * here on, this thread alone starts and joins them. */
+    ymo_watchdog_stop(s);
     for (size_t i = 0; i < s->n_workers; i++) {
         ymo_wsgi_worker_stop(&s->workers[i]);
     }
@@ -430,6 +444,8 @@ ymo_server_destroy(ymo_server_t *s)
         ev_loop_destroy(s->loop);
         s->loop = NULL;
         pthread_mutex_destroy(&s->ctl_lock);
+        pthread_cond_destroy(&s->watchdog_cond);
+        pthread_mutex_destroy(&s->watchdog_lock);
     }
     free(s->listeners);
     free(s->workers);
@@ -445,6 +461,15 @@ ymo_server_destroy(ymo_server_t *s)
 }
 
 void
+ymo_server_request_recycle(ymo_server_t *s)
+{
+    /* Minimal: the supervisor branch replaces this with the real thing
+     * (it reads the flag and recycles the process gracefully). The
+     * watchdog that calls it has logged the warning already. */
+    atomic_store(&s->recycle_requested, 1);
+}
+
+void
 ymo_server_dispatch(ymo_server_t *s, ymo_exchange_t *ex)
 {
     /* A worker waiting for work first (round robin among them, so load
@@ -453,12 +478,30 @@ ymo_server_dispatch(ymo_server_t *s, ymo_exchange_t *ex)
     size_t n = s->n_workers;
     for (size_t i = 0; i < n; i++) {
         ymo_wsgi_worker_t *w = &s->workers[(s->next_worker + i) % n];
+        if (atomic_load_explicit(&w->retired, memory_order_relaxed)) {
+            /* Stuck in the app (the watchdog replaced it), or a spare
+             * slot with no thread. */
+            continue;
+        }
         if (atomic_load(&w->idle)) {
             best = w;
             break;
         }
         if (best == NULL || w->assigned < best->assigned) {
             best = w;
+        }
+    }
+    if (best == NULL) {
+        /* Every thread is stuck and no replacement was allowed: queue
+         * behind one that is not a spare, to run when it comes back. */
+        for (size_t i = 0; i < n && best == NULL; i++) {
+            ymo_wsgi_worker_t *w = &s->workers[(s->next_worker + i) % n];
+            if (!atomic_load(&w->unused)) {
+                best = w;
+            }
+        }
+        if (best == NULL) {
+            best = &s->workers[0];
         }
     }
     ymo_wsgi_worker_add_exchange(best, ex);

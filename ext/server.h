@@ -8,6 +8,7 @@
 
 #include <ev.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdatomic.h>
 #include <stddef.h>
 #include <time.h>
@@ -47,6 +48,9 @@ typedef struct ymo_config {
                                 * the server frees it in destroy */
     int proxy_protocol;        /* trusted peers must open with a PROXY
                                 * header (v1 or v2) */
+    double request_timeout;    /* longest a request may run in the app
+                                * before the watchdog steps in; 0: no
+                                * watchdog (see wsgi_watchdog.c) */
 } ymo_config_t;
 
 /* Seconds over which a request body's rate is measured. */
@@ -67,7 +71,10 @@ typedef struct ymo_server {
     ymo_listener_t *listeners;
     size_t n_listeners;
     ymo_wsgi_worker_t *workers;
-    size_t n_workers;
+    size_t n_workers;          /* slots: config.workers, plus as many
+                                * spares for the watchdog's replacement
+                                * threads when request_timeout is set
+                                * (those start retired and unused) */
     struct ymo_wsgi_app *app;  /* opaque to the loop; workers use it */
 
     /* Loop thread only. */
@@ -97,6 +104,20 @@ typedef struct ymo_server {
     double deadline;           /* CLOCK_MONOTONIC seconds when in-flight
                                 * work is cut off: set by the first stop,
                                 * only ever moved earlier */
+
+    /* The request watchdog's thread (wsgi_watchdog.c). watchdog_lock
+     * guards watchdog_quit; the rest is the starting/joining thread's
+     * (GIL held to start, released to join). */
+    pthread_mutex_t watchdog_lock;
+    pthread_cond_t watchdog_cond;
+    int watchdog_quit;
+    int watchdog_started;
+    pthread_t watchdog_thread;
+    sigset_t worker_sigmask;   /* the mask workers start with (set when
+                                * the watchdog starts; then read-only) */
+    /* Any thread: a recycle of the whole process was asked for (the
+     * watchdog ran out of replacement threads). */
+    atomic_int recycle_requested;
 } ymo_server_t;
 
 /* Set up the loop, listeners and workers (not started). The server takes
@@ -151,6 +172,11 @@ void ymo_server_destroy(ymo_server_t *s);
 
 /* Loop thread: give an exchange to a worker (cannot fail). */
 void ymo_server_dispatch(ymo_server_t *s, ymo_exchange_t *ex);
+
+/* Any thread: ask for this process to be replaced gracefully (a
+ * supervisor reads the flag; with one process nothing else happens).
+ * NOTE: a minimal version; the supervisor branch replaces it. */
+void ymo_server_request_recycle(ymo_server_t *s);
 
 /* Loop thread: a connection closed (for draining). */
 void ymo_server_conn_closed(ymo_server_t *s);

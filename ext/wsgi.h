@@ -55,6 +55,7 @@ typedef struct ymo_module_state {
         *k_wsgi_run_once, *k_wsgi_input_terminated, *k_wsgi_file_wrapper,
         *k_client_gone, *k_https;
     PyObject *ClientDisconnected;  /* yimmo.ClientDisconnected(OSError) */
+    PyObject *RequestTimeout;  /* yimmo.RequestTimeout(BaseException) */
     PyObject *v_empty, *v_http, *v_http10, *v_http11, *v_version,
         *v_software, *v_get, *v_post, *v_head, *v_https, *v_on;
     PyObject *s_close, *s_fileno, *s_tell;
@@ -73,6 +74,7 @@ struct ymo_wsgi_app {
     PyObject *log_error;       /* callable(message, exc_info) */
     PyObject *log_access;      /* callable(environ, status, length,
                                 * seconds, response_headers), or NULL */
+    PyObject *log_warning;     /* callable(message): the watchdog's */
     PyObject *errors;          /* wsgi.errors */
     PyObject *file_wrapper;    /* the FileWrapper type */
     PyObject *multithread;     /* bools */
@@ -86,6 +88,25 @@ struct ymo_wsgi_app {
 /* GIL held: run one exchange to completion (app call, body, close()). */
 void ymo_wsgi_run_exchange(struct ymo_wsgi_app *app,
                            ymo_wsgi_worker_t *worker, ymo_exchange_t *ex);
+
+/* GIL held (wsgi_watchdog.c): the worker's exchange enters the app, so
+ * the watchdog watches it (nothing without a request timeout). */
+void ymo_watch_begin(ymo_wsgi_worker_t *worker, ymo_exchange_t *ex);
+
+/* What the watchdog did to a timed-out exchange: its response was
+ * complete already, it answered 503, or it closed the connection. */
+#define YMO_WATCH_COMPLETE 1
+#define YMO_WATCH_503 2
+#define YMO_WATCH_CLOSED 3
+
+/* GIL held: the exchange has left the app (after close()). Returns 0, or
+ * YMO_WATCH_* when the watchdog timed it out: its answer went out already
+ * and a pending RequestTimeout has been cleared from this thread. The
+ * worker must not touch ex afterwards (its reference is dropped). */
+int ymo_watch_end(ymo_wsgi_worker_t *worker, ymo_exchange_t *ex);
+
+/* GIL held, on the worker: has the watchdog timed out its exchange? */
+int ymo_watch_timed_out(ymo_wsgi_worker_t *worker);
 
 /* GIL held: the dict each environ of a listener starts as a copy of:
  * every per-server key set, room for the per-request ones. A unix

@@ -1224,7 +1224,8 @@ finish_response(StartResponseObject *self)
 }
 
 static void
-close_result(struct ymo_wsgi_app *app, PyObject *environ, PyObject *result)
+close_result(struct ymo_wsgi_app *app, ymo_wsgi_worker_t *worker,
+             PyObject *environ, PyObject *result)
 {
     if (PyList_CheckExact(result) || PyTuple_CheckExact(result)) {
         return;                 /* the common case: nothing to close */
@@ -1245,7 +1246,11 @@ close_result(struct ymo_wsgi_app *app, PyObject *environ, PyObject *result)
     }
     PyObject *r = PyObject_CallNoArgs(close);
     Py_DECREF(close);
-    if (r == NULL) {
+    if (r == NULL && PyErr_ExceptionMatches(app->st->RequestTimeout) &&
+        ymo_watch_timed_out(worker)) {
+        PyErr_Clear();          /* the watchdog's, during close() */
+    }
+    else if (r == NULL) {
         log_exception(app, environ, "error closing the response iterable");
     }
     Py_XDECREF(r);
@@ -1255,7 +1260,6 @@ void
 ymo_wsgi_run_exchange(struct ymo_wsgi_app *app, ymo_wsgi_worker_t *worker,
                       ymo_exchange_t *ex)
 {
-    (void)worker;
     ymo_module_state *st = app->st;
     pthread_mutex_lock(&ex->lock);
     int aborted = ex->aborted;
@@ -1283,6 +1287,8 @@ ymo_wsgi_run_exchange(struct ymo_wsgi_app *app, ymo_wsgi_worker_t *worker,
     }
     PyObject *result = NULL, *input = NULL;
     StartResponseObject *sr = NULL;
+    int watched = 0;            /* YMO_WATCH_*, or 0 */
+    ymo_watch_begin(worker, ex);
     PyObject *environ = ymo_wsgi_environ(app, ex);
     if (environ == NULL) {
         goto internal_error;
@@ -1304,8 +1310,16 @@ ymo_wsgi_run_exchange(struct ymo_wsgi_app *app, ymo_wsgi_worker_t *worker,
     result = PyObject_Vectorcall(app->app, args, 2, NULL);
     if (result == NULL || iterate(sr, result) < 0 ||
         finish_response(sr) < 0) {
-        if (PyErr_ExceptionMatches(st->ClientDisconnected) &&
-            ymo_exchange_client_gone(ex)) {
+        if ((PyErr_ExceptionMatches(st->RequestTimeout) ||
+             PyErr_ExceptionMatches(st->ClientDisconnected)) &&
+            ymo_exchange_client_gone(ex) && ymo_watch_timed_out(worker)) {
+            /* The watchdog's RequestTimeout, or the read it made fail:
+             * the client has its answer and the overrun is logged. */
+            PyErr_Clear();
+            sr->aborted = 1;
+        }
+        else if (PyErr_ExceptionMatches(st->ClientDisconnected) &&
+                 ymo_exchange_client_gone(ex)) {
             /* Not an error of the app's: one line, and nothing to send. */
             log_disconnect(app, environ, ex);
             sr->aborted = 1;
@@ -1316,12 +1330,21 @@ ymo_wsgi_run_exchange(struct ymo_wsgi_app *app, ymo_wsgi_worker_t *worker,
         fail_response(sr);
     }
     if (result != NULL) {
-        close_result(app, environ, result);
+        close_result(app, worker, environ, result);
+    }
+    watched = ymo_watch_end(worker, ex);
+    if (watched && PyErr_Occurred()) {
+        PyErr_Clear();
     }
     goto done;
 
 internal_error:
-    log_exception(app, environ, "internal error preparing request");
+    if (ymo_watch_timed_out(worker)) {
+        PyErr_Clear();          /* the RequestTimeout; answered already */
+    }
+    else {
+        log_exception(app, environ, "internal error preparing request");
+    }
     if (sr != NULL) {
         fail_response(sr);
     }
@@ -1333,6 +1356,7 @@ internal_error:
         ymo_wsgi_worker_response_body_append(ex, b, YMO_DONE |
                                                     YMO_DONE_CLOSE);
     }
+    watched = ymo_watch_end(worker, ex);
 
 done:
     /* The exchange belongs to the loop now: cut start_response loose from
@@ -1345,10 +1369,14 @@ done:
         clock_gettime(CLOCK_MONOTONIC, &t1);
         double secs = (double)(t1.tv_sec - t0.tv_sec) +
                       (double)(t1.tv_nsec - t0.tv_nsec) / 1e9;
-        PyObject *status = sr->status ? Py_NewRef(sr->status)
-                                      : PyUnicode_FromFormat(
-                                            "%d", sr->status_code);
-        PyObject *len = PyLong_FromUnsignedLongLong(sr->body_sent);
+        /* The client of a request the watchdog answered got its 503. */
+        int w503 = watched == YMO_WATCH_503;
+        PyObject *status = w503 ? PyUnicode_FromString("503")
+                           : sr->status ? Py_NewRef(sr->status)
+                                        : PyUnicode_FromFormat(
+                                              "%d", sr->status_code);
+        PyObject *len = PyLong_FromUnsignedLongLong(w503 ? 0
+                                                    : sr->body_sent);
         PyObject *dur = PyFloat_FromDouble(secs);
         if (status != NULL && len != NULL && dur != NULL) {
             /* The response headers as the app gave them (a list we

@@ -77,6 +77,13 @@ ymo_wsgi_worker_init(struct ev_loop *loop, size_t thread_id,
         pthread_mutex_destroy(&worker->lock_in);
         return -ENOMEM;
     }
+    if (YMO_FI_FAIL("worker watch_lock") ||
+        pthread_mutex_init(&worker->watch_lock, NULL) != 0) {
+        pthread_cond_destroy(&worker->ready_in);
+        pthread_mutex_destroy(&worker->lock_out);
+        pthread_mutex_destroy(&worker->lock_in);
+        return -ENOMEM;
+    }
     ev_prepare_init(&worker->prepare_watcher, worker_on_prepare);
     worker->prepare_watcher.data = worker;
     ev_async_init(&worker->event_out, worker_on_output);
@@ -84,6 +91,9 @@ ymo_wsgi_worker_init(struct ev_loop *loop, size_t thread_id,
     ev_async_start(loop, &worker->event_out);
     atomic_init(&worker->idle, 0);
     atomic_init(&worker->in_app, 0);
+    atomic_init(&worker->retired, 0);
+    atomic_init(&worker->unused, 0);
+    atomic_init(&worker->exited, 0);
     worker->running = 1;
     worker->poked = 0;
     worker->started = 0;
@@ -114,6 +124,11 @@ steal(ymo_wsgi_worker_t *self)
     ymo_server_t *s = self->server;
     for (size_t i = 1; i < s->n_workers; i++) {
         ymo_wsgi_worker_t *peer = &s->workers[(self->id + i) % s->n_workers];
+        if (atomic_load_explicit(&peer->unused, memory_order_relaxed)) {
+            /* A spare slot of the watchdog's with no thread: its queue
+             * is empty, and not locking it keeps spares free. */
+            continue;
+        }
         ymo_exchange_t *ex = take_from(self, peer);
         if (ex != NULL) {
             return ex;
@@ -129,10 +144,14 @@ worker_next(ymo_wsgi_worker_t *self, int block)
 {
     for (;;) {
         ymo_exchange_t *ex = take_from(self, self);
-        if (ex == NULL) {
+        if (ex == NULL && !self->retiring) {
+            /* (A retiring worker takes only what was queued to it: under
+             * load, stealing would keep it from ever leaving.) */
             ex = steal(self);
         }
-        if (ex != NULL || !block) {
+        if (ex != NULL || !block || self->retiring) {
+            /* A retiring worker (the watchdog replaced it while it was
+             * stuck) leaves once nothing is left for it. */
             return ex;
         }
         /* Announce idleness, then look once more: the loop checks `idle`
@@ -175,6 +194,7 @@ worker_main(void *arg)
     /* The one thread state this worker has for its whole life, so
      * threading.local() data survives between requests. */
     PyGILState_STATE gstate = PyGILState_Ensure();
+    self->thread_ident = PyThread_get_thread_ident();
     PyThreadState *ts = PyEval_SaveThread();
     ymo_exchange_t *ex;
     while ((ex = worker_next(self, 1)) != NULL) {
@@ -189,6 +209,8 @@ worker_main(void *arg)
     }
     PyEval_RestoreThread(ts);
     PyGILState_Release(gstate);
+    /* Last: the watchdog may join this thread and reuse the slot. */
+    atomic_store(&self->exited, 1);
     return NULL;
 }
 
@@ -209,6 +231,40 @@ ymo_wsgi_worker_start(ymo_wsgi_worker_t *worker)
     return 0;
 }
 
+ymo_status_t
+ymo_wsgi_worker_restart(ymo_wsgi_worker_t *worker, const sigset_t *mask)
+{
+    ymo_wsgi_worker_lock_in(worker);
+    worker->running = 1;
+    worker->poked = 0;
+    ymo_wsgi_worker_unlock_in(worker);
+    worker->retiring = 0;
+    pthread_mutex_lock(&worker->watch_lock);
+    worker->current = NULL;
+    worker->timed_out = 0;
+    worker->stuck = 0;
+    worker->replaced = 0;
+    pthread_mutex_unlock(&worker->watch_lock);
+    atomic_store(&worker->exited, 0);
+    atomic_store(&worker->in_app, 0);
+    atomic_store(&worker->idle, 0);
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_BLOCK, &all, &old);
+    worker->sigmask = *mask;
+    int r = pthread_create(&worker->thread, NULL, worker_main, worker);
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    if (r != 0) {
+        atomic_store(&worker->exited, 1);
+        return -r;
+    }
+    worker->started = 1;
+    /* Peers steal from it, then the loop dispatches to it. */
+    atomic_store(&worker->unused, 0);
+    atomic_store(&worker->retired, 0);
+    return 0;
+}
+
 void
 ymo_wsgi_worker_add_exchange(ymo_wsgi_worker_t *worker,
                              ymo_exchange_t *exchange)
@@ -222,20 +278,20 @@ ymo_wsgi_worker_add_exchange(ymo_wsgi_worker_t *worker,
     }
 }
 
-int
-ymo_wsgi_worker_response_body_append(ymo_exchange_t *exchange,
-                                     ymo_bucket_t *body_item, int done)
+/* response_body_append with the exchange's lock held (and left held). */
+static int
+append_locked(ymo_exchange_t *exchange, ymo_bucket_t *body_item, int done)
 {
     ymo_wsgi_worker_t *worker = exchange->worker;
-    pthread_mutex_lock(&exchange->lock);
     if (exchange->out_done) {
         /* A thread of the app (a background reader) asking for more body
-         * after the final post: the exchange is over. */
-        pthread_mutex_unlock(&exchange->lock);
+         * after the final post, or the worker after the watchdog ended
+         * the exchange: it is over. */
         ymo_bucket_free_chain(body_item);
         return YMO_OUT_ABORTED;
     }
     if (body_item != NULL) {
+        exchange->out_started = 1;
         ymo_bucket_t *last = body_item;
         exchange->out_buffered += last->len;
         while (last->next != NULL) {
@@ -280,10 +336,51 @@ ymo_wsgi_worker_response_body_append(ymo_exchange_t *exchange,
             ev_async_send(worker->loop, &worker->event_out);
         }
     }
+    return flags;
+}
+
+int
+ymo_wsgi_worker_response_body_append(ymo_exchange_t *exchange,
+                                     ymo_bucket_t *body_item, int done)
+{
+    pthread_mutex_lock(&exchange->lock);
+    int flags = append_locked(exchange, body_item, done);
     pthread_mutex_unlock(&exchange->lock);
     /* After the unlock the loop may already be taking (and, when done,
      * releasing) the exchange. */
     return flags;
+}
+
+int
+ymo_wsgi_worker_response_cut(ymo_exchange_t *exchange, ymo_bucket_t *error)
+{
+    pthread_mutex_lock(&exchange->lock);
+    if (exchange->out_done) {
+        pthread_mutex_unlock(&exchange->lock);
+        ymo_bucket_free_chain(error);
+        return 0;
+    }
+    /* The app's later reads and writes fail as if the client had gone:
+     * the answer is not the app's any more. */
+    exchange->aborted = 1;
+    if (!exchange->in_done && exchange->in_error == 0) {
+        exchange->in_error = -1;
+    }
+    int r;
+    if (exchange->out_started || error == NULL) {
+        /* Part of the response may be out: only a close tells the client
+         * it is incomplete. */
+        ymo_bucket_free_chain(error);
+        append_locked(exchange, NULL, YMO_DONE | YMO_DONE_ABORT);
+        r = 2;
+    }
+    else {
+        error->from_ex = 1;
+        append_locked(exchange, error, YMO_DONE | YMO_DONE_CLOSE);
+        r = 1;
+    }
+    pthread_mutex_unlock(&exchange->lock);
+    return r;
 }
 
 void
@@ -347,6 +444,7 @@ ymo_wsgi_worker_destroy(ymo_wsgi_worker_t *worker)
     }
     ev_async_stop(worker->loop, &worker->event_out);
     ev_prepare_stop(worker->loop, &worker->prepare_watcher);
+    pthread_mutex_destroy(&worker->watch_lock);
     pthread_cond_destroy(&worker->ready_in);
     pthread_mutex_destroy(&worker->lock_out);
     pthread_mutex_destroy(&worker->lock_in);

@@ -10,7 +10,16 @@
  * Neither is ever held together with another worker's lock. Lock order:
  * an exchange's lock, then lock_out (a post queues its exchange with the
  * exchange's lock held); the loop takes an exchange's lock only after
- * releasing lock_out.                                                    */
+ * releasing lock_out. watch_lock (the request watchdog's view of the
+ * worker, see wsgi_watchdog.c) comes before all of them: the watchdog
+ * answers a timed-out exchange holding it. Only the watchdog ever holds
+ * two watch_locks (a stuck worker's, then a spare slot's it starts a
+ * thread in); no worker thread uses a spare's.
+ *
+ * Slots: with a request timeout the server has twice `workers` slots;
+ * the spares have no thread (unused, retired) until the watchdog starts
+ * one in place of a stuck worker, which retires (exits) when it comes
+ * back.                                                                  */
 #ifndef YMO_WSGI_WORKER_H
 #define YMO_WSGI_WORKER_H
 
@@ -19,6 +28,7 @@
 #include <signal.h>
 #include <stdatomic.h>
 #include <stddef.h>
+#include <stdint.h>
 
 #include "bucket.h"
 #include "exchange.h"
@@ -69,6 +79,44 @@ typedef struct ymo_wsgi_worker {
     int thread_initialized;          /* init succeeded; creator only */
     size_t assigned;                 /* loop only: dispatched, not done */
     int notify_pending;              /* loop only: prepare will notify */
+
+    /* -- The request watchdog (wsgi_watchdog.c), only with a timeout.
+     * watch_lock guards the fields under it; the worker takes it with the
+     * GIL held, twice per exchange, and the watchdog holds it only for a
+     * few pointer operations and one hand-off to the loop (the detach),
+     * never while waiting for the GIL. Lock order: watch_lock, then an
+     * exchange's lock, then lock_out. -- */
+    pthread_mutex_t watch_lock;
+    ymo_exchange_t *current;         /* watch_lock: the exchange in the
+                                      * app (the worker holds a reference
+                                      * on it until it clears this) */
+    uint64_t current_seq;            /* watch_lock: exchanges begun, so a
+                                      * new exchange at the same address is
+                                      * not mistaken for the old one */
+    double current_start;            /* watch_lock: when it began
+                                      * (ymo_watch_now) */
+    int timed_out;                   /* watch_lock: the watchdog detached
+                                      * `current`: YMO_WATCH_* (wsgi.h),
+                                      * 0 while it has not */
+    double timed_out_at;             /* watch_lock */
+    int stuck;                       /* watch_lock: still in the app after
+                                      * the RequestTimeout had its chance */
+    int replaced;                    /* watch_lock: a new thread took this
+                                      * one's place: retire when back */
+    unsigned long thread_ident;      /* worker sets it before its first
+                                      * exchange; read under watch_lock
+                                      * while `current` is set */
+    int retiring;                    /* worker thread only: drain the queue
+                                      * and exit */
+    atomic_int retired;              /* watchdog/worker write, loop reads:
+                                      * dispatch nothing here (stuck, or no
+                                      * thread) */
+    atomic_int unused;               /* no thread and an empty queue:
+                                      * peers need not look at it. Written
+                                      * by whoever starts or joins the
+                                      * slot's thread, read by peers */
+    atomic_int exited;               /* the thread has returned (set by it,
+                                      * last); the watchdog joins it */
 } ymo_wsgi_worker_t;
 
 /* Initialize a worker thread (not started). Loop thread. */
@@ -78,6 +126,13 @@ ymo_status_t ymo_wsgi_worker_init(struct ev_loop *loop, size_t thread_id,
 /* Start a worker thread. Called with the GIL held: the thread creates its
  * thread state and waits for the GIL. */
 ymo_status_t ymo_wsgi_worker_start(ymo_wsgi_worker_t *worker);
+
+/* Start a thread for a slot whose thread has exited or never ran (a
+ * replacement started by the watchdog), with the signal mask `mask` (the
+ * one the first workers were started with). Any thread, GIL not
+ * needed. */
+ymo_status_t ymo_wsgi_worker_restart(ymo_wsgi_worker_t *worker,
+                                     const sigset_t *mask);
 
 static inline int
 ymo_wsgi_worker_lock_in(ymo_wsgi_worker_t *worker)
@@ -128,6 +183,15 @@ void ymo_wsgi_worker_add_exchange(ymo_wsgi_worker_t *worker,
 int ymo_wsgi_worker_response_body_append(ymo_exchange_t *exchange,
                                          ymo_bucket_t *body_item, int done);
 
+/* Any thread, while a reference is held: end the exchange from outside
+ * the app (the request watchdog). Unless its final output is in already
+ * (returns 0), the client gets `error` (a complete response, taken) when
+ * no output was appended yet (returns 1), otherwise the connection closes
+ * on what it has (returns 2); the app's later reads and writes fail as
+ * for a client that went away, and its later posts are refused. */
+int ymo_wsgi_worker_response_cut(ymo_exchange_t *exchange,
+                                 ymo_bucket_t *error);
+
 /* Worker thread (or an app thread holding a reference): tell the loop to
  * look at the exchange's flags (need_continue, need_resume) without new
  * output. */
@@ -147,5 +211,13 @@ int ymo_wsgi_worker_join(ymo_wsgi_worker_t *worker, double timeout);
 
 /* Free what init allocated (after join, or if never started). */
 void ymo_wsgi_worker_destroy(ymo_wsgi_worker_t *worker);
+
+/* The request watchdog (wsgi_watchdog.c): a thread that finds requests
+ * running longer than config.request_timeout in the app. Start it with
+ * the GIL held, after the workers (nothing happens without a timeout);
+ * stop it with the GIL released: it is joined (repeated calls are
+ * harmless). 0 or a negative errno. */
+int ymo_watchdog_start(struct ymo_server *s);
+void ymo_watchdog_stop(struct ymo_server *s);
 
 #endif /* YMO_WSGI_WORKER_H */

@@ -67,7 +67,8 @@ def test_help_lists_the_options():
                  "--limit-request-field-size", "--limit-request-head-size",
                  "--max-body-size", "--header-timeout",
                  "--keepalive-timeout", "--body-timeout", "--write-timeout",
-                 "--graceful-timeout", "--timeout", "--access-log",
+                 "--graceful-timeout", "--timeout", "--client-timeout",
+                 "--access-log",
                  "--log-level", "--version"):
         assert re.search(r"(^|[\s,])%s\b" % re.escape(flag), result.stdout), \
             flag

@@ -162,11 +162,22 @@ def test_strings_for_numbers_are_parsed(tmp_path):
     assert options["graceful_timeout"] == 2.5
 
 
-def test_the_timeout_alias_works_from_a_file(tmp_path):
-    conf = write(tmp_path / "c.py", "timeout = 9\nheader_timeout = 2\n")
+def test_the_client_timeout_alias_works_from_a_file(tmp_path):
+    conf = write(tmp_path / "c.py",
+                 "client_timeout = 9\nheader_timeout = 2\n")
     _, options, _ = parse(["-c", conf, "app"])
     assert options["header_timeout"] == 2.0
     assert options["body_timeout"] == 9.0
+    assert options["timeout"] == 30.0
+
+
+def test_gunicorns_timeout_means_the_request_timeout(tmp_path):
+    # gunicorn.conf.py's `timeout` is the longest a request may run: the
+    # watchdog's option, with the same name and meaning.
+    conf = write(tmp_path / "c.py", "timeout = 9\n")
+    _, options, _ = parse(["-c", conf, "app"])
+    assert options["timeout"] == 9.0
+    assert options["header_timeout"] == 10.0
 
 
 def test_reload_from_a_file_is_a_command_line_option(tmp_path):

@@ -91,6 +91,12 @@ def make_app(file_path):
             raise RuntimeError("boom (expected by the test)")
         if path == "/slow":
             time.sleep(0.6)
+        if path == "/spin":
+            # Past the watch server's timeout: its watchdog answers 503
+            # and raises RequestTimeout here (bounded all the same).
+            t0 = time.monotonic()
+            while time.monotonic() - t0 < 3 * TIMEOUT:
+                pass
         start_response("200 OK", [("Content-Type", "text/plain")])
         return [b"hello"]
     return app
@@ -117,12 +123,16 @@ def servers(tmp_path_factory):
                   body_timeout=2.0, header_timeout=2.0).start()
     queued = Server(app, bind="127.0.0.1:0", workers=1, queue_timeout=0.2,
                     body_timeout=2.0, header_timeout=2.0).start()
-    yield {"main": main.address, "queue": queued.address}
+    watch = Server(app, bind="127.0.0.1:0", workers=1, timeout=0.3,
+                   body_timeout=2.0, header_timeout=2.0).start()
+    yield {"main": main.address, "queue": queued.address,
+           "watch": watch.address}
     main.stop(timeout=5)
     queued.stop(timeout=5)
+    watch.stop(timeout=5)
     logger.removeHandler(handler)
     logger.propagate = old
-    assert main.stopped and queued.stopped
+    assert main.stopped and queued.stopped and watch.stopped
     tally()
     # A failure path that returned NULL without an exception, or left one
     # set for later, shows as a SystemError in the error log.
@@ -354,18 +364,28 @@ def s_queue_timeout(addrs):
                 pass
 
 
+def s_watchdog(addrs):
+    # A request past the request timeout: the watchdog's 503 (its error
+    # response is an allocation of its own; failed, the client sees the
+    # connection close instead).
+    with connect(addrs["watch"], TIMEOUT) as sock:
+        send(sock, build_request("GET", "/spin"))
+        expect(sock, lambda r: None, statuses=(503,))
+        assert read_until_close(sock, TIMEOUT) == b""
+
+
 SCENARIOS = [s_get_keepalive, s_pipelined, s_post_small, s_post_in_pieces,
              s_post_large, s_post_chunked, s_post_paused, s_expect_continue,
              s_expect_continue_small,
              s_big_stream, s_write, s_file, s_errors, s_app_exception,
-             s_long_head, s_queue_timeout]
+             s_long_head, s_queue_timeout, s_watchdog]
 
 
 def run(scenario, addrs):
     """Run a scenario; True when it went right, False when it failed
     cleanly."""
     try:
-        if scenario is s_queue_timeout:
+        if scenario in (s_queue_timeout, s_watchdog):
             scenario(addrs)
         else:
             scenario(addrs["main"])

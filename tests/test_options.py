@@ -52,6 +52,7 @@ def test_defaults_match_the_contract():
         "forwarded_allow_ips": ["127.0.0.1", "::1"],
         "proxy_protocol": False,
         "log_config": None,
+        "timeout": 30.0,
     }
 
 
@@ -112,24 +113,39 @@ def test_bind_flag_repeats_and_replaces_env_list():
     assert options["bind"] == ["[::1]:0", "2"]
 
 
-def test_timeout_alias_sets_three_timeouts():
-    _, options = parse(["--timeout", "7", "app"])
+def test_client_timeout_alias_sets_three_timeouts():
+    _, options = parse(["--client-timeout", "7", "app"])
     assert options["header_timeout"] == 7.0
     assert options["body_timeout"] == 7.0
     assert options["write_timeout"] == 7.0
     assert options["keepalive_timeout"] == DEFAULTS["keepalive_timeout"]
-    assert "timeout" not in options
+    assert "client_timeout" not in options
+    # --timeout is the request timeout now, not this shortcut.
+    assert options["timeout"] == DEFAULTS["timeout"] == 30.0
+
+
+def test_timeout_is_the_request_timeout():
+    _, options = parse(["--timeout", "7", "app"])
+    assert options["timeout"] == 7.0
+    assert options["header_timeout"] == DEFAULTS["header_timeout"]
+    assert options["body_timeout"] == DEFAULTS["body_timeout"]
+    _, options = parse(["-t", "0", "app"])
+    assert options["timeout"] == 0.0
+    _, options = parse(["app"], {"YIMMO_TIMEOUT": "2.5"})
+    assert options["timeout"] == 2.5
 
 
 def test_specific_timeout_beats_alias_at_same_level():
-    _, options = parse(["--header-timeout", "1", "--timeout", "7", "app"])
+    _, options = parse(["--header-timeout", "1", "--client-timeout", "7",
+                        "app"])
     assert options["header_timeout"] == 1.0
     assert options["body_timeout"] == 7.0
 
 
 def test_alias_flag_beats_specific_env_var():
-    _, options = parse(["--timeout", "7", "app"],
-                       {"YIMMO_HEADER_TIMEOUT": "1", "YIMMO_TIMEOUT": "3"})
+    _, options = parse(["--client-timeout", "7", "app"],
+                       {"YIMMO_HEADER_TIMEOUT": "1",
+                        "YIMMO_CLIENT_TIMEOUT": "3"})
     assert options["header_timeout"] == 7.0
 
 
@@ -200,12 +216,13 @@ def test_validate_normalises_values():
 
 
 def test_validate_timeout_alias_does_not_override_explicit_keyword():
-    options = validate({"timeout": 4, "write_timeout": 9})
+    options = validate({"client_timeout": 4, "write_timeout": 9})
     assert options["header_timeout"] == 4.0
     assert options["body_timeout"] == 4.0
     assert options["write_timeout"] == 9.0
-    assert "timeout" not in options
-    assert validate({"timeout": None}) == DEFAULTS
+    assert "client_timeout" not in options
+    assert options["timeout"] == 30.0
+    assert validate({"client_timeout": None}) == DEFAULTS
 
 
 def test_unknown_keyword_is_a_type_error():

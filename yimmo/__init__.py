@@ -8,7 +8,7 @@ all socket work without the GIL; worker threads run the app.
 """
 
 from ._server import Server, serve
-from ._yimmo import ClientDisconnected
+from ._yimmo import ClientDisconnected, RequestTimeout
 
 __version__ = "0.1.0"
-__all__ = ["ClientDisconnected", "Server", "serve", "__version__"]
+__all__ = ["ClientDisconnected", "RequestTimeout", "Server", "serve", "__version__"]

@@ -270,7 +270,8 @@ class Option(NamedTuple):
     default: Any
     help: str
     metavar: str = "N"
-    # An alias sets these options instead of one of its own (--timeout).
+    # An alias sets these options instead of one of its own
+    # (--client-timeout).
     sets: Tuple[str, ...] = ()
     # How the README states a default that depends on other options.
     default_text: Optional[str] = None
@@ -419,7 +420,15 @@ OPTIONS = (
            "with a syntax error is logged and the running code keeps "
            "serving until it is fixed.",
            metavar="", cli_only=True),
-    Option("timeout", ("--timeout",), Seconds(False), None,
+    Option("timeout", ("-t", "--timeout"), Seconds(True), 30.0,
+           "Longest time in seconds a request may run in the application "
+           "(as gunicorn's --timeout, but nothing is killed): the client "
+           "gets 503 (or a closed connection if the response had begun), "
+           "the worker's stack is logged, yimmo.RequestTimeout is raised in "
+           "the worker thread, and a worker still stuck a second later is "
+           "replaced by a new thread. 0 turns it off.",
+           metavar="SECONDS"),
+    Option("client_timeout", ("--client-timeout",), Seconds(False), None,
            "Sets --header-timeout, --body-timeout and --write-timeout "
            "together; the specific options win over it.",
            metavar="SECONDS",
@@ -609,7 +618,7 @@ def _flatten_bind(values):
 
 def _apply(result, given):
     """Layer one source (env or flags) over result: aliases, then the
-    specific options, so --header-timeout beats --timeout."""
+    specific options, so --header-timeout beats --client-timeout."""
     for name, value in given.items():
         opt = BY_NAME[name]
         for target in opt.sets:

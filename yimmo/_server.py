@@ -41,6 +41,11 @@ def _log_error(message, exc_info):
         error_log.error("%s", message, exc_info=exc_info)
 
 
+def _log_warning(message):
+    # The request watchdog: an overrun, or a stuck worker.
+    error_log.warning("%s", message)
+
+
 def _access_logger(fmt):
     """The core's log_access callback for an --access-log-format (None:
     Combined). It is called on a worker thread after each response with
@@ -147,6 +152,8 @@ class Server:
                 queue_timeout=opts["queue_timeout"],
                 forwarded_allow_ips=opts["forwarded_allow_ips"],
                 proxy_protocol=opts["proxy_protocol"],
+                timeout=opts["timeout"],
+                log_warning=_log_warning,
                 log_access=(_access_logger(opts["access_log_format"])
                             if opts["access_log"] is not None else None),
             )

@@ -1,0 +1,356 @@
+"""The request watchdog (--timeout): a request that runs longer than the
+timeout in the app gets 503 (or a closed connection once its response has
+begun), its worker's stack is logged, yimmo.RequestTimeout is raised in the
+worker thread, and a worker stuck outside Python is replaced by a new
+thread. Nothing else in the process is touched.
+
+Apps that block "in C" wait on a threading.Event the test sets at its end,
+so no thread is left sleeping after the test (an Event's wait, like
+time.sleep, is one C call that an asynchronous exception cannot break).
+"""
+
+import logging
+import os
+import threading
+import time
+
+import pytest
+
+import yimmo
+from helpers import (LogWatcher, build_request, connect, get, read_response,
+                     read_until_close)
+
+SLACK = 1.0     # the watchdog's answer comes within timeout + SLACK
+WAIT = 10       # bound for what must simply happen
+
+
+def thread_alive(native_id):
+    """Whether a thread of this process still runs (worker threads are C
+    threads, not in threading.enumerate())."""
+    return os.path.exists("/proc/self/task/%d" % native_id)
+
+
+class App:
+    """A WSGI app whose paths misbehave in the ways the watchdog handles;
+    it records what ran (and on which thread) in `events`."""
+
+    def __init__(self):
+        self.events = []
+        self.release = threading.Event()
+
+    def __call__(self, environ, start_response):
+        path = environ["PATH_INFO"]
+        me = threading.get_ident()
+        if path == "/spin":
+            start_response("200 OK", [("Content-Type", "text/plain")])
+            return Body(self, me, spin_before=True)
+        if path == "/stream-then-spin":
+            start_response("200 OK", [("Content-Type", "text/plain")])
+            return Body(self, me, spin_before=False)
+        if path == "/block":
+            self.events.append(("block", me, threading.get_native_id()))
+            self.release.wait(WAIT * 3)
+            self.events.append(("after block", me))
+        if path == "/sleep":
+            t0 = time.monotonic()
+            try:
+                time.sleep(float(environ["QUERY_STRING"]))
+                self.events.append("after sleep")
+            finally:
+                self.events.append(("sleep finally",
+                                    time.monotonic() - t0))
+        if path == "/catch":
+            try:
+                spin()
+            except yimmo.RequestTimeout:
+                self.events.append(("caught", me))
+            start_response("200 OK", [("Content-Type", "text/plain")])
+            return [b"too late"]
+        if path == "/work":
+            # Some bytecode: a RequestTimeout left pending by an earlier
+            # request would land here.
+            total = 0
+            for i in range(200000):
+                total += i
+            self.events.append(("work done", me))
+        if path == "/fifo":
+            start_response("200 OK", [("Content-Type", "text/plain")])
+            return open(self.fifo, "rb")
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [str(me).encode()]
+
+
+def spin():
+    while True:
+        pass
+
+
+class Body:
+    """An iterable with close(); it spins forever before its first item
+    (no head sent yet) or after it (head and a chunk out)."""
+
+    def __init__(self, app, ident, spin_before):
+        self.app = app
+        self.ident = ident
+        self.spin_before = spin_before
+
+    def __iter__(self):
+        try:
+            if not self.spin_before:
+                yield b"first"
+            spin()
+            yield b"never"
+        finally:
+            self.app.events.append(("finally", self.ident))
+
+    def close(self):
+        self.app.events.append(("close", self.ident))
+
+
+@pytest.fixture
+def serve():
+    servers = []
+    apps = []
+
+    def start(**options):
+        app = App()
+        server = yimmo.Server(app, bind="127.0.0.1:0", **options)
+        server.start()
+        servers.append(server)
+        apps.append(app)
+        return server, app
+
+    yield start
+    for app in apps:
+        app.release.set()
+    for server in servers:
+        server.stop(timeout=5)
+
+
+def timed_get(server, target, timeout=WAIT):
+    t0 = time.monotonic()
+    resp = get(server.address, target, timeout=timeout)
+    return resp, time.monotonic() - t0
+
+
+def test_python_loop_gets_503_and_the_same_worker_serves_next(serve,
+                                                              log_watcher):
+    server, app = serve(workers=1, timeout=1)
+    before, _ = timed_get(server, "/")
+    worker = int(before.body)
+    resp, took = timed_get(server, "/spin")
+    assert resp.status == 503
+    assert resp.headers.get("connection") == "close"
+    assert 0.9 <= took <= 1 + SLACK
+    text = log_watcher.wait_for("request timeout", "GET /spin HTTP/1.1",
+                                "worker 0", "RequestTimeout raised")
+    assert "WARNING" in text
+    # The stack, as faulthandler writes it: file, line and function.
+    # (the loop's line, `while` or `pass` depending on the Python)
+    first = spin.__code__.co_firstlineno
+    assert any('test_watchdog.py", line %d in spin' % n in text
+               for n in (first + 1, first + 2)), text
+    assert "in __iter__" in text
+    # The next request runs on the same worker: the loop was broken, and
+    # the iterable's finally and close() ran.
+    after, _ = timed_get(server, "/")
+    assert after.status == 200
+    assert int(after.body) == worker
+    assert ("finally", worker) in app.events
+    assert ("close", worker) in app.events
+    assert not any("error handling request" in t for t in log_watcher.texts)
+    assert not server._core.recycle_requested
+
+
+def test_worker_blocked_in_c_is_replaced(serve, log_watcher):
+    server, app = serve(workers=1, timeout=0.5)
+    worker = int(get(server.address, "/").body)
+    resp, took = timed_get(server, "/block")
+    assert resp.status == 503
+    assert took <= 0.5 + SLACK
+    log_watcher.wait_for("request timeout", "GET /block")
+    log_watcher.wait_for("worker 0 is still in", "started in its place")
+    # A new thread answers while the first one is still blocked.
+    resp, took = timed_get(server, "/")
+    assert resp.status == 200
+    assert int(resp.body) != worker
+    assert took < 0.5
+    [(_, blocked, native_id)] = app.events
+    assert blocked == worker
+    assert thread_alive(native_id)
+    # Released, the stuck thread leaves the app (its RequestTimeout lands
+    # as soon as it runs Python again) and retires: the pool is back to
+    # its size.
+    app.release.set()
+    deadline = time.monotonic() + WAIT
+    while thread_alive(native_id) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not thread_alive(native_id)
+    assert ("after block", worker) not in app.events
+    for _ in range(3):
+        assert get(server.address, "/").status == 200
+    assert not server._core.recycle_requested
+
+
+def test_time_sleep_is_not_interrupted_but_the_exception_follows(
+        serve, log_watcher):
+    server, app = serve(workers=1, timeout=0.5)
+    resp, took = timed_get(server, "/sleep?3")
+    assert resp.status == 503
+    assert took <= 0.5 + SLACK
+    # The replacement thread serves meanwhile.
+    log_watcher.wait_for("started in its place")
+    assert get(server.address, "/").status == 200
+    deadline = time.monotonic() + WAIT
+    while not app.events and time.monotonic() < deadline:
+        time.sleep(0.05)
+    # time.sleep ran its full course (no bytecode runs inside it); the
+    # exception came at the next bytecode, so the line after it never ran
+    # while the finally block did.
+    [(what, slept)] = app.events
+    assert what == "sleep finally"
+    assert slept >= 2.9
+
+
+def test_response_begun_then_loop_closes_connection(serve, log_watcher):
+    server, app = serve(workers=1, timeout=1)
+    with connect(server.address, WAIT) as sock:
+        sock.sendall(build_request("GET", "/stream-then-spin"))
+        t0 = time.monotonic()
+        data = read_until_close(sock, WAIT)
+        took = time.monotonic() - t0
+    assert data.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert b"transfer-encoding: chunked" in data.lower()
+    assert b"first" in data
+    assert not data.endswith(b"0\r\n\r\n")     # cut short, visibly
+    assert 0.9 <= took <= 1 + SLACK
+    log_watcher.wait_for("GET /stream-then-spin", "connection closed")
+    assert get(server.address, "/").status == 200
+
+
+def test_other_requests_are_untouched(serve):
+    server, app = serve(workers=2, timeout=1)
+    results = []
+
+    def spinner():
+        results.append(get(server.address, "/spin", timeout=WAIT).status)
+
+    t = threading.Thread(target=spinner)
+    t.start()
+    # Meanwhile, on one keep-alive connection, requests go on.
+    with connect(server.address, WAIT) as sock:
+        deadline = time.monotonic() + 2
+        n = 0
+        while time.monotonic() < deadline:
+            sock.sendall(build_request("GET", "/work"))
+            resp = read_response(sock)
+            assert resp.status == 200
+            n += 1
+    t.join(WAIT)
+    assert results == [503]
+    assert n >= 10
+
+
+def test_timeout_zero_turns_it_off(serve, log_watcher):
+    server, app = serve(workers=1, timeout=0)
+    resp, took = timed_get(server, "/sleep?1.2")
+    assert resp.status == 200
+    assert took >= 1.2
+    assert app.events[0] == "after sleep"
+    assert not any("timeout" in t for t in log_watcher.texts)
+
+
+def test_past_the_cap_a_recycle_is_requested(serve, log_watcher):
+    server, app = serve(workers=1, timeout=0.5)
+    assert server._core.recycle_requested is False
+    assert get(server.address, "/block").status == 503
+    log_watcher.wait_for("worker 0 is still in", "started in its place")
+    assert not server._core.recycle_requested
+    # The replacement gets stuck too: no third thread for one worker.
+    assert get(server.address, "/block").status == 503
+    log_watcher.wait_for("no replacement thread is left",
+                         "asking for this process to be recycled")
+    assert server._core.recycle_requested is True
+    # Once one comes back, it serves again (it was not replaced).
+    app.release.set()
+    resp, took = timed_get(server, "/")
+    assert resp.status == 200
+
+
+def test_stop_while_workers_are_stuck_keeps_the_grace_deadline(serve):
+    server, app = serve(workers=1, timeout=0.5)
+    assert get(server.address, "/block").status == 503
+    deadline = time.monotonic() + WAIT
+    while threads_blocked(app) < 1 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(1.2)             # replaced by now
+    assert get(server.address, "/block").status == 503
+    t0 = time.monotonic()
+    server.stop(timeout=1)
+    took = time.monotonic() - t0
+    assert took < 1 + SLACK
+    assert server.stopped
+    assert server._core.abandoned_workers >= 1
+
+
+def threads_blocked(app):
+    return sum(1 for e in app.events if e[0] == "block")
+
+
+def test_app_that_catches_the_timeout_and_returns(serve, log_watcher):
+    server, app = serve(workers=1, timeout=0.5)
+    resp, _ = timed_get(server, "/catch")
+    assert resp.status == 503
+    assert resp.body == b"Service Unavailable\n"
+    # Its late response is dropped, and nothing is logged as an error.
+    resp = get(server.address, "/work")
+    assert resp.status == 200
+    worker = int(get(server.address, "/").body)
+    assert ("caught", worker) in app.events
+    assert ("work done", worker) in app.events
+    assert not any("ERROR" in t for t in log_watcher.texts)
+
+
+def test_pending_exception_never_lands_in_the_next_request(serve,
+                                                           log_watcher,
+                                                           tmp_path):
+    # The response iterable is a file reading a FIFO: the worker blocks in
+    # C (no bytecode runs in it) when the exception is raised, and leaves
+    # the request without running any bytecode (the file's lines and
+    # close() are C too). The exception must be cleared then, not kept
+    # for the next request, which runs Python.
+    fifo = str(tmp_path / "fifo")
+    os.mkfifo(fifo)
+    writer = os.open(fifo, os.O_RDWR)   # (a reader's open won't block)
+    server, app = serve(workers=1, timeout=0.5)
+    server.app.fifo = fifo
+    try:
+        resp = get(server.address, "/fifo")
+        assert resp.status == 503
+        log_watcher.wait_for("GET /fifo", "answered 503",
+                             "RequestTimeout raised")
+        os.write(writer, b"late line\n")
+    finally:
+        os.close(writer)
+    for _ in range(3):
+        resp = get(server.address, "/work")
+        assert resp.status == 200
+    assert sum(1 for e in app.events if e[0] == "work done") == 3
+    assert not any("ERROR" in t for t in log_watcher.texts)
+
+
+def test_access_log_has_the_503(serve):
+    # The app had called start_response("200 OK") before it spun: the
+    # client got the watchdog's 503, and so says the access log. (Watched
+    # on yimmo.access itself: once logging is configured it does not
+    # propagate to "yimmo".)
+    logger = logging.getLogger("yimmo.access")
+    old = logger.level
+    logger.setLevel(logging.INFO)
+    try:
+        with LogWatcher("yimmo.access") as watcher:
+            server, app = serve(workers=1, timeout=0.5, access_log="-")
+            assert get(server.address, "/spin").status == 503
+            watcher.wait_for("yimmo.access", '"GET /spin HTTP/1.1" 503 - ')
+    finally:
+        logger.setLevel(old)
