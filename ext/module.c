@@ -18,6 +18,9 @@ typedef struct {
     size_t abandoned;          /* workers still in the app after the
                                 * grace period: this object then stays
                                 * alive for good, as they use it */
+    Py_buffer heartbeat;       /* the supervisor's slot (heartbeat.h),
+                                * held for the Core's life so the memory
+                                * stays mapped; .obj NULL without one */
 } CoreObject;
 
 static ymo_module_state *
@@ -50,7 +53,7 @@ Core_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
         "max_body_size", "header_timeout", "keepalive_timeout",
         "body_timeout", "write_timeout", "log_access", "multiprocess",
         "buffer_body", "min_body_rate", "max_pending", "queue_timeout",
-        NULL,
+        "heartbeat", "notify_fd", "max_requests", NULL,
     };
     PyObject *app, *listeners, *log_error, *errors;
     Py_ssize_t workers = 8, line = 4094, fields = 100, field_size = 8190,
@@ -60,13 +63,16 @@ Core_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
              *t_write = NULL, *log_access = Py_None;
     int multiprocess = 0;
     Py_ssize_t buffer_body = 65536, max_pending = -1;
-    PyObject *min_rate = NULL, *t_queue = NULL;
+    PyObject *min_rate = NULL, *t_queue = NULL, *heartbeat = Py_None;
+    int notify_fd = -1;
+    unsigned long long max_requests = 0;
     if (!PyArg_ParseTupleAndKeywords(
-            args, kwargs, "OOOO|$nnnnnKOOOOOpnOnO:Core", kwlist, &app,
+            args, kwargs, "OOOO|$nnnnnKOOOOOpnOnOOiK:Core", kwlist, &app,
             &listeners, &log_error, &errors, &workers, &line, &fields,
             &field_size, &head_size, &max_body, &t_header, &t_keepalive,
             &t_body, &t_write, &log_access, &multiprocess, &buffer_body,
-            &min_rate, &max_pending, &t_queue)) {
+            &min_rate, &max_pending, &t_queue, &heartbeat, &notify_fd,
+            &max_requests)) {
         return NULL;
     }
     if (buffer_body < 0) {
@@ -120,6 +126,7 @@ Core_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
                        (max_pending < 0 ? 16 * (size_t)workers
                                         : (size_t)max_pending);
     cfg.queue_timeout = 0.0;
+    cfg.max_requests = max_requests;
     struct {
         PyObject *o;
         double *to;
@@ -199,6 +206,19 @@ Core_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
             goto fail;
         }
     }
+    if (heartbeat != Py_None) {
+        if (PyObject_GetBuffer(heartbeat, &self->heartbeat,
+                               PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS) < 0) {
+            goto fail;
+        }
+        if (self->heartbeat.len < (Py_ssize_t)sizeof(ymo_heartbeat_t) ||
+            ((uintptr_t)self->heartbeat.buf % 8) != 0) {
+            PyErr_SetString(PyExc_ValueError,
+                            "heartbeat must be a writable, 8-byte aligned "
+                            "buffer of at least 24 bytes");
+            goto fail;
+        }
+    }
     int r = ymo_server_init(&self->server, &cfg, fds, is_unix, (size_t)n,
                             &self->app);
     if (r < 0) {
@@ -207,6 +227,10 @@ Core_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
         goto fail;
     }
     self->initialized = 1;
+    if (self->heartbeat.obj != NULL) {
+        ymo_server_set_heartbeat(&self->server, self->heartbeat.buf,
+                                 notify_fd);
+    }
     PyMem_Free(fds);
     PyMem_Free(is_unix);
     return (PyObject *)self;
@@ -326,6 +350,16 @@ Core_is_worker_thread(CoreObject *self, PyObject *unused)
 }
 
 static PyObject *
+Core_request_recycle(CoreObject *self, PyObject *unused)
+{
+    (void)unused;
+    if (self->initialized) {
+        ymo_server_request_recycle(&self->server);
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *
 Core_get_finished(CoreObject *self, void *closure)
 {
     (void)closure;
@@ -392,6 +426,9 @@ Core_dealloc(CoreObject *self)
     PyMem_Free(self->app.server_port);
     Py_CLEAR(self->app.multithread);
     Py_CLEAR(self->app.multiprocess);
+    if (self->heartbeat.obj != NULL) {
+        PyBuffer_Release(&self->heartbeat);
+    }
     tp->tp_free(self);
     Py_DECREF(tp);
 }
@@ -409,6 +446,10 @@ static PyMethodDef Core_methods[] = {
      " (negative: 0; NaN: ValueError), which a later stop may bring"
      " forward but never postpone. Thread-safe; run() returns True once"
      " stopped."},
+    {"request_recycle", (PyCFunction)Core_request_recycle, METH_NOARGS,
+     "request_recycle(): ask the supervisor (processes >= 2) to replace"
+     " this process gracefully: a successor starts first, then this one"
+     " drains. Does nothing in a single process. Any thread."},
     {"is_worker_thread", (PyCFunction)Core_is_worker_thread, METH_NOARGS,
      "is_worker_thread() -> bool: whether the calling thread is one of this"
      " Core's workers (code called by the app, inside a request)"},

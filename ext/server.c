@@ -124,6 +124,10 @@ server_finish(ymo_server_t *s)
 {
     s->stopped = 1;
     ev_timer_stop(s->loop, &s->grace_timer);
+    if (ev_is_active(&s->heartbeat_timer)) {
+        ev_ref(s->loop);        /* undo the unref of set_heartbeat */
+        ev_timer_stop(s->loop, &s->heartbeat_timer);
+    }
     ev_break(s->loop, EVBREAK_ALL);
 }
 
@@ -165,6 +169,7 @@ server_on_stop(struct ev_loop *loop, ev_async *w, int revents)
     }
     if (!s->draining_loop) {
         s->draining_loop = 1;
+        s->drain_started = ev_now(loop);
         atomic_store(&s->draining, 1);
         /* Closed now, not at exit: a client connecting during the grace
          * period is refused at once instead of waiting in the backlog to
@@ -193,6 +198,79 @@ server_on_stop(struct ev_loop *loop, ev_async *w, int revents)
     }
     ev_timer_set(&s->grace_timer, left > 0 ? left : 0., 0.);
     ev_timer_start(loop, &s->grace_timer);
+}
+
+/* Beat: the loop turned at least once since the last beat. */
+static void
+server_on_heartbeat(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    (void)loop;
+    (void)revents;
+    ymo_server_t *s = w->data;
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    uint64_t ns = (uint64_t)t.tv_sec * 1000000000u + (uint64_t)t.tv_nsec;
+    /* Relaxed: each field is read on its own; the supervisor needs no
+     * ordering between them. */
+    atomic_store_explicit(&s->heartbeat->beat_ns, ns, memory_order_relaxed);
+}
+
+void
+ymo_server_set_heartbeat(ymo_server_t *s, ymo_heartbeat_t *hb, int notify_fd)
+{
+    s->heartbeat = hb;
+    s->notify_fd = notify_fd;
+    if (hb != NULL) {
+        /* The first beat as soon as the loop runs, then regularly. */
+        ev_timer_set(&s->heartbeat_timer, 0., YMO_HEARTBEAT_INTERVAL);
+        ev_timer_start(s->loop, &s->heartbeat_timer);
+        /* Not a reason to keep the loop running once drained. */
+        ev_unref(s->loop);
+    }
+}
+
+static void
+server_recycle(ymo_server_t *s, uint32_t reason)
+{
+    ymo_heartbeat_t *hb = s->heartbeat;
+    if (hb == NULL) {
+        return;
+    }
+    uint32_t expected = 0;
+    /* The reason first, so a supervisor that sees the flag sees why. The
+     * exchange on the flag makes the wake-up happen once. */
+    if (atomic_load(&hb->recycle) != 0) {
+        return;
+    }
+    atomic_store(&hb->reason, reason);
+    if (atomic_compare_exchange_strong(&hb->recycle, &expected, 1) &&
+        s->notify_fd >= 0) {
+        /* A full pipe means the supervisor has a wake-up pending
+         * already; it reads the flag, not the byte. */
+        ssize_t r = write(s->notify_fd, "r", 1);
+        (void)r;
+    }
+}
+
+void
+ymo_server_request_recycle(ymo_server_t *s)
+{
+    server_recycle(s, YMO_RECYCLE_REQUESTED);
+}
+
+void
+ymo_server_request_done(ymo_server_t *s)
+{
+    s->requests_done++;
+    if (s->heartbeat == NULL) {
+        return;
+    }
+    atomic_store_explicit(&s->heartbeat->requests, s->requests_done,
+                          memory_order_relaxed);
+    if (s->config.max_requests > 0 &&
+        s->requests_done >= s->config.max_requests) {
+        server_recycle(s, YMO_RECYCLE_MAX_REQUESTS);
+    }
 }
 
 static void
@@ -262,6 +340,9 @@ ymo_server_init(ymo_server_t *s, const ymo_config_t *config,
     s->accept_timer.data = s;
     ev_init(&s->wakeup_watcher, server_on_wakeup);
     s->wakeup_watcher.data = s;
+    ev_init(&s->heartbeat_timer, server_on_heartbeat);
+    s->heartbeat_timer.data = s;
+    s->notify_fd = -1;
     return 0;
 }
 
@@ -414,6 +495,10 @@ ymo_server_on_worker_thread(const ymo_server_t *s)
 void
 ymo_server_destroy(ymo_server_t *s)
 {
+    if (s->loop != NULL && ev_is_active(&s->heartbeat_timer)) {
+        ev_ref(s->loop);
+        ev_timer_stop(s->loop, &s->heartbeat_timer);
+    }
     while (s->conns != NULL) {
         ymo_conn_close(s->conns);
     }

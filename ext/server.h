@@ -13,6 +13,7 @@
 #include <time.h>
 
 #include "exchange.h"
+#include "heartbeat.h"
 #include "http_parser.h"
 #include "wsgi_worker.h"
 
@@ -41,7 +42,18 @@ typedef struct ymo_config {
                                 * many, no new request is parsed */
     double queue_timeout;      /* a request that waited longer for a worker
                                 * gets 503; 0: no limit */
+    uint64_t max_requests;     /* after this many completed requests the
+                                * process asks to be recycled; 0: never */
 } ymo_config_t;
+
+/* Seconds between two heartbeats of the loop. */
+#define YMO_HEARTBEAT_INTERVAL 0.25
+
+/* Seconds an idle connection is kept open once a stop began (its "last
+ * call"): a keep-alive client may be sending its next request right now,
+ * and closing under it would fail that request. A request that arrives
+ * in the window is answered with Connection: close. */
+#define YMO_LAST_CALL 1.0
 
 /* Seconds over which a request body's rate is measured. */
 #define YMO_RATE_WINDOW 10.0
@@ -83,6 +95,9 @@ typedef struct ymo_server {
     ev_timer grace_timer;
     ev_timer accept_timer;     /* resumes accepting after EMFILE */
     ev_async stop_watcher;     /* any thread -> loop: stop */
+    ev_tstamp drain_started;   /* loop time the stop began */
+    uint64_t requests_done;    /* completed requests */
+    ev_timer heartbeat_timer;  /* beats into `heartbeat` */
 
     /* Shared. */
     atomic_int draining;       /* loop writes; workers read (close conns) */
@@ -91,6 +106,12 @@ typedef struct ymo_server {
     double deadline;           /* CLOCK_MONOTONIC seconds when in-flight
                                 * work is cut off: set by the first stop,
                                 * only ever moved earlier */
+    ymo_heartbeat_t *heartbeat;    /* the supervisor's slot, or NULL (one
+                                    * process); set before the loop runs,
+                                    * then fixed. Fields: see heartbeat.h */
+    int notify_fd;             /* non-blocking pipe to the supervisor, or
+                                * -1: a byte "r" when a recycle is first
+                                * asked for. Fixed once the loop runs. */
 } ymo_server_t;
 
 /* Set up the loop, listeners and workers (not started). listen_fds are
@@ -144,6 +165,23 @@ void ymo_server_destroy(ymo_server_t *s);
 
 /* Loop thread: give an exchange to a worker (cannot fail). */
 void ymo_server_dispatch(ymo_server_t *s, ymo_exchange_t *ex);
+
+/* Before the first ymo_server_run: beat into hb (which must outlive the
+ * server) every YMO_HEARTBEAT_INTERVAL from the loop thread, and tell
+ * notify_fd (if >= 0) when a recycle is asked for. */
+void ymo_server_set_heartbeat(ymo_server_t *s, ymo_heartbeat_t *hb,
+                              int notify_fd);
+
+/* Ask the supervisor to replace this process gracefully (its successor
+ * starts first, then this one drains). Sets the "recycle me" flag in the
+ * heartbeat slot and wakes the supervisor; does nothing without a
+ * supervisor (one process) or after the first call. Any thread,
+ * async-signal-safe, no lock. */
+void ymo_server_request_recycle(ymo_server_t *s);
+
+/* Loop thread: a request's response is complete (counts it; max_requests
+ * asks for a recycle). */
+void ymo_server_request_done(ymo_server_t *s);
 
 /* Loop thread: a connection closed (for draining). */
 void ymo_server_conn_closed(ymo_server_t *s);

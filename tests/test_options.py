@@ -47,6 +47,16 @@ def test_defaults_match_the_contract():
         "graceful_timeout": 30.0,
         "access_log": None,
         "log_level": "info",
+        "processes": 1,
+        "reuse_port": False,
+        "preload": False,
+        "max_requests": 0,
+        "max_requests_jitter": 0,
+        "max_rss": 0,
+        "max_lifetime": 0.0,
+        "max_lifetime_jitter": 0.0,
+        "heartbeat_timeout": 20.0,
+        "unix_socket_mode": None,
     }
 
 

@@ -184,3 +184,28 @@ def format_access(environ, status, length, request_time=None):
         _field(environ, "HTTP_REFERER"),
         _field(environ, "HTTP_USER_AGENT"),
     )
+
+
+def reopen_log_files():
+    """Reopen every logging.FileHandler's file (SIGUSR1, after logrotate
+    moved it): the next line goes to a new file at the configured path.
+    Handlers of every logger, ours and the application's."""
+    loggers = [logging.getLogger()]
+    loggers += [l for l in logging.Logger.manager.loggerDict.values()
+                if isinstance(l, logging.Logger)]
+    seen = set()
+    for logger in loggers:
+        for handler in logger.handlers:
+            if not isinstance(handler, logging.FileHandler) or \
+                    id(handler) in seen:
+                continue
+            seen.add(id(handler))
+            handler.acquire()
+            try:
+                if handler.stream is not None:
+                    handler.stream.close()
+                    handler.stream = None
+                # FileHandler opens it again at the next emit (delay).
+                handler.stream = handler._open()
+            finally:
+                handler.release()
