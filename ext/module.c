@@ -53,7 +53,8 @@ Core_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
         "max_body_size", "header_timeout", "keepalive_timeout",
         "body_timeout", "write_timeout", "log_access", "multiprocess",
         "buffer_body", "min_body_rate", "max_pending", "queue_timeout",
-        "heartbeat", "notify_fd", "max_requests", NULL,
+        "heartbeat", "notify_fd", "max_requests", "recycle_stops_accepting",
+        NULL,
     };
     PyObject *app, *listeners, *log_error, *errors;
     Py_ssize_t workers = 8, line = 4094, fields = 100, field_size = 8190,
@@ -66,13 +67,14 @@ Core_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
     PyObject *min_rate = NULL, *t_queue = NULL, *heartbeat = Py_None;
     int notify_fd = -1;
     unsigned long long max_requests = 0;
+    int stop_accepting = 0;
     if (!PyArg_ParseTupleAndKeywords(
-            args, kwargs, "OOOO|$nnnnnKOOOOOpnOnOOiK:Core", kwlist, &app,
+            args, kwargs, "OOOO|$nnnnnKOOOOOpnOnOOiKp:Core", kwlist, &app,
             &listeners, &log_error, &errors, &workers, &line, &fields,
             &field_size, &head_size, &max_body, &t_header, &t_keepalive,
             &t_body, &t_write, &log_access, &multiprocess, &buffer_body,
             &min_rate, &max_pending, &t_queue, &heartbeat, &notify_fd,
-            &max_requests)) {
+            &max_requests, &stop_accepting)) {
         return NULL;
     }
     if (buffer_body < 0) {
@@ -127,6 +129,7 @@ Core_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
                                         : (size_t)max_pending);
     cfg.queue_timeout = 0.0;
     cfg.max_requests = max_requests;
+    cfg.recycle_stops_accepting = stop_accepting;
     struct {
         PyObject *o;
         double *to;

@@ -111,7 +111,7 @@ server_on_accept_timer(struct ev_loop *loop, ev_timer *w, int revents)
 {
     (void)revents;
     ymo_server_t *s = w->data;
-    if (s->draining_loop) {
+    if (s->draining_loop || s->accept_paused) {
         return;
     }
     for (size_t i = 0; i < s->n_listeners; i++) {
@@ -270,6 +270,17 @@ ymo_server_request_done(ymo_server_t *s)
     if (s->config.max_requests > 0 &&
         s->requests_done >= s->config.max_requests) {
         server_recycle(s, YMO_RECYCLE_MAX_REQUESTS);
+        if (s->config.recycle_stops_accepting && !s->accept_paused) {
+            /* Served its share: new clients go to the other processes
+             * (the listener stays open, so they wait in its backlog at
+             * worst), while this one finishes what it has and serves its
+             * keep-alive connections until its successor is ready. */
+            s->accept_paused = 1;
+            ev_timer_stop(s->loop, &s->accept_timer);
+            for (size_t i = 0; i < s->n_listeners; i++) {
+                ev_io_stop(s->loop, &s->listeners[i].io);
+            }
+        }
     }
 }
 

@@ -44,6 +44,11 @@ typedef struct ymo_config {
                                 * gets 503; 0: no limit */
     uint64_t max_requests;     /* after this many completed requests the
                                 * process asks to be recycled; 0: never */
+    int recycle_stops_accepting;   /* once it asked to be recycled for
+                                    * max_requests, accept no more (the
+                                    * listeners are shared: the others
+                                    * and its successor take the new
+                                    * clients) */
 } ymo_config_t;
 
 /* Seconds between two heartbeats of the loop. */
@@ -91,6 +96,7 @@ typedef struct ymo_server {
     int cut_off;               /* the grace period ran out: what is left
                                 * is aborted by the server, not a client */
     int stopped;               /* drained: ev_run returns for good */
+    int accept_paused;         /* recycle_stops_accepting took effect */
     ev_io wakeup_watcher;      /* signal wakeup fd (main thread only) */
     ev_timer grace_timer;
     ev_timer accept_timer;     /* resumes accepting after EMFILE */

@@ -105,6 +105,7 @@ class Server:
                 extra = dict(heartbeat=_process.heartbeat,
                              notify_fd=_process.notify_fd,
                              max_requests=_process.max_requests,
+                             recycle_stops_accepting=not opts["reuse_port"],
                              multiprocess=True)
             self._core = _yimmo.Core(
                 app, listeners, _log_error, sys.stderr,
