@@ -329,6 +329,52 @@ def test_sighup_reloads_new_code_with_no_failed_request(tmp_path):
         assert stop(proc) == 0
 
 
+def test_sighup_with_broken_code_keeps_the_old_processes(tmp_path):
+    path = write_app(tmp_path)
+    with start(tmp_path) as proc:
+        port = wait_port(proc)
+        wait_ready(proc, 2)
+        old = set(children_of(proc.proc.pid))
+        path.write_text("raise RuntimeError('half-edited')\n")
+        with Load(port, threads=2) as load:
+            proc.signal(signal.SIGHUP)
+            proc.wait_for_line(r"half-edited.*the running processes keep "
+                               r"serving", timeout=30)
+            n = len(load.snapshot())
+            load.wait_count(n + 50)
+        assert load.failures() == []
+        assert load.pids() == {int(p) for p in old}
+        assert proc.proc.poll() is None
+        # Fixed: the next SIGHUP goes through.
+        path.write_text(APP.replace('VERSION = "v1"', 'VERSION = "fixed"'))
+        proc.signal(signal.SIGHUP)
+        deadline = time.monotonic() + 15
+        while not get(port)[1].endswith(" fixed"):
+            assert time.monotonic() < deadline, proc._describe()
+            time.sleep(0.05)
+        assert stop(proc) == 0
+
+
+@pytest.mark.parametrize("preload", [False, True])
+def test_preload_imports_the_app_in_the_supervisor_only_when_asked(
+        tmp_path, preload):
+    write_app(tmp_path, APP + '\nIMPORTED_IN = os.getpid()\n'
+              'with open(os.environ["APP_LOG"] + ".imports", "a") as f:\n'
+              '    f.write("%d\\n" % IMPORTED_IN)\n')
+    args = ["--preload"] if preload else []
+    with start(tmp_path, *args) as proc:
+        port = wait_port(proc)
+        wait_ready(proc, 2)
+        assert get(port)[0] == 200
+        importers = {int(line) for line in (
+            tmp_path / "requests.log.imports").read_text().split()}
+        if preload:
+            assert importers == {proc.proc.pid}
+        else:
+            assert importers == set(children_of(proc.proc.pid))
+        assert stop(proc) == 0
+
+
 def test_max_requests_recycles_with_no_failed_request(tmp_path):
     write_app(tmp_path)
     with start(tmp_path, "--max-requests", "50") as proc:

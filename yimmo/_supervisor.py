@@ -469,8 +469,10 @@ class Supervisor:
                           else "")
                 for c in self.children.values():
                     c.retire = None
+                    if c.ready_at is None:
+                        self._drain(c)   # a sibling of the failures
                 self.failures = 0
-                self.next_spawn = now + BACKOFF_MAX * 6
+                self.next_spawn = 0.0
                 return
             log.error("Server processes fail at start, %d times in a row; "
                       "giving up", self.failures)
