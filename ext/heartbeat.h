@@ -11,7 +11,8 @@
 #include <stdatomic.h>
 #include <stdint.h>
 
-/* Bytes the supervisor maps per process (one cache line). */
+/* Bytes per process (one cache line). The supervisor maps one table of
+ * slots shared by all its processes; each process writes only its own. */
 #define YMO_HEARTBEAT_SIZE 64
 
 typedef struct ymo_heartbeat {
@@ -30,7 +31,22 @@ typedef struct ymo_heartbeat {
     /* offset 20: why: 1 max_requests, 2 asked by the app or the
      * watchdog. Written before `recycle`. */
     _Atomic uint32_t reason;
+    /* offset 24: open connections. The loop thread writes it; sibling
+     * processes read it (see `accepting`). */
+    _Atomic uint32_t conns;
+    /* offset 28: 1 while the process accepts from the listeners it
+     * shares with its siblings: its loop sets it when it starts and
+     * clears it when it stops accepting; the supervisor clears it when
+     * the process is gone. A loop about to accept compares its
+     * `conns` with those of the siblings that accept, and lets a less
+     * loaded one take the connection (server.c, listener_on_accept). */
+    _Atomic uint32_t accepting;
+    /* to YMO_HEARTBEAT_SIZE: slots are a table's entries */
+    unsigned char _reserved[32];
 } ymo_heartbeat_t;
+
+_Static_assert(sizeof(ymo_heartbeat_t) == YMO_HEARTBEAT_SIZE,
+               "heartbeat slots are YMO_HEARTBEAT_SIZE bytes apart");
 
 #define YMO_RECYCLE_MAX_REQUESTS 1
 #define YMO_RECYCLE_REQUESTED 2

@@ -53,8 +53,8 @@ Core_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
         "max_body_size", "header_timeout", "keepalive_timeout",
         "body_timeout", "write_timeout", "log_access", "multiprocess",
         "buffer_body", "min_body_rate", "max_pending", "queue_timeout",
-        "heartbeat", "notify_fd", "max_requests", "recycle_stops_accepting",
-        NULL,
+        "heartbeat", "notify_fd", "max_requests", "shared_listener",
+        "heartbeat_slot", NULL,
     };
     PyObject *app, *listeners, *log_error, *errors;
     Py_ssize_t workers = 8, line = 4094, fields = 100, field_size = 8190,
@@ -67,14 +67,15 @@ Core_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
     PyObject *min_rate = NULL, *t_queue = NULL, *heartbeat = Py_None;
     int notify_fd = -1;
     unsigned long long max_requests = 0;
-    int stop_accepting = 0;
+    int shared_listener = 0;
+    Py_ssize_t heartbeat_slot = 0;
     if (!PyArg_ParseTupleAndKeywords(
-            args, kwargs, "OOOO|$nnnnnKOOOOOpnOnOOiKp:Core", kwlist, &app,
+            args, kwargs, "OOOO|$nnnnnKOOOOOpnOnOOiKpn:Core", kwlist, &app,
             &listeners, &log_error, &errors, &workers, &line, &fields,
             &field_size, &head_size, &max_body, &t_header, &t_keepalive,
             &t_body, &t_write, &log_access, &multiprocess, &buffer_body,
             &min_rate, &max_pending, &t_queue, &heartbeat, &notify_fd,
-            &max_requests, &stop_accepting)) {
+            &max_requests, &shared_listener, &heartbeat_slot)) {
         return NULL;
     }
     if (buffer_body < 0) {
@@ -129,7 +130,9 @@ Core_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
                                         : (size_t)max_pending);
     cfg.queue_timeout = 0.0;
     cfg.max_requests = max_requests;
-    cfg.recycle_stops_accepting = stop_accepting;
+    /* Only where others take the connections it leaves. */
+    cfg.shared_listener = shared_listener;
+    cfg.recycle_stops_accepting = shared_listener;
     struct {
         PyObject *o;
         double *to;
@@ -214,11 +217,13 @@ Core_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
                                PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS) < 0) {
             goto fail;
         }
-        if (self->heartbeat.len < (Py_ssize_t)sizeof(ymo_heartbeat_t) ||
+        if (heartbeat_slot < 0 ||
+            self->heartbeat.len / YMO_HEARTBEAT_SIZE <= heartbeat_slot ||
             ((uintptr_t)self->heartbeat.buf % 8) != 0) {
-            PyErr_SetString(PyExc_ValueError,
-                            "heartbeat must be a writable, 8-byte aligned "
-                            "buffer of at least 24 bytes");
+            PyErr_Format(PyExc_ValueError,
+                         "heartbeat must be a writable, 8-byte aligned "
+                         "table of %d-byte slots with heartbeat_slot in it",
+                         YMO_HEARTBEAT_SIZE);
             goto fail;
         }
     }
@@ -231,8 +236,10 @@ Core_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
     }
     self->initialized = 1;
     if (self->heartbeat.obj != NULL) {
-        ymo_server_set_heartbeat(&self->server, self->heartbeat.buf,
-                                 notify_fd);
+        ymo_server_set_heartbeat(
+            &self->server, self->heartbeat.buf,
+            (size_t)(self->heartbeat.len / YMO_HEARTBEAT_SIZE),
+            (size_t)heartbeat_slot, notify_fd);
     }
     PyMem_Free(fds);
     PyMem_Free(is_unix);

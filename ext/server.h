@@ -44,6 +44,8 @@ typedef struct ymo_config {
                                 * gets 503; 0: no limit */
     uint64_t max_requests;     /* after this many completed requests the
                                 * process asks to be recycled; 0: never */
+    int shared_listener;       /* other processes accept from the same
+                                * listening sockets */
     int recycle_stops_accepting;   /* once it asked to be recycled for
                                     * max_requests, accept no more (the
                                     * listeners are shared: the others
@@ -97,6 +99,8 @@ typedef struct ymo_server {
                                 * is aborted by the server, not a client */
     int stopped;               /* drained: ev_run returns for good */
     int accept_paused;         /* recycle_stops_accepting took effect */
+    int accept_deferred;       /* shared listener: waited once already
+                                * (see listener_on_accept) */
     ev_io wakeup_watcher;      /* signal wakeup fd (main thread only) */
     ev_timer grace_timer;
     ev_timer accept_timer;     /* resumes accepting after EMFILE */
@@ -115,6 +119,11 @@ typedef struct ymo_server {
     ymo_heartbeat_t *heartbeat;    /* the supervisor's slot, or NULL (one
                                     * process); set before the loop runs,
                                     * then fixed. Fields: see heartbeat.h */
+    ymo_heartbeat_t *siblings;     /* the whole table (heartbeat is one of
+                                    * its entries), n_siblings long; the
+                                    * loop thread reads the others' conns
+                                    * and accepting */
+    size_t n_siblings;
     int notify_fd;             /* non-blocking pipe to the supervisor, or
                                 * -1: a byte "r" when a recycle is first
                                 * asked for. Fixed once the loop runs. */
@@ -172,11 +181,13 @@ void ymo_server_destroy(ymo_server_t *s);
 /* Loop thread: give an exchange to a worker (cannot fail). */
 void ymo_server_dispatch(ymo_server_t *s, ymo_exchange_t *ex);
 
-/* Before the first ymo_server_run: beat into hb (which must outlive the
- * server) every YMO_HEARTBEAT_INTERVAL from the loop thread, and tell
- * notify_fd (if >= 0) when a recycle is asked for. */
-void ymo_server_set_heartbeat(ymo_server_t *s, ymo_heartbeat_t *hb,
-                              int notify_fd);
+/* Before the first ymo_server_run: beat into table[index] (the table
+ * must outlive the server) every YMO_HEARTBEAT_INTERVAL from the loop
+ * thread, publish the connection count there, read the siblings' in the
+ * rest of the table, and tell notify_fd (if >= 0) when a recycle is
+ * asked for. */
+void ymo_server_set_heartbeat(ymo_server_t *s, ymo_heartbeat_t *table,
+                              size_t n_slots, size_t index, int notify_fd);
 
 /* Ask the supervisor to replace this process gracefully (its successor
  * starts first, then this one drains). Sets the "recycle me" flag in the

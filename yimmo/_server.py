@@ -103,9 +103,10 @@ class Server:
             extra = {}
             if _process is not None:
                 extra = dict(heartbeat=_process.heartbeat,
+                             heartbeat_slot=_process.slot,
                              notify_fd=_process.notify_fd,
                              max_requests=_process.max_requests,
-                             recycle_stops_accepting=not opts["reuse_port"],
+                             shared_listener=not opts["reuse_port"],
                              multiprocess=True)
             self._core = _yimmo.Core(
                 app, listeners, _log_error, sys.stderr,

@@ -35,9 +35,10 @@ from . import _logging, _sockets
 
 log = logging.getLogger("yimmo")
 
-# ext/heartbeat.h: beat_ns, requests, recycle, reason.
-HEARTBEAT = struct.Struct("=QQII")
+# ext/heartbeat.h: beat_ns, requests, recycle, reason, conns, accepting.
+HEARTBEAT = struct.Struct("=QQIIII")
 HEARTBEAT_SIZE = 64
+SLOTS = 256                # processes alive at once, at most
 RECYCLE_REASONS = {1: "it served its max-requests",
                    2: "it asked to be recycled"}
 
@@ -58,15 +59,17 @@ HANDLED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGTTIN,
 class ProcessSlot:
     """What a server process's Server gets from the supervisor."""
 
-    def __init__(self, heartbeat, notify_fd, max_requests):
-        self.heartbeat = heartbeat
+    def __init__(self, heartbeat, slot, notify_fd, max_requests):
+        self.heartbeat = heartbeat      # the table of every process's slot
+        self.slot = slot                # this process's index in it
         self.notify_fd = notify_fd
         self.max_requests = max_requests
 
 
 class Child:
-    def __init__(self, pid, slot, pipe, lifetime_end):
+    def __init__(self, pid, table, slot, pipe, lifetime_end):
         self.pid = pid
+        self.table = table
         self.slot = slot
         self.pipe = pipe           # read end; None once closed
         self.started = time.monotonic()
@@ -79,7 +82,7 @@ class Child:
         self.buffer = b""
 
     def heartbeat(self):
-        return HEARTBEAT.unpack_from(self.slot, 0)
+        return HEARTBEAT.unpack_from(self.table, self.slot * HEARTBEAT_SIZE)
 
 
 def _describe_status(status):
@@ -131,6 +134,7 @@ class Supervisor:
 
     def run(self):
         opts = self.options
+        self.pid = os.getpid()
         self.listeners = _sockets.bind_all(
             opts, reserve_reuse_port=opts["reuse_port"])
         try:
@@ -142,6 +146,11 @@ class Supervisor:
             _sockets.close_all(self.listeners)
 
     def _run(self):
+        # Every process's heartbeat slot, in one shared mapping made
+        # before the first fork (MAP_SHARED | MAP_ANONYMOUS): each
+        # process writes its own and reads its siblings' connection
+        # counts (ext/heartbeat.h).
+        self.table = mmap.mmap(-1, SLOTS * HEARTBEAT_SIZE)
         wake_r, wake_w = os.pipe()
         os.set_blocking(wake_r, False)
         os.set_blocking(wake_w, False)
@@ -315,7 +324,8 @@ class Supervisor:
         now = time.monotonic()
         missing = self.target - len(self._serving())
         while missing > 0 and now >= self.next_spawn:
-            self._spawn()
+            if self._spawn() is None:
+                break
             missing -= 1
 
     def _retire_replaced(self):
@@ -366,7 +376,7 @@ class Supervisor:
                 continue
             if child.ready_at is None:
                 continue
-            beat_ns, requests, recycle, reason = child.heartbeat()
+            beat_ns, requests, recycle, reason, _, _ = child.heartbeat()
             if stale_after > 0:
                 last = beat_ns / 1e9 if beat_ns else child.ready_at
                 if now - last > stale_after:
@@ -426,6 +436,9 @@ class Supervisor:
             child = self.children.pop(pid, None)
             if child is None:
                 continue
+            # Gone: its siblings must not wait for it to accept.
+            struct.pack_into("=I", self.table,
+                             child.slot * HEARTBEAT_SIZE + 28, 0)
             # What it wrote before it exited (its error line).
             while child.pipe is not None and self._read_child(child):
                 pass
@@ -436,8 +449,9 @@ class Supervisor:
 
     def _exited(self, child, status):
         how = _describe_status(status)
-        if self.stopping or (child.draining_since is not None
-                             and child.killed_for is None):
+        if self.stopping or child.draining_since is not None:
+            # Asked to go: nothing to replace (its successor, if any, is
+            # there already).
             level = logging.INFO if status == 0 else logging.WARNING
             log.log(level, "Server process %d %s", child.pid, how)
             return
@@ -490,7 +504,16 @@ class Supervisor:
 
     def _spawn(self):
         opts = self.options
-        slot = mmap.mmap(-1, HEARTBEAT_SIZE)
+        used = {c.slot for c in self.children.values()}
+        slot = next((i for i in range(SLOTS) if i not in used), None)
+        if slot is None:
+            log.error("%d server processes already; not starting another",
+                      SLOTS)
+            self.next_spawn = time.monotonic() + 1.0
+            return None
+        # A fresh slot: no beat, no recycle, not accepting.
+        start = slot * HEARTBEAT_SIZE
+        self.table[start:start + HEARTBEAT_SIZE] = bytes(HEARTBEAT_SIZE)
         read_end, write_end = os.pipe()
         lifetime_end = None
         if opts["max_lifetime"] > 0:
@@ -518,7 +541,8 @@ class Supervisor:
                     os._exit(status)
         os.close(write_end)
         os.set_blocking(read_end, False)
-        self.children[pid] = Child(pid, slot, read_end, lifetime_end)
+        self.children[pid] = Child(pid, self.table, slot, read_end,
+                                   lifetime_end)
         log.info("Started server process %d", pid)
         return pid
 
@@ -531,14 +555,13 @@ class Supervisor:
             signal.signal(sig, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.default_int_handler)
         _set_pdeathsig()
-        if os.getppid() == 1:
+        if os.getppid() != self.pid:
             return 1   # the supervisor died while we were forking
         os.close(self.wake_r)
         os.close(self.wake_w)
         for other in self.children.values():
             if other.pipe is not None:
                 os.close(other.pipe)
-            other.slot.close()
         self.children = {}
         os.set_blocking(notify_fd, False)
         opts = self.options
@@ -579,7 +602,7 @@ class Supervisor:
         from ._server import Server
         try:
             server = Server(app, _listeners=listeners,
-                            _process=ProcessSlot(slot, notify_fd,
+                            _process=ProcessSlot(self.table, slot, notify_fd,
                                                  max_requests),
                             **opts)
         except (OSError, TypeError, ValueError) as exc:
