@@ -269,7 +269,9 @@ def test_kill9_replaced_within_2s_only_inflight_requests_fail(tmp_path):
         assert stop(proc) == 0
 
 
-def test_sigterm_drains_20_one_second_requests_across_processes(tmp_path):
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_sigterm_drains_20_one_second_requests_across_processes(tmp_path,
+                                                                signum):
     write_app(tmp_path)
     with start(tmp_path, "--workers", "20") as proc:
         port = wait_port(proc)
@@ -288,7 +290,12 @@ def test_sigterm_drains_20_one_second_requests_across_processes(tmp_path):
         while len(request_log(tmp_path)) < 20:
             assert time.monotonic() < deadline, request_log(tmp_path)
             time.sleep(0.01)
-        proc.signal(signal.SIGTERM)
+        proc.signal(signum)
+        # The listeners close at once: a new client is refused, not left
+        # waiting in a backlog nobody accepts from.
+        time.sleep(0.3)
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", port), timeout=5)
         for t in threads:
             t.join(15)
         assert [s for s, _ in results] == [200] * 20
