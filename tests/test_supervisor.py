@@ -433,7 +433,7 @@ def test_sigttin_sigttou_change_the_number_of_processes(tmp_path):
 
 def test_a_stopped_process_is_replaced_by_its_heartbeat(tmp_path):
     write_app(tmp_path)
-    with start(tmp_path, "--heartbeat-timeout", "1") as proc:
+    with start(tmp_path, "--heartbeat-timeout", "1.5") as proc:
         port = wait_port(proc)
         wait_ready(proc, 2)
         kids = wait_children(proc.proc.pid, 2)
@@ -441,7 +441,7 @@ def test_a_stopped_process_is_replaced_by_its_heartbeat(tmp_path):
         try:
             m = proc.wait_for_line(r"Server process (\d+): killing it "
                                    r"\(SIGKILL\), as its event loop made "
-                                   r"no progress", timeout=5)
+                                   r"no progress", timeout=8)
             assert int(m.group(1)) == kids[0]
             wait_ready(proc, 3, timeout=5)
         finally:

@@ -128,7 +128,7 @@ class Supervisor:
         self.next_spawn = 0.0      # back-off: no spawn before this
         self.next_rss = 0.0
         self.exit_status = 0
-        self.reload_failed_at = None
+        self.last_check = time.monotonic()
 
     # -- the supervisor's side ------------------------------------------------
 
@@ -366,7 +366,12 @@ class Supervisor:
         if check_rss:
             self.next_rss = now + RSS_EVERY
         stale_after = opts["heartbeat_timeout"]
-        now_ns = time.monotonic_ns()
+        # If the supervisor itself was not running for a while (stopped,
+        # starved of CPU, a suspended machine), every heartbeat looks old
+        # at once: judge them from the next round on.
+        if now - self.last_check > max(1.0, stale_after / 2):
+            stale_after = 0
+        self.last_check = now
         for child in list(self.children.values()):
             if child.draining_since is not None or child.killed_for:
                 if child.draining_since is not None and child.killed_for \
