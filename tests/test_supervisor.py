@@ -557,3 +557,19 @@ def test_server_refuses_processes_above_one():
     import yimmo
     with pytest.raises(ValueError, match="processes"):
         yimmo.Server(lambda e, s: [], bind="127.0.0.1:0", processes=2)
+
+
+def test_serve_with_processes_supervises_the_imported_app(tmp_path):
+    write_app(tmp_path)
+    (tmp_path / "run.py").write_text(
+        "import yimmo, supapp\n"
+        "yimmo.serve(supapp.app, bind='127.0.0.1:0', processes=2)\n"
+        "print('serve returned', flush=True)\n")
+    with ServerProcess([sys.executable, "run.py"], cwd=str(tmp_path),
+                       env=subprocess_env()) as proc:
+        port = wait_port(proc)
+        wait_ready(proc, 2)
+        pids = {get(port)[1].split()[0] for _ in range(20)}
+        assert str(proc.proc.pid) not in pids
+        assert stop(proc) == 0
+        assert "serve returned" in proc.stdout
