@@ -260,6 +260,8 @@ def test_kill9_replaced_within_2s_only_inflight_requests_fail(tmp_path):
         # and not yet handed to the app (then it is in no log at all).
         for rid, status, error, t in failures:
             assert ran_on.get(rid, victim) == victim, (rid, error)
+            # Cut off (reset, closed), never refused: the listener stayed.
+            assert "Refused" not in error, (rid, error)
             assert t >= killed_at, (rid, error)
         # At most one request in flight per client thread.
         assert len(failures) <= 4, failures
