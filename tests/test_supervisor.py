@@ -575,3 +575,63 @@ def test_serve_with_processes_supervises_the_imported_app(tmp_path):
         assert str(proc.proc.pid) not in pids
         assert stop(proc) == 0
         assert "serve returned" in proc.stdout
+
+
+def test_the_loop_publishes_beats_requests_and_connections():
+    """The slot a server process writes (ext/heartbeat.h), read as the
+    supervisor reads it."""
+    from yimmo import _supervisor
+
+    table = mmap.mmap(-1, 4 * 64)
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen()
+    sock.setblocking(False)
+    port = sock.getsockname()[1]
+
+    def app(environ, start_response):
+        start_response("200 OK", [("Content-Length", "2")])
+        return [b"ok"]
+
+    core = _yimmo.Core(app, [(sock.detach(), False, "127.0.0.1",
+                              str(port))],
+                       lambda *a: None, sys.stderr, workers=2,
+                       heartbeat=table, heartbeat_slot=2, max_requests=5)
+    runner = threading.Thread(target=lambda: [None for _ in iter(
+        core.run, True)], daemon=True)
+    runner.start()
+
+    def slot():
+        return _supervisor.HEARTBEAT.unpack_from(table, 2 * 64)
+
+    try:
+        deadline = time.monotonic() + 5
+        while slot()[0] == 0:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        first_beat = slot()[0]
+        assert slot()[5] == 1           # accepting
+        keep = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+        keep.request("GET", "/")
+        assert keep.getresponse().read() == b"ok"
+        assert slot()[4] == 1           # one open connection
+        for _ in range(3):
+            assert get(port)[0] == 200
+        beat_ns, requests, recycle, reason, conns, accepting = slot()
+        assert (requests, recycle) == (4, 0)
+        assert get(port)[0] == 200      # the 5th: max_requests
+        deadline = time.monotonic() + 5
+        while slot()[2] != 1:
+            assert time.monotonic() < deadline, slot()
+            time.sleep(0.01)
+        assert slot()[3] == 1           # reason: max_requests
+        time.sleep(0.6)
+        assert slot()[0] > first_beat   # still beating
+        # Other slots untouched.
+        assert table[0:128] == bytes(128) and table[192:256] == bytes(64)
+        keep.close()
+    finally:
+        core.stop(0)
+        runner.join(10)
+        assert not runner.is_alive()
+    assert slot()[5] == 0               # not accepting once stopped
