@@ -543,10 +543,16 @@ conn_deadline(const ymo_conn_t *c)
         if (c->closing) {
             return 0;
         }
-        if (c->inlen == 0 && c->seq > 0) {
-            return c->head_started + cfg->keepalive_timeout;
+        ev_tstamp until = c->inlen == 0 && c->seq > 0
+                              ? c->head_started + cfg->keepalive_timeout
+                              : c->head_started + cfg->header_timeout;
+        if (c->server->draining_loop && c->inlen == 0) {
+            /* Stopping: an idle connection's last call (see
+             * YMO_LAST_CALL). */
+            ev_tstamp last = c->server->drain_started + YMO_LAST_CALL;
+            return last < until ? last : until;
         }
-        return c->head_started + cfg->header_timeout;
+        return until;
     default:
         if (c->stalled) {
             return cfg->queue_timeout > 0
@@ -1051,6 +1057,7 @@ ymo_conn_on_exchange(ymo_exchange_t *ex)
             ex->assigned->assigned--;
         }
         s->n_exchanges--;
+        ymo_server_request_done(s);
     }
     ymo_conn_t *c = ex->conn;
     if (c == NULL) {
@@ -1105,8 +1112,18 @@ ymo_conn_on_exchange(ymo_exchange_t *ex)
 void
 ymo_conn_drain(ymo_conn_t *c)
 {
-    if ((c->state == YMO_CONN_HEAD && c->inlen == 0 && c->wq_head == NULL) ||
-        (c->state == YMO_CONN_LINGER && conn_linger_done(c))) {
+    if (c->state == YMO_CONN_HEAD && c->inlen == 0 && c->wq_head == NULL &&
+        !c->stalled) {
+        /* Idle: not closed at once, as its client may be sending a
+         * request this very moment (a keep-alive client reusing it, or a
+         * new client whose request has not arrived yet), and a close
+         * would fail that request. It gets a last call of YMO_LAST_CALL
+         * seconds: a request that arrives is answered with Connection:
+         * close (the worker sees `draining`), then the connection closes;
+         * silence closes it when the window ends. */
+        conn_arm_timer(c);
+    }
+    else if (c->state == YMO_CONN_LINGER && conn_linger_done(c)) {
         ymo_conn_close(c);
     }
     else if (c->state == YMO_CONN_LINGER) {

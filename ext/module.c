@@ -18,6 +18,9 @@ typedef struct {
     size_t abandoned;          /* workers still in the app after the
                                 * grace period: this object then stays
                                 * alive for good, as they use it */
+    Py_buffer heartbeat;       /* the supervisor's slot (heartbeat.h),
+                                * held for the Core's life so the memory
+                                * stays mapped; .obj NULL without one */
 } CoreObject;
 
 static ymo_module_state *
@@ -107,7 +110,8 @@ Core_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
         "body_timeout", "write_timeout", "log_access", "multiprocess",
         "buffer_body", "min_body_rate", "max_pending", "queue_timeout",
         "forwarded_allow_ips", "proxy_protocol", "timeout", "log_warning",
-        NULL,
+        "heartbeat", "notify_fd", "max_requests", "shared_listener",
+        "heartbeat_slot", NULL,
     };
     PyObject *app, *listeners, *log_error, *errors;
     Py_ssize_t workers = 8, line = 4094, fields = 100, field_size = 8190,
@@ -118,15 +122,20 @@ Core_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
     int multiprocess = 0;
     Py_ssize_t buffer_body = 65536, max_pending = -1;
     PyObject *min_rate = NULL, *t_queue = NULL, *allow_ips = NULL,
-             *t_request = NULL, *log_warning = Py_None;
+             *t_request = NULL, *log_warning = Py_None, *heartbeat = Py_None;
     int proxy_protocol = 0;
+    int notify_fd = -1;
+    unsigned long long max_requests = 0;
+    int shared_listener = 0;
+    Py_ssize_t heartbeat_slot = 0;
     if (!PyArg_ParseTupleAndKeywords(
-            args, kwargs, "OOOO|$nnnnnKOOOOOpnOnOOpOO:Core", kwlist, &app,
-            &listeners, &log_error, &errors, &workers, &line, &fields,
+            args, kwargs, "OOOO|$nnnnnKOOOOOpnOnOOpOOOiKpn:Core", kwlist,
+            &app, &listeners, &log_error, &errors, &workers, &line, &fields,
             &field_size, &head_size, &max_body, &t_header, &t_keepalive,
             &t_body, &t_write, &log_access, &multiprocess, &buffer_body,
             &min_rate, &max_pending, &t_queue, &allow_ips,
-            &proxy_protocol, &t_request, &log_warning)) {
+            &proxy_protocol, &t_request, &log_warning, &heartbeat,
+            &notify_fd, &max_requests, &shared_listener, &heartbeat_slot)) {
         return NULL;
     }
     if (buffer_body < 0) {
@@ -183,6 +192,10 @@ Core_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
                                         : (size_t)max_pending);
     cfg.queue_timeout = 0.0;
     cfg.request_timeout = 0.0;
+    cfg.max_requests = max_requests;
+    /* Only where others take the connections it leaves. */
+    cfg.shared_listener = shared_listener;
+    cfg.recycle_stops_accepting = shared_listener;
     struct {
         PyObject *o;
         double *to;
@@ -273,6 +286,21 @@ Core_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
             goto fail;
         }
     }
+    if (heartbeat != Py_None) {
+        if (PyObject_GetBuffer(heartbeat, &self->heartbeat,
+                               PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS) < 0) {
+            goto fail;
+        }
+        if (heartbeat_slot < 0 ||
+            self->heartbeat.len / YMO_HEARTBEAT_SIZE <= heartbeat_slot ||
+            ((uintptr_t)self->heartbeat.buf % 8) != 0) {
+            PyErr_Format(PyExc_ValueError,
+                         "heartbeat must be a writable, 8-byte aligned "
+                         "table of %d-byte slots with heartbeat_slot in it",
+                         YMO_HEARTBEAT_SIZE);
+            goto fail;
+        }
+    }
     int r = ymo_server_init(&self->server, &cfg, fds, is_unix, (size_t)n,
                             &self->app);
     cfg.trust.nets = NULL;          /* the server's now, even on failure */
@@ -282,6 +310,12 @@ Core_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
         goto fail;
     }
     self->initialized = 1;
+    if (self->heartbeat.obj != NULL) {
+        ymo_server_set_heartbeat(
+            &self->server, self->heartbeat.buf,
+            (size_t)(self->heartbeat.len / YMO_HEARTBEAT_SIZE),
+            (size_t)heartbeat_slot, notify_fd);
+    }
     PyMem_Free(fds);
     PyMem_Free(is_unix);
     return (PyObject *)self;
@@ -405,6 +439,16 @@ Core_is_worker_thread(CoreObject *self, PyObject *unused)
 }
 
 static PyObject *
+Core_request_recycle(CoreObject *self, PyObject *unused)
+{
+    (void)unused;
+    if (self->initialized) {
+        ymo_server_request_recycle(&self->server);
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *
 Core_get_finished(CoreObject *self, void *closure)
 {
     (void)closure;
@@ -473,6 +517,9 @@ Core_dealloc(CoreObject *self)
     PyMem_Free(self->app.server_port);
     Py_CLEAR(self->app.multithread);
     Py_CLEAR(self->app.multiprocess);
+    if (self->heartbeat.obj != NULL) {
+        PyBuffer_Release(&self->heartbeat);
+    }
     tp->tp_free(self);
     Py_DECREF(tp);
 }
@@ -490,6 +537,10 @@ static PyMethodDef Core_methods[] = {
      " (negative: 0; NaN: ValueError), which a later stop may bring"
      " forward but never postpone. Thread-safe; run() returns True once"
      " stopped."},
+    {"request_recycle", (PyCFunction)Core_request_recycle, METH_NOARGS,
+     "request_recycle(): ask the supervisor (processes >= 2) to replace"
+     " this process gracefully: a successor starts first, then this one"
+     " drains. Does nothing in a single process. Any thread."},
     {"is_worker_thread", (PyCFunction)Core_is_worker_thread, METH_NOARGS,
      "is_worker_thread() -> bool: whether the calling thread is one of this"
      " Core's workers (code called by the app, inside a request)"},

@@ -27,6 +27,10 @@
  * new connections cannot starve the ones already open. */
 #define ACCEPT_BATCH 64
 
+/* Shared listener: seconds a process with clearly more connections than a
+ * sibling waits before it accepts; see listener_on_accept. */
+#define ACCEPT_DEFER 0.001
+
 /* Seconds to stop accepting after running out of file descriptors. */
 #define ACCEPT_PAUSE 0.1
 
@@ -38,6 +42,9 @@
 
 /* Seconds on CLOCK_MONOTONIC, the clock of the stop deadline: unlike the
  * loop's cached time, any thread can read it. */
+static void server_publish_conns(ymo_server_t *s);
+static int server_sibling_less_loaded(const ymo_server_t *s);
+
 static double
 monotonic_now(void)
 {
@@ -62,7 +69,31 @@ listener_on_accept(struct ev_loop *loop, ev_io *w, int revents)
     (void)revents;
     ymo_listener_t *l = w->data;
     ymo_server_t *s = l->server;
-    for (int i = 0; i < ACCEPT_BATCH; i++) {
+    /* Processes sharing a listener: each new connection wakes every
+     * process's loop, and the quickest takes it; with idle loops that is
+     * the same process every time, which ends up with nearly every
+     * connection (all of a pool of keep-alive clients that connect at
+     * once, as a proxy's upstream pool does). So a process takes one
+     * connection per wake-up, and one that has clearly more connections
+     * than a sibling (their counts are in the heartbeat table) first
+     * waits a moment, so that the sibling takes it. After the wait it
+     * accepts whatever happens: a sibling that stopped (or a stale
+     * count) only delays, never starves, new clients. */
+    int batch = ACCEPT_BATCH;
+    if (s->config.shared_listener) {
+        batch = 1;
+        if (!s->accept_deferred && server_sibling_less_loaded(s)) {
+            s->accept_deferred = 1;
+            for (size_t k = 0; k < s->n_listeners; k++) {
+                ev_io_stop(s->loop, &s->listeners[k].io);
+            }
+            ev_timer_set(&s->accept_timer, ACCEPT_DEFER, 0.);
+            ev_timer_start(s->loop, &s->accept_timer);
+            return;
+        }
+        s->accept_deferred = 0;
+    }
+    for (int i = 0; i < batch; i++) {
         struct sockaddr_storage ss;
         socklen_t slen = sizeof(ss);
         int fd = accept4(l->fd, (struct sockaddr *)&ss, &slen,
@@ -107,6 +138,7 @@ listener_on_accept(struct ev_loop *loop, ev_io *w, int revents)
         if (ymo_conn_new(s, l, fd, addr, port, trusted) == NULL) {
             close(fd);
         }
+        server_publish_conns(s);
     }
 }
 
@@ -115,7 +147,7 @@ server_on_accept_timer(struct ev_loop *loop, ev_timer *w, int revents)
 {
     (void)revents;
     ymo_server_t *s = w->data;
-    if (s->draining_loop) {
+    if (s->draining_loop || s->accept_paused) {
         return;
     }
     for (size_t i = 0; i < s->n_listeners; i++) {
@@ -128,6 +160,10 @@ server_finish(ymo_server_t *s)
 {
     s->stopped = 1;
     ev_timer_stop(s->loop, &s->grace_timer);
+    if (ev_is_active(&s->heartbeat_timer)) {
+        ev_ref(s->loop);        /* undo the unref of set_heartbeat */
+        ev_timer_stop(s->loop, &s->heartbeat_timer);
+    }
     ev_break(s->loop, EVBREAK_ALL);
 }
 
@@ -135,6 +171,7 @@ void
 ymo_server_conn_closed(ymo_server_t *s)
 {
     s->n_conns--;
+    server_publish_conns(s);
     if (s->draining_loop && s->n_conns == 0) {
         server_finish(s);
     }
@@ -169,6 +206,10 @@ server_on_stop(struct ev_loop *loop, ev_async *w, int revents)
     }
     if (!s->draining_loop) {
         s->draining_loop = 1;
+        s->drain_started = ev_now(loop);
+        if (s->heartbeat != NULL) {
+            atomic_store(&s->heartbeat->accepting, 0);
+        }
         atomic_store(&s->draining, 1);
         /* Closed now, not at exit: a client connecting during the grace
          * period is refused at once instead of waiting in the backlog to
@@ -197,6 +238,134 @@ server_on_stop(struct ev_loop *loop, ev_async *w, int revents)
     }
     ev_timer_set(&s->grace_timer, left > 0 ? left : 0., 0.);
     ev_timer_start(loop, &s->grace_timer);
+}
+
+/* Beat: the loop turned at least once since the last beat. */
+static void
+server_on_heartbeat(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    (void)loop;
+    (void)revents;
+    ymo_server_t *s = w->data;
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    uint64_t ns = (uint64_t)t.tv_sec * 1000000000u + (uint64_t)t.tv_nsec;
+    /* Relaxed: each field is read on its own; the supervisor needs no
+     * ordering between them. */
+    atomic_store_explicit(&s->heartbeat->beat_ns, ns, memory_order_relaxed);
+    atomic_store_explicit(&s->heartbeat->accepting,
+                          !s->draining_loop && !s->accept_paused,
+                          memory_order_relaxed);
+}
+
+/* Loop thread: publish the connection count (siblings balance on it). */
+static void
+server_publish_conns(ymo_server_t *s)
+{
+    if (s->heartbeat != NULL) {
+        atomic_store_explicit(&s->heartbeat->conns, (uint32_t)s->n_conns,
+                              memory_order_relaxed);
+    }
+}
+
+/* Loop thread: whether a sibling that accepts from the same listeners has
+ * clearly fewer connections: more than `workers` fewer (so connections
+ * spread within about that many, while a flood of short connections,
+ * whose counts jitter, is rarely held back). */
+static int
+server_sibling_less_loaded(const ymo_server_t *s)
+{
+    size_t mine = s->n_conns;
+    for (size_t i = 0; i < s->n_siblings; i++) {
+        const ymo_heartbeat_t *h = &s->siblings[i];
+        if (h == s->heartbeat ||
+            !atomic_load_explicit(&h->accepting, memory_order_relaxed)) {
+            continue;
+        }
+        size_t theirs = atomic_load_explicit(&h->conns,
+                                             memory_order_relaxed);
+        if (theirs + s->config.workers < mine) {
+            return 1;
+        }
+    }
+    return 0;
+}
+
+void
+ymo_server_set_heartbeat(ymo_server_t *s, ymo_heartbeat_t *table,
+                         size_t n_slots, size_t index, int notify_fd)
+{
+    ymo_heartbeat_t *hb = table != NULL ? &table[index] : NULL;
+    s->heartbeat = hb;
+    s->siblings = table;
+    s->n_siblings = n_slots;
+    s->notify_fd = notify_fd;
+    if (hb != NULL) {
+        /* The first beat as soon as the loop runs, then regularly. */
+        ev_timer_set(&s->heartbeat_timer, 0., YMO_HEARTBEAT_INTERVAL);
+        ev_timer_start(s->loop, &s->heartbeat_timer);
+        /* Not a reason to keep the loop running once drained. */
+        ev_unref(s->loop);
+    }
+}
+
+static void
+server_recycle(ymo_server_t *s, uint32_t reason)
+{
+    ymo_heartbeat_t *hb = s->heartbeat;
+    if (hb == NULL) {
+        return;
+    }
+    uint32_t expected = 0;
+    /* The reason first, so a supervisor that sees the flag sees why. The
+     * exchange on the flag makes the wake-up happen once. */
+    if (atomic_load(&hb->recycle) != 0) {
+        return;
+    }
+    atomic_store(&hb->reason, reason);
+    if (atomic_compare_exchange_strong(&hb->recycle, &expected, 1) &&
+        s->notify_fd >= 0) {
+        /* A full pipe means the supervisor has a wake-up pending
+         * already; it reads the flag, not the byte. */
+        ssize_t r = write(s->notify_fd, "r", 1);
+        (void)r;
+    }
+}
+
+void
+ymo_server_request_recycle(ymo_server_t *s)
+{
+    /* Core.recycle_requested reads this flag, with or without a
+     * supervisor; the slot tells the supervisor. */
+    atomic_store(&s->recycle_requested, 1);
+    server_recycle(s, YMO_RECYCLE_REQUESTED);
+}
+
+void
+ymo_server_request_done(ymo_server_t *s)
+{
+    s->requests_done++;
+    if (s->heartbeat == NULL) {
+        return;
+    }
+    atomic_store_explicit(&s->heartbeat->requests, s->requests_done,
+                          memory_order_relaxed);
+    if (s->config.max_requests > 0 &&
+        s->requests_done >= s->config.max_requests) {
+        server_recycle(s, YMO_RECYCLE_MAX_REQUESTS);
+        if (s->config.recycle_stops_accepting && !s->accept_paused) {
+            /* Served its share: new clients go to the other processes
+             * (the listener stays open, so they wait in its backlog at
+             * worst), while this one finishes what it has and serves its
+             * keep-alive connections until its successor is ready. */
+            s->accept_paused = 1;
+            atomic_store(&s->heartbeat->accepting, 0);
+            ev_timer_stop(s->loop, &s->accept_timer);
+            for (size_t i = 0; i < s->n_listeners; i++) {
+                ev_io_stop(s->loop, &s->listeners[i].io);
+            }
+        }
+    }
 }
 
 static void
@@ -278,6 +447,9 @@ ymo_server_init(ymo_server_t *s, const ymo_config_t *config,
     s->accept_timer.data = s;
     ev_init(&s->wakeup_watcher, server_on_wakeup);
     s->wakeup_watcher.data = s;
+    ev_init(&s->heartbeat_timer, server_on_heartbeat);
+    s->heartbeat_timer.data = s;
+    s->notify_fd = -1;
     return 0;
 }
 
@@ -433,6 +605,10 @@ ymo_server_on_worker_thread(const ymo_server_t *s)
 void
 ymo_server_destroy(ymo_server_t *s)
 {
+    if (s->loop != NULL && ev_is_active(&s->heartbeat_timer)) {
+        ev_ref(s->loop);
+        ev_timer_stop(s->loop, &s->heartbeat_timer);
+    }
     while (s->conns != NULL) {
         ymo_conn_close(s->conns);
     }
@@ -458,15 +634,6 @@ ymo_server_destroy(ymo_server_t *s)
     s->n_listeners = 0;
     s->workers = NULL;
     s->n_workers = 0;
-}
-
-void
-ymo_server_request_recycle(ymo_server_t *s)
-{
-    /* Minimal: the supervisor branch replaces this with the real thing
-     * (it reads the flag and recycles the process gracefully). The
-     * watchdog that calls it has logged the warning already. */
-    atomic_store(&s->recycle_requested, 1);
 }
 
 void

@@ -14,6 +14,7 @@
 #include <time.h>
 
 #include "exchange.h"
+#include "heartbeat.h"
 #include "http_parser.h"
 #include "trust.h"
 #include "wsgi_worker.h"
@@ -51,7 +52,25 @@ typedef struct ymo_config {
     double request_timeout;    /* longest a request may run in the app
                                 * before the watchdog steps in; 0: no
                                 * watchdog (see wsgi_watchdog.c) */
+    uint64_t max_requests;     /* after this many completed requests the
+                                * process asks to be recycled; 0: never */
+    int shared_listener;       /* other processes accept from the same
+                                * listening sockets */
+    int recycle_stops_accepting;   /* once it asked to be recycled for
+                                    * max_requests, accept no more (the
+                                    * listeners are shared: the others
+                                    * and its successor take the new
+                                    * clients) */
 } ymo_config_t;
+
+/* Seconds between two heartbeats of the loop. */
+#define YMO_HEARTBEAT_INTERVAL 0.25
+
+/* Seconds an idle connection is kept open once a stop began (its "last
+ * call"): a keep-alive client may be sending its next request right now,
+ * and closing under it would fail that request. A request that arrives
+ * in the window is answered with Connection: close. */
+#define YMO_LAST_CALL 1.0
 
 /* Seconds over which a request body's rate is measured. */
 #define YMO_RATE_WINDOW 10.0
@@ -92,10 +111,16 @@ typedef struct ymo_server {
     int cut_off;               /* the grace period ran out: what is left
                                 * is aborted by the server, not a client */
     int stopped;               /* drained: ev_run returns for good */
+    int accept_paused;         /* recycle_stops_accepting took effect */
+    int accept_deferred;       /* shared listener: waited once already
+                                * (see listener_on_accept) */
     ev_io wakeup_watcher;      /* signal wakeup fd (main thread only) */
     ev_timer grace_timer;
     ev_timer accept_timer;     /* resumes accepting after EMFILE */
     ev_async stop_watcher;     /* any thread -> loop: stop */
+    ev_tstamp drain_started;   /* loop time the stop began */
+    uint64_t requests_done;    /* completed requests */
+    ev_timer heartbeat_timer;  /* beats into `heartbeat` */
 
     /* Shared. */
     atomic_int draining;       /* loop writes; workers read (close conns) */
@@ -118,6 +143,18 @@ typedef struct ymo_server {
     /* Any thread: a recycle of the whole process was asked for (the
      * watchdog ran out of replacement threads). */
     atomic_int recycle_requested;
+
+    ymo_heartbeat_t *heartbeat;    /* the supervisor's slot, or NULL (one
+                                    * process); set before the loop runs,
+                                    * then fixed. Fields: see heartbeat.h */
+    ymo_heartbeat_t *siblings;     /* the whole table (heartbeat is one of
+                                    * its entries), n_siblings long; the
+                                    * loop thread reads the others' conns
+                                    * and accepting */
+    size_t n_siblings;
+    int notify_fd;             /* non-blocking pipe to the supervisor, or
+                                * -1: a byte "r" when a recycle is first
+                                * asked for. Fixed once the loop runs. */
 } ymo_server_t;
 
 /* Set up the loop, listeners and workers (not started). The server takes
@@ -173,10 +210,24 @@ void ymo_server_destroy(ymo_server_t *s);
 /* Loop thread: give an exchange to a worker (cannot fail). */
 void ymo_server_dispatch(ymo_server_t *s, ymo_exchange_t *ex);
 
-/* Any thread: ask for this process to be replaced gracefully (a
- * supervisor reads the flag; with one process nothing else happens).
- * NOTE: a minimal version; the supervisor branch replaces it. */
+/* Before the first ymo_server_run: beat into table[index] (the table
+ * must outlive the server) every YMO_HEARTBEAT_INTERVAL from the loop
+ * thread, publish the connection count there, read the siblings' in the
+ * rest of the table, and tell notify_fd (if >= 0) when a recycle is
+ * asked for. */
+void ymo_server_set_heartbeat(ymo_server_t *s, ymo_heartbeat_t *table,
+                              size_t n_slots, size_t index, int notify_fd);
+
+/* Ask the supervisor to replace this process gracefully (its successor
+ * starts first, then this one drains). Sets the "recycle me" flag in the
+ * heartbeat slot and wakes the supervisor; does nothing without a
+ * supervisor (one process) or after the first call. Any thread,
+ * async-signal-safe, no lock. */
 void ymo_server_request_recycle(ymo_server_t *s);
+
+/* Loop thread: a request's response is complete (counts it; max_requests
+ * asks for a recycle). */
+void ymo_server_request_done(ymo_server_t *s);
 
 /* Loop thread: a connection closed (for draining). */
 void ymo_server_conn_closed(ymo_server_t *s);

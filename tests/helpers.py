@@ -570,7 +570,8 @@ class ServerProcess:
     threads, so a test can wait for a line with a timeout. Use as a context
     manager: the process is killed on exit if it is still running."""
 
-    def __init__(self, args, cwd=None, env=None, stdin=subprocess.DEVNULL):
+    def __init__(self, args, cwd=None, env=None, stdin=subprocess.DEVNULL,
+                 pass_fds=()):
         preexec = None
         if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
             preexec = _restore_sigint
@@ -578,7 +579,7 @@ class ServerProcess:
         self.proc = subprocess.Popen(
             args, cwd=cwd, env=env if env is not None else subprocess_env(),
             stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            preexec_fn=preexec)
+            preexec_fn=preexec, pass_fds=pass_fds)
         self.stdout_lines = []
         self.stderr_lines = []
         self._cond = threading.Condition()

@@ -4,6 +4,8 @@ environment parsing, keyword validation and the generated docs.
 No server is started; these run without the C extension doing anything.
 """
 
+import os
+
 import pytest
 
 from yimmo._options import (DEFAULTS, OPTIONS, options_rst, parse_address,
@@ -53,6 +55,16 @@ def test_defaults_match_the_contract():
         "proxy_protocol": False,
         "log_config": None,
         "timeout": 30.0,
+        "processes": 1,
+        "reuse_port": False,
+        "preload": False,
+        "max_requests": 0,
+        "max_requests_jitter": 0,
+        "max_rss": 0,
+        "max_lifetime": 0.0,
+        "max_lifetime_jitter": 0.0,
+        "heartbeat_timeout": 20.0,
+        "unix_socket_mode": None,
     }
 
 
@@ -299,3 +311,54 @@ def test_options_rst_is_a_definition_list():
     terms = [line for line in lines if line and not line.startswith(" ")]
     assert len(terms) == len(OPTIONS)
     assert all(line.startswith("``-") for line in terms)
+
+
+# -- processes, switches, file modes, fd:// -----------------------------------
+
+
+def test_processes_auto_is_the_cpu_count():
+    expected = len(os.sched_getaffinity(0))
+    assert parse(["--processes", "auto", "a:b"])[1]["processes"] == expected
+    assert validate({"processes": "auto"})["processes"] == expected
+    assert parse(["a:b"], {"YIMMO_PROCESSES": "3"})[1]["processes"] == 3
+
+
+def test_switches_take_no_value_and_do_not_swallow_the_app():
+    app, opts = parse(["--preload", "--reuse-port", "a:b"])
+    assert app == "a:b"
+    assert opts["preload"] is True and opts["reuse_port"] is True
+    _, opts = parse(["a:b"], {"YIMMO_PRELOAD": "yes",
+                              "YIMMO_REUSE_PORT": "0"})
+    assert opts["preload"] is True and opts["reuse_port"] is False
+
+
+def test_unix_socket_mode_is_octal():
+    assert parse(["--unix-socket-mode", "660", "a:b"])[1][
+        "unix_socket_mode"] == 0o660
+    assert parse(["--unix-socket-mode", "0o600", "a:b"])[1][
+        "unix_socket_mode"] == 0o600
+    assert validate({"unix_socket_mode": 0o640})["unix_socket_mode"] == \
+        0o640
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["--processes", "0", "a:b"], 'must be an int >= 1 or "auto"'),
+    (["--processes", "many", "a:b"], 'must be an int >= 1 or "auto"'),
+    (["--unix-socket-mode", "8", "a:b"], "octal file mode"),
+    (["--unix-socket-mode", "1777", "a:b"], "octal file mode"),
+    (["--max-requests", "-1", "a:b"], "int >= 0"),
+    (["--bind", "fd://x", "a:b"], "fd://N"),
+])
+def test_bad_process_options_give_one_line_error(capsys, argv, expected):
+    err = parse_error(capsys, argv)
+    assert err.count("\n") == 1 and err.startswith("yimmo: error: ")
+    assert expected in err
+
+
+def test_bad_switch_in_environment(capsys):
+    err = parse_error(capsys, ["a:b"], {"YIMMO_PRELOAD": "maybe"})
+    assert "YIMMO_PRELOAD" in err and "1/true/yes/on" in err
+
+
+def test_parse_address_fd():
+    assert parse_address("fd://3") == 3

@@ -60,19 +60,28 @@ def _run(argv):
     # Like `python -m`, find the application relative to where we run.
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
-    try:
-        app = load_app(app_spec)
-    except AppLoadError as exc:
-        if options["log_level"] == "debug" and exc.__cause__ is not None:
-            traceback.print_exception(type(exc.__cause__), exc.__cause__,
-                                      exc.__cause__.__traceback__)
-        return _fail(str(exc), EXIT_FAILURE)
+    supervised = options["processes"] > 1
+    app = None
+    # A supervisor imports the app only with --preload: each server
+    # process imports it after the fork (so SIGHUP reloads the code).
+    if not supervised or options["preload"]:
+        try:
+            app = load_app(app_spec)
+        except AppLoadError as exc:
+            if options["log_level"] == "debug" and \
+                    exc.__cause__ is not None:
+                traceback.print_exception(type(exc.__cause__), exc.__cause__,
+                                          exc.__cause__.__traceback__)
+            return _fail(str(exc), EXIT_FAILURE)
     if reload_child:
         _reload.report_modules(reload_child, cli["config"])
 
     # Logging is set up: serve() only adds what is missing.
     options["log_config"] = None
     try:
+        if supervised:
+            from yimmo import _supervisor
+            return _supervisor.run(app_spec, app, options)
         yimmo.serve(app, **options)
     except (TypeError, ValueError) as exc:
         return _fail(str(exc), EXIT_USAGE)

@@ -171,6 +171,65 @@ def check_network(text):
                          % text) from None
 
 
+def cpu_count():
+    """CPUs this process may run on (its affinity), at least 1."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+class Processes(NamedTuple):
+    """An int >= 1, or "auto" for the number of CPUs."""
+
+    def describe(self):
+        return 'an int >= 1 or "auto"'
+
+    def check(self, value):
+        if isinstance(value, str) and value.strip().lower() == "auto":
+            return cpu_count()
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError('must be an int or "auto", not %s'
+                            % type(value).__name__)
+        if value < 1:
+            raise ValueError("must be %s, got %r" % (self.describe(), value))
+        return value
+
+    def parse(self, text):
+        if text.strip().lower() == "auto":
+            return cpu_count()
+        try:
+            value = int(text.strip())
+        except ValueError:
+            raise ValueError("must be %s, got %r" % (self.describe(), text))
+        return self.check(value)
+
+
+class FileMode(NamedTuple):
+    """Permission bits, written in octal on the command line ("660")."""
+
+    def describe(self):
+        return "an octal file mode from 0 to 777"
+
+    def check(self, value):
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError("must be an int (e.g. 0o660), not %s"
+                            % type(value).__name__)
+        if not 0 <= value <= 0o777:
+            raise ValueError("must be %s, got %o" % (self.describe(), value))
+        return value
+
+    def parse(self, text):
+        word = text.strip().lower()
+        if word.startswith("0o"):
+            word = word[2:]
+        if not word or any(c not in "01234567" for c in word):
+            raise ValueError("must be %s, got %r" % (self.describe(), text))
+        return self.check(int(word, 8))
+
+
 class Addresses(NamedTuple):
     """One or more listen addresses (see parse_address)."""
 
@@ -287,7 +346,8 @@ class Option(NamedTuple):
 OPTIONS = (
     Option("bind", ("-b", "--bind"), Addresses(), ["127.0.0.1:8000"],
            "Address to listen on: HOST:PORT, [IPV6]:PORT, PORT or :PORT "
-           "(all IPv4 interfaces), or unix:PATH. Port 0 picks a free port. "
+           "(all IPv4 interfaces), unix:PATH, or fd://N (an inherited "
+           "listening socket). Port 0 picks a free port. "
            "Repeat the flag to listen on several; the environment variable "
            "takes a comma-separated list.",
            metavar="ADDRESS"),
@@ -383,6 +443,51 @@ OPTIONS = (
     Option("log_level", ("--log-level",), Choice(LOG_LEVELS), "info",
            "Level of the 'yimmo' logger: %s." % ", ".join(LOG_LEVELS),
            metavar="LEVEL"),
+    Option("processes", ("-p", "--processes"), Processes(), 1,
+           "Number of server processes. 1 serves in this process; 2 or "
+           "more puts a supervisor in front that binds the listeners, "
+           "forks that many server processes, restarts them when they die "
+           "and reloads them on SIGHUP. \"auto\": one per CPU.",
+           metavar="P"),
+    Option("reuse_port", ("--reuse-port",), Bool(), False,
+           "Give each server process its own listening socket with "
+           "SO_REUSEPORT (the kernel spreads connections across them) "
+           "instead of one shared listener.",
+           metavar=""),
+    Option("preload", ("--preload",), Bool(), False,
+           "Import the application in the supervisor before forking, so "
+           "the processes share its memory (copy-on-write). SIGHUP then "
+           "restarts the processes but not the code.",
+           metavar=""),
+    Option("max_requests", ("--max-requests",), Int(0), 0,
+           "A server process that completed this many requests is "
+           "replaced gracefully (its successor starts first). 0: never."),
+    Option("max_requests_jitter", ("--max-requests-jitter",), Int(0), 0,
+           "Adds a random 0..N to each process's max-requests, so "
+           "processes are not all replaced at once."),
+    Option("max_rss", ("--max-rss",), Int(0), 0,
+           "A server process whose resident memory passed this many "
+           "megabytes (checked every few seconds) is replaced gracefully. "
+           "0: no limit.",
+           metavar="MB"),
+    Option("max_lifetime", ("--max-lifetime",), Seconds(True), 0.0,
+           "A server process older than this many seconds is replaced "
+           "gracefully. 0: no limit.",
+           metavar="SECONDS"),
+    Option("max_lifetime_jitter", ("--max-lifetime-jitter",), Seconds(True),
+           0.0,
+           "Adds a random 0..SECONDS to each process's max-lifetime.",
+           metavar="SECONDS"),
+    Option("heartbeat_timeout", ("--heartbeat-timeout",), Seconds(True),
+           20.0,
+           "A server process whose event loop has made no progress for "
+           "this many seconds (its heartbeat stopped) is killed and "
+           "replaced. 0: never.",
+           metavar="SECONDS"),
+    Option("unix_socket_mode", ("--unix-socket-mode",), FileMode(), None,
+           "Permissions of the unix socket files the server creates, in "
+           "octal (e.g. 660). Default: as the umask leaves them.",
+           metavar="MODE"),
     Option("forwarded_allow_ips", ("--forwarded-allow-ips",), Networks(),
            ["127.0.0.1", "::1"],
            "Proxies whose word about the client is believed: from these "
@@ -454,12 +559,19 @@ def _copy_defaults():
 def parse_address(text):
     """Check a bind address and split it.
 
-    Returns the path (str) for "unix:PATH", else (host, port) with the host
-    as written (brackets removed); "PORT" and ":PORT" give host "0.0.0.0".
-    Raises ValueError with a message naming the address.
+    Returns the path (str) for "unix:PATH", the descriptor (int) for
+    "fd://N" (an inherited listening socket), else (host, port) with the
+    host as written (brackets removed); "PORT" and ":PORT" give host
+    "0.0.0.0". Raises ValueError with a message naming the address.
     """
     if not isinstance(text, str):
         raise TypeError("address must be a str, not %s" % type(text).__name__)
+    if text.startswith("fd://"):
+        number = text[len("fd://"):]
+        if not number.isdigit() or int(number) > 65535:
+            raise ValueError("bad address %r: expected fd://N with N a "
+                             "descriptor number" % text)
+        return int(number)
     if text.startswith("unix:"):
         path = text[len("unix:"):]
         if not path:
@@ -700,7 +812,7 @@ def _rst_default(opt):
         return opt.default_text
     if opt.sets:
         return "(none)"
-    if isinstance(opt.default, bool):
+    if isinstance(opt.kind, Bool):
         return "on" if opt.default else "off"
     if opt.default is None:
         return "off"

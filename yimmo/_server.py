@@ -16,7 +16,7 @@ import sys
 import threading
 import weakref
 
-from . import _logging, _options, _yimmo
+from . import _logging, _options, _sockets, _yimmo
 
 log = logging.getLogger("yimmo")
 error_log = logging.getLogger("yimmo.error")
@@ -59,37 +59,6 @@ def _access_logger(fmt):
     return log_access
 
 
-def _unlink_unix_files(paths):
-    """Remove the socket files a server created, unless another server has
-    put its own there since (our listener closes when a stop begins, so a
-    new server may legitimately take the path over while we drain)."""
-    while paths:
-        path, dev, ino = paths.pop()
-        try:
-            st = os.lstat(path)
-            if (st.st_dev, st.st_ino) == (dev, ino):
-                os.unlink(path)
-        except OSError:
-            pass
-
-
-def _listen(sock, address, text, backlog):
-    """Bind and listen, non-blocking; an OSError names the address."""
-    try:
-        sock.bind(address)
-        sock.listen(backlog)
-        sock.setblocking(False)
-    except OSError as exc:
-        sock.close()
-        raise OSError(exc.errno, "cannot bind %s: %s"
-                      % (text, exc.strerror)) from None
-
-
-def _on_sigusr1(signum, frame):
-    log.info("Received SIGUSR1, reopening log files")
-    _logging.reopen_log_files()
-
-
 class Server:
     """A WSGI server bound to its addresses (binding happens here, so a
     port in use raises OSError at construction). Once constructed, the C
@@ -101,18 +70,27 @@ class Server:
     manager: ``with Server(app, bind="127.0.0.1:0") as s: ... s.url``.
     """
 
-    def __init__(self, app, **options):
+    def __init__(self, app, _listeners=None, _process=None, **options):
+        # _listeners, _process: a server process under the supervisor
+        # (yimmo._supervisor): sockets it bound or inherited (ours to use,
+        # not to unlink), and its slot (heartbeat, notify_fd,
+        # max_requests).
         if not callable(app):
             raise TypeError("app must be callable, not %s"
                             % type(app).__name__)
         self.app = app
         self.options = opts = _options.validate(options)
+        if opts["processes"] > 1 and _process is None:
+            raise ValueError("option 'processes': Server is one process; "
+                             "use serve() or the command line for "
+                             "processes >= 2")
+        self._process = _process
         self._sockets = []
         # (absolute path, st_dev, st_ino) of each socket file we created;
         # removed when the server is done, or collected unstarted.
         self._unix_files = []
         self._remove_unix_files = weakref.finalize(
-            self, _unlink_unix_files, self._unix_files)
+            self, _sockets.unlink_unix_files, self._unix_files)
         self.addresses = []
         self._thread = None
         self._serving = False
@@ -121,18 +99,27 @@ class Server:
         self._closed = False
         listeners = []
         try:
-            for text in opts["bind"]:
-                sock, address, is_unix = self._bind(text, opts["backlog"])
+            if _listeners is None:
+                _listeners = _sockets.bind_all(opts)
+            for listener in _listeners:
+                sock, address = listener.sock, listener.address
                 self._sockets.append(sock)
                 self.addresses.append(address)
-                if is_unix:
-                    st = os.stat(address)
-                    self._unix_files.append((os.path.abspath(address),
-                                             st.st_dev, st.st_ino))
+                if listener.unix_file is not None:
+                    self._unix_files.append(listener.unix_file)
+                if listener.is_unix:
                     listeners.append((sock.fileno(), True, address, ""))
                 else:
                     listeners.append((sock.fileno(), False, address[0],
                                       str(address[1])))
+            extra = {}
+            if _process is not None:
+                extra = dict(heartbeat=_process.heartbeat,
+                             heartbeat_slot=_process.slot,
+                             notify_fd=_process.notify_fd,
+                             max_requests=_process.max_requests,
+                             shared_listener=not opts["reuse_port"],
+                             multiprocess=True)
             self._core = _yimmo.Core(
                 app, listeners, _log_error, sys.stderr,
                 workers=opts["workers"],
@@ -156,6 +143,7 @@ class Server:
                 log_warning=_log_warning,
                 log_access=(_access_logger(opts["access_log_format"])
                             if opts["access_log"] is not None else None),
+                **extra,
             )
         except BaseException:
             self._close_sockets()
@@ -165,50 +153,6 @@ class Server:
         for sock in self._sockets:
             sock.detach()
         self._sockets = []
-
-    # -- binding --
-
-    @staticmethod
-    def _bind(text, backlog):
-        parsed = _options.parse_address(text)
-        if isinstance(parsed, str):
-            return Server._bind_unix(text, parsed, backlog)
-        host, port = parsed
-        try:
-            infos = socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM, 0,
-                                       socket.AI_PASSIVE)
-        except socket.gaierror as exc:
-            raise OSError(errno.EADDRNOTAVAIL, "cannot bind %s: %s"
-                          % (text, exc.strerror)) from None
-        family, kind, proto, _, sockaddr = infos[0]
-        sock = socket.socket(family, kind, proto)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if family == socket.AF_INET6:
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-        _listen(sock, sockaddr, text, backlog)
-        name = sock.getsockname()
-        return sock, (name[0], name[1]), False
-
-    @staticmethod
-    def _bind_unix(text, path, backlog):
-        # A socket file left by a server that is gone may be replaced; one
-        # that still accepts connections may not.
-        try:
-            if stat.S_ISSOCK(os.stat(path).st_mode):
-                probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-                try:
-                    probe.connect(path)
-                except ConnectionRefusedError:
-                    os.unlink(path)
-                except OSError:
-                    pass
-                finally:
-                    probe.close()
-        except FileNotFoundError:
-            pass
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        _listen(sock, path, text, backlog)
-        return sock, path, True
 
     def _close_sockets(self):
         """Close the sockets the core has not taken over (construction
@@ -259,7 +203,8 @@ class Server:
         on_main = threading.current_thread() is threading.main_thread()
         grace = self.options["graceful_timeout"]
         wakeup_r = wakeup_w = None
-        old_wakeup = old_term = old_usr1 = None
+        old_wakeup = old_term = None
+        old_others = {}
         if on_main:
             # Python's C signal handler writes to this fd; the loop wakes,
             # run() returns, and the interpreter runs the Python handlers.
@@ -270,10 +215,7 @@ class Server:
                                               warn_on_full_buffer=False)
             if signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):
                 old_term = signal.signal(signal.SIGTERM, self._on_sigterm)
-            # SIGUSR1 reopens the log files (logrotate), unless the app
-            # has a handler of its own.
-            if signal.getsignal(signal.SIGUSR1) in (signal.SIG_DFL, None):
-                old_usr1 = signal.signal(signal.SIGUSR1, _on_sigusr1)
+            old_others = self._install_lifecycle_handlers()
         fd = wakeup_r.fileno() if wakeup_r is not None else -1
         with self._lock:
             _running.add(self)
@@ -306,8 +248,8 @@ class Server:
                 signal.set_wakeup_fd(old_wakeup)
                 if old_term is not None:
                     signal.signal(signal.SIGTERM, old_term)
-                if old_usr1 is not None:
-                    signal.signal(signal.SIGUSR1, old_usr1)
+                for signum, handler in old_others.items():
+                    signal.signal(signum, handler)
                 wakeup_r.close()
                 wakeup_w.close()
             self._close_sockets()
@@ -318,18 +260,45 @@ class Server:
             log.warning("%d worker thread(s) still running the app after "
                         "the graceful timeout; not waiting for them", busy)
 
+    def _install_lifecycle_handlers(self):
+        """SIGHUP, SIGUSR1, SIGTTIN, SIGTTOU, where the app left them at
+        their defaults (which would kill or stop the process). Returns
+        {signum: previous handler} to restore."""
+        handlers = {signal.SIGUSR1: self._on_sigusr1}
+        if self._process is None:
+            handlers[signal.SIGHUP] = self._on_sighup
+            handlers[signal.SIGTTIN] = self._on_needs_supervisor
+            handlers[signal.SIGTTOU] = self._on_needs_supervisor
+        else:
+            # Under a supervisor these are the supervisor's business (a
+            # terminal sends them to the whole process group).
+            for signum in (signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU):
+                handlers[signum] = signal.SIG_IGN
+        old = {}
+        for signum, handler in handlers.items():
+            if signal.getsignal(signum) in (signal.SIG_DFL, None):
+                old[signum] = signal.signal(signum, handler)
+        return old
+
+    def _on_sighup(self, signum, frame):
+        log.warning("Received SIGHUP: a reload needs --processes 2 or "
+                    "more (a supervisor); this single process keeps "
+                    "serving the code it has")
+
+    def _on_needs_supervisor(self, signum, frame):
+        log.warning("Received %s: changing the number of processes needs "
+                    "--processes 2 or more; ignored",
+                    signal.Signals(signum).name)
+
+    def _on_sigusr1(self, signum, frame):
+        log.info("Received SIGUSR1, reopening log files")
+        _logging.reopen_log_files()
+
     def _on_sigterm(self, signum, frame):
         log.info("Received SIGTERM, shutting down")
         self._core.stop(self.options["graceful_timeout"])
 
-    @staticmethod
-    def _describe(address):
-        if isinstance(address, tuple):
-            host, port = address
-            if ":" in host:
-                host = "[%s]" % host
-            return "http://%s:%d" % (host, port)
-        return "unix:" + address
+    _describe = staticmethod(_sockets.describe)
 
     def start(self):
         """Serve in a background thread; returns at once (the sockets are
@@ -422,4 +391,11 @@ def serve(app, **options):
             _logging.configure_access_log(opts["access_log"])
         if opts["log_config"] is not None:
             _logging.apply_log_config(opts["log_config"])
+    if opts["processes"] > 1:
+        # The app is imported already: the processes share it (preload).
+        from . import _supervisor
+        status = _supervisor.run(None, app, opts)
+        if status:
+            raise RuntimeError("the server processes failed to start")
+        return
     Server(app, **options).serve_forever()

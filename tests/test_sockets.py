@@ -1,0 +1,204 @@
+"""Listening sockets from elsewhere and unix socket files: --bind fd://N,
+systemd socket activation (LISTEN_FDS/LISTEN_PID), --reuse-port, and
+unix:PATH (stale file replaced, live one refused, --unix-socket-mode, the
+file removed on exit). Real `python -m yimmo` processes; bounded waits.
+"""
+
+import os
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import time
+
+import pytest
+
+from helpers import ServerProcess, connect, get, read_response, \
+    subprocess_env
+
+from test_supervisor import APP, count_lines, wait_port, wait_ready, \
+    write_app
+
+# Sets LISTEN_PID to its own pid (which exec keeps) and LISTEN_FDS, puts
+# the inherited socket at descriptor 3 as systemd does, then execs yimmo.
+ACTIVATE = """
+import os, sys
+fd = int(os.environ.pop("TEST_FD"))
+if fd != 3:
+    os.dup2(fd, 3)
+    os.close(fd)
+os.environ["LISTEN_PID"] = str(os.getpid())
+os.environ["LISTEN_FDS"] = "1"
+os.execv(sys.executable, [sys.executable, "-m", "yimmo"] + sys.argv[1:])
+"""
+
+
+def listening_socket(family=socket.AF_INET, path=None):
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    if family == socket.AF_INET:
+        sock.bind(("127.0.0.1", 0))
+    else:
+        sock.bind(path)
+    sock.listen(16)
+    return sock
+
+
+def serve_inherited(tmp_path, sock, args, activate=False):
+    write_app(tmp_path)
+    fd = sock.fileno()
+    if activate:
+        cmd = [sys.executable, "-c", ACTIVATE] + args + ["supapp:app"]
+        env = subprocess_env(TEST_FD=str(fd))
+    else:
+        cmd = [sys.executable, "-m", "yimmo", "--bind", "fd://%d" % fd] + \
+            args + ["supapp:app"]
+        env = subprocess_env()
+    return ServerProcess(cmd, cwd=str(tmp_path), env=env, pass_fds=[fd])
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+def test_bind_fd_serves_an_inherited_socket(tmp_path, processes):
+    sock = listening_socket()
+    port = sock.getsockname()[1]
+    with serve_inherited(tmp_path, sock, ["--processes", str(processes)]) \
+            as proc:
+        sock.close()  # the server's copy is what listens now
+        if processes == 1:
+            proc.wait_listening()
+        else:
+            wait_port(proc)
+            wait_ready(proc, 2)
+        resp = get(("127.0.0.1", port))
+        assert resp.status == 200
+        proc.signal(signal.SIGTERM)
+        assert proc.wait(15) == 0
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+def test_systemd_socket_activation(tmp_path, processes):
+    sock = listening_socket()
+    port = sock.getsockname()[1]
+    with serve_inherited(tmp_path, sock, ["--processes", str(processes)],
+                         activate=True) as proc:
+        sock.close()
+        proc.wait_for_line("Using 1 socket\\(s\\) from systemd socket "
+                           "activation")
+        if processes == 1:
+            proc.wait_listening()
+        else:
+            wait_ready(proc, 2)
+        resp = get(("127.0.0.1", port))
+        assert resp.status == 200
+        # The variables are gone before the app runs: its own children
+        # must not take the sockets for theirs.
+        assert get(("127.0.0.1", port), "/env").body == b"[]"
+        proc.signal(signal.SIGTERM)
+        assert proc.wait(15) == 0
+
+
+def test_activation_for_another_pid_is_ignored(tmp_path):
+    write_app(tmp_path)
+    env = subprocess_env(LISTEN_PID="1", LISTEN_FDS="1")
+    with ServerProcess([sys.executable, "-m", "yimmo", "--bind",
+                        "127.0.0.1:0", "supapp:app"], cwd=str(tmp_path),
+                       env=env) as proc:
+        host, port = proc.wait_listening()
+        assert get((host, port), "/env").body == b"[]"
+        assert "systemd" not in proc.stderr
+        proc.signal(signal.SIGTERM)
+        assert proc.wait(15) == 0
+
+
+def test_bind_fd_that_is_not_a_listening_socket_is_one_error_line(tmp_path):
+    write_app(tmp_path)
+    r, w = os.pipe()
+    try:
+        os.set_inheritable(r, True)
+        res = subprocess.run(
+            [sys.executable, "-m", "yimmo", "--bind", "fd://%d" % r,
+             "supapp:app"], cwd=str(tmp_path), env=subprocess_env(),
+            capture_output=True, text=True, timeout=30, close_fds=False)
+    finally:
+        os.close(r)
+        os.close(w)
+    assert res.returncode == 1
+    lines = res.stderr.strip().splitlines()
+    assert lines[-1].startswith("yimmo: error: ")
+    assert "fd://%d" % r in lines[-1]
+    assert sum(l.startswith("yimmo: error") for l in lines) == 1
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+def test_unix_socket_mode_stale_file_and_removal(tmp_path, processes):
+    write_app(tmp_path)
+    path = tmp_path / "s.sock"
+    # A stale file: bound, then the "server" died without removing it.
+    dead = socket.socket(socket.AF_UNIX)
+    dead.bind(str(path))
+    dead.close()
+    assert stat.S_ISSOCK(os.stat(path).st_mode)
+    with ServerProcess([sys.executable, "-m", "yimmo", "--processes",
+                        str(processes), "--bind", "unix:%s" % path,
+                        "--unix-socket-mode", "660", "supapp:app"],
+                       cwd=str(tmp_path)) as proc:
+        proc.wait_for_line("Removing stale socket file")
+        if processes == 1:
+            proc.wait_for_line("Listening at unix:")
+        else:
+            wait_ready(proc, 2)
+        assert stat.S_IMODE(os.stat(path).st_mode) == 0o660
+        assert get(str(path)).status == 200
+        # A second server on the live socket: one clear line, exit 1.
+        res = subprocess.run(
+            [sys.executable, "-m", "yimmo", "--bind", "unix:%s" % path,
+             "supapp:app"], cwd=str(tmp_path), env=subprocess_env(),
+            capture_output=True, text=True, timeout=30)
+        assert res.returncode == 1
+        assert res.stderr.strip().splitlines()[-1] == (
+            "yimmo: error: cannot bind unix:%s: a server is listening on "
+            "it already" % path)
+        assert get(str(path)).status == 200
+        proc.signal(signal.SIGTERM)
+        assert proc.wait(15) == 0
+    assert not path.exists()
+
+
+def test_unix_socket_survives_a_reload(tmp_path):
+    """Under a supervisor the file is the supervisor's: a reload (old
+    processes exit) leaves it in place."""
+    write_app(tmp_path)
+    path = tmp_path / "r.sock"
+    with ServerProcess([sys.executable, "-m", "yimmo", "--processes", "2",
+                        "--bind", "unix:%s" % path, "supapp:app"],
+                       cwd=str(tmp_path)) as proc:
+        wait_ready(proc, 2)
+        proc.signal(signal.SIGHUP)
+        wait_ready(proc, 4)
+        deadline = time.monotonic() + 10
+        while count_lines(proc, r"exited with status 0") < 2:
+            assert time.monotonic() < deadline, proc._describe()
+            time.sleep(0.02)
+        assert path.exists()
+        assert get(str(path)).status == 200
+        proc.signal(signal.SIGTERM)
+        assert proc.wait(15) == 0
+    assert not path.exists()
+
+
+def test_reuse_port_each_process_has_its_own_socket(tmp_path):
+    write_app(tmp_path)
+    with ServerProcess([sys.executable, "-m", "yimmo", "--processes", "2",
+                        "--reuse-port", "--bind", "127.0.0.1:0",
+                        "supapp:app"], cwd=str(tmp_path)) as proc:
+        port = wait_port(proc)
+        wait_ready(proc, 2)
+        pids = set()
+        for _ in range(60):
+            resp = get(("127.0.0.1", port))
+            assert resp.status == 200
+            pids.add(resp.body.split()[0])
+        # The kernel hashes connections across both processes' sockets.
+        assert len(pids) == 2
+        proc.signal(signal.SIGTERM)
+        assert proc.wait(15) == 0

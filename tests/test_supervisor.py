@@ -1,0 +1,637 @@
+"""The supervisor (--processes >= 2): real `python -m yimmo` processes on
+127.0.0.1, real HTTP from client threads, signals sent to the supervisor
+or to its server processes. Every wait is bounded.
+
+The app (written into the test's tmp dir, so a test can edit it) answers
+"PID VERSION"; a request with an X-Id header is appended to a log file as
+"ID PID" when it reaches the app, so a test can tell which process a
+failed request was on.
+"""
+
+import http.client
+import mmap
+import os
+import re
+import signal
+import socket
+import sys
+import threading
+import time
+
+import pytest
+
+from yimmo import _yimmo
+
+from helpers import ServerProcess, subprocess_env
+
+APP = '''
+import os, time
+VERSION = "v1"
+LOG = os.environ.get("APP_LOG")
+HOLD = []
+
+def app(environ, start_response):
+    path = environ["PATH_INFO"]
+    rid = environ.get("HTTP_X_ID")
+    if LOG and rid:
+        fd = os.open(LOG, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+        os.write(fd, ("%s %d\\n" % (rid, os.getpid())).encode())
+        os.close(fd)
+    if path == "/sleep":
+        time.sleep(float(environ.get("QUERY_STRING") or 1))
+    elif path == "/grow":
+        HOLD.append(b"x" * (64 * 1024 * 1024))  # touched: resident
+    elif path == "/env":
+        body = repr(sorted(k for k in os.environ
+                           if k.startswith("LISTEN_"))).encode()
+        start_response("200 OK", [("Content-Length", str(len(body)))])
+        return [body]
+    body = ("%d %s" % (os.getpid(), VERSION)).encode()
+    start_response("200 OK", [("Content-Type", "text/plain"),
+                              ("Content-Length", str(len(body)))])
+    return [body]
+'''
+
+SUPERVISOR_RE = re.compile(r"Supervisor listening at http://[^:]+:(\d+)")
+
+
+def write_app(tmp_path, source=APP, name="supapp"):
+    path = tmp_path / (name + ".py")
+    path.write_text(source)
+    return path
+
+
+def start(tmp_path, *args, processes=2, env=None, name="supapp"):
+    """The supervisor as a ServerProcess, and its port."""
+    extra = {"APP_LOG": str(tmp_path / "requests.log")}
+    extra.update(env or {})
+    proc = ServerProcess(
+        [sys.executable, "-m", "yimmo", "--processes", str(processes),
+         "--bind", "127.0.0.1:0", "--graceful-timeout", "10"] + list(args)
+        + [name + ":app"],
+        cwd=str(tmp_path), env=subprocess_env(**extra))
+    return proc
+
+
+def wait_port(proc, timeout=15):
+    return int(proc.wait_for_line(SUPERVISOR_RE, timeout=timeout).group(1))
+
+
+def count_lines(proc, pattern):
+    regex = re.compile(pattern)
+    with proc._cond:
+        return sum(1 for line in proc.stderr_lines if regex.search(line))
+
+
+def wait_ready(proc, n, timeout=15):
+    """Wait until n server processes have said they are ready in all."""
+    deadline = time.monotonic() + timeout
+    while count_lines(proc, r"Server process \d+ is ready") < n:
+        assert time.monotonic() < deadline, proc._describe()
+        assert proc.proc.poll() is None, proc._describe()
+        time.sleep(0.02)
+
+
+def children_of(pid):
+    """PIDs whose parent is pid (from /proc)."""
+    kids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open("/proc/%s/stat" % entry) as f:
+                stat = f.read()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        if int(fields[1]) == pid and fields[0] != "Z":
+            kids.append(int(entry))
+    return sorted(kids)
+
+
+def wait_children(pid, n, timeout=10):
+    deadline = time.monotonic() + timeout
+    while True:
+        kids = children_of(pid)
+        if len(kids) == n:
+            return kids
+        assert time.monotonic() < deadline, "children %r, want %d" % (
+            kids, n)
+        time.sleep(0.05)
+
+
+def get(port, path="/", timeout=5, headers=None):
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        conn.request("GET", path, headers=headers or {})
+        resp = conn.getresponse()
+        return resp.status, resp.read().decode()
+    finally:
+        conn.close()
+
+
+class Load:
+    """Client threads sending requests in a loop until stopped: each on a
+    new connection, or all on keep-alive connections (reconnecting only
+    when the server said Connection: close). Records every outcome;
+    never retries."""
+
+    def __init__(self, port, threads=3, keepalive=False, path="/",
+                 limit=None):
+        self.port = port
+        self.keepalive = keepalive
+        self.path = path
+        self.limit = limit
+        self.results = []       # (id, status or None, body or error, t)
+        self.lock = threading.Lock()
+        self.stopping = threading.Event()
+        self.counter = 0
+        self.threads = [threading.Thread(target=self._run, daemon=True)
+                        for _ in range(threads)]
+
+    def __enter__(self):
+        for t in self.threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()
+
+    def stop(self):
+        self.stopping.set()
+        for t in self.threads:
+            t.join(15)
+            assert not t.is_alive()
+
+    def _next_id(self):
+        with self.lock:
+            if self.limit is not None and self.counter >= self.limit:
+                return None
+            self.counter += 1
+            return "%s-%d" % ("k" if self.keepalive else "n", self.counter)
+
+    def _run(self):
+        conn = None
+        while not self.stopping.is_set():
+            rid = self._next_id()
+            if rid is None:
+                break
+            if conn is None or not self.keepalive:
+                conn = http.client.HTTPConnection("127.0.0.1", self.port,
+                                                  timeout=10)
+            try:
+                conn.request("GET", self.path, headers={"X-Id": rid})
+                resp = conn.getresponse()
+                body = resp.read().decode()
+                result = (rid, resp.status, body, time.monotonic())
+                if not self.keepalive:
+                    conn.close()
+            except (OSError, http.client.HTTPException) as exc:
+                result = (rid, None, repr(exc), time.monotonic())
+                conn.close()
+                conn = None
+            with self.lock:
+                self.results.append(result)
+
+    def snapshot(self):
+        with self.lock:
+            return list(self.results)
+
+    def failures(self):
+        return [r for r in self.snapshot() if r[1] != 200]
+
+    def pids(self):
+        return {int(r[2].split()[0]) for r in self.snapshot()
+                if r[1] == 200 and r[2][:1].isdigit()}
+
+    def wait_count(self, n, timeout=20):
+        deadline = time.monotonic() + timeout
+        while len(self.snapshot()) < n:
+            assert time.monotonic() < deadline, "only %d results" % len(
+                self.snapshot())
+            time.sleep(0.02)
+
+
+def request_log(tmp_path):
+    """{request id: pid that ran it} from the app's log."""
+    try:
+        text = (tmp_path / "requests.log").read_text()
+    except FileNotFoundError:
+        return {}
+    out = {}
+    for line in text.splitlines():
+        rid, pid = line.split()
+        out[rid] = int(pid)
+    return out
+
+
+def stop(proc, timeout=20):
+    proc.signal(signal.SIGTERM)
+    return proc.wait(timeout)
+
+
+# -- tests --------------------------------------------------------------------
+
+
+def test_kill9_replaced_within_2s_only_inflight_requests_fail(tmp_path):
+    write_app(tmp_path)
+    with start(tmp_path) as proc:
+        port = wait_port(proc)
+        wait_ready(proc, 2)
+        kids = wait_children(proc.proc.pid, 2)
+        with Load(port, threads=4) as load:
+            load.wait_count(200)
+            victim = kids[0]
+            killed_at = time.monotonic()
+            os.kill(victim, signal.SIGKILL)
+            # Replaced: a new process is ready within 2 s.
+            deadline = killed_at + 2.0
+            while count_lines(proc, r"Server process \d+ is ready") < 3:
+                assert time.monotonic() < deadline, proc._describe()
+                time.sleep(0.01)
+            n = len(load.snapshot())
+            load.wait_count(n + 200)
+        assert proc.wait_for_line(r"Server process %d was killed by SIGKILL"
+                                  % victim)
+        failures = load.failures()
+        ran_on = request_log(tmp_path)
+        # Every failure was a request the killed process had: it reached
+        # its app, or it was on a connection that process had accepted
+        # and not yet handed to the app (then it is in no log at all).
+        for rid, status, error, t in failures:
+            assert ran_on.get(rid, victim) == victim, (rid, error)
+            # Cut off (reset, closed), never refused: the listener stayed.
+            assert "Refused" not in error, (rid, error)
+            assert t >= killed_at, (rid, error)
+        # At most one request in flight per client thread.
+        assert len(failures) <= 4, failures
+        new = set(wait_children(proc.proc.pid, 2)) - set(kids)
+        assert len(new) == 1
+        assert new <= load.pids()
+        assert stop(proc) == 0
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_sigterm_drains_20_one_second_requests_across_processes(tmp_path,
+                                                                signum):
+    write_app(tmp_path)
+    with start(tmp_path, "--workers", "20") as proc:
+        port = wait_port(proc)
+        wait_ready(proc, 2)
+        results = []
+
+        def one(i):
+            results.append(get(port, "/sleep?1", timeout=10,
+                               headers={"X-Id": "s%d" % i}))
+
+        threads = [threading.Thread(target=one, args=(i,))
+                   for i in range(20)]
+        for t in threads:
+            t.start()
+        deadline = time.monotonic() + 5
+        while len(request_log(tmp_path)) < 20:
+            assert time.monotonic() < deadline, request_log(tmp_path)
+            time.sleep(0.01)
+        proc.signal(signum)
+        # The listeners close at once: a new client is refused, not left
+        # waiting in a backlog nobody accepts from.
+        time.sleep(0.3)
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", port), timeout=5)
+        for t in threads:
+            t.join(15)
+        assert [s for s, _ in results] == [200] * 20
+        assert proc.wait(15) == 0
+        # The processes that ran them: the supervisor's two.
+        assert len(set(request_log(tmp_path).values())) <= 2
+
+
+def test_sighup_reloads_new_code_with_no_failed_request(tmp_path):
+    path = write_app(tmp_path)
+    with start(tmp_path) as proc:
+        port = wait_port(proc)
+        wait_ready(proc, 2)
+        with Load(port, threads=2) as fresh, \
+                Load(port, threads=2, keepalive=True) as kept:
+            fresh.wait_count(100)
+            kept.wait_count(100)
+            # A different length too: a .pyc is trusted on mtime + size.
+            path.write_text(APP.replace('VERSION = "v1"',
+                                        'VERSION = "version2"'))
+            before = (len(fresh.snapshot()), len(kept.snapshot()))
+            proc.signal(signal.SIGHUP)
+            wait_ready(proc, 4)
+            # Both old processes drained and exited.
+            deadline = time.monotonic() + 10
+            while count_lines(proc, r"Server process \d+ exited with "
+                                    r"status 0") < 2:
+                assert time.monotonic() < deadline, proc._describe()
+                time.sleep(0.02)
+            fresh.wait_count(before[0] + 100)
+            kept.wait_count(before[1] + 100)
+        for load in (fresh, kept):
+            assert load.failures() == []
+            assert load.snapshot()[-1][2].endswith(" version2")
+        assert any(r[2].endswith(" v1") for r in kept.snapshot())
+        status, body = get(port)
+        assert body.endswith(" version2")
+        assert stop(proc) == 0
+
+
+def test_sighup_with_broken_code_keeps_the_old_processes(tmp_path):
+    path = write_app(tmp_path)
+    with start(tmp_path) as proc:
+        port = wait_port(proc)
+        wait_ready(proc, 2)
+        old = set(children_of(proc.proc.pid))
+        path.write_text("raise RuntimeError('half-edited')\n")
+        with Load(port, threads=2) as load:
+            proc.signal(signal.SIGHUP)
+            proc.wait_for_line(r"half-edited.*the running processes keep "
+                               r"serving", timeout=30)
+            n = len(load.snapshot())
+            load.wait_count(n + 50)
+        assert load.failures() == []
+        assert load.pids() == {int(p) for p in old}
+        assert proc.proc.poll() is None
+        # Fixed: the next SIGHUP goes through.
+        path.write_text(APP.replace('VERSION = "v1"', 'VERSION = "fixed"'))
+        proc.signal(signal.SIGHUP)
+        deadline = time.monotonic() + 15
+        while not get(port)[1].endswith(" fixed"):
+            assert time.monotonic() < deadline, proc._describe()
+            time.sleep(0.05)
+        assert stop(proc) == 0
+
+
+@pytest.mark.parametrize("preload", [False, True])
+def test_preload_imports_the_app_in_the_supervisor_only_when_asked(
+        tmp_path, preload):
+    write_app(tmp_path, APP + '\nIMPORTED_IN = os.getpid()\n'
+              'with open(os.environ["APP_LOG"] + ".imports", "a") as f:\n'
+              '    f.write("%d\\n" % IMPORTED_IN)\n')
+    args = ["--preload"] if preload else []
+    with start(tmp_path, *args) as proc:
+        port = wait_port(proc)
+        wait_ready(proc, 2)
+        assert get(port)[0] == 200
+        importers = {int(line) for line in (
+            tmp_path / "requests.log.imports").read_text().split()}
+        if preload:
+            assert importers == {proc.proc.pid}
+        else:
+            assert importers == set(children_of(proc.proc.pid))
+        assert stop(proc) == 0
+
+
+def test_max_requests_recycles_with_no_failed_request(tmp_path):
+    write_app(tmp_path)
+    with start(tmp_path, "--max-requests", "50") as proc:
+        port = wait_port(proc)
+        wait_ready(proc, 2)
+        with Load(port, threads=2, limit=1000) as load:
+            load.wait_count(1000, timeout=60)
+        assert load.failures() == []
+        assert len(load.snapshot()) == 1000
+        assert len(load.pids()) >= 10, load.pids()
+        assert proc.wait_for_line(r"as it served its max-requests")
+        assert stop(proc) == 0
+
+
+def test_crash_loop_gives_up_with_the_childs_error(tmp_path):
+    write_app(tmp_path, "raise RuntimeError('boom at import')\n")
+    with start(tmp_path) as proc:
+        assert proc.wait(30) == 1
+        errors = [line for line in proc.stderr_lines
+                  if line.startswith("yimmo: error:")]
+        assert len(errors) == 1, proc.stderr
+        assert "boom at import" in errors[0]
+        assert "supapp" in errors[0]
+        assert count_lines(proc, "before it was ready; starting a new "
+                                 "one in") >= 2
+        assert children_of(proc.proc.pid) == []
+
+
+def test_sigttin_sigttou_change_the_number_of_processes(tmp_path):
+    write_app(tmp_path)
+    with start(tmp_path) as proc:
+        port = wait_port(proc)
+        wait_ready(proc, 2)
+        sup = proc.proc.pid
+        wait_children(sup, 2)
+        proc.signal(signal.SIGTTIN)
+        wait_children(sup, 3)
+        # One at a time: two pending signals of a kind merge into one.
+        proc.signal(signal.SIGTTOU)
+        wait_children(sup, 2)
+        proc.signal(signal.SIGTTOU)
+        wait_children(sup, 1)
+        proc.signal(signal.SIGTTOU)   # not below 1
+        assert proc.wait_for_line("already at 1 process")
+        assert get(port)[0] == 200
+        assert wait_children(sup, 1)
+        assert stop(proc) == 0
+
+
+def test_a_stopped_process_is_replaced_by_its_heartbeat(tmp_path):
+    write_app(tmp_path)
+    with start(tmp_path, "--heartbeat-timeout", "1.5") as proc:
+        port = wait_port(proc)
+        wait_ready(proc, 2)
+        kids = wait_children(proc.proc.pid, 2)
+        os.kill(kids[0], signal.SIGSTOP)
+        try:
+            m = proc.wait_for_line(r"Server process (\d+): killing it "
+                                   r"\(SIGKILL\), as its event loop made "
+                                   r"no progress", timeout=8)
+            assert int(m.group(1)) == kids[0]
+            wait_ready(proc, 3, timeout=5)
+        finally:
+            try:
+                os.kill(kids[0], signal.SIGCONT)
+            except ProcessLookupError:
+                pass
+        # The live one kept its heartbeat: not touched.
+        assert kids[1] in children_of(proc.proc.pid)
+        assert get(port)[0] == 200
+        assert stop(proc) == 0
+
+
+def test_max_rss_recycles_with_no_failed_request(tmp_path):
+    write_app(tmp_path)
+    with start(tmp_path, "--max-rss", "100", processes=2) as proc:
+        port = wait_port(proc)
+        wait_ready(proc, 2)
+        with Load(port, threads=2) as load:
+            load.wait_count(50)
+            for _ in range(3):
+                assert get(port, "/grow")[0] == 200
+            proc.wait_for_line(r"its resident memory, \d+ MB, passed "
+                               r"max-rss", timeout=10)
+            proc.wait_for_line(r"Server process \d+ exited with status 0",
+                               timeout=10)
+            n = len(load.snapshot())
+            load.wait_count(n + 50)
+        assert load.failures() == []
+        assert stop(proc) == 0
+
+
+def test_max_lifetime_recycles_with_no_failed_request(tmp_path):
+    write_app(tmp_path)
+    with start(tmp_path, "--max-lifetime", "1",
+               "--max-lifetime-jitter", "0.5") as proc:
+        port = wait_port(proc)
+        wait_ready(proc, 2)
+        with Load(port, threads=2) as load, \
+                Load(port, threads=1, keepalive=True) as kept:
+            wait_ready(proc, 6, timeout=15)
+            n = len(load.snapshot())
+            load.wait_count(n + 50)
+        assert load.failures() == []
+        assert kept.failures() == []
+        assert len(load.pids() | kept.pids()) >= 4
+        assert stop(proc) == 0
+
+
+def test_sigusr1_reopens_the_access_log_in_every_process(tmp_path):
+    write_app(tmp_path)
+    log = tmp_path / "access.log"
+    with start(tmp_path, "--access-log", str(log)) as proc:
+        port = wait_port(proc)
+        wait_ready(proc, 2)
+        assert get(port)[0] == 200
+        rotated = tmp_path / "access.log.1"
+        os.rename(log, rotated)
+        proc.signal(signal.SIGUSR1)
+        deadline = time.monotonic() + 5
+        while count_lines(proc, "reopening log files") < 3:
+            assert time.monotonic() < deadline, proc._describe()
+            time.sleep(0.02)
+        for _ in range(6):  # both processes, whichever accepts
+            assert get(port, "/after")[0] == 200
+        assert "GET /after " in log.read_text()
+        assert "GET /after " not in rotated.read_text()
+        assert stop(proc) == 0
+
+
+def test_sighup_in_a_single_process_warns_and_keeps_serving(tmp_path):
+    write_app(tmp_path)
+    with start(tmp_path, processes=1) as proc:
+        port = proc.wait_listening()[1]
+        proc.signal(signal.SIGHUP)
+        proc.wait_for_line("a reload needs --processes 2 or more")
+        assert get(port)[0] == 200
+        proc.signal(signal.SIGTTIN)
+        proc.wait_for_line("Received SIGTTIN: changing the number")
+        assert get(port)[0] == 200
+        assert stop(proc) == 0
+
+
+def test_core_request_recycle_sets_the_slot_and_wakes_the_supervisor():
+    slot = mmap.mmap(-1, 64)
+    r, w = os.pipe()
+    os.set_blocking(r, False)
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen()
+    sock.setblocking(False)
+    core = _yimmo.Core(lambda e, s: [], [(sock.detach(), False, "127.0.0.1",
+                                          "0")],
+                       lambda *a: None, sys.stderr, workers=1,
+                       heartbeat=slot, notify_fd=w)
+    try:
+        assert slot[16:20] == b"\0\0\0\0"
+        core.request_recycle()
+        core.request_recycle()
+        assert int.from_bytes(slot[16:20], sys.byteorder) == 1
+        assert int.from_bytes(slot[20:24], sys.byteorder) == 2
+        assert os.read(r, 10) == b"r"   # once
+    finally:
+        core.stop(0)
+        while not core.run():
+            pass
+        del core
+        os.close(r)
+        os.close(w)
+
+
+def test_server_refuses_processes_above_one():
+    import yimmo
+    with pytest.raises(ValueError, match="processes"):
+        yimmo.Server(lambda e, s: [], bind="127.0.0.1:0", processes=2)
+
+
+def test_serve_with_processes_supervises_the_imported_app(tmp_path):
+    write_app(tmp_path)
+    (tmp_path / "run.py").write_text(
+        "import yimmo, supapp\n"
+        "yimmo.serve(supapp.app, bind='127.0.0.1:0', processes=2)\n"
+        "print('serve returned', flush=True)\n")
+    with ServerProcess([sys.executable, "run.py"], cwd=str(tmp_path),
+                       env=subprocess_env()) as proc:
+        port = wait_port(proc)
+        wait_ready(proc, 2)
+        pids = {get(port)[1].split()[0] for _ in range(20)}
+        assert str(proc.proc.pid) not in pids
+        assert stop(proc) == 0
+        assert "serve returned" in proc.stdout
+
+
+def test_the_loop_publishes_beats_requests_and_connections():
+    """The slot a server process writes (ext/heartbeat.h), read as the
+    supervisor reads it."""
+    from yimmo import _supervisor
+
+    table = mmap.mmap(-1, 4 * 64)
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen()
+    sock.setblocking(False)
+    port = sock.getsockname()[1]
+
+    def app(environ, start_response):
+        start_response("200 OK", [("Content-Length", "2")])
+        return [b"ok"]
+
+    core = _yimmo.Core(app, [(sock.detach(), False, "127.0.0.1",
+                              str(port))],
+                       lambda *a: None, sys.stderr, workers=2,
+                       heartbeat=table, heartbeat_slot=2, max_requests=5)
+    runner = threading.Thread(target=lambda: [None for _ in iter(
+        core.run, True)], daemon=True)
+    runner.start()
+
+    def slot():
+        return _supervisor.HEARTBEAT.unpack_from(table, 2 * 64)
+
+    try:
+        deadline = time.monotonic() + 5
+        while slot()[0] == 0:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        first_beat = slot()[0]
+        assert slot()[5] == 1           # accepting
+        keep = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+        keep.request("GET", "/")
+        assert keep.getresponse().read() == b"ok"
+        assert slot()[4] == 1           # one open connection
+        for _ in range(3):
+            assert get(port)[0] == 200
+        beat_ns, requests, recycle, reason, conns, accepting = slot()
+        assert (requests, recycle) == (4, 0)
+        assert get(port)[0] == 200      # the 5th: max_requests
+        deadline = time.monotonic() + 5
+        while slot()[2] != 1:
+            assert time.monotonic() < deadline, slot()
+            time.sleep(0.01)
+        assert slot()[3] == 1           # reason: max_requests
+        time.sleep(0.6)
+        assert slot()[0] > first_beat   # still beating
+        # Other slots untouched.
+        assert table[0:128] == bytes(128) and table[192:256] == bytes(64)
+        keep.close()
+    finally:
+        core.stop(0)
+        runner.join(10)
+        assert not runner.is_alive()
+    assert slot()[5] == 0               # not accepting once stopped

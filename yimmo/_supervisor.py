@@ -1,0 +1,639 @@
+"""The supervisor (processes >= 2): binds or inherits the listeners, forks
+the server processes, and keeps them running.
+
+It is one thread (so it may fork at any time) running a select() loop over
+a signal wakeup pipe and one pipe per server process. A process tells it,
+through its pipe: "R" once it is ready to accept (its app imported, its
+Server built), "E<line>\\n" when it failed to start (the one-line error),
+"r" when it wants to be replaced (written by the loop thread in C, see
+ymo_server_request_recycle). Its heartbeat is a 64-byte anonymous shared
+mapping per process (layout: ext/heartbeat.h) whose loop thread stamps it.
+
+Replacing a process ("recycling": max_requests, max_rss, max_lifetime, a
+request from the process, SIGHUP) always starts the successor first and
+sends SIGTERM to the old process only once the successor is ready, so
+the listeners are never without a process accepting. A process that dies
+is replaced at once; processes that die before they are ready are
+restarted with back-off, and after MAX_START_FAILURES in a row the
+supervisor gives up, with the process's own error line.
+
+The supervisor never imports the application unless preload is set.
+"""
+
+import logging
+import mmap
+import os
+import random
+import select
+import signal
+import struct
+import sys
+import time
+import traceback
+
+from . import _logging, _sockets
+
+log = logging.getLogger("yimmo")
+
+# ext/heartbeat.h: beat_ns, requests, recycle, reason, conns, accepting.
+HEARTBEAT = struct.Struct("=QQIIII")
+HEARTBEAT_SIZE = 64
+SLOTS = 256                # processes alive at once, at most
+RECYCLE_REASONS = {1: "it served its max-requests",
+                   2: "it asked to be recycled"}
+
+MAX_START_FAILURES = 5
+BACKOFF_FIRST = 0.1        # seconds; doubles with each failure in a row
+BACKOFF_MAX = 5.0
+RAPID = 1.0                # a process that dies this soon after it became
+                           # ready counts as failing at start
+TICK = 0.1                 # the loop's timers: lifetimes, heartbeats
+RSS_EVERY = 2.0            # seconds between two checks of max_rss
+KILL_SLACK = 5.0           # past graceful_timeout, a draining process is
+                           # killed
+
+HANDLED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGTTIN,
+           signal.SIGTTOU, signal.SIGUSR1, signal.SIGCHLD)
+
+
+class ProcessSlot:
+    """What a server process's Server gets from the supervisor."""
+
+    def __init__(self, heartbeat, slot, notify_fd, max_requests):
+        self.heartbeat = heartbeat      # the table of every process's slot
+        self.slot = slot                # this process's index in it
+        self.notify_fd = notify_fd
+        self.max_requests = max_requests
+
+
+class Child:
+    def __init__(self, pid, table, slot, pipe, lifetime_end):
+        self.pid = pid
+        self.table = table
+        self.slot = slot
+        self.pipe = pipe           # read end; None once closed
+        self.started = time.monotonic()
+        self.ready_at = None
+        self.retire = None         # why it is to be replaced, once it is
+        self.draining_since = None
+        self.killed_for = None     # why we sent SIGKILL
+        self.error_line = None
+        self.lifetime_end = lifetime_end
+        self.buffer = b""
+
+    def heartbeat(self):
+        return HEARTBEAT.unpack_from(self.table, self.slot * HEARTBEAT_SIZE)
+
+
+def _describe_status(status):
+    if os.WIFSIGNALED(status):
+        sig = os.WTERMSIG(status)
+        try:
+            name = signal.Signals(sig).name
+        except ValueError:
+            name = "signal %d" % sig
+        return "was killed by %s" % name
+    return "exited with status %d" % os.waitstatus_to_exitcode(status)
+
+
+def _set_pdeathsig():
+    """Linux: this process gets SIGTERM when the supervisor dies, so a
+    supervisor killed with SIGKILL leaves no server behind."""
+    try:
+        import ctypes
+        libc = ctypes.CDLL(None, use_errno=True)
+        PR_SET_PDEATHSIG = 1
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
+
+
+class Supervisor:
+    """Run `processes` server processes of app (or of app_spec, imported
+    in each process) until SIGTERM/SIGINT. run() returns the exit
+    status."""
+
+    def __init__(self, app_spec, app, options):
+        self.app_spec = app_spec
+        self.app = app
+        self.options = options
+        self.target = options["processes"]
+        self.children = {}         # pid -> Child
+        self.listeners = []
+        self.pending_signals = []
+        self.stopping = False
+        self.stop_deadline = None
+        self.failures = 0          # processes in a row that died at start
+        self.last_failure = None   # (describe, error line)
+        self.next_spawn = 0.0      # back-off: no spawn before this
+        self.next_rss = 0.0
+        self.exit_status = 0
+        self.last_check = time.monotonic()
+
+    # -- the supervisor's side ------------------------------------------------
+
+    def run(self):
+        opts = self.options
+        self.pid = os.getpid()
+        self.listeners = _sockets.bind_all(
+            opts, reserve_reuse_port=opts["reuse_port"])
+        try:
+            if self.app is None and opts["preload"]:
+                from ._appload import load_app
+                self.app = load_app(self.app_spec)
+            return self._run()
+        finally:
+            _sockets.close_all(self.listeners)
+
+    def _run(self):
+        # Every process's heartbeat slot, in one shared mapping made
+        # before the first fork (MAP_SHARED | MAP_ANONYMOUS): each
+        # process writes its own and reads its siblings' connection
+        # counts (ext/heartbeat.h).
+        self.table = mmap.mmap(-1, SLOTS * HEARTBEAT_SIZE)
+        wake_r, wake_w = os.pipe()
+        os.set_blocking(wake_r, False)
+        os.set_blocking(wake_w, False)
+        self.wake_r, self.wake_w = wake_r, wake_w
+        old_wakeup = signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
+        old_handlers = {sig: signal.signal(sig, self._on_signal)
+                        for sig in HANDLED}
+        log.info("Supervisor listening at %s: %d processes x %d workers",
+                 ", ".join(_sockets.describe(l.address)
+                           for l in self.listeners),
+                 self.target, opts_workers(self.options))
+        try:
+            self._loop()
+        finally:
+            signal.set_wakeup_fd(old_wakeup)
+            for sig, handler in old_handlers.items():
+                signal.signal(sig, handler)
+            os.close(wake_r)
+            os.close(wake_w)
+            for child in list(self.children.values()):
+                # Only after a failure of the loop itself.
+                self._kill(child, "the supervisor is exiting")
+            self._reap(block=True)
+        return self.exit_status
+
+    def _on_signal(self, signum, frame):
+        self.pending_signals.append(signum)
+
+    def _loop(self):
+        while True:
+            self._handle_signals()
+            self._reap()
+            if self.stopping:
+                if not self.children:
+                    log.info("All server processes have exited")
+                    return
+                self._enforce_stop_deadline()
+            else:
+                if self.exit_status:
+                    return
+                self._check_children()
+                self._fill()
+                self._retire_replaced()
+            self._wait()
+
+    def _wait(self):
+        fds = [self.wake_r] + [c.pipe for c in self.children.values()
+                               if c.pipe is not None]
+        try:
+            readable, _, _ = select.select(fds, [], [], TICK)
+        except InterruptedError:
+            return
+        for fd in readable:
+            if fd == self.wake_r:
+                try:
+                    while os.read(fd, 512):
+                        pass
+                except BlockingIOError:
+                    pass
+                continue
+            child = next((c for c in self.children.values()
+                          if c.pipe == fd), None)
+            if child is not None:
+                self._read_child(child)
+
+    def _read_child(self, child):
+        """Read what the process wrote; False when nothing was there."""
+        try:
+            data = os.read(child.pipe, 4096)
+        except BlockingIOError:
+            return False
+        except OSError:
+            data = b""
+        if not data:
+            os.close(child.pipe)
+            child.pipe = None
+            return False
+        child.buffer += data
+        while child.buffer:
+            kind = child.buffer[:1]
+            if kind == b"E":
+                line, sep, rest = child.buffer[1:].partition(b"\n")
+                if not sep:
+                    return True
+                child.error_line = line.decode("utf-8", "replace")
+                child.buffer = rest
+                continue
+            child.buffer = child.buffer[1:]
+            if kind == b"R" and child.ready_at is None:
+                child.ready_at = time.monotonic()
+                log.info("Server process %d is ready", child.pid)
+            elif kind == b"r":
+                pass  # the slot's flag says it; _check_children acts
+        return True
+
+    # -- signals --
+
+    def _handle_signals(self):
+        while self.pending_signals:
+            signum = self.pending_signals.pop(0)
+            if signum in (signal.SIGTERM, signal.SIGINT):
+                self._begin_stop(signal.Signals(signum).name)
+            elif signum == signal.SIGHUP:
+                self._reload()
+            elif signum == signal.SIGTTIN:
+                if not self.stopping:
+                    self.target += 1
+                    log.info("Received SIGTTIN: now %d processes",
+                             self.target)
+            elif signum == signal.SIGTTOU:
+                self._remove_one()
+            elif signum == signal.SIGUSR1:
+                log.info("Received SIGUSR1: reopening log files")
+                _logging.reopen_log_files()
+                for child in self.children.values():
+                    self._signal(child, signal.SIGUSR1)
+
+    def _begin_stop(self, name):
+        if self.stopping:
+            return
+        grace = self.options["graceful_timeout"]
+        log.info("Received %s: stopping %d server process(es), "
+                 "%g s to finish", name, len(self.children), grace)
+        self.stopping = True
+        self.stop_deadline = time.monotonic() + grace + KILL_SLACK
+        # Our copies of the listeners close now, as a single server's do:
+        # once every process has closed its own, new clients are refused
+        # at once instead of waiting in a backlog nobody accepts from.
+        for listener in self.listeners:
+            listener.sock.close()
+        for child in self.children.values():
+            self._drain(child)
+
+    def _enforce_stop_deadline(self):
+        if time.monotonic() >= self.stop_deadline:
+            for child in self.children.values():
+                if child.killed_for is None:
+                    self._kill(child, "the graceful timeout ran out")
+
+    def _reload(self):
+        if self.stopping:
+            return
+        active = [c for c in self.children.values()
+                  if c.draining_since is None and c.retire is None]
+        log.info("Received SIGHUP: reloading; starting %d new process(es), "
+                 "then the old ones drain", self.target)
+        self.failures = 0
+        self.next_spawn = 0.0
+        for child in active:
+            child.retire = "reload"
+
+    def _remove_one(self):
+        if self.stopping:
+            return
+        if self.target <= 1:
+            log.warning("Received SIGTTOU: already at 1 process; ignored")
+            return
+        self.target -= 1
+        log.info("Received SIGTTOU: now %d processes", self.target)
+        # The excess goes in _retire_replaced: the oldest drains.
+
+    # -- keeping the count ----------------------------------------------------
+
+    def _serving(self):
+        """Processes that count towards the target: not draining, not to
+        be replaced."""
+        return [c for c in self.children.values()
+                if c.draining_since is None and c.retire is None]
+
+    def _fill(self):
+        now = time.monotonic()
+        missing = self.target - len(self._serving())
+        while missing > 0 and now >= self.next_spawn:
+            if self._spawn() is None:
+                break
+            missing -= 1
+
+    def _retire_replaced(self):
+        serving = self._serving()
+        ready_new = [c for c in serving if c.ready_at is not None]
+        # Processes past the target (SIGTTOU): the oldest drains.
+        excess = len(ready_new) - self.target
+        for child in sorted(ready_new, key=lambda c: c.started)[:max(0,
+                                                                excess)]:
+            log.info("Server process %d: draining (fewer processes)",
+                     child.pid)
+            self._drain(child)
+        retiring = sorted((c for c in self.children.values()
+                           if c.retire is not None
+                           and c.draining_since is None),
+                          key=lambda c: c.started)
+        if not retiring:
+            return
+        # Old processes drain once enough new ones accept in their place:
+        # never fewer processes accepting than the target.
+        ready_total = len(ready_new) + sum(1 for c in retiring
+                                           if c.ready_at is not None)
+        can_go = ready_total - self.target
+        for child in retiring:
+            if child.ready_at is None:
+                # Never served: nothing to hand over.
+                self._drain(child, "replaced (%s) before it was ready"
+                            % child.retire)
+            elif can_go > 0:
+                can_go -= 1
+                self._drain(child, "replaced (%s); its successor is ready"
+                            % child.retire)
+
+    def _check_children(self):
+        now = time.monotonic()
+        opts = self.options
+        check_rss = opts["max_rss"] > 0 and now >= self.next_rss
+        if check_rss:
+            self.next_rss = now + RSS_EVERY
+        stale_after = opts["heartbeat_timeout"]
+        # If the supervisor itself was not running for a while (stopped,
+        # starved of CPU, a suspended machine), every heartbeat looks old
+        # at once: judge them from the next round on.
+        if now - self.last_check > max(1.0, stale_after / 2):
+            stale_after = 0
+        self.last_check = now
+        for child in list(self.children.values()):
+            if child.draining_since is not None or child.killed_for:
+                if child.draining_since is not None and child.killed_for \
+                        is None and now > child.draining_since + \
+                        opts["graceful_timeout"] + KILL_SLACK:
+                    self._kill(child, "it did not finish draining in time")
+                continue
+            if child.ready_at is None:
+                continue
+            beat_ns, requests, recycle, reason, _, _ = child.heartbeat()
+            if stale_after > 0:
+                last = beat_ns / 1e9 if beat_ns else child.ready_at
+                if now - last > stale_after:
+                    self._kill(child, "its event loop made no progress for "
+                               "%.1f s (no heartbeat)" % (now - last))
+                    continue
+            if child.retire is not None:
+                continue
+            if recycle:
+                child.retire = RECYCLE_REASONS.get(
+                    reason, "it asked to be recycled")
+                if reason == 1:
+                    child.retire += " (%d requests)" % requests
+            elif child.lifetime_end is not None and now >= \
+                    child.lifetime_end:
+                child.retire = "it reached its max-lifetime"
+            elif check_rss:
+                rss = _rss_mb(child.pid)
+                if rss is not None and rss > opts["max_rss"]:
+                    child.retire = ("its resident memory, %d MB, passed "
+                                    "max-rss" % rss)
+            if child.retire is not None:
+                log.info("Server process %d: starting its successor, as %s",
+                         child.pid, child.retire)
+
+    # -- process control --
+
+    def _signal(self, child, sig):
+        try:
+            os.kill(child.pid, sig)
+        except ProcessLookupError:
+            pass
+
+    def _drain(self, child, why=None):
+        if child.draining_since is not None:
+            return
+        if why:
+            log.info("Server process %d: %s; draining it", child.pid, why)
+        child.draining_since = time.monotonic()
+        self._signal(child, signal.SIGTERM)
+
+    def _kill(self, child, why):
+        log.warning("Server process %d: killing it (SIGKILL), as %s",
+                    child.pid, why)
+        child.killed_for = why
+        self._signal(child, signal.SIGKILL)
+
+    def _reap(self, block=False):
+        while self.children:
+            try:
+                pid, status = os.waitpid(-1, 0 if block else os.WNOHANG)
+            except ChildProcessError:
+                self.children.clear()
+                return
+            if pid == 0:
+                return
+            child = self.children.pop(pid, None)
+            if child is None:
+                continue
+            # Gone: its siblings must not wait for it to accept.
+            struct.pack_into("=I", self.table,
+                             child.slot * HEARTBEAT_SIZE + 28, 0)
+            # What it wrote before it exited (its error line).
+            while child.pipe is not None and self._read_child(child):
+                pass
+            if child.pipe is not None:
+                os.close(child.pipe)
+                child.pipe = None
+            self._exited(child, status)
+
+    def _exited(self, child, status):
+        how = _describe_status(status)
+        if self.stopping or child.draining_since is not None:
+            # Asked to go: nothing to replace (its successor, if any, is
+            # there already).
+            level = logging.INFO if status == 0 else logging.WARNING
+            log.log(level, "Server process %d %s", child.pid, how)
+            return
+        now = time.monotonic()
+        rapid = child.ready_at is None or now - child.ready_at < RAPID
+        if child.killed_for:
+            log.warning("Server process %d %s (%s); starting a new one",
+                        child.pid, how, child.killed_for)
+            return
+        if not rapid:
+            self.failures = 0
+            log.warning("Server process %d %s; starting a new one",
+                        child.pid, how)
+            return
+        self.failures += 1
+        self.last_failure = (how, child.error_line)
+        someone_serves = any(c.ready_at is not None
+                             and c.draining_since is None
+                             and c.killed_for is None
+                             for c in self.children.values())
+        if self.failures >= MAX_START_FAILURES:
+            if someone_serves:
+                # A reload (or a recycle) whose new processes cannot
+                # start: the old ones keep serving.
+                log.error("Server processes fail at start (%s)%s; the "
+                          "running processes keep serving; send SIGHUP "
+                          "to try again",
+                          how, ": " + child.error_line if child.error_line
+                          else "")
+                for c in self.children.values():
+                    c.retire = None
+                    if c.ready_at is None:
+                        self._drain(c)   # a sibling of the failures
+                self.failures = 0
+                self.next_spawn = 0.0
+                return
+            log.error("Server processes fail at start, %d times in a row; "
+                      "giving up", self.failures)
+            line = child.error_line or "server process %s at start" % how
+            print("yimmo: error: %s" % line, file=sys.stderr, flush=True)
+            self.exit_status = 1
+            self._begin_stop("start failures")
+            return
+        delay = min(BACKOFF_MAX, BACKOFF_FIRST * 2 ** (self.failures - 1))
+        self.next_spawn = now + delay
+        log.warning("Server process %d %s %s; starting a new one in %.1f s",
+                    child.pid, how,
+                    "before it was ready" if child.ready_at is None
+                    else "right after it started", delay)
+
+    def _spawn(self):
+        opts = self.options
+        used = {c.slot for c in self.children.values()}
+        slot = next((i for i in range(SLOTS) if i not in used), None)
+        if slot is None:
+            log.error("%d server processes already; not starting another",
+                      SLOTS)
+            self.next_spawn = time.monotonic() + 1.0
+            return None
+        # A fresh slot: no beat, no recycle, not accepting.
+        start = slot * HEARTBEAT_SIZE
+        self.table[start:start + HEARTBEAT_SIZE] = bytes(HEARTBEAT_SIZE)
+        read_end, write_end = os.pipe()
+        lifetime_end = None
+        if opts["max_lifetime"] > 0:
+            lifetime_end = time.monotonic() + opts["max_lifetime"] + \
+                random.uniform(0, opts["max_lifetime_jitter"])
+        sys.stdout.flush()
+        sys.stderr.flush()
+        pid = os.fork()
+        if pid == 0:
+            status = 1
+            try:
+                os.close(read_end)
+                status = self._child_main(slot, write_end)
+            except BaseException:
+                try:
+                    traceback.print_exc()
+                finally:
+                    status = 1
+            finally:
+                try:
+                    logging.shutdown()
+                    sys.stdout.flush()
+                    sys.stderr.flush()
+                finally:
+                    os._exit(status)
+        os.close(write_end)
+        os.set_blocking(read_end, False)
+        self.children[pid] = Child(pid, self.table, slot, read_end,
+                                   lifetime_end)
+        log.info("Started server process %d", pid)
+        return pid
+
+    # -- the server process's side --------------------------------------------
+
+    def _child_main(self, slot, notify_fd):
+        """In the forked server process: returns its exit status."""
+        signal.set_wakeup_fd(-1)
+        for sig in HANDLED:
+            signal.signal(sig, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        _set_pdeathsig()
+        if os.getppid() != self.pid:
+            return 1   # the supervisor died while we were forking
+        os.close(self.wake_r)
+        os.close(self.wake_w)
+        for other in self.children.values():
+            if other.pipe is not None:
+                os.close(other.pipe)
+        self.children = {}
+        os.set_blocking(notify_fd, False)
+        opts = self.options
+
+        def fail(line):
+            os.set_blocking(notify_fd, True)
+            os.write(notify_fd, b"E" + line.replace("\n", " ").encode(
+                "utf-8", "replace") + b"\n")
+            return 1
+
+        listeners = []
+        try:
+            for listener in self.listeners:
+                if listener.reuse_port:
+                    listeners.append(_sockets.reuse_port_listener(
+                        listener, opts["backlog"]))
+                else:
+                    # Ours to use, the supervisor's to unlink.
+                    listeners.append(listener._replace(unix_file=None))
+        except OSError as exc:
+            return fail(exc.strerror or str(exc))
+        app = self.app
+        if app is None:
+            from ._appload import AppLoadError, load_app
+            try:
+                app = load_app(self.app_spec)
+            except AppLoadError as exc:
+                if opts["log_level"] == "debug" and \
+                        exc.__cause__ is not None:
+                    traceback.print_exception(
+                        type(exc.__cause__), exc.__cause__,
+                        exc.__cause__.__traceback__)
+                return fail(str(exc))
+        max_requests = opts["max_requests"]
+        if max_requests and opts["max_requests_jitter"]:
+            # random reseeds itself in a forked child.
+            max_requests += random.randint(0, opts["max_requests_jitter"])
+        from ._server import Server
+        try:
+            server = Server(app, _listeners=listeners,
+                            _process=ProcessSlot(self.table, slot, notify_fd,
+                                                 max_requests),
+                            **opts)
+        except (OSError, TypeError, ValueError) as exc:
+            return fail(str(exc))
+        os.write(notify_fd, b"R")
+        try:
+            server.serve_forever()
+        except KeyboardInterrupt:
+            pass
+        return 0
+
+
+def opts_workers(options):
+    return options["workers"]
+
+
+def _rss_mb(pid):
+    """Resident memory of pid in MB (from /proc), None if gone."""
+    try:
+        with open("/proc/%d/statm" % pid, "rb") as f:
+            resident = int(f.read().split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return resident * mmap.PAGESIZE // (1024 * 1024)
+
+
+def run(app_spec, app, options):
+    """Supervise; returns the exit status."""
+    return Supervisor(app_spec, app, options).run()
