@@ -719,7 +719,8 @@ conn_proxy_header(ymo_conn_t *c)
     if (n == -2 && !c->read_eof && c->inlen <= cfg->limits.max_head_size) {
         return 1;
     }
-    if (n < 0) {
+    /* The limit holds however the header arrived, whole or in parts. */
+    if (n < 0 || (size_t)n > cfg->limits.max_head_size) {
         ymo_conn_close(c);
         return -1;
     }
@@ -769,13 +770,17 @@ conn_step(ymo_conn_t *c)
 {
     ymo_server_t *s = c->server;
     for (;;) {
-        if (c->state == YMO_CONN_HEAD && !c->closing && c->inlen > 0 &&
-            !c->stalled && server_full(s)) {
-            conn_stall(c);
-        }
+        /* The PROXY header first: it needs no room, and a connection
+         * whose header never completes is closed without a word (see
+         * conn_on_timer), never answered 503 as a stalled one would be. */
         if (c->state == YMO_CONN_HEAD && c->proxy != YMO_CONN_PROXY_DONE &&
             !c->closing && c->inlen > 0 && conn_proxy_header(c) < 0) {
             return;
+        }
+        if (c->state == YMO_CONN_HEAD && !c->closing && c->inlen > 0 &&
+            !c->stalled && c->proxy == YMO_CONN_PROXY_DONE &&
+            server_full(s)) {
+            conn_stall(c);
         }
         if (c->state == YMO_CONN_HEAD && !c->closing && c->inlen > 0 &&
             !c->stalled && c->proxy == YMO_CONN_PROXY_DONE) {

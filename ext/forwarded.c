@@ -399,7 +399,7 @@ ymo_forwarded_parse(const char *v, size_t len, const ymo_trust_t *t,
     out->port = -1;
     /* Split at commas outside quoted strings. */
     const char *p = v, *end = v + len, *el = v;
-    while (p <= end) {
+    for (;;) {
         if (p < end && *p == '"') {
             long q = quoted(p, end, NULL, 0, NULL);
             if (q < 0) {
@@ -416,6 +416,9 @@ ymo_forwarded_parse(const char *v, size_t len, const ymo_trust_t *t,
                     return -1;
                 }
                 n++;
+            }
+            if (p == end) {
+                break;          /* never step past the end (not even p+1) */
             }
             el = p + 1;
         }
@@ -448,9 +451,8 @@ ymo_forwarded_parse(const char *v, size_t len, const ymo_trust_t *t,
         /* A trusted proxy: its own client is one element further left
          * (or, at the left end, it is the client itself). */
     }
-    if (kind == NODE_IP) {
-        set_addr(out, family, addr, port);
-    }
+    /* Nothing is written to out before the last -1 (a malformed proto=):
+     * out stays cleared, and the address is filled in at the end. */
     if (e->proto_v != NULL) {
         if (unquote(e->proto_v, e->proto_n, buf, sizeof(buf), &bn) < 0) {
             return -1;
@@ -467,6 +469,9 @@ ymo_forwarded_parse(const char *v, size_t len, const ymo_trust_t *t,
         else {
             out->host_len = bn;
         }
+    }
+    if (kind == NODE_IP) {
+        set_addr(out, family, addr, port);
     }
     return 0;
 }

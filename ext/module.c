@@ -61,6 +61,14 @@ build_trust(ymo_trust_t *t, PyObject *allow_ips)
         }
         return 0;
     }
+    /* A bare str is a sequence too (of one-character strings): "*" must
+     * not be read as a list of networks. */
+    if (!PyList_Check(allow_ips) && !PyTuple_Check(allow_ips)) {
+        PyErr_Format(PyExc_TypeError,
+                     "forwarded_allow_ips must be a list or a tuple, not %s",
+                     Py_TYPE(allow_ips)->tp_name);
+        return -1;
+    }
     PyObject *seq = PySequence_Fast(allow_ips,
                                     "forwarded_allow_ips must be a list");
     if (seq == NULL) {

@@ -48,11 +48,13 @@ ymo_trust_add(ymo_trust_t *t, const char *text, size_t len)
     if (family == 0) {
         return -EINVAL;
     }
-    /* A mapped address given with a prefix keeps its IPv6 meaning. */
-    if (family == 4 && slash != NULL && memchr(text, ':', alen) != NULL) {
-        return -EINVAL;
-    }
-    unsigned max = family == 4 ? 32 : 128, prefix = max;
+    /* An IPv4-mapped address ("::ffff:a.b.c.d") is the IPv4 address, and
+     * peers are matched as IPv4 (ymo_trust_match_sockaddr): its prefix
+     * counts the 96 bits of ::ffff:0:0/96 too, so /96../128 is IPv4
+     * /0../32. A shorter one would reach past the mapped addresses into
+     * IPv6 proper, which no IPv4 network is: refused. */
+    int mapped = family == 4 && memchr(text, ':', alen) != NULL;
+    unsigned max = family == 4 && !mapped ? 32 : 128, prefix = max;
     if (slash != NULL) {
         const char *p = slash + 1, *end = text + len;
         if (p == end || end - p > 3) {
@@ -65,9 +67,12 @@ ymo_trust_add(ymo_trust_t *t, const char *text, size_t len)
             }
             prefix = prefix * 10 + (unsigned)(*p - '0');
         }
-        if (prefix > max) {
+        if (prefix > max || (mapped && prefix < 96)) {
             return -EINVAL;
         }
+    }
+    if (mapped) {
+        prefix -= 96;
     }
     net.family = (uint8_t)family;
     net.prefix = (uint8_t)prefix;

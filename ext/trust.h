@@ -23,7 +23,8 @@ typedef struct ymo_trust {
 } ymo_trust_t;
 
 /* Add "ADDR", "ADDR/PREFIX" or "*" (len bytes of text, no NUL needed).
- * Returns 0, -EINVAL for text that is none of these, -ENOMEM. */
+ * An IPv4-mapped "::ffff:a.b.c.d/N" is the IPv4 network /N-96 (N must be
+ * 96..128). Returns 0, -EINVAL for text that is none of these, -ENOMEM. */
 int ymo_trust_add(ymo_trust_t *t, const char *text, size_t len);
 
 /* Free the table's memory (it stays usable, empty). */

@@ -344,6 +344,20 @@ fwd_value(ymo_module_state *st, PyObject *env, const ymo_exchange_t *ex,
     return env_value(env, st->header_keys[FWD_KEY + kind], v, n);
 }
 
+/* Whether the request's host (Host, or an absolute-form target's
+ * authority) names a port: "name:" with an empty one does not. */
+static int
+host_has_port(const ymo_http_request_t *req)
+{
+    size_t name_len, port_off, port_len;
+    if (req->host == NULL || req->host_len == 0) {
+        return 0;
+    }
+    ymo_forwarded_split_host(req->host, req->host_len, &name_len, &port_off,
+                             &port_len);
+    return port_len > 0;
+}
+
 static int
 apply_forwarded(ymo_module_state *st, PyObject *env, ymo_exchange_t *ex,
                 unsigned seen, const size_t *line, unsigned repeated,
@@ -365,6 +379,13 @@ apply_forwarded(ymo_module_state *st, PyObject *env, ymo_exchange_t *ex,
             return -1;
         }
         from_forwarded = r == 0 && ymo_forwarded_parse(v, n, t, &fw) == 0;
+        if (!from_forwarded) {
+            /* Malformed: ignored as a whole, nothing of it is kept. */
+            fw.has_addr = 0;
+            fw.port = -1;
+            fw.proto = YMO_PROTO_NONE;
+            fw.host_len = 0;
+        }
     }
     if (!from_forwarded) {
         if (seen & (1u << FWD_XFF)) {
@@ -427,6 +448,15 @@ apply_forwarded(ymo_module_state *st, PyObject *env, ymo_exchange_t *ex,
                          fw.proto == YMO_PROTO_HTTPS ? 443 : 80);
         }
         if (r < 0) {
+            return -1;
+        }
+    }
+    else if (fw.proto == YMO_PROTO_HTTPS && ex->listener->is_unix &&
+             !host_has_port(&ex->req)) {
+        /* A unix listener's SERVER_PORT comes from the request's host
+         * (set_unix_server): without a port of its own there, it is the
+         * scheme's default, and the scheme is now https. */
+        if (set_port(env, st->k_server_port, 443) < 0) {
             return -1;
         }
     }

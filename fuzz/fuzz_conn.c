@@ -601,6 +601,21 @@ ymo_wsgi_worker_destroy(ymo_wsgi_worker_t *worker)
     worker->thread_initialized = 0;
 }
 
+/* The request watchdog (wsgi_watchdog.c) is a Python-side thread too: the
+ * harness runs none. */
+int
+ymo_watchdog_start(struct ymo_server *s)
+{
+    (void)s;
+    return 0;
+}
+
+void
+ymo_watchdog_stop(struct ymo_server *s)
+{
+    (void)s;
+}
+
 ymo_status_t
 ymo_wsgi_worker_notify(ymo_wsgi_worker_t *worker)
 {

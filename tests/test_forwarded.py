@@ -178,6 +178,11 @@ MALFORMED = [
     ("Forwarded", "for=1.2.3.4;proto=https," * 100),
     ("Forwarded", "for=999.0.0.1"),
     ("Forwarded", 'for="\\'),
+    # A proto= too long to read after the address was found: nothing of
+    # the element may stay (review D1).
+    ("Forwarded", 'for=203.0.113.66;proto="%s"' % ("x" * 300)),
+    ("Forwarded", 'for=203.0.113.66;proto="%s";host=evil.test'
+     % ("\\x" * 257)),
 ]
 
 
@@ -330,3 +335,132 @@ def test_options_from_flags_and_environment():
     assert opts["proxy_protocol"] is False
     with pytest.raises(SystemExit):
         parse_args(["m:app"], {"YIMMO_PROXY_PROTOCOL": "maybe"})
+
+
+# -- found by review ----------------------------------------------------------
+
+def ask_raw(addr, head):
+    """Send a raw request head on a fresh connection; the app's environ."""
+    with connect(addr) as sock:
+        sock.sendall(head.encode("latin-1"))
+        resp = read_response(sock)
+    assert resp.status == 200, resp
+    return json.loads(resp.body)
+
+
+@pytest.mark.parametrize("head, port", [
+    ("GET / HTTP/1.1\r\nHost: app.example\r\n"
+     "X-Forwarded-Proto: https\r\n\r\n", "443"),
+    ("GET / HTTP/1.1\r\nHost: app.example:\r\n"
+     "X-Forwarded-Proto: https\r\n\r\n", "443"),
+    ("GET / HTTP/1.1\r\nHost: app.example\r\n"
+     "Forwarded: proto=https\r\n\r\n", "443"),
+    ("GET / HTTP/1.0\r\nX-Forwarded-Proto: https\r\n\r\n", "443"),
+    # A port of the request's own stays; plain http keeps 80.
+    ("GET / HTTP/1.1\r\nHost: app.example:8443\r\n"
+     "X-Forwarded-Proto: https\r\n\r\n", "8443"),
+    ("GET / HTTP/1.1\r\nHost: [::1]\r\n"
+     "X-Forwarded-Proto: https\r\n\r\n", "443"),
+    ("GET / HTTP/1.1\r\nHost: [::1]:8443\r\n"
+     "X-Forwarded-Proto: https\r\n\r\n", "8443"),
+    ("GET / HTTP/1.1\r\nHost: app.example\r\n"
+     "X-Forwarded-Proto: http\r\n\r\n", "80"),
+])
+def test_unix_listener_forwarded_https_default_port(yimmo_server, tmp_path,
+                                                    head, port):
+    """On a unix listener SERVER_PORT comes from the request's host; with
+    no port there it is the scheme's default, also when the scheme is a
+    trusted proxy's https (review D4)."""
+    path = str(tmp_path / "s.sock")
+    yimmo_server(environ_app, bind="unix:" + path)
+    env = ask_raw(path, head)
+    assert env["SERVER_PORT"] == port
+    assert env["wsgi.url_scheme"] == ("http" if port == "80" else "https")
+
+
+@pytest.mark.parametrize("allow, trusted_peer", [
+    ("::ffff:0:0/96", True),            # every IPv4 address
+    ("::ffff:127.0.0.0/104", True),     # 127.0.0.0/8
+    ("::ffff:127.0.0.1/128", True),
+    ("::ffff:127.0.0.1", True),
+    ("::ffff:127.0.0.2/128", False),
+    ("::ffff:10.0.0.0/104", False),
+])
+def test_ipv4_mapped_networks(yimmo_server, allow, trusted_peer):
+    """An IPv4-mapped network is its IPv4 network, its prefix counting the
+    96 bits of ::ffff:0:0/96 (review D3: the option check accepted it and
+    the core refused it)."""
+    addr = yimmo_server(environ_app, forwarded_allow_ips=allow).address
+    env = ask(addr, NGINX_LIKE)
+    assert env["REMOTE_ADDR"] == ("203.0.113.7" if trusted_peer
+                                  else "127.0.0.1")
+
+
+def test_ipv4_mapped_network_prefix_below_96_is_refused(yimmo_server):
+    with pytest.raises(ValueError, match="IPv4-mapped"):
+        yimmo_server(environ_app, forwarded_allow_ips="::ffff:0:0/95")
+
+
+def test_core_refuses_a_bare_str_of_networks():
+    """The core wants a list: a str would be read as its characters."""
+    import sys
+    from yimmo import _yimmo
+
+    def app(environ, start_response):
+        start_response("200 OK", [])
+        return [b""]
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(8)
+        sock.setblocking(False)
+        listeners = [(sock.fileno(), False, "127.0.0.1", "0")]
+        for value in ("*", "127.0.0.1"):
+            with pytest.raises(TypeError, match="list or a tuple"):
+                _yimmo.Core(app, listeners, print, sys.stderr, workers=1,
+                            forwarded_allow_ips=value)
+        core = _yimmo.Core(app, listeners, print, sys.stderr, workers=1,
+                           forwarded_allow_ips=("*",))
+        sock.detach()
+        core.stop(0)
+
+
+@pytest.mark.parametrize("value", [
+    "::ffff:0:0/96", "::ffff:0:0/95", "::ffff:0:0/0", "::ffff:10.0.0.0/104",
+    "::ffff:127.0.0.1/128", "::ffff:127.0.0.1/129", "::ffff:127.0.0.1",
+    "::/0", "::/96", "10.0.0.0/8", "10.0.0.0/33", "fd00::/8", "::1/129",
+    "1.2.3.4/", "fe80::1%eth0", "::ffff:1.2.3.4/0096",
+])
+def test_option_check_and_core_agree(value):
+    """What the option check accepts the core takes, and what it refuses
+    the core refuses too (review D3: ::ffff:0:0/96 passed the one and
+    failed the other, with a second, differently worded error)."""
+    import sys
+    from yimmo import _yimmo
+    from yimmo._options import check_network
+
+    try:
+        check_network(value)
+        checked = True
+    except ValueError:
+        checked = False
+
+    def app(environ, start_response):
+        start_response("200 OK", [])
+        return [b""]
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(8)
+        sock.setblocking(False)
+        listeners = [(sock.fileno(), False, "127.0.0.1", "0")]
+        try:
+            core = _yimmo.Core(app, listeners, print, sys.stderr, workers=1,
+                               forwarded_allow_ips=[value])
+        except ValueError:
+            built = False
+        else:
+            built = True
+            sock.detach()
+            core.stop(0)
+    assert checked == built

@@ -183,6 +183,8 @@ def test_empty_access_log_turns_it_off():
     (["--bind", "host:http", "app"], "port must be a number"),
     (["--limit-request-line", "70000", "app"],
      "must be an int from 0 to 65536"),
+    (["--forwarded-allow-ips", "::ffff:0:0/95", "app"],
+     "an IPv4-mapped network (::ffff:a.b.c.d/N) needs a prefix of 96 to 128"),
     (["--no-such-flag", "app"], "unrecognized arguments: --no-such-flag"),
     ([], "the following arguments are required: APP"),
 ])
@@ -362,3 +364,13 @@ def test_bad_switch_in_environment(capsys):
 
 def test_parse_address_fd():
     assert parse_address("fd://3") == 3
+
+
+def test_ipv4_mapped_networks_are_accepted():
+    """::ffff:a.b.c.d/N with N from 96 to 128 is an IPv4 network, as the
+    core reads it (the core's side: tests/test_forwarded.py)."""
+    _, opts = parse(["--forwarded-allow-ips",
+                     "::ffff:0:0/96,::ffff:10.0.0.0/104,::ffff:127.0.0.1/128",
+                     "app"])
+    assert opts["forwarded_allow_ips"] == [
+        "::ffff:0:0/96", "::ffff:10.0.0.0/104", "::ffff:127.0.0.1/128"]

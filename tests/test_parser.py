@@ -1,5 +1,6 @@
 """Build and run the C tests of the HTTP parser (tests/parser/test_parser.c),
-of the PROXY protocol parser (tests/proxy/test_proxy_protocol.c)
+of the PROXY protocol parser (tests/proxy/test_proxy_protocol.c), of the
+Forwarded parser and trust table (tests/proxy/test_forwarded.c)
 and of the hand-off queue (tests/queue/test_queue.c).
 
 The parser is plain C, so its tests are a C program: it is compiled with
@@ -97,6 +98,29 @@ def test_proxy_protocol_c(tmp_path):
     _compile("gcc", [*WARNINGS, "-g", "-O1", "-fsanitize=address,undefined",
                      "-fno-sanitize-recover=all", "-fno-omit-frame-pointer",
                      "-I", EXT, PROXY_TEST, PROXY, "-o", exe], tmp_path)
+    proc = subprocess.run([exe], cwd=tmp_path, capture_output=True,
+                          text=True, errors="replace", timeout=TIMEOUT)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, output
+    assert proc.stdout.strip().splitlines()[-1].endswith(" passed, 0 failed"), \
+        output
+
+
+FORWARDED_TEST = os.path.join(ROOT, "tests", "proxy", "test_forwarded.c")
+
+
+def test_forwarded_c(tmp_path):
+    """The Forwarded parser (a malformed value leaves its output cleared)
+    and the trust table (IPv4-mapped networks), against a guard page,
+    under ASan and UBSan."""
+    if shutil.which("gcc") is None:
+        pytest.skip("gcc is not installed")
+    exe = str(tmp_path / "test_forwarded")
+    _compile("gcc", [*WARNINGS, "-g", "-O1", "-fsanitize=address,undefined",
+                     "-fno-sanitize-recover=all", "-fno-omit-frame-pointer",
+                     "-I", EXT, FORWARDED_TEST,
+                     os.path.join(EXT, "forwarded.c"),
+                     os.path.join(EXT, "trust.c"), "-o", exe], tmp_path)
     proc = subprocess.run([exe], cwd=tmp_path, capture_output=True,
                           text=True, errors="replace", timeout=TIMEOUT)
     output = proc.stdout + proc.stderr

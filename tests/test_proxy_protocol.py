@@ -222,3 +222,67 @@ def test_server_keeps_serving_after_bad_headers(server):
     with send(server.address,
               b"PROXY TCP4 192.0.2.1 198.51.100.2 1 2\r\n" + REQUEST) as sock:
         assert env_of(sock)["REMOTE_ADDR"] == "192.0.2.1"
+
+
+# -- found by review ----------------------------------------------------------
+
+def test_full_server_never_answers_before_the_proxy_header(yimmo_server):
+    """The server is full: a connection whose PROXY header is only partly
+    in (a trusted peer's, or an untrusted peer's that starts like a v2
+    signature) is not queued for room and answered 503 at the queue
+    timeout; it waits for its header, and is closed without a word at the
+    header timeout."""
+    import threading
+    gate = threading.Event()
+
+    def slow(environ, start_response):
+        gate.wait(10)
+        start_response("200 OK", [("Content-Length", "2")])
+        return [b"ok"]
+
+    addr = yimmo_server(slow, proxy_protocol=True, workers=1, max_pending=0,
+                        queue_timeout=0.5, header_timeout=2.0).address
+    socks = []
+    try:
+        busy = send(addr, b"PROXY UNKNOWN\r\n" + REQUEST)
+        socks.append(busy)
+        time.sleep(0.2)
+        partial = send(addr, b"PROXY TCP4")
+        socks.append(partial)
+        try:
+            untrusted = send(addr, SIG[:5], source="127.0.0.2")
+            socks.append(untrusted)
+        except OSError:
+            untrusted = None            # no second loopback address
+        start = time.monotonic()
+        assert_closed(partial, timeout=5)
+        assert time.monotonic() - start > 1.0     # the header timeout
+        if untrusted is not None:
+            assert_closed(untrusted, timeout=5)
+        gate.set()
+        assert read_response(busy).status == 200
+    finally:
+        gate.set()
+        for sock in socks:
+            sock.close()
+
+
+def test_head_size_limit_holds_for_a_whole_header(yimmo_server):
+    """--limit-request-head-size bounds a PROXY header however it arrives:
+    one just over the limit in a single write is refused like one that
+    came in pieces; one at the limit is read."""
+    addr = yimmo_server(app, proxy_protocol=True, workers=2,
+                        limit_request_head_size=4096).address
+
+    def header(size):
+        noop = size - 16 - 12 - 3
+        return v2_tcp4("203.0.113.9", 7,
+                       tlvs=b"\x04" + struct.pack(">H", noop) + b"x" * noop)
+
+    assert len(header(4096)) == 4096
+    with send(addr, header(4096) + REQUEST) as sock:
+        assert env_of(sock)["REMOTE_ADDR"] == "203.0.113.9"
+    with send(addr, header(4097) + REQUEST) as sock:
+        assert_closed(sock)
+    with send(addr, header(4113) + REQUEST) as sock:
+        assert_closed(sock)
