@@ -7,7 +7,11 @@ requests through nginx (keep-alive clients and a new connection per
 request), host A is drained with SIGTERM and started again, then host B.
 No request may fail: a draining host refuses new connections at once (its
 listener closes when the stop begins), nginx moves on to the other host,
-and requests already on their way are answered.
+and requests already on their way are answered. The requests are POSTs,
+which nginx never retries once it has sent them upstream: a request a
+draining host drops (an in-flight one, or one that arrives on a keep-alive
+upstream connection as the host closes it) reaches the client as a 502 and
+fails the test. (With SIGKILL instead of SIGTERM it fails, as it should.)
 
 This is the deployment README describes: a balancer in front, hosts x
 processes x threads. Needs root (network namespaces) and Debian's nginx;
