@@ -144,6 +144,7 @@ ymo_watch_end(ymo_wsgi_worker_t *w, ymo_exchange_t *ex)
     }
     pthread_mutex_lock(&w->watch_lock);
     int timed_out = w->timed_out;
+    int stuck = w->stuck;
     int replaced = w->replaced;
     w->current = NULL;
     w->timed_out = 0;
@@ -157,9 +158,8 @@ ymo_watch_end(ymo_wsgi_worker_t *w, ymo_exchange_t *ex)
         if (replaced) {
             w->retiring = 1;    /* a new thread has its place */
         }
-        else {
-            /* Not replaced (back in time, or no replacement was
-             * allowed): the loop may dispatch here again. */
+        else if (stuck) {
+            /* No replacement was allowed: serve again. */
             atomic_store(&w->retired, 0);
         }
     }
@@ -450,10 +450,6 @@ scan(ymo_server_t *s, PyThreadState *ts, const sigset_t *mask)
                 ex, ymo_http_error_bucket(503, head));
             w->timed_out = YMO_WATCH_COMPLETE + o.answer;
             w->timed_out_at = now;
-            /* Its exchange is still in the app: dispatch elsewhere until
-             * it leaves (ymo_watch_end), though assigned dropped with the
-             * cut. */
-            atomic_store(&w->retired, 1);
             action = 1;
         }
         else if (ex != NULL && w->timed_out && !w->stuck &&
