@@ -21,7 +21,15 @@
  * one its worker runs (checked under watch_lock with the GIL held, which
  * the worker needs to move on), and the worker clears any still pending
  * when it leaves that exchange (ymo_watch_end), so it never lands in a
- * later request.                                                         */
+ * later request. yimmo's own epilogue after an app error (logging, which
+ * runs the app's handlers, and the 500) runs paused (ymo_watch_pause):
+ * the watchdog neither ends the exchange nor raises in it meanwhile.
+ *
+ * A stuck worker is replaced once: a retiring one stuck again is only
+ * logged. One stuck when no replacement was left stays `stuck` and is
+ * replaced by a later scan once a slot frees. The watchdog thread counts
+ * as one of the server's (ymo_server_enter_worker_thread): a stop() from
+ * a log handler it runs only begins the stop, which joins this thread. */
 #include "wsgi.h"
 
 #if PY_VERSION_HEX < 0x030B0000
