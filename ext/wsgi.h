@@ -99,6 +99,13 @@ void ymo_watch_begin(ymo_wsgi_worker_t *worker, ymo_exchange_t *ex);
 #define YMO_WATCH_503 2
 #define YMO_WATCH_CLOSED 3
 
+/* GIL held, on the worker: yimmo's own code (its error logging and
+ * answer) runs between the app's parts: the watchdog cannot end the
+ * exchange or raise in the worker until resume (a RequestTimeout still
+ * pending is dropped). The time paused counts towards the timeout. */
+void ymo_watch_pause(ymo_wsgi_worker_t *worker);
+void ymo_watch_resume(ymo_wsgi_worker_t *worker, ymo_exchange_t *ex);
+
 /* GIL held: the exchange has left the app (after close()). Returns 0, or
  * YMO_WATCH_* when the watchdog timed it out: its answer went out already
  * and a pending RequestTimeout has been cleared from this thread. The

@@ -1240,6 +1240,7 @@ close_result(struct ymo_wsgi_app *app, ymo_wsgi_worker_t *worker,
 #endif
     if (found <= 0) {
         if (found < 0) {
+            ymo_watch_pause(worker);    /* yimmo's logging: not the app */
             log_exception(app, environ, "error looking up close()");
         }
         return;
@@ -1251,6 +1252,7 @@ close_result(struct ymo_wsgi_app *app, ymo_wsgi_worker_t *worker,
         PyErr_Clear();          /* the watchdog's, during close() */
     }
     else if (r == NULL) {
+        ymo_watch_pause(worker);        /* yimmo's logging: not the app */
         log_exception(app, environ, "error closing the response iterable");
     }
     Py_XDECREF(r);
@@ -1310,6 +1312,10 @@ ymo_wsgi_run_exchange(struct ymo_wsgi_app *app, ymo_wsgi_worker_t *worker,
     result = PyObject_Vectorcall(app->app, args, 2, NULL);
     if (result == NULL || iterate(sr, result) < 0 ||
         finish_response(sr) < 0) {
+        /* From here to the answer, yimmo's own code runs (the logging
+         * may run Python for long): the watchdog must neither end the
+         * exchange nor raise in it meanwhile. */
+        ymo_watch_pause(worker);
         if ((PyErr_ExceptionMatches(st->RequestTimeout) ||
              PyErr_ExceptionMatches(st->ClientDisconnected)) &&
             ymo_exchange_client_gone(ex) && ymo_watch_timed_out(worker)) {
@@ -1328,6 +1334,7 @@ ymo_wsgi_run_exchange(struct ymo_wsgi_app *app, ymo_wsgi_worker_t *worker,
             log_exception(app, environ, "error handling request");
         }
         fail_response(sr);
+        ymo_watch_resume(worker, ex);   /* close() is the app's again */
     }
     if (result != NULL) {
         close_result(app, worker, environ, result);
@@ -1339,6 +1346,7 @@ ymo_wsgi_run_exchange(struct ymo_wsgi_app *app, ymo_wsgi_worker_t *worker,
     goto done;
 
 internal_error:
+    ymo_watch_pause(worker);
     if (ymo_watch_timed_out(worker)) {
         PyErr_Clear();          /* the RequestTimeout; answered already */
     }

@@ -21,7 +21,15 @@
  * one its worker runs (checked under watch_lock with the GIL held, which
  * the worker needs to move on), and the worker clears any still pending
  * when it leaves that exchange (ymo_watch_end), so it never lands in a
- * later request.                                                         */
+ * later request. yimmo's own epilogue after an app error (logging, which
+ * runs the app's handlers, and the 500) runs paused (ymo_watch_pause):
+ * the watchdog neither ends the exchange nor raises in it meanwhile.
+ *
+ * A stuck worker is replaced once: a retiring one stuck again is only
+ * logged. One stuck when no replacement was left stays `stuck` and is
+ * replaced by a later scan once a slot frees. The watchdog thread counts
+ * as one of the server's (ymo_server_enter_worker_thread): a stop() from
+ * a log handler it runs only begins the stop, which joins this thread. */
 #include "wsgi.h"
 
 #if PY_VERSION_HEX < 0x030B0000
@@ -51,7 +59,9 @@ typedef struct {
     unsigned long ident;
     double ran;
     int answer;                /* ymo_wsgi_worker_response_cut's result */
-    int replacement;           /* slot started in its place, or -1 */
+    int replacement;           /* slot started in its place, or one of: */
+#define NO_REPLACEMENT (-1)    /*   at the cap, or no thread could start */
+#define REPLACED_ALREADY (-2)  /*   a retiring worker: not replaced twice */
     size_t extra;              /* replacement threads running */
     char line[200];            /* request line, printable ASCII */
 } overrun_t;
@@ -85,6 +95,55 @@ ymo_watch_begin(ymo_wsgi_worker_t *w, ymo_exchange_t *ex)
     pthread_mutex_unlock(&w->watch_lock);
 }
 
+/* GIL held, on the worker: drop the RequestTimeout raised in this thread
+ * and not delivered yet (it was blocked in C meanwhile), so that it does
+ * not land in yimmo's own code or in a later request. */
+static void
+clear_pending(ymo_wsgi_worker_t *w)
+{
+#if PY_VERSION_HEX < 0x030D0000
+    /* Only when one is pending: up to 3.12, PyThreadState_SetAsyncExc
+     * signals the interpreter-wide eval breaker even to clear, and that
+     * signal stays until some thread consumes an asynchronous exception
+     * (every thread then takes the slow path at each check). The field is
+     * this thread's own, read with the GIL held. */
+    if (PyThreadState_Get()->async_exc == NULL) {
+        return;
+    }
+#endif
+    /* 3.13 and later keep the breaker bit per thread and reset it when
+     * the thread next checks: clearing unconditionally is harmless. */
+    PyThreadState_SetAsyncExc(w->thread_ident, NULL);
+}
+
+void
+ymo_watch_pause(ymo_wsgi_worker_t *w)
+{
+    if (w->server->config.request_timeout <= 0) {
+        return;
+    }
+    pthread_mutex_lock(&w->watch_lock);
+    int timed_out = w->timed_out;
+    w->current = NULL;
+    pthread_mutex_unlock(&w->watch_lock);
+    if (timed_out) {
+        clear_pending(w);
+    }
+}
+
+void
+ymo_watch_resume(ymo_wsgi_worker_t *w, ymo_exchange_t *ex)
+{
+    if (w->server->config.request_timeout <= 0) {
+        return;
+    }
+    /* The same exchange (same seq and start): the time spent paused
+     * counts, only the watchdog could not end the exchange meanwhile. */
+    pthread_mutex_lock(&w->watch_lock);
+    w->current = ex;
+    pthread_mutex_unlock(&w->watch_lock);
+}
+
 int
 ymo_watch_end(ymo_wsgi_worker_t *w, ymo_exchange_t *ex)
 {
@@ -103,7 +162,7 @@ ymo_watch_end(ymo_wsgi_worker_t *w, ymo_exchange_t *ex)
     if (timed_out) {
         /* A RequestTimeout that the app never reached (it was blocked in
          * C until its end) must not surface in the next request. */
-        PyThreadState_SetAsyncExc(w->thread_ident, NULL);
+        clear_pending(w);
         if (replaced) {
             w->retiring = 1;    /* a new thread has its place */
         }
@@ -262,28 +321,49 @@ report_overrun(ymo_server_t *s, ymo_wsgi_worker_t *w, const overrun_t *o,
     (void)ts;
 }
 
-/* Attaches to Python: one warning line about a worker that is stuck. */
+/* Attaches to Python: one warning line about a worker that is stuck, or
+ * (late) that a slot freed up for one stuck with no replacement. */
 static void
-report_stuck(ymo_server_t *s, const overrun_t *o, PyThreadState *ts)
+report_stuck(ymo_server_t *s, const overrun_t *o, int late,
+             PyThreadState *ts)
 {
     char text[512];
-    if (o->replacement >= 0) {
+    if (late) {
+        snprintf(text, sizeof(text),
+                 "worker %zu is still in \"%s\"; a thread has retired "
+                 "since no replacement was left: worker %d started in its "
+                 "place (%zu replacement thread(s) running)",
+                 o->worker, o->line, o->replacement, o->extra);
+    }
+    else if (o->replacement >= 0) {
         snprintf(text, sizeof(text),
                  "worker %zu is still in \"%s\" %.1f s after its "
-                 "RequestTimeout (blocked outside Python): worker %d "
-                 "started in its place (%zu replacement thread(s) running)",
+                 "RequestTimeout (blocked outside Python, or it caught the "
+                 "exception and went on): worker %d started in its place "
+                 "(%zu replacement thread(s) running)",
                  o->worker, o->line, STUCK_AFTER, o->replacement, o->extra);
+    }
+    else if (o->replacement == REPLACED_ALREADY) {
+        snprintf(text, sizeof(text),
+                 "worker %zu is still in \"%s\" %.1f s after its "
+                 "RequestTimeout (blocked outside Python, or it caught the "
+                 "exception and went on); it was replaced already and "
+                 "retires when it comes back",
+                 o->worker, o->line, STUCK_AFTER);
     }
     else {
         snprintf(text, sizeof(text),
                  "worker %zu is still in \"%s\" %.1f s after its "
-                 "RequestTimeout (blocked outside Python), and no "
-                 "replacement thread is left (%zu running, at most "
-                 "--workers): asking for this process to be recycled",
+                 "RequestTimeout (blocked outside Python, or it caught the "
+                 "exception and went on), and no replacement thread is "
+                 "left (%zu running, at most --workers): asking for this "
+                 "process to be recycled",
                  o->worker, o->line, STUCK_AFTER, o->extra);
     }
     PyEval_RestoreThread(ts);
-    log_warning(s->app, PyUnicode_FromString(text));
+    PyObject *msg = PyUnicode_FromString(text);
+    log_warning(s->app, msg);
+    Py_XDECREF(msg);
     PyEval_SaveThread();
 }
 
@@ -385,26 +465,48 @@ scan(ymo_server_t *s, PyThreadState *ts, const sigset_t *mask)
             w->stuck = 1;
             o.worker = i;
             request_line(ex, o.line, sizeof(o.line));
-            /* Under the lock, so the worker cannot come back between the
-             * decision and the flags it reads when it does. */
-            o.replacement = replace(s, &live, mask);
+            if (w->replaced) {
+                /* A retiring worker, stuck in an exchange that was queued
+                 * to it: its place is taken already. */
+                o.replacement = REPLACED_ALREADY;
+            }
+            else {
+                /* Under the lock, so the worker cannot come back between
+                 * the decision and the flags it reads when it does. */
+                o.replacement = replace(s, &live, mask);
+                if (o.replacement >= 0) {
+                    w->replaced = 1;
+                    atomic_store(&w->retired, 1);
+                }
+            }
             o.extra = live > s->config.workers ? live - s->config.workers
                                                : 0;
+            action = 2;
+        }
+        else if (ex != NULL && w->stuck && !w->replaced &&
+                 live < 2 * s->config.workers) {
+            /* Stuck when no replacement was left: one thread has retired
+             * since, so its slot can serve in this one's place. */
+            o.worker = i;
+            request_line(ex, o.line, sizeof(o.line));
+            o.replacement = replace(s, &live, mask);
             if (o.replacement >= 0) {
                 w->replaced = 1;
                 atomic_store(&w->retired, 1);
+                o.extra = live > s->config.workers
+                              ? live - s->config.workers : 0;
+                action = 3;
             }
-            action = 2;
         }
         pthread_mutex_unlock(&w->watch_lock);
         if (action == 1) {
             report_overrun(s, w, &o, ts);
         }
-        else if (action == 2) {
-            if (o.replacement < 0) {
+        else if (action == 2 || action == 3) {
+            if (o.replacement == NO_REPLACEMENT) {
                 ymo_server_request_recycle(s);
             }
-            report_stuck(s, &o, ts);
+            report_stuck(s, &o, action == 3, ts);
         }
     }
 }
@@ -414,6 +516,10 @@ watchdog_main(void *arg)
 {
     ymo_server_t *s = arg;
     sigset_t mask = s->worker_sigmask;
+    /* The app's log handlers run on this thread when it reports: a stop()
+     * they call must only begin the stop, as from a worker, since the
+     * stop joins this thread. */
+    ymo_server_enter_worker_thread(s);
     PyGILState_STATE gstate = PyGILState_Ensure();
     PyThreadState *ts = PyEval_SaveThread();
     /* Often enough that an overrun is caught within a tenth of the

@@ -100,9 +100,13 @@ typedef struct ymo_wsgi_worker {
                                       * 0 while it has not */
     double timed_out_at;             /* watch_lock */
     int stuck;                       /* watch_lock: still in the app after
-                                      * the RequestTimeout had its chance */
+                                      * the RequestTimeout had its chance
+                                      * (reported; if not `replaced`, the
+                                      * watchdog replaces it once a slot
+                                      * frees) */
     int replaced;                    /* watch_lock: a new thread took this
-                                      * one's place: retire when back */
+                                      * one's place: retire when back;
+                                      * never replaced twice */
     unsigned long thread_ident;      /* worker sets it before its first
                                       * exchange; read under watch_lock
                                       * while `current` is set */
