@@ -160,6 +160,14 @@ def test_numeric_atoms_take_numeric_conversions(access_file):
     ("%(h)", "incomplete format"),
     ("%(h)d", "bad access log format"),
     ("100%", "bad access log format"),
+    # %c writes a code point raw (no escaping) and fails at run time on a
+    # number above 0x10ffff: %(D)c of a request slower than 1.12 s.
+    ("%(D)c", "conversion 'c' not allowed"),
+    ("%(a)c", "conversion 'c' not allowed"),
+    ("%(h)r", "conversion 'r' not allowed"),
+    ("%(h)s %s", "names no atom"),
+    ("%(h)99999999999s", "width and precision must be numbers up to"),
+    ("%(D).*f", "width and precision must be numbers up to"),
 ])
 def test_bad_format_is_refused(fmt, message):
     with pytest.raises(ValueError) as info:
@@ -175,6 +183,16 @@ def test_bad_format_on_the_command_line_is_one_line_exit_2():
     assert len(lines) == 1, result.stderr
     assert lines[0].startswith("yimmo: error: ")
     assert "unknown atom %(nope)s" in lines[0]
+
+
+def test_c_conversion_on_the_command_line_is_one_line_exit_2():
+    result = run_cli(["--access-log-format", "D=%(D)c", "hello:app"],
+                     cwd=APPS_DIR)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("yimmo: error: "), \
+        result.stderr
+    assert "conversion 'c' not allowed" in lines[0]
 
 
 def test_format_from_the_command_line(tmp_path):
@@ -379,3 +397,66 @@ def test_response_header_atom_when_the_app_failed(access_file):
         line = wait_lines(access_file, 1)[0]
     # No headers from the app: "-" (the 500 the server sent is logged).
     assert re.fullmatch(r"500 - \S+", line), line
+
+
+def test_a_file_handler_whose_directory_is_gone_keeps_logging(
+        tmp_path, capfd):
+    # reopen_log_files() must open the new file before closing the old
+    # stream: a failed open used to leave a closed stream, and every
+    # later record was lost with "--- Logging error ---".
+    logdir = tmp_path / "logs"
+    logdir.mkdir()
+    path = logdir / "std.log"
+    logger = logging.getLogger("yimmo.test.reopen.gone")
+    handler = logging.FileHandler(str(path))
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        logger.warning("one")
+        os.unlink(path)
+        os.rmdir(logdir)
+        _logging.reopen_log_files()
+        err = capfd.readouterr().err
+        assert "cannot reopen log file %s" % path in err
+        logger.warning("two")  # to the old (deleted) file, not an error
+        assert "Logging error" not in capfd.readouterr().err
+        logdir.mkdir()
+        _logging.reopen_log_files()
+        logger.warning("three")
+        handler.flush()
+        assert path.read_text() == "three\n"
+        assert "Logging error" not in capfd.readouterr().err
+    finally:
+        logger.removeHandler(handler)
+        handler.close()
+
+
+def test_an_error_log_file_that_cannot_be_reopened_is_said_on_stderr(
+        tmp_path, capfd):
+    # The error log may be the file that is gone: the operator must see
+    # the failure somewhere, so it goes to stderr as well.
+    logdir = tmp_path / "logs"
+    logdir.mkdir()
+    error_log = logging.getLogger("yimmo")
+    saved = (list(error_log.handlers), error_log.level, error_log.propagate)
+    for h in saved[0]:
+        error_log.removeHandler(h)
+    try:
+        _logging.configure_error_log("info", str(logdir / "e.log"))
+        _logging.configure_access_log(str(logdir / "a.log"))
+        os.unlink(logdir / "e.log")
+        os.unlink(logdir / "a.log")
+        os.rmdir(logdir)
+        _logging.reopen_log_files()
+        err = capfd.readouterr().err
+        assert "cannot reopen log file %s" % (logdir / "e.log") in err, err
+        assert "cannot reopen log file %s" % (logdir / "a.log") in err, err
+    finally:
+        _logging.configure_access_log(None)
+        for h in list(error_log.handlers):
+            error_log.removeHandler(h)
+            h.close()
+        for h in saved[0]:
+            error_log.addHandler(h)
+        error_log.setLevel(saved[1])
+        error_log.propagate = saved[2]

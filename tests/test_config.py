@@ -192,7 +192,7 @@ def test_reload_from_a_file_is_a_command_line_option(tmp_path):
 @pytest.mark.parametrize("text, expected", [
     ("wrkers = 4\n", "config file {}: unknown option 'wrkers' "
                      "(did you mean 'workers'?)"),
-    ("workers = 0\n", "config file {}: workers: must be an int >= 1, got 0"),
+    ("workers = 0\n", "config file {}: workers: must be an int from 1 to 4096, got 0"),
     ("workers = 2.5\n", "config file {}: workers: must be an int, not "
                         "float"),
     ("bind = 8000\n", "config file {}: bind: must be a str or a list of "
@@ -205,6 +205,8 @@ def test_reload_from_a_file_is_a_command_line_option(tmp_path):
      "config file {}: keepalive and keepalive_timeout both set "
      "keepalive_timeout"),
     ("wsgi_app = 3\n", "config file {}: wsgi_app must be an app spec"),
+    ("workers = 10 ** 100\n", "config file {}: workers: must be an int "
+                              "from 1 to 4096, got 1000"),
 ])
 def test_a_bad_python_file_is_one_line(capsys, tmp_path, text, expected):
     conf = write(tmp_path / "c.py", text)

@@ -8,6 +8,7 @@ import os
 
 import pytest
 
+from helpers import run_cli
 from yimmo._options import (DEFAULTS, OPTIONS, options_rst, parse_address,
                             parse_args, validate)
 
@@ -173,8 +174,8 @@ def test_empty_access_log_turns_it_off():
 
 
 @pytest.mark.parametrize("argv, expected", [
-    (["-w", "0", "app"], "argument -w/--workers: must be an int >= 1, got 0"),
-    (["--workers", "many", "app"], "must be an int >= 1, got 'many'"),
+    (["-w", "0", "app"], "argument -w/--workers: must be an int from 1 to 4096, got 0"),
+    (["--workers", "many", "app"], "must be an int from 1 to 4096, got 'many'"),
     (["--header-timeout", "0", "app"], "must be a number of seconds > 0"),
     (["--keepalive-timeout", "-1", "app"], "must be a number of seconds >= 0"),
     (["--graceful-timeout", "nan", "app"], "got nan"),
@@ -197,8 +198,8 @@ def test_bad_flags_give_one_line_error(capsys, argv, expected):
 
 def test_bad_env_var_names_the_variable(capsys):
     err = parse_error(capsys, ["app"], {"YIMMO_BACKLOG": "lots"})
-    assert err == ("yimmo: error: YIMMO_BACKLOG: must be an int >= 1, "
-                   "got 'lots'\n")
+    assert err == ("yimmo: error: YIMMO_BACKLOG: must be an int from 1 "
+                   "to 2147483647, got 'lots'\n")
 
 
 def test_abbreviated_flags_are_not_accepted(capsys):
@@ -248,11 +249,11 @@ def test_unknown_keyword_is_a_type_error():
 
 
 @pytest.mark.parametrize("options, error, message", [
-    ({"workers": 0}, ValueError, "option 'workers': must be an int >= 1"),
+    ({"workers": 0}, ValueError, "option 'workers': must be an int from 1 to 4096"),
     ({"workers": "4"}, TypeError, "option 'workers': must be an int, not str"),
     ({"workers": True}, TypeError, "must be an int, not bool"),
     ({"workers": 2.0}, TypeError, "must be an int, not float"),
-    ({"max_body_size": -1}, ValueError, "must be an int >= 0"),
+    ({"max_body_size": -1}, ValueError, "must be an int from 0 to"),
     ({"header_timeout": 0}, ValueError, "must be a number of seconds > 0"),
     ({"body_timeout": float("inf")}, ValueError, "got inf"),
     ({"keepalive_timeout": "5"}, TypeError, "must be a number of seconds"),
@@ -344,11 +345,12 @@ def test_unix_socket_mode_is_octal():
 
 
 @pytest.mark.parametrize("argv, expected", [
-    (["--processes", "0", "a:b"], 'must be an int >= 1 or "auto"'),
-    (["--processes", "many", "a:b"], 'must be an int >= 1 or "auto"'),
+    (["--processes", "0", "a:b"], 'must be an int from 1 to 1024 or "auto"'),
+    (["--processes", "many", "a:b"],
+     'must be an int from 1 to 1024 or "auto"'),
     (["--unix-socket-mode", "8", "a:b"], "octal file mode"),
     (["--unix-socket-mode", "1777", "a:b"], "octal file mode"),
-    (["--max-requests", "-1", "a:b"], "int >= 0"),
+    (["--max-requests", "-1", "a:b"], "int from 0 to"),
     (["--bind", "fd://x", "a:b"], "fd://N"),
 ])
 def test_bad_process_options_give_one_line_error(capsys, argv, expected):
@@ -374,3 +376,27 @@ def test_ipv4_mapped_networks_are_accepted():
                      "app"])
     assert opts["forwarded_allow_ips"] == [
         "::ffff:0:0/96", "::ffff:10.0.0.0/104", "::ffff:127.0.0.1/128"]
+
+
+HUGE = "9" * 23
+
+
+@pytest.mark.parametrize("opt", [o for o in OPTIONS if o.flags and
+                                 type(o.kind).__name__ in ("Int",
+                                                           "Processes")])
+def test_huge_ints_are_refused_in_one_line(capsys, opt):
+    # Every int option has a maximum: a 23-digit value is a bad value
+    # (one line, exit 2), never an OverflowError on the way to C.
+    err = parse_error(capsys, [opt.flags[-1], HUGE, "app"])
+    assert "must be an int from " in err and HUGE in err, err
+    assert err.count("\n") == 1, err
+    with pytest.raises(ValueError, match="must be an int from "):
+        validate({opt.name: int(HUGE)})
+
+
+def test_huge_workers_on_the_command_line_exits_2():
+    result = run_cli(["--workers", HUGE, "--bind", "127.0.0.1:0", "a:app"],
+                     timeout=30)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith("yimmo: error: ")
+    assert result.stderr.count("\n") == 1, result.stderr

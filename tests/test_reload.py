@@ -242,3 +242,52 @@ def test_the_config_file_is_watched_too(tmp_path):
         assert "SyntaxError" not in proc.stderr
         proc.signal(signal.SIGTERM)
         assert proc.wait(WAIT) == 0
+
+
+def _reload_server(tmp_path, app_spec="app:app"):
+    port = free_port()
+    env = subprocess_env()
+    env[_reload.POLL_ENV] = "1"  # the same path whatever inotify does
+    proc = ServerProcess([sys.executable, "-m", "yimmo", "--reload", "-b",
+                          "127.0.0.1:%d" % port, "-w", "1",
+                          "--graceful-timeout", "1", app_spec],
+                         cwd=str(tmp_path), env=env)
+    return proc, ("127.0.0.1", port)
+
+
+@pytest.mark.parametrize("broken", [
+    'raise RuntimeError("broken at start")\n',  # fails when run
+    'def f(:\n',  # does not even compile
+])
+def test_a_first_start_that_fails_to_import_recovers_on_the_fix(
+        tmp_path, broken):
+    (tmp_path / "helper.py").write_text('MESSAGE = "one"\n')
+    (tmp_path / "app.py").write_text(APP + broken)
+    proc, addr = _reload_server(tmp_path)
+    with proc:
+        proc.wait_for_line(r"the server exited \(exit status 1\); waiting")
+        # Written after the failure was reported: still a change.
+        time.sleep(1.5)
+        edit(tmp_path / "app.py", APP)
+        wait_body(addr, "one")
+        proc.signal(signal.SIGTERM)
+        assert proc.wait(WAIT) == 0
+
+
+def test_a_retargeted_symlink_is_a_change(tmp_path):
+    (tmp_path / "helper.py").write_text('MESSAGE = "one"\n')
+    real = tmp_path / "real"
+    real.mkdir()
+    (real / "a.py").write_text(APP)
+    (real / "b.py").write_text(APP.replace("helper.MESSAGE", '"from b!"'))
+    (tmp_path / "app.py").symlink_to("real/a.py")
+    proc, addr = _reload_server(tmp_path)
+    with proc:
+        wait_body(addr, "one")
+        time.sleep(1.5)  # the child has listed its files
+        tmp_link = tmp_path / "app.py.new"
+        tmp_link.symlink_to("real/b.py")
+        os.replace(tmp_link, tmp_path / "app.py")  # as ln -sfn does
+        wait_body(addr, "from b!")
+        proc.signal(signal.SIGTERM)
+        assert proc.wait(WAIT) == 0

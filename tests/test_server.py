@@ -597,3 +597,54 @@ def test_repeated_sigterm_does_not_postpone_the_exit():
             spent = time.monotonic() - t0
         assert spent < 4.5, "exited %.2fs after the first SIGTERM" % spent
         assert "still running the app" in proc.stderr
+
+
+def test_server_sets_up_the_log_files_it_is_given(tmp_path):
+    # Server(access_log=, error_log=, log_level=) works as serve() does:
+    # both files written, not left to the root logger.
+    import logging
+    from yimmo import _logging
+
+    def app(environ, start_response):
+        if environ["PATH_INFO"] == "/boom":
+            raise RuntimeError("boom in the app")
+        start_response("200 OK", [("Content-Length", "2")])
+        return [b"ok"]
+
+    access, errors = tmp_path / "a.log", tmp_path / "e.log"
+    error_logger = logging.getLogger("yimmo")
+    saved = (list(error_logger.handlers), error_logger.level,
+             error_logger.propagate)
+    # Nothing set up before (other tests may have left access handlers).
+    access_logger = logging.getLogger("yimmo.access")
+    saved_access = (list(access_logger.handlers), access_logger.propagate)
+    for h in saved_access[0]:
+        access_logger.removeHandler(h)
+    try:
+        with yimmo.Server(app, bind="127.0.0.1:0", workers=1,
+                          access_log=str(access), error_log=str(errors),
+                          log_level="debug") as server:
+            assert get(server.address, "/", timeout=WAIT).status == 200
+            assert get(server.address, "/boom", timeout=WAIT).status == 500
+            deadline = time.monotonic() + WAIT
+            while True:
+                text = access.read_text() if access.exists() else ""
+                if text.count("\n") >= 2:
+                    break
+                assert time.monotonic() < deadline, text
+                time.sleep(0.05)
+        assert '"GET / HTTP/1.1" 200 2' in text
+        assert '"GET /boom HTTP/1.1" 500' in text
+        assert "boom in the app" in errors.read_text()
+        assert error_logger.level == logging.DEBUG
+    finally:
+        _logging.configure_access_log(None)
+        for h in list(error_logger.handlers):
+            if h not in saved[0]:
+                error_logger.removeHandler(h)
+                h.close()
+        error_logger.setLevel(saved[1])
+        error_logger.propagate = saved[2]
+        for h in saved_access[0]:
+            access_logger.addHandler(h)
+        access_logger.propagate = saved_access[1]

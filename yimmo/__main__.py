@@ -72,6 +72,11 @@ def _run(argv):
                     exc.__cause__ is not None:
                 traceback.print_exception(type(exc.__cause__), exc.__cause__,
                                           exc.__cause__.__traceback__)
+            if reload_child:
+                # The --reload parent watches what was imported so far and
+                # the files the failure points at: fixing one restarts.
+                _reload.report_modules(reload_child, cli["config"],
+                                       _reload.failure_files(exc))
             return _fail(str(exc), EXIT_FAILURE)
     if reload_child:
         _reload.report_modules(reload_child, cli["config"])

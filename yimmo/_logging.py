@@ -4,8 +4,8 @@ Two loggers: "yimmo" for the server's own messages (to stderr or a file, as
 "[2026-11-25 18:00:00 +0000] [PID] [INFO] message") and "yimmo.access" for
 one line per request (Combined Log Format unless --access-log-format says
 otherwise), to stderr or a file. configure_logging() sets up both (the
-command line, serve()); configure_access_log() only the access log
-(Server(access_log=...) in an application that handles its own logging);
+command line, serve()); configure_for_server() what a Server's own
+logging keywords ask for; configure_access_log() only the access log;
 apply_log_config() layers a logging.config file on top. format_access()
 builds a Combined line, compile_access_format() a formatter for gunicorn's
 atoms. reopen_log_files() reopens the files (SIGUSR1, logrotate).
@@ -82,6 +82,44 @@ def configure_access_log(access_log):
         handler = AppendFileHandler(access_log)
         handler.setFormatter(logging.Formatter("%(message)s"))
         _replace_handler(access, handler)
+
+
+def configure_for_server(given, log_level="info", access_log=None,
+                         error_log="-", log_config=None):
+    """What a Server constructed directly (not by serve() or the command
+    line) sets up for the logging keywords it was given (the names in
+    given), so that Server(access_log=PATH) writes PATH as serve() would:
+
+    - access_log: "yimmo.access" to that file or stderr, unless the
+      logger already has a handler (the application's, or a --log-config);
+    - error_log: "yimmo" to that file; "-" (stderr) only if nothing logs
+      yet (neither "yimmo" nor the root logger has a handler);
+    - log_level: the level of "yimmo" (with error_log's handler, or a
+      stderr one if nothing logs yet);
+    - log_config: applied last.
+
+    Raises OSError if a file cannot be opened, LogConfigError for a bad
+    log_config.
+    """
+    error_log_ = logging.getLogger(ERROR_LOGGER)
+    if "error_log" in given and error_log not in (None, "-"):
+        path = os.path.abspath(error_log)
+        if not any(isinstance(h, AppendFileHandler) and
+                   h.baseFilename == path for h in error_log_.handlers):
+            configure_error_log(log_level, error_log)
+        else:
+            error_log_.setLevel(log_level.upper())
+    elif "error_log" in given or "log_level" in given:
+        if error_log is not None and not error_log_.handlers and \
+                not logging.getLogger().handlers:
+            configure_error_log(log_level, "-")
+        else:
+            error_log_.setLevel(log_level.upper())
+    if access_log is not None and \
+            not logging.getLogger(ACCESS_LOGGER).handlers:
+        configure_access_log(access_log)
+    if "log_config" in given and log_config is not None:
+        apply_log_config(log_config)
 
 
 class LogConfigError(ValueError):
@@ -240,9 +278,7 @@ def reopen_log_files():
         try:
             handler.reopen()
         except OSError as exc:
-            logging.getLogger(ERROR_LOGGER).error(
-                "cannot reopen log file %s: %s", handler.baseFilename,
-                exc.strerror or exc)
+            _reopen_failed(handler, exc)
     loggers = [logging.getLogger()] + [
         lg for lg in list(logging.Logger.manager.loggerDict.values())
         if isinstance(lg, logging.Logger)]
@@ -256,14 +292,33 @@ def reopen_log_files():
             handler.acquire()
             try:
                 if handler.stream is not None:
-                    handler.stream.close()
-                    handler.stream = handler._open()
+                    # The new file first: if it cannot be opened (its
+                    # directory is gone) the handler keeps the old stream
+                    # instead of a closed one that fails on every record.
+                    new = handler._open()
+                    old, handler.stream = handler.stream, new
+                    old.close()
             except OSError as exc:
-                logging.getLogger(ERROR_LOGGER).error(
-                    "cannot reopen log file %s: %s", handler.baseFilename,
-                    exc.strerror or exc)
+                _reopen_failed(handler, exc)
             finally:
                 handler.release()
+
+
+def _reopen_failed(handler, exc):
+    """Report a log file that could not be reopened: on the error log, and
+    on stderr too unless the error log goes there already, since the error
+    log may be the very file that could not be reopened (the operator
+    would never see the line)."""
+    message = "cannot reopen log file %s: %s" % (handler.baseFilename,
+                                                 exc.strerror or exc)
+    error_log = logging.getLogger(ERROR_LOGGER)
+    error_log.error("%s", message)
+    if not any(isinstance(h, _StderrHandler) for h in error_log.handlers):
+        try:
+            sys.stderr.write("yimmo: %s\n" % message)
+            sys.stderr.flush()
+        except (OSError, ValueError, AttributeError):
+            pass
 
 
 def _stream_handler(fmt, datefmt=None):
@@ -442,6 +497,40 @@ ACCESS_ATOMS = {
 
 # %(key)... conversions; "%%" is skipped by the alternation.
 _KEY_RE = re.compile(r"%%|%\(([^)]*)\)")
+# One conversion as %-formatting reads it: %%, or %(key), flags, width,
+# precision, length modifier and the conversion character.
+_SPEC_RE = re.compile(r"%(?:%|(\([^)]*\))?([-#0 +]*)(\*|\d*)"
+                      r"(?:\.(\*|\d*))?[hlL]?(.?))", re.S)
+# Conversions allowed: those that write text (values are escaped) or
+# numbers. %c would write any code point raw, bypassing the escaping,
+# and fails on a number above 0x10ffff (a slow request's %(D)c).
+_CONVERSIONS = "sdiufFeEgG"
+_MAX_WIDTH = 1000
+
+
+def _check_conversions(fmt):
+    """Raise ValueError (one line) for a conversion of fmt that is not a
+    %(atom) with one of _CONVERSIONS and a width/precision up to
+    _MAX_WIDTH."""
+    for m in _SPEC_RE.finditer(fmt):
+        if m.group(0) == "%%":
+            continue
+        key, _flags, width, precision, conv = m.groups()
+        spec = m.group(0)
+        if key is None:
+            why = "%r names no atom (write %%(name)s; %%%% for a %%)" % spec
+        elif not conv:
+            why = "%r: incomplete format" % spec
+        elif conv not in _CONVERSIONS:
+            why = ("%r: conversion %r not allowed (use one of %s)"
+                   % (spec, conv, ", ".join("%" + c for c in _CONVERSIONS)))
+        elif "*" in (width, precision) or any(
+                n and int(n) > _MAX_WIDTH for n in (width, precision)):
+            why = "%r: width and precision must be numbers up to %d" % (
+                spec, _MAX_WIDTH)
+        else:
+            continue
+        raise ValueError("bad access log format %r: %s" % (fmt, why))
 
 
 def compile_access_format(fmt):
@@ -457,6 +546,7 @@ def compile_access_format(fmt):
         return _format_default
     if not isinstance(fmt, str):
         raise TypeError("must be a str, not %s" % type(fmt).__name__)
+    _check_conversions(fmt)
     getters = {}
     for m in _KEY_RE.finditer(fmt):
         key = m.group(1)
@@ -474,10 +564,24 @@ def compile_access_format(fmt):
         raise ValueError("bad access log format %r: %s" % (fmt, exc)) \
             from None
     items = tuple(getters.items())
+    failed = []
 
     def format_line(environ, status, length, seconds, headers):
-        return fmt % {key: get(environ, status, length, seconds, headers)
-                      for key, get in items}
+        try:
+            return fmt % {key: get(environ, status, length, seconds, headers)
+                          for key, get in items}
+        except Exception as exc:
+            # Checked at start, so this should not happen; if it does,
+            # the request still gets its (Combined) line, and the error
+            # is said once on the error log.
+            if not failed:
+                failed.append(exc)
+                logging.getLogger(ERROR_LOGGER).error(
+                    "access log format %r failed (%s: %s); writing "
+                    "Combined Log Format lines instead", fmt,
+                    type(exc).__name__, exc)
+            return _format_default(environ, status, length, seconds,
+                                   headers)
     return format_line
 
 

@@ -20,6 +20,12 @@ ENV_PREFIX = "YIMMO_"
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 # limit_request_line=0 means "as long as the parser allows".
 MAX_REQUEST_LINE = 65536
+# Every int option has a maximum, so a 20-digit value is refused as a bad
+# option value instead of overflowing a C int on the way in.
+MAX_WORKERS = 4096  # the C core refuses more
+MAX_PROCESSES = 1024
+MAX_HEADER_FIELDS = 32768  # as gunicorn
+INT_MAX = 2 ** 31 - 1  # a C int: listen()'s backlog, byte counts
 
 
 # -- value kinds --------------------------------------------------------------
@@ -190,7 +196,7 @@ class Processes(NamedTuple):
     """An int >= 1, or "auto" for the number of CPUs."""
 
     def describe(self):
-        return 'an int >= 1 or "auto"'
+        return 'an int from 1 to %d or "auto"' % MAX_PROCESSES
 
     def check(self, value):
         if isinstance(value, str) and value.strip().lower() == "auto":
@@ -198,7 +204,7 @@ class Processes(NamedTuple):
         if isinstance(value, bool) or not isinstance(value, int):
             raise TypeError('must be an int or "auto", not %s'
                             % type(value).__name__)
-        if value < 1:
+        if value < 1 or value > MAX_PROCESSES:
             raise ValueError("must be %s, got %r" % (self.describe(), value))
         return value
 
@@ -358,27 +364,28 @@ OPTIONS = (
            "Repeat the flag to listen on several; the environment variable "
            "takes a comma-separated list.",
            metavar="ADDRESS"),
-    Option("workers", ("-w", "--workers"), Int(1), 8,
+    Option("workers", ("-w", "--workers"), Int(1, MAX_WORKERS), 8,
            "Number of worker threads running the application."),
-    Option("backlog", ("--backlog",), Int(1), 2048,
+    Option("backlog", ("--backlog",), Int(1, INT_MAX), 2048,
            "Length of the listen() queue of pending connections."),
     Option("limit_request_line", ("--limit-request-line",),
            Int(0, MAX_REQUEST_LINE, zero_means=MAX_REQUEST_LINE), 4094,
            "Longest request line in bytes; longer gets 414. 0 means the "
            "maximum, %d." % MAX_REQUEST_LINE,
            metavar="BYTES"),
-    Option("limit_request_fields", ("--limit-request-fields",), Int(1), 100,
+    Option("limit_request_fields", ("--limit-request-fields",),
+           Int(1, MAX_HEADER_FIELDS), 100,
            "Most header fields in a request; more gets 431."),
     Option("limit_request_field_size", ("--limit-request-field-size",),
-           Int(1), 8190,
+           Int(1, INT_MAX), 8190,
            "Longest header field line in bytes; longer gets 431.",
            metavar="BYTES"),
     Option("limit_request_head_size", ("--limit-request-head-size",),
-           Int(1), 65536,
+           Int(1, INT_MAX), 65536,
            "Largest request head (request line and headers) in bytes; "
            "larger gets 431.",
            metavar="BYTES"),
-    Option("max_body_size", ("--max-body-size",), Int(0), 0,
+    Option("max_body_size", ("--max-body-size",), Int(0, 2 ** 62), 0,
            "Largest request body in bytes; larger gets 413. 0 means no "
            "limit.",
            metavar="BYTES"),
@@ -404,13 +411,14 @@ OPTIONS = (
            "stream to the app, which answers it by reading). 0 streams "
            "every body.",
            metavar="BYTES"),
-    Option("min_body_rate", ("--min-body-rate",), Int(0), 1024,
+    Option("min_body_rate", ("--min-body-rate",), Int(0, INT_MAX), 1024,
            "Least average rate, in bytes per second over each 10-second "
            "window, at which a request body must arrive while the server "
            "waits for it; slower gets 408 and a closed connection. 0 turns "
            "it off.",
            metavar="BYTES"),
-    Option("max_pending", ("--max-pending",), Int(0, none_ok=True), None,
+    Option("max_pending", ("--max-pending",),
+           Int(0, INT_MAX, none_ok=True), None,
            "Most requests waiting for a worker. When that many wait, no new "
            "request is read from any connection (its bytes wait in the "
            "kernel) until one finishes.",
@@ -466,13 +474,14 @@ OPTIONS = (
            "the processes share its memory (copy-on-write). SIGHUP then "
            "restarts the processes but not the code.",
            metavar=""),
-    Option("max_requests", ("--max-requests",), Int(0), 0,
+    Option("max_requests", ("--max-requests",), Int(0, INT_MAX), 0,
            "A server process that completed this many requests is "
            "replaced gracefully (its successor starts first). 0: never."),
-    Option("max_requests_jitter", ("--max-requests-jitter",), Int(0), 0,
+    Option("max_requests_jitter", ("--max-requests-jitter",),
+           Int(0, INT_MAX), 0,
            "Adds a random 0..N to each process's max-requests, so "
            "processes are not all replaced at once."),
-    Option("max_rss", ("--max-rss",), Int(0), 0,
+    Option("max_rss", ("--max-rss",), Int(0, INT_MAX), 0,
            "A server process whose resident memory passed this many "
            "megabytes (checked every few seconds) is replaced gracefully. "
            "0: no limit.",

@@ -15,7 +15,11 @@ is stopped (SIGTERM, gracefully) and a new one started. Stop then start:
 the port is refused for the moment between them (the old server's grace
 plus the new one's import), which a development server can afford. A
 child that exits by itself (an import error in the new code) is reported
-and the parent waits for the next change.
+and the parent waits for the next change; a child whose first import
+fails lists what it imported and the files in the traceback, so fixing
+the app restarts it too. A module imported through a symlink is watched
+at both paths: editing the target or pointing the link elsewhere is a
+change.
 
 SIGTERM and SIGINT stop the child and the parent; SIGHUP restarts the
 child; SIGUSR1 is passed on. The child gets SIGTERM if the parent dies.
@@ -65,27 +69,59 @@ def _excluded_dirs():
     return tuple(d.rstrip(os.sep) + os.sep for d in dirs)
 
 
+def _add_file(files, path, excluded):
+    """Add path to files if it is a .py file of the app: its real path,
+    and the path as imported too when that is a symlink (or goes through
+    one), so that pointing the link elsewhere is a change as well (the
+    parent stats it, which follows the link)."""
+    if not isinstance(path, str) or not path.endswith(".py"):
+        return
+    real = os.path.realpath(path)
+    if real.startswith(excluded) or not os.path.isfile(real):
+        return
+    files.add(real)
+    path = os.path.abspath(path)
+    if path != real:
+        files.add(path)
+
+
 def app_files(excluded=None):
     """The .py files of the imported modules that belong to the app."""
     if excluded is None:
         excluded = _excluded_dirs()
     files = set()
     for module in list(sys.modules.values()):
-        path = getattr(module, "__file__", None)
-        if not isinstance(path, str) or not path.endswith(".py"):
-            continue
-        path = os.path.realpath(path)
-        if not path.startswith(excluded) and os.path.isfile(path):
-            files.add(path)
+        _add_file(files, getattr(module, "__file__", None), excluded)
     return files
 
 
-def report_modules(list_path, config_path=None):
-    """In the child, after the app was imported: write the app's files to
-    list_path now, and again from a daemon thread whenever more modules
+def failure_files(exc):
+    """The app's .py files an import failure points at: every file in the
+    tracebacks of exc and its causes, and the file of a SyntaxError. The
+    module that failed is no longer in sys.modules, so without these a
+    child that never started would leave the parent nothing to watch."""
+    excluded = _excluded_dirs()
+    files = set()
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, SyntaxError):
+            _add_file(files, exc.filename, excluded)
+        tb = exc.__traceback__
+        while tb is not None:
+            _add_file(files, tb.tb_frame.f_code.co_filename, excluded)
+            tb = tb.tb_next
+        exc = exc.__cause__ or exc.__context__
+    return files
+
+
+def report_modules(list_path, config_path=None, extra_files=()):
+    """In the child, after the app was imported (or failed to be: then
+    extra_files are those failure_files() found): write the app's files
+    to list_path now, and again from a daemon thread whenever more modules
     have been imported."""
     excluded = _excluded_dirs()
-    extra = set()
+    extra = set(extra_files)
     if config_path:
         extra.add(os.path.realpath(config_path))
 

@@ -70,11 +70,12 @@ class Server:
     manager: ``with Server(app, bind="127.0.0.1:0") as s: ... s.url``.
     """
 
-    def __init__(self, app, _listeners=None, _process=None, **options):
+    def __init__(self, app, _listeners=None, _process=None,
+                 _logging_done=False, **options):
         # _listeners, _process: a server process under the supervisor
         # (yimmo._supervisor): sockets it bound or inherited (ours to use,
         # not to unlink), and its slot (heartbeat, notify_fd,
-        # max_requests).
+        # max_requests). _logging_done: serve() has set up logging.
         if not callable(app):
             raise TypeError("app must be callable, not %s"
                             % type(app).__name__)
@@ -84,6 +85,12 @@ class Server:
             raise ValueError("option 'processes': Server is one process; "
                              "use serve() or the command line for "
                              "processes >= 2")
+        if not _logging_done and _process is None:
+            # access_log, error_log, log_level, log_config work here as
+            # in serve(); the loggers stay set up after the server stops.
+            _logging.configure_for_server(
+                options, opts["log_level"], opts["access_log"],
+                opts["error_log"], opts["log_config"])
         self._process = _process
         self._sockets = []
         # (absolute path, st_dev, st_ino) of each socket file we created;
@@ -398,4 +405,4 @@ def serve(app, **options):
         if status:
             raise RuntimeError("the server processes failed to start")
         return
-    Server(app, **options).serve_forever()
+    Server(app, _logging_done=True, **options).serve_forever()
