@@ -11,6 +11,7 @@ time.sleep, is one C call that an asynchronous exception cannot break).
 
 import logging
 import os
+import sys
 import threading
 import time
 
@@ -587,3 +588,28 @@ def test_stuck_report_message_is_not_leaked(monkeypatch):
     assert sys.getrefcount(overrun) == 3    # msgs, the name, the argument
     assert sys.getrefcount(stuck) == 3
 
+
+
+def test_a_trace_function_left_by_a_timed_out_request_does_no_harm():
+    # A request that set a trace function (a coverage tool, a debugger)
+    # and overran: on 3.11, clearing an exception that was never pending
+    # left the interpreter's "async exception" signal set, and a traced
+    # thread then spun at every function entry, so each later request on
+    # that worker ran into the timeout too.
+    def app(environ, start_response):
+        if environ["PATH_INFO"] == "/trace":
+            def tracer(frame, event, arg):
+                return tracer
+            sys.settrace(tracer)
+            while True:
+                pass
+        start_response("200 OK", [("Content-Length", "2")])
+        return [b"ok"]
+
+    with yimmo.Server(app, bind="127.0.0.1:0", workers=1,
+                      timeout=0.5) as server:
+        assert get(server.address, "/trace", timeout=WAIT).status == 503
+        for _ in range(3):
+            t0 = time.monotonic()
+            assert get(server.address, "/", timeout=WAIT).status == 200
+            assert time.monotonic() - t0 < 0.4
