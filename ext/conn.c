@@ -1046,6 +1046,7 @@ ymo_conn_on_exchange(ymo_exchange_t *ex)
     ex->out_queued = 0;
     int done = ex->out_done;
     int close_after = ex->out_close || ex->out_abort;
+    int reset = ex->out_done && ex->out_reset;
     int cont = ex->need_continue;
     int resume = ex->need_resume;
     ex->need_continue = 0;
@@ -1078,6 +1079,16 @@ ymo_conn_on_exchange(ymo_exchange_t *ex)
         /* Connections waiting for room go first, then this one's next
          * request (it waits behind them if there is no room left). */
         server_unstall(s);
+    }
+    if (reset) {
+        /* The response was cut (the watchdog): what is still queued is
+         * dropped and the client sees a reset now, not a body that goes
+         * on arriving until the write timeout. */
+        ymo_bucket_free_chain(out);
+        struct linger lg = {1, 0};
+        (void)setsockopt(c->fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
+        ymo_conn_close(c);
+        return;
     }
     if (cont && !done && !c->head_written && !c->body_done) {
         static const char msg[] = "HTTP/1.1 100 Continue\r\n\r\n";

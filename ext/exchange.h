@@ -91,6 +91,8 @@ typedef struct ymo_exchange {
                                     * reads and waits return at once) */
     int out_close;                 /* close the connection after it */
     int out_abort;                 /* abort: close without finishing */
+    int out_reset;                 /* abort at once: drop queued output,
+                                    * reset the connection */
     int need_continue;             /* send "100 Continue" */
     int need_resume;               /* resume reading the body */
 

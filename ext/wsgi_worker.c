@@ -310,6 +310,7 @@ append_locked(ymo_exchange_t *exchange, ymo_bucket_t *body_item, int done)
         exchange->out_done = 1;
         exchange->out_close = (done & YMO_DONE_CLOSE) != 0;
         exchange->out_abort = (done & YMO_DONE_ABORT) != 0;
+        exchange->out_reset = (done & YMO_DONE_RESET) != 0;
         /* Threads of the app still reading the body or waiting to write
          * must not wait for an exchange that is over. */
         ymo_exchange_wake_all(exchange);
@@ -369,9 +370,12 @@ ymo_wsgi_worker_response_cut(ymo_exchange_t *exchange, ymo_bucket_t *error)
     int r;
     if (exchange->out_started || error == NULL) {
         /* Part of the response may be out: only a close tells the client
-         * it is incomplete. */
+         * it is incomplete, and at once (a reset, dropping what is still
+         * queued): a slow reader would otherwise go on receiving the
+         * cut-off body until the write timeout. */
         ymo_bucket_free_chain(error);
-        append_locked(exchange, NULL, YMO_DONE | YMO_DONE_ABORT);
+        append_locked(exchange, NULL, YMO_DONE | YMO_DONE_ABORT |
+                                      YMO_DONE_RESET);
         r = 2;
     }
     else {

@@ -172,6 +172,9 @@ void ymo_wsgi_worker_add_exchange(ymo_wsgi_worker_t *worker,
 #define YMO_DONE 1
 #define YMO_DONE_CLOSE 2           /* close the connection after it */
 #define YMO_DONE_ABORT 4           /* the response is incomplete: close */
+#define YMO_DONE_RESET 8           /* with ABORT: drop what is still queued
+                                    * and reset the connection (the
+                                    * watchdog cut a begun response) */
 
 /* What response_body_append reports back. */
 #define YMO_OUT_ABORTED 1          /* the client is gone: stop */

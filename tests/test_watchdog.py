@@ -11,6 +11,7 @@ time.sleep, is one C call that an asynchronous exception cannot break).
 
 import logging
 import os
+import socket
 import sys
 import threading
 import time
@@ -613,3 +614,42 @@ def test_a_trace_function_left_by_a_timed_out_request_does_no_harm():
             t0 = time.monotonic()
             assert get(server.address, "/", timeout=WAIT).status == 200
             assert time.monotonic() - t0 < 0.4
+
+
+def test_a_cut_response_resets_a_slow_reader_at_once():
+    # The app streams faster than its client reads, then overruns: what is
+    # still queued is dropped and the connection reset, so the client
+    # learns at once that the response is incomplete (before: the cut-off
+    # body went on trickling out until the write timeout).
+    def app(environ, start_response):
+        if environ["PATH_INFO"] == "/ok":
+            start_response("200 OK", [("Content-Length", "2")])
+            return [b"ok"]
+        start_response("200 OK", [("Content-Type", "text/plain")])
+
+        def body():
+            chunk = b"x" * 65536
+            while True:
+                yield chunk
+        return body()
+
+    with yimmo.Server(app, bind="127.0.0.1:0", workers=1, timeout=0.5,
+                      write_timeout=30) as server:
+        with connect(server.address, WAIT) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+            sock.sendall(build_request("GET", "/"))
+            time.sleep(0.5 + SLACK)     # the watchdog has cut it by now
+            t0 = time.monotonic()
+            ended = None
+            while time.monotonic() - t0 < 3:
+                try:
+                    data = sock.recv(16384)
+                except ConnectionResetError:
+                    ended = "reset"
+                    break
+                if not data:
+                    ended = "eof"
+                    break
+                time.sleep(0.05)    # a slow reader: 320 KB/s
+            assert ended is not None, "the cut response was still arriving"
+        assert get(server.address, "/ok", timeout=WAIT).status == 200
