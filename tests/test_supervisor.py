@@ -635,3 +635,57 @@ def test_the_loop_publishes_beats_requests_and_connections():
         runner.join(10)
         assert not runner.is_alive()
     assert slot()[5] == 0               # not accepting once stopped
+
+
+# -- accept pausing at max-requests -------------------------------------------
+
+GATED_APP = '''
+import os, time
+HERE = os.path.dirname(os.path.abspath(__file__))
+if os.path.exists(os.path.join(HERE, "BROKEN")):
+    raise RuntimeError("broken import")
+if os.path.exists(os.path.join(HERE, "SLOW")):
+    time.sleep(3)
+def app(environ, start_response):
+    body = str(os.getpid()).encode()
+    start_response("200 OK", [("Content-Length", str(len(body)))])
+    return [body]
+'''
+
+
+def test_max_requests_with_successors_failing_keeps_accepting(tmp_path):
+    # Every process reaches its max-requests and no successor can start:
+    # the old processes must keep accepting (not pause for good), and the
+    # supervisor must give up replacing them (not respawn without end).
+    write_app(tmp_path, GATED_APP)
+    with start(tmp_path, "--max-requests", "3") as proc:
+        port = wait_port(proc)
+        wait_ready(proc, 2)
+        (tmp_path / "BROKEN").write_text("x")
+        for _ in range(8):
+            assert get(port, timeout=3)[0] == 200
+        proc.wait_for_line(r"fail at start .*keep serving", timeout=20)
+        started = count_lines(proc, "Started server process")
+        time.sleep(2)
+        for _ in range(6):
+            assert get(port, timeout=3)[0] == 200
+        time.sleep(1)
+        assert count_lines(proc, "Started server process") == started
+        assert stop(proc) == 0
+
+
+def test_max_requests_keeps_accepting_until_the_successor_is_ready(tmp_path):
+    # Both processes reach max-requests together and their successors
+    # take 3 s to import: no request may wait for them.
+    write_app(tmp_path, GATED_APP)
+    with start(tmp_path, "--max-requests", "10") as proc:
+        port = wait_port(proc)
+        wait_ready(proc, 2)
+        (tmp_path / "SLOW").write_text("x")
+        worst = 0.0
+        for _ in range(40):
+            t0 = time.monotonic()
+            assert get(port, timeout=10)[0] == 200
+            worst = max(worst, time.monotonic() - t0)
+        assert worst < 1.0, worst
+        assert stop(proc) == 0

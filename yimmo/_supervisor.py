@@ -79,6 +79,10 @@ class Child:
         self.killed_for = None     # why we sent SIGKILL
         self.error_line = None
         self.lifetime_end = lifetime_end
+        # Its replacement was given up on (its successors failed at
+        # start): no recycling trigger (its slot's flag stays set, its
+        # lifetime, its memory) starts another until SIGHUP.
+        self.recycle_cancelled = False
         self.buffer = b""
 
     def heartbeat(self):
@@ -388,7 +392,7 @@ class Supervisor:
                     self._kill(child, "its event loop made no progress for "
                                "%.1f s (no heartbeat)" % (now - last))
                     continue
-            if child.retire is not None:
+            if child.retire is not None or child.recycle_cancelled:
                 continue
             if recycle:
                 child.retire = RECYCLE_REASONS.get(
@@ -487,11 +491,11 @@ class Supervisor:
                           how, ": " + child.error_line if child.error_line
                           else "")
                 for c in self.children.values():
-                    c.retire = None
+                    if c.retire is not None:
+                        c.retire = None
+                        c.recycle_cancelled = True
                     if c.ready_at is None:
                         self._drain(c)   # a sibling of the failures
-                self.failures = 0
-                self.next_spawn = 0.0
                 return
             log.error("Server processes fail at start, %d times in a row; "
                       "giving up", self.failures)
