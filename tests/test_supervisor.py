@@ -689,3 +689,38 @@ def test_max_requests_keeps_accepting_until_the_successor_is_ready(tmp_path):
             worst = max(worst, time.monotonic() - t0)
         assert worst < 1.0, worst
         assert stop(proc) == 0
+
+
+def test_supervisor_out_of_descriptors_keeps_serving_and_retries(tmp_path):
+    # pipe() fails in the supervisor when it starts a replacement: the
+    # running processes keep serving (an in-flight request completes),
+    # and the reload happens once descriptors are available again.
+    import resource
+    write_app(tmp_path)
+    with start(tmp_path) as proc:
+        port = wait_port(proc)
+        wait_ready(proc, 2)
+        pid = proc.proc.pid
+        before = resource.prlimit(pid, resource.RLIMIT_NOFILE)
+        nfd = len(os.listdir("/proc/%d/fd" % pid))
+        resource.prlimit(pid, resource.RLIMIT_NOFILE, (nfd, before[1]))
+        result = {}
+
+        def slow():
+            try:
+                result["r"] = get(port, "/sleep", timeout=10)
+            except Exception as exc:
+                result["r"] = exc
+        client = threading.Thread(target=slow)
+        client.start()
+        time.sleep(0.3)
+        proc.signal(signal.SIGHUP)
+        proc.wait_for_line(r"Cannot start a server process", timeout=5)
+        client.join(10)
+        assert result["r"][0] == 200, result
+        assert proc.proc.poll() is None
+        assert get(port)[0] == 200
+        resource.prlimit(pid, resource.RLIMIT_NOFILE, before)
+        wait_ready(proc, 4, timeout=10)
+        assert get(port)[0] == 200
+        assert stop(proc) == 0

@@ -49,6 +49,7 @@ RAPID = 1.0                # a process that dies this soon after it became
                            # ready counts as failing at start
 TICK = 0.1                 # the loop's timers: lifetimes, heartbeats
 RSS_EVERY = 2.0            # seconds between two checks of max_rss
+SPAWN_RETRY = 1.0          # seconds after a failed pipe() or fork()
 KILL_SLACK = 5.0           # past graceful_timeout, a draining process is
                            # killed
 
@@ -174,11 +175,26 @@ class Supervisor:
                 signal.signal(sig, handler)
             os.close(wake_r)
             os.close(wake_w)
-            for child in list(self.children.values()):
-                # Only after a failure of the loop itself.
-                self._kill(child, "the supervisor is exiting")
-            self._reap(block=True)
+            if self.children:
+                # Only after a failure of the loop itself: the processes
+                # drain as on SIGTERM (their requests finish), and only
+                # those still there after the graceful timeout are killed.
+                self._stop_children()
         return self.exit_status
+
+    def _stop_children(self):
+        deadline = time.monotonic() + self.options["graceful_timeout"] + \
+            KILL_SLACK
+        for child in self.children.values():
+            child.draining_since = None
+            self._drain(child, "the supervisor is exiting")
+        while self.children and time.monotonic() < deadline:
+            self._reap()
+            if self.children:
+                time.sleep(TICK)
+        for child in list(self.children.values()):
+            self._kill(child, "the supervisor is exiting")
+        self._reap(block=True)
 
     def _on_signal(self, signum, frame):
         self.pending_signals.append(signum)
@@ -523,14 +539,26 @@ class Supervisor:
         # A fresh slot: no beat, no recycle, not accepting.
         start = slot * HEARTBEAT_SIZE
         self.table[start:start + HEARTBEAT_SIZE] = bytes(HEARTBEAT_SIZE)
-        read_end, write_end = os.pipe()
         lifetime_end = None
         if opts["max_lifetime"] > 0:
             lifetime_end = time.monotonic() + opts["max_lifetime"] + \
                 random.uniform(0, opts["max_lifetime_jitter"])
         sys.stdout.flush()
         sys.stderr.flush()
-        pid = os.fork()
+        read_end = write_end = None
+        try:
+            read_end, write_end = os.pipe()
+            pid = os.fork()
+        except OSError as exc:
+            # Out of descriptors, processes or memory: the processes
+            # that run go on serving; try again later.
+            for fd in (read_end, write_end):
+                if fd is not None:
+                    os.close(fd)
+            log.error("Cannot start a server process: %s; trying again "
+                      "in %.0f s", exc.strerror or exc, SPAWN_RETRY)
+            self.next_spawn = time.monotonic() + SPAWN_RETRY
+            return None
         if pid == 0:
             status = 1
             try:
