@@ -724,3 +724,40 @@ def test_supervisor_out_of_descriptors_keeps_serving_and_retries(tmp_path):
         wait_ready(proc, 4, timeout=10)
         assert get(port)[0] == 200
         assert stop(proc) == 0
+
+
+def test_sigterm_right_after_a_fork_is_not_lost(tmp_path):
+    # SIGTTIN then SIGTERM at once: the new process gets its SIGTERM
+    # while it may still be inside fork(); it must stop, not serve on
+    # until it is killed.
+    write_app(tmp_path)
+    for trial in range(12):
+        with start(tmp_path, "--graceful-timeout", "1") as proc:
+            wait_port(proc)
+            wait_ready(proc, 2)
+            proc.signal(signal.SIGTTIN)
+            time.sleep(0.0002 * (trial % 5))
+            t0 = time.monotonic()
+            proc.signal(signal.SIGTERM)
+            assert proc.wait(15) == 0
+            took = time.monotonic() - t0
+            assert count_lines(proc, "graceful timeout ran out") == 0, \
+                proc._describe()
+            assert took < 3, (trial, took)
+
+
+def test_sigusr1_spares_processes_still_importing_the_app(tmp_path):
+    write_app(tmp_path, GATED_APP)
+    with start(tmp_path) as proc:
+        port = wait_port(proc)
+        wait_ready(proc, 2)
+        (tmp_path / "SLOW").write_text("x")
+        proc.signal(signal.SIGHUP)
+        wait_children(proc.proc.pid, 4)
+        time.sleep(0.5)
+        proc.signal(signal.SIGUSR1)
+        wait_ready(proc, 4, timeout=15)
+        assert count_lines(proc, "before it was ready") == 0, \
+            proc._describe()
+        assert get(port)[0] == 200
+        assert stop(proc) == 0

@@ -546,10 +546,17 @@ class Supervisor:
         sys.stdout.flush()
         sys.stderr.flush()
         read_end = write_end = None
+        # The handled signals are blocked across fork(): until the child
+        # has reset their handlers, a signal sent to it (a SIGTERM from a
+        # reload that follows at once) would run the supervisor's handler
+        # there and be lost. The child unblocks them once reset, so one
+        # sent meanwhile is delivered then, with its default action.
+        signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED)
         try:
             read_end, write_end = os.pipe()
             pid = os.fork()
         except OSError as exc:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED)
             # Out of descriptors, processes or memory: the processes
             # that run go on serving; try again later.
             for fd in (read_end, write_end):
@@ -559,6 +566,8 @@ class Supervisor:
                       "in %.0f s", exc.strerror or exc, SPAWN_RETRY)
             self.next_spawn = time.monotonic() + SPAWN_RETRY
             return None
+        if pid != 0:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED)
         if pid == 0:
             status = 1
             try:
@@ -591,6 +600,11 @@ class Supervisor:
         for sig in HANDLED:
             signal.signal(sig, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.default_int_handler)
+        # Until the server installs its own handler, SIGUSR1 (reopen the
+        # log files, forwarded to every process) must not kill a process
+        # still importing the app; it opens its log files after that.
+        signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED)
         _set_pdeathsig()
         if os.getppid() != self.pid:
             return 1   # the supervisor died while we were forking
@@ -632,6 +646,10 @@ class Supervisor:
                         type(exc.__cause__), exc.__cause__,
                         exc.__cause__.__traceback__)
                 return fail(str(exc))
+        if signal.getsignal(signal.SIGUSR1) == signal.SIG_IGN:
+            # Ours, left by the import: the server's own handler, which
+            # it installs only over the default one.
+            signal.signal(signal.SIGUSR1, _child_on_sigusr1)
         max_requests = opts["max_requests"]
         if max_requests and opts["max_requests_jitter"]:
             # random reseeds itself in a forked child.
@@ -650,6 +668,11 @@ class Supervisor:
         except KeyboardInterrupt:
             pass
         return 0
+
+
+def _child_on_sigusr1(signum, frame):
+    log.info("Received SIGUSR1, reopening log files")
+    _logging.reopen_log_files()
 
 
 def opts_workers(options):
