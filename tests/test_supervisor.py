@@ -761,3 +761,19 @@ def test_sigusr1_spares_processes_still_importing_the_app(tmp_path):
             proc._describe()
         assert get(port)[0] == 200
         assert stop(proc) == 0
+
+
+def test_a_process_hung_importing_the_app_is_killed_at_start_timeout(tmp_path):
+    write_app(tmp_path, "import time\ntime.sleep(1000)\n" + GATED_APP)
+    with start(tmp_path, "--start-timeout", "1.5") as proc:
+        wait_port(proc)
+        m = proc.wait_for_line(r"Server process (\d+): killing it "
+                               r"\(SIGKILL\), as it was not ready",
+                               timeout=6)
+        proc.wait_for_line(r"Server process %s was killed by SIGKILL "
+                           r"before it was ready; starting a new one in"
+                           % m.group(1), timeout=5)
+        write_app(tmp_path, GATED_APP)
+        # The back-off, then a start that succeeds.
+        wait_ready(proc, 2, timeout=20)
+        assert stop(proc) == 0

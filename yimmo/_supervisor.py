@@ -389,7 +389,8 @@ class Supervisor:
         # If the supervisor itself was not running for a while (stopped,
         # starved of CPU, a suspended machine), every heartbeat looks old
         # at once: judge them from the next round on.
-        if now - self.last_check > max(1.0, stale_after / 2):
+        suspended = now - self.last_check > max(1.0, stale_after / 2)
+        if suspended:
             stale_after = 0
         self.last_check = now
         for child in list(self.children.values()):
@@ -400,6 +401,14 @@ class Supervisor:
                     self._kill(child, "it did not finish draining in time")
                 continue
             if child.ready_at is None:
+                start_timeout = opts["start_timeout"]
+                if start_timeout > 0 and not suspended and \
+                        now - child.started > start_timeout:
+                    child.error_line = ("server process not ready %g s "
+                                        "after it started (--start-"
+                                        "timeout)" % start_timeout)
+                    self._kill(child, "it was not ready %.1f s after it "
+                               "started" % (now - child.started))
                 continue
             beat_ns, requests, recycle, reason, _, _ = child.heartbeat()
             if stale_after > 0:
@@ -482,7 +491,7 @@ class Supervisor:
             return
         now = time.monotonic()
         rapid = child.ready_at is None or now - child.ready_at < RAPID
-        if child.killed_for:
+        if child.killed_for and child.ready_at is not None:
             log.warning("Server process %d %s (%s); starting a new one",
                         child.pid, how, child.killed_for)
             return
