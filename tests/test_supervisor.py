@@ -777,3 +777,43 @@ def test_a_process_hung_importing_the_app_is_killed_at_start_timeout(tmp_path):
         # The back-off, then a start that succeeds.
         wait_ready(proc, 2, timeout=20)
         assert stop(proc) == 0
+
+
+def test_reload_with_processes_serves_an_edit_and_forks_threadless(
+        tmp_path):
+    # --reload --processes 2: the server processes report the app's
+    # files (the supervisor imports no app), so an edit is reloaded; the
+    # supervisor runs no thread while it forks.
+    from yimmo import _reload
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    src = ("V = %r\ndef app(e, sr):\n"
+           "    sr('200 OK', [('Content-Length', str(len(V)))])\n"
+           "    return [V.encode()]\n")
+    (tmp_path / "relapp.py").write_text(src % "v1")
+    env = subprocess_env(**{_reload.POLL_ENV: "1"})
+    proc = ServerProcess(
+        [sys.executable, "-m", "yimmo", "--reload", "--processes", "2",
+         "--bind", "127.0.0.1:%d" % port, "--graceful-timeout", "2",
+         "relapp:app"], cwd=str(tmp_path), env=env)
+
+    def body_soon(want, timeout=20):
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                if get(port, timeout=2)[1] == want:
+                    return
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, proc._describe()
+            time.sleep(0.1)
+    with proc:
+        body_soon("v1")
+        sup = wait_children(proc.proc.pid, 1)[0]
+        assert len(os.listdir("/proc/%d/task" % sup)) == 1
+        time.sleep(1.1)   # a new mtime second
+        (tmp_path / "relapp.py").write_text(src % "v2")
+        body_soon("v2")
+        proc.signal(signal.SIGTERM)
+        assert proc.wait(20) == 0

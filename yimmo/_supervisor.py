@@ -118,8 +118,11 @@ class Supervisor:
     in each process) until SIGTERM/SIGINT. run() returns the exit
     status."""
 
-    def __init__(self, app_spec, app, options):
+    def __init__(self, app_spec, app, options, reload_report=None):
         self.app_spec = app_spec
+        # --reload: (list file, config file) the server processes report
+        # their modules to, after importing the app (_reload).
+        self.reload_report = reload_report
         self.app = app
         self.options = options
         self.target = options["processes"]
@@ -655,6 +658,9 @@ class Supervisor:
                         type(exc.__cause__), exc.__cause__,
                         exc.__cause__.__traceback__)
                 return fail(str(exc))
+        if self.reload_report is not None:
+            from ._reload import report_modules
+            report_modules(*self.reload_report)
         if signal.getsignal(signal.SIGUSR1) == signal.SIG_IGN:
             # Ours, left by the import: the server's own handler, which
             # it installs only over the default one.
@@ -698,6 +704,6 @@ def _rss_mb(pid):
     return resident * mmap.PAGESIZE // (1024 * 1024)
 
 
-def run(app_spec, app, options):
+def run(app_spec, app, options, reload_report=None):
     """Supervise; returns the exit status."""
-    return Supervisor(app_spec, app, options).run()
+    return Supervisor(app_spec, app, options, reload_report).run()
