@@ -817,3 +817,29 @@ def test_reload_with_processes_serves_an_edit_and_forks_threadless(
         body_soon("v2")
         proc.signal(signal.SIGTERM)
         assert proc.wait(20) == 0
+
+
+def _socket_inodes(pid):
+    found = set()
+    for fd in os.listdir("/proc/%d/fd" % pid):
+        try:
+            target = os.readlink("/proc/%d/fd/%s" % (pid, fd))
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            found.add(target)
+    return found
+
+
+def test_reuse_port_processes_hold_only_their_own_listener(tmp_path):
+    write_app(tmp_path)
+    with start(tmp_path, "--reuse-port") as proc:
+        port = wait_port(proc)
+        wait_ready(proc, 2)
+        # The supervisor's reserved socket stays in the supervisor.
+        reserved = _socket_inodes(proc.proc.pid)
+        assert reserved
+        for kid in wait_children(proc.proc.pid, 2):
+            assert not _socket_inodes(kid) & reserved
+        assert get(port)[0] == 200
+        assert stop(proc) == 0

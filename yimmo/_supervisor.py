@@ -641,6 +641,8 @@ class Supervisor:
                 if listener.reuse_port:
                     listeners.append(_sockets.reuse_port_listener(
                         listener, opts["backlog"]))
+                    # The supervisor's reservation, not ours to hold.
+                    listener.sock.close()
                 else:
                     # Ours to use, the supervisor's to unlink.
                     listeners.append(listener._replace(unix_file=None))
