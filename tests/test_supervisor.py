@@ -843,3 +843,16 @@ def test_reuse_port_processes_hold_only_their_own_listener(tmp_path):
             assert not _socket_inodes(kid) & reserved
         assert get(port)[0] == 200
         assert stop(proc) == 0
+
+
+def test_recycling_options_with_one_process_warn(tmp_path):
+    write_app(tmp_path)
+    with start(tmp_path, "--max-requests", "3", "--max-lifetime", "1",
+               processes=1) as proc:
+        m = proc.wait_for_line(r"WARNING.*--max-requests, --max-lifetime: "
+                               r"recycling needs a supervisor", timeout=10)
+        assert m
+        port = int(proc.wait_for_line(r"http://[^:]+:(\d+)",
+                                      timeout=10).group(1))
+        assert get(port)[0] == 200
+        assert stop(proc) == 0
