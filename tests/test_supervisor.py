@@ -856,3 +856,27 @@ def test_recycling_options_with_one_process_warn(tmp_path):
                                       timeout=10).group(1))
         assert get(port)[0] == 200
         assert stop(proc) == 0
+
+
+def test_start_failures_far_apart_do_not_add_up(tmp_path):
+    # Each SIGTTIN's process first fails at import, then its retry
+    # starts: a good start ends the run of failures, so the supervisor
+    # never gives up (MAX_START_FAILURES is 5).
+    write_app(tmp_path, GATED_APP)
+    with start(tmp_path) as proc:
+        port = wait_port(proc)
+        wait_ready(proc, 2)
+        for n in range(6):
+            (tmp_path / "BROKEN").write_text("x")
+            failed = count_lines(proc, "before it was ready")
+            proc.signal(signal.SIGTTIN)
+            deadline = time.monotonic() + 10
+            while count_lines(proc, "before it was ready") == failed:
+                assert time.monotonic() < deadline, proc._describe()
+                time.sleep(0.02)
+            (tmp_path / "BROKEN").unlink()
+            wait_ready(proc, 3 + n, timeout=15)
+            time.sleep(1.2)
+        assert count_lines(proc, "fail at start") == 0, proc._describe()
+        assert get(port)[0] == 200
+        assert stop(proc) == 0

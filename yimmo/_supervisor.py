@@ -84,6 +84,7 @@ class Child:
         # start): no recycling trigger (its slot's flag stays set, its
         # lifetime, its memory) starts another until SIGHUP.
         self.recycle_cancelled = False
+        self.proven = False        # ready for RAPID seconds: a good start
         self.buffer = b""
 
     def heartbeat(self):
@@ -413,6 +414,11 @@ class Supervisor:
                     self._kill(child, "it was not ready %.1f s after it "
                                "started" % (now - child.started))
                 continue
+            if not child.proven and now - child.ready_at >= RAPID:
+                # A start that worked ends a run of failures at start:
+                # failures far apart never add up to giving up.
+                child.proven = True
+                self.failures = 0
             beat_ns, requests, recycle, reason, _, _ = child.heartbeat()
             if stale_after > 0:
                 last = beat_ns / 1e9 if beat_ns else child.ready_at
