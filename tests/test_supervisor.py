@@ -880,3 +880,36 @@ def test_start_failures_far_apart_do_not_add_up(tmp_path):
         assert count_lines(proc, "fail at start") == 0, proc._describe()
         assert get(port)[0] == 200
         assert stop(proc) == 0
+
+
+def test_a_stopped_sibling_does_not_slow_down_accepting(tmp_path):
+    # A SIGSTOPped process keeps its slot's "accepting" flag until the
+    # heartbeat timeout; the live one must not keep deferring its accepts
+    # to it (1 ms each) once its beat is a second old.
+    write_app(tmp_path)
+    with start(tmp_path, "--workers", "1", "--heartbeat-timeout", "60",
+               "--keepalive-timeout", "60") as proc:
+        port = wait_port(proc)
+        wait_ready(proc, 2)
+        kids = wait_children(proc.proc.pid, 2)
+        os.kill(kids[1], signal.SIGSTOP)
+        try:
+            time.sleep(1.5)
+            socks = []
+            t0 = time.monotonic()
+            try:
+                for _ in range(300):
+                    s = socket.create_connection(("127.0.0.1", port),
+                                                 timeout=5)
+                    socks.append(s)
+                    s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+                    assert s.recv(4096).startswith(b"HTTP/1.1 200")
+                took = time.monotonic() - t0
+            finally:
+                for s in socks:
+                    s.close()
+            # Deferring each accept takes at least 300 x 1 ms.
+            assert took < 0.25, took
+        finally:
+            os.kill(kids[1], signal.SIGCONT)
+        assert stop(proc) == 0
