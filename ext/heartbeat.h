@@ -39,7 +39,10 @@ typedef struct ymo_heartbeat {
      * clears it when it stops accepting; the supervisor clears it when
      * the process is gone. A loop about to accept compares its
      * `conns` with those of the siblings that accept, and lets a less
-     * loaded one take the connection (server.c, listener_on_accept). */
+     * loaded one take the connection (server.c, listener_on_accept), and
+     * one at its max_requests stops accepting only while a sibling that
+     * is not due for recycling accepts. A sibling whose beat_ns is more
+     * than 4 beats old counts as not accepting, whatever it says. */
     _Atomic uint32_t accepting;
     /* to YMO_HEARTBEAT_SIZE: slots are a table's entries */
     unsigned char _reserved[32];

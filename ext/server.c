@@ -44,6 +44,13 @@
  * loop's cached time, any thread can read it. */
 static void server_publish_conns(ymo_server_t *s);
 static int server_sibling_less_loaded(const ymo_server_t *s);
+static void server_update_recycle_pause(ymo_server_t *s);
+
+/* A sibling whose last beat is older than this many heartbeat intervals
+ * is left out of accept decisions: a stopped or stuck process keeps its
+ * `accepting` flag until the supervisor notices (heartbeat_timeout), and
+ * must neither slow down nor silence the live ones meanwhile. */
+#define SIBLING_STALE_BEATS 4
 
 static double
 monotonic_now(void)
@@ -51,6 +58,15 @@ monotonic_now(void)
     struct timespec t;
     clock_gettime(CLOCK_MONOTONIC, &t);
     return (double)t.tv_sec + (double)t.tv_nsec / 1e9;
+}
+
+/* The same clock in nanoseconds, as heartbeat slots store it. */
+static uint64_t
+monotonic_ns(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (uint64_t)t.tv_sec * 1000000000u + (uint64_t)t.tv_nsec;
 }
 
 static double
@@ -247,12 +263,11 @@ server_on_heartbeat(struct ev_loop *loop, ev_timer *w, int revents)
     (void)loop;
     (void)revents;
     ymo_server_t *s = w->data;
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    uint64_t ns = (uint64_t)t.tv_sec * 1000000000u + (uint64_t)t.tv_nsec;
+    uint64_t ns = monotonic_ns();
     /* Relaxed: each field is read on its own; the supervisor needs no
      * ordering between them. */
     atomic_store_explicit(&s->heartbeat->beat_ns, ns, memory_order_relaxed);
+    server_update_recycle_pause(s);
     atomic_store_explicit(&s->heartbeat->accepting,
                           !s->draining_loop && !s->accept_paused,
                           memory_order_relaxed);
@@ -272,14 +287,30 @@ server_publish_conns(ymo_server_t *s)
  * clearly fewer connections: more than `workers` fewer (so connections
  * spread within about that many, while a flood of short connections,
  * whose counts jitter, is rarely held back). */
+/* Whether sibling slot h accepts now: it says so and its loop beat
+ * recently (now_ns: monotonic_ns()). */
+static int
+sibling_accepts(const ymo_server_t *s, const ymo_heartbeat_t *h,
+                uint64_t now_ns)
+{
+    if (h == s->heartbeat ||
+        !atomic_load_explicit(&h->accepting, memory_order_relaxed)) {
+        return 0;
+    }
+    uint64_t beat = atomic_load_explicit(&h->beat_ns, memory_order_relaxed);
+    uint64_t stale = (uint64_t)(SIBLING_STALE_BEATS *
+                                YMO_HEARTBEAT_INTERVAL * 1e9);
+    return beat != 0 && beat + stale >= now_ns;
+}
+
 static int
 server_sibling_less_loaded(const ymo_server_t *s)
 {
     size_t mine = s->n_conns;
+    uint64_t now_ns = monotonic_ns();
     for (size_t i = 0; i < s->n_siblings; i++) {
         const ymo_heartbeat_t *h = &s->siblings[i];
-        if (h == s->heartbeat ||
-            !atomic_load_explicit(&h->accepting, memory_order_relaxed)) {
+        if (!sibling_accepts(s, h, now_ns)) {
             continue;
         }
         size_t theirs = atomic_load_explicit(&h->conns,
@@ -351,19 +382,51 @@ ymo_server_request_done(ymo_server_t *s)
     atomic_store_explicit(&s->heartbeat->requests, s->requests_done,
                           memory_order_relaxed);
     if (s->config.max_requests > 0 &&
-        s->requests_done >= s->config.max_requests) {
+        s->requests_done >= s->config.max_requests && !s->recycle_due) {
         server_recycle(s, YMO_RECYCLE_MAX_REQUESTS);
-        if (s->config.recycle_stops_accepting && !s->accept_paused) {
-            /* Served its share: new clients go to the other processes
-             * (the listener stays open, so they wait in its backlog at
-             * worst), while this one finishes what it has and serves its
-             * keep-alive connections until its successor is ready. */
-            s->accept_paused = 1;
-            atomic_store(&s->heartbeat->accepting, 0);
-            ev_timer_stop(s->loop, &s->accept_timer);
-            for (size_t i = 0; i < s->n_listeners; i++) {
-                ev_io_stop(s->loop, &s->listeners[i].io);
-            }
+        if (s->config.recycle_stops_accepting) {
+            s->recycle_due = 1;
+            server_update_recycle_pause(s);
+        }
+    }
+}
+
+/* Loop thread: a process that served its max_requests stops accepting
+ * (new clients go to the other processes, while this one finishes what
+ * it has and serves its keep-alive connections until the supervisor
+ * drains it) - but only while a sibling accepts in its place that is not
+ * itself waiting to be replaced and whose loop beats. Otherwise (its
+ * successor is not ready yet, or cannot start at all, or the others are
+ * at their max too) it goes on accepting: a paused listener nobody
+ * accepts from leaves clients waiting in the backlog. Re-checked at each
+ * beat. */
+static void
+server_update_recycle_pause(ymo_server_t *s)
+{
+    if (!s->recycle_due || s->draining_loop || s->heartbeat == NULL) {
+        return;
+    }
+    int fresh_sibling = 0;
+    uint64_t now_ns = monotonic_ns();
+    for (size_t i = 0; i < s->n_siblings && !fresh_sibling; i++) {
+        const ymo_heartbeat_t *h = &s->siblings[i];
+        fresh_sibling = sibling_accepts(s, h, now_ns) &&
+            !atomic_load_explicit(&h->recycle, memory_order_relaxed);
+    }
+    if (fresh_sibling && !s->accept_paused) {
+        s->accept_paused = 1;
+        atomic_store(&s->heartbeat->accepting, 0);
+        ev_timer_stop(s->loop, &s->accept_timer);
+        for (size_t i = 0; i < s->n_listeners; i++) {
+            ev_io_stop(s->loop, &s->listeners[i].io);
+        }
+    }
+    else if (!fresh_sibling && s->accept_paused) {
+        s->accept_paused = 0;
+        s->accept_deferred = 0;
+        atomic_store(&s->heartbeat->accepting, 1);
+        for (size_t i = 0; i < s->n_listeners; i++) {
+            ev_io_start(s->loop, &s->listeners[i].io);
         }
     }
 }

@@ -112,6 +112,9 @@ typedef struct ymo_server {
                                 * is aborted by the server, not a client */
     int stopped;               /* drained: ev_run returns for good */
     int accept_paused;         /* recycle_stops_accepting took effect */
+    int recycle_due;           /* served max_requests: pauses accepting
+                                * while a fresh sibling accepts (see
+                                * server_update_recycle_pause) */
     int accept_deferred;       /* shared listener: waited once already
                                 * (see listener_on_accept) */
     ev_io wakeup_watcher;      /* signal wakeup fd (main thread only) */

@@ -65,6 +65,7 @@ def test_defaults_match_the_contract():
         "max_lifetime": 0.0,
         "max_lifetime_jitter": 0.0,
         "heartbeat_timeout": 20.0,
+        "start_timeout": 60.0,
         "unix_socket_mode": None,
     }
 

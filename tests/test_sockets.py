@@ -202,3 +202,26 @@ def test_reuse_port_each_process_has_its_own_socket(tmp_path):
         assert len(pids) == 2
         proc.signal(signal.SIGTERM)
         assert proc.wait(15) == 0
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+def test_bind_the_same_fd_twice_is_a_usage_error(tmp_path, processes):
+    write_app(tmp_path)
+    sock = socket.socket()
+    try:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(8)
+        fd = sock.fileno()
+        os.set_inheritable(fd, True)
+        res = subprocess.run(
+            [sys.executable, "-m", "yimmo", "--processes", str(processes),
+             "--bind", "fd://%d" % fd, "--bind", "fd://%d" % fd,
+             "supapp:app"], cwd=str(tmp_path), env=subprocess_env(),
+            capture_output=True, text=True, timeout=30, close_fds=False)
+    finally:
+        sock.close()
+    assert res.returncode == 2, res.stderr
+    lines = res.stderr.strip().splitlines()
+    assert lines[-1] == ("yimmo: error: option 'bind': fd://%d is given "
+                         "more than once" % fd)
+    assert sum(l.startswith("yimmo: error") for l in lines) == 1

@@ -635,3 +635,281 @@ def test_the_loop_publishes_beats_requests_and_connections():
         runner.join(10)
         assert not runner.is_alive()
     assert slot()[5] == 0               # not accepting once stopped
+
+
+# -- accept pausing at max-requests -------------------------------------------
+
+GATED_APP = '''
+import os, time
+HERE = os.path.dirname(os.path.abspath(__file__))
+if os.path.exists(os.path.join(HERE, "BROKEN")):
+    raise RuntimeError("broken import")
+if os.path.exists(os.path.join(HERE, "SLOW")):
+    time.sleep(3)
+def app(environ, start_response):
+    body = str(os.getpid()).encode()
+    start_response("200 OK", [("Content-Length", str(len(body)))])
+    return [body]
+'''
+
+
+def test_max_requests_with_successors_failing_keeps_accepting(tmp_path):
+    # Every process reaches its max-requests and no successor can start:
+    # the old processes must keep accepting (not pause for good), and the
+    # supervisor must give up replacing them (not respawn without end).
+    write_app(tmp_path, GATED_APP)
+    with start(tmp_path, "--max-requests", "3") as proc:
+        port = wait_port(proc)
+        wait_ready(proc, 2)
+        (tmp_path / "BROKEN").write_text("x")
+        for _ in range(8):
+            assert get(port, timeout=3)[0] == 200
+        proc.wait_for_line(r"fail at start .*keep serving", timeout=20)
+        started = count_lines(proc, "Started server process")
+        time.sleep(2)
+        for _ in range(6):
+            assert get(port, timeout=3)[0] == 200
+        time.sleep(1)
+        assert count_lines(proc, "Started server process") == started
+        assert stop(proc) == 0
+
+
+def test_max_requests_keeps_accepting_until_the_successor_is_ready(tmp_path):
+    # Both processes reach max-requests together and their successors
+    # take 3 s to import: no request may wait for them.
+    write_app(tmp_path, GATED_APP)
+    with start(tmp_path, "--max-requests", "10") as proc:
+        port = wait_port(proc)
+        wait_ready(proc, 2)
+        (tmp_path / "SLOW").write_text("x")
+        worst = 0.0
+        for _ in range(40):
+            t0 = time.monotonic()
+            assert get(port, timeout=10)[0] == 200
+            worst = max(worst, time.monotonic() - t0)
+        assert worst < 1.0, worst
+        assert stop(proc) == 0
+
+
+def test_supervisor_out_of_descriptors_keeps_serving_and_retries(tmp_path):
+    # pipe() fails in the supervisor when it starts a replacement: the
+    # running processes keep serving (an in-flight request completes),
+    # and the reload happens once descriptors are available again.
+    import resource
+    write_app(tmp_path)
+    with start(tmp_path) as proc:
+        port = wait_port(proc)
+        wait_ready(proc, 2)
+        pid = proc.proc.pid
+        before = resource.prlimit(pid, resource.RLIMIT_NOFILE)
+        nfd = len(os.listdir("/proc/%d/fd" % pid))
+        resource.prlimit(pid, resource.RLIMIT_NOFILE, (nfd, before[1]))
+        result = {}
+
+        def slow():
+            try:
+                result["r"] = get(port, "/sleep", timeout=10)
+            except Exception as exc:
+                result["r"] = exc
+        client = threading.Thread(target=slow)
+        client.start()
+        time.sleep(0.3)
+        proc.signal(signal.SIGHUP)
+        proc.wait_for_line(r"Cannot start a server process", timeout=5)
+        client.join(10)
+        assert result["r"][0] == 200, result
+        assert proc.proc.poll() is None
+        assert get(port)[0] == 200
+        resource.prlimit(pid, resource.RLIMIT_NOFILE, before)
+        wait_ready(proc, 4, timeout=10)
+        assert get(port)[0] == 200
+        assert stop(proc) == 0
+
+
+def test_sigterm_right_after_a_fork_is_not_lost(tmp_path):
+    # SIGTTIN then SIGTERM at once: the new process gets its SIGTERM
+    # while it may still be inside fork(); it must stop, not serve on
+    # until it is killed.
+    write_app(tmp_path)
+    for trial in range(12):
+        with start(tmp_path, "--graceful-timeout", "1") as proc:
+            wait_port(proc)
+            wait_ready(proc, 2)
+            proc.signal(signal.SIGTTIN)
+            time.sleep(0.0002 * (trial % 5))
+            t0 = time.monotonic()
+            proc.signal(signal.SIGTERM)
+            assert proc.wait(15) == 0
+            took = time.monotonic() - t0
+            assert count_lines(proc, "graceful timeout ran out") == 0, \
+                proc._describe()
+            assert took < 3, (trial, took)
+
+
+def test_sigusr1_spares_processes_still_importing_the_app(tmp_path):
+    write_app(tmp_path, GATED_APP)
+    with start(tmp_path) as proc:
+        port = wait_port(proc)
+        wait_ready(proc, 2)
+        (tmp_path / "SLOW").write_text("x")
+        proc.signal(signal.SIGHUP)
+        wait_children(proc.proc.pid, 4)
+        time.sleep(0.5)
+        proc.signal(signal.SIGUSR1)
+        wait_ready(proc, 4, timeout=15)
+        assert count_lines(proc, "before it was ready") == 0, \
+            proc._describe()
+        assert get(port)[0] == 200
+        assert stop(proc) == 0
+
+
+def test_a_process_hung_importing_the_app_is_killed_at_start_timeout(tmp_path):
+    write_app(tmp_path, "import time\ntime.sleep(1000)\n" + GATED_APP)
+    with start(tmp_path, "--start-timeout", "1.5") as proc:
+        wait_port(proc)
+        m = proc.wait_for_line(r"Server process (\d+): killing it "
+                               r"\(SIGKILL\), as it was not ready",
+                               timeout=6)
+        proc.wait_for_line(r"Server process %s was killed by SIGKILL "
+                           r"before it was ready; starting a new one in"
+                           % m.group(1), timeout=5)
+        write_app(tmp_path, GATED_APP)
+        # The back-off, then a start that succeeds.
+        wait_ready(proc, 2, timeout=20)
+        assert stop(proc) == 0
+
+
+def test_reload_with_processes_serves_an_edit_and_forks_threadless(
+        tmp_path):
+    # --reload --processes 2: the server processes report the app's
+    # files (the supervisor imports no app), so an edit is reloaded; the
+    # supervisor runs no thread while it forks.
+    from yimmo import _reload
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    src = ("V = %r\ndef app(e, sr):\n"
+           "    sr('200 OK', [('Content-Length', str(len(V)))])\n"
+           "    return [V.encode()]\n")
+    (tmp_path / "relapp.py").write_text(src % "v1")
+    env = subprocess_env(**{_reload.POLL_ENV: "1"})
+    proc = ServerProcess(
+        [sys.executable, "-m", "yimmo", "--reload", "--processes", "2",
+         "--bind", "127.0.0.1:%d" % port, "--graceful-timeout", "2",
+         "relapp:app"], cwd=str(tmp_path), env=env)
+
+    def body_soon(want, timeout=20):
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                if get(port, timeout=2)[1] == want:
+                    return
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, proc._describe()
+            time.sleep(0.1)
+    with proc:
+        body_soon("v1")
+        sup = wait_children(proc.proc.pid, 1)[0]
+        assert len(os.listdir("/proc/%d/task" % sup)) == 1
+        time.sleep(1.1)   # a new mtime second
+        (tmp_path / "relapp.py").write_text(src % "v2")
+        body_soon("v2")
+        proc.signal(signal.SIGTERM)
+        assert proc.wait(20) == 0
+
+
+def _socket_inodes(pid):
+    found = set()
+    for fd in os.listdir("/proc/%d/fd" % pid):
+        try:
+            target = os.readlink("/proc/%d/fd/%s" % (pid, fd))
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            found.add(target)
+    return found
+
+
+def test_reuse_port_processes_hold_only_their_own_listener(tmp_path):
+    write_app(tmp_path)
+    with start(tmp_path, "--reuse-port") as proc:
+        port = wait_port(proc)
+        wait_ready(proc, 2)
+        # The supervisor's reserved socket stays in the supervisor.
+        reserved = _socket_inodes(proc.proc.pid)
+        assert reserved
+        for kid in wait_children(proc.proc.pid, 2):
+            assert not _socket_inodes(kid) & reserved
+        assert get(port)[0] == 200
+        assert stop(proc) == 0
+
+
+def test_recycling_options_with_one_process_warn(tmp_path):
+    write_app(tmp_path)
+    with start(tmp_path, "--max-requests", "3", "--max-lifetime", "1",
+               processes=1) as proc:
+        m = proc.wait_for_line(r"WARNING.*--max-requests, --max-lifetime: "
+                               r"recycling needs a supervisor", timeout=10)
+        assert m
+        port = int(proc.wait_for_line(r"http://[^:]+:(\d+)",
+                                      timeout=10).group(1))
+        assert get(port)[0] == 200
+        assert stop(proc) == 0
+
+
+def test_start_failures_far_apart_do_not_add_up(tmp_path):
+    # Each SIGTTIN's process first fails at import, then its retry
+    # starts: a good start ends the run of failures, so the supervisor
+    # never gives up (MAX_START_FAILURES is 5).
+    write_app(tmp_path, GATED_APP)
+    with start(tmp_path) as proc:
+        port = wait_port(proc)
+        wait_ready(proc, 2)
+        for n in range(6):
+            (tmp_path / "BROKEN").write_text("x")
+            failed = count_lines(proc, "before it was ready")
+            proc.signal(signal.SIGTTIN)
+            deadline = time.monotonic() + 10
+            while count_lines(proc, "before it was ready") == failed:
+                assert time.monotonic() < deadline, proc._describe()
+                time.sleep(0.02)
+            (tmp_path / "BROKEN").unlink()
+            wait_ready(proc, 3 + n, timeout=15)
+            time.sleep(1.2)
+        assert count_lines(proc, "fail at start") == 0, proc._describe()
+        assert get(port)[0] == 200
+        assert stop(proc) == 0
+
+
+def test_a_stopped_sibling_does_not_slow_down_accepting(tmp_path):
+    # A SIGSTOPped process keeps its slot's "accepting" flag until the
+    # heartbeat timeout; the live one must not keep deferring its accepts
+    # to it (1 ms each) once its beat is a second old.
+    write_app(tmp_path)
+    with start(tmp_path, "--workers", "1", "--heartbeat-timeout", "60",
+               "--keepalive-timeout", "60") as proc:
+        port = wait_port(proc)
+        wait_ready(proc, 2)
+        kids = wait_children(proc.proc.pid, 2)
+        os.kill(kids[1], signal.SIGSTOP)
+        try:
+            time.sleep(1.5)
+            socks = []
+            t0 = time.monotonic()
+            try:
+                for _ in range(300):
+                    s = socket.create_connection(("127.0.0.1", port),
+                                                 timeout=5)
+                    socks.append(s)
+                    s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+                    assert s.recv(4096).startswith(b"HTTP/1.1 200")
+                took = time.monotonic() - t0
+            finally:
+                for s in socks:
+                    s.close()
+            # Deferring each accept takes at least 300 x 1 ms.
+            assert took < 0.25, took
+        finally:
+            os.kill(kids[1], signal.SIGCONT)
+        assert stop(proc) == 0

@@ -78,7 +78,9 @@ def _run(argv):
                 _reload.report_modules(reload_child, cli["config"],
                                        _reload.failure_files(exc))
             return _fail(str(exc), EXIT_FAILURE)
-    if reload_child:
+    # Under a supervisor the server processes report (the supervisor
+    # imports no app and must not run a thread while it forks).
+    if reload_child and not supervised:
         _reload.report_modules(reload_child, cli["config"])
 
     # Logging is set up: serve() only adds what is missing.
@@ -86,7 +88,10 @@ def _run(argv):
     try:
         if supervised:
             from yimmo import _supervisor
-            return _supervisor.run(app_spec, app, options)
+            return _supervisor.run(
+                app_spec, app, options,
+                reload_report=(reload_child, cli["config"])
+                if reload_child else None)
         yimmo.serve(app, **options)
     except (TypeError, ValueError) as exc:
         return _fail(str(exc), EXIT_USAGE)

@@ -500,6 +500,11 @@ OPTIONS = (
            "this many seconds (its heartbeat stopped) is killed and "
            "replaced. 0: never.",
            metavar="SECONDS"),
+    Option("start_timeout", ("--start-timeout",), Seconds(True), 60.0,
+           "A server process not ready this many seconds after it "
+           "started (hung importing the app) is killed; it counts as a "
+           "failure at start. 0: never.",
+           metavar="SECONDS"),
     Option("unix_socket_mode", ("--unix-socket-mode",), FileMode(), None,
            "Permissions of the unix socket files the server creates, in "
            "octal (e.g. 660). Default: as the umask leaves them.",

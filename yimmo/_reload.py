@@ -134,7 +134,8 @@ def report_modules(list_path, config_path=None, extra_files=()):
             sig = _signature(path)
             if sig is not None:
                 lines.append("%d %d %d %s" % (sig + (path,)))
-        tmp = list_path + ".tmp"
+        # Per process: the server processes of a supervisor all report.
+        tmp = "%s.%d.tmp" % (list_path, os.getpid())
         with open(tmp, "w", encoding="utf-8") as f:
             f.write("".join(line + "\n" for line in lines))
         os.replace(tmp, list_path)

@@ -92,6 +92,16 @@ class Server:
                 options, opts["log_level"], opts["access_log"],
                 opts["error_log"], opts["log_config"])
         self._process = _process
+        if _process is None:
+            unused = ["--" + name.replace("_", "-")
+                      for name in ("max_requests", "max_lifetime", "max_rss")
+                      if opts[name]]
+            if unused:
+                # A warning, not an error: one configuration may serve
+                # deployments with and without a supervisor.
+                log.warning("%s: recycling needs a supervisor (--processes "
+                            "2 or more); ignored with one process",
+                            ", ".join(unused))
         self._sockets = []
         # (absolute path, st_dev, st_ino) of each socket file we created;
         # removed when the server is done, or collected unstarted.

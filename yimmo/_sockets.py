@@ -60,6 +60,14 @@ def bind_all(options, reserve_reuse_port=False):
         log.info("Using %d socket(s) from systemd socket activation",
                  len(activated))
         texts = ["fd://%d" % fd for fd in activated]
+    # One descriptor named twice would make two listeners of one socket,
+    # closed twice (the second close hitting whatever reused the number).
+    fds = [fd for fd in map(_options.parse_address, texts)
+           if isinstance(fd, int)]
+    for fd in set(fds):
+        if fds.count(fd) > 1:
+            raise ValueError("option 'bind': fd://%d is given more than "
+                             "once" % fd)
     listeners = []
     try:
         for text in texts:

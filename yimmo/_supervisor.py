@@ -49,6 +49,7 @@ RAPID = 1.0                # a process that dies this soon after it became
                            # ready counts as failing at start
 TICK = 0.1                 # the loop's timers: lifetimes, heartbeats
 RSS_EVERY = 2.0            # seconds between two checks of max_rss
+SPAWN_RETRY = 1.0          # seconds after a failed pipe() or fork()
 KILL_SLACK = 5.0           # past graceful_timeout, a draining process is
                            # killed
 
@@ -79,6 +80,11 @@ class Child:
         self.killed_for = None     # why we sent SIGKILL
         self.error_line = None
         self.lifetime_end = lifetime_end
+        # Its replacement was given up on (its successors failed at
+        # start): no recycling trigger (its slot's flag stays set, its
+        # lifetime, its memory) starts another until SIGHUP.
+        self.recycle_cancelled = False
+        self.proven = False        # ready for RAPID seconds: a good start
         self.buffer = b""
 
     def heartbeat(self):
@@ -113,8 +119,11 @@ class Supervisor:
     in each process) until SIGTERM/SIGINT. run() returns the exit
     status."""
 
-    def __init__(self, app_spec, app, options):
+    def __init__(self, app_spec, app, options, reload_report=None):
         self.app_spec = app_spec
+        # --reload: (list file, config file) the server processes report
+        # their modules to, after importing the app (_reload).
+        self.reload_report = reload_report
         self.app = app
         self.options = options
         self.target = options["processes"]
@@ -170,11 +179,26 @@ class Supervisor:
                 signal.signal(sig, handler)
             os.close(wake_r)
             os.close(wake_w)
-            for child in list(self.children.values()):
-                # Only after a failure of the loop itself.
-                self._kill(child, "the supervisor is exiting")
-            self._reap(block=True)
+            if self.children:
+                # Only after a failure of the loop itself: the processes
+                # drain as on SIGTERM (their requests finish), and only
+                # those still there after the graceful timeout are killed.
+                self._stop_children()
         return self.exit_status
+
+    def _stop_children(self):
+        deadline = time.monotonic() + self.options["graceful_timeout"] + \
+            KILL_SLACK
+        for child in self.children.values():
+            child.draining_since = None
+            self._drain(child, "the supervisor is exiting")
+        while self.children and time.monotonic() < deadline:
+            self._reap()
+            if self.children:
+                time.sleep(TICK)
+        for child in list(self.children.values()):
+            self._kill(child, "the supervisor is exiting")
+        self._reap(block=True)
 
     def _on_signal(self, signum, frame):
         self.pending_signals.append(signum)
@@ -369,7 +393,8 @@ class Supervisor:
         # If the supervisor itself was not running for a while (stopped,
         # starved of CPU, a suspended machine), every heartbeat looks old
         # at once: judge them from the next round on.
-        if now - self.last_check > max(1.0, stale_after / 2):
+        suspended = now - self.last_check > max(1.0, stale_after / 2)
+        if suspended:
             stale_after = 0
         self.last_check = now
         for child in list(self.children.values()):
@@ -380,7 +405,20 @@ class Supervisor:
                     self._kill(child, "it did not finish draining in time")
                 continue
             if child.ready_at is None:
+                start_timeout = opts["start_timeout"]
+                if start_timeout > 0 and not suspended and \
+                        now - child.started > start_timeout:
+                    child.error_line = ("server process not ready %g s "
+                                        "after it started (--start-"
+                                        "timeout)" % start_timeout)
+                    self._kill(child, "it was not ready %.1f s after it "
+                               "started" % (now - child.started))
                 continue
+            if not child.proven and now - child.ready_at >= RAPID:
+                # A start that worked ends a run of failures at start:
+                # failures far apart never add up to giving up.
+                child.proven = True
+                self.failures = 0
             beat_ns, requests, recycle, reason, _, _ = child.heartbeat()
             if stale_after > 0:
                 last = beat_ns / 1e9 if beat_ns else child.ready_at
@@ -388,7 +426,7 @@ class Supervisor:
                     self._kill(child, "its event loop made no progress for "
                                "%.1f s (no heartbeat)" % (now - last))
                     continue
-            if child.retire is not None:
+            if child.retire is not None or child.recycle_cancelled:
                 continue
             if recycle:
                 child.retire = RECYCLE_REASONS.get(
@@ -462,7 +500,7 @@ class Supervisor:
             return
         now = time.monotonic()
         rapid = child.ready_at is None or now - child.ready_at < RAPID
-        if child.killed_for:
+        if child.killed_for and child.ready_at is not None:
             log.warning("Server process %d %s (%s); starting a new one",
                         child.pid, how, child.killed_for)
             return
@@ -487,11 +525,11 @@ class Supervisor:
                           how, ": " + child.error_line if child.error_line
                           else "")
                 for c in self.children.values():
-                    c.retire = None
+                    if c.retire is not None:
+                        c.retire = None
+                        c.recycle_cancelled = True
                     if c.ready_at is None:
                         self._drain(c)   # a sibling of the failures
-                self.failures = 0
-                self.next_spawn = 0.0
                 return
             log.error("Server processes fail at start, %d times in a row; "
                       "giving up", self.failures)
@@ -519,14 +557,35 @@ class Supervisor:
         # A fresh slot: no beat, no recycle, not accepting.
         start = slot * HEARTBEAT_SIZE
         self.table[start:start + HEARTBEAT_SIZE] = bytes(HEARTBEAT_SIZE)
-        read_end, write_end = os.pipe()
         lifetime_end = None
         if opts["max_lifetime"] > 0:
             lifetime_end = time.monotonic() + opts["max_lifetime"] + \
                 random.uniform(0, opts["max_lifetime_jitter"])
         sys.stdout.flush()
         sys.stderr.flush()
-        pid = os.fork()
+        read_end = write_end = None
+        # The handled signals are blocked across fork(): until the child
+        # has reset their handlers, a signal sent to it (a SIGTERM from a
+        # reload that follows at once) would run the supervisor's handler
+        # there and be lost. The child unblocks them once reset, so one
+        # sent meanwhile is delivered then, with its default action.
+        signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED)
+        try:
+            read_end, write_end = os.pipe()
+            pid = os.fork()
+        except OSError as exc:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED)
+            # Out of descriptors, processes or memory: the processes
+            # that run go on serving; try again later.
+            for fd in (read_end, write_end):
+                if fd is not None:
+                    os.close(fd)
+            log.error("Cannot start a server process: %s; trying again "
+                      "in %.0f s", exc.strerror or exc, SPAWN_RETRY)
+            self.next_spawn = time.monotonic() + SPAWN_RETRY
+            return None
+        if pid != 0:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED)
         if pid == 0:
             status = 1
             try:
@@ -559,6 +618,11 @@ class Supervisor:
         for sig in HANDLED:
             signal.signal(sig, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.default_int_handler)
+        # Until the server installs its own handler, SIGUSR1 (reopen the
+        # log files, forwarded to every process) must not kill a process
+        # still importing the app; it opens its log files after that.
+        signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED)
         _set_pdeathsig()
         if os.getppid() != self.pid:
             return 1   # the supervisor died while we were forking
@@ -583,6 +647,8 @@ class Supervisor:
                 if listener.reuse_port:
                     listeners.append(_sockets.reuse_port_listener(
                         listener, opts["backlog"]))
+                    # The supervisor's reservation, not ours to hold.
+                    listener.sock.close()
                 else:
                     # Ours to use, the supervisor's to unlink.
                     listeners.append(listener._replace(unix_file=None))
@@ -600,6 +666,13 @@ class Supervisor:
                         type(exc.__cause__), exc.__cause__,
                         exc.__cause__.__traceback__)
                 return fail(str(exc))
+        if self.reload_report is not None:
+            from ._reload import report_modules
+            report_modules(*self.reload_report)
+        if signal.getsignal(signal.SIGUSR1) == signal.SIG_IGN:
+            # Ours, left by the import: the server's own handler, which
+            # it installs only over the default one.
+            signal.signal(signal.SIGUSR1, _child_on_sigusr1)
         max_requests = opts["max_requests"]
         if max_requests and opts["max_requests_jitter"]:
             # random reseeds itself in a forked child.
@@ -620,6 +693,11 @@ class Supervisor:
         return 0
 
 
+def _child_on_sigusr1(signum, frame):
+    log.info("Received SIGUSR1, reopening log files")
+    _logging.reopen_log_files()
+
+
 def opts_workers(options):
     return options["workers"]
 
@@ -634,6 +712,6 @@ def _rss_mb(pid):
     return resident * mmap.PAGESIZE // (1024 * 1024)
 
 
-def run(app_spec, app, options):
+def run(app_spec, app, options, reload_report=None):
     """Supervise; returns the exit status."""
-    return Supervisor(app_spec, app, options).run()
+    return Supervisor(app_spec, app, options, reload_report).run()
