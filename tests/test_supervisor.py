@@ -39,6 +39,8 @@ def app(environ, start_response):
         os.close(fd)
     if path == "/sleep":
         time.sleep(float(environ.get("QUERY_STRING") or 1))
+    elif path == "/exit":
+        os._exit(3)
     elif path == "/grow":
         HOLD.append(b"x" * (64 * 1024 * 1024))  # touched: resident
     elif path == "/env":
@@ -410,6 +412,41 @@ def test_crash_loop_gives_up_with_the_childs_error(tmp_path):
         assert count_lines(proc, "before it was ready; starting a new "
                                  "one in") >= 2
         assert children_of(proc.proc.pid) == []
+
+
+def test_a_request_that_crashes_the_app_again_and_again_is_survived(tmp_path):
+    # A poison request (one that kills the process serving it), sent over
+    # and over: each process dies right after it became ready. That is not
+    # a process that cannot start: the supervisor restarts them (with
+    # back-off) for as long as it takes and never gives up, and the others
+    # answer.
+    write_app(tmp_path)
+    with start(tmp_path) as proc:
+        port = wait_port(proc)
+        wait_ready(proc, 2)
+        deadline = time.monotonic() + 25
+        crashes = 0
+        while crashes < 8 and time.monotonic() < deadline:
+            try:
+                get(port, "/exit", timeout=5)
+            except ConnectionRefusedError:
+                time.sleep(0.02)    # both restarting
+            except (OSError, http.client.HTTPException):
+                crashes += 1        # it reached a process, which died
+        assert crashes >= 8, proc._describe()
+        assert proc.proc.poll() is None, proc._describe()
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                if get(port)[0] == 200:
+                    break
+            except (OSError, http.client.HTTPException):
+                pass
+            assert time.monotonic() < deadline, proc._describe()
+            time.sleep(0.1)
+        assert not any(line.startswith("yimmo: error:")
+                       for line in proc.stderr_lines), proc.stderr
+        assert stop(proc) == 0
 
 
 def test_sigttin_sigttou_change_the_number_of_processes(tmp_path):

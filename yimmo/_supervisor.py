@@ -45,6 +45,7 @@ RECYCLE_REASONS = {1: "it served its max-requests",
 MAX_START_FAILURES = 5
 BACKOFF_FIRST = 0.1        # seconds; doubles with each failure in a row
 BACKOFF_MAX = 5.0
+CRASH_BACKOFF_MAX = 1.0    # for processes that were ready, then crashed
 RAPID = 1.0                # a process that dies this soon after it became
                            # ready counts as failing at start
 TICK = 0.1                 # the loop's timers: lifetimes, heartbeats
@@ -133,6 +134,7 @@ class Supervisor:
         self.stopping = False
         self.stop_deadline = None
         self.failures = 0          # processes in a row that died at start
+        self.crashes = 0           # ready processes in a row that died soon
         self.last_failure = None   # (describe, error line)
         self.next_spawn = 0.0      # back-off: no spawn before this
         self.next_rss = 0.0
@@ -506,8 +508,22 @@ class Supervisor:
             return
         if not rapid:
             self.failures = 0
+            self.crashes = 0
             log.warning("Server process %d %s; starting a new one",
                         child.pid, how)
+            return
+        if child.ready_at is not None:
+            # It started and served: a crash soon after (a request that
+            # kills the process, sent again and again) is restarted with
+            # back-off for as long as it takes. Only processes that cannot
+            # start count toward giving up.
+            self.crashes += 1
+            delay = min(CRASH_BACKOFF_MAX,
+                        BACKOFF_FIRST * 2 ** (self.crashes - 1))
+            self.next_spawn = max(self.next_spawn or 0.0, now + delay)
+            log.warning("Server process %d %s right after it started; "
+                        "starting a new one in %.1f s", child.pid, how,
+                        delay)
             return
         self.failures += 1
         self.last_failure = (how, child.error_line)
