@@ -558,11 +558,13 @@ def subprocess_env(**extra):
     return env
 
 
-def _restore_sigint():
+def _restore_signals():
     # A child of a process that ignores SIGINT (a background job of a
     # non-interactive shell) would ignore it too, and Python would not
-    # install its KeyboardInterrupt handler.
+    # install its KeyboardInterrupt handler. Likewise SIGHUP under nohup:
+    # the server leaves an ignored SIGHUP alone (it may be the app's).
     signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)
 
 
 class ServerProcess:
@@ -573,8 +575,9 @@ class ServerProcess:
     def __init__(self, args, cwd=None, env=None, stdin=subprocess.DEVNULL,
                  pass_fds=()):
         preexec = None
-        if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
-            preexec = _restore_sigint
+        if signal.SIG_IGN in (signal.getsignal(signal.SIGINT),
+                              signal.getsignal(signal.SIGHUP)):
+            preexec = _restore_signals
         self.args = args
         self.proc = subprocess.Popen(
             args, cwd=cwd, env=env if env is not None else subprocess_env(),
