@@ -950,3 +950,37 @@ def test_a_stopped_sibling_does_not_slow_down_accepting(tmp_path):
         finally:
             os.kill(kids[1], signal.SIGCONT)
         assert stop(proc) == 0
+
+
+def _alive(pid):
+    """Running (not gone, not a zombie nobody reaped)."""
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_supervisor_killed_leaves_no_server_even_if_the_app_owns_sigterm(
+        tmp_path):
+    # The app takes SIGTERM for itself (and ignores it). The parent-death
+    # signal is yimmo's own, so a supervisor killed with SIGKILL still
+    # leaves no server process serving on as an orphan.
+    write_app(tmp_path, APP + "\nimport signal\n"
+              "signal.signal(signal.SIGTERM, lambda *a: None)\n")
+    with start(tmp_path) as proc:
+        port = wait_port(proc)
+        wait_ready(proc, 2)
+        kids = wait_children(proc.proc.pid, 2)
+        assert get(port)[0] == 200
+        proc.kill()
+        try:
+            deadline = time.monotonic() + 10
+            while any(_alive(pid) for pid in kids):
+                assert time.monotonic() < deadline, \
+                    "orphaned server processes still running: %r" % kids
+                time.sleep(0.05)
+        finally:
+            for pid in kids:     # a failure must not leave them serving
+                if _alive(pid):
+                    os.kill(pid, signal.SIGKILL)

@@ -295,7 +295,16 @@ class Server:
         for signum, handler in handlers.items():
             if signal.getsignal(signum) in (signal.SIG_DFL, None):
                 old[signum] = signal.signal(signum, handler)
+        if self._process is not None:
+            # yimmo's own signal (the supervisor died): always ours.
+            from ._supervisor import ORPHAN_SIGNAL
+            old[ORPHAN_SIGNAL] = signal.signal(ORPHAN_SIGNAL,
+                                               self._on_orphaned)
         return old
+
+    def _on_orphaned(self, signum, frame):
+        log.warning("The supervisor is gone; stopping")
+        self._core.stop(self.options["graceful_timeout"])
 
     def _on_sighup(self, signum, frame):
         log.warning("Received SIGHUP: a reload needs --processes 2 or "

@@ -103,14 +103,22 @@ def _describe_status(status):
     return "exited with status %d" % os.waitstatus_to_exitcode(status)
 
 
+# Sent to a server process when its supervisor dies (Linux's parent-death
+# signal). A real-time signal of yimmo's own rather than SIGTERM, whose
+# handler may be the app's: a supervisor killed with SIGKILL must leave no
+# server behind, whatever the app did with SIGTERM. The server stops
+# gracefully on it; until it installs its handler (while it imports the
+# app) the default action ends the process.
+ORPHAN_SIGNAL = signal.SIGRTMIN + 2
+
+
 def _set_pdeathsig():
-    """Linux: this process gets SIGTERM when the supervisor dies, so a
-    supervisor killed with SIGKILL leaves no server behind."""
+    """Linux: this process gets ORPHAN_SIGNAL when the supervisor dies."""
     try:
         import ctypes
         libc = ctypes.CDLL(None, use_errno=True)
         PR_SET_PDEATHSIG = 1
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+        libc.prctl(PR_SET_PDEATHSIG, int(ORPHAN_SIGNAL), 0, 0, 0)
     except (OSError, AttributeError):
         pass
 
