@@ -984,3 +984,25 @@ def test_supervisor_killed_leaves_no_server_even_if_the_app_owns_sigterm(
             for pid in kids:     # a failure must not leave them serving
                 if _alive(pid):
                     os.kill(pid, signal.SIGKILL)
+
+
+def test_preloaded_apps_signal_handlers_are_kept_in_the_processes(tmp_path):
+    # With --preload the app is imported in the supervisor; its own
+    # handlers must be what the server processes run with, as without
+    # --preload (where each process imports it).
+    marker = tmp_path / "usr1"
+    write_app(tmp_path, APP + "\nimport signal\n"
+              "def _on_usr1(signum, frame):\n"
+              "    open(%r, 'a').write('%%d\\n' %% os.getpid())\n"
+              "signal.signal(signal.SIGUSR1, _on_usr1)\n" % str(marker))
+    with start(tmp_path, "--preload") as proc:
+        port = wait_port(proc)
+        wait_ready(proc, 2)
+        kids = wait_children(proc.proc.pid, 2)
+        assert get(port)[0] == 200
+        os.kill(kids[0], signal.SIGUSR1)
+        deadline = time.monotonic() + 5
+        while not (marker.exists() and str(kids[0]) in marker.read_text()):
+            assert time.monotonic() < deadline, proc._describe()
+            time.sleep(0.05)
+        assert stop(proc) == 0

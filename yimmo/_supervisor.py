@@ -177,6 +177,9 @@ class Supervisor:
         old_wakeup = signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
         old_handlers = {sig: signal.signal(sig, self._on_signal)
                         for sig in HANDLED}
+        # What the server processes start with again: the defaults, or
+        # the handlers a preloaded app installed (they are the app's).
+        self.app_handlers = old_handlers
         log.info("Supervisor listening at %s: %d processes x %d workers",
                  ", ".join(_sockets.describe(l.address)
                            for l in self.listeners),
@@ -640,12 +643,14 @@ class Supervisor:
         """In the forked server process: returns its exit status."""
         signal.set_wakeup_fd(-1)
         for sig in HANDLED:
-            signal.signal(sig, signal.SIG_DFL)
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+            handler = self.app_handlers.get(sig)
+            signal.signal(sig, signal.SIG_DFL if handler is None
+                          else handler)
         # Until the server installs its own handler, SIGUSR1 (reopen the
         # log files, forwarded to every process) must not kill a process
         # still importing the app; it opens its log files after that.
-        signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+        if signal.getsignal(signal.SIGUSR1) == signal.SIG_DFL:
+            signal.signal(signal.SIGUSR1, signal.SIG_IGN)
         signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED)
         _set_pdeathsig()
         if os.getppid() != self.pid:
