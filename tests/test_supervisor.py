@@ -54,6 +54,7 @@ def app(environ, start_response):
     return [body]
 '''
 
+RSS_WAIT = 4.5   # two more max-rss checks
 SUPERVISOR_RE = re.compile(r"Supervisor listening at http://[^:]+:(\d+)")
 
 
@@ -1005,4 +1006,26 @@ def test_preloaded_apps_signal_handlers_are_kept_in_the_processes(tmp_path):
         while not (marker.exists() and str(kids[0]) in marker.read_text()):
             assert time.monotonic() < deadline, proc._describe()
             time.sleep(0.05)
+        assert stop(proc) == 0
+
+
+def test_preloaded_app_with_threads_is_warned_about(tmp_path):
+    write_app(tmp_path, APP + "\nimport threading\n"
+              "threading.Thread(target=time.sleep, args=(60,), daemon=True,"
+              " name='app-poller').start()\n")
+    with start(tmp_path, "--preload") as proc:
+        wait_port(proc)
+        assert proc.wait_for_line(r"started 1 thread\(s\) at import "
+                                  r"\(app-poller\)")
+        assert stop(proc) == 0
+
+
+def test_max_rss_below_a_fresh_process_is_warned_about_once(tmp_path):
+    write_app(tmp_path)
+    with start(tmp_path, "--max-rss", "1") as proc:
+        wait_port(proc)
+        assert proc.wait_for_line("max-rss 1 MB is below what a fresh",
+                                  timeout=20)
+        time.sleep(RSS_WAIT)
+        assert count_lines(proc, "is below what a fresh") == 1
         assert stop(proc) == 0

@@ -28,6 +28,7 @@ import select
 import signal
 import struct
 import sys
+import threading
 import time
 import traceback
 
@@ -143,6 +144,7 @@ class Supervisor:
         self.stop_deadline = None
         self.failures = 0          # processes in a row that died at start
         self.crashes = 0           # ready processes in a row that died soon
+        self.warned_rss = False    # said once that max_rss is too low
         self.last_failure = None   # (describe, error line)
         self.next_spawn = 0.0      # back-off: no spawn before this
         self.next_rss = 0.0
@@ -160,9 +162,23 @@ class Supervisor:
             if self.app is None and opts["preload"]:
                 from ._appload import load_app
                 self.app = load_app(self.app_spec)
+            self._warn_threads()
             return self._run()
         finally:
             _sockets.close_all(self.listeners)
+
+    def _warn_threads(self):
+        """A preloaded app that started threads at import: they do not
+        exist in the forked server processes, and any lock one of them
+        held stays held there for good (requests that need it hang)."""
+        others = [t.name for t in threading.enumerate()
+                  if t is not threading.current_thread()]
+        if others:
+            log.warning("The app started %d thread(s) at import (%s); "
+                        "with --preload they are not in the server "
+                        "processes and a lock they held stays held there: "
+                        "start them on the first request, or do not "
+                        "preload", len(others), ", ".join(others))
 
     def _run(self):
         # Every process's heartbeat slot, in one shared mapping made
@@ -454,6 +470,16 @@ class Supervisor:
                 if rss is not None and rss > opts["max_rss"]:
                     child.retire = ("its resident memory, %d MB, passed "
                                     "max-rss" % rss)
+                    if child.ready_at is not None and \
+                            now - child.ready_at < 2 * RSS_EVERY and \
+                            not self.warned_rss:
+                        # Recycled as soon as it is looked at: the limit
+                        # is below what a fresh process needs.
+                        self.warned_rss = True
+                        log.warning("--max-rss %d MB is below what a fresh "
+                                    "server process uses (%d MB): every "
+                                    "process will be replaced every few "
+                                    "seconds", opts["max_rss"], rss)
             if child.retire is not None:
                 log.info("Server process %d: starting its successor, as %s",
                          child.pid, child.retire)
