@@ -18,10 +18,22 @@
  * the server's stop joins the workers).
  *
  * The exception is raised only while the timed-out exchange is still the
- * one its worker runs (checked under watch_lock with the GIL held, which
- * the worker needs to move on), and the worker clears any still pending
- * when it leaves that exchange (ymo_watch_end), so it never lands in a
- * later request.                                                         */
+ * one its worker runs (checked, and raised, under watch_lock, which the
+ * worker takes to leave the exchange: no GIL is needed for this, so it
+ * holds as well on a free-threaded build), and the worker clears any
+ * still pending when it leaves that exchange (ymo_watch_end), so it
+ * never lands in a later request. PyThreadState_SetAsyncExc takes only
+ * CPython's thread-list mutex (no stop-the-world), so calling it under
+ * watch_lock cannot deadlock with a worker waiting, attached, for
+ * watch_lock.
+ *
+ * Free-threaded builds: sys._current_frames() stops the world to take
+ * the worker's innermost frame, and is called outside watch_lock (a
+ * worker blocked on watch_lock while attached would hold the pause up).
+ * The stack is then read while the worker may run on, as CPython's own
+ * tools (faulthandler aside) do: the frame objects are kept alive by our
+ * references, but the line numbers may describe a moment later than the
+ * timeout; the log says where the worker was, approximately.            */
 #include "wsgi.h"
 
 #if PY_VERSION_HEX < 0x030B0000

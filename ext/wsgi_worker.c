@@ -192,7 +192,17 @@ worker_main(void *arg)
     /* So that a stop() the app calls knows not to wait for itself. */
     ymo_server_enter_worker_thread(self->server);
     /* The one thread state this worker has for its whole life, so
-     * threading.local() data survives between requests. */
+     * threading.local() data survives between requests. Ownership rule:
+     * ts is this thread's alone; it is attached only between
+     * PyEval_RestoreThread and PyEval_SaveThread below, around the
+     * exchanges run back to back, and detached whenever the worker
+     * waits (worker_next's condition wait, and inside an exchange every
+     * wait for the loop: wsgi.input reads, back-pressure on output). With
+     * the GIL that releases the GIL; on a free-threaded build it detaches
+     * the thread state, so a waiting worker never holds up a
+     * stop-the-world pause (the GC, sys._current_frames) of the others:
+     * only pthread locks held for a few instructions are taken while
+     * attached (lock_in/lock_out, an exchange's lock, watch_lock). */
     PyGILState_STATE gstate = PyGILState_Ensure();
     self->thread_ident = PyThread_get_thread_ident();
     PyThreadState *ts = PyEval_SaveThread();
