@@ -26,6 +26,9 @@ from helpers import (ServerProcess, build_request, connect, get,
                      read_response, subprocess_env)
 
 FREE_THREADED = bool(sysconfig.get_config_var("Py_GIL_DISABLED"))
+# A ThreadSanitizer build of CPython (.ci/tsan) runs Python several times
+# slower: the GC-heavy app does less work there.
+TSAN = "thread-sanitizer" in (sysconfig.get_config_var("CONFIG_ARGS") or "")
 
 
 def serve_app(tmp_path, source, **options):
@@ -101,7 +104,7 @@ GC_APP = '''
         else:
             # GC-heavy: cycles and explicit collections (each a
             # stop-the-world pause on a free-threaded build).
-            for _ in range(20):
+            for _ in range(ROUNDS):
                 a = Node()
                 b = Node(a)
                 a.other = b
@@ -119,7 +122,8 @@ def test_gc_heavy_app_while_other_workers_wait(tmp_path):
     # sit idle in their queue, 2 run gc.collect() in a loop. A waiting
     # worker that stayed attached would stall every collection (and so the
     # requests that collect) until its client sends.
-    proc, addr = serve_app(tmp_path, GC_APP, workers=6)
+    source = "ROUNDS = %d\n" % (3 if TSAN else 20) + textwrap.dedent(GC_APP)
+    proc, addr = serve_app(tmp_path, source, workers=6)
     with proc:
         waiting = []
         for _ in range(2):
