@@ -30,10 +30,17 @@
  * Free-threaded builds: sys._current_frames() stops the world to take
  * the worker's innermost frame, and is called outside watch_lock (a
  * worker blocked on watch_lock while attached would hold the pause up).
- * The stack is then read while the worker may run on, as CPython's own
- * tools (faulthandler aside) do: the frame objects are kept alive by our
- * references, but the line numbers may describe a moment later than the
- * timeout; the log says where the worker was, approximately.            */
+ * KNOWN RACE (found by .ci/tsan, not fixed yet): format_stack() then
+ * walks that frame's f_back chain (PyFrame_GetBack, GetCode,
+ * GetLineNumber) while the worker may still be running Python. With the
+ * GIL the walk is atomic; on 3.13t it races with the worker's frames
+ * being materialised or taken over as they exit (frame.c take_ownership,
+ * _PyFrame_ClearExceptCode), so the stack may be wrong and the reads are
+ * unsynchronised. A worker blocked in C (the case the stack matters most
+ * for) does not change its frames meanwhile. A fix is to let the worker
+ * write its own stack: from the RequestTimeout's traceback when the
+ * exception lands, the watchdog's walk only for a worker still blocked
+ * outside Python.                                                       */
 #include "wsgi.h"
 
 #if PY_VERSION_HEX < 0x030B0000
