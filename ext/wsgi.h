@@ -137,6 +137,13 @@ void ymo_watch_begin(ymo_wsgi_worker_t *worker, ymo_exchange_t *ex);
  * worker must not touch ex afterwards (its reference is dropped). */
 int ymo_watch_end(ymo_wsgi_worker_t *worker, ymo_exchange_t *ex);
 
+/* GIL held, on the worker, no exception set: on a free-threaded build,
+ * write the watchdog's pending overrun line for this worker with the
+ * stack from exc's traceback (exc: the RequestTimeout, or the error it
+ * caused, that left the app; NULL: none reached the server). Nothing
+ * with the GIL, where the watchdog walks the stack itself. */
+void ymo_watch_report(ymo_wsgi_worker_t *worker, PyObject *exc);
+
 /* GIL held, on the worker: has the watchdog timed out its exchange? */
 int ymo_watch_timed_out(ymo_wsgi_worker_t *worker);
 

@@ -1294,6 +1294,22 @@ finish_response(StartResponseObject *self)
     return 0;
 }
 
+/* Clear the exception the watchdog's RequestTimeout caused; on a
+ * free-threaded build its traceback is the stack the overrun line waits
+ * for (see ymo_watch_report). */
+static void
+clear_watchdog_error(ymo_wsgi_worker_t *worker)
+{
+#ifdef Py_GIL_DISABLED
+    PyObject *exc = PyErr_GetRaisedException();
+    ymo_watch_report(worker, exc);
+    Py_XDECREF(exc);
+#else
+    (void)worker;
+    PyErr_Clear();
+#endif
+}
+
 static void
 close_result(struct ymo_wsgi_app *app, ymo_wsgi_worker_t *worker,
              PyObject *environ, PyObject *result)
@@ -1319,7 +1335,7 @@ close_result(struct ymo_wsgi_app *app, ymo_wsgi_worker_t *worker,
     Py_DECREF(close);
     if (r == NULL && PyErr_ExceptionMatches(app->st->RequestTimeout) &&
         ymo_watch_timed_out(worker)) {
-        PyErr_Clear();          /* the watchdog's, during close() */
+        clear_watchdog_error(worker);   /* the watchdog's, in close() */
     }
     else if (r == NULL) {
         log_exception(app, environ, "error closing the response iterable");
@@ -1392,7 +1408,7 @@ ymo_wsgi_run_exchange(struct ymo_wsgi_app *app, ymo_wsgi_worker_t *worker,
             ymo_exchange_client_gone(ex) && ymo_watch_timed_out(worker)) {
             /* The watchdog's RequestTimeout, or the read it made fail:
              * the client has its answer and the overrun is logged. */
-            PyErr_Clear();
+            clear_watchdog_error(worker);
             aborted = 1;
         }
         else if (PyErr_ExceptionMatches(st->ClientDisconnected) &&
@@ -1422,7 +1438,7 @@ ymo_wsgi_run_exchange(struct ymo_wsgi_app *app, ymo_wsgi_worker_t *worker,
 
 internal_error:
     if (ymo_watch_timed_out(worker)) {
-        PyErr_Clear();          /* the RequestTimeout; answered already */
+        clear_watchdog_error(worker);   /* answered already */
     }
     else {
         log_exception(app, environ, "internal error preparing request");

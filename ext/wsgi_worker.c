@@ -99,6 +99,7 @@ ymo_wsgi_worker_init(struct ev_loop *loop, size_t thread_id,
     worker->started = 0;
     worker->assigned = 0;
     worker->notify_pending = 0;
+    worker->overrun_head = NULL;
     worker->thread_initialized = 1;
     return 0;
 }
@@ -254,6 +255,8 @@ ymo_wsgi_worker_restart(ymo_wsgi_worker_t *worker, const sigset_t *mask)
     worker->timed_out = 0;
     worker->stuck = 0;
     worker->replaced = 0;
+    free(worker->overrun_head);
+    worker->overrun_head = NULL;
     pthread_mutex_unlock(&worker->watch_lock);
     atomic_store(&worker->exited, 0);
     atomic_store(&worker->in_app, 0);
@@ -454,6 +457,8 @@ ymo_wsgi_worker_destroy(ymo_wsgi_worker_t *worker)
     }
     ev_async_stop(worker->loop, &worker->event_out);
     ev_prepare_stop(worker->loop, &worker->prepare_watcher);
+    free(worker->overrun_head);
+    worker->overrun_head = NULL;
     pthread_mutex_destroy(&worker->watch_lock);
     pthread_cond_destroy(&worker->ready_in);
     pthread_mutex_destroy(&worker->lock_out);
