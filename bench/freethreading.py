@@ -80,10 +80,8 @@ def measure(python, app, workers, seconds, connections, log):
     finally:
         stop(proc)
     w = parse_wrk(out)
-    # wrk's own CPU is not separately known here (it is a child already
-    # reaped by subprocess.run): count it as what the machine spent
-    # beyond the server, minus nothing, and report the rest as "other"
-    # only roughly: busy - server - (wrk ~ its share).
+    # machine_cores includes wrk's own CPU (not separated here): the
+    # machine's busy time over the run, for judging how loaded it was.
     return {"rps": w.rps, "p99_ms": w.p99_ms, "errors": w.errors,
             "cpu_us": cpu / max(w.requests, 1) * 1e6,
             "server_cores": cpu / wall,
