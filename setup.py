@@ -6,6 +6,9 @@ flags. Environment switches:
 
     YIMMO_WERROR=1     treat warnings as errors (CI does this)
     YIMMO_SANITIZE=1   build with AddressSanitizer + UBSan
+    YIMMO_SANITIZE=thread
+                       build with ThreadSanitizer (for a TSan interpreter:
+                       .ci/tsan)
     YIMMO_FAULT_INJECTION=1
                        build the allocation fault injector in (ext/alloc.h;
                        tests/test_fault_injection.py): never for production
@@ -136,7 +139,7 @@ def compile_args():
     # command-line definition would be a redefinition under -Werror); the
     # plain C files that need it define it themselves, as 1, like pyconfig.
     args = ["-std=gnu11", "-Wall", "-Wextra", "-g", "-fvisibility=hidden"]
-    if os.environ.get("YIMMO_SANITIZE") == "1":
+    if os.environ.get("YIMMO_SANITIZE") in ("1", "thread"):
         args += sanitize_args()
     else:
         args.append("-O2")
@@ -148,11 +151,13 @@ def compile_args():
 
 
 def sanitize_args():
+    if os.environ.get("YIMMO_SANITIZE") == "thread":
+        return ["-fsanitize=thread", "-fno-omit-frame-pointer", "-O1"]
     return ["-fsanitize=address,undefined", "-fno-omit-frame-pointer", "-O1"]
 
 
 def link_args():
-    if os.environ.get("YIMMO_SANITIZE") == "1":
+    if os.environ.get("YIMMO_SANITIZE") in ("1", "thread"):
         return sanitize_args()
     return []
 

@@ -6,14 +6,24 @@
 #include <math.h>
 #include <string.h>
 
+/* Lock for the int fields below: the Core's critical section (taken by
+ * run(), stop() and the getters; with the GIL it compiles to nothing and
+ * the GIL covers them). run() and stop() may be called from different
+ * threads (stop() from a signal handler, another thread, or the app); the
+ * critical section is suspended while run() waits for the loop with its
+ * thread detached, as the GIL is released there, so stop() is never kept
+ * waiting for run(). server is the C server's (its own locks and atomics,
+ * see server.h); app is read-only while workers run (see wsgi.h);
+ * n_listeners is immutable. initialized is written only by Core_new and
+ * Core_dealloc (no other thread can reach the object then). */
 typedef struct {
     PyObject_HEAD
     ymo_server_t server;
     struct ymo_wsgi_app app;
     size_t n_listeners;
-    int initialized;           /* server set up; GIL-protected */
-    int running;               /* run() in progress; GIL-protected */
-    int workers_started;       /* GIL-protected */
+    int initialized;           /* server set up */
+    int running;               /* run() in progress */
+    int workers_started;
     int finished;              /* stopped and workers joined */
     size_t abandoned;          /* workers still in the app after the
                                 * grace period: this object then stays
@@ -354,15 +364,10 @@ core_shutdown(CoreObject *self, double grace)
     self->finished = 1;
 }
 
+/* run() with the Core's critical section held (see CoreObject). */
 static PyObject *
-Core_run(CoreObject *self, PyObject *args, PyObject *kwargs)
+core_run_locked(CoreObject *self, int wakeup_fd)
 {
-    static char *kwlist[] = {"wakeup_fd", NULL};
-    int wakeup_fd = -1;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|i:run", kwlist,
-                                     &wakeup_fd)) {
-        return NULL;
-    }
     if (self->finished) {
         Py_RETURN_TRUE;
     }
@@ -412,6 +417,22 @@ Core_run(CoreObject *self, PyObject *args, PyObject *kwargs)
 }
 
 static PyObject *
+Core_run(CoreObject *self, PyObject *args, PyObject *kwargs)
+{
+    static char *kwlist[] = {"wakeup_fd", NULL};
+    int wakeup_fd = -1;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|i:run", kwlist,
+                                     &wakeup_fd)) {
+        return NULL;
+    }
+    PyObject *r;
+    Py_BEGIN_CRITICAL_SECTION(self);
+    r = core_run_locked(self, wakeup_fd);
+    Py_END_CRITICAL_SECTION();
+    return r;
+}
+
+static PyObject *
 Core_stop(CoreObject *self, PyObject *args, PyObject *kwargs)
 {
     static char *kwlist[] = {"grace", NULL};
@@ -426,15 +447,18 @@ Core_stop(CoreObject *self, PyObject *args, PyObject *kwargs)
         PyErr_SetString(PyExc_ValueError, "grace must be a number, not NaN");
         return NULL;
     }
+    Py_BEGIN_CRITICAL_SECTION(self);
     if (self->initialized && !self->finished) {
         ymo_server_stop(&self->server, grace < 0 ? 0 : grace);
         if (!self->workers_started) {
-            /* No loop has run (workers_started is set, GIL held, before
-             * the first does), so none will see the stop soon: close the
-             * listeners here, as the loop would. */
+            /* No loop has run (workers_started is set, under this same
+             * critical section, before the first does), so none will see
+             * the stop soon: close the listeners here, as the loop
+             * would. */
             ymo_server_close_listeners(&self->server);
         }
     }
+    Py_END_CRITICAL_SECTION();
     Py_RETURN_NONE;
 }
 
@@ -460,7 +484,11 @@ static PyObject *
 Core_get_finished(CoreObject *self, void *closure)
 {
     (void)closure;
-    return PyBool_FromLong(self->finished);
+    int finished;
+    Py_BEGIN_CRITICAL_SECTION(self);
+    finished = self->finished;
+    Py_END_CRITICAL_SECTION();
+    return PyBool_FromLong(finished);
 }
 
 static int
@@ -559,7 +587,11 @@ static PyObject *
 Core_get_abandoned(CoreObject *self, void *closure)
 {
     (void)closure;
-    return PyLong_FromSize_t(self->abandoned);
+    size_t abandoned;
+    Py_BEGIN_CRITICAL_SECTION(self);
+    abandoned = self->abandoned;
+    Py_END_CRITICAL_SECTION();
+    return PyLong_FromSize_t(abandoned);
 }
 
 static PyObject *
@@ -763,6 +795,15 @@ module_free(void *module)
 
 static PyModuleDef_Slot module_slots[] = {
     {Py_mod_exec, module_exec},
+#ifdef Py_GIL_DISABLED
+    /* Free-threaded CPython (3.13t and later): importing yimmo must not
+     * turn the GIL back on. What makes that safe (which lock or which
+     * ownership rule covers each piece of shared state once Python code
+     * runs in parallel) is written next to that state: ymo_module_state
+     * in wsgi.h, CoreObject above, the per-request objects in
+     * wsgi_input.c and wsgi_response.c, the worker in wsgi_worker.c. */
+    {Py_mod_gil, Py_MOD_GIL_NOT_USED},
+#endif
     {0, NULL},
 };
 

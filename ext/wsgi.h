@@ -19,6 +19,13 @@ Py_NewRef(PyObject *o)
     Py_INCREF(o);
     return o;
 }
+
+static inline PyObject *
+Py_XNewRef(PyObject *o)
+{
+    Py_XINCREF(o);
+    return o;
+}
 #endif
 
 #if PY_VERSION_HEX < 0x030A0000
@@ -34,13 +41,31 @@ PyModule_AddObjectRef(PyObject *mod, const char *name, PyObject *value)
 }
 #endif
 
+/* Critical sections (3.13+): on a free-threaded build they lock one
+ * object's mutex, and are suspended, like the GIL, whenever the thread
+ * detaches (blocks with Py_BEGIN_ALLOW_THREADS); with the GIL they do
+ * nothing. Before 3.13 there is always a GIL: nothing to do either. */
+#ifndef Py_BEGIN_CRITICAL_SECTION
+#define Py_BEGIN_CRITICAL_SECTION(op) {
+#define Py_END_CRITICAL_SECTION() }
+#define Py_BEGIN_CRITICAL_SECTION2(a, b) {
+#define Py_END_CRITICAL_SECTION2() }
+#endif
+
 #ifndef Py_TPFLAGS_DISALLOW_INSTANTIATION
 #define Py_TPFLAGS_DISALLOW_INSTANTIATION 0
 #endif
 
 #define YMO_COMMON_HEADER_KEYS 32
 
-/* Interned environ keys and constant values, created once per module. */
+/* Interned environ keys and constant values, created once per module.
+ * Ownership rule: written only by module_exec (one thread, before the
+ * module is visible to anyone) and cleared only by module_clear/free
+ * (when nothing else references the module, so no Core and no worker is
+ * left); in between every field is read-only, and any thread may read
+ * it without a lock, GIL or no GIL. Interned strings are immortal on the
+ * free-threaded build, and their references are counted atomically on
+ * every build that can run Python in parallel. */
 typedef struct ymo_module_state {
     PyTypeObject *Core_type;
     PyTypeObject *Input_type;
@@ -66,7 +91,14 @@ typedef struct ymo_module_state {
 int ymo_environ_state_init(ymo_module_state *st);
 
 /* What the workers need to run the app: owned by a Core object, read-only
- * while workers run (Python objects here are only read, or called). */
+ * while workers run (Python objects here are only read, or called).
+ * Ownership rule: filled by Core_new before any worker exists, cleared by
+ * Core_clear/Core_dealloc only once every worker has been joined (or the
+ * Core is kept alive for good: see CoreObject.abandoned), so no lock is
+ * needed to read it, GIL or no GIL. environ_template[i] is never mutated
+ * after Core_new: each request gets PyDict_Copy of it, and copies made
+ * by several workers at once only read it (on a free-threaded build
+ * PyDict_Copy also takes the source dict's critical section). */
 struct ymo_wsgi_app {
     ymo_module_state *st;
     ymo_server_t *server;
@@ -111,6 +143,13 @@ void ymo_watch_resume(ymo_wsgi_worker_t *worker, ymo_exchange_t *ex);
  * and a pending RequestTimeout has been cleared from this thread. The
  * worker must not touch ex afterwards (its reference is dropped). */
 int ymo_watch_end(ymo_wsgi_worker_t *worker, ymo_exchange_t *ex);
+
+/* GIL held, on the worker, no exception set: on a free-threaded build,
+ * write the watchdog's pending overrun line for this worker with the
+ * stack from exc's traceback (exc: the RequestTimeout, or the error it
+ * caused, that left the app; NULL: none reached the server). Nothing
+ * with the GIL, where the watchdog walks the stack itself. */
+void ymo_watch_report(ymo_wsgi_worker_t *worker, PyObject *exc);
 
 /* GIL held, on the worker: has the watchdog timed out its exchange? */
 int ymo_watch_timed_out(ymo_wsgi_worker_t *worker);

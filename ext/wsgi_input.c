@@ -5,8 +5,12 @@
 
 #include <string.h>
 
-/* Fields change only with the GIL held (the worker, or whoever reads the
- * stream); the body itself comes through the exchange's lock. The object
+/* The object's fields are immutable; what changes per read is the body
+ * itself, which comes through the exchange's lock (ymo_exchange_read),
+ * and ex->in_consumed, which only this object writes: under its critical
+ * section (with the GIL, the GIL), so that an app reading one stream from
+ * two threads at once (free-threaded: truly at once) gets every byte
+ * once, in some interleaving, and the count stays exact. The object
  * holds a reference to its exchange for its whole life, so a thread of
  * the app still reading when the response is complete reads memory that
  * is still there: it gets what had arrived, then an error (see
@@ -42,6 +46,17 @@ Input_dealloc(InputObject *self)
 /* Read into buf with the GIL released. Returns bytes read (0 at the end)
  * or -1 with an exception set; -2 with an exception set when the response
  * is already complete (what was read before stays valid). */
+/* Body bytes still to come of a Content-Length body. */
+static uint64_t
+body_left(InputObject *self)
+{
+    uint64_t left;
+    Py_BEGIN_CRITICAL_SECTION(self);
+    left = self->ex->req.content_length - self->ex->in_consumed;
+    Py_END_CRITICAL_SECTION();
+    return left;
+}
+
 static long
 input_fill(InputObject *self, char *buf, size_t n, int line)
 {
@@ -95,8 +110,7 @@ input_read(InputObject *self, Py_ssize_t limit, int line)
         if (!line && self->ex != NULL &&
             self->ex->req.body == YMO_HTTP_BODY_LENGTH) {
             /* No bigger than what can still come. */
-            uint64_t left = self->ex->req.content_length
-                            - self->ex->in_consumed;
+            uint64_t left = body_left(self);
             if (left < cap) {
                 cap = (size_t)left;
             }
@@ -104,7 +118,7 @@ input_read(InputObject *self, Py_ssize_t limit, int line)
     }
     else if (!line && self->ex != NULL &&
              self->ex->req.body == YMO_HTTP_BODY_LENGTH) {
-        cap = (size_t)(self->ex->req.content_length - self->ex->in_consumed);
+        cap = (size_t)body_left(self);
     }
     else {
         cap = line ? 256 : 65536;
@@ -166,7 +180,9 @@ input_read(InputObject *self, Py_ssize_t limit, int line)
         }
         got += (size_t)n;
         if (self->ex != NULL) {
+            Py_BEGIN_CRITICAL_SECTION(self);
             self->ex->in_consumed += (uint64_t)n;
+            Py_END_CRITICAL_SECTION();
         }
         if (line && PyBytes_AS_STRING(out)[got - 1] == '\n') {
             break;

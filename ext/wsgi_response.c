@@ -24,8 +24,15 @@
 #define POST_BATCH (256 * 1024)
 
 /* start_response for one exchange, and the response's framing state.
- * Used only by the worker running the exchange, with the GIL held (an app
- * calling it from another thread must hold the GIL too). */
+ * Lock: the object's own critical section (Py_BEGIN_CRITICAL_SECTION on
+ * it), held by every code path that reads or writes the fields below:
+ * start_response() and write() (which the app may call from any thread,
+ * several at once on a free-threaded build), and the worker's iterate(),
+ * finish_response() and fail_response(). It is never held across a call
+ * into the app's code (the iterable's next(), close()); like the GIL it
+ * is suspended while the thread waits, detached, for the loop
+ * (wait_drain), so what a wait may change is re-read after it. With the
+ * GIL the critical sections compile to nothing and the GIL covers it. */
 typedef struct {
     PyObject_HEAD
     vectorcallfunc vectorcall;
@@ -508,9 +515,10 @@ emit(StartResponseObject *self, const char *data, size_t n, int flush)
     return 0;
 }
 
-/* One item of the app's iterable. */
+/* One item of the app's iterable. Caller holds self's critical
+ * section. */
 static int
-emit_item(StartResponseObject *self, PyObject *item, int flush)
+emit_item_locked(StartResponseObject *self, PyObject *item, int flush)
 {
     if (!PyBytes_Check(item)) {
         PyErr_Format(PyExc_TypeError,
@@ -531,10 +539,22 @@ emit_item(StartResponseObject *self, PyObject *item, int flush)
     return emit(self, PyBytes_AS_STRING(item), (size_t)n, flush);
 }
 
+/* emit_item_locked under self's critical section (the worker's path:
+ * an app thread may call write() or start_response() meanwhile). */
+static int
+emit_item(StartResponseObject *self, PyObject *item, int flush)
+{
+    int r;
+    Py_BEGIN_CRITICAL_SECTION(self);
+    r = emit_item_locked(self, item, flush);
+    Py_END_CRITICAL_SECTION();
+    return r;
+}
+
 /* -- start_response and write -- */
 
 static PyObject *
-StartResponse_write(StartResponseObject *self, PyObject *data)
+write_locked(StartResponseObject *self, PyObject *data)
 {
     if (!self->called) {
         PyErr_SetString(PyExc_RuntimeError,
@@ -561,6 +581,16 @@ StartResponse_write(StartResponseObject *self, PyObject *data)
         return NULL;
     }
     Py_RETURN_NONE;
+}
+
+static PyObject *
+StartResponse_write(StartResponseObject *self, PyObject *data)
+{
+    PyObject *r;
+    Py_BEGIN_CRITICAL_SECTION(self);
+    r = write_locked(self, data);
+    Py_END_CRITICAL_SECTION();
+    return r;
 }
 
 static PyMethodDef write_def = {
@@ -613,12 +643,21 @@ start_response(StartResponseObject *self, PyObject *status,
     if (check_status(status, &code) < 0) {
         return NULL;
     }
+    /* A copy, made first and then checked: the app may change its list
+     * after the call, or (free-threaded) from another thread during it;
+     * PyList_GetSlice takes the list's own critical section. */
+    PyObject *copy = PyList_GetSlice(headers, 0, PY_SSIZE_T_MAX);
+    if (copy == NULL) {
+        return NULL;
+    }
+    headers = copy;
     long long cl = -1;
     for (Py_ssize_t i = 0; i < PyList_GET_SIZE(headers); i++) {
         const char *name, *value;
         Py_ssize_t nlen, vlen;
         if (check_header(PyList_GET_ITEM(headers, i), &name, &nlen, &value,
                          &vlen) < 0) {
+            Py_DECREF(copy);
             return NULL;
         }
         if (IEQ(name, nlen, "content-length")) {
@@ -640,6 +679,7 @@ start_response(StartResponseObject *self, PyObject *status,
 bad_length:
             PyErr_Format(PyExc_ValueError, "bad Content-Length %R",
                          PyTuple_GET_ITEM(PyList_GET_ITEM(headers, i), 1));
+            Py_DECREF(copy);
             return NULL;
         }
         if (IEQ(name, nlen, "transfer-encoding") ||
@@ -650,16 +690,12 @@ bad_length:
                          "hop-by-hop header %R is the server's business "
                          "(PEP 3333)", PyTuple_GET_ITEM(
                              PyList_GET_ITEM(headers, i), 0));
+            Py_DECREF(copy);
             return NULL;
         }
     }
     Py_INCREF(status);
     Py_XSETREF(self->status, status);
-    /* A copy: the app may change its list after the call. */
-    PyObject *copy = PyList_GetSlice(headers, 0, PyList_GET_SIZE(headers));
-    if (copy == NULL) {
-        return NULL;
-    }
     Py_XSETREF(self->headers, copy);
     self->status_code = code;
     self->content_length = cl;
@@ -697,8 +733,12 @@ StartResponse_vectorcall(PyObject *callable, PyObject *const *args,
     if (vals[0] == NULL || vals[1] == NULL) {
         goto usage;
     }
-    return start_response((StartResponseObject *)callable, vals[0], vals[1],
-                          vals[2]);
+    PyObject *r;
+    Py_BEGIN_CRITICAL_SECTION(callable);
+    r = start_response((StartResponseObject *)callable, vals[0], vals[1],
+                       vals[2]);
+    Py_END_CRITICAL_SECTION();
+    return r;
 usage:
     PyErr_SetString(PyExc_TypeError,
                     "start_response(status, headers, exc_info=None)");
@@ -758,6 +798,12 @@ PyType_Spec ymo_start_response_spec = {
 };
 
 /* -- wsgi.file_wrapper -- */
+
+/* Immutable once made: filelike and blksize are set by FileWrapper_new
+ * and cleared only by tp_clear/dealloc, when no thread can reach the
+ * object any more; so no lock. Two threads iterating one wrapper at once
+ * call filelike.read() at once: the file object's own lock (io's) covers
+ * that, as it would for the file itself. */
 
 static PyObject *
 FileWrapper_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
@@ -1132,17 +1178,33 @@ iterate(StartResponseObject *self, PyObject *result)
 {
     struct ymo_wsgi_app *app = self->app;
     if (PyList_CheckExact(result) || PyTuple_CheckExact(result)) {
+        Py_BEGIN_CRITICAL_SECTION2(self, result);
         if (PySequence_Fast_GET_SIZE(result) == 1 &&
             PyBytes_Check(PySequence_Fast_GET_ITEM(result, 0))) {
             self->known_length = PyBytes_GET_SIZE(
                 PySequence_Fast_GET_ITEM(result, 0));
         }
+        Py_END_CRITICAL_SECTION2();
         /* Size and items re-read each time: emit may release the GIL
          * (waiting for a slow client) and another thread could change a
-         * list the app shares. */
+         * list the app shares. On a free-threaded build that thread may
+         * run at any moment: a list item is taken with a new reference
+         * under the list's own lock (PyList_GetItemRef), never borrowed.
+         * self->aborted and overflow are read racily here on purpose:
+         * emit_item re-checks them under self's critical section. */
         for (Py_ssize_t i = 0; i < PySequence_Fast_GET_SIZE(result) &&
                                !self->aborted && !self->overflow; i++) {
+#ifdef Py_GIL_DISABLED
+            PyObject *item = PyList_CheckExact(result)
+                                 ? PyList_GetItemRef(result, i)
+                                 : Py_NewRef(PyTuple_GET_ITEM(result, i));
+            if (item == NULL) {
+                PyErr_Clear();  /* shrunk by another thread meanwhile */
+                break;
+            }
+#else
             PyObject *item = Py_NewRef(PySequence_Fast_GET_ITEM(result, i));
+#endif
             int r = emit_item(self, item, 0);
             Py_DECREF(item);
             if (r < 0) {
@@ -1152,16 +1214,25 @@ iterate(StartResponseObject *self, PyObject *result)
         return 0;
     }
     if (Py_IS_TYPE(result, (PyTypeObject *)app->file_wrapper)) {
-        int r = send_file(self, (ymo_file_wrapper_t *)result);
+        int r;
+        Py_BEGIN_CRITICAL_SECTION(self);
+        r = send_file(self, (ymo_file_wrapper_t *)result);
+        Py_END_CRITICAL_SECTION();
         if (r != 0) {
             return r;
         }
     }
+    int head = 0;
+    Py_BEGIN_CRITICAL_SECTION(self);
     if (self->head_req && self->called && !self->head_built) {
         /* HEAD of a streamed body: the head is known now; iterating could
          * take for ever (see emit). close() is still called. */
         head_now(self);
-        return self->head_built ? 0 : -1;
+        head = self->head_built ? 1 : -1;
+    }
+    Py_END_CRITICAL_SECTION();
+    if (head != 0) {
+        return head > 0 ? 0 : -1;
     }
     PyObject *it = PyObject_GetIter(result);
     if (it == NULL) {
@@ -1223,6 +1294,22 @@ finish_response(StartResponseObject *self)
     return 0;
 }
 
+/* Clear the exception the watchdog's RequestTimeout caused; on a
+ * free-threaded build its traceback is the stack the overrun line waits
+ * for (see ymo_watch_report). */
+static void
+clear_watchdog_error(ymo_wsgi_worker_t *worker)
+{
+#ifdef Py_GIL_DISABLED
+    PyObject *exc = PyErr_GetRaisedException();
+    ymo_watch_report(worker, exc);
+    Py_XDECREF(exc);
+#else
+    (void)worker;
+    PyErr_Clear();
+#endif
+}
+
 static void
 close_result(struct ymo_wsgi_app *app, ymo_wsgi_worker_t *worker,
              PyObject *environ, PyObject *result)
@@ -1249,7 +1336,7 @@ close_result(struct ymo_wsgi_app *app, ymo_wsgi_worker_t *worker,
     Py_DECREF(close);
     if (r == NULL && PyErr_ExceptionMatches(app->st->RequestTimeout) &&
         ymo_watch_timed_out(worker)) {
-        PyErr_Clear();          /* the watchdog's, during close() */
+        clear_watchdog_error(worker);   /* the watchdog's, in close() */
     }
     else if (r == NULL) {
         ymo_watch_pause(worker);        /* yimmo's logging: not the app */
@@ -1310,30 +1397,41 @@ ymo_wsgi_run_exchange(struct ymo_wsgi_app *app, ymo_wsgi_worker_t *worker,
     }
     PyObject *args[2] = {environ, (PyObject *)sr};
     result = PyObject_Vectorcall(app->app, args, 2, NULL);
-    if (result == NULL || iterate(sr, result) < 0 ||
-        finish_response(sr) < 0) {
+    int failed = result == NULL || iterate(sr, result) < 0;
+    if (!failed) {
+        Py_BEGIN_CRITICAL_SECTION(sr);
+        failed = finish_response(sr) < 0;
+        Py_END_CRITICAL_SECTION();
+    }
+    if (failed) {
         /* From here to the answer, yimmo's own code runs (the logging
          * may run Python for long): the watchdog must neither end the
          * exchange nor raise in it meanwhile. */
         ymo_watch_pause(worker);
+        int aborted = 0;
         if ((PyErr_ExceptionMatches(st->RequestTimeout) ||
              PyErr_ExceptionMatches(st->ClientDisconnected)) &&
             ymo_exchange_client_gone(ex) && ymo_watch_timed_out(worker)) {
             /* The watchdog's RequestTimeout, or the read it made fail:
              * the client has its answer and the overrun is logged. */
-            PyErr_Clear();
-            sr->aborted = 1;
+            clear_watchdog_error(worker);
+            aborted = 1;
         }
         else if (PyErr_ExceptionMatches(st->ClientDisconnected) &&
                  ymo_exchange_client_gone(ex)) {
             /* Not an error of the app's: one line, and nothing to send. */
             log_disconnect(app, environ, ex);
-            sr->aborted = 1;
+            aborted = 1;
         }
         else {
             log_exception(app, environ, "error handling request");
         }
+        Py_BEGIN_CRITICAL_SECTION(sr);
+        if (aborted) {
+            sr->aborted = 1;
+        }
         fail_response(sr);
+        Py_END_CRITICAL_SECTION();
         ymo_watch_resume(worker, ex);   /* close() is the app's again */
     }
     if (result != NULL) {
@@ -1348,13 +1446,15 @@ ymo_wsgi_run_exchange(struct ymo_wsgi_app *app, ymo_wsgi_worker_t *worker,
 internal_error:
     ymo_watch_pause(worker);
     if (ymo_watch_timed_out(worker)) {
-        PyErr_Clear();          /* the RequestTimeout; answered already */
+        clear_watchdog_error(worker);   /* answered already */
     }
     else {
         log_exception(app, environ, "internal error preparing request");
     }
     if (sr != NULL) {
+        Py_BEGIN_CRITICAL_SECTION(sr);
         fail_response(sr);
+        Py_END_CRITICAL_SECTION();
     }
     else {
         ymo_bucket_t *b = ymo_http_error_bucket(500, is_head(ex));
@@ -1369,8 +1469,20 @@ internal_error:
 done:
     /* The exchange belongs to the loop now: cut start_response loose from
      * it (wsgi.input keeps a reference of its own). */
+    /* The access log's view of the response is taken under sr's critical
+     * section too (a write() from a thread of the app may still be
+     * running), then logged outside it: log_access is the app's code. */
+    PyObject *r_status = NULL, *r_headers = NULL;
+    int r_code = 0;
+    unsigned long long r_sent = 0;
     if (sr != NULL) {
+        Py_BEGIN_CRITICAL_SECTION(sr);
         sr->ex = NULL;
+        r_status = Py_XNewRef(sr->status);
+        r_headers = Py_XNewRef(sr->headers);
+        r_code = sr->status_code;
+        r_sent = sr->body_sent;
+        Py_END_CRITICAL_SECTION();
     }
     if (app->log_access != NULL && environ != NULL && sr != NULL) {
         struct timespec t1;
@@ -1380,18 +1492,16 @@ done:
         /* The client of a request the watchdog answered got its 503. */
         int w503 = watched == YMO_WATCH_503;
         PyObject *status = w503 ? PyUnicode_FromString("503")
-                           : sr->status ? Py_NewRef(sr->status)
-                                        : PyUnicode_FromFormat(
-                                              "%d", sr->status_code);
-        PyObject *len = PyLong_FromUnsignedLongLong(w503 ? 0
-                                                    : sr->body_sent);
+                           : r_status ? Py_NewRef(r_status)
+                                      : PyUnicode_FromFormat("%d", r_code);
+        PyObject *len = PyLong_FromUnsignedLongLong(w503 ? 0 : r_sent);
         PyObject *dur = PyFloat_FromDouble(secs);
         if (status != NULL && len != NULL && dur != NULL) {
             /* The response headers as the app gave them (a list we
              * already hold: passing it costs a reference, no copy), for
              * the %({name}o)s atom of --access-log-format. */
             PyObject *a[5] = {environ, status, len, dur,
-                              sr->headers ? sr->headers : Py_None};
+                              r_headers ? r_headers : Py_None};
             PyObject *r = PyObject_Vectorcall(app->log_access, a, 5, NULL);
             if (r == NULL) {
                 PyErr_WriteUnraisable(app->log_access);
@@ -1405,6 +1515,8 @@ done:
         Py_XDECREF(len);
         Py_XDECREF(dur);
     }
+    Py_XDECREF(r_status);
+    Py_XDECREF(r_headers);
     Py_XDECREF(result);
     Py_XDECREF(sr);
     Py_XDECREF(input);

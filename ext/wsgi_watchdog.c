@@ -18,10 +18,34 @@
  * the server's stop joins the workers).
  *
  * The exception is raised only while the timed-out exchange is still the
- * one its worker runs (checked under watch_lock with the GIL held, which
- * the worker needs to move on), and the worker clears any still pending
- * when it leaves that exchange (ymo_watch_end), so it never lands in a
- * later request. yimmo's own epilogue after an app error (logging, which
+ * one its worker runs (checked, and raised, under watch_lock, which the
+ * worker takes to leave the exchange: no GIL is needed for this, so it
+ * holds as well on a free-threaded build), and the worker clears any
+ * still pending when it leaves that exchange (ymo_watch_end), so it
+ * never lands in a later request. PyThreadState_SetAsyncExc takes only
+ * CPython's thread-list mutex (no stop-the-world), so calling it under
+ * watch_lock cannot deadlock with a worker waiting, attached, for
+ * watch_lock.
+ *
+ * Free-threaded builds: sys._current_frames() stops the world to take
+ * the worker's innermost frame, and is called outside watch_lock (a
+ * worker blocked on watch_lock while attached would hold the pause up).
+ * Walking the f_back chain of that frame from here (format_stack), as
+ * the GIL build does, would race with the worker while it runs Python:
+ * its frames are materialised and taken over as they exit (frame.c
+ * take_ownership, _PyFrame_ClearExceptCode), and .ci/tsan reported
+ * exactly that. So on a free-threaded build the overrun line waits in
+ * the worker's slot (overrun_head, under watch_lock) and the worker
+ * writes it with its own stack, from the traceback of the RequestTimeout
+ * (or of the read it made fail) once that reaches the server
+ * (ymo_watch_report). When the worker is declared stuck instead (the
+ * exception has not reached the server STUCK_AFTER later: blocked outside
+ * Python, or the app caught it and runs on), its line goes out then,
+ * without a stack: whether its frames stand still cannot be known from
+ * here. An app that catches the exception and then leaves the request
+ * gets its line written, without a stack, at that moment.
+ *
+ * yimmo's own epilogue after an app error (logging, which
  * runs the app's handlers, and the 500) runs paused (ymo_watch_pause):
  * the watchdog neither ends the exchange nor raises in it meanwhile.
  *
@@ -160,6 +184,9 @@ ymo_watch_end(ymo_wsgi_worker_t *w, ymo_exchange_t *ex)
     pthread_mutex_unlock(&w->watch_lock);
     ymo_exchange_release(ex);
     if (timed_out) {
+        /* An overrun line still waiting for the stack (free-threaded
+         * builds): the exception never reached the server. */
+        ymo_watch_report(w, NULL);
         /* A RequestTimeout that the app never reached (it was blocked in
          * C until its end) must not surface in the next request. */
         clear_pending(w);
@@ -185,6 +212,8 @@ ymo_watch_timed_out(ymo_wsgi_worker_t *w)
 
 /* -- The watchdog's side -- */
 
+#ifndef Py_GIL_DISABLED
+/* (With the GIL only: see the top for free-threaded builds.) */
 /* GIL held: the innermost frame of the thread `ident`, or NULL. */
 static PyObject *
 thread_frame(unsigned long ident)
@@ -257,6 +286,8 @@ format_stack(PyObject *frame)
     return text;
 }
 
+#endif
+
 /* GIL held: hand one line to the app's log_warning. */
 static void
 log_warning(struct ymo_wsgi_app *app, PyObject *msg)
@@ -278,6 +309,114 @@ log_warning(struct ymo_wsgi_app *app, PyObject *msg)
 
 /* Attaches to Python: raise RequestTimeout in the worker if it is still
  * in that exchange, and log the overrun with the worker's stack. */
+#ifdef Py_GIL_DISABLED
+/* The overrun line of a worker that got the RequestTimeout waits for the
+ * worker's own stack (ymo_watch_report); otherwise it goes out now. The
+ * running worker's frames are not walked from here (see the top). */
+static void
+report_overrun(ymo_server_t *s, ymo_wsgi_worker_t *w, const overrun_t *o,
+               PyThreadState *ts)
+{
+    struct ymo_wsgi_app *app = s->app;
+    static const char *answers[] = {
+        "its response was already complete",
+        "answered 503",
+        "connection closed (the response had begun)",
+    };
+    char head[512];
+    PyEval_RestoreThread(ts);
+    int raised = 0;
+    pthread_mutex_lock(&w->watch_lock);
+    if (w->current != NULL && w->current_seq == o->seq && w->timed_out) {
+        raised = PyThreadState_SetAsyncExc(o->ident,
+                                           app->st->RequestTimeout) == 1;
+    }
+    snprintf(head, sizeof(head),
+             "request timeout: \"%s\" ran %.1f s in the app (timeout %g s) "
+             "on worker %zu; %s; %s. Stack of the worker (most recent call "
+             "first):\n", o->line, o->ran, s->config.request_timeout,
+             o->worker, answers[o->answer],
+             raised ? "RequestTimeout raised in it"
+                    : "it left the request meanwhile");
+    char *pending = NULL;
+    if (raised) {
+        pending = strdup(head);
+        if (pending != NULL) {
+            free(w->overrun_head);
+            w->overrun_head = pending;
+        }
+    }
+    pthread_mutex_unlock(&w->watch_lock);
+    if (pending == NULL) {
+        PyObject *msg = PyUnicode_FromFormat(
+            "%s  (not taken: %s)", head,
+            raised ? "out of memory" : "the worker left the request");
+        log_warning(app, msg);
+        Py_XDECREF(msg);
+    }
+    ts = PyEval_SaveThread();
+    (void)ts;
+}
+
+/* The worker's stack from the traceback of the exception that left the
+ * app, innermost frame first, one line each, as format_stack writes. */
+static PyObject *
+format_traceback(PyObject *exc)
+{
+    PyObject *lines = PyList_New(0);
+    PyObject *tb = exc != NULL ? PyException_GetTraceback(exc) : NULL;
+    while (lines != NULL && tb != NULL && tb != Py_None) {
+        PyObject *frame = PyObject_GetAttrString(tb, "tb_frame");
+        PyObject *lineno = PyObject_GetAttrString(tb, "tb_lineno");
+        PyObject *line = NULL;
+        if (frame != NULL && lineno != NULL && PyFrame_Check(frame)) {
+            PyCodeObject *code = PyFrame_GetCode((PyFrameObject *)frame);
+            line = PyUnicode_FromFormat("  File \"%U\", line %ld in %U",
+                                        code->co_filename,
+                                        PyLong_AsLong(lineno),
+                                        code->co_name);
+            Py_DECREF(code);
+        }
+        Py_XDECREF(frame);
+        Py_XDECREF(lineno);
+        if (line == NULL || PyList_Append(lines, line) < 0) {
+            Py_XDECREF(line);
+            Py_CLEAR(lines);
+            break;
+        }
+        Py_DECREF(line);
+        PyObject *next = PyObject_GetAttrString(tb, "tb_next");
+        Py_DECREF(tb);
+        tb = next;
+    }
+    Py_XDECREF(tb);
+    if (lines == NULL || PyList_Reverse(lines) < 0) {
+        Py_XDECREF(lines);
+        return NULL;
+    }
+    if (PyList_GET_SIZE(lines) > FRAMES_MAX) {
+        PyObject *more = PyUnicode_FromString("  ...");
+        if (more == NULL ||
+            PyList_SetSlice(lines, FRAMES_MAX, PY_SSIZE_T_MAX, NULL) < 0 ||
+            PyList_Append(lines, more) < 0) {
+            Py_XDECREF(more);
+            Py_DECREF(lines);
+            return NULL;
+        }
+        Py_DECREF(more);
+    }
+    if (PyList_GET_SIZE(lines) == 0) {
+        Py_DECREF(lines);
+        return PyUnicode_FromString("  (no Python frame: the exception"
+                                    " came from outside Python)");
+    }
+    PyObject *sep = PyUnicode_FromString("\n");
+    PyObject *text = sep ? PyUnicode_Join(sep, lines) : NULL;
+    Py_XDECREF(sep);
+    Py_DECREF(lines);
+    return text;
+}
+#else
 static void
 report_overrun(ymo_server_t *s, ymo_wsgi_worker_t *w, const overrun_t *o,
                PyThreadState *ts)
@@ -320,6 +459,41 @@ report_overrun(ymo_server_t *s, ymo_wsgi_worker_t *w, const overrun_t *o,
     ts = PyEval_SaveThread();
     (void)ts;
 }
+#endif
+
+void
+ymo_watch_report(ymo_wsgi_worker_t *w, PyObject *exc)
+{
+#ifdef Py_GIL_DISABLED
+    pthread_mutex_lock(&w->watch_lock);
+    char *head = w->overrun_head;
+    w->overrun_head = NULL;
+    pthread_mutex_unlock(&w->watch_lock);
+    if (head == NULL) {
+        return;
+    }
+    PyObject *saved = PyErr_GetRaisedException();
+    PyObject *stack = exc != NULL ? format_traceback(exc) : NULL;
+    if (stack == NULL) {
+        PyErr_Clear();
+        stack = PyUnicode_FromString(
+            exc != NULL ? "  (stack unavailable)"
+                        : "  (not taken: the RequestTimeout did not reach "
+                          "the server: the app caught it, or it came as "
+                          "the app returned)");
+    }
+    PyObject *msg = stack != NULL ? PyUnicode_FromFormat("%s%U", head, stack)
+                                  : NULL;
+    free(head);
+    Py_XDECREF(stack);
+    log_warning(w->server->app, msg);
+    Py_XDECREF(msg);
+    PyErr_SetRaisedException(saved);
+#else
+    (void)w;
+    (void)exc;
+#endif
+}
 
 /* Attaches to Python: one warning line about a worker that is stuck, or
  * (late) that a slot freed up for one stuck with no replacement. */
@@ -361,6 +535,25 @@ report_stuck(ymo_server_t *s, const overrun_t *o, int late,
                  o->worker, o->line, STUCK_AFTER, o->extra);
     }
     PyEval_RestoreThread(ts);
+#ifdef Py_GIL_DISABLED
+    /* Its RequestTimeout has not reached the server: the overrun line
+     * still waits for a stack, which cannot be taken safely from here
+     * (see the top): it goes out without one. */
+    ymo_wsgi_worker_t *w = &s->workers[o->worker];
+    pthread_mutex_lock(&w->watch_lock);
+    char *head = w->overrun_head;
+    w->overrun_head = NULL;
+    pthread_mutex_unlock(&w->watch_lock);
+    if (head != NULL) {
+        PyObject *msg = PyUnicode_FromFormat(
+            "%s  (not taken: the RequestTimeout has not reached the server;"
+            " on a free-threaded build the stack of a worker still in the"
+            " app is not read from another thread)", head);
+        free(head);
+        log_warning(s->app, msg);
+        Py_XDECREF(msg);
+    }
+#endif
     PyObject *msg = PyUnicode_FromString(text);
     log_warning(s->app, msg);
     Py_XDECREF(msg);
@@ -464,6 +657,7 @@ scan(ymo_server_t *s, PyThreadState *ts, const sigset_t *mask)
                  now - w->timed_out_at >= STUCK_AFTER) {
             w->stuck = 1;
             o.worker = i;
+            o.ident = w->thread_ident;
             request_line(ex, o.line, sizeof(o.line));
             if (w->replaced) {
                 /* A retiring worker, stuck in an exchange that was queued

@@ -99,6 +99,7 @@ ymo_wsgi_worker_init(struct ev_loop *loop, size_t thread_id,
     worker->started = 0;
     worker->assigned = 0;
     worker->notify_pending = 0;
+    worker->overrun_head = NULL;
     worker->thread_initialized = 1;
     return 0;
 }
@@ -192,7 +193,17 @@ worker_main(void *arg)
     /* So that a stop() the app calls knows not to wait for itself. */
     ymo_server_enter_worker_thread(self->server);
     /* The one thread state this worker has for its whole life, so
-     * threading.local() data survives between requests. */
+     * threading.local() data survives between requests. Ownership rule:
+     * ts is this thread's alone; it is attached only between
+     * PyEval_RestoreThread and PyEval_SaveThread below, around the
+     * exchanges run back to back, and detached whenever the worker
+     * waits (worker_next's condition wait, and inside an exchange every
+     * wait for the loop: wsgi.input reads, back-pressure on output). With
+     * the GIL that releases the GIL; on a free-threaded build it detaches
+     * the thread state, so a waiting worker never holds up a
+     * stop-the-world pause (the GC, sys._current_frames) of the others:
+     * only pthread locks held for a few instructions are taken while
+     * attached (lock_in/lock_out, an exchange's lock, watch_lock). */
     PyGILState_STATE gstate = PyGILState_Ensure();
     self->thread_ident = PyThread_get_thread_ident();
     PyThreadState *ts = PyEval_SaveThread();
@@ -244,6 +255,8 @@ ymo_wsgi_worker_restart(ymo_wsgi_worker_t *worker, const sigset_t *mask)
     worker->timed_out = 0;
     worker->stuck = 0;
     worker->replaced = 0;
+    free(worker->overrun_head);
+    worker->overrun_head = NULL;
     pthread_mutex_unlock(&worker->watch_lock);
     atomic_store(&worker->exited, 0);
     atomic_store(&worker->in_app, 0);
@@ -448,6 +461,8 @@ ymo_wsgi_worker_destroy(ymo_wsgi_worker_t *worker)
     }
     ev_async_stop(worker->loop, &worker->event_out);
     ev_prepare_stop(worker->loop, &worker->prepare_watcher);
+    free(worker->overrun_head);
+    worker->overrun_head = NULL;
     pthread_mutex_destroy(&worker->watch_lock);
     pthread_cond_destroy(&worker->ready_in);
     pthread_mutex_destroy(&worker->lock_out);

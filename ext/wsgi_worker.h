@@ -107,6 +107,12 @@ typedef struct ymo_wsgi_worker {
     int replaced;                    /* watch_lock: a new thread took this
                                       * one's place: retire when back;
                                       * never replaced twice */
+    char *overrun_head;              /* watch_lock: free-threaded builds
+                                      * only: the watchdog's overrun line
+                                      * (malloc'd), waiting for the stack
+                                      * the worker takes from its own
+                                      * RequestTimeout (wsgi_watchdog.c);
+                                      * NULL when none is pending */
     unsigned long thread_ident;      /* worker sets it before its first
                                       * exchange; read under watch_lock
                                       * while `current` is set */

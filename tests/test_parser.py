@@ -1,7 +1,8 @@
 """Build and run the C tests of the HTTP parser (tests/parser/test_parser.c),
 of the PROXY protocol parser (tests/proxy/test_proxy_protocol.c), of the
 Forwarded parser and trust table (tests/proxy/test_forwarded.c)
-and of the hand-off queue (tests/queue/test_queue.c).
+and of the hand-off queue (tests/queue/test_queue.c; tests/queue/
+tsan_handoff.c under ThreadSanitizer).
 
 The parser is plain C, so its tests are a C program: it is compiled with
 ASan and UBSan into a temporary directory and must report no failures.
@@ -82,6 +83,29 @@ def test_queue_push_never_allocates_or_fails(tmp_path):
     output = proc.stdout + proc.stderr
     assert proc.returncode == 0, output
     assert proc.stdout.strip().splitlines()[-1].endswith(" 0 failed"), output
+
+
+HANDOFF_TEST = os.path.join(ROOT, "tests", "queue", "tsan_handoff.c")
+
+
+def test_queue_handoff_under_thread_sanitizer(tmp_path):
+    """Two million exchanges through loop -> 4 workers (with stealing) ->
+    loop, on the real queue.c with wsgi_worker.c's locking protocol, under
+    ThreadSanitizer: each comes back once with its work done, and TSan
+    reports nothing (it exits 66 when it does)."""
+    if shutil.which("gcc") is None:
+        pytest.skip("gcc is not installed")
+    exe = str(tmp_path / "tsan_handoff")
+    _compile("gcc", [*WARNINGS, "-g", "-O1", "-fsanitize=thread", "-I", EXT,
+                     HANDOFF_TEST, QUEUE, "-lpthread", "-o", exe], tmp_path)
+    proc = subprocess.run([exe, "2000000", "4"], cwd=tmp_path,
+                          capture_output=True, text=True, errors="replace",
+                          timeout=TIMEOUT,
+                          env=dict(os.environ, TSAN_OPTIONS="exitcode=66"))
+    output = proc.stdout + proc.stderr
+    assert "ThreadSanitizer" not in output, output
+    assert proc.returncode == 0, output
+    assert proc.stdout.strip() == "ok 2000000", output
 
 
 PROXY = os.path.join(EXT, "proxy_protocol.c")

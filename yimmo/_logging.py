@@ -21,6 +21,7 @@ import logging.config
 import os
 import re
 import sys
+import threading
 import time
 import weakref
 
@@ -223,7 +224,8 @@ class AppendFileHandler(logging.Handler):
         self.baseFilename = os.path.abspath(os.fspath(filename))
         self.encoding = encoding
         self._fd = self._open()
-        _file_handlers.add(self)
+        with _file_handlers_lock:
+            _file_handlers.add(self)
 
     def _open(self):
         return os.open(self.baseFilename,
@@ -261,12 +263,17 @@ class AppendFileHandler(logging.Handler):
             self.release()
         if fd >= 0:
             os.close(fd)
-        _file_handlers.discard(self)
+        with _file_handlers_lock:
+            _file_handlers.discard(self)
         super().close()
 
 
 # Every AppendFileHandler alive: reopen_log_files() reopens them all.
+# Lock: handlers are made and closed on any thread (truly at once on a
+# free-threaded build) while a SIGUSR1 handler may be listing them, so
+# every access holds _file_handlers_lock (never while reopening).
 _file_handlers = weakref.WeakSet()
+_file_handlers_lock = threading.Lock()
 
 
 def reopen_log_files():
@@ -274,7 +281,9 @@ def reopen_log_files():
     logging.FileHandler instances a --log-config set up (as gunicorn does
     on SIGUSR1). Errors are logged, not raised: a signal handler must not
     bring the server down because a directory vanished."""
-    for handler in list(_file_handlers):
+    with _file_handlers_lock:
+        handlers = list(_file_handlers)
+    for handler in handlers:
         try:
             handler.reopen()
         except OSError as exc:
@@ -378,7 +387,10 @@ _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun",
            "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 
 # (second, formatted) of the last timestamp: most lines in a busy second
-# share it. Replaced as a whole tuple, so threads never see a torn pair.
+# share it. Replaced as a whole tuple, so threads never see a torn pair
+# (with or without the GIL: one reference is stored or loaded, atomically
+# on a free-threaded build too); two threads may both format the same
+# second, which costs nothing but the work.
 _last_time = (None, "")
 
 

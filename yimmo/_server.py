@@ -23,13 +23,28 @@ error_log = logging.getLogger("yimmo.error")
 access_log = logging.getLogger("yimmo.access")
 
 # Servers running in background threads, stopped at interpreter exit so no
-# worker thread is left running Python during finalisation.
+# worker thread is left running Python during finalisation. Lock: servers
+# start and end on any thread (several at once without the GIL, on a
+# free-threaded build), so every access holds _running_lock.
 _running = weakref.WeakSet()
+_running_lock = threading.Lock()
+
+
+def _running_add(server):
+    with _running_lock:
+        _running.add(server)
+
+
+def _running_discard(server):
+    with _running_lock:
+        _running.discard(server)
 
 
 @atexit.register
 def _stop_all():
-    for server in list(_running):
+    with _running_lock:
+        servers = list(_running)
+    for server in servers:
         server.stop(timeout=0)
 
 
@@ -109,8 +124,14 @@ class Server:
         self._remove_unix_files = weakref.finalize(
             self, _sockets.unlink_unix_files, self._unix_files)
         self.addresses = []
+        # Lock: _thread, _serving and _serving_thread are written under
+        # self._lock (start/serve_forever may race with stop() on another
+        # thread, truly at once on a free-threaded build), and stop()
+        # reads them under it too. The core (self._core) has its own
+        # lock for its state: its run() and stop() are thread-safe.
         self._thread = None
         self._serving = False
+        self._serving_thread = None
         self._done = threading.Event()  # serve_forever has returned
         self._lock = threading.Lock()
         self._closed = False
@@ -174,7 +195,10 @@ class Server:
     def _close_sockets(self):
         """Close the sockets the core has not taken over (construction
         failed) and remove the unix socket files, once. The core closes
-        the descriptors it owns itself."""
+        the descriptors it owns itself. May run on two threads at once
+        (a stop() of a never-served server and a serving thread's end):
+        _sockets is already empty once the core owns the descriptors,
+        and the weakref.finalize that removes the files runs only once."""
         for sock in self._sockets:
             sock.close()
         self._sockets = []
@@ -234,8 +258,7 @@ class Server:
                 old_term = signal.signal(signal.SIGTERM, self._on_sigterm)
             old_others = self._install_lifecycle_handlers()
         fd = wakeup_r.fileno() if wakeup_r is not None else -1
-        with self._lock:
-            _running.add(self)
+        _running_add(self)
         log.info("Listening at %s (%d workers)",
                  ", ".join(self._describe(a) for a in self.addresses),
                  self.options["workers"])
@@ -260,7 +283,7 @@ class Server:
                 raise
         finally:
             self._report_abandoned()
-            _running.discard(self)
+            _running_discard(self)
             if on_main:
                 signal.set_wakeup_fd(old_wakeup)
                 if old_term is not None:
@@ -332,10 +355,11 @@ class Server:
         with self._lock:
             if self._thread is not None or self._serving:
                 raise RuntimeError("the server was already started")
-            self._thread = threading.Thread(target=self._run_in_thread,
-                                            name="yimmo-server", daemon=True)
-            _running.add(self)
-        self._thread.start()
+            thread = threading.Thread(target=self._run_in_thread,
+                                      name="yimmo-server", daemon=True)
+            self._thread = thread
+        _running_add(self)
+        thread.start()
         return self
 
     def _run_in_thread(self):
@@ -346,7 +370,7 @@ class Server:
             log.exception("the server thread failed")
         finally:
             self._report_abandoned()
-            _running.discard(self)
+            _running_discard(self)
             self._close_sockets()
 
     def stop(self, timeout=None):
@@ -366,12 +390,15 @@ class Server:
         self._core.stop(grace)
         if self._core.is_worker_thread():
             return
-        thread = self._thread
+        with self._lock:
+            thread = self._thread
+            serving = self._serving
+            serving_thread = self._serving_thread
         if thread is not None and thread is not threading.current_thread():
             thread.join()
-        elif self._serving:
+        elif serving:
             # serve_forever on another thread: wait until it has returned.
-            if self._serving_thread is not threading.current_thread():
+            if serving_thread is not threading.current_thread():
                 self._done.wait()
         elif thread is None:
             # Never served: the core has closed the listeners; nothing

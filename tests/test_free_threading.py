@@ -1,0 +1,312 @@
+"""Free-threaded CPython (3.13t): the GIL stays off with yimmo imported and
+serving, a waiting worker never blocks a stop-the-world pause (the GC) of
+the others, and the objects an app's threads share with its worker
+(wsgi.input, write(), start_response) stay consistent when those threads
+really run at once.
+
+The GIL test runs only on a free-threaded build; the others run on every
+build (with the GIL they check the same contracts, less sharply). Servers
+that could hang on a regression run in a subprocess, so that a hang is a
+bounded failure."""
+
+import collections
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import sysconfig
+import textwrap
+import time
+
+import pytest
+
+from helpers import (ServerProcess, build_request, connect, get,
+                     read_response, subprocess_env)
+
+FREE_THREADED = bool(sysconfig.get_config_var("Py_GIL_DISABLED"))
+# A ThreadSanitizer build of CPython (.ci/tsan) runs Python several times
+# slower: the GC-heavy app does less work there.
+TSAN = "thread-sanitizer" in (sysconfig.get_config_var("CONFIG_ARGS") or "")
+
+
+def serve_app(tmp_path, source, **options):
+    """A subprocess serving the WSGI app `app` defined by source; returns
+    (process, (host, port)). PYTHON_GIL is removed from its environment:
+    the interpreter's own default applies."""
+    opts = "".join(", %s=%r" % kv for kv in options.items())
+    script = tmp_path / "ftapp.py"
+    script.write_text(textwrap.dedent(source) + textwrap.dedent('''
+        import yimmo
+        yimmo.serve(app, bind="127.0.0.1:0"%s)
+    ''' % opts))
+    env = subprocess_env()
+    env.pop("PYTHON_GIL", None)
+    proc = ServerProcess([sys.executable, str(script)], env=env)
+    return proc, proc.wait_listening()
+
+
+def stop(proc):
+    proc.signal(signal.SIGTERM)
+    assert proc.wait(15) == 0, proc.stderr
+
+
+# -- the GIL stays disabled ---------------------------------------------------
+
+GIL_APP = '''
+    import sys
+    def app(environ, start_response):
+        body = repr(sys._is_gil_enabled()).encode()
+        start_response("200 OK", [("Content-Length", str(len(body)))])
+        return [body]
+'''
+
+
+@pytest.mark.skipif(not FREE_THREADED,
+                    reason="needs a free-threaded CPython (3.13t)")
+def test_gil_stays_disabled_while_importing_and_serving(tmp_path):
+    # Import alone: a module without Py_mod_gil = Py_MOD_GIL_NOT_USED would
+    # turn the GIL on here (with a RuntimeWarning).
+    env = subprocess_env()
+    env.pop("PYTHON_GIL", None)
+    out = subprocess.run(
+        [sys.executable, "-W", "error", "-c",
+         "import sys, yimmo, yimmo._yimmo; print(sys._is_gil_enabled())"],
+        env=env, capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False"
+    # Serving: the app itself reports, from several workers.
+    proc, addr = serve_app(tmp_path, GIL_APP, workers=4)
+    with proc:
+        for _ in range(8):
+            resp = get(addr, "/")
+            assert resp.status == 200
+            assert resp.body == b"False"
+        stop(proc)
+    assert "GIL" not in proc.stderr
+
+
+# -- waiting workers are detached: the GC's stop-the-world goes on ------------
+
+GC_APP = '''
+    import gc, time
+    class Node:
+        def __init__(self, other=None):
+            self.other = other
+            self.pad = [object() for _ in range(4)]
+    def app(environ, start_response):
+        path = environ["PATH_INFO"]
+        if path == "/wait":
+            # Blocks in wsgi.input.read() until the client's body comes:
+            # the worker waits on the loop, detached.
+            body = environ["wsgi.input"].read()
+        else:
+            # GC-heavy: cycles and explicit collections (each a
+            # stop-the-world pause on a free-threaded build).
+            for _ in range(ROUNDS):
+                a = Node()
+                b = Node(a)
+                a.other = b
+                junk = [Node() for _ in range(2000)]
+                del a, b, junk
+                gc.collect()
+            body = b"gc"
+        start_response("200 OK", [("Content-Length", str(len(body)))])
+        return [body]
+'''
+
+
+def test_gc_heavy_app_while_other_workers_wait(tmp_path):
+    # 6 workers: 2 block reading a body that has not come yet, 2 or more
+    # sit idle in their queue, 2 run gc.collect() in a loop. A waiting
+    # worker that stayed attached would stall every collection (and so the
+    # requests that collect) until its client sends.
+    source = "ROUNDS = %d\n" % (3 if TSAN else 20) + textwrap.dedent(GC_APP)
+    proc, addr = serve_app(tmp_path, source, workers=6)
+    with proc:
+        waiting = []
+        for _ in range(2):
+            s = connect(addr, timeout=30)
+            s.sendall(b"POST /wait HTTP/1.1\r\nHost: x\r\n"
+                      b"Content-Length: 5\r\n\r\n")
+            waiting.append(s)
+        time.sleep(0.3)          # the two requests are in the app now
+        t0 = time.monotonic()
+        socks = [connect(addr, timeout=30) for _ in range(8)]
+        for s in socks:
+            s.sendall(build_request("GET", "/gc"))
+        for s in socks:
+            resp = read_response(s)
+            assert (resp.status, resp.body) == (200, b"gc")
+            s.close()
+        elapsed = time.monotonic() - t0
+        # Unloaded, 8 such requests take well under a second on 2 cores;
+        # the bound is loose for a shared machine, and far below "forever".
+        assert elapsed < 20, elapsed
+        for s in waiting:
+            s.sendall(b"hello")
+            resp = read_response(s)
+            assert (resp.status, resp.body) == (200, b"hello")
+            s.close()
+        stop(proc)
+
+
+# -- objects shared between the worker and the app's threads -----------------
+
+TWO_READERS_APP = '''
+    import threading
+    def app(environ, start_response):
+        stream = environ["wsgi.input"]
+        chunks = []
+        lock = threading.Lock()
+        def reader():
+            while True:
+                data = stream.read(1000)
+                if not data:
+                    return
+                with lock:
+                    chunks.append(data)
+        threads = [threading.Thread(target=reader) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        body = b"".join(chunks)
+        # What the readers got between them, in some order: its length,
+        # and how often each byte value came (order-free).
+        counts = [0] * 256
+        for b in body:
+            counts[b] += 1
+        out = ("%d %s" % (len(body), ",".join(map(str, counts)))).encode()
+        start_response("200 OK", [("Content-Length", str(len(out)))])
+        return [out]
+'''
+
+
+def test_wsgi_input_read_from_several_threads_at_once(tmp_path):
+    proc, addr = serve_app(tmp_path, TWO_READERS_APP, workers=2)
+    with proc:
+        payload = os.urandom(300 * 1024)
+        want = collections.Counter(payload)
+        for _ in range(3):
+            with connect(addr, timeout=30) as s:
+                s.sendall(build_request("POST", "/", body=payload))
+                resp = read_response(s)
+            assert resp.status == 200
+            n, counts = resp.body.decode().split(" ")
+            assert int(n) == len(payload)
+            got = [int(c) for c in counts.split(",")]
+            assert got == [want.get(i, 0) for i in range(256)]
+        stop(proc)
+
+
+WRITERS_APP = '''
+    import threading
+    def app(environ, start_response):
+        write = start_response("200 OK", [("Content-Type", "text/plain")])
+        def writer(t):
+            for i in range(200):
+                write(b"<%d:%03d>" % (t, i))
+        threads = [threading.Thread(target=writer, args=(t,))
+                   for t in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        return [b"<end>"]
+'''
+
+
+def test_write_from_several_threads_at_once(tmp_path):
+    proc, addr = serve_app(tmp_path, WRITERS_APP, workers=2)
+    with proc:
+        for _ in range(3):
+            resp = get(addr, "/", timeout=30)
+            assert resp.status == 200
+            tokens = re.findall(rb"<[^<>]*>", resp.body)
+            # Every write arrives whole, once, and nothing else.
+            assert b"".join(tokens) == resp.body
+            assert tokens[-1] == b"<end>"
+            assert sorted(tokens[:-1]) == sorted(
+                b"<%d:%03d>" % (t, i) for t in range(4) for i in range(200))
+            # Each thread's writes keep their order.
+            for t in range(4):
+                mine = [x for x in tokens if x.startswith(b"<%d:" % t)]
+                assert mine == [b"<%d:%03d>" % (t, i) for i in range(200)]
+        stop(proc)
+
+
+START_RESPONSE_RACE_APP = '''
+    import threading
+    def app(environ, start_response):
+        results = []
+        barrier = threading.Barrier(4)
+        def call(i):
+            barrier.wait()
+            try:
+                start_response("200 OK", [("Content-Length", "2"),
+                                          ("X-Caller", str(i))])
+                results.append(i)
+            except RuntimeError:
+                pass
+        threads = [threading.Thread(target=call, args=(i,))
+                   for i in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert len(results) == 1, results
+        return [b"ok"]
+'''
+
+
+def test_start_response_from_several_threads_at_once(tmp_path):
+    # Exactly one call wins; the others get "called again" errors.
+    proc, addr = serve_app(tmp_path, START_RESPONSE_RACE_APP, workers=2)
+    with proc:
+        for _ in range(20):
+            resp = get(addr, "/", timeout=30)
+            assert (resp.status, resp.body) == (200, b"ok")
+            # The winner's headers, whole: one X-Caller, one length.
+            assert resp.headers.get_all("x-caller") in (
+                ["0"], ["1"], ["2"], ["3"])
+            assert resp.headers.get_all("content-length") == ["2"]
+        stop(proc)
+
+
+def test_stop_from_many_threads_while_serving(yimmo_server):
+    """Server.stop() from several threads at once, with requests in
+    flight: one clean stop, no error."""
+    import threading
+
+    def app(environ, start_response):
+        time.sleep(0.05)
+        start_response("200 OK", [("Content-Length", "2")])
+        return [b"ok"]
+
+    server = yimmo_server(app, workers=4)
+    addr = server.address
+    socks = []
+    for _ in range(4):
+        s = socket.create_connection(addr, timeout=10)
+        s.sendall(build_request("GET", "/"))
+        socks.append(s)
+    errors = []
+
+    def stopper():
+        try:
+            server.stop(timeout=5)
+        except Exception as exc:  # pragma: no cover - the failure shown
+            errors.append(exc)
+
+    threads = [threading.Thread(target=stopper) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(15)
+    assert not any(t.is_alive() for t in threads)
+    assert errors == []
+    assert server.stopped
+    for s in socks:
+        s.close()
