@@ -519,7 +519,12 @@ def test_a_retiring_worker_is_not_replaced_twice(log_watcher):
         # stuck delay are close)
         assert sum("worker 0 is still in" in t and "started in its place"
                    in t for t in log_watcher.texts) == 1
-        assert "replaced already" in text
+        if "worker 0 is still in" in text:
+            # /Q ran on the retiring worker 0 (the usual case): its place
+            # is taken, so it is only logged. (Under load /Q can be
+            # stolen by another worker first; the thread count above is
+            # what must hold either way.)
+            assert "replaced already" in text
     finally:
         ev_a.set()
         ev_q.set()
