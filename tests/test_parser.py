@@ -88,6 +88,16 @@ def test_queue_push_never_allocates_or_fails(tmp_path):
 HANDOFF_TEST = os.path.join(ROOT, "tests", "queue", "tsan_handoff.c")
 
 
+def _tsan_env():
+    # Not what the suite itself runs under: an ASan run preloads libasan
+    # into every child, and a TSan program dies of it at once (SIGSEGV).
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("LD_PRELOAD", "ASAN_OPTIONS", "UBSAN_OPTIONS",
+                        "LSAN_OPTIONS", "PYTHONMALLOC")}
+    env["TSAN_OPTIONS"] = "exitcode=66"
+    return env
+
+
 def test_queue_handoff_under_thread_sanitizer(tmp_path):
     """Two million exchanges through loop -> 4 workers (with stealing) ->
     loop, on the real queue.c with wsgi_worker.c's locking protocol, under
@@ -101,7 +111,7 @@ def test_queue_handoff_under_thread_sanitizer(tmp_path):
     proc = subprocess.run([exe, "2000000", "4"], cwd=tmp_path,
                           capture_output=True, text=True, errors="replace",
                           timeout=TIMEOUT,
-                          env=dict(os.environ, TSAN_OPTIONS="exitcode=66"))
+                          env=_tsan_env())
     output = proc.stdout + proc.stderr
     assert "ThreadSanitizer" not in output, output
     assert proc.returncode == 0, output
