@@ -622,9 +622,9 @@ def test_systemd_unit_command_serves(tmp_path):
 FLAG_RE = re.compile(r"``(-{1,2}[a-z][a-z0-9_-]*)``")
 
 
-def list_table(name):
+def list_table(name, page="gunicorn.rst"):
     """The rows of the list-table with :name: name, as lists of cell text."""
-    text = (DOCS / "gunicorn.rst").read_text()
+    text = (DOCS / page).read_text()
     m = re.search(r"^\.\. list-table::\n(?:   :.*\n)*?   :name: %s\n"
                   r"(?:   :.*\n)*\n((?:   .*\n|\n)+)" % re.escape(name),
                   text, re.M)
@@ -685,6 +685,32 @@ def test_gunicorn_signal_table_matches_the_supervisor():
         for name in row[0].replace(",", " ").split():
             missing = row[2].startswith("**Missing:**")
             assert (name not in handled) == missing, row
+
+
+def test_security_limits_table_gives_the_real_defaults():
+    from yimmo._options import BY_NAME
+    rows = list_table("security-limits", "security.rst")
+    assert len(rows) >= 10
+    for row in rows:
+        names = [f[2:].replace("-", "_") for f in FLAG_RE.findall(row[0])]
+        assert names and all(n in BY_NAME for n in names), row
+        shown = [float(x) for x in re.findall(r"\d+(?:\.\d+)?",
+                                              row[1].replace("::1", ""))]
+        real = []
+        for name in names:
+            opt = BY_NAME[name]
+            if isinstance(opt.default, (int, float)) and \
+                    not isinstance(opt.default, bool) and opt.default:
+                real.append(float(opt.default))
+            real += [float(x) for x in
+                     re.findall(r"\d+", opt.default_text or "")]
+            if not opt.default:
+                assert re.search(r"off|no limit", row[1]), row
+        if "forwarded_allow_ips" in names:
+            assert row[1] == "``%s``" % ",".join(
+                BY_NAME["forwarded_allow_ips"].default)
+            continue
+        assert shown == real, (row, real)
 
 
 # -- the build -----------------------------------------------------------------
