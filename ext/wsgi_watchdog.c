@@ -590,6 +590,17 @@ reap(ymo_server_t *s)
             continue;
         }
         if (atomic_load(&w->exited) && ymo_wsgi_worker_join(w, -1) == 0) {
+            /* Ready for the next thread, here where no other lock is
+             * held: ymo_wsgi_worker_restart runs under the stuck
+             * worker's watch_lock and must not take this one. */
+            pthread_mutex_lock(&w->watch_lock);
+            w->current = NULL;
+            w->timed_out = 0;
+            w->stuck = 0;
+            w->replaced = 0;
+            free(w->overrun_head);
+            w->overrun_head = NULL;
+            pthread_mutex_unlock(&w->watch_lock);
             atomic_store(&w->unused, 1);
             continue;
         }
@@ -598,7 +609,8 @@ reap(ymo_server_t *s)
     return live;
 }
 
-/* watch_lock of `stuck` held: start a thread in a free slot. Returns its
+/* watch_lock of the stuck worker held (and no other): start a thread in a
+ * free slot, whose watchdog fields reap reset. Returns its
  * index, or -1 when at the cap (as many extra threads as workers) or
  * when the thread cannot be created. */
 static int
