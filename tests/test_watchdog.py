@@ -595,10 +595,10 @@ def test_stuck_report_message_is_not_leaked(monkeypatch):
     # The stuck report by its opening words: on a free-threaded build the
     # overrun report says why it has no stack ("... of a worker still in
     # the app ..."), which a bare "still in" also matched.
-    overruns = [m for m in msgs if m.startswith("request timeout")]
-    stucks = [m for m in msgs if is_stuck(m)]
-    assert len(overruns) == 1 and len(stucks) == 1, msgs
-    [overrun], [stuck] = overruns, stucks
+    assert (sum(m.startswith("request timeout") for m in msgs) == 1 and
+            sum(is_stuck(m) for m in msgs) == 1), msgs
+    [overrun] = [m for m in msgs if m.startswith("request timeout")]
+    [stuck] = [m for m in msgs if is_stuck(m)]
     assert sys.getrefcount(overrun) == 3    # msgs, the name, the argument
     assert sys.getrefcount(stuck) == 3
 
@@ -629,6 +629,10 @@ def test_a_trace_function_left_by_a_timed_out_request_does_no_harm():
             assert time.monotonic() - t0 < 0.4
 
 
+# A RequestTimeout still pending when the exchange ends must not land in
+# the log function that writes the overrun line (free-threaded builds write
+# it then): it did, as an "Exception ignored in _log_warning".
+@pytest.mark.filterwarnings("error::pytest.PytestUnraisableExceptionWarning")
 def test_a_cut_response_resets_a_slow_reader_at_once():
     # The app streams faster than its client reads, then overruns: what is
     # still queued is dropped and the connection reset, so the client
