@@ -250,14 +250,10 @@ ymo_wsgi_worker_restart(ymo_wsgi_worker_t *worker, const sigset_t *mask)
     worker->poked = 0;
     ymo_wsgi_worker_unlock_in(worker);
     worker->retiring = 0;
-    pthread_mutex_lock(&worker->watch_lock);
-    worker->current = NULL;
-    worker->timed_out = 0;
-    worker->stuck = 0;
-    worker->replaced = 0;
-    free(worker->overrun_head);
-    worker->overrun_head = NULL;
-    pthread_mutex_unlock(&worker->watch_lock);
+    /* The watchdog fields (watch_lock) were reset when the slot's last
+     * thread was joined (wsgi_watchdog.c reap): taking watch_lock here
+     * would nest it in the stuck worker's (see the lock order in
+     * wsgi_worker.h). */
     atomic_store(&worker->exited, 0);
     atomic_store(&worker->in_app, 0);
     atomic_store(&worker->idle, 0);

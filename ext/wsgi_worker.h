@@ -7,14 +7,22 @@
  * Locks: lock_in guards queue_in, running and poked; lock_out guards
  * queue_out. Each is held for a few pointer operations only and never while
  * waiting for anything else, so a worker may take them with the GIL held.
- * Neither is ever held together with another worker's lock. Lock order:
- * an exchange's lock, then lock_out (a post queues its exchange with the
- * exchange's lock held); the loop takes an exchange's lock only after
- * releasing lock_out. watch_lock (the request watchdog's view of the
- * worker, see wsgi_watchdog.c) comes before all of them: the watchdog
- * answers a timed-out exchange holding it. Only the watchdog ever holds
- * two watch_locks (a stuck worker's, then a spare slot's it starts a
- * thread in); no worker thread uses a spare's.
+ * Neither is held together with another worker's lock, but for one case
+ * below. watch_lock is the request watchdog's view of the worker (see
+ * wsgi_watchdog.c).
+ *
+ * The one lock order: watch_lock, then an exchange's lock, then lock_out
+ * (the watchdog answers a timed-out exchange holding watch_lock; a post
+ * queues its exchange with the exchange's lock held; the loop takes an
+ * exchange's lock only after releasing lock_out); and watch_lock, then
+ * lock_in (the watchdog starts a spare slot's thread holding the stuck
+ * worker's watch_lock: ymo_wsgi_worker_restart takes the spare's lock_in).
+ * No thread ever holds two watch_locks: a spare slot's watchdog fields are
+ * reset when the watchdog joins its last thread (wsgi_watchdog.c reap),
+ * not when it starts the next one. (Resetting them in restart, under the
+ * stuck worker's watch_lock, nested two watch_locks whose roles swap when
+ * the replacement is stuck in turn: ThreadSanitizer reported that as a
+ * lock-order inversion.)
  *
  * Slots: with a request timeout the server has twice `workers` slots;
  * the spares have no thread (unused, retired) until the watchdog starts

@@ -433,16 +433,20 @@ def parse_response(data, method="GET"):
 def read_until_close(sock, timeout=DEFAULT_TIMEOUT, require_close=True):
     """Bytes until the peer closes (including any that a Reader buffered).
     If it has not closed within timeout: AssertionError when require_close,
-    else return what arrived."""
+    else return what arrived. The deadline is kept with select(), never by
+    changing the socket's timeout: a test's sender thread may be in
+    sendall() on the same socket, and settimeout() under it is a data race
+    (ThreadSanitizer reported it on 3.13t) that could also cut its send
+    short."""
     reader = reader_for(sock)
     deadline = time.monotonic() + timeout
-    old_timeout = sock.gettimeout()
     try:
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise socket.timeout()
-            sock.settimeout(remaining)
+            if not select.select([sock], [], [], remaining)[0]:
+                continue
             if not reader._recv():
                 break
     except socket.timeout:
@@ -450,11 +454,6 @@ def read_until_close(sock, timeout=DEFAULT_TIMEOUT, require_close=True):
             raise AssertionError(
                 "server did not close the connection within %ss; received "
                 "%r" % (timeout, bytes(reader.buf[:1000])))
-    finally:
-        try:
-            sock.settimeout(old_timeout)
-        except OSError:
-            pass
     data = bytes(reader.buf)
     reader.buf.clear()
     return data

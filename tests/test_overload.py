@@ -48,15 +48,21 @@ def trickle(addr, head, body, interval, stop):
     socket is returned (open)."""
     sock = connect(addr, 30)
     sock.sendall(head)
+    # The thread sends through a socket object of its own (the same
+    # connection): the test reads, and closes, the one returned, and two
+    # threads using one socket object race on its fields (timeout, fd).
+    out = sock.dup()
 
     def run():
         try:
             for i in range(len(body)):
                 if stop.wait(interval):
                     return
-                sock.sendall(body[i:i + 1])
+                out.sendall(body[i:i + 1])
         except OSError:
             pass
+        finally:
+            out.close()
     threading.Thread(target=run, daemon=True).start()
     return sock
 
@@ -149,7 +155,6 @@ def test_body_below_min_rate_gets_408(yimmo_server):
             socks.append(trickle(server.address, head, b"y" * size, 0.05,
                                  stop))
         for sock in socks:
-            sock.settimeout(20)
             data = read_until_close(sock, 20)
             assert data.startswith(b"HTTP/1.1 408 "), data[:100]
         assert 9 < time.monotonic() - t0 < 16

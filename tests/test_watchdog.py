@@ -70,9 +70,11 @@ class App:
             return [b"too late"]
         if path == "/work":
             # Some bytecode: a RequestTimeout left pending by an earlier
-            # request would land here.
+            # request would land here (at the first backward jump). Short
+            # enough to stay well under the 0.5 s timeouts below on the
+            # ThreadSanitizer build too (200000 rounds overran there).
             total = 0
-            for i in range(200000):
+            for i in range(20000):
                 total += i
             self.events.append(("work done", me))
         if path == "/fifo":
@@ -576,6 +578,9 @@ def test_stuck_report_message_is_not_leaked(monkeypatch):
     monkeypatch.setattr(yimmo._server, "_log_warning", msgs.append)
     release = threading.Event()
 
+    def is_stuck(msg):
+        return msg.startswith("worker 0 is still in ")
+
     def app(environ, start_response):
         release.wait(WAIT * 3)
         start_response("200 OK", [("Content-Length", "2")])
@@ -585,12 +590,17 @@ def test_stuck_report_message_is_not_leaked(monkeypatch):
     server.start()
     try:
         assert get(server.address, "/", timeout=WAIT).status == 503
-        assert wait_until(lambda: any("still in" in m for m in msgs))
+        assert wait_until(lambda: any(is_stuck(m) for m in msgs))
     finally:
         release.set()
         server.stop(timeout=5)
+    # The stuck report by its opening words: on a free-threaded build the
+    # overrun report says why it has no stack ("... of a worker still in
+    # the app ..."), which a bare "still in" also matched.
+    assert (sum(m.startswith("request timeout") for m in msgs) == 1 and
+            sum(is_stuck(m) for m in msgs) == 1), msgs
     [overrun] = [m for m in msgs if m.startswith("request timeout")]
-    [stuck] = [m for m in msgs if "still in" in m]
+    [stuck] = [m for m in msgs if is_stuck(m)]
     assert sys.getrefcount(overrun) == 3    # msgs, the name, the argument
     assert sys.getrefcount(stuck) == 3
 
@@ -621,6 +631,10 @@ def test_a_trace_function_left_by_a_timed_out_request_does_no_harm():
             assert time.monotonic() - t0 < 0.4
 
 
+# A RequestTimeout still pending when the exchange ends must not land in
+# the log function that writes the overrun line (free-threaded builds write
+# it then): it did, as an "Exception ignored in _log_warning".
+@pytest.mark.filterwarnings("error::pytest.PytestUnraisableExceptionWarning")
 def test_a_cut_response_resets_a_slow_reader_at_once():
     # The app streams faster than its client reads, then overruns: what is
     # still queued is dropped and the connection reset, so the client
