@@ -214,12 +214,12 @@ def apply_log_config(log_config: Union[StrPath, Dict[str, Any]]) -> None:
 
 
 def _load_toml(path: StrPath) -> Dict[str, Any]:
-    if sys.version_info < (3, 11):
-        raise ValueError("TOML needs Python 3.11 or later (tomllib); "
-                         "use a .json file")
-    import tomllib
-    with open(path, "rb") as f:
-        return tomllib.load(f)
+    if sys.version_info >= (3, 11):
+        import tomllib
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    raise ValueError("TOML needs Python 3.11 or later (tomllib); "
+                     "use a .json file")
 
 
 def _one_line(exc: BaseException) -> str:

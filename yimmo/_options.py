@@ -185,7 +185,8 @@ def check_network(text: str) -> None:
                          % text) from None
     # An IPv4-mapped address (::ffff:a.b.c.d) stands for the IPv4 one, its
     # prefix counting ::ffff:0:0/96 too: /96 to /128 (ext/trust.c).
-    if slash and ip.version == 6 and ip.ipv4_mapped is not None \
+    if slash and isinstance(ip, ipaddress.IPv6Address) \
+            and ip.ipv4_mapped is not None \
             and int(prefix) < 96:
         raise ValueError("bad network %r: an IPv4-mapped network "
                          "(::ffff:a.b.c.d/N) needs a prefix of 96 to 128"

@@ -136,9 +136,11 @@ class Server:
                 opts["error_log"], opts["log_config"])
         self._process = _process
         if _process is None:
+            recycling = (("max_requests", opts["max_requests"]),
+                         ("max_lifetime", opts["max_lifetime"]),
+                         ("max_rss", opts["max_rss"]))
             unused = ["--" + name.replace("_", "-")
-                      for name in ("max_requests", "max_lifetime", "max_rss")
-                      if opts[name]]
+                      for name, value in recycling if value]
             if unused:
                 # A warning, not an error: one configuration may serve
                 # deployments with and without a supervisor.
