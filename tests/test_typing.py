@@ -15,6 +15,7 @@ import os
 import re
 import subprocess
 import sys
+import sysconfig
 
 import pytest
 
@@ -32,21 +33,33 @@ needs_mypy = pytest.mark.skipif(importlib.util.find_spec("mypy") is None,
                                 reason="mypy is not installed")
 
 
-def _run(module, args):
-    # From the directory holding the package under test (the checkout, or
-    # site-packages for an installed yimmo), as `python -m mypy --strict
-    # yimmo` would be run there.
+# Installed (the sdist's test run): mypy runs elsewhere and finds the
+# package through its py.typed (run in site-packages, it would take the
+# modules there for the user's own). From a checkout: `python -m mypy
+# --strict yimmo` at its top.
+INSTALLED = os.path.realpath(os.path.dirname(PKG_DIR)) in {
+    os.path.realpath(sysconfig.get_paths()[key])
+    for key in ("purelib", "platlib")}
+
+
+def _run(module, args, tmp_path):
+    cwd = str(tmp_path) if INSTALLED else os.path.dirname(PKG_DIR)
     return subprocess.run(
-        [sys.executable, "-m", module] + args, cwd=os.path.dirname(PKG_DIR),
+        [sys.executable, "-m", module] + args, cwd=cwd,
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         universal_newlines=True, timeout=MYPY_TIMEOUT)
 
 
 @needs_mypy
 def test_mypy_strict_passes_on_the_package(tmp_path):
-    r = _run("mypy", ["--strict", "--cache-dir", str(tmp_path), "yimmo"])
+    target = ["-p", "yimmo"] if INSTALLED else ["yimmo"]
+    r = _run("mypy", ["--strict", "--cache-dir", str(tmp_path / "cache")]
+             + target, tmp_path)
     assert r.returncode == 0, r.stdout
-    assert "Success: no issues found" in r.stdout, r.stdout
+    # Every module of the package, and the stub.
+    files = [f for f in os.listdir(PKG_DIR) if f.endswith((".py", ".pyi"))]
+    assert "Success: no issues found in %d source files" % len(files) \
+        in r.stdout, r.stdout
 
 
 @needs_mypy
@@ -69,7 +82,7 @@ def test_mypy_strict_refuses_wrong_calls(tmp_path):
         "yimmo.serve(app, bind=['127.0.0.1:0'], workers=2, timeout=1,\n"
         "            access_log=None, processes='auto')\n")
     r = _run("mypy", ["--strict", "--cache-dir", str(tmp_path / "cache"),
-                      "--no-error-summary", str(user)])
+                      "--no-error-summary", str(user)], tmp_path)
     assert r.returncode == 1, r.stdout
     errors = {int(m.group(1)) for m in
               re.finditer(r"^\S*user\.py:(\d+): error:", r.stdout, re.M)}
@@ -84,7 +97,7 @@ def test_stubtest_finds_the_stub_and_module_agree(tmp_path):
     config = tmp_path / "mypy.ini"
     config.write_text("[mypy]\ncache_dir = %s\n" % (tmp_path / "cache"))
     r = _run("mypy.stubtest", ["--mypy-config-file", str(config),
-                               "yimmo._yimmo"])
+                               "yimmo._yimmo"], tmp_path)
     assert r.returncode == 0, r.stdout
     assert "Success" in r.stdout, r.stdout
 
