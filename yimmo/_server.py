@@ -175,7 +175,7 @@ class Server:
                 self.addresses.append(address)
                 if listener.unix_file is not None:
                     self._unix_files.append(listener.unix_file)
-                if isinstance(address, str):    # listener.is_unix
+                if isinstance(address, str):    # unix: its path
                     listeners.append((sock.fileno(), True, address, ""))
                 else:
                     listeners.append((sock.fileno(), False, address[0],
