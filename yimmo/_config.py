@@ -25,7 +25,7 @@ from __future__ import annotations
 import os
 import sys
 import types
-from typing import Any, Dict, Mapping, Optional, Tuple
+from typing import Dict, Mapping, Optional, Tuple
 
 from ._options import BY_NAME, Option, _unknown
 
@@ -88,7 +88,7 @@ def load_config(path: str) -> Tuple[Optional[str], Dict[str, object]]:
     return _to_options(path, names, is_python)
 
 
-def _read_toml(path: str) -> Dict[str, Any]:
+def _read_toml(path: str) -> Dict[str, object]:
     # The reading under the version test, which type checkers understand
     # (for Python 3.10 and older they skip the block: no tomllib there).
     if sys.version_info >= (3, 11):
@@ -113,15 +113,15 @@ def _read_toml(path: str) -> Dict[str, Any]:
                       "(tomllib); use a Python config file" % path)
 
 
-def _run_python(path: str) -> Dict[str, Any]:
+def _run_python(path: str) -> Dict[str, object]:
     try:
         with open(path, "rb") as f:
             source = f.read()
     except OSError as exc:
         raise ConfigError("config file %s: %s" % (path, exc.strerror or exc)) \
             from None
-    namespace: Dict[str, Any] = {"__file__": os.path.abspath(path),
-                                 "__name__": "__config__"}
+    namespace: Dict[str, object] = {"__file__": os.path.abspath(path),
+                                    "__name__": "__config__"}
     try:
         code = compile(source, path, "exec")
         exec(code, namespace)
