@@ -3,7 +3,8 @@
     python check_wheel.py WHEEL SOURCE_DIR [--repaired]
 
 A wheel holds the package's modules (every SOURCE_DIR/yimmo/*.py), its
-typing markers when the source has them (py.typed, *.pyi), exactly one
+typing files (py.typed and every *.pyi; py.typed and _yimmo.pyi always,
+so a package that lost them fails here too), exactly one
 compiled extension (yimmo/_yimmo.*.so) and the dist-info; with --repaired,
 also exactly one bundled libev (yimmo.libs/libev-HASH.so.*, auditwheel's
 copy), its license (LICENSE-libev) and nothing else bundled. Anything else
@@ -32,6 +33,8 @@ def main():
     pkg = os.path.join(args.source, "yimmo")
     expected = {"yimmo/" + f for f in os.listdir(pkg)
                 if f.endswith((".py", ".pyi")) or f == "py.typed"}
+    # The typed API (PEP 561): the marker and the C extension's stub.
+    expected |= {"yimmo/py.typed", "yimmo/_yimmo.pyi"}
     dist_info = re.escape("%s-%s.dist-info/" % (name, version))
     allowed = [
         r"yimmo/[A-Za-z_][A-Za-z0-9_]*\.pyi?",
@@ -54,7 +57,8 @@ def main():
                     and n.endswith((".py", ".pyi", ".typed"))
                     and n not in expected):
         problems.append("not in the source tree: " + n)
-    exts = [n for n in names if n.startswith("yimmo/_yimmo.")]
+    exts = [n for n in names
+            if n.startswith("yimmo/_yimmo.") and n.endswith(".so")]
     if len(exts) != 1:
         problems.append("expected one compiled extension, got %r" % exts)
     if args.repaired:

@@ -6,9 +6,12 @@ on stderr: exit status 2 for bad usage or option values, 1 for an
 application that cannot be loaded or an address that cannot be bound.
 """
 
+from __future__ import annotations
+
 import os
 import sys
 import traceback
+from typing import TYPE_CHECKING, Optional, Sequence
 
 import yimmo
 from yimmo import _reload
@@ -16,12 +19,15 @@ from yimmo._appload import AppLoadError, load_app
 from yimmo._logging import LogConfigError, configure_logging
 from yimmo._options import parse_command_line
 
+if TYPE_CHECKING:
+    from _typeshed.wsgi import WSGIApplication
+
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
 
 
-def main(argv=None):
+def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run the server; return the process exit status."""
     try:
         return _run(sys.argv[1:] if argv is None else argv)
@@ -31,7 +37,7 @@ def main(argv=None):
         return EXIT_OK
 
 
-def _run(argv):
+def _run(argv: Sequence[str]) -> int:
     try:
         app_spec, options, cli = parse_command_line(argv)
     except SystemExit as exc:
@@ -61,7 +67,7 @@ def _run(argv):
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
     supervised = options["processes"] > 1
-    app = None
+    app: Optional[WSGIApplication] = None
     # A supervisor imports the app only with --preload: each server
     # process imports it after the fork (so SIGHUP reloads the code).
     if not supervised or options["preload"]:
@@ -92,6 +98,7 @@ def _run(argv):
                 app_spec, app, options,
                 reload_report=(reload_child, cli["config"])
                 if reload_child else None)
+        assert app is not None  # loaded above: not supervised
         yimmo.serve(app, **options)
     except (TypeError, ValueError) as exc:
         return _fail(str(exc), EXIT_USAGE)
@@ -100,7 +107,7 @@ def _run(argv):
     return EXIT_OK
 
 
-def _describe(exc):
+def _describe(exc: OSError) -> str:
     """An OSError as one line without the "[Errno 98]" prefix."""
     if exc.strerror:
         if exc.filename is not None:
@@ -109,7 +116,7 @@ def _describe(exc):
     return str(exc) or type(exc).__name__
 
 
-def _fail(message, status):
+def _fail(message: str, status: int) -> int:
     print("yimmo: error: %s" % message, file=sys.stderr)
     return status
 

@@ -15,9 +15,21 @@ The caller puts the current directory on sys.path; this module does not
 touch it. It imports nothing from the rest of yimmo.
 """
 
+from __future__ import annotations
+
 import ast
 import importlib
 import traceback
+from types import ModuleType
+from typing import (
+    TYPE_CHECKING, Callable, Dict, List, Optional, Sequence, Tuple, cast,
+)
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import WSGIApplication
+
+# A factory's literal arguments: (args, kwargs).
+Arguments = Tuple[List[object], Dict[str, object]]
 
 DEFAULT_NAMES = ("application", "app")
 
@@ -26,7 +38,7 @@ class AppLoadError(Exception):
     """The application could not be loaded; str() is a one-line reason."""
 
 
-def load_app(spec):
+def load_app(spec: str) -> WSGIApplication:
     """Import and return the WSGI application named by spec."""
     module_name, sep, expr = (part.strip() for part in spec.partition(":"))
     _check_module_name(spec, module_name)
@@ -40,28 +52,26 @@ def load_app(spec):
     obj = _resolve(module, module_name, path)
     label = "%s:%s" % (module_name, ".".join(path))
     if call is None:
-        _check_callable(obj, "%r is not callable" % label)
-        return obj
+        return _check_callable(obj, "%r is not callable" % label)
     if not callable(obj):
         raise AppLoadError("%r is not callable, so it cannot be used as a "
                            "factory (%s object)" % (label, type(obj).__name__))
     app = _call_factory(obj, call, "%s:%s" % (module_name, expr))
-    _check_callable(app, "%r did not return a WSGI callable"
-                    % ("%s:%s" % (module_name, expr)))
-    return app
+    return _check_callable(app, "%r did not return a WSGI callable"
+                           % ("%s:%s" % (module_name, expr)))
 
 
 # -- parsing ------------------------------------------------------------------
 
 
-def _invalid(spec, why, forms=True):
+def _invalid(spec: str, why: str, forms: bool = True) -> AppLoadError:
     message = "invalid application %r: %s" % (spec, why)
     if forms:
         message += " (expected MODULE:NAME, MODULE or MODULE:FACTORY(ARGS))"
     return AppLoadError(message)
 
 
-def _check_module_name(spec, name):
+def _check_module_name(spec: str, name: str) -> None:
     if not name:
         raise _invalid(spec, "no module name")
     if name.endswith(".py") or "/" in name or "\\" in name:
@@ -71,14 +81,16 @@ def _check_module_name(spec, name):
         raise _invalid(spec, "%r is not a module name" % name)
 
 
-def _parse_target(spec, expr):
+def _parse_target(
+    spec: str, expr: str,
+) -> Tuple[List[str], Optional[Arguments]]:
     """Split "a.b" / "f(1, x='y')" into (['a', 'b'], None) / (['f'],
     ([1], {'x': 'y'}))."""
     try:
         node = ast.parse(expr, mode="eval").body
     except SyntaxError:
         raise _invalid(spec, "%r is not a name or a call" % expr) from None
-    call = None
+    call: Optional[Arguments] = None
     if isinstance(node, ast.Call):
         call = _literal_arguments(spec, node)
         node = node.func
@@ -88,7 +100,7 @@ def _parse_target(spec, expr):
     return path, call
 
 
-def _dotted_name(node):
+def _dotted_name(node: ast.expr) -> Optional[List[str]]:
     parts = []
     while isinstance(node, ast.Attribute):
         parts.append(node.attr)
@@ -99,14 +111,14 @@ def _dotted_name(node):
     return parts[::-1]
 
 
-def _literal_arguments(spec, call):
+def _literal_arguments(spec: str, call: ast.Call) -> Arguments:
     try:
-        args = []
+        args: List[object] = []
         for arg in call.args:
             if isinstance(arg, ast.Starred):
                 raise ValueError
             args.append(ast.literal_eval(arg))
-        kwargs = {}
+        kwargs: Dict[str, object] = {}
         for kw in call.keywords:
             if kw.arg is None:  # **mapping
                 raise ValueError
@@ -121,17 +133,17 @@ def _literal_arguments(spec, call):
 # -- importing and resolving --------------------------------------------------
 
 
-def _where(exc, verb="raised"):
+def _where(exc: BaseException, verb: str = "raised") -> str:
     """' (raised at file:line)' for the innermost frame of exc, or ''."""
     # The innermost frames of an import error are importlib's own.
     frames = [f for f in traceback.extract_tb(exc.__traceback__)
               if not f.filename.startswith("<frozen ")]
     if not frames:
         return ""
-    return " (%s at %s:%d)" % (verb, frames[-1].filename, frames[-1].lineno)
+    return " (%s at %s:%s)" % (verb, frames[-1].filename, frames[-1].lineno)
 
 
-def _is_the_module(exc, name):
+def _is_the_module(exc: ModuleNotFoundError, name: str) -> bool:
     """True if ModuleNotFoundError exc is about name (or a package of it)
     rather than about something name imports."""
     missing = exc.name
@@ -139,7 +151,7 @@ def _is_the_module(exc, name):
         missing == name or name.startswith(missing + "."))
 
 
-def _import(name):
+def _import(name: str) -> ModuleType:
     try:
         return importlib.import_module(name)
     except ModuleNotFoundError as exc:
@@ -160,21 +172,21 @@ def _import(name):
             % (name, type(exc).__name__, exc, _where(exc))) from exc
 
 
-def _default_app(module, module_name):
+def _default_app(module: ModuleType, module_name: str) -> WSGIApplication:
     for attr in DEFAULT_NAMES:
         if hasattr(module, attr):
             app = getattr(module, attr)
-            _check_callable(app, "'%s:%s' is not callable"
-                            % (module_name, attr))
-            return app
+            return _check_callable(app, "'%s:%s' is not callable"
+                                   % (module_name, attr))
     raise AppLoadError(
         "module %r has no attribute %s; name the application, e.g. '%s:NAME'"
         % (module_name, " or ".join(repr(n) for n in DEFAULT_NAMES),
            module_name))
 
 
-def _resolve(module, module_name, path):
-    obj = module
+def _resolve(module: ModuleType, module_name: str,
+             path: Sequence[str]) -> object:
+    obj: object = module
     for i, attr in enumerate(path):
         try:
             obj = getattr(obj, attr)
@@ -188,7 +200,8 @@ def _resolve(module, module_name, path):
     return obj
 
 
-def _call_factory(factory, call, label):
+def _call_factory(factory: Callable[..., object], call: Arguments,
+                  label: str) -> object:
     args, kwargs = call
     try:
         return factory(*args, **kwargs)
@@ -198,6 +211,10 @@ def _call_factory(factory, call, label):
                               _where(exc))) from exc
 
 
-def _check_callable(obj, message):
+def _check_callable(obj: object, message: str) -> WSGIApplication:
+    """obj, if callable: the application (AppLoadError otherwise)."""
     if not callable(obj):
         raise AppLoadError("%s (%s object)" % (message, type(obj).__name__))
+    # Callable is all that can be checked before a request arrives; that
+    # it takes (environ, start_response) is the application's word.
+    return cast("WSGIApplication", obj)

@@ -16,6 +16,8 @@ lines from several processes sharing a file never interleave inside a line.
 This module imports nothing from the rest of yimmo.
 """
 
+from __future__ import annotations
+
 import logging
 import logging.config
 import os
@@ -24,6 +26,23 @@ import sys
 import threading
 import time
 import weakref
+from typing import (
+    TYPE_CHECKING, Any, Callable, Collection, Dict, List, Optional, TextIO,
+    Tuple, Union,
+)
+
+if TYPE_CHECKING:
+    from _typeshed import StrPath
+    from _typeshed.wsgi import WSGIEnvironment
+
+    # The response headers as the app gave them (None: it never called
+    # start_response), as the C core passes them to its log_access.
+    Headers = Optional[List[Tuple[str, str]]]
+    # (environ, status, length, seconds, headers) -> the access log line.
+    AccessLine = Callable[[WSGIEnvironment, str, int, float, Headers], str]
+    # The same arguments -> the value of one %(atom) of a format.
+    Atom = Callable[[WSGIEnvironment, str, int, float, Headers],
+                    Union[str, int]]
 
 ERROR_LOGGER = "yimmo"
 ACCESS_LOGGER = "yimmo.access"
@@ -37,8 +56,12 @@ DATE_FORMAT = "%Y-%m-%d %H:%M:%S %z"
 _OURS = "_yimmo_handler"
 
 
-def configure_logging(log_level="info", access_log=None, error_log="-",
-                      log_config=None):
+def configure_logging(
+    log_level: str = "info",
+    access_log: Optional[StrPath] = None,
+    error_log: Optional[StrPath] = "-",
+    log_config: Union[StrPath, Dict[str, Any], None] = None,
+) -> None:
     """Set up both loggers, as the command line and serve() want them, then
     apply log_config (a file path or a dictConfig dict) if given."""
     configure_error_log(log_level, error_log)
@@ -47,7 +70,8 @@ def configure_logging(log_level="info", access_log=None, error_log="-",
         apply_log_config(log_config)
 
 
-def configure_error_log(log_level="info", error_log="-"):
+def configure_error_log(log_level: str = "info",
+                        error_log: Optional[StrPath] = "-") -> None:
     """Send the "yimmo" logger to error_log ("-" or None: stderr, else a
     file path, appended to) at log_level. Raises OSError if the file cannot
     be opened.
@@ -56,7 +80,8 @@ def configure_error_log(log_level="info", error_log="-"):
     configures root logging does not print server lines twice.
     """
     error_log_ = logging.getLogger(ERROR_LOGGER)
-    if error_log in (None, "-"):
+    handler: logging.Handler
+    if error_log is None or error_log == "-":
         handler = _stream_handler(ERROR_FORMAT, DATE_FORMAT)
     else:
         handler = AppendFileHandler(error_log)
@@ -66,7 +91,7 @@ def configure_error_log(log_level="info", error_log="-"):
     error_log_.propagate = False
 
 
-def configure_access_log(access_log):
+def configure_access_log(access_log: Optional[StrPath]) -> None:
     """Send "yimmo.access" to access_log: "-" for stderr, a file path
     (appended to), or None for off. Raises OSError if the file cannot be
     opened. Access lines never propagate (the error log is not the place
@@ -85,8 +110,13 @@ def configure_access_log(access_log):
         _replace_handler(access, handler)
 
 
-def configure_for_server(given, log_level="info", access_log=None,
-                         error_log="-", log_config=None):
+def configure_for_server(
+    given: Collection[str],
+    log_level: str = "info",
+    access_log: Optional[StrPath] = None,
+    error_log: Optional[StrPath] = "-",
+    log_config: Union[StrPath, Dict[str, Any], None] = None,
+) -> None:
     """What a Server constructed directly (not by serve() or the command
     line) sets up for the logging keywords it was given (the names in
     given), so that Server(access_log=PATH) writes PATH as serve() would:
@@ -103,7 +133,8 @@ def configure_for_server(given, log_level="info", access_log=None,
     log_config.
     """
     error_log_ = logging.getLogger(ERROR_LOGGER)
-    if "error_log" in given and error_log not in (None, "-"):
+    if "error_log" in given and error_log is not None and \
+            error_log != "-":
         path = os.path.abspath(error_log)
         if not any(isinstance(h, AppendFileHandler) and
                    h.baseFilename == path for h in error_log_.handlers):
@@ -127,7 +158,7 @@ class LogConfigError(ValueError):
     """A --log-config file that cannot be read or applied (one line)."""
 
 
-def apply_log_config(log_config):
+def apply_log_config(log_config: Union[StrPath, Dict[str, Any]]) -> None:
     """Apply a logging configuration on top of what configure_logging()
     set up: a dict (logging.config.dictConfig), or a file path chosen by
     its extension: .json and .toml hold a dictConfig dict, anything else
@@ -139,11 +170,12 @@ def apply_log_config(log_config):
     the configuration names loses the handlers yimmo gave it. Raises
     LogConfigError with a one-line message.
     """
+    config: object
     if isinstance(log_config, dict):
         source = "log config"
         config = log_config
     else:
-        source = "log config %s" % log_config
+        source = "log config %s" % (log_config,)
         ext = os.path.splitext(log_config)[1].lower()
         try:
             if ext == ".json":
@@ -172,33 +204,38 @@ def apply_log_config(log_config):
             return
     if not isinstance(config, dict):
         raise LogConfigError("%s: must hold a dict (dictConfig)" % source)
-    config = dict(config)
-    config.setdefault("version", 1)
-    config.setdefault("disable_existing_loggers", False)
+    settings: Dict[str, Any] = dict(config)
+    settings.setdefault("version", 1)
+    settings.setdefault("disable_existing_loggers", False)
     try:
-        logging.config.dictConfig(config)
+        logging.config.dictConfig(settings)
     except Exception as exc:
         raise LogConfigError("%s: %s" % (source, _one_line(exc))) from None
 
 
-def _load_toml(path):
-    try:
-        import tomllib
-    except ImportError:
-        raise ValueError("TOML needs Python 3.11 or later (tomllib); "
-                         "use a .json file") from None
-    with open(path, "rb") as f:
-        return tomllib.load(f)
+def _load_toml(path: StrPath) -> Dict[str, Any]:
+    # Under the version test, which type checkers understand (no tomllib
+    # before Python 3.11).
+    if sys.version_info >= (3, 11):
+        try:
+            import tomllib
+        except ImportError:  # hidden (as the tests play an older Python)
+            pass
+        else:
+            with open(path, "rb") as f:
+                return tomllib.load(f)
+    raise ValueError("TOML needs Python 3.11 or later (tomllib); "
+                     "use a .json file")
 
 
-def _one_line(exc):
+def _one_line(exc: BaseException) -> str:
     text = str(exc) or type(exc).__name__
     if exc.__cause__ is not None:
         text += ": %s" % (exc.__cause__,)
     return " ".join(text.split())
 
 
-def _write_all(fd, data):
+def _write_all(fd: int, data: bytes) -> None:
     """Write data with as few write(2) calls as the kernel allows: one for
     a regular file (O_APPEND makes it land whole at the end, even with
     other processes appending). A partial write only happens when the disk
@@ -219,7 +256,7 @@ class AppendFileHandler(logging.Handler):
     file as class yimmo._logging.AppendFileHandler, args (filename,).
     """
 
-    def __init__(self, filename, encoding="utf-8"):
+    def __init__(self, filename: StrPath, encoding: str = "utf-8") -> None:
         super().__init__()
         self.baseFilename = os.path.abspath(os.fspath(filename))
         self.encoding = encoding
@@ -227,12 +264,12 @@ class AppendFileHandler(logging.Handler):
         with _file_handlers_lock:
             _file_handlers.add(self)
 
-    def _open(self):
+    def _open(self) -> int:
         return os.open(self.baseFilename,
                        os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC,
                        0o644)
 
-    def emit(self, record):
+    def emit(self, record: logging.LogRecord) -> None:
         try:
             data = (self.format(record) + "\n").encode(self.encoding,
                                                        "backslashreplace")
@@ -243,7 +280,7 @@ class AppendFileHandler(logging.Handler):
         except Exception:
             self.handleError(record)
 
-    def reopen(self):
+    def reopen(self) -> None:
         """Open the path again (a new file if it was renamed); the old
         descriptor is closed once no record is being written to it."""
         fd = self._open()
@@ -255,7 +292,7 @@ class AppendFileHandler(logging.Handler):
         if old >= 0:
             os.close(old)
 
-    def close(self):
+    def close(self) -> None:
         self.acquire()
         try:
             fd, self._fd = self._fd, -1
@@ -272,26 +309,26 @@ class AppendFileHandler(logging.Handler):
 # Lock: handlers are made and closed on any thread (truly at once on a
 # free-threaded build) while a SIGUSR1 handler may be listing them, so
 # every access holds _file_handlers_lock (never while reopening).
-_file_handlers = weakref.WeakSet()
+_file_handlers: weakref.WeakSet[AppendFileHandler] = weakref.WeakSet()
 _file_handlers_lock = threading.Lock()
 
 
-def reopen_log_files():
+def reopen_log_files() -> None:
     """Reopen every log file: yimmo's own handlers, and the
     logging.FileHandler instances a --log-config set up (as gunicorn does
     on SIGUSR1). Errors are logged, not raised: a signal handler must not
     bring the server down because a directory vanished."""
     with _file_handlers_lock:
         handlers = list(_file_handlers)
-    for handler in handlers:
+    for ours in handlers:
         try:
-            handler.reopen()
+            ours.reopen()
         except OSError as exc:
-            _reopen_failed(handler, exc)
+            _reopen_failed(ours, exc)
     loggers = [logging.getLogger()] + [
         lg for lg in list(logging.Logger.manager.loggerDict.values())
         if isinstance(lg, logging.Logger)]
-    seen = set()
+    seen: set[int] = set()
     for logger in loggers:
         for handler in list(logger.handlers):
             if not isinstance(handler, logging.FileHandler) or \
@@ -313,7 +350,8 @@ def reopen_log_files():
                 handler.release()
 
 
-def _reopen_failed(handler, exc):
+def _reopen_failed(handler: Union[AppendFileHandler, logging.FileHandler],
+                   exc: OSError) -> None:
     """Report a log file that could not be reopened: on the error log, and
     on stderr too unless the error log goes there already, since the error
     log may be the very file that could not be reopened (the operator
@@ -330,7 +368,8 @@ def _reopen_failed(handler, exc):
             pass
 
 
-def _stream_handler(fmt, datefmt=None):
+def _stream_handler(fmt: str,
+                    datefmt: Optional[str] = None) -> _StderrHandler:
     # Not bound to the sys.stderr object of today: tests and daemons swap
     # sys.stderr, and logging's StreamHandler keeps the object it got.
     handler = _StderrHandler()
@@ -338,24 +377,32 @@ def _stream_handler(fmt, datefmt=None):
     return handler
 
 
-class _StderrHandler(logging.StreamHandler):
+# StreamHandler is generic in typeshed (the type of its stream) but cannot
+# be subscripted at run time before Python 3.11.
+if TYPE_CHECKING:
+    _TextStreamHandler = logging.StreamHandler[TextIO]
+else:
+    _TextStreamHandler = logging.StreamHandler
+
+
+class _StderrHandler(_TextStreamHandler):
     """A StreamHandler that always writes to the current sys.stderr, each
     record with one write(2) when sys.stderr has a descriptor (so
     processes sharing it do not interleave inside a line; through a pipe
     that holds up to PIPE_BUF bytes, 4096 on Linux)."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         super().__init__(sys.stderr)
 
     @property
-    def stream(self):
+    def stream(self) -> TextIO:
         return sys.stderr
 
     @stream.setter
-    def stream(self, value):
+    def stream(self, value: object) -> None:
         pass
 
-    def emit(self, record):
+    def emit(self, record: logging.LogRecord) -> None:
         stream = sys.stderr
         try:
             fd = stream.fileno()
@@ -371,7 +418,8 @@ class _StderrHandler(logging.StreamHandler):
             self.handleError(record)
 
 
-def _replace_handler(logger, handler):
+def _replace_handler(logger: logging.Logger,
+                     handler: Optional[logging.Handler]) -> None:
     for old in list(logger.handlers):
         if getattr(old, _OURS, False):
             logger.removeHandler(old)
@@ -391,10 +439,10 @@ _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun",
 # (with or without the GIL: one reference is stored or loaded, atomically
 # on a free-threaded build too); two threads may both format the same
 # second, which costs nothing but the work.
-_last_time = (None, "")
+_last_time: Tuple[Optional[int], str] = (None, "")
 
 
-def _format_time(when):
+def _format_time(when: float) -> str:
     global _last_time
     second = int(when)
     cached = _last_time
@@ -413,7 +461,7 @@ def _format_time(when):
     return text
 
 
-def _escape(value):
+def _escape(value: str) -> str:
     """Make a request-supplied string safe for one quoted log field.
 
     Quotes, backslashes and control or non-ASCII characters are written as
@@ -435,12 +483,12 @@ def _escape(value):
     return "".join(out)
 
 
-def _field(environ, key):
+def _field(environ: WSGIEnvironment, key: str) -> str:
     value = environ.get(key)
     return _escape(value) if value else "-"
 
 
-def _request_line(environ):
+def _request_line(environ: WSGIEnvironment) -> str:
     uri = environ.get("RAW_URI") or environ.get("REQUEST_URI")
     if not uri:
         uri = environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")
@@ -450,7 +498,9 @@ def _request_line(environ):
                          environ.get("SERVER_PROTOCOL", "-"))
 
 
-def format_access(environ, status, length, request_time=None):
+def format_access(environ: WSGIEnvironment, status: Union[str, int, None],
+                  length: Optional[int],
+                  request_time: Optional[float] = None) -> str:
     """One Combined Log Format line (without newline):
 
         %h - %u [%d/%b/%Y:%H:%M:%S %z] "%r" %s %b "%{Referer}" "%{User-Agent}"
@@ -520,7 +570,7 @@ _CONVERSIONS = "sdiufFeEgG"
 _MAX_WIDTH = 1000
 
 
-def _check_conversions(fmt):
+def _check_conversions(fmt: str) -> None:
     """Raise ValueError (one line) for a conversion of fmt that is not a
     %(atom) with one of _CONVERSIONS and a width/precision up to
     _MAX_WIDTH."""
@@ -545,7 +595,7 @@ def _check_conversions(fmt):
         raise ValueError("bad access log format %r: %s" % (fmt, why))
 
 
-def compile_access_format(fmt):
+def compile_access_format(fmt: Optional[str]) -> AccessLine:
     """A function (environ, status, length, seconds, headers) -> line for
     the access log format fmt, in gunicorn's syntax: %-formatting with the
     atoms of ACCESS_ATOMS as keys. Only the atoms the format uses are
@@ -559,7 +609,7 @@ def compile_access_format(fmt):
     if not isinstance(fmt, str):
         raise TypeError("must be a str, not %s" % type(fmt).__name__)
     _check_conversions(fmt)
-    getters = {}
+    getters: Dict[str, Atom] = {}
     for m in _KEY_RE.finditer(fmt):
         key = m.group(1)
         if key is None or key in getters:
@@ -576,9 +626,10 @@ def compile_access_format(fmt):
         raise ValueError("bad access log format %r: %s" % (fmt, exc)) \
             from None
     items = tuple(getters.items())
-    failed = []
+    failed: List[Exception] = []
 
-    def format_line(environ, status, length, seconds, headers):
+    def format_line(environ: WSGIEnvironment, status: str, length: int,
+                    seconds: float, headers: Headers) -> str:
         try:
             return fmt % {key: get(environ, status, length, seconds, headers)
                           for key, get in items}
@@ -597,19 +648,20 @@ def compile_access_format(fmt):
     return format_line
 
 
-def _format_default(environ, status, length, seconds, headers):
+def _format_default(environ: WSGIEnvironment, status: str, length: int,
+                    seconds: float, headers: Headers) -> str:
     return format_access(environ, status, length, time.time() - seconds)
 
 
-def _env_atom(key):
+def _env_atom(key: str) -> Atom:
     return lambda e, s, n, t, h: _field(e, key)
 
 
-def _atom_getter(key):
+def _atom_getter(key: str) -> Atom:
     """The function computing one atom from (environ, status, length,
     seconds, headers). Values from the request are escaped as in the
     Combined format; a missing one is "-"."""
-    simple = {
+    simple: Dict[str, Atom] = {
         "h": _env_atom("REMOTE_ADDR"),
         "l": lambda e, s, n, t, h: "-",
         "u": _env_atom("REMOTE_USER"),
@@ -648,7 +700,8 @@ def _atom_getter(key):
         # gunicorn matches environ keys whatever their case.
         lower = name.lower()
 
-        def environ_atom(e, s, n, t, h):
+        def environ_atom(e: WSGIEnvironment, s: str, n: int, t: float,
+                         h: Headers) -> str:
             value = e.get(name)
             if value is None:
                 for k, v in e.items():
@@ -661,7 +714,8 @@ def _atom_getter(key):
         return environ_atom
     lower = name.lower()
 
-    def response_header(e, s, n, t, h):
+    def response_header(e: WSGIEnvironment, s: str, n: int, t: float,
+                        h: Headers) -> str:
         values = [v for k, v in h or () if k.lower() == lower]
         return _escape(", ".join(values)) if values else "-"
     return response_header

@@ -9,12 +9,17 @@ This module imports nothing from the rest of yimmo, so it works before the C
 extension is built.
 """
 
+from __future__ import annotations
+
 import argparse
 import difflib
 import math
 import os
 import sys
-from typing import Any, NamedTuple, Optional, Tuple
+from typing import (
+    Any, Callable, Dict, List, Literal, Mapping, NamedTuple, NoReturn,
+    Optional, Protocol, Sequence, Tuple, TypedDict, Union, cast,
+)
 
 ENV_PREFIX = "YIMMO_"
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
@@ -41,12 +46,12 @@ class Int(NamedTuple):
     zero_means: Optional[int] = None  # value that 0 is replaced with
     none_ok: bool = False  # None: the default that depends on others
 
-    def describe(self):
+    def describe(self) -> str:
         if self.maximum is not None:
             return "an int from %d to %d" % (self.minimum, self.maximum)
         return "an int >= %d" % self.minimum
 
-    def check(self, value):
+    def check(self, value: object) -> Optional[int]:
         if value is None and self.none_ok:
             return None
         # bool is an int subclass, but workers=True is a mistake.
@@ -59,7 +64,7 @@ class Int(NamedTuple):
             return self.zero_means
         return value
 
-    def parse(self, text):
+    def parse(self, text: str) -> Optional[int]:
         try:
             value = int(text.strip())
         except ValueError:
@@ -70,10 +75,10 @@ class Int(NamedTuple):
 class Seconds(NamedTuple):
     allow_zero: bool
 
-    def describe(self):
+    def describe(self) -> str:
         return "a number of seconds %s 0" % (">=" if self.allow_zero else ">")
 
-    def check(self, value):
+    def check(self, value: object) -> float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise TypeError("must be a number of seconds, not %s"
                             % type(value).__name__)
@@ -83,7 +88,7 @@ class Seconds(NamedTuple):
             raise ValueError("must be %s, got %r" % (self.describe(), value))
         return float(value)
 
-    def parse(self, text):
+    def parse(self, text: str) -> float:
         try:
             value = float(text.strip())
         except ValueError:
@@ -94,17 +99,17 @@ class Seconds(NamedTuple):
 class Choice(NamedTuple):
     choices: Tuple[str, ...]
 
-    def describe(self):
+    def describe(self) -> str:
         return "one of " + ", ".join(self.choices)
 
-    def check(self, value):
+    def check(self, value: object) -> str:
         if not isinstance(value, str):
             raise TypeError("must be a str, not %s" % type(value).__name__)
         if value.lower() not in self.choices:
             raise ValueError("must be %s, got %r" % (self.describe(), value))
         return value.lower()
 
-    def parse(self, text):
+    def parse(self, text: str) -> str:
         return self.check(text.strip())
 
 
@@ -112,21 +117,21 @@ class OptionalPath(NamedTuple):
     """A path, "-" for stderr, or None (off). "" also means off, so an
     environment variable can be overridden with an empty flag value."""
 
-    def describe(self):
+    def describe(self) -> str:
         return '"-" (stderr), a file path, or None (off)'
 
-    def check(self, value):
+    def check(self, value: object) -> Optional[str]:
         if value is None:
             return None
         if not isinstance(value, (str, os.PathLike)):
             raise TypeError("must be a str or None, not %s"
                             % type(value).__name__)
-        value = os.fspath(value)
-        if not isinstance(value, str):
+        path = os.fspath(value)
+        if not isinstance(path, str):
             raise TypeError("must be a str or None, not bytes")
-        return value or None
+        return path or None
 
-    def parse(self, text):
+    def parse(self, text: str) -> Optional[str]:
         return self.check(text)
 
 
@@ -134,17 +139,20 @@ class Networks(NamedTuple):
     """IP addresses and networks (ADDR or ADDR/PREFIX, IPv4 or IPv6), or
     "*" for any: a list, or one comma-separated string."""
 
-    def describe(self):
+    def describe(self) -> str:
         return "IP addresses or networks (e.g. 10.0.0.0/8), or *"
 
-    def check(self, value):
+    def check(self, value: object) -> List[str]:
+        items: Sequence[object]
         if isinstance(value, str):
-            value = [v.strip() for v in value.split(",") if v.strip()]
-        elif not isinstance(value, (list, tuple)):
+            items = [v.strip() for v in value.split(",") if v.strip()]
+        elif isinstance(value, (list, tuple)):
+            items = value
+        else:
             raise TypeError("must be a str or a list of str, not %s"
                             % type(value).__name__)
         result = []
-        for item in value:
+        for item in items:
             if not isinstance(item, str):
                 raise TypeError("must be a str or a list of str, not a list "
                                 "containing %s" % type(item).__name__)
@@ -154,11 +162,11 @@ class Networks(NamedTuple):
             result.append(item)
         return result
 
-    def parse(self, text):
+    def parse(self, text: str) -> List[str]:
         return self.check(text)
 
 
-def check_network(text):
+def check_network(text: str) -> None:
     """Check "ADDR" or "ADDR/PREFIX" the way the C core reads it (numeric
     addresses only, no zone index); raises ValueError naming it."""
     import ipaddress
@@ -177,14 +185,15 @@ def check_network(text):
                          % text) from None
     # An IPv4-mapped address (::ffff:a.b.c.d) stands for the IPv4 one, its
     # prefix counting ::ffff:0:0/96 too: /96 to /128 (ext/trust.c).
-    if slash and ip.version == 6 and ip.ipv4_mapped is not None \
+    if slash and isinstance(ip, ipaddress.IPv6Address) \
+            and ip.ipv4_mapped is not None \
             and int(prefix) < 96:
         raise ValueError("bad network %r: an IPv4-mapped network "
                          "(::ffff:a.b.c.d/N) needs a prefix of 96 to 128"
                          % text)
 
 
-def cpu_count():
+def cpu_count() -> int:
     """CPUs this process may run on (its affinity), at least 1."""
     try:
         return max(1, len(os.sched_getaffinity(0)))
@@ -195,10 +204,10 @@ def cpu_count():
 class Processes(NamedTuple):
     """An int >= 1, or "auto" for the number of CPUs."""
 
-    def describe(self):
+    def describe(self) -> str:
         return 'an int from 1 to %d or "auto"' % MAX_PROCESSES
 
-    def check(self, value):
+    def check(self, value: object) -> int:
         if isinstance(value, str) and value.strip().lower() == "auto":
             return cpu_count()
         if isinstance(value, bool) or not isinstance(value, int):
@@ -208,7 +217,7 @@ class Processes(NamedTuple):
             raise ValueError("must be %s, got %r" % (self.describe(), value))
         return value
 
-    def parse(self, text):
+    def parse(self, text: str) -> int:
         if text.strip().lower() == "auto":
             return cpu_count()
         try:
@@ -221,10 +230,10 @@ class Processes(NamedTuple):
 class FileMode(NamedTuple):
     """Permission bits, written in octal on the command line ("660")."""
 
-    def describe(self):
+    def describe(self) -> str:
         return "an octal file mode from 0 to 777"
 
-    def check(self, value):
+    def check(self, value: object) -> Optional[int]:
         if value is None:
             return None
         if isinstance(value, bool) or not isinstance(value, int):
@@ -234,7 +243,7 @@ class FileMode(NamedTuple):
             raise ValueError("must be %s, got %o" % (self.describe(), value))
         return value
 
-    def parse(self, text):
+    def parse(self, text: str) -> Optional[int]:
         word = text.strip().lower()
         if word.startswith("0o"):
             word = word[2:]
@@ -246,25 +255,30 @@ class FileMode(NamedTuple):
 class Addresses(NamedTuple):
     """One or more listen addresses (see parse_address)."""
 
-    def describe(self):
+    def describe(self) -> str:
         return "an address or a list of addresses"
 
-    def check(self, value):
+    def check(self, value: object) -> List[str]:
+        items: Sequence[object]
         if isinstance(value, str):
-            value = [value]
-        elif not isinstance(value, (list, tuple)):
+            items = [value]
+        elif isinstance(value, (list, tuple)):
+            items = value
+        else:
             raise TypeError("must be a str or a list of str, not %s"
                             % type(value).__name__)
-        if not value:
+        if not items:
             raise ValueError("needs at least one address")
-        for item in value:
+        result = []
+        for item in items:
             if not isinstance(item, str):
                 raise TypeError("must be a str or a list of str, not a list "
                                 "containing %s" % type(item).__name__)
             parse_address(item)
-        return list(value)
+            result.append(item)
+        return result
 
-    def parse(self, text):
+    def parse(self, text: str) -> List[str]:
         # Environment form: comma-separated. Unix socket paths with commas
         # cannot be given this way; use --bind for those.
         return self.check([a.strip() for a in text.split(",") if a.strip()])
@@ -274,16 +288,16 @@ class Bool(NamedTuple):
     """On/off. A flag takes no value (--reload); the environment says
     1/true/yes/on or 0/false/no/off."""
 
-    def describe(self):
+    def describe(self) -> str:
         return "true or false"
 
-    def check(self, value):
+    def check(self, value: object) -> bool:
         if not isinstance(value, bool):
             raise TypeError("must be True or False, not %s"
                             % type(value).__name__)
         return value
 
-    def parse(self, text):
+    def parse(self, text: str) -> bool:
         word = text.strip().lower()
         if word in ("1", "true", "yes", "on"):
             return True
@@ -296,10 +310,10 @@ class Bool(NamedTuple):
 class AccessLogFormat(NamedTuple):
     """An access log format in gunicorn's syntax, checked when given."""
 
-    def describe(self):
+    def describe(self) -> str:
         return "an access log format"
 
-    def check(self, value):
+    def check(self, value: object) -> Optional[str]:
         if value is None:
             return None
         if not isinstance(value, str):
@@ -311,7 +325,7 @@ class AccessLogFormat(NamedTuple):
         compile_access_format(value)  # ValueError names the problem
         return value
 
-    def parse(self, text):
+    def parse(self, text: str) -> Optional[str]:
         return self.check(text)
 
 
@@ -320,26 +334,40 @@ class LogConfig(NamedTuple):
     dictConfig dict, anything else is INI for fileConfig), or, from
     Python or a config file, a dictConfig dict."""
 
-    def describe(self):
+    def describe(self) -> str:
         return "a file path or a dict"
 
-    def check(self, value):
-        if value is None or isinstance(value, dict):
-            return value
+    def check(self, value: object) -> Union[str, Dict[str, Any], None]:
+        if value is None:
+            return None
+        if isinstance(value, dict):
+            # A logging.config.dictConfig dict: its values are whatever
+            # dictConfig takes (typeshed says Any too).
+            return cast(Dict[str, Any], value)
         return OptionalPath().check(value)
 
-    def parse(self, text):
+    def parse(self, text: str) -> Union[str, Dict[str, Any], None]:
         return self.check(text)
 
 
 # -- the table ----------------------------------------------------------------
 
 
+class Kind(Protocol):
+    """What the kinds above have in common."""
+
+    def describe(self) -> str: ...
+
+    def check(self, value: object) -> object: ...
+
+    def parse(self, text: str) -> object: ...
+
+
 class Option(NamedTuple):
     name: str  # keyword argument and key in the options dict
     flags: Tuple[str, ...]  # command-line flags
-    kind: Any  # one of the kinds above
-    default: Any
+    kind: Kind  # one of the kinds above
+    default: object
     help: str
     metavar: str = "N"
     # An alias sets these options instead of one of its own
@@ -352,7 +380,7 @@ class Option(NamedTuple):
     cli_only: bool = False
 
     @property
-    def env(self):
+    def env(self) -> str:
         return ENV_PREFIX + self.name.upper()
 
 
@@ -569,7 +597,108 @@ DEFAULTS = {opt.name: opt.default for opt in OPTIONS
 CLI_DEFAULTS = {opt.name: opt.default for opt in OPTIONS if opt.cli_only}
 
 
-def _copy_defaults():
+# The types of the options, for type checkers: Options for the keyword
+# arguments of serve() and Server() (what the kinds accept), ServerOptions
+# for what validate() and parse_command_line() return (what the kinds
+# return, defaults filled in), CliOptions for the command-line only ones.
+# tests/test_typing.py checks that they name exactly the table's options.
+# Optional and Union, not X | Y: TypedDict keeps these at run time, where
+# Python 3.9 cannot evaluate X | Y.
+
+_Path = Union[str, "os.PathLike[str]"]
+
+
+class Options(TypedDict, total=False):
+    """The keyword arguments of yimmo.serve() and yimmo.Server()."""
+
+    bind: Union[str, List[str], Tuple[str, ...]]
+    workers: int
+    backlog: int
+    limit_request_line: int
+    limit_request_fields: int
+    limit_request_field_size: int
+    limit_request_head_size: int
+    max_body_size: int
+    header_timeout: float
+    keepalive_timeout: float
+    body_timeout: float
+    write_timeout: float
+    buffer_body: int
+    min_body_rate: int
+    max_pending: Optional[int]
+    queue_timeout: float
+    graceful_timeout: float
+    access_log: Optional[_Path]
+    access_log_format: Optional[str]
+    error_log: Optional[_Path]
+    log_level: str
+    processes: Union[int, Literal["auto"]]
+    reuse_port: bool
+    preload: bool
+    max_requests: int
+    max_requests_jitter: int
+    max_rss: int
+    max_lifetime: float
+    max_lifetime_jitter: float
+    heartbeat_timeout: float
+    start_timeout: float
+    unix_socket_mode: Optional[int]
+    forwarded_allow_ips: Union[str, List[str], Tuple[str, ...]]
+    proxy_protocol: bool
+    log_config: Union[_Path, Dict[str, Any], None]
+    timeout: float
+    client_timeout: Optional[float]
+
+
+class ServerOptions(TypedDict):
+    """Every server option, checked and normalised (validate())."""
+
+    bind: List[str]
+    workers: int
+    backlog: int
+    limit_request_line: int
+    limit_request_fields: int
+    limit_request_field_size: int
+    limit_request_head_size: int
+    max_body_size: int
+    header_timeout: float
+    keepalive_timeout: float
+    body_timeout: float
+    write_timeout: float
+    buffer_body: int
+    min_body_rate: int
+    max_pending: Optional[int]
+    queue_timeout: float
+    graceful_timeout: float
+    access_log: Optional[str]
+    access_log_format: Optional[str]
+    error_log: Optional[str]
+    log_level: str
+    processes: int
+    reuse_port: bool
+    preload: bool
+    max_requests: int
+    max_requests_jitter: int
+    max_rss: int
+    max_lifetime: float
+    max_lifetime_jitter: float
+    heartbeat_timeout: float
+    start_timeout: float
+    unix_socket_mode: Optional[int]
+    forwarded_allow_ips: List[str]
+    proxy_protocol: bool
+    log_config: Union[str, Dict[str, Any], None]
+    timeout: float
+
+
+class CliOptions(TypedDict):
+    """The command-line only options (parse_command_line())."""
+
+    config: Optional[str]
+    reload: bool
+
+
+def _copy_defaults() -> Dict[str, object]:
     return {name: (list(v) if isinstance(v, list) else v)
             for name, v in DEFAULTS.items()}
 
@@ -577,7 +706,7 @@ def _copy_defaults():
 # -- addresses ----------------------------------------------------------------
 
 
-def parse_address(text):
+def parse_address(text: str) -> Union[str, int, Tuple[str, int]]:
     """Check a bind address and split it.
 
     Returns the path (str) for "unix:PATH", the descriptor (int) for
@@ -621,7 +750,7 @@ def parse_address(text):
 # -- keyword arguments --------------------------------------------------------
 
 
-def validate(options):
+def validate(options: Mapping[str, object]) -> ServerOptions:
     """Check keyword arguments for Server()/serve(); return the full set.
 
     The result has every option (defaults filled in), values normalised
@@ -650,10 +779,13 @@ def validate(options):
         for target in BY_NAME[name].sets:
             if target not in options:
                 result[target] = value
-    return result
+    # Every name of DEFAULTS, each checked by its kind, which returns the
+    # type ServerOptions gives it (tests/test_typing.py checks that the
+    # TypedDict and the table name the same options).
+    return cast(ServerOptions, result)
 
 
-def _unknown(name):
+def _unknown(name: str) -> str:
     message = "unknown option %r" % name
     close = difflib.get_close_matches(name, BY_NAME, n=1)
     if close:
@@ -671,25 +803,30 @@ class _Parser(argparse.ArgumentParser):
     on stderr and exit status 2.
     """
 
-    def error(self, message):
+    def error(self, message: str) -> NoReturn:
         self.exit(2, "%s: error: %s\n" % (self.prog, message))
 
 
 class _VersionAction(argparse.Action):
-    def __init__(self, option_strings, dest=argparse.SUPPRESS,
-                 default=argparse.SUPPRESS, help=None):
+    def __init__(self, option_strings: Sequence[str],
+                 dest: str = argparse.SUPPRESS,
+                 default: object = argparse.SUPPRESS,
+                 help: Optional[str] = None) -> None:
         super().__init__(option_strings, dest, nargs=0, default=default,
                          help=help)
 
-    def __call__(self, parser, namespace, values, option_string=None):
+    def __call__(self, parser: argparse.ArgumentParser,
+                 namespace: argparse.Namespace,
+                 values: Union[str, Sequence[Any], None],
+                 option_string: Optional[str] = None) -> None:
         # Imported here: this module must not import the C extension.
         from yimmo import __version__
         parser.exit(0, "yimmo %s\n" % __version__)
 
 
-def _converter(opt):
+def _converter(opt: Option) -> Callable[[str], object]:
     """argparse type= function: parse and validate one flag value."""
-    def convert(text):
+    def convert(text: str) -> object:
         try:
             return opt.kind.parse(text)
         except (TypeError, ValueError) as exc:
@@ -698,7 +835,7 @@ def _converter(opt):
     return convert
 
 
-def _flag_help(opt):
+def _flag_help(opt: Option) -> str:
     extra = ["env %s" % opt.env]
     if opt.default is not None:
         default = opt.default
@@ -711,7 +848,7 @@ def _flag_help(opt):
     return ("%s [%s]" % (opt.help, "; ".join(extra))).replace("%", "%%")
 
 
-def build_parser():
+def build_parser() -> _Parser:
     parser = _Parser(
         prog="yimmo",
         usage="python -m yimmo [options] APP",
@@ -733,9 +870,9 @@ def build_parser():
                                 default=argparse.SUPPRESS,
                                 help=_flag_help(opt))
             continue
-        kwargs = dict(dest=opt.name, type=_converter(opt),
-                      default=argparse.SUPPRESS, metavar=opt.metavar,
-                      help=_flag_help(opt))
+        kwargs: Dict[str, Any] = dict(
+            dest=opt.name, type=_converter(opt), default=argparse.SUPPRESS,
+            metavar=opt.metavar, help=_flag_help(opt))
         if opt.name == "bind":
             kwargs["action"] = "append"
         parser.add_argument(*opt.flags, **kwargs)
@@ -744,12 +881,12 @@ def build_parser():
     return parser
 
 
-def _flatten_bind(values):
+def _flatten_bind(values: List[List[str]]) -> List[str]:
     # Each --bind value went through Addresses.parse and is a list already.
     return [address for value in values for address in value]
 
 
-def _apply(result, given):
+def _apply(result: Dict[str, object], given: Mapping[str, object]) -> None:
     """Layer one source (env or flags) over result: aliases, then the
     specific options, so --header-timeout beats --client-timeout."""
     for name, value in given.items():
@@ -761,8 +898,9 @@ def _apply(result, given):
             result[name] = value
 
 
-def _from_environ(parser, environ):
-    given = {}
+def _from_environ(parser: _Parser,
+                  environ: Mapping[str, str]) -> Dict[str, object]:
+    given: Dict[str, object] = {}
     for opt in OPTIONS:
         text = environ.get(opt.env)
         if text is None:
@@ -774,7 +912,10 @@ def _from_environ(parser, environ):
     return given
 
 
-def parse_args(argv=None, environ=None):
+def parse_args(
+    argv: Optional[Sequence[str]] = None,
+    environ: Optional[Mapping[str, str]] = None,
+) -> Tuple[str, ServerOptions]:
     """Parse the command line, YIMMO_* variables and the config file.
 
     Returns (app_spec, options) with options complete and validated (the
@@ -784,7 +925,10 @@ def parse_args(argv=None, environ=None):
     return app_spec, options
 
 
-def parse_command_line(argv=None, environ=None):
+def parse_command_line(
+    argv: Optional[Sequence[str]] = None,
+    environ: Optional[Mapping[str, str]] = None,
+) -> Tuple[str, ServerOptions, CliOptions]:
     """Parse the command line, YIMMO_* variables and the config file.
 
     Returns (app_spec, options, cli_options): options complete and
@@ -799,14 +943,16 @@ def parse_command_line(argv=None, environ=None):
     if environ is None:
         environ = os.environ
     parser = build_parser()
-    args = vars(parser.parse_args(argv))
-    app_spec = args.pop("app")
+    # Every value went through its kind's parse() (argparse type=).
+    args: Dict[str, object] = vars(parser.parse_args(argv))
+    app_spec = cast(Optional[str], args.pop("app"))
     if "bind" in args:
-        args["bind"] = _flatten_bind(args["bind"])
+        args["bind"] = _flatten_bind(cast(List[List[str]], args["bind"]))
     from_env = _from_environ(parser, environ)
     options = _copy_defaults()
     options.update(CLI_DEFAULTS)
-    config_path = args.get("config", from_env.get("config"))
+    config_path = cast(Optional[str],
+                       args.get("config", from_env.get("config")))
     if config_path:
         # Imported here: the loader imports this module.
         from ._config import ConfigError, load_config
@@ -822,13 +968,16 @@ def parse_command_line(argv=None, environ=None):
     if app_spec is None:
         parser.error("the following arguments are required: APP")
     cli = {name: options.pop(name) for name in CLI_DEFAULTS}
-    return app_spec, options, cli
+    # Each value is a default or came from its kind's parse() or check():
+    # the types the TypedDicts give them (tests/test_typing.py checks the
+    # TypedDicts name the table's options).
+    return (app_spec, cast(ServerOptions, options), cast(CliOptions, cli))
 
 
 # -- docs ---------------------------------------------------------------------
 
 
-def _rst_default(opt):
+def _rst_default(opt: Option) -> str:
     if opt.default_text is not None:
         return opt.default_text
     if opt.sets:
@@ -844,7 +993,7 @@ def _rst_default(opt):
     return "``%s``" % opt.default
 
 
-def options_rst():
+def options_rst() -> str:
     """The options as an RST definition list, for the README."""
     lines = []
     for opt in OPTIONS:

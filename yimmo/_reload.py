@@ -25,6 +25,8 @@ SIGTERM and SIGINT stop the child and the parent; SIGHUP restarts the
 child; SIGUSR1 is passed on. The child gets SIGTERM if the parent dies.
 """
 
+from __future__ import annotations
+
 import ctypes
 import ctypes.util
 import logging
@@ -38,6 +40,12 @@ import sysconfig
 import tempfile
 import threading
 import time
+from types import FrameType
+from typing import (
+    Callable, Dict, Iterable, List, Optional, Sequence, Set, Tuple,
+)
+
+from ._options import CliOptions, ServerOptions
 
 log = logging.getLogger("yimmo")
 
@@ -48,11 +56,14 @@ POLL_INTERVAL = 1.0
 # After inotify wakes us, wait this long for an editor to finish writing.
 SETTLE = 0.05
 
+# A file's state: (st_mtime_ns, st_size, st_ino).
+Signature = Tuple[int, int, int]
+
 
 # -- the child: which files to watch -------------------------------------------
 
 
-def _excluded_dirs():
+def _excluded_dirs() -> Tuple[str, ...]:
     dirs = set()
     for key in ("stdlib", "platstdlib", "purelib", "platlib"):
         path = sysconfig.get_paths().get(key)
@@ -69,7 +80,8 @@ def _excluded_dirs():
     return tuple(d.rstrip(os.sep) + os.sep for d in dirs)
 
 
-def _add_file(files, path, excluded):
+def _add_file(files: Set[str], path: object,
+              excluded: Tuple[str, ...]) -> None:
     """Add path to files if it is a .py file of the app: its real path,
     and the path as imported too when that is a symlink (or goes through
     one), so that pointing the link elsewhere is a change as well (the
@@ -80,29 +92,29 @@ def _add_file(files, path, excluded):
     if real.startswith(excluded) or not os.path.isfile(real):
         return
     files.add(real)
-    path = os.path.abspath(path)
-    if path != real:
-        files.add(path)
+    absolute = os.path.abspath(path)
+    if absolute != real:
+        files.add(absolute)
 
 
-def app_files(excluded=None):
+def app_files(excluded: Optional[Tuple[str, ...]] = None) -> Set[str]:
     """The .py files of the imported modules that belong to the app."""
     if excluded is None:
         excluded = _excluded_dirs()
-    files = set()
+    files: Set[str] = set()
     for module in list(sys.modules.values()):
         _add_file(files, getattr(module, "__file__", None), excluded)
     return files
 
 
-def failure_files(exc):
+def failure_files(exc: Optional[BaseException]) -> Set[str]:
     """The app's .py files an import failure points at: every file in the
     tracebacks of exc and its causes, and the file of a SyntaxError. The
     module that failed is no longer in sys.modules, so without these a
     child that never started would leave the parent nothing to watch."""
     excluded = _excluded_dirs()
-    files = set()
-    seen = set()
+    files: Set[str] = set()
+    seen: Set[int] = set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
         if isinstance(exc, SyntaxError):
@@ -115,7 +127,8 @@ def failure_files(exc):
     return files
 
 
-def report_modules(list_path, config_path=None, extra_files=()):
+def report_modules(list_path: str, config_path: Optional[str] = None,
+                   extra_files: Iterable[str] = ()) -> None:
     """In the child, after the app was imported (or failed to be: then
     extra_files are those failure_files() found): write the app's files
     to list_path now, and again from a daemon thread whenever more modules
@@ -125,7 +138,7 @@ def report_modules(list_path, config_path=None, extra_files=()):
     if config_path:
         extra.add(os.path.realpath(config_path))
 
-    def write(files):
+    def write(files: Set[str]) -> None:
         # Each file with its state now, before any edit the parent has
         # yet to see: the parent compares with that, so an edit made
         # before it reads the list is still a change.
@@ -142,7 +155,7 @@ def report_modules(list_path, config_path=None, extra_files=()):
 
     write(app_files(excluded))
 
-    def watch_imports():
+    def watch_imports() -> None:
         count = len(sys.modules)
         while True:
             time.sleep(POLL_INTERVAL)
@@ -170,7 +183,7 @@ class _Inotify:
     # IN_MODIFY, IN_ATTRIB, IN_CLOSE_WRITE, IN_MOVED_TO, IN_CREATE,
     # IN_DELETE, IN_MOVED_FROM
 
-    def __init__(self):
+    def __init__(self) -> None:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6",
                            use_errno=True)
         self._add = libc.inotify_add_watch
@@ -178,26 +191,26 @@ class _Inotify:
         fd = libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
         if fd < 0:
             raise OSError(ctypes.get_errno(), "inotify_init1")
-        self.fd = fd
-        self._dirs = set()
+        self.fd: int = fd
+        self._dirs: Set[str] = set()
 
-    def watch_dirs(self, dirs):
+    def watch_dirs(self, dirs: Set[str]) -> None:
         for d in dirs - self._dirs:
             if self._add(self.fd, os.fsencode(d), self.MASK) >= 0:
                 self._dirs.add(d)
 
-    def drain(self):
+    def drain(self) -> None:
         try:
             while os.read(self.fd, 65536):
                 pass
         except BlockingIOError:
             pass
 
-    def close(self):
+    def close(self) -> None:
         os.close(self.fd)
 
 
-def _parent_death_signal():
+def _parent_death_signal() -> Callable[[], object]:
     """prctl(PR_SET_PDEATHSIG, SIGTERM) where Linux has it: the server
     stops if the parent is killed (-9) instead of serving on, orphaned."""
     if not sys.platform.startswith("linux"):
@@ -214,7 +227,7 @@ def _parent_death_signal():
 _set_parent_death_signal = _parent_death_signal()
 
 
-def _in_child():
+def _in_child() -> None:
     # Between fork and exec (the parent has no threads). Its own process
     # group: Ctrl-C reaches only the parent, which then stops the child
     # once (a second signal would cut its grace short).
@@ -222,7 +235,7 @@ def _in_child():
     _set_parent_death_signal()
 
 
-def _signature(path):
+def _signature(path: str) -> Optional[Signature]:
     try:
         st = os.stat(path)
     except OSError:
@@ -230,7 +243,7 @@ def _signature(path):
     return (st.st_mtime_ns, st.st_size, st.st_ino)
 
 
-def syntax_error(path):
+def syntax_error(path: str) -> Optional[str]:
     """A one-line description of the syntax error in path, or None."""
     try:
         with open(path, "rb") as f:
@@ -247,18 +260,20 @@ def syntax_error(path):
 
 
 class _Parent:
-    def __init__(self, argv, options):
+    def __init__(self, argv: Sequence[str], options: ServerOptions) -> None:
         self.argv = list(argv)
         self.grace = options["graceful_timeout"]
         self.tmpdir = tempfile.mkdtemp(prefix="yimmo-reload-")
         self.list_path = os.path.join(self.tmpdir, "files")
-        self.child = None
-        self.files = {}  # path -> signature when last (re)started
-        self.list_sig = None
+        self.child: Optional[subprocess.Popen[bytes]] = None
+        # path -> signature when last (re)started (None: it was missing)
+        self.files: Dict[str, Optional[Signature]] = {}
+        self.list_sig: Optional[Signature] = None
         self.stopping = False
         self.hup = False  # SIGHUP: restart without a change
-        self.pending = set()  # changed files waiting for a good compile
-        self.inotify = None
+        # changed files waiting for a good compile
+        self.pending: Set[str] = set()
+        self.inotify: Optional[_Inotify] = None
         if not os.environ.get(POLL_ENV):
             try:
                 self.inotify = _Inotify()
@@ -268,7 +283,7 @@ class _Parent:
             log.info("Reloader: polling for changes every %gs",
                      POLL_INTERVAL)
 
-    def start_child(self):
+    def start_child(self) -> None:
         env = dict(os.environ)
         env[CHILD_ENV] = self.list_path
         env.pop(POLL_ENV, None)
@@ -277,7 +292,7 @@ class _Parent:
             preexec_fn=_in_child)
         log.info("Reloader: started the server (pid %d)", self.child.pid)
 
-    def stop_child(self):
+    def stop_child(self) -> None:
         child, self.child = self.child, None
         if child is None or child.poll() is not None:
             return
@@ -288,7 +303,7 @@ class _Parent:
             child.kill()
             child.wait()
 
-    def read_list(self):
+    def read_list(self) -> None:
         sig = _signature(self.list_path)
         if sig is None or sig == self.list_sig:
             return
@@ -307,7 +322,7 @@ class _Parent:
         if self.inotify is not None:
             self.inotify.watch_dirs({os.path.dirname(p) for p in paths})
 
-    def changed(self):
+    def changed(self) -> List[str]:
         found = []
         for path, sig in self.files.items():
             now = _signature(path)
@@ -316,7 +331,7 @@ class _Parent:
                 found.append(path)
         return found
 
-    def wait(self, timeout):
+    def wait(self, timeout: float) -> None:
         if self.inotify is None:
             time.sleep(timeout)
             return
@@ -328,7 +343,7 @@ class _Parent:
             time.sleep(SETTLE)
             self.inotify.drain()
 
-    def run(self):
+    def run(self) -> None:
         self.start_child()
         reported_exit = False
         while not self.stopping:
@@ -369,7 +384,7 @@ class _Parent:
             self.start_child()
             reported_exit = False
 
-    def cleanup(self):
+    def cleanup(self) -> None:
         self.stop_child()
         if self.inotify is not None:
             self.inotify.close()
@@ -384,7 +399,7 @@ class _Parent:
             pass
 
 
-def _status(code):
+def _status(code: int) -> str:
     if code < 0:
         try:
             return "killed by %s" % signal.Signals(-code).name
@@ -393,17 +408,18 @@ def _status(code):
     return "exit status %d" % code
 
 
-def run_parent(argv, options, cli):
+def run_parent(argv: Sequence[str], options: ServerOptions,
+               cli: CliOptions) -> int:
     """Run the watching parent until SIGTERM/SIGINT; the exit status."""
     parent = _Parent(argv, options)
 
-    def on_stop(signum, frame):
+    def on_stop(signum: int, frame: Optional[FrameType]) -> None:
         parent.stopping = True
 
-    def on_hup(signum, frame):
+    def on_hup(signum: int, frame: Optional[FrameType]) -> None:
         parent.hup = True
 
-    def on_usr1(signum, frame):
+    def on_usr1(signum: int, frame: Optional[FrameType]) -> None:
         child = parent.child
         if child is not None and child.poll() is None:
             child.send_signal(signal.SIGUSR1)

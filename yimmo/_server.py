@@ -5,6 +5,8 @@ The C core never touches Python on its I/O thread; what stays here is what
 needs no speed: parsing bind addresses, binding, signals and shutdown.
 """
 
+from __future__ import annotations
+
 import atexit
 import errno
 import logging
@@ -15,8 +17,23 @@ import stat
 import sys
 import threading
 import weakref
+from types import FrameType, TracebackType
+from typing import (
+    TYPE_CHECKING, Callable, Dict, List, Optional, Sequence, Tuple, Type,
+    Union,
+)
 
 from . import _logging, _options, _sockets, _yimmo
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import WSGIApplication, WSGIEnvironment
+    from typing_extensions import Unpack
+
+    from ._supervisor import ProcessSlot
+
+    # What signal.signal() takes and returns.
+    SignalHandler = Union[Callable[[int, Optional[FrameType]], object],
+                          int, None]
 
 log = logging.getLogger("yimmo")
 error_log = logging.getLogger("yimmo.error")
@@ -26,29 +43,33 @@ access_log = logging.getLogger("yimmo.access")
 # worker thread is left running Python during finalisation. Lock: servers
 # start and end on any thread (several at once without the GIL, on a
 # free-threaded build), so every access holds _running_lock.
-_running = weakref.WeakSet()
+_running: weakref.WeakSet[Server] = weakref.WeakSet()
 _running_lock = threading.Lock()
 
 
-def _running_add(server):
+def _running_add(server: Server) -> None:
     with _running_lock:
         _running.add(server)
 
 
-def _running_discard(server):
+def _running_discard(server: Server) -> None:
     with _running_lock:
         _running.discard(server)
 
 
 @atexit.register
-def _stop_all():
+def _stop_all() -> None:
     with _running_lock:
         servers = list(_running)
     for server in servers:
         server.stop(timeout=0)
 
 
-def _log_error(message, exc_info):
+def _log_error(
+    message: str,
+    exc_info: Optional[Tuple[Type[BaseException], BaseException,
+                             Optional[TracebackType]]],
+) -> None:
     # exc_info None: an expected event (a client that went away), INFO.
     if exc_info is None:
         log.info("%s", message)
@@ -56,18 +77,22 @@ def _log_error(message, exc_info):
         error_log.error("%s", message, exc_info=exc_info)
 
 
-def _log_warning(message):
+def _log_warning(message: str) -> None:
     # The request watchdog: an overrun, or a stuck worker.
     error_log.warning("%s", message)
 
 
-def _access_logger(fmt):
+def _access_logger(fmt: Optional[str]) -> Callable[
+        [WSGIEnvironment, str, int, float, Optional[List[Tuple[str, str]]]],
+        None]:
     """The core's log_access callback for an --access-log-format (None:
     Combined). It is called on a worker thread after each response with
     the response headers as the app gave them."""
     format_line = _logging.compile_access_format(fmt)
 
-    def log_access(environ, status, length, seconds, headers):
+    def log_access(environ: WSGIEnvironment, status: str, length: int,
+                   seconds: float,
+                   headers: Optional[List[Tuple[str, str]]]) -> None:
         if access_log.isEnabledFor(logging.INFO):
             access_log.info(format_line(environ, status, length, seconds,
                                         headers))
@@ -85,8 +110,11 @@ class Server:
     manager: ``with Server(app, bind="127.0.0.1:0") as s: ... s.url``.
     """
 
-    def __init__(self, app, _listeners=None, _process=None,
-                 _logging_done=False, **options):
+    def __init__(self, app: WSGIApplication,
+                 _listeners: Optional[Sequence[_sockets.Listener]] = None,
+                 _process: Optional[ProcessSlot] = None,
+                 _logging_done: bool = False,
+                 **options: Unpack[_options.Options]) -> None:
         # _listeners, _process: a server process under the supervisor
         # (yimmo._supervisor): sockets it bound or inherited (ours to use,
         # not to unlink), and its slot (heartbeat, notify_fd,
@@ -108,34 +136,36 @@ class Server:
                 opts["error_log"], opts["log_config"])
         self._process = _process
         if _process is None:
+            recycling = (("max_requests", opts["max_requests"]),
+                         ("max_lifetime", opts["max_lifetime"]),
+                         ("max_rss", opts["max_rss"]))
             unused = ["--" + name.replace("_", "-")
-                      for name in ("max_requests", "max_lifetime", "max_rss")
-                      if opts[name]]
+                      for name, value in recycling if value]
             if unused:
                 # A warning, not an error: one configuration may serve
                 # deployments with and without a supervisor.
                 log.warning("%s: recycling needs a supervisor (--processes "
                             "2 or more); ignored with one process",
                             ", ".join(unused))
-        self._sockets = []
+        self._sockets: List[socket.socket] = []
         # (absolute path, st_dev, st_ino) of each socket file we created;
         # removed when the server is done, or collected unstarted.
-        self._unix_files = []
+        self._unix_files: List[_sockets.UnixFile] = []
         self._remove_unix_files = weakref.finalize(
             self, _sockets.unlink_unix_files, self._unix_files)
-        self.addresses = []
+        self.addresses: List[_sockets.Address] = []
         # Lock: _thread, _serving and _serving_thread are written under
         # self._lock (start/serve_forever may race with stop() on another
         # thread, truly at once on a free-threaded build), and stop()
         # reads them under it too. The core (self._core) has its own
         # lock for its state: its run() and stop() are thread-safe.
-        self._thread = None
+        self._thread: Optional[threading.Thread] = None
         self._serving = False
-        self._serving_thread = None
+        self._serving_thread: Optional[threading.Thread] = None
         self._done = threading.Event()  # serve_forever has returned
         self._lock = threading.Lock()
         self._closed = False
-        listeners = []
+        listeners: List[Tuple[int, bool, str, str]] = []
         try:
             if _listeners is None:
                 _listeners = _sockets.bind_all(opts)
@@ -145,19 +175,23 @@ class Server:
                 self.addresses.append(address)
                 if listener.unix_file is not None:
                     self._unix_files.append(listener.unix_file)
-                if listener.is_unix:
+                if isinstance(address, str):    # unix: its path
                     listeners.append((sock.fileno(), True, address, ""))
                 else:
                     listeners.append((sock.fileno(), False, address[0],
                                       str(address[1])))
-            extra = {}
+            # A server process's slot under the supervisor; else the
+            # core's defaults (no heartbeat, one process).
+            heartbeat = None
+            heartbeat_slot, notify_fd, max_requests = 0, -1, 0
+            shared_listener = multiprocess = False
             if _process is not None:
-                extra = dict(heartbeat=_process.heartbeat,
-                             heartbeat_slot=_process.slot,
-                             notify_fd=_process.notify_fd,
-                             max_requests=_process.max_requests,
-                             shared_listener=not opts["reuse_port"],
-                             multiprocess=True)
+                heartbeat = _process.heartbeat
+                heartbeat_slot = _process.slot
+                notify_fd = _process.notify_fd
+                max_requests = _process.max_requests
+                shared_listener = not opts["reuse_port"]
+                multiprocess = True
             self._core = _yimmo.Core(
                 app, listeners, _log_error, sys.stderr,
                 workers=opts["workers"],
@@ -181,7 +215,12 @@ class Server:
                 log_warning=_log_warning,
                 log_access=(_access_logger(opts["access_log_format"])
                             if opts["access_log"] is not None else None),
-                **extra,
+                heartbeat=heartbeat,
+                heartbeat_slot=heartbeat_slot,
+                notify_fd=notify_fd,
+                max_requests=max_requests,
+                shared_listener=shared_listener,
+                multiprocess=multiprocess,
             )
         except BaseException:
             self._close_sockets()
@@ -192,7 +231,7 @@ class Server:
             sock.detach()
         self._sockets = []
 
-    def _close_sockets(self):
+    def _close_sockets(self) -> None:
         """Close the sockets the core has not taken over (construction
         failed) and remove the unix socket files, once. The core closes
         the descriptors it owns itself. May run on two threads at once
@@ -207,12 +246,12 @@ class Server:
     # -- addresses --
 
     @property
-    def address(self):
+    def address(self) -> _sockets.Address:
         """The first listener's address: (host, port) or a unix path."""
         return self.addresses[0]
 
     @property
-    def url(self):
+    def url(self) -> str:
         """http://HOST:PORT of the first TCP listener ("unix:PATH" when
         there is none)."""
         for address in self.addresses:
@@ -221,11 +260,11 @@ class Server:
                 if ":" in host:
                     host = "[%s]" % host
                 return "http://%s:%d" % (host, port)
-        return "unix:" + self.addresses[0]
+        return "unix:%s" % (self.addresses[0],)
 
     # -- running --
 
-    def serve_forever(self):
+    def serve_forever(self) -> None:
         """Serve in the calling thread until stopped. On the main thread,
         SIGTERM stops gracefully (and this returns) and SIGINT stops
         gracefully and raises KeyboardInterrupt; handlers the app installed
@@ -240,12 +279,14 @@ class Server:
         finally:
             self._done.set()
 
-    def _serve_forever(self):
+    def _serve_forever(self) -> None:
         on_main = threading.current_thread() is threading.main_thread()
         grace = self.options["graceful_timeout"]
-        wakeup_r = wakeup_w = None
-        old_wakeup = old_term = None
-        old_others = {}
+        wakeup_r: Optional[socket.socket] = None
+        wakeup_w: Optional[socket.socket] = None
+        old_wakeup = -1
+        old_term: SignalHandler = None
+        old_others: Dict[int, SignalHandler] = {}
         if on_main:
             # Python's C signal handler writes to this fd; the loop wakes,
             # run() returns, and the interpreter runs the Python handlers.
@@ -290,21 +331,23 @@ class Server:
                     signal.signal(signal.SIGTERM, old_term)
                 for signum, handler in old_others.items():
                     signal.signal(signum, handler)
+            if wakeup_r is not None and wakeup_w is not None:  # on_main
                 wakeup_r.close()
                 wakeup_w.close()
             self._close_sockets()
 
-    def _report_abandoned(self):
+    def _report_abandoned(self) -> None:
         busy = self._core.abandoned_workers
         if busy:
             log.warning("%d worker thread(s) still running the app after "
                         "the graceful timeout; not waiting for them", busy)
 
-    def _install_lifecycle_handlers(self):
+    def _install_lifecycle_handlers(self) -> Dict[int, SignalHandler]:
         """SIGHUP, SIGUSR1, SIGTTIN, SIGTTOU, where the app left them at
         their defaults (which would kill or stop the process). Returns
         {signum: previous handler} to restore."""
-        handlers = {signal.SIGUSR1: self._on_sigusr1}
+        handlers: Dict[int, SignalHandler] = {
+            signal.SIGUSR1: self._on_sigusr1}
         if self._process is None:
             handlers[signal.SIGHUP] = self._on_sighup
             handlers[signal.SIGTTIN] = self._on_needs_supervisor
@@ -312,9 +355,9 @@ class Server:
         else:
             # Under a supervisor these are the supervisor's business (a
             # terminal sends them to the whole process group).
-            for signum in (signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU):
-                handlers[signum] = signal.SIG_IGN
-        old = {}
+            for terminal in (signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU):
+                handlers[terminal] = signal.SIG_IGN
+        old: Dict[int, SignalHandler] = {}
         for signum, handler in handlers.items():
             if signal.getsignal(signum) in (signal.SIG_DFL, None):
                 old[signum] = signal.signal(signum, handler)
@@ -325,31 +368,32 @@ class Server:
                                                self._on_orphaned)
         return old
 
-    def _on_orphaned(self, signum, frame):
+    def _on_orphaned(self, signum: int, frame: Optional[FrameType]) -> None:
         log.warning("The supervisor is gone; stopping")
         self._core.stop(self.options["graceful_timeout"])
 
-    def _on_sighup(self, signum, frame):
+    def _on_sighup(self, signum: int, frame: Optional[FrameType]) -> None:
         log.warning("Received SIGHUP: a reload needs --processes 2 or "
                     "more (a supervisor); this single process keeps "
                     "serving the code it has")
 
-    def _on_needs_supervisor(self, signum, frame):
+    def _on_needs_supervisor(self, signum: int,
+                             frame: Optional[FrameType]) -> None:
         log.warning("Received %s: changing the number of processes needs "
                     "--processes 2 or more; ignored",
                     signal.Signals(signum).name)
 
-    def _on_sigusr1(self, signum, frame):
+    def _on_sigusr1(self, signum: int, frame: Optional[FrameType]) -> None:
         log.info("Received SIGUSR1, reopening log files")
         _logging.reopen_log_files()
 
-    def _on_sigterm(self, signum, frame):
+    def _on_sigterm(self, signum: int, frame: Optional[FrameType]) -> None:
         log.info("Received SIGTERM, shutting down")
         self._core.stop(self.options["graceful_timeout"])
 
     _describe = staticmethod(_sockets.describe)
 
-    def start(self):
+    def start(self) -> Server:
         """Serve in a background thread; returns at once (the sockets are
         already listening, so clients may connect right away)."""
         with self._lock:
@@ -362,7 +406,7 @@ class Server:
         thread.start()
         return self
 
-    def _run_in_thread(self):
+    def _run_in_thread(self) -> None:
         try:
             while not self._core.run():
                 pass
@@ -373,7 +417,7 @@ class Server:
             _running_discard(self)
             self._close_sockets()
 
-    def stop(self, timeout=None):
+    def stop(self, timeout: Optional[float] = None) -> None:
         """Stop accepting, give in-flight requests `timeout` seconds
         (default: the graceful_timeout option), and wait until done.
 
@@ -407,18 +451,18 @@ class Server:
             self._close_sockets()
 
     @property
-    def stopped(self):
+    def stopped(self) -> bool:
         """True once the server has stopped and its workers have exited."""
         return self._core.finished
 
-    def __enter__(self):
+    def __enter__(self) -> Server:
         return self.start()
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc: object) -> None:
         self.stop()
 
 
-def serve(app, **options):
+def serve(app: WSGIApplication, **options: Unpack[_options.Options]) -> None:
     """Serve app until SIGTERM (returns) or SIGINT (raises
     KeyboardInterrupt), after in-flight requests have finished.
 

@@ -6,12 +6,14 @@ Used by the single-process Server and by the supervisor, which binds (or
 inherits) the listeners once and hands them to the processes it forks.
 """
 
+from __future__ import annotations
+
 import errno
 import logging
 import os
 import socket
 import stat
-from typing import NamedTuple, Optional
+from typing import List, NamedTuple, Optional, Sequence, Tuple, Union
 
 from . import _options
 
@@ -21,29 +23,38 @@ log = logging.getLogger("yimmo")
 SD_LISTEN_FDS_START = 3
 
 
+# A listener's address: (host, port) for TCP, the path for unix.
+Address = Union[Tuple[str, int], str]
+# (absolute path, st_dev, st_ino) of a unix socket file a server created.
+UnixFile = Tuple[str, int, int]
+
+
 class Listener(NamedTuple):
     sock: socket.socket
     text: str            # the address as given ("127.0.0.1:0", "fd://3")
-    address: object      # (host, port) for TCP, the path for unix
+    address: Address     # (host, port) for TCP, the path for unix
     is_unix: bool
     # (absolute path, st_dev, st_ino) of a socket file we created and must
     # remove when done; None for TCP and for inherited sockets.
-    unix_file: Optional[tuple]
+    unix_file: Optional[UnixFile]
     # TCP with --reuse-port under a supervisor: the socket is bound (which
     # reserves the port) but not listening; each process opens its own
     # listening socket on `address` with SO_REUSEPORT.
     reuse_port: bool = False
 
 
-def _fail(text, exc_or_errno, message=None):
+def _fail(text: str, exc_or_errno: Union[OSError, int],
+          message: Optional[str] = None) -> OSError:
     code = exc_or_errno if isinstance(exc_or_errno, int) \
         else exc_or_errno.errno
     if message is None:
+        assert isinstance(exc_or_errno, OSError), "an errno needs a message"
         message = exc_or_errno.strerror
     return OSError(code, "cannot bind %s: %s" % (text, message))
 
 
-def bind_all(options, reserve_reuse_port=False):
+def bind_all(options: _options.ServerOptions,
+             reserve_reuse_port: bool = False) -> List[Listener]:
     """Bind (or inherit) every listener the options name.
 
     With systemd socket activation naming this process (LISTEN_PID and
@@ -68,7 +79,7 @@ def bind_all(options, reserve_reuse_port=False):
         if fds.count(fd) > 1:
             raise ValueError("option 'bind': fd://%d is given more than "
                              "once" % fd)
-    listeners = []
+    listeners: List[Listener] = []
     try:
         for text in texts:
             listeners.append(bind_one(
@@ -80,8 +91,9 @@ def bind_all(options, reserve_reuse_port=False):
     return listeners
 
 
-def bind_one(text, backlog, reuse_port=False, unix_mode=None,
-             reserve_reuse_port=False):
+def bind_one(text: str, backlog: int, reuse_port: bool = False,
+             unix_mode: Optional[int] = None,
+             reserve_reuse_port: bool = False) -> Listener:
     parsed = _options.parse_address(text)
     if isinstance(parsed, int):
         return inherit_fd(text, parsed)
@@ -109,7 +121,7 @@ def bind_one(text, backlog, reuse_port=False, unix_mode=None,
                     reserve_reuse_port)
 
 
-def tcp_socket(family, reuse_port):
+def tcp_socket(family: int, reuse_port: bool) -> socket.socket:
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     if reuse_port:
@@ -119,10 +131,11 @@ def tcp_socket(family, reuse_port):
     return sock
 
 
-def reuse_port_listener(reserved, backlog):
+def reuse_port_listener(reserved: Listener, backlog: int) -> Listener:
     """A process's own listening socket on the address a reserved
     Listener holds (SO_REUSEPORT: the kernel spreads connections across
     the processes' sockets)."""
+    assert isinstance(reserved.address, tuple), "reuse_port is TCP only"
     host, port = reserved.address
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = tcp_socket(family, True)
@@ -136,7 +149,8 @@ def reuse_port_listener(reserved, backlog):
     return Listener(sock, reserved.text, reserved.address, False, None)
 
 
-def bind_unix(text, path, backlog, mode=None):
+def bind_unix(text: str, path: str, backlog: int,
+              mode: Optional[int] = None) -> Listener:
     # A socket file left by a server that is gone is replaced; one that
     # still accepts connections is not.
     try:
@@ -178,7 +192,7 @@ def bind_unix(text, path, backlog, mode=None):
     return Listener(sock, text, path, True, unix_file)
 
 
-def inherit_fd(text, fd):
+def inherit_fd(text: str, fd: int) -> Listener:
     """fd://N: a listening stream socket this process inherited."""
     try:
         sock = socket.socket(fileno=fd)
@@ -205,7 +219,7 @@ def inherit_fd(text, fd):
         raise
 
 
-def systemd_fds():
+def systemd_fds() -> List[int]:
     """Descriptors passed by systemd socket activation, if LISTEN_PID names
     this process; the variables are removed either way once read, so
     neither our children nor the app take them for theirs."""
@@ -224,13 +238,13 @@ def systemd_fds():
     return list(range(SD_LISTEN_FDS_START, SD_LISTEN_FDS_START + n))
 
 
-def close_all(listeners):
+def close_all(listeners: Sequence[Listener]) -> None:
     for listener in listeners:
         listener.sock.close()
     unlink_unix_files([l.unix_file for l in listeners if l.unix_file])
 
 
-def unlink_unix_files(files):
+def unlink_unix_files(files: List[UnixFile]) -> None:
     """Remove the socket files a server created, unless another server has
     put its own there since (our listener closes when a stop begins, so a
     new server may legitimately take the path over while we drain)."""
@@ -244,7 +258,7 @@ def unlink_unix_files(files):
             pass
 
 
-def describe(address):
+def describe(address: Address) -> str:
     if isinstance(address, tuple):
         host, port = address
         if ":" in host:

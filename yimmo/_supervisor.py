@@ -20,6 +20,8 @@ supervisor gives up, with the process's own error line.
 The supervisor never imports the application unless preload is set.
 """
 
+from __future__ import annotations
+
 import logging
 import mmap
 import os
@@ -31,8 +33,19 @@ import sys
 import threading
 import time
 import traceback
+from types import FrameType
+from typing import TYPE_CHECKING, Dict, List, Optional, Tuple
 
 from . import _logging, _sockets
+from ._options import ServerOptions
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import WSGIApplication
+
+    from ._server import SignalHandler
+
+# --reload: (list file, config file) for _reload.report_modules().
+ReloadReport = Tuple[str, Optional[str]]
 
 log = logging.getLogger("yimmo")
 
@@ -62,7 +75,8 @@ HANDLED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGTTIN,
 class ProcessSlot:
     """What a server process's Server gets from the supervisor."""
 
-    def __init__(self, heartbeat, slot, notify_fd, max_requests):
+    def __init__(self, heartbeat: mmap.mmap, slot: int, notify_fd: int,
+                 max_requests: int) -> None:
         self.heartbeat = heartbeat      # the table of every process's slot
         self.slot = slot                # this process's index in it
         self.notify_fd = notify_fd
@@ -70,17 +84,19 @@ class ProcessSlot:
 
 
 class Child:
-    def __init__(self, pid, table, slot, pipe, lifetime_end):
+    def __init__(self, pid: int, table: mmap.mmap, slot: int, pipe: int,
+                 lifetime_end: Optional[float]) -> None:
         self.pid = pid
         self.table = table
         self.slot = slot
-        self.pipe = pipe           # read end; None once closed
+        self.pipe: Optional[int] = pipe  # read end; None once closed
         self.started = time.monotonic()
-        self.ready_at = None
-        self.retire = None         # why it is to be replaced, once it is
-        self.draining_since = None
-        self.killed_for = None     # why we sent SIGKILL
-        self.error_line = None
+        self.ready_at: Optional[float] = None
+        # why it is to be replaced, once it is
+        self.retire: Optional[str] = None
+        self.draining_since: Optional[float] = None
+        self.killed_for: Optional[str] = None  # why we sent SIGKILL
+        self.error_line: Optional[str] = None
         self.lifetime_end = lifetime_end
         # Its replacement was given up on (its successors failed at
         # start): no recycling trigger (its slot's flag stays set, its
@@ -89,11 +105,11 @@ class Child:
         self.proven = False        # ready for RAPID seconds: a good start
         self.buffer = b""
 
-    def heartbeat(self):
+    def heartbeat(self) -> Tuple[int, ...]:
         return HEARTBEAT.unpack_from(self.table, self.slot * HEARTBEAT_SIZE)
 
 
-def _describe_status(status):
+def _describe_status(status: int) -> str:
     if os.WIFSIGNALED(status):
         sig = os.WTERMSIG(status)
         try:
@@ -113,7 +129,7 @@ def _describe_status(status):
 ORPHAN_SIGNAL = signal.SIGRTMIN + 2
 
 
-def _set_pdeathsig():
+def _set_pdeathsig() -> None:
     """Linux: this process gets ORPHAN_SIGNAL when the supervisor dies."""
     try:
         import ctypes
@@ -129,7 +145,9 @@ class Supervisor:
     in each process) until SIGTERM/SIGINT. run() returns the exit
     status."""
 
-    def __init__(self, app_spec, app, options, reload_report=None):
+    def __init__(self, app_spec: Optional[str],
+                 app: Optional[WSGIApplication], options: ServerOptions,
+                 reload_report: Optional[ReloadReport] = None) -> None:
         self.app_spec = app_spec
         # --reload: (list file, config file) the server processes report
         # their modules to, after importing the app (_reload).
@@ -137,15 +155,16 @@ class Supervisor:
         self.app = app
         self.options = options
         self.target = options["processes"]
-        self.children = {}         # pid -> Child
-        self.listeners = []
-        self.pending_signals = []
+        self.children: Dict[int, Child] = {}  # pid -> Child
+        self.listeners: List[_sockets.Listener] = []
+        self.pending_signals: List[int] = []
         self.stopping = False
-        self.stop_deadline = None
+        self.stop_deadline: Optional[float] = None
         self.failures = 0          # processes in a row that died at start
         self.crashes = 0           # ready processes in a row that died soon
         self.warned_rss = False    # said once that max_rss is too low
-        self.last_failure = None   # (describe, error line)
+        # (describe, error line)
+        self.last_failure: Optional[Tuple[str, Optional[str]]] = None
         self.next_spawn = 0.0      # back-off: no spawn before this
         self.next_rss = 0.0
         self.exit_status = 0
@@ -153,7 +172,7 @@ class Supervisor:
 
     # -- the supervisor's side ------------------------------------------------
 
-    def run(self):
+    def run(self) -> int:
         opts = self.options
         self.pid = os.getpid()
         self.listeners = _sockets.bind_all(
@@ -161,13 +180,14 @@ class Supervisor:
         try:
             if self.app is None and opts["preload"]:
                 from ._appload import load_app
+                assert self.app_spec is not None, "no app and no app spec"
                 self.app = load_app(self.app_spec)
             self._warn_threads()
             return self._run()
         finally:
             _sockets.close_all(self.listeners)
 
-    def _warn_threads(self):
+    def _warn_threads(self) -> None:
         """A preloaded app that started threads at import: they do not
         exist in the forked server processes, and any lock one of them
         held stays held there for good (requests that need it hang)."""
@@ -180,7 +200,7 @@ class Supervisor:
                         "start them on the first request, or do not "
                         "preload", len(others), ", ".join(others))
 
-    def _run(self):
+    def _run(self) -> int:
         # Every process's heartbeat slot, in one shared mapping made
         # before the first fork (MAP_SHARED | MAP_ANONYMOUS): each
         # process writes its own and reads its siblings' connection
@@ -191,8 +211,8 @@ class Supervisor:
         os.set_blocking(wake_w, False)
         self.wake_r, self.wake_w = wake_r, wake_w
         old_wakeup = signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
-        old_handlers = {sig: signal.signal(sig, self._on_signal)
-                        for sig in HANDLED}
+        old_handlers: Dict[int, SignalHandler] = {
+            sig: signal.signal(sig, self._on_signal) for sig in HANDLED}
         # What the server processes start with again: the defaults, or
         # the handlers a preloaded app installed (they are the app's).
         self.app_handlers = old_handlers
@@ -215,7 +235,7 @@ class Supervisor:
                 self._stop_children()
         return self.exit_status
 
-    def _stop_children(self):
+    def _stop_children(self) -> None:
         deadline = time.monotonic() + self.options["graceful_timeout"] + \
             KILL_SLACK
         for child in self.children.values():
@@ -229,10 +249,10 @@ class Supervisor:
             self._kill(child, "the supervisor is exiting")
         self._reap(block=True)
 
-    def _on_signal(self, signum, frame):
+    def _on_signal(self, signum: int, frame: Optional[FrameType]) -> None:
         self.pending_signals.append(signum)
 
-    def _loop(self):
+    def _loop(self) -> None:
         while True:
             self._handle_signals()
             self._reap()
@@ -249,7 +269,7 @@ class Supervisor:
                 self._retire_replaced()
             self._wait()
 
-    def _wait(self):
+    def _wait(self) -> None:
         fds = [self.wake_r] + [c.pipe for c in self.children.values()
                                if c.pipe is not None]
         try:
@@ -269,16 +289,19 @@ class Supervisor:
             if child is not None:
                 self._read_child(child)
 
-    def _read_child(self, child):
+    def _read_child(self, child: Child) -> bool:
         """Read what the process wrote; False when nothing was there."""
+        pipe = child.pipe
+        if pipe is None:    # callers check; closed
+            return False
         try:
-            data = os.read(child.pipe, 4096)
+            data = os.read(pipe, 4096)
         except BlockingIOError:
             return False
         except OSError:
             data = b""
         if not data:
-            os.close(child.pipe)
+            os.close(pipe)
             child.pipe = None
             return False
         child.buffer += data
@@ -301,7 +324,7 @@ class Supervisor:
 
     # -- signals --
 
-    def _handle_signals(self):
+    def _handle_signals(self) -> None:
         while self.pending_signals:
             signum = self.pending_signals.pop(0)
             if signum in (signal.SIGTERM, signal.SIGINT):
@@ -321,7 +344,7 @@ class Supervisor:
                 for child in self.children.values():
                     self._signal(child, signal.SIGUSR1)
 
-    def _begin_stop(self, name):
+    def _begin_stop(self, name: str) -> None:
         if self.stopping:
             return
         grace = self.options["graceful_timeout"]
@@ -337,13 +360,14 @@ class Supervisor:
         for child in self.children.values():
             self._drain(child)
 
-    def _enforce_stop_deadline(self):
+    def _enforce_stop_deadline(self) -> None:
+        assert self.stop_deadline is not None, "set by _begin_stop"
         if time.monotonic() >= self.stop_deadline:
             for child in self.children.values():
                 if child.killed_for is None:
                     self._kill(child, "the graceful timeout ran out")
 
-    def _reload(self):
+    def _reload(self) -> None:
         if self.stopping:
             return
         active = [c for c in self.children.values()
@@ -355,7 +379,7 @@ class Supervisor:
         for child in active:
             child.retire = "reload"
 
-    def _remove_one(self):
+    def _remove_one(self) -> None:
         if self.stopping:
             return
         if self.target <= 1:
@@ -367,13 +391,13 @@ class Supervisor:
 
     # -- keeping the count ----------------------------------------------------
 
-    def _serving(self):
+    def _serving(self) -> List[Child]:
         """Processes that count towards the target: not draining, not to
         be replaced."""
         return [c for c in self.children.values()
                 if c.draining_since is None and c.retire is None]
 
-    def _fill(self):
+    def _fill(self) -> None:
         now = time.monotonic()
         missing = self.target - len(self._serving())
         while missing > 0 and now >= self.next_spawn:
@@ -381,7 +405,7 @@ class Supervisor:
                 break
             missing -= 1
 
-    def _retire_replaced(self):
+    def _retire_replaced(self) -> None:
         serving = self._serving()
         ready_new = [c for c in serving if c.ready_at is not None]
         # Processes past the target (SIGTTOU): the oldest drains.
@@ -412,7 +436,7 @@ class Supervisor:
                 self._drain(child, "replaced (%s); its successor is ready"
                             % child.retire)
 
-    def _check_children(self):
+    def _check_children(self) -> None:
         now = time.monotonic()
         opts = self.options
         check_rss = opts["max_rss"] > 0 and now >= self.next_rss
@@ -486,13 +510,13 @@ class Supervisor:
 
     # -- process control --
 
-    def _signal(self, child, sig):
+    def _signal(self, child: Child, sig: int) -> None:
         try:
             os.kill(child.pid, sig)
         except ProcessLookupError:
             pass
 
-    def _drain(self, child, why=None):
+    def _drain(self, child: Child, why: Optional[str] = None) -> None:
         if child.draining_since is not None:
             return
         if why:
@@ -500,13 +524,13 @@ class Supervisor:
         child.draining_since = time.monotonic()
         self._signal(child, signal.SIGTERM)
 
-    def _kill(self, child, why):
+    def _kill(self, child: Child, why: str) -> None:
         log.warning("Server process %d: killing it (SIGKILL), as %s",
                     child.pid, why)
         child.killed_for = why
         self._signal(child, signal.SIGKILL)
 
-    def _reap(self, block=False):
+    def _reap(self, block: bool = False) -> None:
         while self.children:
             try:
                 pid, status = os.waitpid(-1, 0 if block else os.WNOHANG)
@@ -529,7 +553,7 @@ class Supervisor:
                 child.pipe = None
             self._exited(child, status)
 
-    def _exited(self, child, status):
+    def _exited(self, child: Child, status: int) -> None:
         how = _describe_status(status)
         if self.stopping or child.draining_since is not None:
             # Asked to go: nothing to replace (its successor, if any, is
@@ -598,7 +622,7 @@ class Supervisor:
                     "before it was ready" if child.ready_at is None
                     else "right after it started", delay)
 
-    def _spawn(self):
+    def _spawn(self) -> Optional[int]:
         opts = self.options
         used = {c.slot for c in self.children.values()}
         slot = next((i for i in range(SLOTS) if i not in used), None)
@@ -616,7 +640,8 @@ class Supervisor:
                 random.uniform(0, opts["max_lifetime_jitter"])
         sys.stdout.flush()
         sys.stderr.flush()
-        read_end = write_end = None
+        read_end: Optional[int] = None
+        write_end: Optional[int] = None
         # The handled signals are blocked across fork(): until the child
         # has reset their handlers, a signal sent to it (a SIGTERM from a
         # reload that follows at once) would run the supervisor's handler
@@ -665,7 +690,7 @@ class Supervisor:
 
     # -- the server process's side --------------------------------------------
 
-    def _child_main(self, slot, notify_fd):
+    def _child_main(self, slot: int, notify_fd: int) -> int:
         """In the forked server process: returns its exit status."""
         signal.set_wakeup_fd(-1)
         for sig in HANDLED:
@@ -690,13 +715,13 @@ class Supervisor:
         os.set_blocking(notify_fd, False)
         opts = self.options
 
-        def fail(line):
+        def fail(line: str) -> int:
             os.set_blocking(notify_fd, True)
             os.write(notify_fd, b"E" + line.replace("\n", " ").encode(
                 "utf-8", "replace") + b"\n")
             return 1
 
-        listeners = []
+        listeners: List[_sockets.Listener] = []
         try:
             for listener in self.listeners:
                 if listener.reuse_port:
@@ -712,6 +737,7 @@ class Supervisor:
         app = self.app
         if app is None:
             from ._appload import AppLoadError, load_app
+            assert self.app_spec is not None, "no app and no app spec"
             try:
                 app = load_app(self.app_spec)
             except AppLoadError as exc:
@@ -748,16 +774,16 @@ class Supervisor:
         return 0
 
 
-def _child_on_sigusr1(signum, frame):
+def _child_on_sigusr1(signum: int, frame: Optional[FrameType]) -> None:
     log.info("Received SIGUSR1, reopening log files")
     _logging.reopen_log_files()
 
 
-def opts_workers(options):
+def opts_workers(options: ServerOptions) -> int:
     return options["workers"]
 
 
-def _rss_mb(pid):
+def _rss_mb(pid: int) -> Optional[int]:
     """Resident memory of pid in MB (from /proc), None if gone."""
     try:
         with open("/proc/%d/statm" % pid, "rb") as f:
@@ -767,6 +793,8 @@ def _rss_mb(pid):
     return resident * mmap.PAGESIZE // (1024 * 1024)
 
 
-def run(app_spec, app, options, reload_report=None):
+def run(app_spec: Optional[str], app: Optional[WSGIApplication],
+        options: ServerOptions,
+        reload_report: Optional[ReloadReport] = None) -> int:
     """Supervise; returns the exit status."""
     return Supervisor(app_spec, app, options, reload_report).run()
