@@ -3,7 +3,8 @@ yimmo/_yimmo.pyi says what the C extension really exports (names, bases,
 methods, properties, and argument names and kinds as the C parses them),
 and the option TypedDicts name exactly the option table's options.
 
-The mypy tests need mypy (the `test` extra has it) and skip without it;
+The mypy tests need mypy (the `typing` extra has it; README's test
+command installs it) and skip without it;
 the others need only the package (and, for the C argument lists, the
 ext/ sources next to the tests).
 """
