@@ -225,3 +225,51 @@ def test_bind_the_same_fd_twice_is_a_usage_error(tmp_path, processes):
     assert lines[-1] == ("yimmo: error: option 'bind': fd://%d is given "
                          "more than once" % fd)
     assert sum(l.startswith("yimmo: error") for l in lines) == 1
+
+
+@pytest.mark.parametrize("pid,fds,word", [
+    ("self", "two", "LISTEN_FDS='two'"),
+    ("self", "-1", "LISTEN_FDS='-1'"),
+    ("nobody", "1", "LISTEN_PID='nobody'"),
+])
+def test_socket_activation_garbage_is_one_error_line(tmp_path, pid, fds,
+                                                      word):
+    # sd_listen_fds(3) refuses these; binding --bind instead would serve
+    # on an address the unit never meant.
+    write_app(tmp_path)
+    script = ("import os, sys, runpy\n"
+              "os.environ['LISTEN_PID'] = %r if %r != 'self' "
+              "else str(os.getpid())\n"
+              "os.environ['LISTEN_FDS'] = %r\n"
+              "sys.argv = ['yimmo', '--bind', '127.0.0.1:0', 'supapp:app']\n"
+              "runpy.run_module('yimmo', run_name='__main__')\n"
+              % (pid, pid, fds))
+    res = subprocess.run([sys.executable, "-c", script], cwd=str(tmp_path),
+                         env=subprocess_env(), capture_output=True,
+                         text=True, timeout=30)
+    assert res.returncode == 1, res.stderr
+    lines = res.stderr.strip().splitlines()
+    assert lines[-1].startswith("yimmo: error: ")
+    assert word in lines[-1]
+    assert sum(l.startswith("yimmo: error") for l in lines) == 1
+
+
+@pytest.mark.parametrize("kind", ["file", "directory"])
+def test_unix_path_that_is_not_a_socket_is_a_clear_error(tmp_path, kind):
+    write_app(tmp_path)
+    path = tmp_path / "s.sock"
+    if kind == "file":
+        path.write_text("keep me")
+    else:
+        path.mkdir()
+    res = subprocess.run(
+        [sys.executable, "-m", "yimmo", "--bind", "unix:%s" % path,
+         "supapp:app"], cwd=str(tmp_path), env=subprocess_env(),
+        capture_output=True, text=True, timeout=30)
+    assert res.returncode == 1, res.stderr
+    lines = res.stderr.strip().splitlines()
+    assert lines[-1].startswith("yimmo: error: ")
+    assert "exists and is not a socket" in lines[-1]
+    assert sum(l.startswith("yimmo: error") for l in lines) == 1
+    if kind == "file":
+        assert path.read_text() == "keep me"

@@ -154,21 +154,27 @@ def bind_unix(text: str, path: str, backlog: int,
     # A socket file left by a server that is gone is replaced; one that
     # still accepts connections is not.
     try:
-        if stat.S_ISSOCK(os.stat(path).st_mode):
-            probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            probe.settimeout(1.0)
-            try:
-                probe.connect(path)
-            except ConnectionRefusedError:
-                log.info("Removing stale socket file %s", path)
-                os.unlink(path)
-            except OSError:
-                pass
-            else:
-                raise _fail(text, errno.EADDRINUSE,
-                            "a server is listening on it already")
-            finally:
-                probe.close()
+        st_mode = os.stat(path).st_mode
+        if not stat.S_ISSOCK(st_mode):
+            # Never replaced: it is not ours, and bind() would only say
+            # "Address already in use".
+            raise _fail(text, errno.EEXIST, "%s exists and is not a socket"
+                        % ("a directory" if stat.S_ISDIR(st_mode)
+                           else "a file"))
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        probe.settimeout(1.0)
+        try:
+            probe.connect(path)
+        except ConnectionRefusedError:
+            log.info("Removing stale socket file %s", path)
+            os.unlink(path)
+        except OSError:
+            pass
+        else:
+            raise _fail(text, errno.EADDRINUSE,
+                        "a server is listening on it already")
+        finally:
+            probe.close()
     except FileNotFoundError:
         pass
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -229,12 +235,23 @@ def systemd_fds() -> List[int]:
         return []
     for name in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
         os.environ.pop(name, None)
+    # As sd_listen_fds(3): variables meant for another process are
+    # ignored; ones that name no process or no count are an error, not a
+    # reason to bind something else in their place.
     try:
-        if int(pid) != os.getpid():
-            return []
+        target = int(pid)
+    except ValueError:
+        raise OSError(errno.EINVAL, "socket activation: LISTEN_PID=%r is "
+                      "not a process id" % pid) from None
+    if target != os.getpid():
+        return []
+    try:
         n = int(count)
     except ValueError:
-        return []
+        n = -1
+    if n < 0:
+        raise OSError(errno.EINVAL, "socket activation: LISTEN_FDS=%r is "
+                      "not a number of descriptors" % count)
     return list(range(SD_LISTEN_FDS_START, SD_LISTEN_FDS_START + n))
 
 
