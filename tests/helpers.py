@@ -709,3 +709,19 @@ def wait_readable(sock, timeout):
 UNDER_ASAN = "libasan" in os.environ.get("LD_PRELOAD", "")
 skip_under_asan = pytest.mark.skipif(
     UNDER_ASAN, reason="RSS is meaningless under ASan's quarantine")
+
+
+# systemd socket activation, as systemd does it: `python -c ACTIVATE ARGS`
+# moves the listening socket whose number is in TEST_FD to descriptor 3,
+# sets LISTEN_PID to its own pid (which exec keeps) and LISTEN_FDS=1, then
+# execs `python ARGS` (for example `-m yimmo --workers 2 app:app`).
+ACTIVATE = """
+import os, sys
+fd = int(os.environ.pop("TEST_FD"))
+if fd != 3:
+    os.dup2(fd, 3)
+    os.close(fd)
+os.environ["LISTEN_PID"] = str(os.getpid())
+os.environ["LISTEN_FDS"] = "1"
+os.execv(sys.executable, [sys.executable] + sys.argv[1:])
+"""

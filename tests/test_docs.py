@@ -28,7 +28,7 @@ import time
 
 import pytest
 
-from helpers import LISTENING_RE, ServerProcess, connect, read_response, \
+from helpers import ACTIVATE, LISTENING_RE, ServerProcess, connect, read_response, \
     subprocess_env
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -548,17 +548,6 @@ def test_dockerfile_command_serves(tmp_path):
 
 
 # -- the systemd unit (README's, included in the docs) ------------------------
-
-ACTIVATE = """
-import os, sys
-fd = int(os.environ.pop("TEST_FD"))
-if fd != 3:
-    os.dup2(fd, 3)
-    os.close(fd)
-os.environ["LISTEN_PID"] = str(os.getpid())
-os.environ["LISTEN_FDS"] = "1"
-os.execv(sys.executable, [sys.executable] + sys.argv[1:])
-"""
 
 
 def test_docs_include_the_readme_units():

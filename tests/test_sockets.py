@@ -14,24 +14,11 @@ import time
 
 import pytest
 
-from helpers import ServerProcess, connect, get, read_response, \
+from helpers import ACTIVATE, ServerProcess, connect, get, read_response, \
     subprocess_env
 
 from test_supervisor import APP, count_lines, wait_port, wait_ready, \
     write_app
-
-# Sets LISTEN_PID to its own pid (which exec keeps) and LISTEN_FDS, puts
-# the inherited socket at descriptor 3 as systemd does, then execs yimmo.
-ACTIVATE = """
-import os, sys
-fd = int(os.environ.pop("TEST_FD"))
-if fd != 3:
-    os.dup2(fd, 3)
-    os.close(fd)
-os.environ["LISTEN_PID"] = str(os.getpid())
-os.environ["LISTEN_FDS"] = "1"
-os.execv(sys.executable, [sys.executable, "-m", "yimmo"] + sys.argv[1:])
-"""
 
 
 def listening_socket(family=socket.AF_INET, path=None):
@@ -48,7 +35,8 @@ def serve_inherited(tmp_path, sock, args, activate=False):
     write_app(tmp_path)
     fd = sock.fileno()
     if activate:
-        cmd = [sys.executable, "-c", ACTIVATE] + args + ["supapp:app"]
+        cmd = [sys.executable, "-c", ACTIVATE, "-m", "yimmo"] + args + \
+            ["supapp:app"]
         env = subprocess_env(TEST_FD=str(fd))
     else:
         cmd = [sys.executable, "-m", "yimmo", "--bind", "fd://%d" % fd] + \
