@@ -5,6 +5,8 @@
 
 #include "http_parser.h"
 
+#include "../guard_page.h"
+
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -777,41 +779,6 @@ static const ccase_t ccases[] = {
 };
 
 /* ---- the guard page ---- */
-
-static char *region;        /* readable bytes, then one PROT_NONE page */
-static size_t region_size;
-
-static void
-guard_init(size_t max_input)
-{
-    size_t page = (size_t)sysconf(_SC_PAGESIZE);
-    char *m;
-
-    region_size = (max_input + page - 1) / page * page + page;
-    m = mmap(NULL, region_size + page, PROT_READ | PROT_WRITE,
-             MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (m == MAP_FAILED || mprotect(m + region_size, page, PROT_NONE)) {
-        perror("mmap");
-        exit(2);
-    }
-    region = m;
-}
-
-/* Copy n bytes so that they end right before the guard page. */
-static const char *
-place(const char *src, size_t n)
-{
-    char *dst = region + region_size - n;
-
-    if (n > region_size) {
-        fprintf(stderr, "input too large for the guard region\n");
-        exit(2);
-    }
-    if (n) {
-        memcpy(dst, src, n);
-    }
-    return dst;
-}
 
 /* ---- head cases ---- */
 

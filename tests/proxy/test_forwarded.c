@@ -6,6 +6,8 @@
 #include "forwarded.h"
 #include "trust.h"
 
+#include "../guard_page.h"
+
 #include <arpa/inet.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -94,33 +96,6 @@ static const tcase_t tcases[] = {
     {"::ffff:127.0.0.0/120", "127.0.1.0", 0},
     {"::/0", "2001:db8::1", 1},
 };
-
-/* ---- the guard page ---- */
-
-static char *region;
-static size_t region_size;
-
-static void
-guard_init(size_t max_input)
-{
-    size_t page = (size_t)sysconf(_SC_PAGESIZE);
-    region_size = (max_input + page - 1) / page * page + page;
-    char *m = mmap(NULL, region_size + page, PROT_READ | PROT_WRITE,
-                   MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (m == MAP_FAILED || mprotect(m + region_size, page, PROT_NONE)) {
-        perror("mmap");
-        exit(2);
-    }
-    region = m;
-}
-
-static const char *
-place(const char *src, size_t n)
-{
-    char *dst = region + region_size - n;
-    memcpy(dst, src, n);
-    return dst;
-}
 
 static int failed, passed;
 
