@@ -38,6 +38,7 @@
 #include <sys/uio.h>
 #include <unistd.h>
 
+#include "fuzz_check.h"
 #include "bucket.h"
 #include "conn.h"
 #include "exchange.h"
@@ -47,15 +48,6 @@
 #include "queue.h"
 #include "server.h"
 #include "wsgi_worker.h"
-
-#define CHECK(cond)                                                      \
-    do {                                                                 \
-        if (!(cond)) {                                                   \
-            fprintf(stderr, "fuzz_conn.c:%d: check failed: %s\n",        \
-                    __LINE__, #cond);                                    \
-            abort();                                                     \
-        }                                                                \
-    } while (0)
 
 #define N_FILE_FDS 4
 #define MAX_ACTIONS 3000

@@ -4,21 +4,13 @@
  * data-derived slices, aborting when the results differ or point outside
  * the input.                                                              */
 
+#include "fuzz_check.h"
 #include "http_parser.h"
 
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-
-#define CHECK(cond)                                                      \
-    do {                                                                 \
-        if (!(cond)) {                                                   \
-            fprintf(stderr, "fuzz_parser.c:%d: check failed: %s\n",      \
-                    __LINE__, #cond);                                    \
-            abort();                                                     \
-        }                                                                \
-    } while (0)
 
 /* Limits picked per input, small ones so that every limit is reachable. */
 static const ymo_http_limits_t limit_sets[] = {
@@ -38,19 +30,6 @@ fnv1a(const uint8_t *d, size_t n)
         h = (h ^ d[i]) * 1099511628211ULL;
     }
     return h;
-}
-
-/* A private copy of exactly n bytes, so ASan catches reading past it. */
-static char *
-dup_exact(const uint8_t *d, size_t n)
-{
-    char *p = malloc(n ? n : 1);
-
-    CHECK(p != NULL);
-    if (n) {
-        memcpy(p, d, n);
-    }
-    return p;
 }
 
 static void

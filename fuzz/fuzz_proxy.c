@@ -10,29 +10,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "fuzz_check.h"
 #include "forwarded.h"
 #include "proxy_protocol.h"
 #include "trust.h"
-
-#define CHECK(cond)                                                      \
-    do {                                                                 \
-        if (!(cond)) {                                                   \
-            fprintf(stderr, "fuzz_proxy.c:%d: check failed: %s\n",       \
-                    __LINE__, #cond);                                    \
-            abort();                                                     \
-        }                                                                \
-    } while (0)
-
-static char *
-dup_exact(const uint8_t *d, size_t n)
-{
-    char *p = malloc(n ? n : 1);
-    CHECK(p != NULL);
-    if (n) {
-        memcpy(p, d, n);
-    }
-    return p;
-}
 
 static void
 check_proxy(const char *in, size_t len)
