@@ -422,8 +422,13 @@ ymo_wsgi_worker_notify(ymo_wsgi_worker_t *worker)
 {
     ymo_wsgi_worker_lock_in(worker);
     worker->poked = 1;
-    pthread_cond_signal(&worker->ready_in);
     ymo_wsgi_worker_unlock_in(worker);
+    /* Signalled after the unlock: a worker woken with lock_in still held
+     * here would at once block on it again (two more futex calls, and on
+     * a busy core a switch back to the loop and one more to the worker).
+     * The worker re-checks poked under the lock, so none is lost, and
+     * the condition variable lives as long as the worker. */
+    pthread_cond_signal(&worker->ready_in);
     return 0;
 }
 
