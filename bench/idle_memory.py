@@ -19,9 +19,10 @@ yimmo is imported from this checkout (built in place: setup.py build_ext
 --inplace) with --yimmo-python (default: this interpreter); bjoern from
 --bjoern-python (default bench/.venv/bin/python, where bench.py installs
 it); a server that cannot start is reported and skipped. Raises
-RLIMIT_NOFILE (soft, and hard when run as root) for the servers and for
-itself. Every wait is bounded; the script stops only the processes it
-started.
+RLIMIT_NOFILE for the servers and for itself (the hard limit too where
+that is allowed: root with CAP_SYS_RESOURCE); the second batch is smaller
+than N when the limit does not leave room for 2N connections. Every wait
+is bounded; the script stops only the processes it started.
 """
 
 import argparse
