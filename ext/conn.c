@@ -38,7 +38,7 @@ static void conn_dispatch(ymo_conn_t *c);
 static ev_tstamp
 now(const ymo_conn_t *c)
 {
-    return ev_now(c->server->loop);
+    return ev_now(c->listener->server->loop);
 }
 
 /* While the server stops, a lingering connection need not wait for its
@@ -49,45 +49,248 @@ static int
 conn_linger_done(const ymo_conn_t *c)
 {
     int queued = 0;
-    return c->linger_until != 0 && c->wq_head == NULL &&
+    return c->busy->linger_until != 0 && c->busy->wq_head == NULL &&
            ioctl(c->fd, SIOCOUTQ, &queued) == 0 && queued == 0;
 }
 
-ymo_conn_t *
-ymo_conn_new(ymo_server_t *s, const ymo_listener_t *l, int fd,
-             const char *addr, int port, int trusted)
+/* -- The server's lists of connections --
+ *
+ * A connection is on exactly one list (c->on): server->conns while busy,
+ * or, while idle, the idle list of the timeout that applies to it. The
+ * waits on one idle list all have the same length, so the list, kept in
+ * the order the waits began, is also the order they end in: one server
+ * timer for the first of them replaces a timer per connection (libev's
+ * "a linked list of timers with the same timeout"), and going idle and
+ * back costs a few pointer updates instead of two heap operations. */
+
+static int
+conn_idle_list(const ymo_conn_t *c)
 {
-    ymo_conn_t *c = ymo_calloc(1, sizeof(*c));
-    if (c == NULL) {
-        return NULL;
+    return c->seq > 0 ? 1 : 0;
+}
+
+static void
+conn_unlink(ymo_conn_t *c)
+{
+    ymo_server_t *s = c->listener->server;
+    ymo_conn_t **head = &s->conns;
+    ymo_conn_t **tail = NULL;
+    if (c->on != YMO_CONN_ON_BUSY) {
+        head = &s->idle_head[c->on - YMO_CONN_ON_FRESH];
+        tail = &s->idle_tail[c->on - YMO_CONN_ON_FRESH];
     }
-    /* No input buffer of its own until a read leaves something behind:
-     * an idle connection costs only this struct. */
-    c->inbuf = NULL;
-    c->incap = 0;
-    c->server = s;
-    c->listener = l;
-    c->fd = fd;
-    c->remote_port = port;
-    snprintf(c->remote_addr, sizeof(c->remote_addr), "%s", addr);
-    c->trusted = trusted;
-    c->proxy = !s->config.proxy_protocol ? YMO_CONN_PROXY_DONE
-               : trusted                 ? YMO_CONN_PROXY_EXPECT
-                                         : YMO_CONN_PROXY_REFUSE;
-    ymo_http_parser_init(&c->parser, &s->config.limits);
-    c->head_started = now(c);
-    ev_io_init(&c->io, conn_on_io, fd, EV_READ);
-    c->io.data = c;
-    ev_init(&c->timer, conn_on_timer);
-    c->timer.data = c;
+    if (c->prev != NULL) {
+        c->prev->next = c->next;
+    }
+    else {
+        *head = c->next;
+    }
+    if (c->next != NULL) {
+        c->next->prev = c->prev;
+    }
+    else if (tail != NULL) {
+        *tail = c->prev;
+    }
+    c->prev = c->next = NULL;
+}
+
+static void
+conn_link_busy(ymo_conn_t *c)
+{
+    ymo_server_t *s = c->listener->server;
+    c->on = YMO_CONN_ON_BUSY;
+    c->prev = NULL;
     c->next = s->conns;
     if (s->conns != NULL) {
         s->conns->prev = c;
     }
     s->conns = c;
+}
+
+/* When an idle connection's wait ends. */
+static ev_tstamp
+conn_idle_deadline(const ymo_conn_t *c)
+{
+    const ymo_server_t *s = c->listener->server;
+    ev_tstamp until = c->head_started + (c->seq > 0
+                                             ? s->config.keepalive_timeout
+                                             : s->config.header_timeout);
+    if (s->draining_loop) {
+        /* Stopping: its last call (see YMO_LAST_CALL). */
+        ev_tstamp last = s->drain_started + YMO_LAST_CALL;
+        return last < until ? last : until;
+    }
+    return until;
+}
+
+/* Arm the idle timer for the first idle connection's deadline, unless it
+ * fires earlier already (the callback looks again then). */
+static void
+server_arm_idle_timer(ymo_server_t *s, int rearm)
+{
+    ev_tstamp first = 0;
+    for (int k = 0; k < 2; k++) {
+        if (s->idle_head[k] != NULL) {
+            ev_tstamp d = conn_idle_deadline(s->idle_head[k]);
+            if (first == 0 || d < first) {
+                first = d;
+            }
+        }
+    }
+    if (first == 0) {
+        ev_timer_stop(s->loop, &s->idle_timer);
+        return;
+    }
+    if (ev_is_active(&s->idle_timer)) {
+        if (!rearm && s->idle_timer_at <= first) {
+            return;
+        }
+        ev_timer_stop(s->loop, &s->idle_timer);
+    }
+    ev_tstamp t = ev_now(s->loop);
+    s->idle_timer_at = first;
+    ev_timer_set(&s->idle_timer, first > t ? first - t : 0., 0.);
+    ev_timer_start(s->loop, &s->idle_timer);
+}
+
+/* The connection has nothing going on: give back its busy part, and wait
+ * for its next request (or its timeout) on an idle list. */
+static void
+conn_rest(ymo_conn_t *c)
+{
+    ymo_server_t *s = c->listener->server;
+    ymo_conn_busy_t *b = c->busy;
+    if (b != NULL) {
+        ev_timer_stop(s->loop, &b->timer);
+        if (!b->inbuf_borrowed) {
+            free(b->inbuf);
+        }
+        free(b);
+        c->busy = NULL;
+    }
+    conn_unlink(c);
+    int k = conn_idle_list(c);
+    c->on = (uint8_t)(YMO_CONN_ON_FRESH + k);
+    /* In order of head_started: at the tail, except for a connection
+     * whose wait began before it last went busy (a fresh one that sent
+     * only a PROXY header). */
+    ymo_conn_t *after = s->idle_tail[k];
+    while (after != NULL && after->head_started > c->head_started) {
+        after = after->prev;
+    }
+    c->prev = after;
+    c->next = after != NULL ? after->next : s->idle_head[k];
+    if (c->next != NULL) {
+        c->next->prev = c;
+    }
+    else {
+        s->idle_tail[k] = c;
+    }
+    if (after != NULL) {
+        after->next = c;
+    }
+    else {
+        s->idle_head[k] = c;
+    }
+    if (!ev_is_active(&c->io) ||
+        (c->io.events & (EV_READ | EV_WRITE)) != EV_READ) {
+        ev_io_stop(s->loop, &c->io);
+        ev_io_set(&c->io, c->fd, EV_READ);
+        ev_io_start(s->loop, &c->io);
+    }
+    if (!ev_is_active(&s->idle_timer) ||
+        conn_idle_deadline(c) < s->idle_timer_at) {
+        server_arm_idle_timer(s, 0);
+    }
+}
+
+/* Something happens on an idle connection: give it a busy part. Returns
+ * -1 (the connection is still idle) when there is no memory for it. */
+static int
+conn_wake(ymo_conn_t *c)
+{
+    ymo_server_t *s = c->listener->server;
+    ymo_conn_busy_t *b = ymo_calloc(1, sizeof(*b));
+    if (b == NULL) {
+        return -1;
+    }
+    b->state = YMO_CONN_HEAD;
+    ymo_http_parser_init(&b->parser, &s->config.limits);
+    ev_init(&b->timer, conn_on_timer);
+    b->timer.data = c;
+    c->busy = b;
+    conn_unlink(c);
+    conn_link_busy(c);
+    /* The idle timer may now fire for nothing; it looks again then. */
+    return 0;
+}
+
+ymo_conn_t *
+ymo_conn_new(const ymo_listener_t *l, int fd, const struct sockaddr *peer,
+             int trusted)
+{
+    ymo_server_t *s = l->server;
+    ymo_conn_t *c = ymo_calloc(1, sizeof(*c));
+    if (c == NULL) {
+        return NULL;
+    }
+    c->listener = l;
+    c->fd = fd;
+    c->remote_family = AF_UNSPEC;
+    if (peer->sa_family == AF_INET) {
+        const struct sockaddr_in *sin = (const struct sockaddr_in *)peer;
+        c->remote_family = AF_INET;
+        memcpy(c->remote_ip, &sin->sin_addr, 4);
+        c->remote_port = ntohs(sin->sin_port);
+    }
+    else if (peer->sa_family == AF_INET6) {
+        const struct sockaddr_in6 *sin6 = (const struct sockaddr_in6 *)peer;
+        c->remote_family = AF_INET6;
+        memcpy(c->remote_ip, &sin6->sin6_addr, 16);
+        c->remote_port = ntohs(sin6->sin6_port);
+    }
+    c->trusted = (uint8_t)trusted;
+    c->proxy = !s->config.proxy_protocol ? YMO_CONN_PROXY_DONE
+               : trusted                 ? YMO_CONN_PROXY_EXPECT
+                                         : YMO_CONN_PROXY_REFUSE;
+    c->head_started = now(c);
+    ev_io_init(&c->io, conn_on_io, fd, EV_READ);
+    c->io.data = c;
     s->n_conns++;
-    conn_step(c);
+    /* No busy part until the first bytes arrive. */
+    c->on = YMO_CONN_ON_BUSY;
+    conn_link_busy(c);
+    conn_rest(c);
     return c;
+}
+
+/* The numeric address of the peer ("" for a unix socket), as inet_ntop
+ * would write it, into out (64 bytes). IPv4 without snprintf: this runs
+ * for every request. */
+static void
+conn_format_addr(const ymo_conn_t *c, char *out)
+{
+    if (c->remote_family == AF_INET) {
+        char *p = out;
+        for (int i = 0; i < 4; i++) {
+            unsigned v = c->remote_ip[i];
+            if (v >= 100) {
+                *p++ = (char)('0' + v / 100);
+            }
+            if (v >= 10) {
+                *p++ = (char)('0' + v / 10 % 10);
+            }
+            *p++ = (char)('0' + v % 10);
+            *p++ = '.';
+        }
+        p[-1] = '\0';
+    }
+    else if (c->remote_family == AF_INET6) {
+        inet_ntop(AF_INET6, c->remote_ip, out, 64);
+    }
+    else {
+        out[0] = '\0';
+    }
 }
 
 /* -- Waiting for room (max_inflight) -- */
@@ -105,13 +308,13 @@ server_full(const ymo_server_t *s)
 static void
 conn_stall(ymo_conn_t *c)
 {
-    ymo_server_t *s = c->server;
-    c->stalled = 1;
-    c->stalled_since = now(c);
-    c->stall_next = NULL;
-    c->stall_prev = s->stalled_tail;
+    ymo_server_t *s = c->listener->server;
+    c->busy->stalled = 1;
+    c->busy->stalled_since = now(c);
+    c->busy->stall_next = NULL;
+    c->busy->stall_prev = s->stalled_tail;
     if (s->stalled_tail != NULL) {
-        s->stalled_tail->stall_next = c;
+        s->stalled_tail->busy->stall_next = c;
     }
     else {
         s->stalled_head = c;
@@ -122,21 +325,21 @@ conn_stall(ymo_conn_t *c)
 static void
 conn_unlink_stalled(ymo_conn_t *c)
 {
-    ymo_server_t *s = c->server;
-    if (c->stall_prev != NULL) {
-        c->stall_prev->stall_next = c->stall_next;
+    ymo_server_t *s = c->listener->server;
+    if (c->busy->stall_prev != NULL) {
+        c->busy->stall_prev->busy->stall_next = c->busy->stall_next;
     }
     else {
-        s->stalled_head = c->stall_next;
+        s->stalled_head = c->busy->stall_next;
     }
-    if (c->stall_next != NULL) {
-        c->stall_next->stall_prev = c->stall_prev;
+    if (c->busy->stall_next != NULL) {
+        c->busy->stall_next->busy->stall_prev = c->busy->stall_prev;
     }
     else {
-        s->stalled_tail = c->stall_prev;
+        s->stalled_tail = c->busy->stall_prev;
     }
-    c->stall_next = c->stall_prev = NULL;
-    c->stalled = 0;
+    c->busy->stall_next = c->busy->stall_prev = NULL;
+    c->busy->stalled = 0;
 }
 
 /* An exchange finished: let waiting connections go on, oldest first, as
@@ -149,11 +352,11 @@ server_unstall(ymo_server_t *s)
         conn_unlink_stalled(c);
         /* The wait was the server's: it counts toward the queue timeout,
          * not toward the client's head or body timeouts. */
-        ev_tstamp waited = now(c) - c->stalled_since;
-        c->stall_credit += waited;
+        ev_tstamp waited = now(c) - c->busy->stalled_since;
+        c->busy->stall_credit += waited;
         c->head_started += waited;
-        c->last_read += waited;
-        c->rate_since += waited;
+        c->busy->last_read += waited;
+        c->busy->rate_since += waited;
         conn_step(c);
     }
 }
@@ -161,15 +364,15 @@ server_unstall(ymo_server_t *s)
 static void
 conn_free_exchange(ymo_conn_t *c)
 {
-    ymo_exchange_t *ex = c->ex;
-    c->ex = NULL;
+    ymo_exchange_t *ex = c->busy->ex;
+    c->busy->ex = NULL;
     if (ex == NULL) {
         return;
     }
     ex->conn = NULL;
-    if (c->dispatch_pending) {
+    if (c->busy->dispatch_pending) {
         /* No worker ever had it. */
-        c->dispatch_pending = 0;
+        c->busy->dispatch_pending = 0;
         ymo_exchange_release(ex);
     }
     else if (ex->worker_done) {
@@ -178,36 +381,48 @@ conn_free_exchange(ymo_conn_t *c)
     else {
         /* The worker still has it: it stops at its next read or write,
          * and the loop frees it when the final post arrives. */
-        ymo_exchange_abort(ex, c->server->cut_off ? YMO_READ_STOPPED : -1);
+        ymo_exchange_abort(ex, c->listener->server->cut_off
+                                   ? YMO_READ_STOPPED : -1);
     }
 }
 
 void
 ymo_conn_close(ymo_conn_t *c)
 {
-    ymo_server_t *s = c->server;
+    ymo_server_t *s = c->listener->server;
+    ymo_conn_busy_t *b = c->busy;
     ev_io_stop(s->loop, &c->io);
-    ev_timer_stop(s->loop, &c->timer);
-    if (c->stalled) {
-        conn_unlink_stalled(c);
-    }
     close(c->fd);
-    conn_free_exchange(c);
-    ymo_bucket_free_chain(c->wq_head);
-    if (c->prev != NULL) {
-        c->prev->next = c->next;
+    if (b != NULL) {
+        ev_timer_stop(s->loop, &b->timer);
+        if (b->stalled) {
+            conn_unlink_stalled(c);
+        }
+        conn_free_exchange(c);
+        ymo_bucket_free_chain(b->wq_head);
+        if (!b->inbuf_borrowed) {
+            free(b->inbuf);
+        }
+        free(b);
     }
-    else {
-        s->conns = c->next;
-    }
-    if (c->next != NULL) {
-        c->next->prev = c->prev;
-    }
-    if (!c->inbuf_borrowed) {
-        free(c->inbuf);
-    }
+    /* (An idle list left empty stops its timer when it next fires.) */
+    conn_unlink(c);
     free(c);
     ymo_server_conn_closed(s);
+}
+
+void
+ymo_conn_close_all(ymo_server_t *s)
+{
+    while (s->conns != NULL) {
+        ymo_conn_close(s->conns);
+    }
+    for (int k = 0; k < 2; k++) {
+        while (s->idle_head[k] != NULL) {
+            ymo_conn_close(s->idle_head[k]);
+        }
+    }
+    ev_timer_stop(s->loop, &s->idle_timer);
 }
 
 static void
@@ -216,16 +431,16 @@ wq_append(ymo_conn_t *c, ymo_bucket_t *chain)
     if (chain == NULL) {
         return;
     }
-    if (c->wq_tail != NULL) {
-        c->wq_tail->next = chain;
+    if (c->busy->wq_tail != NULL) {
+        c->busy->wq_tail->next = chain;
     }
     else {
-        c->wq_head = chain;
+        c->busy->wq_head = chain;
     }
     while (chain->next != NULL) {
         chain = chain->next;
     }
-    c->wq_tail = chain;
+    c->busy->wq_tail = chain;
 }
 
 /* The one place a request the parser refused becomes a response: status
@@ -235,15 +450,15 @@ static void
 conn_error_head(ymo_conn_t *c, int status, int head)
 {
     ymo_bucket_t *b = ymo_http_error_bucket(status, head);
-    c->closing = 1;
-    c->inlen = 0;
+    c->busy->closing = 1;
+    c->busy->inlen = 0;
     if (b == NULL) {
         return;
     }
     wq_append(c, b);
     /* Discard what the client may still send, so the kernel does not
      * answer it with a reset that could destroy this response. */
-    c->state = YMO_CONN_LINGER;
+    c->busy->state = YMO_CONN_LINGER;
 }
 
 /* The same for a request whose method is unknown (mostly one that could
@@ -261,8 +476,8 @@ conn_flush(ymo_conn_t *c)
 {
     size_t ex_bytes = 0;
     int r = 0;
-    while (c->wq_head != NULL) {
-        ymo_bucket_t *b = c->wq_head;
+    while (c->busy->wq_head != NULL) {
+        ymo_bucket_t *b = c->busy->wq_head;
         ssize_t n;
         if (b->fd >= 0) {
             off_t off = b->file_off + (off_t)b->off;
@@ -301,20 +516,20 @@ conn_flush(ymo_conn_t *c)
                 continue;
             }
             if (errno == EAGAIN || errno == EWOULDBLOCK) {
-                if (!c->write_blocked) {
-                    c->write_blocked = 1;
-                    c->last_write = now(c);
+                if (!c->busy->write_blocked) {
+                    c->busy->write_blocked = 1;
+                    c->busy->last_write = now(c);
                 }
                 break;
             }
             r = -1;
             break;
         }
-        c->write_blocked = 0;
-        c->last_write = now(c);
+        c->busy->write_blocked = 0;
+        c->busy->last_write = now(c);
         size_t left = (size_t)n;
-        while (c->wq_head != NULL) {
-            ymo_bucket_t *x = c->wq_head;
+        while (c->busy->wq_head != NULL) {
+            ymo_bucket_t *x = c->busy->wq_head;
             size_t rest = x->len - x->off;
             size_t take = left < rest ? left : rest;
             x->off += take;
@@ -325,9 +540,9 @@ conn_flush(ymo_conn_t *c)
             if (x->off < x->len) {
                 break;
             }
-            c->wq_head = x->next;
-            if (c->wq_head == NULL) {
-                c->wq_tail = NULL;
+            c->busy->wq_head = x->next;
+            if (c->busy->wq_head == NULL) {
+                c->busy->wq_tail = NULL;
             }
             ymo_bucket_free(x);
             if (left == 0) {
@@ -335,9 +550,10 @@ conn_flush(ymo_conn_t *c)
             }
         }
     }
-    if (ex_bytes > 0 && c->ex != NULL) {
-        ymo_exchange_output_written(c->ex, ex_bytes,
-                                    c->server->config.out_high_water / 2);
+    if (ex_bytes > 0 && c->busy->ex != NULL) {
+        const ymo_config_t *cfg = &c->listener->server->config;
+        ymo_exchange_output_written(c->busy->ex, ex_bytes,
+                                    cfg->out_high_water / 2);
     }
     if (r < 0) {
         ymo_conn_close(c);
@@ -349,66 +565,69 @@ conn_flush(ymo_conn_t *c)
 static int
 conn_feed_body(ymo_conn_t *c)
 {
-    ymo_exchange_t *ex = c->ex;
-    size_t hwm = c->server->config.in_high_water;
+    ymo_exchange_t *ex = c->busy->ex;
+    size_t hwm = c->listener->server->config.in_high_water;
     size_t used = 0;
     int r = 0;
-    if (c->body_kind == YMO_HTTP_BODY_LENGTH) {
-        size_t take = c->inlen < c->body_left ? c->inlen
-                                              : (size_t)c->body_left;
-        c->body_left -= take;
+    if (c->busy->body_kind == YMO_HTTP_BODY_LENGTH) {
+        size_t take = c->busy->inlen < c->busy->body_left ? c->busy->inlen
+                                              : (size_t)c->busy->body_left;
+        c->busy->body_left -= take;
         used = take;
-        c->body_done = c->body_left == 0;
-        r = ymo_exchange_input_append(ex, c->inbuf, take, c->body_done, hwm);
+        c->busy->body_done = c->busy->body_left == 0;
+        r = ymo_exchange_input_append(ex, c->busy->inbuf, take,
+                                      c->busy->body_done, hwm);
     }
     else {
-        while (used < c->inlen && !c->chunked.done) {
+        while (used < c->busy->inlen && !c->busy->chunked.done) {
             const char *data;
             size_t dlen;
-            ssize_t n = ymo_http_chunked_feed(&c->chunked, c->inbuf + used,
-                                              c->inlen - used, &data, &dlen);
+            ssize_t n = ymo_http_chunked_feed(&c->busy->chunked,
+                                              c->busy->inbuf + used,
+                                              c->busy->inlen - used, &data,
+                                              &dlen);
             if (n < 0) {
-                c->body_done = 1;
-                c->closing = 1;
-                c->body_error = c->chunked.status;
-                if (!c->dispatch_pending) {
-                    ymo_exchange_input_fail(ex, c->chunked.status);
+                c->busy->body_done = 1;
+                c->busy->closing = 1;
+                c->busy->body_error = c->busy->chunked.status;
+                if (!c->busy->dispatch_pending) {
+                    ymo_exchange_input_fail(ex, c->busy->chunked.status);
                 }
-                c->inlen = 0;
+                c->busy->inlen = 0;
                 return 0;
             }
             if (n == 0) {
                 break;
             }
             used += (size_t)n;
-            if (dlen > 0 || c->chunked.done) {
+            if (dlen > 0 || c->busy->chunked.done) {
                 r = ymo_exchange_input_append(ex, data, dlen,
-                                              c->chunked.done, hwm);
+                                              c->busy->chunked.done, hwm);
                 if (r != 0) {
                     break;
                 }
             }
         }
-        c->body_done = c->chunked.done;
+        c->busy->body_done = c->busy->chunked.done;
     }
     if (r < 0) {
-        c->closing = 1;
-        c->body_done = 1;
-        c->body_error = 503;   /* out of memory: try again later */
-        if (!c->dispatch_pending) {
+        c->busy->closing = 1;
+        c->busy->body_done = 1;
+        c->busy->body_error = 503;   /* out of memory: try again later */
+        if (!c->busy->dispatch_pending) {
             ymo_exchange_input_fail(ex, 503);
         }
     }
     else if (r == 1) {
-        c->body_paused = 1;
+        c->busy->body_paused = 1;
     }
-    c->inlen -= used;
-    if (c->inlen > 0 && used > 0) {
-        memmove(c->inbuf, c->inbuf + used, c->inlen);
+    c->busy->inlen -= used;
+    if (c->busy->inlen > 0 && used > 0) {
+        memmove(c->busy->inbuf, c->busy->inbuf + used, c->busy->inlen);
     }
     if (used > 0) {
-        c->last_read = now(c);
-        c->body_received += used;
+        c->busy->last_read = now(c);
+        c->busy->body_received += used;
     }
     return 0;
 }
@@ -418,45 +637,48 @@ static void
 conn_start_exchange(ymo_conn_t *c, size_t head_len,
                     const ymo_http_request_t *req)
 {
-    ymo_server_t *s = c->server;
-    ymo_exchange_t *ex = ymo_exchange_new(c->inbuf, head_len, req);
+    ymo_server_t *s = c->listener->server;
+    ymo_exchange_t *ex = ymo_exchange_new(c->busy->inbuf, head_len, req);
     if (ex == NULL) {
         conn_error(c, 503);
         return;
     }
     ex->server = s;
     ex->listener = c->listener;
-    memcpy(ex->remote_addr, c->remote_addr, sizeof(ex->remote_addr));
-    ex->remote_port = c->remote_port;
+    conn_format_addr(c, ex->remote_addr);
+    ex->remote_port = c->remote_family != AF_UNSPEC ? c->remote_port : -1;
     ex->trusted = c->trusted;
-    ex->seq = c->seq++;
-    ex->conn = c;
-    c->ex = ex;
-    c->state = YMO_CONN_EXCHANGE;
-    c->head_written = 0;
-    c->body_kind = req->body;
-    c->body_left = req->content_length;
-    c->body_done = req->body == YMO_HTTP_BODY_NONE;
-    c->body_paused = 0;
-    c->body_error = 0;
-    c->body_received = 0;
-    c->last_read = now(c);
-    c->rate_since = c->last_read;
-    c->rate_bytes = 0;
-    if (req->body == YMO_HTTP_BODY_CHUNKED) {
-        ymo_http_chunked_init(&c->chunked, &s->config.limits);
+    ex->seq = c->seq;
+    if (c->seq < UINT32_MAX) {
+        c->seq++;
     }
-    c->inlen -= head_len;
-    memmove(c->inbuf, c->inbuf + head_len, c->inlen);
+    ex->conn = c;
+    c->busy->ex = ex;
+    c->busy->state = YMO_CONN_EXCHANGE;
+    c->busy->head_written = 0;
+    c->busy->body_kind = req->body;
+    c->busy->body_left = req->content_length;
+    c->busy->body_done = req->body == YMO_HTTP_BODY_NONE;
+    c->busy->body_paused = 0;
+    c->busy->body_error = 0;
+    c->busy->body_received = 0;
+    c->busy->last_read = now(c);
+    c->busy->rate_since = c->busy->last_read;
+    c->busy->rate_bytes = 0;
+    if (req->body == YMO_HTTP_BODY_CHUNKED) {
+        ymo_http_chunked_init(&c->busy->chunked, &s->config.limits);
+    }
+    c->busy->inlen -= head_len;
+    memmove(c->busy->inbuf, c->busy->inbuf + head_len, c->busy->inlen);
     /* A small body is read whole before a worker is engaged, so that a
      * client sending it slowly (the slow-POST attack) ties up only its
      * connection. Not with Expect: 100-continue, which the app answers by
      * reading (or not). */
     size_t buffer = s->config.buffer_body;
-    c->dispatch_pending =
+    c->busy->dispatch_pending =
         buffer > 0 && req->body != YMO_HTTP_BODY_NONE &&
         (req->body == YMO_HTTP_BODY_CHUNKED || req->content_length <= buffer);
-    if (c->dispatch_pending && req->expect_continue) {
+    if (c->busy->dispatch_pending && req->expect_continue) {
         /* The body is small enough to buffer: the loop asks for it, so
          * that Expect cannot be a way around the buffering (the app could
          * not have refused a body this small to much gain). */
@@ -464,15 +686,15 @@ conn_start_exchange(ymo_conn_t *c, size_t head_len,
         ymo_bucket_t *b = ymo_bucket_copy(msg, sizeof(msg) - 1);
         if (b == NULL) {
             conn_free_exchange(c);
-            c->state = YMO_CONN_HEAD;
+            c->busy->state = YMO_CONN_HEAD;
             conn_error(c, 503);
             return;
         }
         b->from_ex = 0;
         wq_append(c, b);
-        c->head_written = 1;
+        c->busy->head_written = 1;
     }
-    if (!c->dispatch_pending) {
+    if (!c->busy->dispatch_pending) {
         conn_dispatch(c);
     }
 }
@@ -483,10 +705,10 @@ conn_start_exchange(ymo_conn_t *c, size_t head_len,
 static void
 conn_dispatch(ymo_conn_t *c)
 {
-    c->dispatch_pending = 0;
-    c->ex->queued_at = now(c) - c->stall_credit;
-    c->stall_credit = 0;
-    ymo_server_dispatch(c->server, c->ex);
+    c->busy->dispatch_pending = 0;
+    c->busy->ex->queued_at = now(c) - c->busy->stall_credit;
+    c->busy->stall_credit = 0;
+    ymo_server_dispatch(c->listener->server, c->busy->ex);
 }
 
 /* The body cannot complete (status 400/408/413/500): tell the app, or,
@@ -494,18 +716,18 @@ conn_dispatch(ymo_conn_t *c)
 static void
 conn_body_failed(ymo_conn_t *c, int status)
 {
-    c->body_done = 1;
-    c->closing = 1;
-    c->body_error = status;
-    if (!c->dispatch_pending) {
-        ymo_exchange_input_fail(c->ex, status);
+    c->busy->body_done = 1;
+    c->busy->closing = 1;
+    c->busy->body_error = status;
+    if (!c->busy->dispatch_pending) {
+        ymo_exchange_input_fail(c->busy->ex, status);
     }
 }
 
 static void
 conn_set_events(ymo_conn_t *c, int events)
 {
-    struct ev_loop *loop = c->server->loop;
+    struct ev_loop *loop = c->listener->server->loop;
     if (ev_is_active(&c->io) && (c->io.events & (EV_READ | EV_WRITE))
                                 == events) {
         return;
@@ -521,49 +743,44 @@ conn_set_events(ymo_conn_t *c, int events)
 static ev_tstamp
 conn_deadline(const ymo_conn_t *c)
 {
-    const ymo_config_t *cfg = &c->server->config;
-    if (c->write_blocked) {
-        return c->last_write + cfg->write_timeout;
+    const ymo_config_t *cfg = &c->listener->server->config;
+    if (c->busy->write_blocked) {
+        return c->busy->last_write + cfg->write_timeout;
     }
-    switch (c->state) {
+    switch (c->busy->state) {
     case YMO_CONN_LINGER:
-        if (c->server->draining_loop && c->linger_until != 0) {
+        if (c->listener->server->draining_loop && c->busy->linger_until != 0) {
             /* Stopping: look again shortly whether the client has what
              * we sent (see conn_linger_done). */
-            ev_tstamp soon = ev_now(c->server->loop) + LINGER_POLL;
-            return soon < c->linger_until ? soon : c->linger_until;
+            ev_tstamp soon = ev_now(c->listener->server->loop) + LINGER_POLL;
+            return soon < c->busy->linger_until ? soon : c->busy->linger_until;
         }
-        return c->linger_until;
+        return c->busy->linger_until;
     case YMO_CONN_HEAD:
-        if (c->stalled) {
+        if (c->busy->stalled) {
             /* Waiting for room is the server's doing, not the client's. */
             return cfg->queue_timeout > 0
-                       ? c->stalled_since + cfg->queue_timeout : 0;
+                       ? c->busy->stalled_since + cfg->queue_timeout : 0;
         }
-        if (c->closing) {
+        if (c->busy->closing) {
             return 0;
         }
-        ev_tstamp until = c->inlen == 0 && c->seq > 0
-                              ? c->head_started + cfg->keepalive_timeout
-                              : c->head_started + cfg->header_timeout;
-        if (c->server->draining_loop && c->inlen == 0) {
-            /* Stopping: an idle connection's last call (see
-             * YMO_LAST_CALL). */
-            ev_tstamp last = c->server->drain_started + YMO_LAST_CALL;
-            return last < until ? last : until;
+        if (c->busy->inlen == 0) {
+            return conn_idle_deadline(c);   /* as if idle (not for long) */
         }
-        return until;
+        return c->head_started + cfg->header_timeout;
     default:
-        if (c->stalled) {
+        if (c->busy->stalled) {
             return cfg->queue_timeout > 0
-                       ? c->stalled_since + cfg->queue_timeout : 0;
+                       ? c->busy->stalled_since + cfg->queue_timeout : 0;
         }
         /* While the app works, only a body the client is expected to be
          * sending can time out. */
-        if (!c->body_done && !c->body_paused && c->ex != NULL &&
-            (!c->ex->req.expect_continue || c->head_written)) {
-            ev_tstamp gap = c->last_read + cfg->body_timeout;
-            ev_tstamp rate = c->rate_since + YMO_RATE_WINDOW;
+        if (!c->busy->body_done && !c->busy->body_paused &&
+            c->busy->ex != NULL &&
+            (!c->busy->ex->req.expect_continue || c->busy->head_written)) {
+            ev_tstamp gap = c->busy->last_read + cfg->body_timeout;
+            ev_tstamp rate = c->busy->rate_since + YMO_RATE_WINDOW;
             return cfg->min_body_rate > 0 && rate < gap ? rate : gap;
         }
         return 0;
@@ -573,21 +790,21 @@ conn_deadline(const ymo_conn_t *c)
 static void
 conn_arm_timer(ymo_conn_t *c)
 {
-    struct ev_loop *loop = c->server->loop;
+    struct ev_loop *loop = c->listener->server->loop;
     ev_tstamp deadline = conn_deadline(c);
     if (deadline == 0) {
-        ev_timer_stop(loop, &c->timer);
+        ev_timer_stop(loop, &c->busy->timer);
         return;
     }
     ev_tstamp t = ev_now(loop);
-    if (ev_is_active(&c->timer) &&
-        t + ev_timer_remaining(loop, &c->timer) <= deadline) {
+    if (ev_is_active(&c->busy->timer) &&
+        t + ev_timer_remaining(loop, &c->busy->timer) <= deadline) {
         /* Fires no later than needed; the callback re-checks. */
         return;
     }
-    ev_timer_stop(loop, &c->timer);
-    ev_timer_set(&c->timer, deadline > t ? deadline - t : 0., 0.);
-    ev_timer_start(loop, &c->timer);
+    ev_timer_stop(loop, &c->busy->timer);
+    ev_timer_set(&c->busy->timer, deadline > t ? deadline - t : 0., 0.);
+    ev_timer_start(loop, &c->busy->timer);
 }
 
 static void
@@ -595,11 +812,11 @@ conn_on_timer(struct ev_loop *loop, ev_timer *w, int revents)
 {
     (void)revents;
     ymo_conn_t *c = w->data;
-    if (c->state == YMO_CONN_LINGER && !c->write_blocked &&
-        c->server->draining_loop && c->linger_until != 0) {
+    if (c->busy->state == YMO_CONN_LINGER && !c->busy->write_blocked &&
+        c->listener->server->draining_loop && c->busy->linger_until != 0) {
         /* Stopping: the poll of conn_deadline (its deadline moves with
          * the clock, so it is looked at here, before the check below). */
-        if (conn_linger_done(c) || ev_now(loop) >= c->linger_until) {
+        if (conn_linger_done(c) || ev_now(loop) >= c->busy->linger_until) {
             ymo_conn_close(c);
         }
         else {
@@ -615,29 +832,30 @@ conn_on_timer(struct ev_loop *loop, ev_timer *w, int revents)
         conn_arm_timer(c);
         return;
     }
-    if (c->write_blocked || c->state == YMO_CONN_LINGER) {
+    if (c->busy->write_blocked || c->busy->state == YMO_CONN_LINGER) {
         ymo_conn_close(c);
         return;
     }
-    if (c->stalled) {
+    if (c->busy->stalled) {
         /* Waited too long for room: the client may try again. A buffered
          * request's exchange never reached a worker: drop it. (The request
          * of a connection stalled before parsing is not parsed: whether it
          * is a HEAD is read off its first bytes.) */
         conn_unlink_stalled(c);
-        int head = c->inlen >= 5 && memcmp(c->inbuf, "HEAD ", 5) == 0;
-        if (c->state == YMO_CONN_EXCHANGE) {
-            head = c->ex->req.method_len == 4 &&
-                   memcmp(c->ex->req.method, "HEAD", 4) == 0;
+        int head = c->busy->inlen >= 5 &&
+                   memcmp(c->busy->inbuf, "HEAD ", 5) == 0;
+        if (c->busy->state == YMO_CONN_EXCHANGE) {
+            head = c->busy->ex->req.method_len == 4 &&
+                   memcmp(c->busy->ex->req.method, "HEAD", 4) == 0;
             conn_free_exchange(c);
-            c->state = YMO_CONN_HEAD;
+            c->busy->state = YMO_CONN_HEAD;
         }
         conn_error_head(c, 503, head);
         conn_step(c);
         return;
     }
-    if (c->state == YMO_CONN_HEAD) {
-        if (c->inlen == 0 || c->proxy != YMO_CONN_PROXY_DONE) {
+    if (c->busy->state == YMO_CONN_HEAD) {
+        if (c->busy->inlen == 0 || c->proxy != YMO_CONN_PROXY_DONE) {
             /* Idle, or a PROXY header that never completed: nothing to
              * answer (a proxy does not read HTTP errors there). */
             ymo_conn_close(c);
@@ -647,14 +865,14 @@ conn_on_timer(struct ev_loop *loop, ev_timer *w, int revents)
         conn_step(c);
         return;
     }
-    const ymo_config_t *cfg = &c->server->config;
+    const ymo_config_t *cfg = &c->listener->server->config;
     if (cfg->min_body_rate > 0 &&
-        ev_now(loop) < c->last_read + cfg->body_timeout &&
-        (double)(c->body_received - c->rate_bytes) >=
+        ev_now(loop) < c->busy->last_read + cfg->body_timeout &&
+        (double)(c->busy->body_received - c->busy->rate_bytes) >=
             cfg->min_body_rate * YMO_RATE_WINDOW) {
         /* Fast enough over this window: measure the next one. */
-        c->rate_since = ev_now(loop);
-        c->rate_bytes = c->body_received;
+        c->busy->rate_since = ev_now(loop);
+        c->busy->rate_bytes = c->busy->body_received;
         conn_arm_timer(c);
         return;
     }
@@ -669,25 +887,26 @@ conn_on_timer(struct ev_loop *loop, ev_timer *w, int revents)
 static int
 conn_keep_input(ymo_conn_t *c)
 {
-    c->inbuf_borrowed = 0;
-    if (c->inlen == 0) {
-        c->inbuf = NULL;
-        c->incap = 0;
+    c->busy->inbuf_borrowed = 0;
+    if (c->busy->inlen == 0) {
+        c->busy->inbuf = NULL;
+        c->busy->incap = 0;
         return 0;
     }
     /* Room to grow a partial head, except on a connection that waits for
      * room in the server: thousands of them may each hold a request. */
-    size_t cap = c->inlen < INBUF_INITIAL && !c->stalled ? INBUF_INITIAL
-                                                         : c->inlen;
+    size_t cap = c->busy->inlen < INBUF_INITIAL && !c->busy->stalled
+                     ? INBUF_INITIAL
+                     : c->busy->inlen;
     char *p = ymo_malloc(cap);
     if (p == NULL) {
-        c->inbuf = NULL;
-        c->incap = c->inlen = 0;
+        c->busy->inbuf = NULL;
+        c->busy->incap = c->busy->inlen = 0;
         return -1;
     }
-    memcpy(p, c->inbuf, c->inlen);
-    c->inbuf = p;
-    c->incap = cap;
+    memcpy(p, c->busy->inbuf, c->busy->inlen);
+    c->busy->inbuf = p;
+    c->busy->incap = cap;
     return 0;
 }
 
@@ -701,22 +920,23 @@ conn_keep_input(ymo_conn_t *c)
 static int
 conn_proxy_header(ymo_conn_t *c)
 {
-    const ymo_config_t *cfg = &c->server->config;
+    const ymo_config_t *cfg = &c->listener->server->config;
     if (c->proxy == YMO_CONN_PROXY_REFUSE) {
-        int sig = ymo_proxy_signature(c->inbuf, c->inlen);
+        int sig = ymo_proxy_signature(c->busy->inbuf, c->busy->inlen);
         if (sig == 0) {
             c->proxy = YMO_CONN_PROXY_DONE;
             return 0;
         }
-        if (sig < 0 && !c->read_eof) {
+        if (sig < 0 && !c->busy->read_eof) {
             return 1;
         }
         ymo_conn_close(c);
         return -1;
     }
     ymo_proxy_header_t h;
-    int n = ymo_proxy_parse(c->inbuf, c->inlen, &h);
-    if (n == -2 && !c->read_eof && c->inlen <= cfg->limits.max_head_size) {
+    int n = ymo_proxy_parse(c->busy->inbuf, c->busy->inlen, &h);
+    if (n == -2 && !c->busy->read_eof &&
+        c->busy->inlen <= cfg->limits.max_head_size) {
         return 1;
     }
     /* The limit holds however the header arrived, whole or in parts. */
@@ -735,8 +955,8 @@ conn_proxy_header(ymo_conn_t *c)
     switch (family) {
     case YMO_PROXY_INET6:
     case YMO_PROXY_INET:
-        inet_ntop(family == YMO_PROXY_INET ? AF_INET : AF_INET6, a,
-                  c->remote_addr, sizeof(c->remote_addr));
+        c->remote_family = family == YMO_PROXY_INET ? AF_INET : AF_INET6;
+        memcpy(c->remote_ip, a, family == YMO_PROXY_INET ? 4 : 16);
         c->remote_port = h.src_port;
         /* The client's forwarding fields are believed only if the client
          * is itself a trusted proxy: a layer-4 proxy passes them on
@@ -748,8 +968,7 @@ conn_proxy_header(ymo_conn_t *c)
         /* A client on a unix socket of the proxy's host: as for our own
          * unix peers, no address; but nothing says who it is, so its
          * forwarding fields are not believed. */
-        c->remote_addr[0] = '\0';
-        c->remote_port = -1;
+        c->remote_family = AF_UNSPEC;
         c->trusted = 0;
         break;
     default:
@@ -757,8 +976,8 @@ conn_proxy_header(ymo_conn_t *c)
          * connection's own addresses stand. */
         break;
     }
-    c->inlen -= (size_t)n;
-    memmove(c->inbuf, c->inbuf + n, c->inlen);
+    c->busy->inlen -= (size_t)n;
+    memmove(c->busy->inbuf, c->busy->inbuf + n, c->busy->inlen);
     c->proxy = YMO_CONN_PROXY_DONE;
     return 0;
 }
@@ -768,61 +987,64 @@ conn_proxy_header(ymo_conn_t *c)
 static void
 conn_step(ymo_conn_t *c)
 {
-    ymo_server_t *s = c->server;
+    ymo_server_t *s = c->listener->server;
     for (;;) {
         /* The PROXY header first: it needs no room, and a connection
          * whose header never completes is closed without a word (see
          * conn_on_timer), never answered 503 as a stalled one would be. */
-        if (c->state == YMO_CONN_HEAD && c->proxy != YMO_CONN_PROXY_DONE &&
-            !c->closing && c->inlen > 0 && conn_proxy_header(c) < 0) {
+        if (c->busy->state == YMO_CONN_HEAD &&
+            c->proxy != YMO_CONN_PROXY_DONE && !c->busy->closing &&
+            c->busy->inlen > 0 && conn_proxy_header(c) < 0) {
             return;
         }
-        if (c->state == YMO_CONN_HEAD && !c->closing && c->inlen > 0 &&
-            !c->stalled && c->proxy == YMO_CONN_PROXY_DONE &&
-            server_full(s)) {
+        if (c->busy->state == YMO_CONN_HEAD && !c->busy->closing &&
+            c->busy->inlen > 0 && !c->busy->stalled &&
+            c->proxy == YMO_CONN_PROXY_DONE && server_full(s)) {
             conn_stall(c);
         }
-        if (c->state == YMO_CONN_HEAD && !c->closing && c->inlen > 0 &&
-            !c->stalled && c->proxy == YMO_CONN_PROXY_DONE) {
+        if (c->busy->state == YMO_CONN_HEAD && !c->busy->closing &&
+            c->busy->inlen > 0 && !c->busy->stalled &&
+            c->proxy == YMO_CONN_PROXY_DONE) {
             ymo_http_request_t req;
             /* The loop's one header array: a complete head is copied
              * into its exchange before the next parse. */
             req.headers = s->headers;
-            int n = ymo_http_parse_request(&c->parser, c->inbuf, c->inlen,
+            int n = ymo_http_parse_request(&c->busy->parser, c->busy->inbuf,
+                                           c->busy->inlen,
                                            &req);
             if (n > 0) {
                 conn_start_exchange(c, (size_t)n, &req);
             }
             else if (n == -1) {
-                conn_error(c, c->parser.status);
+                conn_error(c, c->busy->parser.status);
             }
-            else if (c->read_eof) {
+            else if (c->busy->read_eof) {
                 ymo_conn_close(c);  /* the head can never complete */
                 return;
             }
         }
-        if (c->state == YMO_CONN_EXCHANGE && !c->body_done &&
-            !c->body_paused && c->inlen > 0) {
+        if (c->busy->state == YMO_CONN_EXCHANGE && !c->busy->body_done &&
+            !c->busy->body_paused && c->busy->inlen > 0) {
             conn_feed_body(c);
         }
-        if (c->state == YMO_CONN_EXCHANGE && !c->body_done &&
-            c->read_eof && c->inlen == 0) {
+        if (c->busy->state == YMO_CONN_EXCHANGE && !c->busy->body_done &&
+            c->busy->read_eof && c->busy->inlen == 0) {
             /* A pipelined request whose body was cut short by an EOF the
              * connection read earlier: it can never complete. */
             ymo_conn_close(c);
             return;
         }
-        if (c->state == YMO_CONN_EXCHANGE && c->dispatch_pending) {
-            if (c->body_error != 0) {
+        if (c->busy->state == YMO_CONN_EXCHANGE && c->busy->dispatch_pending) {
+            if (c->busy->body_error != 0) {
                 /* Nobody ran the app: the loop answers. */
-                int status = c->body_error;
+                int status = c->busy->body_error;
                 conn_free_exchange(c);
-                c->state = YMO_CONN_HEAD;
+                c->busy->state = YMO_CONN_HEAD;
                 conn_error(c, status);
             }
-            else if ((c->body_done || c->body_paused ||
-                      c->body_received >= s->config.buffer_body) &&
-                     !c->stalled) {
+            else if ((c->busy->body_done || c->busy->body_paused ||
+                      c->busy->body_received >= s->config.buffer_body) &&
+                     !c->busy->stalled) {
                 if (server_full(s)) {
                     conn_stall(c);  /* room first, like a new head */
                 }
@@ -831,96 +1053,106 @@ conn_step(ymo_conn_t *c)
                 }
             }
         }
-        if (c->wq_head != NULL && !c->write_blocked) {
+        if (c->busy->wq_head != NULL && !c->busy->write_blocked) {
             if (conn_flush(c) < 0) {
                 return;
             }
         }
-        if (c->state == YMO_CONN_EXCHANGE && c->ex->worker_done &&
-            c->wq_head == NULL) {
+        if (c->busy->state == YMO_CONN_EXCHANGE && c->busy->ex->worker_done &&
+            c->busy->wq_head == NULL) {
             /* Response complete. A body the app did not read closes the
              * connection: its bytes cannot be told from the next request
              * unless we read them, and the worker said so in its head. */
             conn_free_exchange(c);
-            c->state = YMO_CONN_HEAD;
-            if (!c->body_done) {
+            c->busy->state = YMO_CONN_HEAD;
+            if (!c->busy->body_done) {
                 /* Closing with unread body bytes would make the kernel
                  * reset the connection, destroying the response still in
                  * flight: shut down our side and discard them first. */
-                c->state = YMO_CONN_LINGER;
-                c->closing = 1;
-                c->inlen = 0;
-                c->linger_until = 0;
+                c->busy->state = YMO_CONN_LINGER;
+                c->busy->closing = 1;
+                c->busy->inlen = 0;
+                c->busy->linger_until = 0;
             }
-            if (s->draining_loop || (c->read_eof && c->inlen == 0) ||
+            if (s->draining_loop ||
+                (c->busy->read_eof && c->busy->inlen == 0) ||
                 s->config.keepalive_timeout <= 0) {
-                c->closing = 1;
+                c->busy->closing = 1;
             }
-            ymo_http_parser_init(&c->parser, &s->config.limits);
+            ymo_http_parser_init(&c->busy->parser, &s->config.limits);
             c->head_started = now(c);
-            if (c->inlen == 0 && !c->inbuf_borrowed) {
-                free(c->inbuf);         /* idle again: give it back */
-                c->inbuf = NULL;
-                c->incap = 0;
+            if (c->busy->inlen == 0 && !c->busy->inbuf_borrowed) {
+                free(c->busy->inbuf);         /* idle again: give it back */
+                c->busy->inbuf = NULL;
+                c->busy->incap = 0;
             }
-            if (!c->closing && c->inlen > 0) {
+            if (!c->busy->closing && c->busy->inlen > 0) {
                 continue;       /* a pipelined request is waiting */
             }
         }
         break;
     }
-    if (c->inbuf_borrowed && conn_keep_input(c) < 0) {
+    if (c->busy->inbuf_borrowed && conn_keep_input(c) < 0) {
         ymo_conn_close(c);
         return;
     }
-    if (c->closing && c->wq_head == NULL) {
-        if (c->state == YMO_CONN_HEAD && c->read_eof) {
+    if (c->busy->closing && c->busy->wq_head == NULL) {
+        if (c->busy->state == YMO_CONN_HEAD && c->busy->read_eof) {
             ymo_conn_close(c);
             return;
         }
-        if (c->state == YMO_CONN_HEAD) {
+        if (c->busy->state == YMO_CONN_HEAD) {
             /* Our close: the client may have sent more (pipelined
              * requests) that sits unread in the kernel, and closing over
              * unread data resets the connection, destroying the response
              * still in flight. Shut down our side, then discard until the
              * client closes (or LINGER_SECONDS). */
-            c->state = YMO_CONN_LINGER;
-            c->inlen = 0;
-            c->linger_until = 0;
+            c->busy->state = YMO_CONN_LINGER;
+            c->busy->inlen = 0;
+            c->busy->linger_until = 0;
         }
-        if (c->state == YMO_CONN_LINGER && c->linger_until == 0) {
-            if (c->read_eof) {
+        if (c->busy->state == YMO_CONN_LINGER && c->busy->linger_until == 0) {
+            if (c->busy->read_eof) {
                 /* Everything the client sent was read: nothing can reset
                  * the connection. */
                 ymo_conn_close(c);
                 return;
             }
             shutdown(c->fd, SHUT_WR);
-            c->linger_until = now(c) + LINGER_SECONDS;
+            c->busy->linger_until = now(c) + LINGER_SECONDS;
         }
     }
-    if (c->state == YMO_CONN_HEAD) {
+    if (c->busy->state == YMO_CONN_HEAD) {
         /* The credit for time spent waiting for room belongs to the
          * request parsed right after the wait; without one (only part of
          * a head, or stray line breaks, were in), it does not carry over
          * to a later request. */
-        c->stall_credit = 0;
+        c->busy->stall_credit = 0;
+    }
+    if (c->busy->state == YMO_CONN_HEAD && c->busy->inlen == 0 &&
+        !c->busy->closing && !c->busy->stalled && !c->busy->read_eof &&
+        c->busy->wq_head == NULL && !c->busy->write_blocked &&
+        c->busy->ex == NULL) {
+        conn_rest(c);           /* idle: between requests */
+        return;
     }
     int events = 0;
-    if (c->write_blocked) {
+    if (c->busy->write_blocked) {
         events |= EV_WRITE;
     }
-    if (!c->read_eof && !c->stalled) {
+    if (!c->busy->read_eof && !c->busy->stalled) {
         /* While the app works on a request whose body has arrived, keep
          * reading into the buffer (a pipelined request, or the client's
          * EOF): switching the watcher off and on would cost an epoll_ctl
          * per request. (A connection waiting for room reads nothing.) */
-        if ((c->state == YMO_CONN_HEAD && !c->closing && !c->stalled) ||
-            (c->state == YMO_CONN_EXCHANGE && !c->body_done &&
-             !c->body_paused) ||
-            (c->state == YMO_CONN_EXCHANGE && c->body_done &&
-             (c->inbuf == NULL || c->inlen < c->incap)) ||
-            (c->state == YMO_CONN_LINGER && c->linger_until != 0)) {
+        if ((c->busy->state == YMO_CONN_HEAD && !c->busy->closing &&
+             !c->busy->stalled) ||
+            (c->busy->state == YMO_CONN_EXCHANGE && !c->busy->body_done &&
+             !c->busy->body_paused) ||
+            (c->busy->state == YMO_CONN_EXCHANGE && c->busy->body_done &&
+             (c->busy->inbuf == NULL || c->busy->inlen < c->busy->incap)) ||
+            (c->busy->state == YMO_CONN_LINGER &&
+             c->busy->linger_until != 0)) {
             events |= EV_READ;
         }
     }
@@ -932,7 +1164,7 @@ conn_step(ymo_conn_t *c)
 static int
 conn_read(ymo_conn_t *c)
 {
-    if (c->state == YMO_CONN_LINGER) {
+    if (c->busy->state == YMO_CONN_LINGER) {
         char sink[16384];
         ssize_t n = read(c->fd, sink, sizeof(sink));
         if (n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR)) {
@@ -941,44 +1173,45 @@ conn_read(ymo_conn_t *c)
         }
         return 0;
     }
-    if (c->inbuf == NULL) {
+    if (c->busy->inbuf == NULL) {
         /* Read into the loop's buffer; conn_step keeps what is left. */
-        c->inbuf = c->server->scratch;
-        c->incap = YMO_SCRATCH_SIZE;
-        c->inbuf_borrowed = 1;
+        c->busy->inbuf = c->listener->server->scratch;
+        c->busy->incap = YMO_SCRATCH_SIZE;
+        c->busy->inbuf_borrowed = 1;
     }
-    else if (c->inlen == c->incap) {
+    else if (c->busy->inlen == c->busy->incap) {
         /* Grow for a long head (the parser bounds it) or for a body. */
-        size_t limit = c->server->config.limits.max_head_size + 1;
-        size_t cap = c->incap * 2;
-        if (c->state == YMO_CONN_HEAD && cap > limit) {
-            cap = limit > c->incap ? limit : c->incap;
+        size_t limit = c->listener->server->config.limits.max_head_size + 1;
+        size_t cap = c->busy->incap * 2;
+        if (c->busy->state == YMO_CONN_HEAD && cap > limit) {
+            cap = limit > c->busy->incap ? limit : c->busy->incap;
         }
-        if (c->state == YMO_CONN_EXCHANGE && cap < INBUF_BODY) {
+        if (c->busy->state == YMO_CONN_EXCHANGE && cap < INBUF_BODY) {
             cap = INBUF_BODY;
         }
-        if (cap > c->incap) {
-            char *p = ymo_realloc(c->inbuf, cap);
+        if (cap > c->busy->incap) {
+            char *p = ymo_realloc(c->busy->inbuf, cap);
             if (p == NULL) {
                 ymo_conn_close(c);
                 return -1;
             }
-            c->inbuf = p;
-            c->incap = cap;
+            c->busy->inbuf = p;
+            c->busy->incap = cap;
         }
         else {
             return 0;           /* full: the parser will decide */
         }
     }
-    else if (c->state == YMO_CONN_EXCHANGE && !c->body_done &&
-             !c->inbuf_borrowed && c->incap < INBUF_BODY) {
-        char *p = ymo_realloc(c->inbuf, INBUF_BODY);
+    else if (c->busy->state == YMO_CONN_EXCHANGE && !c->busy->body_done &&
+             !c->busy->inbuf_borrowed && c->busy->incap < INBUF_BODY) {
+        char *p = ymo_realloc(c->busy->inbuf, INBUF_BODY);
         if (p != NULL) {
-            c->inbuf = p;
-            c->incap = INBUF_BODY;
+            c->busy->inbuf = p;
+            c->busy->incap = INBUF_BODY;
         }
     }
-    ssize_t n = read(c->fd, c->inbuf + c->inlen, c->incap - c->inlen);
+    ssize_t n = read(c->fd, c->busy->inbuf + c->busy->inlen,
+                     c->busy->incap - c->busy->inlen);
     if (n < 0) {
         if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) {
             return 0;
@@ -987,14 +1220,14 @@ conn_read(ymo_conn_t *c)
         return -1;
     }
     if (n == 0) {
-        c->read_eof = 1;
-        if (c->state == YMO_CONN_HEAD && c->wq_head == NULL &&
-            c->inlen == 0) {
+        c->busy->read_eof = 1;
+        if (c->busy->state == YMO_CONN_HEAD && c->busy->wq_head == NULL &&
+            c->busy->inlen == 0) {
             /* Nothing (or half a head) and the client is done. */
             ymo_conn_close(c);
             return -1;
         }
-        if (c->state == YMO_CONN_EXCHANGE && !c->body_done) {
+        if (c->busy->state == YMO_CONN_EXCHANGE && !c->busy->body_done) {
             /* The request can never complete: the client is gone. Abort
              * the exchange, so that a request still waiting for a worker
              * never reaches the app and a running one stops at its next
@@ -1002,24 +1235,24 @@ conn_read(ymo_conn_t *c)
             ymo_conn_close(c);
             return -1;
         }
-        if (c->ex != NULL) {
+        if (c->busy->ex != NULL) {
             /* After a complete request an EOF may be a client that only
              * shut down its sending side (`nc -N`, HTTP/1.0 scripts, some
              * health checks) and waits for its answer: it gets it, and the
              * connection closes after it. Only a reset or a failed write
              * says for sure that a client is gone; the app may still ask
              * (yimmo.client_gone). */
-            ymo_exchange_client_eof(c->ex);
+            ymo_exchange_client_eof(c->busy->ex);
         }
         return 0;
     }
-    if (c->state == YMO_CONN_HEAD && c->inlen == 0 && c->seq > 0) {
+    if (c->busy->state == YMO_CONN_HEAD && c->busy->inlen == 0 && c->seq > 0) {
         /* A keep-alive connection's next head is timed from its first
          * byte (idleness before it is keepalive_timeout's business); the
          * first request's from the accept. */
         c->head_started = now(c);
     }
-    c->inlen += (size_t)n;
+    c->busy->inlen += (size_t)n;
     return 0;
 }
 
@@ -1028,8 +1261,12 @@ conn_on_io(struct ev_loop *loop, ev_io *w, int revents)
 {
     (void)loop;
     ymo_conn_t *c = w->data;
+    if (c->busy == NULL && conn_wake(c) < 0) {
+        ymo_conn_close(c);      /* no memory for its request */
+        return;
+    }
     if (revents & EV_WRITE) {
-        c->write_blocked = 0;
+        c->busy->write_blocked = 0;
     }
     if ((revents & EV_READ) && conn_read(c) < 0) {
         return;
@@ -1090,7 +1327,7 @@ ymo_conn_on_exchange(ymo_exchange_t *ex)
         ymo_conn_close(c);
         return;
     }
-    if (cont && !done && !c->head_written && !c->body_done) {
+    if (cont && !done && !c->busy->head_written && !c->busy->body_done) {
         static const char msg[] = "HTTP/1.1 100 Continue\r\n\r\n";
         ymo_bucket_t *b = ymo_bucket_copy(msg, sizeof(msg) - 1);
         if (b == NULL) {
@@ -1102,34 +1339,35 @@ ymo_conn_on_exchange(ymo_exchange_t *ex)
         else {
             b->from_ex = 0;
             wq_append(c, b);
-            c->head_written = 1;
-            c->last_read = now(c);  /* the client sends the body from now */
-            c->rate_since = c->last_read;
-            c->rate_bytes = c->body_received;
+            c->busy->head_written = 1;
+            /* The client sends the body from now. */
+            c->busy->last_read = now(c);
+            c->busy->rate_since = c->busy->last_read;
+            c->busy->rate_bytes = c->busy->body_received;
         }
     }
     if (out != NULL) {
-        c->head_written = 1;
+        c->busy->head_written = 1;
         wq_append(c, out);
     }
     if (resume) {
         /* The body clock restarts: the pause was the app's doing. */
-        c->body_paused = 0;
-        c->last_read = now(c);
-        c->rate_since = c->last_read;
-        c->rate_bytes = c->body_received;
+        c->busy->body_paused = 0;
+        c->busy->last_read = now(c);
+        c->busy->rate_since = c->busy->last_read;
+        c->busy->rate_bytes = c->busy->body_received;
     }
     if (done && close_after) {
-        c->closing = 1;
+        c->busy->closing = 1;
     }
     conn_step(c);
 }
 
-void
-ymo_conn_drain(ymo_conn_t *c)
+static void
+conn_drain(ymo_conn_t *c)
 {
-    if (c->state == YMO_CONN_HEAD && c->inlen == 0 && c->wq_head == NULL &&
-        !c->stalled) {
+    if (c->busy->state == YMO_CONN_HEAD && c->busy->inlen == 0 &&
+        c->busy->wq_head == NULL && !c->busy->stalled) {
         /* Idle: not closed at once, as its client may be sending a
          * request this very moment (a keep-alive client reusing it, or a
          * new client whose request has not arrived yet), and a close
@@ -1139,10 +1377,42 @@ ymo_conn_drain(ymo_conn_t *c)
          * silence closes it when the window ends. */
         conn_arm_timer(c);
     }
-    else if (c->state == YMO_CONN_LINGER && conn_linger_done(c)) {
+    else if (c->busy->state == YMO_CONN_LINGER && conn_linger_done(c)) {
         ymo_conn_close(c);
     }
-    else if (c->state == YMO_CONN_LINGER) {
+    else if (c->busy->state == YMO_CONN_LINGER) {
         conn_arm_timer(c);      /* polled from now on: see conn_deadline */
     }
+}
+
+void
+ymo_conn_drain_all(ymo_server_t *s)
+{
+    ymo_conn_t *c = s->conns;
+    while (c != NULL) {
+        ymo_conn_t *next = c->next;
+        conn_drain(c);
+        c = next;
+    }
+    /* Idle connections are not closed at once either: see conn_drain.
+     * Their deadlines moved to the last call. */
+    server_arm_idle_timer(s, 1);
+}
+
+void
+ymo_conn_idle_on_timer(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    (void)revents;
+    ymo_server_t *s = w->data;
+    ev_tstamp t = ev_now(loop);
+    for (int k = 0; k < 2; k++) {
+        /* In order: the first one whose wait is not over ends the run.
+         * Idle, or a PROXY header that never started: nothing to answer
+         * (a proxy does not read HTTP errors there). */
+        while (s->idle_head[k] != NULL &&
+               conn_idle_deadline(s->idle_head[k]) <= t) {
+            ymo_conn_close(s->idle_head[k]);
+        }
+    }
+    server_arm_idle_timer(s, 1);
 }

@@ -7,6 +7,7 @@
 #include <ev.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/socket.h>
 
 #include "bucket.h"
 #include "exchange.h"
@@ -27,23 +28,16 @@ enum ymo_conn_proxy {
                                 * PROXY header closes the connection */
 };
 
-typedef struct ymo_conn {
-    ev_io io;                  /* read/write readiness */
+/* What a connection holds only while something is going on: a request
+ * being read or run, a response being written, a wait for room, a close.
+ * An idle connection (between requests, nothing buffered either way) has
+ * none: its ymo_conn_t alone is what it costs, so that thousands of idle
+ * keep-alive clients cost little memory. Loop thread only. */
+typedef struct ymo_conn_busy {
     ev_timer timer;            /* the current timeout, if any */
-    ymo_server_t *server;
-    const ymo_listener_t *listener;
-    struct ymo_conn *prev, *next;  /* server->conns */
-    int fd;
     int state;                 /* enum ymo_conn_state */
     int closing;               /* close once the write queue drains */
     int read_eof;              /* the client shut down its side */
-    char remote_addr[64];
-    int remote_port;
-    int trusted;               /* the peer (or, after a PROXY header, the
-                                * client it named) is a trusted proxy:
-                                * its forwarding fields are believed */
-    int proxy;                 /* enum ymo_conn_proxy: a PROXY header is
-                                * still to be read or refused */
 
     /* input */
     char *inbuf;               /* NULL when empty; during a callback it may
@@ -52,9 +46,7 @@ typedef struct ymo_conn {
     size_t incap;
     int inbuf_borrowed;        /* inbuf is server->scratch */
     ymo_http_parser_t parser;
-    ev_tstamp head_started;    /* first byte of the current head */
     ev_tstamp last_read;       /* last body bytes */
-    uint64_t seq;              /* requests on this connection */
 
     /* the current exchange and its request body */
     ymo_exchange_t *ex;
@@ -83,12 +75,47 @@ typedef struct ymo_conn {
     ev_tstamp last_write;      /* last write progress */
     int write_blocked;         /* waiting for EV_WRITE */
     ev_tstamp linger_until;
+} ymo_conn_busy_t;
+
+/* Which list of the server's a connection is on. */
+enum ymo_conn_list {
+    YMO_CONN_ON_BUSY = 0,      /* server->conns */
+    YMO_CONN_ON_FRESH,         /* server->idle[0]: no request yet
+                                * (header_timeout from the accept) */
+    YMO_CONN_ON_KEPT,          /* server->idle[1]: between requests
+                                * (keepalive_timeout) */
+};
+
+/* One connection. Kept small (it is all an idle connection costs, with
+ * libev's entry for its fd): 120 bytes, one 128-byte malloc chunk. */
+typedef struct ymo_conn {
+    ev_io io;                  /* read/write readiness */
+    const ymo_listener_t *listener;    /* its ->server is ours */
+    struct ymo_conn *prev, *next;  /* the list `on` names */
+    ymo_conn_busy_t *busy;     /* NULL while idle */
+    ev_tstamp head_started;    /* first byte of the current head; while
+                                * idle, when the wait began (the accept,
+                                * or the end of the last response) */
+    int fd;
+    uint32_t seq;              /* requests on this connection (stops
+                                * counting at UINT32_MAX) */
+    uint16_t remote_port;      /* host order; see remote_family */
+    uint8_t remote_family;     /* AF_INET, AF_INET6, or AF_UNSPEC: no
+                                * address (a unix socket) */
+    uint8_t trusted;           /* the peer (or, after a PROXY header, the
+                                * client it named) is a trusted proxy:
+                                * its forwarding fields are believed */
+    uint8_t proxy;             /* enum ymo_conn_proxy: a PROXY header is
+                                * still to be read or refused */
+    uint8_t on;                /* enum ymo_conn_list */
+    uint8_t remote_ip[16];     /* network order: 4 bytes for AF_INET */
 } ymo_conn_t;
 
-/* Loop thread: a new connection on an accepted, non-blocking fd; trusted:
- * the peer is in config.trust (or on a unix socket). */
-ymo_conn_t *ymo_conn_new(ymo_server_t *s, const ymo_listener_t *l, int fd,
-                         const char *addr, int port, int trusted);
+/* Loop thread: a new connection on an accepted, non-blocking fd; peer:
+ * the address accept() gave (any family; only AF_INET and AF_INET6 are
+ * kept); trusted: the peer is in config.trust (or on a unix socket). */
+ymo_conn_t *ymo_conn_new(const ymo_listener_t *l, int fd,
+                         const struct sockaddr *peer, int trusted);
 
 /* Loop thread: the worker posted news for ex (output, flags, done). */
 void ymo_conn_on_exchange(ymo_exchange_t *ex);
@@ -96,7 +123,15 @@ void ymo_conn_on_exchange(ymo_exchange_t *ex);
 /* Loop thread: close now (aborting any exchange). */
 void ymo_conn_close(ymo_conn_t *c);
 
-/* Loop thread: server is draining; close if idle. */
-void ymo_conn_drain(ymo_conn_t *c);
+/* Loop thread: close every connection now (aborting their exchanges). */
+void ymo_conn_close_all(ymo_server_t *s);
+
+/* Loop thread: the server began to stop: idle connections get their last
+ * call (YMO_LAST_CALL), lingering ones are polled (see conn_deadline). */
+void ymo_conn_drain_all(ymo_server_t *s);
+
+/* Loop thread: server->idle_timer's callback: closes the idle connections
+ * whose wait ran out. */
+void ymo_conn_idle_on_timer(struct ev_loop *loop, ev_timer *w, int revents);
 
 #endif /* YMO_CONN_H */

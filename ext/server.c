@@ -131,18 +131,6 @@ listener_on_accept(struct ev_loop *loop, ev_io *w, int revents)
             }
             return;             /* EAGAIN: all taken */
         }
-        char addr[64] = "";
-        int port = -1;
-        if (ss.ss_family == AF_INET) {
-            struct sockaddr_in *sin = (struct sockaddr_in *)&ss;
-            inet_ntop(AF_INET, &sin->sin_addr, addr, sizeof(addr));
-            port = ntohs(sin->sin_port);
-        }
-        else if (ss.ss_family == AF_INET6) {
-            struct sockaddr_in6 *sin6 = (struct sockaddr_in6 *)&ss;
-            inet_ntop(AF_INET6, &sin6->sin6_addr, addr, sizeof(addr));
-            port = ntohs(sin6->sin6_port);
-        }
         if (!l->is_unix) {
             int one = 1;
             setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
@@ -151,7 +139,7 @@ listener_on_accept(struct ev_loop *loop, ev_io *w, int revents)
         int trusted = l->is_unix ||
                       ymo_trust_match_sockaddr(&s->config.trust,
                                                (struct sockaddr *)&ss);
-        if (ymo_conn_new(s, l, fd, addr, port, trusted) == NULL) {
+        if (ymo_conn_new(l, fd, (struct sockaddr *)&ss, trusted) == NULL) {
             close(fd);
         }
         server_publish_conns(s);
@@ -202,9 +190,7 @@ server_on_grace(struct ev_loop *loop, ev_timer *w, int revents)
     /* Out of patience: abort what is left. Workers still running an app
      * find their exchange aborted at their next read or write. */
     s->cut_off = 1;
-    while (s->conns != NULL) {
-        ymo_conn_close(s->conns);
-    }
+    ymo_conn_close_all(s);
     server_finish(s);
 }
 
@@ -232,12 +218,7 @@ server_on_stop(struct ev_loop *loop, ev_async *w, int revents)
          * be reset. */
         ymo_server_close_listeners(s);
         ev_timer_stop(loop, &s->accept_timer);
-        ymo_conn_t *c = s->conns;
-        while (c != NULL) {
-            ymo_conn_t *next = c->next;
-            ymo_conn_drain(c);
-            c = next;
-        }
+        ymo_conn_drain_all(s);
     }
     if (s->n_conns == 0) {
         server_finish(s);
@@ -508,6 +489,8 @@ ymo_server_init(ymo_server_t *s, const ymo_config_t *config,
     s->grace_timer.data = s;
     ev_init(&s->accept_timer, server_on_accept_timer);
     s->accept_timer.data = s;
+    ev_init(&s->idle_timer, ymo_conn_idle_on_timer);
+    s->idle_timer.data = s;
     ev_init(&s->wakeup_watcher, server_on_wakeup);
     s->wakeup_watcher.data = s;
     ev_init(&s->heartbeat_timer, server_on_heartbeat);
@@ -672,8 +655,8 @@ ymo_server_destroy(ymo_server_t *s)
         ev_ref(s->loop);
         ev_timer_stop(s->loop, &s->heartbeat_timer);
     }
-    while (s->conns != NULL) {
-        ymo_conn_close(s->conns);
+    if (s->loop != NULL) {
+        ymo_conn_close_all(s);
     }
     for (size_t i = 0; i < s->n_workers; i++) {
         ymo_wsgi_worker_destroy(&s->workers[i]);

@@ -101,8 +101,15 @@ typedef struct ymo_server {
                                 * keeps a copy only of what is left over */
     ymo_http_header_t *headers;    /* parser output, max_header_count long,
                                     * shared by all connections */
-    struct ymo_conn *conns;    /* doubly linked list of open connections */
-    size_t n_conns;
+    struct ymo_conn *conns;    /* doubly linked list of the connections
+                                * that are not idle (conn.c) */
+    struct ymo_conn *idle_head[2];  /* idle connections, oldest first, by
+                                     * the timeout that applies: [0] no */
+    struct ymo_conn *idle_tail[2];  /* request yet, [1] kept alive */
+    ev_timer idle_timer;       /* the first idle connection's timeout: one
+                                * timer for all of them (conn.c) */
+    ev_tstamp idle_timer_at;   /* when it fires, while active */
+    size_t n_conns;            /* open connections, idle or not */
     size_t n_exchanges;        /* handed to workers, not yet finished */
     struct ymo_conn *stalled_head;  /* connections with a request waiting */
     struct ymo_conn *stalled_tail;  /* for room (max_inflight), in order */

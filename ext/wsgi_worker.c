@@ -90,6 +90,7 @@ ymo_wsgi_worker_init(struct ev_loop *loop, size_t thread_id,
     worker->event_out.data = worker;
     ev_async_start(loop, &worker->event_out);
     atomic_init(&worker->idle, 0);
+    atomic_init(&worker->n_in, 0);
     atomic_init(&worker->in_app, 0);
     atomic_init(&worker->retired, 0);
     atomic_init(&worker->unused, 0);
@@ -108,11 +109,20 @@ ymo_wsgi_worker_init(struct ev_loop *loop, size_t thread_id,
 static ymo_exchange_t *
 take_from(ymo_wsgi_worker_t *self, ymo_wsgi_worker_t *from)
 {
+    /* An empty queue is not locked: a worker looks at every peer's after
+     * each exchange, and the locks cost more than the exchange's own.
+     * The protocol of worker_next still holds: the loop stores n_in and
+     * then loads `idle`, a worker stores `idle` and then loads n_in, all
+     * seq_cst, so one of them sees the other's store. */
+    if (atomic_load(&from->n_in) == 0) {
+        return NULL;
+    }
     ymo_wsgi_worker_lock_in(from);
     ymo_exchange_t *ex = ymo_queue_pop(&from->queue_in);
     if (ex != NULL) {
         ex->worker = self;
     }
+    atomic_store(&from->n_in, from->queue_in.count);
     ymo_wsgi_worker_unlock_in(from);
     return ex;
 }
@@ -280,6 +290,7 @@ ymo_wsgi_worker_add_exchange(ymo_wsgi_worker_t *worker,
 {
     ymo_wsgi_worker_lock_in(worker);
     ymo_queue_push(&worker->queue_in, exchange, &exchange->node_in);
+    atomic_store(&worker->n_in, worker->queue_in.count);
     ymo_wsgi_worker_unlock_in(worker);
     if (!worker->notify_pending) {
         worker->notify_pending = 1;
@@ -407,8 +418,13 @@ ymo_wsgi_worker_notify(ymo_wsgi_worker_t *worker)
 {
     ymo_wsgi_worker_lock_in(worker);
     worker->poked = 1;
-    pthread_cond_signal(&worker->ready_in);
     ymo_wsgi_worker_unlock_in(worker);
+    /* Signalled after the unlock: a worker woken with lock_in still held
+     * here would at once block on it again (two more futex calls, and on
+     * a busy core a switch back to the loop and one more to the worker).
+     * The worker re-checks poked under the lock, so none is lost, and
+     * the condition variable lives as long as the worker. */
+    pthread_cond_signal(&worker->ready_in);
     return 0;
 }
 

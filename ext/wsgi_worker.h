@@ -72,6 +72,10 @@ typedef struct ymo_wsgi_worker {
     int running;                     /* lock_in; cleared to stop */
 
     int poked;                       /* lock_in: look for work to steal */
+    atomic_size_t n_in;              /* queue_in.count, stored (seq_cst)
+                                      * with lock_in held after each push
+                                      * and pop; read without the lock to
+                                      * skip an empty queue (take_from) */
     atomic_int idle;                 /* worker: about to sleep; any reads */
     atomic_int in_app;               /* worker: has exchanges to run (from
                                       * taking the GIL for them to giving
