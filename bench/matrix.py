@@ -283,8 +283,13 @@ def ratios(results, rows):
         if "yimmo" not in by:
             continue
         y = by.pop("yimmo")
+        if not (y["cpu_us"] > 0 and y["p99_ms"] > 0):
+            continue
         by.pop("nginx", None)
-        peers = {n: m for n, m in by.items() if m["rps"] > 0}
+        # A server whose CPU rounds to 0 ticks (bjoern sleeping) or that
+        # answered nothing has no ratio.
+        peers = {n: m for n, m in by.items()
+                 if m["rps"] > 0 and m["cpu_us"] > 0 and m["p99_ms"] > 0}
         if not peers:
             continue
         cpu = min(peers, key=lambda n: peers[n]["cpu_us"])
