@@ -403,20 +403,44 @@ def tree_rss_kb(root):
     return total
 
 
-class RssSampler(threading.Thread):
-    """Samples tree_rss_kb(root) every 0.1 s until stopped; .peak is the
-    highest sum seen (a per-process VmHWM would count each process's own
-    peak, which need not be simultaneous)."""
+def listen_queue(port):
+    """Connections waiting in the accept queue of the listener on
+    127.0.0.1:port (rx_queue of a listening socket in /proc/net/tcp), or
+    0. wrk never counts a request on a connection the server does not
+    accept, neither in latency nor in errors: this shows such
+    connections."""
+    suffix = ":%04X" % port
+    try:
+        with open("/proc/net/tcp") as f:
+            next(f)
+            for line in f:
+                fields = line.split()
+                if fields[1].endswith(suffix) and fields[3] == "0A":
+                    return int(fields[4].split(":")[1], 16)
+    except (OSError, StopIteration, IndexError, ValueError):
+        pass
+    return 0
 
-    def __init__(self, root):
+
+class RssSampler(threading.Thread):
+    """Samples tree_rss_kb(root) (and, given a port, listen_queue(port))
+    every 0.1 s until stopped; .peak is the highest sum seen (a per-process
+    VmHWM would count each process's own peak, which need not be
+    simultaneous), .queued the longest accept queue."""
+
+    def __init__(self, root, port=None):
         super().__init__(daemon=True)
         self.root = root
+        self.port = port
         self.peak = 0
+        self.queued = 0
         self.done = threading.Event()
 
     def run(self):
         while True:
             self.peak = max(self.peak, tree_rss_kb(self.root))
+            if self.port:
+                self.queued = max(self.queued, listen_queue(self.port))
             if self.done.wait(0.1):
                 return
 
@@ -521,6 +545,9 @@ class Sample(NamedTuple):
     # its first request and at the highest point during the measured run.
     rss_idle_kb: int = 0
     rss_peak_kb: int = 0
+    # The longest accept queue seen during the run: connections wrk opened
+    # that the server left waiting (their requests count nowhere in wrk).
+    unaccepted: int = 0
 
 
 class Load(NamedTuple):
@@ -548,7 +575,7 @@ def measure(server, args, logs, load=None):
         if args.warmup:
             run_wrk(port, args.warmup, load.connections, load.extra,
                     load.path)
-        sampler = RssSampler(proc.pid)
+        sampler = RssSampler(proc.pid, port)
         sampler.start()
         started = time.monotonic()
         before = (tree_cpu_seconds(proc.pid), children_cpu_seconds(),
@@ -570,7 +597,8 @@ def measure(server, args, logs, load=None):
     cpu_us = server_cpu * 1e6 / wrk.requests if wrk.requests else 0.0
     other = max(0.0, busy - server_cpu - wrk_cpu) * 100 / wall
     return Sample(wrk.rps, wrk.p99_ms, cpu_us, wrk.errors, other,
-                  wrk.p50_ms, wrk.requests, rss_idle, rss_peak)
+                  wrk.p50_ms, wrk.requests, rss_idle, rss_peak,
+                  sampler.queued)
 
 
 def exited(proc, logs, server):
@@ -614,7 +642,8 @@ def medians(samples):
                   statistics.median(s.p50_ms for s in samples),
                   sum(s.requests for s in samples),
                   statistics.median(s.rss_idle_kb for s in samples),
-                  max(s.rss_peak_kb for s in samples))
+                  max(s.rss_peak_kb for s in samples),
+                  max(s.unaccepted for s in samples))
 
 
 def ratio(value, base):
