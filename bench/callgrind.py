@@ -4,7 +4,7 @@ without timing noise.
 
     python bench/callgrind.py [--server yimmo] [--app hello:app]
                               [--requests 2000] [--runs 1] [--top 15]
-                              [--header 'Name: value' ...]
+                              [--header 'Name: value' ...] [--bare]
                               [--toggle FUNCTION] [--repo DIR]
                               [--server-arg=--timeout=0 ...]
 
@@ -58,10 +58,10 @@ def server_argv(name, app, python, venv_bin, ref_dir, extra):
     raise ValueError(name)
 
 
-def request_bytes(headers):
-    return ("GET / HTTP/1.1\r\nHost: bench.test\r\nUser-Agent: bench\r\n"
-            "Accept: */*\r\n" + "".join(h + "\r\n" for h in headers)
-            + "\r\n").encode()
+def request_bytes(headers, bare=False):
+    common = "" if bare else "User-Agent: bench\r\nAccept: */*\r\n"
+    return ("GET / HTTP/1.1\r\nHost: bench.test\r\n" + common
+            + "".join(h + "\r\n" for h in headers) + "\r\n").encode()
 
 
 def drive(port, n, request, proc, deadline=600.0):
@@ -166,6 +166,9 @@ def main(argv=None):
                    help="repeat the N/2N pair, to see the drift")
     p.add_argument("--header", action="append", default=[],
                    help="a request header 'Name: value' (repeatable)")
+    p.add_argument("--bare", action="store_true",
+                   help="send only a Host header (by default also "
+                   "User-Agent and Accept, like a client)")
     p.add_argument("--server-arg", action="append", default=[],
                    help="one more yimmo option (repeatable), e.g. "
                    "--server-arg=--timeout=0")
@@ -200,7 +203,7 @@ def main(argv=None):
         if ref_dir is None:
             names = [n for n in names
                      if n not in ("ceiling", "pyfloor", "pyfloor-w4")]
-    request = request_bytes(args.header)
+    request = request_bytes(args.header, args.bare)
     # bench/ for the apps, then the checkout: its yimmo wins over any in
     # the venv.
     env = dict(os.environ, PYTHONPATH="%s%s%s" % (
