@@ -426,21 +426,23 @@ class RssSampler(threading.Thread):
     """Samples tree_rss_kb(root) (and, given a port, listen_queue(port))
     every 0.1 s until stopped; .peak is the highest sum seen (a per-process
     VmHWM would count each process's own peak, which need not be
-    simultaneous), .queued the longest accept queue."""
+    simultaneous), .queued the longest accept queue and .waiting its
+    median (connections left waiting all along, not only while a burst of
+    new connections is being accepted)."""
 
     def __init__(self, root, port=None):
         super().__init__(daemon=True)
         self.root = root
         self.port = port
         self.peak = 0
-        self.queued = 0
+        self.queues = []
         self.done = threading.Event()
 
     def run(self):
         while True:
             self.peak = max(self.peak, tree_rss_kb(self.root))
             if self.port:
-                self.queued = max(self.queued, listen_queue(self.port))
+                self.queues.append(listen_queue(self.port))
             if self.done.wait(0.1):
                 return
 
@@ -449,6 +451,14 @@ class RssSampler(threading.Thread):
         self.join()
         self.peak = max(self.peak, tree_rss_kb(self.root))
         return self.peak
+
+    @property
+    def queued(self):
+        return max(self.queues, default=0)
+
+    @property
+    def waiting(self):
+        return statistics.median(self.queues) if self.queues else 0
 
 
 def machine_busy_seconds():
@@ -548,6 +558,7 @@ class Sample(NamedTuple):
     # The longest accept queue seen during the run: connections wrk opened
     # that the server left waiting (their requests count nowhere in wrk).
     unaccepted: int = 0
+    waiting: float = 0  # the median of the same samples
 
 
 class Load(NamedTuple):
@@ -598,7 +609,7 @@ def measure(server, args, logs, load=None):
     other = max(0.0, busy - server_cpu - wrk_cpu) * 100 / wall
     return Sample(wrk.rps, wrk.p99_ms, cpu_us, wrk.errors, other,
                   wrk.p50_ms, wrk.requests, rss_idle, rss_peak,
-                  sampler.queued)
+                  sampler.queued, sampler.waiting)
 
 
 def exited(proc, logs, server):
@@ -643,7 +654,8 @@ def medians(samples):
                   sum(s.requests for s in samples),
                   statistics.median(s.rss_idle_kb for s in samples),
                   max(s.rss_peak_kb for s in samples),
-                  max(s.unaccepted for s in samples))
+                  max(s.unaccepted for s in samples),
+                  max(s.waiting for s in samples))
 
 
 def ratio(value, base):

@@ -229,6 +229,8 @@ def summary(row, samples):
            "rss_mb": max(s["rss_peak_kb"] for s in samples) / 1024,
            "errors": sum(s["errors"] for s in samples),
            "unaccepted": max(s.get("unaccepted", 0) for s in samples),
+           "waiting": statistics.median(s.get("waiting", 0)
+                                        for s in samples),
            "other_pct": max(s["other_pct"] for s in samples)}
     if row.unit_bytes:
         out["mbps"] = med("rps") * row.unit_bytes / 1e6
@@ -269,11 +271,11 @@ def markdown(results, rows):
             if "rss_per_conn_b" in m:
                 rss += " (%.0f B/conn)" % m["rss_per_conn_b"]
             p99 = "n/a" if row.name in NO_P99 else "%.2f" % m["p99_ms"]
-            lines.append("| %s | %s | %s | %.2f | %s | %s | %s | %d | %d "
+            lines.append("| %s | %s | %s | %.2f | %s | %s | %s | %d | %.0f "
                          "| %.0f |"
                          % (row.title, name, throughput_text(row, m),
                             m["p50_ms"], p99, cpu_text(row, m), rss,
-                            m["errors"], m["unaccepted"], m["other_pct"]))
+                            m["errors"], m["waiting"], m["other_pct"]))
     return "\n".join(lines)
 
 
@@ -305,7 +307,7 @@ def ratios(results, rows):
         if not peers:
             continue
         cpu = min(peers, key=lambda n: peers[n]["cpu_us"])
-        fair = {n: m for n, m in peers.items() if m["unaccepted"] == 0}
+        fair = {n: m for n, m in peers.items() if m["waiting"] < 1}
         p99 = min(fair or peers, key=lambda n: peers[n]["p99_ms"])
         rps = max(peers, key=lambda n: peers[n]["rps"])
         if row.name in NO_P99:
