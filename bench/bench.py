@@ -13,7 +13,7 @@ request (user + system time of the server and all its child processes,
 from /proc). See bench/README.md for how to read the table.
 
 The servers are installed into bench/.venv (created on first use): this
-checkout of yimmo, gunicorn, waitress, bjoern and granian. A server that
+checkout of yimmo, gunicorn, waitress, bjoern, granian and uWSGI. A server that
 fails to install or start is skipped with a note.
 """
 
@@ -28,6 +28,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -43,7 +44,7 @@ REFERENCE_DIRS = (REPO.parent / "shared" / "reference-servers",)
 SERVER_CPU = "1"
 CLIENT_CPU = "0"
 EXPECTED_BODY = b"Hello, World!"
-PEERS = ("gunicorn", "waitress", "bjoern", "granian")
+PEERS = ("gunicorn", "waitress", "bjoern", "granian", "uwsgi")
 # 'other %' above this (CPU of unrelated processes, % of one core) gets a
 # warning under the table.
 BUSY_WARNING = 15.0
@@ -67,10 +68,11 @@ class Server(NamedTuple):
     cwd: str  # likewise
 
 
-def all_servers(python, venv_bin, threads):
+def all_servers(python, venv_bin, threads, app="hello:app"):
     """Every server the benchmark knows, in table order. "{ref}" is the
-    directory where the reference servers were built."""
-    app = "hello:app"
+    directory where the reference servers were built. app is MODULE:NAME
+    in bench/ (bench/matrix.py serves other apps with the same commands)."""
+    module, name = app.split(":")
     bind = "127.0.0.1:{port}"
     servers = [
         Server("yimmo-w4", "yimmo",
@@ -88,8 +90,8 @@ def all_servers(python, venv_bin, threads):
                 "--listen=" + bind, app], str(BENCH_DIR)),
         # bjoern has no CLI and no threads: one process, one thread.
         Server("bjoern", "bjoern",
-               [python, "-c", "import bjoern, hello; "
-                "bjoern.run(hello.app, '127.0.0.1', {port})"],
+               [python, "-c", "import bjoern, %s as m; "
+                "bjoern.run(m.%s, '127.0.0.1', {port})" % (module, name)],
                str(BENCH_DIR)),
         Server("granian", "granian",
                [str(venv_bin / "granian"), "--interface", "wsgi", "--http",
@@ -97,6 +99,13 @@ def all_servers(python, venv_bin, threads):
                 "1", "--runtime-threads", "1", "--blocking-threads",
                 str(threads), "--log-level", "warning", "--no-ws", app],
                str(BENCH_DIR)),
+        # One process, no master, a thread pool; --http11-socket keeps
+        # connections alive (--http-socket closes each one).
+        Server("uwsgi", "uwsgi",
+               [str(venv_bin / "uwsgi"), "--http11-socket", bind,
+                "--module", app, "--processes", "1", "--threads",
+                str(threads), "--disable-logging", "--die-on-term",
+                "--need-app"], str(BENCH_DIR)),
         # C only, no Python: the ceiling for a libev server on this machine.
         Server("ceiling", "ref", ["{ref}/ceiling", "{port}"], "{ref}"),
         # The app called inline on the loop thread: the floor cost of Python.
@@ -148,6 +157,10 @@ def tail(path, lines=5):
 
 def import_error(python, module):
     """None if python can import module, else the last line of the error."""
+    if module == "uwsgi":
+        # uwsgi's module exists only inside its own binary.
+        binary = Path(python).parent / "uwsgi"
+        return None if binary.exists() else "no %s" % binary
     # From bench/, so a source tree on the cwd cannot shadow the venv.
     result = subprocess.run([python, "-c", "import " + module], cwd=BENCH_DIR,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
@@ -341,27 +354,111 @@ def read_stat(pid):
     return ppid, own, reaped
 
 
-def tree_cpu_seconds(root):
-    """CPU time of root and every live descendant, plus children root has
-    already reaped. /proc/PID/stat sums all threads of a process."""
+def all_stats():
     stats = {}
     for entry in os.listdir("/proc"):
         if entry.isdigit():
             stat = read_stat(int(entry))
             if stat is not None:
                 stats[int(entry)] = stat
+    return stats
+
+
+def tree(root, stats):
+    """root and its live descendants (pids), from all_stats()."""
     children = {}
     for pid, (ppid, _, _) in stats.items():
         children.setdefault(ppid, []).append(pid)
-    total, todo = 0, [root]
+    found, todo = [], [root]
     while todo:
         pid = todo.pop()
         if pid in stats:
-            total += stats[pid][1]
-            if pid == root:
-                total += stats[pid][2]
+            found.append(pid)
         todo.extend(children.get(pid, ()))
+    return found
+
+
+def tree_cpu_seconds(root):
+    """CPU time of root and every live descendant, plus children root has
+    already reaped. /proc/PID/stat sums all threads of a process."""
+    stats = all_stats()
+    total = sum(stats[pid][1] for pid in tree(root, stats))
+    if root in stats:
+        total += stats[root][2]
     return total / CLK_TCK
+
+
+def tree_rss_kb(root):
+    """Resident memory of root and its live descendants (sum of VmRSS)."""
+    total = 0
+    for pid in tree(root, all_stats()):
+        try:
+            with open("/proc/%d/status" % pid) as f:
+                for line in f:
+                    if line.startswith("VmRSS:"):
+                        total += int(line.split()[1])
+                        break
+        except OSError:
+            pass
+    return total
+
+
+def listen_queue(port):
+    """Connections waiting in the accept queue of the listener on
+    127.0.0.1:port (rx_queue of a listening socket in /proc/net/tcp), or
+    0. wrk never counts a request on a connection the server does not
+    accept, neither in latency nor in errors: this shows such
+    connections."""
+    suffix = ":%04X" % port
+    try:
+        with open("/proc/net/tcp") as f:
+            next(f)
+            for line in f:
+                fields = line.split()
+                if fields[1].endswith(suffix) and fields[3] == "0A":
+                    return int(fields[4].split(":")[1], 16)
+    except (OSError, StopIteration, IndexError, ValueError):
+        pass
+    return 0
+
+
+class RssSampler(threading.Thread):
+    """Samples tree_rss_kb(root) (and, given a port, listen_queue(port))
+    every 0.1 s until stopped; .peak is the highest sum seen (a per-process
+    VmHWM would count each process's own peak, which need not be
+    simultaneous), .queued the longest accept queue and .waiting its
+    median (connections left waiting all along, not only while a burst of
+    new connections is being accepted)."""
+
+    def __init__(self, root, port=None):
+        super().__init__(daemon=True)
+        self.root = root
+        self.port = port
+        self.peak = 0
+        self.queues = []
+        self.done = threading.Event()
+
+    def run(self):
+        while True:
+            self.peak = max(self.peak, tree_rss_kb(self.root))
+            if self.port:
+                self.queues.append(listen_queue(self.port))
+            if self.done.wait(0.1):
+                return
+
+    def stop(self):
+        self.done.set()
+        self.join()
+        self.peak = max(self.peak, tree_rss_kb(self.root))
+        return self.peak
+
+    @property
+    def queued(self):
+        return max(self.queues, default=0)
+
+    @property
+    def waiting(self):
+        return statistics.median(self.queues) if self.queues else 0
 
 
 def machine_busy_seconds():
@@ -388,6 +485,7 @@ class WrkResult(NamedTuple):
     rps: float
     p99_ms: float
     errors: int  # socket errors + non-2xx/3xx responses
+    p50_ms: float = 0.0
 
 
 def parse_duration_ms(text):
@@ -399,7 +497,7 @@ def parse_duration_ms(text):
 
 
 def parse_wrk(output):
-    requests = rps = p99 = None
+    requests = rps = p99 = p50 = None
     errors = 0
     for line in output.splitlines():
         words = line.split()
@@ -407,6 +505,8 @@ def parse_wrk(output):
             continue
         if words[0] == "99%":
             p99 = parse_duration_ms(words[1])
+        elif words[0] == "50%":
+            p50 = parse_duration_ms(words[1])
         elif len(words) > 1 and words[1] == "requests" and words[2] == "in":
             requests = int(words[0])
         elif words[0] == "Requests/sec:":
@@ -416,14 +516,20 @@ def parse_wrk(output):
             errors += sum(int(w.rstrip(",")) for w in words[3::2])
         elif line.strip().startswith("Non-2xx or 3xx responses:"):
             errors += int(words[-1])
-    if requests is None or rps is None or p99 is None:
+    if requests == 0 and rps is not None:
+        # No response at all: wrk prints no latency distribution.
+        return WrkResult(0, rps, 0.0, errors, 0.0)
+    if requests is None or rps is None or p99 is None or p50 is None:
         raise RuntimeError("could not parse wrk output:\n" + output)
-    return WrkResult(requests, rps, p99, errors)
+    return WrkResult(requests, rps, p99, errors, p50)
 
 
-def run_wrk(port, seconds, connections):
+def run_wrk(port, seconds, connections, extra=(), path="/"):
+    """wrk -t1 on CLIENT_CPU; extra: more wrk arguments (-s script.lua,
+    -H header)."""
     argv = pinned(["wrk", "-t1", "-c%d" % connections, "-d%ds" % seconds,
-                   "--latency", "http://127.0.0.1:%d/" % port], CLIENT_CPU)
+                   "--latency", *extra,
+                   "http://127.0.0.1:%d%s" % (port, path)], CLIENT_CPU)
     result = subprocess.run(argv, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, timeout=seconds + 60,
                             universal_newlines=True)
@@ -443,9 +549,29 @@ class Sample(NamedTuple):
     # CPU used by processes other than the server and wrk during the run,
     # in % of one core: other load on the machine skews the comparison.
     other_pct: float
+    p50_ms: float = 0.0
+    requests: int = 0
+    # Resident memory of the server's processes (sum), once it answered
+    # its first request and at the highest point during the measured run.
+    rss_idle_kb: int = 0
+    rss_peak_kb: int = 0
+    # The longest accept queue seen during the run: connections wrk opened
+    # that the server left waiting (their requests count nowhere in wrk).
+    unaccepted: int = 0
+    waiting: float = 0  # the median of the same samples
 
 
-def measure(server, args, logs):
+class Load(NamedTuple):
+    """What one measurement sends: wrk's connections and extra arguments,
+    and a check of one response before any load (raises if wrong)."""
+    connections: int
+    extra: tuple = ()
+    check: object = None  # check(port); None: check_response
+    path: str = "/"
+
+
+def measure(server, args, logs, load=None):
+    load = load or Load(args.connections)
     port = free_port()
     proc = start(server, port, logs, args.ref_dir)
     try:
@@ -455,15 +581,23 @@ def measure(server, args, logs):
                                    % exited(proc, logs, server))
             raise RuntimeError("did not accept connections within %gs"
                                % args.start_timeout)
-        check_response(port)
+        (load.check or check_response)(port)
+        rss_idle = tree_rss_kb(proc.pid)
         if args.warmup:
-            run_wrk(port, args.warmup, args.connections)
+            run_wrk(port, args.warmup, load.connections, load.extra,
+                    load.path)
+        sampler = RssSampler(proc.pid, port)
+        sampler.start()
         started = time.monotonic()
         before = (tree_cpu_seconds(proc.pid), children_cpu_seconds(),
                   machine_busy_seconds())
-        wrk = run_wrk(port, args.duration, args.connections)
-        after = (tree_cpu_seconds(proc.pid), children_cpu_seconds(),
-                 machine_busy_seconds())
+        try:
+            wrk = run_wrk(port, args.duration, load.connections, load.extra,
+                          load.path)
+        finally:
+            after = (tree_cpu_seconds(proc.pid), children_cpu_seconds(),
+                     machine_busy_seconds())
+            rss_peak = sampler.stop()
         wall = time.monotonic() - started
         if proc.poll() is not None:
             raise RuntimeError("exited during the run%s"
@@ -473,7 +607,9 @@ def measure(server, args, logs):
     server_cpu, wrk_cpu, busy = (a - b for a, b in zip(after, before))
     cpu_us = server_cpu * 1e6 / wrk.requests if wrk.requests else 0.0
     other = max(0.0, busy - server_cpu - wrk_cpu) * 100 / wall
-    return Sample(wrk.rps, wrk.p99_ms, cpu_us, wrk.errors, other)
+    return Sample(wrk.rps, wrk.p99_ms, cpu_us, wrk.errors, other,
+                  wrk.p50_ms, wrk.requests, rss_idle, rss_peak,
+                  sampler.queued, sampler.waiting)
 
 
 def exited(proc, logs, server):
@@ -513,7 +649,13 @@ def medians(samples):
                   statistics.median(s.p99_ms for s in samples),
                   statistics.median(s.cpu_us for s in samples),
                   sum(s.errors for s in samples),
-                  max(s.other_pct for s in samples))
+                  max(s.other_pct for s in samples),
+                  statistics.median(s.p50_ms for s in samples),
+                  sum(s.requests for s in samples),
+                  statistics.median(s.rss_idle_kb for s in samples),
+                  max(s.rss_peak_kb for s in samples),
+                  max(s.unaccepted for s in samples),
+                  max(s.waiting for s in samples))
 
 
 def ratio(value, base):

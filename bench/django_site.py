@@ -1,6 +1,7 @@
 """A Django project in one module for bench/processes.py's memory
-measurement: the usual contrib apps (admin, auth, sessions, messages) with
-an in-memory SQLite database, and one view."""
+measurement and bench/matrix.py's Django row: the usual contrib apps
+(admin, auth, sessions, messages), the middleware of `django-admin
+startproject`, an in-memory SQLite database, and one view."""
 
 import django
 from django.conf import settings
@@ -25,6 +26,7 @@ if not settings.configured:
             "django.middleware.csrf.CsrfViewMiddleware",
             "django.contrib.auth.middleware.AuthenticationMiddleware",
             "django.contrib.messages.middleware.MessageMiddleware",
+            "django.middleware.clickjacking.XFrameOptionsMiddleware",
         ],
         TEMPLATES=[{
             "BACKEND": "django.template.backends.django.DjangoTemplates",
