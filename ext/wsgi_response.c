@@ -1041,6 +1041,28 @@ start_response_new(struct ymo_wsgi_app *app, ymo_exchange_t *ex)
     return self;
 }
 
+/* A new reference to environ[key], or NULL (no error set). Never a
+ * borrowed one: environ is the app's, and what formats the value (a str
+ * subclass's __str__, or on a free-threaded build a thread of the app
+ * writing to environ meanwhile) may replace the key and free the value
+ * the server still had in hand. */
+static PyObject *
+environ_get(PyObject *environ, PyObject *key)
+{
+    PyObject *v = NULL;
+#if PY_VERSION_HEX >= 0x030D0000
+    if (PyDict_GetItemRef(environ, key, &v) < 0) {
+        PyErr_Clear();
+    }
+#else
+    /* The GIL is held: nothing runs between the look-up and the
+     * incref. */
+    v = Py_XNewRef(PyDict_GetItemWithError(environ, key));
+    PyErr_Clear();
+#endif
+    return v;
+}
+
 /* log_error(msg, info): info is an exc_info triple (ERROR with the
  * traceback) or None (an expected event, INFO). msg or info NULL: the
  * error set while building them is reported instead. */
@@ -1071,9 +1093,8 @@ log_exception(struct ymo_wsgi_app *app, PyObject *environ, const char *what)
     }
     PyObject *method = NULL, *uri = NULL;
     if (environ != NULL) {
-        method = PyDict_GetItemWithError(environ, app->st->k_request_method);
-        uri = PyDict_GetItemWithError(environ, app->st->k_raw_uri);
-        PyErr_Clear();
+        method = environ_get(environ, app->st->k_request_method);
+        uri = environ_get(environ, app->st->k_raw_uri);
     }
     PyObject *msg;
     if (method != NULL && uri != NULL) {
@@ -1082,6 +1103,8 @@ log_exception(struct ymo_wsgi_app *app, PyObject *environ, const char *what)
     else {
         msg = PyUnicode_FromString(what);
     }
+    Py_XDECREF(method);
+    Py_XDECREF(uri);
     PyObject *info = PyTuple_Pack(3, type ? type : Py_None,
                                   value ? value : Py_None,
                                   tb ? tb : Py_None);
@@ -1104,13 +1127,12 @@ log_disconnect(struct ymo_wsgi_app *app, PyObject *environ,
     unsigned long long got = ex->in_received;
     pthread_mutex_unlock(&ex->lock);
     const ymo_http_request_t *req = &ex->req;
-    PyObject *uri = PyDict_GetItemWithError(environ, app->st->k_raw_uri);
-    PyObject *method = PyDict_GetItemWithError(environ,
-                                               app->st->k_request_method);
+    PyObject *uri = environ_get(environ, app->st->k_raw_uri);
+    PyObject *method = environ_get(environ, app->st->k_request_method);
     PyObject *msg;
     if (uri == NULL || method == NULL) {
-        PyErr_Clear();
-        uri = method = app->st->v_empty;
+        Py_XSETREF(uri, Py_NewRef(app->st->v_empty));
+        Py_XSETREF(method, Py_NewRef(app->st->v_empty));
     }
     if (req->body == YMO_HTTP_BODY_NONE) {
         msg = PyUnicode_FromFormat("client disconnected: %S %S", method,
@@ -1127,6 +1149,8 @@ log_disconnect(struct ymo_wsgi_app *app, PyObject *environ,
             "client disconnected: %S %S (%llu body bytes received, "
             "chunked)", method, uri, got);
     }
+    Py_DECREF(uri);
+    Py_DECREF(method);
     call_log_error(app, msg, Py_None);
     Py_XDECREF(msg);
 }

@@ -3,9 +3,11 @@
 on every build): Server objects started and stopped concurrently, and what
 an app's own threads do with the objects of a request."""
 
+import logging
 import threading
 
 import yimmo
+from helpers import build_request, connect, read_response
 
 
 def ok_app(environ, start_response):
@@ -49,3 +51,53 @@ def test_stop_racing_start_neither_raises_nor_hangs():
         server.stop(timeout=1)
         assert server.stopped
     assert errors == []
+
+
+class _Records(logging.Handler):
+    def __init__(self):
+        super().__init__()
+        self.lines = []
+
+    def emit(self, record):
+        self.lines.append(record.getMessage())
+
+
+def test_error_log_holds_its_own_references_to_environ_values():
+    # The error line names the request from environ, which is the app's:
+    # formatting REQUEST_METHOD (a str subclass here; on a free-threaded
+    # build simply a thread of the app writing to environ meanwhile) may
+    # replace RAW_URI. The server used to hold RAW_URI borrowed, and
+    # logged whatever string took its freed memory.
+    decoys = []
+    seen = []
+
+    def app(environ, start_response):
+        class Method(str):
+            def __str__(self):
+                environ["RAW_URI"] = "/replaced"
+                # Same-sized strings: one takes the freed slot.
+                decoys.append(["v" * 150 + "%03d" % i for i in range(200)])
+                return "GET"
+        # Made at run time: a constant would stay alive in the code.
+        environ["RAW_URI"] = "/" + "u" * 150 + str(len(seen))
+        seen.append(environ["RAW_URI"][-3:])
+        environ["REQUEST_METHOD"] = Method("GET")
+        raise ValueError("boom")
+
+    records = _Records()
+    logger = logging.getLogger("yimmo.error")
+    logger.addHandler(records)
+    try:
+        with yimmo.Server(app, bind="127.0.0.1:0", workers=1) as server:
+            for _ in range(5):
+                with connect(server.address) as sock:
+                    sock.sendall(build_request("GET", "/"))
+                    assert read_response(sock).status == 500
+    finally:
+        logger.removeHandler(records)
+    lines = [line for line in records.lines
+             if line.startswith("error handling request")]
+    assert len(lines) == 5, records.lines
+    for n, line in enumerate(lines):
+        assert line in ("error handling request: GET /" + "u" * 150 + str(n),
+                        "error handling request: GET /replaced"), line[:80]
