@@ -598,40 +598,58 @@ static PyMethodDef write_def = {
     "write(data): send bytes now (the PEP 3333 write callable)",
 };
 
+/* start_response with exc_info once the head is out: too late to change
+ * the response, so exc_info is re-raised (PEP 3333). Returns NULL. */
 static PyObject *
-start_response(StartResponseObject *self, PyObject *status,
-               PyObject *headers, PyObject *exc_info)
+reraise_exc_info(PyObject *exc_info)
+{
+    if (!PyTuple_Check(exc_info) || PyTuple_GET_SIZE(exc_info) != 3) {
+        PyErr_SetString(PyExc_TypeError, "exc_info must be a 3-tuple");
+        return NULL;
+    }
+    PyObject *t = PyTuple_GET_ITEM(exc_info, 0);
+    PyObject *v = PyTuple_GET_ITEM(exc_info, 1);
+    PyObject *tb = PyTuple_GET_ITEM(exc_info, 2);
+    if (!PyExceptionClass_Check(t) || !PyExceptionInstance_Check(v) ||
+        (tb != Py_None && !PyTraceBack_Check(tb))) {
+        /* (None, None, None) is what sys.exc_info() gives outside an
+         * except block. */
+        PyErr_Format(PyExc_TypeError,
+                     "exc_info must be an exception triple, got %R",
+                     exc_info);
+        return NULL;
+    }
+    Py_INCREF(t);
+    Py_INCREF(v);
+    Py_XINCREF(tb == Py_None ? NULL : tb);
+    PyErr_Restore(t, v, tb == Py_None ? NULL : tb);
+    return NULL;
+}
+
+/* Is this call refused by the state start_response is in? NULL with an
+ * exception set when it is (or exc_info re-raised), Py_None (borrowed)
+ * when it may go on. */
+static PyObject *
+start_response_refused(StartResponseObject *self, PyObject *exc_info)
 {
     if (exc_info != Py_None) {
         if (self->head_built) {
-            /* Too late to change the response: re-raise (PEP 3333). */
-            if (!PyTuple_Check(exc_info) || PyTuple_GET_SIZE(exc_info) != 3) {
-                PyErr_SetString(PyExc_TypeError,
-                                "exc_info must be a 3-tuple");
-                return NULL;
-            }
-            PyObject *t = PyTuple_GET_ITEM(exc_info, 0);
-            PyObject *v = PyTuple_GET_ITEM(exc_info, 1);
-            PyObject *tb = PyTuple_GET_ITEM(exc_info, 2);
-            if (!PyExceptionClass_Check(t) || !PyExceptionInstance_Check(v) ||
-                (tb != Py_None && !PyTraceBack_Check(tb))) {
-                /* (None, None, None) is what sys.exc_info() gives
-                 * outside an except block. */
-                PyErr_Format(PyExc_TypeError,
-                             "exc_info must be an exception triple, "
-                             "got %R", exc_info);
-                return NULL;
-            }
-            Py_INCREF(t);
-            Py_INCREF(v);
-            Py_XINCREF(tb == Py_None ? NULL : tb);
-            PyErr_Restore(t, v, tb == Py_None ? NULL : tb);
-            return NULL;
+            return reraise_exc_info(exc_info);
         }
     }
     else if (self->called) {
         PyErr_SetString(PyExc_RuntimeError,
                         "start_response() called again without exc_info");
+        return NULL;
+    }
+    return Py_None;
+}
+
+static PyObject *
+start_response(StartResponseObject *self, PyObject *status,
+               PyObject *headers, PyObject *exc_info)
+{
+    if (start_response_refused(self, exc_info) == NULL) {
         return NULL;
     }
     if (!PyList_Check(headers)) {
@@ -694,12 +712,25 @@ bad_length:
             return NULL;
         }
     }
-    Py_INCREF(status);
-    Py_XSETREF(self->status, status);
-    Py_XSETREF(self->headers, copy);
+    /* Asked again: copying the list took its lock, and waiting for it
+     * (free-threaded: another thread of the app changing the list)
+     * suspends self's critical section, so a start_response() on another
+     * thread, or the worker building the head, may have run meanwhile.
+     * From here to the commit nothing can suspend it: the old values are
+     * released only after. */
+    if (start_response_refused(self, exc_info) == NULL) {
+        Py_DECREF(copy);
+        return NULL;
+    }
+    PyObject *old_status = self->status;
+    PyObject *old_headers = self->headers;
+    self->status = Py_NewRef(status);
+    self->headers = copy;
     self->status_code = code;
     self->content_length = cl;
     self->called = 1;
+    Py_XDECREF(old_status);
+    Py_XDECREF(old_headers);
     return PyCFunction_New(&write_def, (PyObject *)self);
 }
 

@@ -101,3 +101,52 @@ def test_error_log_holds_its_own_references_to_environ_values():
     for n, line in enumerate(lines):
         assert line in ("error handling request: GET /" + "u" * 150 + str(n),
                         "error handling request: GET /replaced"), line[:80]
+
+
+def test_start_response_from_two_threads_at_once_accepts_one():
+    # Two threads of the app call start_response() at once (no exc_info)
+    # while a third changes the headers list they pass. Exactly one call
+    # may succeed. On a free-threaded build, copying the contended list
+    # suspended start_response's critical section between its "called
+    # already?" check and setting `called`, and both calls succeeded.
+    outcomes = []
+
+    def app(environ, start_response):
+        headers = [("X-A", "1")] * 50
+        done = threading.Event()
+        barrier = threading.Barrier(2, timeout=10)
+        accepted = []
+
+        def mutate():
+            while not done.is_set():
+                headers.append(("X-B", "2"))
+                headers.pop()
+
+        def call(status):
+            barrier.wait()
+            try:
+                start_response(status, headers)
+                accepted.append(status)
+            except RuntimeError:
+                pass
+
+        mutator = threading.Thread(target=mutate)
+        mutator.start()
+        callers = [threading.Thread(target=call, args=(s,))
+                   for s in ("200 OK", "201 Created")]
+        for t in callers:
+            t.start()
+        for t in callers:
+            t.join(10)
+        done.set()
+        mutator.join(10)
+        outcomes.append(len(accepted))
+        return [b"x"]
+
+    with yimmo.Server(app, bind="127.0.0.1:0", workers=2) as server:
+        for _ in range(200):
+            with connect(server.address) as sock:
+                sock.sendall(build_request("GET", "/"))
+                assert read_response(sock).status in (200, 201)
+    assert len(outcomes) == 200
+    assert [n for n in outcomes if n != 1] == []
