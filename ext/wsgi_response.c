@@ -999,6 +999,14 @@ send_file(StartResponseObject *self, ymo_file_wrapper_t *fw)
         PyErr_Clear();
         return 0;
     }
+    if (self->head_built) {
+        /* fileno() and tell() are the app's code: while they ran, self's
+         * critical section was suspended (with the GIL: the GIL was
+         * passed on), and a thread of the app may have sent the head
+         * with write(). A second head would follow the first in the
+         * body: iterate instead, as after any write(). */
+        return 0;
+    }
     long long avail = (long long)sb.st_size - pos;
     if (avail < 0) {
         avail = 0;

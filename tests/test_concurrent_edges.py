@@ -5,6 +5,7 @@ an app's own threads do with the objects of a request."""
 
 import logging
 import threading
+import time
 
 import yimmo
 from helpers import build_request, connect, read_response
@@ -150,3 +151,55 @@ def test_start_response_from_two_threads_at_once_accepts_one():
                 assert read_response(sock).status in (200, 201)
     assert len(outcomes) == 200
     assert [n for n in outcomes if n != 1] == []
+
+
+def test_write_from_a_thread_while_file_wrapper_asks_fileno_sends_one_head(
+        tmp_path):
+    # The app returns a wsgi.file_wrapper; while the server asks the
+    # file-like object for its fileno() (the app's code), a thread of the
+    # app calls write(). The server went on to send the file with a head
+    # of its own: two status lines in one response, on every build.
+    path = tmp_path / "f"
+    path.write_bytes(b"F" * 100)
+
+    def app(environ, start_response):
+        write = start_response("200 OK", [])
+        f = open(path, "rb")
+        asked = threading.Event()
+
+        class SlowFile:
+            def fileno(self):
+                asked.set()
+                time.sleep(0.2)
+                return f.fileno()
+
+            def tell(self):
+                return f.tell()
+
+            def read(self, n):
+                return f.read(n)
+
+            def close(self):
+                f.close()
+
+        def writer():
+            asked.wait(5)
+            write(b"WRITTEN")
+
+        threading.Thread(target=writer).start()
+        return environ["wsgi.file_wrapper"](SlowFile())
+
+    with yimmo.Server(app, bind="127.0.0.1:0", workers=2) as server:
+        with connect(server.address) as sock:
+            sock.sendall(build_request("GET", "/", [("Connection", "close")]))
+            data = b""
+            while True:
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+    assert data.count(b"HTTP/1.1 ") == 1, data
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 ")
+    assert b"Transfer-Encoding: chunked" in head
+    assert body == b"7\r\nWRITTEN\r\n64\r\n" + b"F" * 100 + b"\r\n0\r\n\r\n"
