@@ -598,40 +598,58 @@ static PyMethodDef write_def = {
     "write(data): send bytes now (the PEP 3333 write callable)",
 };
 
+/* start_response with exc_info once the head is out: too late to change
+ * the response, so exc_info is re-raised (PEP 3333). Returns NULL. */
 static PyObject *
-start_response(StartResponseObject *self, PyObject *status,
-               PyObject *headers, PyObject *exc_info)
+reraise_exc_info(PyObject *exc_info)
+{
+    if (!PyTuple_Check(exc_info) || PyTuple_GET_SIZE(exc_info) != 3) {
+        PyErr_SetString(PyExc_TypeError, "exc_info must be a 3-tuple");
+        return NULL;
+    }
+    PyObject *t = PyTuple_GET_ITEM(exc_info, 0);
+    PyObject *v = PyTuple_GET_ITEM(exc_info, 1);
+    PyObject *tb = PyTuple_GET_ITEM(exc_info, 2);
+    if (!PyExceptionClass_Check(t) || !PyExceptionInstance_Check(v) ||
+        (tb != Py_None && !PyTraceBack_Check(tb))) {
+        /* (None, None, None) is what sys.exc_info() gives outside an
+         * except block. */
+        PyErr_Format(PyExc_TypeError,
+                     "exc_info must be an exception triple, got %R",
+                     exc_info);
+        return NULL;
+    }
+    Py_INCREF(t);
+    Py_INCREF(v);
+    Py_XINCREF(tb == Py_None ? NULL : tb);
+    PyErr_Restore(t, v, tb == Py_None ? NULL : tb);
+    return NULL;
+}
+
+/* Is this call refused by the state start_response is in? NULL with an
+ * exception set when it is (or exc_info re-raised), Py_None (borrowed)
+ * when it may go on. */
+static PyObject *
+start_response_refused(StartResponseObject *self, PyObject *exc_info)
 {
     if (exc_info != Py_None) {
         if (self->head_built) {
-            /* Too late to change the response: re-raise (PEP 3333). */
-            if (!PyTuple_Check(exc_info) || PyTuple_GET_SIZE(exc_info) != 3) {
-                PyErr_SetString(PyExc_TypeError,
-                                "exc_info must be a 3-tuple");
-                return NULL;
-            }
-            PyObject *t = PyTuple_GET_ITEM(exc_info, 0);
-            PyObject *v = PyTuple_GET_ITEM(exc_info, 1);
-            PyObject *tb = PyTuple_GET_ITEM(exc_info, 2);
-            if (!PyExceptionClass_Check(t) || !PyExceptionInstance_Check(v) ||
-                (tb != Py_None && !PyTraceBack_Check(tb))) {
-                /* (None, None, None) is what sys.exc_info() gives
-                 * outside an except block. */
-                PyErr_Format(PyExc_TypeError,
-                             "exc_info must be an exception triple, "
-                             "got %R", exc_info);
-                return NULL;
-            }
-            Py_INCREF(t);
-            Py_INCREF(v);
-            Py_XINCREF(tb == Py_None ? NULL : tb);
-            PyErr_Restore(t, v, tb == Py_None ? NULL : tb);
-            return NULL;
+            return reraise_exc_info(exc_info);
         }
     }
     else if (self->called) {
         PyErr_SetString(PyExc_RuntimeError,
                         "start_response() called again without exc_info");
+        return NULL;
+    }
+    return Py_None;
+}
+
+static PyObject *
+start_response(StartResponseObject *self, PyObject *status,
+               PyObject *headers, PyObject *exc_info)
+{
+    if (start_response_refused(self, exc_info) == NULL) {
         return NULL;
     }
     if (!PyList_Check(headers)) {
@@ -694,12 +712,25 @@ bad_length:
             return NULL;
         }
     }
-    Py_INCREF(status);
-    Py_XSETREF(self->status, status);
-    Py_XSETREF(self->headers, copy);
+    /* Asked again: copying the list took its lock, and waiting for it
+     * (free-threaded: another thread of the app changing the list)
+     * suspends self's critical section, so a start_response() on another
+     * thread, or the worker building the head, may have run meanwhile.
+     * From here to the commit nothing can suspend it: the old values are
+     * released only after. */
+    if (start_response_refused(self, exc_info) == NULL) {
+        Py_DECREF(copy);
+        return NULL;
+    }
+    PyObject *old_status = self->status;
+    PyObject *old_headers = self->headers;
+    self->status = Py_NewRef(status);
+    self->headers = copy;
     self->status_code = code;
     self->content_length = cl;
     self->called = 1;
+    Py_XDECREF(old_status);
+    Py_XDECREF(old_headers);
     return PyCFunction_New(&write_def, (PyObject *)self);
 }
 
@@ -968,6 +999,14 @@ send_file(StartResponseObject *self, ymo_file_wrapper_t *fw)
         PyErr_Clear();
         return 0;
     }
+    if (self->head_built) {
+        /* fileno() and tell() are the app's code: while they ran, self's
+         * critical section was suspended (with the GIL: the GIL was
+         * passed on), and a thread of the app may have sent the head
+         * with write(). A second head would follow the first in the
+         * body: iterate instead, as after any write(). */
+        return 0;
+    }
     long long avail = (long long)sb.st_size - pos;
     if (avail < 0) {
         avail = 0;
@@ -1041,6 +1080,28 @@ start_response_new(struct ymo_wsgi_app *app, ymo_exchange_t *ex)
     return self;
 }
 
+/* A new reference to environ[key], or NULL (no error set). Never a
+ * borrowed one: environ is the app's, and what formats the value (a str
+ * subclass's __str__, or on a free-threaded build a thread of the app
+ * writing to environ meanwhile) may replace the key and free the value
+ * the server still had in hand. */
+static PyObject *
+environ_get(PyObject *environ, PyObject *key)
+{
+    PyObject *v = NULL;
+#if PY_VERSION_HEX >= 0x030D0000
+    if (PyDict_GetItemRef(environ, key, &v) < 0) {
+        PyErr_Clear();
+    }
+#else
+    /* The GIL is held: nothing runs between the look-up and the
+     * incref. */
+    v = Py_XNewRef(PyDict_GetItemWithError(environ, key));
+    PyErr_Clear();
+#endif
+    return v;
+}
+
 /* log_error(msg, info): info is an exc_info triple (ERROR with the
  * traceback) or None (an expected event, INFO). msg or info NULL: the
  * error set while building them is reported instead. */
@@ -1071,9 +1132,8 @@ log_exception(struct ymo_wsgi_app *app, PyObject *environ, const char *what)
     }
     PyObject *method = NULL, *uri = NULL;
     if (environ != NULL) {
-        method = PyDict_GetItemWithError(environ, app->st->k_request_method);
-        uri = PyDict_GetItemWithError(environ, app->st->k_raw_uri);
-        PyErr_Clear();
+        method = environ_get(environ, app->st->k_request_method);
+        uri = environ_get(environ, app->st->k_raw_uri);
     }
     PyObject *msg;
     if (method != NULL && uri != NULL) {
@@ -1082,6 +1142,8 @@ log_exception(struct ymo_wsgi_app *app, PyObject *environ, const char *what)
     else {
         msg = PyUnicode_FromString(what);
     }
+    Py_XDECREF(method);
+    Py_XDECREF(uri);
     PyObject *info = PyTuple_Pack(3, type ? type : Py_None,
                                   value ? value : Py_None,
                                   tb ? tb : Py_None);
@@ -1104,13 +1166,12 @@ log_disconnect(struct ymo_wsgi_app *app, PyObject *environ,
     unsigned long long got = ex->in_received;
     pthread_mutex_unlock(&ex->lock);
     const ymo_http_request_t *req = &ex->req;
-    PyObject *uri = PyDict_GetItemWithError(environ, app->st->k_raw_uri);
-    PyObject *method = PyDict_GetItemWithError(environ,
-                                               app->st->k_request_method);
+    PyObject *uri = environ_get(environ, app->st->k_raw_uri);
+    PyObject *method = environ_get(environ, app->st->k_request_method);
     PyObject *msg;
     if (uri == NULL || method == NULL) {
-        PyErr_Clear();
-        uri = method = app->st->v_empty;
+        Py_XSETREF(uri, Py_NewRef(app->st->v_empty));
+        Py_XSETREF(method, Py_NewRef(app->st->v_empty));
     }
     if (req->body == YMO_HTTP_BODY_NONE) {
         msg = PyUnicode_FromFormat("client disconnected: %S %S", method,
@@ -1127,6 +1188,8 @@ log_disconnect(struct ymo_wsgi_app *app, PyObject *environ,
             "client disconnected: %S %S (%llu body bytes received, "
             "chunked)", method, uri, got);
     }
+    Py_DECREF(uri);
+    Py_DECREF(method);
     call_log_error(app, msg, Py_None);
     Py_XDECREF(msg);
 }

@@ -401,9 +401,17 @@ class Server:
                 raise RuntimeError("the server was already started")
             thread = threading.Thread(target=self._run_in_thread,
                                       name="yimmo-server", daemon=True)
+            _running_add(self)
+            # Started before _thread is published: a stop() on another
+            # thread that finds _thread joins it, and joining a thread
+            # not started yet raises RuntimeError. (The new thread never
+            # takes self._lock, so starting it under the lock is safe.)
+            try:
+                thread.start()
+            except BaseException:
+                _running_discard(self)
+                raise
             self._thread = thread
-        _running_add(self)
-        thread.start()
         return self
 
     def _run_in_thread(self) -> None:
