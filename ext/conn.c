@@ -30,6 +30,9 @@
 #define LINGER_SECONDS 2.0
 #define LINGER_POLL 0.02
 
+/* How far conn_rest walks an idle list back to keep it in order. */
+#define YMO_IDLE_WALK_MAX 32
+
 static void conn_on_io(struct ev_loop *loop, ev_io *w, int revents);
 static void conn_on_timer(struct ev_loop *loop, ev_timer *w, int revents);
 static void conn_step(ymo_conn_t *c);
@@ -173,9 +176,19 @@ conn_rest(ymo_conn_t *c)
     c->on = (uint8_t)(YMO_CONN_ON_FRESH + k);
     /* In order of head_started: at the tail, except for a connection
      * whose wait began before it last went busy (a fresh one that sent
-     * only a PROXY header). */
+     * only a PROXY header). The walk back is bounded, or thousands of
+     * such connections (a trusted proxy's, each opened before its
+     * client spoke) would cost the loop thread a quadratic walk: past
+     * the bound, the wait counts from the tail's start instead (a later
+     * deadline, by no more than the time since the tail's wait began). */
     ymo_conn_t *after = s->idle_tail[k];
+    int steps = 0;
     while (after != NULL && after->head_started > c->head_started) {
+        if (++steps > YMO_IDLE_WALK_MAX) {
+            c->head_started = s->idle_tail[k]->head_started;
+            after = s->idle_tail[k];
+            break;
+        }
         after = after->prev;
     }
     c->prev = after;

@@ -193,3 +193,34 @@ def test_idle_connection_woken_by_a_request_is_not_closed_by_its_old_wait(
         t2 = time.monotonic()
         assert t2 - t1 >= 0.45
         assert 0.6 * 0.6 <= closed_after(sock, t2, IO_TIMEOUT) <= 0.6 + SLACK
+
+
+def test_many_proxy_headers_alone_keep_the_idle_list_in_order(yimmo_server):
+    """Connections from a trusted proxy that send only their PROXY header,
+    oldest first: each goes back to the fresh list behind younger ones
+    (its wait began at its accept). Past a bounded walk its wait counts
+    from the tail's start; every one still closes at about
+    header_timeout, none early and none left open."""
+    n = 100
+    server = yimmo_server(ok_app, workers=1, proxy_protocol=True,
+                          header_timeout=1.5)
+    socks = []
+    try:
+        t0 = time.monotonic()
+        for _ in range(n):
+            socks.append(connect(server.address, IO_TIMEOUT))
+        opened = time.monotonic() - t0
+        time.sleep(0.3)
+        for i, s in enumerate(socks):
+            s.sendall(b"PROXY TCP4 192.0.2.%d 192.0.2.1 %d 80\r\n"
+                      % (i % 250 + 1, 1000 + i))
+        times = [closed_after(s, t0, IO_TIMEOUT) for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+    assert min(times) >= 1.5 * 0.6, times
+    assert max(times) <= 1.5 + opened + SLACK, (opened, times)
+    # And the server still answers after all that.
+    with connect(server.address, IO_TIMEOUT) as sock:
+        sock.sendall(b"PROXY TCP4 192.0.2.9 192.0.2.1 1 80\r\n")
+        assert request(sock).body == b"ok"
