@@ -438,6 +438,11 @@ def free_port():
         return s.getsockname()[1]
 
 
+# What .ci/sanitize sets for every process it starts.
+SANITIZER_ENV = ("LD_PRELOAD", "PYTHONMALLOC", "ASAN_OPTIONS",
+                 "UBSAN_OPTIONS")
+
+
 def test_socket_activate_command(tmp_path):
     tool = "systemd-socket-activate"
     from shutil import which
@@ -452,7 +457,12 @@ def test_socket_activate_command(tmp_path):
     # a free port, tried again if another process took it meanwhile.
     for attempt in range(3):
         port = free_port()
-        argv = [tool, "-l", "127.0.0.1:%d" % port, sys.executable] + words[4:]
+        # The tool hands the service only the variables named by -E: the
+        # sanitizer run's (libasan preloaded) must reach the server too.
+        keep = [w for name in SANITIZER_ENV if name in os.environ
+                for w in ("-E", name)]
+        argv = [tool, "-l", "127.0.0.1:%d" % port] + keep + \
+            [sys.executable] + words[4:]
         proc = ServerProcess(argv, cwd=str(ROOT), env=subprocess_env())
         try:
             # As systemd does, the tool starts the service on the first
