@@ -27,8 +27,10 @@
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE 1
 #endif
+#include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <netinet/in.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -1086,17 +1088,35 @@ io_event(int revents)
     H.conn->io.cb(H.server.loop, &H.conn->io, revents);
 }
 
-/* The timer, if it is due (libev stops a one-shot timer before its
+/* The timer due first, if any: the connection's own while it is busy,
+ * or the server's one timer for idle connections (which may close the
+ * idle neighbour instead, or find nothing to do and re-arm). */
+static ev_timer *
+next_timer(void)
+{
+    ev_timer *t = NULL;
+    if (H.conn != NULL && H.conn->busy != NULL &&
+        ev_is_active(&H.conn->busy->timer)) {
+        t = &H.conn->busy->timer;
+    }
+    if (ev_is_active(&H.server.idle_timer) &&
+        (t == NULL || H.server.idle_timer.at < t->at)) {
+        t = &H.server.idle_timer;
+    }
+    return t;
+}
+
+/* The first timer, if it is due (libev stops a one-shot timer before its
  * callback runs). */
 static int
 fire_timer(void)
 {
-    if (H.conn == NULL || !ev_is_active(&H.conn->timer) ||
-        H.conn->timer.at > H.vnow) {
+    ev_timer *t = next_timer();
+    if (t == NULL || t->at > H.vnow) {
         return 0;
     }
-    H.conn->timer.active = 0;
-    H.conn->timer.cb(H.server.loop, &H.conn->timer, EV_TIMER);
+    t->active = 0;
+    t->cb(H.server.loop, t, EV_TIMER);
     H.progress++;
     return 1;
 }
@@ -1158,9 +1178,9 @@ action(void)
         static const double steps[] = {0.5, 1.0, 2.0, 4.5, 100.0};
         unsigned k = pick(6);
         if (k == 5) {
-            if (H.conn != NULL && ev_is_active(&H.conn->timer) &&
-                H.conn->timer.at > H.vnow) {
-                H.vnow = H.conn->timer.at;
+            ev_timer *t = next_timer();
+            if (t != NULL && t->at > H.vnow) {
+                H.vnow = t->at;
             }
         }
         else {
@@ -1186,9 +1206,7 @@ action(void)
             H.drained = 1;
             H.server.draining_loop = 1;
             atomic_store(&H.server.draining, 1);
-            if (H.conn != NULL) {
-                ymo_conn_drain(H.conn);
-            }
+            ymo_conn_drain_all(&H.server);
         }
         break;
     default:
@@ -1248,9 +1266,10 @@ finish(void)
             io_event(EV_READ);
             continue;
         }
-        if (ev_is_active(&H.conn->timer)) {
-            if (H.conn->timer.at > H.vnow) {
-                H.vnow = H.conn->timer.at;
+        ev_timer *t = next_timer();
+        if (t != NULL) {
+            if (t->at > H.vnow) {
+                H.vnow = t->at;
             }
             fire_timer();
             continue;
@@ -1391,13 +1410,19 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     H.write_stuck = (fin / 5) % 4 == 3;
 
     CHECK(ymo_server_init(&H.server, &config, NULL, NULL, 0, NULL) == 0);
+    /* The peers: the client's address, and a unix socket's for the
+     * neighbour (no address). */
+    struct sockaddr_in peer = {.sin_family = AF_INET,
+                               .sin_port = htons(4321)};
+    peer.sin_addr.s_addr = htonl(0xc0000201);      /* 192.0.2.1 */
+    const struct sockaddr unix_peer = {.sa_family = AF_UNIX};
     H.listener.server = &H.server;
     H.listener.fd = -1;
     /* Sometimes an idle second connection, opened before or after this
      * one, so that the list of connections has neighbours. */
     int other = (fin / 20) % 3;
     if (other == 1) {
-        CHECK(ymo_conn_new(&H.server, &H.listener, other_fd, "", -1, 1));
+        CHECK(ymo_conn_new(&H.listener, other_fd, &unix_peer, 1));
     }
     /* fin / 60: with --proxy-protocol, from a trusted peer (a PROXY
      * header is required) or an untrusted one (one is refused). */
@@ -1415,11 +1440,11 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
                                  H.client_total) != 0) {
         H.cursor = SIZE_MAX;        /* refused: no request may start */
     }
-    ymo_conn_t *c = ymo_conn_new(&H.server, &H.listener, conn_fd,
-                                 "192.0.2.1", 4321, proxy != 2);
+    ymo_conn_t *c = ymo_conn_new(&H.listener, conn_fd,
+                                 (const struct sockaddr *)&peer, proxy != 2);
     CHECK(c != NULL);
     if (other == 2) {
-        CHECK(ymo_conn_new(&H.server, &H.listener, other_fd, "", -1, 1));
+        CHECK(ymo_conn_new(&H.listener, other_fd, &unix_peer, 1));
     }
     if (!H.conn_closed) {
         H.conn = c;
@@ -1443,7 +1468,18 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     }
     CHECK(H.conn_closed);
     CHECK(H.server.n_conns == (other != 0 && !H.other_closed));
-    CHECK((H.server.conns == NULL) == (H.server.n_conns == 0));
+    /* Every connection is on one list: busy, or idle (fresh or kept). */
+    size_t listed = 0;
+    for (const ymo_conn_t *l = H.server.conns; l != NULL; l = l->next) {
+        listed++;
+    }
+    for (int k = 0; k < 2; k++) {
+        for (const ymo_conn_t *l = H.server.idle_head[k]; l != NULL;
+             l = l->next) {
+            listed++;
+        }
+    }
+    CHECK(listed == H.server.n_conns);
     if (getenv("FUZZ_CONN_DEBUG") != NULL) {
         /* What happened, for reading a reproducer. */
         fprintf(stderr, "%zu exchanges, %zu of %zu client bytes read, "
