@@ -8,7 +8,8 @@ import threading
 import time
 
 import yimmo
-from helpers import build_request, connect, read_response
+from helpers import build_request, connect, read_response, \
+    read_until_close
 
 
 def ok_app(environ, start_response):
@@ -192,12 +193,7 @@ def test_write_from_a_thread_while_file_wrapper_asks_fileno_sends_one_head(
     with yimmo.Server(app, bind="127.0.0.1:0", workers=2) as server:
         with connect(server.address) as sock:
             sock.sendall(build_request("GET", "/", [("Connection", "close")]))
-            data = b""
-            while True:
-                chunk = sock.recv(65536)
-                if not chunk:
-                    break
-                data += chunk
+            data = read_until_close(sock)
     assert data.count(b"HTTP/1.1 ") == 1, data
     head, _, body = data.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 200 ")
