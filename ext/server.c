@@ -423,6 +423,45 @@ server_on_wakeup(struct ev_loop *loop, ev_io *w, int revents)
     ev_break(loop, EVBREAK_ALL);
 }
 
+/* Any thread: the release list stopped being empty. Only an attached
+ * thread may release the owners, so a worker takes the list: a worker in
+ * the app does after its exchange (it stores in_app = 0 and then looks at
+ * the list, as the pusher stores the list and then looks at in_app, both
+ * seq_cst: one sees the other), and when none is, the loop pokes one. */
+static void
+server_release_wake(void *arg)
+{
+    ymo_server_t *s = arg;
+    for (size_t i = 0; i < s->n_workers; i++) {
+        if (atomic_load(&s->workers[i].in_app)) {
+            return;
+        }
+    }
+    ev_async_send(s->loop, &s->release_watcher);
+}
+
+/* Loop thread: owners wait and no worker was in the app: wake one. */
+static void
+server_on_release(struct ev_loop *loop, ev_async *w, int revents)
+{
+    (void)revents;
+    ymo_server_t *s = w->data;
+    if (!ymo_release_pending(&s->release)) {
+        return;
+    }
+    for (size_t i = 0; i < s->n_workers; i++) {
+        ymo_wsgi_worker_t *wk = &s->workers[i];
+        if (atomic_load(&wk->retired) || atomic_load(&wk->unused)) {
+            continue;
+        }
+        if (!wk->notify_pending) {
+            wk->notify_pending = 1;
+            ev_prepare_start(loop, &wk->prepare_watcher);
+        }
+        return;
+    }
+}
+
 int
 ymo_server_init(ymo_server_t *s, const ymo_config_t *config,
                 const int *listen_fds, const int *is_unix, size_t n,
@@ -441,6 +480,7 @@ ymo_server_init(ymo_server_t *s, const ymo_config_t *config,
     pthread_cond_init(&s->watchdog_cond, NULL);
     atomic_init(&s->draining, 0);
     atomic_init(&s->recycle_requested, 0);
+    ymo_release_init(&s->release, server_release_wake, s);
     /* With a watchdog, room for as many replacement threads as workers
      * (see wsgi_watchdog.c). */
     size_t slots = config->workers * (config->request_timeout > 0 ? 2 : 1);
@@ -485,6 +525,9 @@ ymo_server_init(ymo_server_t *s, const ymo_config_t *config,
     ev_async_init(&s->stop_watcher, server_on_stop);
     s->stop_watcher.data = s;
     ev_async_start(s->loop, &s->stop_watcher);
+    ev_async_init(&s->release_watcher, server_on_release);
+    s->release_watcher.data = s;
+    ev_async_start(s->loop, &s->release_watcher);
     ev_init(&s->grace_timer, server_on_grace);
     s->grace_timer.data = s;
     ev_init(&s->accept_timer, server_on_accept_timer);
@@ -658,6 +701,9 @@ ymo_server_destroy(ymo_server_t *s)
     if (s->loop != NULL) {
         ymo_conn_close_all(s);
     }
+    /* What is freed from now on waits for the caller's last take (no
+     * worker or loop is left to wake). */
+    s->release.wake = NULL;
     for (size_t i = 0; i < s->n_workers; i++) {
         ymo_wsgi_worker_destroy(&s->workers[i]);
     }

@@ -23,6 +23,12 @@
 #define BUCKET_MIN 4096
 #define POST_BATCH (256 * 1024)
 
+/* A bytes object of at least this many bytes is not copied: its bucket
+ * points into it and keeps a reference, released once the loop has
+ * written it (see bucket.h and ymo_wsgi_release_owners). Below it, a copy
+ * into a shared bucket costs less than a bucket and a reference. */
+#define ZEROCOPY_MIN (8 * 1024)
+
 /* start_response for one exchange, and the response's framing state.
  * Lock: the object's own critical section (Py_BEGIN_CRITICAL_SECTION on
  * it), held by every code path that reads or writes the fields below:
@@ -237,24 +243,31 @@ check_header(PyObject *item, const char **name, Py_ssize_t *nlen,
 
 /* -- Output -- */
 
+/* Link the bucket b at the end of the pending chain. */
+static void
+pend_link(StartResponseObject *self, ymo_bucket_t *b)
+{
+    if (self->pend_tail != NULL) {
+        self->pend_tail->next = b;
+    }
+    else {
+        self->pend_head = b;
+    }
+    self->pend_tail = b;
+}
+
 /* Room for n more bytes at the end of the pending chain. */
 static char *
 pend_reserve(StartResponseObject *self, size_t n)
 {
     ymo_bucket_t *b = self->pend_tail;
-    if (b == NULL || b->cap - b->len < n) {
+    if (b == NULL || b->owner != NULL || b->cap - b->len < n) {
         b = ymo_bucket_new(n > BUCKET_MIN ? n : BUCKET_MIN);
         if (b == NULL) {
             PyErr_NoMemory();
             return NULL;
         }
-        if (self->pend_tail != NULL) {
-            self->pend_tail->next = b;
-        }
-        else {
-            self->pend_head = b;
-        }
-        self->pend_tail = b;
+        pend_link(self, b);
     }
     return b->data + b->len;
 }
@@ -264,6 +277,23 @@ pend_commit(StartResponseObject *self, size_t n)
 {
     self->pend_tail->len += n;
     self->pend_len += n;
+}
+
+/* Add data[0..n), which lies in the bytes object `owner`, by reference. */
+static int
+pend_ref(StartResponseObject *self, PyObject *owner, const char *data,
+         size_t n)
+{
+    ymo_bucket_t *b = ymo_bucket_ref(data, n, owner,
+                                     &self->ex->server->release);
+    if (b == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    Py_INCREF(owner);
+    pend_link(self, b);
+    self->pend_len += n;
+    return 0;
 }
 
 static int
@@ -311,7 +341,7 @@ post(StartResponseObject *self, int done)
     if (self->ex == NULL) {
         /* Finished meanwhile (a write() from a thread of the app while
          * the worker completed the response). */
-        ymo_bucket_free_chain(chain);
+        ymo_wsgi_free_chain(chain);
         self->aborted = 1;
         return;
     }
@@ -445,6 +475,31 @@ build_head(StartResponseObject *self, size_t extra)
     return 0;
 }
 
+/* -- Owners of reference buckets -- */
+
+void
+ymo_wsgi_free_chain(ymo_bucket_t *b)
+{
+    while (b != NULL) {
+        ymo_bucket_t *next = b->next;
+        if (b->owner != NULL) {
+            /* An exact bytes object: its release runs no Python code. */
+            Py_DECREF((PyObject *)b->owner);
+            ymo_bucket_free_taken(b);
+        }
+        else {
+            ymo_bucket_free(b);
+        }
+        b = next;
+    }
+}
+
+void
+ymo_wsgi_release_owners(ymo_server_t *s)
+{
+    ymo_wsgi_free_chain(ymo_release_take(&s->release));
+}
+
 /* HEAD: send the head now and stop producing the body (see emit). */
 static void
 head_now(StartResponseObject *self)
@@ -457,9 +512,12 @@ head_now(StartResponseObject *self)
 }
 
 /* Add body bytes (framed as needed) to the pending output; post when
- * `flush` or when enough has gathered. */
+ * `flush` or when enough has gathered. `owner`, when not NULL, is an
+ * exact bytes object holding data[0..n): a big one is sent from where it
+ * is rather than copied. */
 static int
-emit(StartResponseObject *self, const char *data, size_t n, int flush)
+emit(StartResponseObject *self, const char *data, size_t n, int flush,
+     PyObject *owner)
 {
     if (self->head_req && !self->head_built) {
         if (!flush) {
@@ -489,12 +547,25 @@ emit(StartResponseObject *self, const char *data, size_t n, int flush)
                      - self->body_sent);
         self->overflow = 1;
     }
+    int by_ref = owner != NULL && n >= ZEROCOPY_MIN && self->ex != NULL;
     if (n > 0) {
         if (self->chunked) {
             char size_line[24];
             size_t k = put_hex(size_line, n);
             size_line[k++] = '\r';
             size_line[k++] = '\n';
+            if (by_ref) {
+                /* (A failure half-way leaves a partial chunk pending:
+                 * failing after the head cuts the connection, so it is
+                 * never sent.) */
+                if (pend_add(self, size_line, k) < 0 ||
+                    pend_ref(self, owner, data, n) < 0 ||
+                    pend_add(self, "\r\n", 2) < 0) {
+                    return -1;
+                }
+                self->body_sent += n;
+                goto posted;
+            }
             char *p = pend_reserve(self, k + n + 2);
             if (p == NULL) {
                 return -1;
@@ -504,11 +575,13 @@ emit(StartResponseObject *self, const char *data, size_t n, int flush)
             memcpy(p + k + n, "\r\n", 2);
             pend_commit(self, k + n + 2);
         }
-        else if (pend_add(self, data, n) < 0) {
+        else if (by_ref ? pend_ref(self, owner, data, n) < 0
+                        : pend_add(self, data, n) < 0) {
             return -1;
         }
         self->body_sent += n;
     }
+posted:
     if (flush || self->pend_len >= POST_BATCH) {
         post(self, 0);
     }
@@ -536,7 +609,8 @@ emit_item_locked(StartResponseObject *self, PyObject *item, int flush)
                         "start_response");
         return -1;
     }
-    return emit(self, PyBytes_AS_STRING(item), (size_t)n, flush);
+    return emit(self, PyBytes_AS_STRING(item), (size_t)n, flush,
+                PyBytes_CheckExact(item) ? item : NULL);
 }
 
 /* emit_item_locked under self's critical section (the worker's path:
@@ -577,7 +651,7 @@ write_locked(StartResponseObject *self, PyObject *data)
         return NULL;
     }
     if (emit(self, PyBytes_AS_STRING(data), (size_t)PyBytes_GET_SIZE(data),
-             1) < 0) {
+             1, PyBytes_CheckExact(data) ? data : NULL) < 0) {
         return NULL;
     }
     Py_RETURN_NONE;
@@ -805,7 +879,7 @@ StartResponse_dealloc(StartResponseObject *self)
     PyTypeObject *tp = Py_TYPE(self);
     PyObject_GC_UnTrack(self);
     StartResponse_clear(self);
-    ymo_bucket_free_chain(self->pend_head);
+    ymo_wsgi_free_chain(self->pend_head);
     tp->tp_free(self);
     Py_DECREF(tp);
 }
@@ -1206,7 +1280,7 @@ fail_response(StartResponseObject *self)
     }
     if (self->aborted) {
         /* The client is gone: nothing to answer. */
-        ymo_bucket_free_chain(self->pend_head);
+        ymo_wsgi_free_chain(self->pend_head);
         self->pend_head = self->pend_tail = NULL;
         self->pend_len = 0;
         ymo_wsgi_worker_response_body_append(ex, NULL, YMO_DONE |
@@ -1219,7 +1293,7 @@ fail_response(StartResponseObject *self)
             status = ex->in_error;   /* the body was refused: say why */
         }
         pthread_mutex_unlock(&ex->lock);
-        ymo_bucket_free_chain(self->pend_head);
+        ymo_wsgi_free_chain(self->pend_head);
         self->pend_head = self->pend_tail = NULL;
         self->pend_len = 0;
         self->status_code = status;
