@@ -423,29 +423,23 @@ server_on_wakeup(struct ev_loop *loop, ev_io *w, int revents)
     ev_break(loop, EVBREAK_ALL);
 }
 
-/* Any thread: the release list stopped being empty. Only an attached
- * thread may release the owners, so a worker takes the list: a worker in
- * the app does after its exchange (it stores in_app = 0 and then looks at
- * the list, as the pusher stores the list and then looks at in_app, both
- * seq_cst: one sees the other), and when none is, the loop pokes one. */
-static void
-server_release_wake(void *arg)
-{
-    ymo_server_t *s = arg;
-    for (size_t i = 0; i < s->n_workers; i++) {
-        if (atomic_load(&s->workers[i].in_app)) {
-            return;
-        }
-    }
-    ev_async_send(s->loop, &s->release_watcher);
-}
+/* The server whose loop this thread is running, if any (set by
+ * ymo_server_run for its duration). */
+static _Thread_local const ymo_server_t *loop_of;
 
-/* Loop thread: owners wait and no worker was in the app: wake one. */
+/* Loop thread: owners wait in the release list. Only an attached thread
+ * may release them, so a worker takes the list: one in the app does so
+ * whenever it posts output and after each exchange, and when it leaves
+ * the app it looks once more (it stores in_app = 0, then looks at the
+ * list); an idle one looks before it sleeps (it stores idle = 1, then
+ * looks). So it is enough to wake one idle worker, and when this finds
+ * none (it looks at `idle` after the push, all seq_cst), each worker is
+ * in the app or about to look. A worker that stays in the app for long
+ * (a long poll) while the others are idle does not hold owners up: the
+ * idle ones are woken. */
 static void
-server_on_release(struct ev_loop *loop, ev_async *w, int revents)
+server_release_poke(ymo_server_t *s)
 {
-    (void)revents;
-    ymo_server_t *s = w->data;
     if (!ymo_release_pending(&s->release)) {
         return;
     }
@@ -454,11 +448,46 @@ server_on_release(struct ev_loop *loop, ev_async *w, int revents)
         if (atomic_load(&wk->retired) || atomic_load(&wk->unused)) {
             continue;
         }
-        if (!wk->notify_pending) {
-            wk->notify_pending = 1;
-            ev_prepare_start(loop, &wk->prepare_watcher);
+        if (atomic_load(&wk->idle)) {
+            ymo_wsgi_worker_notify(wk);
+            return;
         }
-        return;
+    }
+}
+
+/* Loop thread, before it sleeps: after the pushes of this iteration. */
+static void
+server_on_release_prepare(struct ev_loop *loop, ev_prepare *w, int revents)
+{
+    (void)revents;
+    ev_prepare_stop(loop, w);
+    server_release_poke(w->data);
+}
+
+/* Loop thread: another thread pushed (see server_release_wake). */
+static void
+server_on_release(struct ev_loop *loop, ev_async *w, int revents)
+{
+    (void)loop;
+    (void)revents;
+    server_release_poke(w->data);
+}
+
+/* Any thread: the release list stopped being empty. On the loop thread
+ * (nearly every push: a written bucket, a closed connection) the check
+ * waits for the end of the iteration, once however many were pushed;
+ * from another thread the loop is told. */
+static void
+server_release_wake(void *arg)
+{
+    ymo_server_t *s = arg;
+    if (loop_of == s) {
+        if (!ev_is_active(&s->release_prepare)) {
+            ev_prepare_start(s->loop, &s->release_prepare);
+        }
+    }
+    else {
+        ev_async_send(s->loop, &s->release_watcher);
     }
 }
 
@@ -528,6 +557,8 @@ ymo_server_init(ymo_server_t *s, const ymo_config_t *config,
     ev_async_init(&s->release_watcher, server_on_release);
     s->release_watcher.data = s;
     ev_async_start(s->loop, &s->release_watcher);
+    ev_prepare_init(&s->release_prepare, server_on_release_prepare);
+    s->release_prepare.data = s;
     ev_init(&s->grace_timer, server_on_grace);
     s->grace_timer.data = s;
     ev_init(&s->accept_timer, server_on_accept_timer);
@@ -578,7 +609,10 @@ ymo_server_run(ymo_server_t *s, int wakeup_fd)
     sigemptyset(&pipe_set);
     sigaddset(&pipe_set, SIGPIPE);
     pthread_sigmask(SIG_BLOCK, &pipe_set, &old_mask);
+    const ymo_server_t *outer = loop_of;
+    loop_of = s;
     ev_run(s->loop, 0);
+    loop_of = outer;
     static const struct timespec no_wait = {0, 0};
     while (sigtimedwait(&pipe_set, NULL, &no_wait) == SIGPIPE) {
     }

@@ -133,8 +133,9 @@ typedef struct ymo_server {
     ev_timer heartbeat_timer;  /* beats into `heartbeat` */
 
     ev_async release_watcher;  /* any thread -> loop: owners wait in
-                                * `release` and no worker is in the app
-                                * to take them (server_release_wake) */
+                                * `release` (server_release_wake) */
+    ev_prepare release_prepare;    /* loop: owners were pushed in this
+                                    * iteration; wake an idle worker */
 
     /* Shared. */
     atomic_int draining;       /* loop writes; workers read (close conns) */

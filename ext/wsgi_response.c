@@ -322,6 +322,8 @@ wait_drain(StartResponseObject *self)
     Py_BEGIN_ALLOW_THREADS
     stop = ymo_exchange_wait_drain(ex, low);
     Py_END_ALLOW_THREADS
+    /* The loop has written most of it: let go of what it is done with. */
+    ymo_wsgi_release_owners(ex->server);
     ymo_exchange_release(ex);
     if (stop) {
         self->aborted = 1;
@@ -332,6 +334,12 @@ wait_drain(StartResponseObject *self)
 static void
 post(StartResponseObject *self, int done)
 {
+    if (self->ex != NULL) {
+        /* What the loop has written of this response (or of others) so
+         * far: a long streamed body must not keep all its items alive
+         * until it ends. */
+        ymo_wsgi_release_owners(self->ex->server);
+    }
     ymo_bucket_t *chain = self->pend_head;
     self->pend_head = self->pend_tail = NULL;
     self->pend_len = 0;

@@ -245,8 +245,8 @@ worker_main(void *arg)
             }
             ts = PyEval_SaveThread();
             /* Out of the app, then a last look at the release list: the
-             * loop wakes a worker for it only when it sees none in the
-             * app (server_release_wake). Both seq_cst. */
+             * loop wakes only idle workers for it (server_release_poke),
+             * and this one is not idle yet. Both seq_cst. */
             atomic_store(&self->in_app, 0);
             ex = ymo_release_pending(&self->server->release) ? RELEASE_ONLY
                                                              : NULL;

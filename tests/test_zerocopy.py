@@ -337,3 +337,88 @@ def test_app_thread_write_after_the_end_gives_the_bytes_back(yimmo_server):
     assert isinstance(saved.get("error"), RuntimeError)
     saved.clear()
     assert wait_refs(big, base) == base
+
+
+def drain(sock):
+    total = 0
+    while True:
+        data = sock.recv(1 << 20)
+        if not data:
+            return total
+        total += len(data)
+
+
+@pytest.mark.parametrize("how", ["generator", "write"])
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_long_stream_does_not_keep_all_its_items(yimmo_server, how,
+                                                  workers):
+    """A body streamed as 200 fresh 1 MB objects (a file read in 1 MB
+    blocks): what the loop has written is let go of while the response
+    goes on, not when it ends."""
+    import tracemalloc
+    n = 200
+    peak = [0]
+
+    def app(environ, start_response):
+        write = start_response("200 OK", [])
+
+        def gen():
+            for i in range(n):
+                yield bytes([i & 0xFF]) * (1 << 20)
+                peak[0] = max(peak[0], tracemalloc.get_traced_memory()[0])
+        if how == "generator":
+            return gen()
+        for item in gen():
+            write(item)
+        return []
+
+    tracemalloc.start()
+    try:
+        server = yimmo_server(app, workers=workers)
+        with connect(server.address, 60) as sock:
+            sock.sendall(b"GET / HTTP/1.0\r\n\r\n")
+            assert drain(sock) > n << 20
+    finally:
+        tracemalloc.stop()
+    assert peak[0] < 32 << 20, "%d MB alive at once" % (peak[0] >> 20)
+
+
+def test_bytes_given_back_while_another_worker_is_in_a_long_request(
+        yimmo_server):
+    """One worker sits in a long poll; the other serves a 200 KB body and
+    is idle before the loop has written it: the idle one is woken to let
+    go of it, the long poll does not hold it up."""
+    big = pattern(200 * 1024, 14)
+    base = refs(big)
+    release = threading.Event()
+    entered = threading.Event()
+
+    def app(environ, start_response):
+        if environ["PATH_INFO"] == "/poll":
+            entered.set()
+            release.wait(30)
+            start_response("200 OK", [("Content-Length", "2")])
+            return [b"ok"]
+        start_response("200 OK", [("Content-Length", str(len(big)))])
+        return [big]
+
+    server = yimmo_server(app, workers=2)
+    poll = connect(server.address, 30)
+    poll.sendall(build_request("GET", "/poll"))
+    assert entered.wait(WAIT)
+    held = []
+    try:
+        for _ in range(3):
+            with socket.socket() as sock:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+                sock.settimeout(30)
+                sock.connect(server.address)
+                sock.sendall(build_request("GET", "/big"))
+                time.sleep(0.3)         # the worker is idle by now
+                assert read_response(sock).body == big
+            held.append(wait_refs(big, base, timeout=2) - base)
+    finally:
+        release.set()
+        read_response(poll)
+        poll.close()
+    assert held == [0, 0, 0], held
