@@ -256,13 +256,14 @@ pend_link(StartResponseObject *self, ymo_bucket_t *b)
     self->pend_tail = b;
 }
 
-/* Room for n more bytes at the end of the pending chain. */
+/* Room for n more bytes at the end of the pending chain, in a new bucket
+ * of at least `least` bytes when the last one has no room. */
 static char *
-pend_reserve(StartResponseObject *self, size_t n)
+pend_reserve_in(StartResponseObject *self, size_t n, size_t least)
 {
     ymo_bucket_t *b = self->pend_tail;
     if (b == NULL || b->owner != NULL || b->cap - b->len < n) {
-        b = ymo_bucket_new(n > BUCKET_MIN ? n : BUCKET_MIN);
+        b = ymo_bucket_new(n > least ? n : least);
         if (b == NULL) {
             PyErr_NoMemory();
             return NULL;
@@ -270,6 +271,12 @@ pend_reserve(StartResponseObject *self, size_t n)
         pend_link(self, b);
     }
     return b->data + b->len;
+}
+
+static char *
+pend_reserve(StartResponseObject *self, size_t n)
+{
+    return pend_reserve_in(self, n, BUCKET_MIN);
 }
 
 static void
@@ -563,14 +570,35 @@ emit(StartResponseObject *self, const char *data, size_t n, int flush,
             size_line[k++] = '\r';
             size_line[k++] = '\n';
             if (by_ref) {
-                /* (A failure half-way leaves a partial chunk pending:
-                 * failing after the head cuts the connection, so it is
-                 * never sent.) */
-                if (pend_add(self, size_line, k) < 0 ||
-                    pend_ref(self, owner, data, n) < 0 ||
-                    pend_add(self, "\r\n", 2) < 0) {
+                /* Three pieces, all or none: a write() that fails with
+                 * MemoryError must leave no part of a chunk behind, as
+                 * the app may catch it and go on writing. */
+                ymo_bucket_t *tail = self->pend_tail;
+                size_t tail_len = tail != NULL ? tail->len : 0;
+                size_t pend_len = self->pend_len;
+                char *crlf = NULL;
+                if (pend_add(self, size_line, k) == 0 &&
+                    pend_ref(self, owner, data, n) == 0) {
+                    /* The chunk's CRLF, and the next one's size line if
+                     * it is referenced too, in a small bucket: a 4 KB one
+                     * per chunk (malloc'd past the small-size caches) cost
+                     * more than the copy saved for chunks of about 8 KB. */
+                    crlf = pend_reserve_in(self, 2, 32);
+                }
+                if (crlf == NULL) {
+                    ymo_bucket_t **rest = tail != NULL ? &tail->next
+                                                       : &self->pend_head;
+                    ymo_wsgi_free_chain(*rest);
+                    *rest = NULL;
+                    if (tail != NULL) {
+                        tail->len = tail_len;
+                    }
+                    self->pend_tail = tail;
+                    self->pend_len = pend_len;
                     return -1;
                 }
+                memcpy(crlf, "\r\n", 2);
+                pend_commit(self, 2);
                 self->body_sent += n;
                 goto posted;
             }
