@@ -549,7 +549,10 @@ emit(StartResponseObject *self, const char *data, size_t n, int flush,
         head_now(self);
         return self->head_built ? 0 : -1;
     }
-    if (!self->head_built && build_head(self, n) < 0) {
+    int by_ref = owner != NULL && n >= ZEROCOPY_MIN && self->ex != NULL;
+    /* The head's bucket has room for a body that will be copied after
+     * it, not for one sent by reference. */
+    if (!self->head_built && build_head(self, by_ref ? 32 : n) < 0) {
         return -1;
     }
     if (self->no_body || self->aborted || self->overflow) {
@@ -562,7 +565,7 @@ emit(StartResponseObject *self, const char *data, size_t n, int flush,
                      - self->body_sent);
         self->overflow = 1;
     }
-    int by_ref = owner != NULL && n >= ZEROCOPY_MIN && self->ex != NULL;
+    by_ref = by_ref && n >= ZEROCOPY_MIN;   /* n may have been cut */
     if (n > 0) {
         if (self->chunked) {
             char size_line[24];
