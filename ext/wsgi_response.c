@@ -28,6 +28,9 @@
  * written it (see bucket.h and ymo_wsgi_release_owners). Below it, a copy
  * into a shared bucket costs less than a bucket and a reference. */
 #define ZEROCOPY_MIN (8 * 1024)
+/* In a chunked body a referenced chunk also costs a bucket for its CRLF:
+ * callgrind counted 8 KB chunks 12% dearer by reference than copied. */
+#define ZEROCOPY_MIN_CHUNKED (16 * 1024)
 
 /* start_response for one exchange, and the response's framing state.
  * Lock: the object's own critical section (Py_BEGIN_CRITICAL_SECTION on
@@ -565,7 +568,9 @@ emit(StartResponseObject *self, const char *data, size_t n, int flush,
                      - self->body_sent);
         self->overflow = 1;
     }
-    by_ref = by_ref && n >= ZEROCOPY_MIN;   /* n may have been cut */
+    /* (n may have been cut; chunks have a threshold of their own) */
+    by_ref = by_ref && n >= (self->chunked ? ZEROCOPY_MIN_CHUNKED
+                                           : ZEROCOPY_MIN);
     if (n > 0) {
         if (self->chunked) {
             char size_line[24];
