@@ -13,6 +13,9 @@ ymo_bucket_t *
         return NULL;
     }
     b->next = NULL;
+    b->ptr = b->data;
+    b->owner = NULL;
+    b->rel = NULL;
     b->len = 0;
     b->off = 0;
     b->cap = cap;
@@ -45,9 +48,72 @@ ymo_bucket_t *
     return b;
 }
 
+ymo_bucket_t *
+(ymo_bucket_ref)(const void *ptr, size_t len, void *owner,
+                 ymo_release_t *rel YMO_SITE_PARAM)
+{
+    ymo_bucket_t *b = (ymo_bucket_new)(0 YMO_SITE_FWD);
+    if (b != NULL) {
+        b->ptr = ptr;
+        b->len = len;
+        b->owner = owner;
+        b->rel = rel;
+    }
+    return b;
+}
+
+void
+ymo_release_init(ymo_release_t *r, void (*wake)(void *), void *arg)
+{
+    atomic_init(&r->head, NULL);
+    r->wake = wake;
+    r->wake_arg = arg;
+}
+
+int
+ymo_release_pending(ymo_release_t *r)
+{
+    return atomic_load(&r->head) != NULL;
+}
+
+ymo_bucket_t *
+ymo_release_take(ymo_release_t *r)
+{
+    if (atomic_load_explicit(&r->head, memory_order_relaxed) == NULL) {
+        return NULL;            /* the common case: no exchange needed */
+    }
+    return atomic_exchange(&r->head, NULL);
+}
+
+/* Push b (a reference bucket) onto its release list. seq_cst, so a
+ * waker that then looks for a thread able to take the list pairs with
+ * that thread's own store-then-look (see the list's owner). */
+static void
+release_push(ymo_bucket_t *b)
+{
+    ymo_release_t *r = b->rel;
+    ymo_bucket_t *old = atomic_load_explicit(&r->head, memory_order_relaxed);
+    do {
+        b->next = old;
+    } while (!atomic_compare_exchange_weak(&r->head, &old, b));
+    if (old == NULL && r->wake != NULL) {
+        r->wake(r->wake_arg);
+    }
+}
+
+void
+ymo_bucket_free_taken(ymo_bucket_t *b)
+{
+    free(b);
+}
+
 void
 ymo_bucket_free(ymo_bucket_t *b)
 {
+    if (b->owner != NULL) {
+        release_push(b);
+        return;
+    }
     if (b->fd >= 0) {
         close(b->fd);
     }

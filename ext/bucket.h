@@ -1,19 +1,34 @@
 /* bucket.h - the unit of response output handed from a worker to the loop:
- * a block of bytes (copied out of Python objects) or a slice of an open
- * file to send with sendfile(2). Buckets form singly linked chains.        */
+ * a block of bytes (copied out of Python objects, or referenced in one
+ * that a bucket keeps alive) or a slice of an open file to send with
+ * sendfile(2). Buckets form singly linked chains.
+ *
+ * A reference bucket points into memory it does not own: `owner` keeps
+ * it alive (for the WSGI side, a bytes object of the app's). Whoever
+ * frees such a bucket may hold no right to release the owner (the loop
+ * thread never touches Python), so ymo_bucket_free hands the bucket to
+ * its release list instead, and a thread that may release owners takes
+ * the whole list later (ymo_release_take).                              */
 #ifndef YMO_BUCKET_H
 #define YMO_BUCKET_H
 
+#include <stdatomic.h>
 #include <stddef.h>
 #include <sys/types.h>
 
 #include "alloc.h"
 
+struct ymo_release;
+
 typedef struct ymo_bucket {
     struct ymo_bucket *next;
+    const char *ptr;  /* the bytes to send: data, or the owner's memory */
+    void *owner;      /* reference bucket: keeps ptr alive; else NULL */
+    struct ymo_release *rel;   /* reference bucket: where it goes when
+                                * freed (see ymo_release_t) */
     size_t len;       /* bytes of data in this bucket (or of the file) */
     size_t off;       /* bytes already written; loop thread only */
-    size_t cap;       /* room in data[] */
+    size_t cap;       /* room in data[] (0 for a reference bucket) */
     int fd;           /* -1: memory bucket; else a file descriptor owned
                        * by the bucket (closed when freed) */
     unsigned from_ex : 1;  /* counts toward the exchange's out_buffered */
@@ -41,7 +56,45 @@ ymo_bucket_t *(ymo_bucket_file)(int fd, off_t off, size_t len YMO_SITE_PARAM);
 #define ymo_bucket_file(fd, off, len)                                      \
     (ymo_bucket_file)((fd), (off), (len) YMO_SITE_HERE("file bucket"))
 
-/* Free one bucket (closing its file, if any). */
+/* A reference bucket: ptr[0..len), kept alive by owner until the bucket
+ * is freed and the owner released from `rel`. The caller's reference to
+ * owner passes to the bucket when this succeeds. */
+ymo_bucket_t *(ymo_bucket_ref)(const void *ptr, size_t len, void *owner,
+                               struct ymo_release *rel YMO_SITE_PARAM);
+#define ymo_bucket_ref(ptr, len, owner, rel)                               \
+    (ymo_bucket_ref)((ptr), (len), (owner), (rel)                          \
+                     YMO_SITE_HERE("reference bucket"))
+
+/* Where freed reference buckets wait for their owners to be released: a
+ * lock-free stack. Any thread pushes (ymo_bucket_free); a thread that
+ * may release the owners takes the whole list at once, so a node is
+ * never popped alone and the stack has no ABA problem. The push that
+ * makes the list non-empty calls wake(wake_arg) (set before any push,
+ * then read-only; NULL for none), so the owner of the list can see that
+ * someone takes it soon. */
+typedef struct ymo_release {
+    _Atomic(ymo_bucket_t *) head;   /* any thread (seq_cst) */
+    void (*wake)(void *arg);
+    void *wake_arg;
+} ymo_release_t;
+
+/* An empty list that calls wake(arg) when it stops being empty. */
+void ymo_release_init(ymo_release_t *r, void (*wake)(void *), void *arg);
+
+/* Whether buckets wait in the list (a hint: one may be pushed just
+ * after). */
+int ymo_release_pending(ymo_release_t *r);
+
+/* Take every bucket waiting in the list, linked by `next`, or NULL. The
+ * caller releases each one's owner and frees it (ymo_bucket_free_taken). */
+ymo_bucket_t *ymo_release_take(ymo_release_t *r);
+
+/* Free a bucket taken from a release list, or any reference bucket whose
+ * owner the caller has released: owner is not touched. */
+void ymo_bucket_free_taken(ymo_bucket_t *b);
+
+/* Free one bucket (closing its file, if any; a reference bucket goes to
+ * its release list). Any thread. */
 void ymo_bucket_free(ymo_bucket_t *b);
 
 /* Free a whole chain. */

@@ -512,7 +512,7 @@ conn_flush(ymo_conn_t *c)
                 if (x->len == x->off) {
                     continue;
                 }
-                iov[cnt].iov_base = x->data + x->off;
+                iov[cnt].iov_base = (void *)(x->ptr + x->off);
                 iov[cnt].iov_len = x->len - x->off;
                 cnt++;
             }

@@ -361,6 +361,8 @@ core_shutdown(CoreObject *self, double grace)
         ymo_server_join_workers(&self->server, 1, -1, &interrupted);
         Py_END_ALLOW_THREADS
     }
+    /* The app's bytes the loop wrote after the workers' last look. */
+    ymo_wsgi_release_owners(&self->server);
     self->finished = 1;
 }
 
@@ -407,6 +409,7 @@ core_run_locked(CoreObject *self, int wakeup_fd)
         Py_RETURN_FALSE;
     }
     if (stopped) {
+        ymo_wsgi_release_owners(&self->server);
         self->finished = 1;
         if (busy > 0) {
             self->abandoned = busy;
@@ -539,6 +542,9 @@ Core_dealloc(CoreObject *self)
     Core_clear(self);
     if (self->initialized) {
         ymo_server_destroy(&self->server);
+        /* What the connections still held: the server's memory stays
+         * until tp_free, and no thread is left to push more. */
+        ymo_wsgi_release_owners(&self->server);
         self->initialized = 0;
     }
     for (size_t i = 0; i < self->n_listeners; i++) {

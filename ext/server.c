@@ -424,6 +424,74 @@ server_on_wakeup(struct ev_loop *loop, ev_io *w, int revents)
     ev_break(loop, EVBREAK_ALL);
 }
 
+/* The server whose loop this thread is running, if any (set by
+ * ymo_server_run for its duration). */
+static _Thread_local const ymo_server_t *loop_of;
+
+/* Loop thread: owners wait in the release list. Only an attached thread
+ * may release them, so a worker takes the list: one in the app does so
+ * whenever it posts output and after each exchange, and when it leaves
+ * the app it looks once more (it stores in_app = 0, then looks at the
+ * list); an idle one looks before it sleeps (it stores idle = 1, then
+ * looks). So it is enough to wake one idle worker, and when this finds
+ * none (it looks at `idle` after the push, all seq_cst), each worker is
+ * in the app or about to look. A worker that stays in the app for long
+ * (a long poll) while the others are idle does not hold owners up: the
+ * idle ones are woken. */
+static void
+server_release_poke(ymo_server_t *s)
+{
+    if (!ymo_release_pending(&s->release)) {
+        return;
+    }
+    for (size_t i = 0; i < s->n_workers; i++) {
+        ymo_wsgi_worker_t *wk = &s->workers[i];
+        if (atomic_load(&wk->retired) || atomic_load(&wk->unused)) {
+            continue;
+        }
+        if (atomic_load(&wk->idle)) {
+            ymo_wsgi_worker_notify(wk);
+            return;
+        }
+    }
+}
+
+/* Loop thread, before it sleeps: after the pushes of this iteration. */
+static void
+server_on_release_prepare(struct ev_loop *loop, ev_prepare *w, int revents)
+{
+    (void)revents;
+    ev_prepare_stop(loop, w);
+    server_release_poke(w->data);
+}
+
+/* Loop thread: another thread pushed (see server_release_wake). */
+static void
+server_on_release(struct ev_loop *loop, ev_async *w, int revents)
+{
+    (void)loop;
+    (void)revents;
+    server_release_poke(w->data);
+}
+
+/* Any thread: the release list stopped being empty. On the loop thread
+ * (nearly every push: a written bucket, a closed connection) the check
+ * waits for the end of the iteration, once however many were pushed;
+ * from another thread the loop is told. */
+static void
+server_release_wake(void *arg)
+{
+    ymo_server_t *s = arg;
+    if (loop_of == s) {
+        if (!ev_is_active(&s->release_prepare)) {
+            ev_prepare_start(s->loop, &s->release_prepare);
+        }
+    }
+    else {
+        ev_async_send(s->loop, &s->release_watcher);
+    }
+}
+
 int
 ymo_server_init(ymo_server_t *s, const ymo_config_t *config,
                 const int *listen_fds, const int *is_unix, size_t n,
@@ -442,6 +510,7 @@ ymo_server_init(ymo_server_t *s, const ymo_config_t *config,
     pthread_cond_init(&s->watchdog_cond, NULL);
     atomic_init(&s->draining, 0);
     atomic_init(&s->recycle_requested, 0);
+    ymo_release_init(&s->release, server_release_wake, s);
     /* With a watchdog, room for as many replacement threads as workers
      * (see wsgi_watchdog.c). */
     size_t slots = config->workers * (config->request_timeout > 0 ? 2 : 1);
@@ -486,6 +555,11 @@ ymo_server_init(ymo_server_t *s, const ymo_config_t *config,
     ev_async_init(&s->stop_watcher, server_on_stop);
     s->stop_watcher.data = s;
     ev_async_start(s->loop, &s->stop_watcher);
+    ev_async_init(&s->release_watcher, server_on_release);
+    s->release_watcher.data = s;
+    ev_async_start(s->loop, &s->release_watcher);
+    ev_prepare_init(&s->release_prepare, server_on_release_prepare);
+    s->release_prepare.data = s;
     ev_init(&s->grace_timer, server_on_grace);
     s->grace_timer.data = s;
     ev_init(&s->accept_timer, server_on_accept_timer);
@@ -559,7 +633,10 @@ ymo_server_run(ymo_server_t *s, int wakeup_fd)
         struct sched_param zero = {.sched_priority = 0};
         batch = sched_setscheduler(0, SCHED_BATCH, &zero) == 0;
     }
+    const ymo_server_t *outer = loop_of;
+    loop_of = s;
     ev_run(s->loop, 0);
+    loop_of = outer;
     if (batch) {
         sched_setscheduler(0, SCHED_OTHER, &sched_old);
     }
@@ -685,6 +762,9 @@ ymo_server_destroy(ymo_server_t *s)
     if (s->loop != NULL) {
         ymo_conn_close_all(s);
     }
+    /* What is freed from now on waits for the caller's last take (no
+     * worker or loop is left to wake). */
+    s->release.wake = NULL;
     for (size_t i = 0; i < s->n_workers; i++) {
         ymo_wsgi_worker_destroy(&s->workers[i]);
     }

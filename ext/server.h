@@ -132,8 +132,18 @@ typedef struct ymo_server {
     uint64_t requests_done;    /* completed requests */
     ev_timer heartbeat_timer;  /* beats into `heartbeat` */
 
+    ev_async release_watcher;  /* any thread -> loop: owners wait in
+                                * `release` (server_release_wake) */
+    ev_prepare release_prepare;    /* loop: owners were pushed in this
+                                    * iteration; wake an idle worker */
+
     /* Shared. */
     atomic_int draining;       /* loop writes; workers read (close conns) */
+    ymo_release_t release;     /* freed reference buckets (bucket.h):
+                                * pushed by any thread, taken by workers
+                                * (attached: they release the owners)
+                                * after each exchange, and by the thread
+                                * that stops the server; lock-free */
     pthread_mutex_t ctl_lock;  /* guards stop_requested and deadline */
     int stop_requested;
     double deadline;           /* CLOCK_MONOTONIC seconds when in-flight

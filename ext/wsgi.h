@@ -117,6 +117,16 @@ struct ymo_wsgi_app {
     PyObject **environ_template;   /* per listener: copied per request */
 };
 
+/* Attached (GIL held), any thread of the server's interpreter: release
+ * the owners of the reference buckets waiting in s's release list (the
+ * app's bytes the loop has written, see bucket.h) and free them. */
+void ymo_wsgi_release_owners(struct ymo_server *s);
+
+/* GIL held: free a chain of output buckets at once, releasing the owners
+ * of reference buckets here rather than through a release list (for
+ * output that never reached the loop). */
+void ymo_wsgi_free_chain(ymo_bucket_t *b);
+
 /* GIL held: run one exchange to completion (app call, body, close()). */
 void ymo_wsgi_run_exchange(struct ymo_wsgi_app *app,
                            ymo_wsgi_worker_t *worker, ymo_exchange_t *ex);

@@ -148,8 +148,14 @@ steal(ymo_wsgi_worker_t *self)
     return NULL;
 }
 
+/* worker_next returns this (never run) when the worker woke only to
+ * release the owners of freed reference buckets (bucket.h). */
+static char release_only;
+#define RELEASE_ONLY ((ymo_exchange_t *)(void *)&release_only)
+
 /* The next exchange to run: own queue, then peers'. With `block`, sleep
- * until there is one (GIL released); NULL then means stop. */
+ * until there is one (GIL released); NULL then means stop, RELEASE_ONLY
+ * that owners wait in the server's release list. */
 static ymo_exchange_t *
 worker_next(ymo_wsgi_worker_t *self, int block)
 {
@@ -173,6 +179,11 @@ worker_next(ymo_wsgi_worker_t *self, int block)
         if (ex != NULL) {
             atomic_store(&self->idle, 0);
             return ex;
+        }
+        if (ymo_release_pending(&self->server->release)) {
+            /* Poked by the loop for them (server_on_release). */
+            atomic_store(&self->idle, 0);
+            return RELEASE_ONLY;
         }
         ymo_wsgi_worker_lock_in(self);
         while (self->queue_in.count == 0 && !self->poked && self->running) {
@@ -219,14 +230,27 @@ worker_main(void *arg)
     PyThreadState *ts = PyEval_SaveThread();
     ymo_exchange_t *ex;
     while ((ex = worker_next(self, 1)) != NULL) {
-        atomic_store(&self->in_app, 1);
-        PyEval_RestoreThread(ts);
-        /* Run everything that is queued under this one GIL hold. */
         do {
-            ymo_wsgi_run_exchange(self->server->app, self, ex);
-        } while ((ex = worker_next(self, 0)) != NULL);
-        ts = PyEval_SaveThread();
-        atomic_store(&self->in_app, 0);
+            atomic_store(&self->in_app, 1);
+            PyEval_RestoreThread(ts);
+            /* Run everything that is queued under this one GIL hold,
+             * releasing the owners of the output the loop has written
+             * after each exchange (the app's bytes, see bucket.h). */
+            while (ex != NULL) {
+                if (ex != RELEASE_ONLY) {
+                    ymo_wsgi_run_exchange(self->server->app, self, ex);
+                }
+                ymo_wsgi_release_owners(self->server);
+                ex = worker_next(self, 0);
+            }
+            ts = PyEval_SaveThread();
+            /* Out of the app, then a last look at the release list: the
+             * loop wakes only idle workers for it (server_release_poke),
+             * and this one is not idle yet. Both seq_cst. */
+            atomic_store(&self->in_app, 0);
+            ex = ymo_release_pending(&self->server->release) ? RELEASE_ONLY
+                                                             : NULL;
+        } while (ex != NULL);
     }
     PyEval_RestoreThread(ts);
     PyGILState_Release(gstate);

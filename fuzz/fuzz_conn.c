@@ -119,6 +119,8 @@ typedef struct rec {
     size_t pieces_left;
     size_t piece;
     int tiny_buckets;
+    int ref_buckets;               /* body buckets by reference (owner:
+                                    * a malloc'd block of the harness) */
     int read_status;               /* a failed read's status, or 0 */
 } rec_t;
 
@@ -153,6 +155,8 @@ static struct {
     rec_t **recs;
     size_t n_recs, cap_recs;
     unsigned long progress;
+    /* reference buckets: made, and come back through the release list */
+    size_t refs_made, refs_back;
 } H;
 
 /* Descriptors reserved once per process (opened on /dev/null and never
@@ -710,7 +714,7 @@ append(rec_t *r, ymo_bucket_t *chain, int done)
             }
         }
         else {
-            buf_add(&r->out, b->data, b->len);
+            buf_add(&r->out, b->ptr, b->len);
         }
     }
     if (done) {
@@ -734,10 +738,25 @@ body_chain(rec_t *r, size_t n)
     size_t per = r->tiny_buckets ? 1 : (n > 3 ? n / 3 : n);
     for (size_t done = 0; done < n;) {
         size_t k = n - done < per ? n - done : per;
-        ymo_bucket_t *b = ymo_bucket_new(k);
-        CHECK(b != NULL);
+        ymo_bucket_t *b;
+        char *p;
+        if (r->ref_buckets) {
+            /* As the WSGI side sends a big bytes object: the bucket
+             * points into its owner, which only the release list's
+             * taker may let go of. */
+            p = malloc(k);
+            CHECK(p != NULL);
+            b = ymo_bucket_ref(p, k, p, &H.server.release);
+            CHECK(b != NULL);
+            H.refs_made++;
+        }
+        else {
+            b = ymo_bucket_new(k);
+            CHECK(b != NULL);
+            p = b->data;
+        }
         for (size_t i = 0; i < k; i++) {
-            b->data[i] = (char)('a' + (done + i + r->ex->seq) % 26);
+            p[i] = (char)('a' + (done + i + r->ex->seq) % 26);
         }
         b->len = k;
         *tail = b;
@@ -922,6 +941,7 @@ app_step(rec_t *r)
         r->pieces_left = 1 + pick(6);
         r->piece = sizes[pick(6)];
         r->tiny_buckets = pick(6) == 0;
+        r->ref_buckets = pick(3) == 0;
         if (r->holds_ref) {
             ymo_exchange_retain(ex);
         }
@@ -1500,6 +1520,18 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     verify_output();
 
     ymo_server_destroy(&H.server);
+    /* Every reference bucket was freed, into the release list. */
+    ymo_bucket_t *back = ymo_release_take(&H.server.release);
+    while (back != NULL) {
+        ymo_bucket_t *next = back->next;
+        CHECK(back->owner == back->ptr);
+        free(back->owner);
+        ymo_bucket_free_taken(back);
+        H.refs_back++;
+        back = next;
+    }
+    CHECK(H.refs_back == H.refs_made);
+    H.refs_made = H.refs_back = 0;
     CHECK(other == 0 || H.other_closed);
     for (size_t i = 0; i < H.n_recs; i++) {
         free(H.recs[i]->out.p);

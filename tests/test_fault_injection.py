@@ -565,6 +565,48 @@ def test_env_var_arms_a_subprocess_server():
     assert bad.returncode != 0 and "YIMMO_FAULT_ALLOC" in bad.stderr
 
 
+def site_id(func, what):
+    for s in fi("sites"):
+        if s["func"] == func and s["what"] == what:
+            return s["id"]
+    raise LookupError((func, what))
+
+
+@pytest.mark.parametrize("which", ["reference", "crlf"])
+def test_failed_write_of_a_referenced_chunk_leaves_nothing(which):
+    """write() of a 64 KB bytes object in a chunked body (sent by
+    reference: size line, reference bucket, CRLF bucket) that fails with
+    MemoryError, caught by the app, leaves no part of the chunk behind:
+    the body is the two writes that succeeded, framed right."""
+    big = b"x" * (64 * 1024)
+    caught = {}
+
+    def app(environ, start_response):
+        write = start_response("200 OK", [])
+        write(b"head")
+        if which == "reference":
+            fi("site", site_id("pend_ref", "reference bucket"))
+        else:
+            # the 2nd bucket: the size line's, then the CRLF's
+            fi("site", site_id("pend_reserve_in", "bucket"), 2)
+        try:
+            write(big)
+        except MemoryError as e:
+            caught["e"] = e
+        tally()
+        write(b"tail")
+        return []
+
+    with Server(app, bind="127.0.0.1:0", workers=1) as server:
+        with connect(server.address) as sock:
+            sock.sendall(build_request("GET", "/", headers=[
+                ("Connection", "close")]))
+            raw = read_until_close(sock, require_close=False)
+    assert "e" in caught
+    assert raw.split(b"\r\n\r\n", 1)[1] == \
+        b"4\r\nhead\r\n4\r\ntail\r\n0\r\n\r\n"
+
+
 def test_every_site_reached_and_failed():
     """The coverage report: every site compiled in was reached and made to
     fail at least once by the tests above."""

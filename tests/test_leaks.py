@@ -23,6 +23,10 @@ APP = textwrap.dedent('''
             body = environ["wsgi.input"].read()
             start_response("200 OK", [("Content-Length", str(len(body)))])
             return [body]
+        if path == "/big":
+            # Items big enough to be sent by reference (not copied).
+            start_response("200 OK", [])
+            return [b"b" * 65536, b"c" * 20000]
         if path == "/stream":
             start_response("200 OK", [("Content-Type", "text/plain")])
             return (b"x" * 1000 for _ in range(5))
@@ -60,6 +64,8 @@ def one_round(port):
     assert conn.getresponse().read() == b"a" * 300 + b"b" * 300
     conn.request("GET", "/stream")
     assert len(conn.getresponse().read()) == 5000
+    conn.request("GET", "/big")
+    assert len(conn.getresponse().read()) == 85536
     conn.request("GET", "/boom")
     resp = conn.getresponse()
     resp.read()
