@@ -153,18 +153,66 @@ steal(ymo_wsgi_worker_t *self)
 static char release_only;
 #define RELEASE_ONLY ((ymo_exchange_t *)(void *)&release_only)
 
+/* With the GIL, a waking worker takes no exchange before it holds the
+ * GIL: worker_next returns MAY_WORK when there is one to take, and the
+ * worker takes it (or another) once attached. Taken before, an exchange
+ * waited with the worker for the GIL, up to a switch interval (5 ms) and
+ * behind exchanges queued after it that the GIL's holder ran meanwhile:
+ * Django with 4 workers had a p99 of 19 ms against 6 ms with one. Left
+ * in the queue, it is run by whichever worker holds the GIL first: the
+ * holder steals it after its own exchange. Free-threaded, attaching does
+ * not wait, and the exchange is taken at once. */
+static char may_work;
+#define MAY_WORK ((ymo_exchange_t *)(void *)&may_work)
+#ifdef Py_GIL_DISABLED
+#define TAKE_ATTACHED 0
+#else
+#define TAKE_ATTACHED 1
+#endif
+
+/* Is there an exchange this worker may take: in its own queue or, unless
+ * it is retiring, a peer's? (A hint: taking it may still fail.) */
+static int
+work_visible(ymo_wsgi_worker_t *self)
+{
+    if (atomic_load(&self->n_in) > 0) {
+        return 1;
+    }
+    if (self->retiring) {
+        return 0;
+    }
+    ymo_server_t *s = self->server;
+    for (size_t i = 1; i < s->n_workers; i++) {
+        ymo_wsgi_worker_t *peer = &s->workers[(self->id + i) % s->n_workers];
+        if (!atomic_load_explicit(&peer->unused, memory_order_relaxed) &&
+            atomic_load(&peer->n_in) > 0) {
+            return 1;
+        }
+    }
+    return 0;
+}
+
 /* The next exchange to run: own queue, then peers'. With `block`, sleep
  * until there is one (GIL released); NULL then means stop, RELEASE_ONLY
- * that owners wait in the server's release list. */
+ * that owners wait in the server's release list, MAY_WORK that there is
+ * an exchange to take once attached (TAKE_ATTACHED). */
 static ymo_exchange_t *
 worker_next(ymo_wsgi_worker_t *self, int block)
 {
+    int peek = block && TAKE_ATTACHED;
     for (;;) {
-        ymo_exchange_t *ex = take_from(self, self);
-        if (ex == NULL && !self->retiring) {
-            /* (A retiring worker takes only what was queued to it: under
-             * load, stealing would keep it from ever leaving.) */
-            ex = steal(self);
+        ymo_exchange_t *ex;
+        if (peek) {
+            ex = work_visible(self) ? MAY_WORK : NULL;
+        }
+        else {
+            ex = take_from(self, self);
+            if (ex == NULL && !self->retiring) {
+                /* (A retiring worker takes only what was queued to it:
+                 * under load, stealing would keep it from ever
+                 * leaving.) */
+                ex = steal(self);
+            }
         }
         if (ex != NULL || !block || self->retiring) {
             /* A retiring worker (the watchdog replaced it while it was
@@ -175,7 +223,7 @@ worker_next(ymo_wsgi_worker_t *self, int block)
          * after queueing to a busy worker, so either it sees the flag and
          * pokes us, or this second look sees its exchange. */
         atomic_store(&self->idle, 1);
-        ex = steal(self);
+        ex = peek ? (work_visible(self) ? MAY_WORK : NULL) : steal(self);
         if (ex != NULL) {
             atomic_store(&self->idle, 0);
             return ex;
@@ -237,7 +285,7 @@ worker_main(void *arg)
              * releasing the owners of the output the loop has written
              * after each exchange (the app's bytes, see bucket.h). */
             while (ex != NULL) {
-                if (ex != RELEASE_ONLY) {
+                if (ex != RELEASE_ONLY && ex != MAY_WORK) {
                     ymo_wsgi_run_exchange(self->server->app, self, ex);
                 }
                 ymo_wsgi_release_owners(self->server);
