@@ -208,7 +208,7 @@ conn_rest(ymo_conn_t *c)
     if (!ev_is_active(&c->io) ||
         (c->io.events & (EV_READ | EV_WRITE)) != EV_READ) {
         ev_io_stop(s->loop, &c->io);
-        ev_io_set(&c->io, c->fd, EV_READ);
+        ev_io_modify(&c->io, EV_READ);      /* see conn_set_events */
         ev_io_start(s->loop, &c->io);
     }
     if (!ev_is_active(&s->idle_timer) ||
@@ -353,6 +353,7 @@ conn_unlink_stalled(ymo_conn_t *c)
     }
     c->busy->stall_next = c->busy->stall_prev = NULL;
     c->busy->stalled = 0;
+    c->busy->stall_readable = 0;
 }
 
 /* An exchange finished: let waiting connections go on, oldest first, as
@@ -747,7 +748,10 @@ conn_set_events(ymo_conn_t *c, int events)
     }
     ev_io_stop(loop, &c->io);
     if (events != 0) {
-        ev_io_set(&c->io, c->fd, events);
+        /* Not ev_io_set: the fd is the same, and libev takes a set fd for
+         * a new one, which it adds to epoll again (EEXIST when it is
+         * still there) even when the events end up unchanged. */
+        ev_io_modify(&c->io, events);
         ev_io_start(loop, &c->io);
     }
 }
@@ -1153,7 +1157,17 @@ conn_step(ymo_conn_t *c)
     if (c->busy->write_blocked) {
         events |= EV_WRITE;
     }
-    if (!c->busy->read_eof && !c->busy->stalled) {
+    if (!c->busy->read_eof && c->busy->stalled) {
+        /* A connection waiting for room reads nothing, but its read
+         * watcher stays as it was until the kernel has bytes for it (see
+         * conn_on_io), which is mostly never: libev leaves a stopped fd in
+         * epoll and adds it again on the restart, an epoll_ctl that fails
+         * with EEXIST, one per wait. */
+        if (!c->busy->stall_readable && ev_is_active(&c->io)) {
+            events |= c->io.events & EV_READ;
+        }
+    }
+    else if (!c->busy->read_eof) {
         /* While the app works on a request whose body has arrived, keep
          * reading into the buffer (a pipelined request, or the client's
          * EOF): switching the watcher off and on would cost an epoll_ctl
@@ -1281,7 +1295,13 @@ conn_on_io(struct ev_loop *loop, ev_io *w, int revents)
     if (revents & EV_WRITE) {
         c->busy->write_blocked = 0;
     }
-    if ((revents & EV_READ) && conn_read(c) < 0) {
+    if ((revents & EV_READ) && c->busy->stalled) {
+        /* Its bytes wait in the kernel until there is room: the watcher
+         * goes off now (libev takes the fd out of epoll at its next poll,
+         * which reports it again), and back on after the wait. */
+        c->busy->stall_readable = 1;
+    }
+    else if ((revents & EV_READ) && conn_read(c) < 0) {
         return;
     }
     conn_step(c);
