@@ -575,7 +575,22 @@ conn_flush(ymo_conn_t *c)
     return r;
 }
 
-/* Hand body bytes at the front of inbuf to the exchange. */
+/* No memory for the body: the client may try again later. */
+static void
+conn_body_nomem(ymo_conn_t *c)
+{
+    c->busy->closing = 1;
+    c->busy->body_done = 1;
+    c->busy->body_error = 503;
+    if (!c->busy->dispatch_pending) {
+        ymo_exchange_input_fail(c->busy->ex, 503);
+    }
+}
+
+/* Hand body bytes at the front of inbuf to the exchange (those that came
+ * in one read with the head, and chunked bodies, whose framing is parsed
+ * here: a copy). A Content-Length body's other bytes are read straight
+ * into the exchange: see conn_read_into_body. */
 static int
 conn_feed_body(ymo_conn_t *c)
 {
@@ -625,12 +640,7 @@ conn_feed_body(ymo_conn_t *c)
         c->busy->body_done = c->busy->chunked.done;
     }
     if (r < 0) {
-        c->busy->closing = 1;
-        c->busy->body_done = 1;
-        c->busy->body_error = 503;   /* out of memory: try again later */
-        if (!c->busy->dispatch_pending) {
-            ymo_exchange_input_fail(ex, 503);
-        }
+        conn_body_nomem(c);
     }
     else if (r == 1) {
         c->busy->body_paused = 1;
@@ -1187,11 +1197,53 @@ conn_step(ymo_conn_t *c)
     conn_arm_timer(c);
 }
 
+/* A Content-Length body, with none of its bytes waiting in inbuf: the
+ * next read goes straight into the exchange's input, bounded by what is
+ * left of the body, so that the body is copied once (into the app's
+ * bytes) and a pipelined request after it lands in inbuf as usual. */
+static int
+conn_reads_into_body(const ymo_conn_t *c)
+{
+    return c->busy->state == YMO_CONN_EXCHANGE && c->busy->ex != NULL &&
+           c->busy->body_kind == YMO_HTTP_BODY_LENGTH &&
+           !c->busy->body_done && !c->busy->body_paused &&
+           c->busy->body_left > 0 && c->busy->inlen == 0;
+}
+
+/* n body bytes arrived at the room ymo_exchange_input_space gave. */
+static void
+conn_body_received(ymo_conn_t *c, size_t n)
+{
+    size_t hwm = c->listener->server->config.in_high_water;
+    c->busy->body_left -= n;
+    c->busy->body_done = c->busy->body_left == 0;
+    if (ymo_exchange_input_commit(c->busy->ex, n, c->busy->body_done,
+                                  hwm) == 1) {
+        c->busy->body_paused = 1;
+    }
+    c->busy->last_read = now(c);
+    c->busy->body_received += n;
+}
+
 /* Read what the socket has. Returns -1 when the connection was closed. */
 static int
 conn_read(ymo_conn_t *c)
 {
-    if (c->busy->state == YMO_CONN_LINGER) {
+    char *dst = NULL;
+    size_t room = 0;
+    int into_body = conn_reads_into_body(c);
+    if (into_body) {
+        dst = ymo_exchange_input_space(c->busy->ex, c->busy->body_left,
+                                       &room);
+        if (dst == NULL) {
+            conn_body_nomem(c);
+            return 0;
+        }
+        if (room > c->busy->body_left) {
+            room = (size_t)c->busy->body_left;
+        }
+    }
+    else if (c->busy->state == YMO_CONN_LINGER) {
         char sink[16384];
         ssize_t n = read(c->fd, sink, sizeof(sink));
         if (n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR)) {
@@ -1200,7 +1252,10 @@ conn_read(ymo_conn_t *c)
         }
         return 0;
     }
-    if (c->busy->inbuf == NULL) {
+    if (into_body) {
+        /* dst and room are set */
+    }
+    else if (c->busy->inbuf == NULL) {
         /* Read into the loop's buffer; conn_step keeps what is left. */
         c->busy->inbuf = c->listener->server->scratch;
         c->busy->incap = YMO_SCRATCH_SIZE;
@@ -1237,8 +1292,11 @@ conn_read(ymo_conn_t *c)
             c->busy->incap = INBUF_BODY;
         }
     }
-    ssize_t n = read(c->fd, c->busy->inbuf + c->busy->inlen,
-                     c->busy->incap - c->busy->inlen);
+    if (!into_body) {
+        dst = c->busy->inbuf + c->busy->inlen;
+        room = c->busy->incap - c->busy->inlen;
+    }
+    ssize_t n = read(c->fd, dst, room);
     if (n < 0) {
         if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) {
             return 0;
@@ -1271,6 +1329,10 @@ conn_read(ymo_conn_t *c)
              * (yimmo.client_gone). */
             ymo_exchange_client_eof(c->busy->ex);
         }
+        return 0;
+    }
+    if (into_body) {
+        conn_body_received(c, (size_t)n);
         return 0;
     }
     if (c->busy->state == YMO_CONN_HEAD && c->busy->inlen == 0 && c->seq > 0) {
