@@ -6,6 +6,7 @@ without timing noise.
                               [--requests 2000] [--runs 1] [--top 15]
                               [--header 'Name: value' ...] [--bare]
                               [--toggle FUNCTION] [--repo DIR]
+                              [--upload BYTES --app matrix_app:upload]
                               [--server-arg=--timeout=0 ...]
 
 The whole server process (every thread) runs under
@@ -58,10 +59,15 @@ def server_argv(name, app, python, venv_bin, ref_dir, extra):
     raise ValueError(name)
 
 
-def request_bytes(headers, bare=False):
+def request_bytes(headers, bare=False, upload=0):
+    """A GET, or with upload a POST of that many body bytes."""
     common = "" if bare else "User-Agent: bench\r\nAccept: */*\r\n"
-    return ("GET / HTTP/1.1\r\nHost: bench.test\r\n" + common
-            + "".join(h + "\r\n" for h in headers) + "\r\n").encode()
+    if upload:
+        headers = list(headers) + ["Content-Length: %d" % upload]
+    return (("POST" if upload else "GET")
+            + " / HTTP/1.1\r\nHost: bench.test\r\n" + common
+            + "".join(h + "\r\n" for h in headers) + "\r\n").encode() + (
+                b"x" * upload)
 
 
 def drive(port, n, request, proc, deadline=600.0):
@@ -169,6 +175,10 @@ def main(argv=None):
     p.add_argument("--bare", action="store_true",
                    help="send only a Host header (by default also "
                    "User-Agent and Accept, like a client)")
+    p.add_argument("--upload", type=int, default=0, metavar="BYTES",
+                   help="POST a body of BYTES with each request (the "
+                   "matrix's upload row: --upload 1048576 "
+                   "--app matrix_app:upload)")
     p.add_argument("--server-arg", action="append", default=[],
                    help="one more yimmo option (repeatable), e.g. "
                    "--server-arg=--timeout=0")
@@ -203,7 +213,7 @@ def main(argv=None):
         if ref_dir is None:
             names = [n for n in names
                      if n not in ("ceiling", "pyfloor", "pyfloor-w4")]
-    request = request_bytes(args.header, args.bare)
+    request = request_bytes(args.header, args.bare, args.upload)
     # bench/ for the apps, then the checkout: its yimmo wins over any in
     # the venv.
     env = dict(os.environ, PYTHONPATH="%s%s%s" % (

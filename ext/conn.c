@@ -208,7 +208,7 @@ conn_rest(ymo_conn_t *c)
     if (!ev_is_active(&c->io) ||
         (c->io.events & (EV_READ | EV_WRITE)) != EV_READ) {
         ev_io_stop(s->loop, &c->io);
-        ev_io_set(&c->io, c->fd, EV_READ);
+        ev_io_modify(&c->io, EV_READ);      /* see conn_set_events */
         ev_io_start(s->loop, &c->io);
     }
     if (!ev_is_active(&s->idle_timer) ||
@@ -353,6 +353,7 @@ conn_unlink_stalled(ymo_conn_t *c)
     }
     c->busy->stall_next = c->busy->stall_prev = NULL;
     c->busy->stalled = 0;
+    c->busy->stall_readable = 0;
 }
 
 /* An exchange finished: let waiting connections go on, oldest first, as
@@ -574,7 +575,22 @@ conn_flush(ymo_conn_t *c)
     return r;
 }
 
-/* Hand body bytes at the front of inbuf to the exchange. */
+/* No memory for the body: the client may try again later. */
+static void
+conn_body_nomem(ymo_conn_t *c)
+{
+    c->busy->closing = 1;
+    c->busy->body_done = 1;
+    c->busy->body_error = 503;
+    if (!c->busy->dispatch_pending) {
+        ymo_exchange_input_fail(c->busy->ex, 503);
+    }
+}
+
+/* Hand body bytes at the front of inbuf to the exchange (those that came
+ * in one read with the head, and chunked bodies, whose framing is parsed
+ * here: a copy). A Content-Length body's other bytes are read straight
+ * into the exchange: see conn_read_into_body. */
 static int
 conn_feed_body(ymo_conn_t *c)
 {
@@ -624,12 +640,7 @@ conn_feed_body(ymo_conn_t *c)
         c->busy->body_done = c->busy->chunked.done;
     }
     if (r < 0) {
-        c->busy->closing = 1;
-        c->busy->body_done = 1;
-        c->busy->body_error = 503;   /* out of memory: try again later */
-        if (!c->busy->dispatch_pending) {
-            ymo_exchange_input_fail(ex, 503);
-        }
+        conn_body_nomem(c);
     }
     else if (r == 1) {
         c->busy->body_paused = 1;
@@ -747,7 +758,10 @@ conn_set_events(ymo_conn_t *c, int events)
     }
     ev_io_stop(loop, &c->io);
     if (events != 0) {
-        ev_io_set(&c->io, c->fd, events);
+        /* Not ev_io_set: the fd is the same, and libev takes a set fd for
+         * a new one, which it adds to epoll again (EEXIST when it is
+         * still there) even when the events end up unchanged. */
+        ev_io_modify(&c->io, events);
         ev_io_start(loop, &c->io);
     }
 }
@@ -1153,7 +1167,17 @@ conn_step(ymo_conn_t *c)
     if (c->busy->write_blocked) {
         events |= EV_WRITE;
     }
-    if (!c->busy->read_eof && !c->busy->stalled) {
+    if (!c->busy->read_eof && c->busy->stalled) {
+        /* A connection waiting for room reads nothing, but its read
+         * watcher stays as it was until the kernel has bytes for it (see
+         * conn_on_io), which is mostly never: libev leaves a stopped fd in
+         * epoll and adds it again on the restart, an epoll_ctl that fails
+         * with EEXIST, one per wait. */
+        if (!c->busy->stall_readable && ev_is_active(&c->io)) {
+            events |= c->io.events & EV_READ;
+        }
+    }
+    else if (!c->busy->read_eof) {
         /* While the app works on a request whose body has arrived, keep
          * reading into the buffer (a pipelined request, or the client's
          * EOF): switching the watcher off and on would cost an epoll_ctl
@@ -1173,11 +1197,53 @@ conn_step(ymo_conn_t *c)
     conn_arm_timer(c);
 }
 
+/* A Content-Length body, with none of its bytes waiting in inbuf: the
+ * next read goes straight into the exchange's input, bounded by what is
+ * left of the body, so that the body is copied once (into the app's
+ * bytes) and a pipelined request after it lands in inbuf as usual. */
+static int
+conn_reads_into_body(const ymo_conn_t *c)
+{
+    return c->busy->state == YMO_CONN_EXCHANGE && c->busy->ex != NULL &&
+           c->busy->body_kind == YMO_HTTP_BODY_LENGTH &&
+           !c->busy->body_done && !c->busy->body_paused &&
+           c->busy->body_left > 0 && c->busy->inlen == 0;
+}
+
+/* n body bytes arrived at the room ymo_exchange_input_space gave. */
+static void
+conn_body_received(ymo_conn_t *c, size_t n)
+{
+    size_t hwm = c->listener->server->config.in_high_water;
+    c->busy->body_left -= n;
+    c->busy->body_done = c->busy->body_left == 0;
+    if (ymo_exchange_input_commit(c->busy->ex, n, c->busy->body_done,
+                                  hwm) == 1) {
+        c->busy->body_paused = 1;
+    }
+    c->busy->last_read = now(c);
+    c->busy->body_received += n;
+}
+
 /* Read what the socket has. Returns -1 when the connection was closed. */
 static int
 conn_read(ymo_conn_t *c)
 {
-    if (c->busy->state == YMO_CONN_LINGER) {
+    char *dst = NULL;
+    size_t room = 0;
+    int into_body = conn_reads_into_body(c);
+    if (into_body) {
+        dst = ymo_exchange_input_space(c->busy->ex, c->busy->body_left,
+                                       &room);
+        if (dst == NULL) {
+            conn_body_nomem(c);
+            return 0;
+        }
+        if (room > c->busy->body_left) {
+            room = (size_t)c->busy->body_left;
+        }
+    }
+    else if (c->busy->state == YMO_CONN_LINGER) {
         char sink[16384];
         ssize_t n = read(c->fd, sink, sizeof(sink));
         if (n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR)) {
@@ -1186,7 +1252,10 @@ conn_read(ymo_conn_t *c)
         }
         return 0;
     }
-    if (c->busy->inbuf == NULL) {
+    if (into_body) {
+        /* dst and room are set */
+    }
+    else if (c->busy->inbuf == NULL) {
         /* Read into the loop's buffer; conn_step keeps what is left. */
         c->busy->inbuf = c->listener->server->scratch;
         c->busy->incap = YMO_SCRATCH_SIZE;
@@ -1223,8 +1292,11 @@ conn_read(ymo_conn_t *c)
             c->busy->incap = INBUF_BODY;
         }
     }
-    ssize_t n = read(c->fd, c->busy->inbuf + c->busy->inlen,
-                     c->busy->incap - c->busy->inlen);
+    if (!into_body) {
+        dst = c->busy->inbuf + c->busy->inlen;
+        room = c->busy->incap - c->busy->inlen;
+    }
+    ssize_t n = read(c->fd, dst, room);
     if (n < 0) {
         if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) {
             return 0;
@@ -1259,6 +1331,10 @@ conn_read(ymo_conn_t *c)
         }
         return 0;
     }
+    if (into_body) {
+        conn_body_received(c, (size_t)n);
+        return 0;
+    }
     if (c->busy->state == YMO_CONN_HEAD && c->busy->inlen == 0 && c->seq > 0) {
         /* A keep-alive connection's next head is timed from its first
          * byte (idleness before it is keepalive_timeout's business); the
@@ -1281,7 +1357,13 @@ conn_on_io(struct ev_loop *loop, ev_io *w, int revents)
     if (revents & EV_WRITE) {
         c->busy->write_blocked = 0;
     }
-    if ((revents & EV_READ) && conn_read(c) < 0) {
+    if ((revents & EV_READ) && c->busy->stalled) {
+        /* Its bytes wait in the kernel until there is room: the watcher
+         * goes off now (libev takes the fd out of epoll at its next poll,
+         * which reports it again), and back on after the wait. */
+        c->busy->stall_readable = 1;
+    }
+    else if ((revents & EV_READ) && conn_read(c) < 0) {
         return;
     }
     conn_step(c);

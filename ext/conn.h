@@ -64,6 +64,8 @@ typedef struct ymo_conn_busy {
 
     /* waiting for room for its next request (max_inflight) */
     int stalled;
+    int stall_readable;        /* the kernel had bytes for it during the
+                                * wait: its read watcher went off */
     struct ymo_conn *stall_next, *stall_prev;  /* server->stalled_* */
     ev_tstamp stalled_since;
     ev_tstamp stall_credit;    /* seconds its request already waited for

@@ -12,6 +12,8 @@
 /* Body bytes are appended to the tail bucket while it has room, so a body
  * that arrives in small reads does not become a long chain. */
 #define IN_BUCKET_SIZE 16384
+/* Buckets the loop receives a body into: one read(2) fills up to this. */
+#define IN_BUCKET_SIZE_DIRECT 65536
 
 static const char *
 rebase(const char *p, const char *from, char *to)
@@ -167,6 +169,66 @@ int
     return r;
 }
 
+/* The tail bucket stays in the chain while it has room, even once read
+ * to its end (see ymo_exchange_read): the loop may be receiving into that
+ * room without the lock, and appends to it. */
+static int
+input_tail_open(const ymo_exchange_t *ex, const ymo_bucket_t *b)
+{
+    return b->next == NULL && b->len < b->cap && !ex->in_done;
+}
+
+char *
+(ymo_exchange_input_space)(ymo_exchange_t *ex, uint64_t left, size_t *room
+                           YMO_SITE_PARAM)
+{
+    pthread_mutex_lock(&ex->lock);
+    ymo_bucket_t *b = ex->in_tail;
+    if (b == NULL || b->len == b->cap) {
+        /* No bigger than what is left of the body: a small body costs a
+         * small bucket. */
+        size_t cap = left < IN_BUCKET_SIZE_DIRECT ? (size_t)left
+                                                  : IN_BUCKET_SIZE_DIRECT;
+        b = (ymo_bucket_new)(cap YMO_SITE_FWD);
+        if (b == NULL) {
+            pthread_mutex_unlock(&ex->lock);
+            return NULL;
+        }
+        if (ex->in_tail != NULL) {
+            ex->in_tail->next = b;
+        }
+        else {
+            ex->in_head = b;
+        }
+        ex->in_tail = b;
+    }
+    *room = b->cap - b->len;
+    char *p = b->data + b->len;
+    pthread_mutex_unlock(&ex->lock);
+    return p;
+}
+
+int
+ymo_exchange_input_commit(ymo_exchange_t *ex, size_t n, int done,
+                          size_t high_water)
+{
+    int r = 0;
+    pthread_mutex_lock(&ex->lock);
+    ex->in_tail->len += n;
+    ex->in_buffered += n;
+    ex->in_received += n;
+    if (done) {
+        ex->in_done = 1;
+    }
+    if (!ex->in_done && ex->in_buffered >= high_water) {
+        ex->in_paused = 1;
+        r = 1;
+    }
+    wake_readers(ex);
+    pthread_mutex_unlock(&ex->lock);
+    return r;
+}
+
 void
 ymo_exchange_input_fail(ymo_exchange_t *ex, int status)
 {
@@ -239,6 +301,9 @@ ymo_exchange_read(ymo_exchange_t *ex, char *dst, size_t n, int line,
         while (got < n && ex->in_head != NULL) {
             ymo_bucket_t *b = ex->in_head;
             size_t avail = b->len - b->off;
+            if (avail == 0 && input_tail_open(ex, b)) {
+                break;      /* read to its end; the loop fills the rest */
+            }
             size_t want = n - got < avail ? n - got : avail;
             const char *src = b->data + b->off;
             if (line) {
@@ -251,14 +316,14 @@ ymo_exchange_read(ymo_exchange_t *ex, char *dst, size_t n, int line,
             got += want;
             b->off += want;
             ex->in_buffered -= want;
-            if (b->off == b->len) {
+            if (b->off == b->len && !input_tail_open(ex, b)) {
                 ex->in_head = b->next;
                 if (ex->in_head == NULL) {
                     ex->in_tail = NULL;
                 }
                 ymo_bucket_free(b);
             }
-            if (line && dst[got - 1] == '\n') {
+            if (line && got > 0 && dst[got - 1] == '\n') {
                 goto done;
             }
         }

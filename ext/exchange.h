@@ -127,6 +127,23 @@ int (ymo_exchange_input_append)(ymo_exchange_t *ex, const char *data,
     (ymo_exchange_input_append)((ex), (data), (len), (done),               \
                                 (high_water) YMO_SITE_HERE("body bucket"))
 
+/* Loop thread: room at the end of the input chain to receive body bytes
+ * straight into (no copy), *room bytes of it; left: body bytes still to
+ * come (a new bucket is no bigger). The room is the loop's until it
+ * commits it: the worker never reads or frees past the bytes committed.
+ * NULL when out of memory (the caller fails the input). */
+char *(ymo_exchange_input_space)(ymo_exchange_t *ex, uint64_t left,
+                                 size_t *room YMO_SITE_PARAM);
+#define ymo_exchange_input_space(ex, left, room)                           \
+    (ymo_exchange_input_space)((ex), (left), (room)                        \
+                               YMO_SITE_HERE("body bucket"))
+
+/* Loop thread: n bytes were received into the room input_space gave
+ * (done: the body is complete). Returns what ymo_exchange_input_append
+ * does, never -ENOMEM. */
+int ymo_exchange_input_commit(ymo_exchange_t *ex, size_t n, int done,
+                              size_t high_water);
+
 /* Loop thread: the body cannot complete (status: 400/413, or -1 when the
  * client went away). Wakes a waiting worker. */
 void ymo_exchange_input_fail(ymo_exchange_t *ex, int status);
