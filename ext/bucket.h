@@ -27,7 +27,9 @@ typedef struct ymo_bucket {
     struct ymo_release *rel;   /* reference bucket: where it goes when
                                 * freed (see ymo_release_t) */
     size_t len;       /* bytes of data in this bucket (or of the file) */
-    size_t off;       /* bytes already written; loop thread only */
+    size_t off;       /* bytes already consumed: written by the loop
+                       * (output), read by the worker under the
+                       * exchange's lock (input) */
     size_t cap;       /* room in data[] (0 for a reference bucket) */
     int fd;           /* -1: memory bucket; else a file descriptor owned
                        * by the bucket (closed when freed) */

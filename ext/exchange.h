@@ -72,7 +72,12 @@ typedef struct ymo_exchange {
     int aborted;                   /* client gone or timed out: stop */
     int client_eof;                /* the client shut down its sending
                                     * side after the request */
-    /* request body: loop appends, worker reads */
+    /* request body: loop appends, worker reads. One exception to the
+     * lock: the loop read()s a Content-Length body straight into the
+     * room of in_tail, data[len..cap), without the lock, and publishes
+     * the bytes (len, in_buffered) under it (ymo_exchange_input_space
+     * and _commit); the worker reads only data[off..len) and never frees
+     * the tail while it has room and the body is not done. */
     ymo_bucket_t *in_head, *in_tail;
     size_t in_buffered;            /* bytes in the input chain */
     int in_done;                   /* whole body received */
