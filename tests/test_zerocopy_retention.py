@@ -10,27 +10,9 @@ import threading
 import time
 
 from helpers import build_request, connect, read_response
+from test_zerocopy import pattern, refs, wait_refs
 
 WAIT = 5
-
-
-def pattern(n, seed):
-    unit = bytes((seed * 31 + i * 7) & 0xFF for i in range(251))
-    return (unit * (n // len(unit) + 1))[:n]
-
-
-def refs(obj):
-    """Counted as wait_refs counts (obj passed as an argument)."""
-    return sys.getrefcount(obj)
-
-
-def wait_refs(obj, expected, timeout=WAIT):
-    deadline = time.monotonic() + timeout
-    while True:
-        n = sys.getrefcount(obj)
-        if n == expected or time.monotonic() > deadline:
-            return n
-        time.sleep(0.01)
 
 
 # Over a unix socket, whose send buffer is fixed (wmem_default, 208 KB
