@@ -14,6 +14,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <linux/sockios.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <sys/ioctl.h>
 #include <sys/sendfile.h>
 #include <sys/socket.h>
@@ -451,10 +453,25 @@ wq_append(ymo_conn_t *c, ymo_bucket_t *chain)
     else {
         c->busy->wq_head = chain;
     }
+    int file = chain->fd >= 0;
     while (chain->next != NULL) {
         chain = chain->next;
+        file |= chain->fd >= 0;
     }
     c->busy->wq_tail = chain;
+    if (file && !c->busy->corked && !c->listener->is_unix) {
+        /* A file goes out with TCP_CORK on, until the queue is empty
+         * (conn_flush): the head shares the file's first segment, and
+         * every segment is full. Without it, over loopback, sendfile
+         * hands the segments the window does not take yet to the
+         * receiver's ACKs, whose CPU then transmits them: 0.7x the
+         * throughput when the client is the bottleneck. */
+        int one = 1;
+        if (setsockopt(c->fd, IPPROTO_TCP, TCP_CORK, &one,
+                       sizeof(one)) == 0) {
+            c->busy->corked = 1;
+        }
+    }
 }
 
 /* The one place a request the parser refused becomes a response: status
@@ -563,6 +580,12 @@ conn_flush(ymo_conn_t *c)
                 break;
             }
         }
+    }
+    if (c->busy->corked && c->busy->wq_head == NULL && r == 0) {
+        /* Everything is written: what the cork holds goes out now. */
+        int zero = 0;
+        (void)setsockopt(c->fd, IPPROTO_TCP, TCP_CORK, &zero, sizeof(zero));
+        c->busy->corked = 0;
     }
     if (ex_bytes > 0 && c->busy->ex != NULL) {
         const ymo_config_t *cfg = &c->listener->server->config;

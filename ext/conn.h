@@ -76,6 +76,8 @@ typedef struct ymo_conn_busy {
     int head_written;          /* response bytes already went out */
     ev_tstamp last_write;      /* last write progress */
     int write_blocked;         /* waiting for EV_WRITE */
+    int corked;                /* TCP_CORK is on: a file is being sent
+                                * (see wq_append) */
     ev_tstamp linger_until;
 } ymo_conn_busy_t;
 

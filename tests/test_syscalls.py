@@ -9,7 +9,8 @@ import sys
 
 import pytest
 
-from helpers import APPS_DIR, ServerProcess, connect, read_response
+from helpers import (APPS_DIR, ServerProcess, connect, read_response,
+                     subprocess_env)
 
 WAIT = 20
 
@@ -74,3 +75,90 @@ def test_waiting_for_room_costs_no_failing_epoll_ctl(tmp_path):
         len(failed), len(calls), failed[:3])
     # A watcher goes on once per connection, not once per request.
     assert len(calls) < conns * rounds // 2, len(calls)
+
+
+def _traced_server(out, extra_args, env):
+    return ServerProcess(["strace", "-f", "-qq", "-o", str(out),
+                          "-e", "trace=setsockopt", "-e", "signal=none",
+                          sys.executable, "-m", "yimmo", "--workers", "2"]
+                         + extra_args + ["files:app"],
+                         cwd=APPS_DIR, env=env)
+
+
+def _serve_files_traced(tmp_path, bind):
+    """Run the files app under strace on `bind` and fetch, on one
+    keep-alive connection, files (sent with sendfile under TCP_CORK) mixed
+    with small responses; returns strace's setsockopt lines."""
+    files = tmp_path / "files"
+    files.mkdir()
+    small = os.urandom(700)
+    big = os.urandom(3 << 20)
+    (files / "small").write_bytes(small)
+    (files / "big").write_bytes(big)
+    out = tmp_path / "strace.txt"
+    env = subprocess_env(YIMMO_TEST_FILES=str(files))
+    plan = [("/f/small", small), ("/hello", b"hello from /hello"),
+            ("/f/big", big), ("/f/small?chunked", small),
+            ("/f/big?chunked", big), ("/hello", b"hello from /hello")]
+    with _traced_server(out, ["-b", bind], env) as proc:
+        server = int(proc.wait_for_line(r"\[(\d+)\] \[INFO\] Listening at",
+                                        timeout=WAIT).group(1))
+        try:
+            addr = (bind if bind.startswith("unix:")
+                    else proc.wait_listening(WAIT))
+            s = connect(addr)
+            for _ in range(3):
+                for target, body in plan:
+                    s.sendall(b"GET %s HTTP/1.1\r\nHost: t\r\n\r\n"
+                              % target.encode())
+                    resp = read_response(s)
+                    assert resp.status == 200 and resp.body == body, target
+            # Pipelined: a file between two small responses.
+            s.sendall(b"".join(b"GET %s HTTP/1.1\r\nHost: t\r\n\r\n"
+                               % t.encode()
+                               for t in ("/hello", "/f/big", "/hello")))
+            for body in (b"hello from /hello", big, b"hello from /hello"):
+                assert read_response(s).body == body
+            s.close()
+            os.kill(server, signal.SIGTERM)
+            assert proc.wait(WAIT) == 0
+        finally:
+            try:
+                os.kill(server, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    return out.read_text().splitlines()
+
+
+def test_a_file_goes_out_corked_and_the_cork_comes_off(tmp_path):
+    # A wsgi.file_wrapper response is written with TCP_CORK on (the head
+    # shares the file's first segment, segments are full, and over
+    # loopback the sender's CPU transmits, not the reader's), and the cork
+    # comes off once the response is written: left on, the next small
+    # response would wait up to 200 ms for the kernel to let it go.
+    if not _can_trace():
+        pytest.skip("strace cannot trace here (ptrace refused)")
+    lines = _serve_files_traced(tmp_path, "127.0.0.1:0")
+    corks = [ln for ln in lines if "TCP_CORK" in ln]
+    assert not [ln for ln in corks if "= -1" in ln], corks
+    by_fd = {}
+    for ln in corks:
+        fd = ln.split("setsockopt(", 1)[1].split(",", 1)[0]
+        by_fd.setdefault(fd, []).append("[1]" in ln)
+    # One client connection (the probe that waits for the listener may
+    # be another, which asks for no file).
+    on_off = [v for v in by_fd.values() if v]
+    assert len(on_off) == 1, corks
+    seq = on_off[0]
+    # On, off, on, off...: 4 files in each of 3 rounds, then 1 pipelined
+    # (which may share its cork with nothing else).
+    assert seq == [True, False] * (len(seq) // 2), corks
+    assert len(seq) == 2 * (4 * 3 + 1), corks
+
+
+def test_no_cork_on_a_unix_socket(tmp_path):
+    if not _can_trace():
+        pytest.skip("strace cannot trace here (ptrace refused)")
+    sock = tmp_path / "s.sock"
+    lines = _serve_files_traced(tmp_path, "unix:%s" % sock)
+    assert not [ln for ln in lines if "TCP_" in ln], lines
