@@ -500,6 +500,16 @@ conn_error(ymo_conn_t *c, int status)
     conn_error_head(c, status, 0);
 }
 
+/* The kernel holds no byte from the client that was not read (or the
+ * client closed, or the connection failed): closing cannot reset it. */
+static int
+conn_nothing_unread(const ymo_conn_t *c)
+{
+    char byte;
+    ssize_t n = recv(c->fd, &byte, 1, MSG_PEEK | MSG_DONTWAIT);
+    return n <= 0 && (n == 0 || errno != EINTR);
+}
+
 /* Write as much of the queue as the socket takes. Returns -1 when the
  * connection was closed (c is gone), 0 otherwise. */
 static int
@@ -1038,6 +1048,8 @@ static void
 conn_step(ymo_conn_t *c)
 {
     ymo_server_t *s = c->listener->server;
+    int client_closes = 0;      /* the response just completed was to a
+                                 * request that said it is the last */
     for (;;) {
         /* The PROXY header first: it needs no room, and a connection
          * whose header never completes is closed without a word (see
@@ -1113,6 +1125,7 @@ conn_step(ymo_conn_t *c)
             /* Response complete. A body the app did not read closes the
              * connection: its bytes cannot be told from the next request
              * unless we read them, and the worker said so in its head. */
+            client_closes = !c->busy->ex->req.keep_alive;
             conn_free_exchange(c);
             c->busy->state = YMO_CONN_HEAD;
             if (!c->busy->body_done) {
@@ -1148,6 +1161,16 @@ conn_step(ymo_conn_t *c)
     }
     if (c->busy->closing && c->busy->wq_head == NULL) {
         if (c->busy->state == YMO_CONN_HEAD && c->busy->read_eof) {
+            ymo_conn_close(c);
+            return;
+        }
+        if (c->busy->state == YMO_CONN_HEAD && client_closes &&
+            c->busy->inlen == 0 && conn_nothing_unread(c)) {
+            /* The client said this request was its last (RFC 9112 9.6:
+             * it sends nothing more), all it sent was read, and the
+             * kernel holds nothing from it: nothing can reset the
+             * connection, so it closes now, without the lingering
+             * close's shutdown, wait and read. */
             ymo_conn_close(c);
             return;
         }

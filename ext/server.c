@@ -132,7 +132,7 @@ listener_on_accept(struct ev_loop *loop, ev_io *w, int revents)
             }
             return;             /* EAGAIN: all taken */
         }
-        if (!l->is_unix) {
+        if (!l->is_unix && !l->nodelay_inherited) {
             int one = 1;
             setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
         }
@@ -547,6 +547,11 @@ ymo_server_init(ymo_server_t *s, const ymo_config_t *config,
         l->server = s;
         l->fd = listen_fds[i];
         l->is_unix = is_unix[i];
+        if (!l->is_unix) {
+            int one = 1;
+            l->nodelay_inherited = setsockopt(l->fd, IPPROTO_TCP, TCP_NODELAY,
+                                              &one, sizeof(one)) == 0;
+        }
         l->index = i;
         ev_io_init(&l->io, listener_on_accept, l->fd, EV_READ);
         l->io.data = l;

@@ -81,6 +81,9 @@ typedef struct ymo_listener {
     int fd;                    /* owned by the server once init succeeded;
                                 * -1 once closed (the stop began) */
     int is_unix;
+    int nodelay_inherited;     /* TCP_NODELAY is set on the listener, so
+                                * accepted sockets have it already (Linux
+                                * copies it): no setsockopt per accept */
     size_t index;              /* position in server->listeners */
 } ymo_listener_t;
 

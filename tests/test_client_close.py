@@ -6,8 +6,10 @@ environ["yimmo.client_gone"]() tells a long computation that nobody waits
 for it any more."""
 
 import json
+import os
 import logging
 import socket
+import stat
 import struct
 import threading
 import time
@@ -193,3 +195,115 @@ def test_client_gone_is_false_while_the_client_waits(yimmo_server):
     with connect(server.address, WAIT) as sock:
         sock.sendall(build_request("GET", "/"))
         assert read_response(sock).body == b"false"
+
+
+# -- the server's side of a connection (found in this process) ---------------
+
+
+def _server_sockets(client):
+    """This process's sockets whose peer is `client` (a connected socket):
+    the server's end of its connection, while the server has it open."""
+    found = []
+    me = client.getsockname()
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        try:
+            if not stat.S_ISSOCK(os.fstat(fd).st_mode):
+                continue
+            s = socket.fromfd(fd, socket.AF_INET, socket.SOCK_STREAM)
+        except OSError:
+            continue
+        with s:
+            try:
+                if s.getpeername() == me:
+                    found.append(s.getsockopt(socket.IPPROTO_TCP,
+                                              socket.TCP_NODELAY))
+            except OSError:
+                pass
+    return found
+
+
+def test_accepted_connections_have_nodelay(yimmo_server):
+    # Set on the listener and copied by the kernel into each accepted
+    # socket (no setsockopt per accept): a response written in pieces
+    # must not wait for the client's delayed ACK (Nagle).
+    inside = threading.Event()
+    release = threading.Event()
+
+    def app(environ, start_response):
+        inside.set()
+        release.wait(WAIT)
+        start_response("200 OK", [("Content-Length", "2")])
+        return [b"ok"]
+
+    server = yimmo_server(app, workers=1)
+    with connect(server.address, WAIT) as sock:
+        sock.sendall(build_request("GET", "/"))
+        assert inside.wait(WAIT)
+        try:
+            assert _server_sockets(sock) == [1]
+        finally:
+            release.set()
+        assert read_response(sock).body == b"ok"
+
+
+@pytest.mark.parametrize("version", ["HTTP/1.1", "HTTP/1.0"])
+def test_the_last_request_closes_without_lingering(yimmo_server, version):
+    # A request that says it is the last (Connection: close; HTTP/1.0
+    # without keep-alive) is answered and the connection closed at once:
+    # the client sends nothing more (RFC 9112 9.6), so there is nothing
+    # to discard and the lingering close's shutdown, wait for the
+    # client's FIN and read would be spent for nothing.
+    server = yimmo_server(hello, workers=1)
+    with connect(server.address, WAIT) as sock:
+        headers = [("Connection", "close")] if version == "HTTP/1.1" else []
+        sock.sendall(build_request("GET", "/x", headers=headers,
+                                   version=version))
+        raw = read_until_close(sock, WAIT)
+        assert raw.startswith(b"HTTP/1.1 200 ") and raw.endswith(b"hello /x")
+        # The FIN came from close(), not shutdown(): the server no longer
+        # has the socket although this client has not closed its side.
+        assert _server_sockets(sock) == []
+
+
+def test_bytes_after_the_last_request_are_discarded_not_reset(yimmo_server):
+    # A client that sends more after a request that said it was the last
+    # (against RFC 9112 9.6) gets the lingering close: its extra bytes
+    # are read and dropped, and the response arrives whole, ended by a
+    # FIN rather than destroyed by a reset.
+    release = threading.Event()
+
+    def app(environ, start_response):
+        release.wait(WAIT)
+        body = b"y" * (8 << 20)
+        start_response("200 OK", [("Content-Length", str(len(body)))])
+        return [body]
+
+    server = yimmo_server(app, workers=1)
+    with connect(server.address, WAIT) as sock:
+        sock.sendall(build_request("GET", "/", headers=[("Connection",
+                                                         "close")]))
+        time.sleep(0.2)
+        # More than the server buffers: some stays unread in its kernel.
+        # (sendall from a thread: the server stops reading, so it may
+        # block until the lingering close discards the rest.)
+        extra = threading.Thread(target=_send_quietly, daemon=True,
+                                 args=(sock, b"GET /more HTTP/1.1\r\n"
+                                       b"Host: x\r\n\r\n" * 100000))
+        extra.start()
+        time.sleep(0.2)
+        release.set()
+        # Read only once the server is done writing: much of the body
+        # then still waits in its socket, which a reset would drop.
+        time.sleep(0.5)
+        raw = read_until_close(sock, WAIT)
+        extra.join(WAIT)
+    assert raw.startswith(b"HTTP/1.1 200 ")
+    assert raw.endswith(b"\r\n\r\n" + b"y" * (8 << 20))
+
+
+def _send_quietly(sock, data):
+    try:
+        sock.sendall(data)
+    except OSError:
+        pass
