@@ -620,34 +620,38 @@ conn_body_nomem(ymo_conn_t *c)
     }
 }
 
-/* Hand body bytes at the front of inbuf to the exchange (those that came
- * in one read with the head, and chunked bodies, whose framing is parsed
- * here: a copy). A Content-Length body's other bytes are read straight
- * into the exchange: see conn_read_into_body. */
+/* Hand body bytes in inbuf, from offset `at`, to the exchange (those that
+ * came in one read with the head, and chunked bodies, whose framing is
+ * parsed here: a copy), then drop the first `at` bytes (the head just
+ * parsed) and what was fed. A Content-Length body's other bytes are read
+ * straight into the exchange: see conn_read_into_body. */
 static int
-conn_feed_body(ymo_conn_t *c)
+conn_feed_body_at(ymo_conn_t *c, size_t at)
 {
     ymo_exchange_t *ex = c->busy->ex;
     size_t hwm = c->listener->server->config.in_high_water;
+    const char *src = c->busy->inbuf + at;
+    size_t avail = c->busy->inlen - at;
     size_t used = 0;
     int r = 0;
-    if (c->busy->body_kind == YMO_HTTP_BODY_LENGTH) {
-        size_t take = c->busy->inlen < c->busy->body_left ? c->busy->inlen
-                                              : (size_t)c->busy->body_left;
+    if (c->busy->body_done || c->busy->body_paused) {
+        /* Nothing to feed (no body, or the exchange is full). */
+    }
+    else if (c->busy->body_kind == YMO_HTTP_BODY_LENGTH) {
+        size_t take = avail < c->busy->body_left ? avail
+                                                 : (size_t)c->busy->body_left;
         c->busy->body_left -= take;
         used = take;
         c->busy->body_done = c->busy->body_left == 0;
-        r = ymo_exchange_input_append(ex, c->busy->inbuf, take,
-                                      c->busy->body_done, hwm);
+        r = ymo_exchange_input_append(ex, src, take, c->busy->body_done,
+                                      hwm);
     }
     else {
-        while (used < c->busy->inlen && !c->busy->chunked.done) {
+        while (used < avail && !c->busy->chunked.done) {
             const char *data;
             size_t dlen;
-            ssize_t n = ymo_http_chunked_feed(&c->busy->chunked,
-                                              c->busy->inbuf + used,
-                                              c->busy->inlen - used, &data,
-                                              &dlen);
+            ssize_t n = ymo_http_chunked_feed(&c->busy->chunked, src + used,
+                                              avail - used, &data, &dlen);
             if (n < 0) {
                 c->busy->body_done = 1;
                 c->busy->closing = 1;
@@ -678,9 +682,9 @@ conn_feed_body(ymo_conn_t *c)
     else if (r == 1) {
         c->busy->body_paused = 1;
     }
-    c->busy->inlen -= used;
-    if (c->busy->inlen > 0 && used > 0) {
-        memmove(c->busy->inbuf, c->busy->inbuf + used, c->busy->inlen);
+    c->busy->inlen -= at + used;
+    if (c->busy->inlen > 0 && at + used > 0) {
+        memmove(c->busy->inbuf, c->busy->inbuf + at + used, c->busy->inlen);
     }
     if (used > 0) {
         c->busy->last_read = now(c);
@@ -725,8 +729,6 @@ conn_start_exchange(ymo_conn_t *c, size_t head_len,
     if (req->body == YMO_HTTP_BODY_CHUNKED) {
         ymo_http_chunked_init(&c->busy->chunked, &s->config.limits);
     }
-    c->busy->inlen -= head_len;
-    memmove(c->busy->inbuf, c->busy->inbuf + head_len, c->busy->inlen);
     /* A small body is read whole before a worker is engaged, so that a
      * client sending it slowly (the slow-POST attack) ties up only its
      * connection. Not with Expect: 100-continue, which the app answers by
@@ -751,6 +753,10 @@ conn_start_exchange(ymo_conn_t *c, size_t head_len,
         wq_append(c, b);
         c->busy->head_written = 1;
     }
+    /* The body bytes that came with the head go to the exchange from
+     * where they are (moved to the front of inbuf first, they were copied
+     * once more), and only what follows them moves. */
+    conn_feed_body_at(c, head_len);
     if (!c->busy->dispatch_pending) {
         conn_dispatch(c);
     }
@@ -1087,7 +1093,7 @@ conn_step(ymo_conn_t *c)
         }
         if (c->busy->state == YMO_CONN_EXCHANGE && !c->busy->body_done &&
             !c->busy->body_paused && c->busy->inlen > 0) {
-            conn_feed_body(c);
+            conn_feed_body_at(c, 0);
         }
         if (c->busy->state == YMO_CONN_EXCHANGE && !c->busy->body_done &&
             c->busy->read_eof && c->busy->inlen == 0) {
