@@ -30,6 +30,10 @@
 #define INBUF_BODY 65536
 #define IOV_BATCH 64
 #define LINGER_SECONDS 2.0
+/* Fewest body bytes read with a head for the read buffer to be handed to
+ * the exchange rather than copied (conn_adoptable): below it, the copy
+ * costs less than a new 64 KB buffer, and a small body would pin one. */
+#define ADOPT_MIN 16384
 #define LINGER_POLL 0.02
 
 /* How far conn_rest walks an idle list back to keep it in order. */
@@ -620,6 +624,33 @@ conn_body_nomem(ymo_conn_t *c)
     }
 }
 
+/* Body bytes that came in one read with the head need no copy when they
+ * are many and nothing follows them: the loop's buffer, a bucket, becomes
+ * the exchange's first input bucket (body from `at`, `take` bytes), and the
+ * loop takes a new one. Returns that bucket, or NULL to copy. */
+static ymo_bucket_t *
+conn_adoptable(ymo_conn_t *c, size_t at, size_t take)
+{
+    ymo_server_t *s = c->listener->server;
+    if (at == 0 || take < ADOPT_MIN || at + take != c->busy->inlen ||
+        !c->busy->inbuf_borrowed || c->busy->inbuf != s->scratch) {
+        return NULL;
+    }
+    ymo_bucket_t *fresh = ymo_bucket_new(YMO_SCRATCH_SIZE);
+    if (fresh == NULL) {
+        return NULL;            /* the copy needs no memory of its own */
+    }
+    ymo_bucket_t *b = s->scratch_bucket;
+    b->off = at;
+    b->len = at + take;
+    s->scratch_bucket = fresh;
+    s->scratch = fresh->data;
+    /* inbuf stays borrowed, now from the new buffer; what it held (all
+     * consumed by the caller) is the exchange's. */
+    c->busy->inbuf = s->scratch;
+    return b;
+}
+
 /* Hand body bytes in inbuf, from offset `at`, to the exchange (those that
  * came in one read with the head, and chunked bodies, whose framing is
  * parsed here: a copy), then drop the first `at` bytes (the head just
@@ -643,8 +674,13 @@ conn_feed_body_at(ymo_conn_t *c, size_t at)
         c->busy->body_left -= take;
         used = take;
         c->busy->body_done = c->busy->body_left == 0;
-        r = ymo_exchange_input_append(ex, src, take, c->busy->body_done,
-                                      hwm);
+        ymo_bucket_t *adopted = conn_adoptable(c, at, take);
+        r = adopted != NULL ? ymo_exchange_input_adopt(ex, adopted,
+                                                       c->busy->body_done,
+                                                       hwm)
+                            : ymo_exchange_input_append(ex, src, take,
+                                                        c->busy->body_done,
+                                                        hwm);
     }
     else {
         while (used < avail && !c->busy->chunked.done) {

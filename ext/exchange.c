@@ -208,12 +208,12 @@ char *
     return p;
 }
 
-int
-ymo_exchange_input_commit(ymo_exchange_t *ex, size_t n, int done,
-                          size_t high_water)
+/* input_commit with the lock held. */
+static int
+input_commit_locked(ymo_exchange_t *ex, size_t n, int done,
+                    size_t high_water)
 {
     int r = 0;
-    pthread_mutex_lock(&ex->lock);
     ex->in_tail->len += n;
     ex->in_buffered += n;
     ex->in_received += n;
@@ -225,6 +225,35 @@ ymo_exchange_input_commit(ymo_exchange_t *ex, size_t n, int done,
         r = 1;
     }
     wake_readers(ex);
+    return r;
+}
+
+int
+ymo_exchange_input_commit(ymo_exchange_t *ex, size_t n, int done,
+                          size_t high_water)
+{
+    pthread_mutex_lock(&ex->lock);
+    int r = input_commit_locked(ex, n, done, high_water);
+    pthread_mutex_unlock(&ex->lock);
+    return r;
+}
+
+int
+ymo_exchange_input_adopt(ymo_exchange_t *ex, ymo_bucket_t *b, int done,
+                         size_t high_water)
+{
+    size_t n = b->len - b->off;
+    b->len = b->off;            /* committed below */
+    b->next = NULL;
+    pthread_mutex_lock(&ex->lock);
+    if (ex->in_tail != NULL) {
+        ex->in_tail->next = b;
+    }
+    else {
+        ex->in_head = b;
+    }
+    ex->in_tail = b;
+    int r = input_commit_locked(ex, n, done, high_water);
     pthread_mutex_unlock(&ex->lock);
     return r;
 }

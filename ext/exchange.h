@@ -149,6 +149,13 @@ char *(ymo_exchange_input_space)(ymo_exchange_t *ex, uint64_t left,
 int ymo_exchange_input_commit(ymo_exchange_t *ex, size_t n, int done,
                               size_t high_water);
 
+/* Loop thread: append b, a memory bucket holding body bytes from b->off
+ * to b->len, to the input chain, which owns it from now on (its room past
+ * len is the loop's, as input_space's is). Returns what
+ * ymo_exchange_input_commit does. */
+int ymo_exchange_input_adopt(ymo_exchange_t *ex, ymo_bucket_t *b, int done,
+                             size_t high_water);
+
 /* Loop thread: the body cannot complete (status: 400/413, or -1 when the
  * client went away). Wakes a waiting worker. */
 void ymo_exchange_input_fail(ymo_exchange_t *ex, int status);

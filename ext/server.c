@@ -518,7 +518,8 @@ ymo_server_init(ymo_server_t *s, const ymo_config_t *config,
     s->workers = ymo_calloc(slots, sizeof(*s->workers));
     s->headers = ymo_calloc(config->limits.max_header_count + 1,
                             sizeof(*s->headers));
-    s->scratch = ymo_malloc(YMO_SCRATCH_SIZE);
+    s->scratch_bucket = ymo_bucket_new(YMO_SCRATCH_SIZE);
+    s->scratch = s->scratch_bucket != NULL ? s->scratch_bucket->data : NULL;
     if (s->listeners == NULL || s->workers == NULL || s->headers == NULL ||
         s->scratch == NULL) {
         ymo_server_destroy(s);
@@ -784,7 +785,10 @@ ymo_server_destroy(ymo_server_t *s)
     free(s->listeners);
     free(s->workers);
     free(s->headers);
-    free(s->scratch);
+    if (s->scratch_bucket != NULL) {
+        ymo_bucket_free(s->scratch_bucket);
+    }
+    s->scratch_bucket = NULL;
     ymo_trust_free(&s->config.trust);
     s->headers = NULL;
     s->scratch = NULL;

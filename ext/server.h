@@ -102,6 +102,10 @@ typedef struct ymo_server {
     /* Loop thread only. */
     char *scratch;             /* connections read into this; a connection
                                 * keeps a copy only of what is left over */
+    ymo_bucket_t *scratch_bucket;  /* scratch is its data: an exchange may
+                                    * take it over as an input bucket
+                                    * (conn_feed_body_at), and the server
+                                    * gets a new one */
     ymo_http_header_t *headers;    /* parser output, max_header_count long,
                                     * shared by all connections */
     struct ymo_conn *conns;    /* doubly linked list of the connections

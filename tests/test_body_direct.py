@@ -218,3 +218,35 @@ def test_app_reads_part_of_the_body(yimmo_server, size):
             read_until_close(sock)
         else:
             assert read_response(sock).body == b"hello"
+
+
+# The body bytes that arrive in one read with the head: 16 KB or more of
+# them, with nothing after, and the loop's read buffer becomes the
+# exchange's first input bucket (no copy); the rest of the body may then
+# be received into the room left in it.
+@pytest.mark.parametrize("first", [16 * KB - 1, 16 * KB, 16 * KB + 1,
+                                   30 * KB, "fill"])
+@pytest.mark.parametrize("rest", [0, 1, 30 * KB, MB])
+@pytest.mark.parametrize("buffer_body", [0, 65536])
+def test_body_that_came_with_the_head(yimmo_server, first, rest,
+                                      buffer_body):
+    server = yimmo_server(digest_app, workers=2, buffer_body=buffer_body)
+    if first == "fill":
+        # Head and body fill the buffer (64 KB) exactly.
+        first = 64 * KB
+        for _ in range(3):
+            n = first + rest
+            head_len = len(build_request("POST", "/read-n", body=b"x" * n)) - n
+            first = 64 * KB - head_len
+    body = _body(first + rest, first + rest)
+    data = build_request("POST", "/read-n", body=body)
+    cut = len(data) - rest
+    with connect(server.address, WAIT) as sock:
+        sock.sendall(data[:cut])
+        if rest:
+            time.sleep(0.05)            # its own read
+            sock.sendall(data[cut:])
+        assert json.loads(read_response(sock).body) == _expect(body)
+        # The connection goes on.
+        sock.sendall(build_request("GET", "/hello"))
+        assert read_response(sock).body == b"hello"
