@@ -307,3 +307,45 @@ def _send_quietly(sock, data):
         sock.sendall(data)
     except OSError:
         pass
+
+
+def test_bytes_sent_after_the_response_is_written_do_not_reset_it(
+        yimmo_server):
+    # The response to a Connection: close request is all in the server's
+    # kernel (the server is done writing) but the client, reading slowly,
+    # has not received most of it yet, when a stray CRLF arrives (old
+    # clients send one after a POST body). Closed at once, the server's
+    # socket answers that byte with a reset that drops the megabytes still
+    # queued in it: the lingering close reads and discards it instead.
+    size = 16 << 20
+
+    def app(environ, start_response):
+        start_response("200 OK", [("Content-Length", str(size))])
+        return [b"y" * size]
+
+    server = yimmo_server(app, workers=1)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    # A small receive window: the rest of the response waits in the
+    # server's send queue.
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+    with sock:
+        sock.settimeout(WAIT)
+        sock.connect(server.address)
+        sock.sendall(build_request("GET", "/", headers=[("Connection",
+                                                         "close")]))
+        got = bytearray()
+        # Read until what is left fits in the server's send buffer (4 MB
+        # at most on Linux): the server has written it all by then.
+        while len(got) < size - (1 << 20):
+            chunk = sock.recv(65536)
+            assert chunk, len(got)
+            got += chunk
+        time.sleep(0.3)
+        sock.sendall(b"\r\n")
+        time.sleep(0.2)
+        try:
+            got += read_until_close(sock, WAIT)
+        except ConnectionResetError:
+            pass
+    assert got.startswith(b"HTTP/1.1 200 ")
+    assert len(got) == got.index(b"\r\n\r\n") + 4 + size, len(got)
