@@ -505,13 +505,24 @@ conn_error(ymo_conn_t *c, int status)
 }
 
 /* The kernel holds no byte from the client that was not read (or the
- * client closed, or the connection failed): closing cannot reset it. */
+ * client closed, or the connection failed), and the client acknowledged
+ * everything we sent: closing now cannot destroy the response. Both are
+ * needed: a byte the client sends after the close (a stray CRLF after a
+ * body, say) makes the orphaned socket answer with a reset, which drops
+ * whatever of the response its send queue still holds. */
 static int
 conn_nothing_unread(const ymo_conn_t *c)
 {
     char byte;
+    int queued = 0;
     ssize_t n = recv(c->fd, &byte, 1, MSG_PEEK | MSG_DONTWAIT);
-    return n <= 0 && (n == 0 || errno != EINTR);
+    if (n == 0 || (n < 0 && errno != EINTR && errno != EAGAIN &&
+                   errno != EWOULDBLOCK)) {
+        return 1;               /* the client closed, or the connection
+                                 * failed: nothing more can come */
+    }
+    return n < 0 && errno != EINTR &&
+           ioctl(c->fd, SIOCOUTQ, &queued) == 0 && queued == 0;
 }
 
 /* Write as much of the queue as the socket takes. Returns -1 when the
@@ -1209,10 +1220,12 @@ conn_step(ymo_conn_t *c)
         if (c->busy->state == YMO_CONN_HEAD && client_closes &&
             c->busy->inlen == 0 && conn_nothing_unread(c)) {
             /* The client said this request was its last (RFC 9112 9.6:
-             * it sends nothing more), all it sent was read, and the
-             * kernel holds nothing from it: nothing can reset the
-             * connection, so it closes now, without the lingering
-             * close's shutdown, wait and read. */
+             * it sends nothing more), all it sent was read, the kernel
+             * holds nothing from it and it has all we sent: a reset
+             * cannot destroy the response any more, so the connection
+             * closes now, without the lingering close's shutdown, wait
+             * and read. (With the response still in flight, a stray byte
+             * would make the orphaned socket reset it: then it lingers.) */
             ymo_conn_close(c);
             return;
         }
