@@ -349,3 +349,34 @@ def test_bytes_sent_after_the_response_is_written_do_not_reset_it(
             pass
     assert got.startswith(b"HTTP/1.1 200 ")
     assert len(got) == got.index(b"\r\n\r\n") + 4 + size, len(got)
+
+
+def test_a_connection_queued_before_the_server_started_has_nodelay(
+        yimmo_server):
+    # TCP_NODELAY is set on the listener and copied into each socket the
+    # kernel creates from it after that; a connection that was already in
+    # the backlog (systemd socket activation: the connection that
+    # activates the service; the supervisor's children loading the app)
+    # was created without it and must get it on accept.
+    inside = threading.Event()
+    release = threading.Event()
+
+    def app(environ, start_response):
+        inside.set()
+        release.wait(WAIT)
+        start_response("200 OK", [("Content-Length", "2")])
+        return [b"ok"]
+
+    lsock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    lsock.bind(("127.0.0.1", 0))
+    lsock.listen(16)
+    client = socket.create_connection(lsock.getsockname(), WAIT)
+    with client:
+        yimmo_server(app, workers=1, bind="fd://%d" % lsock.detach())
+        client.sendall(build_request("GET", "/"))
+        assert inside.wait(WAIT)
+        try:
+            assert _server_sockets(client) == [1]
+        finally:
+            release.set()
+        assert read_response(client).body == b"ok"
