@@ -8,6 +8,7 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <math.h>
+#include <stddef.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <stdio.h>
@@ -132,9 +133,12 @@ listener_on_accept(struct ev_loop *loop, ev_io *w, int revents)
             }
             return;             /* EAGAIN: all taken */
         }
-        if (!l->is_unix && !l->nodelay_inherited) {
+        if (!l->is_unix && (!l->nodelay_inherited || l->nodelay_queued > 0)) {
             int one = 1;
             setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+            if (l->nodelay_queued > 0) {
+                l->nodelay_queued--;
+            }
         }
         /* Trust is decided once, here, for the connection's life. */
         int trusted = l->is_unix ||
@@ -552,6 +556,21 @@ ymo_server_init(ymo_server_t *s, const ymo_config_t *config,
             int one = 1;
             l->nodelay_inherited = setsockopt(l->fd, IPPROTO_TCP, TCP_NODELAY,
                                               &one, sizeof(one)) == 0;
+            /* The connections already in the accept queue were created
+             * without it (systemd socket activation: the one that started
+             * us; a supervisor's children loading the app): as many
+             * accepts as the queue holds now set it themselves. For a
+             * listening socket, tcpi_unacked is the accept queue's length. */
+            struct tcp_info ti;
+            socklen_t tlen = sizeof(ti);
+            if (l->nodelay_inherited &&
+                getsockopt(l->fd, IPPROTO_TCP, TCP_INFO, &ti, &tlen) == 0 &&
+                tlen >= offsetof(struct tcp_info, tcpi_sacked)) {
+                l->nodelay_queued = ti.tcpi_unacked;
+            }
+            else {
+                l->nodelay_inherited = 0;   /* unknown: set per accept */
+            }
         }
         l->index = i;
         ev_io_init(&l->io, listener_on_accept, l->fd, EV_READ);

@@ -84,6 +84,10 @@ typedef struct ymo_listener {
     int nodelay_inherited;     /* TCP_NODELAY is set on the listener, so
                                 * accepted sockets have it already (Linux
                                 * copies it): no setsockopt per accept */
+    unsigned nodelay_queued;   /* (loop thread) accepts that set it still:
+                                * the accept queue's length when it was set
+                                * on the listener (those sockets were
+                                * created without it) */
     size_t index;              /* position in server->listeners */
 } ymo_listener_t;
 
