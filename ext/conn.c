@@ -640,7 +640,7 @@ conn_body_nomem(ymo_conn_t *c)
  * the exchange's first input bucket (body from `at`, `take` bytes), and the
  * loop takes a new one. Returns that bucket, or NULL to copy. */
 static ymo_bucket_t *
-conn_adoptable(ymo_conn_t *c, size_t at, size_t take)
+conn_adoptable(ymo_conn_t *c, size_t at, size_t take, int done)
 {
     ymo_server_t *s = c->listener->server;
     if (at == 0 || take < ADOPT_MIN || at + take != c->busy->inlen ||
@@ -656,6 +656,16 @@ conn_adoptable(ymo_conn_t *c, size_t at, size_t take)
     b->len = at + take;
     s->scratch_bucket = fresh;
     s->scratch = fresh->data;
+    if (done && b->len < b->cap) {
+        /* The whole body is in: its room would be held for nothing (a
+         * request waiting for a worker kept 64 KB for a 16 KB body).
+         * Shrinking leaves the bytes where they are. */
+        ymo_bucket_t *smaller = ymo_realloc(b, sizeof(*b) + b->len);
+        if (smaller != NULL) {
+            b = smaller;
+            b->cap = b->len;
+        }
+    }
     /* inbuf stays borrowed, now from the new buffer; what it held (all
      * consumed by the caller) is the exchange's. */
     c->busy->inbuf = s->scratch;
@@ -685,7 +695,8 @@ conn_feed_body_at(ymo_conn_t *c, size_t at)
         c->busy->body_left -= take;
         used = take;
         c->busy->body_done = c->busy->body_left == 0;
-        ymo_bucket_t *adopted = conn_adoptable(c, at, take);
+        ymo_bucket_t *adopted = conn_adoptable(c, at, take,
+                                               c->busy->body_done);
         r = adopted != NULL ? ymo_exchange_input_adopt(ex, adopted,
                                                        c->busy->body_done,
                                                        hwm)

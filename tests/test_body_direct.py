@@ -4,17 +4,26 @@ splits, with a request pipelined right behind the body, read every way
 wsgi.input reads; slow clients, clients that leave mid-body, apps that
 read only part of the body."""
 
+import ctypes
 import hashlib
 import json
 import random
 import socket
+import sys
 import threading
 import time
 
 import pytest
 
 from helpers import (build_request, connect, read_response,
-                     read_until_close)
+                     read_until_close, skip_under_asan)
+from test_idle_connections import has_mallinfo2
+
+
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in (
+        "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
+        "fsmblks", "uordblks", "fordblks", "keepcost")]
 
 WAIT = 30
 KB = 1024
@@ -250,3 +259,58 @@ def test_body_that_came_with_the_head(yimmo_server, first, rest,
         # The connection goes on.
         sock.sendall(build_request("GET", "/hello"))
         assert read_response(sock).body == b"hello"
+
+
+@skip_under_asan
+@pytest.mark.skipif(not sys.platform.startswith("linux") or
+                    not has_mallinfo2(), reason="needs glibc's mallinfo2")
+@pytest.mark.parametrize("buffer_body", [0, 16 * KB])
+def test_a_waiting_upload_holds_no_more_than_its_body(yimmo_server,
+                                                      buffer_body):
+    # A body that came whole with its head becomes the exchange's input
+    # as the loop's 64 KB read buffer; while the request waits for a
+    # worker that buffer must not stay 64 KB (300 waiting 16-20 KB
+    # uploads held 65 KB each, against 17-21 KB when copied).
+    libc = ctypes.CDLL(None)
+    libc.mallinfo2.restype = _MallInfo2
+
+    def in_use():
+        m = libc.mallinfo2()
+        return m.uordblks + m.hblkhd
+
+    gate = threading.Event()
+
+    def app(environ, start_response):
+        if environ["PATH_INFO"] == "/block":
+            gate.wait(WAIT)
+        else:
+            environ["wsgi.input"].read()
+        start_response("200 OK", [("Content-Length", "2")])
+        return [b"ok"]
+
+    size, n = 20000, 200
+    server = yimmo_server(app, workers=1, buffer_body=buffer_body,
+                          max_pending=400)
+    blocker = connect(server.address, WAIT)
+    socks = []
+    try:
+        blocker.sendall(build_request("GET", "/block"))
+        time.sleep(0.2)
+        req = build_request("POST", "/x", body=b"x" * size)
+        before = in_use()
+        for i in range(n):
+            s = connect(server.address, WAIT)
+            s.sendall(req)
+            socks.append(s)
+        # Until the loop has read every one (each a head and its body).
+        deadline = time.monotonic() + WAIT
+        while in_use() - before < n * size and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.3)
+        per_request = (in_use() - before) / n
+        assert per_request < size + 16 * KB, per_request
+    finally:
+        gate.set()
+        for s in socks:
+            s.close()
+        blocker.close()
