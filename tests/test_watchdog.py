@@ -386,7 +386,9 @@ class StopOnTimeout(logging.Handler):
     def emit(self, record):
         if "request timeout" in record.getMessage():
             server.stop(1)
-            print("stop returned on", threading.current_thread().name,
+            # One string per print: the arguments of two threads' prints
+            # interleave (seen on 3.13t: "stop returned onstatus  ...").
+            print("stop returned on %s" % threading.current_thread().name,
                   flush=True)
 
 logger = logging.getLogger("yimmo")
@@ -400,9 +402,9 @@ def app(environ, start_response):
 
 server = yimmo.Server(app, bind="127.0.0.1:0", workers=1, timeout=0.2)
 server.start()
-print("status", get(server.address, "/", timeout=5).status, flush=True)
+print("status %s" % get(server.address, "/", timeout=5).status, flush=True)
 server._thread.join(5)
-print("serve thread alive", server._thread.is_alive(), flush=True)
+print("serve thread alive %s" % server._thread.is_alive(), flush=True)
 os._exit(0)
 """
 
