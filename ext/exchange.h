@@ -39,6 +39,9 @@ typedef struct ymo_exchange {
     int trusted;                   /* from a trusted proxy: believe its
                                     * Forwarded / X-Forwarded-* fields */
     uint64_t seq;                  /* request number on its connection */
+    uint64_t dispatch_seq;         /* its place in dispatch order: set by
+                                    * the loop before it is queued, read
+                                    * with that queue's lock_in held */
     double queued_at;              /* ev_time() when it began to wait for
                                     * a worker (queue_timeout) */
 

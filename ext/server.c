@@ -852,6 +852,7 @@ ymo_server_dispatch(ymo_server_t *s, ymo_exchange_t *ex)
             best = &s->workers[0];
         }
     }
+    ex->dispatch_seq = s->dispatched++;
     ymo_wsgi_worker_add_exchange(best, ex);
     s->n_exchanges++;
     s->next_worker = (best->id + 1) % n;

@@ -122,6 +122,8 @@ typedef struct ymo_server {
     ev_tstamp idle_timer_at;   /* when it fires, while active */
     size_t n_conns;            /* open connections, idle or not */
     size_t n_exchanges;        /* handed to workers, not yet finished */
+    uint64_t dispatched;       /* exchanges handed to workers so far: the
+                                * next one's seq (loop thread) */
     struct ymo_conn *stalled_head;  /* connections with a request waiting */
     struct ymo_conn *stalled_tail;  /* for room (max_inflight), in order */
     size_t next_worker;        /* round-robin start for dispatch */

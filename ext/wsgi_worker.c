@@ -91,6 +91,7 @@ ymo_wsgi_worker_init(struct ev_loop *loop, size_t thread_id,
     ev_async_start(loop, &worker->event_out);
     atomic_init(&worker->idle, 0);
     atomic_init(&worker->n_in, 0);
+    atomic_init(&worker->head_seq, UINT64_MAX);
     atomic_init(&worker->in_app, 0);
     atomic_init(&worker->retired, 0);
     atomic_init(&worker->unused, 0);
@@ -103,6 +104,18 @@ ymo_wsgi_worker_init(struct ev_loop *loop, size_t thread_id,
     worker->overrun_head = NULL;
     worker->thread_initialized = 1;
     return 0;
+}
+
+/* With `worker`'s lock_in held, after a push or pop: what others read of
+ * its queue without the lock. */
+static void
+publish_in(ymo_wsgi_worker_t *worker)
+{
+    ymo_queue_node_t *head = worker->queue_in.head;
+    atomic_store(&worker->head_seq,
+                 head != NULL ? ((ymo_exchange_t *)head->item)->dispatch_seq
+                              : UINT64_MAX);
+    atomic_store(&worker->n_in, worker->queue_in.count);
 }
 
 /* Pop one exchange from `from`'s input queue for `self`. */
@@ -122,7 +135,7 @@ take_from(ymo_wsgi_worker_t *self, ymo_wsgi_worker_t *from)
     if (ex != NULL) {
         ex->worker = self;
     }
-    atomic_store(&from->n_in, from->queue_in.count);
+    publish_in(from);
     ymo_wsgi_worker_unlock_in(from);
     return ex;
 }
@@ -146,6 +159,32 @@ steal(ymo_wsgi_worker_t *self)
         }
     }
     return NULL;
+}
+
+/* With the GIL, the attached worker (the only one running Python) takes
+ * the oldest exchange queued to any worker, so that exchanges run in the
+ * order they came: taking its own queue first, it ran the exchanges the
+ * loop kept giving it while those queued to a worker waiting for the GIL
+ * waited, and Django with 4 workers had twice the p99 of one worker. */
+static ymo_exchange_t *
+take_oldest(ymo_wsgi_worker_t *self)
+{
+    ymo_server_t *s = self->server;
+    ymo_wsgi_worker_t *best = NULL;
+    uint64_t best_seq = UINT64_MAX;
+    for (size_t i = 0; i < s->n_workers; i++) {
+        ymo_wsgi_worker_t *w = &s->workers[(self->id + i) % s->n_workers];
+        if (w != self &&
+            atomic_load_explicit(&w->unused, memory_order_relaxed)) {
+            continue;           /* a spare slot: see steal */
+        }
+        uint64_t seq = atomic_load(&w->head_seq);
+        if (seq < best_seq) {
+            best = w;
+            best_seq = seq;
+        }
+    }
+    return best != NULL ? take_from(self, best) : NULL;
 }
 
 /* worker_next returns this (never run) when the worker woke only to
@@ -206,7 +245,8 @@ worker_next(ymo_wsgi_worker_t *self, int block)
             ex = work_visible(self) ? MAY_WORK : NULL;
         }
         else {
-            ex = take_from(self, self);
+            ex = TAKE_ATTACHED && !self->retiring ? take_oldest(self)
+                                                  : take_from(self, self);
             if (ex == NULL && !self->retiring) {
                 /* (A retiring worker takes only what was queued to it:
                  * under load, stealing would keep it from ever
@@ -362,7 +402,7 @@ ymo_wsgi_worker_add_exchange(ymo_wsgi_worker_t *worker,
 {
     ymo_wsgi_worker_lock_in(worker);
     ymo_queue_push(&worker->queue_in, exchange, &exchange->node_in);
-    atomic_store(&worker->n_in, worker->queue_in.count);
+    publish_in(worker);
     ymo_wsgi_worker_unlock_in(worker);
     if (!worker->notify_pending) {
         worker->notify_pending = 1;

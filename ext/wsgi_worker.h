@@ -76,6 +76,10 @@ typedef struct ymo_wsgi_worker {
                                       * with lock_in held after each push
                                       * and pop; read without the lock to
                                       * skip an empty queue (take_from) */
+    _Atomic uint64_t head_seq;       /* seq of queue_in's first exchange,
+                                      * UINT64_MAX when empty: stored with
+                                      * n_in; read without the lock to find
+                                      * the oldest queued (take_oldest) */
     atomic_int idle;                 /* worker: about to sleep; any reads */
     atomic_int in_app;               /* worker: has exchanges to run (from
                                       * taking the GIL for them to giving
