@@ -6,6 +6,7 @@ waited too long for a worker gets 503 with Retry-After without running the
 app."""
 
 import socket
+import sys
 import threading
 import time
 
@@ -455,3 +456,54 @@ def test_loops_503_to_a_waiting_head_request_has_no_body(yimmo_server):
         assert data.endswith(b"\r\n\r\n")
     finally:
         gate.set()
+
+
+@pytest.mark.skipif(hasattr(sys, "_is_gil_enabled") and
+                    not sys._is_gil_enabled(),
+                    reason="with the GIL only: free-threaded workers run "
+                           "at once, each from its own queue first")
+def test_queued_requests_run_in_the_order_they_came(yimmo_server):
+    # With the GIL one worker runs Python at a time, so it takes the oldest
+    # request queued to any worker, not its own queue first: requests
+    # queued to a worker blocked in the app waited behind later ones.
+    gates = {"/a": threading.Event(), "/b": threading.Event()}
+    started = []
+
+    def app(environ, start_response):
+        path = environ["PATH_INFO"]
+        started.append(path)
+        if path in gates:
+            gates[path].wait(WAIT)
+        start_response("200 OK", [("Content-Length", "2")])
+        return [b"ok"]
+
+    server = yimmo_server(app, workers=2, max_pending=16)
+    socks = []
+    try:
+        # Both workers busy, one in /a, one in /b (the GIL released).
+        for path in ("/a", "/b"):
+            s = connect(server.address, WAIT)
+            s.sendall(build_request("GET", path))
+            socks.append(s)
+            deadline = time.monotonic() + WAIT
+            while path not in started:
+                assert time.monotonic() < deadline, started
+                time.sleep(0.01)
+        # Queued behind them, one at a time, alternating between their
+        # queues (the worker with fewer requests in hand gets the next).
+        later = ["/%d" % i for i in range(6)]
+        for path in later:
+            s = connect(server.address, WAIT)
+            s.sendall(build_request("GET", path))
+            socks.append(s)
+            time.sleep(0.05)
+        assert started == ["/a", "/b"]
+        gates["/b"].set()       # one worker is free: it runs them all
+        for s in socks[1:]:
+            assert read_response(s).status == 200
+        assert started[2:] == later
+    finally:
+        for gate in gates.values():
+            gate.set()
+        for s in socks:
+            s.close()
