@@ -223,10 +223,9 @@ def _server_sockets(client):
     return found
 
 
-def test_accepted_connections_have_nodelay(yimmo_server):
-    # Set on the listener and copied by the kernel into each accepted
-    # socket (no setsockopt per accept): a response written in pieces
-    # must not wait for the client's delayed ACK (Nagle).
+def _gated_app():
+    """An app that says it is inside (an Event) and answers "ok" once
+    released (another Event)."""
     inside = threading.Event()
     release = threading.Event()
 
@@ -235,6 +234,15 @@ def test_accepted_connections_have_nodelay(yimmo_server):
         release.wait(WAIT)
         start_response("200 OK", [("Content-Length", "2")])
         return [b"ok"]
+
+    return app, inside, release
+
+
+def test_accepted_connections_have_nodelay(yimmo_server):
+    # Set on the listener and copied by the kernel into each accepted
+    # socket (no setsockopt per accept): a response written in pieces
+    # must not wait for the client's delayed ACK (Nagle).
+    app, inside, release = _gated_app()
 
     server = yimmo_server(app, workers=1)
     with connect(server.address, WAIT) as sock:
@@ -358,14 +366,7 @@ def test_a_connection_queued_before_the_server_started_has_nodelay(
     # the backlog (systemd socket activation: the connection that
     # activates the service; the supervisor's children loading the app)
     # was created without it and must get it on accept.
-    inside = threading.Event()
-    release = threading.Event()
-
-    def app(environ, start_response):
-        inside.set()
-        release.wait(WAIT)
-        start_response("200 OK", [("Content-Length", "2")])
-        return [b"ok"]
+    app, inside, release = _gated_app()
 
     lsock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     lsock.bind(("127.0.0.1", 0))

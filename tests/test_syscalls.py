@@ -1,6 +1,7 @@
 """System calls the loop makes per request, counted with strace: none that
 fails. (Skipped where strace is missing or may not trace.)"""
 
+import contextlib
 import os
 import shutil
 import signal
@@ -38,33 +39,20 @@ def test_waiting_for_room_costs_no_failing_epoll_ctl(tmp_path):
         pytest.skip("strace cannot trace here (ptrace refused)")
     out = tmp_path / "strace.txt"
     conns, rounds = 6, 30
-    with ServerProcess(["strace", "-f", "-qq", "-o", str(out),
-                        "-e", "trace=epoll_ctl", "-e", "signal=none",
-                        sys.executable, "-m", "yimmo", "-b", "127.0.0.1:0",
-                        "--workers", "1", "--max-pending", "0",
-                        "hello:app"], cwd=APPS_DIR) as proc:
-        # The server's pid (strace's child) from its log line.
-        server = int(proc.wait_for_line(r"\[(\d+)\] \[INFO\] Listening at",
-                                        timeout=WAIT).group(1))
-        try:
-            addr = proc.wait_listening(WAIT)
-            socks = [connect(addr) for _ in range(conns)]
-            req = b"GET /x HTTP/1.1\r\nHost: t\r\n\r\n"
-            for _ in range(rounds):
-                for s in socks:
-                    s.sendall(req)
-                for s in socks:
-                    resp = read_response(s)
-                    assert resp.status == 200 and resp.body == b"hello from /x"
+    with _traced_yimmo(out, "epoll_ctl",
+                       ["-b", "127.0.0.1:0", "--workers", "1",
+                        "--max-pending", "0", "hello:app"]) as proc:
+        addr = proc.wait_listening(WAIT)
+        socks = [connect(addr) for _ in range(conns)]
+        req = b"GET /x HTTP/1.1\r\nHost: t\r\n\r\n"
+        for _ in range(rounds):
             for s in socks:
-                s.close()
-            os.kill(server, signal.SIGTERM)
-            assert proc.wait(WAIT) == 0
-        finally:
-            try:
-                os.kill(server, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+                s.sendall(req)
+            for s in socks:
+                resp = read_response(s)
+                assert resp.status == 200 and resp.body == b"hello from /x"
+        for s in socks:
+            s.close()
     lines = out.read_text().splitlines()
     calls = [ln for ln in lines if "epoll_ctl(" in ln]
     failed = [ln for ln in calls if "= -1" in ln]
@@ -77,12 +65,27 @@ def test_waiting_for_room_costs_no_failing_epoll_ctl(tmp_path):
     assert len(calls) < conns * rounds // 2, len(calls)
 
 
-def _traced_server(out, extra_args, env):
-    return ServerProcess(["strace", "-f", "-qq", "-o", str(out),
-                          "-e", "trace=setsockopt", "-e", "signal=none",
-                          sys.executable, "-m", "yimmo", "--workers", "2"]
-                         + extra_args + ["files:app"],
-                         cwd=APPS_DIR, env=env)
+@contextlib.contextmanager
+def _traced_yimmo(out, trace, args, env=None):
+    """`python -m yimmo ARGS` under `strace -e trace=TRACE` (written to
+    out); yields the ServerProcess once the server (strace's child) has
+    logged, which gets SIGTERM after the with body and must exit 0."""
+    with ServerProcess(["strace", "-f", "-qq", "-o", str(out),
+                        "-e", "trace=" + trace, "-e", "signal=none",
+                        sys.executable, "-m", "yimmo"] + args,
+                       cwd=APPS_DIR, env=env) as proc:
+        # The server's pid (strace's child) from its log line.
+        server = int(proc.wait_for_line(r"\[(\d+)\] \[INFO\] Listening at",
+                                        timeout=WAIT).group(1))
+        try:
+            yield proc
+            os.kill(server, signal.SIGTERM)
+            assert proc.wait(WAIT) == 0
+        finally:
+            try:
+                os.kill(server, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
 
 
 def _serve_files_traced(tmp_path, bind):
@@ -100,33 +103,25 @@ def _serve_files_traced(tmp_path, bind):
     plan = [("/f/small", small), ("/hello", b"hello from /hello"),
             ("/f/big", big), ("/f/small?chunked", small),
             ("/f/big?chunked", big), ("/hello", b"hello from /hello")]
-    with _traced_server(out, ["-b", bind], env) as proc:
-        server = int(proc.wait_for_line(r"\[(\d+)\] \[INFO\] Listening at",
-                                        timeout=WAIT).group(1))
-        try:
-            addr = (bind if bind.startswith("unix:")
-                    else proc.wait_listening(WAIT))
-            s = connect(addr)
-            for _ in range(3):
-                for target, body in plan:
-                    s.sendall(b"GET %s HTTP/1.1\r\nHost: t\r\n\r\n"
-                              % target.encode())
-                    resp = read_response(s)
-                    assert resp.status == 200 and resp.body == body, target
-            # Pipelined: a file between two small responses.
-            s.sendall(b"".join(b"GET %s HTTP/1.1\r\nHost: t\r\n\r\n"
-                               % t.encode()
-                               for t in ("/hello", "/f/big", "/hello")))
-            for body in (b"hello from /hello", big, b"hello from /hello"):
-                assert read_response(s).body == body
-            s.close()
-            os.kill(server, signal.SIGTERM)
-            assert proc.wait(WAIT) == 0
-        finally:
-            try:
-                os.kill(server, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+    with _traced_yimmo(out, "setsockopt",
+                       ["--workers", "2", "-b", bind, "files:app"],
+                       env) as proc:
+        addr = (bind if bind.startswith("unix:")
+                else proc.wait_listening(WAIT))
+        s = connect(addr)
+        for _ in range(3):
+            for target, body in plan:
+                s.sendall(b"GET %s HTTP/1.1\r\nHost: t\r\n\r\n"
+                          % target.encode())
+                resp = read_response(s)
+                assert resp.status == 200 and resp.body == body, target
+        # Pipelined: a file between two small responses.
+        s.sendall(b"".join(b"GET %s HTTP/1.1\r\nHost: t\r\n\r\n"
+                           % t.encode()
+                           for t in ("/hello", "/f/big", "/hello")))
+        for body in (b"hello from /hello", big, b"hello from /hello"):
+            assert read_response(s).body == body
+        s.close()
     return out.read_text().splitlines()
 
 
