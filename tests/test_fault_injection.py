@@ -218,6 +218,16 @@ def s_post_small(addr):
         expect(sock, body_is(body))
 
 
+def s_post_with_head(addr):
+    # 16 KB or more of body in one read with the head, nothing after: the
+    # loop's read buffer becomes the exchange's input (then shrunk to the
+    # body, which is whole).
+    body = os.urandom(20000)
+    with connect(addr, TIMEOUT) as sock:
+        send(sock, build_request("POST", "/echo", body=body))
+        expect(sock, body_is(body))
+
+
 def s_post_in_pieces(addr):
     # The body arrives after the head was kept: the connection's buffer
     # grows to body size.
@@ -374,7 +384,8 @@ def s_watchdog(addrs):
         assert read_until_close(sock, TIMEOUT) == b""
 
 
-SCENARIOS = [s_get_keepalive, s_pipelined, s_post_small, s_post_in_pieces,
+SCENARIOS = [s_get_keepalive, s_pipelined, s_post_small, s_post_with_head,
+             s_post_in_pieces,
              s_post_large, s_post_chunked, s_post_paused, s_expect_continue,
              s_expect_continue_small,
              s_big_stream, s_write, s_file, s_errors, s_app_exception,
