@@ -231,7 +231,9 @@ work_visible(ymo_wsgi_worker_t *self)
     return 0;
 }
 
-/* The next exchange to run: own queue, then peers'. With `block`, sleep
+/* The next exchange to run: with the GIL the oldest queued to any worker
+ * (take_oldest), free-threaded its own queue first, then peers' (a
+ * retiring worker: its own queue only). With `block`, sleep
  * until there is one (GIL released); NULL then means stop, RELEASE_ONLY
  * that owners wait in the server's release list, MAY_WORK that there is
  * an exchange to take once attached (TAKE_ATTACHED). */
