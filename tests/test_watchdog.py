@@ -13,6 +13,7 @@ import logging
 import os
 import socket
 import sys
+import sysconfig
 import threading
 import time
 
@@ -674,3 +675,54 @@ def test_a_cut_response_resets_a_slow_reader_at_once():
                 time.sleep(0.05)    # a slow reader: 320 KB/s
             assert ended is not None, "the cut response was still arriving"
         assert get(server.address, "/ok", timeout=WAIT).status == 200
+
+
+@pytest.mark.skipif(bool(sysconfig.get_config_var("Py_GIL_DISABLED")),
+                    reason="GIL builds only: free-threaded workers take "
+                           "their own queue first")
+def test_requests_queued_to_stuck_workers_run_in_order_on_the_spares():
+    # Both workers stuck in C with requests queued to each: the threads
+    # started in their places take them from the retired workers' queues,
+    # oldest first (take_oldest looks at retired slots, not at spares).
+    gates = {"/a": threading.Event(), "/b": threading.Event()}
+    started = []
+
+    def app(environ, start_response):
+        path = environ["PATH_INFO"]
+        started.append(path)
+        if path in gates:
+            gates[path].wait(WAIT * 3)
+        start_response("200 OK", [("Content-Length", str(len(path)))])
+        return [path.encode()]
+
+    server = yimmo.Server(app, bind="127.0.0.1:0", workers=2, timeout=0.3,
+                          max_pending=16)
+    server.start()
+    socks = []
+    try:
+        for path in ("/a", "/b"):
+            s = connect(server.address, WAIT * 2)
+            s.sendall(build_request("GET", path))
+            socks.append(s)
+            deadline = time.monotonic() + WAIT
+            while path not in started:
+                assert time.monotonic() < deadline, started
+                time.sleep(0.01)
+        later = ["/%d" % i for i in range(6)]
+        for path in later:
+            s = connect(server.address, WAIT * 2)
+            s.sendall(build_request("GET", path))
+            socks.append(s)
+            time.sleep(0.03)
+        for s in socks[:2]:
+            assert read_response(s).status == 503
+        for s, path in zip(socks[2:], later):
+            resp = read_response(s)
+            assert (resp.status, resp.body) == (200, path.encode())
+        assert [p for p in started if p not in gates] == later
+    finally:
+        for gate in gates.values():
+            gate.set()
+        for s in socks:
+            s.close()
+        server.stop(timeout=5)
