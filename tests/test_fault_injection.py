@@ -508,10 +508,20 @@ def test_server_construction_fails_cleanly():
         start_response("200 OK", [])
         return [b"hello"]
 
-    fi("reset")
-    Server(app, bind="127.0.0.1:0", workers=2).stop(timeout=1)
-    checks, _ = fi("totals")
-    tally()
+    # The counts are the process's: the servers of the other tests (the
+    # module's fixture) allocate too when a connection an earlier test
+    # closed wakes them (conn_wake). Counted in the dry run, such an
+    # allocation left the last n with nothing to fail (seen once in CI):
+    # count until two dry runs agree.
+    counts = []
+    while len(counts) < 2 or counts[-1] != counts[-2]:
+        assert len(counts) < 10, counts
+        time.sleep(0.1)
+        fi("reset")
+        Server(app, bind="127.0.0.1:0", workers=2).stop(timeout=1)
+        counts.append(fi("totals")[0])
+        tally()
+    checks = counts[-1]
     assert checks > 0
     for n in range(1, checks + 1):
         before = open_fds()
