@@ -35,6 +35,12 @@
  * costs less than a new 64 KB buffer, and a small body would pin one. */
 #define ADOPT_MIN 16384
 #define LINGER_POLL 0.02
+/* Most bytes one connection writes in a turn of the loop (conn_flush).
+ * Over loopback, or to any reader faster than the server, the socket
+ * never fills: without a limit one big response would go out whole while
+ * every other connection waits, and latency would follow the order
+ * responses started in rather than their size. */
+#define YMO_FLUSH_TURN (512u * 1024u)
 
 /* How far conn_rest walks an idle list back to keep it in order. */
 #define YMO_IDLE_WALK_MAX 32
@@ -525,21 +531,30 @@ conn_nothing_unread(const ymo_conn_t *c)
            ioctl(c->fd, SIOCOUTQ, &queued) == 0 && queued == 0;
 }
 
-/* Write as much of the queue as the socket takes. Returns -1 when the
- * connection was closed (c is gone), 0 otherwise. */
+/* Write as much of the queue as the socket takes, up to YMO_FLUSH_TURN
+ * bytes: what is left then waits for the next turn of the loop (as if the
+ * socket were full), after the other connections ready in this one.
+ * Returns -1 when the connection was closed (c is gone), 0 otherwise. */
 static int
 conn_flush(ymo_conn_t *c)
 {
     size_t ex_bytes = 0;
+    size_t turn = YMO_FLUSH_TURN;
     int r = 0;
     while (c->busy->wq_head != NULL) {
         ymo_bucket_t *b = c->busy->wq_head;
         ssize_t n;
+        if (turn == 0) {
+            if (!c->busy->write_blocked) {
+                c->busy->write_blocked = 1;
+                c->busy->last_write = now(c);
+            }
+            break;
+        }
         if (b->fd >= 0) {
             off_t off = b->file_off + (off_t)b->off;
             size_t want = b->len - b->off;
-            n = sendfile(c->fd, b->fd, &off, want > (1u << 30) ? (1u << 30)
-                                                                : want);
+            n = sendfile(c->fd, b->fd, &off, want > turn ? turn : want);
             if (n == 0 && want > 0) {
                 /* The file is shorter than promised: the response cannot
                  * be completed. */
@@ -583,6 +598,7 @@ conn_flush(ymo_conn_t *c)
         }
         c->busy->write_blocked = 0;
         c->busy->last_write = now(c);
+        turn -= (size_t)n < turn ? (size_t)n : turn;
         size_t left = (size_t)n;
         while (c->busy->wq_head != NULL) {
             ymo_bucket_t *x = c->busy->wq_head;
