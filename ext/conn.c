@@ -40,7 +40,9 @@
  * never fills: without a limit one big response would go out whole while
  * every other connection waits, and latency would follow the order
  * responses started in rather than their size. */
+#ifndef YMO_FLUSH_TURN           /* (the fuzz build sets a small one) */
 #define YMO_FLUSH_TURN (512u * 1024u)
+#endif
 
 /* How far conn_rest walks an idle list back to keep it in order. */
 #define YMO_IDLE_WALK_MAX 32
@@ -565,13 +567,20 @@ conn_flush(ymo_conn_t *c)
         else {
             struct iovec iov[IOV_BATCH];
             int cnt = 0;
+            size_t room = turn;
             for (ymo_bucket_t *x = b; x != NULL && x->fd < 0 &&
-                                      cnt < IOV_BATCH; x = x->next) {
+                                      cnt < IOV_BATCH && room > 0;
+                 x = x->next) {
                 if (x->len == x->off) {
                     continue;
                 }
+                /* No more than the turn's budget either: a socket with
+                 * a big send buffer (loopback autotunes it to several MB)
+                 * takes a big item whole in one sendmsg. */
+                size_t len = x->len - x->off;
                 iov[cnt].iov_base = (void *)(x->ptr + x->off);
-                iov[cnt].iov_len = x->len - x->off;
+                iov[cnt].iov_len = len < room ? len : room;
+                room -= iov[cnt].iov_len;
                 cnt++;
             }
             /* sendmsg rather than writev for MSG_NOSIGNAL: a client that

@@ -51,6 +51,10 @@
 #include "server.h"
 #include "wsgi_worker.h"
 
+#ifndef YMO_FLUSH_TURN
+#error "build with -DYMO_FLUSH_TURN=N for this file and conn.c (fuzz/run.sh)"
+#endif
+
 #define N_FILE_FDS 4
 #define MAX_ACTIONS 3000
 #define MAX_FINAL_ITERATIONS 200000
@@ -335,6 +339,8 @@ __wrap_sendmsg(int fd, const struct msghdr *msg, int flags)
     for (size_t i = 0; i < msg->msg_iovlen; i++) {
         total += msg->msg_iov[i].iov_len;
     }
+    /* conn_flush asks for no more than a turn's budget. */
+    CHECK(total <= YMO_FLUSH_TURN);
     ssize_t n = socket_take(total);
     if (n <= 0) {
         return n;
@@ -359,6 +365,7 @@ __wrap_sendfile(int out, int in, off_t *off, size_t count)
     int slot = file_slot(in);
     CHECK(slot >= 0 && files[slot].open);
     CHECK(off != NULL && *off >= 0);
+    CHECK(count <= YMO_FLUSH_TURN);
     size_t pos = (size_t)*off;
     size_t avail = pos < files[slot].size ? files[slot].size - pos : 0;
     size_t want = count < avail ? count : avail;

@@ -29,9 +29,11 @@ clang -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all \
 wraps=read,sendmsg,sendfile,shutdown,close,ev_now,ev_timer_start
 wraps=$wraps,ev_timer_stop,ev_timer_remaining,ymo_exchange_new
 wraps=$wraps,ymo_exchange_release
+# A small YMO_FLUSH_TURN (bytes conn_flush writes per turn of the loop),
+# so that the responses of a few KB the harness makes take several turns.
 clang -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all \
-    -std=gnu11 -D_GNU_SOURCE -Wall -Wextra -Werror -I"$root/ext" \
-    "$here/fuzz_conn.c" "$root/ext/conn.c" "$root/ext/server.c" \
+    -std=gnu11 -D_GNU_SOURCE -DYMO_FLUSH_TURN=3000 -Wall -Wextra -Werror \
+    -I"$root/ext" "$here/fuzz_conn.c" "$root/ext/conn.c" "$root/ext/server.c" \
     "$root/ext/exchange.c" "$root/ext/bucket.c" "$root/ext/queue.c" \
     "$root/ext/http_parser.c" "$root/ext/http_response.c" \
     "$root/ext/proxy_protocol.c" "$root/ext/trust.c" \
