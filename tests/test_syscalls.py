@@ -3,8 +3,10 @@ fails. (Skipped where strace is missing or may not trace.)"""
 
 import contextlib
 import os
+import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 
@@ -157,3 +159,35 @@ def test_no_cork_on_a_unix_socket(tmp_path):
     sock = tmp_path / "s.sock"
     lines = _serve_files_traced(tmp_path, "unix:%s" % sock)
     assert not [ln for ln in lines if "TCP_" in ln], lines
+
+
+def test_no_write_takes_more_than_a_turn(tmp_path):
+    # conn_flush writes at most YMO_FLUSH_TURN (512 KB) per connection per
+    # turn of the loop, so that a response to a reader as fast as the
+    # server does not hold up the others. A big item from memory went out
+    # in one sendmsg as large as the socket's send buffer (loopback
+    # autotunes it to several MB: 9.5 MB seen).
+    if not _can_trace():
+        pytest.skip("strace cannot trace here (ptrace refused)")
+    files = tmp_path / "files"
+    files.mkdir()
+    big = os.urandom(24 << 20)
+    (files / "big").write_bytes(big)
+    out = tmp_path / "strace.txt"
+    env = subprocess_env(YIMMO_TEST_FILES=str(files))
+    with _traced_yimmo(out, "sendmsg,sendfile",
+                       ["--workers", "1", "-b", "127.0.0.1:0", "files:app"],
+                       env) as proc:
+        addr = proc.wait_listening(WAIT)
+        with connect(addr, WAIT) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
+            for target in ("/f/big?memory", "/f/big", "/f/big?memory"):
+                s.sendall(b"GET %s HTTP/1.1\r\nHost: t\r\n\r\n"
+                          % target.encode())
+                resp = read_response(s)
+                assert resp.status == 200 and resp.body == big, target
+    sizes = [int(m.group(1)) for m in
+             (re.search(r"(?:sendmsg|sendfile)\b.*= (\d+)\s*$", ln)
+              for ln in out.read_text().splitlines()) if m]
+    assert sum(sizes) >= 3 * len(big), "strace saw too few writes"
+    assert max(sizes) <= 512 * 1024, sorted(sizes)[-5:]

@@ -1,6 +1,7 @@
 """Files through wsgi.file_wrapper for the CLI tests: /f/NAME sends the
 file NAME of the directory $YIMMO_TEST_FILES (with its Content-Length,
-or chunked when the query is "chunked"); any other path says hello."""
+or chunked when the query is "chunked"; read into one bytes object when
+it is "memory"); any other path says hello."""
 
 import os
 
@@ -13,6 +14,11 @@ def app(environ, start_response):
                                   ("Content-Length", str(len(body)))])
         return [body]
     name = os.path.join(os.environ["YIMMO_TEST_FILES"], path[3:])
+    if environ.get("QUERY_STRING") == "memory":
+        with open(name, "rb") as f:
+            data = f.read()
+        start_response("200 OK", [("Content-Length", str(len(data)))])
+        return [data]
     f = open(name, "rb")
     headers = [("Content-Type", "application/octet-stream")]
     if environ.get("QUERY_STRING") != "chunked":
