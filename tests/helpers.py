@@ -703,6 +703,19 @@ def wait_readable(sock, timeout):
     return bool(r)
 
 
+def send_get(addr, target, timeout=DEFAULT_TIMEOUT, started=None):
+    """A new connection that has sent GET target; with `started` (a list
+    the app appends each PATH_INFO it begins to), once the app began it."""
+    sock = connect(addr, timeout)
+    sock.sendall(build_request("GET", target))
+    if started is not None:
+        deadline = time.monotonic() + timeout
+        while target not in started:
+            assert time.monotonic() < deadline, started
+            time.sleep(0.01)
+    return sock
+
+
 # AddressSanitizer keeps freed memory in quarantine (up to 256 MB), so RSS
 # grows under it whether or not anything leaks: RSS-based checks only mean
 # something in an ordinary build.
@@ -725,3 +738,4 @@ os.environ["LISTEN_PID"] = str(os.getpid())
 os.environ["LISTEN_FDS"] = "1"
 os.execv(sys.executable, [sys.executable] + sys.argv[1:])
 """
+

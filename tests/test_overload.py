@@ -13,7 +13,7 @@ import time
 import pytest
 
 from helpers import (build_request, connect, read_response,
-                     read_until_close)
+                     read_until_close, send_get)
 
 WAIT = 10
 
@@ -483,20 +483,12 @@ def test_queued_requests_run_in_the_order_they_came(yimmo_server):
     try:
         # Both workers busy, one in /a, one in /b (the GIL released).
         for path in ("/a", "/b"):
-            s = connect(server.address, WAIT)
-            s.sendall(build_request("GET", path))
-            socks.append(s)
-            deadline = time.monotonic() + WAIT
-            while path not in started:
-                assert time.monotonic() < deadline, started
-                time.sleep(0.01)
+            socks.append(send_get(server.address, path, WAIT, started))
         # Queued behind them, one at a time, alternating between their
         # queues (the worker with fewer requests in hand gets the next).
         later = ["/%d" % i for i in range(6)]
         for path in later:
-            s = connect(server.address, WAIT)
-            s.sendall(build_request("GET", path))
-            socks.append(s)
+            socks.append(send_get(server.address, path, WAIT))
             time.sleep(0.05)
         assert started == ["/a", "/b"]
         gates["/b"].set()       # one worker is free: it runs them all

@@ -21,7 +21,7 @@ import pytest
 
 import yimmo
 from helpers import (LogWatcher, build_request, connect, get, read_response,
-                     read_until_close)
+                     read_until_close, send_get)
 
 SLACK = 1.0     # the watchdog's answer comes within timeout + SLACK
 WAIT = 10       # bound for what must simply happen
@@ -701,18 +701,10 @@ def test_requests_queued_to_stuck_workers_run_in_order_on_the_spares():
     socks = []
     try:
         for path in ("/a", "/b"):
-            s = connect(server.address, WAIT * 2)
-            s.sendall(build_request("GET", path))
-            socks.append(s)
-            deadline = time.monotonic() + WAIT
-            while path not in started:
-                assert time.monotonic() < deadline, started
-                time.sleep(0.01)
+            socks.append(send_get(server.address, path, WAIT * 2, started))
         later = ["/%d" % i for i in range(6)]
         for path in later:
-            s = connect(server.address, WAIT * 2)
-            s.sendall(build_request("GET", path))
-            socks.append(s)
+            socks.append(send_get(server.address, path, WAIT * 2))
             time.sleep(0.03)
         for s in socks[:2]:
             assert read_response(s).status == 503
