@@ -513,6 +513,7 @@ ymo_server_init(ymo_server_t *s, const ymo_config_t *config,
     pthread_mutex_init(&s->watchdog_lock, NULL);
     pthread_cond_init(&s->watchdog_cond, NULL);
     atomic_init(&s->draining, 0);
+    atomic_init(&s->gil_enabled, 1);
     atomic_init(&s->recycle_requested, 0);
     ymo_release_init(&s->release, server_release_wake, s);
     /* With a watchdog, room for as many replacement threads as workers

@@ -152,6 +152,15 @@ typedef struct ymo_server {
 
     /* Shared. */
     atomic_int draining;       /* loop writes; workers read (close conns) */
+    atomic_int gil_enabled;    /* one worker runs Python at a time, so
+                                * workers take the oldest exchange once
+                                * attached (wsgi_worker.c). 1 until a
+                                * worker of a free-threaded build has
+                                * asked sys._is_gil_enabled(); workers
+                                * write it while attached (at start and
+                                * after each run of exchanges) and read
+                                * it; relaxed: a stale value only changes
+                                * which exchange runs first */
     ymo_release_t release;     /* freed reference buckets (bucket.h):
                                 * pushed by any thread, taken by workers
                                 * (attached: they release the owners)

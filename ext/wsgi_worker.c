@@ -200,14 +200,43 @@ static char release_only;
  * Django with 4 workers had a p99 of 19 ms against 6 ms with one. Left
  * in the queue, it is run by whichever worker holds the GIL first: the
  * holder steals it after its own exchange. Free-threaded, attaching does
- * not wait, and the exchange is taken at once. */
+ * not wait, and the exchange is taken at once, unless the GIL is back on
+ * (PYTHON_GIL=1, -X gil=1, or an extension module imported without
+ * Py_mod_gil): then it is the GIL's order again (note_gil). */
 static char may_work;
 #define MAY_WORK ((ymo_exchange_t *)(void *)&may_work)
 #ifdef Py_GIL_DISABLED
-#define TAKE_ATTACHED 0
+#define TAKE_ATTACHED(w) \
+    atomic_load_explicit(&(w)->server->gil_enabled, memory_order_relaxed)
 #else
-#define TAKE_ATTACHED 1
+#define TAKE_ATTACHED(w) 1
 #endif
+
+/* Attached: record whether the GIL is on, for TAKE_ATTACHED. A
+ * free-threaded build turns it on at run time when a module that does
+ * not declare Py_mod_gil is imported, which an app may do in a request,
+ * so every worker asks again after each run of exchanges. (No C API
+ * tells; the call costs well under a microsecond.) */
+static void
+note_gil(ymo_server_t *s)
+{
+#ifdef Py_GIL_DISABLED
+    int on = 1;                 /* not known: the order that is never
+                                 * worse than one worker's */
+    PyObject *exc = PyErr_GetRaisedException();
+    PyObject *fn = PySys_GetObject("_is_gil_enabled");    /* borrowed */
+    PyObject *r = fn != NULL ? PyObject_CallNoArgs(fn) : NULL;
+    if (r != NULL) {
+        on = r != Py_False;
+        Py_DECREF(r);
+    }
+    PyErr_Clear();
+    PyErr_SetRaisedException(exc);
+    atomic_store_explicit(&s->gil_enabled, on, memory_order_relaxed);
+#else
+    (void)s;
+#endif
+}
 
 /* Is there an exchange this worker may take: in its own queue or, unless
  * it is retiring, a peer's? (A hint: taking it may still fail.) */
@@ -240,15 +269,15 @@ work_visible(ymo_wsgi_worker_t *self)
 static ymo_exchange_t *
 worker_next(ymo_wsgi_worker_t *self, int block)
 {
-    int peek = block && TAKE_ATTACHED;
+    int peek = block && TAKE_ATTACHED(self);
     for (;;) {
         ymo_exchange_t *ex;
         if (peek) {
             ex = work_visible(self) ? MAY_WORK : NULL;
         }
         else {
-            ex = TAKE_ATTACHED && !self->retiring ? take_oldest(self)
-                                                  : take_from(self, self);
+            ex = TAKE_ATTACHED(self) && !self->retiring
+                     ? take_oldest(self) : take_from(self, self);
             if (ex == NULL && !self->retiring) {
                 /* (A retiring worker takes only what was queued to it:
                  * under load, stealing would keep it from ever
@@ -317,6 +346,7 @@ worker_main(void *arg)
      * attached (lock_in/lock_out, an exchange's lock, watch_lock). */
     PyGILState_STATE gstate = PyGILState_Ensure();
     self->thread_ident = PyThread_get_thread_ident();
+    note_gil(self->server);
     PyThreadState *ts = PyEval_SaveThread();
     ymo_exchange_t *ex;
     while ((ex = worker_next(self, 1)) != NULL) {
@@ -333,6 +363,7 @@ worker_main(void *arg)
                 ymo_wsgi_release_owners(self->server);
                 ex = worker_next(self, 0);
             }
+            note_gil(self->server);
             ts = PyEval_SaveThread();
             /* Out of the app, then a last look at the release list: the
              * loop wakes only idle workers for it (server_release_poke),

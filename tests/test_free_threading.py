@@ -31,10 +31,10 @@ FREE_THREADED = bool(sysconfig.get_config_var("Py_GIL_DISABLED"))
 TSAN = "thread-sanitizer" in (sysconfig.get_config_var("CONFIG_ARGS") or "")
 
 
-def serve_app(tmp_path, source, **options):
+def serve_app(tmp_path, source, gil=None, **options):
     """A subprocess serving the WSGI app `app` defined by source; returns
-    (process, (host, port)). PYTHON_GIL is removed from its environment:
-    the interpreter's own default applies."""
+    (process, (host, port)). PYTHON_GIL is removed from its environment
+    (the interpreter's own default applies), or set to `gil`."""
     opts = "".join(", %s=%r" % kv for kv in options.items())
     script = tmp_path / "ftapp.py"
     script.write_text(textwrap.dedent(source) + textwrap.dedent('''
@@ -43,6 +43,8 @@ def serve_app(tmp_path, source, **options):
     ''' % opts))
     env = subprocess_env()
     env.pop("PYTHON_GIL", None)
+    if gil is not None:
+        env["PYTHON_GIL"] = gil
     proc = ServerProcess([sys.executable, str(script)], env=env)
     return proc, proc.wait_listening()
 
@@ -85,6 +87,80 @@ def test_gil_stays_disabled_while_importing_and_serving(tmp_path):
             assert resp.body == b"False"
         stop(proc)
     assert "GIL" not in proc.stderr
+
+
+# -- the GIL back on at run time: the GIL's order ----------------------------
+
+ORDER_APP = '''
+    import os, sys, time
+    DIR = %r
+    started = []
+    def app(environ, start_response):
+        path = environ["PATH_INFO"]
+        started.append(path)
+        name = path.strip("/")
+        open(os.path.join(DIR, "started-" + name), "w").close()
+        if name in ("a", "b"):
+            # Hold this worker (sleeping: the GIL is released) until the
+            # test opens the gate.
+            deadline = time.monotonic() + 30
+            while (not os.path.exists(os.path.join(DIR, "gate-" + name))
+                   and time.monotonic() < deadline):
+                time.sleep(0.01)
+        body = ("%%d %%s" %% (started.index(path),
+                              sys._is_gil_enabled())).encode()
+        start_response("200 OK", [("Content-Length", str(len(body)))])
+        return [body]
+'''
+
+
+@pytest.mark.skipif(not FREE_THREADED,
+                    reason="needs a free-threaded CPython (3.13t)")
+def test_gil_turned_on_at_run_time_restores_the_gils_order(tmp_path):
+    # A free-threaded build with the GIL back on (PYTHON_GIL=1 here; an
+    # extension module without Py_mod_gil does the same) runs one worker at
+    # a time, like a GIL build, so the worker that holds the GIL must take
+    # the oldest request queued to any worker (test_overload's
+    # test_queued_requests_run_in_the_order_they_came), not its own queue
+    # first: that let requests queued to a blocked worker wait behind
+    # later ones.
+    def began(name):
+        deadline = time.monotonic() + 15
+        while not (tmp_path / ("started-" + name)).exists():
+            assert time.monotonic() < deadline, name
+            time.sleep(0.01)
+
+    proc, addr = serve_app(tmp_path, ORDER_APP % str(tmp_path), gil="1",
+                           workers=2, max_pending=16)
+    with proc:
+        socks = []
+        try:
+            for name in ("a", "b"):
+                sock = connect(addr, timeout=30)
+                sock.sendall(build_request("GET", "/" + name))
+                socks.append(sock)
+                began(name)
+            # Queued behind the two busy workers, alternating between
+            # their queues.
+            later = ["/%d" % i for i in range(6)]
+            for path in later:
+                sock = connect(addr, timeout=30)
+                sock.sendall(build_request("GET", path))
+                socks.append(sock)
+                time.sleep(0.05)
+            (tmp_path / "gate-b").touch()   # one worker free: runs them all
+            bodies = [read_response(sock).body for sock in socks[1:]]
+            assert bodies[0] == b"1 True", bodies
+            assert bodies[1:] == [b"%d True" % (2 + i)
+                                  for i in range(len(later))], bodies
+            (tmp_path / "gate-a").touch()
+            assert read_response(socks[0]).body == b"0 True"
+        finally:
+            (tmp_path / "gate-a").touch()
+            (tmp_path / "gate-b").touch()
+            for sock in socks:
+                sock.close()
+        stop(proc)
 
 
 # -- waiting workers are detached: the GC's stop-the-world goes on ------------

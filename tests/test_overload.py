@@ -6,6 +6,7 @@ waited too long for a worker gets 503 with Retry-After without running the
 app."""
 
 import socket
+import sys
 import sysconfig
 import threading
 import time
@@ -458,11 +459,11 @@ def test_loops_503_to_a_waiting_head_request_has_no_body(yimmo_server):
         gate.set()
 
 
-@pytest.mark.skipif(bool(sysconfig.get_config_var("Py_GIL_DISABLED")),
-                    reason="GIL builds only: a free-threaded build's workers "
-                           "take their own queue first even when the GIL "
-                           "is back on at run time (PYTHON_GIL=1, or an "
-                           "extension without Py_mod_gil)")
+@pytest.mark.skipif(bool(sysconfig.get_config_var("Py_GIL_DISABLED"))
+                    and not getattr(sys, "_is_gil_enabled", lambda: 1)(),
+                    reason="the GIL is off: workers run at once and take "
+                           "their own queue first (with the GIL back on, "
+                           "see test_free_threading)")
 def test_queued_requests_run_in_the_order_they_came(yimmo_server):
     # With the GIL one worker runs Python at a time, so it takes the oldest
     # request queued to any worker, not its own queue first: requests
