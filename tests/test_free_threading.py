@@ -114,25 +114,32 @@ ORDER_APP = '''
 '''
 
 
-@pytest.mark.skipif(not FREE_THREADED,
-                    reason="needs a free-threaded CPython (3.13t)")
-def test_gil_turned_on_at_run_time_restores_the_gils_order(tmp_path):
-    # A free-threaded build with the GIL back on (PYTHON_GIL=1 here; an
-    # extension module without Py_mod_gil does the same) runs one worker at
-    # a time, like a GIL build, so the worker that holds the GIL must take
-    # the oldest request queued to any worker (test_overload's
-    # test_queued_requests_run_in_the_order_they_came), not its own queue
-    # first: that let requests queued to a blocked worker wait behind
-    # later ones.
+def check_gils_order(tmp_path, source, gil, warm_up=False):
+    """Requests queued to two blocked workers (/a, /b) of ORDER_APP's kind
+    run oldest first once /b's worker is free, each seeing the GIL on.
+    With warm_up, first a request to each (idle) worker, so that both have
+    started (and looked at the GIL) before /a."""
     def began(name):
         deadline = time.monotonic() + 15
         while not (tmp_path / ("started-" + name)).exists():
             assert time.monotonic() < deadline, name
             time.sleep(0.01)
 
-    proc, addr = serve_app(tmp_path, ORDER_APP % str(tmp_path), gil="1",
-                           workers=2, max_pending=16)
+    proc, addr = serve_app(tmp_path, source, gil=gil, workers=2,
+                           max_pending=16)
     with proc:
+        if warm_up:
+            # Concurrent requests until both workers have answered one.
+            workers = set()
+            deadline = time.monotonic() + 15
+            while len(workers) < 2:
+                assert time.monotonic() < deadline, workers
+                warm = [connect(addr) for _ in range(4)]
+                for sock in warm:
+                    sock.sendall(build_request("GET", "/warm"))
+                for sock in warm:
+                    workers.add(read_response(sock).body)
+                    sock.close()
         socks = []
         try:
             for name in ("a", "b"):
@@ -161,6 +168,63 @@ def test_gil_turned_on_at_run_time_restores_the_gils_order(tmp_path):
             for sock in socks:
                 sock.close()
         stop(proc)
+
+
+@pytest.mark.skipif(not FREE_THREADED,
+                    reason="needs a free-threaded CPython (3.13t)")
+def test_gil_turned_on_at_run_time_restores_the_gils_order(tmp_path):
+    # A free-threaded build with the GIL back on (PYTHON_GIL=1 here; an
+    # extension module without Py_mod_gil does the same) runs one worker at
+    # a time, like a GIL build, so the worker that holds the GIL must take
+    # the oldest request queued to any worker (test_overload's
+    # test_queued_requests_run_in_the_order_they_came), not its own queue
+    # first: that let requests queued to a blocked worker wait behind
+    # later ones.
+    check_gils_order(tmp_path, ORDER_APP % str(tmp_path), "1")
+
+
+# An extension module without Py_mod_gil, from CPython's own test modules
+# (_testmultiphase's "null slots" variant declares no slot at all).
+TURN_GIL_ON = '''
+    import importlib.util, threading, warnings
+    import _testmultiphase
+    def turn_gil_on():
+        spec = importlib.util.spec_from_file_location(
+            "_testmultiphase_null_slots", _testmultiphase.__file__)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            spec.loader.exec_module(importlib.util.module_from_spec(spec))
+    _order_app = app
+    def app(environ, start_response):
+        if environ["PATH_INFO"] == "/warm":
+            body = str(threading.get_ident()).encode()
+            start_response("200 OK", [("Content-Length", str(len(body)))])
+            return [body]
+        if environ["PATH_INFO"] == "/a":
+            turn_gil_on()       # before /a's worker reports it started
+        return _order_app(environ, start_response)
+'''
+
+
+def _has_testmultiphase():
+    try:
+        import _testmultiphase  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not FREE_THREADED,
+                    reason="needs a free-threaded CPython (3.13t)")
+@pytest.mark.skipif(not _has_testmultiphase(),
+                    reason="needs CPython's _testmultiphase test module")
+def test_gil_turned_on_by_a_request_restores_the_gils_order(tmp_path):
+    # The GIL off at start, turned on by a request (/a) importing an
+    # extension without Py_mod_gil while both workers are busy: when /b's
+    # worker is free, it must already take the oldest request, not wait
+    # for a run of exchanges to end (none does while requests are queued).
+    check_gils_order(tmp_path, ORDER_APP % str(tmp_path) + TURN_GIL_ON,
+                     None, warm_up=True)
 
 
 # -- waiting workers are detached: the GC's stop-the-world goes on ------------
