@@ -450,3 +450,67 @@ def test_stop_from_many_threads_while_serving(yimmo_server):
     assert server.stopped
     for s in socks:
         s.close()
+
+
+# -- an app that replaces sys._is_gil_enabled ---------------------------------
+
+REPLACING_APP = '''
+    import sys, threading
+    class Answer:
+        def __init__(self):
+            self.pad = [None] * 8
+        def __call__(self):
+            return False
+    def churn():
+        # Each assignment frees the object the previous one stored (the
+        # built-in first), while workers may be about to call it.
+        while True:
+            sys._is_gil_enabled = Answer()
+            sys._is_gil_enabled = lambda: False
+            del sys._is_gil_enabled
+            junk = [bytearray(64) for _ in range(4)]
+    threading.Thread(target=churn, daemon=True).start()
+    def app(environ, start_response):
+        start_response("200 OK", [("Content-Length", "2")])
+        return [b"ok"]
+'''
+
+
+@pytest.mark.skipif(not FREE_THREADED,
+                    reason="needs a free-threaded CPython (3.13t)")
+def test_app_replacing_sys_is_gil_enabled_does_not_crash_the_workers(
+        tmp_path):
+    # A worker that asks whether the GIL is on must hold its own reference
+    # to what it calls: sys's entry may be replaced (and the old object
+    # freed) by another thread at any moment when the GIL is off.
+    import http.client
+    import threading
+    proc, addr = serve_app(tmp_path, REPLACING_APP, workers=4)
+    with proc:
+        answered = collections.Counter()
+        deadline = time.monotonic() + 5
+
+        def client():
+            conn = None
+            while time.monotonic() < deadline and proc.proc.poll() is None:
+                try:
+                    if conn is None:
+                        conn = http.client.HTTPConnection(*addr, timeout=5)
+                    conn.request("GET", "/")
+                    resp = conn.getresponse()
+                    answered[resp.read()] += 1
+                except (OSError, http.client.HTTPException):
+                    conn = None
+                    time.sleep(0.01)
+            if conn is not None:
+                conn.close()
+
+        threads = [threading.Thread(target=client) for _ in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(15)
+        assert proc.proc.poll() is None, (proc.proc.poll(), answered,
+                                          proc.stderr)
+        assert answered[b"ok"] > 0, answered
+        stop(proc)
