@@ -697,6 +697,15 @@ module_exec(PyObject *module)
                               st->RequestTimeout) < 0) {
         return -1;
     }
+#ifdef Py_GIL_DISABLED
+    /* Missing (not a CPython that has it): workers then assume the GIL's
+     * order, never worse than one worker's (wsgi_worker.c note_gil). */
+    PyObject *sys = PyImport_ImportModule("sys");
+    st->is_gil_enabled = sys != NULL
+        ? PyObject_GetAttrString(sys, "_is_gil_enabled") : NULL;
+    Py_XDECREF(sys);
+    PyErr_Clear();
+#endif
     if (intern(&st->k_request_method, "REQUEST_METHOD") ||
         intern(&st->k_script_name, "SCRIPT_NAME") ||
         intern(&st->k_path_info, "PATH_INFO") ||
@@ -763,7 +772,7 @@ module_exec(PyObject *module)
         &(st)->v_empty, &(st)->v_http,                                     \
         &(st)->v_http10, &(st)->v_http11, &(st)->v_version,                \
         &(st)->v_software, &(st)->v_get, &(st)->v_post, &(st)->v_head,     \
-        &(st)->s_close, &(st)->s_fileno, &(st)->s_tell
+        &(st)->s_close, &(st)->s_fileno, &(st)->s_tell, &(st)->is_gil_enabled
 
 static int
 module_traverse(PyObject *module, visitproc visit, void *arg)

@@ -85,6 +85,11 @@ typedef struct ymo_module_state {
         *v_software, *v_get, *v_post, *v_head, *v_https, *v_on;
     PyObject *s_close, *s_fileno, *s_tell;
     PyObject *header_keys[YMO_COMMON_HEADER_KEYS];  /* HTTP_HOST, ... */
+    PyObject *is_gil_enabled;  /* sys._is_gil_enabled as it was when yimmo
+                                * was imported (free-threaded builds; NULL
+                                * otherwise): workers call this reference,
+                                * not what sys holds then, which another
+                                * thread may replace and free meanwhile */
 } ymo_module_state;
 
 /* Fill st->header_keys; -1 with an exception set. */

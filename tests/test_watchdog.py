@@ -677,9 +677,10 @@ def test_a_cut_response_resets_a_slow_reader_at_once():
         assert get(server.address, "/ok", timeout=WAIT).status == 200
 
 
-@pytest.mark.skipif(bool(sysconfig.get_config_var("Py_GIL_DISABLED")),
-                    reason="GIL builds only: free-threaded workers take "
-                           "their own queue first")
+@pytest.mark.skipif(bool(sysconfig.get_config_var("Py_GIL_DISABLED"))
+                    and not getattr(sys, "_is_gil_enabled", lambda: 1)(),
+                    reason="the GIL is off: workers take their own queue "
+                           "first")
 def test_requests_queued_to_stuck_workers_run_in_order_on_the_spares():
     # Both workers stuck in C with requests queued to each: the threads
     # started in their places take them from the retired workers' queues,
