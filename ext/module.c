@@ -698,13 +698,25 @@ module_exec(PyObject *module)
         return -1;
     }
 #ifdef Py_GIL_DISABLED
-    /* Missing (not a CPython that has it): workers then assume the GIL's
-     * order, never worse than one worker's (wsgi_worker.c note_gil). */
-    PyObject *sys = PyImport_ImportModule("sys");
-    st->is_gil_enabled = sys != NULL
-        ? PyObject_GetAttrString(sys, "_is_gil_enabled") : NULL;
-    Py_XDECREF(sys);
-    PyErr_Clear();
+    /* From sys.modules (no import hook runs). Missing: workers then
+     * assume the GIL's order, never worse than one worker's
+     * (wsgi_worker.c note_gil); any other error fails the import. */
+    PyObject *sys_name = PyUnicode_FromString("sys");
+    PyObject *sys = sys_name != NULL ? PyImport_GetModule(sys_name) : NULL;
+    Py_XDECREF(sys_name);
+    if (sys == NULL) {
+        if (PyErr_Occurred()) {
+            return -1;
+        }
+    }
+    else {
+        int r = PyObject_GetOptionalAttrString(sys, "_is_gil_enabled",
+                                               &st->is_gil_enabled);
+        Py_DECREF(sys);
+        if (r < 0) {
+            return -1;
+        }
+    }
 #endif
     if (intern(&st->k_request_method, "REQUEST_METHOD") ||
         intern(&st->k_script_name, "SCRIPT_NAME") ||
