@@ -158,8 +158,8 @@ typedef struct ymo_server {
                                 * worker of a free-threaded build has
                                 * asked sys._is_gil_enabled(); workers
                                 * write it while attached (at start and
-                                * after each exchange) and read
-                                * it; relaxed: a stale value only changes
+                                * after each exchange) and read it;
+                                * relaxed: a stale value only changes
                                 * which exchange runs first */
     ymo_release_t release;     /* freed reference buckets (bucket.h):
                                 * pushed by any thread, taken by workers

@@ -716,6 +716,15 @@ def send_get(addr, target, timeout=DEFAULT_TIMEOUT, started=None):
     return sock
 
 
+# With the GIL off (a free-threaded build's default), workers run at once
+# and each takes its own queue first; with the GIL (any other build, or a
+# free-threaded one with PYTHON_GIL=1) the oldest request runs first.
+skip_if_gil_off = pytest.mark.skipif(
+    not getattr(sys, "_is_gil_enabled", lambda: True)(),
+    reason="the GIL is off: workers run at once and take their own queue "
+           "first (with the GIL back on, see test_free_threading)")
+
+
 # AddressSanitizer keeps freed memory in quarantine (up to 256 MB), so RSS
 # grows under it whether or not anything leaks: RSS-based checks only mean
 # something in an ordinary build.

@@ -6,15 +6,13 @@ waited too long for a worker gets 503 with Retry-After without running the
 app."""
 
 import socket
-import sys
-import sysconfig
 import threading
 import time
 
 import pytest
 
 from helpers import (build_request, connect, read_response,
-                     read_until_close, send_get)
+                     read_until_close, send_get, skip_if_gil_off)
 
 WAIT = 10
 
@@ -459,11 +457,7 @@ def test_loops_503_to_a_waiting_head_request_has_no_body(yimmo_server):
         gate.set()
 
 
-@pytest.mark.skipif(bool(sysconfig.get_config_var("Py_GIL_DISABLED"))
-                    and not getattr(sys, "_is_gil_enabled", lambda: 1)(),
-                    reason="the GIL is off: workers run at once and take "
-                           "their own queue first (with the GIL back on, "
-                           "see test_free_threading)")
+@skip_if_gil_off
 def test_queued_requests_run_in_the_order_they_came(yimmo_server):
     # With the GIL one worker runs Python at a time, so it takes the oldest
     # request queued to any worker, not its own queue first: requests

@@ -13,7 +13,6 @@ import logging
 import os
 import socket
 import sys
-import sysconfig
 import threading
 import time
 
@@ -21,7 +20,7 @@ import pytest
 
 import yimmo
 from helpers import (LogWatcher, build_request, connect, get, read_response,
-                     read_until_close, send_get)
+                     read_until_close, send_get, skip_if_gil_off)
 
 SLACK = 1.0     # the watchdog's answer comes within timeout + SLACK
 WAIT = 10       # bound for what must simply happen
@@ -677,10 +676,7 @@ def test_a_cut_response_resets_a_slow_reader_at_once():
         assert get(server.address, "/ok", timeout=WAIT).status == 200
 
 
-@pytest.mark.skipif(bool(sysconfig.get_config_var("Py_GIL_DISABLED"))
-                    and not getattr(sys, "_is_gil_enabled", lambda: 1)(),
-                    reason="the GIL is off: workers take their own queue "
-                           "first")
+@skip_if_gil_off
 def test_requests_queued_to_stuck_workers_run_in_order_on_the_spares():
     # Both workers stuck in C with requests queued to each: the threads
     # started in their places take them from the retired workers' queues,
