@@ -73,6 +73,37 @@ def wait_body(addr, expected, target="/", timeout=WAIT):
                          % (expected, target, last))
 
 
+def reload_env(tmp_path, **extra):
+    """The environment for a --reload parent whose temporary directory
+    (with the list of files its child reports) is tmp_path/"tmp"."""
+    (tmp_path / "tmp").mkdir(exist_ok=True)
+    return subprocess_env(TMPDIR=str(tmp_path / "tmp"), **extra)
+
+
+def listed(tmp_path, path):
+    """Whether the reload child has reported path (the parent watches
+    what it reported, with the file's state as of the report)."""
+    for files in (tmp_path / "tmp").glob("yimmo-reload-*/files"):
+        try:
+            text = files.read_text()
+        except OSError:
+            continue
+        for line in text.splitlines():
+            if line.split(" ", 3)[-1] == path:
+                return True
+    return False
+
+
+def wait_listed(tmp_path, name, timeout=WAIT):
+    """Wait until the reload child has reported tmp_path/name (as the
+    child names it: from its real working directory)."""
+    path = os.path.join(os.path.realpath(tmp_path), name)
+    deadline = time.monotonic() + timeout
+    while not listed(tmp_path, path):
+        assert time.monotonic() < deadline, "%s was never reported" % path
+        time.sleep(0.05)
+
+
 @pytest.fixture(params=["inotify", "polling"])
 def reloading(request, tmp_path):
     """Start the reloading server on the app in tmp_path; yields
@@ -81,7 +112,7 @@ def reloading(request, tmp_path):
     (tmp_path / "helper.py").write_text('MESSAGE = "one"\n')
     (tmp_path / "lazy.py").write_text('VALUE = "lazy one"\n')
     port = free_port()
-    env = subprocess_env()
+    env = reload_env(tmp_path)
     if request.param == "polling":
         env[_reload.POLL_ENV] = "1"
     proc = ServerProcess([sys.executable, "-m", "yimmo", "--reload", "-b",
@@ -135,8 +166,9 @@ def test_an_edit_is_served_then_a_syntax_error_keeps_the_old_code(
 def test_a_module_imported_later_is_watched_too(reloading, tmp_path):
     proc, addr = reloading
     wait_body(addr, "lazy one", "/lazy")
-    # The child lists it within about a second of importing it.
-    time.sleep(2.5)
+    # The child lists it within about a second of importing it; an edit
+    # from then on is a change (even one the parent reads the list after).
+    wait_listed(tmp_path, "lazy.py")
     edit(tmp_path / "lazy.py", 'VALUE = "lazy two!"\n')
     wait_body(addr, "lazy two!", "/lazy")
 
@@ -249,7 +281,7 @@ def test_the_config_file_is_watched_too(tmp_path):
 
 def _reload_server(tmp_path, app_spec="app:app"):
     port = free_port()
-    env = subprocess_env()
+    env = reload_env(tmp_path)
     env[_reload.POLL_ENV] = "1"  # the same path whatever inotify does
     proc = ServerProcess([sys.executable, "-m", "yimmo", "--reload", "-b",
                           "127.0.0.1:%d" % port, "-w", "1",
@@ -269,8 +301,9 @@ def test_a_first_start_that_fails_to_import_recovers_on_the_fix(
     proc, addr = _reload_server(tmp_path)
     with proc:
         proc.wait_for_line(r"the server exited \(exit status 1\); waiting")
-        # Written after the failure was reported: still a change.
-        time.sleep(1.5)
+        # Written after the failure was reported: still a change. (The
+        # failed child listed app.py before it exited: reported already.)
+        wait_listed(tmp_path, "app.py")
         edit(tmp_path / "app.py", APP)
         wait_body(addr, "one")
         proc.signal(signal.SIGTERM)
@@ -287,7 +320,7 @@ def test_a_retargeted_symlink_is_a_change(tmp_path):
     proc, addr = _reload_server(tmp_path)
     with proc:
         wait_body(addr, "one")
-        time.sleep(1.5)  # the child has listed its files
+        wait_listed(tmp_path, "app.py")  # the link, not only real/a.py
         tmp_link = tmp_path / "app.py.new"
         tmp_link.symlink_to("real/b.py")
         os.replace(tmp_link, tmp_path / "app.py")  # as ln -sfn does
