@@ -241,15 +241,20 @@ def test_other_requests_are_untouched(serve):
 
     t = threading.Thread(target=spinner)
     t.start()
-    # Meanwhile, on one keep-alive connection, requests go on.
+    # Meanwhile, on one keep-alive connection, requests go on: until the
+    # spinner has its 503 (the timeout, 1 s, and the RequestTimeout
+    # raised in its worker), and 10 more after that.
     with connect(server.address, WAIT) as sock:
-        deadline = time.monotonic() + 2
-        n = 0
-        while time.monotonic() < deadline:
+        deadline = time.monotonic() + WAIT
+        n = after = 0
+        while n < 10 or after < 10:
+            assert time.monotonic() < deadline, (n, after, results)
             sock.sendall(build_request("GET", "/work"))
             resp = read_response(sock)
             assert resp.status == 200
             n += 1
+            if not t.is_alive():
+                after += 1
     t.join(WAIT)
     assert results == [503]
     assert n >= 10
@@ -281,13 +286,14 @@ def test_past_the_cap_a_recycle_is_requested(serve, log_watcher):
     assert resp.status == 200
 
 
-def test_stop_while_workers_are_stuck_keeps_the_grace_deadline(serve):
+def test_stop_while_workers_are_stuck_keeps_the_grace_deadline(
+        serve, log_watcher):
     server, app = serve(workers=1, timeout=0.5)
     assert get(server.address, "/block").status == 503
     deadline = time.monotonic() + WAIT
     while threads_blocked(app) < 1 and time.monotonic() < deadline:
         time.sleep(0.05)
-    time.sleep(1.2)             # replaced by now
+    log_watcher.wait_for("worker 0 is still in", "started in its place")
     assert get(server.address, "/block").status == 503
     t0 = time.monotonic()
     server.stop(timeout=1)
@@ -637,7 +643,7 @@ def test_a_trace_function_left_by_a_timed_out_request_does_no_harm():
 # the log function that writes the overrun line (free-threaded builds write
 # it then): it did, as an "Exception ignored in _log_warning".
 @pytest.mark.filterwarnings("error::pytest.PytestUnraisableExceptionWarning")
-def test_a_cut_response_resets_a_slow_reader_at_once():
+def test_a_cut_response_resets_a_slow_reader_at_once(log_watcher):
     # The app streams faster than its client reads, then overruns: what is
     # still queued is dropped and the connection reset, so the client
     # learns at once that the response is incomplete (before: the cut-off
@@ -659,7 +665,10 @@ def test_a_cut_response_resets_a_slow_reader_at_once():
         with connect(server.address, WAIT) as sock:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
             sock.sendall(build_request("GET", "/"))
-            time.sleep(0.5 + SLACK)     # the watchdog has cut it by now
+            # The watchdog has cut it once it reports so.
+            log_watcher.wait_for("request timeout", "GET / HTTP/1.1",
+                                 "connection closed (the response had "
+                                 "begun)", timeout=WAIT)
             t0 = time.monotonic()
             ended = None
             while time.monotonic() - t0 < 3:
