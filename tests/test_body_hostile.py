@@ -388,7 +388,10 @@ def test_reader_thread_outlives_response(yimmo_server):
             except OSError:
                 pass
             read_until_close(sock, WAIT, require_close=False)
-    time.sleep(0.5)
+    # Every reader has finished within 0.5 s of the last response.
+    deadline = time.monotonic() + 0.5
+    while len(results) < 20 and time.monotonic() < deadline:
+        time.sleep(0.01)
     assert len(results) == 20, results
 
 
