@@ -514,6 +514,7 @@ ymo_server_init(ymo_server_t *s, const ymo_config_t *config,
     pthread_cond_init(&s->watchdog_cond, NULL);
     atomic_init(&s->draining, 0);
     atomic_init(&s->gil_enabled, 1);
+    atomic_init(&s->standby, 0);
     atomic_init(&s->recycle_requested, 0);
     ymo_release_init(&s->release, server_release_wake, s);
     /* With a watchdog, room for as many replacement threads as workers
@@ -822,8 +823,15 @@ void
 ymo_server_dispatch(ymo_server_t *s, ymo_exchange_t *ex)
 {
     /* A worker waiting for work first (round robin among them, so load
-     * spreads); otherwise the one with the fewest exchanges in hand. */
+     * spreads); otherwise the one with the fewest exchanges in hand.
+     * With the GIL, only one runs Python at a time: an idle worker this
+     * turn of the loop already wakes takes the turn's other exchanges
+     * too, and calls a standby if the app blocks (wsgi_worker.c,
+     * stand_by), rather than each waking another worker to wait for the
+     * GIL. */
+    int gil = ymo_wsgi_worker_gil_on(s);
     ymo_wsgi_worker_t *best = NULL;
+    ymo_wsgi_worker_t *idle = NULL;
     size_t n = s->n_workers;
     for (size_t i = 0; i < n; i++) {
         ymo_wsgi_worker_t *w = &s->workers[(s->next_worker + i) % n];
@@ -833,12 +841,21 @@ ymo_server_dispatch(ymo_server_t *s, ymo_exchange_t *ex)
             continue;
         }
         if (atomic_load(&w->idle)) {
-            best = w;
-            break;
+            if (!gil || w->notify_pending) {
+                idle = w;
+                break;
+            }
+            if (idle == NULL) {
+                idle = w;
+            }
+            continue;
         }
         if (best == NULL || w->assigned < best->assigned) {
             best = w;
         }
+    }
+    if (idle != NULL) {
+        best = idle;
     }
     if (best == NULL) {
         /* Every thread is stuck and no replacement was allowed: queue
@@ -862,12 +879,27 @@ ymo_server_dispatch(ymo_server_t *s, ymo_exchange_t *ex)
     if (!atomic_load(&best->idle)) {
         /* Queued behind work in progress. A worker that is idle, or about
          * to be (it may have finished since), must not watch: wake it and
-         * it steals the exchange (see worker_next in wsgi_worker.c). */
+         * it steals the exchange (see worker_next in wsgi_worker.c). With
+         * the GIL one is enough, and none while a standby has yet to look
+         * (it clears `standby` before it looks: stand_by). */
+        if (gil && atomic_load(&s->standby)) {
+            return;
+        }
         for (size_t i = 0; i < n; i++) {
             ymo_wsgi_worker_t *w = &s->workers[i];
-            if (w != best && atomic_load(&w->idle) && !w->notify_pending) {
+            if (w == best || !atomic_load(&w->idle)) {
+                continue;
+            }
+            if (gil && w->notify_pending) {
+                return;         /* woken at the end of this turn */
+            }
+            if (!w->notify_pending) {
                 w->notify_pending = 1;
                 ev_prepare_start(s->loop, &w->prepare_watcher);
+                if (gil) {
+                    atomic_store(&s->standby, 1);
+                    return;
+                }
             }
         }
     }

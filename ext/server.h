@@ -161,6 +161,16 @@ typedef struct ymo_server {
                                 * after each exchange) and read it;
                                 * relaxed: a stale value only changes
                                 * which exchange runs first */
+    atomic_int standby;        /* with the GIL: 1 while a worker woken
+                                * to stand by (wait for the GIL behind
+                                * the one running Python, for exchanges
+                                * left queued if that one blocks) has
+                                * not yet attached or gone back to
+                                * sleep. Set by whoever wakes it (the
+                                * loop, or a worker: CAS 0 -> 1), cleared
+                                * by any worker that attaches, goes idle
+                                * or exits; seq_cst (wsgi_worker.c,
+                                * stand_by) */
     ymo_release_t release;     /* freed reference buckets (bucket.h):
                                 * pushed by any thread, taken by workers
                                 * (attached: they release the owners)

@@ -212,6 +212,17 @@ static char may_work;
 #define TAKE_ATTACHED(w) 1
 #endif
 
+int
+ymo_wsgi_worker_gil_on(const ymo_server_t *s)
+{
+#ifdef Py_GIL_DISABLED
+    return atomic_load_explicit(&s->gil_enabled, memory_order_relaxed);
+#else
+    (void)s;
+    return 1;
+#endif
+}
+
 /* Attached: record whether the GIL is on, for TAKE_ATTACHED. A
  * free-threaded build turns it on at run time when a module that does
  * not declare Py_mod_gil is imported, which an app may do in a request,
@@ -260,6 +271,50 @@ work_visible(ymo_wsgi_worker_t *self)
     return 0;
 }
 
+/* A worker woken to stand by has attached, gone idle or is leaving: the
+ * next exchange left queued may call another (stand_by). */
+static void
+standby_done(ymo_server_t *s)
+{
+    if (atomic_load(&s->standby)) {
+        atomic_store(&s->standby, 0);
+    }
+}
+
+/* With the GIL, attached, after taking an exchange: if others are left
+ * queued, one idle peer waits for the GIL behind this worker, so they run
+ * if the app blocks (a query, a sleep: the GIL is released) while this
+ * worker is in it; it takes them in order once attached, and calls the
+ * next standby if some are still left. One is enough: only one worker
+ * runs Python at a time, and each one woken costs a wake-up and a GIL
+ * hand-off whether it finds work or not. The loop hands a turn's
+ * exchanges to one worker and wakes no more than one standby either
+ * (server.c, dispatch). Why no exchange waits while a worker is idle:
+ * a standby clears `standby` (standby_done) before it looks at the
+ * queues for the last time, when it attaches or goes idle; so whoever
+ * reads 1 after queueing is sure of a worker that will look after the
+ * push, all seq_cst. */
+static void
+stand_by(ymo_wsgi_worker_t *self)
+{
+    ymo_server_t *s = self->server;
+    if (atomic_load(&s->standby) || !work_visible(self)) {
+        return;
+    }
+    for (size_t i = 1; i < s->n_workers; i++) {
+        ymo_wsgi_worker_t *peer = &s->workers[(self->id + i) % s->n_workers];
+        if (atomic_load(&peer->retired) || atomic_load(&peer->unused) ||
+            !atomic_load(&peer->idle)) {
+            continue;
+        }
+        int none = 0;
+        if (atomic_compare_exchange_strong(&s->standby, &none, 1)) {
+            ymo_wsgi_worker_notify(peer);
+        }
+        return;
+    }
+}
+
 /* The next exchange to run: with the GIL the oldest queued to any worker
  * (take_oldest), free-threaded its own queue first, then peers' (a
  * retiring worker: its own queue only). With `block`, sleep
@@ -276,13 +331,17 @@ worker_next(ymo_wsgi_worker_t *self, int block)
             ex = work_visible(self) ? MAY_WORK : NULL;
         }
         else {
-            ex = TAKE_ATTACHED(self) && !self->retiring
-                     ? take_oldest(self) : take_from(self, self);
+            int gil = TAKE_ATTACHED(self);
+            ex = gil && !self->retiring ? take_oldest(self)
+                                        : take_from(self, self);
             if (ex == NULL && !self->retiring) {
                 /* (A retiring worker takes only what was queued to it:
                  * under load, stealing would keep it from ever
                  * leaving.) */
                 ex = steal(self);
+            }
+            if (ex != NULL && gil && !block) {
+                stand_by(self);
             }
         }
         if (ex != NULL || !block || self->retiring) {
@@ -293,6 +352,7 @@ worker_next(ymo_wsgi_worker_t *self, int block)
         /* Announce idleness, then look once more: the loop checks `idle`
          * after queueing to a busy worker, so either it sees the flag and
          * pokes us, or this second look sees its exchange. */
+        standby_done(self->server);
         atomic_store(&self->idle, 1);
         ex = peek ? (work_visible(self) ? MAY_WORK : NULL) : steal(self);
         if (ex != NULL) {
@@ -353,6 +413,7 @@ worker_main(void *arg)
         do {
             atomic_store(&self->in_app, 1);
             PyEval_RestoreThread(ts);
+            standby_done(self->server);
             /* Run everything that is queued under this one GIL hold,
              * releasing the owners of the output the loop has written
              * after each exchange (the app's bytes, see bucket.h). */
@@ -374,6 +435,7 @@ worker_main(void *arg)
                                                              : NULL;
         } while (ex != NULL);
     }
+    standby_done(self->server);
     PyEval_RestoreThread(ts);
     PyGILState_Release(gstate);
     /* Last: the watchdog may join this thread and reuse the slot. */

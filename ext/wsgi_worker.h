@@ -227,8 +227,15 @@ int ymo_wsgi_worker_response_cut(ymo_exchange_t *exchange,
 void ymo_wsgi_worker_post(ymo_exchange_t *exchange);
 
 /* Signals across thread boundaries to notify a worker that input data is
- * available for processing. Loop thread. */
+ * available for processing. The loop thread, or a worker waking a peer to
+ * stand by (wsgi_worker.c). */
 ymo_status_t ymo_wsgi_worker_notify(ymo_wsgi_worker_t *worker);
+
+/* Does one worker run Python at a time (a GIL build, or a free-threaded
+ * one with the GIL back on)? Then the loop hands a turn's exchanges to
+ * one worker and wakes at most one more to stand by (server.c dispatch).
+ * Any thread; relaxed (server.h, gil_enabled). */
+int ymo_wsgi_worker_gil_on(const struct ymo_server *s);
 
 /* Ask the worker to exit once its queue is empty. Any thread. */
 void ymo_wsgi_worker_stop(ymo_wsgi_worker_t *worker);
