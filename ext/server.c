@@ -54,8 +54,8 @@ static void server_update_recycle_pause(ymo_server_t *s);
  * must neither slow down nor silence the live ones meanwhile. */
 #define SIBLING_STALE_BEATS 4
 
-static double
-monotonic_now(void)
+double
+ymo_monotonic_now(void)
 {
     struct timespec t;
     clock_gettime(CLOCK_MONOTONIC, &t);
@@ -234,7 +234,7 @@ server_on_stop(struct ev_loop *loop, ev_async *w, int revents)
      * SIGTERM postpone the end. */
     ev_timer_stop(loop, &s->grace_timer);
     ev_now_update(loop);
-    double left = deadline - monotonic_now();
+    double left = deadline - ymo_monotonic_now();
     if (isinf(left)) {
         return;                 /* stop(inf): wait as long as it takes */
     }
@@ -698,7 +698,7 @@ ymo_server_close_listeners(ymo_server_t *s)
 void
 ymo_server_stop(ymo_server_t *s, double grace)
 {
-    double deadline = monotonic_now() + (grace > 0 ? grace : 0.);
+    double deadline = ymo_monotonic_now() + (grace > 0 ? grace : 0.);
     pthread_mutex_lock(&s->ctl_lock);
     if (!s->stop_requested || deadline < s->deadline) {
         s->deadline = deadline;
@@ -740,7 +740,7 @@ ymo_server_join_workers(ymo_server_t *s, int forever, int wakeup_fd,
          * the app exits as soon as it has the GIL (stop(0) on an idle
          * server must not leave its workers behind). */
         if (!forever && busy == in_app &&
-            monotonic_now() >= server_deadline(s) + JOIN_SLACK) {
+            ymo_monotonic_now() >= server_deadline(s) + JOIN_SLACK) {
             break;
         }
         /* Nap, but wake for a signal: its Python handler (a second
@@ -894,10 +894,14 @@ ymo_server_dispatch(ymo_server_t *s, ymo_exchange_t *ex)
                 return;         /* woken at the end of this turn */
             }
             if (!w->notify_pending) {
+                int none = 0;
+                if (gil && !atomic_compare_exchange_strong(&s->standby,
+                                                           &none, 1)) {
+                    return;     /* a worker stands by since the look */
+                }
                 w->notify_pending = 1;
                 ev_prepare_start(s->loop, &w->prepare_watcher);
                 if (gil) {
-                    atomic_store(&s->standby, 1);
                     return;
                 }
             }

@@ -262,6 +262,9 @@ void ymo_server_destroy(ymo_server_t *s);
 /* Loop thread: give an exchange to a worker (cannot fail). */
 void ymo_server_dispatch(ymo_server_t *s, ymo_exchange_t *ex);
 
+/* Seconds on CLOCK_MONOTONIC (the stop deadline's clock). Any thread. */
+double ymo_monotonic_now(void);
+
 /* Before the first ymo_server_run: beat into table[index] (the table
  * must outlive the server) every YMO_HEARTBEAT_INTERVAL from the loop
  * thread, publish the connection count there, read the siblings' in the

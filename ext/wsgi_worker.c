@@ -294,24 +294,54 @@ standby_done(ymo_server_t *s)
  * queues for the last time, when it attaches or goes idle; so whoever
  * reads 1 after queueing is sure of a worker that will look after the
  * push, all seq_cst. */
+/* A worker that waited longer than this for the GIL (seconds) finds
+ * another thread holding it busy, not a run of short exchanges: Python's
+ * switch interval, after which a waiting thread takes the GIL from a busy
+ * one, is 5 ms unless the app changes it. */
+#define STANDBY_EAGER_WAIT 0.002
+
 static void
 stand_by(ymo_wsgi_worker_t *self)
 {
     ymo_server_t *s = self->server;
-    if (atomic_load(&s->standby) || !work_visible(self)) {
+    int eager = self->eager;
+    size_t want = 1;
+    self->eager = 0;
+    if (eager) {
+        /* It waited long for the GIL while exchanges were queued: another
+         * thread keeps the GIL busy (a long request, a thread of the
+         * app), and a standby woken only now would in turn wait a switch
+         * interval (5 ms) for it, once per exchange. Every exchange
+         * still queued gets a worker waiting for the GIL at once, as if
+         * each had been given to an idle worker. */
+        want = 0;
+        for (size_t i = 0; i < s->n_workers; i++) {
+            ymo_wsgi_worker_t *w = &s->workers[i];
+            if (!atomic_load_explicit(&w->unused, memory_order_relaxed)) {
+                want += atomic_load(&w->n_in);
+            }
+        }
+        if (want == 0) {
+            return;
+        }
+        atomic_store(&s->standby, 1);
+    }
+    else if (atomic_load(&s->standby) || !work_visible(self)) {
         return;
     }
-    for (size_t i = 1; i < s->n_workers; i++) {
+    for (size_t i = 1; i < s->n_workers && want > 0; i++) {
         ymo_wsgi_worker_t *peer = &s->workers[(self->id + i) % s->n_workers];
         if (atomic_load(&peer->retired) || atomic_load(&peer->unused) ||
             !atomic_load(&peer->idle)) {
             continue;
         }
         int none = 0;
-        if (atomic_compare_exchange_strong(&s->standby, &none, 1)) {
-            ymo_wsgi_worker_notify(peer);
+        if (!eager && !atomic_compare_exchange_strong(&s->standby, &none,
+                                                      1)) {
+            return;             /* another one stands by already */
         }
-        return;
+        ymo_wsgi_worker_notify(peer);
+        want--;
     }
 }
 
@@ -412,8 +442,19 @@ worker_main(void *arg)
     while ((ex = worker_next(self, 1)) != NULL) {
         do {
             atomic_store(&self->in_app, 1);
+            int gil = TAKE_ATTACHED(self);
+            double asked = gil ? ymo_monotonic_now() : 0.0;
             PyEval_RestoreThread(ts);
             standby_done(self->server);
+            if (gil) {
+                self->eager =
+                    ymo_monotonic_now() - asked > STANDBY_EAGER_WAIT;
+                if (ex != RELEASE_ONLY && ex != MAY_WORK) {
+                    /* Taken before attaching: the GIL was off when this
+                     * worker went to sleep, and is on now (an import). */
+                    stand_by(self);
+                }
+            }
             /* Run everything that is queued under this one GIL hold,
              * releasing the owners of the output the loop has written
              * after each exchange (the app's bytes, see bucket.h). */

@@ -134,6 +134,8 @@ typedef struct ymo_wsgi_worker {
                                       * while `current` is set */
     int retiring;                    /* worker thread only: drain the queue
                                       * and exit */
+    int eager;                       /* worker thread only: it waited long
+                                      * for the GIL just now (stand_by) */
     atomic_int retired;              /* watchdog/worker write, loop reads:
                                       * dispatch nothing here (stuck, or no
                                       * thread) */
