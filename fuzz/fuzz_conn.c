@@ -654,6 +654,13 @@ ymo_wsgi_worker_notify(ymo_wsgi_worker_t *worker)
     return 0;
 }
 
+int
+ymo_wsgi_worker_gil_on(const struct ymo_server *s)
+{
+    (void)s;
+    return 1;                   /* as a GIL build: a turn to one worker */
+}
+
 void
 ymo_wsgi_worker_add_exchange(ymo_wsgi_worker_t *worker,
                              ymo_exchange_t *exchange)
