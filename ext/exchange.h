@@ -29,6 +29,9 @@ struct ymo_server;
 struct ymo_listener;
 struct ymo_wsgi_worker;
 
+/* dispatch_seq: the bits below this one number the exchanges of a turn. */
+#define YMO_TURN_SHIFT 20
+
 typedef struct ymo_exchange {
     /* -- Immutable once the loop has dispatched the exchange. -- */
     ymo_http_request_t req;        /* pointers into head[] */
@@ -39,9 +42,12 @@ typedef struct ymo_exchange {
     int trusted;                   /* from a trusted proxy: believe its
                                     * Forwarded / X-Forwarded-* fields */
     uint64_t seq;                  /* request number on its connection */
-    uint64_t dispatch_seq;         /* its place in dispatch order: set by
+    uint64_t dispatch_seq;         /* its place in arrival order: set by
                                     * the loop before it is queued, read
-                                    * with that queue's lock_in held */
+                                    * with that queue's lock_in held. The
+                                    * loop turn in the high bits, then its
+                                    * place in the turn counted down
+                                    * (ymo_server_dispatch) */
     double queued_at;              /* ev_time() when it began to wait for
                                     * a worker (queue_timeout) */
 

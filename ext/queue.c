@@ -6,6 +6,7 @@ void
 ymo_queue_init(ymo_queue_t *q, ymo_queue_node_t *pool, size_t n)
 {
     q->head = q->tail = NULL;
+    q->mark = NULL;
     q->count = 0;
     q->free = NULL;
     q->pool = pool;
@@ -23,8 +24,8 @@ from_pool(const ymo_queue_t *q, const ymo_queue_node_t *node)
     return node >= q->pool && node < q->pool + q->pool_size;
 }
 
-void
-ymo_queue_push(ymo_queue_t *q, void *item, ymo_queue_node_t *spare)
+static ymo_queue_node_t *
+take_node(ymo_queue_t *q, void *item, ymo_queue_node_t *spare)
 {
     ymo_queue_node_t *node = q->free;
     if (node != NULL) {
@@ -33,8 +34,16 @@ ymo_queue_push(ymo_queue_t *q, void *item, ymo_queue_node_t *spare)
     else {
         node = spare;
     }
-    node->next = NULL;
     node->item = item;
+    q->count++;
+    return node;
+}
+
+void
+ymo_queue_push(ymo_queue_t *q, void *item, ymo_queue_node_t *spare)
+{
+    ymo_queue_node_t *node = take_node(q, item, spare);
+    node->next = NULL;
     if (q->tail != NULL) {
         q->tail->next = node;
     }
@@ -42,7 +51,24 @@ ymo_queue_push(ymo_queue_t *q, void *item, ymo_queue_node_t *spare)
         q->head = node;
     }
     q->tail = node;
-    q->count++;
+}
+
+void
+ymo_queue_mark(ymo_queue_t *q)
+{
+    q->mark = q->tail;
+}
+
+void
+ymo_queue_push_turn(ymo_queue_t *q, void *item, ymo_queue_node_t *spare)
+{
+    ymo_queue_node_t *node = take_node(q, item, spare);
+    ymo_queue_node_t **at = q->mark != NULL ? &q->mark->next : &q->head;
+    node->next = *at;
+    *at = node;
+    if (node->next == NULL) {
+        q->tail = node;
+    }
 }
 
 void *
@@ -55,6 +81,9 @@ ymo_queue_pop(ymo_queue_t *q)
     q->head = node->next;
     if (q->head == NULL) {
         q->tail = NULL;
+    }
+    if (q->mark == node) {
+        q->mark = NULL;         /* the turn's items are at the head now */
     }
     q->count--;
     void *item = node->item;

@@ -18,6 +18,9 @@ typedef struct ymo_queue {
     ymo_queue_node_t *head;
     ymo_queue_node_t *tail;
     size_t count;
+    ymo_queue_node_t *mark;        /* ymo_queue_push_turn inserts after
+                                    * it: the last node queued before the
+                                    * current turn (NULL: at the head) */
     ymo_queue_node_t *free;        /* unused pool nodes */
     ymo_queue_node_t *pool;        /* the pool, to tell its nodes apart */
     size_t pool_size;
@@ -30,6 +33,16 @@ void ymo_queue_init(ymo_queue_t *q, ymo_queue_node_t *pool, size_t n);
  * (owned by the caller, in no queue now, and left alone until the item is
  * popped). Cannot fail. */
 void ymo_queue_push(ymo_queue_t *q, void *item, ymo_queue_node_t *spare);
+
+/* Start a turn: the items ymo_queue_push_turn pushes from now on go
+ * after every item queued now. */
+void ymo_queue_mark(ymo_queue_t *q);
+
+/* As ymo_queue_push, but ahead of the items pushed since the last
+ * ymo_queue_mark: a turn's items come out in the reverse of the order
+ * they were pushed in, after the earlier turns' items. */
+void ymo_queue_push_turn(ymo_queue_t *q, void *item,
+                         ymo_queue_node_t *spare);
 
 /* Remove and return the first item; NULL when empty. */
 void *ymo_queue_pop(ymo_queue_t *q);

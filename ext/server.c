@@ -870,7 +870,22 @@ ymo_server_dispatch(ymo_server_t *s, ymo_exchange_t *ex)
             best = &s->workers[0];
         }
     }
-    ex->dispatch_seq = s->dispatched++;
+    /* libev runs a turn's callbacks in the reverse of the order in
+     * which epoll reported their sockets, so within a turn the requests
+     * come here newest first: they are numbered down from the top of the
+     * turn's range, and queued in that order (ymo_queue_push_turn), so
+     * that the oldest runs first and, with queue_timeout, is not the one
+     * that waited longest for nothing. */
+    unsigned int iteration = ev_iteration(s->loop);
+    if (s->turn == 0 || iteration != s->turn_iteration) {
+        s->turn++;
+        s->turn_iteration = iteration;
+        s->turn_dispatched = 0;
+    }
+    uint32_t top = (1u << YMO_TURN_SHIFT) - 1;
+    uint32_t place = s->turn_dispatched < top ? top - s->turn_dispatched : 0;
+    s->turn_dispatched++;
+    ex->dispatch_seq = (s->turn << YMO_TURN_SHIFT) | place;
     ymo_wsgi_worker_add_exchange(best, ex);
     s->n_exchanges++;
     s->next_worker = (best->id + 1) % n;

@@ -122,8 +122,10 @@ typedef struct ymo_server {
     ev_tstamp idle_timer_at;   /* when it fires, while active */
     size_t n_conns;            /* open connections, idle or not */
     size_t n_exchanges;        /* handed to workers, not yet finished */
-    uint64_t dispatched;       /* exchanges handed to workers so far: the
-                                * next one's seq (loop thread) */
+    uint64_t turn;             /* loop turns that dispatched so far,
+                                * the current one's included (loop) */
+    unsigned int turn_iteration;    /* ev_iteration() of that turn */
+    uint32_t turn_dispatched;  /* exchanges dispatched in it (loop) */
     struct ymo_conn *stalled_head;  /* connections with a request waiting */
     struct ymo_conn *stalled_tail;  /* for room (max_inflight), in order */
     size_t next_worker;        /* round-robin start for dispatch */

@@ -101,6 +101,7 @@ ymo_wsgi_worker_init(struct ev_loop *loop, size_t thread_id,
     worker->started = 0;
     worker->assigned = 0;
     worker->notify_pending = 0;
+    worker->push_turn = 0;
     worker->overrun_head = NULL;
     worker->thread_initialized = 1;
     return 0;
@@ -537,8 +538,14 @@ void
 ymo_wsgi_worker_add_exchange(ymo_wsgi_worker_t *worker,
                              ymo_exchange_t *exchange)
 {
+    /* In arrival order: see ymo_server_dispatch. */
+    uint64_t turn = exchange->dispatch_seq >> YMO_TURN_SHIFT;
     ymo_wsgi_worker_lock_in(worker);
-    ymo_queue_push(&worker->queue_in, exchange, &exchange->node_in);
+    if (turn != worker->push_turn) {
+        ymo_queue_mark(&worker->queue_in);
+        worker->push_turn = turn;
+    }
+    ymo_queue_push_turn(&worker->queue_in, exchange, &exchange->node_in);
     publish_in(worker);
     ymo_wsgi_worker_unlock_in(worker);
     if (!worker->notify_pending) {

@@ -95,6 +95,8 @@ typedef struct ymo_wsgi_worker {
     int thread_initialized;          /* init succeeded; creator only */
     size_t assigned;                 /* loop only: dispatched, not done */
     int notify_pending;              /* loop only: prepare will notify */
+    uint64_t push_turn;              /* loop only: the turn (server.h) of
+                                      * the last push to queue_in */
 
     /* -- The request watchdog (wsgi_watchdog.c), only with a timeout.
      * watch_lock guards the fields under it; the worker takes it with the

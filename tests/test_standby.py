@@ -218,3 +218,53 @@ def test_one_turn_of_blocking_requests_starts_at_once_with_gil_hog(
         # Before the chain: at most ~20 ms on a busy 2-core machine. With
         # the chain: 0.1 to 0.5 s in most rounds.
         assert max(spreads) < 0.1, spreads
+
+
+ORDER_APP = textwrap.dedent("""
+    import threading
+
+    started = []
+    lock = threading.Lock()
+
+
+    def app(environ, start_response):
+        with lock:
+            started.append(environ["PATH_INFO"])
+            body = ",".join(started).encode()
+        start_response("200 OK", [("Content-Length", str(len(body)))])
+        return [body]
+""")
+
+
+# libev runs the callbacks of one turn in the reverse of the order epoll
+# reported the sockets in, so requests read in one turn were handed out
+# newest first (and with --queue-timeout the oldest were the ones refused).
+@pytest.mark.parametrize("workers", [1, 3])
+def test_one_turn_runs_in_arrival_order(tmp_path, workers):
+    (tmp_path / "order_app.py").write_text(ORDER_APP)
+    with ServerProcess([sys.executable, "-m", "yimmo", "-b", "127.0.0.1:0",
+                        "--workers", str(workers), "order_app:app"],
+                       cwd=tmp_path) as server:
+        addr = server.wait_listening()
+        socks = [connect(addr, 15) for _ in range(8)]
+        for s in socks:
+            s.sendall(build_request("GET", "/warm"))
+            assert read_response(s).status == 200
+        server.signal(signal.SIGSTOP)
+        try:
+            for i, s in enumerate(socks):
+                s.sendall(build_request("GET", "/%d" % i))
+                time.sleep(0.01)    # in this order on the wire
+            time.sleep(0.2)
+        finally:
+            server.signal(signal.SIGCONT)
+        last = max((read_response(s).body.decode() for s in socks), key=len)
+        for s in socks:
+            s.close()
+        order = [p for p in last.split(",") if p != "/warm"]
+        if workers == 1 or getattr(sys, "_is_gil_enabled", lambda: True)():
+            assert order == ["/%d" % i for i in range(8)], order
+        else:
+            # Free-threaded, workers run at once: the order they start in
+            # is not the order they were taken in, but the first is first.
+            assert order[0] == "/0", order
