@@ -1,7 +1,9 @@
 /* test_queue.c - the hand-off queue never allocates and never fails: with
  * its pool used up, items go in the spare nodes they bring. Linked with
  * malloc, calloc and realloc wrapped (-Wl,--wrap=...) to fail the test if
- * anything in queue.c calls them. Prints "N passed, N failed".          */
+ * anything in queue.c calls them. A turn's pushes (ymo_queue_push_turn)
+ * come out in reverse, after the earlier turns'. Prints "N passed, N
+ * failed". */
 #include <stdio.h>
 #include <stdlib.h>
 
@@ -110,6 +112,53 @@ main(void)
         }
         CHECK(ok && next == N_ITEMS);
     }
+    /* Turns: each turn's pushes come out in reverse, after the earlier
+     * turns', also when the last item before the turn is popped
+     * meanwhile (the turn's items are at the head then). */
+    int order[8], n = 0;
+    ymo_queue_mark(&q);
+    for (int i = 0; i < 3; i++) {
+        ymo_queue_push_turn(&q, &items[i], &items[i].node);
+    }
+    ymo_queue_mark(&q);
+    ymo_queue_push_turn(&q, &items[3], &items[3].node);
+    ymo_queue_push_turn(&q, &items[4], &items[4].node);
+    for (int i = 0; i < 3; i++) {
+        order[n++] = ((item_t *)ymo_queue_pop(&q))->id;
+    }
+    ymo_queue_push_turn(&q, &items[5], &items[5].node);
+    ymo_queue_push(&q, &items[6], &items[6].node);
+    while (q.count > 0) {
+        order[n++] = ((item_t *)ymo_queue_pop(&q))->id;
+    }
+    static const int expected[] = {2, 1, 0, 5, 4, 3, 6};
+    int same = n == 7;
+    for (int i = 0; same && i < 7; i++) {
+        same = order[i] == expected[i];
+    }
+    CHECK(same);
+    CHECK(q.count == 0 && q.head == NULL && q.tail == NULL);
+    /* Many turns of every size, past the pool, with pops between. */
+    int ok = 1, popped = 0, pushed = 0;
+    for (int size = 1; pushed + size <= N_ITEMS; size++) {
+        ymo_queue_mark(&q);
+        for (int i = 0; i < size; i++) {
+            int id = pushed + size - 1 - i;     /* newest first */
+            items[id].id = id;
+            ymo_queue_push_turn(&q, &items[id], &items[id].node);
+        }
+        pushed += size;
+        for (int i = 0; i < size / 2 + 1 && q.count > 0; i++) {
+            item_t *it = ymo_queue_pop(&q);
+            ok &= it != NULL && it->id == popped++;
+        }
+    }
+    while (q.count > 0) {
+        item_t *it = ymo_queue_pop(&q);
+        ok &= it != NULL && it->id == popped++;
+    }
+    CHECK(ok && popped == pushed);
+    CHECK(q.head == NULL && q.tail == NULL);
     CHECK(allocations == 0);
     printf("%d passed, %d failed\n", passed, failed);
     return failed == 0 ? 0 : 1;
