@@ -9,12 +9,14 @@ requests are sent, so that its loop reads them all in one turn."""
 
 import signal
 import sys
+import sysconfig
 import textwrap
 import time
 
 import pytest
 
-from helpers import ServerProcess, build_request, connect, read_response
+from helpers import (ServerProcess, build_request, connect, read_response,
+                     skip_if_gil_off)
 
 APP = textwrap.dedent("""
     import threading
@@ -194,6 +196,10 @@ WORKERS = 32
 ROUNDS = 3
 
 
+@pytest.mark.skipif(bool(sysconfig.get_config_var("Py_GIL_DISABLED")),
+                    reason="free-threaded: with the GIL off the premise is "
+                           "gone; with PYTHON_GIL=1 the spread is 0.1-0.15 s "
+                           "either way, too close to tell apart")
 def test_one_turn_of_blocking_requests_starts_at_once_with_gil_hog(
         tmp_path):
     (tmp_path / "hog_app.py").write_text(HOG_APP)
@@ -215,9 +221,9 @@ def test_one_turn_of_blocking_requests_starts_at_once_with_gil_hog(
         finally:
             for s in socks:
                 s.close()
-        # Before the chain: at most ~20 ms on a busy 2-core machine. With
-        # the chain: 0.1 to 0.5 s in most rounds.
-        assert max(spreads) < 0.1, spreads
+        # Waking every idle worker at once: at most ~45 ms on a busy 2-core
+        # machine. One standby at a time: 0.2 to 0.8 s in most rounds.
+        assert max(spreads) < 0.15, spreads
 
 
 ORDER_APP = textwrap.dedent("""
@@ -239,7 +245,8 @@ ORDER_APP = textwrap.dedent("""
 # libev runs the callbacks of one turn in the reverse of the order epoll
 # reported the sockets in, so requests read in one turn were handed out
 # newest first (and with --queue-timeout the oldest were the ones refused).
-@pytest.mark.parametrize("workers", [1, 3])
+@pytest.mark.parametrize("workers",
+                         [1, pytest.param(3, marks=skip_if_gil_off)])
 def test_one_turn_runs_in_arrival_order(tmp_path, workers):
     (tmp_path / "order_app.py").write_text(ORDER_APP)
     with ServerProcess([sys.executable, "-m", "yimmo", "-b", "127.0.0.1:0",
@@ -262,9 +269,4 @@ def test_one_turn_runs_in_arrival_order(tmp_path, workers):
         for s in socks:
             s.close()
         order = [p for p in last.split(",") if p != "/warm"]
-        if workers == 1 or getattr(sys, "_is_gil_enabled", lambda: True)():
-            assert order == ["/%d" % i for i in range(8)], order
-        else:
-            # Free-threaded, workers run at once: the order they start in
-            # is not the order they were taken in, but the first is first.
-            assert order[0] == "/0", order
+        assert order == ["/%d" % i for i in range(8)], order
