@@ -7,6 +7,7 @@ wait behind it.
 The server runs in a child process that is stopped (SIGSTOP) while the
 requests are sent, so that its loop reads them all in one turn."""
 
+import os
 import signal
 import sys
 import sysconfig
@@ -270,3 +271,61 @@ def test_one_turn_runs_in_arrival_order(tmp_path, workers):
             s.close()
         order = [p for p in last.split(",") if p != "/warm"]
         assert order == ["/%d" % i for i in range(8)], order
+
+
+STALL_APP = textwrap.dedent("""
+    import os
+    import threading
+    import time
+
+    started = []
+    lock = threading.Lock()
+
+
+    def app(environ, start_response):
+        if environ["PATH_INFO"] == "/hold":
+            while not os.path.exists("go"):
+                time.sleep(0.005)
+        with lock:
+            started.append(environ["PATH_INFO"])
+            body = ",".join(started).encode()
+        start_response("200 OK", [("Content-Length", str(len(body)))])
+        return [body]
+""")
+
+
+# Connections that waited for room (--max-pending) go on oldest first
+# (server_unstall), several in one loop turn when several exchanges finish
+# in one batch of a worker's output: they must run in that order, not be
+# numbered down as if libev had handed them over newest first. The server
+# shares one CPU with its worker, so that the loop (SCHED_BATCH) drains
+# both held exchanges in one batch.
+def test_unstalled_in_one_turn_run_in_arrival_order(tmp_path):
+    (tmp_path / "stall_app.py").write_text(STALL_APP)
+    cpu = min(os.sched_getaffinity(0))
+    pin = ("import os, sys; os.sched_setaffinity(0, {%d}); "
+           "os.execv(sys.executable, [sys.executable] + sys.argv[1:])" % cpu)
+    with ServerProcess([sys.executable, "-c", pin, "-m", "yimmo",
+                        "-b", "127.0.0.1:0", "--workers", "1",
+                        "--max-pending", "2", "stall_app:app"],
+                       cwd=tmp_path) as server:
+        addr = server.wait_listening()
+        holds = [connect(addr, 15) for _ in range(2)]
+        waits = [connect(addr, 15) for _ in range(6)]
+        for s in holds + waits:
+            s.sendall(build_request("GET", "/warm"))
+            assert read_response(s).status == 200
+        for s in holds:
+            s.sendall(build_request("GET", "/hold"))
+        time.sleep(0.3)
+        for i, s in enumerate(waits):
+            s.sendall(build_request("GET", "/%d" % i))
+            time.sleep(0.03)    # stalled in this order
+        time.sleep(0.2)
+        (tmp_path / "go").write_text("")
+        bodies = [read_response(s).body.decode() for s in holds + waits]
+        for s in holds + waits:
+            s.close()
+        last = max(bodies, key=len)
+        order = [p for p in last.split(",") if p not in ("/warm", "/hold")]
+        assert order == ["/%d" % i for i in range(6)], order
