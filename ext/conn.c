@@ -1503,7 +1503,10 @@ conn_on_io(struct ev_loop *loop, ev_io *w, int revents)
     else if ((revents & EV_READ) && conn_read(c) < 0) {
         return;
     }
+    ymo_server_t *s = c->listener->server;
+    s->dispatch_read = 1;
     conn_step(c);
+    s->dispatch_read = 0;
 }
 
 void

@@ -31,6 +31,10 @@ struct ymo_wsgi_worker;
 
 /* dispatch_seq: the bits below this one number the exchanges of a turn. */
 #define YMO_TURN_SHIFT 20
+/* Below this place: an exchange not read in its turn (carried over: a
+ * connection that waited for room, a pipelined request), queued in order
+ * ahead of the turn's reads. */
+#define YMO_TURN_CARRIED (1u << (YMO_TURN_SHIFT - 1))
 
 typedef struct ymo_exchange {
     /* -- Immutable once the loop has dispatched the exchange. -- */

@@ -71,6 +71,13 @@ ymo_queue_push_turn(ymo_queue_t *q, void *item, ymo_queue_node_t *spare)
     }
 }
 
+void
+ymo_queue_push_carried(ymo_queue_t *q, void *item, ymo_queue_node_t *spare)
+{
+    ymo_queue_push_turn(q, item, spare);
+    q->mark = q->mark != NULL ? q->mark->next : q->head;
+}
+
 void *
 ymo_queue_pop(ymo_queue_t *q)
 {

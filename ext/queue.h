@@ -44,6 +44,12 @@ void ymo_queue_mark(ymo_queue_t *q);
 void ymo_queue_push_turn(ymo_queue_t *q, void *item,
                          ymo_queue_node_t *spare);
 
+/* As ymo_queue_push_turn, but after the items pushed with it since the
+ * last ymo_queue_mark, before the turn's ymo_queue_push_turn items: a
+ * turn's carried items come out in the order they were pushed in. */
+void ymo_queue_push_carried(ymo_queue_t *q, void *item,
+                            ymo_queue_node_t *spare);
+
 /* Remove and return the first item; NULL when empty. */
 void *ymo_queue_pop(ymo_queue_t *q);
 

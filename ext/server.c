@@ -881,10 +881,21 @@ ymo_server_dispatch(ymo_server_t *s, ymo_exchange_t *ex)
         s->turn++;
         s->turn_iteration = iteration;
         s->turn_dispatched = 0;
+        s->turn_carried = 0;
     }
-    uint32_t top = (1u << YMO_TURN_SHIFT) - 1;
-    uint32_t place = s->turn_dispatched < top ? top - s->turn_dispatched : 0;
-    s->turn_dispatched++;
+    uint32_t place;
+    if (s->dispatch_read) {
+        uint32_t top = (1u << YMO_TURN_SHIFT) - 1;
+        uint32_t n = s->turn_dispatched;
+        place = n < YMO_TURN_CARRIED - 1 ? top - n : YMO_TURN_CARRIED;
+        s->turn_dispatched++;
+    }
+    else {
+        /* Not libev's order: dispatched oldest first already. */
+        uint32_t n = s->turn_carried;
+        place = n < YMO_TURN_CARRIED - 1 ? n : YMO_TURN_CARRIED - 1;
+        s->turn_carried++;
+    }
     ex->dispatch_seq = (s->turn << YMO_TURN_SHIFT) | place;
     ymo_wsgi_worker_add_exchange(best, ex);
     s->n_exchanges++;

@@ -126,6 +126,10 @@ typedef struct ymo_server {
                                 * the current one's included (loop) */
     unsigned int turn_iteration;    /* ev_iteration() of that turn */
     uint32_t turn_dispatched;  /* exchanges dispatched in it (loop) */
+    uint32_t turn_carried;     /* of which not read in it (loop) */
+    int dispatch_read;         /* loop: dispatching from a connection's
+                                * read callback (conn_on_io), whose calls
+                                * libev makes newest first in a turn */
     struct ymo_conn *stalled_head;  /* connections with a request waiting */
     struct ymo_conn *stalled_tail;  /* for room (max_inflight), in order */
     size_t next_worker;        /* round-robin start for dispatch */

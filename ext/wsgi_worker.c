@@ -545,7 +545,15 @@ ymo_wsgi_worker_add_exchange(ymo_wsgi_worker_t *worker,
         ymo_queue_mark(&worker->queue_in);
         worker->push_turn = turn;
     }
-    ymo_queue_push_turn(&worker->queue_in, exchange, &exchange->node_in);
+    uint32_t place = (uint32_t)(exchange->dispatch_seq &
+                                ((1u << YMO_TURN_SHIFT) - 1));
+    if (place < YMO_TURN_CARRIED) {
+        ymo_queue_push_carried(&worker->queue_in, exchange,
+                               &exchange->node_in);
+    }
+    else {
+        ymo_queue_push_turn(&worker->queue_in, exchange, &exchange->node_in);
+    }
     publish_in(worker);
     ymo_wsgi_worker_unlock_in(worker);
     if (!worker->notify_pending) {
