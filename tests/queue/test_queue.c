@@ -115,7 +115,7 @@ main(void)
     /* Turns: each turn's pushes come out in reverse, after the earlier
      * turns', also when the last item before the turn is popped
      * meanwhile (the turn's items are at the head then). */
-    int order[8], n = 0;
+    int order[16], n = 0;
     ymo_queue_mark(&q);
     for (int i = 0; i < 3; i++) {
         ymo_queue_push_turn(&q, &items[i], &items[i].node);
@@ -138,6 +138,37 @@ main(void)
     }
     CHECK(same);
     CHECK(q.count == 0 && q.head == NULL && q.tail == NULL);
+    /* Carried items (ymo_queue_push_carried) go in order ahead of the
+     * turn's reads, whenever they come, and also once the last carried
+     * one is popped: ids 0-3 are reads (newest first), 10-13 carried. */
+    n = 0;
+    ymo_queue_mark(&q);
+    static const int pushes[] = {3, 10, 2, 11, -1, 12, -2, -1, 13, 1, 0};
+    for (size_t i = 0; i < sizeof(pushes) / sizeof(pushes[0]); i++) {
+        int id = pushes[i];
+        if (id < 0) {           /* -1: pop one; -2: pop two */
+            for (int k = 0; k < -id; k++) {
+                order[n++] = ((item_t *)ymo_queue_pop(&q))->id;
+            }
+            continue;
+        }
+        items[id].id = id;
+        if (id >= 10) {
+            ymo_queue_push_carried(&q, &items[id], &items[id].node);
+        }
+        else {
+            ymo_queue_push_turn(&q, &items[id], &items[id].node);
+        }
+    }
+    while (q.count > 0) {
+        order[n++] = ((item_t *)ymo_queue_pop(&q))->id;
+    }
+    static const int carried[] = {10, 11, 12, 2, 13, 0, 1, 3};
+    same = n == 8;
+    for (int i = 0; same && i < 8; i++) {
+        same = order[i] == carried[i];
+    }
+    CHECK(same);
     /* Many turns of every size, past the pool, with pops between. */
     int ok = 1, popped = 0, pushed = 0;
     for (int size = 1; pushed + size <= N_ITEMS; size++) {
