@@ -176,7 +176,13 @@ typedef struct ymo_server {
                                 * loop, or a worker: CAS 0 -> 1), cleared
                                 * by any worker that attaches, goes idle
                                 * or exits; seq_cst (wsgi_worker.c,
-                                * stand_by) */
+                                * stand_by). It can stay 1 with nobody
+                                * woken (no idle peer was found; or the
+                                * one the loop chose woke on its own and
+                                * attached first) until a worker next
+                                * attaches or goes idle: a wake-up may be
+                                * skipped meanwhile, but a worker going
+                                * idle clears it before its last look */
     ymo_release_t release;     /* freed reference buckets (bucket.h):
                                 * pushed by any thread, taken by workers
                                 * (attached: they release the owners)
