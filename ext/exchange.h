@@ -50,8 +50,8 @@ typedef struct ymo_exchange {
                                     * the loop before it is queued, read
                                     * with that queue's lock_in held. The
                                     * loop turn in the high bits, then its
-                                    * place in the turn counted down
-                                    * (ymo_server_dispatch) */
+                                    * place in the turn (see
+                                    * ymo_server_dispatch) */
     double queued_at;              /* ev_time() when it began to wait for
                                     * a worker (queue_timeout) */
 

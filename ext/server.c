@@ -872,10 +872,13 @@ ymo_server_dispatch(ymo_server_t *s, ymo_exchange_t *ex)
     }
     /* libev runs a turn's callbacks in the reverse of the order in
      * which epoll reported their sockets, so within a turn the requests
-     * come here newest first: they are numbered down from the top of the
-     * turn's range, and queued in that order (ymo_queue_push_turn), so
-     * that the oldest runs first and, with queue_timeout, is not the one
-     * that waited longest for nothing. */
+     * read come here newest first: they are numbered down from the top
+     * of the turn's range, and queued back to front (ymo_queue_push_turn),
+     * so that the oldest runs first and, with queue_timeout, is not the
+     * one that waited longest for nothing. Those taken up again from
+     * other callbacks (a connection that waited for room, a pipelined
+     * request) come oldest first: numbered up from the bottom, queued in
+     * order ahead of the reads (ymo_queue_push_carried). */
     unsigned int iteration = ev_iteration(s->loop);
     if (s->turn == 0 || iteration != s->turn_iteration) {
         s->turn++;
@@ -886,14 +889,14 @@ ymo_server_dispatch(ymo_server_t *s, ymo_exchange_t *ex)
     uint32_t place;
     if (s->dispatch_read) {
         uint32_t top = (1u << YMO_TURN_SHIFT) - 1;
-        uint32_t n = s->turn_dispatched;
-        place = n < YMO_TURN_CARRIED - 1 ? top - n : YMO_TURN_CARRIED;
+        uint32_t k = s->turn_dispatched;
+        place = k < YMO_TURN_CARRIED - 1 ? top - k : YMO_TURN_CARRIED;
         s->turn_dispatched++;
     }
     else {
         /* Not libev's order: dispatched oldest first already. */
-        uint32_t n = s->turn_carried;
-        place = n < YMO_TURN_CARRIED - 1 ? n : YMO_TURN_CARRIED - 1;
+        uint32_t k = s->turn_carried;
+        place = k < YMO_TURN_CARRIED - 1 ? k : YMO_TURN_CARRIED - 1;
         s->turn_carried++;
     }
     ex->dispatch_seq = (s->turn << YMO_TURN_SHIFT) | place;
