@@ -282,6 +282,12 @@ standby_done(ymo_server_t *s)
     }
 }
 
+/* A worker that waited longer than this for the GIL (seconds) finds
+ * another thread holding it busy, not a run of short exchanges: Python's
+ * switch interval, after which a waiting thread takes the GIL from a busy
+ * one, is 5 ms unless the app changes it. */
+#define STANDBY_EAGER_WAIT 0.002
+
 /* With the GIL, attached, after taking an exchange: if others are left
  * queued, one idle peer waits for the GIL behind this worker, so they run
  * if the app blocks (a query, a sleep: the GIL is released) while this
@@ -295,12 +301,6 @@ standby_done(ymo_server_t *s)
  * queues for the last time, when it attaches or goes idle; so whoever
  * reads 1 after queueing is sure of a worker that will look after the
  * push, all seq_cst. */
-/* A worker that waited longer than this for the GIL (seconds) finds
- * another thread holding it busy, not a run of short exchanges: Python's
- * switch interval, after which a waiting thread takes the GIL from a busy
- * one, is 5 ms unless the app changes it. */
-#define STANDBY_EAGER_WAIT 0.002
-
 static void
 stand_by(ymo_wsgi_worker_t *self)
 {
