@@ -107,6 +107,18 @@ wake_readers(ymo_exchange_t *ex)
     }
 }
 
+/* Body bytes came (lock held): wake the readers once there are enough
+ * for one of them (ymo_exchange_read), the body is whole, or the loop
+ * stopped reading until they take some. A reader of a big body is woken
+ * per low-water mark's worth instead of per read() of the socket. */
+static void
+wake_readers_for_input(ymo_exchange_t *ex)
+{
+    if (ex->in_done || ex->in_paused || ex->in_buffered >= ex->in_want) {
+        wake_readers(ex);
+    }
+}
+
 static void
 wake_writers(ymo_exchange_t *ex)
 {
@@ -164,7 +176,7 @@ int
         ex->in_paused = 1;
         r = 1;
     }
-    wake_readers(ex);
+    wake_readers_for_input(ex);
     pthread_mutex_unlock(&ex->lock);
     return r;
 }
@@ -224,7 +236,7 @@ input_commit_locked(ymo_exchange_t *ex, size_t n, int done,
         ex->in_paused = 1;
         r = 1;
     }
-    wake_readers(ex);
+    wake_readers_for_input(ex);
     return r;
 }
 
@@ -325,8 +337,8 @@ ymo_exchange_read(ymo_exchange_t *ex, char *dst, size_t n, int line,
         }
     }
     for (;;) {
-        /* Copy what is there; a read returns as soon as it has something
-         * (like a socket), except that a line keeps going to its end. */
+        /* Copy what is there, and wait for more until there are n bytes
+         * (a line: until its end), the body ends or fails. */
         while (got < n && ex->in_head != NULL) {
             ymo_bucket_t *b = ex->in_head;
             size_t avail = b->len - b->off;
@@ -356,7 +368,7 @@ ymo_exchange_read(ymo_exchange_t *ex, char *dst, size_t n, int line,
                 goto done;
             }
         }
-        if (got == n || (got > 0 && !line) || ex->in_done) {
+        if (got == n || ex->in_done) {
             break;
         }
         if (ex->in_error != 0 || ex->out_done) {
@@ -380,6 +392,16 @@ ymo_exchange_read(ymo_exchange_t *ex, char *dst, size_t n, int line,
             post = 0;
             pthread_mutex_lock(&ex->lock);
             continue;
+        }
+        /* Woken when what is missing is there (a line: any byte), or
+         * low_water bytes of it: the loop pauses at twice that, and
+         * resumes once this reader has taken them. */
+        size_t want = line ? 1 : n - got < low_water ? n - got : low_water;
+        if (want == 0) {
+            want = 1;
+        }
+        if (ex->in_waiters == 0 || want < ex->in_want) {
+            ex->in_want = want;
         }
         ex->in_waiters++;
         pthread_cond_wait(&ex->cond_in, &ex->lock);

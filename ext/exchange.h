@@ -81,6 +81,10 @@ typedef struct ymo_exchange {
     pthread_cond_t cond_out;       /* writers wait here for the loop to
                                     * write what is buffered */
     int in_waiters;                /* threads waiting on cond_in */
+    size_t in_want;                /* while in_waiters: the fewest bytes
+                                    * a waiting reader needs buffered (or
+                                    * the end, an error, a pause) before
+                                    * it is worth waking */
     int out_waiters;               /* threads waiting on cond_out */
     int aborted;                   /* client gone or timed out: stop */
     int client_eof;                /* the client shut down its sending
@@ -204,8 +208,10 @@ void ymo_exchange_output_written(ymo_exchange_t *ex, size_t n,
 #define YMO_READ_FINISHED (-2)
 
 /* Worker or an app thread, GIL released (it may block), holding a
- * reference: copy up to n body bytes to dst, stopping after a '\n' when
- * `line`. Returns bytes copied, 0 at the end of the body, -1 when the
+ * reference: copy n body bytes to dst, fewer only at the end of the body
+ * or before a failure (which the next call reports), stopping after a
+ * '\n' when `line`. Returns bytes copied, 0 at the end of the body, -1
+ * when the
  * body failed (*status: 400/408/413/500, -1 when the client went away,
  * YMO_READ_FINISHED once the response is complete and nothing is left).
  * Asks for "100 Continue" and for more input as needed, through

@@ -314,3 +314,39 @@ def test_a_waiting_upload_holds_no_more_than_its_body(yimmo_server,
         for s in socks:
             s.close()
         blocker.close()
+
+
+def _switches():
+    with open("/proc/thread-self/status") as f:
+        for line in f:
+            if line.startswith("voluntary_ctxt_switches"):
+                return int(line.split()[1])
+    raise AssertionError("no voluntary_ctxt_switches")
+
+
+def test_a_big_read_sleeps_per_low_water_mark_not_per_packet(yimmo_server):
+    # read(n) on a body that arrives 16 KB at a time: the worker sleeps
+    # until a low-water mark's worth (128 KB) is there, not once per read
+    # of the socket (it was woken, and went back to the app for more,
+    # 64 times for this 1 MB).
+    def app(environ, start_response):
+        length = int(environ["CONTENT_LENGTH"])
+        before = _switches()
+        data = environ["wsgi.input"].read(length)
+        body = json.dumps({"switches": _switches() - before,
+                           "length": len(data)}).encode()
+        start_response("200 OK", [("Content-Length", str(len(body)))])
+        return [body]
+
+    server = yimmo_server(app, workers=1)
+    body = _body(MB, 5)
+    head = build_request("POST", "/", body=body)[:-len(body)]
+    with connect(server.address, WAIT) as sock:
+        sock.sendall(head)
+        time.sleep(0.05)            # the app is waiting in read()
+        for i in range(0, len(body), 16 * KB):
+            sock.sendall(body[i:i + 16 * KB])
+            time.sleep(0.003)
+        got = json.loads(read_response(sock).body)
+    assert got["length"] == MB
+    assert got["switches"] <= 24, got
