@@ -820,6 +820,10 @@ app_read(rec_t *r, size_t n, int *status)
     int block = ex->in_buffered == 0 && !ex->in_done && ex->in_error == 0 &&
                 !ex->out_done;
     int line = ex->in_done || ex->in_error != 0 || ex->out_done;
+    if (!block && !line && n > ex->in_buffered) {
+        /* A read waits for all n bytes: ask for what is there. */
+        n = ex->in_buffered;
+    }
     int post = 0;
     if (block) {
         if (!ex->in_started) {
