@@ -308,22 +308,28 @@ def ratios(results, rows):
                  and (m["p99_ms"] > 0 or not has_p99)}
         if not peers:
             continue
-        cpu = min(peers, key=lambda n: peers[n]["cpu_us"])
         # Some queueing is every server's lot while connections churn (the
         # new-connection row); a median of 40% of the connections, or of
-        # 100 (a full default backlog), is a server serving only some.
+        # 100 (a full default backlog), is a server serving only some: it
+        # did not run the row's workload (uWSGI with 4 threads serves 4
+        # connections and never closes them), so it is no candidate for
+        # best CPU, p99 or throughput. When no peer served them all, CPU
+        # and throughput compare with every peer (marked *), p99 with none.
         limit = min(0.4 * row.connections, 100)
         fair = {n: m for n, m in peers.items() if m["waiting"] < limit}
-        p99 = min(fair or peers, key=lambda n: peers[n]["p99_ms"])
-        rps = max(peers, key=lambda n: peers[n]["rps"])
-        if not has_p99:
+        mark = "" if fair else "*"
+        pool = fair or peers
+        cpu = min(pool, key=lambda n: peers[n]["cpu_us"])
+        rps = max(pool, key=lambda n: peers[n]["rps"])
+        if not has_p99 or not fair:
             p99_text = "n/a | -"
         else:
+            p99 = min(fair, key=lambda n: peers[n]["p99_ms"])
             p99_text = "%.2fx | %s" % (y["p99_ms"] / peers[p99]["p99_ms"],
                                        p99)
-        lines.append("| %s | %.2fx | %s | %s | %.2fx (%s) |" % (
-            row.title, y["cpu_us"] / peers[cpu]["cpu_us"], cpu, p99_text,
-            y["rps"] / peers[rps]["rps"], rps))
+        lines.append("| %s | %.2fx | %s%s | %s | %.2fx (%s%s) |" % (
+            row.title, y["cpu_us"] / peers[cpu]["cpu_us"], cpu, mark,
+            p99_text, y["rps"] / peers[rps]["rps"], rps, mark))
     return "\n".join(lines)
 
 
