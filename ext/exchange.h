@@ -211,9 +211,9 @@ void ymo_exchange_output_written(ymo_exchange_t *ex, size_t n,
  * reference: copy n body bytes to dst, fewer only at the end of the body
  * or before a failure (which the next call reports), stopping after a
  * '\n' when `line`. Returns bytes copied, 0 at the end of the body, -1
- * when the
- * body failed (*status: 400/408/413/500, -1 when the client went away,
- * YMO_READ_FINISHED once the response is complete and nothing is left).
+ * when the body failed (*status: 400/408/413/500, -1 when the client went
+ * away, YMO_READ_FINISHED once the response is complete and nothing is
+ * left).
  * Asks for "100 Continue" and for more input as needed, through
  * ymo_wsgi_worker_post(). */
 long ymo_exchange_read(ymo_exchange_t *ex, char *dst, size_t n, int line,
