@@ -349,4 +349,5 @@ def test_a_big_read_sleeps_per_low_water_mark_not_per_packet(yimmo_server):
             time.sleep(0.003)
         got = json.loads(read_response(sock).body)
     assert got["length"] == MB
-    assert got["switches"] <= 24, got
+    # 13-16 here; 89-95 before (one wake per packet, and the GIL again).
+    assert got["switches"] <= 32, got
