@@ -9,6 +9,7 @@ requests are sent, so that its loop reads them all in one turn."""
 
 import os
 import signal
+import statistics
 import sys
 import sysconfig
 import textwrap
@@ -223,8 +224,11 @@ def test_one_turn_of_blocking_requests_starts_at_once_with_gil_hog(
             for s in socks:
                 s.close()
         # Waking every idle worker at once: at most ~45 ms on a busy 2-core
-        # machine. One standby at a time: 0.2 to 0.8 s in most rounds.
-        assert max(spreads) < 0.15, spreads
+        # machine. One standby at a time: 0.2 to 0.8 s in most rounds. The
+        # median of the rounds: the chain is slow every round, while one
+        # round in a CI run on 3.9 took 0.18 s with the others at 0.02 and
+        # 0.05 s (the machine, not the server).
+        assert statistics.median(spreads) < 0.15, spreads
 
 
 ORDER_APP = textwrap.dedent("""
