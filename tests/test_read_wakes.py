@@ -13,17 +13,10 @@ import time
 import pytest
 
 from helpers import build_request, chunked, connect, read_response
+from test_body_direct import _body
 
 WAIT = 20
 KB = 1024
-
-
-def _body(size, seed):
-    rng = random.Random(seed)
-    data = bytearray(rng.randbytes(size))
-    for i in range(0, size, 777):
-        data[i] = 10
-    return bytes(data)
 
 
 def many_readers_app(environ, start_response):
