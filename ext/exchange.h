@@ -108,6 +108,8 @@ typedef struct ymo_exchange {
     int out_started;               /* some output was appended (the head
                                     * may be out: too late for a 503) */
     int out_queued;                /* in the worker's queue_out */
+    int out_complete;              /* the last bytes are appended; the
+                                    * done post waits for close() */
     int out_done;                  /* final output appended: the exchange
                                     * is over for the app (later posts,
                                     * reads and waits return at once) */

@@ -64,6 +64,10 @@ typedef struct {
     long long content_length;  /* -1 when not known */
     long long known_length;    /* length of a one-item body, or -1 */
     unsigned long long body_sent;
+    int closes;                /* the iterable has close(): the done post
+                                * waits for it (finish_response) */
+    int held_done;             /* the response is complete: the done
+                                * flags to post once close() returned */
     ymo_bucket_t *pend_head;   /* built, not yet posted */
     ymo_bucket_t *pend_tail;
     size_t pend_len;
@@ -356,17 +360,20 @@ post(StartResponseObject *self, int done)
     if (chain == NULL && !done) {
         return;
     }
-    if (self->ex == NULL) {
+    if (self->ex == NULL || self->held_done) {
         /* Finished meanwhile (a write() from a thread of the app while
-         * the worker completed the response). */
+         * the worker completed the response, or while it runs close()). */
         ymo_wsgi_free_chain(chain);
         self->aborted = 1;
         return;
     }
     int r = ymo_wsgi_worker_response_body_append(self->ex, chain, done);
-    if (done) {
+    if (done & YMO_DONE) {
         self->ex = NULL;        /* the loop's now */
         return;
+    }
+    if (done & YMO_OUT_COMPLETE) {
+        return;                 /* no wait: the worker goes on to close() */
     }
     if (r & YMO_OUT_ABORTED) {
         self->aborted = 1;
@@ -1189,6 +1196,7 @@ start_response_new(struct ymo_wsgi_app *app, ymo_exchange_t *ex)
     self->head_req = is_head(ex);
     self->head_count = 0;
     self->head_only = 0;
+    self->closes = self->held_done = 0;
     self->content_length = -1;
     self->known_length = -1;
     self->body_sent = 0;
@@ -1471,8 +1479,30 @@ finish_response(StartResponseObject *self)
     if (!self->keep_alive) {
         done |= YMO_DONE_CLOSE;
     }
-    post(self, done);
+    if (self->closes) {
+        /* The bytes go out now; the exchange ends once close() has
+         * returned (post_held), and the connection's next request waits
+         * until then, as on a server that runs a connection's requests
+         * one after another: what close() finishes (a session saved, a
+         * lock let go) is done before the client's next request runs. */
+        post(self, YMO_OUT_COMPLETE);
+        self->held_done = done;
+    }
+    else {
+        post(self, done);
+    }
     return 0;
+}
+
+/* After close(): the done post finish_response held back, if any. */
+static void
+post_held(StartResponseObject *self)
+{
+    if (self->held_done && self->ex != NULL) {
+        ymo_wsgi_worker_response_body_append(self->ex, NULL,
+                                             self->held_done);
+        self->ex = NULL;        /* the loop's now */
+    }
 }
 
 /* Clear the exception the watchdog's RequestTimeout caused; on a
@@ -1491,28 +1521,38 @@ clear_watchdog_error(ymo_wsgi_worker_t *worker)
 #endif
 }
 
-static void
-close_result(struct ymo_wsgi_app *app, ymo_wsgi_worker_t *worker,
-             PyObject *environ, PyObject *result)
+/* The iterable's close method (a new reference), or NULL when it has
+ * none. Looked up once the body is iterated (PEP 3333 calls it then) and
+ * before the response ends, which waits for it (finish_response). */
+static PyObject *
+lookup_close(struct ymo_wsgi_app *app, ymo_wsgi_worker_t *worker,
+             ymo_exchange_t *ex, PyObject *environ, PyObject *result)
 {
     if (PyList_CheckExact(result) || PyTuple_CheckExact(result)) {
-        return;                 /* the common case: nothing to close */
+        return NULL;            /* the common case: nothing to close */
     }
     /* Looked up without raising AttributeError when there is none: that
-     * exception would cost more than the rest of a small request. */
+     * exception would cost more than the rest of a small request. An
+     * error of the app's own (a property that raises) is logged, and the
+     * response goes on. */
     PyObject *close;
 #if PY_VERSION_HEX >= 0x030D0000
     int found = PyObject_GetOptionalAttr(result, app->st->s_close, &close);
 #else
     int found = _PyObject_LookupAttr(result, app->st->s_close, &close);
 #endif
-    if (found <= 0) {
-        if (found < 0) {
-            ymo_watch_pause(worker);    /* yimmo's logging: not the app */
-            log_exception(app, environ, "error looking up close()");
-        }
-        return;
+    if (found < 0) {
+        ymo_watch_pause(worker);        /* yimmo's logging: not the app */
+        log_exception(app, environ, "error looking up close()");
+        ymo_watch_resume(worker, ex);
     }
+    return found > 0 ? close : NULL;
+}
+
+static void
+close_result(struct ymo_wsgi_app *app, ymo_wsgi_worker_t *worker,
+             PyObject *environ, PyObject *close)
+{
     PyObject *r = PyObject_CallNoArgs(close);
     Py_DECREF(close);
     if (r == NULL && PyErr_ExceptionMatches(app->st->RequestTimeout) &&
@@ -1579,8 +1619,11 @@ ymo_wsgi_run_exchange(struct ymo_wsgi_app *app, ymo_wsgi_worker_t *worker,
     PyObject *args[2] = {environ, (PyObject *)sr};
     result = PyObject_Vectorcall(app->app, args, 2, NULL);
     int failed = result == NULL || iterate(sr, result) < 0;
+    PyObject *close = NULL;
     if (!failed) {
+        close = lookup_close(app, worker, ex, environ, result);
         Py_BEGIN_CRITICAL_SECTION(sr);
+        sr->closes = close != NULL;
         failed = finish_response(sr) < 0;
         Py_END_CRITICAL_SECTION();
     }
@@ -1614,10 +1657,17 @@ ymo_wsgi_run_exchange(struct ymo_wsgi_app *app, ymo_wsgi_worker_t *worker,
         fail_response(sr);
         Py_END_CRITICAL_SECTION();
         ymo_watch_resume(worker, ex);   /* close() is the app's again */
+        if (result != NULL && close == NULL) {
+            close = lookup_close(app, worker, ex, environ, result);
+        }
     }
-    if (result != NULL) {
-        close_result(app, worker, environ, result);
+    if (close != NULL) {
+        close_result(app, worker, environ, close);
+        Py_DECREF(close);
     }
+    Py_BEGIN_CRITICAL_SECTION(sr);
+    post_held(sr);
+    Py_END_CRITICAL_SECTION();
     watched = ymo_watch_end(worker, ex);
     if (watched && PyErr_Occurred()) {
         PyErr_Clear();

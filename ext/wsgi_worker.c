@@ -590,7 +590,10 @@ append_locked(ymo_exchange_t *exchange, ymo_bucket_t *body_item, int done)
         }
         exchange->out_tail = last;
     }
-    if (done) {
+    if (done & YMO_OUT_COMPLETE) {
+        exchange->out_complete = 1;
+    }
+    if (done & YMO_DONE) {
         exchange->out_done = 1;
         exchange->out_close = (done & YMO_DONE_CLOSE) != 0;
         exchange->out_abort = (done & YMO_DONE_ABORT) != 0;
@@ -652,7 +655,15 @@ ymo_wsgi_worker_response_cut(ymo_exchange_t *exchange, ymo_bucket_t *error)
         exchange->in_error = -1;
     }
     int r;
-    if (exchange->out_started || error == NULL) {
+    if (exchange->out_complete) {
+        /* The client has the whole response; the app overran in close().
+         * The connection closes after it: its next request must not wait
+         * for an app that may never come back. */
+        ymo_bucket_free_chain(error);
+        append_locked(exchange, NULL, YMO_DONE | YMO_DONE_CLOSE);
+        r = 0;
+    }
+    else if (exchange->out_started || error == NULL) {
         /* Part of the response may be out: only a close tells the client
          * it is incomplete, and at once (a reset, dropping what is still
          * queued): a slow reader would otherwise go on receiving the

@@ -201,6 +201,12 @@ void ymo_wsgi_worker_add_exchange(ymo_wsgi_worker_t *worker,
 #define YMO_DONE_RESET 8           /* with ABORT: drop what is still queued
                                     * and reset the connection (the
                                     * watchdog cut a begun response) */
+#define YMO_OUT_COMPLETE 16        /* without YMO_DONE: the last bytes of
+                                    * the response. The loop writes them;
+                                    * the exchange (and the connection's
+                                    * next request) waits for the done
+                                    * post, made once the iterable's
+                                    * close() has returned */
 
 /* What response_body_append reports back. */
 #define YMO_OUT_ABORTED 1          /* the client is gone: stop */
@@ -218,7 +224,9 @@ int ymo_wsgi_worker_response_body_append(ymo_exchange_t *exchange,
 
 /* Any thread, while a reference is held: end the exchange from outside
  * the app (the request watchdog). Unless its final output is in already
- * (returns 0), the client gets `error` (a complete response, taken) when
+ * (returns 0; when the response is complete but not done, the app being
+ * in close(), the connection closes after it, so its next request never
+ * waits on an app that overran), the client gets `error` (a complete response, taken) when
  * no output was appended yet (returns 1), otherwise the connection closes
  * on what it has (returns 2); the app's later reads and writes fail as
  * for a client that went away, and its later posts are refused. */

@@ -608,6 +608,106 @@ def test_iterable_close_called_after_normal_response(yimmo_server):
     assert bodies[0].closed.wait(WAIT), "close() was not called"
 
 
+class SlowClose:
+    """An iterable whose close() takes `delay` seconds; `events` records,
+    in order, when close() began and ended and when a request began."""
+
+    def __init__(self, events, pieces, delay):
+        self.events = events
+        self.pieces = pieces
+        self.delay = delay
+
+    def __iter__(self):
+        return iter(self.pieces)
+
+    def close(self):
+        self.events.append(("close begins", time.monotonic()))
+        time.sleep(self.delay)
+        self.events.append(("close ends", time.monotonic()))
+
+
+@pytest.mark.parametrize("framing", ["length", "chunked", "head"])
+def test_next_request_on_a_connection_waits_for_close(yimmo_server,
+                                                      framing):
+    """The client has its response while close() still runs, and the next
+    request on the same connection starts only after close() returned, as
+    on servers that run a connection's requests one after another (what
+    close() finishes, a session saved or a lock let go, is done before
+    the client's next request runs). Other connections do not wait."""
+    events = []
+    delay = 0.4
+
+    def app(environ, start_response):
+        events.append(("request " + environ["PATH_INFO"], time.monotonic()))
+        if environ["PATH_INFO"] != "/slow-close":
+            return ok(start_response)
+        headers = list(TEXT)
+        if framing != "chunked":
+            headers.append(("Content-Length", "6"))
+        start_response("200 OK", headers)
+        return SlowClose(events, [b"abc", b"def"], delay)
+
+    server = yimmo_server(app, workers=4)
+    method = "HEAD" if framing == "head" else "GET"
+    with connect(server.address) as sock, connect(server.address) as other:
+        t0 = time.monotonic()
+        sock.sendall(build_request(method, "/slow-close") +
+                     build_request("GET", "/next"))
+        resp = read_response(sock, method=method)
+        got_first = time.monotonic() - t0
+        assert resp.status == 200
+        assert resp.body == (b"" if framing == "head" else b"abcdef")
+        # Another connection is served while close() runs.
+        other.sendall(build_request("GET", "/other"))
+        assert read_response(other).body == b"ok"
+        got_other = time.monotonic() - t0
+        assert read_response(sock).body == b"ok"
+    names = [name for name, _ in events]
+    assert names.index("close ends") < names.index("request /next"), events
+    assert names.index("request /other") < names.index("close ends"), events
+    # The bytes did not wait for close(); neither did the other client.
+    assert got_first < delay, got_first
+    assert got_other < delay, got_other
+
+
+def test_close_that_overruns_the_timeout_closes_a_complete_response(
+        yimmo_server, log_watcher):
+    """close() running past the request timeout: the client keeps the
+    whole response it has, and the connection closes after it (its next
+    request must not wait for an app that may never come back)."""
+    release = threading.Event()
+
+    class StuckClose:
+        def __iter__(self):
+            return iter([b"complete"])
+
+        def close(self):
+            release.wait(WAIT)      # one C call: RequestTimeout waits
+
+    def app(environ, start_response):
+        if environ["PATH_INFO"] != "/stuck":
+            return ok(start_response)
+        start_response("200 OK", TEXT + [("Content-Length", "8")])
+        return StuckClose()
+
+    server = yimmo_server(app, workers=2, timeout=0.5)
+    try:
+        with connect(server.address) as sock:
+            t0 = time.monotonic()
+            sock.sendall(build_request("GET", "/stuck") +
+                         build_request("GET", "/ok"))
+            resp = read_response(sock)
+            assert resp.status == 200 and resp.body == b"complete"
+            assert time.monotonic() - t0 < 0.5
+            # Closed, not reset, and not left waiting for close().
+            assert sock.recv(100) == b""
+            assert time.monotonic() - t0 < 0.5 + WAIT / 2
+        log_watcher.wait_for("request timeout", "already complete")
+    finally:
+        release.set()
+    assert_still_serving(server)
+
+
 def test_iterable_close_called_when_client_disconnects_mid_body(
         yimmo_server):
     disconnected = threading.Event()
