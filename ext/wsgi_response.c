@@ -686,7 +686,7 @@ write_locked(StartResponseObject *self, PyObject *data)
                         "write() before start_response()");
         return NULL;
     }
-    if (self->ex == NULL) {
+    if (self->ex == NULL || self->held_done) {
         PyErr_SetString(PyExc_RuntimeError,
                         "write() after the response has finished");
         return NULL;
@@ -1479,7 +1479,9 @@ finish_response(StartResponseObject *self)
     if (!self->keep_alive) {
         done |= YMO_DONE_CLOSE;
     }
-    if (self->closes) {
+    if (self->closes && !(done & (YMO_DONE_CLOSE | YMO_DONE_ABORT))) {
+        /* (A connection that closes after this response has no next
+         * request to hold back: its client sees the end now.) */
         /* The bytes go out now; the exchange ends once close() has
          * returned (post_held), and the connection's next request waits
          * until then, as on a server that runs a connection's requests
@@ -1662,8 +1664,7 @@ ymo_wsgi_run_exchange(struct ymo_wsgi_app *app, ymo_wsgi_worker_t *worker,
         }
     }
     if (close != NULL) {
-        close_result(app, worker, environ, close);
-        Py_DECREF(close);
+        close_result(app, worker, environ, close);  /* takes close */
     }
     Py_BEGIN_CRITICAL_SECTION(sr);
     post_held(sr);

@@ -91,7 +91,7 @@ buf_add(buf_t *b, const void *d, size_t n)
 
 /* -- The fake application, one per exchange. -- */
 
-enum { P_START, P_READ, P_HEAD, P_BODY, P_FIN, P_GONE };
+enum { P_START, P_READ, P_HEAD, P_BODY, P_HELD, P_FIN, P_GONE };
 enum { R_FULL, R_STREAM, R_FILE, R_ABORT_EMPTY, R_ABORT_MID, R_ERROR,
        R_KINDS };
 
@@ -101,6 +101,8 @@ typedef struct rec {
     int freed;
     int loop_releases;             /* releases made by the loop side */
     int done_flags;                /* the final post's flags, 0 before */
+    int held;                      /* P_HELD: the done flags held back
+                                    * while close() runs */
     int expect_continue;
     int read_any;
     buf_t out;                     /* every byte the app appended */
@@ -698,7 +700,10 @@ ymo_wsgi_worker_response_body_append(ymo_exchange_t *exchange,
         }
         exchange->out_tail = last;
     }
-    if (done) {
+    if (done & YMO_OUT_COMPLETE) {
+        exchange->out_complete = 1;
+    }
+    if (done & YMO_DONE) {
         exchange->out_done = 1;
         exchange->out_close = (done & YMO_DONE_CLOSE) != 0;
         exchange->out_abort = (done & YMO_DONE_ABORT) != 0;
@@ -757,10 +762,26 @@ append(rec_t *r, ymo_bucket_t *chain, int done)
             buf_add(&r->out, b->ptr, b->len);
         }
     }
-    if (done) {
+    if (done & YMO_DONE) {
         r->done_flags = done;
     }
     ymo_wsgi_worker_response_body_append(r->ex, chain, done);
+}
+
+/* The last bytes of a complete response: at once, or, as for an iterable
+ * with close() (finish_response), with YMO_OUT_COMPLETE and the done
+ * flags held until a later step (post_held). */
+static void
+append_last(rec_t *r, ymo_bucket_t *chain, int done)
+{
+    if (pick(3) == 0) {
+        append(r, chain, YMO_OUT_COMPLETE);
+        r->held = done;
+        r->phase = P_HELD;
+        return;
+    }
+    append(r, chain, done);
+    r->phase = P_FIN;
 }
 
 static ymo_bucket_t *
@@ -931,7 +952,7 @@ app_respond(rec_t *r)
             e->next = h->next;
             h->next = e;
         }
-        append(r, h, YMO_DONE | close_flag);
+        append_last(r, h, YMO_DONE | close_flag);
         return;
     }
     if (r->kind == R_FILE) {
@@ -950,7 +971,7 @@ app_respond(rec_t *r)
         else {
             h->next = body_chain(r, total);
         }
-        append(r, h, YMO_DONE | close_flag);
+        append_last(r, h, YMO_DONE | close_flag);
         return;
     }
     append(r, h, 0);
@@ -1043,14 +1064,19 @@ app_step(rec_t *r)
             return 1;
         }
         r->pieces_left--;
-        int done = 0;
         if (r->pieces_left == 0) {
-            done = YMO_DONE | (keep_alive(r) ? 0 : YMO_DONE_CLOSE);
-            r->phase = P_FIN;
+            append_last(r, body_chain(r, r->piece),
+                        YMO_DONE | (keep_alive(r) ? 0 : YMO_DONE_CLOSE));
+            return 1;
         }
-        append(r, body_chain(r, r->piece), done);
+        append(r, body_chain(r, r->piece), 0);
         return 1;
     }
+    case P_HELD:
+        /* close() returned: the done post (post_held). */
+        append(r, NULL, r->held);
+        r->phase = P_FIN;
+        return 1;
     case P_FIN:
         /* The exchange is the loop's now; only a reference of the app's
          * own lets it look again (a thread still reading wsgi.input). */
