@@ -1480,13 +1480,13 @@ finish_response(StartResponseObject *self)
         done |= YMO_DONE_CLOSE;
     }
     if (self->closes && !(done & (YMO_DONE_CLOSE | YMO_DONE_ABORT))) {
-        /* (A connection that closes after this response has no next
-         * request to hold back: its client sees the end now.) */
         /* The bytes go out now; the exchange ends once close() has
          * returned (post_held), and the connection's next request waits
          * until then, as on a server that runs a connection's requests
          * one after another: what close() finishes (a session saved, a
-         * lock let go) is done before the client's next request runs. */
+         * lock let go) is done before the client's next request runs.
+         * A connection that closes after this response has no next
+         * request to hold back: its client sees the end at once. */
         post(self, YMO_OUT_COMPLETE);
         self->held_done = done;
     }
@@ -1545,7 +1545,13 @@ lookup_close(struct ymo_wsgi_app *app, ymo_wsgi_worker_t *worker,
 #endif
     if (found < 0) {
         ymo_watch_pause(worker);        /* yimmo's logging: not the app */
-        log_exception(app, environ, "error looking up close()");
+        if (PyErr_ExceptionMatches(app->st->RequestTimeout) &&
+            ymo_watch_timed_out(worker)) {
+            clear_watchdog_error(worker);   /* the watchdog's, logged */
+        }
+        else {
+            log_exception(app, environ, "error looking up close()");
+        }
         ymo_watch_resume(worker, ex);
     }
     return found > 0 ? close : NULL;
