@@ -331,7 +331,7 @@ ymo_exchange_read(ymo_exchange_t *ex, char *dst, size_t n, int line,
     pthread_mutex_lock(&ex->lock);
     if (!ex->in_started) {
         ex->in_started = 1;
-        if (ex->req.expect_continue && !ex->in_done && !ex->out_done) {
+        if (ex->req.expect_continue && !ex->in_done && !ex->out_complete) {
             ex->need_continue = 1;
             post = 1;
         }
@@ -371,7 +371,7 @@ ymo_exchange_read(ymo_exchange_t *ex, char *dst, size_t n, int line,
         if (got == n || ex->in_done) {
             break;
         }
-        if (ex->in_error != 0 || ex->out_done) {
+        if (ex->in_error != 0 || ex->out_complete) {
             /* A line cut short is still returned: the error comes with
              * the next read. */
             if (got > 0) {
@@ -425,12 +425,13 @@ int
 ymo_exchange_wait_drain(ymo_exchange_t *ex, size_t low_water)
 {
     pthread_mutex_lock(&ex->lock);
-    while (!ex->aborted && !ex->out_done && ex->out_buffered > low_water) {
+    while (!ex->aborted && !ex->out_complete &&
+           ex->out_buffered > low_water) {
         ex->out_waiters++;
         pthread_cond_wait(&ex->cond_out, &ex->lock);
         ex->out_waiters--;
     }
-    int stop = ex->aborted || ex->out_done;
+    int stop = ex->aborted || ex->out_complete;
     pthread_mutex_unlock(&ex->lock);
     return stop;
 }

@@ -108,8 +108,11 @@ typedef struct ymo_exchange {
     int out_started;               /* some output was appended (the head
                                     * may be out: too late for a 503) */
     int out_queued;                /* in the worker's queue_out */
-    int out_complete;              /* the last bytes are appended; the
-                                    * done post waits for close() */
+    int out_complete;              /* the response is complete (set with
+                                    * out_done too, or before it while
+                                    * the app's close() runs): the app's
+                                    * later reads and waits return at
+                                    * once, as after out_done */
     int out_done;                  /* final output appended: the exchange
                                     * is over for the app (later posts,
                                     * reads and waits return at once) */

@@ -590,16 +590,16 @@ append_locked(ymo_exchange_t *exchange, ymo_bucket_t *body_item, int done)
         }
         exchange->out_tail = last;
     }
-    if (done & YMO_OUT_COMPLETE) {
-        exchange->out_complete = 1;
-    }
     if (done & YMO_DONE) {
         exchange->out_done = 1;
         exchange->out_close = (done & YMO_DONE_CLOSE) != 0;
         exchange->out_abort = (done & YMO_DONE_ABORT) != 0;
         exchange->out_reset = (done & YMO_DONE_RESET) != 0;
+    }
+    if (done & (YMO_DONE | YMO_OUT_COMPLETE)) {
         /* Threads of the app still reading the body or waiting to write
-         * must not wait for an exchange that is over. */
+         * must not wait for a response that is complete. */
+        exchange->out_complete = 1;
         ymo_exchange_wake_all(exchange);
     }
     int flags = exchange->aborted ? YMO_OUT_ABORTED : 0;

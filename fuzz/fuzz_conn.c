@@ -700,7 +700,7 @@ ymo_wsgi_worker_response_body_append(ymo_exchange_t *exchange,
         }
         exchange->out_tail = last;
     }
-    if (done & YMO_OUT_COMPLETE) {
+    if (done & (YMO_DONE | YMO_OUT_COMPLETE)) {
         exchange->out_complete = 1;
     }
     if (done & YMO_DONE) {

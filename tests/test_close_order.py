@@ -293,3 +293,47 @@ def test_keepalive_timer_starts_after_close(yimmo_server):
         time.sleep(1.0)  # past keepalive/write timeouts, inside close()
         sock.sendall(build_request("GET", "/"))
         assert read_response(sock).body == b"abcdef"
+
+
+def test_body_read_in_close_fails_at_once_after_the_response(yimmo_server):
+    """Once the response is complete, wsgi.input returns what had arrived
+    and then raises, in close() too (README): an Expect: 100-continue
+    client waiting for its 100 gets none after the final response, and
+    close() does not wait for a body that will not come."""
+    results = []
+
+    class ReadsInClose:
+        def __init__(self, environ):
+            self.environ = environ
+
+        def __iter__(self):
+            return iter([b"no"])
+
+        def close(self):
+            t0 = time.monotonic()
+            try:
+                results.append(("read", self.environ["wsgi.input"].read()))
+            except OSError as e:
+                results.append(("OSError", str(e)))
+            results.append(time.monotonic() - t0)
+
+    def app(environ, start_response):
+        if environ["PATH_INFO"] == "/ok":
+            return ok(start_response)
+        start_response("403 Forbidden", TEXT + [("Content-Length", "2")])
+        return ReadsInClose(environ)
+
+    server = yimmo_server(app, workers=2, body_timeout=5)
+    with connect(server.address) as sock:
+        sock.sendall(build_request(
+            "PUT", "/", headers=[("Expect", "100-continue"),
+                                 ("Content-Length", "100000")]))
+        resp = read_response(sock)
+        assert resp.status == 403 and resp.body == b"no"
+        rest = read_until_close(sock, timeout=WAIT, require_close=False)
+        assert b"100 Continue" not in rest, rest
+    deadline = time.monotonic() + WAIT
+    while len(results) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert results and results[0][0] == "OSError", results
+    assert results[1] < 2, results
