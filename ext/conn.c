@@ -1510,6 +1510,12 @@ conn_on_io(struct ev_loop *loop, ev_io *w, int revents)
 }
 
 void
+ymo_conn_accepted(ymo_conn_t *c)
+{
+    conn_on_io(c->listener->server->loop, &c->io, EV_READ);
+}
+
+void
 ymo_conn_on_exchange(ymo_exchange_t *ex)
 {
     pthread_mutex_lock(&ex->lock);

@@ -191,3 +191,47 @@ def test_no_write_takes_more_than_a_turn(tmp_path):
               for ln in out.read_text().splitlines()) if m]
     assert sum(sizes) >= 3 * len(big), "strace saw too few writes"
     assert max(sizes) <= 512 * 1024, sorted(sizes)[-5:]
+
+
+def test_a_new_connection_is_read_in_its_accept_turn(tmp_path):
+    # A client writes its request right after the handshake; the loop
+    # reads it straight after accept4, in the same turn, not one
+    # epoll_wait later (a poll and a loop turn per new connection). The
+    # server is stopped while the client connects and sends, so the
+    # request is there when the loop accepts.
+    if not _can_trace():
+        pytest.skip("strace cannot trace here (ptrace refused)")
+    out = tmp_path / "strace.txt"
+    with _traced_yimmo(out, "accept4,read,epoll_wait",
+                       ["-b", "127.0.0.1:0", "--workers", "1",
+                        "hello:app"]) as proc:
+        addr = proc.wait_listening(WAIT)
+        server = int(proc.wait_for_line(
+            r"\[(\d+)\] \[INFO\] Listening at", timeout=WAIT).group(1))
+        for i in range(3):
+            os.kill(server, signal.SIGSTOP)
+            try:
+                s = connect(addr)
+                s.sendall(b"GET /c%d HTTP/1.1\r\nHost: t\r\n"
+                          b"Connection: close\r\n\r\n" % i)
+            finally:
+                os.kill(server, signal.SIGCONT)
+            resp = read_response(s)
+            assert resp.status == 200 and resp.body == b"hello from /c%d" % i
+            s.close()
+    lines = out.read_text().splitlines()
+    # Each accepted fd, then what its thread did next.
+    accepted = 0
+    for k, ln in enumerate(lines):
+        m = re.match(r"(\d+)\s+(?:accept4\(|<\.\.\. accept4 resumed>)"
+                     r".*= (\d+)\s*$", ln)
+        if not m:
+            continue
+        tid, fd = m.group(1), m.group(2)
+        after = [x for x in lines[k + 1:] if x.split(None, 1)[0] == tid]
+        assert after, ln
+        nxt = after[0]
+        assert re.match(r"%s\s+read\(%s, \"GET /c" % (tid, fd), nxt), \
+            (ln, after[:3])
+        accepted += 1
+    assert accepted == 3, lines[-20:]
