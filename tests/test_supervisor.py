@@ -416,7 +416,11 @@ def test_max_requests_recycles_with_no_failed_request(tmp_path):
             load.wait_count(1000, timeout=60)
         assert load.failures() == []
         assert len(load.snapshot()) == 1000
-        assert len(load.pids()) >= 10, load.pids()
+        # 20 processes if each were replaced at exactly 50 requests; a
+        # process due goes on serving until its successor is ready, so on
+        # a slow machine (3.13t in CI: 8 once) each serves more. At least
+        # each of the first two was replaced, and the log says why.
+        assert len(load.pids()) >= 4, load.pids()
         assert proc.wait_for_line(r"as it served its max-requests")
         assert stop(proc) == 0
 
