@@ -1510,14 +1510,6 @@ conn_on_io(struct ev_loop *loop, ev_io *w, int revents)
 }
 
 void
-ymo_conn_accepted(ymo_conn_t *c)
-{
-    /* Fed, not called: libev runs what is fed in this turn, last fed
-     * first, as it runs the turn's epoll events (see dispatch's order). */
-    ev_feed_event(c->listener->server->loop, &c->io, EV_READ);
-}
-
-void
 ymo_conn_on_exchange(ymo_exchange_t *ex)
 {
     pthread_mutex_lock(&ex->lock);

@@ -121,11 +121,6 @@ typedef struct ymo_conn {
 ymo_conn_t *ymo_conn_new(const ymo_listener_t *l, int fd,
                          const struct sockaddr *peer, int trusted);
 
-/* Loop thread: a connection just accepted (and published). Its client
- * usually wrote its request right after the handshake: it is read now, in
- * the accept's loop turn, not one poll later. May close (free) c. */
-void ymo_conn_accepted(ymo_conn_t *c);
-
 /* Loop thread: the worker posted news for ex (output, flags, done). */
 void ymo_conn_on_exchange(ymo_exchange_t *ex);
 

@@ -144,15 +144,10 @@ listener_on_accept(struct ev_loop *loop, ev_io *w, int revents)
         int trusted = l->is_unix ||
                       ymo_trust_match_sockaddr(&s->config.trust,
                                                (struct sockaddr *)&ss);
-        ymo_conn_t *c = ymo_conn_new(l, fd, (struct sockaddr *)&ss,
-                                     trusted);
-        if (c == NULL) {
+        if (ymo_conn_new(l, fd, (struct sockaddr *)&ss, trusted) == NULL) {
             close(fd);
         }
         server_publish_conns(s);
-        if (c != NULL) {
-            ymo_conn_accepted(c);
-        }
     }
 }
 

@@ -1,8 +1,8 @@
-"""Connections accepted together, each read in the accept's loop turn
-(ext/conn.c ymo_conn_accepted): their requests run in arrival order, and
-a burst of hostile clients in one accept leaves the server serving. From
-the review of the read at accept, whose first version ran them newest
-first."""
+"""Connections accepted together in one accept callback (ext/server.c):
+their requests run in arrival order, and a burst of hostile clients in
+one accept leaves the server serving. From the review of an experiment
+that read each connection at accept (its first version ran them newest
+first; it was dropped as it saved nothing: bench/README.md)."""
 
 import signal
 import sys
