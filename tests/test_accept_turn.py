@@ -12,21 +12,7 @@ import time
 import pytest
 
 from helpers import ServerProcess, build_request, connect, read_response
-
-ORDER_APP = textwrap.dedent("""
-    import threading
-
-    started = []
-    lock = threading.Lock()
-
-
-    def app(environ, start_response):
-        with lock:
-            started.append(environ["PATH_INFO"])
-            body = ",".join(started).encode()
-        start_response("200 OK", [("Content-Length", str(len(body)))])
-        return [body]
-""")
+from test_standby import ORDER_APP
 
 
 # test_standby.test_one_turn_runs_in_arrival_order, with connections that

@@ -7,8 +7,7 @@ import threading
 
 from helpers import build_request, connect, read_response, read_until_close
 
-TEXT = [("Content-Type", "text/plain")]
-WAIT = 10
+from test_close_order import TEXT, WAIT
 
 
 def test_close_method_reference_is_not_stolen(yimmo_server):

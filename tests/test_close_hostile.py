@@ -14,13 +14,7 @@ import pytest
 from helpers import (ServerProcess, build_request, connect, get,
                      read_response, read_until_close, subprocess_env)
 
-TEXT = [("Content-Type", "text/plain")]
-WAIT = 10
-
-
-def ok(start_response, body=b"ok"):
-    start_response("200 OK", TEXT + [("Content-Length", str(len(body)))])
-    return [body]
+from test_close_order import TEXT, WAIT, ok
 
 
 class Body:
@@ -345,14 +339,23 @@ def app(environ, start_response):
     start_response("200 OK", [("Content-Length", "4")])
     return Body()
 '''
+APP_SLOWER_THAN_GRACE = APP_SLOW_CLOSE.replace("time.sleep(1.0)",
+                                               "time.sleep(2.0)")
 
 
-def test_sigterm_while_close_runs(tmp_path):
+@pytest.mark.parametrize("grace", [None, 0.3])
+def test_sigterm_while_close_runs(tmp_path, grace):
+    """SIGTERM while close() runs: the connection closes and the process
+    exits 0, with close() run to its end; with --graceful-timeout shorter
+    than close(), the worker is abandoned, without a crash."""
     marker = str(tmp_path / "marker")
-    (tmp_path / "slowclose.py").write_text(APP_SLOW_CLOSE % {"marker": marker})
+    app = APP_SLOW_CLOSE if grace is None else APP_SLOWER_THAN_GRACE
+    (tmp_path / "slowclose.py").write_text(app % {"marker": marker})
     args = [sys.executable, "-m", "yimmo", "--bind", "127.0.0.1:0",
-            "--workers", "2", "slowclose:app"]
-    with ServerProcess(args, cwd=str(tmp_path),
+            "--workers", "2"]
+    if grace is not None:
+        args += ["--graceful-timeout", str(grace)]
+    with ServerProcess(args + ["slowclose:app"], cwd=str(tmp_path),
                        env=subprocess_env(PYTHONPATH=str(tmp_path))) as proc:
         addr = proc.wait_listening()
         with connect(addr) as sock:
@@ -366,7 +369,10 @@ def test_sigterm_while_close_runs(tmp_path):
             proc.signal(signal.SIGTERM)
             assert read_until_close(sock, timeout=WAIT) == b""
         assert proc.wait(WAIT) == 0, proc._describe()
-    assert open(marker).read() == "begin\nend\n"
+        assert "Fatal" not in proc.stderr and "Segmentation" not in \
+            proc.stderr, proc._describe()
+    if grace is None:
+        assert open(marker).read() == "begin\nend\n"
 
 
 @pytest.mark.parametrize("framing", ["length", "chunked", "head"])
@@ -682,35 +688,7 @@ def test_stop_while_close_runs_with_a_pipelined_request_behind(
     assert seen == ["/a"] and rest == b"", (seen, rest)
 
 
-APP_SLOWER_THAN_GRACE = APP_SLOW_CLOSE.replace("time.sleep(1.0)",
-                                               "time.sleep(2.0)")
 
-
-def test_sigterm_grace_shorter_than_close(tmp_path):
-    """SIGTERM with --graceful-timeout shorter than close(): the process
-    exits (the worker is abandoned), without a crash."""
-    marker = str(tmp_path / "marker")
-    (tmp_path / "slowclose.py").write_text(
-        APP_SLOWER_THAN_GRACE % {"marker": marker})
-    args = [sys.executable, "-m", "yimmo", "--bind", "127.0.0.1:0",
-            "--workers", "2", "--graceful-timeout", "0.3", "slowclose:app"]
-    with ServerProcess(args, cwd=str(tmp_path),
-                       env=subprocess_env(PYTHONPATH=str(tmp_path))) as proc:
-        addr = proc.wait_listening()
-        with connect(addr) as sock:
-            sock.sendall(build_request("GET", "/"))
-            assert read_response(sock).body == b"data"
-            deadline = time.monotonic() + WAIT
-            while not (os.path.exists(marker) and
-                       "begin" in open(marker).read()):
-                assert time.monotonic() < deadline
-                time.sleep(0.02)
-            proc.signal(signal.SIGTERM)
-            assert read_until_close(sock, timeout=WAIT) == b""
-        code = proc.wait(WAIT)
-        assert code == 0, proc._describe()
-        assert "Fatal" not in proc.stderr and "Segmentation" not in \
-            proc.stderr, proc._describe()
 
 
 @pytest.mark.parametrize("chunk_size", [None, 7000])
