@@ -476,7 +476,9 @@ def test_socket_activate_command(tmp_path):
                 raise
             response = one_request(("127.0.0.1", port), timeout=30)
             assert response.status == 200 and response.body == HELLO
-            assert "socket activation" in proc.stderr, proc.stderr
+            # The server logs before it serves, but the reader thread that
+            # collects its stderr may not have seen the line yet: wait for it.
+            proc.wait_for_line(r"socket activation", timeout=20)
             m = proc.wait_for_line(LISTENING_RE, timeout=20)
             assert int(m.group("port")) == port
             proc.signal(signal.SIGTERM)
