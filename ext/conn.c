@@ -133,8 +133,11 @@ conn_idle_deadline(const ymo_conn_t *c)
                                              ? s->config.keepalive_timeout
                                              : s->config.header_timeout);
     if (s->draining_loop) {
-        /* Stopping: its last call (see YMO_LAST_CALL). */
-        ev_tstamp last = s->drain_started + YMO_LAST_CALL;
+        /* Stopping: its last call (see YMO_LAST_CALL), from the stop or,
+         * for a connection whose response ended after it, from then. */
+        ev_tstamp from = c->head_started > s->drain_started
+                             ? c->head_started : s->drain_started;
+        ev_tstamp last = from + YMO_LAST_CALL;
         return last < until ? last : until;
     }
     return until;
@@ -1226,8 +1229,13 @@ conn_step(ymo_conn_t *c)
                 c->busy->inlen = 0;
                 c->busy->linger_until = 0;
             }
-            if (s->draining_loop ||
-                (c->busy->read_eof && c->busy->inlen == 0) ||
+            /* Stopping, with a response that promised to keep the
+             * connection (its head was built before the worker saw the
+             * stop): its client may send the next request right away, and
+             * closing now would fail it. It gets the last call of an idle
+             * connection (conn_idle_deadline): a request that arrives is
+             * answered with Connection: close. */
+            if ((c->busy->read_eof && c->busy->inlen == 0) ||
                 s->config.keepalive_timeout <= 0) {
                 c->busy->closing = 1;
             }

@@ -447,11 +447,23 @@ SERVE_SCRIPT = textwrap.dedent("""
             print("entered", flush=True)
             line = sys.stdin.readline()
             body = b"finished:" + line.strip().encode()
+        elif environ["PATH_INFO"] == "/stream":
+            # Its head (keep-alive) goes out with the first part; the
+            # second waits for a line on stdin.
+            start_response("200 OK", [("Content-Type", "text/plain"),
+                                      ("Content-Length", "10")])
+            return stream()
         else:
             body = b"ok"
         start_response("200 OK", [("Content-Type", "text/plain"),
                                   ("Content-Length", str(len(body)))])
         return [body]
+
+    def stream():
+        yield b"part1"
+        print("streaming", flush=True)
+        sys.stdin.readline()
+        yield b"part2"
 
     def on_usr1(signum, frame):
         print("usr1 handled", flush=True)
@@ -490,6 +502,31 @@ def test_serve_stops_on_sigterm_with_exit_0_after_in_flight_request():
         assert proc.wait(WAIT) == 0
         assert "serve returned" in proc.stdout
         assert "Traceback" not in proc.stderr
+
+
+def test_keep_alive_promised_before_a_stop_is_kept_for_the_next_request():
+    """A response whose head said keep-alive before SIGTERM, and that ends
+    after it: its client may send the next request at once, which gets an
+    answer with Connection: close, not a closed connection (the old loop
+    closed such a connection as soon as the response ended: a reload
+    failed one request in a CI run)."""
+    with start_serve_script() as proc:
+        addr = proc.wait_listening()
+        with connect(addr, WAIT) as sock:
+            sock.sendall(build_request("GET", "/stream"))
+            proc.wait_for_line("^streaming$", stream="stdout", timeout=WAIT)
+            proc.signal(signal.SIGTERM)
+            proc.wait_for_line("(?i)shutting down", timeout=WAIT)
+            proc.proc.stdin.write(b"go\n")
+            proc.proc.stdin.flush()
+            resp = read_response(sock)
+            assert resp.status == 200 and resp.body == b"part1part2"
+            assert "connection" not in resp.headers, resp.raw_head
+            sock.sendall(build_request("GET", "/"))
+            resp = read_response(sock)
+            assert resp.status == 200 and resp.body == b"ok"
+            assert resp.headers["Connection"].lower() == "close"
+        assert proc.wait(WAIT) == 0, proc.stderr
 
 
 def test_serve_raises_keyboard_interrupt_on_sigint():

@@ -165,7 +165,10 @@ class Load:
         self.keepalive = keepalive
         self.path = path
         self.limit = limit
-        self.results = []       # (id, status or None, body or error, t)
+        # (id, status or None, body or error, t, how the connection was
+        # used: "new", or "reused after S s idle" -- for a failure, whether
+        # the client left the connection idle past the server's last call)
+        self.results = []
         self.lock = threading.Lock()
         self.stopping = threading.Event()
         self.counter = 0
@@ -195,6 +198,7 @@ class Load:
 
     def _run(self):
         conn = None
+        last = None             # when conn's last response was read
         while not self.stopping.is_set():
             rid = self._next_id()
             if rid is None:
@@ -202,15 +206,20 @@ class Load:
             if conn is None or not self.keepalive:
                 conn = http.client.HTTPConnection("127.0.0.1", self.port,
                                                   timeout=10)
+                last = None
+            used = "new" if last is None else \
+                "reused after %.3f s idle" % (time.monotonic() - last)
             try:
                 conn.request("GET", self.path, headers={"X-Id": rid})
                 resp = conn.getresponse()
                 body = resp.read().decode()
-                result = (rid, resp.status, body, time.monotonic())
-                if not self.keepalive:
+                result = (rid, resp.status, body, time.monotonic(), used)
+                last = time.monotonic()
+                if not self.keepalive or resp.will_close:
                     conn.close()
+                    conn = None
             except (OSError, http.client.HTTPException) as exc:
-                result = (rid, None, repr(exc), time.monotonic())
+                result = (rid, None, repr(exc), time.monotonic(), used)
                 conn.close()
                 conn = None
             with self.lock:
@@ -353,7 +362,7 @@ def test_sighup_reloads_new_code_with_no_failed_request(tmp_path):
             fresh.wait_count(before[0] + 100)
             kept.wait_count(before[1] + 100)
         for load in (fresh, kept):
-            assert load.failures() == []
+            assert load.failures() == [], proc._describe()
             assert load.snapshot()[-1][2].endswith(" version2")
         assert any(r[2].endswith(" v1") for r in kept.snapshot())
         status, body = get(port)
