@@ -213,8 +213,8 @@ class Load:
                 conn.request("GET", self.path, headers={"X-Id": rid})
                 resp = conn.getresponse()
                 body = resp.read().decode()
-                result = (rid, resp.status, body, time.monotonic(), used)
                 last = time.monotonic()
+                result = (rid, resp.status, body, last, used)
                 if not self.keepalive or resp.will_close:
                     conn.close()
                     conn = None
