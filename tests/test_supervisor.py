@@ -290,7 +290,7 @@ def test_kill9_replaced_within_2s_only_inflight_requests_fail(tmp_path):
         # Every failure was a request the killed process had: it reached
         # its app, or it was on a connection that process had accepted
         # and not yet handed to the app (then it is in no log at all).
-        for rid, status, error, t in failures:
+        for rid, status, error, t, _used in failures:
             assert ran_on.get(rid, victim) == victim, (rid, error)
             # Cut off (reset, closed), never refused: the listener stayed.
             assert "Refused" not in error, (rid, error)
