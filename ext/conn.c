@@ -58,6 +58,39 @@ now(const ymo_conn_t *c)
     return ev_now(c->listener->server->loop);
 }
 
+/* Stopping: may a connection idle from now on get a last call? Not when
+ * the stop's deadline would cut off, in the app, a request that arrived
+ * in it (see YMO_LAST_CALL). */
+static int
+conn_last_call_fits(const ymo_conn_t *c)
+{
+    const ymo_server_t *s = c->listener->server;
+    return s->drain_deadline - now(c) >= 2 * YMO_LAST_CALL;
+}
+
+/* Empty lines before a request line are ignored (RFC 9112 2.2): some
+ * clients send a CRLF after a request's body. Dropped before the head is
+ * parsed, they leave a connection idle (its keep-alive wait, or a stop's
+ * last call, still counted from when its last response ended) rather than
+ * in a head that times out with a 408. The parser scans the buffer from
+ * its first byte: it starts again. */
+static void
+conn_skip_empty_lines(ymo_conn_t *c)
+{
+    ymo_conn_busy_t *b = c->busy;
+    size_t skip = 0;
+    while (b->inlen - skip >= 2 && b->inbuf[skip] == '\r' &&
+           b->inbuf[skip + 1] == '\n') {
+        skip += 2;
+    }
+    if (skip > 0) {
+        b->inlen -= skip;
+        memmove(b->inbuf, b->inbuf + skip, b->inlen);
+        ymo_http_parser_init(&b->parser,
+                             &c->listener->server->config.limits);
+    }
+}
+
 /* While the server stops, a lingering connection need not wait for its
  * client to close: once the client has acknowledged everything we sent
  * (nothing left in the socket's send queue), a reset can no longer
@@ -1159,6 +1192,11 @@ conn_step(ymo_conn_t *c)
         if (c->busy->state == YMO_CONN_HEAD && !c->busy->closing &&
             c->busy->inlen > 0 && !c->busy->stalled &&
             c->proxy == YMO_CONN_PROXY_DONE) {
+            conn_skip_empty_lines(c);
+        }
+        if (c->busy->state == YMO_CONN_HEAD && !c->busy->closing &&
+            c->busy->inlen > 0 && !c->busy->stalled &&
+            c->proxy == YMO_CONN_PROXY_DONE) {
             ymo_http_request_t req;
             /* The loop's one header array: a complete head is copied
              * into its exchange before the next parse. */
@@ -1236,7 +1274,8 @@ conn_step(ymo_conn_t *c)
              * connection (conn_idle_deadline): a request that arrives is
              * answered with Connection: close. */
             if ((c->busy->read_eof && c->busy->inlen == 0) ||
-                s->config.keepalive_timeout <= 0) {
+                s->config.keepalive_timeout <= 0 ||
+                (s->draining_loop && !conn_last_call_fits(c))) {
                 c->busy->closing = 1;
             }
             ymo_http_parser_init(&c->busy->parser, &s->config.limits);
@@ -1610,7 +1649,12 @@ static void
 conn_drain(ymo_conn_t *c)
 {
     if (c->busy->state == YMO_CONN_HEAD && c->busy->inlen == 0 &&
-        c->busy->wq_head == NULL && !c->busy->stalled) {
+        c->busy->wq_head == NULL && !c->busy->stalled &&
+        !conn_last_call_fits(c)) {
+        ymo_conn_close(c);      /* see YMO_LAST_CALL */
+    }
+    else if (c->busy->state == YMO_CONN_HEAD && c->busy->inlen == 0 &&
+             c->busy->wq_head == NULL && !c->busy->stalled) {
         /* Idle: not closed at once, as its client may be sending a
          * request this very moment (a keep-alive client reusing it, or a
          * new client whose request has not arrived yet), and a close

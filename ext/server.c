@@ -211,6 +211,12 @@ server_on_stop(struct ev_loop *loop, ev_async *w, int revents)
     if (!requested) {
         return;
     }
+    /* In the loop's clock, for the last calls (conn.c); a later stop may
+     * have brought it forward. */
+    ev_now_update(loop);
+    s->drain_deadline = isinf(deadline)
+                            ? INFINITY
+                            : ev_now(loop) + (deadline - ymo_monotonic_now());
     if (!s->draining_loop) {
         s->draining_loop = 1;
         s->drain_started = ev_now(loop);

@@ -66,10 +66,13 @@ typedef struct ymo_config {
 /* Seconds between two heartbeats of the loop. */
 #define YMO_HEARTBEAT_INTERVAL 0.25
 
-/* Seconds an idle connection is kept open once a stop began (its "last
- * call"): a keep-alive client may be sending its next request right now,
- * and closing under it would fail that request. A request that arrives
- * in the window is answered with Connection: close. */
+/* Seconds an idle connection is kept open once a stop began, or once its
+ * response ended during a stop (its "last call"): a keep-alive client may
+ * be sending its next request right now, and closing under it would fail
+ * that request. A request that arrives in the window is answered with
+ * Connection: close. No last call begins when the stop's deadline is
+ * less than twice this away: a request that arrived would be cut off in
+ * the app, after it ran, rather than refused before (ymo_conn_last_call). */
 #define YMO_LAST_CALL 1.0
 
 /* Seconds over which a request body's rate is measured. */
@@ -148,6 +151,9 @@ typedef struct ymo_server {
     ev_timer accept_timer;     /* resumes accepting after EMFILE */
     ev_async stop_watcher;     /* any thread -> loop: stop */
     ev_tstamp drain_started;   /* loop time the stop began */
+    ev_tstamp drain_deadline;  /* loop time in-flight work is cut off
+                                * (`deadline` in the loop's clock; INFINITY
+                                * for stop(inf)), set with drain_started */
     uint64_t requests_done;    /* completed requests */
     ev_timer heartbeat_timer;  /* beats into `heartbeat` */
 

@@ -697,6 +697,24 @@ def run_cli(args, cwd=None, env=None, timeout=30):
         timeout=timeout)
 
 
+def wait_until(cond, timeout=DEFAULT_TIMEOUT, what="a condition"):
+    """Poll cond() every 20 ms until it is true; fail after timeout."""
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, "timed out waiting for " + what
+        time.sleep(0.02)
+
+
+def refuses(addr):
+    """Whether a TCP connection to addr is refused (the server closed its
+    listening socket)."""
+    try:
+        socket.create_connection(addr, DEFAULT_TIMEOUT).close()
+    except ConnectionRefusedError:
+        return True
+    return False
+
+
 def wait_readable(sock, timeout):
     """True if sock becomes readable (data or EOF) within timeout."""
     r, _, _ = select.select([sock], [], [], timeout)

@@ -12,7 +12,8 @@ import time
 import pytest
 
 from helpers import (ServerProcess, build_request, connect, get,
-                     read_response, read_until_close, subprocess_env)
+                     read_response, read_until_close, subprocess_env,
+                     wait_until)
 
 from test_close_order import TEXT, WAIT, ok
 
@@ -32,13 +33,6 @@ class Body:
         self.closes += 1
         if self.on_close is not None:
             self.on_close()
-
-
-def wait_until(cond, timeout=WAIT):
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.02)
 
 
 def assert_still_serving(server):

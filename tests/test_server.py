@@ -17,8 +17,8 @@ import pytest
 
 import yimmo
 from yimmo import _yimmo
-from helpers import (ServerProcess, build_request, connect, get,
-                     read_response, request)
+from helpers import (ServerProcess, assert_closed, build_request, connect,
+                     get, read_response, refuses, request, wait_until)
 
 WAIT = 10
 
@@ -527,6 +527,106 @@ def test_keep_alive_promised_before_a_stop_is_kept_for_the_next_request():
             assert resp.status == 200 and resp.body == b"ok"
             assert resp.headers["Connection"].lower() == "close"
         assert proc.wait(WAIT) == 0, proc.stderr
+
+
+def gated_app(gate, seen):
+    """/stream sends its head (keep-alive) and a first part, then waits for
+    `gate`; every request's path is appended to `seen`."""
+    def app(environ, start_response):
+        seen.append((environ["REQUEST_METHOD"], environ["PATH_INFO"]))
+        environ["wsgi.input"].read()
+        if environ["PATH_INFO"] == "/stream":
+            start_response("200 OK", [("Content-Length", "10")])
+
+            def stream():
+                yield b"part1"
+                gate.wait(WAIT)
+                yield b"part2"
+            return stream()
+        start_response("200 OK", [("Content-Length", "2")])
+        return [b"ok"]
+    return app
+
+
+def test_stray_crlf_after_a_body_leaves_the_connection_idle():
+    """A CRLF sent after a request's body (RFC 9112 2.2: ignored before a
+    request line) leaves the connection idle: it closes quietly at the
+    keep-alive timeout, not with a 408 at the header timeout."""
+    with yimmo.Server(gated_app(threading.Event(), []),
+                      bind="127.0.0.1:0", workers=2, keepalive_timeout=1,
+                      header_timeout=5) as server:
+        with connect(server.address, WAIT) as sock:
+            sock.sendall(build_request("POST", "/", body=b"abc") + b"\r\n")
+            assert read_response(sock).body == b"ok"
+            t0 = time.monotonic()
+            assert_closed(sock, WAIT)
+            assert time.monotonic() - t0 < 3
+
+
+@pytest.mark.parametrize("when", ["after a response", "while idle"])
+def test_stray_crlf_does_not_hold_up_a_stop(when):
+    """A connection with nothing but empty lines in gets the last call of
+    an idle one (1 s) when the server stops, not the header timeout."""
+    gate = threading.Event()
+    seen = []
+    server = yimmo.Server(gated_app(gate, seen), bind="127.0.0.1:0",
+                          workers=2, header_timeout=10)
+    server.start()
+    try:
+        with connect(server.address, WAIT) as sock:
+            if when == "after a response":
+                sock.sendall(build_request("POST", "/stream", body=b"x")
+                             + b"\r\n")
+                wait_until(lambda: seen == [("POST", "/stream")])
+            stopper = threading.Thread(target=server.stop, args=(30,))
+            t0 = time.monotonic()
+            stopper.start()
+            wait_until(lambda: refuses(server.address))
+            if when == "after a response":
+                gate.set()
+                assert read_response(sock).body == b"part1part2"
+            else:
+                sock.sendall(b"\r\n")
+            assert_closed(sock, WAIT)
+            stopper.join(WAIT)
+            assert not stopper.is_alive()
+            assert time.monotonic() - t0 < 4
+    finally:
+        gate.set()
+        server.stop(0)
+
+
+def test_no_last_call_that_the_deadline_would_cut_off():
+    """A keep-alive response that ends less than two last calls (2 s)
+    before the stop's deadline closes its connection: a request sent on it
+    would reach the app and be cut off there, after it ran, with no
+    answer."""
+    gate = threading.Event()
+    seen = []
+    server = yimmo.Server(gated_app(gate, seen), bind="127.0.0.1:0",
+                          workers=2)
+    server.start()
+    try:
+        with connect(server.address, WAIT) as sock:
+            sock.sendall(build_request("GET", "/stream"))
+            wait_until(lambda: seen == [("GET", "/stream")])
+            stopper = threading.Thread(target=server.stop, args=(1.5,))
+            stopper.start()
+            wait_until(lambda: refuses(server.address))
+            gate.set()
+            resp = read_response(sock)
+            assert resp.body == b"part1part2"
+            try:
+                sock.sendall(build_request("POST", "/next", body=b"x"))
+                assert_closed(sock, WAIT)
+            except ConnectionResetError:
+                pass
+            stopper.join(WAIT)
+            assert not stopper.is_alive()
+        assert seen == [("GET", "/stream")]
+    finally:
+        gate.set()
+        server.stop(0)
 
 
 def test_serve_raises_keyboard_interrupt_on_sigint():

@@ -18,7 +18,7 @@ import pytest
 
 from helpers import (build_request, connect, get, parse_response,
                      read_response, read_until_close, reader_for, request,
-                     wait_readable)
+                     wait_readable, wait_until)
 
 SLACK = 2.5     # how late a timer may fire on a busy 2-core machine
 WAIT = 10       # generous bound for things that must simply happen
@@ -340,13 +340,6 @@ def stalled_client(addr):
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
     sock.sendall(build_request("GET", "/big"))
     return sock
-
-
-def wait_until(predicate, timeout, what):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out waiting for " + what
-        time.sleep(0.02)
 
 
 def test_stalled_reader_is_closed_and_iterable_closed(yimmo_server):
