@@ -388,10 +388,13 @@ def test_stalled_reader_does_not_block_other_clients(yimmo_server):
 
 
 def test_write_timeout_counts_inactivity_not_total_time(yimmo_server):
+    # 16 pauses of 0.1 s, 1.6 s in all, against a timeout of 1 s: room
+    # for a slow run (ASan on a loaded machine once took the client more
+    # than 0.3 s between two reads).
     bodies = []
-    n = 128   # 8 MB
+    n = 256   # 16 MB
     server = yimmo_server(make_big_app(bodies, n), workers=2,
-                          write_timeout=0.3)
+                          write_timeout=1.0)
     sock = stalled_client(server.address)
     with sock:
         reader = reader_for(sock)
@@ -413,7 +416,7 @@ def test_write_timeout_counts_inactivity_not_total_time(yimmo_server):
                 got += len(piece)
             time.sleep(0.1)
             pauses += 1
-        assert time.monotonic() - t0 > 0.6
+        assert time.monotonic() - t0 > 1.2
     assert got == total
     assert bodies[0].closed.wait(WAIT)
 
