@@ -68,27 +68,22 @@ conn_last_call_fits(const ymo_conn_t *c)
     return s->drain_deadline - now(c) >= 2 * YMO_LAST_CALL;
 }
 
-/* Empty lines before a request line are ignored (RFC 9112 2.2): some
- * clients send a CRLF after a request's body. Dropped before the head is
- * parsed, they leave a connection idle (its keep-alive wait, or a stop's
- * last call, still counted from when its last response ended) rather than
- * in a head that times out with a 408. The parser scans the buffer from
- * its first byte: it starts again. */
-static void
-conn_skip_empty_lines(ymo_conn_t *c)
+/* How many bytes of empty lines (CRLF pairs) buf begins with. RFC 9112
+ * 2.2 has a server ignore them before a request line, and some clients
+ * send one after a request's body. Dropped before a head (conn_read, and
+ * what follows a response in conn_step), they leave a connection idle:
+ * its keep-alive wait, or a stop's last call, still counts from when its
+ * last response ended (they do not start a head, which would renew the
+ * wait), and it ends quietly rather than with a 408 at the header
+ * timeout. (Half a pair, then the other half, is the start of a head.) */
+static size_t
+empty_lines(const char *buf, size_t len)
 {
-    ymo_conn_busy_t *b = c->busy;
-    size_t skip = 0;
-    while (b->inlen - skip >= 2 && b->inbuf[skip] == '\r' &&
-           b->inbuf[skip + 1] == '\n') {
-        skip += 2;
+    size_t n = 0;
+    while (len - n >= 2 && buf[n] == '\r' && buf[n + 1] == '\n') {
+        n += 2;
     }
-    if (skip > 0) {
-        b->inlen -= skip;
-        memmove(b->inbuf, b->inbuf + skip, b->inlen);
-        ymo_http_parser_init(&b->parser,
-                             &c->listener->server->config.limits);
-    }
+    return n;
 }
 
 /* While the server stops, a lingering connection need not wait for its
@@ -1192,11 +1187,6 @@ conn_step(ymo_conn_t *c)
         if (c->busy->state == YMO_CONN_HEAD && !c->busy->closing &&
             c->busy->inlen > 0 && !c->busy->stalled &&
             c->proxy == YMO_CONN_PROXY_DONE) {
-            conn_skip_empty_lines(c);
-        }
-        if (c->busy->state == YMO_CONN_HEAD && !c->busy->closing &&
-            c->busy->inlen > 0 && !c->busy->stalled &&
-            c->proxy == YMO_CONN_PROXY_DONE) {
             ymo_http_request_t req;
             /* The loop's one header array: a complete head is copied
              * into its exchange before the next parse. */
@@ -1277,6 +1267,14 @@ conn_step(ymo_conn_t *c)
                 s->config.keepalive_timeout <= 0 ||
                 (s->draining_loop && !conn_last_call_fits(c))) {
                 c->busy->closing = 1;
+            }
+            size_t skip = c->busy->state == YMO_CONN_HEAD
+                              ? empty_lines(c->busy->inbuf, c->busy->inlen)
+                              : 0;
+            if (skip > 0) {
+                c->busy->inlen -= skip;
+                memmove(c->busy->inbuf, c->busy->inbuf + skip,
+                        c->busy->inlen);
             }
             ymo_http_parser_init(&c->busy->parser, &s->config.limits);
             c->head_started = now(c);
@@ -1519,11 +1517,19 @@ conn_read(ymo_conn_t *c)
         conn_body_received(c, (size_t)n);
         return 0;
     }
-    if (c->busy->state == YMO_CONN_HEAD && c->busy->inlen == 0 && c->seq > 0) {
-        /* A keep-alive connection's next head is timed from its first
-         * byte (idleness before it is keepalive_timeout's business); the
-         * first request's from the accept. */
-        c->head_started = now(c);
+    if (c->busy->state == YMO_CONN_HEAD && c->busy->inlen == 0 &&
+        c->proxy == YMO_CONN_PROXY_DONE) {
+        size_t skip = empty_lines(dst, (size_t)n);
+        if (skip > 0) {
+            n -= (ssize_t)skip;
+            memmove(dst, dst + skip, (size_t)n);
+        }
+        if (n > 0 && c->seq > 0) {
+            /* A keep-alive connection's next head is timed from its first
+             * byte (idleness before it is keepalive_timeout's business);
+             * the first request's from the accept. */
+            c->head_started = now(c);
+        }
     }
     c->busy->inlen += (size_t)n;
     return 0;
@@ -1686,6 +1692,26 @@ ymo_conn_drain_all(ymo_server_t *s)
     server_arm_idle_timer(s, 1);
 }
 
+/* An idle connection's wait is over. A slow client may not have all of
+ * its last response yet (the kernel still holds some): a close over bytes
+ * it sends meanwhile (its next request, pipelined or sent as it finishes
+ * reading) would reset the connection and destroy the rest of that
+ * response. Then the connection lingers, as after our other closes (see
+ * conn_step): our side shut down, its input discarded. */
+static void
+conn_idle_close(ymo_conn_t *c)
+{
+    int queued = 0;
+    if (ioctl(c->fd, SIOCOUTQ, &queued) != 0 || queued == 0 ||
+        conn_wake(c) < 0) {
+        ymo_conn_close(c);
+        return;
+    }
+    c->busy->state = YMO_CONN_LINGER;
+    c->busy->closing = 1;
+    conn_step(c);
+}
+
 void
 ymo_conn_idle_on_timer(struct ev_loop *loop, ev_timer *w, int revents)
 {
@@ -1698,7 +1724,7 @@ ymo_conn_idle_on_timer(struct ev_loop *loop, ev_timer *w, int revents)
          * (a proxy does not read HTTP errors there). */
         while (s->idle_head[k] != NULL &&
                conn_idle_deadline(s->idle_head[k]) <= t) {
-            ymo_conn_close(s->idle_head[k]);
+            conn_idle_close(s->idle_head[k]);
         }
     }
     server_arm_idle_timer(s, 1);

@@ -18,7 +18,8 @@ import pytest
 import yimmo
 from yimmo import _yimmo
 from helpers import (ServerProcess, assert_closed, build_request, connect,
-                     get, read_response, refuses, request, wait_until)
+                     get, read_response, reader_for, refuses, request,
+                     wait_readable, wait_until)
 
 WAIT = 10
 
@@ -561,6 +562,64 @@ def test_stray_crlf_after_a_body_leaves_the_connection_idle():
             t0 = time.monotonic()
             assert_closed(sock, WAIT)
             assert time.monotonic() - t0 < 3
+
+
+def test_empty_lines_do_not_keep_a_connection_alive():
+    """Empty lines sent every 0.3 s to a kept-alive connection do not
+    renew its keep-alive wait: it still closes after 1 s, quietly."""
+    with yimmo.Server(gated_app(threading.Event(), []),
+                      bind="127.0.0.1:0", workers=2,
+                      keepalive_timeout=1) as server:
+        with connect(server.address, WAIT) as sock:
+            sock.sendall(build_request("GET", "/"))
+            assert read_response(sock).body == b"ok"
+            t0 = time.monotonic()
+            with pytest.raises(OSError):
+                while time.monotonic() - t0 < 5:
+                    sock.sendall(b"\r\n")
+                    if wait_readable(sock, 0.3):
+                        assert_closed(sock, WAIT)
+                        raise OSError("closed")
+            assert time.monotonic() - t0 < 3
+
+
+def test_slow_reader_gets_its_whole_response_after_the_last_call():
+    """A client still reading a big keep-alive response when its last call
+    ends (the kernel holds the rest), which then sends its next request:
+    the connection is not closed over that request (a reset, which would
+    destroy the rest of the response), it lingers."""
+    size = 8 << 20
+    body = b"x" * size
+
+    def app(environ, start_response):
+        start_response("200 OK", [("Content-Length", str(size))])
+        return [body]
+
+    server = yimmo.Server(app, bind="127.0.0.1:0", workers=2)
+    server.start()
+    try:
+        with connect(server.address, WAIT) as sock:
+            sock.sendall(build_request("GET", "/big"))
+            reader = reader_for(sock)
+            assert reader.read_head()["status"] == 200
+            got = len(reader.buf)
+            reader.buf.clear()
+            stopper = threading.Thread(target=server.stop, args=(30,))
+            stopper.start()
+            sent = False
+            while got < size:       # about 2 MB/s: 4 s
+                if not sent and not stopper.is_alive():
+                    # The stop is over: the server's side is closed.
+                    sock.sendall(build_request("GET", "/"))
+                    sent = True
+                data = sock.recv(65536)
+                assert data, "closed after %d of %d bytes" % (got, size)
+                got += len(data)
+                time.sleep(len(data) / 2e6)
+            stopper.join(WAIT)
+            assert not stopper.is_alive()
+    finally:
+        server.stop(0)
 
 
 @pytest.mark.parametrize("when", ["after a response", "while idle"])
