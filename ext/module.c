@@ -609,12 +609,30 @@ Core_get_recycle_requested(CoreObject *self, void *closure)
         atomic_load(&self->server.recycle_requested) != 0);
 }
 
+static PyObject *
+Core_get_gil_handovers(CoreObject *self, void *closure)
+{
+    (void)closure;
+    unsigned long n = 0, timeouts = 0;
+    if (self->initialized) {
+        n = atomic_load_explicit(&self->server.handovers,
+                                 memory_order_relaxed);
+        timeouts = atomic_load_explicit(&self->server.handover_timeouts,
+                                        memory_order_relaxed);
+    }
+    return Py_BuildValue("(kk)", n, timeouts);
+}
+
 static PyGetSetDef Core_getset[] = {
     {"recycle_requested", (getter)Core_get_recycle_requested, NULL,
      "True once the request watchdog asked for this process to be"
      " recycled (a worker stuck and no replacement thread left)", NULL},
     {"abandoned_workers", (getter)Core_get_abandoned, NULL,
      "workers still running the app when the grace period ran out", NULL},
+    {"gil_handovers", (getter)Core_get_gil_handovers, NULL,
+     "(handovers, timed_out): times a worker handed the GIL to a waiting"
+     " one between two requests (wsgi_worker.c), and of those, the times"
+     " no worker took it within a switch interval", NULL},
     {"finished", (getter)Core_get_finished, NULL,
      "True once the server has stopped and its workers have exited", NULL},
     {NULL, NULL, NULL, NULL, NULL},

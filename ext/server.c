@@ -62,9 +62,8 @@ ymo_monotonic_now(void)
     return (double)t.tv_sec + (double)t.tv_nsec / 1e9;
 }
 
-/* The same clock in nanoseconds, as heartbeat slots store it. */
-static uint64_t
-monotonic_ns(void)
+uint64_t
+ymo_monotonic_ns(void)
 {
     struct timespec t;
     clock_gettime(CLOCK_MONOTONIC, &t);
@@ -255,7 +254,7 @@ server_on_heartbeat(struct ev_loop *loop, ev_timer *w, int revents)
     (void)loop;
     (void)revents;
     ymo_server_t *s = w->data;
-    uint64_t ns = monotonic_ns();
+    uint64_t ns = ymo_monotonic_ns();
     /* Relaxed: each field is read on its own; the supervisor needs no
      * ordering between them. */
     atomic_store_explicit(&s->heartbeat->beat_ns, ns, memory_order_relaxed);
@@ -280,7 +279,7 @@ server_publish_conns(ymo_server_t *s)
  * spread within about that many, while a flood of short connections,
  * whose counts jitter, is rarely held back). */
 /* Whether sibling slot h accepts now: it says so and its loop beat
- * recently (now_ns: monotonic_ns()). */
+ * recently (now_ns: ymo_monotonic_ns()). */
 static int
 sibling_accepts(const ymo_server_t *s, const ymo_heartbeat_t *h,
                 uint64_t now_ns)
@@ -299,7 +298,7 @@ static int
 server_sibling_less_loaded(const ymo_server_t *s)
 {
     size_t mine = s->n_conns;
-    uint64_t now_ns = monotonic_ns();
+    uint64_t now_ns = ymo_monotonic_ns();
     for (size_t i = 0; i < s->n_siblings; i++) {
         const ymo_heartbeat_t *h = &s->siblings[i];
         if (!sibling_accepts(s, h, now_ns)) {
@@ -399,7 +398,7 @@ server_update_recycle_pause(ymo_server_t *s)
         return;
     }
     int fresh_sibling = 0;
-    uint64_t now_ns = monotonic_ns();
+    uint64_t now_ns = ymo_monotonic_ns();
     for (size_t i = 0; i < s->n_siblings && !fresh_sibling; i++) {
         const ymo_heartbeat_t *h = &s->siblings[i];
         fresh_sibling = sibling_accepts(s, h, now_ns) &&
@@ -521,6 +520,18 @@ ymo_server_init(ymo_server_t *s, const ymo_config_t *config,
     atomic_init(&s->draining, 0);
     atomic_init(&s->gil_enabled, 1);
     atomic_init(&s->standby, 0);
+    atomic_init(&s->gil_waiters, 0);
+    atomic_init(&s->gil_attaches, 0);
+    atomic_init(&s->gil_attached_at, 0);
+    atomic_init(&s->handover_waiting, 0);
+    atomic_init(&s->handovers, 0);
+    atomic_init(&s->handover_timeouts, 0);
+    pthread_mutex_init(&s->handover_lock, NULL);
+    pthread_condattr_t monotonic;
+    pthread_condattr_init(&monotonic);
+    pthread_condattr_setclock(&monotonic, CLOCK_MONOTONIC);
+    pthread_cond_init(&s->handover_cond, &monotonic);
+    pthread_condattr_destroy(&monotonic);
     atomic_init(&s->recycle_requested, 0);
     ymo_release_init(&s->release, server_release_wake, s);
     /* With a watchdog, room for as many replacement threads as workers
@@ -808,6 +819,8 @@ ymo_server_destroy(ymo_server_t *s)
         pthread_mutex_destroy(&s->ctl_lock);
         pthread_cond_destroy(&s->watchdog_cond);
         pthread_mutex_destroy(&s->watchdog_lock);
+        pthread_cond_destroy(&s->handover_cond);
+        pthread_mutex_destroy(&s->handover_lock);
     }
     free(s->listeners);
     free(s->workers);

@@ -189,6 +189,29 @@ typedef struct ymo_server {
                                 * attaches or goes idle: a wake-up may be
                                 * skipped meanwhile, but a worker going
                                 * idle clears it before its last look */
+    /* The GIL hand-over (wsgi_worker.c, handover_due): with the GIL, a
+     * worker that has waited for it long enough to force a switch in the
+     * middle of a request gets it between two exchanges instead. */
+    atomic_uint gil_waiters;   /* workers waiting for the GIL to take
+                                * queued exchanges, each stamped in its
+                                * gil_wait_since: each adds and removes
+                                * itself; holders read it to skip looking
+                                * at the stamps; relaxed (a hint) */
+    atomic_ulong gil_attaches; /* incremented by every worker right after
+                                * it takes the GIL in worker_main; a
+                                * worker that handed the GIL over waits
+                                * for it to move; seq_cst (handover_wait) */
+    _Atomic uint64_t gil_attached_at;  /* when a worker last took the GIL
+                                * in worker_main (CLOCK_MONOTONIC ns):
+                                * each stores it, holders read it;
+                                * relaxed (a hint) */
+    atomic_int handover_waiting;   /* workers in handover_wait; seq_cst */
+    pthread_mutex_t handover_lock; /* guards no field: handover_cond's
+                                    * mutex, held for a few instructions
+                                    * (also while attached) */
+    pthread_cond_t handover_cond;  /* CLOCK_MONOTONIC: a worker attached */
+    atomic_ulong handovers;    /* counts, for tests and benchmarks; */
+    atomic_ulong handover_timeouts;  /* workers write, relaxed */
     ymo_release_t release;     /* freed reference buckets (bucket.h):
                                 * pushed by any thread, taken by workers
                                 * (attached: they release the owners)
@@ -282,6 +305,9 @@ void ymo_server_dispatch(ymo_server_t *s, ymo_exchange_t *ex);
 
 /* Seconds on CLOCK_MONOTONIC (the stop deadline's clock). Any thread. */
 double ymo_monotonic_now(void);
+
+/* The same clock in nanoseconds (heartbeat slots, the GIL hand-over). */
+uint64_t ymo_monotonic_ns(void);
 
 /* Before the first ymo_server_run: beat into table[index] (the table
  * must outlive the server) every YMO_HEARTBEAT_INTERVAL from the loop

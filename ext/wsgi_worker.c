@@ -410,6 +410,144 @@ worker_next(ymo_wsgi_worker_t *self, int block)
     }
 }
 
+/* The GIL hand-over. Python makes a thread that has waited a switch
+ * interval for the GIL (5 ms unless the app changes it) force the holder
+ * to drop it wherever the holder is: in the middle of a request, which
+ * then waits for every worker that runs meanwhile. With the standby
+ * waiting behind a busy worker that happened to most requests: Django
+ * with 4 workers had a p99 of 35 ms against 13 ms with one. So a worker
+ * that waits in worker_main for the GIL to take queued exchanges stamps
+ * when it began (gil_wait_since), and the holder, after an exchange it
+ * ran, hands the GIL over once the oldest such waiter has waited
+ * handover_ns (a fifth of the interval) while exchanges are queued: the
+ * switch comes between two requests. Which waiter takes the GIL then is
+ * the system's choice, and need not be the oldest: in CPython any change
+ * of holder restarts every waiter's count (take_gil counts switches), so
+ * it is enough that some other thread takes it, which handover_wait
+ * waits for; and a waiter's wait counts from the last time a worker took
+ * the GIL (gil_attached_at) if that was later. Waiters the server does not know of (an app's threads, a
+ * worker waiting inside the app, another server in the process) are not
+ * stamped: they still force switches after the interval, as before. */
+
+/* Worker thread, attached, at its start: the hand-over's times from the
+ * app's switch interval (read once: apps set it at import). */
+static void
+handover_times(ymo_wsgi_worker_t *self)
+{
+    double interval = 0.005;
+    PyObject *fn = PySys_GetObject("getswitchinterval");    /* borrowed */
+    PyObject *r = fn != NULL ? PyObject_CallNoArgs(fn) : NULL;
+    if (r != NULL) {
+        double v = PyFloat_AsDouble(r);
+        Py_DECREF(r);
+        if (v > 0) {
+            interval = v;
+        }
+    }
+    PyErr_Clear();
+    /* A fifth: the 1 ms that measured best at the default 5 ms (0.2 ms
+     * switched too often), but no less than 0.5 ms unless the interval
+     * is shorter than 1 ms. */
+    double after = interval / 5;
+    double least = interval / 2 < 0.0005 ? interval / 2 : 0.0005;
+    after = after < least ? least : after;
+    self->handover_ns = (uint64_t)(after * 1e9);
+    self->switch_ns = (uint64_t)(interval * 1e9);
+}
+
+/* With the GIL, attached, after an exchange this hold ran: has a worker
+ * that will take queued exchanges waited for the GIL long enough, and is
+ * there one queued for it? (Without an exchange run first, a worker
+ * that has just attached could hand the GIL on without doing anything.) */
+static int
+handover_due(ymo_wsgi_worker_t *self)
+{
+    ymo_server_t *s = self->server;
+    if (atomic_load_explicit(&s->gil_waiters, memory_order_relaxed) == 0) {
+        return 0;               /* the usual case: one load */
+    }
+    uint64_t oldest = UINT64_MAX;
+    int queued = 0;
+    for (size_t i = 0; i < s->n_workers; i++) {
+        ymo_wsgi_worker_t *w = &s->workers[i];
+        uint64_t since = atomic_load_explicit(&w->gil_wait_since,
+                                              memory_order_relaxed);
+        if (since != 0 && since < oldest) {
+            oldest = since;
+        }
+        if (!queued &&
+            !atomic_load_explicit(&w->unused, memory_order_relaxed) &&
+            atomic_load_explicit(&w->n_in, memory_order_relaxed) > 0) {
+            queued = 1;
+        }
+    }
+    if (oldest == UINT64_MAX || !queued) {
+        return 0;
+    }
+    /* Python restarted the waiter's count when the GIL last changed
+     * hands (a switch it counts, at most this late). */
+    uint64_t from = atomic_load_explicit(&s->gil_attached_at,
+                                         memory_order_relaxed);
+    from = from > oldest ? from : oldest;
+    uint64_t now = ymo_monotonic_ns();
+    return now > from && now - from >= self->handover_ns;
+}
+
+/* With the GIL, right after attaching in worker_main (at `now`): note
+ * when and count it, and wake
+ * a worker that handed the GIL over and waits for someone to take it.
+ * Returns whether one was waiting (this worker was handed the GIL).
+ * Why no wake-up is lost: this stores gil_attaches then loads
+ * handover_waiting, handover_wait stores handover_waiting then loads
+ * gil_attaches, all seq_cst, and the broadcast is made under the lock
+ * that waiter holds from its look to its wait. */
+static int
+handover_attached(ymo_server_t *s, uint64_t now)
+{
+    atomic_store_explicit(&s->gil_attached_at, now, memory_order_relaxed);
+    atomic_fetch_add(&s->gil_attaches, 1);
+    if (atomic_load(&s->handover_waiting) == 0) {
+        return 0;
+    }
+    pthread_mutex_lock(&s->handover_lock);
+    pthread_cond_broadcast(&s->handover_cond);
+    pthread_mutex_unlock(&s->handover_lock);
+    return 1;
+}
+
+/* GIL released, after a hand-over: wait until another worker has taken
+ * the GIL (gil_attaches moved from `seen`, read while this one still had
+ * it), for at most a switch interval (a thread the server does not know
+ * of may have taken it). Without the wait this worker, back in the line
+ * for the GIL at once, could take it straight back: take_gil gives it to
+ * whoever asks while it is free, not to the waiter it signalled. */
+static void
+handover_wait(ymo_wsgi_worker_t *self, unsigned long seen)
+{
+    ymo_server_t *s = self->server;
+    struct timespec until;
+    clock_gettime(CLOCK_MONOTONIC, &until);
+    uint64_t ns = (uint64_t)until.tv_nsec + self->switch_ns;
+    until.tv_sec += (time_t)(ns / 1000000000u);
+    until.tv_nsec = (long)(ns % 1000000000u);
+    int timed_out = 0;
+    pthread_mutex_lock(&s->handover_lock);
+    atomic_fetch_add(&s->handover_waiting, 1);
+    while (atomic_load(&s->gil_attaches) == seen && !timed_out) {
+        timed_out = pthread_cond_timedwait(&s->handover_cond,
+                                           &s->handover_lock,
+                                           &until) == ETIMEDOUT;
+    }
+    timed_out = atomic_load(&s->gil_attaches) == seen;
+    atomic_fetch_sub(&s->handover_waiting, 1);
+    pthread_mutex_unlock(&s->handover_lock);
+    atomic_fetch_add_explicit(&s->handovers, 1, memory_order_relaxed);
+    if (timed_out) {
+        atomic_fetch_add_explicit(&s->handover_timeouts, 1,
+                                  memory_order_relaxed);
+    }
+}
+
 static void *
 worker_main(void *arg)
 {
@@ -438,18 +576,39 @@ worker_main(void *arg)
     PyGILState_STATE gstate = PyGILState_Ensure();
     self->thread_ident = PyThread_get_thread_ident();
     note_gil(self->server);
+    handover_times(self);
+    ymo_server_t *s = self->server;
     PyThreadState *ts = PyEval_SaveThread();
     ymo_exchange_t *ex;
     while ((ex = worker_next(self, 1)) != NULL) {
         do {
             atomic_store(&self->in_app, 1);
             int gil = TAKE_ATTACHED(self);
-            double asked = gil ? ymo_monotonic_now() : 0.0;
+            /* Waiting to take queued exchanges: holders may hand the GIL
+             * over to it (handover_due). */
+            int stamped = gil && ex != RELEASE_ONLY && !self->retiring;
+            uint64_t asked = gil ? ymo_monotonic_ns() : 0;
+            if (stamped) {
+                atomic_store_explicit(&self->gil_wait_since, asked,
+                                      memory_order_relaxed);
+                atomic_fetch_add_explicit(&s->gil_waiters, 1,
+                                          memory_order_relaxed);
+            }
             PyEval_RestoreThread(ts);
-            standby_done(self->server);
+            if (stamped) {
+                atomic_store_explicit(&self->gil_wait_since, 0,
+                                      memory_order_relaxed);
+                atomic_fetch_sub_explicit(&s->gil_waiters, 1,
+                                          memory_order_relaxed);
+            }
+            uint64_t now = gil ? ymo_monotonic_ns() : 0;
+            int handed = gil && handover_attached(s, now);
+            standby_done(s);
             if (gil) {
+                /* Handed the GIL, it waited for the runs of exchanges that
+                 * hand-overs allow, not for a thread that keeps it. */
                 self->eager =
-                    ymo_monotonic_now() - asked > STANDBY_EAGER_WAIT;
+                    !handed && now - asked > STANDBY_EAGER_WAIT * 1e9;
                 if (ex != RELEASE_ONLY && ex != MAY_WORK) {
                     /* Taken before attaching: the GIL was off when this
                      * worker went to sleep, and is on now (an import). */
@@ -459,16 +618,34 @@ worker_main(void *arg)
             /* Run everything that is queued under this one GIL hold,
              * releasing the owners of the output the loop has written
              * after each exchange (the app's bytes, see bucket.h). */
+            int ran = 0;
+            int handover = 0;
             while (ex != NULL) {
                 if (ex != RELEASE_ONLY && ex != MAY_WORK) {
-                    ymo_wsgi_run_exchange(self->server->app, self, ex);
+                    ymo_wsgi_run_exchange(s->app, self, ex);
+                    ran = 1;
                 }
-                ymo_wsgi_release_owners(self->server);
+                ymo_wsgi_release_owners(s);
                 /* The exchange may have turned the GIL on (an import). */
-                note_gil(self->server);
+                note_gil(s);
+                if (ran && TAKE_ATTACHED(self) && handover_due(self)) {
+                    handover = 1;
+                    break;
+                }
                 ex = worker_next(self, 0);
             }
+            /* Read attached: no worker attaches before the release. */
+            unsigned long attaches = atomic_load(&s->gil_attaches);
             ts = PyEval_SaveThread();
+            if (handover) {
+                handover_wait(self, attaches);
+                /* Back in the line for the GIL, behind the worker it was
+                 * handed to, it is the standby (it clears this and looks
+                 * at the queues, attached or going idle): the loop need
+                 * not wake another worker for that. */
+                int none = 0;
+                atomic_compare_exchange_strong(&s->standby, &none, 1);
+            }
             /* Out of the app, then a last look at the release list: the
              * loop wakes only idle workers for it (server_release_poke),
              * and this one is not idle yet. Both seq_cst. */

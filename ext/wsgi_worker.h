@@ -136,6 +136,16 @@ typedef struct ymo_wsgi_worker {
                                       * while `current` is set */
     int retiring;                    /* worker thread only: drain the queue
                                       * and exit */
+    _Atomic uint64_t gil_wait_since; /* worker writes, holders of the GIL
+                                      * read (relaxed: a hint): when it
+                                      * began to wait for the GIL to take
+                                      * queued exchanges (CLOCK_MONOTONIC
+                                      * ns); 0 when it is not waiting so */
+    uint64_t handover_ns;            /* worker thread only: hand the GIL to
+                                      * a worker that has waited this long
+                                      * (from sys.getswitchinterval()) */
+    uint64_t switch_ns;              /* worker thread only: the switch
+                                      * interval, bounding handover_wait */
     int eager;                       /* worker thread only: it waited long
                                       * for the GIL just now (stand_by) */
     atomic_int retired;              /* watchdog/worker write, loop reads:
