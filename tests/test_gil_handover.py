@@ -13,6 +13,7 @@ before it ends."""
 import ast
 import signal
 import sys
+import sysconfig
 import textwrap
 import threading
 import time
@@ -22,7 +23,7 @@ import pytest
 from helpers import (IncompleteResponse, ServerProcess, build_request,
                      connect, read_response, skip_if_gil_off, subprocess_env)
 
-pytestmark = skip_if_gil_off
+FREE_THREADED = bool(sysconfig.get_config_var("Py_GIL_DISABLED"))
 
 # A CPU-bound request of `ms` milliseconds (pure Python: it can be made
 # to drop the GIL at any bytecode). /log returns and clears the log;
@@ -141,6 +142,7 @@ def stats(addr):
     return ast.literal_eval(get(addr, "/stats").body.decode())
 
 
+@skip_if_gil_off
 @pytest.mark.parametrize("workers", [2, 4])
 def test_cpu_bound_requests_are_not_cut_in_two(tmp_path, workers):
     # 8 clients keep 8 requests of 2 ms queued: on a server that leaves
@@ -163,6 +165,7 @@ def test_cpu_bound_requests_are_not_cut_in_two(tmp_path, workers):
         assert proc.wait() == 0
 
 
+@skip_if_gil_off
 def test_bursts_are_not_cut_in_two(tmp_path):
     # Requests that arrive together, with pauses between: the waiters of a
     # burst begin to wait while others already wait or hold the GIL.
@@ -186,6 +189,7 @@ def test_bursts_are_not_cut_in_two(tmp_path):
         assert proc.wait() == 0
 
 
+@skip_if_gil_off
 def test_one_worker_never_hands_over(tmp_path):
     with start(tmp_path, 1) as proc:
         addr = wait_port(proc)
@@ -197,6 +201,7 @@ def test_one_worker_never_hands_over(tmp_path):
         assert proc.wait() == 0
 
 
+@skip_if_gil_off
 def test_a_longer_switch_interval_hands_over_less_often(tmp_path):
     # The hand-over waits a fifth of the app's interval: at 50 ms, 10 ms.
     # 2 ms requests from 8 clients: the waiter is served after about five
@@ -214,6 +219,7 @@ def test_a_longer_switch_interval_hands_over_less_often(tmp_path):
     assert counts["0.05"] < counts["0.005"] * 0.5, counts
 
 
+@skip_if_gil_off
 def test_a_thread_of_the_app_holding_the_gil_costs_no_more(tmp_path):
     # An app thread spins in Python: it takes the GIL whenever it can,
     # and a hand-over may go to it rather than to a worker. Each request
@@ -231,6 +237,7 @@ def test_a_thread_of_the_app_holding_the_gil_costs_no_more(tmp_path):
         assert proc.wait() == 0
 
 
+@skip_if_gil_off
 def test_release_of_sent_responses_goes_on_with_hand_overs(tmp_path):
     # Half the responses are 64 KB of the app's bytes, which the loop
     # writes from the app's own object (released by a worker afterwards),
@@ -272,6 +279,7 @@ def test_release_of_sent_responses_goes_on_with_hand_overs(tmp_path):
         assert proc.wait() == 0
 
 
+@skip_if_gil_off
 @pytest.mark.parametrize("attempt", range(3))
 def test_graceful_stop_during_hand_overs(tmp_path, attempt):
     # SIGTERM while 8 clients keep CPU-bound requests queued: the server
@@ -320,3 +328,29 @@ def test_graceful_stop_during_hand_overs(tmp_path, attempt):
         assert len(others) <= 8, others
         for r in others:
             assert not isinstance(r, IncompleteResponse), others
+
+
+@pytest.mark.skipif(not FREE_THREADED, reason="needs a free-threaded build")
+def test_free_threaded_with_the_gil_off_never_hands_over(tmp_path):
+    with start(tmp_path, 4, PYTHON_GIL="0") as proc:
+        addr = wait_port(proc)
+        assert closed_loop(addr, 8, 20) == [200] * 160
+        assert len(cut_in_two(addr)[0]) == 160
+        assert stats(addr) == (0, 0)
+        proc.signal(signal.SIGTERM)
+        assert proc.wait() == 0
+
+
+@pytest.mark.skipif(not FREE_THREADED, reason="needs a free-threaded build")
+def test_free_threaded_with_the_gil_on_hands_over(tmp_path):
+    # PYTHON_GIL=1: the workers follow the GIL's order (note_gil), and
+    # hand it over as a build with the GIL does.
+    with start(tmp_path, 4, PYTHON_GIL="1") as proc:
+        addr = wait_port(proc)
+        assert closed_loop(addr, 8, 40) == [200] * 320
+        seen, cut = cut_in_two(addr)
+        assert len(seen) == 320
+        assert len(cut) <= 320 * 0.10, (len(cut), stats(addr))
+        assert stats(addr)[0] > 0
+        proc.signal(signal.SIGTERM)
+        assert proc.wait() == 0
