@@ -197,14 +197,20 @@ typedef struct ymo_server {
                                 * gil_wait_since: each adds and removes
                                 * itself; holders read it to skip looking
                                 * at the stamps; relaxed (a hint) */
-    atomic_ulong gil_attaches; /* incremented by every worker right after
-                                * it takes the GIL in worker_main; a
-                                * worker that handed the GIL over waits
-                                * for it to move; seq_cst (handover_wait) */
+    atomic_ulong gil_turns;    /* incremented by every worker as it takes
+                                * the GIL in worker_main and as it starts
+                                * an exchange with the GIL: a worker that
+                                * handed the GIL over waits for it to
+                                * move, and one whose exchange saw it move
+                                * by another was cut; seq_cst
+                                * (handover_wait) */
     _Atomic uint64_t gil_attached_at;  /* when a worker last took the GIL
                                 * in worker_main (CLOCK_MONOTONIC ns):
                                 * each stores it, holders read it;
                                 * relaxed (a hint) */
+    _Atomic uint64_t cut_handover_at;  /* when a holder last handed the
+                                * GIL over after a cut exchange: holders
+                                * store and read it; relaxed (a hint) */
     atomic_int handover_waiting;   /* workers in handover_wait; seq_cst */
     pthread_mutex_t handover_lock; /* guards no field: handover_cond's
                                     * mutex, held for a few instructions

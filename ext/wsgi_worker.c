@@ -93,6 +93,7 @@ ymo_wsgi_worker_init(struct ev_loop *loop, size_t thread_id,
     atomic_init(&worker->n_in, 0);
     atomic_init(&worker->head_seq, UINT64_MAX);
     atomic_init(&worker->in_app, 0);
+    atomic_init(&worker->gil_wait_since, 0);
     atomic_init(&worker->retired, 0);
     atomic_init(&worker->unused, 0);
     atomic_init(&worker->exited, 0);
@@ -415,22 +416,34 @@ worker_next(ymo_wsgi_worker_t *self, int block)
  * to drop it wherever the holder is: in the middle of a request, which
  * then waits for every worker that runs meanwhile. With the standby
  * waiting behind a busy worker that happened to most requests: Django
- * with 4 workers had a p99 of 35 ms against 13 ms with one. So a worker
- * that waits in worker_main for the GIL to take queued exchanges stamps
- * when it began (gil_wait_since), and the holder, after an exchange it
- * ran, hands the GIL over once the oldest such waiter has waited
- * handover_ns (a fifth of the interval) while exchanges are queued: the
- * switch comes between two requests. Which waiter takes the GIL then is
- * the system's choice, and need not be the oldest: in CPython any change
- * of holder restarts every waiter's count (take_gil counts switches), so
- * it is enough that some other thread takes it, which handover_wait
- * waits for; and a waiter's wait counts from the last time a worker took
- * the GIL (gil_attached_at) if that was later. Waiters the server does not know of (an app's threads, a
- * worker waiting inside the app, another server in the process) are not
- * stamped: they still force switches after the interval, as before. */
+ * with 4 workers had a p99 of 35 ms against 13 ms with one. So the
+ * holder hands the GIL over between two exchanges instead (handover_due):
+ *
+ * - A worker that waits in worker_main for the GIL to take queued
+ *   exchanges stamps since when (gil_wait_since). The holder, after an
+ *   exchange it ran, hands the GIL over once the oldest such waiter has
+ *   waited handover_ns (a fifth of the interval) while exchanges are
+ *   queued; the wait counts from the last time the GIL changed hands in
+ *   worker_main (gil_attached_at) if that was later, because a change of
+ *   holder keeps Python from forcing a switch for a full interval.
+ * - A worker waiting for the GIL inside an exchange is not stamped: one
+ *   whose request was cut by a forced switch (a request longer than the
+ *   interval, or a holder the system descheduled), or one back from I/O.
+ *   With every worker in an exchange, no one is stamped, and cut workers
+ *   would go on cutting each other. So a holder whose exchange was cut
+ *   (another worker took the GIL meanwhile: gil_turns moved) hands the
+ *   GIL over too when another worker is in an exchange, once per switch
+ *   interval at most, and goes back to worker_main, where it stamps.
+ *
+ * Which thread takes the GIL is the system's choice; it is enough that
+ * another does, which handover_wait waits for (bounded: it may be a
+ * thread the server does not know of). Per server: another server in the
+ * process, or the app's own threads, still force switches as before. */
 
 /* Worker thread, attached, at its start: the hand-over's times from the
- * app's switch interval (read once: apps set it at import). */
+ * app's switch interval (read once: apps set it at import). Python keeps
+ * whole microseconds: below 1 us getswitchinterval() says 0, read as the
+ * default. */
 static void
 handover_times(ymo_wsgi_worker_t *self)
 {
@@ -441,7 +454,7 @@ handover_times(ymo_wsgi_worker_t *self)
         double v = PyFloat_AsDouble(r);
         Py_DECREF(r);
         if (v > 0) {
-            interval = v;
+            interval = v < 1.0 ? v : 1.0;   /* (also: inf, NaN is not > 0) */
         }
     }
     PyErr_Clear();
@@ -455,90 +468,120 @@ handover_times(ymo_wsgi_worker_t *self)
     self->switch_ns = (uint64_t)(interval * 1e9);
 }
 
-/* With the GIL, attached, after an exchange this hold ran: has a worker
- * that will take queued exchanges waited for the GIL long enough, and is
- * there one queued for it? (Without an exchange run first, a worker
- * that has just attached could hand the GIL on without doing anything.) */
-static int
-handover_due(ymo_wsgi_worker_t *self)
+/* With the GIL, attached: the GIL changed hands (this worker attached in
+ * worker_main, or is starting an exchange). Wakes a worker that handed
+ * the GIL over and waits for another to take it; returns whether one was
+ * waiting. Why no wake-up is lost: this adds to gil_turns then loads
+ * handover_waiting, handover_wait adds to handover_waiting then loads
+ * gil_turns, all seq_cst, and the broadcast is made under the lock that
+ * waiter holds from its look to its wait. Returns gil_turns before. */
+static unsigned long
+gil_turn(ymo_server_t *s, int *waiter)
 {
-    ymo_server_t *s = self->server;
-    if (atomic_load_explicit(&s->gil_waiters, memory_order_relaxed) == 0) {
-        return 0;               /* the usual case: one load */
+    unsigned long turns = atomic_fetch_add(&s->gil_turns, 1);
+    *waiter = atomic_load(&s->handover_waiting) != 0;
+    if (*waiter) {
+        pthread_mutex_lock(&s->handover_lock);
+        pthread_cond_broadcast(&s->handover_cond);
+        pthread_mutex_unlock(&s->handover_lock);
     }
-    uint64_t oldest = UINT64_MAX;
-    int queued = 0;
-    for (size_t i = 0; i < s->n_workers; i++) {
-        ymo_wsgi_worker_t *w = &s->workers[i];
-        uint64_t since = atomic_load_explicit(&w->gil_wait_since,
-                                              memory_order_relaxed);
-        if (since != 0 && since < oldest) {
-            oldest = since;
-        }
-        if (!queued &&
-            !atomic_load_explicit(&w->unused, memory_order_relaxed) &&
-            atomic_load_explicit(&w->n_in, memory_order_relaxed) > 0) {
-            queued = 1;
-        }
-    }
-    if (oldest == UINT64_MAX || !queued) {
-        return 0;
-    }
-    /* Python restarted the waiter's count when the GIL last changed
-     * hands (a switch it counts, at most this late). */
-    uint64_t from = atomic_load_explicit(&s->gil_attached_at,
-                                         memory_order_relaxed);
-    from = from > oldest ? from : oldest;
-    uint64_t now = ymo_monotonic_ns();
-    return now > from && now - from >= self->handover_ns;
+    return turns;
 }
 
-/* With the GIL, right after attaching in worker_main (at `now`): note
- * when and count it, and wake
- * a worker that handed the GIL over and waits for someone to take it.
- * Returns whether one was waiting (this worker was handed the GIL).
- * Why no wake-up is lost: this stores gil_attaches then loads
- * handover_waiting, handover_wait stores handover_waiting then loads
- * gil_attaches, all seq_cst, and the broadcast is made under the lock
- * that waiter holds from its look to its wait. */
+/* Is another worker in an exchange (running the app, or waiting inside
+ * it: for I/O, or for the GIL)? */
 static int
-handover_attached(ymo_server_t *s, uint64_t now)
+other_in_app(ymo_wsgi_worker_t *self)
 {
-    atomic_store_explicit(&s->gil_attached_at, now, memory_order_relaxed);
-    atomic_fetch_add(&s->gil_attaches, 1);
-    if (atomic_load(&s->handover_waiting) == 0) {
-        return 0;
+    ymo_server_t *s = self->server;
+    for (size_t i = 0; i < s->n_workers; i++) {
+        ymo_wsgi_worker_t *w = &s->workers[i];
+        if (w != self &&
+            !atomic_load_explicit(&w->unused, memory_order_relaxed) &&
+            atomic_load_explicit(&w->in_app, memory_order_relaxed)) {
+            return 1;
+        }
     }
-    pthread_mutex_lock(&s->handover_lock);
-    pthread_cond_broadcast(&s->handover_cond);
-    pthread_mutex_unlock(&s->handover_lock);
-    return 1;
+    return 0;
+}
+
+/* Nanoseconds from `then` to `now` (0 if `then` is later: another
+ * thread's clock read). */
+static uint64_t
+since_ns(uint64_t now, uint64_t then)
+{
+    return now > then ? now - then : 0;
+}
+
+/* With the GIL, attached, after an exchange this hold ran (`cut`: the GIL
+ * changed hands while it ran), not retiring: should it hand the GIL over?
+ * 0: no; else how long handover_wait may wait for another worker to take
+ * it. (Without an exchange run first, a worker that has just attached
+ * could hand the GIL on without doing anything.) */
+static uint64_t
+handover_due(ymo_wsgi_worker_t *self, int cut)
+{
+    ymo_server_t *s = self->server;
+    int stamped = atomic_load_explicit(&s->gil_waiters,
+                                       memory_order_relaxed) != 0;
+    if (!stamped && !cut) {
+        return 0;               /* the usual case: one load */
+    }
+    uint64_t now = ymo_monotonic_ns();
+    uint64_t from = atomic_load_explicit(&s->gil_attached_at,
+                                         memory_order_relaxed);
+    if (stamped && since_ns(now, from) >= self->handover_ns) {
+        uint64_t oldest = UINT64_MAX;
+        for (size_t i = 0; i < s->n_workers; i++) {
+            uint64_t since = atomic_load_explicit(
+                &s->workers[i].gil_wait_since, memory_order_relaxed);
+            oldest = since != 0 && since < oldest ? since : oldest;
+        }
+        from = from > oldest ? from : oldest;
+        if (oldest != UINT64_MAX && since_ns(now, from) >= self->handover_ns &&
+            work_visible(self)) {
+            return self->switch_ns;
+        }
+    }
+    if (cut &&
+        since_ns(now, atomic_load_explicit(&s->cut_handover_at,
+                                           memory_order_relaxed)) >=
+            self->switch_ns &&
+        work_visible(self) && other_in_app(self)) {
+        /* (Racing workers may both hand over: no harm.) */
+        atomic_store_explicit(&s->cut_handover_at, now,
+                              memory_order_relaxed);
+        /* The other may be in I/O, not waiting for the GIL: a short
+         * wait, ended by any worker taking the GIL. */
+        return self->handover_ns;
+    }
+    return 0;
 }
 
 /* GIL released, after a hand-over: wait until another worker has taken
- * the GIL (gil_attaches moved from `seen`, read while this one still had
- * it), for at most a switch interval (a thread the server does not know
- * of may have taken it). Without the wait this worker, back in the line
- * for the GIL at once, could take it straight back: take_gil gives it to
- * whoever asks while it is free, not to the waiter it signalled. */
+ * the GIL (gil_turns moved from `seen`, read while this one still had
+ * it), for at most `bound` ns (a thread the server does not know of may
+ * have taken it). Without the wait this worker, back in the line for the
+ * GIL at once, could take it straight back: take_gil gives it to whoever
+ * asks while it is free, not to the waiter it signalled. */
 static void
-handover_wait(ymo_wsgi_worker_t *self, unsigned long seen)
+handover_wait(ymo_wsgi_worker_t *self, unsigned long seen, uint64_t bound)
 {
     ymo_server_t *s = self->server;
     struct timespec until;
     clock_gettime(CLOCK_MONOTONIC, &until);
-    uint64_t ns = (uint64_t)until.tv_nsec + self->switch_ns;
+    uint64_t ns = (uint64_t)until.tv_nsec + bound;
     until.tv_sec += (time_t)(ns / 1000000000u);
     until.tv_nsec = (long)(ns % 1000000000u);
     int timed_out = 0;
     pthread_mutex_lock(&s->handover_lock);
     atomic_fetch_add(&s->handover_waiting, 1);
-    while (atomic_load(&s->gil_attaches) == seen && !timed_out) {
+    while (atomic_load(&s->gil_turns) == seen && !timed_out) {
         timed_out = pthread_cond_timedwait(&s->handover_cond,
                                            &s->handover_lock,
                                            &until) == ETIMEDOUT;
     }
-    timed_out = atomic_load(&s->gil_attaches) == seen;
+    timed_out = atomic_load(&s->gil_turns) == seen;
     atomic_fetch_sub(&s->handover_waiting, 1);
     pthread_mutex_unlock(&s->handover_lock);
     atomic_fetch_add_explicit(&s->handovers, 1, memory_order_relaxed);
@@ -601,8 +644,14 @@ worker_main(void *arg)
                 atomic_fetch_sub_explicit(&s->gil_waiters, 1,
                                           memory_order_relaxed);
             }
-            uint64_t now = gil ? ymo_monotonic_ns() : 0;
-            int handed = gil && handover_attached(s, now);
+            uint64_t now = 0;
+            int handed = 0;
+            if (gil) {
+                now = ymo_monotonic_ns();
+                atomic_store_explicit(&s->gil_attached_at, now,
+                                      memory_order_relaxed);
+                gil_turn(s, &handed);
+            }
             standby_done(s);
             if (gil) {
                 /* Handed the GIL, it waited for the runs of exchanges that
@@ -619,26 +668,33 @@ worker_main(void *arg)
              * releasing the owners of the output the loop has written
              * after each exchange (the app's bytes, see bucket.h). */
             int ran = 0;
-            int handover = 0;
+            int cut = 0;
+            uint64_t handover = 0;
             while (ex != NULL) {
                 if (ex != RELEASE_ONLY && ex != MAY_WORK) {
+                    int on = TAKE_ATTACHED(self);
+                    int unused;
+                    unsigned long turns = on ? gil_turn(s, &unused) : 0;
                     ymo_wsgi_run_exchange(s->app, self, ex);
+                    cut = on && atomic_load_explicit(
+                                    &s->gil_turns,
+                                    memory_order_relaxed) != turns + 1;
                     ran = 1;
                 }
                 ymo_wsgi_release_owners(s);
                 /* The exchange may have turned the GIL on (an import). */
                 note_gil(s);
-                if (ran && TAKE_ATTACHED(self) && handover_due(self)) {
-                    handover = 1;
+                if (ran && !self->retiring && TAKE_ATTACHED(self) &&
+                    (handover = handover_due(self, cut)) != 0) {
                     break;
                 }
                 ex = worker_next(self, 0);
             }
-            /* Read attached: no worker attaches before the release. */
-            unsigned long attaches = atomic_load(&s->gil_attaches);
+            /* Read attached: the GIL changes hands after the release. */
+            unsigned long turns = atomic_load(&s->gil_turns);
             ts = PyEval_SaveThread();
             if (handover) {
-                handover_wait(self, attaches);
+                handover_wait(self, turns, handover);
                 /* Back in the line for the GIL, behind the worker it was
                  * handed to, it is the standby (it clears this and looks
                  * at the queues, attached or going idle): the loop need

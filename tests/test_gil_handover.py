@@ -99,16 +99,18 @@ def get(addr, target, headers=None, timeout=10):
 
 def closed_loop(addr, clients, requests, ms=2, tag="c"):
     """`clients` threads, each sending `requests` requests one after
-    another on a keep-alive connection; returns their statuses."""
+    another on a keep-alive connection; returns their statuses. `ms`: the
+    CPU time of each request, or a function of (client, i) giving it."""
     statuses = []
     lock = threading.Lock()
+    cpu = ms if callable(ms) else (lambda c, i: ms)
 
     def run(c):
         with connect(addr, 20) as s:
             for i in range(requests):
                 s.sendall(build_request(
                     "GET", "/?%s%d-%d" % (tag, c, i),
-                    headers=[("X-Ms", str(ms))]))
+                    headers=[("X-Ms", str(cpu(c, i)))]))
                 r = read_response(s)
                 with lock:
                     statuses.append(r.status)
@@ -123,10 +125,13 @@ def closed_loop(addr, clients, requests, ms=2, tag="c"):
     return statuses
 
 
-def cut_in_two(addr):
+def cut_in_two(addr, after=None):
     """(requests logged, the ones another request started in the middle
-    of), from the app's log."""
+    of), from the app's log; only those that started after request
+    `after` ended, if given."""
     log = ast.literal_eval(get(addr, "/log").body.decode())
+    if after is not None:
+        log = log[log.index(("e", after)) + 1:]
     running, cut, seen = set(), set(), set()
     for kind, rid in log:
         if kind == "s":
@@ -161,6 +166,28 @@ def test_cpu_bound_requests_are_not_cut_in_two(tmp_path, workers):
         # Another worker took the GIL every time (no thread of the app
         # competes for it here).
         assert timeouts <= handovers * 0.05, (handovers, timeouts)
+        proc.signal(signal.SIGTERM)
+        assert proc.wait() == 0
+
+
+@skip_if_gil_off
+@pytest.mark.parametrize("workers", [2, 3])
+def test_hand_overs_resume_after_a_request_longer_than_the_interval(
+        tmp_path, workers):
+    # A 50 ms request is cut by a forced switch (it is longer than the
+    # interval). The worker that cut it then waits for the GIL inside its
+    # own request, unstamped, and with every worker in a request none
+    # waits in worker_main: without the hand-over after a cut exchange,
+    # the workers went on cutting each other (about 30% of the requests
+    # after the long one, as with no hand-over at all).
+    with start(tmp_path, workers) as proc:
+        addr = wait_port(proc)
+        cpu = (lambda c, i: 50 if (c, i) == (0, 3) else 2)
+        assert closed_loop(addr, 8, 60, ms=cpu) == [200] * 480
+        seen, cut = cut_in_two(addr, after="c0-3")
+        assert len(seen) > 300
+        assert len(cut) <= len(seen) * 0.10, (len(cut), len(seen),
+                                              stats(addr))
         proc.signal(signal.SIGTERM)
         assert proc.wait() == 0
 
