@@ -11,6 +11,7 @@ request starts and ends; a request is cut in two when another one starts
 before it ends."""
 
 import ast
+import contextlib
 import signal
 import sys
 import sysconfig
@@ -91,6 +92,16 @@ def wait_port(proc):
     return ("127.0.0.1", int(m.group(1)))
 
 
+@contextlib.contextmanager
+def serving(tmp_path, workers, **env):
+    """The address of start()'s server; on leaving, SIGTERM must stop it
+    with exit status 0."""
+    with start(tmp_path, workers, **env) as proc:
+        yield wait_port(proc)
+        proc.signal(signal.SIGTERM)
+        assert proc.wait() == 0
+
+
 def get(addr, target, headers=None, timeout=10):
     with connect(addr, timeout) as s:
         s.sendall(build_request("GET", target, headers=headers or ()))
@@ -153,8 +164,7 @@ def test_cpu_bound_requests_are_not_cut_in_two(tmp_path, workers):
     # 8 clients keep 8 requests of 2 ms queued: on a server that leaves
     # the switches to Python, a waiting worker forces one in the middle of
     # a request every 5 ms (measured: about 30% of the requests cut).
-    with start(tmp_path, workers) as proc:
-        addr = wait_port(proc)
+    with serving(tmp_path, workers) as addr:
         assert closed_loop(addr, 8, 40) == [200] * 320
         seen, cut = cut_in_two(addr)
         handovers, timeouts = stats(addr)
@@ -166,8 +176,6 @@ def test_cpu_bound_requests_are_not_cut_in_two(tmp_path, workers):
         # Another worker took the GIL every time (no thread of the app
         # competes for it here).
         assert timeouts <= handovers * 0.05, (handovers, timeouts)
-        proc.signal(signal.SIGTERM)
-        assert proc.wait() == 0
 
 
 @skip_if_gil_off
@@ -180,24 +188,20 @@ def test_hand_overs_resume_after_a_request_longer_than_the_interval(
     # waits in worker_main: without the hand-over after a cut exchange,
     # the workers went on cutting each other (about 30% of the requests
     # after the long one, as with no hand-over at all).
-    with start(tmp_path, workers) as proc:
-        addr = wait_port(proc)
+    with serving(tmp_path, workers) as addr:
         cpu = (lambda c, i: 50 if (c, i) == (0, 3) else 2)
         assert closed_loop(addr, 8, 60, ms=cpu) == [200] * 480
         seen, cut = cut_in_two(addr, after="c0-3")
         assert len(seen) > 300
         assert len(cut) <= len(seen) * 0.10, (len(cut), len(seen),
                                               stats(addr))
-        proc.signal(signal.SIGTERM)
-        assert proc.wait() == 0
 
 
 @skip_if_gil_off
 def test_bursts_are_not_cut_in_two(tmp_path):
     # Requests that arrive together, with pauses between: the waiters of a
     # burst begin to wait while others already wait or hold the GIL.
-    with start(tmp_path, 4) as proc:
-        addr = wait_port(proc)
+    with serving(tmp_path, 4) as addr:
         total = 0
         for burst in range(4):
             socks = [connect(addr, 20) for _ in range(16)]
@@ -212,20 +216,15 @@ def test_bursts_are_not_cut_in_two(tmp_path):
         seen, cut = cut_in_two(addr)
         assert len(seen) == total
         assert len(cut) <= total * 0.10, (sorted(cut), stats(addr))
-        proc.signal(signal.SIGTERM)
-        assert proc.wait() == 0
 
 
 @skip_if_gil_off
 def test_one_worker_never_hands_over(tmp_path):
-    with start(tmp_path, 1) as proc:
-        addr = wait_port(proc)
+    with serving(tmp_path, 1) as addr:
         assert closed_loop(addr, 4, 20) == [200] * 80
         seen, cut = cut_in_two(addr)
         assert len(seen) == 80 and cut == set()
         assert stats(addr) == (0, 0)
-        proc.signal(signal.SIGTERM)
-        assert proc.wait() == 0
 
 
 @skip_if_gil_off
@@ -235,14 +234,11 @@ def test_a_longer_switch_interval_hands_over_less_often(tmp_path):
     # requests instead of one.
     counts = {}
     for switch in ("0.005", "0.05"):
-        with start(tmp_path, 4, SWITCH=switch) as proc:
-            addr = wait_port(proc)
+        with serving(tmp_path, 4, SWITCH=switch) as addr:
             assert closed_loop(addr, 8, 25) == [200] * 200
             seen, cut = cut_in_two(addr)
             counts[switch] = stats(addr)[0]
             assert len(cut) <= 200 * 0.10, (switch, len(cut))
-            proc.signal(signal.SIGTERM)
-            assert proc.wait() == 0
     assert counts["0.05"] < counts["0.005"] * 0.5, counts
 
 
@@ -253,15 +249,12 @@ def test_a_thread_of_the_app_holding_the_gil_costs_no_more(tmp_path):
     # (1 ms of CPU) then waits for the thread's turns, but the hand-over
     # must not add waits of its own: 200 requests in well under 10 ms
     # each, and every one answered.
-    with start(tmp_path, 4, HOG="1") as proc:
-        addr = wait_port(proc)
+    with serving(tmp_path, 4, HOG="1") as addr:
         t0 = time.monotonic()
         assert closed_loop(addr, 4, 50, ms=1) == [200] * 200
         elapsed = time.monotonic() - t0
         handovers, timeouts = stats(addr)
         assert elapsed < 200 * 0.010, (elapsed, handovers, timeouts)
-        proc.signal(signal.SIGTERM)
-        assert proc.wait() == 0
 
 
 @skip_if_gil_off
@@ -359,25 +352,19 @@ def test_graceful_stop_during_hand_overs(tmp_path, attempt):
 
 @pytest.mark.skipif(not FREE_THREADED, reason="needs a free-threaded build")
 def test_free_threaded_with_the_gil_off_never_hands_over(tmp_path):
-    with start(tmp_path, 4, PYTHON_GIL="0") as proc:
-        addr = wait_port(proc)
+    with serving(tmp_path, 4, PYTHON_GIL="0") as addr:
         assert closed_loop(addr, 8, 20) == [200] * 160
         assert len(cut_in_two(addr)[0]) == 160
         assert stats(addr) == (0, 0)
-        proc.signal(signal.SIGTERM)
-        assert proc.wait() == 0
 
 
 @pytest.mark.skipif(not FREE_THREADED, reason="needs a free-threaded build")
 def test_free_threaded_with_the_gil_on_hands_over(tmp_path):
     # PYTHON_GIL=1: the workers follow the GIL's order (note_gil), and
     # hand it over as a build with the GIL does.
-    with start(tmp_path, 4, PYTHON_GIL="1") as proc:
-        addr = wait_port(proc)
+    with serving(tmp_path, 4, PYTHON_GIL="1") as addr:
         assert closed_loop(addr, 8, 40) == [200] * 320
         seen, cut = cut_in_two(addr)
         assert len(seen) == 320
         assert len(cut) <= 320 * 0.10, (len(cut), stats(addr))
         assert stats(addr)[0] > 0
-        proc.signal(signal.SIGTERM)
-        assert proc.wait() == 0
