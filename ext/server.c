@@ -524,6 +524,8 @@ ymo_server_init(ymo_server_t *s, const ymo_config_t *config,
     atomic_init(&s->gil_turns, 0);
     atomic_init(&s->gil_attached_at, 0);
     atomic_init(&s->cut_handover_at, 0);
+    atomic_init(&s->handover_paused_until, 0);
+    atomic_init(&s->handover_missed, 0);
     atomic_init(&s->handover_waiting, 0);
     atomic_init(&s->handovers, 0);
     atomic_init(&s->handover_timeouts, 0);

@@ -208,6 +208,15 @@ typedef struct ymo_server {
                                 * in worker_main (CLOCK_MONOTONIC ns):
                                 * each stores it, holders read it;
                                 * relaxed (a hint) */
+    atomic_uint handover_missed;   /* share of the recent hand-overs
+                                * between exchanges that no worker took
+                                * (1024ths): workers update it after one;
+                                * relaxed (a hint, racing updates lose
+                                * one) */
+    _Atomic uint64_t handover_paused_until;  /* no hand-over between
+                                * exchanges before then (ns): stored by a
+                                * worker whose hand-over no worker took,
+                                * read by holders; relaxed (a hint) */
     _Atomic uint64_t cut_handover_at;  /* when a holder last handed the
                                 * GIL over after a cut exchange: holders
                                 * store and read it; relaxed (a hint) */
