@@ -630,9 +630,10 @@ static PyGetSetDef Core_getset[] = {
     {"abandoned_workers", (getter)Core_get_abandoned, NULL,
      "workers still running the app when the grace period ran out", NULL},
     {"gil_handovers", (getter)Core_get_gil_handovers, NULL,
-     "(handovers, timed_out): times a worker handed the GIL to a waiting"
-     " one between two requests (wsgi_worker.c), and of those, the times"
-     " no worker took it within a switch interval", NULL},
+     "(handovers, missed): times a worker handed the GIL over between two"
+     " requests (wsgi_worker.c, handover_due), and of those, the times no"
+     " worker took it between requests within the wait (a thread of the"
+     " app, or a worker inside a request, may have)", NULL},
     {"finished", (getter)Core_get_finished, NULL,
      "True once the server has stopped and its workers have exited", NULL},
     {NULL, NULL, NULL, NULL, NULL},

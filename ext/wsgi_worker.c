@@ -431,9 +431,13 @@ worker_next(ymo_wsgi_worker_t *self, int block)
  *   interval, or a holder the system descheduled), or one back from I/O.
  *   With every worker in an exchange, no one is stamped, and cut workers
  *   would go on cutting each other. So a holder whose exchange was cut
- *   (another worker took the GIL meanwhile: gil_turns moved) hands the
- *   GIL over too when another worker is in an exchange, once per switch
- *   interval at most, and goes back to worker_main, where it stamps.
+ *   (another worker started an exchange or attached in worker_main
+ *   meanwhile: gil_turns moved; a worker that takes the GIL back inside
+ *   its own long exchange does not move it) hands the GIL over too when
+ *   another worker is in an exchange, once per CUT_HANDOVER_EVERY
+ *   intervals at most, and goes back to worker_main, where it stamps.
+ *   (An exchange that waited for I/O while another started counts as
+ *   cut as well: hence the rate.)
  *
  * Which thread takes the GIL is the system's choice; it is enough that
  * another does, which handover_wait waits for (bounded: it may be a
@@ -489,7 +493,8 @@ gil_turn(ymo_server_t *s, int *waiter)
 }
 
 /* Is another worker in an exchange (running the app, or waiting inside
- * it: for I/O, or for the GIL)? */
+ * it: for I/O, or for the GIL), or about to take the GIL for one (in_app
+ * covers worker_main's wait for the GIL, and a hand-over's wait)? */
 static int
 other_in_app(ymo_wsgi_worker_t *self)
 {
