@@ -21,8 +21,9 @@ import time
 
 import pytest
 
-from helpers import (IncompleteResponse, ServerProcess, build_request,
-                     connect, read_response, skip_if_gil_off, subprocess_env)
+from helpers import (UNDER_ASAN, IncompleteResponse, ServerProcess,
+                     build_request, connect, read_response, skip_if_gil_off,
+                     subprocess_env)
 
 FREE_THREADED = bool(sysconfig.get_config_var("Py_GIL_DISABLED"))
 
@@ -297,7 +298,8 @@ def test_release_of_sent_responses_goes_on_with_hand_overs(tmp_path):
                                     if line.startswith("VmRSS:")).split()[1]))
         assert stats(addr)[0] > 0
         # Flat after the first round (in KB; allocator noise aside).
-        assert rss[2] - rss[1] < 2048, rss
+        # Under ASan freed memory waits in its quarantine.
+        assert UNDER_ASAN or rss[2] - rss[1] < 2048, rss
         proc.signal(signal.SIGTERM)
         assert proc.wait() == 0
 
