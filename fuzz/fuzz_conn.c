@@ -514,8 +514,17 @@ __wrap_ymo_exchange_new(const char *buf, size_t head_len,
                         const ymo_http_request_t *req)
 {
     /* Requests are taken from the client's bytes in order, each head
-     * right after the previous request's body. */
+     * right after the previous request's body, or after empty lines
+     * (CRLF pairs) that followed it, which the server may drop before
+     * the head (conn.c, empty_lines; how many depends on how the bytes
+     * were read). */
     CHECK(H.cursor != SIZE_MAX);
+    while (H.cursor + head_len <= H.client_pos &&
+           memcmp(buf, H.client + H.cursor, head_len) != 0 &&
+           H.cursor + 2 <= H.client_pos && H.client[H.cursor] == '\r' &&
+           H.client[H.cursor + 1] == '\n') {
+        H.cursor += 2;
+    }
     CHECK(H.cursor + head_len <= H.client_pos);
     CHECK(memcmp(buf, H.client + H.cursor, head_len) == 0);
     if (H.n_recs > 0) {
