@@ -688,6 +688,7 @@ module_exec(PyObject *module)
     TYPE(StartResponse_type, ymo_start_response_spec);
     TYPE(FileWrapper_type, ymo_file_wrapper_spec);
 #undef TYPE
+    ymo_server_watch_forks();
     if (PyModule_AddType(module, st->Core_type) < 0 ||
         PyModule_AddType(module, st->FileWrapper_type) < 0) {
         return -1;

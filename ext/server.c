@@ -799,6 +799,41 @@ ymo_server_on_worker_thread(const ymo_server_t *s)
     return worker_of == s;
 }
 
+/* A fork() made on a worker thread (by the app): set in the child by its
+ * only thread, the forking one, before it can start another; read-only
+ * afterwards. */
+int ymo_forked_on_worker;
+static pthread_t forked_thread;
+
+static void
+server_after_fork_child(void)
+{
+    if (worker_of != NULL) {
+        ymo_forked_on_worker = 1;
+        forked_thread = pthread_self();
+    }
+}
+
+static void
+server_register_atfork(void)
+{
+    pthread_atfork(NULL, NULL, server_after_fork_child);
+}
+
+void
+ymo_server_watch_forks(void)
+{
+    static pthread_once_t once = PTHREAD_ONCE_INIT;
+    pthread_once(&once, server_register_atfork);
+}
+
+int
+ymo_server_forked_worker_thread(void)
+{
+    return ymo_forked_on_worker && pthread_equal(pthread_self(),
+                                                 forked_thread);
+}
+
 void
 ymo_server_destroy(ymo_server_t *s)
 {

@@ -312,6 +312,22 @@ void ymo_server_enter_worker_thread(const ymo_server_t *s);
 /* Whether the calling thread is one of s's workers. Any thread. */
 int ymo_server_on_worker_thread(const ymo_server_t *s);
 
+/* Forks made by an app. In the child of a fork() made on a worker thread
+ * only the forking thread runs, in the app, and the loop, the other
+ * workers and any lock they held at the fork are gone: when that thread
+ * comes back from the app into yimmo it must not serve (it would run the
+ * parent's queued requests again, and wait for ever for a loop), so each
+ * way back checks YMO_FORK_GUARD() first (wsgi_worker.c). Set in that
+ * child, before it can start a thread; read by any thread. */
+extern int ymo_forked_on_worker;
+
+/* Once per process (module import): watch forks (pthread_atfork). */
+void ymo_server_watch_forks(void);
+
+/* Whether the calling thread is the one that forked this process on a
+ * worker thread (ymo_forked_on_worker set). Any thread. */
+int ymo_server_forked_worker_thread(void);
+
 /* Free everything (workers joined or never started). */
 void ymo_server_destroy(ymo_server_t *s);
 

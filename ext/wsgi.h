@@ -132,6 +132,22 @@ void ymo_wsgi_release_owners(struct ymo_server *s);
  * output that never reached the loop). */
 void ymo_wsgi_free_chain(ymo_bucket_t *b);
 
+/* On the thread that forked this process from the app (server.h,
+ * ymo_forked_on_worker), coming back into yimmo: flush Python's stdout
+ * and stderr (when attached), say so on stderr and _exit(0), as the
+ * child of a multiprocessing fork ends. On any other thread: return. */
+void ymo_wsgi_forked_exit(void);
+
+/* Worker thread, at each way back from the app into yimmo (before it
+ * takes a lock a thread of the parent may have held at the fork): a
+ * child the app forked does not serve. One load when no fork happened. */
+#define YMO_FORK_GUARD()                                                   \
+    do {                                                                   \
+        if (__builtin_expect(ymo_forked_on_worker, 0)) {                   \
+            ymo_wsgi_forked_exit();                                        \
+        }                                                                  \
+    } while (0)
+
 /* GIL held: run one exchange to completion (app call, body, close()). */
 void ymo_wsgi_run_exchange(struct ymo_wsgi_app *app,
                            ymo_wsgi_worker_t *worker, ymo_exchange_t *ex);

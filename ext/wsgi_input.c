@@ -64,6 +64,7 @@ input_fill(InputObject *self, char *buf, size_t n, int line)
     if (n == 0) {
         return 0;
     }
+    YMO_FORK_GUARD();
     long r;
     int status = 0;
     /* The caller keeps this object, and so its reference to the exchange,
@@ -290,6 +291,7 @@ Input_call(InputObject *self, PyObject *args, PyObject *kwargs)
                         "client_gone() takes no arguments");
         return NULL;
     }
+    YMO_FORK_GUARD();
     return PyBool_FromLong(ymo_exchange_client_gone(self->ex));
 }
 

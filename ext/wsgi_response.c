@@ -331,6 +331,7 @@ wait_drain(StartResponseObject *self)
 {
     ymo_exchange_t *ex = self->ex;
     size_t low = ex->server->config.out_high_water / 2;
+    YMO_FORK_GUARD();
     int stop;
     ymo_exchange_retain(ex);
     Py_BEGIN_ALLOW_THREADS
@@ -389,6 +390,7 @@ static int
 build_head(StartResponseObject *self, size_t extra)
 {
     ymo_exchange_t *ex = self->ex;
+    YMO_FORK_GUARD();
     const ymo_http_request_t *req = &ex->req;
     const char *s;
     Py_ssize_t slen;
@@ -1626,6 +1628,7 @@ ymo_wsgi_run_exchange(struct ymo_wsgi_app *app, ymo_wsgi_worker_t *worker,
     }
     PyObject *args[2] = {environ, (PyObject *)sr};
     result = PyObject_Vectorcall(app->app, args, 2, NULL);
+    YMO_FORK_GUARD();
     int failed = result == NULL || iterate(sr, result) < 0;
     PyObject *close = NULL;
     if (!failed) {

@@ -725,6 +725,7 @@ worker_main(void *arg)
                     int unused;
                     unsigned long turns = on ? gil_turn(s, &unused) : 0;
                     ymo_wsgi_run_exchange(s->app, self, ex);
+                    YMO_FORK_GUARD();   /* log_access, close() */
                     cut = on && atomic_load_explicit(
                                     &s->gil_turns,
                                     memory_order_relaxed) != turns + 1;
@@ -916,6 +917,7 @@ int
 ymo_wsgi_worker_response_body_append(ymo_exchange_t *exchange,
                                      ymo_bucket_t *body_item, int done)
 {
+    YMO_FORK_GUARD();
     pthread_mutex_lock(&exchange->lock);
     int flags = append_locked(exchange, body_item, done);
     pthread_mutex_unlock(&exchange->lock);
@@ -927,6 +929,7 @@ ymo_wsgi_worker_response_body_append(ymo_exchange_t *exchange,
 int
 ymo_wsgi_worker_response_cut(ymo_exchange_t *exchange, ymo_bucket_t *error)
 {
+    YMO_FORK_GUARD();
     pthread_mutex_lock(&exchange->lock);
     if (exchange->out_done) {
         pthread_mutex_unlock(&exchange->lock);
@@ -965,6 +968,34 @@ ymo_wsgi_worker_response_cut(ymo_exchange_t *exchange, ymo_bucket_t *error)
     }
     pthread_mutex_unlock(&exchange->lock);
     return r;
+}
+
+void
+ymo_wsgi_forked_exit(void)
+{
+    if (!ymo_server_forked_worker_thread()) {
+        return;
+    }
+    /* Attached or not (it may come back through a wait that detached it),
+     * this thread's state is the only one in the child. */
+    PyGILState_Ensure();
+    PyErr_Clear();
+    static const char *const streams[] = {"stdout", "stderr"};
+    for (size_t i = 0; i < 2; i++) {
+        PyObject *f = PySys_GetObject(streams[i]);     /* borrowed */
+        PyObject *r = f != NULL && f != Py_None
+                          ? PyObject_CallMethod(f, "flush", NULL)
+                          : NULL;
+        Py_XDECREF(r);
+        PyErr_Clear();
+    }
+    static const char msg[] =
+        "yimmo: a process the app forked came back from the app into the "
+        "server; it exits (status 0) and serves nothing (end such a child "
+        "with os._exit())\n";
+    ssize_t unused = write(2, msg, sizeof(msg) - 1);
+    (void)unused;
+    _exit(0);
 }
 
 void
