@@ -624,6 +624,8 @@ ymo_server_init(ymo_server_t *s, const ymo_config_t *config,
 int
 ymo_server_start_workers(ymo_server_t *s)
 {
+    /* Before the threads: they read it (ymo_server_forked). */
+    s->fork_gen = ymo_fork_gen;
     for (size_t i = 0; i < s->config.workers && i < s->n_workers; i++) {
         if (!s->workers[i].started) {
             int r = ymo_wsgi_worker_start(&s->workers[i]);
@@ -799,25 +801,24 @@ ymo_server_on_worker_thread(const ymo_server_t *s)
     return worker_of == s;
 }
 
-/* A fork() made on a worker thread (by the app): set in the child by its
- * only thread, the forking one, before it can start another; read-only
- * afterwards. */
-int ymo_forked_on_worker;
-static pthread_t forked_thread;
+/* Forks of this process: incremented in each child, by its only thread
+ * (the forking one), before it can start another; read by any thread. A
+ * server records it when it starts (ymo_server_t.fork_gen). */
+unsigned ymo_fork_gen;
 
 static void
 server_after_fork_child(void)
 {
-    if (worker_of != NULL) {
-        ymo_forked_on_worker = 1;
-        forked_thread = pthread_self();
-    }
+    ymo_fork_gen++;
 }
 
 static void
 server_register_atfork(void)
 {
-    pthread_atfork(NULL, NULL, server_after_fork_child);
+    /* Fails only for lack of memory at import; forks then go uncounted
+     * (the behaviour before this guard), which is not worth failing the
+     * import for. */
+    (void)pthread_atfork(NULL, NULL, server_after_fork_child);
 }
 
 void
@@ -825,13 +826,6 @@ ymo_server_watch_forks(void)
 {
     static pthread_once_t once = PTHREAD_ONCE_INIT;
     pthread_once(&once, server_register_atfork);
-}
-
-int
-ymo_server_forked_worker_thread(void)
-{
-    return ymo_forked_on_worker && pthread_equal(pthread_self(),
-                                                 forked_thread);
 }
 
 void

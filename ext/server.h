@@ -105,6 +105,10 @@ typedef struct ymo_server {
                                 * threads when request_timeout is set
                                 * (those start retired and unused) */
     struct ymo_wsgi_app *app;  /* opaque to the loop; workers use it */
+    unsigned fork_gen;         /* ymo_fork_gen when the workers started:
+                                * written by the thread starting them,
+                                * before it creates them; read-only
+                                * after (ymo_server_forked) */
 
     /* Loop thread only. */
     char *scratch;             /* connections read into this; a connection
@@ -312,21 +316,24 @@ void ymo_server_enter_worker_thread(const ymo_server_t *s);
 /* Whether the calling thread is one of s's workers. Any thread. */
 int ymo_server_on_worker_thread(const ymo_server_t *s);
 
-/* Forks made by an app. In the child of a fork() made on a worker thread
- * only the forking thread runs, in the app, and the loop, the other
- * workers and any lock they held at the fork are gone: when that thread
- * comes back from the app into yimmo it must not serve (it would run the
- * parent's queued requests again, and wait for ever for a loop), so each
- * way back checks YMO_FORK_GUARD() first (wsgi_worker.c). Set in that
- * child, before it can start a thread; read by any thread. */
-extern int ymo_forked_on_worker;
+/* Forks made by an app. In the child of a fork() only the forking thread
+ * runs, and the loop, the workers, the watchdog and any lock they held at
+ * the fork are gone (a thread of the app, or one the child starts, may
+ * still hold a parent's request objects). Such a thread coming back into
+ * a server of the parent (returning from the app, yielding a chunk,
+ * reading wsgi.input, a log handler returning to the watchdog) must not
+ * serve, or wait for a loop that is not there: each way back checks
+ * YMO_FORK_GUARD(s) first (wsgi.h). Incremented in each child, before it
+ * can start a thread; read by any thread. */
+extern unsigned ymo_fork_gen;
 
-/* Once per process (module import): watch forks (pthread_atfork). */
+/* Once per process (module import): count forks (pthread_atfork). */
 void ymo_server_watch_forks(void);
 
-/* Whether the calling thread is the one that forked this process on a
- * worker thread (ymo_forked_on_worker set). Any thread. */
-int ymo_server_forked_worker_thread(void);
+/* Whether this process is a fork of the one s was started in. Any
+ * thread; one load and compare. */
+#define ymo_server_forked(s)                                               \
+    __builtin_expect((s)->fork_gen != ymo_fork_gen, 0)
 
 /* Free everything (workers joined or never started). */
 void ymo_server_destroy(ymo_server_t *s);

@@ -132,18 +132,19 @@ void ymo_wsgi_release_owners(struct ymo_server *s);
  * output that never reached the loop). */
 void ymo_wsgi_free_chain(ymo_bucket_t *b);
 
-/* On the thread that forked this process from the app (server.h,
- * ymo_forked_on_worker), coming back into yimmo: flush Python's stdout
- * and stderr (when attached), say so on stderr and _exit(0), as the
- * child of a multiprocessing fork ends. On any other thread: return. */
-void ymo_wsgi_forked_exit(void);
+/* In a fork of the process a server runs in (server.h, ymo_fork_gen), on
+ * a thread coming back into that server: flush Python's stdout and
+ * stderr, say so in one line on stderr and _exit as a multiprocessing
+ * child ends: with the code of a SystemExit being raised, 1 (and the
+ * traceback) for another exception, 0 otherwise. Attached or not. */
+void ymo_wsgi_forked_exit(void) __attribute__((noreturn, cold));
 
-/* Worker thread, at each way back from the app into yimmo (before it
- * takes a lock a thread of the parent may have held at the fork): a
- * child the app forked does not serve. One load when no fork happened. */
-#define YMO_FORK_GUARD()                                                   \
+/* At each way back from Python into a server s (before taking a lock a
+ * thread of the parent may have held at the fork, or waiting for the
+ * loop): a child the app forked does not serve. One load and compare. */
+#define YMO_FORK_GUARD(s)                                                  \
     do {                                                                   \
-        if (__builtin_expect(ymo_forked_on_worker, 0)) {                   \
+        if (ymo_server_forked(s)) {                                        \
             ymo_wsgi_forked_exit();                                        \
         }                                                                  \
     } while (0)

@@ -51,6 +51,7 @@ static uint64_t
 body_left(InputObject *self)
 {
     uint64_t left;
+    YMO_FORK_GUARD(self->ex->server);   /* before the critical section */
     Py_BEGIN_CRITICAL_SECTION(self);
     left = self->ex->req.content_length - self->ex->in_consumed;
     Py_END_CRITICAL_SECTION();
@@ -64,7 +65,7 @@ input_fill(InputObject *self, char *buf, size_t n, int line)
     if (n == 0) {
         return 0;
     }
-    YMO_FORK_GUARD();
+    YMO_FORK_GUARD(ex->server);
     long r;
     int status = 0;
     /* The caller keeps this object, and so its reference to the exchange,
@@ -291,7 +292,7 @@ Input_call(InputObject *self, PyObject *args, PyObject *kwargs)
                         "client_gone() takes no arguments");
         return NULL;
     }
-    YMO_FORK_GUARD();
+    YMO_FORK_GUARD(self->ex->server);
     return PyBool_FromLong(ymo_exchange_client_gone(self->ex));
 }
 

@@ -331,7 +331,7 @@ wait_drain(StartResponseObject *self)
 {
     ymo_exchange_t *ex = self->ex;
     size_t low = ex->server->config.out_high_water / 2;
-    YMO_FORK_GUARD();
+    YMO_FORK_GUARD(ex->server);
     int stop;
     ymo_exchange_retain(ex);
     Py_BEGIN_ALLOW_THREADS
@@ -390,7 +390,7 @@ static int
 build_head(StartResponseObject *self, size_t extra)
 {
     ymo_exchange_t *ex = self->ex;
-    YMO_FORK_GUARD();
+    YMO_FORK_GUARD(ex->server);
     const ymo_http_request_t *req = &ex->req;
     const char *s;
     Py_ssize_t slen;
@@ -672,6 +672,7 @@ static int
 emit_item(StartResponseObject *self, PyObject *item, int flush)
 {
     int r;
+    YMO_FORK_GUARD(self->app->server);  /* before the critical section */
     Py_BEGIN_CRITICAL_SECTION(self);
     r = emit_item_locked(self, item, flush);
     Py_END_CRITICAL_SECTION();
@@ -714,6 +715,7 @@ static PyObject *
 StartResponse_write(StartResponseObject *self, PyObject *data)
 {
     PyObject *r;
+    YMO_FORK_GUARD(self->app->server);  /* before the critical section */
     Py_BEGIN_CRITICAL_SECTION(self);
     r = write_locked(self, data);
     Py_END_CRITICAL_SECTION();
@@ -1545,6 +1547,7 @@ lookup_close(struct ymo_wsgi_app *app, ymo_wsgi_worker_t *worker,
 #else
     int found = _PyObject_LookupAttr(result, app->st->s_close, &close);
 #endif
+    YMO_FORK_GUARD(ex->server);     /* a property of the app's ran */
     if (found < 0) {
         ymo_watch_pause(worker);        /* yimmo's logging: not the app */
         if (PyErr_ExceptionMatches(app->st->RequestTimeout) &&
@@ -1564,6 +1567,7 @@ close_result(struct ymo_wsgi_app *app, ymo_wsgi_worker_t *worker,
              PyObject *environ, PyObject *close)
 {
     PyObject *r = PyObject_CallNoArgs(close);
+    YMO_FORK_GUARD(worker->server);
     Py_DECREF(close);
     if (r == NULL && PyErr_ExceptionMatches(app->st->RequestTimeout) &&
         ymo_watch_timed_out(worker)) {
@@ -1628,8 +1632,9 @@ ymo_wsgi_run_exchange(struct ymo_wsgi_app *app, ymo_wsgi_worker_t *worker,
     }
     PyObject *args[2] = {environ, (PyObject *)sr};
     result = PyObject_Vectorcall(app->app, args, 2, NULL);
-    YMO_FORK_GUARD();
+    YMO_FORK_GUARD(ex->server);
     int failed = result == NULL || iterate(sr, result) < 0;
+    YMO_FORK_GUARD(ex->server);
     PyObject *close = NULL;
     if (!failed) {
         close = lookup_close(app, worker, ex, environ, result);
@@ -1661,6 +1666,7 @@ ymo_wsgi_run_exchange(struct ymo_wsgi_app *app, ymo_wsgi_worker_t *worker,
         else {
             log_exception(app, environ, "error handling request");
         }
+        YMO_FORK_GUARD(ex->server);     /* the logging is the app's */
         Py_BEGIN_CRITICAL_SECTION(sr);
         if (aborted) {
             sr->aborted = 1;
@@ -1692,6 +1698,7 @@ internal_error:
     else {
         log_exception(app, environ, "internal error preparing request");
     }
+    YMO_FORK_GUARD(ex->server);
     if (sr != NULL) {
         Py_BEGIN_CRITICAL_SECTION(sr);
         fail_response(sr);
@@ -1748,6 +1755,7 @@ done:
                 PyErr_WriteUnraisable(app->log_access);
             }
             Py_XDECREF(r);
+            YMO_FORK_GUARD(ex->server);
         }
         else {
             PyErr_Clear();

@@ -308,6 +308,7 @@ log_warning(struct ymo_wsgi_app *app, PyObject *msg)
         PyErr_WriteUnraisable(fn);
     }
     Py_XDECREF(r);
+    YMO_FORK_GUARD(app->server);    /* the app's log handlers ran */
 }
 
 /* Attaches to Python: raise RequestTimeout in the worker if it is still

@@ -725,7 +725,6 @@ worker_main(void *arg)
                     int unused;
                     unsigned long turns = on ? gil_turn(s, &unused) : 0;
                     ymo_wsgi_run_exchange(s->app, self, ex);
-                    YMO_FORK_GUARD();   /* log_access, close() */
                     cut = on && atomic_load_explicit(
                                     &s->gil_turns,
                                     memory_order_relaxed) != turns + 1;
@@ -917,7 +916,7 @@ int
 ymo_wsgi_worker_response_body_append(ymo_exchange_t *exchange,
                                      ymo_bucket_t *body_item, int done)
 {
-    YMO_FORK_GUARD();
+    YMO_FORK_GUARD(exchange->server);
     pthread_mutex_lock(&exchange->lock);
     int flags = append_locked(exchange, body_item, done);
     pthread_mutex_unlock(&exchange->lock);
@@ -929,7 +928,7 @@ ymo_wsgi_worker_response_body_append(ymo_exchange_t *exchange,
 int
 ymo_wsgi_worker_response_cut(ymo_exchange_t *exchange, ymo_bucket_t *error)
 {
-    YMO_FORK_GUARD();
+    YMO_FORK_GUARD(exchange->server);
     pthread_mutex_lock(&exchange->lock);
     if (exchange->out_done) {
         pthread_mutex_unlock(&exchange->lock);
@@ -970,16 +969,56 @@ ymo_wsgi_worker_response_cut(ymo_exchange_t *exchange, ymo_bucket_t *error)
     return r;
 }
 
+/* The exit status a SystemExit asks for (as Python's own exit does):
+ * its code, None for 0, anything else printed and 1. Takes exc. */
+static int
+system_exit_status(PyObject *exc)
+{
+    int status = 1;
+    PyObject *code = PyObject_GetAttrString(exc, "code");
+    if (code == NULL || code == Py_None) {
+        status = code == NULL ? 1 : 0;
+    }
+    else if (PyLong_Check(code)) {
+        status = (int)PyLong_AsLong(code);
+    }
+    else {
+        PyObject_Print(code, stderr, Py_PRINT_RAW);
+        fputc('\n', stderr);
+    }
+    PyErr_Clear();
+    Py_XDECREF(code);
+    Py_DECREF(exc);
+    return status;
+}
+
 void
 ymo_wsgi_forked_exit(void)
 {
-    if (!ymo_server_forked_worker_thread()) {
-        return;
-    }
     /* Attached or not (it may come back through a wait that detached it),
-     * this thread's state is the only one in the child. */
+     * the calling thread may run Python here: the forking thread held the
+     * GIL at the fork, and the child has no other thread that could. */
     PyGILState_Ensure();
-    PyErr_Clear();
+    int status = 0;
+    if (PyErr_Occurred()) {
+        PyObject *type, *value, *tb;
+        PyErr_Fetch(&type, &value, &tb);
+        PyErr_NormalizeException(&type, &value, &tb);
+        if (value != NULL && tb != NULL) {
+            PyException_SetTraceback(value, tb);
+        }
+        if (value != NULL &&
+            PyErr_GivenExceptionMatches(value, PyExc_SystemExit)) {
+            Py_XDECREF(type);
+            Py_XDECREF(tb);
+            status = system_exit_status(value);
+        }
+        else {
+            PyErr_Restore(type, value, tb);
+            PyErr_PrintEx(0);       /* the traceback, as an uncaught one */
+            status = 1;
+        }
+    }
     static const char *const streams[] = {"stdout", "stderr"};
     for (size_t i = 0; i < 2; i++) {
         PyObject *f = PySys_GetObject(streams[i]);     /* borrowed */
@@ -989,13 +1028,18 @@ ymo_wsgi_forked_exit(void)
         Py_XDECREF(r);
         PyErr_Clear();
     }
-    static const char msg[] =
-        "yimmo: a process the app forked came back from the app into the "
-        "server; it exits (status 0) and serves nothing (end such a child "
-        "with os._exit())\n";
-    ssize_t unused = write(2, msg, sizeof(msg) - 1);
-    (void)unused;
-    _exit(0);
+    fflush(stderr);
+    char msg[200];
+    int n = snprintf(msg, sizeof(msg),
+                     "yimmo: a process the app forked came back into the "
+                     "server; it exits (status %d) and serves nothing (end "
+                     "such a child with os._exit())\n", status);
+    if (n > 0) {
+        ssize_t unused = write(2, msg, (size_t)n < sizeof(msg)
+                                           ? (size_t)n : sizeof(msg) - 1);
+        (void)unused;
+    }
+    _exit(status);
 }
 
 void

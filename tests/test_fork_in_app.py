@@ -1,15 +1,18 @@
-"""An app that calls os.fork() in a request (ext/server.c,
-ymo_forked_on_worker; YMO_FORK_GUARD in wsgi.h).
+"""An app that calls os.fork() in a request (ext/server.c, ymo_fork_gen;
+YMO_FORK_GUARD in wsgi.h).
 
-In the child only the forking worker thread exists: no loop, no other
-worker, and any lock they held at the fork stays held. A child that comes
-back into the server (returns from the app, iterates its body, reads
-wsgi.input, ...) must not serve: before the guard it ran the parent's queued
-requests a second time and then waited for ever for a loop. Now it flushes
-Python's stdout and stderr, says so in one line on stderr and exits with
-status 0, and the parent serves as if nothing happened. Each server runs in
-a child process (`python -m yimmo --workers 1`), and the app logs each run
-of a request with its pid to a file, so a request run twice shows."""
+In the child only the forking thread exists: no loop, no other worker, no
+watchdog, and any lock they held at the fork stays held. A thread of the
+child that comes back into the server (returns from the app or from
+close(), iterates its body, reads wsgi.input, ...) must not serve: before
+the guard it ran the parent's queued requests a second time and then waited
+for ever for a loop. Now the child flushes Python's stdout and stderr, says
+so in one line on stderr and exits as Python would (a SystemExit's code, 1
+with the traceback for another exception, else 0), and the parent serves as
+if nothing happened. Each server runs in a child process (`python -m yimmo
+--workers 1`), and the app logs each run of a request with its pid to a
+file, so a request run twice shows. From the reviews of the first
+version."""
 
 import os
 import signal
@@ -27,7 +30,7 @@ pytestmark = pytest.mark.skipif(not hasattr(os, "fork"),
                                 reason="no os.fork")
 
 APP = textwrap.dedent("""
-    import os, time
+    import os, sys, threading, time
 
     LOG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "runs.log")
 
@@ -55,24 +58,73 @@ APP = textwrap.dedent("""
         pid_box.append(pid)
         yield b"parent " + reap(pid).encode()
 
+    def gen_exit():
+        # The common idiom in a child: sys.exit(). Raised from the body,
+        # it must not be logged as the app's error.
+        yield b"first "
+        pid = os.fork()
+        if pid == 0:
+            note("child-gen-exit")
+            sys.exit(5)
+        yield b"parent " + reap(pid).encode()
+
+    class Closing:
+        # An iterable whose close() forks: the child comes back into the
+        # server from close().
+        def __init__(self):
+            self.pid = None
+
+        def __iter__(self):
+            yield b"closing"
+
+        def close(self):
+            self.pid = os.fork()
+            if self.pid == 0:
+                note("child-close")
+                return
+            note("parent-close " + reap(self.pid))
+
+    def wait_for(flag):
+        # Bounded: the test fails on a missing queue rather than hangs.
+        for _ in range(1000):
+            if os.path.exists(flag):
+                return
+            time.sleep(0.01)
+
+    def how_parent(environ):
+        return environ.get("HTTP_X_CHILD", "")
+
     def app(environ, start_response):
         path = environ["PATH_INFO"]
         note("run " + path + "?" + environ["QUERY_STRING"])
         if path == "/fork":
-            time.sleep(float(environ.get("HTTP_X_DELAY", "0")))
+            if environ.get("HTTP_X_WAIT_FOR"):
+                wait_for(environ["HTTP_X_WAIT_FOR"])
+                time.sleep(0.3)
             pid = os.fork()
             if pid == 0:
                 note("child")
                 print("child stdout line", flush=False)
-                if environ.get("HTTP_X_EXIT"):
-                    os._exit(int(environ["HTTP_X_EXIT"]))
-                if environ.get("HTTP_X_READ"):
+                how = environ.get("HTTP_X_CHILD", "")
+                if how.startswith("os._exit"):
+                    os._exit(int(how.split()[1]))
+                if how == "sys.exit 3":
+                    sys.exit(3)
+                if how == "raise":
+                    raise ValueError("boom in the child")
+                if how == "thread-reads":
+                    t = threading.Thread(
+                        target=lambda: environ["wsgi.input"].read())
+                    t.start()
+                    t.join(10)
+                    note("child-thread-read-returned")
+                if how == "read":
                     environ["wsgi.input"].read()
                     note("child-read-returned")
                 start_response("200 OK", [("Content-Type", "text/plain")])
                 return [b"from-the-child"]
             body = ("parent " + reap(pid)).encode()
-            if environ.get("HTTP_X_READ"):
+            if how_parent(environ) in ("read", "thread-reads"):
                 body += b" read=" + environ["wsgi.input"].read()
             start_response("200 OK", [("Content-Type", "text/plain"),
                                       ("Content-Length", str(len(body)))])
@@ -80,13 +132,19 @@ APP = textwrap.dedent("""
         if path == "/gen":
             start_response("200 OK", [("Content-Type", "text/plain")])
             return gen([])
+        if path == "/gen-exit":
+            start_response("200 OK", [("Content-Type", "text/plain")])
+            return gen_exit()
+        if path == "/close":
+            start_response("200 OK", [("Content-Type", "text/plain")])
+            return Closing()
         time.sleep(0.02)
         start_response("200 OK", [("Content-Type", "text/plain"),
                                   ("Content-Length", "2")])
         return [b"ok"]
 """)
 
-CHILD_LINE = r"yimmo: a process the app forked came back from the app"
+CHILD_LINE = r"yimmo: a process the app forked came back into the server"
 
 
 def runs(tmp_path):
@@ -104,11 +162,13 @@ def get(addr, target, headers=(), body=None):
 @pytest.fixture
 def server(tmp_path):
     (tmp_path / "fork_app.py").write_text(APP)
+    log = tmp_path / "access.log"
     # Buffered stdout: the child's print must be flushed on its way out.
     env = subprocess_env(PYTHONUNBUFFERED="")
     with ServerProcess([sys.executable, "-W", "ignore", "-m", "yimmo",
                         "-b", "127.0.0.1:0", "--workers", "1",
-                        "fork_app:app"], cwd=tmp_path, env=env) as proc:
+                        "--access-log", str(log), "--access-log-format",
+                        "%(r)s %(s)s pid=%(p)s", "fork_app:app"], cwd=tmp_path, env=env) as proc:
         try:
             proc.addr = proc.wait_listening()
             yield proc
@@ -128,28 +188,30 @@ def server(tmp_path):
 
 def test_child_returning_from_the_app_exits_and_runs_nothing_queued(
         server, tmp_path):
-    # /fork waits 0.5 s before it forks, and the 6 requests sent meanwhile
-    # queue behind it (one worker): the child must not run them.
+    # /fork forks once the test has sent 6 more requests, which queue
+    # behind it (one worker): the child must not run them.
+    flag = tmp_path / "queued"
     results = {}
 
     def send(name, target, headers=()):
         results[name] = get(server.addr, target, headers)
 
     fork = threading.Thread(target=send, args=(
-        "fork", "/fork", [("X-Delay", "0.5")]))
+        "fork", "/fork", [("X-Wait-For", str(flag))]))
     fork.start()
-    time.sleep(0.2)
-    others = [threading.Thread(target=send, args=("w%d" % i, "/w?%d" % i))
-              for i in range(6)]
-    for t in others:
-        t.start()
-    for t in [fork] + others:
-        t.join(30)
+    socks = []
+    for i in range(6):
+        s = connect(server.addr, 20)
+        s.sendall(build_request("GET", "/w?%d" % i))
+        socks.append(s)
+    flag.write_text("")
+    fork.join(30)
+    for i, s in enumerate(socks):
+        with s:
+            assert read_response(s).body == b"ok"
     assert results["fork"].status == 200
     assert results["fork"].body == b"parent status=0"
-    for i in range(6):
-        assert results["w%d" % i].body == b"ok"
-    server.wait_for_line(CHILD_LINE)
+    server.wait_for_line(CHILD_LINE + r".*\(status 0\)")
     server.wait_for_line("^child stdout line$", stream="stdout")
     lines = runs(tmp_path)
     pids = {line.split()[-1] for line in lines if line.startswith("run ")}
@@ -175,8 +237,31 @@ def test_child_of_a_generator_body_exits_at_its_next_chunk(server,
     assert get(server.addr, "/w?after").body == b"ok"
 
 
+def test_child_calling_sys_exit_in_the_body_exits_with_its_code_unlogged(
+        server, tmp_path):
+    r = get(server.addr, "/gen-exit")
+    assert r.body == b"first parent status=5"
+    server.wait_for_line(CHILD_LINE + r".*\(status 5\)")
+    assert get(server.addr, "/w?after").body == b"ok"
+    # The child logged no error of the app's for the request.
+    assert "error handling request" not in server.stderr
+
+
+@pytest.mark.parametrize("how,status", [("sys.exit 3", 3), ("raise", 1)])
+def test_child_leaving_the_app_with_an_exception_exits_as_python_would(
+        server, how, status):
+    r = get(server.addr, "/fork", [("X-Child", how)])
+    assert r.body == b"parent status=%d" % status
+    server.wait_for_line(CHILD_LINE + r".*\(status %d\)" % status)
+    if how == "raise":
+        # The traceback, as for an uncaught exception, and no error line
+        # of the server's for a request the child did not serve.
+        server.wait_for_line("^ValueError: boom in the child$")
+        assert "error handling request" not in server.stderr
+
+
 def test_child_reading_the_request_body_exits(server, tmp_path):
-    r = get(server.addr, "/fork", [("X-Read", "1")], body=b"x" * 5000)
+    r = get(server.addr, "/fork", [("X-Child", "read")], body=b"x" * 5000)
     assert r.status == 200
     assert r.body == b"parent status=0 read=" + b"x" * 5000
     server.wait_for_line(CHILD_LINE)
@@ -184,8 +269,33 @@ def test_child_reading_the_request_body_exits(server, tmp_path):
                    for line in runs(tmp_path))
 
 
+def test_another_thread_of_the_child_coming_back_ends_the_child(server,
+                                                                tmp_path):
+    r = get(server.addr, "/fork", [("X-Child", "thread-reads")],
+            body=b"y" * 5000)
+    assert r.body == b"parent status=0 read=" + b"y" * 5000
+    server.wait_for_line(CHILD_LINE)
+    assert not any(line.startswith("child-thread-read-returned")
+                   for line in runs(tmp_path))
+
+
+def test_child_of_close_exits_before_the_access_log(server, tmp_path):
+    for headers in ([], [("Connection", "close")]):
+        r = get(server.addr, "/close", headers)
+        assert r.body == b"closing"
+    assert get(server.addr, "/w?after").body == b"ok"
+    lines = runs(tmp_path)
+    assert [line.split()[1] for line in lines
+            if line.startswith("parent-close")] == ["status=0"] * 2, lines
+    # One access line per request, all from the server itself.
+    access = (tmp_path / "access.log").read_text().splitlines()
+    assert len([a for a in access if a.startswith("GET /close ")]) == 2, \
+        access
+    assert len({a.rsplit("pid=", 1)[1] for a in access}) == 1, access
+
+
 def test_child_ending_itself_with_os_exit_is_left_alone(server, tmp_path):
-    r = get(server.addr, "/fork", [("X-Exit", "7")])
+    r = get(server.addr, "/fork", [("X-Child", "os._exit 7")])
     assert r.body == b"parent status=7"
     assert get(server.addr, "/w?after").body == b"ok"
-    assert CHILD_LINE.split(":")[1] not in server.stderr
+    assert "came back into the server" not in server.stderr
