@@ -149,6 +149,16 @@ void ymo_wsgi_forked_exit(void) __attribute__((noreturn, cold));
         }                                                                  \
     } while (0)
 
+/* Before a critical section on an object a thread of the parent may have
+ * held at the fork: only on a free-threaded build (with the GIL it takes
+ * no lock, and the guards of the ways on, build_head and the append,
+ * suffice). */
+#ifdef Py_GIL_DISABLED
+#define YMO_FORK_GUARD_FT(s) YMO_FORK_GUARD(s)
+#else
+#define YMO_FORK_GUARD_FT(s) ((void)0)
+#endif
+
 /* GIL held: run one exchange to completion (app call, body, close()). */
 void ymo_wsgi_run_exchange(struct ymo_wsgi_app *app,
                            ymo_wsgi_worker_t *worker, ymo_exchange_t *ex);

@@ -51,7 +51,7 @@ static uint64_t
 body_left(InputObject *self)
 {
     uint64_t left;
-    YMO_FORK_GUARD(self->ex->server);   /* before the critical section */
+    YMO_FORK_GUARD_FT(self->ex->server);   /* before the critical section */
     Py_BEGIN_CRITICAL_SECTION(self);
     left = self->ex->req.content_length - self->ex->in_consumed;
     Py_END_CRITICAL_SECTION();

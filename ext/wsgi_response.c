@@ -672,7 +672,7 @@ static int
 emit_item(StartResponseObject *self, PyObject *item, int flush)
 {
     int r;
-    YMO_FORK_GUARD(self->app->server);  /* before the critical section */
+    YMO_FORK_GUARD_FT(self->app->server);  /* before the critical section */
     Py_BEGIN_CRITICAL_SECTION(self);
     r = emit_item_locked(self, item, flush);
     Py_END_CRITICAL_SECTION();
@@ -715,7 +715,7 @@ static PyObject *
 StartResponse_write(StartResponseObject *self, PyObject *data)
 {
     PyObject *r;
-    YMO_FORK_GUARD(self->app->server);  /* before the critical section */
+    YMO_FORK_GUARD_FT(self->app->server);  /* before the critical section */
     Py_BEGIN_CRITICAL_SECTION(self);
     r = write_locked(self, data);
     Py_END_CRITICAL_SECTION();
