@@ -1243,6 +1243,8 @@ call_log_error(struct ymo_wsgi_app *app, PyObject *msg, PyObject *info)
         PyObject *args[2] = {msg, info};
         r = PyObject_Vectorcall(app->log_error, args, 2, NULL);
     }
+    /* The app's log handlers ran (with what they raised still set). */
+    YMO_FORK_GUARD(app->server);
     if (r == NULL) {
         PyErr_WriteUnraisable(app->log_error);
     }
@@ -1751,11 +1753,11 @@ done:
             PyObject *a[5] = {environ, status, len, dur,
                               r_headers ? r_headers : Py_None};
             PyObject *r = PyObject_Vectorcall(app->log_access, a, 5, NULL);
+            YMO_FORK_GUARD(ex->server);
             if (r == NULL) {
                 PyErr_WriteUnraisable(app->log_access);
             }
             Py_XDECREF(r);
-            YMO_FORK_GUARD(ex->server);
         }
         else {
             PyErr_Clear();

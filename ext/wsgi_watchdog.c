@@ -304,11 +304,11 @@ log_warning(struct ymo_wsgi_app *app, PyObject *msg)
         PyObject *args[2] = {msg, Py_None};
         r = PyObject_Vectorcall(fn, args, 2, NULL);
     }
+    YMO_FORK_GUARD(app->server);    /* the app's log handlers ran */
     if (r == NULL) {
         PyErr_WriteUnraisable(fn);
     }
     Py_XDECREF(r);
-    YMO_FORK_GUARD(app->server);    /* the app's log handlers ran */
 }
 
 /* Attaches to Python: raise RequestTimeout in the worker if it is still

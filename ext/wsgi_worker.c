@@ -725,6 +725,9 @@ worker_main(void *arg)
                     int unused;
                     unsigned long turns = on ? gil_turn(s, &unused) : 0;
                     ymo_wsgi_run_exchange(s->app, self, ex);
+                    /* Its last references may have run the app's code (a
+                     * __del__, a weakref callback, the GC). */
+                    YMO_FORK_GUARD(s);
                     cut = on && atomic_load_explicit(
                                     &s->gil_turns,
                                     memory_order_relaxed) != turns + 1;
@@ -983,8 +986,11 @@ system_exit_status(PyObject *exc)
         status = (int)PyLong_AsLong(code);
     }
     else {
-        PyObject_Print(code, stderr, Py_PRINT_RAW);
-        fputc('\n', stderr);
+        PyObject *f = PySys_GetObject("stderr");        /* borrowed */
+        if (f != NULL && f != Py_None &&
+            PyFile_WriteObject(code, f, Py_PRINT_RAW) == 0) {
+            PyFile_WriteString("\n", f);
+        }
     }
     PyErr_Clear();
     Py_XDECREF(code);
@@ -1014,8 +1020,16 @@ ymo_wsgi_forked_exit(void)
             status = system_exit_status(value);
         }
         else {
-            PyErr_Restore(type, value, tb);
-            PyErr_PrintEx(0);       /* the traceback, as an uncaught one */
+            /* The traceback, as for an uncaught exception; not through
+             * sys.excepthook, which could raise SystemExit and have
+             * Python exit() (atexit handlers, the parent's). */
+            if (value != NULL) {
+                PyErr_Display(type, value, tb);
+            }
+            Py_XDECREF(type);
+            Py_XDECREF(value);
+            Py_XDECREF(tb);
+            PyErr_Clear();
             status = 1;
         }
     }

@@ -91,6 +91,42 @@ APP = textwrap.dedent("""
                 return
             time.sleep(0.01)
 
+    class ForksOnDel:
+        # Forks when the server drops its last reference: the child comes
+        # back into the worker from a Py_DECREF.
+        def __iter__(self):
+            yield b"del"
+
+        def __del__(self):
+            pid = os.fork()
+            if pid == 0:
+                note("child-del")
+                return
+            note("parent-del " + reap(pid))
+
+    class CloseRaises:
+        def __iter__(self):
+            yield b"close-raises"
+
+        def close(self):
+            raise RuntimeError("close failed")
+
+    import logging
+
+    class ForkOnCloseError(logging.Filter):
+        # The app's log handlers run in the server: one that forks brings
+        # its child back into the server from the logging.
+        def filter(self, record):
+            if "error closing the response iterable" in record.getMessage():
+                pid = os.fork()
+                if pid == 0:
+                    note("child-log")
+                    return True
+                note("parent-log " + reap(pid))
+            return True
+
+    logging.getLogger("yimmo.error").addFilter(ForkOnCloseError())
+
     def how_parent(environ):
         return environ.get("HTTP_X_CHILD", "")
 
@@ -111,6 +147,13 @@ APP = textwrap.dedent("""
                 if how == "sys.exit 3":
                     sys.exit(3)
                 if how == "raise":
+                    raise ValueError("boom in the child")
+                if how == "hook-exits":
+                    # An excepthook that exits must not run Python's exit
+                    # (the parent's atexit handlers) in the child.
+                    def hook(*exc):
+                        raise SystemExit(9)
+                    sys.excepthook = hook
                     raise ValueError("boom in the child")
                 if how == "thread-reads":
                     t = threading.Thread(
@@ -135,6 +178,12 @@ APP = textwrap.dedent("""
         if path == "/gen-exit":
             start_response("200 OK", [("Content-Type", "text/plain")])
             return gen_exit()
+        if path == "/del":
+            start_response("200 OK", [("Content-Type", "text/plain")])
+            return ForksOnDel()
+        if path == "/close-raises":
+            start_response("200 OK", [("Content-Type", "text/plain")])
+            return CloseRaises()
         if path == "/close":
             start_response("200 OK", [("Content-Type", "text/plain")])
             return Closing()
@@ -247,13 +296,14 @@ def test_child_calling_sys_exit_in_the_body_exits_with_its_code_unlogged(
     assert "error handling request" not in server.stderr
 
 
-@pytest.mark.parametrize("how,status", [("sys.exit 3", 3), ("raise", 1)])
+@pytest.mark.parametrize("how,status", [("sys.exit 3", 3), ("raise", 1),
+                                        ("hook-exits", 1)])
 def test_child_leaving_the_app_with_an_exception_exits_as_python_would(
         server, how, status):
     r = get(server.addr, "/fork", [("X-Child", how)])
     assert r.body == b"parent status=%d" % status
     server.wait_for_line(CHILD_LINE + r".*\(status %d\)" % status)
-    if how == "raise":
+    if how != "sys.exit 3":
         # The traceback, as for an uncaught exception, and no error line
         # of the server's for a request the child did not serve.
         server.wait_for_line("^ValueError: boom in the child$")
@@ -299,3 +349,45 @@ def test_child_ending_itself_with_os_exit_is_left_alone(server, tmp_path):
     assert r.body == b"parent status=7"
     assert get(server.addr, "/w?after").body == b"ok"
     assert "came back into the server" not in server.stderr
+
+
+def test_child_forked_from_a_del_run_by_the_server_exits(server, tmp_path):
+    # The fork happens when the server drops the response (after the
+    # exchange): with requests queued behind it, the child must not take
+    # them.
+    socks = []
+    first = connect(server.addr, 20)
+    first.sendall(build_request("GET", "/del"))
+    for i in range(3):
+        s = connect(server.addr, 20)
+        s.sendall(build_request("GET", "/w?%d" % i))
+        socks.append(s)
+    with first:
+        assert read_response(first).body == b"del"
+    for s in socks:
+        with s:
+            assert read_response(s).body == b"ok"
+    server.wait_for_line(CHILD_LINE + r".*\(status 0\)")
+    lines = runs(tmp_path)
+    assert [line.split()[1] for line in lines
+            if line.startswith("parent-del")] == ["status=0"], lines
+    for i in range(3):
+        assert sum(line.startswith("run /w?%d " % i)
+                   for line in lines) == 1, lines
+
+
+def test_child_forked_by_a_log_handler_exits_before_the_access_log(
+        server, tmp_path):
+    # With Connection: close the response is not held for close(): its
+    # end reached the loop before (where a guard would stop the child).
+    r = get(server.addr, "/close-raises", [("Connection", "close")])
+    assert r.body == b"close-raises"
+    assert get(server.addr, "/w?after").body == b"ok"
+    server.wait_for_line(CHILD_LINE)
+    lines = runs(tmp_path)
+    assert [line.split()[1] for line in lines
+            if line.startswith("parent-log")] == ["status=0"], lines
+    access = (tmp_path / "access.log").read_text().splitlines()
+    assert len([a for a in access
+                if a.startswith("GET /close-raises ")]) == 1, access
+    assert len({a.rsplit("pid=", 1)[1] for a in access}) == 1, access
