@@ -178,6 +178,23 @@ APP = textwrap.dedent("""
         if path == "/gen-exit":
             start_response("200 OK", [("Content-Type", "text/plain")])
             return gen_exit()
+        if path == "/mp-term":
+            # multiprocessing's terminate() sends SIGTERM: the child has
+            # the server's handler, which must not keep it alive.
+            import multiprocessing
+            p = multiprocessing.get_context("fork").Process(
+                target=time.sleep, args=(10,))
+            p.start()
+            time.sleep(0.2)
+            p.terminate()
+            p.join(5)
+            if p.exitcode is None:
+                os.kill(p.pid, 9)
+                p.join(5)
+            body = b"exitcode=%r" % (p.exitcode,)
+            start_response("200 OK", [("Content-Type", "text/plain"),
+                                      ("Content-Length", str(len(body)))])
+            return [body]
         if path == "/del":
             start_response("200 OK", [("Content-Type", "text/plain")])
             return ForksOnDel()
@@ -391,3 +408,12 @@ def test_child_forked_by_a_log_handler_exits_before_the_access_log(
     assert len([a for a in access
                 if a.startswith("GET /close-raises ")]) == 1, access
     assert len({a.rsplit("pid=", 1)[1] for a in access}) == 1, access
+
+
+def test_sigterm_ends_a_forked_child_and_leaves_the_server_serving(server):
+    # From a review: the child kept the server's SIGTERM handler, logged
+    # "Received SIGTERM" and went on (terminate() did nothing).
+    r = get(server.addr, "/mp-term")
+    assert r.body == b"exitcode=-15"
+    assert get(server.addr, "/w?after").body == b"ok"
+    assert "Received SIGTERM" not in server.stderr

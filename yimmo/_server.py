@@ -135,6 +135,10 @@ class Server:
                 options, opts["log_level"], opts["access_log"],
                 opts["error_log"], opts["log_config"])
         self._process = _process
+        # The process whose serve() installed the signal handlers, and
+        # the handlers they replaced (see _forked).
+        self._signal_pid = -1
+        self._signal_old: Dict[int, SignalHandler] = {}
         if _process is None:
             recycling = (("max_requests", opts["max_requests"]),
                          ("max_lifetime", opts["max_lifetime"]),
@@ -295,9 +299,13 @@ class Server:
             wakeup_w.setblocking(False)
             old_wakeup = signal.set_wakeup_fd(wakeup_w.fileno(),
                                               warn_on_full_buffer=False)
+            self._signal_pid = os.getpid()
             if signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):
                 old_term = signal.signal(signal.SIGTERM, self._on_sigterm)
             old_others = self._install_lifecycle_handlers()
+            self._signal_old = dict(old_others)
+            if old_term is not None:
+                self._signal_old[signal.SIGTERM] = old_term
         fd = wakeup_r.fileno() if wakeup_r is not None else -1
         _running_add(self)
         log.info("Listening at %s (%d workers)",
@@ -368,26 +376,49 @@ class Server:
                                                self._on_orphaned)
         return old
 
+    def _forked(self, signum: int) -> bool:
+        """True when the signal reached a process the app forked from this
+        one (it inherits the handlers, and runs them on its one thread): the
+        signal then does what it did before yimmo's handler (by default
+        SIGTERM ends the process, as multiprocessing's terminate() expects),
+        and the parent's server is left alone."""
+        if os.getpid() == self._signal_pid:
+            return False
+        old = self._signal_old.get(signum)
+        signal.signal(signum, old if old is not None else signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+        return True
+
     def _on_orphaned(self, signum: int, frame: Optional[FrameType]) -> None:
+        if self._forked(signum):
+            return
         log.warning("The supervisor is gone; stopping")
         self._core.stop(self.options["graceful_timeout"])
 
     def _on_sighup(self, signum: int, frame: Optional[FrameType]) -> None:
+        if self._forked(signum):
+            return
         log.warning("Received SIGHUP: a reload needs --processes 2 or "
                     "more (a supervisor); this single process keeps "
                     "serving the code it has")
 
     def _on_needs_supervisor(self, signum: int,
                              frame: Optional[FrameType]) -> None:
+        if self._forked(signum):
+            return
         log.warning("Received %s: changing the number of processes needs "
                     "--processes 2 or more; ignored",
                     signal.Signals(signum).name)
 
     def _on_sigusr1(self, signum: int, frame: Optional[FrameType]) -> None:
+        if self._forked(signum):
+            return
         log.info("Received SIGUSR1, reopening log files")
         _logging.reopen_log_files()
 
     def _on_sigterm(self, signum: int, frame: Optional[FrameType]) -> None:
+        if self._forked(signum):
+            return
         log.info("Received SIGTERM, shutting down")
         self._core.stop(self.options["graceful_timeout"])
 
