@@ -195,6 +195,29 @@ APP = textwrap.dedent("""
             start_response("200 OK", [("Content-Type", "text/plain"),
                                       ("Content-Length", str(len(body)))])
             return [body]
+        if path == "/mp-term-stuck":
+            # A child stuck in C (a mutex locked twice) runs no Python
+            # handler: SIGTERM must be the default action there.
+            import ctypes, multiprocessing
+            libc = ctypes.CDLL(None)
+            mutex = ctypes.create_string_buffer(64)   # zero: initialized
+
+            def stuck():
+                libc.pthread_mutex_lock(mutex)
+                libc.pthread_mutex_lock(mutex)
+
+            p = multiprocessing.get_context("fork").Process(target=stuck)
+            p.start()
+            time.sleep(0.3)
+            p.terminate()
+            p.join(5)
+            if p.exitcode is None:
+                os.kill(p.pid, 9)
+                p.join(5)
+            body = b"exitcode=%r" % (p.exitcode,)
+            start_response("200 OK", [("Content-Type", "text/plain"),
+                                      ("Content-Length", str(len(body)))])
+            return [body]
         if path == "/del":
             start_response("200 OK", [("Content-Type", "text/plain")])
             return ForksOnDel()
@@ -417,3 +440,54 @@ def test_sigterm_ends_a_forked_child_and_leaves_the_server_serving(server):
     assert r.body == b"exitcode=-15"
     assert get(server.addr, "/w?after").body == b"ok"
     assert "Received SIGTERM" not in server.stderr
+
+
+def test_sigterm_ends_a_forked_child_stuck_in_c(server):
+    r = get(server.addr, "/mp-term-stuck")
+    assert r.body == b"exitcode=-15"
+    assert get(server.addr, "/w?after").body == b"ok"
+
+
+EMBED = textwrap.dedent("""
+    import os, sys, threading, time
+    import yimmo
+
+    def app(environ, start_response):
+        start_response("200 OK", [("Content-Length", "2")])
+        return [b"ok"]
+
+    srv = yimmo.Server(app, bind="127.0.0.1:0", workers=1)
+    t = threading.Thread(target=srv.serve_forever, daemon=True)
+    t.start()
+    pid = os.fork()
+    if pid == 0:
+        # Exits normally: yimmo's atexit hook stops the servers it knows,
+        # and this one is the parent's.
+        sys.exit(%s)
+    status = "none"
+    for _ in range(1000):
+        done, st = os.waitpid(pid, os.WNOHANG)
+        if done:
+            status = str(os.waitstatus_to_exitcode(st))
+            break
+        time.sleep(0.01)
+    else:
+        os.kill(pid, 9)
+    print("child status=" + status, flush=True)
+    srv.stop()
+    t.join(10)
+    print("parent stopped", flush=True)
+""")
+
+
+@pytest.mark.parametrize("code", [0, 4])
+def test_child_of_a_program_serving_on_a_thread_exits(tmp_path, code):
+    # From a review: the child's atexit stop() waited for ever for a
+    # serve_forever that runs in the parent.
+    (tmp_path / "embed.py").write_text(EMBED % code)
+    with ServerProcess([sys.executable, "-W", "ignore", "embed.py"],
+                       cwd=tmp_path) as proc:
+        proc.wait_for_line("^child status=%d$" % code, stream="stdout",
+                           timeout=30)
+        proc.wait_for_line("^parent stopped$", stream="stdout")
+        assert proc.wait(20) == 0

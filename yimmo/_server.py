@@ -57,6 +57,26 @@ def _running_discard(server: Server) -> None:
         _running.discard(server)
 
 
+# The server whose serve_forever installed its signal handlers, while it
+# serves (written on the main thread; read by _after_fork_in_child).
+_signal_owner: Optional[Server] = None
+
+
+def _after_fork_in_child() -> None:
+    # A process the app forks (os.fork, multiprocessing) runs on the
+    # forking thread alone: locks other threads held stay held, and the
+    # serving process's signal handlers and wakeup fd are not its own.
+    global _running_lock
+    _running_lock = threading.Lock()
+    owner = _signal_owner
+    if owner is not None:
+        owner._give_back_signals()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 @atexit.register
 def _stop_all() -> None:
     with _running_lock:
@@ -135,10 +155,10 @@ class Server:
                 options, opts["log_level"], opts["access_log"],
                 opts["error_log"], opts["log_config"])
         self._process = _process
-        # The process whose serve() installed the signal handlers, and
-        # the handlers they replaced (see _forked).
-        self._signal_pid = -1
+        # The handlers serve_forever's signal handlers replaced (see
+        # _forked).
         self._signal_old: Dict[int, SignalHandler] = {}
+        self._old_wakeup = -1
         if _process is None:
             recycling = (("max_requests", opts["max_requests"]),
                          ("max_lifetime", opts["max_lifetime"]),
@@ -168,6 +188,10 @@ class Server:
         self._serving_thread: Optional[threading.Thread] = None
         self._done = threading.Event()  # serve_forever has returned
         self._lock = threading.Lock()
+        # The process the server was started in, -1 before: a process
+        # forked from it (by the app) has none of its threads, and this
+        # object's locks may be held for ever there (see _forked, stop).
+        self._serve_pid = -1
         self._closed = False
         listeners: List[Tuple[int, bool, str, str]] = []
         try:
@@ -278,12 +302,14 @@ class Server:
                 raise RuntimeError("the server was already started")
             self._serving = True
             self._serving_thread = threading.current_thread()
+            self._serve_pid = os.getpid()
         try:
             self._serve_forever()
         finally:
             self._done.set()
 
     def _serve_forever(self) -> None:
+        global _signal_owner
         on_main = threading.current_thread() is threading.main_thread()
         grace = self.options["graceful_timeout"]
         wakeup_r: Optional[socket.socket] = None
@@ -299,13 +325,14 @@ class Server:
             wakeup_w.setblocking(False)
             old_wakeup = signal.set_wakeup_fd(wakeup_w.fileno(),
                                               warn_on_full_buffer=False)
-            self._signal_pid = os.getpid()
+            self._old_wakeup = old_wakeup
             if signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):
                 old_term = signal.signal(signal.SIGTERM, self._on_sigterm)
             old_others = self._install_lifecycle_handlers()
             self._signal_old = dict(old_others)
             if old_term is not None:
                 self._signal_old[signal.SIGTERM] = old_term
+            _signal_owner = self
         fd = wakeup_r.fileno() if wakeup_r is not None else -1
         _running_add(self)
         log.info("Listening at %s (%d workers)",
@@ -334,6 +361,7 @@ class Server:
             self._report_abandoned()
             _running_discard(self)
             if on_main:
+                _signal_owner = None
                 signal.set_wakeup_fd(old_wakeup)
                 if old_term is not None:
                     signal.signal(signal.SIGTERM, old_term)
@@ -376,13 +404,28 @@ class Server:
                                                self._on_orphaned)
         return old
 
+    def _give_back_signals(self) -> None:
+        """In a process forked from the one serving (on its one thread,
+        its main thread now): the handlers and wakeup fd serve_forever
+        replaced, so that a signal does what it did before yimmo (SIGTERM
+        ends a child stuck in C code too, which no Python handler could)."""
+        global _signal_owner
+        _signal_owner = None
+        try:
+            signal.set_wakeup_fd(self._old_wakeup)
+            for signum, old in self._signal_old.items():
+                signal.signal(signum,
+                              old if old is not None else signal.SIG_DFL)
+        except (ValueError, OSError):
+            pass    # then the handlers' own check (_forked) applies
+
     def _forked(self, signum: int) -> bool:
         """True when the signal reached a process the app forked from this
         one (it inherits the handlers, and runs them on its one thread): the
         signal then does what it did before yimmo's handler (by default
         SIGTERM ends the process, as multiprocessing's terminate() expects),
         and the parent's server is left alone."""
-        if os.getpid() == self._signal_pid:
+        if os.getpid() == self._serve_pid:
             return False
         old = self._signal_old.get(signum)
         signal.signal(signum, old if old is not None else signal.SIG_DFL)
@@ -432,6 +475,7 @@ class Server:
                 raise RuntimeError("the server was already started")
             thread = threading.Thread(target=self._run_in_thread,
                                       name="yimmo-server", daemon=True)
+            self._serve_pid = os.getpid()
             _running_add(self)
             # Started before _thread is published: a stop() on another
             # thread that finds _thread joins it, and joining a thread
@@ -471,6 +515,12 @@ class Server:
         grace = self.options["graceful_timeout"] if timeout is None \
             else timeout
         self._core.stop(grace)
+        if self._serve_pid not in (-1, os.getpid()):
+            # A process forked from the one serving (by the app): the
+            # server is the parent's (Core.stop did nothing) and there is
+            # nothing here to wait for; at exit, yimmo's atexit hook
+            # must not hang the child.
+            return
         if self._core.is_worker_thread():
             return
         with self._lock:
