@@ -178,26 +178,11 @@ APP = textwrap.dedent("""
         if path == "/gen-exit":
             start_response("200 OK", [("Content-Type", "text/plain")])
             return gen_exit()
-        if path == "/mp-term":
+        if path.startswith("/mp-term"):
             # multiprocessing's terminate() sends SIGTERM: the child has
-            # the server's handler, which must not keep it alive.
-            import multiprocessing
-            p = multiprocessing.get_context("fork").Process(
-                target=time.sleep, args=(10,))
-            p.start()
-            time.sleep(0.2)
-            p.terminate()
-            p.join(5)
-            if p.exitcode is None:
-                os.kill(p.pid, 9)
-                p.join(5)
-            body = b"exitcode=%r" % (p.exitcode,)
-            start_response("200 OK", [("Content-Type", "text/plain"),
-                                      ("Content-Length", str(len(body)))])
-            return [body]
-        if path == "/mp-term-stuck":
-            # A child stuck in C (a mutex locked twice) runs no Python
-            # handler: SIGTERM must be the default action there.
+            # the server's handler, which must not keep it alive; and a
+            # child stuck in C (a mutex locked twice: /mp-term-stuck) runs
+            # no Python handler, so SIGTERM must be the default action.
             import ctypes, multiprocessing
             libc = ctypes.CDLL(None)
             mutex = ctypes.create_string_buffer(64)   # zero: initialized
@@ -206,7 +191,9 @@ APP = textwrap.dedent("""
                 libc.pthread_mutex_lock(mutex)
                 libc.pthread_mutex_lock(mutex)
 
-            p = multiprocessing.get_context("fork").Process(target=stuck)
+            p = multiprocessing.get_context("fork").Process(
+                target=stuck if path == "/mp-term-stuck" else time.sleep,
+                args=() if path == "/mp-term-stuck" else (10,))
             p.start()
             time.sleep(0.3)
             p.terminate()
