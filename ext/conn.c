@@ -268,7 +268,7 @@ static int
 conn_wake(ymo_conn_t *c)
 {
     ymo_server_t *s = c->listener->server;
-    ymo_conn_busy_t *b = ymo_calloc(1, sizeof(*b));
+    ymo_conn_busy_t *b = ymo_zalloc(sizeof(*b));
     if (b == NULL) {
         return -1;
     }

@@ -30,10 +30,13 @@ ymo_exchange_new(const char *buf, size_t head_len,
     size_t align = _Alignof(ymo_http_header_t);
     size_t hoff = (head_len + 1 + align - 1) & ~(align - 1);
     size_t hsize = req->num_headers * sizeof(ymo_http_header_t);
-    ymo_exchange_t *ex = ymo_calloc(1, sizeof(*ex) + hoff + hsize);
+    ymo_exchange_t *ex = ymo_malloc(sizeof(*ex) + hoff + hsize);
     if (ex == NULL) {
         return NULL;
     }
+    /* The struct starts zeroed; the head and the header array are written
+     * whole below (malloc, not calloc: see ymo_zalloc in alloc.h). */
+    ymo_zero_(ex, sizeof(*ex));
     if (YMO_FI_FAIL("exchange lock") ||
         pthread_mutex_init(&ex->lock, NULL) != 0) {
         free(ex);
@@ -54,6 +57,7 @@ ymo_exchange_new(const char *buf, size_t head_len,
     }
     atomic_init(&ex->refs, 1);     /* the loop's (see exchange.h) */
     memcpy(ex->head, buf, head_len);
+    ex->head[head_len] = '\0';
     ex->head_len = head_len;
     ex->req = *req;
     ymo_http_header_t *h = (ymo_http_header_t *)(ex->head + hoff);
