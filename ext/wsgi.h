@@ -203,8 +203,14 @@ int ymo_watch_timed_out(ymo_wsgi_worker_t *worker);
 PyObject *ymo_wsgi_environ_template(struct ymo_wsgi_app *app,
                                     size_t listener, int is_unix);
 
-/* GIL held: a new environ dict for ex (wsgi.input still None). */
-PyObject *ymo_wsgi_environ(struct ymo_wsgi_app *app, ymo_exchange_t *ex);
+/* GIL held: a new environ dict for ex (wsgi.input still None). values:
+ * the running worker's cache of header value strings (its `values`), or
+ * NULL for none. */
+PyObject *ymo_wsgi_environ(struct ymo_wsgi_app *app, ymo_exchange_t *ex,
+                           PyObject **values);
+
+/* GIL held, on the worker that owns it: empty a cache of value strings. */
+void ymo_wsgi_values_clear(PyObject **values);
 
 /* Decimal digits of v at p (room for 20); returns the count. Cheaper
  * than printf on the per-request path. */

@@ -135,10 +135,62 @@ header_key(ymo_module_state *st, const char *name, size_t len)
     return make_key(name, len);
 }
 
-static int
-set_latin1(PyObject *env, PyObject *key, const char *s, size_t n)
+/* Header values this long at most are looked up in a worker's cache. */
+#define VALUE_CACHE_MAX_LEN 256
+
+/* The str of the latin-1 bytes s[0..n) as a header value: a client sends
+ * the same Host, User-Agent, Accept... on each of its requests, and many
+ * clients the same Accept-Encoding, so the worker keeps the str of recent
+ * values (`values`, NULL for none: YMO_WSGI_VALUE_CACHE slots, one per
+ * hash of the bytes, the last value of that hash in each) and returns
+ * the one with exactly these bytes rather than a new one. A str is
+ * immutable: an app cannot tell a shared one from a new one, and keeping
+ * one alive costs at most the slots' strings (under 20 KB per worker).
+ * New reference. */
+static PyObject *
+value_str(PyObject **values, const char *s, size_t n)
 {
-    PyObject *v = PyUnicode_DecodeLatin1(s, (Py_ssize_t)n, NULL);
+    if (values == NULL || n < 2 || n > VALUE_CACHE_MAX_LEN) {
+        /* Shorter: Python's own single characters. */
+        return PyUnicode_DecodeLatin1(s, (Py_ssize_t)n, NULL);
+    }
+    const unsigned char *u = (const unsigned char *)s;
+    size_t h = n;
+    h = h * 31 + u[0];
+    h = h * 31 + u[1];
+    h = h * 31 + u[n / 2];
+    h = h * 31 + u[n - 2];
+    h = h * 31 + u[n - 1];
+    PyObject **slot = &values[(h ^ (h >> 7)) & (YMO_WSGI_VALUE_CACHE - 1)];
+    PyObject *v = *slot;
+    /* Every str in the cache came from PyUnicode_DecodeLatin1 below: one
+     * byte per character, those of the value. */
+    if (v != NULL && PyUnicode_GET_LENGTH(v) == (Py_ssize_t)n &&
+        memcmp(PyUnicode_DATA(v), s, n) == 0) {
+        return Py_NewRef(v);
+    }
+    v = PyUnicode_DecodeLatin1(s, (Py_ssize_t)n, NULL);
+    if (v != NULL) {
+        Py_XSETREF(*slot, Py_NewRef(v));
+    }
+    return v;
+}
+
+void
+ymo_wsgi_values_clear(PyObject **values)
+{
+    for (size_t i = 0; i < YMO_WSGI_VALUE_CACHE; i++) {
+        Py_CLEAR(values[i]);
+    }
+}
+
+/* env[key] = the str of s[0..n) (through a worker's cache of header
+ * values when `values` is not NULL). */
+static int
+set_latin1(PyObject *env, PyObject *key, const char *s, size_t n,
+           PyObject **values)
+{
+    PyObject *v = value_str(values, s, n);
     if (v == NULL) {
         return -1;
     }
@@ -151,11 +203,11 @@ set_latin1(PyObject *env, PyObject *key, const char *s, size_t n)
  * "," (RFC 9110 5.3), cookies with "; " (RFC 6265 5.4). */
 static int
 add_header(PyObject *env, PyObject *key, const char *v, size_t n,
-           int is_cookie)
+           int is_cookie, PyObject **values)
 {
     PyObject *old = PyDict_GetItemWithError(env, key);
     if (old == NULL) {
-        return PyErr_Occurred() ? -1 : set_latin1(env, key, v, n);
+        return PyErr_Occurred() ? -1 : set_latin1(env, key, v, n, values);
     }
     PyObject *add = PyUnicode_DecodeLatin1(v, (Py_ssize_t)n, NULL);
     if (add == NULL) {
@@ -212,14 +264,15 @@ set_unix_server(ymo_module_state *st, PyObject *env, const char *host,
         colon = memchr(host, ':', len);
     }
     if (set_latin1(env, st->k_server_name, host,
-                   colon != NULL ? (size_t)(colon - host) : len) < 0) {
+                   colon != NULL ? (size_t)(colon - host) : len,
+                   NULL) < 0) {
         return -1;
     }
     /* "name:" has an empty port, which means the default (RFC 3986
      * 3.2.3): the template's "80" stays, as without a colon. */
     if (colon != NULL && colon + 1 < end &&
         set_latin1(env, st->k_server_port, colon + 1,
-                   (size_t)(end - colon - 1)) < 0) {
+                   (size_t)(end - colon - 1), NULL) < 0) {
         return -1;
     }
     return 0;
@@ -435,13 +488,14 @@ apply_forwarded(ymo_module_state *st, PyObject *env, ymo_exchange_t *ex,
         ymo_forwarded_split_host(fw.host, fw.host_len, &name_len,
                                  &port_off, &port_len);
         if (set_latin1(env, st->header_keys[HOST_KEY], fw.host,
-                       fw.host_len) < 0 ||
-            set_latin1(env, st->k_server_name, fw.host, name_len) < 0) {
+                       fw.host_len, NULL) < 0 ||
+            set_latin1(env, st->k_server_name, fw.host, name_len,
+                       NULL) < 0) {
             return -1;
         }
         if (port_len > 0) {
             r = set_latin1(env, st->k_server_port, fw.host + port_off,
-                           port_len);
+                           port_len, NULL);
         }
         else {
             r = set_port(env, st->k_server_port,
@@ -464,7 +518,8 @@ apply_forwarded(ymo_module_state *st, PyObject *env, ymo_exchange_t *ex,
 }
 
 PyObject *
-ymo_wsgi_environ(struct ymo_wsgi_app *app, ymo_exchange_t *ex)
+ymo_wsgi_environ(struct ymo_wsgi_app *app, ymo_exchange_t *ex,
+                 PyObject **values)
 {
     ymo_module_state *st = app->st;
     const ymo_http_request_t *req = &ex->req;
@@ -521,10 +576,11 @@ ymo_wsgi_environ(struct ymo_wsgi_app *app, ymo_exchange_t *ex)
         SET(st->k_query_string, st->v_empty);
     }
     else if (set_latin1(env, st->k_query_string, req->query,
-                        req->query_len) < 0) {
+                        req->query_len, NULL) < 0) {
         goto fail;
     }
-    if (set_latin1(env, st->k_raw_uri, req->target, req->target_len) < 0) {
+    if (set_latin1(env, st->k_raw_uri, req->target, req->target_len,
+                   NULL) < 0) {
         goto fail;
     }
     SET(st->k_server_protocol,
@@ -539,7 +595,7 @@ ymo_wsgi_environ(struct ymo_wsgi_app *app, ymo_exchange_t *ex)
      * is taken from it, and the Host field line is skipped below. */
     if (req->host != NULL &&
         set_latin1(env, st->header_keys[HOST_KEY], req->host,
-                   req->host_len) < 0) {
+                   req->host_len, values) < 0) {
         goto fail;
     }
     unsigned fwd_seen = 0;     /* forwarding fields from a trusted peer */
@@ -555,7 +611,7 @@ ymo_wsgi_environ(struct ymo_wsgi_app *app, ymo_exchange_t *ex)
         if (NAME_IS(h, "Content-Type")) {
             /* The parser refuses a repeated Content-Type. */
             if (set_latin1(env, st->k_content_type, h->value,
-                           h->value_len) < 0) {
+                           h->value_len, values) < 0) {
                 goto fail;
             }
             continue;
@@ -563,7 +619,7 @@ ymo_wsgi_environ(struct ymo_wsgi_app *app, ymo_exchange_t *ex)
         if (NAME_IS(h, "Content-Length")) {
             /* The parser accepted only identical duplicates. */
             if (set_latin1(env, st->k_content_length, h->value,
-                           h->value_len) < 0) {
+                           h->value_len, NULL) < 0) {
                 goto fail;
             }
             continue;
@@ -585,7 +641,7 @@ ymo_wsgi_environ(struct ymo_wsgi_app *app, ymo_exchange_t *ex)
             goto fail;
         }
         int r = add_header(env, key, h->value, h->value_len,
-                           NAME_IS(h, "Cookie"));
+                           NAME_IS(h, "Cookie"), values);
         Py_DECREF(key);
         if (r < 0) {
             goto fail;
@@ -601,7 +657,8 @@ ymo_wsgi_environ(struct ymo_wsgi_app *app, ymo_exchange_t *ex)
     }
     const char *addr = fw.has_addr ? fw.addr : ex->remote_addr;
     int port = fw.has_addr ? fw.port : ex->remote_port;
-    if (set_latin1(env, st->k_remote_addr, addr, strlen(addr)) < 0) {
+    if (set_latin1(env, st->k_remote_addr, addr, strlen(addr),
+                   values) < 0) {
         goto fail;
     }
     if (port >= 0) {

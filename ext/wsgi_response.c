@@ -1615,7 +1615,7 @@ ymo_wsgi_run_exchange(struct ymo_wsgi_app *app, ymo_wsgi_worker_t *worker,
     StartResponseObject *sr = NULL;
     int watched = 0;            /* YMO_WATCH_*, or 0 */
     ymo_watch_begin(worker, ex);
-    PyObject *environ = ymo_wsgi_environ(app, ex);
+    PyObject *environ = ymo_wsgi_environ(app, ex, worker->values);
     if (environ == NULL) {
         goto internal_error;
     }

@@ -104,6 +104,7 @@ ymo_wsgi_worker_init(struct ev_loop *loop, size_t thread_id,
     worker->notify_pending = 0;
     worker->push_turn = 0;
     worker->overrun_head = NULL;
+    memset(worker->values, 0, sizeof(worker->values));
     worker->thread_initialized = 1;
     return 0;
 }
@@ -767,6 +768,7 @@ worker_main(void *arg)
     }
     standby_done(self->server);
     PyEval_RestoreThread(ts);
+    ymo_wsgi_values_clear(self->values);
     PyGILState_Release(gstate);
     /* Last: the watchdog may join this thread and reuse the slot. */
     atomic_store(&self->exited, 1);

@@ -48,6 +48,9 @@ typedef int ymo_status_t;            /* 0 or a negative errno */
 
 struct ymo_server;
 
+/* Slots of a worker's cache of header value strings (a power of 2). */
+#define YMO_WSGI_VALUE_CACHE 64
+
 typedef struct ymo_wsgi_worker {
     ymo_queue_t queue_in;            /* exchanges to run; lock_in */
     ymo_queue_t queue_out;           /* exchanges with news; lock_out */
@@ -157,6 +160,12 @@ typedef struct ymo_wsgi_worker {
                                       * slot's thread, read by peers */
     atomic_int exited;               /* the thread has returned (set by it,
                                       * last); the watchdog joins it */
+    struct _object *values[YMO_WSGI_VALUE_CACHE];
+                                     /* worker thread only, attached: the
+                                      * str of recent header values, to
+                                      * reuse when a request repeats them
+                                      * (wsgi_environ.c value_str); cleared
+                                      * by the thread before `exited` */
 } ymo_wsgi_worker_t;
 
 /* Initialize a worker thread (not started). Loop thread. */
