@@ -26,7 +26,9 @@ peers come from --venv (default bench/.venv, made by bench.py).
 
 Whole-process totals drift by a few hundred instructions per request from
 run to run (thread wake-ups, the GC); --toggle FUNCTION counts only inside
-one function and what it calls (e.g. ymo_wsgi_environ), which is exact.
+one function and what it calls (e.g. ymo_wsgi_environ), which is exact;
+several, comma-separated, add up (ev_run,worker_main: all the serving a
+yimmo process does, on the loop thread and in the workers).
 """
 
 import argparse
@@ -115,7 +117,8 @@ def run(argv, cwd, env, n, request, toggle, out):
     argv = [a.replace("{port}", str(port)) for a in argv]
     proc = subprocess.Popen(
         ["valgrind", "--tool=callgrind", "--callgrind-out-file=" + out,
-         *(["--toggle-collect=" + toggle] if toggle else []), *argv],
+         *["--toggle-collect=" + f for f in (toggle or "").split(",") if f],
+         *argv],
         cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
         start_new_session=True)
     try:
@@ -182,8 +185,10 @@ def main(argv=None):
     p.add_argument("--server-arg", action="append", default=[],
                    help="one more yimmo option (repeatable), e.g. "
                    "--server-arg=--timeout=0")
-    p.add_argument("--toggle", help="count only inside this function "
-                   "(callgrind --toggle-collect), e.g. ymo_wsgi_environ")
+    p.add_argument("--toggle", help="count only inside these functions "
+                   "(comma-separated; callgrind --toggle-collect), e.g. "
+                   "ymo_wsgi_environ, or ev_run,worker_main for the loop "
+                   "thread and the workers without start-up")
     p.add_argument("--top", type=int, default=0,
                    help="also list the K functions with the most "
                    "instructions per request (self cost)")
