@@ -451,12 +451,11 @@ Core_stop(CoreObject *self, PyObject *args, PyObject *kwargs)
         return NULL;
     }
     Py_BEGIN_CRITICAL_SECTION(self);
-    if (self->initialized && !self->finished && self->workers_started &&
-        ymo_server_forked(&self->server)) {
-        /* A process forked from the one serving (by the app): the server
-         * is the parent's, and its locks may be held for ever here. */
-    }
-    else if (self->initialized && !self->finished) {
+    /* Nothing in a process forked from the one serving (by the app): the
+     * server is the parent's, and its locks may be held for ever here. */
+    int forked = self->initialized && self->workers_started &&
+                 ymo_server_forked(&self->server);
+    if (self->initialized && !self->finished && !forked) {
         ymo_server_stop(&self->server, grace < 0 ? 0 : grace);
         if (!self->workers_started) {
             /* No loop has run (workers_started is set, under this same

@@ -975,7 +975,7 @@ ymo_wsgi_worker_response_cut(ymo_exchange_t *exchange, ymo_bucket_t *error)
 }
 
 /* The exit status a SystemExit asks for (as Python's own exit does):
- * its code, None for 0, anything else printed and 1. Takes exc. */
+ * its code, None for 0, anything else printed and 1. */
 static int
 system_exit_status(PyObject *exc)
 {
@@ -996,7 +996,6 @@ system_exit_status(PyObject *exc)
     }
     PyErr_Clear();
     Py_XDECREF(code);
-    Py_DECREF(exc);
     return status;
 }
 
@@ -1017,8 +1016,6 @@ ymo_wsgi_forked_exit(void)
         }
         if (value != NULL &&
             PyErr_GivenExceptionMatches(value, PyExc_SystemExit)) {
-            Py_XDECREF(type);
-            Py_XDECREF(tb);
             status = system_exit_status(value);
         }
         else {
@@ -1028,12 +1025,12 @@ ymo_wsgi_forked_exit(void)
             if (value != NULL) {
                 PyErr_Display(type, value, tb);
             }
-            Py_XDECREF(type);
-            Py_XDECREF(value);
-            Py_XDECREF(tb);
-            PyErr_Clear();
             status = 1;
         }
+        Py_XDECREF(type);
+        Py_XDECREF(value);
+        Py_XDECREF(tb);
+        PyErr_Clear();
     }
     static const char *const streams[] = {"stdout", "stderr"};
     for (size_t i = 0; i < 2; i++) {
