@@ -141,7 +141,7 @@ header_key(ymo_module_state *st, const char *name, size_t len)
 /* The str of the latin-1 bytes s[0..n) as a header value: a client sends
  * the same Host, User-Agent, Accept... on each of its requests, and many
  * clients the same Accept-Encoding, so the worker keeps the str of recent
- * values (`values`, NULL for none: YMO_WSGI_VALUE_CACHE slots, one per
+ * values (not of credentials: Cookie, Authorization, Proxy-Authorization) (`values`, NULL for none: YMO_WSGI_VALUE_CACHE slots, one per
  * hash of the bytes, the last value of that hash in each) and returns
  * the one with exactly these bytes rather than a new one. A str is
  * immutable: an app cannot tell a shared one from a new one, and keeping
@@ -640,8 +640,14 @@ ymo_wsgi_environ(struct ymo_wsgi_app *app, ymo_exchange_t *ex,
         else if ((key = header_key(st, h->name, h->name_len)) == NULL) {
             goto fail;
         }
-        int r = add_header(env, key, h->value, h->value_len,
-                           NAME_IS(h, "Cookie"), values);
+        /* Credentials stay out of the worker's cache of values: nothing
+         * of a request's secret outlives the request there, and no timing
+         * can tell whether another client sent the same one lately. */
+        int is_cookie = NAME_IS(h, "Cookie");
+        int secret = is_cookie || NAME_IS(h, "Authorization") ||
+                     NAME_IS(h, "Proxy-Authorization");
+        int r = add_header(env, key, h->value, h->value_len, is_cookie,
+                           secret ? NULL : values);
         Py_DECREF(key);
         if (r < 0) {
             goto fail;

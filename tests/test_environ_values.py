@@ -92,3 +92,29 @@ def test_repeated_values_share_one_str_until_the_worker_ends(yimmo_server):
     assert server.stopped
     # The worker emptied its cache as it ended.
     wait_until(lambda: sys.getrefcount(kept[0]) == 4, what="the cache's reference to go (%d)" % sys.getrefcount(kept[0]))
+
+
+def test_credentials_are_not_kept(yimmo_server):
+    seen = []
+    keys = ["HTTP_COOKIE", "HTTP_AUTHORIZATION", "HTTP_PROXY_AUTHORIZATION",
+            "HTTP_USER_AGENT"]
+
+    def app(environ, start_response):
+        seen.append([environ[k] for k in keys])
+        start_response("204 No Content", [])
+        return []
+
+    server = yimmo_server(app, workers=1)
+    headers = [("Cookie", "session=0123456789abcdef"),
+               ("Authorization", "Bearer 0123456789abcdef"),
+               ("Proxy-Authorization", "Basic dXNlcjpwYXNz"),
+               ("User-Agent", "agent/1.0")]
+    with connect(server.address, WAIT) as sock:
+        for _ in range(2):
+            sock.sendall(build_request("GET", "/", headers))
+            assert read_response(sock)[0] == 204
+    first, second = seen
+    assert first == second == [v for _, v in headers]
+    # A new str for each request's secrets; the user agent is shared.
+    assert [a is b for a, b in zip(first, second)] == \
+        [False, False, False, True]
