@@ -141,8 +141,9 @@ header_key(ymo_module_state *st, const char *name, size_t len)
 /* The str of the latin-1 bytes s[0..n) as a header value: a client sends
  * the same Host, User-Agent, Accept... on each of its requests, and many
  * clients the same Accept-Encoding, so the worker keeps the str of recent
- * values (not of credentials: Cookie, Authorization, Proxy-Authorization) (`values`, NULL for none: YMO_WSGI_VALUE_CACHE slots, one per
- * hash of the bytes, the last value of that hash in each) and returns
+ * values (`values`, NULL for none; never credentials: Cookie,
+ * Authorization, Proxy-Authorization): YMO_WSGI_VALUE_CACHE slots, one
+ * per hash of the bytes, the last value of that hash in each. It returns
  * the one with exactly these bytes rather than a new one. A str is
  * immutable: an app cannot tell a shared one from a new one, and keeping
  * one alive costs at most the slots' strings (under 20 KB per worker).
@@ -154,14 +155,19 @@ value_str(PyObject **values, const char *s, size_t n)
         /* Shorter: Python's own single characters. */
         return PyUnicode_DecodeLatin1(s, (Py_ssize_t)n, NULL);
     }
-    const unsigned char *u = (const unsigned char *)s;
-    size_t h = n;
-    h = h * 31 + u[0];
-    h = h * 31 + u[1];
-    h = h * 31 + u[n / 2];
-    h = h * 31 + u[n - 2];
-    h = h * 31 + u[n - 1];
-    PyObject **slot = &values[(h ^ (h >> 7)) & (YMO_WSGI_VALUE_CACHE - 1)];
+    /* The slot: a multiplicative hash of the length and the first and
+     * last 8 bytes (all of a shorter value). */
+    uint64_t a = 0, b = 0;
+    if (n >= 8) {
+        memcpy(&a, s, 8);
+        memcpy(&b, s + n - 8, 8);
+    }
+    else {
+        memcpy(&a, s, n);
+    }
+    uint64_t h = (a ^ (b * 0xff51afd7ed558ccdULL) ^ (uint64_t)n) *
+                 0x9e3779b97f4a7c15ULL;
+    PyObject **slot = &values[h >> (64 - YMO_WSGI_VALUE_CACHE_BITS)];
     PyObject *v = *slot;
     /* Every str in the cache came from PyUnicode_DecodeLatin1 below: one
      * byte per character, those of the value. */

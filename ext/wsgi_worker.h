@@ -48,8 +48,9 @@ typedef int ymo_status_t;            /* 0 or a negative errno */
 
 struct ymo_server;
 
-/* Slots of a worker's cache of header value strings (a power of 2). */
-#define YMO_WSGI_VALUE_CACHE 64
+/* Slots of a worker's cache of header value strings. */
+#define YMO_WSGI_VALUE_CACHE_BITS 6
+#define YMO_WSGI_VALUE_CACHE (1 << YMO_WSGI_VALUE_CACHE_BITS)
 
 typedef struct ymo_wsgi_worker {
     ymo_queue_t queue_in;            /* exchanges to run; lock_in */

@@ -8,9 +8,9 @@ from helpers import build_request, connect, read_response, wait_until
 
 WAIT = 10
 
-# Same length, same bytes where the cache's hash looks (the first two, the
-# middle, the last two), different elsewhere: one slot, two values.
-ALIKE = ["abXdeZg", "abYdeZg"]
+# Same length, same bytes where the cache's hash looks (the first and the
+# last eight), different elsewhere: one slot, two values.
+ALIKE = ["abcdefgh-X-stuvwxyz", "abcdefgh-Y-stuvwxyz"]
 NAMES = ["User-Agent", "X-Value", "Content-Type", "Accept"]
 KEYS = ["HTTP_USER_AGENT", "HTTP_X_VALUE", "CONTENT_TYPE", "HTTP_ACCEPT"]
 
@@ -35,7 +35,8 @@ def test_values_alike_in_the_hash_stay_apart(yimmo_server):
     server = yimmo_server(echo_app, workers=1)
     values = ALIKE + [
         "ab", "a" * 256, "b" * 257, "x" * 256, "caf\xe9 au lait",
-        "caf\xe8 au lait", "*/*", "*/+", "+/*",
+        "caf\xe8 au lait", "*/*", "*/+", "+/*", "abcdefgh", "abcdefgi",
+        "abcdefghabcdefgh", "abcdefghXabcdefgh",
     ]
     with connect(server.address, WAIT) as sock:
         for _ in range(3):
