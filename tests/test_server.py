@@ -644,9 +644,18 @@ def test_stray_crlf_does_not_hold_up_a_stop(when):
             if when == "after a response":
                 gate.set()
                 assert read_response(sock).body == b"part1part2"
+                assert_closed(sock, WAIT)
             else:
-                sock.sendall(b"\r\n")
-            assert_closed(sock, WAIT)
+                try:
+                    sock.sendall(b"\r\n")
+                except (ConnectionResetError, BrokenPipeError):
+                    # A slow build (ThreadSanitizer's) saw the listener
+                    # refuse only after the idle connection's last call
+                    # had ended and the server had closed it: then it
+                    # must have had that last call, not less.
+                    assert time.monotonic() - t0 >= 0.9
+                else:
+                    assert_closed(sock, WAIT)
             stopper.join(WAIT)
             assert not stopper.is_alive()
             assert time.monotonic() - t0 < 4
