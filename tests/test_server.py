@@ -649,11 +649,12 @@ def test_stray_crlf_does_not_hold_up_a_stop(when):
                 try:
                     sock.sendall(b"\r\n")
                 except (ConnectionResetError, BrokenPipeError):
-                    # A slow build (ThreadSanitizer's) saw the listener
-                    # refuse only after the idle connection's last call
-                    # had ended and the server had closed it: then it
-                    # must have had that last call, not less.
-                    assert time.monotonic() - t0 >= 0.9
+                    # Seen on ThreadSanitizer's slow build: the connection
+                    # was closed before the CRLF went out, at the end of
+                    # its last call or (never accepted yet) by the kernel
+                    # as the listener closed. Either way nothing renewed
+                    # its wait: the stop's time is checked below.
+                    pass
                 else:
                     assert_closed(sock, WAIT)
             stopper.join(WAIT)
