@@ -152,7 +152,8 @@ static PyObject *
 value_str(PyObject **values, const char *s, size_t n)
 {
     if (values == NULL || n < 2 || n > VALUE_CACHE_MAX_LEN) {
-        /* Shorter: Python's own single characters. */
+        /* No cache; a value of one character (Python's own singleton
+         * then); or a long one, a token or a list, rarely repeated. */
         return PyUnicode_DecodeLatin1(s, (Py_ssize_t)n, NULL);
     }
     /* The slot: a multiplicative hash of the length and the first and
