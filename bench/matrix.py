@@ -245,6 +245,36 @@ def summary(row, samples):
     return out
 
 
+def run_xcpu(results):
+    """The median cross-CPU probe of the whole run (bench.cross_cpu_us)."""
+    return bench.xcpu_median(s for by in results.values()
+                             for ss in by.values() for s in ss)
+
+
+def compared(results, row):
+    """The row's samples ({server: [samples]}) that the tables and charts
+    compare: those taken in the machine's usual state, when every server
+    of the row has some (bench.same_state)."""
+    return bench.same_state(results.get(row.name, {}), run_xcpu(results))
+
+
+def left_out(results, rows):
+    """Notes on the samples compared() leaves out, one per row."""
+    median = run_xcpu(results)
+    notes = []
+    for row in rows:
+        by = results.get(row.name, {})
+        kept = compared(results, row)
+        out = ["%s %d of %d" % (n, len(by[n]) - len(kept[n]), len(by[n]))
+               for n in by if len(kept[n]) < len(by[n])]
+        if out:
+            notes.append("%s: left out (cross-CPU probe over %gx the "
+                         "run's median of %.1f us): %s"
+                         % (row.title, bench.XCPU_SLACK, median,
+                            ", ".join(out)))
+    return notes
+
+
 def throughput_text(row, m):
     if row.unit_bytes:
         return "%.0f MB/s" % m["mbps"]
@@ -265,7 +295,7 @@ def markdown(results, rows):
              "| peak RSS MB | errors | waiting conns | other % |",
              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for row in rows:
-        for name, samples in results.get(row.name, {}).items():
+        for name, samples in compared(results, row).items():
             m = summary(row, samples)
             rss = "%.0f" % m["rss_mb"]
             if "rss_per_conn_b" in m:
@@ -293,7 +323,7 @@ def ratios(results, rows):
              "best peer | best peer (p99) | yimmo throughput / best peer |",
              "|---|---:|---|---:|---|---:|"]
     for row in rows:
-        by = {n: summary(row, s) for n, s in results.get(row.name, {}).items()}
+        by = {n: summary(row, s) for n, s in compared(results, row).items()}
         if "yimmo" not in by:
             continue
         y = by.pop("yimmo")
@@ -373,7 +403,7 @@ def charts(data, out):
         labels = []
         for i, row in enumerate(rows):
             by = {n: summary(row, s)
-                  for n, s in data["results"][row.name].items()}
+                  for n, s in compared(data["results"], row).items()}
             value = {n: (m["rps"] if key == "throughput" else m[key])
                      for n, m in by.items()}
             if key == "p99_ms" and row.name in NO_P99:
@@ -485,6 +515,8 @@ def main(argv=None):
         print(markdown(data["results"], rows))
         print()
         print(ratios(data["results"], rows))
+        for note in left_out(data["results"], rows):
+            print("note: " + note)
         charts(data, args.charts.parent)
         return 0
     if shutil.which("wrk") is None:
@@ -563,10 +595,11 @@ def main(argv=None):
                         log("  dropped: %s" % str(exc)[:300])
                         continue
                     log("  %.0f req/s, p50 %.2f ms, p99 %.2f ms, %.1f us "
-                        "CPU/req, RSS %d KB, %d errors, other %.0f%%"
+                        "CPU/req, RSS %d KB, %d errors, other %.0f%%, "
+                        "cross-CPU %.1f us"
                         % (sample.rps, sample.p50_ms, sample.p99_ms,
                            sample.cpu_us, sample.rss_peak_kb, sample.errors,
-                           sample.other_pct))
+                           sample.other_pct, sample.xcpu_us))
                     d = sample._asdict()
                     d["round"] = round_no
                     results.setdefault(row.name, {}).setdefault(
@@ -580,7 +613,7 @@ def main(argv=None):
     print(markdown(results, rows))
     print()
     print(ratios(results, rows))
-    for note in notes:
+    for note in notes + left_out(results, rows):
         print("note: " + note)
     if not write_charts(json_path, python):
         print("note: charts not drawn (matplotlib missing: pip install "
