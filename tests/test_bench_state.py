@@ -86,3 +86,21 @@ def test_matrix_tables_compare_the_same_state():
     notes = matrix.left_out(results, [row, hello])
     assert len(notes) == 1
     assert "yimmo 1 of 3" in notes[0] and "granian 1 of 3" in notes[0]
+
+
+def test_probe_without_a_reader_ends(monkeypatch):
+    """A reader that never runs (here: it exits at once) costs the probe
+    a bounded wait and no measure, not a hang."""
+    if not bench.can_pin():
+        pytest.skip("needs CPUs 0 and 1 and taskset")
+    real_affinity = os.sched_setaffinity
+    parent = os.getpid()
+
+    def affinity(pid, cpus):
+        if os.getpid() != parent:
+            os._exit(3)
+        real_affinity(pid, cpus)
+    monkeypatch.setattr(os, "sched_setaffinity", affinity)
+    started = time.monotonic()
+    assert bench.cross_cpu_us(0.05) == 0.0
+    assert time.monotonic() - started < 5
