@@ -279,64 +279,89 @@ def can_pin():
 # the reports compare servers over the samples taken in the same state.
 
 XCPU_BYTES = 65536
-# A sample counts as taken in the machine's usual state when its probes
-# cost at most this many times the median probe of the whole run.
+# A sample counts as taken in the machine's usual state when both its
+# probes cost at most this many times the run's lower quartile of probes
+# (the usual state is the cheaper one; a quartile, not the median, so that
+# a run spending half its time in the slow state still has its cut between
+# the two).
 XCPU_SLACK = 2.0
 
 
 def cross_cpu_us(seconds=0.2):
     """Microseconds to hand XCPU_BYTES written on SERVER_CPU to a reader
     copying them out on CLIENT_CPU, through shared memory, both spinning
-    (no system call, no wake-up: only the caches). 0.0 when the two CPUs
-    cannot be pinned."""
+    (no system call, no wake-up: only the caches). Run it with no server
+    up: a server's own work on these CPUs (closing 10,000 connections, say)
+    would count. 0.0, "not measured", when the two CPUs cannot be pinned
+    or the probe could not run."""
     if not can_pin():
         return 0.0
     size = XCPU_BYTES
     lo, hi = 64, 64 + size
-    shared = mmap.mmap(-1, hi)  # byte 0: 1 = written, 0 = read, 2 = stop
-    pid = os.fork()
+    # Byte 0: 1 = written (the reader copies it out, then sets 0).
+    # Byte 1: 1 = stop (only the writer sets it).
+    try:
+        shared = mmap.mmap(-1, hi)
+    except OSError:
+        return 0.0
+    # The reader runs no handler of ours (a SIGTERM turned into SystemExit
+    # would run the writer's cleanup in it): it ends on byte 1, or on its
+    # own deadline if the writer is gone.
+    stops = {signal.SIGINT, signal.SIGTERM}
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, stops)
+    try:
+        pid = os.fork()
+    except OSError:
+        pid = -1
     if pid == 0:  # the reader
         code = 1
         try:
             os.sched_setaffinity(0, {int(CLIENT_CPU)})
             deadline = time.monotonic() + seconds + 5
-            while time.monotonic() < deadline:
+            while code and time.monotonic() < deadline:
                 for _ in range(1000):
-                    flag = shared[0]
-                    if flag == 1:
-                        shared[lo:hi]  # a copy of it all
-                        shared[0] = 0
-                    elif flag == 2:
+                    if shared[1]:
                         code = 0
                         break
-                if code == 0:
-                    break
+                    if shared[0] == 1:
+                        shared[lo:hi]  # a copy of it all
+                        shared[0] = 0
         finally:
             os._exit(code)
+    signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+    if pid < 0:
+        shared.close()
+        return 0.0
     old = os.sched_getaffinity(0)
     count = 0
+    elapsed = 0.0
     try:
         os.sched_setaffinity(0, {int(SERVER_CPU)})
         data = [bytes([i + 1]) * size for i in range(2)]
         started = time.perf_counter()
         end = started + seconds
-        while count < 1 << 20:
+        gone = False
+        while count < 1 << 20 and not gone:
             spins = 0
             while shared[0] != 0:
                 spins += 1
-                if spins % 4096 == 0 and \
-                        time.perf_counter() > end + 1:
-                    return 0.0  # the reader is gone: no measure
-            if count % 16 == 0 and time.perf_counter() >= end:
+                if spins % 4096 == 0 and time.perf_counter() > end + 1:
+                    gone = True  # the reader is gone: no measure
+                    break
+            if gone or (count % 16 == 0 and time.perf_counter() >= end):
                 break
             shared[lo:hi] = data[count & 1]
             shared[0] = 1
             count += 1
         elapsed = time.perf_counter() - started
+        if gone:
+            count = 0
     finally:
-        shared[0] = 2
-        os.waitpid(pid, 0)
+        shared[1] = 1
+        # The affinity first: a second signal during the wait below must
+        # not leave this process pinned to one CPU.
         os.sched_setaffinity(0, old)
+        os.waitpid(pid, 0)
         shared.close()
     return elapsed * 1e6 / count if count else 0.0
 
@@ -347,24 +372,56 @@ def xcpu_of(sample):
     return sample.xcpu_us
 
 
-def xcpu_median(samples):
-    """The median probe over samples (Sample or its dict), 0.0 without."""
-    probes = [xcpu_of(s) for s in samples if xcpu_of(s) > 0]
-    return statistics.median(probes) if probes else 0.0
+def xcpu_reference(samples):
+    """The lower quartile of the probes of samples (Sample or its dict):
+    the cost of the machine's usual, cheaper state. 0.0 without probes."""
+    probes = sorted(xcpu_of(s) for s in samples if xcpu_of(s) > 0)
+    return probes[(len(probes) - 1) // 4] if probes else 0.0
 
 
-def same_state(by_server, median=None):
+def same_state(by_server, reference=None, optional=()):
     """by_server ({name: [samples]}) restricted to the samples taken in the
-    machine's usual state (probes within XCPU_SLACK of `median`, by default
-    the median of these samples), when that leaves every server at least
-    one; otherwise all of them, unchanged."""
-    if median is None:
-        median = xcpu_median(s for ss in by_server.values() for s in ss)
-    if median <= 0:
+    machine's usual state: probes at most XCPU_SLACK times `reference` (by
+    default xcpu_reference of these samples), or not measured. When that
+    leaves a server without a sample, all the samples of every server
+    instead, unchanged; except for the servers named in `optional` (a
+    ceiling such as nginx, compared with no one), which then keep all of
+    theirs without undoing the choice for the others."""
+    if reference is None:
+        reference = xcpu_reference(s for ss in by_server.values() for s in ss)
+    if reference <= 0:
         return by_server
-    kept = {name: [s for s in ss if 0 < xcpu_of(s) <= XCPU_SLACK * median]
+    kept = {name: [s for s in ss if xcpu_of(s) <= XCPU_SLACK * reference]
             for name, ss in by_server.items()}
+    for name in optional:
+        if name in kept and not kept[name]:
+            kept[name] = by_server[name]
     return kept if all(kept.values()) else by_server
+
+
+def left_out(by_server, kept, reference=None):
+    """What same_state() did, in words: [] when it kept every sample."""
+    if reference is None:
+        reference = xcpu_reference(s for ss in by_server.values()
+                                   for s in ss)
+    if reference <= 0:
+        return []
+    limit = "cross-CPU probe over %gx the run's lower quartile, %.1f us" % (
+        XCPU_SLACK, reference)
+    out = ["%s %d of %d" % (n, len(ss) - len(kept[n]), len(ss))
+           for n, ss in by_server.items() if len(kept[n]) < len(ss)]
+    if out:
+        return ["left out (%s): %s" % (limit, ", ".join(out))]
+    def slow(s):
+        return xcpu_of(s) > XCPU_SLACK * reference
+    none = [n for n, ss in by_server.items() if all(map(slow, ss))]
+    if not none:
+        return []
+    return ["all samples compared, though some were taken in the slow state "
+            "(%s), as %s had none in the usual one: %s"
+            % (limit, " and ".join(none), ", ".join(
+                "%s %d of %d" % (n, sum(map(slow, ss)), len(ss))
+                for n, ss in by_server.items() if any(map(slow, ss))))]
 
 
 def pinned(argv, cpu):
@@ -663,7 +720,8 @@ class Sample(NamedTuple):
     # that the server left waiting (their requests count nowhere in wrk).
     unaccepted: int = 0
     waiting: float = 0  # the median of the same samples
-    # cross_cpu_us() just before and just after the run, the higher one.
+    # cross_cpu_us() just before the server started and just after it
+    # stopped, the higher one (0.0: not measured).
     xcpu_us: float = 0.0
 
 
@@ -679,6 +737,9 @@ class Load(NamedTuple):
 def measure(server, args, logs, load=None):
     load = load or Load(args.connections)
     port = free_port()
+    # The machine's state just before this server starts and just after it
+    # is gone (cross_cpu_us: not while it may still be busy).
+    xcpu_before = cross_cpu_us()
     proc = start(server, port, logs, args.ref_dir)
     try:
         if not wait_ready(proc, port, args.start_timeout):
@@ -692,7 +753,6 @@ def measure(server, args, logs, load=None):
         if args.warmup:
             run_wrk(port, args.warmup, load.connections, load.extra,
                     load.path)
-        xcpu_before = cross_cpu_us()
         sampler = RssSampler(proc.pid, port)
         sampler.start()
         started = time.monotonic()
@@ -706,12 +766,12 @@ def measure(server, args, logs, load=None):
                      machine_busy_seconds())
             rss_peak = sampler.stop()
         wall = time.monotonic() - started
-        xcpu = max(xcpu_before, cross_cpu_us())
         if proc.poll() is not None:
             raise RuntimeError("exited during the run%s"
                                % exited(proc, logs, server))
     finally:
         stop(proc)
+    xcpu = max(xcpu_before, cross_cpu_us())
     server_cpu, wrk_cpu, busy = (a - b for a, b in zip(after, before))
     cpu_us = server_cpu * 1e6 / wrk.requests if wrk.requests else 0.0
     other = max(0.0, busy - server_cpu - wrk_cpu) * 100 / wall
@@ -765,7 +825,7 @@ def medians(samples):
                   max(s.rss_peak_kb for s in samples),
                   max(s.unaccepted for s in samples),
                   max(s.waiting for s in samples),
-                  xcpu_median(samples))
+                  max(xcpu_of(s) for s in samples))
 
 
 def ratio(value, base):
@@ -878,18 +938,12 @@ def main(argv=None):
 
     print()
     compared = same_state(results)
-    used = sum(map(len, compared.values()))
     print("hello world, wrk -t1 -c%d -d%ds, server on CPU %s, wrk on CPU %s, "
-          "median of %d round(s)" % (args.connections, args.duration,
-                                     SERVER_CPU, CLIENT_CPU, args.rounds))
+          "medians of %d round(s)" % (args.connections, args.duration,
+                                      SERVER_CPU, CLIENT_CPU, args.rounds))
     print(format_table(compared, [s.name for s in servers]))
-    total = sum(map(len, results.values()))
-    if used < total:
-        print("note: %d of %d samples left out: taken while moving data "
-              "between the CPUs cost over %gx its median (%.1f us per "
-              "64 KB; see bench/README.md, \"The machine's two states\")"
-              % (total - used, total, XCPU_SLACK, xcpu_median(
-                  s for ss in results.values() for s in ss)))
+    for note in left_out(results, compared):
+        print("note: " + note)
     busiest = max((max(s.other_pct for s in v) for v in results.values()),
                   default=0.0)
     if busiest > BUSY_WARNING:

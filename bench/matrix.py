@@ -246,33 +246,27 @@ def summary(row, samples):
 
 
 def run_xcpu(results):
-    """The median cross-CPU probe of the whole run (bench.cross_cpu_us)."""
-    return bench.xcpu_median(s for by in results.values()
-                             for ss in by.values() for s in ss)
+    """The run's lower quartile of cross-CPU probes (bench.cross_cpu_us),
+    over every row: the cost of the machine's usual state."""
+    return bench.xcpu_reference(s for by in results.values()
+                                for ss in by.values() for s in ss)
 
 
 def compared(results, row):
     """The row's samples ({server: [samples]}) that the tables and charts
     compare: those taken in the machine's usual state, when every server
-    of the row has some (bench.same_state)."""
-    return bench.same_state(results.get(row.name, {}), run_xcpu(results))
+    of the row has some; nginx, the file row's ceiling, does not decide
+    (bench.same_state)."""
+    return bench.same_state(results.get(row.name, {}), run_xcpu(results),
+                            optional=("nginx",))
 
 
 def left_out(results, rows):
-    """Notes on the samples compared() leaves out, one per row."""
-    median = run_xcpu(results)
-    notes = []
-    for row in rows:
-        by = results.get(row.name, {})
-        kept = compared(results, row)
-        out = ["%s %d of %d" % (n, len(by[n]) - len(kept[n]), len(by[n]))
-               for n in by if len(kept[n]) < len(by[n])]
-        if out:
-            notes.append("%s: left out (cross-CPU probe over %gx the "
-                         "run's median of %.1f us): %s"
-                         % (row.title, bench.XCPU_SLACK, median,
-                            ", ".join(out)))
-    return notes
+    """Notes on what compared() did, one per row where it mattered."""
+    return ["%s: %s" % (row.title, note) for row in rows
+            for note in bench.left_out(results.get(row.name, {}),
+                                       compared(results, row),
+                                       run_xcpu(results))]
 
 
 def throughput_text(row, m):
