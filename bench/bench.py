@@ -723,6 +723,8 @@ class Sample(NamedTuple):
     # cross_cpu_us() just before the server started and just after it
     # stopped, the higher one (0.0: not measured).
     xcpu_us: float = 0.0
+    xcpu_before_us: float = 0.0  # the first of the two (the load's effect
+    # on the host's placement, if any, shows in the second)
 
 
 class Load(NamedTuple):
@@ -777,7 +779,7 @@ def measure(server, args, logs, load=None):
     other = max(0.0, busy - server_cpu - wrk_cpu) * 100 / wall
     return Sample(wrk.rps, wrk.p99_ms, cpu_us, wrk.errors, other,
                   wrk.p50_ms, wrk.requests, rss_idle, rss_peak,
-                  sampler.queued, sampler.waiting, xcpu)
+                  sampler.queued, sampler.waiting, xcpu, xcpu_before)
 
 
 def exited(proc, logs, server):
@@ -825,7 +827,8 @@ def medians(samples):
                   max(s.rss_peak_kb for s in samples),
                   max(s.unaccepted for s in samples),
                   max(s.waiting for s in samples),
-                  max(xcpu_of(s) for s in samples))
+                  max(xcpu_of(s) for s in samples),
+                  max(s.xcpu_before_us for s in samples))
 
 
 def ratio(value, base):
