@@ -296,6 +296,21 @@ def cross_cpu_us(seconds=0.2):
     or the probe could not run."""
     if not can_pin():
         return 0.0
+    # SIGINT and SIGTERM wait until the probe is over (`seconds`, or 1 s
+    # more without a reader): the reader must be stopped and this
+    # process's CPUs given back whatever happens, and CPython 3.13.0 was
+    # seen to skip the `finally` below when a handler raised in the
+    # middle of the spinning loop (the reader then spun on, and the
+    # process stayed pinned to one CPU). The reader inherits the mask.
+    stops = {signal.SIGINT, signal.SIGTERM}
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, stops)
+    try:
+        return _cross_cpu_us(seconds)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+
+
+def _cross_cpu_us(seconds):
     size = XCPU_BYTES
     lo, hi = 64, 64 + size
     # Byte 0: 1 = written (the reader copies it out, then sets 0).
@@ -304,11 +319,8 @@ def cross_cpu_us(seconds=0.2):
         shared = mmap.mmap(-1, hi)
     except OSError:
         return 0.0
-    # The reader runs no handler of ours (a SIGTERM turned into SystemExit
-    # would run the writer's cleanup in it): it ends on byte 1, or on its
-    # own deadline if the writer is gone.
-    stops = {signal.SIGINT, signal.SIGTERM}
-    mask = signal.pthread_sigmask(signal.SIG_BLOCK, stops)
+    # The reader runs no handler of ours (SIGINT and SIGTERM are blocked):
+    # it ends on byte 1, or on its own deadline if the writer is gone.
     try:
         pid = os.fork()
     except OSError:
@@ -328,7 +340,6 @@ def cross_cpu_us(seconds=0.2):
                         shared[0] = 0
         finally:
             os._exit(code)
-    signal.pthread_sigmask(signal.SIG_SETMASK, mask)
     if pid < 0:
         shared.close()
         return 0.0
