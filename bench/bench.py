@@ -269,14 +269,15 @@ def can_pin():
 # On a virtual machine the host decides where the two CPUs run, and moves
 # them: here (2 vCPUs of a Firecracker VM on an AMD host) handing 64 KB
 # written on one CPU to a reader on the other costs about 10 us for
-# seconds or minutes at a time, then about 35-45 us (the vCPUs no longer
-# share a cache), then 10 again, with nothing else running. Every response
+# seconds or minutes at a time, then about 35-45 us (presumably no longer
+# sharing a cache), then 10 again, with nothing else running. Every response
 # crosses from the server's CPU to wrk's, so a 5-second sample of a
 # bulk-transfer row (64 KB, 1 MB, the file) taken in the slow state costs
 # the server up to 1.8x the CPU per request of one taken in the fast state,
 # whatever the server (bench/README.md, "The machine's two states"). The
-# probe below measures that cost just before and just after each sample;
-# the reports compare servers over the samples taken in the same state.
+# probe below measures that cost just before each server starts and just
+# after it is gone; the reports compare servers over the samples taken in
+# the same state.
 
 XCPU_BYTES = 65536
 # A sample counts as taken in the machine's usual state when both its
