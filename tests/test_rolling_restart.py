@@ -58,16 +58,26 @@ def _netns_usable():
     return None
 
 
+def _subnet(index):
+    """A /30 of 10.213.0.0/16 for host `index` (1-3) of this test run: the
+    root namespace's routes are shared, and suites run side by side
+    (.ci/side-by-side) must not both route the same subnet."""
+    block = (os.getpid() % 4096) * 4 + index
+    return "10.213.%d.%d" % (block // 64, block % 64 * 4)
+
+
 class Host:
-    """A network namespace with a veth pair to the root namespace:
-    10.213.N.1 on our side, 10.213.N.2 inside."""
+    """A network namespace with a veth pair to the root namespace: the
+    first address of its /30 (_subnet) on our side, the second inside."""
 
     def __init__(self, index, tag):
         self.index = index
         self.name = "ymo-%s-%d" % (tag, os.getpid())
         self.outer = "ymo%d%d" % (index, os.getpid() % 100000)
         self.inner = "ymi%d%d" % (index, os.getpid() % 100000)
-        self.address = "10.213.%d.2" % index
+        net = _subnet(index).rsplit(".", 1)
+        self.outer_address = "%s.%d" % (net[0], int(net[1]) + 1)
+        self.address = "%s.%d" % (net[0], int(net[1]) + 2)
         self.tag = tag
         self.server = None
         self.generation = 0
@@ -77,11 +87,11 @@ class Host:
         _sh("ip", "link", "add", self.outer, "type", "veth", "peer", "name",
             self.inner)
         _sh("ip", "link", "set", self.inner, "netns", self.name)
-        _sh("ip", "addr", "add", "10.213.%d.1/24" % self.index, "dev",
+        _sh("ip", "addr", "add", self.outer_address + "/30", "dev",
             self.outer)
         _sh("ip", "link", "set", self.outer, "up")
         ns = ("ip", "netns", "exec", self.name)
-        _sh(*ns, "ip", "addr", "add", self.address + "/24", "dev",
+        _sh(*ns, "ip", "addr", "add", self.address + "/30", "dev",
             self.inner)
         _sh(*ns, "ip", "link", "set", self.inner, "up")
         _sh(*ns, "ip", "link", "set", "lo", "up")
