@@ -444,8 +444,10 @@ def write_charts(json_path, venv_python):
     try:
         import matplotlib  # noqa: F401
     except ImportError:
+        # Its tables are the ones main() has just printed.
         return subprocess.run([venv_python, __file__, "--charts",
-                               str(json_path)]).returncode == 0
+                               str(json_path)],
+                              stdout=subprocess.DEVNULL).returncode == 0
     data = json.loads(json_path.read_text())
     charts(data, json_path.parent)
     return True

@@ -627,6 +627,16 @@ Core_get_gil_handovers(CoreObject *self, void *closure)
     return Py_BuildValue("(kk)", n, timeouts);
 }
 
+static PyObject *
+Core_get_app_blocks(CoreObject *self, void *closure)
+{
+    (void)closure;
+    return PyBool_FromLong(
+        self->initialized &&
+        atomic_load_explicit(&self->server.cut_share,
+                             memory_order_relaxed) > YMO_APP_BLOCKS);
+}
+
 static PyGetSetDef Core_getset[] = {
     {"recycle_requested", (getter)Core_get_recycle_requested, NULL,
      "True once the request watchdog asked for this process to be"
@@ -638,6 +648,12 @@ static PyGetSetDef Core_getset[] = {
      " requests (wsgi_worker.c, handover_due), and of those, the times no"
      " worker took it between requests within the wait (a thread of the"
      " app, or a worker inside a request, may have)", NULL},
+    {"app_blocks", (getter)Core_get_app_blocks, NULL,
+     "True while most recent requests run with the GIL saw it change hands"
+     " (the app blocks with it released, a sleep or a query; or, with"
+     " others waiting, its requests run longer than the switch interval"
+     " and Python forced a switch): the loop then gives each request an"
+     " idle worker of its own (server.c, dispatch)", NULL},
     {"finished", (getter)Core_get_finished, NULL,
      "True once the server has stopped and its workers have exited", NULL},
     {NULL, NULL, NULL, NULL, NULL},

@@ -511,6 +511,21 @@ other_in_app(ymo_wsgi_worker_t *self)
     return 0;
 }
 
+/* With the GIL, after an exchange: update the share of cut ones (1024ths,
+ * a moving average over about 8; server.c, dispatch, reads it). Stored
+ * only when it changes: an app that never blocks leaves it at 0 without a
+ * write to the shared line per request. */
+static void
+note_cut(ymo_server_t *s, int cut)
+{
+    unsigned share = atomic_load_explicit(&s->cut_share,
+                                          memory_order_relaxed);
+    unsigned next = share - share / 8 + (cut ? 128 : 0);
+    if (next != share) {
+        atomic_store_explicit(&s->cut_share, next, memory_order_relaxed);
+    }
+}
+
 /* A hand-over after a cut exchange comes at most once per this many
  * switch intervals. The other worker in an exchange may be in I/O rather
  * than waiting for the GIL (a query), and then the hand-over only delays
@@ -732,6 +747,9 @@ worker_main(void *arg)
                     cut = on && atomic_load_explicit(
                                     &s->gil_turns,
                                     memory_order_relaxed) != turns + 1;
+                    if (on) {
+                        note_cut(s, cut);
+                    }
                     ran = 1;
                 }
                 ymo_wsgi_release_owners(s);

@@ -29,7 +29,8 @@ FREE_THREADED = bool(sysconfig.get_config_var("Py_GIL_DISABLED"))
 
 # A CPU-bound request of `ms` milliseconds (pure Python: it can be made
 # to drop the GIL at any bytecode). /log returns and clears the log;
-# /stats the server's hand-over counts (yimmo.Server's core).
+# /stats the server's hand-over counts, /blocks whether it takes the app
+# to block (yimmo.Server's core).
 APP = textwrap.dedent("""
     import os
     import sys
@@ -56,6 +57,8 @@ APP = textwrap.dedent("""
             log.clear()
         elif path == "/stats":
             body = repr(server._core.gil_handovers).encode()
+        elif path == "/blocks":
+            body = repr(server._core.app_blocks).encode()
         elif path == "/big":
             body = b"x" * 65536
         else:
@@ -177,6 +180,10 @@ def test_cpu_bound_requests_are_not_cut_in_two(tmp_path, workers):
         # Another worker took the GIL every time (no thread of the app
         # competes for it here).
         assert timeouts <= handovers * 0.05, (handovers, timeouts)
+        # Requests that do not block, handed over between them rather than
+        # cut, are not taken for an app that blocks (ext/server.c,
+        # dispatch: each would get a worker of its own).
+        assert get(addr, "/blocks").body == b"False"
 
 
 @skip_if_gil_off
