@@ -561,9 +561,19 @@ def _restore_signals():
     # A child of a process that ignores SIGINT (a background job of a
     # non-interactive shell) would ignore it too, and Python would not
     # install its KeyboardInterrupt handler. Likewise SIGHUP under nohup:
-    # the server leaves an ignored SIGHUP alone (it may be the app's).
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-    signal.signal(signal.SIGHUP, signal.SIG_DFL)
+    # the server leaves an ignored SIGHUP alone (it may be the app's). So
+    # the test process takes the dispositions of an interactive run, once,
+    # on import (the main thread), and its children inherit them through
+    # exec. Not in a preexec_fn: Python code between fork and exec can
+    # deadlock in a threaded parent (under ASan, on the allocator's lock
+    # that a pump thread held at the fork: seen in a CI run).
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    if signal.getsignal(signal.SIGHUP) == signal.SIG_IGN:
+        signal.signal(signal.SIGHUP, signal.SIG_DFL)
+
+
+_restore_signals()
 
 
 class ServerProcess:
@@ -573,15 +583,11 @@ class ServerProcess:
 
     def __init__(self, args, cwd=None, env=None, stdin=subprocess.DEVNULL,
                  pass_fds=()):
-        preexec = None
-        if signal.SIG_IGN in (signal.getsignal(signal.SIGINT),
-                              signal.getsignal(signal.SIGHUP)):
-            preexec = _restore_signals
         self.args = args
         self.proc = subprocess.Popen(
             args, cwd=cwd, env=env if env is not None else subprocess_env(),
             stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            preexec_fn=preexec, pass_fds=pass_fds)
+            pass_fds=pass_fds)
         self.stdout_lines = []
         self.stderr_lines = []
         self._cond = threading.Condition()
