@@ -511,16 +511,25 @@ other_in_app(ymo_wsgi_worker_t *self)
     return 0;
 }
 
-/* With the GIL, after an exchange: update the share of cut ones (1024ths,
- * a moving average over about 8; server.c, dispatch, reads it). Stored
- * only when it changes: an app that never blocks leaves it at 0 without a
- * write to the shared line per request. */
+/* A share in 1024ths, as a moving average over about 8 events, after one
+ * more event that `hit` or not. From 0 it stays within 0..1024 (hits
+ * only: 128, 240, ... up to 1024, where share / 8 equals what one adds). */
+static unsigned
+share_step(unsigned share, int hit)
+{
+    return share - share / 8 + (hit ? 128 : 0);
+}
+
+/* With the GIL, after an exchange: update the share of cut ones
+ * (share_step; server.c, dispatch, reads it). Stored only when it
+ * changes: an app that never blocks leaves it at 0 without a write to the
+ * shared line per request. */
 static void
 note_cut(ymo_server_t *s, int cut)
 {
     unsigned share = atomic_load_explicit(&s->cut_share,
                                           memory_order_relaxed);
-    unsigned next = share - share / 8 + (cut ? 128 : 0);
+    unsigned next = share_step(share, cut);
     if (next != share) {
         atomic_store_explicit(&s->cut_share, next, memory_order_relaxed);
     }
@@ -548,14 +557,14 @@ note_cut(ymo_server_t *s, int cut)
 #define HANDOVER_PAUSE_LONG 100
 
 /* After a hand-over between exchanges: update the share of missed ones
- * (1024ths, a moving average over about 8), and pause if it missed. */
+ * (share_step), and pause if it missed. */
 static void
 handover_note(ymo_wsgi_worker_t *self, int missed)
 {
     ymo_server_t *s = self->server;
     unsigned share = atomic_load_explicit(&s->handover_missed,
                                           memory_order_relaxed);
-    share = share - share / 8 + (missed ? 128 : 0);
+    share = share_step(share, missed);
     atomic_store_explicit(&s->handover_missed, share, memory_order_relaxed);
     if (missed) {
         uint64_t pause = share > 256 ? HANDOVER_PAUSE_LONG
