@@ -51,6 +51,7 @@ static void conn_on_io(struct ev_loop *loop, ev_io *w, int revents);
 static void conn_on_timer(struct ev_loop *loop, ev_timer *w, int revents);
 static void conn_step(ymo_conn_t *c);
 static void conn_dispatch(ymo_conn_t *c);
+static void conn_idle_close(ymo_conn_t *c);
 
 static ev_tstamp
 now(const ymo_conn_t *c)
@@ -62,10 +63,15 @@ now(const ymo_conn_t *c)
  * the stop's deadline would cut off, in the app, a request that arrived
  * in it (see YMO_LAST_CALL). */
 static int
+last_call_fits(const ymo_server_t *s)
+{
+    return s->drain_deadline - ev_now(s->loop) >= 2 * YMO_LAST_CALL;
+}
+
+static int
 conn_last_call_fits(const ymo_conn_t *c)
 {
-    const ymo_server_t *s = c->listener->server;
-    return s->drain_deadline - now(c) >= 2 * YMO_LAST_CALL;
+    return last_call_fits(c->listener->server);
 }
 
 /* How many bytes of empty lines (CRLF pairs) buf begins with. RFC 9112
@@ -1257,6 +1263,17 @@ conn_step(ymo_conn_t *c)
                 c->busy->inlen = 0;
                 c->busy->linger_until = 0;
             }
+            /* Empty lines first (a CRLF some clients send after a body):
+             * what is left decides whether a client that half-closed has
+             * nothing more for us. */
+            size_t skip = c->busy->state == YMO_CONN_HEAD
+                              ? empty_lines(c->busy->inbuf, c->busy->inlen)
+                              : 0;
+            if (skip > 0) {
+                c->busy->inlen -= skip;
+                memmove(c->busy->inbuf, c->busy->inbuf + skip,
+                        c->busy->inlen);
+            }
             /* Stopping, with a response that promised to keep the
              * connection (its head was built before the worker saw the
              * stop): its client may send the next request right away, and
@@ -1267,14 +1284,6 @@ conn_step(ymo_conn_t *c)
                 s->config.keepalive_timeout <= 0 ||
                 (s->draining_loop && !conn_last_call_fits(c))) {
                 c->busy->closing = 1;
-            }
-            size_t skip = c->busy->state == YMO_CONN_HEAD
-                              ? empty_lines(c->busy->inbuf, c->busy->inlen)
-                              : 0;
-            if (skip > 0) {
-                c->busy->inlen -= skip;
-                memmove(c->busy->inbuf, c->busy->inbuf + skip,
-                        c->busy->inlen);
             }
             ymo_http_parser_init(&c->busy->parser, &s->config.limits);
             c->head_started = now(c);
@@ -1687,8 +1696,17 @@ ymo_conn_drain_all(ymo_server_t *s)
         conn_drain(c);
         c = next;
     }
-    /* Idle connections are not closed at once either: see conn_drain.
-     * Their deadlines moved to the last call. */
+    /* Connections on the idle lists are not closed at once either (see
+     * conn_drain): their deadlines moved to the last call. Unless the
+     * stop's deadline leaves no room for one: then they close now, as
+     * idle ones with a busy part do in conn_drain. */
+    if (!last_call_fits(s)) {
+        for (int k = 0; k < 2; k++) {
+            while (s->idle_head[k] != NULL) {
+                conn_idle_close(s->idle_head[k]);
+            }
+        }
+    }
     server_arm_idle_timer(s, 1);
 }
 

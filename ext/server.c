@@ -228,8 +228,11 @@ server_on_stop(struct ev_loop *loop, ev_async *w, int revents)
          * be reset. */
         ymo_server_close_listeners(s);
         ev_timer_stop(loop, &s->accept_timer);
-        ymo_conn_drain_all(s);
     }
+    /* On every stop, not only the first: a later one may have brought the
+     * deadline so close that the last calls the first gave no longer fit
+     * (YMO_LAST_CALL). */
+    ymo_conn_drain_all(s);
     if (s->n_conns == 0) {
         server_finish(s);
         return;

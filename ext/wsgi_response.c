@@ -415,6 +415,10 @@ build_head(StartResponseObject *self, size_t extra)
     p += slen;
     *p++ = '\r';
     *p++ = '\n';
+    int code = self->status_code;
+    /* RFC 9110 8.6: no Content-Length in a 1xx or 204 response (the app's
+     * is dropped; it has no body either way). */
+    int no_length = code < 200 || code == 204;
     int app_close = 0, has_date = 0, has_server = 0;
     for (Py_ssize_t i = 0; i < nh; i++) {
         /* Checked by start_response; the list is our own copy and its
@@ -429,6 +433,9 @@ build_head(StartResponseObject *self, size_t extra)
         if (IEQ(name, nlen, "connection")) {
             /* Hop-by-hop: the server manages it; honour a close. */
             app_close |= has_close_token(value, vlen);
+            continue;
+        }
+        if (no_length && IEQ(name, nlen, "content-length")) {
             continue;
         }
         if (IEQ(name, nlen, "date")) {
@@ -456,7 +463,6 @@ build_head(StartResponseObject *self, size_t extra)
         memcpy(p, "Server: yimmo\r\n", 15);
         p += 15;
     }
-    int code = self->status_code;
     self->no_body = self->head_req || code < 200 || code == 204 || code == 304;
     int keep = req->keep_alive && !atomic_load(&ex->server->draining) &&
                ex->server->config.keepalive_timeout > 0 && !app_close;
@@ -1108,10 +1114,22 @@ send_file(StartResponseObject *self, ymo_file_wrapper_t *fw)
     }
     int fd = PyLong_AsLong(r);
     Py_DECREF(r);
-    struct stat sb;
-    if (fd < 0 || PyErr_Occurred() || fstat(fd, &sb) < 0 ||
-        !S_ISREG(sb.st_mode) || !size_trusted(fd, &sb)) {
+    if (fd < 0 || PyErr_Occurred()) {
         PyErr_Clear();
+        return 0;
+    }
+    /* Our own descriptor at once, before more of the app's code runs
+     * (tell() below, which may let another thread close the app's file
+     * and reuse its number), and before the head is built: a dup that
+     * fails (EMFILE) leaves the response to the iteration rather than a
+     * head that promises a body which never comes. */
+    int dupfd = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+    struct stat sb;
+    if (dupfd < 0 || fstat(dupfd, &sb) < 0 || !S_ISREG(sb.st_mode) ||
+        !size_trusted(dupfd, &sb)) {
+        if (dupfd >= 0) {
+            close(dupfd);
+        }
         return 0;
     }
     long long pos;
@@ -1122,18 +1140,16 @@ send_file(StartResponseObject *self, ymo_file_wrapper_t *fw)
     }
     else {
         PyErr_Clear();
-        pos = (long long)lseek(fd, 0, SEEK_CUR);
+        pos = (long long)lseek(dupfd, 0, SEEK_CUR);
     }
-    if (pos < 0 || PyErr_Occurred()) {
+    if (pos < 0 || PyErr_Occurred() || self->head_built) {
+        /* (head_built: fileno() and tell() are the app's code: while they
+         * ran, self's critical section was suspended (with the GIL: the
+         * GIL was passed on), and a thread of the app may have sent the
+         * head with write(). A second head would follow the first in the
+         * body: iterate instead, as after any write().) */
         PyErr_Clear();
-        return 0;
-    }
-    if (self->head_built) {
-        /* fileno() and tell() are the app's code: while they ran, self's
-         * critical section was suspended (with the GIL: the GIL was
-         * passed on), and a thread of the app may have sent the head
-         * with write(). A second head would follow the first in the
-         * body: iterate instead, as after any write(). */
+        close(dupfd);
         return 0;
     }
     long long avail = (long long)sb.st_size - pos;
@@ -1144,22 +1160,23 @@ send_file(StartResponseObject *self, ymo_file_wrapper_t *fw)
     if (self->content_length >= 0 && self->content_length < len) {
         len = self->content_length;
     }
-    self->known_length = len;
-    if (build_head(self, 0) < 0) {
+    /* The bucket before the head too: out of memory, the app's answer is
+     * a 500, not a head and a close. */
+    ymo_bucket_t *b = ymo_bucket_file(dupfd, (off_t)pos, (size_t)len);
+    if (b == NULL) {
+        close(dupfd);
+        PyErr_NoMemory();
         return -1;
     }
-    if (!self->no_body && len > 0) {
-        int dupfd = fcntl(fd, F_DUPFD_CLOEXEC, 0);
-        if (dupfd < 0) {
-            PyErr_SetFromErrno(PyExc_OSError);
-            return -1;
-        }
-        ymo_bucket_t *b = ymo_bucket_file(dupfd, (off_t)pos, (size_t)len);
-        if (b == NULL) {
-            close(dupfd);
-            PyErr_NoMemory();
-            return -1;
-        }
+    self->known_length = len;
+    if (build_head(self, 0) < 0) {
+        ymo_bucket_free(b);
+        return -1;
+    }
+    if (self->no_body || len == 0) {
+        ymo_bucket_free(b);     /* closes dupfd */
+    }
+    else {
         if (self->pend_tail != NULL) {
             self->pend_tail->next = b;
         }
@@ -1753,7 +1770,7 @@ done:
             PyObject *a[5] = {environ, status, len, dur,
                               r_headers ? r_headers : Py_None};
             PyObject *r = PyObject_Vectorcall(app->log_access, a, 5, NULL);
-            YMO_FORK_GUARD(ex->server);
+            YMO_FORK_GUARD(worker->server);   /* ex may be gone */
             if (r == NULL) {
                 PyErr_WriteUnraisable(app->log_access);
             }

@@ -105,7 +105,7 @@ watch_now(void)
 void
 ymo_watch_begin(ymo_wsgi_worker_t *w, ymo_exchange_t *ex)
 {
-    if (ex->server->config.request_timeout <= 0) {
+    if (w->server->config.request_timeout <= 0) {
         return;
     }
     /* The worker's own reference: once the watchdog has posted the final
@@ -171,7 +171,10 @@ ymo_watch_resume(ymo_wsgi_worker_t *w, ymo_exchange_t *ex)
 int
 ymo_watch_end(ymo_wsgi_worker_t *w, ymo_exchange_t *ex)
 {
-    if (ex->server->config.request_timeout <= 0) {
+    if (w->server->config.request_timeout <= 0) {
+        /* Without a timeout the worker holds no reference of its own:
+         * after an internal error's answer (wsgi_response.c) the loop may
+         * have freed ex already. */
         return 0;
     }
     pthread_mutex_lock(&w->watch_lock);

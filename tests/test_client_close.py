@@ -51,6 +51,24 @@ def test_half_closed_client_gets_its_response(yimmo_server, version):
     assert raw.endswith(b"hello /x")
 
 
+@pytest.mark.parametrize("method", ["GET", "POST"])
+@pytest.mark.parametrize("tail", [b"\r\n", b"\r\n\r\n"])
+def test_half_closed_client_after_a_stray_crlf(yimmo_server, method, tail):
+    # Some clients send a CRLF after a request (RFC 9112 2.2 has the server
+    # ignore it); shut down after it, the client has sent all it will: the
+    # connection closes after the response, not at the keep-alive timeout
+    # (it did, the empty line still counted as input when the close was
+    # decided).
+    server = yimmo_server(hello, workers=2, keepalive_timeout=60)
+    body = b"xyz" if method == "POST" else None
+    with connect(server.address, WAIT) as sock:
+        sock.sendall(build_request(method, "/x", body=body) + tail)
+        sock.shutdown(socket.SHUT_WR)
+        raw = read_until_close(sock, WAIT)
+    assert raw.startswith(b"HTTP/1.1 200 ")
+    assert raw.endswith(b"hello /x")
+
+
 def test_half_closed_client_gets_all_pipelined_responses(yimmo_server):
     server = yimmo_server(hello, workers=2)
     with connect(server.address, WAIT) as sock:

@@ -698,6 +698,74 @@ def test_no_last_call_that_the_deadline_would_cut_off():
         server.stop(0)
 
 
+def test_an_idle_connection_gets_no_last_call_the_deadline_would_cut_off():
+    """The same for a connection idle (its response long sent) when a stop
+    with less than two last calls to its deadline begins: it closes at
+    once, so a request sent on it never reaches the app. (It had the last
+    call: a request of 1 s sent into it ran and was cut off unanswered at
+    the 1.5 s deadline.)"""
+    seen = []
+
+    def app(environ, start_response):
+        seen.append(environ["PATH_INFO"])
+        if environ["PATH_INFO"] == "/slow":
+            time.sleep(1.0)
+        start_response("200 OK", [("Content-Length", "2")])
+        return [b"ok"]
+
+    server = yimmo.Server(app, bind="127.0.0.1:0", workers=2)
+    server.start()
+    try:
+        with connect(server.address, WAIT) as sock:
+            sock.sendall(build_request("GET", "/first"))
+            assert read_response(sock).body == b"ok"
+            time.sleep(0.2)     # idle: on an idle list
+            stopper = threading.Thread(target=server.stop, args=(1.5,))
+            stopper.start()
+            # The listeners close in the same turn of the loop as the
+            # connections are drained.
+            wait_until(lambda: refuses(server.address))
+            try:
+                sock.sendall(build_request("GET", "/slow"))
+                assert_closed(sock, WAIT)
+            except ConnectionResetError:
+                pass
+            stopper.join(WAIT)
+            assert not stopper.is_alive()
+        assert seen == ["/first"]
+    finally:
+        server.stop(0)
+
+
+def test_a_later_stop_that_leaves_no_room_ends_the_last_calls():
+    """stop(10) gives an idle connection a last call of 1 s; a stop(1.2)
+    0.3 s into it brings the deadline so close that a request sent in
+    the rest of the window would be cut off in the app: the connection
+    closes then, not when the window ends."""
+    server = yimmo.Server(make_app(b"ok"), bind="127.0.0.1:0", workers=2)
+    server.start()
+    try:
+        with connect(server.address, WAIT) as sock:
+            sock.sendall(build_request("GET", "/"))
+            assert read_response(sock).body == b"ok"
+            time.sleep(0.2)
+            first = threading.Thread(target=server.stop, args=(10,))
+            first.start()
+            wait_until(lambda: refuses(server.address))
+            t_first = time.monotonic()
+            time.sleep(0.3)
+            second = threading.Thread(target=server.stop, args=(1.2,))
+            second.start()
+            assert_closed(sock, WAIT)
+            # The window of the first stop ends about 1 s after it.
+            assert time.monotonic() - t_first < 0.75
+            first.join(WAIT)
+            second.join(WAIT)
+            assert not first.is_alive() and not second.is_alive()
+    finally:
+        server.stop(0)
+
+
 def test_serve_raises_keyboard_interrupt_on_sigint():
     with start_serve_script() as proc:
         addr = proc.wait_listening()

@@ -1,17 +1,45 @@
 """WSGI edges: statuses an app may not send, readline() with large
 limits, and wsgi.file_wrapper over files whose size cannot be trusted."""
 
+import signal
 import socket
+import sys
+import textwrap
 
 import pytest
 
-from helpers import (build_request, connect, read_response,
-                     read_until_close)
+from helpers import (ServerProcess, build_request, connect, read_response,
+                     read_until_close, subprocess_env)
 
 WAIT = 10
 
 
 # -- statuses an app may not send -----------------------------------------
+
+
+@pytest.mark.parametrize("length", ["0", "5"])
+def test_no_content_length_in_a_204(yimmo_server, length):
+    # RFC 9110 8.6: a server must not send Content-Length in a 204 (an app
+    # that sets one anyway, "0" as some frameworks do, or a wrong one):
+    # it is dropped, and the connection goes on.
+    def app(environ, start_response):
+        if environ["PATH_INFO"] == "/next":
+            start_response("200 OK", [("Content-Length", "4")])
+            return [b"next"]
+        start_response("204 No Content", [("Content-Length", length),
+                                          ("X-Kept", "yes")])
+        return [b""]
+
+    server = yimmo_server(app, workers=2)
+    with connect(server.address, WAIT) as sock:
+        sock.sendall(build_request("GET", "/") + build_request("GET", "/next"))
+        first = read_response(sock)
+        second = read_response(sock)
+    names = [k.lower() for k, v in first.headers]
+    assert first.status == 204
+    assert "content-length" not in names and "x-kept" in names
+    assert second.status == 200 and second.body == b"next"
+
 
 
 @pytest.mark.parametrize("status", [
@@ -103,3 +131,67 @@ def test_file_wrapper_on_regular_file_still_uses_its_size(yimmo_server,
         resp = read_response(sock)
     assert resp.headers["Content-Length"] == str(len(data))
     assert resp.body == data
+
+
+# -- a file the server cannot take a descriptor of ------------------------
+
+EMFILE_APP = textwrap.dedent("""
+    import os
+    import resource
+    import sys
+
+    import yimmo
+
+    resource.setrlimit(resource.RLIMIT_NOFILE, (256, 256))
+    PATH = sys.argv[1]
+    hogs = []
+
+
+    def app(environ, start_response):
+        if environ["PATH_INFO"] == "/release":
+            while hogs:
+                os.close(hogs.pop())
+            start_response("200 OK", [("Content-Length", "2")])
+            return [b"ok"]
+        # Every descriptor taken but the one the file gets: the server's
+        # own copy of it (for sendfile) fails with EMFILE.
+        try:
+            while True:
+                hogs.append(os.open(os.devnull, os.O_RDONLY))
+        except OSError:
+            pass
+        os.close(hogs.pop())
+        f = open(PATH, "rb")
+        start_response("200 OK", [])
+        return environ["wsgi.file_wrapper"](f, 8192)
+
+
+    server = yimmo.Server(app, bind="127.0.0.1:0", workers=1)
+    print("port", server.address[1], flush=True)
+    server.serve_forever()
+""")
+
+
+def test_file_wrapper_when_no_descriptor_is_left(tmp_path):
+    # The server's copy of the file's descriptor is made before the head:
+    # when it fails (EMFILE), the file is read through the wrapper instead.
+    # (The head went out first, with a Content-Length, and the client got
+    # a 200 with no body and a close.)
+    data = bytes(range(256)) * 400
+    (tmp_path / "data.bin").write_bytes(data)
+    (tmp_path / "emfile_app.py").write_text(EMFILE_APP)
+    with ServerProcess([sys.executable, "emfile_app.py",
+                        str(tmp_path / "data.bin")], cwd=tmp_path,
+                       env=subprocess_env()) as proc:
+        m = proc.wait_for_line(r"^port (\d+)$", "stdout", WAIT)
+        addr = ("127.0.0.1", int(m.group(1)))
+        with connect(addr, WAIT) as sock:
+            sock.sendall(build_request("GET", "/file"))
+            first = read_response(sock)
+            sock.sendall(build_request("GET", "/release"))
+            second = read_response(sock)
+        assert first.status == 200
+        assert first.body == data
+        assert second.body == b"ok"
+        proc.signal(signal.SIGTERM)
+        assert proc.wait(WAIT) == 0

@@ -580,7 +580,11 @@ OPTIONS = (
            "gets 503 (or a closed connection if the response had begun), "
            "the worker's stack is logged, yimmo.RequestTimeout is raised in "
            "the worker thread, and a worker still stuck a second later is "
-           "replaced by a new thread. 0 turns it off.",
+           "replaced by a new thread. 0 turns it off. It includes the time "
+           "the worker waits for a client that reads a response more slowly "
+           "than the app produces it (the worker is held meanwhile; a "
+           "wsgi.file_wrapper file is sent by the I/O thread and does not "
+           "hold it).",
            metavar="SECONDS"),
     Option("client_timeout", ("--client-timeout",), Seconds(False), None,
            "Sets --header-timeout, --body-timeout and --write-timeout "
