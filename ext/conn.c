@@ -1666,7 +1666,7 @@ conn_drain(ymo_conn_t *c)
     if (c->busy->state == YMO_CONN_HEAD && c->busy->inlen == 0 &&
         c->busy->wq_head == NULL && !c->busy->stalled &&
         !conn_last_call_fits(c)) {
-        ymo_conn_close(c);      /* see YMO_LAST_CALL */
+        conn_idle_close(c);     /* see YMO_LAST_CALL */
     }
     else if (c->busy->state == YMO_CONN_HEAD && c->busy->inlen == 0 &&
              c->busy->wq_head == NULL && !c->busy->stalled) {
@@ -1719,9 +1719,11 @@ ymo_conn_drain_all(ymo_server_t *s)
 static void
 conn_idle_close(ymo_conn_t *c)
 {
+    /* (On an idle list it has no busy part; one that still has it is a
+     * stop's, conn_drain.) */
     int queued = 0;
     if (ioctl(c->fd, SIOCOUTQ, &queued) != 0 || queued == 0 ||
-        conn_wake(c) < 0) {
+        (c->busy == NULL && conn_wake(c) < 0)) {
         ymo_conn_close(c);
         return;
     }

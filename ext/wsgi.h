@@ -196,6 +196,10 @@ void ymo_watch_report(ymo_wsgi_worker_t *worker, PyObject *exc);
 /* GIL held, on the worker: has the watchdog timed out its exchange? */
 int ymo_watch_timed_out(ymo_wsgi_worker_t *worker);
 
+/* GIL held: hand one line (a str; NULL: nothing) to the app's
+ * log_warning, or to log_error as INFO without one (wsgi_watchdog.c). */
+void ymo_wsgi_log_warning(struct ymo_wsgi_app *app, PyObject *msg);
+
 /* GIL held: the dict each environ of a listener starts as a copy of:
  * every per-server key set, room for the per-request ones. A unix
  * listener's SERVER_NAME and SERVER_PORT are "localhost" and "80" here

@@ -8,6 +8,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -1112,12 +1113,14 @@ send_file(StartResponseObject *self, ymo_file_wrapper_t *fw)
         PyErr_Clear();          /* not a real file: iterate */
         return 0;
     }
-    int fd = PyLong_AsLong(r);
+    long lfd = PyLong_AsLong(r);
     Py_DECREF(r);
-    if (fd < 0 || PyErr_Occurred()) {
+    if (lfd < 0 || lfd > INT_MAX || PyErr_Occurred()) {
+        /* (Out of range: not cut down to another descriptor's number.) */
         PyErr_Clear();
         return 0;
     }
+    int fd = (int)lfd;
     /* Our own descriptor at once, before more of the app's code runs
      * (tell() below, which may let another thread close the app's file
      * and reuse its number), and before the head is built: a dup that
@@ -1302,6 +1305,38 @@ log_exception(struct ymo_wsgi_app *app, PyObject *environ, const char *what)
     Py_XDECREF(type);
     Py_XDECREF(value);
     Py_XDECREF(tb);
+}
+
+/* The app's body did not match the Content-Length it declared (`sign`
+ * 1: longer, cut there; -1: shorter): the client saw the connection
+ * close after it, and the app's bug is logged as one WARNING line. */
+static void
+log_length_mismatch(struct ymo_wsgi_app *app, PyObject *environ, int sign,
+                    unsigned long long sent, unsigned long long declared)
+{
+    PyObject *uri = environ_get(environ, app->st->k_raw_uri);
+    PyObject *method = environ_get(environ, app->st->k_request_method);
+    if (uri == NULL || method == NULL) {
+        PyErr_Clear();
+        Py_XSETREF(uri, Py_NewRef(app->st->v_empty));
+        Py_XSETREF(method, Py_NewRef(app->st->v_empty));
+    }
+    PyObject *msg = sign > 0
+        ? PyUnicode_FromFormat(
+              "response body longer than its Content-Length (%llu): cut "
+              "there, connection closed: %S %S", declared, method, uri)
+        : PyUnicode_FromFormat(
+              "response body shorter than its Content-Length (%llu of %llu "
+              "bytes), connection closed: %S %S", sent, declared, method,
+              uri);
+    Py_DECREF(uri);
+    Py_DECREF(method);
+    if (msg == NULL) {
+        PyErr_Clear();
+        return;
+    }
+    ymo_wsgi_log_warning(app, msg);
+    Py_DECREF(msg);
 }
 
 /* A ClientDisconnected (set) came out of the app: log one INFO line with
@@ -1655,12 +1690,28 @@ ymo_wsgi_run_exchange(struct ymo_wsgi_app *app, ymo_wsgi_worker_t *worker,
     int failed = result == NULL || iterate(sr, result) < 0;
     YMO_FORK_GUARD(ex->server);
     PyObject *close = NULL;
+    int mismatch = 0;
+    unsigned long long sent = 0, declared = 0;
     if (!failed) {
         close = lookup_close(app, worker, ex, environ, result);
         Py_BEGIN_CRITICAL_SECTION(sr);
         sr->closes = close != NULL;
         failed = finish_response(sr) < 0;
+        if (!failed && !sr->no_body && !sr->aborted &&
+            sr->content_length >= 0 &&
+            (sr->overflow ||
+             sr->body_sent != (unsigned long long)sr->content_length)) {
+            mismatch = sr->overflow ? 1 : -1;
+            sent = sr->body_sent;
+            declared = (unsigned long long)sr->content_length;
+        }
         Py_END_CRITICAL_SECTION();
+    }
+    if (mismatch != 0) {
+        ymo_watch_pause(worker);        /* yimmo's logging: not the app */
+        log_length_mismatch(app, environ, mismatch, sent, declared);
+        YMO_FORK_GUARD(worker->server); /* the logging is the app's */
+        ymo_watch_resume(worker, ex);
     }
     if (failed) {
         /* From here to the answer, yimmo's own code runs (the logging

@@ -294,9 +294,8 @@ format_stack(PyObject *frame)
 
 #endif
 
-/* GIL held: hand one line to the app's log_warning. */
-static void
-log_warning(struct ymo_wsgi_app *app, PyObject *msg)
+void
+ymo_wsgi_log_warning(struct ymo_wsgi_app *app, PyObject *msg)
 {
     PyObject *fn = app->log_warning ? app->log_warning : app->log_error;
     PyObject *r = NULL;
@@ -358,7 +357,7 @@ report_overrun(ymo_server_t *s, ymo_wsgi_worker_t *w, const overrun_t *o,
         PyObject *msg = PyUnicode_FromFormat(
             "%s  (not taken: %s)", head,
             raised ? "out of memory" : "the worker left the request");
-        log_warning(app, msg);
+        ymo_wsgi_log_warning(app, msg);
         Py_XDECREF(msg);
     }
     ts = PyEval_SaveThread();
@@ -461,7 +460,7 @@ report_overrun(ymo_server_t *s, ymo_wsgi_worker_t *w, const overrun_t *o,
     PyObject *msg = stack ? PyUnicode_FromFormat("%s%U", head, stack)
                           : NULL;
     Py_XDECREF(stack);
-    log_warning(app, msg);
+    ymo_wsgi_log_warning(app, msg);
     Py_XDECREF(msg);
     ts = PyEval_SaveThread();
     (void)ts;
@@ -493,7 +492,7 @@ ymo_watch_report(ymo_wsgi_worker_t *w, PyObject *exc)
                                   : NULL;
     free(head);
     Py_XDECREF(stack);
-    log_warning(w->server->app, msg);
+    ymo_wsgi_log_warning(w->server->app, msg);
     Py_XDECREF(msg);
     PyErr_SetRaisedException(saved);
 #else
@@ -557,12 +556,12 @@ report_stuck(ymo_server_t *s, const overrun_t *o, int late,
             " on a free-threaded build the stack of a worker still in the"
             " app is not read from another thread)", head);
         free(head);
-        log_warning(s->app, msg);
+        ymo_wsgi_log_warning(s->app, msg);
         Py_XDECREF(msg);
     }
 #endif
     PyObject *msg = PyUnicode_FromString(text);
-    log_warning(s->app, msg);
+    ymo_wsgi_log_warning(s->app, msg);
     Py_XDECREF(msg);
     PyEval_SaveThread();
 }

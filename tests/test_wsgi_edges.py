@@ -133,6 +133,84 @@ def test_file_wrapper_on_regular_file_still_uses_its_size(yimmo_server,
     assert resp.body == data
 
 
+# -- a body that does not match its Content-Length -------------------------
+
+
+def test_a_body_that_does_not_match_its_content_length_is_logged(
+        yimmo_server, log_watcher):
+    # The client sees the connection close after the body (cut at the
+    # Content-Length when longer); the app's bug is one WARNING line, and
+    # a body that matches, a HEAD, or a 304 logs nothing.
+    def app(environ, start_response):
+        path = environ["PATH_INFO"]
+        if path == "/short":
+            start_response("200 OK", [("Content-Length", "10")])
+            return [b"abc"]
+        if path == "/long":
+            start_response("200 OK", [("Content-Length", "3")])
+            return [b"abcdefghijkl"]
+        if path == "/not-modified":
+            start_response("304 Not Modified", [("Content-Length", "10")])
+            return [b""]
+        start_response("200 OK", [("Content-Length", "2")])
+        return [b"ok"]
+
+    server = yimmo_server(app, workers=2)
+    with connect(server.address, WAIT) as sock:
+        sock.sendall(build_request("GET", "/short"))
+        assert read_until_close(sock, WAIT, require_close=True).endswith(
+            b"\r\n\r\nabc")
+    with connect(server.address, WAIT) as sock:
+        sock.sendall(build_request("GET", "/long"))
+        assert read_until_close(sock, WAIT).endswith(b"\r\n\r\nabc")
+    with connect(server.address, WAIT) as sock:
+        for method, target in [("GET", "/fine"), ("HEAD", "/short"),
+                               ("GET", "/not-modified"), ("GET", "/fine")]:
+            sock.sendall(build_request(method, target))
+            read_response(sock, method)
+    short = log_watcher.wait_for("WARNING", "shorter than its Content-Length",
+                                 "(3 of 10 bytes)", "GET /short")
+    long = log_watcher.wait_for("WARNING", "longer than its Content-Length",
+                                "(3)", "GET /long")
+    assert short and long
+    others = [t for t in log_watcher.texts if "Content-Length" in t]
+    assert len(others) == 2, others
+
+# -- a fileno() out of range -----------------------------------------------
+
+
+def test_a_fileno_beyond_int_is_not_cut_down_to_another_descriptor(
+        yimmo_server, tmp_path):
+    # 2**32 + n, cut to an int, would be descriptor n: the server sent
+    # that (here a file the app never meant to serve) with sendfile. Out
+    # of range, the wrapper is read instead.
+    secret = open(tmp_path / "secret", "wb+")
+    secret.write(b"secret" * 100)
+    secret.flush()
+
+    class Odd:
+        def __init__(self):
+            self.chunks = [b"public"]
+
+        def fileno(self):
+            return 2 ** 32 + secret.fileno()
+
+        def read(self, size=-1):
+            return self.chunks.pop() if self.chunks else b""
+
+    def app(environ, start_response):
+        start_response("200 OK", [])
+        return environ["wsgi.file_wrapper"](Odd())
+
+    server = yimmo_server(app, workers=2)
+    try:
+        with connect(server.address, WAIT) as sock:
+            sock.sendall(build_request("GET", "/"))
+            r = read_response(sock)
+        assert r.status == 200 and r.body == b"public"
+    finally:
+        secret.close()
+
 # -- a file the server cannot take a descriptor of ------------------------
 
 EMFILE_APP = textwrap.dedent("""
