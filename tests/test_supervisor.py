@@ -745,6 +745,114 @@ def test_max_requests_with_successors_failing_keeps_accepting(tmp_path):
         assert stop(proc) == 0
 
 
+class PinnedClients:
+    """One keep-alive connection to each of two server processes (found by
+    connecting until the other one answers: a process's open connections
+    make the other one take the next), and what each process served so
+    far as far as this test knows."""
+
+    def __init__(self, port, tries=30):
+        self.conns = {}
+        self.served = {}
+        extra = []
+        try:
+            for _ in range(tries):
+                conn = http.client.HTTPConnection("127.0.0.1", port,
+                                                  timeout=5)
+                pid = self._get(conn)
+                if pid in self.conns:
+                    extra.append(conn)
+                else:
+                    self.conns[pid] = conn
+                if len(self.conns) == 2:
+                    return
+        finally:
+            for conn in extra:
+                conn.close()
+        raise AssertionError("one process took %d connections in a row"
+                             % tries)
+
+    def _get(self, conn):
+        conn.request("GET", "/")
+        resp = conn.getresponse()
+        assert resp.status == 200
+        pid = int(resp.read())
+        self.served[pid] = self.served.get(pid, 0) + 1
+        return pid
+
+    def serve_until(self, pid, n):
+        """Requests to pid on its connection until it served n."""
+        while self.served[pid] < n:
+            assert self._get(self.conns[pid]) == pid
+
+    def close(self):
+        for conn in self.conns.values():
+            conn.close()
+
+
+def test_no_process_is_recycled_while_successors_fail_at_start(tmp_path):
+    # The supervisor gave up replacing one process (its successors fail at
+    # start): a sibling that reaches its max-requests later is not replaced
+    # either (its successor would fail the same way), both keep serving,
+    # and SIGHUP with the app fixed replaces them.
+    write_app(tmp_path, GATED_APP)
+    with start(tmp_path, "--max-requests", "40") as proc:
+        port = wait_port(proc)
+        wait_ready(proc, 2)
+        clients = PinnedClients(port)
+        first, second = clients.conns
+        (tmp_path / "BROKEN").write_text("x")
+        clients.serve_until(first, 40)
+        proc.wait_for_line(r"fail at start .*keep serving", timeout=20)
+        started = count_lines(proc, "Started server process")
+        clients.serve_until(second, 40)
+        proc.wait_for_line(r"Server process %d: not replaced although it "
+                           r"served its max-requests" % second, timeout=5)
+        time.sleep(1)
+        assert count_lines(proc, "Started server process") == started
+        clients.serve_until(first, clients.served[first] + 3)
+        clients.serve_until(second, clients.served[second] + 3)
+        assert get(port)[0] == 200
+        clients.close()
+        # Fixed: SIGHUP replaces both.
+        (tmp_path / "BROKEN").unlink()
+        proc.signal(signal.SIGHUP)
+        for pid in (first, second):
+            proc.wait_for_line(r"Server process %d: replaced \(reload\)"
+                               % pid, timeout=15)
+            proc.wait_for_line(r"Server process %d exited" % pid, timeout=15)
+        assert int(get(port)[1]) not in (first, second)
+        assert stop(proc) == 0
+
+
+def test_a_process_that_starts_again_resumes_recycling(tmp_path):
+    # Recycling was given up on, then the app was fixed and a process that
+    # crashed was replaced: once its successor has served for a second,
+    # the process that was not recycled is recycled after all.
+    write_app(tmp_path, GATED_APP)
+    with start(tmp_path, "--max-requests", "40") as proc:
+        port = wait_port(proc)
+        wait_ready(proc, 2)
+        clients = PinnedClients(port)
+        first, second = clients.conns
+        (tmp_path / "BROKEN").write_text("x")
+        clients.serve_until(first, 40)
+        proc.wait_for_line(r"fail at start .*keep serving", timeout=20)
+        clients.close()
+        (tmp_path / "BROKEN").unlink()
+        os.kill(second, signal.SIGKILL)
+        proc.wait_for_line(r"Server process %d was killed by SIGKILL; "
+                           r"starting a new one" % second, timeout=10)
+        proc.wait_for_line(r"recycling resumes for 1 process", timeout=15)
+        proc.wait_for_line(r"Server process %d: starting its successor, as "
+                           r"it served its max-requests" % first, timeout=5)
+        proc.wait_for_line(r"Server process %d: replaced \(it served its "
+                           r"max-requests" % first, timeout=15)
+        proc.wait_for_line(r"Server process %d exited" % first, timeout=15)
+        assert int(get(port)[1]) not in (first, second)
+        assert stop(proc) == 0
+
+
 def test_max_requests_keeps_accepting_until_the_successor_is_ready(tmp_path):
     # Both processes reach max-requests together and their successors
     # take 3 s to import: no request may wait for them.

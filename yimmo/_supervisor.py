@@ -100,7 +100,8 @@ class Child:
         self.lifetime_end = lifetime_end
         # Its replacement was given up on (its successors failed at
         # start): no recycling trigger (its slot's flag stays set, its
-        # lifetime, its memory) starts another until SIGHUP.
+        # lifetime, its memory) starts another until SIGHUP or a process
+        # started since then serves (Supervisor.recycle_blocked_since).
         self.recycle_cancelled = False
         self.proven = False        # ready for RAPID seconds: a good start
         self.buffer = b""
@@ -161,6 +162,11 @@ class Supervisor:
         self.stopping = False
         self.stop_deadline: Optional[float] = None
         self.failures = 0          # processes in a row that died at start
+        # Since when successors fail at start while others serve (None:
+        # they do not): no process is recycled meanwhile, whichever
+        # trigger fires, until SIGHUP or a process started since then
+        # proves the app starts again.
+        self.recycle_blocked_since: Optional[float] = None
         self.crashes = 0           # ready processes in a row that died soon
         self.warned_rss = False    # said once that max_rss is too low
         # (describe, error line)
@@ -375,6 +381,7 @@ class Supervisor:
         log.info("Received SIGHUP: reloading; starting %d new process(es), "
                  "then the old ones drain", self.target)
         self.failures = 0
+        self.recycle_blocked_since = None
         self.next_spawn = 0.0
         for child in active:
             child.retire = "reload"
@@ -472,6 +479,9 @@ class Supervisor:
                 # failures far apart never add up to giving up.
                 child.proven = True
                 self.failures = 0
+                if self.recycle_blocked_since is not None and \
+                        child.started > self.recycle_blocked_since:
+                    self._unblock_recycling(child)
             beat_ns, requests, recycle, reason, _, _ = child.heartbeat()
             if stale_after > 0:
                 last = beat_ns / 1e9 if beat_ns else child.ready_at
@@ -504,9 +514,30 @@ class Supervisor:
                                     "server process uses (%d MB): every "
                                     "process will be replaced every few "
                                     "seconds", opts["max_rss"], rss)
-            if child.retire is not None:
+            if child.retire is not None and \
+                    self.recycle_blocked_since is not None:
+                # Its successor would fail at start like the last ones.
+                log.warning("Server process %d: not replaced although %s: "
+                            "new processes fail at start; send SIGHUP to "
+                            "try again", child.pid, child.retire)
+                child.retire = None
+                child.recycle_cancelled = True
+            elif child.retire is not None:
                 log.info("Server process %d: starting its successor, as %s",
                          child.pid, child.retire)
+
+    def _unblock_recycling(self, child: Child) -> None:
+        """child, started while recycling was blocked, has served for
+        RAPID seconds: the app starts again, so the processes whose
+        recycling was given up on are recycled again."""
+        self.recycle_blocked_since = None
+        cancelled = [c for c in self.children.values()
+                     if c.recycle_cancelled]
+        for c in cancelled:
+            c.recycle_cancelled = False
+        if cancelled:
+            log.info("Server process %d started and serves: recycling "
+                     "resumes for %d process(es)", child.pid, len(cancelled))
 
     # -- process control --
 
@@ -601,6 +632,7 @@ class Supervisor:
                           "to try again",
                           how, ": " + child.error_line if child.error_line
                           else "")
+                self.recycle_blocked_since = now
                 for c in self.children.values():
                     if c.retire is not None:
                         c.retire = None
