@@ -724,10 +724,31 @@ def app(environ, start_response):
 '''
 
 
+def lines_from(proc, pattern):
+    """The supervisor's stderr lines from the first matching pattern on."""
+    regex = re.compile(pattern)
+    with proc._cond:
+        lines = list(proc.stderr_lines)
+    for i, line in enumerate(lines):
+        if regex.search(line):
+            return lines[i:]
+    raise AssertionError("no line matching %r: %s"
+                         % (pattern, proc._describe()))
+
+
+def started_between(proc, first, last):
+    """How many processes started between the first line matching first
+    and the next one matching last."""
+    lines = lines_from(proc, first)
+    end = next(i for i, line in enumerate(lines) if re.search(last, line))
+    return sum(1 for line in lines[:end] if "Started server process" in line)
+
+
 def test_max_requests_with_successors_failing_keeps_accepting(tmp_path):
     # Every process reaches its max-requests and no successor can start:
     # the old processes must keep accepting (not pause for good), and the
-    # supervisor must give up replacing them (not respawn without end).
+    # supervisor must wait before it tries again (5 s, then 10: not
+    # respawn without end), each try one process per replacement.
     write_app(tmp_path, GATED_APP)
     with start(tmp_path, "--max-requests", "3") as proc:
         port = wait_port(proc)
@@ -735,13 +756,18 @@ def test_max_requests_with_successors_failing_keeps_accepting(tmp_path):
         (tmp_path / "BROKEN").write_text("x")
         for _ in range(8):
             assert get(port, timeout=3)[0] == 200
-        proc.wait_for_line(r"fail at start .*keep serving", timeout=20)
-        started = count_lines(proc, "Started server process")
-        time.sleep(2)
+        proc.wait_for_line(r"fail at start .*keep serving; trying again in "
+                           r"5 s", timeout=20)
         for _ in range(6):
             assert get(port, timeout=3)[0] == 200
-        time.sleep(1)
-        assert count_lines(proc, "Started server process") == started
+        proc.wait_for_line(r"starting its successor again", timeout=15)
+        proc.wait_for_line(r"keep serving; trying again in 10 s", timeout=15)
+        for _ in range(6):
+            assert get(port, timeout=3)[0] == 200
+        assert started_between(proc, r"trying again in 5 s",
+                               r"starting its successor again") == 0
+        assert started_between(proc, r"starting its successor again",
+                               r"trying again in 10 s") in (1, 2)
         assert stop(proc) == 0
 
 
@@ -790,29 +816,37 @@ class PinnedClients:
             conn.close()
 
 
-def test_no_process_is_recycled_while_successors_fail_at_start(tmp_path):
+
+def test_no_process_is_recycled_while_new_ones_fail_at_start(tmp_path):
     # The supervisor gave up replacing one process (its successors fail at
-    # start): a sibling that reaches its max-requests later is not replaced
-    # either (its successor would fail the same way), both keep serving,
-    # and SIGHUP with the app fixed replaces them.
+    # start): a sibling that reaches its max-requests then is not replaced
+    # either until the next try (its successor would fail the same way),
+    # both keep serving, and SIGHUP with the app fixed replaces both.
     write_app(tmp_path, GATED_APP)
-    with start(tmp_path, "--max-requests", "40") as proc:
+    with start(tmp_path, "--max-requests", "40",
+               "--keepalive-timeout", "60") as proc:
         port = wait_port(proc)
         wait_ready(proc, 2)
         clients = PinnedClients(port)
         first, second = clients.conns
         (tmp_path / "BROKEN").write_text("x")
         clients.serve_until(first, 40)
-        proc.wait_for_line(r"fail at start .*keep serving", timeout=20)
-        started = count_lines(proc, "Started server process")
+        proc.wait_for_line(r"fail at start .*keep serving; trying again in "
+                           r"5 s", timeout=20)
         clients.serve_until(second, 40)
-        proc.wait_for_line(r"Server process %d: not replaced although it "
-                           r"served its max-requests" % second, timeout=5)
-        time.sleep(1)
-        assert count_lines(proc, "Started server process") == started
+        proc.wait_for_line(r"Server process %d: not replaced yet although "
+                           r"it served its max-requests" % second, timeout=5)
         clients.serve_until(first, clients.served[first] + 3)
         clients.serve_until(second, clients.served[second] + 3)
         assert get(port)[0] == 200
+        for pid in (first, second):
+            proc.wait_for_line(r"Server process %d: starting its successor "
+                               r"again" % pid, timeout=15)
+        proc.wait_for_line(r"keep serving; trying again in 10 s", timeout=15)
+        assert started_between(proc, r"trying again in 5 s",
+                               r"starting its successor again") == 0
+        clients.serve_until(first, clients.served[first] + 3)
+        clients.serve_until(second, clients.served[second] + 3)
         clients.close()
         # Fixed: SIGHUP replaces both.
         (tmp_path / "BROKEN").unlink()
@@ -825,32 +859,53 @@ def test_no_process_is_recycled_while_successors_fail_at_start(tmp_path):
         assert stop(proc) == 0
 
 
-def test_a_process_that_starts_again_resumes_recycling(tmp_path):
-    # Recycling was given up on, then the app was fixed and a process that
-    # crashed was replaced: once its successor has served for a second,
-    # the process that was not recycled is recycled after all.
+def test_a_reload_given_up_on_is_tried_again_and_goes_through(tmp_path):
+    # SIGHUP with broken code: the old processes keep serving. Once the
+    # code is fixed, the next try replaces them with no second SIGHUP
+    # (the reload is not forgotten).
     write_app(tmp_path, GATED_APP)
-    with start(tmp_path, "--max-requests", "40") as proc:
+    with start(tmp_path) as proc:
         port = wait_port(proc)
         wait_ready(proc, 2)
-        clients = PinnedClients(port)
-        first, second = clients.conns
+        old = {int(p) for p in children_of(proc.proc.pid)}
         (tmp_path / "BROKEN").write_text("x")
-        clients.serve_until(first, 40)
-        proc.wait_for_line(r"fail at start .*keep serving", timeout=20)
-        clients.close()
+        proc.signal(signal.SIGHUP)
+        proc.wait_for_line(r"fail at start .*keep serving; trying again in "
+                           r"5 s", timeout=20)
+        assert int(get(port)[1]) in old
         (tmp_path / "BROKEN").unlink()
-        os.kill(second, signal.SIGKILL)
-        proc.wait_for_line(r"Server process %d was killed by SIGKILL; "
-                           r"starting a new one" % second, timeout=10)
-        proc.wait_for_line(r"recycling resumes for 1 process", timeout=15)
-        proc.wait_for_line(r"Server process %d: starting its successor, as "
-                           r"it served its max-requests" % first, timeout=5)
-        proc.wait_for_line(r"Server process %d: replaced \(it served its "
-                           r"max-requests" % first, timeout=15)
-        proc.wait_for_line(r"Server process %d exited" % first, timeout=15)
-        assert int(get(port)[1]) not in (first, second)
+        for pid in old:
+            proc.wait_for_line(r"Server process %d: starting its successor "
+                               r"again, as reload" % pid, timeout=15)
+            proc.wait_for_line(r"Server process %d exited" % pid, timeout=15)
+        assert int(get(port)[1]) not in old
+        proc.wait_for_line(r"started and serves: new processes start again",
+                           timeout=10)
         assert stop(proc) == 0
+
+
+def test_a_lost_process_is_not_restarted_in_a_loop_while_new_ones_fail(
+        tmp_path):
+    # A process dies while new ones fail at start: its replacement is
+    # tried with the waits of a give-up (not hundreds of times a second);
+    # once no process serves at all, the supervisor gives up for good.
+    write_app(tmp_path, GATED_APP)
+    with start(tmp_path) as proc:
+        wait_port(proc)
+        wait_ready(proc, 2)
+        one, other = (int(p) for p in children_of(proc.proc.pid))
+        (tmp_path / "BROKEN").write_text("x")
+        os.kill(one, signal.SIGKILL)
+        proc.wait_for_line(r"fail at start .*keep serving; trying again in "
+                           r"5 s", timeout=20)
+        proc.wait_for_line(r"keep serving; trying again in 10 s", timeout=15)
+        assert started_between(proc, r"trying again in 5 s",
+                               r"trying again in 10 s") == 1
+        os.kill(other, signal.SIGKILL)
+        assert proc.wait(15) == 1
+        proc.wait_for_line(r"^yimmo: error: .*broken import", timeout=5)
+        # 2, the 5 failures of the first round, 1 at the try, 2 at the end.
+        assert count_lines(proc, "Started server process") in (9, 10)
 
 
 def test_max_requests_keeps_accepting_until_the_successor_is_ready(tmp_path):

@@ -60,6 +60,8 @@ MAX_START_FAILURES = 5
 BACKOFF_FIRST = 0.1        # seconds; doubles with each failure in a row
 BACKOFF_MAX = 5.0
 CRASH_BACKOFF_MAX = 1.0    # for processes that were ready, then crashed
+RETRY_FIRST = 5.0          # seconds: after giving up on new processes while
+RETRY_MAX = 60.0           # others serve, the next try (doubling)
 RAPID = 1.0                # a process that dies this soon after it became
                            # ready counts as failing at start
 TICK = 0.1                 # the loop's timers: lifetimes, heartbeats
@@ -85,12 +87,13 @@ class ProcessSlot:
 
 class Child:
     def __init__(self, pid: int, table: mmap.mmap, slot: int, pipe: int,
-                 lifetime_end: Optional[float]) -> None:
+                 lifetime_end: Optional[float], seq: int) -> None:
         self.pid = pid
         self.table = table
         self.slot = slot
         self.pipe: Optional[int] = pipe  # read end; None once closed
         self.started = time.monotonic()
+        self.seq = seq             # the how-manieth process started
         self.ready_at: Optional[float] = None
         # why it is to be replaced, once it is
         self.retire: Optional[str] = None
@@ -98,11 +101,12 @@ class Child:
         self.killed_for: Optional[str] = None  # why we sent SIGKILL
         self.error_line: Optional[str] = None
         self.lifetime_end = lifetime_end
-        # Its replacement was given up on (its successors failed at
-        # start): no recycling trigger (its slot's flag stays set, its
-        # lifetime, its memory) starts another until SIGHUP or a process
-        # started since then serves (Supervisor.recycle_blocked_since).
-        self.recycle_cancelled = False
+        # Why it was to be replaced when its replacement was given up on
+        # (new processes failed at start, Supervisor.retry_at): it serves
+        # on, no recycling trigger (its slot's flag stays set, its
+        # lifetime, its memory) starts a successor meanwhile, and at the
+        # next try its replacement is tried again.
+        self.cancelled_retire: Optional[str] = None
         self.proven = False        # ready for RAPID seconds: a good start
         self.buffer = b""
 
@@ -162,11 +166,17 @@ class Supervisor:
         self.stopping = False
         self.stop_deadline: Optional[float] = None
         self.failures = 0          # processes in a row that died at start
-        # Since when successors fail at start while others serve (None:
-        # they do not): no process is recycled meanwhile, whichever
-        # trigger fires, until SIGHUP or a process started since then
-        # proves the app starts again.
-        self.recycle_blocked_since: Optional[float] = None
+        self.last_failed_seq = 0   # Child.seq of the last of those
+        # New processes failed at start MAX_START_FAILURES times in a row
+        # while others served: until retry_at (None: no such wait) none is
+        # started, unless none serves any more, and none recycled. The
+        # wait doubles with each such give-up in a row (give_ups), until a
+        # process started after the last one (spawned > gave_up_seq) has
+        # been ready for RAPID seconds, or SIGHUP.
+        self.retry_at: Optional[float] = None
+        self.give_ups = 0
+        self.gave_up_seq: Optional[int] = None
+        self.spawned = 0           # processes started so far
         self.crashes = 0           # ready processes in a row that died soon
         self.warned_rss = False    # said once that max_rss is too low
         # (describe, error line)
@@ -270,6 +280,10 @@ class Supervisor:
             else:
                 if self.exit_status:
                     return
+                if self.retry_at is not None and (
+                        time.monotonic() >= self.retry_at
+                        or not self._someone_serves()):
+                    self._try_again()
                 self._check_children()
                 self._fill()
                 self._retire_replaced()
@@ -381,8 +395,12 @@ class Supervisor:
         log.info("Received SIGHUP: reloading; starting %d new process(es), "
                  "then the old ones drain", self.target)
         self.failures = 0
-        self.recycle_blocked_since = None
         self.next_spawn = 0.0
+        self.retry_at = None
+        self.give_ups = 0
+        self.gave_up_seq = None
+        for child in self.children.values():
+            child.cancelled_retire = None
         for child in active:
             child.retire = "reload"
 
@@ -475,13 +493,21 @@ class Supervisor:
                                "started" % (now - child.started))
                 continue
             if not child.proven and now - child.ready_at >= RAPID:
-                # A start that worked ends a run of failures at start:
-                # failures far apart never add up to giving up.
+                # A start that worked ends a run of failures at start
+                # (failures far apart never add up to giving up) if it
+                # came after them: an older process says nothing of the
+                # app as it is now.
                 child.proven = True
-                self.failures = 0
-                if self.recycle_blocked_since is not None and \
-                        child.started > self.recycle_blocked_since:
-                    self._unblock_recycling(child)
+                if self.gave_up_seq is not None and \
+                        child.seq > self.gave_up_seq:
+                    log.info("Server process %d started and serves: new "
+                             "processes start again", child.pid)
+                    self.give_ups = 0
+                    self.gave_up_seq = None
+                    if self.retry_at is not None:
+                        self._try_again()
+                if child.seq > self.last_failed_seq:
+                    self.failures = 0
             beat_ns, requests, recycle, reason, _, _ = child.heartbeat()
             if stale_after > 0:
                 last = beat_ns / 1e9 if beat_ns else child.ready_at
@@ -489,7 +515,8 @@ class Supervisor:
                     self._kill(child, "its event loop made no progress for "
                                "%.1f s (no heartbeat)" % (now - last))
                     continue
-            if child.retire is not None or child.recycle_cancelled:
+            if child.retire is not None or \
+                    child.cancelled_retire is not None:
                 continue
             if recycle:
                 child.retire = RECYCLE_REASONS.get(
@@ -514,30 +541,56 @@ class Supervisor:
                                     "server process uses (%d MB): every "
                                     "process will be replaced every few "
                                     "seconds", opts["max_rss"], rss)
-            if child.retire is not None and \
-                    self.recycle_blocked_since is not None:
+            if child.retire is not None and self.retry_at is not None:
                 # Its successor would fail at start like the last ones.
-                log.warning("Server process %d: not replaced although %s: "
-                            "new processes fail at start; send SIGHUP to "
-                            "try again", child.pid, child.retire)
-                child.retire = None
-                child.recycle_cancelled = True
+                log.warning("Server process %d: not replaced yet although "
+                            "%s: new processes fail at start; trying again "
+                            "in %.0f s", child.pid, child.retire,
+                            max(0.0, self.retry_at - now))
+                child.cancelled_retire, child.retire = child.retire, None
             elif child.retire is not None:
                 log.info("Server process %d: starting its successor, as %s",
                          child.pid, child.retire)
 
-    def _unblock_recycling(self, child: Child) -> None:
-        """child, started while recycling was blocked, has served for
-        RAPID seconds: the app starts again, so the processes whose
-        recycling was given up on are recycled again."""
-        self.recycle_blocked_since = None
-        cancelled = [c for c in self.children.values()
-                     if c.recycle_cancelled]
-        for c in cancelled:
-            c.recycle_cancelled = False
-        if cancelled:
-            log.info("Server process %d started and serves: recycling "
-                     "resumes for %d process(es)", child.pid, len(cancelled))
+    def _someone_serves(self) -> bool:
+        return any(c.ready_at is not None and c.draining_since is None
+                   and c.killed_for is None
+                   for c in self.children.values())
+
+    def _give_up_while_serving(self, how: str,
+                               error_line: Optional[str]) -> None:
+        """New processes fail at start while others serve (a reload or a
+        recycle with broken code, a replacement): those keep serving, and
+        none is started or recycled until the next try."""
+        now = time.monotonic()
+        self.give_ups += 1
+        self.gave_up_seq = self.spawned
+        delay = min(RETRY_MAX, RETRY_FIRST * 2 ** (self.give_ups - 1))
+        self.retry_at = now + delay
+        self.next_spawn = self.retry_at
+        log.error("Server processes fail at start (%s)%s; the running "
+                  "processes keep serving; trying again in %.0f s (or on "
+                  "SIGHUP)", how, ": " + error_line if error_line else "",
+                  delay)
+        for c in self.children.values():
+            if c.ready_at is None:
+                self._drain(c)   # a sibling of the failures
+            elif c.retire is not None and c.draining_since is None:
+                c.cancelled_retire, c.retire = c.retire, None
+
+    def _try_again(self) -> None:
+        """The wait after a give-up is over, or no process serves any
+        more: the replacements given up on and the missing processes are
+        started again. One more failure at start gives up again (with a
+        longer wait, or for good if none serves)."""
+        self.retry_at = None
+        self.next_spawn = 0.0
+        self.failures = MAX_START_FAILURES - 1
+        for c in self.children.values():
+            if c.cancelled_retire is not None:
+                c.retire, c.cancelled_retire = c.cancelled_retire, None
+                log.info("Server process %d: starting its successor again, "
+                         "as %s", c.pid, c.retire)
 
     # -- process control --
 
@@ -618,27 +671,13 @@ class Supervisor:
                         delay)
             return
         self.failures += 1
+        self.last_failed_seq = child.seq
         self.last_failure = (how, child.error_line)
-        someone_serves = any(c.ready_at is not None
-                             and c.draining_since is None
-                             and c.killed_for is None
-                             for c in self.children.values())
         if self.failures >= MAX_START_FAILURES:
-            if someone_serves:
-                # A reload (or a recycle) whose new processes cannot
-                # start: the old ones keep serving.
-                log.error("Server processes fail at start (%s)%s; the "
-                          "running processes keep serving; send SIGHUP "
-                          "to try again",
-                          how, ": " + child.error_line if child.error_line
-                          else "")
-                self.recycle_blocked_since = now
-                for c in self.children.values():
-                    if c.retire is not None:
-                        c.retire = None
-                        c.recycle_cancelled = True
-                    if c.ready_at is None:
-                        self._drain(c)   # a sibling of the failures
+            if self._someone_serves():
+                # A reload (or a recycle, a replacement) whose new
+                # processes cannot start: the old ones keep serving.
+                self._give_up_while_serving(how, child.error_line)
                 return
             log.error("Server processes fail at start, %d times in a row; "
                       "giving up", self.failures)
@@ -715,8 +754,9 @@ class Supervisor:
                     os._exit(status)
         os.close(write_end)
         os.set_blocking(read_end, False)
+        self.spawned += 1
         self.children[pid] = Child(pid, self.table, slot, read_end,
-                                   lifetime_end)
+                                   lifetime_end, self.spawned)
         log.info("Started server process %d", pid)
         return pid
 
