@@ -859,6 +859,33 @@ def test_no_process_is_recycled_while_new_ones_fail_at_start(tmp_path):
         assert stop(proc) == 0
 
 
+def test_sigttou_while_new_ones_fail_drains_the_process_due(tmp_path):
+    # One process is due for replacement but new ones fail at start:
+    # SIGTTOU drains that one, not the other (older or not).
+    write_app(tmp_path, GATED_APP)
+    with start(tmp_path, "--max-requests", "40",
+               "--keepalive-timeout", "60") as proc:
+        port = wait_port(proc)
+        wait_ready(proc, 2)
+        clients = PinnedClients(port)
+        started = [int(m) for m in re.findall(
+            r"Started server process (\d+)", "\n".join(lines_from(
+                proc, "Started server process")))]
+        # The one started last is due: SIGTTOU used to drain the oldest.
+        other, due = sorted(clients.conns, key=started.index)
+        (tmp_path / "BROKEN").write_text("x")
+        clients.serve_until(due, 40)
+        proc.wait_for_line(r"fail at start .*keep serving; trying again in "
+                           r"5 s", timeout=20)
+        proc.signal(signal.SIGTTOU)
+        proc.wait_for_line(r"Server process %d: draining \(fewer "
+                           r"processes\)" % due, timeout=5)
+        clients.serve_until(other, clients.served[other] + 3)
+        clients.close()
+        assert count_lines(proc, r"Server process %d: draining" % other) == 0
+        assert stop(proc) == 0
+
+
 def test_a_reload_given_up_on_is_tried_again_and_goes_through(tmp_path):
     # SIGHUP with broken code: the old processes keep serving. Once the
     # code is fixed, the next try replaces them with no second SIGHUP

@@ -433,10 +433,11 @@ class Supervisor:
     def _retire_replaced(self) -> None:
         serving = self._serving()
         ready_new = [c for c in serving if c.ready_at is not None]
-        # Processes past the target (SIGTTOU): the oldest drains.
+        # Processes past the target (SIGTTOU): the oldest drains, and
+        # before it one whose replacement waits for the next try.
         excess = len(ready_new) - self.target
-        for child in sorted(ready_new, key=lambda c: c.started)[:max(0,
-                                                                excess)]:
+        for child in sorted(ready_new, key=lambda c: (
+                c.cancelled_retire is None, c.started))[:max(0, excess)]:
             log.info("Server process %d: draining (fewer processes)",
                      child.pid)
             self._drain(child)
@@ -587,10 +588,12 @@ class Supervisor:
         self.next_spawn = 0.0
         self.failures = MAX_START_FAILURES - 1
         for c in self.children.values():
-            if c.cancelled_retire is not None:
-                c.retire, c.cancelled_retire = c.cancelled_retire, None
+            why, c.cancelled_retire = c.cancelled_retire, None
+            if why is not None and c.draining_since is None and \
+                    c.killed_for is None:
+                c.retire = why
                 log.info("Server process %d: starting its successor again, "
-                         "as %s", c.pid, c.retire)
+                         "as %s", c.pid, why)
 
     # -- process control --
 
