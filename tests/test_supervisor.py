@@ -878,8 +878,9 @@ def test_sigttou_while_new_ones_fail_drains_the_process_due(tmp_path):
         proc.wait_for_line(r"fail at start .*keep serving; trying again in "
                            r"5 s", timeout=20)
         proc.signal(signal.SIGTTOU)
-        proc.wait_for_line(r"Server process %d: draining \(fewer "
-                           r"processes\)" % due, timeout=5)
+        proc.wait_for_line(r"Server process %d: draining \(one process too "
+                           r"many; it was to be replaced, as it served its "
+                           r"max-requests" % due, timeout=5)
         clients.serve_until(other, clients.served[other] + 3)
         clients.close()
         assert count_lines(proc, r"Server process %d: draining" % other) == 0
@@ -913,26 +914,61 @@ def test_a_reload_given_up_on_is_tried_again_and_goes_through(tmp_path):
 
 def test_a_lost_process_is_not_restarted_in_a_loop_while_new_ones_fail(
         tmp_path):
-    # A process dies while new ones fail at start: its replacement is
-    # tried with the waits of a give-up (not hundreds of times a second);
-    # once no process serves at all, the supervisor gives up for good.
+    # Processes die while new ones fail at start: their replacements are
+    # tried with the waits of a give-up (not hundreds of times a second,
+    # and the log says so); once no process serves at all, the supervisor
+    # tries at once and gives up for good.
     write_app(tmp_path, GATED_APP)
-    with start(tmp_path) as proc:
+    with start(tmp_path, processes=3) as proc:
         wait_port(proc)
-        wait_ready(proc, 2)
-        one, other = (int(p) for p in children_of(proc.proc.pid))
+        wait_ready(proc, 3)
+        one, two, three = (int(p) for p in children_of(proc.proc.pid))
         (tmp_path / "BROKEN").write_text("x")
         os.kill(one, signal.SIGKILL)
         proc.wait_for_line(r"fail at start .*keep serving; trying again in "
                            r"5 s", timeout=20)
+        os.kill(two, signal.SIGKILL)
+        proc.wait_for_line(r"Server process %d was killed by SIGKILL; a new "
+                           r"one at the next try, in \d s" % two, timeout=5)
         proc.wait_for_line(r"keep serving; trying again in 10 s", timeout=15)
         assert started_between(proc, r"trying again in 5 s",
-                               r"trying again in 10 s") == 1
-        os.kill(other, signal.SIGKILL)
+                               r"trying again in 10 s") == 2
+        os.kill(three, signal.SIGKILL)
         assert proc.wait(15) == 1
         proc.wait_for_line(r"^yimmo: error: .*broken import", timeout=5)
-        # 2, the 5 failures of the first round, 1 at the try, 2 at the end.
-        assert count_lines(proc, "Started server process") in (9, 10)
+        # 3, the 5 failures of the first round, 2 at the try, 3 at the end.
+        assert count_lines(proc, "Started server process") == 13
+
+
+def test_a_try_with_nothing_to_start_ends_the_wait(tmp_path):
+    # SIGTTOU during the wait leaves nothing to replace: the try ends the
+    # wait, and the next process that fails at start (SIGTTIN, the app
+    # still broken) gets the usual back-off, not an immediate give-up.
+    write_app(tmp_path, GATED_APP)
+    with start(tmp_path, processes=3) as proc:
+        port = wait_port(proc)
+        wait_ready(proc, 3)
+        one = int(children_of(proc.proc.pid)[0])
+        (tmp_path / "BROKEN").write_text("x")
+        os.kill(one, signal.SIGKILL)
+        proc.wait_for_line(r"fail at start .*keep serving; trying again in "
+                           r"5 s", timeout=20)
+        proc.signal(signal.SIGTTOU)
+        proc.wait_for_line(r"nothing to start: the wait after the start "
+                           r"failures is over", timeout=15)
+        proc.signal(signal.SIGTTIN)
+        proc.wait_for_line(r"Received SIGTTIN: now 3 processes", timeout=5)
+        deadline = time.monotonic() + 10
+        while not re.search(r"before it was ready", "\n".join(
+                lines_from(proc, r"Received SIGTTIN"))):
+            assert time.monotonic() < deadline, proc._describe()
+            time.sleep(0.05)
+        after = lines_from(proc, r"Received SIGTTIN")
+        failed = next(line for line in after if "before it was ready" in line)
+        assert "starting a new one in 0.1 s" in failed, proc._describe()
+        assert not any("trying again in 10 s" in line for line in after)
+        assert get(port)[0] == 200
+        assert stop(proc) == 0
 
 
 def test_max_requests_keeps_accepting_until_the_successor_is_ready(tmp_path):

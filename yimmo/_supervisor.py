@@ -182,6 +182,7 @@ class Supervisor:
         # (describe, error line)
         self.last_failure: Optional[Tuple[str, Optional[str]]] = None
         self.next_spawn = 0.0      # back-off: no spawn before this
+        self.crash_spawn_at = 0.0  # a crash's back-off, kept by a try
         self.next_rss = 0.0
         self.exit_status = 0
         self.last_check = time.monotonic()
@@ -438,8 +439,13 @@ class Supervisor:
         excess = len(ready_new) - self.target
         for child in sorted(ready_new, key=lambda c: (
                 c.cancelled_retire is None, c.started))[:max(0, excess)]:
-            log.info("Server process %d: draining (fewer processes)",
-                     child.pid)
+            if child.cancelled_retire is not None:
+                log.info("Server process %d: draining (one process too "
+                         "many; it was to be replaced, as %s)", child.pid,
+                         child.cancelled_retire)
+            else:
+                log.info("Server process %d: draining (fewer processes)",
+                         child.pid)
             self._drain(child)
         retiring = sorted((c for c in self.children.values()
                            if c.retire is not None
@@ -505,8 +511,6 @@ class Supervisor:
                              "processes start again", child.pid)
                     self.give_ups = 0
                     self.gave_up_seq = None
-                    if self.retry_at is not None:
-                        self._try_again()
                 if child.seq > self.last_failed_seq:
                     self.failures = 0
             beat_ns, requests, recycle, reason, _, _ = child.heartbeat()
@@ -553,9 +557,11 @@ class Supervisor:
                 log.info("Server process %d: starting its successor, as %s",
                          child.pid, child.retire)
 
-    def _someone_serves(self) -> bool:
+    def _someone_serves(self, proven: bool = False) -> bool:
+        """A process serves (proven: and has for RAPID seconds) that is
+        not on its way out."""
         return any(c.ready_at is not None and c.draining_since is None
-                   and c.killed_for is None
+                   and c.killed_for is None and (c.proven or not proven)
                    for c in self.children.values())
 
     def _give_up_while_serving(self, how: str,
@@ -585,8 +591,9 @@ class Supervisor:
         started again. One more failure at start gives up again (with a
         longer wait, or for good if none serves)."""
         self.retry_at = None
-        self.next_spawn = 0.0
-        self.failures = MAX_START_FAILURES - 1
+        # A crash's back-off still holds (a process that crashes right
+        # after it started, again and again, while others fail to).
+        self.next_spawn = self.crash_spawn_at
         for c in self.children.values():
             why, c.cancelled_retire = c.cancelled_retire, None
             if why is not None and c.draining_since is None and \
@@ -594,6 +601,15 @@ class Supervisor:
                 c.retire = why
                 log.info("Server process %d: starting its successor again, "
                          "as %s", c.pid, why)
+        if self.target > len(self._serving()):
+            self.failures = MAX_START_FAILURES - 1
+        else:
+            # Nothing to start (SIGTTOU): the wait is simply over.
+            log.info("A try at new processes, with nothing to start: the "
+                     "wait after the start failures is over")
+            self.failures = 0
+            self.give_ups = 0
+            self.gave_up_seq = None
 
     # -- process control --
 
@@ -651,14 +667,15 @@ class Supervisor:
         now = time.monotonic()
         rapid = child.ready_at is None or now - child.ready_at < RAPID
         if child.killed_for and child.ready_at is not None:
-            log.warning("Server process %d %s (%s); starting a new one",
-                        child.pid, how, child.killed_for)
+            log.warning("Server process %d %s (%s); %s", child.pid, how,
+                        child.killed_for, self._next_one())
             return
         if not rapid:
-            self.failures = 0
+            # (A run of failures at start goes on: only a process started
+            # after it ends it, by serving.)
             self.crashes = 0
-            log.warning("Server process %d %s; starting a new one",
-                        child.pid, how)
+            log.warning("Server process %d %s; %s", child.pid, how,
+                        self._next_one())
             return
         if child.ready_at is not None:
             # It started and served: a crash soon after (a request that
@@ -668,18 +685,20 @@ class Supervisor:
             self.crashes += 1
             delay = min(CRASH_BACKOFF_MAX,
                         BACKOFF_FIRST * 2 ** (self.crashes - 1))
+            self.crash_spawn_at = now + delay
             self.next_spawn = max(self.next_spawn or 0.0, now + delay)
-            log.warning("Server process %d %s right after it started; "
-                        "starting a new one in %.1f s", child.pid, how,
-                        delay)
+            log.warning("Server process %d %s right after it started; %s",
+                        child.pid, how, self._next_one(delay))
             return
         self.failures += 1
         self.last_failed_seq = child.seq
         self.last_failure = (how, child.error_line)
         if self.failures >= MAX_START_FAILURES:
-            if self._someone_serves():
+            if self._someone_serves(proven=True):
                 # A reload (or a recycle, a replacement) whose new
-                # processes cannot start: the old ones keep serving.
+                # processes cannot start: the old ones keep serving. (Not
+                # one that just started: it may crash like the others
+                # fail, and the tries would go on for good.)
                 self._give_up_while_serving(how, child.error_line)
                 return
             log.error("Server processes fail at start, %d times in a row; "
@@ -690,11 +709,19 @@ class Supervisor:
             self._begin_stop("start failures")
             return
         delay = min(BACKOFF_MAX, BACKOFF_FIRST * 2 ** (self.failures - 1))
-        self.next_spawn = now + delay
-        log.warning("Server process %d %s %s; starting a new one in %.1f s",
-                    child.pid, how,
+        self.next_spawn = max(self.next_spawn, now + delay)
+        log.warning("Server process %d %s %s; %s", child.pid, how,
                     "before it was ready" if child.ready_at is None
-                    else "right after it started", delay)
+                    else "right after it started", self._next_one(delay))
+
+    def _next_one(self, delay: Optional[float] = None) -> str:
+        """When the replacement of a process that exited starts."""
+        if self.retry_at is not None:
+            return "a new one at the next try, in %.0f s" % max(
+                0.0, self.retry_at - time.monotonic())
+        if delay is None:
+            return "starting a new one"
+        return "starting a new one in %.1f s" % delay
 
     def _spawn(self) -> Optional[int]:
         opts = self.options
