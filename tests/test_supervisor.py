@@ -935,9 +935,40 @@ def test_a_lost_process_is_not_restarted_in_a_loop_while_new_ones_fail(
                                r"trying again in 10 s") == 2
         os.kill(three, signal.SIGKILL)
         assert proc.wait(15) == 1
+        # The last one lost: its replacement is tried at once, as it says.
+        proc.wait_for_line(r"Server process %d was killed by SIGKILL; "
+                           r"starting a new one$" % three, timeout=5)
         proc.wait_for_line(r"^yimmo: error: .*broken import", timeout=5)
         # 3, the 5 failures of the first round, 2 at the try, 3 at the end.
         assert count_lines(proc, "Started server process") == 13
+
+
+ONE_AT_A_TIME_APP = """
+import fcntl, os
+HERE = os.path.dirname(os.path.abspath(__file__))
+_lock = open(os.path.join(HERE, "lock"), "w")
+fcntl.flock(_lock, fcntl.LOCK_EX | fcntl.LOCK_NB)   # raises in the others
+def app(environ, start_response):
+    body = str(os.getpid()).encode()
+    start_response("200 OK", [("Content-Length", str(len(body)))])
+    return [body]
+"""
+
+
+def test_start_failures_next_to_a_process_that_just_started_serving(
+        tmp_path):
+    # Only one process can import the app (it locks a file): at start the
+    # others fail together, the 5th failure comes before the one that
+    # started has served for a second. It keeps serving, and the others
+    # are tried again later; the supervisor does not exit.
+    write_app(tmp_path, ONE_AT_A_TIME_APP)
+    with start(tmp_path, processes=4) as proc:
+        port = wait_port(proc)
+        proc.wait_for_line(r"fail at start .*keep serving; trying again in "
+                           r"5 s", timeout=20)
+        assert proc.proc.poll() is None
+        assert get(port)[0] == 200
+        assert stop(proc) == 0
 
 
 def test_a_try_with_nothing_to_start_ends_the_wait(tmp_path):

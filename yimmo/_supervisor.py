@@ -513,6 +513,7 @@ class Supervisor:
                     self.gave_up_seq = None
                 if child.seq > self.last_failed_seq:
                     self.failures = 0
+                self.crashes = 0   # it did not die soon
             beat_ns, requests, recycle, reason, _, _ = child.heartbeat()
             if stale_after > 0:
                 last = beat_ns / 1e9 if beat_ns else child.ready_at
@@ -701,6 +702,20 @@ class Supervisor:
                 # fail, and the tries would go on for good.)
                 self._give_up_while_serving(how, child.error_line)
                 return
+            fresh = [c.ready_at for c in self.children.values()
+                     if c.ready_at is not None and not c.proven
+                     and c.draining_since is None and c.killed_for is None]
+            if fresh and self.crashes == 0:
+                # One that started with these serves, for less than RAPID
+                # seconds yet: the next failure decides, once it has (or
+                # has crashed: then, as when one of those crashed before,
+                # the app does not run).
+                self.failures = MAX_START_FAILURES - 1
+                self.next_spawn = max(self.next_spawn, min(fresh) + RAPID)
+                log.warning("Server process %d %s before it was ready; %s",
+                            child.pid, how,
+                            self._next_one(self.next_spawn - now))
+                return
             log.error("Server processes fail at start, %d times in a row; "
                       "giving up", self.failures)
             line = child.error_line or "server process %s at start" % how
@@ -716,7 +731,7 @@ class Supervisor:
 
     def _next_one(self, delay: Optional[float] = None) -> str:
         """When the replacement of a process that exited starts."""
-        if self.retry_at is not None:
+        if self.retry_at is not None and self._someone_serves():
             return "a new one at the next try, in %.0f s" % max(
                 0.0, self.retry_at - time.monotonic())
         if delay is None:
