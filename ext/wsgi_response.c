@@ -1307,6 +1307,20 @@ log_exception(struct ymo_wsgi_app *app, PyObject *environ, const char *what)
     Py_XDECREF(tb);
 }
 
+/* The request's method and URI for a log line, as new references: empty
+ * strings if the app took them out of environ. */
+static void
+request_names(struct ymo_wsgi_app *app, PyObject *environ,
+              PyObject **method, PyObject **uri)
+{
+    *uri = environ_get(environ, app->st->k_raw_uri);
+    *method = environ_get(environ, app->st->k_request_method);
+    if (*uri == NULL || *method == NULL) {
+        Py_XSETREF(*uri, Py_NewRef(app->st->v_empty));
+        Py_XSETREF(*method, Py_NewRef(app->st->v_empty));
+    }
+}
+
 /* The app's body did not match the Content-Length it declared (`sign`
  * 1: longer, cut there; -1: shorter): the client saw the connection
  * close after it, and the app's bug is logged as one WARNING line. */
@@ -1314,13 +1328,8 @@ static void
 log_length_mismatch(struct ymo_wsgi_app *app, PyObject *environ, int sign,
                     unsigned long long sent, unsigned long long declared)
 {
-    PyObject *uri = environ_get(environ, app->st->k_raw_uri);
-    PyObject *method = environ_get(environ, app->st->k_request_method);
-    if (uri == NULL || method == NULL) {
-        PyErr_Clear();
-        Py_XSETREF(uri, Py_NewRef(app->st->v_empty));
-        Py_XSETREF(method, Py_NewRef(app->st->v_empty));
-    }
+    PyObject *method, *uri;
+    request_names(app, environ, &method, &uri);
     PyObject *msg = sign > 0
         ? PyUnicode_FromFormat(
               "response body longer than its Content-Length (%llu): cut "
@@ -1350,13 +1359,8 @@ log_disconnect(struct ymo_wsgi_app *app, PyObject *environ,
     unsigned long long got = ex->in_received;
     pthread_mutex_unlock(&ex->lock);
     const ymo_http_request_t *req = &ex->req;
-    PyObject *uri = environ_get(environ, app->st->k_raw_uri);
-    PyObject *method = environ_get(environ, app->st->k_request_method);
-    PyObject *msg;
-    if (uri == NULL || method == NULL) {
-        Py_XSETREF(uri, Py_NewRef(app->st->v_empty));
-        Py_XSETREF(method, Py_NewRef(app->st->v_empty));
-    }
+    PyObject *method, *uri, *msg;
+    request_names(app, environ, &method, &uri);
     if (req->body == YMO_HTTP_BODY_NONE) {
         msg = PyUnicode_FromFormat("client disconnected: %S %S", method,
                                    uri);

@@ -176,6 +176,26 @@ def test_a_body_that_does_not_match_its_content_length_is_logged(
     others = [t for t in log_watcher.texts if "Content-Length" in t]
     assert len(others) == 2, others
 
+
+def test_the_length_warning_when_the_app_emptied_environ(yimmo_server,
+                                                         log_watcher):
+    # The request's method and URI are gone from environ: the line names
+    # none (and the server neither crashes nor leaves an error set).
+    def app(environ, start_response):
+        environ.clear()
+        start_response("200 OK", [("Content-Length", "10")])
+        return [b"abc"]
+
+    server = yimmo_server(app, workers=1)
+    for _ in range(2):
+        with connect(server.address, WAIT) as sock:
+            sock.sendall(build_request("GET", "/gone"))
+            assert read_until_close(sock, WAIT,
+                                    require_close=True).endswith(b"abc")
+    assert log_watcher.wait_for("WARNING", "(3 of 10 bytes), connection "
+                                "closed:  ")
+    assert not any("/gone" in t for t in log_watcher.texts)
+
 # -- a fileno() out of range -----------------------------------------------
 
 
