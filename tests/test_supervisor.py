@@ -598,6 +598,30 @@ def test_sighup_in_a_single_process_warns_and_keeps_serving(tmp_path):
         assert stop(proc) == 0
 
 
+def test_a_signal_during_a_log_call_still_logs_its_line(tmp_path):
+    # The signal's handler runs in the middle of a logging call on the
+    # main thread (here: a handler of the app's that raises SIGHUP while
+    # "Listening at" is logged). CPython 3.13.4+ drops records logged
+    # from there; the server logs its line once the handler has returned.
+    write_app(tmp_path)
+    (tmp_path / "run.py").write_text(
+        "import logging, signal, yimmo, supapp\n"
+        "logging.basicConfig(level=logging.INFO)\n"
+        "class Kick(logging.Handler):\n"
+        "    def emit(self, record):\n"
+        "        if record.getMessage().startswith('Listening at'):\n"
+        "            signal.raise_signal(signal.SIGHUP)\n"
+        "logging.getLogger('yimmo').addHandler(Kick())\n"
+        "yimmo.serve(supapp.app, bind='127.0.0.1:0')\n")
+    with ServerProcess([sys.executable, "run.py"], cwd=str(tmp_path),
+                       env=subprocess_env()) as proc:
+        proc.wait_for_line("a reload needs --processes 2 or more",
+                           timeout=10)
+        proc.signal(signal.SIGTERM)
+        assert proc.wait(10) == 0
+        proc.wait_for_line("Received SIGTERM, shutting down", timeout=5)
+
+
 def test_core_request_recycle_sets_the_slot_and_wakes_the_supervisor():
     slot = mmap.mmap(-1, 64)
     r, w = os.pipe()

@@ -19,8 +19,8 @@ import threading
 import weakref
 from types import FrameType, TracebackType
 from typing import (
-    TYPE_CHECKING, Callable, Dict, List, Optional, Sequence, Tuple, Type,
-    Union,
+    TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence, Tuple,
+    Type, Union,
 )
 
 from . import _logging, _options, _sockets, _yimmo
@@ -158,6 +158,9 @@ class Server:
         # The handlers serve_forever's signal handlers replaced (see
         # _forked).
         self._signal_old: Dict[int, SignalHandler] = {}
+        # What the signal handlers have to log: serve_forever's loop logs
+        # it (_log_from_handlers), never the handler itself.
+        self._handler_logs: List[Tuple[int, str, Tuple[Any, ...]]] = []
         self._old_wakeup = -1
         if _process is None:
             recycling = (("max_requests", opts["max_requests"]),
@@ -341,13 +344,14 @@ class Server:
         try:
             try:
                 while not self._core.run(wakeup_fd=fd):
-                    pass
+                    self._log_from_handlers()
             except BaseException:
                 # KeyboardInterrupt, or a signal handler that raised: let
                 # in-flight requests finish, then let it propagate.
                 log.info("Shutting down")
                 self._core.stop(grace)
                 while True:
+                    self._log_from_handlers()
                     try:
                         if self._core.run(wakeup_fd=fd):
                             break
@@ -358,6 +362,7 @@ class Server:
                         self._core.stop(0)
                 raise
         finally:
+            self._log_from_handlers()
             self._report_abandoned()
             _running_discard(self)
             if on_main:
@@ -432,37 +437,56 @@ class Server:
         os.kill(os.getpid(), signum)
         return True
 
+    def _log_later(self, level: int, msg: str, *args: Any) -> None:
+        """Log from a signal handler: serve_forever's loop does, once the
+        handler has returned. The handler runs on the main thread between
+        two bytecodes, maybe in the middle of a logging call there, and
+        CPython (3.13.4 on) drops a record logged on a thread that is
+        already inside Logger.handle. The signal also wrote to the wakeup
+        fd, so run() returns at once, even if the handler ran before it
+        was called."""
+        self._handler_logs.append((level, msg, args))
+
+    def _log_from_handlers(self) -> None:
+        # pop(0) one at a time: a signal whose handler runs during one of
+        # these calls appends its line, logged in this same pass.
+        while self._handler_logs:
+            level, msg, args = self._handler_logs.pop(0)
+            log.log(level, msg, *args)
+
     def _on_orphaned(self, signum: int, frame: Optional[FrameType]) -> None:
         if self._forked(signum):
             return
-        log.warning("The supervisor is gone; stopping")
+        self._log_later(logging.WARNING, "The supervisor is gone; stopping")
         self._core.stop(self.options["graceful_timeout"])
 
     def _on_sighup(self, signum: int, frame: Optional[FrameType]) -> None:
         if self._forked(signum):
             return
-        log.warning("Received SIGHUP: a reload needs --processes 2 or "
-                    "more (a supervisor); this single process keeps "
-                    "serving the code it has")
+        self._log_later(logging.WARNING,
+                        "Received SIGHUP: a reload needs --processes 2 or "
+                        "more (a supervisor); this single process keeps "
+                        "serving the code it has")
 
     def _on_needs_supervisor(self, signum: int,
                              frame: Optional[FrameType]) -> None:
         if self._forked(signum):
             return
-        log.warning("Received %s: changing the number of processes needs "
-                    "--processes 2 or more; ignored",
-                    signal.Signals(signum).name)
+        self._log_later(logging.WARNING,
+                        "Received %s: changing the number of processes "
+                        "needs --processes 2 or more; ignored",
+                        signal.Signals(signum).name)
 
     def _on_sigusr1(self, signum: int, frame: Optional[FrameType]) -> None:
         if self._forked(signum):
             return
-        log.info("Received SIGUSR1, reopening log files")
+        self._log_later(logging.INFO, "Received SIGUSR1, reopening log files")
         _logging.reopen_log_files()
 
     def _on_sigterm(self, signum: int, frame: Optional[FrameType]) -> None:
         if self._forked(signum):
             return
-        log.info("Received SIGTERM, shutting down")
+        self._log_later(logging.INFO, "Received SIGTERM, shutting down")
         self._core.stop(self.options["graceful_timeout"])
 
     _describe = staticmethod(_sockets.describe)
