@@ -995,6 +995,44 @@ def test_start_failures_next_to_a_process_that_just_started_serving(
         assert stop(proc) == 0
 
 
+HANGS_OR_FAILS_APP = """
+import fcntl, os, signal, threading, time
+HERE = os.path.dirname(os.path.abspath(__file__))
+with open(os.path.join(HERE, "count"), "a+") as f:
+    fcntl.flock(f, fcntl.LOCK_EX)
+    f.seek(0)
+    n = int(f.read() or 0) + 1
+    f.seek(0)
+    f.truncate()
+    f.write(str(n))
+if n % 2:
+    time.sleep(0.4)     # after its sibling is ready
+    raise RuntimeError("start %d fails" % n)
+# Ready, then its loop stops: killed for its heartbeat, never proven.
+threading.Timer(0.2, os.kill, (os.getpid(), signal.SIGSTOP)).start()
+def app(environ, start_response):
+    start_response("200 OK", [("Content-Length", "2")])
+    return [b"ok"]
+"""
+
+
+def test_failures_next_to_processes_that_never_prove_themselves_end(
+        tmp_path):
+    # Every other start fails, the others are ready and then hang (killed
+    # for their heartbeat): waiting for a fresh process to prove itself
+    # happens once, not for each new one, and the supervisor exits 1.
+    write_app(tmp_path, HANGS_OR_FAILS_APP)
+    with start(tmp_path, "--heartbeat-timeout", "0.5",
+               "--graceful-timeout", "1") as proc:
+        try:
+            assert proc.wait(40) == 1
+        finally:
+            for pid in children_of(proc.proc.pid):
+                os.kill(pid, signal.SIGKILL)    # stopped: would stay
+        proc.wait_for_line(r"^yimmo: error: .*start \d+ fails", timeout=5)
+        assert count_lines(proc, "Started server process") < 20
+
+
 def test_a_try_with_nothing_to_start_ends_the_wait(tmp_path):
     # SIGTTOU during the wait leaves nothing to replace: the try ends the
     # wait, and the next process that fails at start (SIGTTIN, the app

@@ -178,6 +178,10 @@ class Supervisor:
         self.gave_up_seq: Optional[int] = None
         self.spawned = 0           # processes started so far
         self.crashes = 0           # ready processes in a row that died soon
+        # Child.seq of the fresh process a run of failures waits for
+        # (_exited): only that one, so a run of them that never prove
+        # themselves (killed, drained) cannot hold it off for good.
+        self.held_for: Optional[int] = None
         self.warned_rss = False    # said once that max_rss is too low
         # (describe, error line)
         self.last_failure: Optional[Tuple[str, Optional[str]]] = None
@@ -396,6 +400,7 @@ class Supervisor:
         log.info("Received SIGHUP: reloading; starting %d new process(es), "
                  "then the old ones drain", self.target)
         self.failures = 0
+        self.held_for = None
         self.next_spawn = 0.0
         self.retry_at = None
         self.give_ups = 0
@@ -513,6 +518,7 @@ class Supervisor:
                     self.gave_up_seq = None
                 if child.seq > self.last_failed_seq:
                     self.failures = 0
+                    self.held_for = None
                 self.crashes = 0   # it did not die soon
             beat_ns, requests, recycle, reason, _, _ = child.heartbeat()
             if stale_after > 0:
@@ -573,6 +579,7 @@ class Supervisor:
         now = time.monotonic()
         self.give_ups += 1
         self.gave_up_seq = self.spawned
+        self.held_for = None
         delay = min(RETRY_MAX, RETRY_FIRST * 2 ** (self.give_ups - 1))
         self.retry_at = now + delay
         self.next_spawn = self.retry_at
@@ -702,16 +709,18 @@ class Supervisor:
                 # fail, and the tries would go on for good.)
                 self._give_up_while_serving(how, child.error_line)
                 return
-            fresh = [c.ready_at for c in self.children.values()
+            fresh = [(c.ready_at, c.seq) for c in self.children.values()
                      if c.ready_at is not None and not c.proven
-                     and c.draining_since is None and c.killed_for is None]
+                     and c.draining_since is None and c.killed_for is None
+                     and self.held_for in (None, c.seq)]
             if fresh and self.crashes == 0:
+                ready_at, self.held_for = min(fresh)
                 # One that started with these serves, for less than RAPID
                 # seconds yet: the next failure decides, once it has (or
                 # has crashed: then, as when one of those crashed before,
                 # the app does not run).
                 self.failures = MAX_START_FAILURES - 1
-                self.next_spawn = max(self.next_spawn, min(fresh) + RAPID)
+                self.next_spawn = max(self.next_spawn, ready_at + RAPID)
                 log.warning("Server process %d %s before it was ready; %s",
                             child.pid, how,
                             self._next_one(self.next_spawn - now))
