@@ -351,8 +351,8 @@ class Server:
                 log.info("Shutting down")
                 self._core.stop(grace)
                 while True:
-                    self._log_from_handlers()
                     try:
+                        self._log_from_handlers()
                         if self._core.run(wakeup_fd=fd):
                             break
                     except BaseException:
@@ -376,6 +376,9 @@ class Server:
                 wakeup_r.close()
                 wakeup_w.close()
             self._close_sockets()
+            # What a handler that ran in this finally, before the handlers
+            # were given back, had to say.
+            self._log_from_handlers()
 
     def _report_abandoned(self) -> None:
         busy = self._core.abandoned_workers
