@@ -622,6 +622,68 @@ def test_a_signal_during_a_log_call_still_logs_its_line(tmp_path):
         proc.wait_for_line("Received SIGTERM, shutting down", timeout=5)
 
 
+SIGNAL_CHAIN = """
+import logging, os, signal, socket, sys, threading, time
+import yimmo
+logging.basicConfig(level=logging.INFO, format="%(message)s")
+started = threading.Event()
+def app(environ, start_response):
+    started.set()
+    time.sleep(3)
+    start_response("200 OK", [("Content-Length", "2")])
+    return [b"ok"]
+class Kick(logging.Handler):
+    # Signals raised while the server logs a given line (CHAIN: line ->
+    # signal name), so each lands where it is meant to.
+    def emit(self, record):
+        for text, name in CHAIN:
+            if record.getMessage().startswith(text):
+                signal.raise_signal(getattr(signal, name))
+logging.getLogger("yimmo").addHandler(Kick())
+server = yimmo.Server(app, bind="127.0.0.1:0", workers=1,
+                      graceful_timeout=GRACE)
+def client():
+    s = socket.create_connection(server.address)
+    s.sendall(b"GET / HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n")
+    time.sleep(5)
+def kicker():
+    started.wait(10)
+    os.kill(os.getpid(), getattr(signal, FIRST))
+threading.Thread(target=client, daemon=True).start()
+threading.Thread(target=kicker, daemon=True).start()
+try:
+    server.serve_forever()
+except KeyboardInterrupt as e:
+    print("KeyboardInterrupt, context %r" % (e.__context__,), flush=True)
+print("returned", flush=True)
+"""
+
+
+@pytest.mark.parametrize("first, grace, chain, expect", [
+    # A second Ctrl-C while the drain after the first logs a signal's
+    # line: the drain still ends with stop(0), and the first
+    # KeyboardInterrupt is the one that propagates.
+    ("SIGINT", 30, [("Shutting down", "SIGHUP"),
+                    ("Received SIGHUP", "SIGINT")],
+     ["KeyboardInterrupt, context None", "still running the app"]),
+    # A signal handled in serve_forever's last moments (while it reports
+    # the workers it leaves behind): its line is logged all the same.
+    ("SIGTERM", 0.2, [("1 worker thread(s) still running", "SIGHUP")],
+     ["Received SIGHUP: a reload needs", "returned"]),
+])
+def test_signals_that_land_while_the_server_stops(tmp_path, first, grace,
+                                                   chain, expect):
+    (tmp_path / "run.py").write_text(
+        "FIRST = %r\nGRACE = %r\nCHAIN = %r\n" % (first, grace, chain)
+        + SIGNAL_CHAIN)
+    with ServerProcess([sys.executable, "run.py"], cwd=str(tmp_path),
+                       env=subprocess_env()) as proc:
+        assert proc.wait(20) == 0
+        output = proc.stdout + "\n" + proc.stderr
+        for text in expect:
+            assert text in output, proc._describe()
+
+
 def test_core_request_recycle_sets_the_slot_and_wakes_the_supervisor():
     slot = mmap.mmap(-1, 64)
     r, w = os.pipe()
