@@ -158,9 +158,11 @@ class Server:
         # The handlers serve_forever's signal handlers replaced (see
         # _forked).
         self._signal_old: Dict[int, SignalHandler] = {}
-        # What the signal handlers have to log: serve_forever's loop logs
-        # it (_log_from_handlers), never the handler itself.
-        self._handler_logs: List[Tuple[int, str, Tuple[Any, ...]]] = []
+        # What the signal handlers have to log (and, for SIGUSR1, do
+        # after): serve_forever's loop does it (_log_from_handlers), never
+        # the handler itself.
+        self._handler_logs: List[Tuple[int, str, Tuple[Any, ...],
+                                       Optional[Callable[[], None]]]] = []
         self._old_wakeup = -1
         if _process is None:
             recycling = (("max_requests", opts["max_requests"]),
@@ -440,22 +442,25 @@ class Server:
         os.kill(os.getpid(), signum)
         return True
 
-    def _log_later(self, level: int, msg: str, *args: Any) -> None:
+    def _log_later(self, level: int, msg: str, *args: Any,
+                   then: Optional[Callable[[], None]] = None) -> None:
         """Log from a signal handler: serve_forever's loop does, once the
         handler has returned. The handler runs on the main thread between
         two bytecodes, maybe in the middle of a logging call there, and
         CPython (3.13.4 on) drops a record logged on a thread that is
         already inside Logger.handle. The signal also wrote to the wakeup
         fd, so run() returns at once, even if the handler ran before it
-        was called."""
-        self._handler_logs.append((level, msg, args))
+        was called. then: what to do once the line is logged."""
+        self._handler_logs.append((level, msg, args, then))
 
     def _log_from_handlers(self) -> None:
         # pop(0) one at a time: a signal whose handler runs during one of
         # these calls appends its line, logged in this same pass.
         while self._handler_logs:
-            level, msg, args = self._handler_logs.pop(0)
+            level, msg, args, then = self._handler_logs.pop(0)
             log.log(level, msg, *args)
+            if then is not None:
+                then()
 
     def _on_orphaned(self, signum: int, frame: Optional[FrameType]) -> None:
         if self._forked(signum):
@@ -483,8 +488,10 @@ class Server:
     def _on_sigusr1(self, signum: int, frame: Optional[FrameType]) -> None:
         if self._forked(signum):
             return
-        self._log_later(logging.INFO, "Received SIGUSR1, reopening log files")
-        _logging.reopen_log_files()
+        # The line goes to the files being reopened, as in the processes
+        # of a supervisor.
+        self._log_later(logging.INFO, "Received SIGUSR1, reopening log files",
+                        then=_logging.reopen_log_files)
 
     def _on_sigterm(self, signum: int, frame: Optional[FrameType]) -> None:
         if self._forked(signum):
