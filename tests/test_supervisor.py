@@ -624,9 +624,14 @@ def test_a_signal_during_a_log_call_still_logs_its_line(tmp_path):
 
 SIGNAL_CHAIN = """
 import logging, os, signal, socket, sys, threading, time
-import yimmo
+import yimmo, yimmo._logging
 logging.basicConfig(level=logging.INFO, format="%(message)s")
 started = threading.Event()
+reopen = yimmo._logging.reopen_log_files
+def counted_reopen():
+    print("reopened", flush=True)
+    reopen()
+yimmo._logging.reopen_log_files = counted_reopen
 def app(environ, start_response):
     started.set()
     time.sleep(3)
@@ -670,6 +675,10 @@ print("returned", flush=True)
     # the workers it leaves behind): its line is logged all the same.
     ("SIGTERM", 0.2, [("1 worker thread(s) still running", "SIGHUP")],
      ["Received SIGHUP: a reload needs", "returned"]),
+    # A Ctrl-C while SIGUSR1's line is logged: the files are reopened all
+    # the same.
+    ("SIGUSR1", 30, [("Received SIGUSR1", "SIGINT")],
+     ["reopened", "KeyboardInterrupt, context None"]),
 ])
 def test_signals_that_land_while_the_server_stops(tmp_path, first, grace,
                                                    chain, expect):

@@ -458,9 +458,13 @@ class Server:
         # these calls appends its line, logged in this same pass.
         while self._handler_logs:
             level, msg, args, then = self._handler_logs.pop(0)
-            log.log(level, msg, *args)
-            if then is not None:
-                then()
+            try:
+                log.log(level, msg, *args)
+            finally:
+                # Even if a second signal's handler raised while the line
+                # was logged: the entry is popped, nothing else runs it.
+                if then is not None:
+                    then()
 
     def _on_orphaned(self, signum: int, frame: Optional[FrameType]) -> None:
         if self._forked(signum):
