@@ -8,6 +8,7 @@ The app (written into the test's tmp dir, so a test can edit it) answers
 failed request was on.
 """
 
+import contextlib
 import http.client
 import mmap
 import os
@@ -911,18 +912,28 @@ class PinnedClients:
             conn.close()
 
 
-
-def test_no_process_is_recycled_while_new_ones_fail_at_start(tmp_path):
-    # The supervisor gave up replacing one process (its successors fail at
-    # start): a sibling that reaches its max-requests then is not replaced
-    # either until the next try (its successor would fail the same way),
-    # both keep serving, and SIGHUP with the app fixed replaces both.
+@contextlib.contextmanager
+def pinned_pair(tmp_path):
+    """GATED_APP in two processes at --max-requests 40, ready, with a
+    keep-alive connection to each: (proc, port, PinnedClients)."""
     write_app(tmp_path, GATED_APP)
     with start(tmp_path, "--max-requests", "40",
                "--keepalive-timeout", "60") as proc:
         port = wait_port(proc)
         wait_ready(proc, 2)
         clients = PinnedClients(port)
+        try:
+            yield proc, port, clients
+        finally:
+            clients.close()
+
+
+def test_no_process_is_recycled_while_new_ones_fail_at_start(tmp_path):
+    # The supervisor gave up replacing one process (its successors fail at
+    # start): a sibling that reaches its max-requests then is not replaced
+    # either until the next try (its successor would fail the same way),
+    # both keep serving, and SIGHUP with the app fixed replaces both.
+    with pinned_pair(tmp_path) as (proc, port, clients):
         first, second = clients.conns
         (tmp_path / "BROKEN").write_text("x")
         clients.serve_until(first, 40)
@@ -957,12 +968,7 @@ def test_no_process_is_recycled_while_new_ones_fail_at_start(tmp_path):
 def test_sigttou_while_new_ones_fail_drains_the_process_due(tmp_path):
     # One process is due for replacement but new ones fail at start:
     # SIGTTOU drains that one, not the other (older or not).
-    write_app(tmp_path, GATED_APP)
-    with start(tmp_path, "--max-requests", "40",
-               "--keepalive-timeout", "60") as proc:
-        port = wait_port(proc)
-        wait_ready(proc, 2)
-        clients = PinnedClients(port)
+    with pinned_pair(tmp_path) as (proc, _, clients):
         started = [int(m) for m in re.findall(
             r"Started server process (\d+)", "\n".join(lines_from(
                 proc, "Started server process")))]
