@@ -492,8 +492,8 @@ class Server:
     def _on_sigusr1(self, signum: int, frame: Optional[FrameType]) -> None:
         if self._forked(signum):
             return
-        # The line goes to the files being reopened, as in the processes
-        # of a supervisor.
+        # The line goes to the files as they were before the reopening (the
+        # rotated ones), as in the processes of a supervisor.
         self._log_later(logging.INFO, "Received SIGUSR1, reopening log files",
                         then=_logging.reopen_log_files)
 
