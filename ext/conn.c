@@ -306,12 +306,16 @@ ymo_conn_new(const ymo_listener_t *l, int fd, const struct sockaddr *peer,
         c->remote_family = AF_INET;
         memcpy(c->remote_ip, &sin->sin_addr, 4);
         c->remote_port = ntohs(sin->sin_port);
+        c->peer_local = c->remote_ip[0] == 127;
     }
     else if (peer->sa_family == AF_INET6) {
         const struct sockaddr_in6 *sin6 = (const struct sockaddr_in6 *)peer;
         c->remote_family = AF_INET6;
         memcpy(c->remote_ip, &sin6->sin6_addr, 16);
         c->remote_port = ntohs(sin6->sin6_port);
+        c->peer_local = IN6_IS_ADDR_LOOPBACK(&sin6->sin6_addr) ||
+                        (IN6_IS_ADDR_V4MAPPED(&sin6->sin6_addr) &&
+                         c->remote_ip[12] == 127);
     }
     c->trusted = (uint8_t)trusted;
     c->proxy = !s->config.proxy_protocol ? YMO_CONN_PROXY_DONE
@@ -549,14 +553,43 @@ conn_error(ymo_conn_t *c, int status)
     conn_error_head(c, status, 0);
 }
 
+/* What is queued now is the last the connection sends: the response is
+ * complete and the connection closes after it (conn_step's close, or the
+ * lingering close's shutdown, follows in the same turn). Sent with
+ * MSG_MORE, its last segment waits for the FIN, which then goes out in
+ * it: one segment less for each side to send and receive (a tenth of the
+ * packets of a connection that carries one request). Not with the cork
+ * of a file (its release flushes), nor on a unix socket. */
+static int
+conn_last_write(const ymo_conn_t *c)
+{
+    return c->busy->closing && !c->busy->corked && !c->listener->is_unix &&
+           (c->busy->ex == NULL || c->busy->ex->worker_done);
+}
+
+/* Our side is done sending: the FIN goes out (with what the kernel held
+ * for it). Once per connection. */
+static void
+conn_shut_down(ymo_conn_t *c)
+{
+    if (!c->busy->shut) {
+        shutdown(c->fd, SHUT_WR);
+        c->busy->shut = 1;
+        c->busy->held = 0;
+    }
+}
+
 /* The kernel holds no byte from the client that was not read (or the
  * client closed, or the connection failed), and the client acknowledged
  * everything we sent: closing now cannot destroy the response. Both are
  * needed: a byte the client sends after the close (a stray CRLF after a
  * body, say) makes the orphaned socket answer with a reset, which drops
- * whatever of the response its send queue still holds. */
+ * whatever of the response its send queue still holds. A response whose
+ * last bytes the kernel holds (c->busy->held) goes out first, with our
+ * FIN in the same segment: the shutdown the lingering close would make
+ * anyway, so the client can acknowledge it. */
 static int
-conn_nothing_unread(const ymo_conn_t *c)
+conn_nothing_unread(ymo_conn_t *c)
 {
     char byte;
     int queued = 0;
@@ -566,8 +599,22 @@ conn_nothing_unread(const ymo_conn_t *c)
         return 1;               /* the client closed, or the connection
                                  * failed: nothing more can come */
     }
-    return n < 0 && errno != EINTR &&
-           ioctl(c->fd, SIOCOUTQ, &queued) == 0 && queued == 0;
+    if (n >= 0 || errno == EINTR) {
+        return 0;
+    }
+    if (c->busy->held) {
+        conn_shut_down(c);
+        if (c->peer_local) {
+            /* A peer on this host acknowledges our FIN only with its
+             * own (its socket delays the ACK, hoping to send it with its
+             * FIN), which would cost every connection a lingering close.
+             * Over loopback there is no network between us: a segment
+             * that left our socket is in the peer's, so everything sent
+             * (the window took it) is as good as acknowledged. */
+            return ioctl(c->fd, SIOCOUTQNSD, &queued) == 0 && queued == 0;
+        }
+    }
+    return ioctl(c->fd, SIOCOUTQ, &queued) == 0 && queued == 0;
 }
 
 /* Write as much of the queue as the socket takes, up to YMO_FLUSH_TURN
@@ -605,8 +652,9 @@ conn_flush(ymo_conn_t *c)
             struct iovec iov[IOV_BATCH];
             int cnt = 0;
             size_t room = turn;
-            for (ymo_bucket_t *x = b; x != NULL && x->fd < 0 &&
-                                      cnt < IOV_BATCH && room > 0;
+            ymo_bucket_t *x;
+            for (x = b; x != NULL && x->fd < 0 && cnt < IOV_BATCH &&
+                        room > 0;
                  x = x->next) {
                 if (x->len == x->off) {
                     continue;
@@ -626,7 +674,14 @@ conn_flush(ymo_conn_t *c)
              * sendfile, which takes no flags, see ymo_server_run.) */
             struct msghdr msg = {.msg_iov = iov,
                                  .msg_iovlen = (size_t)cnt};
-            n = cnt > 0 ? sendmsg(c->fd, &msg, MSG_NOSIGNAL) : 0;
+            /* All that is left, and the last of the connection. */
+            int more = x == NULL && room > 0 && conn_last_write(c);
+            n = cnt > 0 ? sendmsg(c->fd, &msg,
+                                  MSG_NOSIGNAL | (more ? MSG_MORE : 0))
+                        : 0;
+            if (n > 0 && more) {
+                c->busy->held = 1;
+            }
         }
         if (n < 0) {
             if (errno == EINTR) {
@@ -1336,7 +1391,7 @@ conn_step(ymo_conn_t *c)
                 ymo_conn_close(c);
                 return;
             }
-            shutdown(c->fd, SHUT_WR);
+            conn_shut_down(c);
             c->busy->linger_until = now(c) + LINGER_SECONDS;
         }
     }

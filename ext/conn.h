@@ -78,6 +78,10 @@ typedef struct ymo_conn_busy {
     int write_blocked;         /* waiting for EV_WRITE */
     int corked;                /* TCP_CORK is on: a file is being sent
                                 * (see wq_append) */
+    int held;                  /* the response's last bytes were sent with
+                                * MSG_MORE: they wait in the kernel for
+                                * our FIN (see conn_last_write) */
+    int shut;                  /* our side is shut down (FIN sent) */
     ev_tstamp linger_until;
 } ymo_conn_busy_t;
 
@@ -91,7 +95,8 @@ enum ymo_conn_list {
 };
 
 /* One connection. Kept small (it is all an idle connection costs, with
- * libev's entry for its fd): 120 bytes, one 128-byte malloc chunk. */
+ * libev's entry for its fd): 120 bytes, one 128-byte malloc chunk (the
+ * last field fills what was the struct's padding). */
 typedef struct ymo_conn {
     ev_io io;                  /* read/write readiness */
     const ymo_listener_t *listener;    /* its ->server is ours */
@@ -112,6 +117,10 @@ typedef struct ymo_conn {
     uint8_t proxy;             /* enum ymo_conn_proxy: a PROXY header is
                                 * still to be read or refused */
     uint8_t on;                /* enum ymo_conn_list */
+    uint8_t peer_local;        /* the peer (the TCP one, not a client a
+                                * PROXY header names) has a loopback
+                                * address: on this host, with no network
+                                * between us (see conn_nothing_unread) */
     uint8_t remote_ip[16];     /* network order: 4 bytes for AF_INET */
 } ymo_conn_t;
 

@@ -11,6 +11,7 @@ import logging
 import os
 import re
 import select
+import shutil
 import signal
 import socket
 import subprocess
@@ -775,3 +776,71 @@ os.environ["LISTEN_FDS"] = "1"
 os.execv(sys.executable, [sys.executable] + sys.argv[1:])
 """
 
+
+# -- Network namespaces: other "hosts" on this machine ------------------------
+
+def _sh(*args, timeout=10):
+    return subprocess.run(args, check=True, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def netns_usable():
+    """None when this process can create network namespaces; else why not
+    (a skip reason)."""
+    if os.geteuid() != 0:
+        return "network namespaces need root"
+    if shutil.which("ip") is None:
+        return "iproute2's ip is not installed"
+    name = "ymo-probe-%d" % os.getpid()
+    try:
+        _sh("ip", "netns", "add", name)
+    except (OSError, subprocess.SubprocessError) as exc:
+        return "cannot create a network namespace: %s" % (
+            getattr(exc, "stderr", None) or exc)
+    _sh("ip", "netns", "del", name)
+    return None
+
+
+def _subnet(index):
+    """A /30 of 10.213.0.0/16 for host `index` (1-3) of this test run: the
+    root namespace's routes are shared, and suites run side by side
+    (.ci/side-by-side) must not both route the same subnet."""
+    block = (os.getpid() % 4096) * 4 + index
+    return "10.213.%d.%d" % (block // 64, block % 64 * 4)
+
+
+class NetnsHost:
+    """A network namespace with a veth pair to the root namespace: the
+    first address of its /30 (_subnet) on our side (`outer_address`, on
+    the interface `outer`), the second inside (`address`). Test programs
+    run in it under `exec_prefix`."""
+
+    def __init__(self, index, tag):
+        self.index = index
+        self.name = "ymo-%s-%d" % (tag, os.getpid())
+        self.outer = "ymo%d%d" % (index, os.getpid() % 100000)
+        self.inner = "ymi%d%d" % (index, os.getpid() % 100000)
+        net = _subnet(index).rsplit(".", 1)
+        self.outer_address = "%s.%d" % (net[0], int(net[1]) + 1)
+        self.address = "%s.%d" % (net[0], int(net[1]) + 2)
+        self.exec_prefix = ("ip", "netns", "exec", self.name)
+
+    def create(self):
+        _sh("ip", "netns", "add", self.name)
+        _sh("ip", "link", "add", self.outer, "type", "veth", "peer", "name",
+            self.inner)
+        _sh("ip", "link", "set", self.inner, "netns", self.name)
+        _sh("ip", "addr", "add", self.outer_address + "/30", "dev",
+            self.outer)
+        _sh("ip", "link", "set", self.outer, "up")
+        ns = self.exec_prefix
+        _sh(*ns, "ip", "addr", "add", self.address + "/30", "dev",
+            self.inner)
+        _sh(*ns, "ip", "link", "set", self.inner, "up")
+        _sh(*ns, "ip", "link", "set", "lo", "up")
+
+    def destroy(self):
+        subprocess.run(["ip", "link", "del", self.outer],
+                       capture_output=True, timeout=10)
+        subprocess.run(["ip", "netns", "del", self.name],
+                       capture_output=True, timeout=10)

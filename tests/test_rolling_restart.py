@@ -29,7 +29,8 @@ import time
 
 import pytest
 
-from helpers import APPS_DIR, ServerProcess, subprocess_env
+from helpers import (APPS_DIR, NetnsHost, ServerProcess, netns_usable,
+                     subprocess_env)
 
 NGINX = shutil.which("nginx") or (
     "/usr/sbin/nginx" if os.path.exists("/usr/sbin/nginx") else None)
@@ -38,70 +39,19 @@ PORT = 8000
 GRACE = 5
 
 
-def _sh(*args, timeout=10):
-    return subprocess.run(args, check=True, capture_output=True, text=True,
-                          timeout=timeout)
-
-
-def _netns_usable():
-    if os.geteuid() != 0:
-        return "network namespaces need root"
-    if shutil.which("ip") is None:
-        return "iproute2's ip is not installed"
-    name = "ymo-probe-%d" % os.getpid()
-    try:
-        _sh("ip", "netns", "add", name)
-    except (OSError, subprocess.SubprocessError) as exc:
-        return "cannot create a network namespace: %s" % (
-            getattr(exc, "stderr", None) or exc)
-    _sh("ip", "netns", "del", name)
-    return None
-
-
-def _subnet(index):
-    """A /30 of 10.213.0.0/16 for host `index` (1-3) of this test run: the
-    root namespace's routes are shared, and suites run side by side
-    (.ci/side-by-side) must not both route the same subnet."""
-    block = (os.getpid() % 4096) * 4 + index
-    return "10.213.%d.%d" % (block // 64, block % 64 * 4)
-
-
-class Host:
-    """A network namespace with a veth pair to the root namespace: the
-    first address of its /30 (_subnet) on our side, the second inside."""
+class Host(NetnsHost):
+    """A yimmo "host": a NetnsHost that runs `--processes 2` of hostid:app
+    on PORT of its address."""
 
     def __init__(self, index, tag):
-        self.index = index
-        self.name = "ymo-%s-%d" % (tag, os.getpid())
-        self.outer = "ymo%d%d" % (index, os.getpid() % 100000)
-        self.inner = "ymi%d%d" % (index, os.getpid() % 100000)
-        net = _subnet(index).rsplit(".", 1)
-        self.outer_address = "%s.%d" % (net[0], int(net[1]) + 1)
-        self.address = "%s.%d" % (net[0], int(net[1]) + 2)
+        super().__init__(index, tag)
         self.tag = tag
         self.server = None
         self.generation = 0
 
-    def create(self):
-        _sh("ip", "netns", "add", self.name)
-        _sh("ip", "link", "add", self.outer, "type", "veth", "peer", "name",
-            self.inner)
-        _sh("ip", "link", "set", self.inner, "netns", self.name)
-        _sh("ip", "addr", "add", self.outer_address + "/30", "dev",
-            self.outer)
-        _sh("ip", "link", "set", self.outer, "up")
-        ns = ("ip", "netns", "exec", self.name)
-        _sh(*ns, "ip", "addr", "add", self.address + "/30", "dev",
-            self.inner)
-        _sh(*ns, "ip", "link", "set", self.inner, "up")
-        _sh(*ns, "ip", "link", "set", "lo", "up")
-
     def destroy(self):
         self.stop(kill=True)
-        subprocess.run(["ip", "link", "del", self.outer],
-                       capture_output=True, timeout=10)
-        subprocess.run(["ip", "netns", "del", self.name],
-                       capture_output=True, timeout=10)
+        super().destroy()
 
     def start(self):
         self.generation += 1
@@ -258,7 +208,7 @@ class Load:
 
 @pytest.fixture
 def hosts():
-    reason = _netns_usable()
+    reason = netns_usable()
     if reason:
         pytest.skip(reason)
     made = [Host(1, "a"), Host(2, "b")]

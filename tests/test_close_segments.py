@@ -1,0 +1,258 @@
+"""How a connection's last response leaves: with our FIN in its last
+segment, and never so early that a client's stray byte could reset it.
+
+A response after which the connection closes (the client said close, an
+HTTP/1.0 client, an error) is written with MSG_MORE, so that its last
+segment waits for the FIN and carries it: one segment less for each side
+(conn.c, conn_last_write). These tests watch the segments themselves on
+the interface (an AF_PACKET socket: root only, skipped otherwise), and
+check that holding the last bytes back never lets the close drop them: a
+peer on this host whose window is full, and one on another "host" (a
+network namespace the test creates, reached over a veth pair), where the
+connection lingers for the client's close.
+"""
+
+import socket
+import struct
+import sys
+import time
+
+import pytest
+
+from helpers import (APPS_DIR, NetnsHost, ServerProcess, build_request,
+                     netns_usable, parse_response, read_until_close,
+                     subprocess_env)
+
+WAIT = 10
+FIN, SYN, RST = 0x01, 0x02, 0x04
+
+
+class Capture:
+    """The TCP segments sent from one port that an interface sees,
+    as (flags, payload length), in order."""
+
+    def __init__(self, ifname, port):
+        self.port = port
+        self.sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW,
+                                  socket.htons(0x0800))   # IPv4
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
+        self.sock.bind((ifname, 0))
+        self.sock.settimeout(0.3)
+
+    def segments(self):
+        """What arrived until the interface has been quiet for 0.3 s."""
+        out = []
+        deadline = time.monotonic() + WAIT
+        while time.monotonic() < deadline:
+            try:
+                frame, addr = self.sock.recvfrom(1 << 17)
+            except socket.timeout:
+                break
+            # Loopback shows a packet twice: as sent and as received.
+            if addr[2] == socket.PACKET_OUTGOING:
+                continue
+            ip = frame[14:]
+            ihl = (ip[0] & 15) * 4
+            if ip[9] != socket.IPPROTO_TCP:
+                continue
+            total = struct.unpack("!H", ip[2:4])[0]
+            tcp = ip[ihl:]
+            if struct.unpack("!H", tcp[0:2])[0] != self.port:
+                continue
+            out.append((tcp[13], total - ihl - (tcp[12] >> 4) * 4))
+        return out
+
+    def close(self):
+        self.sock.close()
+
+
+def capture_usable():
+    try:
+        socket.socket(socket.AF_PACKET, socket.SOCK_RAW).close()
+    except (OSError, AttributeError) as exc:
+        return "cannot capture packets (AF_PACKET needs root): %s" % exc
+    return None
+
+
+@pytest.fixture
+def capture():
+    reason = capture_usable()
+    if reason:
+        pytest.skip(reason)
+    made = []
+
+    def start(ifname, port):
+        made.append(Capture(ifname, port))
+        return made[-1]
+
+    yield start
+    for c in made:
+        c.close()
+
+
+def exchange(address, request):
+    """Send one request, read the response until the server closes."""
+    with socket.create_connection(address, timeout=WAIT) as sock:
+        sock.sendall(request)
+        return read_until_close(sock, WAIT)
+
+
+def assert_fin_in_last_segment(segments, body_bytes):
+    data = [(f, n) for f, n in segments if n > 0]
+    assert data, segments
+    assert not any(f & RST for f, _ in segments), segments
+    fins = [(f, n) for f, n in segments if f & FIN]
+    # One FIN, in the segment with the response's last bytes.
+    assert fins == [data[-1]], segments
+    assert sum(n for _, n in data) >= body_bytes, segments
+
+
+def hello(environ, start_response):
+    body = b"hello"
+    start_response("200 OK", [("Content-Length", str(len(body)))])
+    return [body]
+
+
+def big(environ, start_response):
+    body = b"y" * 200000
+    start_response("200 OK", [("Content-Length", str(len(body)))])
+    return [body]
+
+
+@pytest.mark.parametrize("request_bytes, status, body", [
+    (build_request("GET", "/", headers=[("Connection", "close")]), 200,
+     b"hello"),
+    (b"GET / HTTP/1.0\r\n\r\n", 200, b"hello"),
+    (b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: x\r\n\r\n", 400, None),
+], ids=["connection-close", "http-1.0", "error-400"])
+def test_the_last_segment_carries_the_fin(yimmo_server, capture,
+                                          request_bytes, status, body):
+    server = yimmo_server(hello, workers=1)
+    cap = capture("lo", server.address[1])
+    raw = exchange(server.address, request_bytes)
+    response = parse_response(raw)
+    assert response.status == status
+    if body is not None:
+        assert response.body == body
+    assert_fin_in_last_segment(cap.segments(), len(raw))
+
+
+def test_a_response_of_many_segments_ends_with_the_fin(yimmo_server,
+                                                       capture):
+    server = yimmo_server(big, workers=1)
+    cap = capture("lo", server.address[1])
+    raw = exchange(server.address,
+                   build_request("GET", "/", headers=[("Connection",
+                                                       "close")]))
+    assert parse_response(raw).body == b"y" * 200000
+    assert_fin_in_last_segment(cap.segments(), 200000)
+
+
+def test_a_kept_connection_sends_each_response_at_once(yimmo_server,
+                                                       capture):
+    # Only the last response of a connection waits for the FIN: one the
+    # connection outlives goes out by itself, with no FIN.
+    server = yimmo_server(hello, workers=1)
+    cap = capture("lo", server.address[1])
+    with socket.create_connection(server.address, timeout=WAIT) as sock:
+        sock.sendall(build_request("GET", "/"))
+        got = b""
+        while not got.endswith(b"hello"):
+            chunk = sock.recv(65536)
+            assert chunk
+            got += chunk
+        segments = cap.segments()
+        assert [f & FIN for f, n in segments if n > 0] == [0], segments
+        assert not any(f & FIN for f, _ in segments), segments
+        sock.sendall(build_request("GET", "/", headers=[("Connection",
+                                                         "close")]))
+        read_until_close(sock, WAIT)
+    assert_fin_in_last_segment(cap.segments(), 5)
+
+
+def test_a_held_response_survives_a_stray_byte_from_a_stalled_client(
+        yimmo_server):
+    # The response fits in the server's send buffer (16 KB on a fresh
+    # connection) in one write, so its last bytes are held for the FIN;
+    # but this client has a tiny window and reads nothing yet, so most of
+    # it cannot leave the server's kernel when the client's stray CRLF
+    # arrives. The server must not have closed (its socket would answer
+    # the CRLF with a reset, which drops what it still holds): it
+    # lingers, discards the CRLF, and the client gets every byte.
+    size = 12000
+
+    def app(environ, start_response):
+        start_response("200 OK", [("Content-Length", str(size))])
+        return [b"y" * size]
+
+    server = yimmo_server(app, workers=1)
+    for _ in range(3):
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 2048)
+        with sock:
+            sock.settimeout(WAIT)
+            sock.connect(server.address)
+            sock.sendall(build_request("GET", "/", headers=[("Connection",
+                                                             "close")]))
+            time.sleep(0.3)
+            sock.sendall(b"\r\n")
+            time.sleep(0.2)
+            raw = read_until_close(sock, WAIT)
+        assert parse_response(raw).body == b"y" * size
+
+
+@pytest.fixture
+def other_host():
+    """A yimmo on another "host": a network namespace, its address reached
+    over a veth pair, serving tests/apps/sized.py on port 8000."""
+    reason = netns_usable()
+    if reason:
+        pytest.skip(reason)
+    host = NetnsHost(3, "c")
+    host.create()
+    try:
+        server = ServerProcess(
+            [*host.exec_prefix, sys.executable, "-m", "yimmo", "--bind",
+             "%s:8000" % host.address, "--workers", "1", "sized:app"],
+            cwd=APPS_DIR, env=subprocess_env())
+        with server:
+            server.wait_listening()
+            yield host, (host.address, 8000)
+            server.signal(15)
+            assert server.wait(15) == 0, server.stderr
+    finally:
+        host.destroy()
+
+
+def test_a_client_on_another_host_gets_the_fin_with_the_response(
+        other_host, capture):
+    host, address = other_host
+    cap = capture(host.outer, address[1])
+    raw = exchange(address, build_request("GET", "/", headers=[
+        ("Connection", "close")]))
+    assert parse_response(raw).body == b"hello"
+    assert_fin_in_last_segment(cap.segments(), len(raw))
+
+
+def test_a_client_on_another_host_that_sends_a_stray_byte_gets_it_all(
+        other_host):
+    # From another host the server cannot know that the client has the
+    # response until it says so: it shuts down its side (the FIN goes
+    # with the held bytes) and lingers, so that the stray CRLF is read
+    # and discarded, not answered with a reset. (As in the test above,
+    # the client's tiny window keeps most of the response in the
+    # server's kernel until the client reads.)
+    host, address = other_host
+    size = 12000
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 2048)
+    with sock:
+        sock.settimeout(WAIT)
+        sock.connect(address)
+        sock.sendall(build_request("GET", "/%d" % size, headers=[
+            ("Connection", "close")]))
+        time.sleep(0.5)
+        sock.sendall(b"\r\n")
+        time.sleep(0.2)
+        raw = read_until_close(sock, WAIT)
+    assert parse_response(raw).body == b"y" * size
