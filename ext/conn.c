@@ -289,6 +289,38 @@ conn_wake(ymo_conn_t *c)
     return 0;
 }
 
+/* The connection runs over this host's loopback: the peer has a loopback
+ * address, and the same one as our end. (A loopback address alone does
+ * not say it: with route_localnet, 127.x can be routed over a real
+ * link; an address that is both ends' can only be this host's.) One
+ * getsockname for a peer with a loopback address, none for others. */
+static int
+conn_over_loopback(int fd, const struct sockaddr *peer)
+{
+    struct sockaddr_storage ss;
+    socklen_t len = sizeof(ss);
+    if (peer->sa_family == AF_INET) {
+        const struct sockaddr_in *p = (const struct sockaddr_in *)peer;
+        const struct sockaddr_in *o = (const struct sockaddr_in *)&ss;
+        return (ntohl(p->sin_addr.s_addr) >> 24) == 127 &&
+               getsockname(fd, (struct sockaddr *)&ss, &len) == 0 &&
+               ss.ss_family == AF_INET &&
+               o->sin_addr.s_addr == p->sin_addr.s_addr;
+    }
+    if (peer->sa_family == AF_INET6) {
+        const struct sockaddr_in6 *p = (const struct sockaddr_in6 *)peer;
+        const struct sockaddr_in6 *o = (const struct sockaddr_in6 *)&ss;
+        int loopback = IN6_IS_ADDR_LOOPBACK(&p->sin6_addr) ||
+                       (IN6_IS_ADDR_V4MAPPED(&p->sin6_addr) &&
+                        p->sin6_addr.s6_addr[12] == 127);
+        return loopback &&
+               getsockname(fd, (struct sockaddr *)&ss, &len) == 0 &&
+               ss.ss_family == AF_INET6 &&
+               memcmp(&o->sin6_addr, &p->sin6_addr, 16) == 0;
+    }
+    return 0;
+}
+
 ymo_conn_t *
 ymo_conn_new(const ymo_listener_t *l, int fd, const struct sockaddr *peer,
              int trusted)
@@ -306,17 +338,14 @@ ymo_conn_new(const ymo_listener_t *l, int fd, const struct sockaddr *peer,
         c->remote_family = AF_INET;
         memcpy(c->remote_ip, &sin->sin_addr, 4);
         c->remote_port = ntohs(sin->sin_port);
-        c->peer_local = c->remote_ip[0] == 127;
     }
     else if (peer->sa_family == AF_INET6) {
         const struct sockaddr_in6 *sin6 = (const struct sockaddr_in6 *)peer;
         c->remote_family = AF_INET6;
         memcpy(c->remote_ip, &sin6->sin6_addr, 16);
         c->remote_port = ntohs(sin6->sin6_port);
-        c->peer_local = IN6_IS_ADDR_LOOPBACK(&sin6->sin6_addr) ||
-                        (IN6_IS_ADDR_V4MAPPED(&sin6->sin6_addr) &&
-                         c->remote_ip[12] == 127);
     }
+    c->peer_local = (uint8_t)conn_over_loopback(fd, peer);
     c->trusted = (uint8_t)trusted;
     c->proxy = !s->config.proxy_protocol ? YMO_CONN_PROXY_DONE
                : trusted                 ? YMO_CONN_PROXY_EXPECT
@@ -609,8 +638,13 @@ conn_nothing_unread(ymo_conn_t *c)
              * own (its socket delays the ACK, hoping to send it with its
              * FIN), which would cost every connection a lingering close.
              * Over loopback there is no network between us: a segment
-             * that left our socket is in the peer's, so everything sent
-             * (the window took it) is as good as acknowledged. */
+             * that left our socket is handed to the peer's as it is sent,
+             * so everything sent (the window took it) is as good as
+             * acknowledged. (Unless the host drops it on loopback: a
+             * backlog over net.core.netdev_max_backlog, a firewall rule;
+             * then the orphaned socket sends it again, and only a byte
+             * the client sends in between, after saying it would send
+             * none, could reset it.) */
             return ioctl(c->fd, SIOCOUTQNSD, &queued) == 0 && queued == 0;
         }
     }

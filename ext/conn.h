@@ -78,9 +78,10 @@ typedef struct ymo_conn_busy {
     int write_blocked;         /* waiting for EV_WRITE */
     int corked;                /* TCP_CORK is on: a file is being sent
                                 * (see wq_append) */
-    int held;                  /* the response's last bytes were sent with
-                                * MSG_MORE: they wait in the kernel for
-                                * our FIN (see conn_last_write) */
+    int held;                  /* the response's last bytes went to the
+                                * kernel with MSG_MORE (what the socket
+                                * took; the rest follows the same way):
+                                * they wait for our FIN (conn_last_write) */
     int shut;                  /* our side is shut down (FIN sent) */
     ev_tstamp linger_until;
 } ymo_conn_busy_t;
@@ -117,10 +118,10 @@ typedef struct ymo_conn {
     uint8_t proxy;             /* enum ymo_conn_proxy: a PROXY header is
                                 * still to be read or refused */
     uint8_t on;                /* enum ymo_conn_list */
-    uint8_t peer_local;        /* the peer (the TCP one, not a client a
-                                * PROXY header names) has a loopback
-                                * address: on this host, with no network
-                                * between us (see conn_nothing_unread) */
+    uint8_t peer_local;        /* the connection runs over this host's
+                                * loopback (the TCP peer, not a client a
+                                * PROXY header names; see
+                                * conn_over_loopback, conn_nothing_unread) */
     uint8_t remote_ip[16];     /* network order: 4 bytes for AF_INET */
 } ymo_conn_t;
 
