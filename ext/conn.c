@@ -292,8 +292,12 @@ conn_wake(ymo_conn_t *c)
 /* The connection runs over this host's loopback: the peer has a loopback
  * address, and the same one as our end. (A loopback address alone does
  * not say it: with route_localnet, 127.x can be routed over a real
- * link; an address that is both ends' can only be this host's.) One
- * getsockname for a peer with a loopback address, none for others. */
+ * link; an address that is both ends' is this host's, unless NAT
+ * rewrote both, which no setup does by accident.) It misses loopback
+ * connections between two different 127.x addresses (a server bound to
+ * 127.0.0.2 gets clients from 127.0.0.1): they get the close any other
+ * peer gets, which is slower, not wrong. One getsockname for a peer
+ * with a loopback address, none for others. */
 static int
 conn_over_loopback(int fd, const struct sockaddr *peer)
 {
