@@ -673,6 +673,30 @@ class ServerProcess:
     def signal(self, signum):
         self.proc.send_signal(signum)
 
+    def pause(self, timeout=10):
+        """SIGSTOP, and wait until every thread of the process has stopped:
+        the signal only asks, and a thread that runs on (a busy machine) or
+        sits in a system call stops a moment later. What arrives after this
+        returns finds the process's loop between two turns."""
+        self.proc.send_signal(signal.SIGSTOP)
+        task_dir = "/proc/%d/task" % self.proc.pid
+        deadline = time.monotonic() + timeout
+        while True:
+            states = []
+            for tid in os.listdir(task_dir):
+                try:
+                    with open(os.path.join(task_dir, tid, "stat")) as f:
+                        states.append(f.read().rsplit(")", 1)[1].split()[0])
+                except FileNotFoundError:
+                    continue            # a thread that just ended
+            if all(state in "tTZX" for state in states):
+                return
+            if time.monotonic() > deadline:
+                raise AssertionError("process %d did not stop within %ss: "
+                                     "thread states %s"
+                                     % (self.proc.pid, timeout, states))
+            time.sleep(0.002)
+
     def kill(self):
         if self.proc.poll() is None:
             self.proc.kill()

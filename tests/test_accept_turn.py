@@ -28,7 +28,7 @@ def test_new_connections_in_one_turn_run_in_arrival_order(tmp_path):
         assert read_response(s).status == 200
         s.close()
         socks = []
-        server.signal(signal.SIGSTOP)
+        server.pause()
         try:
             for i in range(8):
                 s = connect(addr, 15)
@@ -118,7 +118,7 @@ def test_hostile_burst_in_one_accept(tmp_path, mode):
         else:
             addr, family = server.wait_listening(), socket.AF_INET
         for rnd in range(3):
-            server.signal(signal.SIGSTOP)
+            server.pause()
             try:
                 kinds = _burst(addr, family, mode == "proxy")
                 time.sleep(0.1)

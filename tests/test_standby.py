@@ -47,7 +47,7 @@ APP = textwrap.dedent("""
 def send_in_one_turn(server, socks, target):
     """Send GET target on every socket while the server process is
     stopped, so that its loop reads them all in one turn."""
-    server.signal(signal.SIGSTOP)
+    server.pause()
     try:
         for s in socks:
             s.sendall(build_request("GET", target))
@@ -262,7 +262,7 @@ def test_one_turn_runs_in_arrival_order(tmp_path, workers):
         for s in socks:
             s.sendall(build_request("GET", "/warm"))
             assert read_response(s).status == 200
-        server.signal(signal.SIGSTOP)
+        server.pause()
         try:
             for i, s in enumerate(socks):
                 s.sendall(build_request("GET", "/%d" % i))
