@@ -184,6 +184,23 @@ def test_a_kept_connection_sends_each_response_at_once(yimmo_server,
     assert_fin_in_last_segment(cap.segments(), 5)
 
 
+def stray_crlf_from_a_stalled_client(address, target):
+    """GET target with Connection: close from a client with a tiny window
+    (2 KB) that reads nothing for 0.3 s, then sends a stray CRLF; then
+    all it receives until the server closes."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 2048)
+    with sock:
+        sock.settimeout(WAIT)
+        sock.connect(address)
+        sock.sendall(build_request("GET", target, headers=[("Connection",
+                                                            "close")]))
+        time.sleep(0.3)
+        sock.sendall(b"\r\n")
+        time.sleep(0.2)
+        return read_until_close(sock, WAIT)
+
+
 def test_a_held_response_survives_a_stray_byte_from_a_stalled_client(
         yimmo_server):
     # The response fits in the server's send buffer (16 KB on a fresh
@@ -201,17 +218,7 @@ def test_a_held_response_survives_a_stray_byte_from_a_stalled_client(
 
     server = yimmo_server(app, workers=1)
     for _ in range(3):
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 2048)
-        with sock:
-            sock.settimeout(WAIT)
-            sock.connect(server.address)
-            sock.sendall(build_request("GET", "/", headers=[("Connection",
-                                                             "close")]))
-            time.sleep(0.3)
-            sock.sendall(b"\r\n")
-            time.sleep(0.2)
-            raw = read_until_close(sock, WAIT)
+        raw = stray_crlf_from_a_stalled_client(server.address, "/")
         assert parse_response(raw).body == b"y" * size
 
 
@@ -257,20 +264,8 @@ def test_a_client_on_another_host_that_sends_a_stray_byte_gets_it_all(
     # the client's tiny window keeps most of the response in the
     # server's kernel until the client reads.)
     host, address = other_host
-    size = 12000
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 2048)
-    with sock:
-        sock.settimeout(WAIT)
-        sock.connect(address)
-        sock.sendall(build_request("GET", "/%d" % size, headers=[
-            ("Connection", "close")]))
-        time.sleep(0.5)
-        sock.sendall(b"\r\n")
-        time.sleep(0.2)
-        raw = read_until_close(sock, WAIT)
-    assert parse_response(raw).body == b"y" * size
-
+    raw = stray_crlf_from_a_stalled_client(address, "/12000")
+    assert parse_response(raw).body == b"y" * 12000
 
 
 def server_socket(port, client_port, prefix=()):
