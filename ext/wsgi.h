@@ -57,6 +57,8 @@ PyModule_AddObjectRef(PyObject *mod, const char *name, PyObject *value)
 #endif
 
 #define YMO_COMMON_HEADER_KEYS 32
+/* The longest name among them (Upgrade-Insecure-Requests). */
+#define YMO_COMMON_HEADER_MAX_LEN 25
 
 /* Interned environ keys and constant values, created once per module.
  * Ownership rule: written only by module_exec (one thread, before the
@@ -85,6 +87,11 @@ typedef struct ymo_module_state {
         *v_software, *v_get, *v_post, *v_head, *v_https, *v_on;
     PyObject *s_close, *s_fileno, *s_tell;
     PyObject *header_keys[YMO_COMMON_HEADER_KEYS];  /* HTTP_HOST, ... */
+    /* The common headers by the length of their names: the index of the
+     * first of each length, then of the next of the same length; -1 for
+     * none (wsgi_environ.c, common_index). */
+    signed char header_by_len[YMO_COMMON_HEADER_MAX_LEN + 1];
+    signed char header_next[YMO_COMMON_HEADER_KEYS];
     PyObject *is_gil_enabled;  /* sys._is_gil_enabled as it was when yimmo
                                 * was imported (free-threaded builds; NULL
                                 * otherwise): workers call this reference,
@@ -92,7 +99,8 @@ typedef struct ymo_module_state {
                                 * thread may replace and free meanwhile */
 } ymo_module_state;
 
-/* Fill st->header_keys; -1 with an exception set. */
+/* Fill st->header_keys and the tables that find them; -1 with an
+ * exception set. */
 int ymo_environ_state_init(ymo_module_state *st);
 
 /* What the workers need to run the app: owned by a Core object, read-only
@@ -208,12 +216,13 @@ PyObject *ymo_wsgi_environ_template(struct ymo_wsgi_app *app,
                                     size_t listener, int is_unix);
 
 /* GIL held: a new environ dict for ex (wsgi.input still None). values:
- * the running worker's cache of header value strings (its `values`), or
- * NULL for none. */
+ * the running worker's cache of header value and key strings (its
+ * `values`, YMO_WSGI_STR_CACHE slots), or NULL for none. */
 PyObject *ymo_wsgi_environ(struct ymo_wsgi_app *app, ymo_exchange_t *ex,
                            PyObject **values);
 
-/* GIL held, on the worker that owns it: empty a cache of value strings. */
+/* GIL held, on the worker that owns it: empty a cache of value and key
+ * strings (YMO_WSGI_STR_CACHE slots). */
 void ymo_wsgi_values_clear(PyObject **values);
 
 /* Decimal digits of v at p (room for 20); returns the count. Cheaper

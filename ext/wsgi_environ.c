@@ -6,81 +6,108 @@
 
 #include "forwarded.h"
 
-/* Headers common enough that their environ keys are worth interning.
+/* Headers common enough that their environ keys are worth interning,
+ * and those the environ treats specially (by their index here).
  * Host stays first: HTTP_HOST is set from header_keys[HOST_KEY].      */
 #define HOST_KEY 0
+#define COOKIE_KEY 6
+#define AUTHORIZATION_KEY 10
 /* The forwarding fields, in the order of enum fwd_kind. */
 #define FWD_KEY 12
+/* Content-Type and Content-Length go to CONTENT_TYPE and CONTENT_LENGTH:
+ * their HTTP_ keys here are never used. */
+#define CONTENT_TYPE_KEY 28
+#define CONTENT_LENGTH_KEY 29
+#define PROXY_AUTHORIZATION_KEY 30
+/* The names in lower case: common_index compares only the request's
+ * side of a name with case folded. */
 #define H(name) {name, sizeof(name) - 1}
 static const struct {
     const char *name;
     size_t len;
 } common_headers[] = {
-    H("Host"), H("User-Agent"), H("Accept"), H("Accept-Encoding"),
-    H("Accept-Language"), H("Connection"), H("Cookie"), H("Referer"),
-    H("Cache-Control"), H("Origin"), H("Authorization"),
-    H("Upgrade-Insecure-Requests"), H("X-Forwarded-For"),
-    H("X-Forwarded-Proto"), H("X-Forwarded-Host"), H("Forwarded"),
-    H("X-Requested-With"), H("If-None-Match"),
-    H("If-Modified-Since"), H("Pragma"), H("Sec-Fetch-Mode"),
-    H("Sec-Fetch-Site"), H("Sec-Fetch-Dest"), H("Content-Encoding"),
-    H("Keep-Alive"), H("Expect"), H("Transfer-Encoding"), H("Range"),
+    H("host"), H("user-agent"), H("accept"), H("accept-encoding"),
+    H("accept-language"), H("connection"), H("cookie"), H("referer"),
+    H("cache-control"), H("origin"), H("authorization"),
+    H("upgrade-insecure-requests"), H("x-forwarded-for"),
+    H("x-forwarded-proto"), H("x-forwarded-host"), H("forwarded"),
+    H("x-requested-with"), H("if-none-match"),
+    H("if-modified-since"), H("pragma"), H("sec-fetch-mode"),
+    H("sec-fetch-site"), H("sec-fetch-dest"), H("content-encoding"),
+    H("keep-alive"), H("expect"), H("transfer-encoding"), H("range"),
+    H("content-type"), H("content-length"), H("proxy-authorization"),
 };
 #undef H
 #define N_COMMON (sizeof(common_headers) / sizeof(common_headers[0]))
 _Static_assert(N_COMMON <= YMO_COMMON_HEADER_KEYS, "room for the keys");
+_Static_assert(N_COMMON <= 127, "indices fit a signed char");
 
-/* Case-insensitive equality of a[0..alen) and b[0..blen). */
-static int
-name_eq(const char *a, size_t alen, const char *b, size_t blen)
+#define ONES 0x0101010101010101ULL
+
+/* The 8 bytes of w with 'A'..'Z' made lower case and every other byte
+ * as it is (no byte carries into the next: each is added at most 0x7f
+ * after its top bit is set aside). */
+static inline uint64_t
+lower8(uint64_t w)
 {
-    if (alen != blen) {
-        return 0;
+    uint64_t low7 = w & (0x7f * ONES);
+    uint64_t ge_a = low7 + (0x80 - 'A') * ONES;     /* top bit: >= 'A' */
+    uint64_t gt_z = low7 + (0x80 - 'Z' - 1) * ONES; /* top bit: > 'Z' */
+    uint64_t upper = ge_a & ~gt_z & ~w & (0x80 * ONES);
+    return w | (upper >> 2);
+}
+
+/* Whether a[0..n) is `lower` (n bytes, lower case) but for the case of
+ * its letters: eight bytes at a time. */
+static int
+name_is(const char *a, const char *lower, size_t n)
+{
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        uint64_t x, y;
+        memcpy(&x, a + i, 8);
+        memcpy(&y, lower + i, 8);
+        if (lower8(x) != y) {
+            return 0;
+        }
     }
-    for (size_t i = 0; i < alen; i++) {
-        char x = a[i], y = b[i];
-        if (x >= 'A' && x <= 'Z') {
-            x += 32;
-        }
-        if (y >= 'A' && y <= 'Z') {
-            y += 32;
-        }
-        if (x != y) {
+    for (; i < n; i++) {
+        unsigned char x = (unsigned char)a[i];
+        if ((x >= 'A' && x <= 'Z' ? x + 32 : x) != (unsigned char)lower[i]) {
             return 0;
         }
     }
     return 1;
 }
 
-#define NAME_IS(h, lit) name_eq((h)->name, (h)->name_len, lit, \
-                                sizeof(lit) - 1)
+/* The index in common_headers of the field name[0..len), or -1: only
+ * the names of its length are compared (one to five of them). */
+static int
+common_index(const ymo_module_state *st, const char *name, size_t len)
+{
+    if (len > YMO_COMMON_HEADER_MAX_LEN) {
+        return -1;
+    }
+    for (int i = st->header_by_len[len]; i >= 0; i = st->header_next[i]) {
+        if (name_is(name, common_headers[i].name, len)) {
+            return i;
+        }
+    }
+    return -1;
+}
 
 /* The fields through which a proxy speaks for its client, in the order
  * of their keys in common_headers from FWD_KEY on. */
 enum fwd_kind { FWD_XFF = 0, FWD_XFP, FWD_XFH, FWD_FORWARDED, FWD_NONE };
 
-/* Which forwarding field h is, by its length first: most fields cost one
- * switch. */
-static int
-fwd_kind(const ymo_http_header_t *h)
-{
-    switch (h->name_len) {
-    case 9:
-        return NAME_IS(h, "Forwarded") ? FWD_FORWARDED : FWD_NONE;
-    case 15:
-        return NAME_IS(h, "X-Forwarded-For") ? FWD_XFF : FWD_NONE;
-    case 16:
-        return NAME_IS(h, "X-Forwarded-Host") ? FWD_XFH : FWD_NONE;
-    case 17:
-        return NAME_IS(h, "X-Forwarded-Proto") ? FWD_XFP : FWD_NONE;
-    default:
-        return FWD_NONE;
-    }
-}
+static PyObject *value_str(PyObject **values, const char *s, size_t n);
 
-/* "HTTP_" + upper-cased name with '-' as '_'; new reference. */
+/* "HTTP_" + upper-cased name with '-' as '_', through a worker's cache
+ * of keys when `keys` is not NULL (for fields outside common_headers: a
+ * client sends the same ones on each request; the keys have slots of
+ * their own, so that none evicts a value); new reference. */
 static PyObject *
-make_key(const char *name, size_t len)
+make_key(const char *name, size_t len, PyObject **keys)
 {
     char buf[256];
     char *p = len + 5 <= sizeof(buf) ? buf : ymo_pymem_malloc(len + 5);
@@ -98,7 +125,7 @@ make_key(const char *name, size_t len)
         }
         p[5 + i] = ch;
     }
-    PyObject *key = PyUnicode_FromStringAndSize(p, (Py_ssize_t)len + 5);
+    PyObject *key = value_str(keys, p, len + 5);
     if (p != buf) {
         PyMem_Free(p);
     }
@@ -108,13 +135,56 @@ make_key(const char *name, size_t len)
 int
 ymo_environ_state_init(ymo_module_state *st)
 {
-    if (common_headers[FWD_KEY + FWD_FORWARDED].len != 9) {
-        PyErr_SetString(PyExc_SystemError, "FWD_KEY is out of date");
-        return -1;
+    static const struct {
+        int index;
+        const char *name;
+    } fixed[] = {
+        {HOST_KEY, "Host"},
+        {COOKIE_KEY, "Cookie"},
+        {AUTHORIZATION_KEY, "Authorization"},
+        {FWD_KEY + FWD_XFF, "X-Forwarded-For"},
+        {FWD_KEY + FWD_XFP, "X-Forwarded-Proto"},
+        {FWD_KEY + FWD_XFH, "X-Forwarded-Host"},
+        {FWD_KEY + FWD_FORWARDED, "Forwarded"},
+        {CONTENT_TYPE_KEY, "Content-Type"},
+        {CONTENT_LENGTH_KEY, "Content-Length"},
+        {PROXY_AUTHORIZATION_KEY, "Proxy-Authorization"},
+    };
+    for (size_t i = 0; i < sizeof(fixed) / sizeof(fixed[0]); i++) {
+        const char *name = fixed[i].name;
+        if (strlen(name) != common_headers[fixed[i].index].len ||
+            !name_is(name, common_headers[fixed[i].index].name,
+                     strlen(name))) {
+            PyErr_Format(PyExc_SystemError, "common_headers[%d] is not %s",
+                         fixed[i].index, name);
+            return -1;
+        }
+    }
+    for (size_t i = 0; i <= YMO_COMMON_HEADER_MAX_LEN; i++) {
+        st->header_by_len[i] = -1;
+    }
+    /* Built from the end, so that each chain keeps the table's order. */
+    for (size_t i = N_COMMON; i-- > 0;) {
+        size_t len = common_headers[i].len;
+        for (size_t k = 0; k < len; k++) {
+            char ch = common_headers[i].name[k];
+            if (ch >= 'A' && ch <= 'Z') {
+                PyErr_Format(PyExc_SystemError,
+                             "common_headers[%zu] is not in lower case", i);
+                return -1;
+            }
+        }
+        if (len > YMO_COMMON_HEADER_MAX_LEN) {
+            PyErr_SetString(PyExc_SystemError,
+                            "YMO_COMMON_HEADER_MAX_LEN is out of date");
+            return -1;
+        }
+        st->header_next[i] = st->header_by_len[len];
+        st->header_by_len[len] = (signed char)i;
     }
     for (size_t i = 0; i < N_COMMON; i++) {
         st->header_keys[i] = make_key(common_headers[i].name,
-                                      common_headers[i].len);
+                                      common_headers[i].len, NULL);
         if (st->header_keys[i] == NULL) {
             return -1;
         }
@@ -123,22 +193,11 @@ ymo_environ_state_init(ymo_module_state *st)
     return 0;
 }
 
-static PyObject *
-header_key(ymo_module_state *st, const char *name, size_t len)
-{
-    for (size_t i = 0; i < N_COMMON; i++) {
-        if (name_eq(name, len, common_headers[i].name,
-                    common_headers[i].len)) {
-            return Py_NewRef(st->header_keys[i]);
-        }
-    }
-    return make_key(name, len);
-}
-
 /* Header values this long at most are looked up in a worker's cache. */
 #define VALUE_CACHE_MAX_LEN 256
 
-/* The str of the latin-1 bytes s[0..n) as a header value: a client sends
+/* The str of the latin-1 bytes s[0..n) as a header value (or as the
+ * environ key of a field outside common_headers, make_key): a client sends
  * the same Host, User-Agent, Accept... on each of its requests, and many
  * clients the same Accept-Encoding, so the worker keeps the str of recent
  * values (`values`, NULL for none; never credentials: Cookie,
@@ -186,7 +245,7 @@ value_str(PyObject **values, const char *s, size_t n)
 void
 ymo_wsgi_values_clear(PyObject **values)
 {
-    for (size_t i = 0; i < YMO_WSGI_VALUE_CACHE; i++) {
+    for (size_t i = 0; i < YMO_WSGI_STR_CACHE; i++) {
         Py_CLEAR(values[i]);
     }
 }
@@ -212,13 +271,18 @@ static int
 add_header(PyObject *env, PyObject *key, const char *v, size_t n,
            int is_cookie, PyObject **values)
 {
-    PyObject *old = PyDict_GetItemWithError(env, key);
-    if (old == NULL) {
-        return PyErr_Occurred() ? -1 : set_latin1(env, key, v, n, values);
-    }
-    PyObject *add = PyUnicode_DecodeLatin1(v, (Py_ssize_t)n, NULL);
+    PyObject *add = value_str(values, v, n);
     if (add == NULL) {
         return -1;
+    }
+    /* One lookup: the field's first line inserts its value. Whether it
+     * did shows in the size, not in the value returned: the cache gives
+     * a repeated line with the same bytes the very same str. */
+    Py_ssize_t size = PyDict_GET_SIZE(env);
+    PyObject *old = PyDict_SetDefault(env, key, add);   /* borrowed */
+    if (old == NULL || PyDict_GET_SIZE(env) != size) {
+        Py_DECREF(add);
+        return old == NULL ? -1 : 0;
     }
     PyObject *joined = PyUnicode_FromFormat("%U%s%U", old,
                                             is_cookie ? "; " : ",", add);
@@ -615,7 +679,8 @@ ymo_wsgi_environ(struct ymo_wsgi_app *app, ymo_exchange_t *ex,
         if (memchr(h->name, '_', h->name_len) != NULL) {
             continue;
         }
-        if (NAME_IS(h, "Content-Type")) {
+        int common = common_index(st, h->name, h->name_len);
+        if (common == CONTENT_TYPE_KEY) {
             /* The parser refuses a repeated Content-Type. */
             if (set_latin1(env, st->k_content_type, h->value,
                            h->value_len, values) < 0) {
@@ -623,7 +688,7 @@ ymo_wsgi_environ(struct ymo_wsgi_app *app, ymo_exchange_t *ex,
             }
             continue;
         }
-        if (NAME_IS(h, "Content-Length")) {
+        if (common == CONTENT_LENGTH_KEY) {
             /* The parser accepted only identical duplicates. */
             if (set_latin1(env, st->k_content_length, h->value,
                            h->value_len, NULL) < 0) {
@@ -631,28 +696,31 @@ ymo_wsgi_environ(struct ymo_wsgi_app *app, ymo_exchange_t *ex,
             }
             continue;
         }
-        if (NAME_IS(h, "Host")) {
+        if (common == HOST_KEY) {
             continue;               /* HTTP_HOST is set above */
         }
-        int fwd = fwd_kind(h);
         PyObject *key;
-        if (fwd != FWD_NONE) {
-            key = Py_NewRef(st->header_keys[FWD_KEY + fwd]);
-            if (ex->trusted) {
+        if (common >= 0) {
+            key = Py_NewRef(st->header_keys[common]);
+            int fwd = common - FWD_KEY;
+            if (fwd >= 0 && fwd < FWD_NONE && ex->trusted) {
                 fwd_repeated |= fwd_seen & (1u << fwd);
                 fwd_seen |= 1u << fwd;
                 fwd_line[fwd] = i;
             }
         }
-        else if ((key = header_key(st, h->name, h->name_len)) == NULL) {
+        else if ((key = make_key(h->name, h->name_len,
+                                  values != NULL
+                                      ? values + YMO_WSGI_VALUE_CACHE
+                                      : NULL)) == NULL) {
             goto fail;
         }
         /* Credentials stay out of the worker's cache of values: nothing
          * of a request's secret outlives the request there, and no timing
          * can tell whether another client sent the same one lately. */
-        int is_cookie = NAME_IS(h, "Cookie");
-        int secret = is_cookie || NAME_IS(h, "Authorization") ||
-                     NAME_IS(h, "Proxy-Authorization");
+        int is_cookie = common == COOKIE_KEY;
+        int secret = is_cookie || common == AUTHORIZATION_KEY ||
+                     common == PROXY_AUTHORIZATION_KEY;
         int r = add_header(env, key, h->value, h->value_len, is_cookie,
                            secret ? NULL : values);
         Py_DECREF(key);
@@ -677,8 +745,9 @@ ymo_wsgi_environ(struct ymo_wsgi_app *app, ymo_exchange_t *ex,
     if (port >= 0) {
         char digits[24];
         size_t n = ymo_put_decimal(digits, (unsigned long long)port);
+        /* ASCII digits: the latin-1 decoder, the cheapest way to a str. */
         SET_NEW(st->k_remote_port,
-                PyUnicode_FromStringAndSize(digits, (Py_ssize_t)n));
+                PyUnicode_DecodeLatin1(digits, (Py_ssize_t)n, NULL));
     }
     else {
         /* A unix socket peer, or a forwarded client without a port of

@@ -95,16 +95,23 @@ put_hex(char *p, size_t v)
 
 /* Latin-1 bytes of a str without copying; -1 (ValueError) when it has
  * characters beyond latin-1, or TypeError when not a str. */
-static int
-latin1_view(PyObject *s, const char *what, const char **p, Py_ssize_t *n)
+static void __attribute__((noinline, cold))
+not_latin1(PyObject *s, const char *what)
 {
     if (!PyUnicode_Check(s)) {
         PyErr_Format(PyExc_TypeError, "%s must be str, not %.100s", what,
                      Py_TYPE(s)->tp_name);
-        return -1;
     }
-    if (PyUnicode_KIND(s) != PyUnicode_1BYTE_KIND) {
+    else {
         PyErr_Format(PyExc_ValueError, "%s is not latin-1: %R", what, s);
+    }
+}
+
+static inline int
+latin1_view(PyObject *s, const char *what, const char **p, Py_ssize_t *n)
+{
+    if (!PyUnicode_Check(s) || PyUnicode_KIND(s) != PyUnicode_1BYTE_KIND) {
+        not_latin1(s, what);
         return -1;
     }
     *p = (const char *)PyUnicode_DATA(s);
@@ -128,6 +135,19 @@ static const unsigned char is_tchar[256] = {
     ['m'] = 1, ['n'] = 1, ['o'] = 1, ['p'] = 1, ['q'] = 1, ['r'] = 1,
     ['s'] = 1, ['t'] = 1, ['u'] = 1, ['v'] = 1, ['w'] = 1, ['x'] = 1,
     ['y'] = 1, ['z'] = 1,
+};
+
+/* The bytes a status' reason phrase or a header value may not hold: the
+ * controls but HTAB, and DEL (RFC 9110 5.5; CR or LF would let the
+ * app's data split the response). */
+static const unsigned char is_ctl[256] = {
+    [0x00] = 1, [0x01] = 1, [0x02] = 1, [0x03] = 1, [0x04] = 1,
+    [0x05] = 1, [0x06] = 1, [0x07] = 1, [0x08] = 1, [0x0a] = 1,
+    [0x0b] = 1, [0x0c] = 1, [0x0d] = 1, [0x0e] = 1, [0x0f] = 1,
+    [0x10] = 1, [0x11] = 1, [0x12] = 1, [0x13] = 1, [0x14] = 1,
+    [0x15] = 1, [0x16] = 1, [0x17] = 1, [0x18] = 1, [0x19] = 1,
+    [0x1a] = 1, [0x1b] = 1, [0x1c] = 1, [0x1d] = 1, [0x1e] = 1,
+    [0x1f] = 1, [0x7f] = 1,
 };
 
 /* Case-insensitive comparison with a lower-case string literal. */
@@ -190,8 +210,7 @@ check_status(PyObject *status, int *code)
         return -1;
     }
     for (Py_ssize_t i = 4; i < n; i++) {
-        unsigned char ch = (unsigned char)s[i];
-        if ((ch < 0x20 && ch != '\t') || ch == 0x7f) {
+        if (is_ctl[(unsigned char)s[i]]) {
             PyErr_Format(PyExc_ValueError,
                          "control character in status %R", status);
             return -1;
@@ -236,10 +255,7 @@ check_header(PyObject *item, const char **name, Py_ssize_t *nlen,
         }
     }
     for (Py_ssize_t i = 0; i < *vlen; i++) {
-        unsigned char ch = (unsigned char)(*value)[i];
-        if ((ch < 0x20 && ch != '\t') || ch == 0x7f) {
-            /* CR or LF here would let the app's data split the
-             * response: refuse it. */
+        if (is_ctl[(unsigned char)(*value)[i]]) {
             PyErr_Format(PyExc_ValueError,
                          "control character in value of header %R",
                          PyTuple_GET_ITEM(item, 0));

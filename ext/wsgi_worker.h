@@ -48,9 +48,11 @@ typedef int ymo_status_t;            /* 0 or a negative errno */
 
 struct ymo_server;
 
-/* Slots of a worker's cache of header value strings. */
+/* Slots of a worker's cache of header value strings, and as many again
+ * for the environ keys of uncommon fields. */
 #define YMO_WSGI_VALUE_CACHE_BITS 6
 #define YMO_WSGI_VALUE_CACHE (1 << YMO_WSGI_VALUE_CACHE_BITS)
+#define YMO_WSGI_STR_CACHE (2 * YMO_WSGI_VALUE_CACHE)
 
 typedef struct ymo_wsgi_worker {
     ymo_queue_t queue_in;            /* exchanges to run; lock_in */
@@ -161,10 +163,11 @@ typedef struct ymo_wsgi_worker {
                                       * slot's thread, read by peers */
     atomic_int exited;               /* the thread has returned (set by it,
                                       * last); the watchdog joins it */
-    struct _object *values[YMO_WSGI_VALUE_CACHE];
+    struct _object *values[YMO_WSGI_STR_CACHE];
                                      /* worker thread only, attached: the
-                                      * str of recent header values, to
-                                      * reuse when a request repeats them
+                                      * str of recent header values, then
+                                      * of recent environ keys, to reuse
+                                      * when a request repeats them
                                       * (wsgi_environ.c value_str); cleared
                                       * by the thread before `exited` */
 } ymo_wsgi_worker_t;

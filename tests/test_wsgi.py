@@ -750,6 +750,7 @@ def _bad_response_app(status, headers):
 @pytest.mark.parametrize("status", [
     "200", "OK", "20 OK", "2000 OK", "abc OK", "200OK",
     "200 OK\r\nX-Injected: yes", "200 OK\n", "200 OK\r", b"200 OK", 200,
+    "200 O\x00K", "200 O\x1fK", "200 O\x7fK", "200 O\u20acK",
 ])
 def test_invalid_status_from_app_gives_500(yimmo_server, status):
     server = yimmo_server(_bad_response_app(status, TEXT), workers=2)
@@ -769,9 +770,17 @@ def test_invalid_status_from_app_gives_500(yimmo_server, status):
     ("X-Bad", b"bytes"),
     (b"X-Bad", "value"),
     ("X-Only-Name",),
+    ("X-Bad", "a\x00b"),
+    ("X-Bad", "a\x1fb"),
+    ("X-Bad", "a\x7fb"),
+    ("X-Bad", "\x0b"),
+    ("X-Bad", "caf\u20ac"),
+    ("X-B\xe4d", "value"),
+    ("X-Bad:", "value"),
 ], ids=["cr-lf-in-name", "lf-in-name", "cr-lf-in-value", "lf-in-value",
         "cr-in-value", "int-value", "bytes-value", "bytes-name",
-        "not-a-pair"])
+        "not-a-pair", "nul-in-value", "us-in-value", "del-in-value",
+        "vt-value", "not-latin-1-value", "latin-1-name", "colon-in-name"])
 def test_invalid_header_from_app_gives_500(yimmo_server, header):
     server = yimmo_server(_bad_response_app("200 OK", TEXT + [header]),
                           workers=2)
@@ -782,6 +791,19 @@ def test_invalid_header_from_app_gives_500(yimmo_server, header):
     resp = parse_response(data)
     assert resp.status == 500
     assert_still_serving(server)
+
+
+def test_tab_and_latin1_in_a_header_value_or_the_reason_are_sent(
+        yimmo_server):
+    # HTAB and obs-text are field content (RFC 9110 5.5): only the other
+    # controls and DEL are refused.
+    server = yimmo_server(_bad_response_app(
+        "200 O\tK \xe9", TEXT + [("X-Good", "a\tb \xe9 ~")]), workers=1)
+    with connect(server.address) as sock:
+        sock.sendall(build_request("GET", "/x", [("Connection", "close")]))
+        data = read_until_close(sock)
+    assert data.startswith(b"HTTP/1.1 200 O\tK \xe9\r\n")
+    assert b"\r\nX-Good: a\tb \xe9 ~\r\n" in data
 
 
 # -- paths -------------------------------------------------------------------
