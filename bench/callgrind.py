@@ -4,7 +4,8 @@ without timing noise.
 
     python bench/callgrind.py [--server yimmo] [--app hello:app]
                               [--requests 2000] [--runs 1] [--top 15]
-                              [--header 'Name: value' ...] [--bare]
+                              [--header 'Name: value' ...] [--browser]
+                              [--bare]
                               [--toggle FUNCTION] [--repo DIR]
                               [--upload BYTES --app matrix_app:upload]
                               [--server-arg=--timeout=0 ...]
@@ -59,6 +60,17 @@ def server_argv(name, app, python, venv_bin, ref_dir, extra):
                 argv[-1:-1] = extra  # options before the app
             return argv, s.cwd.replace("{ref}", str(ref_dir))
     raise ValueError(name)
+
+
+# What a browser adds to Host, User-Agent and Accept when it asks for a
+# page (Firefox-like, with two fields outside yimmo's common names).
+BROWSER_HEADERS = [
+    "Accept-Language: en-US,en;q=0.5", "Accept-Encoding: gzip, deflate, br",
+    "Connection: keep-alive", "Cookie: session=abc123; theme=dark",
+    "Referer: http://bench.test/", "Sec-Fetch-Mode: navigate",
+    "Cache-Control: max-age=0", "Upgrade-Insecure-Requests: 1",
+    "X-Request-Id: 1234", "Sec-Ch-Ua-Mobile: ?0",
+]
 
 
 def request_bytes(headers, bare=False, upload=0):
@@ -175,6 +187,9 @@ def main(argv=None):
                    help="repeat the N/2N pair, to see the drift")
     p.add_argument("--header", action="append", default=[],
                    help="a request header 'Name: value' (repeatable)")
+    p.add_argument("--browser", action="store_true",
+                   help="also send the ten more fields a browser sends "
+                   "with a page request (BROWSER_HEADERS)")
     p.add_argument("--bare", action="store_true",
                    help="send only a Host header (by default also "
                    "User-Agent and Accept, like a client)")
@@ -218,7 +233,9 @@ def main(argv=None):
         if ref_dir is None:
             names = [n for n in names
                      if n not in ("ceiling", "pyfloor", "pyfloor-w4")]
-    request = request_bytes(args.header, args.bare, args.upload)
+    request = request_bytes(
+        (BROWSER_HEADERS if args.browser else []) + args.header, args.bare,
+        args.upload)
     # bench/ for the apps, then the checkout: its yimmo wins over any in
     # the venv.
     env = dict(os.environ, PYTHONPATH="%s%s%s" % (

@@ -279,7 +279,9 @@ add_header(PyObject *env, PyObject *key, const char *v, size_t n,
      * did shows in the size, not in the value returned: the cache gives
      * a repeated line with the same bytes the very same str. */
     Py_ssize_t size = PyDict_GET_SIZE(env);
-    PyObject *old = PyDict_SetDefault(env, key, add);   /* borrowed */
+    /* Borrowed: env is this worker's alone until the app gets it, so
+     * nothing can replace or free the value meanwhile. */
+    PyObject *old = PyDict_SetDefault(env, key, add);
     if (old == NULL || PyDict_GET_SIZE(env) != size) {
         Py_DECREF(add);
         return old == NULL ? -1 : 0;

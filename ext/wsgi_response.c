@@ -93,8 +93,7 @@ put_hex(char *p, size_t v)
 
 /* -- Small helpers -- */
 
-/* Latin-1 bytes of a str without copying; -1 (ValueError) when it has
- * characters beyond latin-1, or TypeError when not a str. */
+/* The error latin1_view raises, out of its way. */
 static void __attribute__((noinline, cold))
 not_latin1(PyObject *s, const char *what)
 {
@@ -107,6 +106,8 @@ not_latin1(PyObject *s, const char *what)
     }
 }
 
+/* Latin-1 bytes of a str without copying; -1 (ValueError) when it has
+ * characters beyond latin-1, or TypeError when not a str. */
 static inline int
 latin1_view(PyObject *s, const char *what, const char **p, Py_ssize_t *n)
 {
@@ -1804,7 +1805,7 @@ internal_error:
     }
     watched = ymo_watch_end(worker, ex);
 
-done:
+done:;
     /* The exchange belongs to the loop now: cut start_response loose from
      * it (wsgi.input keeps a reference of its own). */
     /* The access log's view of the response is taken under sr's critical
