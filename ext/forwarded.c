@@ -4,6 +4,8 @@
 #include <arpa/inet.h>
 #include <string.h>
 
+#include "ascii.h"
+
 /* Most elements of a Forwarded value looked at; a longer chain is
  * treated as malformed rather than walked. */
 #define MAX_ELEMENTS 64
@@ -24,26 +26,8 @@ is_tchar(unsigned char c)
     return c != 0 && strchr("!#$%&'*+-.^_`|~", c) != NULL;
 }
 
-static int
-lower(int c)
-{
-    return c >= 'A' && c <= 'Z' ? c + 32 : c;
-}
-
-static int
-ieq(const char *a, size_t n, const char *lit)
-{
-    size_t m = strlen(lit);
-    if (n != m) {
-        return 0;
-    }
-    for (size_t i = 0; i < n; i++) {
-        if (lower((unsigned char)a[i]) != lit[i]) {
-            return 0;
-        }
-    }
-    return 1;
-}
+/* Case-insensitive comparison of a[0..n) with a lower-case literal. */
+#define ieq(a, n, lit) YMO_ASCII_IS((a), (n), lit)
 
 static void
 trim(const char **p, const char **end)

@@ -6,6 +6,8 @@
 #include <limits.h>
 #include <string.h>
 
+#include "ascii.h"
+
 #if defined(__SSE2__)
 #include <emmintrin.h>
 #endif
@@ -73,26 +75,8 @@ static const unsigned char cls[256] = {
 
 static const ymo_http_limits_t default_limits = YMO_HTTP_LIMITS_DEFAULT;
 
-/* ASCII lower case; the C library's tolower() depends on the locale. */
-static inline unsigned char
-lower(unsigned char c)
-{
-    return (c >= 'A' && c <= 'Z') ? (unsigned char)(c | 0x20) : c;
-}
-
 /* Case-insensitive comparison of s[0..n) with the lower-case `lit`. */
-static int
-ieq(const char *s, const char *lit, size_t n)
-{
-    size_t i;
-
-    for (i = 0; i < n; i++) {
-        if (lower((unsigned char)s[i]) != (unsigned char)lit[i]) {
-            return 0;
-        }
-    }
-    return 1;
-}
+#define ieq(s, lit, n) ymo_ascii_ieq((s), (lit), (n))
 
 static inline int
 hexval(unsigned char c)

@@ -4,6 +4,7 @@
 
 #include <string.h>
 
+#include "ascii.h"
 #include "forwarded.h"
 
 /* Headers common enough that their environ keys are worth interning,
@@ -42,44 +43,6 @@ static const struct {
 _Static_assert(N_COMMON <= YMO_COMMON_HEADER_KEYS, "room for the keys");
 _Static_assert(N_COMMON <= 127, "indices fit a signed char");
 
-#define ONES 0x0101010101010101ULL
-
-/* The 8 bytes of w with 'A'..'Z' made lower case and every other byte
- * as it is (no byte carries into the next: each is added at most 0x7f
- * after its top bit is set aside). */
-static inline uint64_t
-lower8(uint64_t w)
-{
-    uint64_t low7 = w & (0x7f * ONES);
-    uint64_t ge_a = low7 + (0x80 - 'A') * ONES;     /* top bit: >= 'A' */
-    uint64_t gt_z = low7 + (0x80 - 'Z' - 1) * ONES; /* top bit: > 'Z' */
-    uint64_t upper = ge_a & ~gt_z & ~w & (0x80 * ONES);
-    return w | (upper >> 2);
-}
-
-/* Whether a[0..n) is `lower` (n bytes, lower case) but for the case of
- * its letters: eight bytes at a time. */
-static int
-name_is(const char *a, const char *lower, size_t n)
-{
-    size_t i = 0;
-    for (; i + 8 <= n; i += 8) {
-        uint64_t x, y;
-        memcpy(&x, a + i, 8);
-        memcpy(&y, lower + i, 8);
-        if (lower8(x) != y) {
-            return 0;
-        }
-    }
-    for (; i < n; i++) {
-        unsigned char x = (unsigned char)a[i];
-        if ((x >= 'A' && x <= 'Z' ? x + 32 : x) != (unsigned char)lower[i]) {
-            return 0;
-        }
-    }
-    return 1;
-}
-
 /* The index in common_headers of the field name[0..len), or -1: only
  * the names of its length are compared (one to five of them). */
 static int
@@ -89,7 +52,7 @@ common_index(const ymo_module_state *st, const char *name, size_t len)
         return -1;
     }
     for (int i = st->header_by_len[len]; i >= 0; i = st->header_next[i]) {
-        if (name_is(name, common_headers[i].name, len)) {
+        if (ymo_ascii_ieq(name, common_headers[i].name, len)) {
             return i;
         }
     }
@@ -153,7 +116,7 @@ ymo_environ_state_init(ymo_module_state *st)
     for (size_t i = 0; i < sizeof(fixed) / sizeof(fixed[0]); i++) {
         const char *name = fixed[i].name;
         if (strlen(name) != common_headers[fixed[i].index].len ||
-            !name_is(name, common_headers[fixed[i].index].name,
+            !ymo_ascii_ieq(name, common_headers[fixed[i].index].name,
                      strlen(name))) {
             PyErr_Format(PyExc_SystemError, "common_headers[%d] is not %s",
                          fixed[i].index, name);

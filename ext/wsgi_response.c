@@ -16,6 +16,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "ascii.h"
 #include "http_response.h"
 
 /* Output is copied into buckets of at least this size, so small writes
@@ -152,25 +153,7 @@ static const unsigned char is_ctl[256] = {
 };
 
 /* Case-insensitive comparison with a lower-case string literal. */
-#define IEQ(a, n, lit) ieq((a), (n), (lit), sizeof(lit) - 1)
-
-static int
-ieq(const char *a, Py_ssize_t n, const char *lower, size_t len)
-{
-    if ((size_t)n != len) {
-        return 0;
-    }
-    for (Py_ssize_t i = 0; i < n; i++) {
-        char ch = a[i];
-        if (ch >= 'A' && ch <= 'Z') {
-            ch += 32;
-        }
-        if (ch != lower[i]) {
-            return 0;
-        }
-    }
-    return 1;
-}
+#define IEQ(a, n, lit) YMO_ASCII_IS((a), (n), lit)
 
 /* Does a Connection value list the "close" token? */
 static int
