@@ -117,7 +117,7 @@ ymo_environ_state_init(ymo_module_state *st)
         const char *name = fixed[i].name;
         if (strlen(name) != common_headers[fixed[i].index].len ||
             !ymo_ascii_ieq(name, common_headers[fixed[i].index].name,
-                     strlen(name))) {
+                           strlen(name))) {
             PyErr_Format(PyExc_SystemError, "common_headers[%d] is not %s",
                          fixed[i].index, name);
             return -1;
