@@ -185,7 +185,7 @@ field_id(const char *s, size_t n, uint32_t want)
 {
 #define IS_NAME(lit, id)                                                  \
     do {                                                                  \
-        if ((want & F(id)) && ieq(s, lit, n)) {                           \
+        if ((want & F(id)) && YMO_ASCII_IS(s, n, lit)) {                  \
             return id;                                                    \
         }                                                                 \
     } while (0)
