@@ -161,3 +161,25 @@ def test_forwarded_c(tmp_path):
     assert proc.returncode == 0, output
     assert proc.stdout.strip().splitlines()[-1].endswith(" passed, 0 failed"), \
         output
+
+
+def test_case_insensitive_compares_are_with_lower_case_literals():
+    # ext/ascii.h folds only the text it is given: a literal with an
+    # upper-case letter would never match, silently (the field it names
+    # would go unrecognised: a singleton let through twice, a framing
+    # field missed). Every literal given to those compares is lower case.
+    import glob
+    import re
+
+    call = re.compile(r"\b(?:YMO_ASCII_IS|ymo_ascii_ieq|IEQ|ieq|IS_NAME)"
+                      r"\s*\(([^;{}]*?)\)\s*(?:[);&|{]|\?|$)", re.M)
+    seen = 0
+    for path in glob.glob(os.path.join(EXT, "*.[ch]")):
+        with open(path, encoding="utf-8") as f:
+            source = f.read()
+        for args in call.findall(source):
+            for lit in re.findall(r'"((?:[^"\\]|\\.)*)"', args):
+                seen += 1
+                assert lit == lit.lower(), "%s: %r" % (
+                    os.path.basename(path), lit)
+    assert seen >= 40  # the parser's field names alone are 26
