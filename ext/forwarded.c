@@ -26,9 +26,6 @@ is_tchar(unsigned char c)
     return c != 0 && strchr("!#$%&'*+-.^_`|~", c) != NULL;
 }
 
-/* Case-insensitive comparison of a[0..n) with a lower-case literal. */
-#define ieq(a, n, lit) YMO_ASCII_IS((a), (n), lit)
-
 static void
 trim(const char **p, const char **end)
 {
@@ -125,7 +122,7 @@ parse_node(const char *p, size_t n, int hidden_ok, int *family,
             colon = NULL;
         }
         name_len = colon != NULL ? (size_t)(colon - p) : n;
-        if (hidden_ok && (ieq(name, name_len, "unknown") ||
+        if (hidden_ok && (YMO_ASCII_IS(name, name_len, "unknown") ||
                           is_obf(name, name_len))) {
             *family = 0;
         }
@@ -328,13 +325,13 @@ parse_element(const char *p, const char *end, element_t *e)
         }
         const char **slot = NULL;
         size_t *slot_n = NULL;
-        if (ieq(name, name_n, "for")) {
+        if (YMO_ASCII_IS(name, name_n, "for")) {
             slot = &e->for_v, slot_n = &e->for_n;
         }
-        else if (ieq(name, name_n, "proto")) {
+        else if (YMO_ASCII_IS(name, name_n, "proto")) {
             slot = &e->proto_v, slot_n = &e->proto_n;
         }
-        else if (ieq(name, name_n, "host")) {
+        else if (YMO_ASCII_IS(name, name_n, "host")) {
             slot = &e->host_v, slot_n = &e->host_n;
         }
         if (slot != NULL) {
@@ -441,8 +438,8 @@ ymo_forwarded_parse(const char *v, size_t len, const ymo_trust_t *t,
         if (unquote(e->proto_v, e->proto_n, buf, sizeof(buf), &bn) < 0) {
             return -1;
         }
-        out->proto = ieq(buf, bn, "https") ? YMO_PROTO_HTTPS
-                     : ieq(buf, bn, "http") ? YMO_PROTO_HTTP
+        out->proto = YMO_ASCII_IS(buf, bn, "https") ? YMO_PROTO_HTTPS
+                     : YMO_ASCII_IS(buf, bn, "http") ? YMO_PROTO_HTTP
                                             : YMO_PROTO_NONE;
     }
     if (e->host_v != NULL) {
@@ -527,8 +524,8 @@ ymo_forwarded_proto(const char *v, size_t len)
     if (rightmost(v, len, &p, &n) < 0) {
         return YMO_PROTO_NONE;
     }
-    return ieq(p, n, "https") ? YMO_PROTO_HTTPS
-           : ieq(p, n, "http") ? YMO_PROTO_HTTP
+    return YMO_ASCII_IS(p, n, "https") ? YMO_PROTO_HTTPS
+           : YMO_ASCII_IS(p, n, "http") ? YMO_PROTO_HTTP
                                : YMO_PROTO_NONE;
 }
 

@@ -75,9 +75,6 @@ static const unsigned char cls[256] = {
 
 static const ymo_http_limits_t default_limits = YMO_HTTP_LIMITS_DEFAULT;
 
-/* Case-insensitive comparison of s[0..n) with the lower-case `lit`. */
-#define ieq(s, lit, n) ymo_ascii_ieq((s), (lit), (n))
-
 static inline int
 hexval(unsigned char c)
 {
@@ -581,10 +578,10 @@ parse_target(ymo_http_request_t *req, const char **auth, size_t *auth_len)
     if (t[0] != '/') {
         size_t s, i;
 
-        if (n >= 7 && ieq(t, "http://", 7)) {
+        if (n >= 7 && ymo_ascii_ieq(t, "http://", 7)) {
             s = 7;
         }
-        else if (n >= 8 && ieq(t, "https://", 8)) {
+        else if (n >= 8 && ymo_ascii_ieq(t, "https://", 8)) {
             s = 8;
         }
         else {
@@ -690,7 +687,7 @@ parse_te(const char *str, size_t n, int *chunked)
         if (i == start) {
             return 400;
         }
-        is_chunked = i - start == 7 && ieq(str + start, "chunked", 7);
+        is_chunked = YMO_ASCII_IS(str + start, i - start, "chunked");
         SKIP_OWS(v, n, i);
         while (i < n && v[i] == ';') {
             i++;
@@ -769,7 +766,7 @@ parse_expect(const char *str, size_t n, int *expect)
         while (IS_WS(v[end - 1])) {
             end--;
         }
-        if (end - start != 12 || !ieq(str + start, "100-continue", 12)) {
+        if (!YMO_ASCII_IS(str + start, end - start, "100-continue")) {
             return 417;
         }
         *expect = 1;
@@ -804,10 +801,10 @@ parse_connection(const char *str, size_t n, int *flags)
         if (i == start) {
             return 400;
         }
-        if (i - start == 5 && ieq(str + start, "close", 5)) {
+        if (YMO_ASCII_IS(str + start, i - start, "close")) {
             *flags |= CONN_CLOSE;
         }
-        else if (i - start == 10 && ieq(str + start, "keep-alive", 10)) {
+        else if (YMO_ASCII_IS(str + start, i - start, "keep-alive")) {
             *flags |= CONN_KEEP_ALIVE;
         }
         SKIP_OWS(v, n, i);

@@ -152,9 +152,6 @@ static const unsigned char is_ctl[256] = {
     [0x1f] = 1, [0x7f] = 1,
 };
 
-/* Case-insensitive comparison with a lower-case string literal. */
-#define IEQ(a, n, lit) YMO_ASCII_IS((a), (n), lit)
-
 /* Does a Connection value list the "close" token? */
 static int
 has_close_token(const char *v, Py_ssize_t n)
@@ -168,7 +165,7 @@ has_close_token(const char *v, Py_ssize_t n)
         while (i < n && v[i] != ',' && v[i] != ' ' && v[i] != '\t') {
             i++;
         }
-        if (IEQ(v + start, i - start, "close")) {
+        if (YMO_ASCII_IS(v + start, i - start, "close")) {
             return 1;
         }
     }
@@ -431,18 +428,18 @@ build_head(StartResponseObject *self, size_t extra)
         const char *value = (const char *)PyUnicode_DATA(v_obj);
         Py_ssize_t nlen = PyUnicode_GET_LENGTH(n_obj);
         Py_ssize_t vlen = PyUnicode_GET_LENGTH(v_obj);
-        if (IEQ(name, nlen, "connection")) {
+        if (YMO_ASCII_IS(name, nlen, "connection")) {
             /* Hop-by-hop: the server manages it; honour a close. */
             app_close |= has_close_token(value, vlen);
             continue;
         }
-        if (no_length && IEQ(name, nlen, "content-length")) {
+        if (no_length && YMO_ASCII_IS(name, nlen, "content-length")) {
             continue;
         }
-        if (IEQ(name, nlen, "date")) {
+        if (YMO_ASCII_IS(name, nlen, "date")) {
             has_date = 1;
         }
-        else if (IEQ(name, nlen, "server")) {
+        else if (YMO_ASCII_IS(name, nlen, "server")) {
             has_server = 1;
         }
         memcpy(p, name, (size_t)nlen);
@@ -814,7 +811,7 @@ start_response(StartResponseObject *self, PyObject *status,
             Py_DECREF(copy);
             return NULL;
         }
-        if (IEQ(name, nlen, "content-length")) {
+        if (YMO_ASCII_IS(name, nlen, "content-length")) {
             long long v = 0;
             if (vlen == 0 || vlen > 18) {
                 goto bad_length;
@@ -836,10 +833,12 @@ bad_length:
             Py_DECREF(copy);
             return NULL;
         }
-        if (IEQ(name, nlen, "transfer-encoding") ||
-            IEQ(name, nlen, "keep-alive") || IEQ(name, nlen, "upgrade") ||
-            IEQ(name, nlen, "proxy-connection") || IEQ(name, nlen, "te") ||
-            IEQ(name, nlen, "trailer")) {
+        if (YMO_ASCII_IS(name, nlen, "transfer-encoding") ||
+            YMO_ASCII_IS(name, nlen, "keep-alive") ||
+            YMO_ASCII_IS(name, nlen, "upgrade") ||
+            YMO_ASCII_IS(name, nlen, "proxy-connection") ||
+            YMO_ASCII_IS(name, nlen, "te") ||
+            YMO_ASCII_IS(name, nlen, "trailer")) {
             PyErr_Format(PyExc_ValueError,
                          "hop-by-hop header %R is the server's business "
                          "(PEP 3333)", PyTuple_GET_ITEM(
