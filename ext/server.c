@@ -897,7 +897,7 @@ ymo_server_dispatch(ymo_server_t *s, ymo_exchange_t *ex)
     ymo_wsgi_worker_t *idle = NULL;
     size_t n = s->n_workers;
     for (size_t i = 0; i < n; i++) {
-        ymo_wsgi_worker_t *w = &s->workers[(s->next_worker + i) % n];
+        ymo_wsgi_worker_t *w = ymo_server_worker_after(s, s->next_worker, i);
         if (atomic_load_explicit(&w->retired, memory_order_relaxed)) {
             /* Stuck in the app (the watchdog replaced it), or a spare
              * slot with no thread. */
@@ -924,7 +924,7 @@ ymo_server_dispatch(ymo_server_t *s, ymo_exchange_t *ex)
         /* Every thread is stuck and no replacement was allowed: queue
          * behind one that is not a spare, to run when it comes back. */
         for (size_t i = 0; i < n && best == NULL; i++) {
-            ymo_wsgi_worker_t *w = &s->workers[(s->next_worker + i) % n];
+            ymo_wsgi_worker_t *w = ymo_server_worker_after(s, s->next_worker, i);
             if (!atomic_load(&w->unused)) {
                 best = w;
             }
@@ -965,7 +965,7 @@ ymo_server_dispatch(ymo_server_t *s, ymo_exchange_t *ex)
     ex->dispatch_seq = (s->turn << YMO_TURN_SHIFT) | place;
     ymo_wsgi_worker_add_exchange(best, ex);
     s->n_exchanges++;
-    s->next_worker = (best->id + 1) % n;
+    s->next_worker = best->id + 1 < n ? best->id + 1 : 0;
     ex->assigned = best;
     best->assigned++;
     if (!atomic_load(&best->idle)) {

@@ -287,6 +287,17 @@ typedef struct ymo_server {
                                 * asked for. Fixed once the loop runs. */
 } ymo_server_t;
 
+/* The slot `i` places after slot `from` in the ring of the server's
+ * workers (both below n_workers): the walks over the workers that every
+ * request makes (dispatch, a worker looking for work) step with a compare,
+ * as a division (`%`) costs tens of cycles per slot. */
+static inline ymo_wsgi_worker_t *
+ymo_server_worker_after(ymo_server_t *s, size_t from, size_t i)
+{
+    size_t j = from + i;
+    return &s->workers[j < s->n_workers ? j : j - s->n_workers];
+}
+
 /* Set up the loop, listeners and workers (not started). The server takes
  * config->trust over (and frees it in destroy), on failure too. listen_fds
  * are bound, listening, non-blocking sockets. On success the server owns them

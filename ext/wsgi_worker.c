@@ -150,7 +150,7 @@ steal(ymo_wsgi_worker_t *self)
 {
     ymo_server_t *s = self->server;
     for (size_t i = 1; i < s->n_workers; i++) {
-        ymo_wsgi_worker_t *peer = &s->workers[(self->id + i) % s->n_workers];
+        ymo_wsgi_worker_t *peer = ymo_server_worker_after(s, self->id, i);
         if (atomic_load_explicit(&peer->unused, memory_order_relaxed)) {
             /* A spare slot of the watchdog's with no thread: its queue
              * is empty, and not locking it keeps spares free. */
@@ -176,7 +176,7 @@ take_oldest(ymo_wsgi_worker_t *self)
     ymo_wsgi_worker_t *best = NULL;
     uint64_t best_seq = UINT64_MAX;
     for (size_t i = 0; i < s->n_workers; i++) {
-        ymo_wsgi_worker_t *w = &s->workers[(self->id + i) % s->n_workers];
+        ymo_wsgi_worker_t *w = ymo_server_worker_after(s, self->id, i);
         if (w != self &&
             atomic_load_explicit(&w->unused, memory_order_relaxed)) {
             continue;           /* a spare slot: see steal */
@@ -265,7 +265,7 @@ work_visible(ymo_wsgi_worker_t *self)
     }
     ymo_server_t *s = self->server;
     for (size_t i = 1; i < s->n_workers; i++) {
-        ymo_wsgi_worker_t *peer = &s->workers[(self->id + i) % s->n_workers];
+        ymo_wsgi_worker_t *peer = ymo_server_worker_after(s, self->id, i);
         if (!atomic_load_explicit(&peer->unused, memory_order_relaxed) &&
             atomic_load(&peer->n_in) > 0) {
             return 1;
@@ -333,7 +333,7 @@ stand_by(ymo_wsgi_worker_t *self)
         return;
     }
     for (size_t i = 1; i < s->n_workers && want > 0; i++) {
-        ymo_wsgi_worker_t *peer = &s->workers[(self->id + i) % s->n_workers];
+        ymo_wsgi_worker_t *peer = ymo_server_worker_after(s, self->id, i);
         if (atomic_load(&peer->retired) || atomic_load(&peer->unused) ||
             !atomic_load(&peer->idle)) {
             continue;
