@@ -21,6 +21,90 @@ ymo_bucket_t *
     b->cap = cap;
     b->fd = -1;
     b->from_ex = 1;
+    b->spares = NULL;
+    b->file_off = 0;
+    return b;
+}
+
+void
+ymo_spares_init(ymo_spares_t *sp, size_t cap, size_t max)
+{
+    pthread_mutex_init(&sp->lock, NULL);
+    sp->head = NULL;
+    sp->count = 0;
+    sp->max = max;
+    sp->cap = cap;
+}
+
+void
+ymo_spares_drain(ymo_spares_t *sp)
+{
+    pthread_mutex_lock(&sp->lock);
+    ymo_bucket_t *b = sp->head;
+    sp->head = NULL;
+    sp->count = 0;
+    sp->max = 0;
+    pthread_mutex_unlock(&sp->lock);
+    while (b != NULL) {
+        ymo_bucket_t *next = b->next;
+        free(b);
+        b = next;
+    }
+}
+
+/* A bucket of sp's is freed: keep it unless sp has enough. */
+static void
+spares_put(ymo_bucket_t *b)
+{
+    ymo_spares_t *sp = b->spares;
+    pthread_mutex_lock(&sp->lock);
+    if (sp->count < sp->max) {
+        b->next = sp->head;
+        sp->head = b;
+        sp->count++;
+        b = NULL;
+    }
+    pthread_mutex_unlock(&sp->lock);
+    free(b);
+}
+
+ymo_bucket_t *
+(ymo_bucket_new_from)(ymo_spares_t *sp, size_t cap YMO_SITE_PARAM)
+{
+    if (sp == NULL || cap != sp->cap) {
+        return (ymo_bucket_new)(cap YMO_SITE_FWD);
+    }
+    pthread_mutex_lock(&sp->lock);
+    ymo_bucket_t *b = sp->head;
+    if (b != NULL) {
+        sp->head = b->next;
+        sp->count--;
+    }
+    pthread_mutex_unlock(&sp->lock);
+    if (b == NULL) {
+        b = (ymo_bucket_new)(cap YMO_SITE_FWD);
+        if (b != NULL) {
+            b->spares = sp;
+        }
+        return b;
+    }
+#ifdef YMO_FAULT_INJECTION
+    /* The same site as the malloc above: a test fails "this bucket"
+     * whether a spare was at hand or not. */
+    if (ymo_fi_fail(ymo_site)) {
+        spares_put(b);
+        return NULL;
+    }
+#endif
+    /* As ymo_bucket_new leaves it (cap, spares: as they were). */
+    b->next = NULL;
+    b->ptr = b->data;
+    b->owner = NULL;
+    b->rel = NULL;
+    b->len = 0;
+    b->off = 0;
+    b->fd = -1;
+    b->from_ex = 1;
     b->file_off = 0;
     return b;
 }
@@ -116,6 +200,10 @@ ymo_bucket_free(ymo_bucket_t *b)
     }
     if (b->fd >= 0) {
         close(b->fd);
+    }
+    if (b->spares != NULL) {
+        spares_put(b);
+        return;
     }
     free(b);
 }

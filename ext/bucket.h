@@ -12,6 +12,7 @@
 #ifndef YMO_BUCKET_H
 #define YMO_BUCKET_H
 
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stddef.h>
 #include <sys/types.h>
@@ -19,6 +20,7 @@
 #include "alloc.h"
 
 struct ymo_release;
+struct ymo_spares;
 
 typedef struct ymo_bucket {
     struct ymo_bucket *next;
@@ -34,6 +36,8 @@ typedef struct ymo_bucket {
     int fd;           /* -1: memory bucket; else a file descriptor owned
                        * by the bucket (closed when freed) */
     unsigned from_ex : 1;  /* counts toward the exchange's out_buffered */
+    struct ymo_spares *spares; /* where it goes back when freed, or NULL
+                                * (see ymo_spares_t) */
     off_t file_off;   /* file offset of the first byte to send */
     char data[];
 } ymo_bucket_t;
@@ -46,6 +50,38 @@ typedef struct ymo_bucket {
 /* A memory bucket with room for cap bytes, len 0. */
 ymo_bucket_t *(ymo_bucket_new)(size_t cap YMO_SITE_PARAM);
 #define ymo_bucket_new(cap) (ymo_bucket_new)((cap) YMO_SITE_HERE("bucket"))
+
+/* Memory buckets of one size kept for reuse. A response is written into
+ * buckets on a worker and they are freed on the loop thread, so glibc's
+ * per-thread caches never hand a freed one back to the thread that wants
+ * the next; and at 4 KB they are past the sizes those caches keep. Each
+ * response paid a trip through the arena for its malloc and its free
+ * (about 350 instructions and two more lock pairs). A bucket taken from
+ * here goes back when freed, on any thread; past `max` it is freed. */
+typedef struct ymo_spares {
+    pthread_mutex_t lock;      /* a leaf: nothing is taken while held. It
+                                * is never destroyed: a bucket freed after
+                                * ymo_spares_drain still takes it (a
+                                * default mutex holds no resource). */
+    ymo_bucket_t *head;        /* lock: the spares, linked by next */
+    size_t count;              /* lock: how many */
+    size_t max;                /* lock: 0 once drained */
+    size_t cap;                /* fixed: their room in data[] */
+} ymo_spares_t;
+
+/* Keep up to max spares of cap bytes each (none yet). */
+void ymo_spares_init(ymo_spares_t *sp, size_t cap, size_t max);
+
+/* Free the spares; from now on a bucket that comes back is freed. */
+void ymo_spares_drain(ymo_spares_t *sp);
+
+/* As ymo_bucket_new(cap), but when sp is not NULL and cap is its size, a
+ * spare of sp's if it has one, and the bucket goes back to sp when freed
+ * (any thread). The call counts as one allocation site either way. */
+ymo_bucket_t *(ymo_bucket_new_from)(ymo_spares_t *sp,
+                                    size_t cap YMO_SITE_PARAM);
+#define ymo_bucket_new_from(sp, cap)                                       \
+    (ymo_bucket_new_from)((sp), (cap) YMO_SITE_HERE("bucket"))
 
 /* A memory bucket holding a copy of data[0..len). */
 ymo_bucket_t *(ymo_bucket_copy)(const void *data, size_t len YMO_SITE_PARAM);
@@ -96,7 +132,7 @@ ymo_bucket_t *ymo_release_take(ymo_release_t *r);
 void ymo_bucket_free_taken(ymo_bucket_t *b);
 
 /* Free one bucket (closing its file, if any; a reference bucket goes to
- * its release list). Any thread. */
+ * its release list, a spare back to its ymo_spares_t). Any thread. */
 void ymo_bucket_free(ymo_bucket_t *b);
 
 /* Free a whole chain. */

@@ -541,6 +541,7 @@ ymo_server_init(ymo_server_t *s, const ymo_config_t *config,
     pthread_condattr_destroy(&monotonic);
     atomic_init(&s->recycle_requested, 0);
     ymo_release_init(&s->release, server_release_wake, s);
+    ymo_spares_init(&s->spares, YMO_SPARE_BUCKET, YMO_SPARES_MAX);
     /* With a watchdog, room for as many replacement threads as workers
      * (see wsgi_watchdog.c). */
     size_t slots = config->workers * (config->request_timeout > 0 ? 2 : 1);
@@ -865,6 +866,9 @@ ymo_server_destroy(ymo_server_t *s)
         ymo_bucket_free(s->scratch_bucket);
     }
     s->scratch_bucket = NULL;
+    /* The workers and the loop are done with them; the caller's last
+     * take of the release list frees any bucket still out. */
+    ymo_spares_drain(&s->spares);
     ymo_trust_free(&s->config.trust);
     s->headers = NULL;
     s->scratch = NULL;

@@ -249,6 +249,9 @@ typedef struct ymo_server {
     pthread_cond_t handover_cond;  /* CLOCK_MONOTONIC: a worker attached */
     atomic_ulong handovers;    /* counts, for tests and benchmarks; */
     atomic_ulong handover_timeouts;  /* workers write, relaxed */
+    ymo_spares_t spares;       /* response buckets of YMO_SPARE_BUCKET
+                                * bytes for reuse (bucket.h): any thread,
+                                * under its own lock */
     ymo_release_t release;     /* freed reference buckets (bucket.h):
                                 * pushed by any thread, taken by workers
                                 * (attached: they release the owners)
@@ -286,6 +289,11 @@ typedef struct ymo_server {
                                 * -1: a byte "r" when a recycle is first
                                 * asked for. Fixed once the loop runs. */
 } ymo_server_t;
+
+/* The room of the response buckets the server keeps for reuse, and how
+ * many it keeps at most (128 KB): about a turn's worth of responses. */
+#define YMO_SPARE_BUCKET 4096
+#define YMO_SPARES_MAX 32
 
 /* The slot `i` places after slot `from` in the ring of the server's
  * workers (both below n_workers): the walks over the workers that every

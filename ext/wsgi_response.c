@@ -20,9 +20,9 @@
 #include "http_response.h"
 
 /* Output is copied into buckets of at least this size, so small writes
- * share one; a list response is posted to the loop in one go up to this
- * many bytes. */
-#define BUCKET_MIN 4096
+ * share one (these come from the server's spares: bucket.h); a list
+ * response is posted to the loop in one go up to this many bytes. */
+#define BUCKET_MIN YMO_SPARE_BUCKET
 #define POST_BATCH (256 * 1024)
 
 /* A bytes object of at least this many bytes is not copied: its bucket
@@ -268,7 +268,9 @@ pend_reserve_in(StartResponseObject *self, size_t n, size_t least)
 {
     ymo_bucket_t *b = self->pend_tail;
     if (b == NULL || b->owner != NULL || b->cap - b->len < n) {
-        b = ymo_bucket_new(n > least ? n : least);
+        b = ymo_bucket_new_from(self->ex != NULL ? &self->ex->server->spares
+                                                 : NULL,
+                                n > least ? n : least);
         if (b == NULL) {
             PyErr_NoMemory();
             return NULL;
