@@ -26,6 +26,16 @@ ymo_bucket_t *
     return b;
 }
 
+/* Counts the forks of the process (server.c). */
+extern unsigned ymo_fork_gen;
+
+/* Whether sp may be used on this side of a fork (see fork_gen). */
+static int
+spares_here(const ymo_spares_t *sp)
+{
+    return __builtin_expect(sp->fork_gen == ymo_fork_gen, 1);
+}
+
 void
 ymo_spares_init(ymo_spares_t *sp, size_t cap, size_t max)
 {
@@ -34,11 +44,15 @@ ymo_spares_init(ymo_spares_t *sp, size_t cap, size_t max)
     sp->count = 0;
     sp->max = max;
     sp->cap = cap;
+    sp->fork_gen = ymo_fork_gen;
 }
 
 void
 ymo_spares_drain(ymo_spares_t *sp)
 {
+    if (!spares_here(sp)) {
+        return;     /* the parent's: left alone, as the rest of its heap */
+    }
     pthread_mutex_lock(&sp->lock);
     ymo_bucket_t *b = sp->head;
     sp->head = NULL;
@@ -57,6 +71,10 @@ static void
 spares_put(ymo_bucket_t *b)
 {
     ymo_spares_t *sp = b->spares;
+    if (!spares_here(sp)) {
+        free(b);
+        return;
+    }
     pthread_mutex_lock(&sp->lock);
     if (sp->count < sp->max) {
         b->next = sp->head;
@@ -71,7 +89,7 @@ spares_put(ymo_bucket_t *b)
 ymo_bucket_t *
 (ymo_bucket_new_from)(ymo_spares_t *sp, size_t cap YMO_SITE_PARAM)
 {
-    if (sp == NULL || cap != sp->cap) {
+    if (sp == NULL || cap != sp->cap || !spares_here(sp)) {
         return (ymo_bucket_new)(cap YMO_SITE_FWD);
     }
     pthread_mutex_lock(&sp->lock);

@@ -37,7 +37,8 @@ typedef struct ymo_bucket {
                        * by the bucket (closed when freed) */
     unsigned from_ex : 1;  /* counts toward the exchange's out_buffered */
     struct ymo_spares *spares; /* where it goes back when freed, or NULL
-                                * (see ymo_spares_t) */
+                                * (see ymo_spares_t); set by the thread
+                                * that takes it, fixed from then on */
     off_t file_off;   /* file offset of the first byte to send */
     char data[];
 } ymo_bucket_t;
@@ -67,6 +68,10 @@ typedef struct ymo_spares {
     size_t count;              /* lock: how many */
     size_t max;                /* lock: 0 once drained */
     size_t cap;                /* fixed: their room in data[] */
+    unsigned fork_gen;         /* fixed: ymo_fork_gen (server.h) at init.
+                                * In a fork of the process the lock may
+                                * be held by a thread that is gone: there
+                                * buckets are malloc'd and freed. */
 } ymo_spares_t;
 
 /* Keep up to max spares of cap bytes each (none yet). */

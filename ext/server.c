@@ -866,8 +866,9 @@ ymo_server_destroy(ymo_server_t *s)
         ymo_bucket_free(s->scratch_bucket);
     }
     s->scratch_bucket = NULL;
-    /* The workers and the loop are done with them; the caller's last
-     * take of the release list frees any bucket still out. */
+    /* No loop or worker is left to take or free one. A bucket of theirs
+     * still out (the pending output of a StartResponse the app keeps) is
+     * freed when it comes back, which may be after this: the lock stays. */
     ymo_spares_drain(&s->spares);
     ymo_trust_free(&s->config.trust);
     s->headers = NULL;
@@ -928,7 +929,8 @@ ymo_server_dispatch(ymo_server_t *s, ymo_exchange_t *ex)
         /* Every thread is stuck and no replacement was allowed: queue
          * behind one that is not a spare, to run when it comes back. */
         for (size_t i = 0; i < n && best == NULL; i++) {
-            ymo_wsgi_worker_t *w = ymo_server_worker_after(s, s->next_worker, i);
+            ymo_wsgi_worker_t *w =
+                ymo_server_worker_after(s, s->next_worker, i);
             if (!atomic_load(&w->unused)) {
                 best = w;
             }
