@@ -105,6 +105,7 @@ ymo_wsgi_worker_init(struct ev_loop *loop, size_t thread_id,
     worker->push_turn = 0;
     worker->overrun_head = NULL;
     memset(worker->values, 0, sizeof(worker->values));
+    worker->spare_sr = NULL;
     worker->thread_initialized = 1;
     return 0;
 }
@@ -796,6 +797,7 @@ worker_main(void *arg)
     standby_done(self->server);
     PyEval_RestoreThread(ts);
     ymo_wsgi_values_clear(self->values);
+    Py_CLEAR(self->spare_sr);
     PyGILState_Release(gstate);
     /* Last: the watchdog may join this thread and reuse the slot. */
     atomic_store(&self->exited, 1);

@@ -170,6 +170,12 @@ typedef struct ymo_wsgi_worker {
                                       * when a request repeats them
                                       * (wsgi_environ.c value_str); cleared
                                       * by the thread before `exited` */
+    struct _object *spare_sr;        /* worker thread only, attached: the
+                                      * StartResponse of an exchange that
+                                      * nothing held at its end, for the
+                                      * next (GIL builds: wsgi_response.c,
+                                      * start_response_new); cleared with
+                                      * `values` */
 } ymo_wsgi_worker_t;
 
 /* Initialize a worker thread (not started). Loop thread. */

@@ -994,6 +994,128 @@ def test_environ_is_fresh_for_each_request(yimmo_server):
         assert request(sock, "GET", "/b").body == b"None"
 
 
+def test_header_list_changed_after_start_response_changes_nothing(
+        yimmo_server):
+    """start_response keeps a copy of a list the app still holds: what the
+    app does to its list afterwards (before the head is built, which is at
+    the first body bytes) neither adds nor replaces a header, nor slips an
+    unchecked one past start_response's checks. A list literal in the call
+    (only the call holds it) is taken without a copy, and its headers go
+    out as given."""
+    def app(environ, start_response):
+        if environ["PATH_INFO"] == "/literal":
+            start_response("200 OK", [("Content-Type", "text/plain"),
+                                      ("X-Literal", "1")])
+            return [b"literal"]
+        headers = [("Content-Type", "text/plain"), ("X-Kept", "1")]
+        start_response("200 OK", headers)
+        headers.append(("X-Late", "1"))
+        headers[1] = ("X-Bad", "a\r\nInjected: yes")
+        del headers[0]
+        return [b"named"]
+
+    server = yimmo_server(app, workers=1)
+    with connect(server.address) as sock:
+        resp = request(sock, "GET", "/named")
+        assert resp.body == b"named"
+        names = [n.lower() for n, _ in resp.headers]
+        assert ("x-kept", "1") in [(n.lower(), v) for n, v in resp.headers]
+        assert "content-type" in names
+        assert "x-late" not in names and "x-bad" not in names
+        assert "injected" not in names
+        resp = request(sock, "GET", "/literal")
+        assert resp.body == b"literal"
+        assert ("x-literal", "1") in [(n.lower(), v)
+                                      for n, v in resp.headers]
+
+
+def test_start_response_kept_by_the_app_reaches_no_later_request(
+        yimmo_server):
+    """A worker reuses the start_response object of an exchange that
+    nothing held at its end. One the app kept (start_response itself, or
+    the write callable, which holds it) is never reused: called during a
+    later request it fails as a finished response does, and that request's
+    answer is its own."""
+    kept = {}
+    errors = []
+
+    def app(environ, start_response):
+        path = environ["PATH_INFO"]
+        if path.startswith("/keep"):
+            write = start_response("201 Created", [("X-First", "1")])
+            kept["sr"] = start_response if path == "/keep-sr" else None
+            kept["write"] = write if path == "/keep-write" else None
+            return [b"first"]
+        old_sr, old_write = kept.get("sr"), kept.get("write")
+        start_response("200 OK", [("Content-Type", "text/plain"),
+                                  ("X-Second", "2")])
+        try:
+            if old_sr is not None:
+                old_sr("500 Oops", [("X-Stale", "1")])
+            if old_write is not None:
+                old_write(b"stale bytes")
+        except RuntimeError as e:
+            errors.append(str(e))
+        return [b"second"]
+
+    server = yimmo_server(app, workers=1)
+    with connect(server.address) as sock:
+        for which in ("/keep-sr", "/keep-write"):
+            first = request(sock, "GET", which)
+            assert first.status == 201 and first.body == b"first"
+            second = request(sock, "GET", "/second")
+            assert second.status == 200, second
+            assert second.body == b"second"
+            names = [n.lower() for n, _ in second.headers]
+            assert "x-second" in names
+            assert "x-first" not in names and "x-stale" not in names
+    assert len(errors) == 2, errors
+
+
+def test_one_worker_alternating_responses_keep_nothing_from_the_last(
+        yimmo_server):
+    """On one worker (so each exchange gets the start_response object the
+    one before left), every response is built from its own call alone:
+    status, headers, Content-Length or chunked framing, HEAD, 204, and a
+    Connection: close, one after another on one connection."""
+    def app(environ, start_response):
+        kind = environ["PATH_INFO"]
+        if kind == "/chunked":
+            start_response("202 Accepted", [("X-Kind", "chunked")])
+            return (part for part in [b"a", b"bc"])
+        if kind == "/empty":
+            start_response("204 No Content", [("X-Kind", "empty")])
+            return []
+        if kind == "/write":
+            write = start_response("200 OK", [("X-Kind", "write"),
+                                              ("Content-Length", "5")])
+            write(b"wr")
+            return [b"ite"]
+        start_response("404 Not Found", [("X-Kind", "length"),
+                                         ("Content-Type", "text/plain")])
+        return [b"missing"]
+
+    expect = {
+        "/chunked": (202, "chunked", b"abc"),
+        "/empty": (204, "empty", b""),
+        "/write": (200, "write", b"write"),
+        "/length": (404, "length", b"missing"),
+    }
+    server = yimmo_server(app, workers=1)
+    with connect(server.address) as sock:
+        for _ in range(3):
+            for path, (status, kind, body) in expect.items():
+                for method in ("GET", "HEAD"):
+                    resp = request(sock, method, path)
+                    assert resp.status == status, (method, path, resp)
+                    got = [v for n, v in resp.headers
+                           if n.lower() == "x-kind"]
+                    assert got == [kind], (method, path, resp.headers)
+                    assert resp.body == (b"" if method == "HEAD" else body)
+                    if path == "/chunked" and method == "GET":
+                        assert resp.framing == "chunked"
+
+
 def test_wsgi_errors_accepts_text(yimmo_server):
     def app(environ, start_response):
         errors = environ["wsgi.errors"]
