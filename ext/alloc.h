@@ -41,6 +41,25 @@ ymo_zero_(void *p, size_t n)
     return p;
 }
 
+/* Memory kept for reuse instead of freed (spare buckets, busy parts,
+ * exchanges): under AddressSanitizer it is poisoned while kept, so a use
+ * after its "free" is still reported. */
+#if defined(__SANITIZE_ADDRESS__)
+#define YMO_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define YMO_ASAN 1
+#endif
+#endif
+#ifdef YMO_ASAN
+#include <sanitizer/asan_interface.h>
+#define YMO_POISON(p, n) ASAN_POISON_MEMORY_REGION((p), (n))
+#define YMO_UNPOISON(p, n) ASAN_UNPOISON_MEMORY_REGION((p), (n))
+#else
+#define YMO_POISON(p, n) ((void)(p), (void)(n))
+#define YMO_UNPOISON(p, n) ((void)(p), (void)(n))
+#endif
+
 #ifdef YMO_FAULT_INJECTION
 
 #include <stdatomic.h>

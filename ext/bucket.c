@@ -61,6 +61,7 @@ ymo_spares_drain(ymo_spares_t *sp)
     pthread_mutex_unlock(&sp->lock);
     while (b != NULL) {
         ymo_bucket_t *next = b->next;
+        YMO_UNPOISON(b, sizeof(*b) + sp->cap);
         free(b);
         b = next;
     }
@@ -80,6 +81,9 @@ spares_put(ymo_bucket_t *b)
         b->next = sp->head;
         sp->head = b;
         sp->count++;
+        /* (Poisoned under the lock: the next taker unpoisons it there.) */
+        YMO_POISON((char *)b + sizeof(b->next),
+                   sizeof(*b) + sp->cap - sizeof(b->next));
         b = NULL;
     }
     pthread_mutex_unlock(&sp->lock);
@@ -97,6 +101,7 @@ ymo_bucket_t *
     if (b != NULL) {
         sp->head = b->next;
         sp->count--;
+        YMO_UNPOISON(b, sizeof(*b) + sp->cap);
     }
     pthread_mutex_unlock(&sp->lock);
     if (b == NULL) {

@@ -207,6 +207,62 @@ server_arm_idle_timer(ymo_server_t *s, int rearm)
     ev_timer_start(s->loop, &s->idle_timer);
 }
 
+/* Busy parts come and go with every request of a keep-alive connection,
+ * tens of them in a turn of the loop: past what glibc's per-thread cache
+ * keeps (7 of a size), each went through the arena at both ends. The
+ * loop keeps up to this many for reuse (none in a fault-injection build,
+ * where each is an allocation to fail). */
+#define BUSY_SPARES_MAX 64
+
+/* A zeroed busy part, kept or new; NULL when out of memory. */
+static ymo_conn_busy_t *
+conn_busy_new(ymo_server_t *s)
+{
+#ifndef YMO_FAULT_INJECTION
+    if (s->busy_spares != NULL) {
+        ymo_conn_busy_t *b = s->busy_spares;
+        YMO_UNPOISON(b, sizeof(*b));
+        s->busy_spares = *(void **)b;
+        s->n_busy_spares--;
+        return ymo_zero_(b, sizeof(*b));
+    }
+#endif
+    return ymo_zalloc(sizeof(ymo_conn_busy_t));
+}
+
+/* Give back a busy part (its inbuf and timer done with). */
+static void
+conn_busy_free(ymo_server_t *s, ymo_conn_busy_t *b)
+{
+    if (!b->inbuf_borrowed) {
+        free(b->inbuf);
+    }
+#ifndef YMO_FAULT_INJECTION
+    if (s->n_busy_spares < BUSY_SPARES_MAX) {
+        *(void **)b = s->busy_spares;
+        s->busy_spares = b;
+        s->n_busy_spares++;
+        YMO_POISON((char *)b + sizeof(void *), sizeof(*b) - sizeof(void *));
+        return;
+    }
+#else
+    (void)s;
+#endif
+    free(b);
+}
+
+void
+ymo_conn_busy_drain(ymo_server_t *s)
+{
+    while (s->busy_spares != NULL) {
+        void *b = s->busy_spares;
+        YMO_UNPOISON(b, sizeof(ymo_conn_busy_t));
+        s->busy_spares = *(void **)b;
+        free(b);
+    }
+    s->n_busy_spares = 0;
+}
+
 /* The connection has nothing going on: give back its busy part, and wait
  * for its next request (or its timeout) on an idle list. */
 static void
@@ -216,10 +272,7 @@ conn_rest(ymo_conn_t *c)
     ymo_conn_busy_t *b = c->busy;
     if (b != NULL) {
         ev_timer_stop(s->loop, &b->timer);
-        if (!b->inbuf_borrowed) {
-            free(b->inbuf);
-        }
-        free(b);
+        conn_busy_free(s, b);
         c->busy = NULL;
     }
     conn_unlink(c);
@@ -274,7 +327,7 @@ static int
 conn_wake(ymo_conn_t *c)
 {
     ymo_server_t *s = c->listener->server;
-    ymo_conn_busy_t *b = ymo_zalloc(sizeof(*b));
+    ymo_conn_busy_t *b = conn_busy_new(s);
     if (b == NULL) {
         return -1;
     }
@@ -502,10 +555,7 @@ ymo_conn_close(ymo_conn_t *c)
         }
         conn_free_exchange(c);
         ymo_bucket_free_chain(b->wq_head);
-        if (!b->inbuf_borrowed) {
-            free(b->inbuf);
-        }
-        free(b);
+        conn_busy_free(s, b);
     }
     /* (An idle list left empty stops its timer when it next fires.) */
     conn_unlink(c);

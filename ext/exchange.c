@@ -21,6 +21,36 @@ rebase(const char *p, const char *from, char *to)
     return p == NULL ? NULL : to + (p - from);
 }
 
+/* The calling thread's kept exchanges (see ymo_exchange_cache_begin):
+ * linked through their first bytes. Only a loop thread turns it on. */
+typedef struct {
+    void *head;
+    unsigned count;
+    unsigned on;                   /* begin calls not yet ended */
+} ex_cache_t;
+static __thread ex_cache_t ex_cache;
+
+void
+ymo_exchange_cache_begin(void)
+{
+    ex_cache.on++;
+}
+
+void
+ymo_exchange_cache_end(void)
+{
+    if (ex_cache.on > 0 && --ex_cache.on > 0) {
+        return;
+    }
+    while (ex_cache.head != NULL) {
+        void *next = *(void **)ex_cache.head;
+        YMO_UNPOISON(ex_cache.head, YMO_EX_BLOCK);
+        free(ex_cache.head);
+        ex_cache.head = next;
+    }
+    ex_cache.count = 0;
+}
+
 ymo_exchange_t *
 ymo_exchange_new(const char *buf, size_t head_len,
                  const ymo_http_request_t *req)
@@ -30,13 +60,27 @@ ymo_exchange_new(const char *buf, size_t head_len,
     size_t align = _Alignof(ymo_http_header_t);
     size_t hoff = (head_len + 1 + align - 1) & ~(align - 1);
     size_t hsize = req->num_headers * sizeof(ymo_http_header_t);
-    ymo_exchange_t *ex = ymo_malloc(sizeof(*ex) + hoff + hsize);
+    size_t size = sizeof(ymo_exchange_t) + hoff + hsize;
+    int in_block = size <= YMO_EX_BLOCK;
+    ymo_exchange_t *ex = NULL;
+#ifndef YMO_FAULT_INJECTION
+    if (in_block && ex_cache.head != NULL) {
+        ex = ex_cache.head;
+        ex_cache.head = *(void **)ex;
+        ex_cache.count--;
+        YMO_UNPOISON(ex, YMO_EX_BLOCK);
+    }
+#endif
     if (ex == NULL) {
-        return NULL;
+        ex = ymo_malloc(in_block ? YMO_EX_BLOCK : size);
+        if (ex == NULL) {
+            return NULL;
+        }
     }
     /* The struct starts zeroed; the head and the header array are written
      * whole below (malloc, not calloc: see ymo_zalloc in alloc.h). */
     ymo_zero_(ex, sizeof(*ex));
+    ex->in_block = in_block;
     if (YMO_FI_FAIL("exchange lock") ||
         pthread_mutex_init(&ex->lock, NULL) != 0) {
         free(ex);
@@ -98,6 +142,17 @@ ymo_exchange_release(ymo_exchange_t *ex)
     pthread_cond_destroy(&ex->cond_out);
     pthread_cond_destroy(&ex->cond_in);
     pthread_mutex_destroy(&ex->lock);
+#ifndef YMO_FAULT_INJECTION
+    if (ex->in_block && ex_cache.on > 0 &&
+        ex_cache.count < YMO_EX_CACHE_MAX) {
+        *(void **)ex = ex_cache.head;
+        ex_cache.head = ex;
+        ex_cache.count++;
+        YMO_POISON((char *)ex + sizeof(void *),
+                   YMO_EX_BLOCK - sizeof(void *));
+        return;
+    }
+#endif
     free(ex);
 }
 

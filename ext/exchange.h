@@ -38,6 +38,9 @@ struct ymo_wsgi_worker;
 
 typedef struct ymo_exchange {
     /* -- Immutable once the loop has dispatched the exchange. -- */
+    int in_block;                  /* allocated YMO_EX_BLOCK bytes: the
+                                    * loop may keep it for the next
+                                    * (ymo_exchange_cache_begin) */
     ymo_http_request_t req;        /* pointers into head[] */
     struct ymo_server *server;
     const struct ymo_listener *listener;
@@ -137,6 +140,20 @@ ymo_exchange_t *ymo_exchange_new(const char *buf, size_t head_len,
 
 /* Any thread: take a reference (the caller must already hold one, or
  * know that one is held for it). */
+/* Exchanges come and go with every request, tens of them in a turn of
+ * the loop: past what glibc's per-thread cache keeps (7 of a size), each
+ * went through the arena at both ends. Between these two calls (a loop
+ * thread, around its run) the calling thread keeps the exchanges whose
+ * last reference it drops itself, most of them (the loop drops its own
+ * once the response is written), for the next it creates: up to
+ * YMO_EX_CACHE_MAX of those with a head that fits YMO_EX_BLOCK bytes.
+ * _end frees them. Not in a fault-injection build (every exchange is an
+ * allocation to fail there). */
+#define YMO_EX_BLOCK 2048
+#define YMO_EX_CACHE_MAX 64
+void ymo_exchange_cache_begin(void);
+void ymo_exchange_cache_end(void);
+
 void ymo_exchange_retain(ymo_exchange_t *ex);
 
 /* Any thread: drop a reference; the last one frees the exchange. */

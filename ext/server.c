@@ -689,7 +689,9 @@ ymo_server_run(ymo_server_t *s, int wakeup_fd)
     }
     const ymo_server_t *outer = loop_of;
     loop_of = s;
+    ymo_exchange_cache_begin();
     ev_run(s->loop, 0);
+    ymo_exchange_cache_end();
     loop_of = outer;
     if (batch) {
         sched_setscheduler(0, SCHED_OTHER, &sched_old);
@@ -843,6 +845,7 @@ ymo_server_destroy(ymo_server_t *s)
     if (s->loop != NULL) {
         ymo_conn_close_all(s);
     }
+    ymo_conn_busy_drain(s);
     /* What is freed from now on waits for the caller's last take (no
      * worker or loop is left to wake). */
     s->release.wake = NULL;

@@ -249,6 +249,10 @@ typedef struct ymo_server {
     pthread_cond_t handover_cond;  /* CLOCK_MONOTONIC: a worker attached */
     atomic_ulong handovers;    /* counts, for tests and benchmarks; */
     atomic_ulong handover_timeouts;  /* workers write, relaxed */
+    void *busy_spares;         /* loop: busy parts of connections kept
+                                * for reuse (conn.c, conn_busy_new),
+                                * linked through their first bytes */
+    size_t n_busy_spares;      /* loop: how many */
     ymo_spares_t spares;       /* response buckets of YMO_SPARE_BUCKET
                                 * bytes for reuse (bucket.h): any thread,
                                 * under its own lock */
@@ -291,9 +295,9 @@ typedef struct ymo_server {
 } ymo_server_t;
 
 /* The room of the response buckets the server keeps for reuse, and how
- * many it keeps at most (128 KB): about a turn's worth of responses. */
+ * many it keeps at most (256 KB): about a turn's worth of responses. */
 #define YMO_SPARE_BUCKET 4096
-#define YMO_SPARES_MAX 32
+#define YMO_SPARES_MAX 64
 
 /* The slot `i` places after slot `from` in the ring of the server's
  * workers (both below n_workers): the walks over the workers that every
