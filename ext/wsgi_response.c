@@ -798,23 +798,13 @@ start_response(StartResponseObject *self, PyObject *status,
     }
     /* A copy, made first and then checked: the app may change its list
      * after the call, or (free-threaded) from another thread during it;
-     * PyList_GetSlice takes the list's own critical section. With the
-     * GIL, a list that only this call holds (a literal in the call, as
-     * in `start_response(status, [...])`) is kept as it is: no one else
-     * can change it, and the copy and its free cost about 250
-     * instructions a request. */
-    PyObject *copy;
-#ifndef Py_GIL_DISABLED
-    if (PyList_CheckExact(headers) && Py_REFCNT(headers) == 1) {
-        copy = Py_NewRef(headers);
-    }
-    else
-#endif
-    {
-        copy = PyList_GetSlice(headers, 0, PY_SSIZE_T_MAX);
-        if (copy == NULL) {
-            return NULL;
-        }
+     * PyList_GetSlice takes the list's own critical section. Even a list
+     * whose only reference is the call's may be the app's: the one in a
+     * tuple passed as start_response(*args), or in a functools.partial,
+     * has a reference count of 1 too. */
+    PyObject *copy = PyList_GetSlice(headers, 0, PY_SSIZE_T_MAX);
+    if (copy == NULL) {
+        return NULL;
     }
     headers = copy;
     long long cl = -1;

@@ -994,39 +994,60 @@ def test_environ_is_fresh_for_each_request(yimmo_server):
         assert request(sock, "GET", "/b").body == b"None"
 
 
+@pytest.mark.parametrize("how", ["named", "star-args", "partial",
+                                 "shared"])
 def test_header_list_changed_after_start_response_changes_nothing(
-        yimmo_server):
-    """start_response keeps a copy of a list the app still holds: what the
-    app does to its list afterwards (before the head is built, which is at
-    the first body bytes) neither adds nor replaces a header, nor slips an
-    unchecked one past start_response's checks. A list literal in the call
-    (only the call holds it) is taken without a copy, and its headers go
-    out as given."""
+        yimmo_server, how):
+    """start_response keeps a copy of the app's list: what the app does to
+    its list afterwards (before the head is built, at the first body
+    bytes) neither adds nor replaces a header, nor slips an unchecked or
+    malformed one past start_response's checks. Also when the call's is the
+    list's only reference, as in start_response(*args) with a tuple the
+    app keeps, or a functools.partial holding the list (a review of
+    b4c4c43 found the list kept uncopied there: an injected header, a
+    second Content-Length, and a non-tuple item that crashed the server),
+    and with one list shared by every request."""
+    import functools
+    shared = ("200 OK", [("Content-Type", "text/plain"), ("X-Kept", "1")])
+
     def app(environ, start_response):
-        if environ["PATH_INFO"] == "/literal":
-            start_response("200 OK", [("Content-Type", "text/plain"),
-                                      ("X-Literal", "1")])
-            return [b"literal"]
-        headers = [("Content-Type", "text/plain"), ("X-Kept", "1")]
-        start_response("200 OK", headers)
+        if how == "named":
+            headers = [("Content-Type", "text/plain"), ("X-Kept", "1")]
+            start_response("200 OK", headers)
+        elif how == "star-args":
+            args = ("200 OK", [("Content-Type", "text/plain"),
+                               ("X-Kept", "1")])
+            start_response(*args)
+            headers = args[1]
+        elif how == "partial":
+            call = functools.partial(start_response, "200 OK",
+                                     [("Content-Type", "text/plain"),
+                                      ("X-Kept", "1")])
+            call()
+            headers = call.args[1]
+        else:
+            start_response(*shared)
+            headers = shared[1][:]      # the next request's list unchanged
         headers.append(("X-Late", "1"))
+        headers.append(("Content-Length", "3"))
+        headers.append(12345)
         headers[1] = ("X-Bad", "a\r\nInjected: yes")
         del headers[0]
-        return [b"named"]
+        return [b"body text"]
 
     server = yimmo_server(app, workers=1)
     with connect(server.address) as sock:
-        resp = request(sock, "GET", "/named")
-        assert resp.body == b"named"
-        names = [n.lower() for n, _ in resp.headers]
-        assert ("x-kept", "1") in [(n.lower(), v) for n, v in resp.headers]
-        assert "content-type" in names
-        assert "x-late" not in names and "x-bad" not in names
-        assert "injected" not in names
-        resp = request(sock, "GET", "/literal")
-        assert resp.body == b"literal"
-        assert ("x-literal", "1") in [(n.lower(), v)
-                                      for n, v in resp.headers]
+        for _ in range(2):
+            resp = request(sock, "GET", "/")
+            assert resp.body == b"body text"
+            pairs = [(n.lower(), v) for n, v in resp.headers]
+            names = [n for n, _ in pairs]
+            assert ("x-kept", "1") in pairs
+            assert "content-type" in names
+            assert "x-late" not in names and "x-bad" not in names
+            assert "injected" not in names
+            assert names.count("content-length") <= 1
+    assert_still_serving(server)
 
 
 def test_start_response_kept_by_the_app_reaches_no_later_request(
