@@ -226,6 +226,8 @@ conn_busy_new(ymo_server_t *s)
         s->n_busy_spares--;
         return ymo_zero_(b, sizeof(*b));
     }
+#else
+    (void)s;
 #endif
     return ymo_zalloc(sizeof(ymo_conn_busy_t));
 }

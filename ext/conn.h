@@ -140,8 +140,8 @@ void ymo_conn_close(ymo_conn_t *c);
 /* Loop thread: close every connection now (aborting their exchanges). */
 void ymo_conn_close_all(ymo_server_t *s);
 
-/* Free the busy parts the loop keeps for reuse (server destroy, once
- * every connection is closed). */
+/* Free the busy parts the loop keeps for reuse: the thread destroying
+ * the server, once every connection is closed (no loop runs then). */
 void ymo_conn_busy_drain(ymo_server_t *s);
 
 /* Loop thread: the server began to stop: idle connections get their last

@@ -133,13 +133,6 @@ typedef struct ymo_exchange {
     char head[];                   /* copy of the request head */
 } ymo_exchange_t;
 
-/* Loop thread: new exchange with a copy of the parsed head in buf.
- * `req` points into buf; its pointers are rebased into the copy. */
-ymo_exchange_t *ymo_exchange_new(const char *buf, size_t head_len,
-                                 const ymo_http_request_t *req);
-
-/* Any thread: take a reference (the caller must already hold one, or
- * know that one is held for it). */
 /* Exchanges come and go with every request, tens of them in a turn of
  * the loop: past what glibc's per-thread cache keeps (7 of a size), each
  * went through the arena at both ends. Between these two calls (a loop
@@ -154,9 +147,18 @@ ymo_exchange_t *ymo_exchange_new(const char *buf, size_t head_len,
 void ymo_exchange_cache_begin(void);
 void ymo_exchange_cache_end(void);
 
+/* Loop thread: new exchange with a copy of the parsed head in buf.
+ * `req` points into buf; its pointers are rebased into the copy. */
+ymo_exchange_t *ymo_exchange_new(const char *buf, size_t head_len,
+                                 const ymo_http_request_t *req);
+
+/* Any thread: take a reference (the caller must already hold one, or
+ * know that one is held for it). */
 void ymo_exchange_retain(ymo_exchange_t *ex);
 
-/* Any thread: drop a reference; the last one frees the exchange. */
+/* Any thread: drop a reference; the last one frees the exchange (or,
+ * on a thread between ymo_exchange_cache_begin and _end, keeps it for
+ * that thread's next ymo_exchange_new). */
 void ymo_exchange_release(ymo_exchange_t *ex);
 
 /* Loop thread: append request body bytes (done: the body is complete).

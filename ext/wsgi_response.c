@@ -1210,15 +1210,20 @@ start_response_new(struct ymo_wsgi_app *app, ymo_wsgi_worker_t *worker,
 {
     StartResponseObject *self = NULL;
 #ifndef Py_GIL_DISABLED
-    /* The one an earlier exchange of this worker left (still tracked by
-     * the GC, its references cleared: start_response_keep). */
+    /* The one an earlier exchange of this worker left, its references
+     * cleared and out of the GC's sight (start_response_keep), so no one
+     * found it meanwhile; the count is checked all the same. */
     self = (StartResponseObject *)worker->spare_sr;
     worker->spare_sr = NULL;
+    if (self != NULL && Py_REFCNT(self) != 1) {
+        PyObject_GC_Track(self);
+        Py_DECREF(self);
+        self = NULL;
+    }
 #else
     (void)worker;
 #endif
-    int fresh = self == NULL;
-    if (fresh) {
+    if (self == NULL) {
         self = PyObject_GC_New(StartResponseObject,
                                app->st->StartResponse_type);
         if (self == NULL) {
@@ -1243,9 +1248,7 @@ start_response_new(struct ymo_wsgi_app *app, ymo_wsgi_worker_t *worker,
     self->body_sent = 0;
     self->pend_head = self->pend_tail = NULL;
     self->pend_len = 0;
-    if (fresh) {
-        PyObject_GC_Track(self);
-    }
+    PyObject_GC_Track(self);
     return self;
 }
 
@@ -1266,6 +1269,10 @@ start_response_keep(ymo_wsgi_worker_t *worker, StartResponseObject *sr)
         Py_CLEAR(sr->status);
         Py_CLEAR(sr->headers);
         if (Py_REFCNT(sr) == 1 && worker->spare_sr == NULL) {
+            /* Untracked while kept: gc.get_objects() on a thread of the
+             * app would hand it out, and its holder could then answer the
+             * next request this worker runs (review of b4c4c43). */
+            PyObject_GC_UnTrack(sr);
             worker->spare_sr = (PyObject *)sr;
             return;
         }

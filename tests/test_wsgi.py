@@ -1093,6 +1093,40 @@ def test_start_response_kept_by_the_app_reaches_no_later_request(
     assert len(errors) == 2, errors
 
 
+def test_a_kept_start_response_is_out_of_the_gcs_sight(yimmo_server):
+    """The start_response object a worker keeps between exchanges cannot
+    be found through the GC (gc.get_objects() on another thread) and
+    handed to the next request's app: the review of b4c4c43 had a holder
+    found that way answer the next request (its status and headers)."""
+    import gc
+    held = []
+
+    def app(environ, start_response):
+        if environ["PATH_INFO"] == "/victim":
+            for other in held:
+                try:
+                    other("299 Hijacked", [("X-Hijacked", "1")])
+                except RuntimeError:
+                    pass
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"own"]
+
+    server = yimmo_server(app, workers=1)
+    with connect(server.address) as sock:
+        assert request(sock, "GET", "/first").body == b"own"
+        time.sleep(0.3)     # the worker keeps its object after the post
+        sr_type = None
+        for o in gc.get_objects():
+            if type(o).__name__ == "StartResponse":
+                sr_type = type(o)
+                held.append(o)
+        resp = request(sock, "GET", "/victim")
+        assert resp.status == 200, resp
+        assert resp.body == b"own"
+        assert "x-hijacked" not in [n.lower() for n, _ in resp.headers]
+    held.clear()
+
+
 def test_one_worker_alternating_responses_keep_nothing_from_the_last(
         yimmo_server):
     """On one worker (so each exchange gets the start_response object the
