@@ -9,6 +9,7 @@ without timing noise.
                               [--toggle FUNCTION] [--repo DIR]
                               [--upload BYTES --app matrix_app:upload]
                               [--server-arg=--timeout=0 ...]
+                              [--load SECONDS [--connections 50]]
 
 The whole server process (every thread) runs under
 `valgrind --tool=callgrind` and answers N requests sent one at a time on
@@ -30,6 +31,16 @@ run to run (thread wake-ups, the GC); --toggle FUNCTION counts only inside
 one function and what it calls (e.g. ymo_wsgi_environ), which is exact;
 several, comma-separated, add up (ev_run,worker_main: all the serving a
 yimmo process does, on the loop thread and in the workers).
+
+--load SECONDS counts under load instead: wrk (-t1, --connections, 50 by
+default) drives the server for that long, and the instructions inside
+--toggle (default ev_run,worker_main: yimmo's loop and workers, start-up
+left out) are divided by the requests wrk got answered. Requests then
+arrive in turns of tens, as in bench.py, and costs that one request at a
+time never shows appear: glibc's per-thread cache of freed memory keeps
+7 chunks of a size, and a turn that frees tens of them sends the rest
+through the arena. (Not for the reference servers or bjoern, whose
+functions the default toggle does not name: give --toggle.)
 """
 
 import argparse
@@ -149,6 +160,42 @@ def run(argv, cwd, env, n, request, toggle, out):
     return int(m.group(1))
 
 
+def run_load(argv, cwd, env, seconds, connections, request, toggle, out):
+    """One callgrind run under wrk; (instructions inside toggle, requests
+    answered)."""
+    port = bench.free_port()
+    argv = [a.replace("{port}", str(port)) for a in argv]
+    proc = subprocess.Popen(
+        ["valgrind", "--tool=callgrind", "--callgrind-out-file=" + out,
+         *["--toggle-collect=" + f for f in toggle.split(",") if f],
+         *argv],
+        cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        start_new_session=True)
+    try:
+        drive(port, 10, request, proc)      # up, and warm
+        extra = []      # the same header fields (wrk sends its own Host)
+        head = request.split(b"\r\n\r\n", 1)[0]
+        for line in head.split(b"\r\n")[1:]:
+            if not line.lower().startswith(b"host:"):
+                extra += ["-H", line.decode("latin-1")]
+        result = bench.run_wrk(port, seconds, connections, extra)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            _, err = proc.communicate(timeout=300)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            _, err = proc.communicate()
+    m = re.search(rb"Collected : (\d+)", err)
+    if m is None:
+        raise RuntimeError(err.decode(errors="replace")[-2000:])
+    if result.errors or not result.requests:
+        raise RuntimeError("wrk: %d errors, %d requests"
+                           % (result.errors, result.requests))
+    return int(m.group(1)), result.requests + 10
+
+
 def functions(out):
     """{function: self instructions} of one callgrind output."""
     text = subprocess.run(
@@ -207,12 +254,19 @@ def main(argv=None):
     p.add_argument("--top", type=int, default=0,
                    help="also list the K functions with the most "
                    "instructions per request (self cost)")
+    p.add_argument("--load", type=int, default=0, metavar="SECONDS",
+                   help="count under wrk's load for SECONDS instead of N "
+                   "requests one at a time (see above)")
+    p.add_argument("--connections", type=int, default=50,
+                   help="wrk connections with --load (default 50)")
     p.add_argument("--repo", type=Path, default=bench.REPO,
                    help="the yimmo checkout to measure, built in place "
                    "(default this one)")
     p.add_argument("--venv", type=Path, default=bench.DEFAULT_VENV,
                    help="Python and peers (default bench/.venv)")
     args = p.parse_args(argv)
+    if args.load and args.upload:
+        p.error("--load sends no body: use --upload without --load")
     names = [n for n in args.server.split(",") if n]
     for name in names:
         if name not in SERVERS:
@@ -246,6 +300,26 @@ def main(argv=None):
         for name in names:
             argv, cwd = server_argv(name, args.app, python, venv / "bin",
                                     ref_dir, args.server_arg)
+            if args.load:
+                if shutil.which("wrk") is None:
+                    print("callgrind: wrk not found", file=sys.stderr)
+                    return 1
+                for _ in range(args.runs):
+                    out = tmp / ("%s.load" % name)
+                    total, served = run_load(
+                        argv, cwd, env, args.load, args.connections, request,
+                        args.toggle or "ev_run,worker_main", str(out))
+                    print("%-10s %8.0f instructions/request under load  "
+                          "(%d requests, -c%d)" % (name, total / served,
+                                                   served, args.connections),
+                          flush=True)
+                    if args.top:
+                        costs = functions(str(out))
+                        for f in sorted(costs, key=costs.get,
+                                        reverse=True)[:args.top]:
+                            print("    %8.0f  %s"
+                                  % (costs[f] / served, short(f)))
+                continue
             for _ in range(args.runs):
                 one, two = tmp / ("%s.1" % name), tmp / ("%s.2" % name)
                 a = run(argv, cwd, env, n, request, args.toggle, str(one))
