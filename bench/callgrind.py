@@ -134,8 +134,10 @@ def drive(port, n, request, proc, deadline=600.0):
                 buf += chunk
 
 
-def run(argv, cwd, env, n, request, toggle, out):
-    """One callgrind run of n requests; the total instructions."""
+def under_callgrind(argv, cwd, env, toggle, out, work):
+    """Run the server under callgrind (only inside `toggle`'s functions
+    when given), call work(port, proc) once it is started, stop it; the
+    instructions collected and what work returned."""
     port = bench.free_port()
     argv = [a.replace("{port}", str(port)) for a in argv]
     proc = subprocess.Popen(
@@ -145,7 +147,7 @@ def run(argv, cwd, env, n, request, toggle, out):
         cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
         start_new_session=True)
     try:
-        drive(port, n, request, proc)
+        result = work(port, proc)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGTERM)
@@ -157,43 +159,33 @@ def run(argv, cwd, env, n, request, toggle, out):
     m = re.search(rb"Collected : (\d+)", err)
     if m is None:
         raise RuntimeError(err.decode(errors="replace")[-2000:])
-    return int(m.group(1))
+    return int(m.group(1)), result
+
+
+def run(argv, cwd, env, n, request, toggle, out):
+    """One callgrind run of n requests; the total instructions."""
+    return under_callgrind(argv, cwd, env, toggle, out,
+                           lambda port, proc: drive(port, n, request,
+                                                    proc))[0]
 
 
 def run_load(argv, cwd, env, seconds, connections, request, toggle, out):
     """One callgrind run under wrk; (instructions inside toggle, requests
     answered)."""
-    port = bench.free_port()
-    argv = [a.replace("{port}", str(port)) for a in argv]
-    proc = subprocess.Popen(
-        ["valgrind", "--tool=callgrind", "--callgrind-out-file=" + out,
-         *["--toggle-collect=" + f for f in toggle.split(",") if f],
-         *argv],
-        cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-        start_new_session=True)
-    try:
+    def work(port, proc):
         drive(port, 10, request, proc)      # up, and warm
         extra = []      # the same header fields (wrk sends its own Host)
         head = request.split(b"\r\n\r\n", 1)[0]
         for line in head.split(b"\r\n")[1:]:
             if not line.lower().startswith(b"host:"):
                 extra += ["-H", line.decode("latin-1")]
-        result = bench.run_wrk(port, seconds, connections, extra)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            _, err = proc.communicate(timeout=300)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            _, err = proc.communicate()
-    m = re.search(rb"Collected : (\d+)", err)
-    if m is None:
-        raise RuntimeError(err.decode(errors="replace")[-2000:])
+        return bench.run_wrk(port, seconds, connections, extra)
+
+    total, result = under_callgrind(argv, cwd, env, toggle, out, work)
     if result.errors or not result.requests:
         raise RuntimeError("wrk: %d errors, %d requests"
                            % (result.errors, result.requests))
-    return int(m.group(1)), result.requests + 10
+    return total, result.requests + 10
 
 
 def functions(out):

@@ -5,13 +5,10 @@
 #include <string.h>
 #include <unistd.h>
 
-ymo_bucket_t *
-(ymo_bucket_new)(size_t cap YMO_SITE_PARAM)
+/* An empty memory bucket of cap bytes, on its own. */
+static ymo_bucket_t *
+bucket_init(ymo_bucket_t *b, size_t cap)
 {
-    ymo_bucket_t *b = ymo_malloc_fwd(sizeof(*b) + cap);
-    if (b == NULL) {
-        return NULL;
-    }
     b->next = NULL;
     b->ptr = b->data;
     b->owner = NULL;
@@ -24,6 +21,13 @@ ymo_bucket_t *
     b->spares = NULL;
     b->file_off = 0;
     return b;
+}
+
+ymo_bucket_t *
+(ymo_bucket_new)(size_t cap YMO_SITE_PARAM)
+{
+    ymo_bucket_t *b = ymo_malloc_fwd(sizeof(*b) + cap);
+    return b != NULL ? bucket_init(b, cap) : NULL;
 }
 
 /* Counts the forks of the process (server.c). */
@@ -119,16 +123,8 @@ ymo_bucket_t *
         return NULL;
     }
 #endif
-    /* As ymo_bucket_new leaves it (cap, spares: as they were). */
-    b->next = NULL;
-    b->ptr = b->data;
-    b->owner = NULL;
-    b->rel = NULL;
-    b->len = 0;
-    b->off = 0;
-    b->fd = -1;
-    b->from_ex = 1;
-    b->file_off = 0;
+    bucket_init(b, cap);
+    b->spares = sp;
     return b;
 }
 
