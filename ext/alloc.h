@@ -60,6 +60,51 @@ ymo_zero_(void *p, size_t n)
 #define YMO_UNPOISON(p, n) ((void)(p), (void)(n))
 #endif
 
+/* Blocks of one size kept for reuse instead of freed, linked through
+ * their first bytes (a pointer's worth, left unpoisoned). No lock: the
+ * owner's (a thread of its own, or a lock around each call). */
+typedef struct ymo_kept {
+    void *head;
+    size_t count;
+} ymo_kept_t;
+
+/* A kept block of `size` bytes (its contents as they were), or NULL. */
+static inline void *
+ymo_kept_take(ymo_kept_t *k, size_t size)
+{
+    void *p = k->head;
+    if (p != NULL) {
+        YMO_UNPOISON(p, size);
+        k->head = *(void **)p;
+        k->count--;
+    }
+    return p;
+}
+
+/* Keep p (size bytes) unless `max` are kept already: 1 if kept. */
+static inline int
+ymo_kept_put(ymo_kept_t *k, void *p, size_t size, size_t max)
+{
+    if (k->count >= max) {
+        return 0;
+    }
+    *(void **)p = k->head;
+    k->head = p;
+    k->count++;
+    YMO_POISON((char *)p + sizeof(void *), size - sizeof(void *));
+    return 1;
+}
+
+/* Free every kept block. */
+static inline void
+ymo_kept_free(ymo_kept_t *k, size_t size)
+{
+    void *p;
+    while ((p = ymo_kept_take(k, size)) != NULL) {
+        free(p);
+    }
+}
+
 #ifdef YMO_FAULT_INJECTION
 
 #include <stdatomic.h>

@@ -44,8 +44,8 @@ void
 ymo_spares_init(ymo_spares_t *sp, size_t cap, size_t max)
 {
     pthread_mutex_init(&sp->lock, NULL);
-    sp->head = NULL;
-    sp->count = 0;
+    sp->kept.head = NULL;
+    sp->kept.count = 0;
     sp->max = max;
     sp->cap = cap;
     sp->fork_gen = ymo_fork_gen;
@@ -58,17 +58,9 @@ ymo_spares_drain(ymo_spares_t *sp)
         return;     /* the parent's: left alone, as the rest of its heap */
     }
     pthread_mutex_lock(&sp->lock);
-    ymo_bucket_t *b = sp->head;
-    sp->head = NULL;
-    sp->count = 0;
+    ymo_kept_free(&sp->kept, sizeof(ymo_bucket_t) + sp->cap);
     sp->max = 0;
     pthread_mutex_unlock(&sp->lock);
-    while (b != NULL) {
-        ymo_bucket_t *next = b->next;
-        YMO_UNPOISON(b, sizeof(*b) + sp->cap);
-        free(b);
-        b = next;
-    }
 }
 
 /* A bucket of sp's is freed: keep it unless sp has enough. */
@@ -81,17 +73,11 @@ spares_put(ymo_bucket_t *b)
         return;
     }
     pthread_mutex_lock(&sp->lock);
-    if (sp->count < sp->max) {
-        b->next = sp->head;
-        sp->head = b;
-        sp->count++;
-        /* (Poisoned under the lock: the next taker unpoisons it there.) */
-        YMO_POISON((char *)b + sizeof(b->next),
-                   sizeof(*b) + sp->cap - sizeof(b->next));
-        b = NULL;
-    }
+    int kept = ymo_kept_put(&sp->kept, b, sizeof(*b) + sp->cap, sp->max);
     pthread_mutex_unlock(&sp->lock);
-    free(b);
+    if (!kept) {
+        free(b);
+    }
 }
 
 ymo_bucket_t *
@@ -101,12 +87,7 @@ ymo_bucket_t *
         return (ymo_bucket_new)(cap YMO_SITE_FWD);
     }
     pthread_mutex_lock(&sp->lock);
-    ymo_bucket_t *b = sp->head;
-    if (b != NULL) {
-        sp->head = b->next;
-        sp->count--;
-        YMO_UNPOISON(b, sizeof(*b) + sp->cap);
-    }
+    ymo_bucket_t *b = ymo_kept_take(&sp->kept, sizeof(*b) + sp->cap);
     pthread_mutex_unlock(&sp->lock);
     if (b == NULL) {
         b = (ymo_bucket_new)(cap YMO_SITE_FWD);

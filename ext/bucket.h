@@ -64,8 +64,8 @@ typedef struct ymo_spares {
                                 * is never destroyed: a bucket freed after
                                 * ymo_spares_drain still takes it (a
                                 * default mutex holds no resource). */
-    ymo_bucket_t *head;        /* lock: the spares, linked by next */
-    size_t count;              /* lock: how many */
+    ymo_kept_t kept;           /* lock: the spares (linked by next, the
+                                * first field) */
     size_t max;                /* lock: 0 once drained */
     size_t cap;                /* fixed: their room in data[] */
     unsigned fork_gen;         /* fixed: ymo_fork_gen (server.h) at init.

@@ -219,11 +219,8 @@ static ymo_conn_busy_t *
 conn_busy_new(ymo_server_t *s)
 {
 #ifndef YMO_FAULT_INJECTION
-    if (s->busy_spares != NULL) {
-        ymo_conn_busy_t *b = s->busy_spares;
-        YMO_UNPOISON(b, sizeof(*b));
-        s->busy_spares = *(void **)b;
-        s->n_busy_spares--;
+    ymo_conn_busy_t *b = ymo_kept_take(&s->busy_spares, sizeof(*b));
+    if (b != NULL) {
         return ymo_zero_(b, sizeof(*b));
     }
 #else
@@ -240,11 +237,7 @@ conn_busy_free(ymo_server_t *s, ymo_conn_busy_t *b)
         free(b->inbuf);
     }
 #ifndef YMO_FAULT_INJECTION
-    if (s->n_busy_spares < BUSY_SPARES_MAX) {
-        *(void **)b = s->busy_spares;
-        s->busy_spares = b;
-        s->n_busy_spares++;
-        YMO_POISON((char *)b + sizeof(void *), sizeof(*b) - sizeof(void *));
+    if (ymo_kept_put(&s->busy_spares, b, sizeof(*b), BUSY_SPARES_MAX)) {
         return;
     }
 #else
@@ -256,13 +249,7 @@ conn_busy_free(ymo_server_t *s, ymo_conn_busy_t *b)
 void
 ymo_conn_busy_drain(ymo_server_t *s)
 {
-    while (s->busy_spares != NULL) {
-        void *b = s->busy_spares;
-        YMO_UNPOISON(b, sizeof(ymo_conn_busy_t));
-        s->busy_spares = *(void **)b;
-        free(b);
-    }
-    s->n_busy_spares = 0;
+    ymo_kept_free(&s->busy_spares, sizeof(ymo_conn_busy_t));
 }
 
 /* The connection has nothing going on: give back its busy part, and wait

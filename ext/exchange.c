@@ -24,8 +24,7 @@ rebase(const char *p, const char *from, char *to)
 /* The calling thread's kept exchanges (see ymo_exchange_cache_begin):
  * linked through their first bytes. Only a loop thread turns it on. */
 typedef struct {
-    void *head;
-    unsigned count;
+    ymo_kept_t kept;
     unsigned on;                   /* begin calls not yet ended */
 } ex_cache_t;
 static __thread ex_cache_t ex_cache;
@@ -42,13 +41,7 @@ ymo_exchange_cache_end(void)
     if (ex_cache.on > 0 && --ex_cache.on > 0) {
         return;
     }
-    while (ex_cache.head != NULL) {
-        void *next = *(void **)ex_cache.head;
-        YMO_UNPOISON(ex_cache.head, YMO_EX_BLOCK);
-        free(ex_cache.head);
-        ex_cache.head = next;
-    }
-    ex_cache.count = 0;
+    ymo_kept_free(&ex_cache.kept, YMO_EX_BLOCK);
 }
 
 ymo_exchange_t *
@@ -64,11 +57,8 @@ ymo_exchange_new(const char *buf, size_t head_len,
     int in_block = size <= YMO_EX_BLOCK;
     ymo_exchange_t *ex = NULL;
 #ifndef YMO_FAULT_INJECTION
-    if (in_block && ex_cache.head != NULL) {
-        ex = ex_cache.head;
-        ex_cache.head = *(void **)ex;
-        ex_cache.count--;
-        YMO_UNPOISON(ex, YMO_EX_BLOCK);
+    if (in_block) {
+        ex = ymo_kept_take(&ex_cache.kept, YMO_EX_BLOCK);
     }
 #endif
     if (ex == NULL) {
@@ -144,12 +134,7 @@ ymo_exchange_release(ymo_exchange_t *ex)
     pthread_mutex_destroy(&ex->lock);
 #ifndef YMO_FAULT_INJECTION
     if (ex->in_block && ex_cache.on > 0 &&
-        ex_cache.count < YMO_EX_CACHE_MAX) {
-        *(void **)ex = ex_cache.head;
-        ex_cache.head = ex;
-        ex_cache.count++;
-        YMO_POISON((char *)ex + sizeof(void *),
-                   YMO_EX_BLOCK - sizeof(void *));
+        ymo_kept_put(&ex_cache.kept, ex, YMO_EX_BLOCK, YMO_EX_CACHE_MAX)) {
         return;
     }
 #endif

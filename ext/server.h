@@ -249,10 +249,8 @@ typedef struct ymo_server {
     pthread_cond_t handover_cond;  /* CLOCK_MONOTONIC: a worker attached */
     atomic_ulong handovers;    /* counts, for tests and benchmarks; */
     atomic_ulong handover_timeouts;  /* workers write, relaxed */
-    void *busy_spares;         /* loop: busy parts of connections kept
-                                * for reuse (conn.c, conn_busy_new),
-                                * linked through their first bytes */
-    size_t n_busy_spares;      /* loop: how many */
+    ymo_kept_t busy_spares;    /* loop: busy parts of connections kept
+                                * for reuse (conn.c, conn_busy_new) */
     ymo_spares_t spares;       /* response buckets of YMO_SPARE_BUCKET
                                 * bytes for reuse (bucket.h): any thread,
                                 * under its own lock */

@@ -37,7 +37,7 @@ static size_t
 count(ymo_spares_t *sp)
 {
     pthread_mutex_lock(&sp->lock);
-    size_t n = sp->count;
+    size_t n = sp->kept.count;
     pthread_mutex_unlock(&sp->lock);
     return n;
 }
