@@ -339,9 +339,9 @@ ymo_wsgi_environ_template(struct ymo_wsgi_app *app, size_t listener,
         goto fail;
     }
     PyObject *per_request[] = {
-        st->k_request_method, st->k_path_info, st->k_query_string,
-        st->k_raw_uri, st->k_server_protocol, st->k_remote_addr,
-        st->k_remote_port, st->k_wsgi_input, st->k_client_gone,
+        st->k_request_method, st->k_path_info, st->k_raw_uri,
+        st->k_remote_addr, st->k_remote_port, st->k_wsgi_input,
+        st->k_client_gone,
     };
     for (size_t i = 0; i < sizeof(per_request) / sizeof(*per_request);
          i++) {
@@ -349,7 +349,11 @@ ymo_wsgi_environ_template(struct ymo_wsgi_app *app, size_t listener,
             goto fail;
         }
     }
-    if (PyDict_SetItem(env, st->k_script_name, st->v_empty) < 0 ||
+    /* What most requests have, so that they need not set it: no query,
+     * HTTP/1.1 (ymo_wsgi_environ sets the others). */
+    if (PyDict_SetItem(env, st->k_query_string, st->v_empty) < 0 ||
+        PyDict_SetItem(env, st->k_server_protocol, st->v_http11) < 0 ||
+        PyDict_SetItem(env, st->k_script_name, st->v_empty) < 0 ||
         PyDict_SetItem(env, st->k_server_name, server_name) < 0 ||
         PyDict_SetItem(env, st->k_server_port, server_port) < 0 ||
         PyDict_SetItem(env, st->k_server_software, st->v_software) < 0 ||
@@ -608,19 +612,20 @@ ymo_wsgi_environ(struct ymo_wsgi_app *app, ymo_exchange_t *ex,
             goto fail;
         }
     }
-    if (req->query_len == 0) {
-        SET(st->k_query_string, st->v_empty);
-    }
-    else if (set_latin1(env, st->k_query_string, req->query,
-                        req->query_len, NULL) < 0) {
+    /* The template's QUERY_STRING is empty, its SERVER_PROTOCOL
+     * HTTP/1.1. */
+    if (req->query_len > 0 &&
+        set_latin1(env, st->k_query_string, req->query, req->query_len,
+                   NULL) < 0) {
         goto fail;
     }
     if (set_latin1(env, st->k_raw_uri, req->target, req->target_len,
                    NULL) < 0) {
         goto fail;
     }
-    SET(st->k_server_protocol,
-        req->minor_version == 1 ? st->v_http11 : st->v_http10);
+    if (req->minor_version != 1) {
+        SET(st->k_server_protocol, st->v_http10);
+    }
     /* Only unix listeners take the server's name from the request. */
     if (ex->listener->is_unix && req->host_len > 0 &&
         set_unix_server(st, env, req->host, req->host_len) < 0) {
