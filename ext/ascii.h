@@ -62,6 +62,64 @@ ymo_ascii_ieq(const char *a, const char *lower, size_t n)
     return 1;
 }
 
+/* The top bit of each of w's bytes that lies in lo..hi (both below
+ * 0x80), the other bits clear: lower8's two compares without a carry. */
+static inline uint64_t
+ymo_ascii_in8(uint64_t w, unsigned lo, unsigned hi)
+{
+    uint64_t low7 = w & (0x7f * YMO_ASCII_ONES);
+    uint64_t ge_lo = low7 + (0x80 - lo) * YMO_ASCII_ONES;
+    uint64_t gt_hi = low7 + (0x80 - hi - 1) * YMO_ASCII_ONES;
+    return ge_lo & ~gt_hi & ~w & (0x80 * YMO_ASCII_ONES);
+}
+
+/* Top bits of w's printable ASCII bytes (' '..'~'): what a field value
+ * holds but for tabs and obs-text. */
+static inline uint64_t
+ymo_ascii_printable8(uint64_t w)
+{
+    return ymo_ascii_in8(w, 0x20, 0x7e);
+}
+
+/* Top bits of w's letters, digits and '-': what a field name holds but
+ * for the rarer token characters. */
+static inline uint64_t
+ymo_ascii_name8(uint64_t w)
+{
+    uint64_t low7 = w & (0x7f * YMO_ASCII_ONES);
+    return ymo_ascii_in8(w, '0', '9') |
+           (ymo_ascii_in8(low7 | (0x20 * YMO_ASCII_ONES), 'a', 'z') &
+            ~w) |
+           ymo_ascii_in8(w, '-', '-');
+}
+
+/* Whether every byte of a[0..n) has its top bit in in8(), eight at a
+ * time as ymo_ascii_ieq reads them (never a byte outside a[0..n)). 0
+ * also for n < 4: a "no" only sends the caller to its exact check. */
+static inline int
+ymo_ascii_all(const char *a, size_t n, uint64_t (*in8)(uint64_t))
+{
+    const uint64_t all = 0x80 * YMO_ASCII_ONES;
+    uint64_t x;
+    if (n >= 8) {
+        for (size_t i = 0; i + 8 < n; i += 8) {
+            memcpy(&x, a + i, 8);
+            if (in8(x) != all) {
+                return 0;
+            }
+        }
+        memcpy(&x, a + n - 8, 8);
+        return in8(x) == all;
+    }
+    if (n >= 4) {
+        uint32_t x0, x1;
+        memcpy(&x0, a, 4);
+        memcpy(&x1, a + n - 4, 4);
+        return in8(x0 | (uint64_t)x1 << 32) == all;
+    }
+    return 0;
+}
+
 /* a[0..n) against a lower-case string literal, lengths included (the
  * "" makes anything but a literal a compile error). */
 #define YMO_ASCII_IS(a, n, lit)                                            \

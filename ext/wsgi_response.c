@@ -73,6 +73,16 @@ typedef struct {
     ymo_bucket_t *pend_head;   /* built, not yet posted */
     ymo_bucket_t *pend_tail;
     size_t pend_len;
+    int body_whole;            /* the request body was all in and sound
+                                * when the exchange began (it stays so:
+                                * see build_head); set before the app
+                                * runs, then read only */
+    PyObject *write;           /* GIL builds: the write callable
+                                * start_response returns, made once and
+                                * kept with the object (it holds the
+                                * object: a cycle, which
+                                * start_response_keep and _drop break);
+                                * NULL until then */
 } StartResponseObject;
 
 /* Hex digits of v at p (a chunk size); returns the count. */
@@ -228,19 +238,25 @@ check_header(PyObject *item, const char **name, Py_ssize_t *nlen,
         PyErr_SetString(PyExc_ValueError, "empty header name");
         return -1;
     }
-    for (Py_ssize_t i = 0; i < *nlen; i++) {
-        if (!is_tchar[(unsigned char)(*name)[i]]) {
-            PyErr_Format(PyExc_ValueError, "invalid header name %R",
-                         PyTuple_GET_ITEM(item, 0));
-            return -1;
+    /* Eight bytes at a time for the usual names and values; byte by
+     * byte, exactly, when that finds a byte it does not vouch for. */
+    if (!ymo_ascii_all(*name, (size_t)*nlen, ymo_ascii_name8)) {
+        for (Py_ssize_t i = 0; i < *nlen; i++) {
+            if (!is_tchar[(unsigned char)(*name)[i]]) {
+                PyErr_Format(PyExc_ValueError, "invalid header name %R",
+                             PyTuple_GET_ITEM(item, 0));
+                return -1;
+            }
         }
     }
-    for (Py_ssize_t i = 0; i < *vlen; i++) {
-        if (is_ctl[(unsigned char)(*value)[i]]) {
-            PyErr_Format(PyExc_ValueError,
-                         "control character in value of header %R",
-                         PyTuple_GET_ITEM(item, 0));
-            return -1;
+    if (!ymo_ascii_all(*value, (size_t)*vlen, ymo_ascii_printable8)) {
+        for (Py_ssize_t i = 0; i < *vlen; i++) {
+            if (is_ctl[(unsigned char)(*value)[i]]) {
+                PyErr_Format(PyExc_ValueError,
+                             "control character in value of header %R",
+                             PyTuple_GET_ITEM(item, 0));
+                return -1;
+            }
         }
     }
     return 0;
@@ -467,12 +483,17 @@ build_head(StartResponseObject *self, size_t extra)
     int keep = req->keep_alive && !atomic_load(&ex->server->draining) &&
                ex->server->config.keepalive_timeout > 0 && !app_close;
     /* A request body not fully received by now cannot be told apart from
-     * the next request unless it is read to its end: do not reuse. */
-    pthread_mutex_lock(&ex->lock);
-    if (!ex->in_done || ex->in_error != 0) {
-        keep = 0;
+     * the next request unless it is read to its end: do not reuse. A body
+     * that was whole when the exchange began (no body at all, most
+     * often) still is: in_done is never unset, and in_error is set only
+     * while in_done is not. */
+    if (!self->body_whole) {
+        pthread_mutex_lock(&ex->lock);
+        if (!ex->in_done || ex->in_error != 0) {
+            keep = 0;
+        }
+        pthread_mutex_unlock(&ex->lock);
     }
-    pthread_mutex_unlock(&ex->lock);
     if (self->content_length < 0 && self->known_length >= 0 &&
         !(code < 200 || code == 204 || code == 304)) {
         self->content_length = self->known_length;
@@ -871,7 +892,18 @@ bad_length:
     self->called = 1;
     Py_XDECREF(old_status);
     Py_XDECREF(old_headers);
+#ifndef Py_GIL_DISABLED
+    /* One write callable for the life of the object, which a worker
+     * reuses from exchange to exchange (start_response_keep): making and
+     * freeing a bound method for every request cost about 200
+     * instructions. */
+    if (self->write == NULL) {
+        self->write = PyCFunction_New(&write_def, (PyObject *)self);
+    }
+    return Py_XNewRef(self->write);
+#else
     return PyCFunction_New(&write_def, (PyObject *)self);
+#endif
 }
 
 /* start_response(status, headers, exc_info=None), called once per request:
@@ -928,6 +960,7 @@ StartResponse_traverse(StartResponseObject *self, visitproc visit, void *arg)
     Py_VISIT(Py_TYPE(self));
     Py_VISIT(self->status);
     Py_VISIT(self->headers);
+    Py_VISIT(self->write);
     return 0;
 }
 
@@ -936,6 +969,7 @@ StartResponse_clear(StartResponseObject *self)
 {
     Py_CLEAR(self->status);
     Py_CLEAR(self->headers);
+    Py_CLEAR(self->write);
     return 0;
 }
 
@@ -1204,6 +1238,29 @@ is_head(const ymo_exchange_t *ex)
     return ex->req.method_len == 4 && memcmp(ex->req.method, "HEAD", 4) == 0;
 }
 
+#ifndef Py_GIL_DISABLED
+/* Whether only the worker holds sr: its own reference and, when sr has
+ * made its write callable, that callable's, which only sr holds. With
+ * the GIL, no thread can take a reference meanwhile. */
+static int
+start_response_unshared(StartResponseObject *sr)
+{
+    return sr->write == NULL ? Py_REFCNT(sr) == 1
+                             : Py_REFCNT(sr) == 2 &&
+                                   Py_REFCNT(sr->write) == 1;
+}
+#endif
+
+/* Let go of the worker's reference to sr, first cutting the cycle with
+ * its write callable: without the cycle, sr goes now (or when the app
+ * lets go of what it kept), not at the GC's next collection. */
+static void
+start_response_drop(StartResponseObject *sr)
+{
+    Py_CLEAR(sr->write);
+    Py_DECREF(sr);
+}
+
 static StartResponseObject *
 start_response_new(struct ymo_wsgi_app *app, ymo_wsgi_worker_t *worker,
                    ymo_exchange_t *ex)
@@ -1215,10 +1272,16 @@ start_response_new(struct ymo_wsgi_app *app, ymo_wsgi_worker_t *worker,
      * found it meanwhile; the count is checked all the same. */
     self = (StartResponseObject *)worker->spare_sr;
     worker->spare_sr = NULL;
-    if (self != NULL && Py_REFCNT(self) != 1) {
-        PyObject_GC_Track(self);
-        Py_DECREF(self);
-        self = NULL;
+    if (self != NULL) {
+        /* In the GC's sight again: the callable now, self below. */
+        if (self->write != NULL) {
+            PyObject_GC_Track(self->write);
+        }
+        if (!start_response_unshared(self)) {
+            PyObject_GC_Track(self);
+            start_response_drop(self);
+            self = NULL;
+        }
     }
 #else
     (void)worker;
@@ -1229,6 +1292,7 @@ start_response_new(struct ymo_wsgi_app *app, ymo_wsgi_worker_t *worker,
         if (self == NULL) {
             return NULL;
         }
+        self->write = NULL;
     }
     self->vectorcall = StartResponse_vectorcall;
     self->ex = ex;
@@ -1248,6 +1312,7 @@ start_response_new(struct ymo_wsgi_app *app, ymo_wsgi_worker_t *worker,
     self->body_sent = 0;
     self->pend_head = self->pend_tail = NULL;
     self->pend_len = 0;
+    self->body_whole = 0;       /* the caller says */
     PyObject_GC_Track(self);
     return self;
 }
@@ -1262,17 +1327,21 @@ static void
 start_response_keep(ymo_wsgi_worker_t *worker, StartResponseObject *sr)
 {
 #ifndef Py_GIL_DISABLED
-    if (worker->spare_sr == NULL && Py_REFCNT(sr) == 1 &&
+    if (worker->spare_sr == NULL && start_response_unshared(sr) &&
         sr->pend_head == NULL && sr->ex == NULL) {
         /* (The app's status and headers: str and tuples that free no
          * Python object of ours.) */
         Py_CLEAR(sr->status);
         Py_CLEAR(sr->headers);
-        if (Py_REFCNT(sr) == 1 && worker->spare_sr == NULL) {
-            /* Untracked while kept: gc.get_objects() on a thread of the
-             * app would hand it out, and its holder could then answer the
+        if (start_response_unshared(sr) && worker->spare_sr == NULL) {
+            /* Untracked while kept, with its write callable (whose
+             * __self__ it is): gc.get_objects() on a thread of the app
+             * would hand them out, and their holder could then answer the
              * next request this worker runs (review of b4c4c43). */
             PyObject_GC_UnTrack(sr);
+            if (sr->write != NULL) {
+                PyObject_GC_UnTrack(sr->write);
+            }
             worker->spare_sr = (PyObject *)sr;
             return;
         }
@@ -1280,7 +1349,24 @@ start_response_keep(ymo_wsgi_worker_t *worker, StartResponseObject *sr)
 #else
     (void)worker;
 #endif
-    Py_DECREF(sr);
+    start_response_drop(sr);
+}
+
+/* At the worker's end: the StartResponse it kept, if any. */
+void
+ymo_wsgi_start_response_free(ymo_wsgi_worker_t *worker)
+{
+    StartResponseObject *sr = (StartResponseObject *)worker->spare_sr;
+    worker->spare_sr = NULL;
+    if (sr != NULL) {
+        /* Tracked again, so that both go through their usual deallocs
+         * (which untrack what is tracked). */
+        PyObject_GC_Track(sr);
+        if (sr->write != NULL) {
+            PyObject_GC_Track(sr->write);
+        }
+        start_response_drop(sr);
+    }
 }
 
 /* A new reference to environ[key], or NULL (no error set). Never a
@@ -1698,6 +1784,7 @@ ymo_wsgi_run_exchange(struct ymo_wsgi_app *app, ymo_wsgi_worker_t *worker,
     ymo_module_state *st = app->st;
     pthread_mutex_lock(&ex->lock);
     int aborted = ex->aborted;
+    int body_whole = ex->in_done && ex->in_error == 0;
     pthread_mutex_unlock(&ex->lock);
     if (aborted) {
         /* The client went away while the request waited for a worker: no
@@ -1741,6 +1828,7 @@ ymo_wsgi_run_exchange(struct ymo_wsgi_app *app, ymo_wsgi_worker_t *worker,
     if (sr == NULL) {
         goto internal_error;
     }
+    sr->body_whole = body_whole;
     PyObject *args[2] = {environ, (PyObject *)sr};
     result = PyObject_Vectorcall(app->app, args, 2, NULL);
     YMO_FORK_GUARD(ex->server);

@@ -797,7 +797,7 @@ worker_main(void *arg)
     standby_done(self->server);
     PyEval_RestoreThread(ts);
     ymo_wsgi_values_clear(self->values);
-    Py_CLEAR(self->spare_sr);
+    ymo_wsgi_start_response_free(self);
     PyGILState_Release(gstate);
     /* Last: the watchdog may join this thread and reuse the slot. */
     atomic_store(&self->exited, 1);

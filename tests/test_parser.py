@@ -146,6 +146,29 @@ def test_spare_buckets_c(tmp_path):
     assert proc.stdout.strip().splitlines()[-1].endswith(" 0 failed"), output
 
 
+ASCII_TEST = os.path.join(ROOT, "tests", "ascii", "test_ascii.c")
+
+
+def test_ascii_checks_c(tmp_path):
+    """ext/ascii.h's eight-at-a-time checks of response field names and
+    values (start_response's fast path) against their byte-by-byte
+    definitions: every byte at every position of every length to 40, each
+    input in a block of its own length, under ASan and UBSan."""
+    if shutil.which("gcc") is None:
+        pytest.skip("gcc is not installed")
+    exe = str(tmp_path / "test_ascii")
+    _compile("gcc", [*WARNINGS, "-g", "-O1", "-fsanitize=address,undefined",
+                     "-fno-sanitize-recover=all", "-I", EXT, ASCII_TEST,
+                     "-o", exe], tmp_path)
+    env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
+    proc = subprocess.run([exe], cwd=tmp_path, capture_output=True,
+                          text=True, errors="replace", env=env,
+                          timeout=TIMEOUT)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, output
+    assert proc.stdout.strip().splitlines()[-1].endswith(" 0 failed"), output
+
+
 PROXY = os.path.join(EXT, "proxy_protocol.c")
 PROXY_TEST = os.path.join(ROOT, "tests", "proxy", "test_proxy_protocol.c")
 

@@ -1127,6 +1127,39 @@ def test_a_kept_start_response_is_out_of_the_gcs_sight(yimmo_server):
     held.clear()
 
 
+def test_start_response_objects_the_app_let_go_are_freed_without_the_gc(
+        yimmo_server):
+    """start_response and its write callable hold each other (one write
+    callable per object): when the app kept the callable for a while, the
+    worker cuts that cycle, so the pair is freed as soon as the app lets
+    go, not at the GC's next collection (here, with the GC off: never)."""
+    import gc
+    kept = {}
+
+    def app(environ, start_response):
+        kept["write"] = start_response("200 OK", [("Content-Length", "2")])
+        return [b"ok"]
+
+    def tracked():
+        return sum(1 for o in gc.get_objects()
+                   if type(o).__name__ == "StartResponse")
+
+    server = yimmo_server(app, workers=1)
+    gc.collect()
+    before = tracked()
+    gc.disable()
+    try:
+        with connect(server.address) as sock:
+            for _ in range(50):
+                assert request(sock, "GET", "/").body == b"ok"
+        time.sleep(0.2)
+        # The last one is still the app's; the others are gone.
+        assert tracked() - before <= 2, tracked() - before
+    finally:
+        gc.enable()
+        kept.clear()
+
+
 def test_one_worker_alternating_responses_keep_nothing_from_the_last(
         yimmo_server):
     """On one worker (so each exchange gets the start_response object the
