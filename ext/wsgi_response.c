@@ -1293,12 +1293,17 @@ start_response_new(struct ymo_wsgi_app *app, ymo_wsgi_worker_t *worker,
             return NULL;
         }
         self->write = NULL;
+        self->status = NULL;
+        self->headers = NULL;
+    }
+    else {
+        /* Cleared when kept; let go of anything all the same. */
+        Py_CLEAR(self->status);
+        Py_CLEAR(self->headers);
     }
     self->vectorcall = StartResponse_vectorcall;
     self->ex = ex;
     self->app = app;
-    self->status = NULL;
-    self->headers = NULL;
     self->called = self->head_built = 0;
     self->status_code = 0;
     self->no_body = self->chunked = self->keep_alive = 0;
@@ -1327,6 +1332,15 @@ static void
 start_response_keep(ymo_wsgi_worker_t *worker, StartResponseObject *sr)
 {
 #ifndef Py_GIL_DISABLED
+    if (sr->write != NULL &&
+        ((PyCFunctionObject *)sr->write)->m_weakreflist != NULL) {
+        /* Weak references do not count: one the app keeps (a WeakSet of
+         * open streams' writers, a WeakKeyDictionary keyed by write)
+         * would reach the next request's response (hostile review of
+         * ec4bbea). The callable goes, and its weak references with it,
+         * as when every response had its own. */
+        Py_CLEAR(sr->write);
+    }
     if (worker->spare_sr == NULL && start_response_unshared(sr) &&
         sr->pend_head == NULL && sr->ex == NULL) {
         /* (The app's status and headers: str and tuples that free no

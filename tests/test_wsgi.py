@@ -1127,6 +1127,39 @@ def test_a_kept_start_response_is_out_of_the_gcs_sight(yimmo_server):
     held.clear()
 
 
+def test_a_write_callable_held_weakly_ends_with_its_response(
+        yimmo_server):
+    """A weak reference to write (a WeakSet of open streams' writers, a
+    WeakKeyDictionary keyed by write) does not keep it: once its response
+    is over the reference is dead, and neither reaches a later request's
+    response on the same worker (hostile review of ec4bbea: a broadcast
+    to a finished stream went into the next client's response)."""
+    import weakref
+    writers = weakref.WeakSet()
+    state = weakref.WeakKeyDictionary()
+    seen, alive = [], []
+
+    def app(environ, start_response):
+        write = start_response("200 OK", [("Content-Type", "text/plain")])
+        alive.append(len(writers))
+        for old in list(writers):
+            try:
+                old(b"BROADCAST|")
+            except RuntimeError:
+                pass
+        seen.append(state.get(write))
+        writers.add(write)
+        state[write] = environ["PATH_INFO"]
+        return [environ["PATH_INFO"].encode()]
+
+    server = yimmo_server(app, workers=1)
+    for path in ("/alice", "/bob", "/carol"):
+        with connect(server.address) as sock:
+            assert request(sock, "GET", path).body == path.encode()
+    assert alive == [0, 0, 0], alive
+    assert seen == [None, None, None], seen
+
+
 def test_start_response_objects_the_app_let_go_are_freed_without_the_gc(
         yimmo_server):
     """start_response and its write callable hold each other (one write
