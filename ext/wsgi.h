@@ -167,10 +167,11 @@ void ymo_wsgi_forked_exit(void) __attribute__((noreturn, cold));
 #define YMO_FORK_GUARD_FT(s) ((void)0)
 #endif
 
-/* GIL held: run one exchange to completion (app call, body, close()). */
 /* At a worker's end, with its thread state attached: the StartResponse
  * object it kept for its next exchange, if any (worker->spare_sr). */
 void ymo_wsgi_start_response_free(ymo_wsgi_worker_t *worker);
+
+/* GIL held: run one exchange to completion (app call, body, close()). */
 void ymo_wsgi_run_exchange(struct ymo_wsgi_app *app,
                            ymo_wsgi_worker_t *worker, ymo_exchange_t *ex);
 

@@ -896,14 +896,16 @@ bad_length:
     /* One write callable for the life of the object, which a worker
      * reuses from exchange to exchange (start_response_keep): making and
      * freeing a bound method for every request cost about 200
-     * instructions. */
-    if (self->write == NULL) {
-        self->write = PyCFunction_New(&write_def, (PyObject *)self);
+     * instructions. Not for a call after the exchange (a start_response
+     * the app kept): no one would cut the cycle but the GC. */
+    if (self->ex != NULL) {
+        if (self->write == NULL) {
+            self->write = PyCFunction_New(&write_def, (PyObject *)self);
+        }
+        return Py_XNewRef(self->write);
     }
-    return Py_XNewRef(self->write);
-#else
-    return PyCFunction_New(&write_def, (PyObject *)self);
 #endif
+    return PyCFunction_New(&write_def, (PyObject *)self);
 }
 
 /* start_response(status, headers, exc_info=None), called once per request:

@@ -1160,6 +1160,41 @@ def test_a_write_callable_held_weakly_ends_with_its_response(
     assert seen == [None, None, None], seen
 
 
+def test_start_response_called_after_its_exchange_leaves_no_cycle(
+        yimmo_server):
+    """start_response kept by the app and called after its exchange ended
+    (with exc_info, so the call is allowed) returns a write callable of
+    its own, which the object does not keep: the two go when the app lets
+    go of them, without the GC (review of ec4bbea)."""
+    import gc
+    import sys
+    import weakref
+    kept = []
+
+    def app(environ, start_response):
+        kept.append(start_response)
+        return []       # never calls it: the server answers 500
+
+    server = yimmo_server(app, workers=1)
+    with connect(server.address) as sock:
+        assert request(sock, "GET", "/").status == 500
+    time.sleep(0.2)
+    start_response = kept.pop()
+    try:
+        raise ValueError("late")
+    except ValueError:
+        write = start_response("200 OK", [], sys.exc_info())
+    with pytest.raises(RuntimeError):
+        write(b"too late")
+    ref = weakref.ref(write)
+    gc.disable()
+    try:
+        del write, start_response
+        assert ref() is None
+    finally:
+        gc.enable()
+
+
 def test_start_response_objects_the_app_let_go_are_freed_without_the_gc(
         yimmo_server):
     """start_response and its write callable hold each other (one write
