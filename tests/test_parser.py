@@ -119,6 +119,19 @@ def test_queue_handoff_under_thread_sanitizer(tmp_path):
     assert proc.stdout.strip() == "ok 2000000", output
 
 
+def _run_sanitized(exe, tmp_path):
+    """Run a C test built with ASan (its own runtime: no LD_PRELOAD of
+    Python's, leak check on) to "... 0 failed" and exit status 0."""
+    env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
+    env.setdefault("ASAN_OPTIONS", "abort_on_error=0:detect_leaks=1")
+    proc = subprocess.run([exe], cwd=tmp_path, capture_output=True,
+                          text=True, errors="replace", env=env,
+                          timeout=TIMEOUT)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, output
+    assert proc.stdout.strip().splitlines()[-1].endswith(" 0 failed"), output
+
+
 SPARES_TEST = os.path.join(ROOT, "tests", "queue", "test_spares.c")
 
 
@@ -136,14 +149,7 @@ def test_spare_buckets_c(tmp_path):
                      "-fno-sanitize-recover=all", "-I", EXT, SPARES_TEST,
                      os.path.join(EXT, "bucket.c"), "-lpthread", "-o", exe],
              tmp_path)
-    env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
-    env.setdefault("ASAN_OPTIONS", "abort_on_error=0:detect_leaks=1")
-    proc = subprocess.run([exe], cwd=tmp_path, capture_output=True,
-                          text=True, errors="replace", env=env,
-                          timeout=TIMEOUT)
-    output = proc.stdout + proc.stderr
-    assert proc.returncode == 0, output
-    assert proc.stdout.strip().splitlines()[-1].endswith(" 0 failed"), output
+    _run_sanitized(exe, tmp_path)
 
 
 ASCII_TEST = os.path.join(ROOT, "tests", "ascii", "test_ascii.c")
@@ -160,13 +166,7 @@ def test_ascii_checks_c(tmp_path):
     _compile("gcc", [*WARNINGS, "-g", "-O1", "-fsanitize=address,undefined",
                      "-fno-sanitize-recover=all", "-I", EXT, ASCII_TEST,
                      "-o", exe], tmp_path)
-    env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
-    proc = subprocess.run([exe], cwd=tmp_path, capture_output=True,
-                          text=True, errors="replace", env=env,
-                          timeout=TIMEOUT)
-    output = proc.stdout + proc.stderr
-    assert proc.returncode == 0, output
-    assert proc.stdout.strip().splitlines()[-1].endswith(" 0 failed"), output
+    _run_sanitized(exe, tmp_path)
 
 
 PROXY = os.path.join(EXT, "proxy_protocol.c")
