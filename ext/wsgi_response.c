@@ -1253,6 +1253,30 @@ start_response_unshared(StartResponseObject *sr)
 }
 #endif
 
+#ifndef Py_GIL_DISABLED
+/* sr and its write callable (whose __self__ it is) out of the GC's sight
+ * while the worker keeps them, and back: gc.get_objects() on a thread of
+ * the app would hand them out, and their holder could then answer the
+ * next request this worker runs (review of b4c4c43). */
+static void
+start_response_hide(StartResponseObject *sr)
+{
+    PyObject_GC_UnTrack(sr);
+    if (sr->write != NULL) {
+        PyObject_GC_UnTrack(sr->write);
+    }
+}
+
+static void
+start_response_show(StartResponseObject *sr)
+{
+    PyObject_GC_Track(sr);
+    if (sr->write != NULL) {
+        PyObject_GC_Track(sr->write);
+    }
+}
+#endif
+
 /* Let go of the worker's reference to sr, first cutting the cycle with
  * its write callable: without the cycle, sr goes now (or when the app
  * lets go of what it kept), not at the GC's next collection. */
@@ -1265,7 +1289,7 @@ start_response_drop(StartResponseObject *sr)
 
 static StartResponseObject *
 start_response_new(struct ymo_wsgi_app *app, ymo_wsgi_worker_t *worker,
-                   ymo_exchange_t *ex)
+                   ymo_exchange_t *ex, int body_whole)
 {
     StartResponseObject *self = NULL;
 #ifndef Py_GIL_DISABLED
@@ -1275,12 +1299,8 @@ start_response_new(struct ymo_wsgi_app *app, ymo_wsgi_worker_t *worker,
     self = (StartResponseObject *)worker->spare_sr;
     worker->spare_sr = NULL;
     if (self != NULL) {
-        /* In the GC's sight again: the callable now, self below. */
-        if (self->write != NULL) {
-            PyObject_GC_Track(self->write);
-        }
+        start_response_show(self);
         if (!start_response_unshared(self)) {
-            PyObject_GC_Track(self);
             start_response_drop(self);
             self = NULL;
         }
@@ -1297,6 +1317,7 @@ start_response_new(struct ymo_wsgi_app *app, ymo_wsgi_worker_t *worker,
         self->write = NULL;
         self->status = NULL;
         self->headers = NULL;
+        PyObject_GC_Track(self);
     }
     else {
         /* Cleared when kept; let go of anything all the same. */
@@ -1319,8 +1340,7 @@ start_response_new(struct ymo_wsgi_app *app, ymo_wsgi_worker_t *worker,
     self->body_sent = 0;
     self->pend_head = self->pend_tail = NULL;
     self->pend_len = 0;
-    self->body_whole = 0;       /* the caller says */
-    PyObject_GC_Track(self);
+    self->body_whole = body_whole;
     return self;
 }
 
@@ -1350,14 +1370,7 @@ start_response_keep(ymo_wsgi_worker_t *worker, StartResponseObject *sr)
         Py_CLEAR(sr->status);
         Py_CLEAR(sr->headers);
         if (start_response_unshared(sr) && worker->spare_sr == NULL) {
-            /* Untracked while kept, with its write callable (whose
-             * __self__ it is): gc.get_objects() on a thread of the app
-             * would hand them out, and their holder could then answer the
-             * next request this worker runs (review of b4c4c43). */
-            PyObject_GC_UnTrack(sr);
-            if (sr->write != NULL) {
-                PyObject_GC_UnTrack(sr->write);
-            }
+            start_response_hide(sr);
             worker->spare_sr = (PyObject *)sr;
             return;
         }
@@ -1375,12 +1388,9 @@ ymo_wsgi_start_response_free(ymo_wsgi_worker_t *worker)
     StartResponseObject *sr = (StartResponseObject *)worker->spare_sr;
     worker->spare_sr = NULL;
     if (sr != NULL) {
-        /* Tracked again, so that both go through their usual deallocs
-         * (which untrack what is tracked). */
-        PyObject_GC_Track(sr);
-        if (sr->write != NULL) {
-            PyObject_GC_Track(sr->write);
-        }
+#ifndef Py_GIL_DISABLED
+        start_response_show(sr);    /* for their usual deallocs */
+#endif
         start_response_drop(sr);
     }
 }
@@ -1840,11 +1850,10 @@ ymo_wsgi_run_exchange(struct ymo_wsgi_app *app, ymo_wsgi_worker_t *worker,
     if (PyDict_SetItem(environ, st->k_client_gone, input) < 0) {
         goto internal_error;
     }
-    sr = start_response_new(app, worker, ex);
+    sr = start_response_new(app, worker, ex, body_whole);
     if (sr == NULL) {
         goto internal_error;
     }
-    sr->body_whole = body_whole;
     PyObject *args[2] = {environ, (PyObject *)sr};
     result = PyObject_Vectorcall(app->app, args, 2, NULL);
     YMO_FORK_GUARD(ex->server);
