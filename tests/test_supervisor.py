@@ -284,6 +284,16 @@ def test_kill9_replaced_within_2s_only_inflight_requests_fail(tmp_path):
                 time.sleep(0.01)
             n = len(load.snapshot())
             load.wait_count(n + 200)
+            new = set(wait_children(proc.proc.pid, 2)) - set(kids)
+            assert len(new) == 1
+            # The new process serves. Which process accepts a connection
+            # is the kernel's choice; on a loaded machine the old one was
+            # seen to take all of the first 200, so wait (bounded) for the
+            # new one's first response rather than count a fixed number.
+            deadline = time.monotonic() + 10
+            while not new <= load.pids():
+                assert time.monotonic() < deadline, (new, load.pids())
+                time.sleep(0.02)
         assert proc.wait_for_line(r"Server process %d was killed by SIGKILL"
                                   % victim)
         failures = load.failures()
@@ -298,9 +308,6 @@ def test_kill9_replaced_within_2s_only_inflight_requests_fail(tmp_path):
             assert t >= killed_at, (rid, error)
         # At most one request in flight per client thread.
         assert len(failures) <= 4, failures
-        new = set(wait_children(proc.proc.pid, 2)) - set(kids)
-        assert len(new) == 1
-        assert new <= load.pids()
         assert stop(proc) == 0
 
 
