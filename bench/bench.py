@@ -754,6 +754,7 @@ def measure(server, args, logs, load=None):
     # The machine's state just before this server starts and just after it
     # is gone (cross_cpu_us: not while it may still be busy).
     xcpu_before = cross_cpu_us()
+    harness = os.sched_getaffinity(0)   # given back whatever happens
     proc = start(server, port, logs, args.ref_dir)
     try:
         if not wait_ready(proc, port, args.start_timeout):
@@ -774,7 +775,6 @@ def measure(server, args, logs, load=None):
         # responses (p99 of the new-connection row 0.3-0.4 ms higher for
         # yimmo; bench/README.md, "The harness on wrk's CPU"). The sampler
         # thread inherits this thread's CPUs.
-        harness = os.sched_getaffinity(0)
         if can_pin():
             os.sched_setaffinity(0, {int(CLIENT_CPU)})
         sampler = RssSampler(proc.pid, port)
@@ -789,12 +789,12 @@ def measure(server, args, logs, load=None):
             after = (tree_cpu_seconds(proc.pid), children_cpu_seconds(),
                      machine_busy_seconds())
             rss_peak = sampler.stop()
-            os.sched_setaffinity(0, harness)
         wall = time.monotonic() - started
         if proc.poll() is not None:
             raise RuntimeError("exited during the run%s"
                                % exited(proc, logs, server))
     finally:
+        os.sched_setaffinity(0, harness)
         stop(proc)
     xcpu = max(xcpu_before, cross_cpu_us())
     server_cpu, wrk_cpu, busy = (a - b for a, b in zip(after, before))
