@@ -280,6 +280,7 @@ Core_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
     }
     self->app.st = st;
     self->app.server = &self->server;
+    self->app.core = (PyObject *)self;
     self->app.app = Py_NewRef(app);
     self->app.log_error = Py_NewRef(log_error);
     /* None: the watchdog's lines go to log_error(message, None). */

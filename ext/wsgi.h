@@ -115,6 +115,14 @@ int ymo_environ_state_init(ymo_module_state *st);
 struct ymo_wsgi_app {
     ymo_module_state *st;
     ymo_server_t *server;
+    PyObject *core;            /* the Core object this struct is part of
+                                * (borrowed: it owns the struct). What the
+                                * app may keep past its exchange and that
+                                * reaches the server's memory (wsgi.input,
+                                * start_response and its write callable)
+                                * holds a strong reference to it, so the
+                                * server is not freed under them (C review
+                                * of 481a78b) */
     PyObject *app;
     PyObject *log_error;       /* callable(message, exc_info) */
     PyObject *log_access;      /* callable(environ, status, length,
@@ -251,10 +259,10 @@ extern PyType_Spec ymo_input_spec;
 extern PyType_Spec ymo_start_response_spec;
 extern PyType_Spec ymo_file_wrapper_spec;
 
-/* wsgi.input for ex (it keeps a reference to ex for its life). GIL
- * held. */
-PyObject *ymo_input_new(ymo_module_state *st, ymo_exchange_t *ex,
-                        size_t low_water);
+/* wsgi.input for ex (it keeps a reference to ex, and one to core, the
+ * Core object whose server ex belongs to, for its life). GIL held. */
+PyObject *ymo_input_new(ymo_module_state *st, PyObject *core,
+                        ymo_exchange_t *ex, size_t low_water);
 
 /* A wsgi.input object is callable: calling it is
  * environ["yimmo.client_gone"](). */

@@ -18,11 +18,22 @@
 typedef struct {
     PyObject_HEAD
     ymo_exchange_t *ex;        /* immutable */
+    PyObject *core;            /* immutable: the Core whose server ex
+                                * belongs to. An app may keep this object
+                                * after the server has stopped and the
+                                * Server is gone: a read then still looks
+                                * at the server (the fork guard) and frees
+                                * body buckets into its spares, and the
+                                * exchange's release does too, so the
+                                * server's memory must stay until both are
+                                * done (C review of 481a78b: a late read
+                                * read freed memory) */
     size_t low_water;          /* ask the loop for more below this */
 } InputObject;
 
 PyObject *
-ymo_input_new(ymo_module_state *st, ymo_exchange_t *ex, size_t low_water)
+ymo_input_new(ymo_module_state *st, PyObject *core, ymo_exchange_t *ex,
+              size_t low_water)
 {
     InputObject *self = PyObject_New(InputObject, st->Input_type);
     if (self == NULL) {
@@ -30,6 +41,7 @@ ymo_input_new(ymo_module_state *st, ymo_exchange_t *ex, size_t low_water)
     }
     ymo_exchange_retain(ex);
     self->ex = ex;
+    self->core = Py_NewRef(core);
     self->low_water = low_water;
     return (PyObject *)self;
 }
@@ -38,9 +50,12 @@ static void
 Input_dealloc(InputObject *self)
 {
     PyTypeObject *tp = Py_TYPE(self);
+    PyObject *core = self->core;
+    /* The exchange first: its release frees into the server's memory. */
     ymo_exchange_release(self->ex);
     PyObject_Free(self);
     Py_DECREF(tp);
+    Py_DECREF(core);
 }
 
 /* Read into buf with the GIL released. Returns bytes read (0 at the end)

@@ -48,9 +48,18 @@ typedef struct {
     PyObject_HEAD
     vectorcallfunc vectorcall;
     ymo_exchange_t *ex;        /* NULL once the exchange has finished */
-    struct ymo_wsgi_app *app;
+    struct ymo_wsgi_app *app;  /* part of core */
+    PyObject *core;            /* a strong reference to the Core app is
+                                * part of, set when the object is made (a
+                                * kept one serves the same worker, so the
+                                * same Core): the app may keep the object
+                                * or its write callable after the server
+                                * stopped and the Server went, and a call
+                                * then still reads app (free-threaded:
+                                * the fork guard; C review of 481a78b) */
     PyObject *status;          /* from start_response */
-    PyObject *headers;
+    PyObject *headers;         /* a tuple: the checked copy of the app's
+                                * list (build_head trusts it) */
     int called;                /* start_response was called */
     int head_built;            /* the head is in the output: "sent" */
     int status_code;
@@ -413,10 +422,10 @@ build_head(StartResponseObject *self, size_t extra)
     if (latin1_view(self->status, "status", &s, &slen) < 0) {
         return -1;
     }
-    Py_ssize_t nh = PyList_GET_SIZE(self->headers);
+    Py_ssize_t nh = PyTuple_GET_SIZE(self->headers);
     size_t size = 9 + (size_t)slen + 2 + 160;
     for (Py_ssize_t i = 0; i < nh; i++) {
-        PyObject *item = PyList_GET_ITEM(self->headers, i);
+        PyObject *item = PyTuple_GET_ITEM(self->headers, i);
         size += (size_t)PyUnicode_GET_LENGTH(PyTuple_GET_ITEM(item, 0)) +
                 (size_t)PyUnicode_GET_LENGTH(PyTuple_GET_ITEM(item, 1)) + 4;
     }
@@ -437,9 +446,9 @@ build_head(StartResponseObject *self, size_t extra)
     int no_length = code < 200 || code == 204;
     int app_close = 0, has_date = 0, has_server = 0;
     for (Py_ssize_t i = 0; i < nh; i++) {
-        /* Checked by start_response; the list is our own copy and its
-         * tuples and strings cannot change. */
-        PyObject *item = PyList_GET_ITEM(self->headers, i);
+        /* Checked by start_response; the tuple is our own copy, and
+         * neither it nor its tuples and strings can change. */
+        PyObject *item = PyTuple_GET_ITEM(self->headers, i);
         PyObject *n_obj = PyTuple_GET_ITEM(item, 0);
         PyObject *v_obj = PyTuple_GET_ITEM(item, 1);
         const char *name = (const char *)PyUnicode_DATA(n_obj);
@@ -819,20 +828,24 @@ start_response(StartResponseObject *self, PyObject *status,
     }
     /* A copy, made first and then checked: the app may change its list
      * after the call, or (free-threaded) from another thread during it;
-     * PyList_GetSlice takes the list's own critical section. Even a list
+     * PyList_AsTuple takes the list's own critical section. Even a list
      * whose only reference is the call's may be the app's: the one in a
      * tuple passed as start_response(*args), or in a functools.partial,
-     * has a reference count of 1 too. */
-    PyObject *copy = PyList_GetSlice(headers, 0, PY_SSIZE_T_MAX);
+     * has a reference count of 1 too. A tuple, not a list: the copy is
+     * reachable too (gc.get_referrers of a header tuple, get_referents of
+     * start_response), and a list could be changed after the checks
+     * (C review of 481a78b: an item that was not a tuple crashed
+     * build_head, a value with CR LF split the response). */
+    PyObject *copy = PyList_AsTuple(headers);
     if (copy == NULL) {
         return NULL;
     }
     headers = copy;
     long long cl = -1;
-    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(headers); i++) {
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(headers); i++) {
         const char *name, *value;
         Py_ssize_t nlen, vlen;
-        if (check_header(PyList_GET_ITEM(headers, i), &name, &nlen, &value,
+        if (check_header(PyTuple_GET_ITEM(headers, i), &name, &nlen, &value,
                          &vlen) < 0) {
             Py_DECREF(copy);
             return NULL;
@@ -855,7 +868,7 @@ start_response(StartResponseObject *self, PyObject *status,
             continue;
 bad_length:
             PyErr_Format(PyExc_ValueError, "bad Content-Length %R",
-                         PyTuple_GET_ITEM(PyList_GET_ITEM(headers, i), 1));
+                         PyTuple_GET_ITEM(PyTuple_GET_ITEM(headers, i), 1));
             Py_DECREF(copy);
             return NULL;
         }
@@ -868,7 +881,28 @@ bad_length:
             PyErr_Format(PyExc_ValueError,
                          "hop-by-hop header %R is the server's business "
                          "(PEP 3333)", PyTuple_GET_ITEM(
-                             PyList_GET_ITEM(headers, i), 0));
+                             PyTuple_GET_ITEM(headers, i), 0));
+            Py_DECREF(copy);
+            return NULL;
+        }
+    }
+    /* The write callable before the commit, which must not fail after
+     * (C review of 481a78b: a MemoryError here left the call half done,
+     * its status sent and a retry refused as a second call). One for
+     * the life of the object, which a worker reuses from exchange to
+     * exchange (start_response_keep): making and freeing a bound method
+     * for every request cost about 200 instructions; on a free-threaded
+     * build, and after the exchange, one per call. */
+    PyObject *write;
+#ifndef Py_GIL_DISABLED
+    if (self->ex != NULL && self->write != NULL) {
+        write = Py_NewRef(self->write);
+    }
+    else
+#endif
+    {
+        write = PyCFunction_New(&write_def, (PyObject *)self);
+        if (write == NULL) {
             Py_DECREF(copy);
             return NULL;
         }
@@ -876,10 +910,12 @@ bad_length:
     /* Asked again: copying the list took its lock, and waiting for it
      * (free-threaded: another thread of the app changing the list)
      * suspends self's critical section, so a start_response() on another
-     * thread, or the worker building the head, may have run meanwhile.
-     * From here to the commit nothing can suspend it: the old values are
-     * released only after. */
+     * thread, or the worker building the head, may have run meanwhile;
+     * with the GIL, the allocations may have run a collection and the
+     * app's finalizers. From here to the commit nothing can suspend it:
+     * the old values are released only after. */
     if (start_response_refused(self, exc_info) == NULL) {
+        Py_DECREF(write);
         Py_DECREF(copy);
         return NULL;
     }
@@ -893,19 +929,16 @@ bad_length:
     Py_XDECREF(old_status);
     Py_XDECREF(old_headers);
 #ifndef Py_GIL_DISABLED
-    /* One write callable for the life of the object, which a worker
-     * reuses from exchange to exchange (start_response_keep): making and
-     * freeing a bound method for every request cost about 200
-     * instructions. Not for a call after the exchange (a start_response
-     * the app kept): no one would cut the cycle but the GC. */
-    if (self->ex != NULL) {
-        if (self->write == NULL) {
-            self->write = PyCFunction_New(&write_def, (PyObject *)self);
-        }
-        return Py_XNewRef(self->write);
+    /* Kept only while the exchange runs, looked at after whatever could
+     * run the app's code above (the releases; the allocation's
+     * collection): the worker cuts the cycle at the exchange's end
+     * (start_response_keep), and for a call after it (a start_response
+     * the app kept) no one would but the GIL. */
+    if (self->ex != NULL && self->write == NULL) {
+        self->write = Py_NewRef(write);
     }
 #endif
-    return PyCFunction_New(&write_def, (PyObject *)self);
+    return write;
 }
 
 /* start_response(status, headers, exc_info=None), called once per request:
@@ -979,11 +1012,16 @@ static void
 StartResponse_dealloc(StartResponseObject *self)
 {
     PyTypeObject *tp = Py_TYPE(self);
+    PyObject *core = self->core;
     PyObject_GC_UnTrack(self);
     StartResponse_clear(self);
     ymo_wsgi_free_chain(self->pend_head);
     tp->tp_free(self);
     Py_DECREF(tp);
+    /* Last: what was pending may have been the server's memory. Not in
+     * tp_clear either (nor visited): the GC breaks a cycle through the
+     * Core at the Core. */
+    Py_DECREF(core);
 }
 
 static PyType_Slot StartResponse_slots[] = {
@@ -1317,9 +1355,12 @@ start_response_new(struct ymo_wsgi_app *app, ymo_wsgi_worker_t *worker,
         self->write = NULL;
         self->status = NULL;
         self->headers = NULL;
+        self->core = Py_NewRef(app->core);
         PyObject_GC_Track(self);
     }
     else {
+        /* (A worker's own: it serves one server, one Core.) */
+        assert(self->core == app->core);
         /* Cleared when kept; let go of anything all the same. */
         Py_CLEAR(self->status);
         Py_CLEAR(self->headers);
@@ -1344,6 +1385,16 @@ start_response_new(struct ymo_wsgi_app *app, ymo_wsgi_worker_t *worker,
     return self;
 }
 
+#ifndef Py_GIL_DISABLED
+/* Does a weak reference hold sr's write callable? */
+static int
+start_response_weakly_held(const StartResponseObject *sr)
+{
+    return sr->write != NULL &&
+           ((PyCFunctionObject *)sr->write)->m_weakreflist != NULL;
+}
+#endif
+
 /* At the end of an exchange: keep sr for the worker's next one when
  * nothing else holds it (the app kept neither start_response nor its
  * write callable, which holds it too), rather than free it and allocate
@@ -1354,22 +1405,30 @@ static void
 start_response_keep(ymo_wsgi_worker_t *worker, StartResponseObject *sr)
 {
 #ifndef Py_GIL_DISABLED
-    if (sr->write != NULL &&
-        ((PyCFunctionObject *)sr->write)->m_weakreflist != NULL) {
-        /* Weak references do not count: one the app keeps (a WeakSet of
-         * open streams' writers, a WeakKeyDictionary keyed by write)
-         * would reach the next request's response (hostile review of
-         * ec4bbea). The callable goes, and its weak references with it,
-         * as when every response had its own. */
-        Py_CLEAR(sr->write);
-    }
     if (worker->spare_sr == NULL && start_response_unshared(sr) &&
         sr->pend_head == NULL && sr->ex == NULL) {
-        /* (The app's status and headers: str and tuples that free no
-         * Python object of ours.) */
+        /* The app's status and headers may be str or tuple subclasses
+         * whose release runs its code (__del__, a weakref callback),
+         * which may find sr or write (the GC still sees them) and take a
+         * reference, a weak one, or call it. */
         Py_CLEAR(sr->status);
         Py_CLEAR(sr->headers);
-        if (start_response_unshared(sr) && worker->spare_sr == NULL) {
+        if (start_response_weakly_held(sr)) {
+            /* Weak references do not count: one the app keeps (a WeakSet
+             * of open streams' writers, a WeakKeyDictionary keyed by
+             * write) would reach the next request's response (hostile
+             * review of ec4bbea). The callable goes, and its weak
+             * references with it, as when every response had its own;
+             * their callbacks are the app's code too. */
+            Py_CLEAR(sr->write);
+        }
+        /* So everything is looked at again after the last of the app's
+         * code, and nothing runs from here to the hide (C review of
+         * 481a78b: a weak reference taken in a status's __del__ reached
+         * another client's response). */
+        if (worker->spare_sr == NULL && start_response_unshared(sr) &&
+            sr->status == NULL && sr->headers == NULL &&
+            sr->pend_head == NULL && !start_response_weakly_held(sr)) {
             start_response_hide(sr);
             worker->spare_sr = (PyObject *)sr;
             return;
@@ -1841,7 +1900,8 @@ ymo_wsgi_run_exchange(struct ymo_wsgi_app *app, ymo_wsgi_worker_t *worker,
     if (environ == NULL) {
         goto internal_error;
     }
-    input = ymo_input_new(st, ex, ex->server->config.in_high_water / 2);
+    input = ymo_input_new(st, app->core, ex,
+                          ex->server->config.in_high_water / 2);
     if (input == NULL || PyDict_SetItem(environ, st->k_wsgi_input,
                                         input) < 0) {
         goto internal_error;

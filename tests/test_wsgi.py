@@ -1195,6 +1195,212 @@ def test_start_response_called_after_its_exchange_leaves_no_cycle(
         gc.enable()
 
 
+def test_the_checked_headers_cannot_be_changed_through_the_gc(
+        yimmo_server):
+    """start_response checks a copy of the app's list, and the head is
+    built from that copy later: the copy must not be reachable as
+    something mutable. Found through gc.get_referrers of a header tuple,
+    a list copy took a value with CR LF after the checks (a header
+    injected into the response) or an item that is not a tuple (a crash
+    in build_head) (C review of 481a78b)."""
+    import gc
+    lists = []
+
+    def app(environ, start_response):
+        # Made here: a constant tuple would be shared with the module's.
+        h = ("X-Path", environ["PATH_INFO"])
+        start_response("200 OK", [h])
+        found = [r for r in gc.get_referrers(h) if type(r) is list]
+        lists.append(len(found))
+        for r in found:
+            if environ["PATH_INFO"] == "/inject":
+                r.append(("X-Ok", "1\r\nX-Injected: after the checks"))
+            else:
+                r.append(12345)
+        return [b"body"]
+
+    server = yimmo_server(app, workers=1)
+    for path in ("/inject", "/not-a-tuple"):
+        with connect(server.address) as sock:
+            sock.sendall(build_request("GET", path,
+                                       headers=[("Connection", "close")]))
+            data = read_until_close(sock)
+        assert data.startswith(b"HTTP/1.1 200 "), data
+        assert b"X-Injected" not in data and b"X-Ok" not in data, data
+        assert data.endswith(b"\r\n\r\nbody"), data
+    assert_still_serving(server)
+
+
+def test_a_weak_reference_taken_as_the_status_is_freed_dies_too(
+        yimmo_server):
+    """The app's status and headers may be str or tuple subclasses whose
+    release at the end of the exchange runs the app's code; a weak
+    reference to write taken there (gc.get_objects finds it) must die with
+    the response like any other, and never reach the next client's
+    response on the same worker (C review of 481a78b: it wrote into it)."""
+    import gc
+    import weakref
+    refs = []
+
+    def writes():
+        return [o for o in gc.get_objects()
+                if type(o).__name__ == "builtin_function_or_method" and
+                type(getattr(o, "__self__", None)).__name__ ==
+                "StartResponse"]
+
+    before = writes()   # other tests' that are still alive: not ours
+
+    def find_write():
+        for o in writes():
+            if not any(o is b for b in before):
+                refs.append(weakref.ref(o))
+
+    class Status(str):
+        def __del__(self):
+            find_write()
+
+    def app(environ, start_response):
+        if environ["PATH_INFO"] == "/first":
+            start_response(Status("200 OK"), TEXT)
+            return [b"first"]
+        start_response("200 OK", TEXT)
+        for r in refs:
+            w = r()
+            if w is not None:
+                try:
+                    w(b"INJECTED|")
+                except RuntimeError:
+                    pass
+        return [b"own body"]
+
+    server = yimmo_server(app, workers=1)
+    with connect(server.address) as sock:
+        assert request(sock, "GET", "/first").body == b"first"
+    time.sleep(0.1)
+    assert refs, "the finalizer found no write callable"
+    assert [r() for r in refs if r() is not None] == []
+    with connect(server.address) as sock:
+        assert request(sock, "GET", "/second").body == b"own body"
+
+
+def test_start_response_failing_for_memory_can_be_called_again(
+        yimmo_server):
+    """A MemoryError from start_response leaves it as it was: the app may
+    call it again, and the status that goes out is the one of the call
+    that succeeded (C review of 481a78b: the write callable was made after
+    the commit, so its failure left the call half done, "299 Half Done"
+    sent and the retry refused as a second call). Each allocation of the
+    call is failed in turn; the app keeps start_response, so every request
+    gets a new object and its write callable is made in the call."""
+    _testcapi = pytest.importorskip("_testcapi")
+    outcomes = []
+    kept = []
+
+    def app(environ, start_response):
+        kept.append(start_response)
+        n = int(environ["PATH_INFO"][1:])
+        _testcapi.set_nomemory(n, n + 1)
+        try:
+            start_response("299 Half Done", TEXT)
+        except MemoryError:
+            failed = True
+        else:
+            failed = False
+        finally:
+            _testcapi.remove_mem_hooks()
+        if not failed:
+            outcomes.append((n, "ok"))
+            return [b"first"]
+        try:
+            start_response("200 OK", TEXT)
+        except Exception as e:
+            outcomes.append((n, "retry refused: %r" % e))
+            raise
+        outcomes.append((n, "retried"))
+        return [b"retried"]
+
+    server = yimmo_server(app, workers=1)
+    for n in range(4):
+        with connect(server.address) as sock:
+            resp = request(sock, "GET", "/%d" % n)
+        if outcomes[-1][1] == "retried":
+            assert (resp.status, resp.body) == (200, b"retried"), n
+        else:
+            assert outcomes[-1][1] == "ok", outcomes
+            assert resp.status == 299, n
+    assert ("retried" in dict(outcomes).values()), outcomes
+    del kept[:]
+
+
+KEPT_AFTER_THE_SERVER = r"""
+import gc, socket, sys, threading
+from yimmo import Server
+kept = {}
+
+def app(environ, start_response):
+    inp = environ["wsgi.input"]
+    inp.read(10)                    # a part of the body only
+    kept["input"] = inp
+    kept["write"] = start_response("200 OK", [("Content-Length", "2")])
+    kept["start_response"] = start_response
+    return [b"ok"]
+
+srv = Server(app, bind="127.0.0.1:0", workers=1).start()
+s = socket.create_connection(srv.address[:2], timeout=10)
+s.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n"
+          + b"x" * 100000)
+assert s.recv(100).startswith(b"HTTP/1.1 200 ")
+s.close()
+srv.stop(timeout=10)
+del srv
+gc.collect()
+# Reuse what the server's memory was, as a later program would.
+spray = [tuple([b"\xaa" * 400] * 200) for _ in range(2000)]
+
+def late():
+    try:
+        kept["write"](b"late")
+    except RuntimeError as e:
+        print("write:", e)
+    try:
+        n = len(kept["input"].read(200000))
+        print("read:", n)
+        kept["input"].read(10)
+    except OSError as e:
+        print("read:", e)
+
+t = threading.Thread(target=late)
+t.start()
+t.join()
+kept.clear()
+gc.collect()
+print("survived")
+"""
+
+
+def test_what_the_app_kept_outlives_the_server_safely(tmp_path):
+    """wsgi.input, start_response and write kept by the app and used
+    after the server stopped and its Server object went: they hold the
+    server's memory until they go (C review of 481a78b: a late read, and
+    on a free-threaded build a late write, read freed memory; the write
+    took the garbage for a fork and exited the process). In its own
+    process: a crash must not take the test run with it, and under
+    AddressSanitizer (LD_PRELOAD inherited) the child aborts on a use
+    after free."""
+    import os
+    import subprocess
+    script = tmp_path / "kept.py"
+    script.write_text(KEPT_AFTER_THE_SERVER)
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([p for p in sys.path if p])
+    proc = subprocess.run([sys.executable, str(script)], env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, (proc.returncode, proc.stderr[-3000:])
+    assert "write: write() after the response has finished" in proc.stdout
+    assert "read:" in proc.stdout
+    assert proc.stdout.rstrip().endswith("survived"), proc.stdout
+
+
 def test_start_response_objects_the_app_let_go_are_freed_without_the_gc(
         yimmo_server):
     """start_response and its write callable hold each other (one write

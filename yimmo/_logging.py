@@ -36,8 +36,9 @@ if TYPE_CHECKING:
     from _typeshed.wsgi import WSGIEnvironment
 
     # The response headers as the app gave them (None: it never called
-    # start_response), as the C core passes them to its log_access.
-    Headers = Optional[List[Tuple[str, str]]]
+    # start_response), as the C core passes them to its log_access: a
+    # tuple, the core's checked copy of the app's list.
+    Headers = Optional[Tuple[Tuple[str, str], ...]]
     # (environ, status, length, seconds, headers) -> the access log line.
     AccessLine = Callable[[WSGIEnvironment, str, int, float, Headers], str]
     # The same arguments -> the value of one %(atom) of a format.

@@ -103,16 +103,17 @@ def _log_warning(message: str) -> None:
 
 
 def _access_logger(fmt: Optional[str]) -> Callable[
-        [WSGIEnvironment, str, int, float, Optional[List[Tuple[str, str]]]],
-        None]:
+        [WSGIEnvironment, str, int, float,
+         Optional[Tuple[Tuple[str, str], ...]]], None]:
     """The core's log_access callback for an --access-log-format (None:
     Combined). It is called on a worker thread after each response with
-    the response headers as the app gave them."""
+    the response headers as the app gave them (a tuple: the core's
+    checked copy)."""
     format_line = _logging.compile_access_format(fmt)
 
     def log_access(environ: WSGIEnvironment, status: str, length: int,
                    seconds: float,
-                   headers: Optional[List[Tuple[str, str]]]) -> None:
+                   headers: Optional[Tuple[Tuple[str, str], ...]]) -> None:
         if access_log.isEnabledFor(logging.INFO):
             access_log.info(format_line(environ, status, length, seconds,
                                         headers))

@@ -30,14 +30,15 @@ class _LogAccess(Protocol):
     # Called on a worker thread after each response: environ, the status
     # line as the app gave it (or the code, "503" for the watchdog's),
     # body bytes sent, seconds, the response headers as the app gave them
-    # (None when it never called start_response).
+    # (a tuple, the core's checked copy of its list; None when it never
+    # called start_response).
     def __call__(
         self,
         environ: WSGIEnvironment,
         status: str,
         length: int,
         seconds: float,
-        headers: Optional[list[tuple[str, str]]],
+        headers: Optional[tuple[tuple[str, str], ...]],
         /,
     ) -> object: ...
 
