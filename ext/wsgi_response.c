@@ -797,6 +797,15 @@ reraise_exc_info(PyObject *exc_info)
 static PyObject *
 start_response_refused(StartResponseObject *self, PyObject *exc_info)
 {
+    if (self->ex == NULL) {
+        /* Kept by the app and called after its exchange: nothing it says
+         * can reach a client any more, and accepting it in silence hid
+         * the mistake until the write callable was used (hostile review
+         * of 481a78b). */
+        PyErr_SetString(PyExc_RuntimeError,
+                        "start_response() after the response has finished");
+        return NULL;
+    }
     if (exc_info != Py_None) {
         if (self->head_built) {
             return reraise_exc_info(exc_info);
@@ -892,7 +901,7 @@ bad_length:
      * the life of the object, which a worker reuses from exchange to
      * exchange (start_response_keep): making and freeing a bound method
      * for every request cost about 200 instructions; on a free-threaded
-     * build, and after the exchange, one per call. */
+     * build one per call. */
     PyObject *write;
 #ifndef Py_GIL_DISABLED
     if (self->ex != NULL && self->write != NULL) {
@@ -1697,6 +1706,15 @@ iterate(StartResponseObject *self, PyObject *result)
             return r;
         }
     }
+    /* The iterator first, HEAD or not: an app that returned something
+     * that is not iterable fails as it does for GET (500 and the error
+     * logged), not with a 200 for HEAD (hostile review of 481a78b).
+     * Taking the iterator runs none of the body (a generator's code
+     * starts at the first next()). */
+    PyObject *it = PyObject_GetIter(result);
+    if (it == NULL) {
+        return -1;
+    }
     int head = 0;
     Py_BEGIN_CRITICAL_SECTION(self);
     if (self->head_req && self->called && !self->head_built) {
@@ -1707,11 +1725,8 @@ iterate(StartResponseObject *self, PyObject *result)
     }
     Py_END_CRITICAL_SECTION();
     if (head != 0) {
+        Py_DECREF(it);
         return head > 0 ? 0 : -1;
-    }
-    PyObject *it = PyObject_GetIter(result);
-    if (it == NULL) {
-        return -1;
     }
     PyObject *item;
     while (!self->aborted && !self->overflow && !self->head_only &&

@@ -148,6 +148,47 @@ def test_second_signal_whose_handler_raises_still_drains(tmp_path):
         assert "returned stopped=True" in proc.stdout
 
 
+OWN_SIGTERM_APP = textwrap.dedent('''
+    import sys, time, yimmo
+    def app(environ, start_response):
+        time.sleep(float(environ["QUERY_STRING"]))
+        start_response("200 OK", [("Content-Length", "4")])
+        return [b"done"]
+    server = yimmo.Server(app, bind="127.0.0.1:0", workers=1,
+                          graceful_timeout=10)
+    print(server.address[1], flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        print("interrupted", flush=True)
+    finally:
+        print("returned stopped=%s" % server.stopped, flush=True)
+''')
+
+
+@pytest.mark.parametrize("second", [signal.SIGTERM, signal.SIGINT])
+def test_a_second_signal_to_yimmos_own_sigterm_handler_cuts_the_grace(
+        tmp_path, second):
+    """yimmo's own SIGTERM handler (the app installed none), then SIGTERM
+    or SIGINT: the second signal cuts the 10 s grace short as the README
+    says (hostile review of 481a78b: a second SIGTERM waited it all), and
+    serve_forever returns once the server has stopped."""
+    script = tmp_path / "own.py"
+    script.write_text(OWN_SIGTERM_APP)
+    with ServerProcess([sys.executable, str(script)]) as proc:
+        port = int(proc.wait_for_line(r"^\d+$", "stdout").group(0))
+        with connect(("127.0.0.1", port), WAIT) as sock:
+            sock.sendall(build_request("GET", "/?30"))
+            time.sleep(0.2)
+            t0 = time.monotonic()
+            proc.signal(signal.SIGTERM)
+            time.sleep(0.3)
+            proc.signal(second)
+            assert proc.wait(10) == 0
+            assert time.monotonic() - t0 < 3
+        assert "returned stopped=True" in proc.stdout
+
+
 def test_workers_woken_by_the_deadline_are_joined_not_abandoned():
     def app(environ, start_response):
         try:

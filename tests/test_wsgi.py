@@ -1160,39 +1160,37 @@ def test_a_write_callable_held_weakly_ends_with_its_response(
     assert seen == [None, None, None], seen
 
 
-def test_start_response_called_after_its_exchange_leaves_no_cycle(
-        yimmo_server):
+def test_start_response_called_after_its_exchange_raises(yimmo_server):
     """start_response kept by the app and called after its exchange ended
-    (with exc_info, so the call is allowed) returns a write callable of
-    its own, which the object does not keep: the two go when the app lets
-    go of them, without the GC (review of ec4bbea)."""
-    import gc
+    raises RuntimeError, with exc_info or without, and whatever state its
+    exchange left it in (never called, or failed before the head): nothing
+    it says can reach a client any more (hostile review of 481a78b: the
+    call was accepted in silence, only the write callable it returned
+    failed)."""
     import sys
-    import weakref
-    kept = []
+    kept = {}
 
     def app(environ, start_response):
-        kept.append(start_response)
+        kept[environ["PATH_INFO"]] = start_response
+        if environ["PATH_INFO"] == "/failed":
+            start_response("200 OK", TEXT)
+            raise ValueError("before the head")
         return []       # never calls it: the server answers 500
 
     server = yimmo_server(app, workers=1)
-    with connect(server.address) as sock:
-        assert request(sock, "GET", "/").status == 500
+    for path in ("/never", "/failed"):
+        with connect(server.address) as sock:
+            assert request(sock, "GET", path).status == 500
     time.sleep(0.2)
-    start_response = kept.pop()
-    try:
-        raise ValueError("late")
-    except ValueError:
-        write = start_response("200 OK", [], sys.exc_info())
-    with pytest.raises(RuntimeError):
-        write(b"too late")
-    ref = weakref.ref(write)
-    gc.disable()
-    try:
-        del write, start_response
-        assert ref() is None
-    finally:
-        gc.enable()
+    for start_response in kept.values():
+        with pytest.raises(RuntimeError, match="after the response"):
+            start_response("200 OK", [])
+        try:
+            raise ValueError("late")
+        except ValueError:
+            with pytest.raises(RuntimeError, match="after the response"):
+                start_response("200 OK", [], sys.exc_info())
+    kept.clear()
 
 
 def test_the_checked_headers_cannot_be_changed_through_the_gc(
@@ -1403,6 +1401,24 @@ def test_what_the_app_kept_outlives_the_server_safely(tmp_path):
     assert "write: write() after the response has finished" in proc.stdout
     assert "read:" in proc.stdout
     assert proc.stdout.rstrip().endswith("survived"), proc.stdout
+
+
+@pytest.mark.parametrize("returned", [None, 42, object()])
+def test_head_of_an_app_returning_no_iterable_fails_as_get_does(
+        yimmo_server, log_watcher, returned):
+    """An app that calls start_response and returns something that is not
+    iterable fails for HEAD as for GET: 500 and the TypeError logged
+    (hostile review of 481a78b: HEAD answered 200 and logged nothing)."""
+    def app(environ, start_response):
+        start_response("200 OK", TEXT)
+        return returned
+
+    server = yimmo_server(app, workers=1)
+    for method in ("GET", "HEAD"):
+        with connect(server.address) as sock:
+            assert request(sock, method, "/").status == 500, method
+    log_watcher.wait_for("GET /", "not iterable")
+    log_watcher.wait_for("HEAD /", "not iterable")
 
 
 def test_start_response_objects_the_app_let_go_are_freed_without_the_gc(
