@@ -101,9 +101,11 @@ def test_stop_waits_for_serve_forever_on_another_thread():
         assert read_response(sock).body == b"ok"
 
 
-SYSEXIT_APP = textwrap.dedent('''
+# A server whose app sleeps for its query's seconds, serving until a
+# signal; @HANDLER@: the app's own SIGTERM handler, if any.
+SLEEP_APP = textwrap.dedent('''
     import signal, sys, time, yimmo
-    signal.signal(signal.SIGTERM, lambda *a: sys.exit(0))
+    @HANDLER@
     def app(environ, start_response):
         time.sleep(float(environ["QUERY_STRING"]))
         start_response("200 OK", [("Content-Length", "4")])
@@ -113,9 +115,13 @@ SYSEXIT_APP = textwrap.dedent('''
     print(server.address[1], flush=True)
     try:
         server.serve_forever()
+    except KeyboardInterrupt:
+        print("interrupted", flush=True)
     finally:
         print("returned stopped=%s" % server.stopped, flush=True)
 ''')
+SYSEXIT_APP = SLEEP_APP.replace(
+    "@HANDLER@", "signal.signal(signal.SIGTERM, lambda *a: sys.exit(0))")
 
 
 def test_second_signal_whose_handler_raises_still_drains(tmp_path):
@@ -134,47 +140,13 @@ def test_second_signal_whose_handler_raises_still_drains(tmp_path):
         assert resp.body == b"done"      # the first signal drains
         assert proc.wait(10) == 0
     # A fresh process for two signals.
-    with ServerProcess([sys.executable, str(script)]) as proc:
-        port = int(proc.wait_for_line(r"^\d+$", "stdout").group(0))
-        with connect(("127.0.0.1", port), WAIT) as sock:
-            sock.sendall(build_request("GET", "/?30"))
-            time.sleep(0.2)
-            t0 = time.monotonic()
-            proc.signal(signal.SIGTERM)
-            time.sleep(0.2)
-            proc.signal(signal.SIGTERM)
-            assert proc.wait(10) == 0
-            assert time.monotonic() - t0 < 3
-        assert "returned stopped=True" in proc.stdout
+    assert_a_second_signal_cuts_the_grace(script, signal.SIGTERM)
 
 
-OWN_SIGTERM_APP = textwrap.dedent('''
-    import sys, time, yimmo
-    def app(environ, start_response):
-        time.sleep(float(environ["QUERY_STRING"]))
-        start_response("200 OK", [("Content-Length", "4")])
-        return [b"done"]
-    server = yimmo.Server(app, bind="127.0.0.1:0", workers=1,
-                          graceful_timeout=10)
-    print(server.address[1], flush=True)
-    try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        print("interrupted", flush=True)
-    finally:
-        print("returned stopped=%s" % server.stopped, flush=True)
-''')
-
-
-@pytest.mark.parametrize("second", [signal.SIGTERM, signal.SIGINT])
-def test_a_second_signal_to_yimmos_own_sigterm_handler_cuts_the_grace(
-        tmp_path, second):
-    """yimmo's own SIGTERM handler (the app installed none), then SIGTERM
-    or SIGINT: the second signal cuts the 10 s grace short as the README
-    says (hostile review of 481a78b: a second SIGTERM waited it all), and
-    serve_forever returns once the server has stopped."""
-    script = tmp_path / "own.py"
-    script.write_text(OWN_SIGTERM_APP)
+def assert_a_second_signal_cuts_the_grace(script, second):
+    """Run script (SLEEP_APP's), a request of 30 s in flight, SIGTERM then
+    `second`: the process exits within 3 s of the first (not the 10 s
+    grace) and serve_forever returned once the server had stopped."""
     with ServerProcess([sys.executable, str(script)]) as proc:
         port = int(proc.wait_for_line(r"^\d+$", "stdout").group(0))
         with connect(("127.0.0.1", port), WAIT) as sock:
@@ -187,6 +159,21 @@ def test_a_second_signal_to_yimmos_own_sigterm_handler_cuts_the_grace(
             assert proc.wait(10) == 0
             assert time.monotonic() - t0 < 3
         assert "returned stopped=True" in proc.stdout
+
+
+OWN_SIGTERM_APP = SLEEP_APP.replace("@HANDLER@", "")
+
+
+@pytest.mark.parametrize("second", [signal.SIGTERM, signal.SIGINT])
+def test_a_second_signal_to_yimmos_own_sigterm_handler_cuts_the_grace(
+        tmp_path, second):
+    """yimmo's own SIGTERM handler (the app installed none), then SIGTERM
+    or SIGINT: the second signal cuts the 10 s grace short as the README
+    says (hostile review of 481a78b: a second SIGTERM waited it all), and
+    serve_forever returns once the server has stopped."""
+    script = tmp_path / "own.py"
+    script.write_text(OWN_SIGTERM_APP)
+    assert_a_second_signal_cuts_the_grace(script, second)
 
 
 def test_workers_woken_by_the_deadline_are_joined_not_abandoned():
