@@ -619,7 +619,7 @@ def compile_access_format(fmt: Optional[str]) -> AccessLine:
     # Try it on a sample: catches "%(h)" with no conversion, a lone "%",
     # "%(D)d" is fine (D is an int), "%(h)d" is not.
     sample = {key: get({"REQUEST_METHOD": "GET", "SERVER_PROTOCOL":
-                        "HTTP/1.1", "PATH_INFO": "/"}, "200 OK", 0, 0.0, [])
+                        "HTTP/1.1", "PATH_INFO": "/"}, "200 OK", 0, 0.0, ())
               for key, get in getters.items()}
     try:
         fmt % sample
