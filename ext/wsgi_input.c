@@ -27,7 +27,9 @@ typedef struct {
                                 * exchange's release does too, so the
                                 * server's memory must stay until both are
                                 * done (C review of 481a78b: a late read
-                                * read freed memory) */
+                                * read freed memory). Visited by traverse
+                                * (a GC type for it), so a cycle through
+                                * the Core is still collected */
     size_t low_water;          /* ask the loop for more below this */
 } InputObject;
 
@@ -35,7 +37,7 @@ PyObject *
 ymo_input_new(ymo_module_state *st, PyObject *core, ymo_exchange_t *ex,
               size_t low_water)
 {
-    InputObject *self = PyObject_New(InputObject, st->Input_type);
+    InputObject *self = PyObject_GC_New(InputObject, st->Input_type);
     if (self == NULL) {
         return NULL;
     }
@@ -43,6 +45,7 @@ ymo_input_new(ymo_module_state *st, PyObject *core, ymo_exchange_t *ex,
     self->ex = ex;
     self->core = Py_NewRef(core);
     self->low_water = low_water;
+    PyObject_GC_Track(self);
     return (PyObject *)self;
 }
 
@@ -51,9 +54,10 @@ Input_dealloc(InputObject *self)
 {
     PyTypeObject *tp = Py_TYPE(self);
     PyObject *core = self->core;
+    PyObject_GC_UnTrack(self);
     /* The exchange first: its release frees into the server's memory. */
     ymo_exchange_release(self->ex);
-    PyObject_Free(self);
+    PyObject_GC_Del(self);
     Py_DECREF(tp);
     Py_DECREF(core);
 }
@@ -322,8 +326,17 @@ static PyMethodDef Input_methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
+static int
+Input_traverse(InputObject *self, visitproc visit, void *arg)
+{
+    Py_VISIT(Py_TYPE(self));
+    Py_VISIT(self->core);
+    return 0;
+}
+
 static PyType_Slot Input_slots[] = {
     {Py_tp_dealloc, Input_dealloc},
+    {Py_tp_traverse, Input_traverse},
     {Py_tp_iter, PyObject_SelfIter},
     {Py_tp_iternext, Input_iternext},
     {Py_tp_call, Input_call},
@@ -335,6 +348,7 @@ static PyType_Slot Input_slots[] = {
 PyType_Spec ymo_input_spec = {
     .name = "yimmo._yimmo.Input",
     .basicsize = sizeof(InputObject),
-    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_DISALLOW_INSTANTIATION,
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC |
+             Py_TPFLAGS_DISALLOW_INSTANTIATION,
     .slots = Input_slots,
 };

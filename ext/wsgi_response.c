@@ -50,13 +50,19 @@ typedef struct {
     ymo_exchange_t *ex;        /* NULL once the exchange has finished */
     struct ymo_wsgi_app *app;  /* part of core */
     PyObject *core;            /* a strong reference to the Core app is
-                                * part of, set when the object is made (a
-                                * kept one serves the same worker, so the
-                                * same Core): the app may keep the object
-                                * or its write callable after the server
-                                * stopped and the Server went, and a call
-                                * then still reads app (free-threaded:
-                                * the fork guard; C review of 481a78b) */
+                                * part of while an exchange may use the
+                                * object: the app may keep it or its write
+                                * callable after the server stopped and
+                                * the Server went, and a call then still
+                                * reads app (free-threaded: the fork
+                                * guard; a write() woken in wait_drain:
+                                * the server's release list; C review and
+                                * hostile review of 481a78b). NULL while
+                                * kept by its worker (spare_sr), which
+                                * must not keep its own Core alive.
+                                * Visited by traverse, so a cycle through
+                                * the Core (an app that keeps its last
+                                * traceback) is still collected */
     PyObject *status;          /* from start_response */
     PyObject *headers;         /* a tuple: the checked copy of the app's
                                 * list (build_head trusts it) */
@@ -1005,6 +1011,7 @@ StartResponse_traverse(StartResponseObject *self, visitproc visit, void *arg)
     Py_VISIT(self->status);
     Py_VISIT(self->headers);
     Py_VISIT(self->write);
+    Py_VISIT(self->core);
     return 0;
 }
 
@@ -1028,9 +1035,9 @@ StartResponse_dealloc(StartResponseObject *self)
     tp->tp_free(self);
     Py_DECREF(tp);
     /* Last: what was pending may have been the server's memory. Not in
-     * tp_clear either (nor visited): the GC breaks a cycle through the
-     * Core at the Core. */
-    Py_DECREF(core);
+     * tp_clear: in a cycle through the Core, Core_clear breaks it, and
+     * the Core's memory goes after this. */
+    Py_XDECREF(core);
 }
 
 static PyType_Slot StartResponse_slots[] = {
@@ -1369,7 +1376,8 @@ start_response_new(struct ymo_wsgi_app *app, ymo_wsgi_worker_t *worker,
     }
     else {
         /* (A worker's own: it serves one server, one Core.) */
-        assert(self->core == app->core);
+        assert(self->core == NULL);
+        self->core = Py_NewRef(app->core);
         /* Cleared when kept; let go of anything all the same. */
         Py_CLEAR(self->status);
         Py_CLEAR(self->headers);
@@ -1439,6 +1447,10 @@ start_response_keep(ymo_wsgi_worker_t *worker, StartResponseObject *sr)
             sr->status == NULL && sr->headers == NULL &&
             sr->pend_head == NULL && !start_response_weakly_held(sr)) {
             start_response_hide(sr);
+            /* A spare is the worker's alone: it must not keep the Core
+             * (and so the workers that hold it) alive. Not the last
+             * reference: the exchange's wsgi.input still holds one. */
+            Py_CLEAR(sr->core);
             worker->spare_sr = (PyObject *)sr;
             return;
         }
@@ -2060,8 +2072,9 @@ done:;
         PyObject *len = PyLong_FromUnsignedLongLong(w503 ? 0 : r_sent);
         PyObject *dur = PyFloat_FromDouble(secs);
         if (status != NULL && len != NULL && dur != NULL) {
-            /* The response headers as the app gave them (a list we
-             * already hold: passing it costs a reference, no copy), for
+            /* The response headers as the app gave them (the checked
+             * tuple we already hold: passing it costs a reference, no
+             * copy, and log_access cannot change it), for
              * the %({name}o)s atom of --access-log-format. */
             PyObject *a[5] = {environ, status, len, dur,
                               r_headers ? r_headers : Py_None};
