@@ -1718,13 +1718,16 @@ iterate(StartResponseObject *self, PyObject *result)
             return r;
         }
     }
-    /* The iterator first, HEAD or not: an app that returned something
-     * that is not iterable fails as it does for GET (500 and the error
-     * logged), not with a 200 for HEAD (hostile review of 481a78b).
-     * Taking the iterator runs none of the body (a generator's code
-     * starts at the first next()). */
-    PyObject *it = PyObject_GetIter(result);
-    if (it == NULL) {
+    /* HEAD: an app that returned something that is not iterable fails as
+     * it does for GET (500 and the error logged), not with a 200 (hostile
+     * review of 481a78b). Asked as PyObject_GetIter would decide, without
+     * calling the app's __iter__, which may start the body's work (a
+     * Django StreamingHttpResponse over an async iterator reads the whole
+     * stream there; review of 40e31cc, which called it). */
+    if (self->head_req && Py_TYPE(result)->tp_iter == NULL &&
+        !PySequence_Check(result)) {
+        PyErr_Format(PyExc_TypeError, "'%.200s' object is not iterable",
+                     Py_TYPE(result)->tp_name);
         return -1;
     }
     int head = 0;
@@ -1737,8 +1740,11 @@ iterate(StartResponseObject *self, PyObject *result)
     }
     Py_END_CRITICAL_SECTION();
     if (head != 0) {
-        Py_DECREF(it);
         return head > 0 ? 0 : -1;
+    }
+    PyObject *it = PyObject_GetIter(result);
+    if (it == NULL) {
+        return -1;
     }
     PyObject *item;
     while (!self->aborted && !self->overflow && !self->head_only &&

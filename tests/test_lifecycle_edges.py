@@ -140,11 +140,12 @@ def test_second_signal_whose_handler_raises_still_drains(tmp_path):
         assert resp.body == b"done"      # the first signal drains
         assert proc.wait(10) == 0
     # A fresh process for two signals.
-    assert_a_second_signal_cuts_the_grace(script, signal.SIGTERM)
+    assert_a_second_signal_cuts_the_grace(script, signal.SIGTERM,
+                                          signal.SIGTERM)
 
 
-def assert_a_second_signal_cuts_the_grace(script, second):
-    """Run script (SLEEP_APP's), a request of 30 s in flight, SIGTERM then
+def assert_a_second_signal_cuts_the_grace(script, first, second):
+    """Run script (SLEEP_APP's), a request of 30 s in flight, `first` then
     `second`: the process exits within 3 s of the first (not the 10 s
     grace) and serve_forever returned once the server had stopped."""
     with ServerProcess([sys.executable, str(script)]) as proc:
@@ -153,7 +154,7 @@ def assert_a_second_signal_cuts_the_grace(script, second):
             sock.sendall(build_request("GET", "/?30"))
             time.sleep(0.2)
             t0 = time.monotonic()
-            proc.signal(signal.SIGTERM)
+            proc.signal(first)
             time.sleep(0.3)
             proc.signal(second)
             assert proc.wait(10) == 0
@@ -164,16 +165,37 @@ def assert_a_second_signal_cuts_the_grace(script, second):
 OWN_SIGTERM_APP = SLEEP_APP.replace("@HANDLER@", "")
 
 
-@pytest.mark.parametrize("second", [signal.SIGTERM, signal.SIGINT])
-def test_a_second_signal_to_yimmos_own_sigterm_handler_cuts_the_grace(
-        tmp_path, second):
-    """yimmo's own SIGTERM handler (the app installed none), then SIGTERM
-    or SIGINT: the second signal cuts the 10 s grace short as the README
-    says (hostile review of 481a78b: a second SIGTERM waited it all), and
-    serve_forever returns once the server has stopped."""
+def test_a_second_sigint_cuts_the_grace(tmp_path):
+    """Ctrl-C twice (yimmo's own handling, the app installed none): the
+    second cuts the 10 s grace short, as the README says."""
     script = tmp_path / "own.py"
     script.write_text(OWN_SIGTERM_APP)
-    assert_a_second_signal_cuts_the_grace(script, second)
+    assert_a_second_signal_cuts_the_grace(script, signal.SIGINT,
+                                          signal.SIGINT)
+
+
+@pytest.mark.parametrize("second", [signal.SIGTERM, signal.SIGINT])
+def test_a_repeated_sigterm_keeps_the_grace(tmp_path, second):
+    """SIGTERM, then SIGTERM again or SIGINT (a service manager's to every
+    process of the service, a supervisor's or a terminal's on top): the
+    request in flight still finishes within the grace, as one SIGTERM
+    lets it (review of 40e31cc: cutting the grace on a second SIGTERM
+    dropped the requests of every server process under a supervisor
+    stopped with Ctrl-C)."""
+    script = tmp_path / "own.py"
+    script.write_text(OWN_SIGTERM_APP)
+    with ServerProcess([sys.executable, str(script)]) as proc:
+        port = int(proc.wait_for_line(r"^\d+$", "stdout").group(0))
+        with connect(("127.0.0.1", port), WAIT) as sock:
+            sock.sendall(build_request("GET", "/?1.5"))
+            time.sleep(0.2)
+            proc.signal(signal.SIGTERM)
+            time.sleep(0.3)
+            proc.signal(second)
+            resp = read_response(sock)
+        assert resp.body == b"done"
+        assert proc.wait(10) == 0
+        assert "returned stopped=True" in proc.stdout
 
 
 def test_workers_woken_by_the_deadline_are_joined_not_abandoned():

@@ -1470,6 +1470,37 @@ def test_a_server_the_app_keeps_in_a_cycle_is_still_freed(keeps):
     assert cores() <= before
 
 
+def test_head_does_not_call_the_bodys_iter(yimmo_server):
+    """HEAD of a streamed body asks for none of it: not even the app's
+    __iter__, which may start the body's work (a Django
+    StreamingHttpResponse over an async iterator reads the whole stream
+    there); close() is still called (review of 40e31cc)."""
+    calls = []
+
+    class Body:
+        def __iter__(self):
+            calls.append("iter")
+            return iter([b"body"])
+
+        def close(self):
+            calls.append("close")
+
+    def app(environ, start_response):
+        start_response("200 OK", TEXT)
+        return Body()
+
+    server = yimmo_server(app, workers=1)
+    with connect(server.address) as sock:
+        resp = request(sock, "HEAD", "/")
+    assert resp.status == 200 and resp.body == b""
+    deadline = time.monotonic() + WAIT
+    while "close" not in calls and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert calls == ["close"]
+    with connect(server.address) as sock:
+        assert request(sock, "GET", "/").body == b"body"
+
+
 def test_start_response_objects_the_app_let_go_are_freed_without_the_gc(
         yimmo_server):
     """start_response and its write callable hold each other (one write

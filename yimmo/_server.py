@@ -191,7 +191,6 @@ class Server:
         # lock for its state: its run() and stop() are thread-safe.
         self._thread: Optional[threading.Thread] = None
         self._serving = False
-        self._signal_stopping = False  # see _serve_forever
         self._serving_thread: Optional[threading.Thread] = None
         self._done = threading.Event()  # serve_forever has returned
         self._lock = threading.Lock()
@@ -324,9 +323,6 @@ class Server:
         old_wakeup = -1
         old_term: SignalHandler = None
         old_others: Dict[int, SignalHandler] = {}
-        # A stop asked for by a signal (SIGTERM, or SIGINT's
-        # KeyboardInterrupt): a second one cuts the grace short.
-        self._signal_stopping = False
         if on_main:
             # Python's C signal handler writes to this fd; the loop wakes,
             # run() returns, and the interpreter runs the Python handlers.
@@ -356,9 +352,7 @@ class Server:
                 # KeyboardInterrupt, or a signal handler that raised: let
                 # in-flight requests finish, then let it propagate.
                 log.info("Shutting down")
-                # After a SIGTERM this is the second signal: no grace.
-                self._core.stop(0 if self._signal_stopping else grace)
-                self._signal_stopping = True
+                self._core.stop(grace)
                 while True:
                     try:
                         self._log_from_handlers()
@@ -505,17 +499,14 @@ class Server:
                         then=_logging.reopen_log_files)
 
     def _on_sigterm(self, signum: int, frame: Optional[FrameType]) -> None:
+        # Every SIGTERM asks for the same graceful stop: a repeated one does
+        # not cut the grace (a second SIGINT does). A service manager may
+        # send it to every process of the service while a supervisor or
+        # the --reload parent passes its own on too (systemd's default
+        # KillMode): cutting on the second would drop in-flight requests
+        # at every stop (review of 40e31cc, which did).
         if self._forked(signum):
             return
-        if self._signal_stopping:
-            # Asked twice, as a second Ctrl-C does: no grace, but still
-            # drain (hostile review of 481a78b: it waited the whole grace
-            # period again, against the README).
-            self._log_later(logging.INFO,
-                            "Received SIGTERM again, stopping now")
-            self._core.stop(0)
-            return
-        self._signal_stopping = True
         self._log_later(logging.INFO, "Received SIGTERM, shutting down")
         self._core.stop(self.options["graceful_timeout"])
 
