@@ -124,21 +124,32 @@ SYSEXIT_APP = SLEEP_APP.replace(
     "@HANDLER@", "signal.signal(signal.SIGTERM, lambda *a: sys.exit(0))")
 
 
+def assert_the_request_finishes(script, seconds, signals):
+    """Run script (SLEEP_APP's), a request of `seconds` in flight, send
+    `signals` 0.3 s apart: the request still gets its whole response
+    (within the 10 s grace), and the process exits 0 once stopped."""
+    with ServerProcess([sys.executable, str(script)]) as proc:
+        port = int(proc.wait_for_line(r"^\d+$", "stdout").group(0))
+        with connect(("127.0.0.1", port), WAIT) as sock:
+            sock.sendall(build_request("GET", "/?%g" % seconds))
+            time.sleep(0.2)
+            for i, signum in enumerate(signals):
+                if i:
+                    time.sleep(0.3)
+                proc.signal(signum)
+            resp = read_response(sock)
+        assert resp.body == b"done"
+        assert proc.wait(10) == 0
+        assert "returned stopped=True" in proc.stdout
+
+
 def test_second_signal_whose_handler_raises_still_drains(tmp_path):
     """An app's SIGTERM handler raises SystemExit; SIGTERM twice: the
     first drains gracefully, the second cuts the grace, and serve_forever
     returns only once the server has stopped."""
     script = tmp_path / "sysexit.py"
     script.write_text(SYSEXIT_APP)
-    with ServerProcess([sys.executable, str(script)]) as proc:
-        port = int(proc.wait_for_line(r"^\d+$", "stdout").group(0))
-        with connect(("127.0.0.1", port), WAIT) as sock:
-            sock.sendall(build_request("GET", "/?0.8"))
-            time.sleep(0.2)
-            proc.signal(signal.SIGTERM)
-            resp = read_response(sock)
-        assert resp.body == b"done"      # the first signal drains
-        assert proc.wait(10) == 0
+    assert_the_request_finishes(script, 0.8, [signal.SIGTERM])
     # A fresh process for two signals.
     assert_a_second_signal_cuts_the_grace(script, signal.SIGTERM,
                                           signal.SIGTERM)
@@ -184,18 +195,7 @@ def test_a_repeated_sigterm_keeps_the_grace(tmp_path, second):
     stopped with Ctrl-C)."""
     script = tmp_path / "own.py"
     script.write_text(OWN_SIGTERM_APP)
-    with ServerProcess([sys.executable, str(script)]) as proc:
-        port = int(proc.wait_for_line(r"^\d+$", "stdout").group(0))
-        with connect(("127.0.0.1", port), WAIT) as sock:
-            sock.sendall(build_request("GET", "/?1.5"))
-            time.sleep(0.2)
-            proc.signal(signal.SIGTERM)
-            time.sleep(0.3)
-            proc.signal(second)
-            resp = read_response(sock)
-        assert resp.body == b"done"
-        assert proc.wait(10) == 0
-        assert "returned stopped=True" in proc.stdout
+    assert_the_request_finishes(script, 1.5, [signal.SIGTERM, second])
 
 
 def test_workers_woken_by_the_deadline_are_joined_not_abandoned():
