@@ -1669,6 +1669,31 @@ fail_response(StartResponseObject *self)
     self->ex = NULL;
 }
 
+/* Would PyObject_GetIter take o? Without calling its __iter__: a type
+ * slot, or the sequence protocol. A class that says `__iter__ = None`
+ * (the documented way to refuse iteration) still has the slot, which
+ * raises when called: found in the class, without running the app's code
+ * (review of 04d2e7e). */
+static int
+looks_iterable(PyObject *o)
+{
+    PyTypeObject *tp = Py_TYPE(o);
+    if (tp->tp_iter == NULL) {
+        return PySequence_Check(o);
+    }
+    if (PyType_HasFeature(tp, Py_TPFLAGS_HEAPTYPE)) {
+        PyObject *name = PyUnicode_InternFromString("__iter__");
+        if (name == NULL) {
+            PyErr_Clear();
+            return 1;       /* then GetIter, or the app's body, will say */
+        }
+        PyObject *iter = _PyType_Lookup(tp, name);     /* borrowed */
+        Py_DECREF(name);
+        return iter != Py_None;
+    }
+    return 1;
+}
+
 static int
 iterate(StartResponseObject *self, PyObject *result)
 {
@@ -1724,8 +1749,7 @@ iterate(StartResponseObject *self, PyObject *result)
      * calling the app's __iter__, which may start the body's work (a
      * Django StreamingHttpResponse over an async iterator reads the whole
      * stream there; review of 40e31cc, which called it). */
-    if (self->head_req && Py_TYPE(result)->tp_iter == NULL &&
-        !PySequence_Check(result)) {
+    if (self->head_req && !looks_iterable(result)) {
         PyErr_Format(PyExc_TypeError, "'%.200s' object is not iterable",
                      Py_TYPE(result)->tp_name);
         return -1;

@@ -1403,12 +1403,17 @@ def test_what_the_app_kept_outlives_the_server_safely(tmp_path):
     assert proc.stdout.rstrip().endswith("survived"), proc.stdout
 
 
-@pytest.mark.parametrize("returned", [None, 42, object()])
+class _NotIterable:
+    __iter__ = None     # how Python classes refuse iteration
+
+
+@pytest.mark.parametrize("returned", [None, 42, object(), _NotIterable()])
 def test_head_of_an_app_returning_no_iterable_fails_as_get_does(
         yimmo_server, log_watcher, returned):
     """An app that calls start_response and returns something that is not
     iterable fails for HEAD as for GET: 500 and the TypeError logged
-    (hostile review of 481a78b: HEAD answered 200 and logged nothing)."""
+    (hostile review of 481a78b: HEAD answered 200 and logged nothing; and
+    review of 04d2e7e for a class with __iter__ = None)."""
     def app(environ, start_response):
         start_response("200 OK", TEXT)
         return returned

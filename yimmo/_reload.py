@@ -230,7 +230,8 @@ _set_parent_death_signal = _parent_death_signal()
 def _in_child() -> None:
     # Between fork and exec (the parent has no threads). Its own process
     # group: Ctrl-C reaches only the parent, which then stops the child
-    # once (a second signal would cut its grace short).
+    # once, with SIGTERM (a SIGINT from the terminal on top would come
+    # first and be the app's KeyboardInterrupt in the server).
     os.setpgrp()
     _set_parent_death_signal()
 
