@@ -1375,7 +1375,7 @@ start_response_new(struct ymo_wsgi_app *app, ymo_wsgi_worker_t *worker,
         PyObject_GC_Track(self);
     }
     else {
-        /* (A worker's own: it serves one server, one Core.) */
+        /* Kept without its Core reference (start_response_keep). */
         assert(self->core == NULL);
         self->core = Py_NewRef(app->core);
         /* Cleared when kept; let go of anything all the same. */
