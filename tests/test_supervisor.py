@@ -15,6 +15,7 @@ import os
 import re
 import signal
 import socket
+import subprocess
 import sys
 import threading
 import time
@@ -1487,3 +1488,41 @@ def test_max_rss_below_a_fresh_process_is_warned_about_once(tmp_path):
                                timeout=15)
         assert count_lines(proc, "is below what a fresh") == 1
         assert stop(proc) == 0
+
+
+@pytest.mark.parametrize("closed", ["stdout", "stderr"])
+def test_supervisor_serves_with_stdout_or_stderr_closed(tmp_path, closed):
+    # Started with descriptor 1 or 2 closed (nohup-style launchers, `>&-`),
+    # Python's sys.stdout or sys.stderr is None: the supervisor flushes
+    # them around fork() and must not die of it before any process starts
+    # (it did, with an AttributeError, in a hostile review).
+    write_app(tmp_path)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    fd = 1 if closed == "stdout" else 2
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "yimmo", "--processes", "2", "--bind",
+         "127.0.0.1:%d" % port, "--graceful-timeout", "5", "supapp:app"],
+        cwd=str(tmp_path), env=subprocess_env(), stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        preexec_fn=lambda: os.close(fd))
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            assert proc.poll() is None, "the supervisor exited with %d" % (
+                proc.returncode)
+            assert time.monotonic() < deadline, "never served"
+            try:
+                status, body = get(port, timeout=2)
+                break
+            except OSError:
+                time.sleep(0.05)
+        assert status == 200 and body.endswith(" v1"), (status, body)
+        assert wait_children(proc.pid, 2)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(20) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)

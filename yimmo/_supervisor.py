@@ -134,6 +134,20 @@ def _describe_status(status: int) -> str:
 ORPHAN_SIGNAL = signal.SIGRTMIN + 2
 
 
+def _flush_std_streams() -> None:
+    """Flush what Python buffered for stdout and stderr (before a fork, so
+    that it is not written twice, and before a child exits). Either may
+    be None (the process started with that descriptor closed: nohup-style
+    launchers, `>&-`) or lead to a closed pipe; neither stops serving."""
+    for stream in (sys.stdout, sys.stderr):
+        if stream is None:
+            continue
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+
+
 def _set_pdeathsig() -> None:
     """Linux: this process gets ORPHAN_SIGNAL when the supervisor dies."""
     try:
@@ -763,8 +777,7 @@ class Supervisor:
         if opts["max_lifetime"] > 0:
             lifetime_end = time.monotonic() + opts["max_lifetime"] + \
                 random.uniform(0, opts["max_lifetime_jitter"])
-        sys.stdout.flush()
-        sys.stderr.flush()
+        _flush_std_streams()
         read_end: Optional[int] = None
         write_end: Optional[int] = None
         # The handled signals are blocked across fork(): until the child
@@ -802,8 +815,7 @@ class Supervisor:
             finally:
                 try:
                     logging.shutdown()
-                    sys.stdout.flush()
-                    sys.stderr.flush()
+                    _flush_std_streams()
                 finally:
                     os._exit(status)
         os.close(write_end)
