@@ -261,3 +261,23 @@ def test_unix_path_that_is_not_a_socket_is_a_clear_error(tmp_path, kind):
     assert sum(l.startswith("yimmo: error") for l in lines) == 1
     if kind == "file":
         assert path.read_text() == "keep me"
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+def test_unix_path_too_long_is_a_clear_error(tmp_path, processes):
+    # bind() says only "AF_UNIX path too long", an OSError without a
+    # strerror: the line ended in ": None" (hostile review).
+    write_app(tmp_path)
+    path = tmp_path / ("s" * 120 + ".sock")
+    res = subprocess.run(
+        [sys.executable, "-m", "yimmo", "--processes", str(processes),
+         "--bind", "unix:%s" % path, "supapp:app"], cwd=str(tmp_path),
+        env=subprocess_env(), capture_output=True, text=True, timeout=30)
+    assert res.returncode == 1, res.stderr
+    lines = res.stderr.strip().splitlines()
+    assert sum(l.startswith("yimmo: error") for l in lines) == 1, lines
+    assert lines[-1].startswith("yimmo: error: cannot bind unix:"), lines
+    assert lines[-1].endswith(
+        "the path is %d bytes long; a unix socket's can be at most 107"
+        % len(os.fsencode(str(path)))), lines
+    assert "None" not in lines[-1]

@@ -43,13 +43,18 @@ class Listener(NamedTuple):
     reuse_port: bool = False
 
 
+UNIX_PATH_MAX = 107   # Linux's sun_path, less its terminating NUL
+
+
 def _fail(text: str, exc_or_errno: Union[OSError, int],
           message: Optional[str] = None) -> OSError:
     code = exc_or_errno if isinstance(exc_or_errno, int) \
         else exc_or_errno.errno
     if message is None:
         assert isinstance(exc_or_errno, OSError), "an errno needs a message"
-        message = exc_or_errno.strerror
+        # Not every OSError has a strerror (socket.bind's "AF_UNIX path
+        # too long" has only its text).
+        message = exc_or_errno.strerror or str(exc_or_errno)
     return OSError(code, "cannot bind %s: %s" % (text, message))
 
 
@@ -151,6 +156,13 @@ def reuse_port_listener(reserved: Listener, backlog: int) -> Listener:
 
 def bind_unix(text: str, path: str, backlog: int,
               mode: Optional[int] = None) -> Listener:
+    # sun_path holds 108 bytes with the terminating NUL; bind() would
+    # only say "AF_UNIX path too long".
+    size = len(os.fsencode(path))
+    if size > UNIX_PATH_MAX:
+        raise _fail(text, errno.ENAMETOOLONG,
+                    "the path is %d bytes long; a unix socket's can be at "
+                    "most %d" % (size, UNIX_PATH_MAX))
     # A socket file left by a server that is gone is replaced; one that
     # still accepts connections is not.
     try:
