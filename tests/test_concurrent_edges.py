@@ -31,7 +31,10 @@ def test_stop_racing_start_neither_raises_nor_hangs():
             try:
                 server.start()
             except RuntimeError as e:
-                if "already started" not in str(e):
+                # Another starter won, or a stopper came first (the
+                # listeners are closed then: start() must not pretend).
+                if "already started" not in str(e) and \
+                        "stopped before it started" not in str(e):
                     errors.append(("start", repr(e)))
             except Exception as e:      # noqa: BLE001 - collected
                 errors.append(("start", repr(e)))

@@ -270,6 +270,16 @@ def test_server_that_never_ran_closes_its_listeners_on_stop(tmp_path):
     server.stop()
     assert refuses_connections(server.address)
     assert not os.path.exists(path)
+    # It is stopped, and says so: a later start() or serve_forever() raises
+    # (start() returned as if serving, with its listeners closed, before a
+    # hostile review).
+    assert server.stopped
+    with pytest.raises(RuntimeError, match="stopped before it started"):
+        server.start()
+    with pytest.raises(RuntimeError, match="stopped before it started"):
+        server.serve_forever()
+    threads = [t for t in threading.enumerate() if t.name == "yimmo-server"]
+    assert threads == []
 
 
 def test_core_owns_listener_fds_only_once_constructed():

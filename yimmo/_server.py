@@ -184,7 +184,8 @@ class Server:
         self._remove_unix_files = weakref.finalize(
             self, _sockets.unlink_unix_files, self._unix_files)
         self.addresses: List[_sockets.Address] = []
-        # Lock: _thread, _serving and _serving_thread are written under
+        # Lock: _thread, _serving, _serving_thread and _stopped_unstarted
+        # are written under
         # self._lock (start/serve_forever may race with stop() on another
         # thread, truly at once on a free-threaded build), and stop()
         # reads them under it too. The core (self._core) has its own
@@ -192,6 +193,9 @@ class Server:
         self._thread: Optional[threading.Thread] = None
         self._serving = False
         self._serving_thread: Optional[threading.Thread] = None
+        # stop() came before any start(): the listeners are closed, so a
+        # later start() or serve_forever() raises rather than pretending.
+        self._stopped_unstarted = False
         self._done = threading.Event()  # serve_forever has returned
         self._lock = threading.Lock()
         # The process the server was started in, -1 before: a process
@@ -304,8 +308,7 @@ class Server:
         gracefully and raises KeyboardInterrupt; handlers the app installed
         keep working."""
         with self._lock:
-            if self._serving or self._thread is not None:
-                raise RuntimeError("the server was already started")
+            self._check_startable()
             self._serving = True
             self._serving_thread = threading.current_thread()
             self._serve_pid = os.getpid()
@@ -516,8 +519,7 @@ class Server:
         """Serve in a background thread; returns at once (the sockets are
         already listening, so clients may connect right away)."""
         with self._lock:
-            if self._thread is not None or self._serving:
-                raise RuntimeError("the server was already started")
+            self._check_startable()
             thread = threading.Thread(target=self._run_in_thread,
                                       name="yimmo-server", daemon=True)
             self._serve_pid = os.getpid()
@@ -533,6 +535,13 @@ class Server:
                 raise
             self._thread = thread
         return self
+
+    def _check_startable(self) -> None:
+        # Under self._lock.
+        if self._thread is not None or self._serving:
+            raise RuntimeError("the server was already started")
+        if self._stopped_unstarted:
+            raise RuntimeError("the server was stopped before it started")
 
     def _run_in_thread(self) -> None:
         try:
@@ -572,6 +581,8 @@ class Server:
             thread = self._thread
             serving = self._serving
             serving_thread = self._serving_thread
+            if thread is None and not serving:
+                self._stopped_unstarted = True
         if thread is not None and thread is not threading.current_thread():
             thread.join()
         elif serving:
@@ -587,7 +598,9 @@ class Server:
     @property
     def stopped(self) -> bool:
         """True once the server has stopped and its workers have exited."""
-        return self._core.finished
+        # Not under self._lock: a bool read, and the lock may be held for
+        # ever in a process forked from this one.
+        return self._core.finished or self._stopped_unstarted
 
     def __enter__(self) -> Server:
         return self.start()
