@@ -468,7 +468,9 @@ def _escape(value: str) -> str:
     Quotes, backslashes and control or non-ASCII characters are written as
     \\" \\\\ and \\xHH (as Apache does), so a client cannot forge log lines.
     WSGI environ strings are latin-1, one character per byte, so \\xHH is
-    the byte received.
+    the byte received. A character past U+00FF (in a value the app or a
+    middleware set, REMOTE_USER or a PATH_INFO decoded as UTF-8) is
+    written as the \\xHH of its UTF-8 bytes.
     """
     if value.isprintable() and value.isascii() and '"' not in value \
             and "\\" not in value:
@@ -479,24 +481,47 @@ def _escape(value: str) -> str:
             out.append("\\" + ch)
         elif " " <= ch <= "~":
             out.append(ch)
+        elif ch <= "\xff":
+            out.append("\\x%02x" % ord(ch))
         else:
-            out.append("\\x%02x" % (ord(ch) & 0xFF))
+            out.extend("\\x%02x" % byte
+                       for byte in ch.encode("utf-8", "surrogatepass"))
     return "".join(out)
+
+
+def _text(value: object) -> str:
+    """An environ value as text for the log: the app or a middleware may
+    have put anything there (REMOTE_USER = 42); the request still gets
+    its line."""
+    if isinstance(value, str):
+        return value
+    try:
+        return str(value)
+    except Exception:
+        return "?"
+
+
+def _env_text(environ: WSGIEnvironment, key: str, default: str = "") -> str:
+    value = environ.get(key)
+    return default if value is None else _text(value)
 
 
 def _field(environ: WSGIEnvironment, key: str) -> str:
     value = environ.get(key)
-    return _escape(value) if value else "-"
+    return _escape(_text(value)) if value else "-"
 
 
 def _request_line(environ: WSGIEnvironment) -> str:
-    uri = environ.get("RAW_URI") or environ.get("REQUEST_URI")
+    uri = _env_text(environ, "RAW_URI") or _env_text(environ, "REQUEST_URI")
     if not uri:
-        uri = environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")
-        if environ.get("QUERY_STRING"):
-            uri += "?" + environ["QUERY_STRING"]
-    return "%s %s %s" % (environ.get("REQUEST_METHOD", "-"), uri or "-",
-                         environ.get("SERVER_PROTOCOL", "-"))
+        uri = _env_text(environ, "SCRIPT_NAME") + \
+            _env_text(environ, "PATH_INFO")
+        query = _env_text(environ, "QUERY_STRING")
+        if query:
+            uri += "?" + query
+    return "%s %s %s" % (_env_text(environ, "REQUEST_METHOD", "-"),
+                         uri or "-",
+                         _env_text(environ, "SERVER_PROTOCOL", "-"))
 
 
 def format_access(environ: WSGIEnvironment, status: Union[str, int, None],
@@ -670,7 +695,7 @@ def _atom_getter(key: str) -> Atom:
         "r": lambda e, s, n, t, h: _escape(_request_line(e)),
         "m": _env_atom("REQUEST_METHOD"),
         "U": lambda e, s, n, t, h: _escape(
-            e.get("SCRIPT_NAME", "") + e.get("PATH_INFO", "")) or "-",
+            _env_text(e, "SCRIPT_NAME") + _env_text(e, "PATH_INFO")) or "-",
         "q": _env_atom("QUERY_STRING"),
         "H": _env_atom("SERVER_PROTOCOL"),
         "s": lambda e, s, n, t, h: (str(s).split(" ", 1)[0] if s else "-"),
@@ -711,7 +736,7 @@ def _atom_getter(key: str) -> Atom:
                         break
             if value is None or value == "":
                 return "-"
-            return _escape(value if isinstance(value, str) else str(value))
+            return _escape(_text(value))
         return environ_atom
     lower = name.lower()
 
