@@ -43,6 +43,24 @@ typedef struct ymo_bucket {
     char data[];
 } ymo_bucket_t;
 
+/* The memory a bucket of a response holds beyond its bytes: its header,
+ * and in a memory bucket the room it does not fill (a 4 KB bucket may
+ * carry one item of a byte: an app that streams small items, posted one
+ * by one, to a client that reads nothing). An exchange's out_buffered
+ * counts it with the bytes (from the worker's append until the loop
+ * frees the bucket), so out_high_water bounds the memory a response
+ * holds, not only its bytes. Fixed once the bucket is handed to the loop:
+ * len and cap no longer change. A file bucket holds no memory for its
+ * bytes and counts only them. */
+static inline size_t
+ymo_bucket_slack(const ymo_bucket_t *b)
+{
+    if (b->fd >= 0) {
+        return 0;
+    }
+    return sizeof(*b) + (b->owner == NULL ? b->cap - b->len : 0);
+}
+
 /* The three allocate, and return NULL when out of memory. Each is called
  * through a macro of its name, which in a fault-injection build adds the
  * caller's site (see alloc.h): which bucket failed is the caller's

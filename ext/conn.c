@@ -794,6 +794,10 @@ conn_flush(ymo_conn_t *c)
             if (x->off < x->len) {
                 break;
             }
+            if (x->from_ex) {
+                /* And the memory it held (see ymo_bucket_slack). */
+                ex_bytes += ymo_bucket_slack(x);
+            }
             c->busy->wq_head = x->next;
             if (c->busy->wq_head == NULL) {
                 c->busy->wq_tail = NULL;

@@ -881,6 +881,34 @@ ymo_wsgi_worker_add_exchange(ymo_wsgi_worker_t *worker,
     }
 }
 
+/* Copy the chain's leading memory buckets into the room left in the last
+ * bucket the loop has not taken yet, freeing them; returns what is left
+ * of the chain. An app that streams small items posts each in a bucket of
+ * its own (4 KB, mostly room); while the loop has not taken the previous
+ * one they share it instead, so the items the loop finds waiting cost
+ * their bytes, not a bucket each, toward out_high_water. The tail's
+ * charge (its len and slack, see ymo_bucket_slack) is the same after: its
+ * bytes grow by what its room shrinks. Exchange's lock held. */
+static ymo_bucket_t *
+merge_into_tail(ymo_exchange_t *exchange, ymo_bucket_t *chain)
+{
+    ymo_bucket_t *tail = exchange->out_tail;
+    if (tail == NULL || tail->owner != NULL || tail->fd >= 0) {
+        return chain;
+    }
+    while (chain != NULL && chain->owner == NULL && chain->fd < 0 &&
+           chain->from_ex == tail->from_ex && chain->off == 0 &&
+           chain->len <= tail->cap - tail->len) {
+        ymo_bucket_t *next = chain->next;
+        memcpy(tail->data + tail->len, chain->data, chain->len);
+        tail->len += chain->len;
+        chain->next = NULL;
+        ymo_bucket_free(chain);
+        chain = next;
+    }
+    return chain;
+}
+
 /* response_body_append with the exchange's lock held (and left held). */
 static int
 append_locked(ymo_exchange_t *exchange, ymo_bucket_t *body_item, int done)
@@ -895,11 +923,17 @@ append_locked(ymo_exchange_t *exchange, ymo_bucket_t *body_item, int done)
     }
     if (body_item != NULL) {
         exchange->out_started = 1;
+        body_item = merge_into_tail(exchange, body_item);
+    }
+    if (body_item != NULL) {
+        /* Each bucket's bytes and the memory around them: the loop
+         * takes back the bytes as it writes them and the rest when it
+         * frees the bucket (conn_flush). */
         ymo_bucket_t *last = body_item;
-        exchange->out_buffered += last->len;
+        exchange->out_buffered += last->len + ymo_bucket_slack(last);
         while (last->next != NULL) {
             last = last->next;
-            exchange->out_buffered += last->len;
+            exchange->out_buffered += last->len + ymo_bucket_slack(last);
         }
         if (exchange->out_tail != NULL) {
             exchange->out_tail->next = body_item;

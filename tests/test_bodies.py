@@ -223,6 +223,48 @@ def test_large_write_then_iterable_streams_in_order(yimmo_server):
     assert resp.body == big + b"-end"
 
 
+@pytest.mark.parametrize("framing", ["chunked", "length"])
+def test_many_small_items_of_mixed_sizes_arrive_whole_and_in_order(
+        yimmo_server, framing):
+    # Small items posted one by one share the bucket the loop has not
+    # taken yet (wsgi_worker.c, merge_into_tail); big ones go by reference
+    # or in buckets of their own, and write() mixes in. A slow reader in
+    # the middle lets items wait for the loop, so they are merged.
+    rng = random.Random(17)
+    items = []
+    for i in range(20000):
+        kind = rng.random()
+        size = (rng.randint(1, 40) if kind < 0.9 else
+                rng.randint(1000, 5000) if kind < 0.99 else
+                rng.randint(20000, 200000))
+        items.append(rng.randbytes(size))
+    body = b"".join(items)
+    headers = list(TEXT)
+    if framing == "length":
+        headers.append(("Content-Length", str(len(body))))
+
+    def app(environ, start_response):
+        write = start_response("200 OK", headers)
+
+        def gen():
+            for i, item in enumerate(items):
+                if i % 997 == 0:
+                    write(item)     # between the items of the iterable
+                else:
+                    yield item
+        return gen()
+
+    server = yimmo_server(validator(app), workers=2)
+    with connect(server.address, 30) as sock:
+        sock.sendall(build_request("GET", "/"))
+        time.sleep(0.3)             # let output pile up meanwhile
+        resp = read_response(sock)
+        assert resp.framing == framing
+        assert resp.body == body
+        # And the connection is still good for the next one.
+        assert request(sock, "GET", "/").body == body
+
+
 def test_stalled_client_gets_whole_response_without_server_buffering_it(
         yimmo_server):
     pieces = [random.Random(i).randbytes(65536) for i in range(256)]

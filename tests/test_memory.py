@@ -32,7 +32,13 @@ APP = textwrap.dedent('''
 
     BLOCK = bytes(range(256)) * 256          # 64 KB, as in the test
     DOUBLE = BLOCK * 2
-    stats = {"yielded": 0, "closed": 0}
+    stats = {"yielded": 0, "closed": 0, "tiny": 0}
+
+
+    def tiny(n):
+        for _ in range(n):
+            stats["tiny"] += 1
+            yield b"x"
 
 
     class Download:
@@ -79,6 +85,13 @@ APP = textwrap.dedent('''
             return Download(n)
         elif path == "/stats":
             body = b"%d %d" % (stats["yielded"], stats["closed"])
+        elif path == "/tiny":
+            # A stream of one-byte items (chunked), as an SSE or a
+            # per-token endpoint sends: each is posted on its own.
+            start_response("200 OK", [("Content-Type", "text/plain")])
+            return tiny(int(environ["QUERY_STRING"]))
+        elif path == "/tinystats":
+            body = b"%d" % stats["tiny"]
         else:
             body = b"ok"
         start_response("200 OK", [("Content-Type", "text/plain"),
@@ -237,6 +250,40 @@ def test_download_1gb_to_slow_starting_client_bounded_memory(mem_server):
         assert read_response(sock).body == b"ok"
     assert got == GB and bad == 0
     rss.assert_bounded(baseline, "a 1 GB download")
+
+
+def test_small_items_to_clients_that_do_not_read_bounded_memory(mem_server):
+    # Every item posted on its own took a 4 KB bucket, and the output's
+    # high-water mark counted only its bytes: one client that read nothing
+    # of a stream of one-byte items pinned 175 MB (hostile review). The
+    # mark now counts the buckets' memory.
+    proc, addr = mem_server
+    pid = proc.proc.pid
+    baseline = settle_baseline(pid)
+    # One of the two workers; the other answers /tinystats.
+    clients = [connect(addr, IO_TIMEOUT)]
+    try:
+        with RssSampler(pid, interval=0.1) as rss:
+            for sock in clients:
+                sock.sendall(build_request("GET", "/tiny?100000000"))
+            for sock in clients:
+                assert wait_readable(sock, 5), "no response head"
+            # Until the stream stalls (no item asked for in 0.5 s).
+            deadline = time.monotonic() + 20
+            last, since = None, time.monotonic()
+            while True:
+                count = int(get(addr, "/tinystats").body)
+                now = time.monotonic()
+                if count != last:
+                    last, since = count, now
+                elif now - since > 0.5:
+                    break
+                assert now < deadline, "the stream never stalled"
+                time.sleep(0.05)
+        rss.assert_bounded(baseline, "a stalled stream of 1-byte items")
+    finally:
+        for sock in clients:
+            sock.close()
 
 
 def test_paused_download_does_not_block_other_clients(mem_server):
