@@ -1941,6 +1941,12 @@ ymo_wsgi_run_exchange(struct ymo_wsgi_app *app, ymo_wsgi_worker_t *worker,
         /* Under a flood, work goes to requests whose clients are likely
          * still waiting: this one waited too long for a worker. */
         ymo_bucket_t *b = ymo_http_error_bucket(503, is_head(ex));
+        if (b != NULL) {
+            /* Counted out as it is written, as every bucket the exchange
+             * appends (out_buffered; C review of the session after
+             * 76de913). */
+            b->from_ex = 1;
+        }
         ymo_wsgi_worker_response_body_append(ex, b, YMO_DONE |
                                                     YMO_DONE_CLOSE);
         return;
