@@ -353,9 +353,16 @@ class Server:
                     self._log_from_handlers()
             except BaseException:
                 # KeyboardInterrupt, or a signal handler that raised: let
-                # in-flight requests finish, then let it propagate.
-                log.info("Shutting down")
+                # in-flight requests finish, then let it propagate. The
+                # stop comes before the log line: its handlers are Python
+                # code a second signal may interrupt, and the drain below
+                # must run whatever happens there (C review after 76de913:
+                # the Core was left running, its listener open).
                 self._core.stop(grace)
+                try:
+                    log.info("Shutting down")
+                except BaseException:
+                    self._core.stop(0)
                 while True:
                     try:
                         self._log_from_handlers()
