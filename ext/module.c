@@ -26,8 +26,9 @@ typedef struct {
     int workers_started;
     int finished;              /* stopped and workers joined */
     size_t abandoned;          /* workers still in the app after the
-                                * grace period: this object then stays
-                                * alive for good, as they use it */
+                                * grace period: this object then keeps
+                                * its own reference for good, as they
+                                * use it */
     Py_buffer heartbeat;       /* the supervisor's slot (heartbeat.h),
                                 * held for the Core's life so the memory
                                 * stays mapped; .obj NULL without one */
@@ -365,6 +366,13 @@ core_shutdown(CoreObject *self, double grace)
     /* The app's bytes the loop wrote after the workers' last look. */
     ymo_wsgi_release_owners(&self->server);
     self->finished = 1;
+    if (self->workers_started) {
+        /* Joined: the threads' reference (see core_run_locked). Only
+         * reached with the caller's own reference held: with workers
+         * started and not finished, that reference keeps the Core from
+         * being freed, so Core_clear never gets here then. */
+        Py_DECREF(self);
+    }
 }
 
 /* run() with the Core's critical section held (see CoreObject). */
@@ -384,6 +392,13 @@ core_run_locked(CoreObject *self, int wakeup_fd)
             r = ymo_watchdog_start(&self->server);
         }
         self->workers_started = 1;
+        /* A server that has threads owns itself until they are joined
+         * (finished): they use it, and the last reference dropped on one
+         * of them (an exchange's wsgi.input or StartResponse, which hold
+         * the Core) would have it shut down and join itself there, for
+         * ever (C review after 76de913). Dropped unfinished, the Core
+         * stays, as with abandoned workers. */
+        Py_INCREF(self);
         if (r < 0) {
             errno = -r;
             PyErr_SetFromErrno(PyExc_OSError);
@@ -413,8 +428,12 @@ core_run_locked(CoreObject *self, int wakeup_fd)
         ymo_wsgi_release_owners(&self->server);
         self->finished = 1;
         if (busy > 0) {
+            /* Never freed: those threads use it (the threads' reference
+             * stays). */
             self->abandoned = busy;
-            Py_INCREF(self);    /* never freed: those threads use it */
+        }
+        else {
+            Py_DECREF(self);    /* the threads' (the caller has one) */
         }
     }
     return PyBool_FromLong(stopped);

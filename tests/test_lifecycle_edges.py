@@ -7,6 +7,7 @@ during write(), and exc_info values that are not an exception."""
 import gc
 import logging
 import os
+import re
 import signal
 import socket
 import sys
@@ -207,6 +208,76 @@ def test_a_second_sigint_while_shutting_down_is_logged_still_stops(
     script.write_text(SLOW_LOG_APP)
     assert_a_second_signal_cuts_the_grace(script, signal.SIGINT,
                                           signal.SIGINT)
+
+
+DROPPED_CORE = textwrap.dedent('''
+    import gc, os, socket, sys, threading, time
+    from yimmo import _yimmo
+
+    def app(environ, start_response):
+        time.sleep(1.0)
+        start_response("200 OK", [("Content-Length", "2")])
+        return [b"ok"]
+
+    def switches():
+        # Voluntary context switches of every thread but the main one.
+        total = 0
+        for tid in os.listdir("/proc/self/task"):
+            if int(tid) == os.getpid():
+                continue
+            try:
+                with open("/proc/self/task/%s/status" % tid) as f:
+                    for line in f:
+                        if line.startswith("voluntary_ctxt_switches"):
+                            total += int(line.split()[1])
+            except OSError:
+                pass
+        return total
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(8)
+    sock.setblocking(False)
+    port = sock.getsockname()[1]
+    core = _yimmo.Core(app, [(sock.detach(), False, "127.0.0.1", str(port))],
+                       print, sys.stderr, workers=1)
+    r, w = os.pipe()
+    os.set_blocking(r, False)
+    client = socket.create_connection(("127.0.0.1", port), timeout=10)
+    client.sendall(b"GET / HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n")
+    threading.Timer(0.3, os.write, (w, b"x")).start()
+    print("run returned", core.run(wakeup_fd=r), flush=True)
+    del core
+    gc.collect()
+    time.sleep(1.5)             # the app returns and its objects go
+    s0 = switches()
+    time.sleep(1.0)
+    print("switches", switches() - s0, flush=True)
+    # Kept by its own threads: it can still be found and finished.
+    core, = [o for o in gc.get_objects() if type(o) is _yimmo.Core]
+    core.stop(0)
+    print("finished", core.run(), flush=True)
+    print("client got", client.recv(100)[:15], flush=True)
+''')
+
+
+def test_a_core_dropped_unfinished_is_not_shut_down_by_its_worker(tmp_path):
+    """The last reference to a Core that was still serving (run()
+    interrupted, then dropped) went with the exchange's wsgi.input, on the
+    worker: the Core shut down there, ran its loop on the worker and
+    joined that very thread for ever, polling every 20 ms (C review after
+    76de913). A Core with threads now owns itself until they are joined:
+    dropped unfinished it stays, idle, and can still be finished."""
+    script = tmp_path / "dropped.py"
+    script.write_text(DROPPED_CORE)
+    with ServerProcess([sys.executable, str(script)]) as proc:
+        assert proc.wait(20) == 0, proc.stderr
+    out = proc.stdout
+    assert "run returned False" in out, out
+    switches = int(re.search(r"switches (\d+)", out).group(1))
+    assert switches < 10, out       # 49 with the worker polling
+    assert "finished True" in out, out
+    assert "client got b'HTTP/1.1 200 OK'" in out, out
 
 
 @pytest.mark.parametrize("second", [signal.SIGTERM, signal.SIGINT])
