@@ -736,6 +736,35 @@ def test_server_refuses_processes_above_one():
         yimmo.Server(lambda e, s: [], bind="127.0.0.1:0", processes=2)
 
 
+def test_serve_with_processes_off_the_main_thread_is_one_clear_error():
+    # It failed inside, with set_wakeup_fd's ValueError, after a warning
+    # that took the main thread for a thread of the app (hostile review).
+    import yimmo
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    result = []
+
+    def run():
+        try:
+            yimmo.serve(lambda e, s: [], bind="127.0.0.1:%d" % port,
+                        processes=2)
+        except BaseException as exc:   # noqa: BLE001 - recorded
+            result.append(exc)
+        else:
+            result.append(None)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join(10)
+    assert not thread.is_alive()
+    assert isinstance(result[0], RuntimeError), result
+    assert "main thread" in str(result[0])
+    assert children_of(os.getpid()) == []
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+
+
 def test_serve_with_processes_supervises_the_imported_app(tmp_path):
     write_app(tmp_path)
     (tmp_path / "run.py").write_text(

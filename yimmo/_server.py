@@ -625,6 +625,13 @@ def serve(app: WSGIApplication, **options: Unpack[_options.Options]) -> None:
     "yimmo.access" logger already has a handler; log_config is applied
     last."""
     opts = _options.validate(options)
+    if opts["processes"] > 1 and \
+            threading.current_thread() is not threading.main_thread():
+        # The supervisor lives on signals (SIGCHLD, SIGHUP, SIGTERM...),
+        # which only the main thread can handle in Python.
+        raise RuntimeError("serve(processes=%d) must be called from the "
+                           "main thread: the supervisor handles signals"
+                           % opts["processes"])
     if not logging.getLogger().handlers and \
             not logging.getLogger("yimmo").handlers:
         _logging.configure_logging(opts["log_level"], opts["access_log"],
