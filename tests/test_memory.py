@@ -177,6 +177,23 @@ def stats(addr):
     return int(yielded), int(closed)
 
 
+def wait_stalled(look, what, timeout=20):
+    """Wait (bounded) until what look() returns (the app's count of items
+    asked for) has not changed for 0.5 s: the response stalls on a client
+    that reads nothing. Returns the last value."""
+    deadline = time.monotonic() + timeout
+    last, since = None, time.monotonic()
+    while True:
+        value = look()
+        now = time.monotonic()
+        if value != last:
+            last, since = value, now
+        elif now - since > 0.5:
+            return value
+        assert now < deadline, "%s never stalled" % what
+        time.sleep(0.05)
+
+
 def settle_baseline(pid):
     """RSS once idle (the warm-up responses have been freed)."""
     return rss_kb(pid)
@@ -268,18 +285,8 @@ def test_small_items_to_clients_that_do_not_read_bounded_memory(mem_server):
                 sock.sendall(build_request("GET", "/tiny?100000000"))
             for sock in clients:
                 assert wait_readable(sock, 5), "no response head"
-            # Until the stream stalls (no item asked for in 0.5 s).
-            deadline = time.monotonic() + 20
-            last, since = None, time.monotonic()
-            while True:
-                count = int(get(addr, "/tinystats").body)
-                now = time.monotonic()
-                if count != last:
-                    last, since = count, now
-                elif now - since > 0.5:
-                    break
-                assert now < deadline, "the stream never stalled"
-                time.sleep(0.05)
+            wait_stalled(lambda: int(get(addr, "/tinystats").body),
+                         "the stream")
         rss.assert_bounded(baseline, "a stalled stream of 1-byte items")
     finally:
         for sock in clients:
@@ -296,20 +303,10 @@ def test_paused_download_does_not_block_other_clients(mem_server):
         with RssSampler(pid) as rss:
             slow.sendall(build_request("GET", "/download?%d" % N_BLOCKS))
             assert wait_readable(slow, 5), "no response head"
-            # Wait (bounded) until the download stalls: the app has been
-            # asked for no more blocks for a while. Each look is itself a
-            # request served while the slow client is not reading.
-            deadline = time.monotonic() + 20
-            last, since = None, time.monotonic()
-            while True:
-                yielded, closed = stats(addr)
-                now = time.monotonic()
-                if yielded != last:
-                    last, since = yielded, now
-                elif now - since > 0.5:
-                    break
-                assert now < deadline, "the download never stalled"
-                time.sleep(0.05)
+            # Each look is itself a request served while the slow client
+            # is not reading.
+            yielded, closed = wait_stalled(lambda: stats(addr),
+                                           "the download")
             assert closed == closed0
             assert yielded - yielded0 < N_BLOCKS
             # Others are served meanwhile, uploads included.
