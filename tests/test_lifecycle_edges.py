@@ -210,6 +210,122 @@ def test_a_second_sigint_while_shutting_down_is_logged_still_stops(
                                           signal.SIGINT)
 
 
+SIGNALS_TOGETHER = textwrap.dedent('''
+    import os, signal, socket, sys, threading, time
+    import yimmo
+
+    def app(environ, start_response):
+        time.sleep(1.0)
+        start_response("200 OK", [("Content-Length", "2")])
+        return [b"ok"]
+
+    def on_term(signum, frame):
+        raise SystemExit("the app's SIGTERM handler")
+
+    signal.signal(signal.SIGTERM, on_term)
+    server = yimmo.Server(app, bind="127.0.0.1:0", workers=2,
+                          graceful_timeout=10)
+    address = server.address
+
+    def client():
+        s = socket.create_connection(address, timeout=5)
+        s.sendall(b"GET / HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n")
+        time.sleep(0.3)
+        # Ctrl-C while a supervisor sends its SIGTERM: both handlers
+        # raise, and the second is raised as soon as a call returns.
+        os.kill(os.getpid(), signal.SIGINT)
+        os.kill(os.getpid(), signal.SIGTERM)
+        s.recv(100)
+
+    threading.Thread(target=client, daemon=True).start()
+    try:
+        server.serve_forever()
+    except BaseException as exc:
+        print("raised", type(exc).__name__, flush=True)
+    print("stopped=%s" % server.stopped, flush=True)
+    try:
+        socket.create_connection(address, timeout=2).close()
+        print("still accepting", flush=True)
+    except ConnectionRefusedError:
+        print("refused", flush=True)
+''')
+
+
+def test_two_signals_at_once_whose_handlers_raise_still_stop(tmp_path):
+    """SIGINT and an app's SIGTERM that raises, tripped together: the
+    second raised right after Core.stop() returned, outside the try that
+    drains, and serve_forever left the Core running, its listener open
+    (C review of 401e8ad)."""
+    script = tmp_path / "together.py"
+    script.write_text(SIGNALS_TOGETHER)
+    with ServerProcess([sys.executable, str(script)]) as proc:
+        assert proc.wait(20) == 0, proc.stderr
+    out = proc.stdout
+    assert "raised KeyboardInterrupt" in out, out
+    assert "stopped=True" in out, out
+    assert "refused" in out, out
+
+
+FINALLY_INTERRUPTED = textwrap.dedent('''
+    import logging, os, signal, socket, threading, time
+    import yimmo
+    from yimmo import _server
+
+    def app(environ, start_response):
+        time.sleep(3)           # outlives the grace: abandoned
+        start_response("200 OK", [("Content-Length", "2")])
+        return [b"ok"]
+
+    class Slow(logging.Handler):
+        # A handler that takes its time (a network one).
+        def emit(self, record):
+            if "still running" in record.getMessage():
+                time.sleep(1.0)
+
+    logging.getLogger("yimmo").addHandler(Slow())
+    logging.getLogger("yimmo").setLevel(logging.INFO)
+    server = yimmo.Server(app, bind="127.0.0.1:0", workers=1,
+                          graceful_timeout=0.3)
+
+    def driver():
+        s = socket.create_connection(server.address, timeout=5)
+        s.sendall(b"GET / HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n")
+        time.sleep(0.3)
+        os.kill(os.getpid(), signal.SIGTERM)      # graceful stop
+        time.sleep(0.8)                           # the warning is logged
+        os.kill(os.getpid(), signal.SIGINT)       # Ctrl-C meanwhile
+
+    threading.Thread(target=driver, daemon=True).start()
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        print("interrupted", flush=True)
+    print("SIGTERM handler", signal.getsignal(signal.SIGTERM) is
+          signal.SIG_DFL, flush=True)
+    print("wakeup fd", signal.set_wakeup_fd(-1), flush=True)
+    print("owner", _server._signal_owner is None, flush=True)
+    os._exit(0)
+''')
+
+
+def test_a_signal_during_the_last_log_lines_leaves_no_handler_behind(
+        tmp_path):
+    """Ctrl-C while serve_forever's finally logs (the abandoned-workers
+    warning, through a slow handler) skipped the rest of it: the finished
+    server's SIGTERM handler and wakeup fd stayed, and the process no
+    longer ended on SIGTERM (C review). The process's state is given back
+    before any logging now."""
+    script = tmp_path / "finally.py"
+    script.write_text(FINALLY_INTERRUPTED)
+    with ServerProcess([sys.executable, str(script)]) as proc:
+        assert proc.wait(20) == 0, proc.stderr
+    out = proc.stdout
+    assert "interrupted" in out, out
+    assert "SIGTERM handler True" in out, out
+    assert "wakeup fd -1" in out, out
+    assert "owner True" in out, out
+
+
 DROPPED_CORE = textwrap.dedent('''
     import gc, os, socket, sys, threading, time
     from yimmo import _yimmo

@@ -353,30 +353,42 @@ class Server:
                     self._log_from_handlers()
             except BaseException:
                 # KeyboardInterrupt, or a signal handler that raised: let
-                # in-flight requests finish, then let it propagate. The
-                # stop comes before the log line: its handlers are Python
-                # code a second signal may interrupt, and the drain below
-                # must run whatever happens there (C review after 76de913:
-                # the Core was left running, its listener open).
-                self._core.stop(grace)
-                try:
-                    log.info("Shutting down")
-                except BaseException:
-                    self._core.stop(0)
+                # in-flight requests finish, then let it propagate. Asked
+                # again meanwhile (a second Ctrl-C, or a handler that
+                # raised again, even inside the "Shutting down" line's
+                # handlers): no grace, but still drain. Every call is in
+                # the try: a pending handler raises when a call returns
+                # (C review after 76de913: the Core was left running, its
+                # listener open). The first exception is the one that
+                # propagates.
+                grace_now, logged = grace, False
                 while True:
                     try:
+                        self._core.stop(grace_now)
+                        if not logged:
+                            logged = True
+                            log.info("Shutting down")
                         self._log_from_handlers()
                         if self._core.run(wakeup_fd=fd):
                             break
                     except BaseException:
-                        # Asked twice (a second Ctrl-C, or a handler that
-                        # raised again): no grace, but still drain; the
-                        # first exception is the one that propagates.
-                        self._core.stop(0)
+                        grace_now = 0
                 raise
         finally:
-            self._log_from_handlers()
-            self._report_abandoned()
+            if not self._core.finished:
+                # Signals whose handlers raise, tripped together, can
+                # still land between two statements above: no grace
+                # left, and a drain no handler can interrupt (no wakeup
+                # fd; the handlers run once it has returned).
+                try:
+                    self._core.stop(0)
+                finally:
+                    self._core.run()
+            # The process's state first (plain calls), then the Python
+            # code of logging: its handlers may take long (a network
+            # handler) and a signal may interrupt them, and the server
+            # must have given everything back by then (C review: the
+            # finished server's SIGTERM handler and wakeup fd stayed).
             _running_discard(self)
             if on_main:
                 _signal_owner = None
@@ -389,6 +401,8 @@ class Server:
                 wakeup_r.close()
                 wakeup_w.close()
             self._close_sockets()
+            self._log_from_handlers()
+            self._report_abandoned()
             # What a handler that ran in this finally, before the handlers
             # were given back, had to say.
             self._log_from_handlers()
