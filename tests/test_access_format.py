@@ -148,10 +148,30 @@ def test_request_values_are_escaped(access_file):
     assert line == 'a\\"b\\\\c\\xff|caf\\xe9'
 
 
+class Odd:
+    """A value whose truth test and comparison raise (an array, a lazy
+    proxy) but which has a text."""
+
+    def __bool__(self):
+        raise ValueError("truth value is ambiguous")
+
+    def __eq__(self, other):
+        raise ValueError("no comparison")
+
+    __hash__ = object.__hash__
+
+    def __str__(self):
+        return "odd"
+
+
 def environ_app(environ, start_response):
     # What auth middleware and apps do to environ after parsing: a user id
-    # that is not a str, a user name and a path decoded as UTF-8.
-    if environ["PATH_INFO"] == "/int":
+    # that is not a str, a user name and a path decoded as UTF-8, values
+    # whose truth test raises.
+    environ["x.odd"] = Odd()
+    if environ["PATH_INFO"] == "/odd":
+        environ["REMOTE_USER"] = Odd()
+    elif environ["PATH_INFO"] == "/int":
         environ["REMOTE_USER"] = 42
         environ["SCRIPT_NAME"] = None
     else:
@@ -162,31 +182,34 @@ def environ_app(environ, start_response):
     return [b"ok"]
 
 
-@pytest.mark.parametrize("fmt", [None, "%(u)s %(U)s %(r)s"])
+@pytest.mark.parametrize("fmt", [None, "%(u)s %(U)s %(r)s %({x.odd}e)s"])
 def test_values_the_app_put_in_environ_keep_the_line(access_file, capfd,
                                                      fmt):
     # REMOTE_USER = 42 cost the request its line (a traceback through the
     # unraisable hook instead), and U+0141 was logged as \x41, an "A"
-    # (hostile review).
+    # (hostile review); a value whose truth test raised did too (the
+    # review of that fix).
     with yimmo.Server(environ_app, bind="127.0.0.1:0", workers=1,
                       access_log=access_file,
                       access_log_format=fmt) as server:
-        for count, target in enumerate(("/int", "/%C5%A0"), 1):  # "/Š"
-            with connect(server.address) as sock:
+        for count, target in enumerate(("/int", "/%C5%A0", "/odd"), 1):
+            with connect(server.address) as sock:     # ("/Š")
                 resp = request(sock, "GET", target)
                 assert resp.status == 200
             wait_lines(access_file, count)
-        lines = wait_lines(access_file, 2)
+        lines = wait_lines(access_file, 3)
     assert "Exception ignored" not in capfd.readouterr().err
     if fmt is None:
         assert ' - 42 [' in lines[0], lines
         assert '"GET /int HTTP/1.1" 200 2' in lines[0], lines
         assert ' - \\xc5\\x81ukasz [' in lines[1], lines
         assert '"GET /%C5%A0 HTTP/1.1" 200 2' in lines[1], lines
+        assert ' - odd [' in lines[2], lines
     else:
-        assert lines[0] == "42 /int GET /int HTTP/1.1", lines
+        assert lines[0] == "42 /int GET /int HTTP/1.1 odd", lines
         assert lines[1] == ("\\xc5\\x81ukasz /\\xc5\\xa0 "
-                            "GET /%C5%A0 HTTP/1.1"), lines
+                            "GET /%C5%A0 HTTP/1.1 odd"), lines
+        assert lines[2] == "odd /odd GET /odd HTTP/1.1 odd", lines
 
 
 def test_numeric_atoms_take_numeric_conversions(access_file):

@@ -507,8 +507,11 @@ def _env_text(environ: WSGIEnvironment, key: str, default: str = "") -> str:
 
 
 def _field(environ: WSGIEnvironment, key: str) -> str:
+    # Empty or not is decided on the text: the value's own truth test
+    # may raise (an array, a lazy proxy) and cost the line.
     value = environ.get(key)
-    return _escape(_text(value)) if value else "-"
+    text = _text(value) if value is not None else ""
+    return _escape(text) if text else "-"
 
 
 def _request_line(environ: WSGIEnvironment) -> str:
@@ -734,9 +737,8 @@ def _atom_getter(key: str) -> Atom:
                     if k.lower() == lower:
                         value = v
                         break
-            if value is None or value == "":
-                return "-"
-            return _escape(_text(value))
+            text = _text(value) if value is not None else ""
+            return _escape(text) if text else "-"
         return environ_atom
     lower = name.lower()
 
