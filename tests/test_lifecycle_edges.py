@@ -326,6 +326,54 @@ def test_a_signal_during_the_last_log_lines_leaves_no_handler_behind(
     assert "owner True" in out, out
 
 
+STARTUP_INTERRUPTED = textwrap.dedent('''
+    import logging, os, signal, socket, threading, time
+    import yimmo
+
+    def app(environ, start_response):
+        start_response("200 OK", [("Content-Length", "2")])
+        return [b"ok"]
+
+    class Slow(logging.Handler):
+        def emit(self, record):
+            if "Listening at" in record.getMessage():
+                time.sleep(0.5)
+
+    logging.getLogger("yimmo").addHandler(Slow())
+    logging.getLogger("yimmo").setLevel(logging.INFO)
+    server = yimmo.Server(app, bind="127.0.0.1:0", workers=1)
+    threading.Timer(0.2, os.kill, (os.getpid(), signal.SIGINT)).start()
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        print("interrupted", flush=True)
+    print("SIGTERM handler", signal.getsignal(signal.SIGTERM) is
+          signal.SIG_DFL, flush=True)
+    print("wakeup fd", signal.set_wakeup_fd(-1), flush=True)
+    print("stopped=%s" % server.stopped, flush=True)
+    try:
+        socket.create_connection(server.address, timeout=2).close()
+        print("still accepting", flush=True)
+    except ConnectionRefusedError:
+        print("refused", flush=True)
+    os._exit(0)
+''')
+
+
+def test_a_ctrl_c_while_listening_is_logged_stops_the_server(tmp_path):
+    """Ctrl-C while a slow handler writes "Listening at": it landed before
+    serve_forever's try, so nothing was undone: the listener stayed open
+    (never served) and the server's handlers stayed (C review)."""
+    script = tmp_path / "startup.py"
+    script.write_text(STARTUP_INTERRUPTED)
+    with ServerProcess([sys.executable, str(script)]) as proc:
+        assert proc.wait(20) == 0, proc.stderr
+    out = proc.stdout
+    for line in ("interrupted", "SIGTERM handler True", "wakeup fd -1",
+                 "stopped=True", "refused"):
+        assert line in out, out
+
+
 DROPPED_CORE = textwrap.dedent('''
     import gc, os, socket, sys, threading, time
     from yimmo import _yimmo

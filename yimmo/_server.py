@@ -343,11 +343,14 @@ class Server:
                 self._signal_old[signal.SIGTERM] = old_term
             _signal_owner = self
         fd = wakeup_r.fileno() if wakeup_r is not None else -1
-        _running_add(self)
-        log.info("Listening at %s (%d workers)",
-                 ", ".join(self._describe(a) for a in self.addresses),
-                 self.options["workers"])
+        returned = False
         try:
+            # In the try: a Ctrl-C while a slow handler writes this line
+            # left the listener open and the handlers installed (C review).
+            _running_add(self)
+            log.info("Listening at %s (%d workers)",
+                     ", ".join(self._describe(a) for a in self.addresses),
+                     self.options["workers"])
             try:
                 while not self._core.run(wakeup_fd=fd):
                     self._log_from_handlers()
@@ -374,6 +377,7 @@ class Server:
                     except BaseException:
                         grace_now = 0
                 raise
+            returned = True
         finally:
             if not self._core.finished:
                 # Signals whose handlers raise, tripped together, can
@@ -384,11 +388,20 @@ class Server:
                     self._core.stop(0)
                 finally:
                     self._core.run()
-            # The process's state first (plain calls), then the Python
-            # code of logging: its handlers may take long (a network
-            # handler) and a signal may interrupt them, and the server
-            # must have given everything back by then (C review: the
-            # finished server's SIGTERM handler and wakeup fd stayed).
+            # The last lines (what handlers had to say, the workers left
+            # behind) while the server's handlers are still in place, so
+            # a signal that lands meanwhile is still the server's (its
+            # line is logged below). An exception from them (a Ctrl-C in
+            # a slow handler) waits until the process's state is given
+            # back: it skipped that, leaving the finished server's SIGTERM
+            # handler and wakeup fd (C review). It propagates only if
+            # nothing else does: the first exception is the one.
+            late: Optional[BaseException] = None
+            try:
+                self._log_from_handlers()
+                self._report_abandoned()
+            except BaseException as exc:
+                late = exc
             _running_discard(self)
             if on_main:
                 _signal_owner = None
@@ -401,11 +414,11 @@ class Server:
                 wakeup_r.close()
                 wakeup_w.close()
             self._close_sockets()
-            self._log_from_handlers()
-            self._report_abandoned()
             # What a handler that ran in this finally, before the handlers
             # were given back, had to say.
             self._log_from_handlers()
+            if late is not None and returned:
+                raise late
 
     def _report_abandoned(self) -> None:
         busy = self._core.abandoned_workers
