@@ -266,6 +266,74 @@ def test_two_signals_at_once_whose_handlers_raise_still_stop(tmp_path):
     assert "refused" in out, out
 
 
+SIGNAL_STORM = textwrap.dedent('''
+    import os, signal, socket, threading, time
+    import yimmo
+    from yimmo import _server
+
+    def app(environ, start_response):
+        time.sleep(3)
+        start_response("200 OK", [("Content-Length", "2")])
+        return [b"ok"]
+
+    def on_term(signum, frame):
+        raise SystemExit("the app's SIGTERM handler")
+
+    signal.signal(signal.SIGTERM, on_term)
+    server = yimmo.Server(app, bind="127.0.0.1:0", workers=1,
+                          graceful_timeout=10)
+    address = server.address
+
+    def storm():
+        s = socket.create_connection(address, timeout=5)
+        s.sendall(b"GET / HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n")
+        time.sleep(0.3)
+        os.kill(os.getpid(), signal.SIGINT)          # drains
+        time.sleep(0.3)
+        os.kill(os.getpid(), signal.SIGINT)          # both at once, the
+        os.kill(os.getpid(), signal.SIGTERM)         # second at a jump
+        time.sleep(0.04)
+        os.kill(os.getpid(), signal.SIGINT)          # in the last drain
+
+    threading.Thread(target=storm, daemon=True).start()
+    try:
+        server.serve_forever()
+    except BaseException as exc:
+        print("raised", type(exc).__name__, flush=True)
+    print("stopped=%s" % server.stopped, flush=True)
+    print("handlers", signal.getsignal(signal.SIGTERM) is on_term,
+          signal.getsignal(signal.SIGHUP) is signal.SIG_DFL,
+          signal.getsignal(signal.SIGUSR1) is signal.SIG_DFL, flush=True)
+    print("wakeup fd", signal.set_wakeup_fd(-1), flush=True)
+    print("owner", _server._signal_owner is None, flush=True)
+    try:
+        socket.create_connection(address, timeout=2).close()
+        print("still accepting", flush=True)
+    except ConnectionRefusedError:
+        print("refused", flush=True)
+    os._exit(0)
+''')
+
+
+def test_a_storm_of_raising_signals_stops_and_gives_everything_back(
+        tmp_path):
+    """Ctrl-C; then Ctrl-C and an app's raising SIGTERM at once (the
+    second raised at the drain loop's jump, outside its try); then Ctrl-C
+    again while the last drain waits: the second left the wrong exception
+    propagating, the third the finished server's handlers and wakeup fd
+    installed (review of the serve_forever rework). The first exception
+    propagates, the server is stopped and everything is given back."""
+    script = tmp_path / "storm.py"
+    script.write_text(SIGNAL_STORM)
+    with ServerProcess([sys.executable, str(script)]) as proc:
+        assert proc.wait(20) == 0, proc.stderr
+    out = proc.stdout
+    for line in ("raised KeyboardInterrupt", "stopped=True",
+                 "handlers True True True", "wakeup fd -1", "owner True",
+                 "refused"):
+        assert line in out, out
+
+
 FINALLY_INTERRUPTED = textwrap.dedent('''
     import logging, os, signal, socket, threading, time
     import yimmo

@@ -47,6 +47,32 @@ _running: weakref.WeakSet[Server] = weakref.WeakSet()
 _running_lock = threading.Lock()
 
 
+class _SignalState:
+    """What serve_forever's signal set-up replaced, recorded step by step
+    (so that a signal landing in the middle leaves a record of exactly
+    what to give back)."""
+
+    def __init__(self) -> None:
+        self.wakeup_r: Optional[socket.socket] = None
+        self.wakeup_w: Optional[socket.socket] = None
+        self.wakeup_set = False
+        self.old_wakeup = -1
+        self.old: Dict[int, SignalHandler] = {}
+
+
+def _restore_handlers(items: List[Tuple[int, SignalHandler]]) -> None:
+    """signal.signal(signum, handler) for each, every one of them even if
+    a handler raises when one of the calls returns."""
+    if not items:
+        return
+    try:
+        signum, handler = items[0]
+        if handler is not None:
+            signal.signal(signum, handler)
+    finally:
+        _restore_handlers(items[1:])
+
+
 def _running_add(server: Server) -> None:
     with _running_lock:
         _running.add(server)
@@ -307,63 +333,65 @@ class Server:
         SIGTERM stops gracefully (and this returns) and SIGINT stops
         gracefully and raises KeyboardInterrupt; handlers the app installed
         keep working."""
-        with self._lock:
-            self._check_startable()
-            self._serving = True
-            self._serving_thread = threading.current_thread()
-            self._serve_pid = os.getpid()
+        serving = False
         try:
+            # In the try: a signal that raises where a call returns here
+            # must not leave the Core unstopped or _done unset (stop() on
+            # another thread waits for it).
+            with self._lock:
+                self._check_startable()
+                self._serving = serving = True
+                self._serving_thread = threading.current_thread()
+                self._serve_pid = os.getpid()
             self._serve_forever()
         finally:
-            self._done.set()
+            if serving:
+                try:
+                    if not self._core.finished:
+                        # Before _serve_forever's own try: stopped now,
+                        # as it would have.
+                        try:
+                            self._core.stop(0)
+                        finally:
+                            self._core.run()
+                finally:
+                    self._done.set()
 
     def _serve_forever(self) -> None:
-        global _signal_owner
+        # A signal whose Python handler raises (Ctrl-C, an app's SIGTERM
+        # that calls sys.exit) is raised where a call returns, at a loop's
+        # backward jump or at a function's entry: between almost any two
+        # statements. Whenever it lands, the Core must end finished, its
+        # listener closed, and the process's signal state given back; and
+        # the first such exception is the one that propagates (C reviews
+        # of this function after 76de913).
         on_main = threading.current_thread() is threading.main_thread()
         grace = self.options["graceful_timeout"]
-        wakeup_r: Optional[socket.socket] = None
-        wakeup_w: Optional[socket.socket] = None
-        old_wakeup = -1
-        old_term: SignalHandler = None
-        old_others: Dict[int, SignalHandler] = {}
-        if on_main:
-            # Python's C signal handler writes to this fd; the loop wakes,
-            # run() returns, and the interpreter runs the Python handlers.
-            wakeup_r, wakeup_w = socket.socketpair()
-            wakeup_r.setblocking(False)
-            wakeup_w.setblocking(False)
-            old_wakeup = signal.set_wakeup_fd(wakeup_w.fileno(),
-                                              warn_on_full_buffer=False)
-            self._old_wakeup = old_wakeup
-            if signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):
-                old_term = signal.signal(signal.SIGTERM, self._on_sigterm)
-            old_others = self._install_lifecycle_handlers()
-            self._signal_old = dict(old_others)
-            if old_term is not None:
-                self._signal_old[signal.SIGTERM] = old_term
-            _signal_owner = self
-        fd = wakeup_r.fileno() if wakeup_r is not None else -1
+        # What the set-up replaced, recorded as it goes.
+        state = _SignalState()
+        first: Optional[BaseException] = None
         returned = False
         try:
-            # In the try: a Ctrl-C while a slow handler writes this line
-            # left the listener open and the handlers installed (C review).
+            if on_main:
+                self._install_signals(state)
             _running_add(self)
             log.info("Listening at %s (%d workers)",
                      ", ".join(self._describe(a) for a in self.addresses),
                      self.options["workers"])
+            fd = state.wakeup_r.fileno() if state.wakeup_r is not None \
+                else -1
             try:
                 while not self._core.run(wakeup_fd=fd):
                     self._log_from_handlers()
-            except BaseException:
+            except BaseException as exc:
                 # KeyboardInterrupt, or a signal handler that raised: let
                 # in-flight requests finish, then let it propagate. Asked
                 # again meanwhile (a second Ctrl-C, or a handler that
                 # raised again, even inside the "Shutting down" line's
-                # handlers): no grace, but still drain. Every call is in
-                # the try: a pending handler raises when a call returns
-                # (C review after 76de913: the Core was left running, its
-                # listener open). The first exception is the one that
-                # propagates.
+                # handlers): no grace, but still drain. The calls are in
+                # the try; one that escapes at the loop's jump ends in
+                # the finally's drain.
+                first = exc
                 grace_now, logged = grace, False
                 while True:
                     try:
@@ -378,47 +406,98 @@ class Server:
                         grace_now = 0
                 raise
             returned = True
+        except BaseException as exc:
+            # (One that landed before the run: the set-up, its log line.)
+            if first is None:
+                first = exc
+            raise
         finally:
-            if not self._core.finished:
-                # Signals whose handlers raise, tripped together, can
-                # still land between two statements above: no grace
-                # left, and a drain no handler can interrupt (no wakeup
-                # fd; the handlers run once it has returned).
-                try:
-                    self._core.stop(0)
-                finally:
-                    self._core.run()
-            # The last lines (what handlers had to say, the workers left
-            # behind) while the server's handlers are still in place, so
-            # a signal that lands meanwhile is still the server's (its
-            # line is logged below). An exception from them (a Ctrl-C in
-            # a slow handler) waits until the process's state is given
-            # back: it skipped that, leaving the finished server's SIGTERM
-            # handler and wakeup fd (C review). It propagates only if
-            # nothing else does: the first exception is the one.
+            # Each step in the finally of the one before: an exception
+            # raised in one (a handler that raises, tripped with others)
+            # cuts that step short, not the ones after it.
             late: Optional[BaseException] = None
             try:
-                self._log_from_handlers()
-                self._report_abandoned()
-            except BaseException as exc:
-                late = exc
-            _running_discard(self)
-            if on_main:
+                try:
+                    if not self._core.finished:
+                        # Stopped by nothing above (a signal landed
+                        # before the run, or escaped the drain): no grace
+                        # left, and a drain no handler can interrupt (no
+                        # wakeup fd; the handlers run once it returns).
+                        try:
+                            self._core.stop(0)
+                        finally:
+                            self._core.run()
+                finally:
+                    # The last lines (what handlers had to say, the
+                    # workers left behind) while the server's handlers
+                    # are still in place, so a signal that lands meanwhile
+                    # is still the server's (its line is logged below); an
+                    # exception from them waits until the state is back.
+                    try:
+                        self._log_from_handlers()
+                        self._report_abandoned()
+                    except BaseException as exc:
+                        late = exc
+            finally:
+                try:
+                    _running_discard(self)
+                finally:
+                    try:
+                        if on_main:
+                            self._restore_signals(state)
+                    finally:
+                        self._close_sockets()
+                        # What a handler that ran in this finally, before
+                        # the handlers were given back, had to say.
+                        self._log_from_handlers()
+                        if late is not None and returned:
+                            raise late
+                        if first is not None and \
+                                sys.exc_info()[1] is not first:
+                            # Another exception landed on the way out:
+                            # the first is the one that propagates.
+                            raise first from None
+
+    def _install_signals(self, state: "_SignalState") -> None:
+        """serve_forever's signal set-up on the main thread: the wakeup fd
+        (Python's C signal handler writes to it; the loop wakes, run()
+        returns, and the interpreter runs the Python handlers), SIGTERM
+        where the app left it at its default, and the lifecycle handlers.
+        Each replacement is recorded in state as it is made."""
+        global _signal_owner
+        state.wakeup_r, state.wakeup_w = socket.socketpair()
+        state.wakeup_r.setblocking(False)
+        state.wakeup_w.setblocking(False)
+        state.wakeup_set = True     # before: a signal may land after it
+        state.old_wakeup = signal.set_wakeup_fd(state.wakeup_w.fileno(),
+                                                warn_on_full_buffer=False)
+        self._old_wakeup = state.old_wakeup
+        if signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):
+            state.old[signal.SIGTERM] = signal.SIG_DFL
+            signal.signal(signal.SIGTERM, self._on_sigterm)
+        self._install_lifecycle_handlers(state.old)
+        self._signal_old = dict(state.old)
+        _signal_owner = self
+
+    def _restore_signals(self, state: "_SignalState") -> None:
+        """Give back what _install_signals replaced (whatever it got to),
+        each step surviving an exception from the one before."""
+        global _signal_owner
+        try:
+            if _signal_owner is self:
                 _signal_owner = None
-                signal.set_wakeup_fd(old_wakeup)
-                if old_term is not None:
-                    signal.signal(signal.SIGTERM, old_term)
-                for signum, handler in old_others.items():
-                    signal.signal(signum, handler)
-            if wakeup_r is not None and wakeup_w is not None:  # on_main
-                wakeup_r.close()
-                wakeup_w.close()
-            self._close_sockets()
-            # What a handler that ran in this finally, before the handlers
-            # were given back, had to say.
-            self._log_from_handlers()
-            if late is not None and returned:
-                raise late
+        finally:
+            try:
+                if state.wakeup_set:
+                    signal.set_wakeup_fd(state.old_wakeup)
+            finally:
+                try:
+                    _restore_handlers(list(state.old.items()))
+                finally:
+                    if state.wakeup_r is not None:
+                        state.wakeup_r.close()
+                    if state.wakeup_w is not None:
+                        state.wakeup_w.close()
 
     def _report_abandoned(self) -> None:
         busy = self._core.abandoned_workers
@@ -426,10 +505,12 @@ class Server:
             log.warning("%d worker thread(s) still running the app after "
                         "the graceful timeout; not waiting for them", busy)
 
-    def _install_lifecycle_handlers(self) -> Dict[int, SignalHandler]:
+    def _install_lifecycle_handlers(self,
+                                    old: Dict[int, SignalHandler]) -> None:
         """SIGHUP, SIGUSR1, SIGTTIN, SIGTTOU, where the app left them at
-        their defaults (which would kill or stop the process). Returns
-        {signum: previous handler} to restore."""
+        their defaults (which would kill or stop the process). Each
+        previous handler goes into old, to restore, before it is
+        replaced."""
         handlers: Dict[int, SignalHandler] = {
             signal.SIGUSR1: self._on_sigusr1}
         if self._process is None:
@@ -441,16 +522,20 @@ class Server:
             # terminal sends them to the whole process group).
             for terminal in (signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU):
                 handlers[terminal] = signal.SIG_IGN
-        old: Dict[int, SignalHandler] = {}
         for signum, handler in handlers.items():
-            if signal.getsignal(signum) in (signal.SIG_DFL, None):
-                old[signum] = signal.signal(signum, handler)
+            previous = signal.getsignal(signum)
+            if previous in (signal.SIG_DFL, None):
+                # (None: not set from Python; its default is the nearest
+                # thing to give back.)
+                old[signum] = signal.SIG_DFL
+                signal.signal(signum, handler)
         if self._process is not None:
             # yimmo's own signal (the supervisor died): always ours.
             from ._supervisor import ORPHAN_SIGNAL
-            old[ORPHAN_SIGNAL] = signal.signal(ORPHAN_SIGNAL,
-                                               self._on_orphaned)
-        return old
+            previous = signal.getsignal(ORPHAN_SIGNAL)
+            old[ORPHAN_SIGNAL] = signal.SIG_DFL if previous is None \
+                else previous
+            signal.signal(ORPHAN_SIGNAL, self._on_orphaned)
 
     def _give_back_signals(self) -> None:
         """In a process forked from the one serving (on its one thread,
