@@ -261,7 +261,12 @@ def test_two_signals_at_once_whose_handlers_raise_still_stop(tmp_path):
     with ServerProcess([sys.executable, str(script)]) as proc:
         assert proc.wait(20) == 0, proc.stderr
     out = proc.stdout
-    assert "raised KeyboardInterrupt" in out, out
+    # Which of the two propagates: the first that reaches serve_forever.
+    # CPython 3.9 runs a pending handler at almost every instruction, so
+    # there the SIGTERM handler's SystemExit is raised on the way into
+    # the except clause, over the KeyboardInterrupt (its __context__).
+    assert ("raised KeyboardInterrupt" in out or
+            sys.version_info < (3, 10) and "raised SystemExit" in out), out
     assert "stopped=True" in out, out
     assert "refused" in out, out
 
