@@ -350,9 +350,12 @@ FINALLY_INTERRUPTED = textwrap.dedent('''
         return [b"ok"]
 
     class Slow(logging.Handler):
-        # A handler that takes its time (a network one).
+        # A handler that takes its time (a network one); Ctrl-C while
+        # it writes the abandoned-workers warning.
         def emit(self, record):
             if "still running" in record.getMessage():
+                threading.Timer(0.2, os.kill,
+                                (os.getpid(), signal.SIGINT)).start()
                 time.sleep(1.0)
 
     logging.getLogger("yimmo").addHandler(Slow())
@@ -365,8 +368,6 @@ FINALLY_INTERRUPTED = textwrap.dedent('''
         s.sendall(b"GET / HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n")
         time.sleep(0.3)
         os.kill(os.getpid(), signal.SIGTERM)      # graceful stop
-        time.sleep(0.8)                           # the warning is logged
-        os.kill(os.getpid(), signal.SIGINT)       # Ctrl-C meanwhile
 
     threading.Thread(target=driver, daemon=True).start()
     try:
@@ -410,12 +411,14 @@ STARTUP_INTERRUPTED = textwrap.dedent('''
     class Slow(logging.Handler):
         def emit(self, record):
             if "Listening at" in record.getMessage():
+                # Ctrl-C while this line is being written.
+                threading.Timer(0.1, os.kill,
+                                (os.getpid(), signal.SIGINT)).start()
                 time.sleep(0.5)
 
     logging.getLogger("yimmo").addHandler(Slow())
     logging.getLogger("yimmo").setLevel(logging.INFO)
     server = yimmo.Server(app, bind="127.0.0.1:0", workers=1)
-    threading.Timer(0.2, os.kill, (os.getpid(), signal.SIGINT)).start()
     try:
         server.serve_forever()
     except KeyboardInterrupt:
