@@ -460,8 +460,8 @@ DROPPED_CORE = textwrap.dedent('''
         return [b"ok"]
 
     def switches():
-        # Voluntary context switches of every thread but the main one.
-        total = 0
+        # Voluntary context switches of each thread but the main one.
+        counts = {}
         for tid in os.listdir("/proc/self/task"):
             if int(tid) == os.getpid():
                 continue
@@ -469,10 +469,10 @@ DROPPED_CORE = textwrap.dedent('''
                 with open("/proc/self/task/%s/status" % tid) as f:
                     for line in f:
                         if line.startswith("voluntary_ctxt_switches"):
-                            total += int(line.split()[1])
+                            counts[tid] = int(line.split()[1])
             except OSError:
                 pass
-        return total
+        return counts
 
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
@@ -492,7 +492,11 @@ DROPPED_CORE = textwrap.dedent('''
     time.sleep(1.5)             # the app returns and its objects go
     s0 = switches()
     time.sleep(1.0)
-    print("switches", switches() - s0, flush=True)
+    s1 = switches()
+    # The busiest thread's (a sanitizer's own thread wakes ten times a
+    # second; the worker that polled, fifty).
+    print("switches", max([s1[t] - s0.get(t, 0) for t in s1] or [0]),
+          flush=True)
     # Kept by its own threads: it can still be found and finished.
     core, = [o for o in gc.get_objects() if type(o) is _yimmo.Core]
     core.stop(0)
@@ -515,7 +519,7 @@ def test_a_core_dropped_unfinished_is_not_shut_down_by_its_worker(tmp_path):
     out = proc.stdout
     assert "run returned False" in out, out
     switches = int(re.search(r"switches (\d+)", out).group(1))
-    assert switches < 10, out       # 49 with the worker polling
+    assert switches < 25, out       # 49 with the worker polling
     assert "finished True" in out, out
     assert "client got b'HTTP/1.1 200 OK'" in out, out
 
