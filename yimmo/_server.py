@@ -349,7 +349,9 @@ class Server:
                 try:
                     if not self._core.finished:
                         # Before _serve_forever's own try: stopped now,
-                        # as it would have.
+                        # as it would have. (Inline, as in its finally,
+                        # not a method: a method's entry is a point where
+                        # a pending handler raises.)
                         try:
                             self._core.stop(0)
                         finally:
