@@ -49,9 +49,10 @@ typedef struct ymo_bucket {
  * by one, to a client that reads nothing). An exchange's out_buffered
  * counts it with the bytes (from the worker's append until the loop
  * frees the bucket), so out_high_water bounds the memory a response
- * holds, not only its bytes. Fixed once the bucket is handed to the loop:
- * len and cap no longer change. A file bucket holds no memory for its
- * bytes and counts only them. */
+ * holds, not only its bytes. len + slack is fixed once the bucket is
+ * handed over (merge_into_tail turns room into bytes, not the sum), so
+ * what the loop takes back is what the worker counted. A file bucket
+ * holds no memory for its bytes and counts only them. */
 static inline size_t
 ymo_bucket_slack(const ymo_bucket_t *b)
 {

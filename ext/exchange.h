@@ -107,7 +107,8 @@ typedef struct ymo_exchange {
     uint64_t in_received;          /* body bytes the loop delivered */
     /* response: worker appends, loop writes */
     ymo_bucket_t *out_head, *out_tail;
-    size_t out_buffered;           /* appended and not yet written */
+    size_t out_buffered;           /* appended and not yet written, with
+                                    * the buckets' slack (bucket.h) */
     int out_started;               /* some output was appended (the head
                                     * may be out: too late for a 503) */
     int out_queued;                /* in the worker's queue_out */
