@@ -770,7 +770,11 @@ static PyMethodDef write_def = {
 };
 
 /* start_response with exc_info once the head is out: too late to change
- * the response, so exc_info is re-raised (PEP 3333). Returns NULL. */
+ * the response, so exc_info is re-raised (PEP 3333), as PEP 3333's
+ * `raise exc_info[1].with_traceback(exc_info[2])`: the value itself,
+ * whatever class the triple names (restored with that class, CPython
+ * 3.12+ raised a new exception of it wrapping the value: an app's
+ * `except ValueError` missed it). Returns NULL. */
 static PyObject *
 reraise_exc_info(PyObject *exc_info)
 {
@@ -790,10 +794,10 @@ reraise_exc_info(PyObject *exc_info)
                      exc_info);
         return NULL;
     }
-    Py_INCREF(t);
-    Py_INCREF(v);
-    Py_XINCREF(tb == Py_None ? NULL : tb);
-    PyErr_Restore(t, v, tb == Py_None ? NULL : tb);
+    if (tb != Py_None && PyException_SetTraceback(v, tb) < 0) {
+        return NULL;
+    }
+    PyErr_SetObject((PyObject *)Py_TYPE(v), v);
     return NULL;
 }
 

@@ -708,3 +708,38 @@ def test_exc_info_that_is_no_exception_is_a_type_error(yimmo_server,
         sock.sendall(build_request("GET", "/"))
         assert read_response(sock).body == b"started and done"
     assert len(errors) == 1 and "exception triple" in str(errors[0])
+
+
+@pytest.mark.parametrize("cls", ["KeyError", "Exception"])
+def test_exc_info_re_raises_its_value_whatever_class_it_names(yimmo_server,
+                                                              cls):
+    """PEP 3333: raise exc_info[1].with_traceback(exc_info[2]). Restored
+    with the triple's class, 3.12+ raised a new exception of that class
+    wrapping the value."""
+    raised = []
+
+    def app(environ, start_response):
+        write = start_response("200 OK", [])
+        write(b"started")
+        value = ValueError("the app's")
+        try:
+            raise value
+        except ValueError:
+            tb = sys.exc_info()[2]
+        try:
+            start_response("500 Oops", [], (eval(cls), value, tb))
+        except ValueError as exc:
+            chain, t = [], exc.__traceback__
+            while t is not None:
+                chain.append(t)
+                t = t.tb_next
+            raised.append((exc is value, any(t is tb for t in chain)))
+        except BaseException as exc:
+            raised.append(exc)
+        return [b" and done"]
+
+    server = yimmo_server(app, workers=1)
+    with connect(server.address, WAIT) as sock:
+        sock.sendall(build_request("GET", "/"))
+        assert read_response(sock).body == b"started and done"
+    assert raised == [(True, True)]
