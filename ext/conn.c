@@ -56,7 +56,7 @@ static void conn_idle_close(ymo_conn_t *c);
 static ev_tstamp
 now(const ymo_conn_t *c)
 {
-    return ev_now(c->listener->server->loop);
+    return ymo_server_now(c->listener->server);
 }
 
 /* Stopping: may a connection idle from now on get a last call? Not when
@@ -65,7 +65,7 @@ now(const ymo_conn_t *c)
 static int
 last_call_fits(const ymo_server_t *s)
 {
-    return s->drain_deadline - ev_now(s->loop) >= 2 * YMO_LAST_CALL;
+    return s->drain_deadline - ymo_server_now(s) >= 2 * YMO_LAST_CALL;
 }
 
 static int
@@ -201,9 +201,10 @@ server_arm_idle_timer(ymo_server_t *s, int rearm)
         }
         ev_timer_stop(s->loop, &s->idle_timer);
     }
-    ev_tstamp t = ev_now(s->loop);
+    ev_tstamp t = ymo_server_now(s);
     s->idle_timer_at = first;
-    ev_timer_set(&s->idle_timer, first > t ? first - t : 0., 0.);
+    ev_timer_set(&s->idle_timer, (first > t ? first - t : 0.) + YMO_TIMER_PAD,
+                 0.);
     ev_timer_start(s->loop, &s->idle_timer);
 }
 
@@ -1078,7 +1079,7 @@ conn_deadline(const ymo_conn_t *c)
         if (c->listener->server->draining_loop && c->busy->linger_until != 0) {
             /* Stopping: look again shortly whether the client has what
              * we sent (see conn_linger_done). */
-            ev_tstamp soon = ev_now(c->listener->server->loop) + LINGER_POLL;
+            ev_tstamp soon = now(c) + LINGER_POLL;
             return soon < c->busy->linger_until ? soon : c->busy->linger_until;
         }
         return c->busy->linger_until;
@@ -1122,27 +1123,31 @@ conn_arm_timer(ymo_conn_t *c)
         ev_timer_stop(loop, &c->busy->timer);
         return;
     }
-    ev_tstamp t = ev_now(loop);
+    ev_tstamp t = now(c);
     if (ev_is_active(&c->busy->timer) &&
-        t + ev_timer_remaining(loop, &c->busy->timer) <= deadline) {
-        /* Fires no later than needed; the callback re-checks. */
+        t + ev_timer_remaining(loop, &c->busy->timer) <=
+            deadline + 2 * YMO_TIMER_PAD) {
+        /* Fires no later than needed (its pad, and libev's reading of the
+         * clock a little before ours, aside); the callback re-checks. */
         return;
     }
     ev_timer_stop(loop, &c->busy->timer);
-    ev_timer_set(&c->busy->timer, deadline > t ? deadline - t : 0., 0.);
+    ev_timer_set(&c->busy->timer,
+                 (deadline > t ? deadline - t : 0.) + YMO_TIMER_PAD, 0.);
     ev_timer_start(loop, &c->busy->timer);
 }
 
 static void
 conn_on_timer(struct ev_loop *loop, ev_timer *w, int revents)
 {
+    (void)loop;
     (void)revents;
     ymo_conn_t *c = w->data;
     if (c->busy->state == YMO_CONN_LINGER && !c->busy->write_blocked &&
         c->listener->server->draining_loop && c->busy->linger_until != 0) {
         /* Stopping: the poll of conn_deadline (its deadline moves with
          * the clock, so it is looked at here, before the check below). */
-        if (conn_linger_done(c) || ev_now(loop) >= c->busy->linger_until) {
+        if (conn_linger_done(c) || now(c) >= c->busy->linger_until) {
             ymo_conn_close(c);
         }
         else {
@@ -1154,7 +1159,7 @@ conn_on_timer(struct ev_loop *loop, ev_timer *w, int revents)
     if (deadline == 0) {
         return;
     }
-    if (ev_now(loop) < deadline) {
+    if (now(c) < deadline) {
         conn_arm_timer(c);
         return;
     }
@@ -1193,11 +1198,11 @@ conn_on_timer(struct ev_loop *loop, ev_timer *w, int revents)
     }
     const ymo_config_t *cfg = &c->listener->server->config;
     if (cfg->min_body_rate > 0 &&
-        ev_now(loop) < c->busy->last_read + cfg->body_timeout &&
+        now(c) < c->busy->last_read + cfg->body_timeout &&
         (double)(c->busy->body_received - c->busy->rate_bytes) >=
             cfg->min_body_rate * YMO_RATE_WINDOW) {
         /* Fast enough over this window: measure the next one. */
-        c->busy->rate_since = ev_now(loop);
+        c->busy->rate_since = now(c);
         c->busy->rate_bytes = c->busy->body_received;
         conn_arm_timer(c);
         return;
@@ -1877,9 +1882,10 @@ conn_idle_close(ymo_conn_t *c)
 void
 ymo_conn_idle_on_timer(struct ev_loop *loop, ev_timer *w, int revents)
 {
+    (void)loop;
     (void)revents;
     ymo_server_t *s = w->data;
-    ev_tstamp t = ev_now(loop);
+    ev_tstamp t = ymo_server_now(s);
     for (int k = 0; k < 2; k++) {
         /* In order: the first one whose wait is not over ends the run.
          * Idle, or a PROXY header that never started: nothing to answer

@@ -55,8 +55,10 @@ typedef struct ymo_exchange {
                                     * loop turn in the high bits, then its
                                     * place in the turn (see
                                     * ymo_server_dispatch) */
-    double queued_at;              /* ev_time() when it began to wait for
-                                    * a worker (queue_timeout) */
+    double queued_at;              /* ymo_server_now() when it began to
+                                    * wait for a worker (queue_timeout;
+                                    * the worker reads the same clock
+                                    * with ymo_monotonic_now) */
 
     /* -- Loop thread only. -- */
     struct ymo_conn *conn;         /* NULL once the connection is gone */

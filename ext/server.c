@@ -70,6 +70,23 @@ ymo_monotonic_ns(void)
     return (uint64_t)t.tv_sec * 1000000000u + (uint64_t)t.tv_nsec;
 }
 
+void
+ymo_server_now_update(ymo_server_t *s)
+{
+    ev_now_update(s->loop);
+    s->now = ymo_monotonic_now();
+}
+
+/* libev's hook for running a turn's callbacks: the loop's clock is read
+ * first (see ymo_server_now). */
+static void
+server_invoke_pending(struct ev_loop *loop)
+{
+    ymo_server_t *s = ev_userdata(loop);
+    s->now = ymo_monotonic_now();
+    ev_invoke_pending(loop);
+}
+
 static double
 server_deadline(ymo_server_t *s)
 {
@@ -210,15 +227,13 @@ server_on_stop(struct ev_loop *loop, ev_async *w, int revents)
     if (!requested) {
         return;
     }
-    /* In the loop's clock, for the last calls (conn.c); a later stop may
-     * have brought it forward. */
-    ev_now_update(loop);
-    s->drain_deadline = isinf(deadline)
-                            ? INFINITY
-                            : ev_now(loop) + (deadline - ymo_monotonic_now());
+    /* For the last calls (conn.c); a later stop may have brought it
+     * forward. The stop's deadline is on the loop's clock already. */
+    ymo_server_now_update(s);
+    s->drain_deadline = deadline;
     if (!s->draining_loop) {
         s->draining_loop = 1;
-        s->drain_started = ev_now(loop);
+        s->drain_started = ymo_server_now(s);
         if (s->heartbeat != NULL) {
             atomic_store(&s->heartbeat->accepting, 0);
         }
@@ -241,8 +256,8 @@ server_on_stop(struct ev_loop *loop, ev_async *w, int revents)
      * brought forward: re-arming for `grace` from now let every repeated
      * SIGTERM postpone the end. */
     ev_timer_stop(loop, &s->grace_timer);
-    ev_now_update(loop);
-    double left = deadline - ymo_monotonic_now();
+    ymo_server_now_update(s);
+    double left = deadline - ymo_server_now(s);
     if (isinf(left)) {
         return;                 /* stop(inf): wait as long as it takes */
     }
@@ -517,9 +532,15 @@ ymo_server_init(ymo_server_t *s, const ymo_config_t *config,
         ymo_trust_free(&s->config.trust);
         return -ENOMEM;
     }
+    ev_set_userdata(s->loop, s);
+    ev_set_invoke_pending_cb(s->loop, server_invoke_pending);
+    s->now = ymo_monotonic_now();
+    pthread_condattr_t monotonic;
+    pthread_condattr_init(&monotonic);
+    pthread_condattr_setclock(&monotonic, CLOCK_MONOTONIC);
     pthread_mutex_init(&s->ctl_lock, NULL);
     pthread_mutex_init(&s->watchdog_lock, NULL);
-    pthread_cond_init(&s->watchdog_cond, NULL);
+    pthread_cond_init(&s->watchdog_cond, &monotonic);
     atomic_init(&s->draining, 0);
     atomic_init(&s->gil_enabled, 1);
     atomic_init(&s->standby, 0);
@@ -534,9 +555,6 @@ ymo_server_init(ymo_server_t *s, const ymo_config_t *config,
     atomic_init(&s->handovers, 0);
     atomic_init(&s->handover_timeouts, 0);
     pthread_mutex_init(&s->handover_lock, NULL);
-    pthread_condattr_t monotonic;
-    pthread_condattr_init(&monotonic);
-    pthread_condattr_setclock(&monotonic, CLOCK_MONOTONIC);
     pthread_cond_init(&s->handover_cond, &monotonic);
     pthread_condattr_destroy(&monotonic);
     atomic_init(&s->recycle_requested, 0);
@@ -753,7 +771,7 @@ ymo_server_join_workers(ymo_server_t *s, int forever, int wakeup_fd,
         busy = 0;
         size_t in_app = 0;
         for (size_t i = 0; i < s->n_workers; i++) {
-            if (ymo_wsgi_worker_join(&s->workers[i], 0.0) != 0) {
+            if (ymo_wsgi_worker_join(&s->workers[i], 0) != 0) {
                 busy++;
                 in_app += atomic_load(&s->workers[i].in_app) != 0;
             }

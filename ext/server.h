@@ -137,6 +137,7 @@ typedef struct ymo_server {
     ev_timer idle_timer;       /* the first idle connection's timeout: one
                                 * timer for all of them (conn.c) */
     ev_tstamp idle_timer_at;   /* when it fires, while active */
+    double now;                /* the loop's clock (ymo_server_now) */
     size_t n_conns;            /* open connections, idle or not */
     size_t n_exchanges;        /* handed to workers, not yet finished */
     uint64_t turn;             /* loop turns that dispatched so far,
@@ -166,7 +167,7 @@ typedef struct ymo_server {
     ev_async stop_watcher;     /* any thread -> loop: stop */
     ev_tstamp drain_started;   /* loop time the stop began */
     ev_tstamp drain_deadline;  /* loop time in-flight work is cut off
-                                * (`deadline` in the loop's clock; INFINITY
+                                * (`deadline`, read in the loop; INFINITY
                                 * for stop(inf)), set with drain_started */
     uint64_t requests_done;    /* completed requests */
     ev_timer heartbeat_timer;  /* beats into `heartbeat` */
@@ -269,7 +270,7 @@ typedef struct ymo_server {
      * guards watchdog_quit; the rest is the starting/joining thread's
      * (GIL held to start, released to join). */
     pthread_mutex_t watchdog_lock;
-    pthread_cond_t watchdog_cond;
+    pthread_cond_t watchdog_cond;  /* on CLOCK_MONOTONIC */
     int watchdog_quit;
     int watchdog_started;
     pthread_t watchdog_thread;
@@ -382,6 +383,28 @@ void ymo_server_dispatch(ymo_server_t *s, ymo_exchange_t *ex);
 
 /* Seconds on CLOCK_MONOTONIC (the stop deadline's clock). Any thread. */
 double ymo_monotonic_now(void);
+
+/* Loop thread: the loop's clock, in which every timeout and deadline of
+ * the loop is kept: ymo_monotonic_now() read once per turn of the loop,
+ * before the turn's callbacks (ymo_server_now_update reads it again).
+ * Not ev_now(): that is the wall clock, which steps (`date -s`, NTP at
+ * boot, a virtual machine resumed), and a step back by an hour turned
+ * every timeout off for an hour. */
+static inline double
+ymo_server_now(const ymo_server_t *s)
+{
+    return s->now;
+}
+
+void ymo_server_now_update(ymo_server_t *s);
+
+/* Seconds an ev_timer is armed past the deadline it stands for: libev
+ * counts a timer from its own reading of the monotonic clock, taken a
+ * little before the loop's (ymo_server_now), so a timer armed for exactly
+ * the rest fired a few microseconds short of the deadline, and its
+ * callback armed it again for those, one more turn of the loop. Any
+ * thread (a constant). */
+#define YMO_TIMER_PAD 0.001
 
 /* The same clock in nanoseconds (heartbeat slots, the GIL hand-over). */
 uint64_t ymo_monotonic_ns(void);

@@ -1941,7 +1941,8 @@ ymo_wsgi_run_exchange(struct ymo_wsgi_app *app, ymo_wsgi_worker_t *worker,
         return;
     }
     double queue_timeout = ex->server->config.queue_timeout;
-    if (queue_timeout > 0 && ev_time() - ex->queued_at > queue_timeout) {
+    if (queue_timeout > 0 &&
+        ymo_monotonic_now() - ex->queued_at > queue_timeout) {
         /* Under a flood, work goes to requests whose clients are likely
          * still waiting: this one waited too long for a worker. */
         ymo_bucket_t *b = ymo_http_error_bucket(503, is_head(ex));

@@ -595,7 +595,7 @@ reap(ymo_server_t *s)
         if (!w->started) {
             continue;
         }
-        if (atomic_load(&w->exited) && ymo_wsgi_worker_join(w, -1) == 0) {
+        if (atomic_load(&w->exited) && ymo_wsgi_worker_join(w, 1) == 0) {
             /* Ready for the next thread, here where no other lock is
              * held: ymo_wsgi_worker_restart runs under the stuck
              * worker's watch_lock and must not take this one. */
@@ -740,8 +740,8 @@ watchdog_main(void *arg)
     tick = tick < 0.01 ? 0.01 : tick > 0.25 ? 0.25 : tick;
     pthread_mutex_lock(&s->watchdog_lock);
     while (!s->watchdog_quit) {
-        struct timespec until;
-        clock_gettime(CLOCK_REALTIME, &until);
+        struct timespec until;  /* watchdog_cond waits on this clock */
+        clock_gettime(CLOCK_MONOTONIC, &until);
         double t = (double)until.tv_nsec / 1e9 + tick;
         until.tv_sec += (time_t)t;
         until.tv_nsec = (long)((t - (double)(time_t)t) * 1e9);

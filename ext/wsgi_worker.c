@@ -1149,27 +1149,13 @@ ymo_wsgi_worker_stop(ymo_wsgi_worker_t *worker)
 }
 
 int
-ymo_wsgi_worker_join(ymo_wsgi_worker_t *worker, double timeout)
+ymo_wsgi_worker_join(ymo_wsgi_worker_t *worker, int wait)
 {
     if (!worker->started) {
         return 0;
     }
-    int r;
-    if (timeout < 0) {
-        r = pthread_join(worker->thread, NULL);
-    }
-    else if (timeout == 0) {
-        r = pthread_tryjoin_np(worker->thread, NULL);
-    }
-    else {
-        struct timespec deadline;
-        clock_gettime(CLOCK_REALTIME, &deadline);
-        double secs = (double)deadline.tv_sec +
-                      (double)deadline.tv_nsec / 1e9 + timeout;
-        deadline.tv_sec = (time_t)secs;
-        deadline.tv_nsec = (long)((secs - (double)deadline.tv_sec) * 1e9);
-        r = pthread_timedjoin_np(worker->thread, NULL, &deadline);
-    }
+    int r = wait ? pthread_join(worker->thread, NULL)
+                 : pthread_tryjoin_np(worker->thread, NULL);
     if (r == 0) {
         worker->started = 0;
     }

@@ -281,10 +281,10 @@ int ymo_wsgi_worker_gil_on(const struct ymo_server *s);
 /* Ask the worker to exit once its queue is empty. Any thread. */
 void ymo_wsgi_worker_stop(ymo_wsgi_worker_t *worker);
 
-/* Join the worker thread, waiting at most `timeout` seconds (< 0: for
- * ever). 0 once joined, ETIMEDOUT while it still runs. Call with the GIL
- * released. */
-int ymo_wsgi_worker_join(ymo_wsgi_worker_t *worker, double timeout);
+/* Join the worker thread: wait for it to end (wait != 0), or only take
+ * it if it has (0: EBUSY while it still runs). 0 once joined. Call with
+ * the GIL released. */
+int ymo_wsgi_worker_join(ymo_wsgi_worker_t *worker, int wait);
 
 /* Free what init allocated (after join, or if never started). */
 void ymo_wsgi_worker_destroy(ymo_wsgi_worker_t *worker);
