@@ -1304,7 +1304,14 @@ conn_proxy_header(ymo_conn_t *c)
         break;
     default:
         /* LOCAL (the proxy's own health check) or UNKNOWN: the
-         * connection's own addresses stand. */
+         * connection's own addresses stand. Only LOCAL keeps the proxy's
+         * trust: the proxy speaks for itself there. After UNKNOWN (a v1
+         * proxy's client on a unix socket, say) or a v2 client of family
+         * UNSPEC, a client the proxy does not name speaks, and its
+         * forwarding fields are as unknown as it is. */
+        if (!h.local) {
+            c->trusted = 0;
+        }
         break;
     }
     c->busy->inlen -= (size_t)n;
