@@ -558,11 +558,12 @@ parse_target(ymo_http_request_t *req, const char **auth, size_t *auth_len)
         if (!valid_authority(t, n, 1)) {
             return 400;
         }
-        req->path = t;
-        req->path_len = n;
-        req->query = t + n;
-        req->query_len = 0;
-        return 0;
+        /* A well-formed CONNECT asks for a tunnel, which a WSGI app
+         * cannot give: after a 2xx the bytes that follow are tunnel data
+         * to a proxy in front, which forwards them unread, and they must
+         * never be served as requests (nor the head's Content-Length
+         * frame a body it does not have). */
+        return 501;
     }
     if (t[0] == '*') {
         if (n != 1 || req->method_len != 7

@@ -700,6 +700,32 @@ def test_empty_port_in_host_is_accepted(server, target, host):
     assert env["HTTP_HOST"] == host.decode()
 
 
+@pytest.mark.parametrize("tail", [
+    b"GET /admin HTTP/1.1\r\nHost: x\r\n\r\n",
+    b"",
+], ids=["tunnel-bytes-look-like-a-request", "nothing-after"])
+def test_connect_gets_501_and_what_follows_is_never_served(server, recorder,
+                                                           tail):
+    """A WSGI app cannot open a tunnel. Served as a request, a 2xx to
+    CONNECT made a proxy in front tunnel the bytes after it unread, and
+    yimmo served them as requests behind the proxy's back (wire review
+    s18)."""
+    with_body = req(b"Host: internal.example:443", b"Content-Length: 5",
+                    request_line=b"CONNECT internal.example:443 HTTP/1.1",
+                    body=b"hello" + tail)
+    plain = req(b"Host: internal.example:443",
+                request_line=b"CONNECT internal.example:443 HTTP/1.1") + tail
+    for data in (plain, with_body):
+        before = len(recorder.calls)
+        received = raw_request(server.address, data)
+        assert received.count(b"HTTP/1.1 ") == 1, received
+        resp = parse_response(received)
+        assert resp.status == 501
+        assert resp.headers.get("Connection", "").lower() == "close"
+        assert recorder.calls[before:] == []
+    assert get(server.address, "/still-serving").status == 200
+
+
 def test_connect_with_empty_port_is_still_refused(server, recorder):
     # CONNECT names a port to open a tunnel to: there is no default.
     assert_rejected(server, recorder,

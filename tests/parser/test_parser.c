@@ -243,11 +243,15 @@ static const pcase_t pcases[] = {
     {"absolute-form empty port, no path", S("GET http://h:?q HTTP/1.1\r\n"
                                             HOSTX "\r\n"), OK, .host = "h:",
      .path = "/", .query = "q"},
+    /* A well-formed CONNECT asks for a tunnel: 501 (a malformed one is
+     * a 400 like any malformed target). */
     {"CONNECT", S("CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443"
-                  "\r\n\r\n"), OK, .method = "CONNECT",
-     .path = "example.com:443", .query = "", .host = "example.com:443"},
+                  "\r\n\r\n"), ERR, 501},
     {"CONNECT IPv6", S("CONNECT [2001:db8::1]:443 HTTP/1.1\r\n" HOSTX
-                       "\r\n"), OK, .path = "[2001:db8::1]:443"},
+                       "\r\n"), ERR, 501},
+    {"CONNECT with a body", S("CONNECT h:443 HTTP/1.1\r\n" HOSTX
+                              "\r\nContent-Length: 5\r\n\r\nhello"),
+     ERR, 501},
     {"CONNECT without port", S("CONNECT example.com HTTP/1.1\r\n" HOSTX
                                "\r\n"), ERR, 400},
     {"CONNECT empty port", S("CONNECT h: HTTP/1.1\r\n" HOSTX "\r\n"), ERR,
