@@ -794,7 +794,9 @@ reraise_exc_info(PyObject *exc_info)
                      exc_info);
         return NULL;
     }
-    if (tb != Py_None && PyException_SetTraceback(v, tb) < 0) {
+    /* None too: with_traceback(None) clears the traceback the value had
+     * (C review s18). */
+    if (PyException_SetTraceback(v, tb) < 0) {
         return NULL;
     }
     PyErr_SetObject((PyObject *)Py_TYPE(v), v);

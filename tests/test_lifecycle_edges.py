@@ -710,12 +710,14 @@ def test_exc_info_that_is_no_exception_is_a_type_error(yimmo_server,
     assert len(errors) == 1 and "exception triple" in str(errors[0])
 
 
-@pytest.mark.parametrize("cls", ["KeyError", "Exception"])
+@pytest.mark.parametrize("cls, no_tb", [
+    ("KeyError", False), ("Exception", False), ("ValueError", True),
+])
 def test_exc_info_re_raises_its_value_whatever_class_it_names(yimmo_server,
-                                                              cls):
+                                                              cls, no_tb):
     """PEP 3333: raise exc_info[1].with_traceback(exc_info[2]). Restored
     with the triple's class, 3.12+ raised a new exception of that class
-    wrapping the value."""
+    wrapping the value. A traceback of None clears the value's own."""
     raised = []
 
     def app(environ, start_response):
@@ -727,13 +729,16 @@ def test_exc_info_re_raises_its_value_whatever_class_it_names(yimmo_server,
         except ValueError:
             tb = sys.exc_info()[2]
         try:
-            start_response("500 Oops", [], (eval(cls), value, tb))
+            start_response("500 Oops", [],
+                           (eval(cls), value, None if no_tb else tb))
         except ValueError as exc:
             chain, t = [], exc.__traceback__
             while t is not None:
                 chain.append(t)
                 t = t.tb_next
-            raised.append((exc is value, any(t is tb for t in chain)))
+            raised.append((exc is value,
+                           (len(chain) == 1) if no_tb
+                           else any(t is tb for t in chain)))
         except BaseException as exc:
             raised.append(exc)
         return [b" and done"]
