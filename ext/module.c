@@ -5,6 +5,7 @@
 
 #include <math.h>
 #include <string.h>
+#include <strings.h>
 
 /* Lock for the int fields below: the Core's critical section (taken by
  * run(), stop() and the getters; with the GIL it compiles to nothing and
@@ -118,6 +119,68 @@ fail:
     return -1;
 }
 
+/* config.proxy_headers from a list or tuple of field names (any case);
+ * None: the default. */
+static int
+build_proxy_headers(unsigned *mask, PyObject *names)
+{
+    static const struct {
+        const char *name;
+        unsigned bit;
+    } fields[] = {
+        {"x-forwarded-for", YMO_PH_XFF},
+        {"x-forwarded-proto", YMO_PH_XFP},
+        {"x-forwarded-host", YMO_PH_XFH},
+        {"forwarded", YMO_PH_FORWARDED},
+    };
+    *mask = YMO_PH_DEFAULT;
+    if (names == NULL || names == Py_None) {
+        return 0;
+    }
+    if (!PyList_Check(names) && !PyTuple_Check(names)) {
+        PyErr_Format(PyExc_TypeError,
+                     "proxy_headers must be a list or a tuple, not %s",
+                     Py_TYPE(names)->tp_name);
+        return -1;
+    }
+    *mask = 0;
+    for (Py_ssize_t i = 0; i < PySequence_Size(names); i++) {
+        PyObject *item = PySequence_GetItem(names, i);
+        if (item == NULL) {
+            return -1;
+        }
+        Py_ssize_t n = 0;
+        const char *s = PyUnicode_Check(item)
+                            ? PyUnicode_AsUTF8AndSize(item, &n) : NULL;
+        size_t k = 0;
+        while (s != NULL && k < sizeof(fields) / sizeof(fields[0]) &&
+               ((size_t)n != strlen(fields[k].name) ||
+                strncasecmp(s, fields[k].name, (size_t)n) != 0)) {
+            k++;
+        }
+        if (s == NULL || k == sizeof(fields) / sizeof(fields[0])) {
+            if (!PyErr_Occurred()) {
+                PyErr_Format(PyExc_ValueError,
+                             "proxy_headers: unknown field %R (expected "
+                             "X-Forwarded-For, X-Forwarded-Proto, "
+                             "X-Forwarded-Host or Forwarded)", item);
+            }
+            Py_DECREF(item);
+            return -1;
+        }
+        Py_DECREF(item);
+        *mask |= fields[k].bit;
+    }
+    if ((*mask & YMO_PH_FORWARDED) && (*mask & ~YMO_PH_FORWARDED)) {
+        PyErr_SetString(PyExc_ValueError,
+                        "proxy_headers: Forwarded cannot be believed "
+                        "together with X-Forwarded-* fields (list the "
+                        "family your proxy sets)");
+        return -1;
+    }
+    return 0;
+}
+
 static PyObject *
 Core_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
 {
@@ -130,7 +193,7 @@ Core_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
         "buffer_body", "min_body_rate", "max_pending", "queue_timeout",
         "forwarded_allow_ips", "proxy_protocol", "timeout", "log_warning",
         "heartbeat", "notify_fd", "max_requests", "shared_listener",
-        "heartbeat_slot", NULL,
+        "heartbeat_slot", "proxy_headers", NULL,
     };
     PyObject *app, *listeners, *log_error, *errors;
     Py_ssize_t workers = 8, line = 4094, fields = 100, field_size = 8190,
@@ -147,14 +210,16 @@ Core_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
     unsigned long long max_requests = 0;
     int shared_listener = 0;
     Py_ssize_t heartbeat_slot = 0;
+    PyObject *proxy_headers = NULL;
     if (!PyArg_ParseTupleAndKeywords(
-            args, kwargs, "OOOO|$nnnnnKOOOOOpnOnOOpOOOiKpn:Core", kwlist,
+            args, kwargs, "OOOO|$nnnnnKOOOOOpnOnOOpOOOiKpnO:Core", kwlist,
             &app, &listeners, &log_error, &errors, &workers, &line, &fields,
             &field_size, &head_size, &max_body, &t_header, &t_keepalive,
             &t_body, &t_write, &log_access, &multiprocess, &buffer_body,
             &min_rate, &max_pending, &t_queue, &allow_ips,
             &proxy_protocol, &t_request, &log_warning, &heartbeat,
-            &notify_fd, &max_requests, &shared_listener, &heartbeat_slot)) {
+            &notify_fd, &max_requests, &shared_listener, &heartbeat_slot,
+            &proxy_headers)) {
         return NULL;
     }
     if (buffer_body < 0) {
@@ -241,6 +306,9 @@ Core_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
     }
 
     cfg.proxy_protocol = proxy_protocol;
+    if (build_proxy_headers(&cfg.proxy_headers, proxy_headers) < 0) {
+        return NULL;
+    }
     /* From here on cfg.trust owns memory: freed on failure until
      * ymo_server_init takes it over. */
     if (build_trust(&cfg.trust, allow_ips) < 0) {

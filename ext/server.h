@@ -47,6 +47,8 @@ typedef struct ymo_config {
     ymo_trust_t trust;         /* peers whose Forwarded / X-Forwarded-*
                                 * fields and PROXY headers are believed;
                                 * the server frees it in destroy */
+    unsigned proxy_headers;    /* which of a trusted peer's forwarding
+                                * fields are believed: YMO_PH_* bits */
     int proxy_protocol;        /* trusted peers must open with a PROXY
                                 * header (v1 or v2) */
     double request_timeout;    /* longest a request may run in the app
@@ -380,6 +382,16 @@ void ymo_server_destroy(ymo_server_t *s);
 
 /* Loop thread: give an exchange to a worker (cannot fail). */
 void ymo_server_dispatch(ymo_server_t *s, ymo_exchange_t *ex);
+
+/* config.proxy_headers: the forwarding fields a trusted peer's word is
+ * taken from (--proxy-headers). Forwarded and the X-Forwarded-* fields
+ * are never both on: the client's own copy of the family the proxy does
+ * not manage would pass it unchecked. */
+#define YMO_PH_XFF 1u          /* X-Forwarded-For */
+#define YMO_PH_XFP 2u          /* X-Forwarded-Proto */
+#define YMO_PH_XFH 4u          /* X-Forwarded-Host */
+#define YMO_PH_FORWARDED 8u    /* Forwarded (RFC 7239) */
+#define YMO_PH_DEFAULT (YMO_PH_XFF | YMO_PH_XFP)
 
 /* Seconds on CLOCK_MONOTONIC (the stop deadline's clock). Any thread. */
 double ymo_monotonic_now(void);

@@ -63,6 +63,11 @@ common_index(const ymo_module_state *st, const char *name, size_t len)
  * of their keys in common_headers from FWD_KEY on. */
 enum fwd_kind { FWD_XFF = 0, FWD_XFP, FWD_XFH, FWD_FORWARDED, FWD_NONE };
 
+/* Each kind's bit in config.proxy_headers. */
+static const unsigned fwd_bits[FWD_NONE] = {
+    YMO_PH_XFF, YMO_PH_XFP, YMO_PH_XFH, YMO_PH_FORWARDED,
+};
+
 static PyObject *value_str(PyObject **values, const char *s, size_t n);
 
 /* "HTTP_" + upper-cased name with '-' as '_', through a worker's cache
@@ -473,7 +478,9 @@ apply_forwarded(ymo_module_state *st, PyObject *env, ymo_exchange_t *ex,
         }
         from_forwarded = r == 0 && ymo_forwarded_parse(v, n, t, &fw) == 0;
         if (!from_forwarded) {
-            /* Malformed: ignored as a whole, nothing of it is kept. */
+            /* Malformed: ignored as a whole, nothing of it is kept. (No
+             * X-Forwarded-* field is seen when Forwarded is believed:
+             * config.proxy_headers never has both.) */
             fw.has_addr = 0;
             fw.port = -1;
             fw.proto = YMO_PROTO_NONE;
@@ -639,7 +646,8 @@ ymo_wsgi_environ(struct ymo_wsgi_app *app, ymo_exchange_t *ex,
                    req->host_len, values) < 0) {
         goto fail;
     }
-    unsigned fwd_seen = 0;     /* forwarding fields from a trusted peer */
+    unsigned fwd_seen = 0;     /* believed forwarding fields (a trusted
+                                * peer, config.proxy_headers) */
     unsigned fwd_repeated = 0; /* ... that came in more than one line */
     size_t fwd_line[FWD_NONE] = {0};   /* where each one is */
     for (size_t i = 0; i < req->num_headers; i++) {
@@ -673,7 +681,8 @@ ymo_wsgi_environ(struct ymo_wsgi_app *app, ymo_exchange_t *ex,
         if (common >= 0) {
             key = Py_NewRef(st->header_keys[common]);
             int fwd = common - FWD_KEY;
-            if (fwd >= 0 && fwd < FWD_NONE && ex->trusted) {
+            if (fwd >= 0 && fwd < FWD_NONE && ex->trusted &&
+                (ex->server->config.proxy_headers & fwd_bits[fwd])) {
                 fwd_repeated |= fwd_seen & (1u << fwd);
                 fwd_seen |= 1u << fwd;
                 fwd_line[fwd] = i;

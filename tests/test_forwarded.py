@@ -1,7 +1,9 @@
-"""--forwarded-allow-ips: Forwarded (RFC 7239) and X-Forwarded-For/-Proto/
--Host change the environ only when the peer is a trusted proxy; from anyone
-else they stay plain HTTP_* headers. Malformed values are ignored (the
-request is served as if they were absent), never a 500."""
+"""--forwarded-allow-ips and --proxy-headers: the forwarding fields that
+--proxy-headers names (X-Forwarded-For and -Proto by default; -Host, or
+Forwarded (RFC 7239) alone, when named) change the environ only when the
+peer is a trusted proxy; from anyone else, and when not named, they stay
+plain HTTP_* headers. Malformed values are ignored (the request is served
+as if they were absent), never a 500."""
 
 import json
 import os
@@ -47,12 +49,27 @@ def trusted(yimmo_server):
     return yimmo_server(environ_app, workers=2).address
 
 
+@pytest.fixture
+def trusted_xfh(yimmo_server):
+    """As trusted, believing X-Forwarded-Host too."""
+    return yimmo_server(environ_app, workers=2,
+                        proxy_headers="x-forwarded-for,x-forwarded-proto,"
+                                      "x-forwarded-host").address
+
+
+@pytest.fixture
+def trusted_fwd(yimmo_server):
+    """As trusted, believing Forwarded (and so no X-Forwarded-* field)."""
+    return yimmo_server(environ_app, workers=2,
+                        proxy_headers=["Forwarded"]).address
+
+
 NGINX_LIKE = [("X-Forwarded-For", "203.0.113.7"),
               ("X-Forwarded-Proto", "https")]
 
 
-def test_x_forwarded_from_trusted_peer(trusted):
-    env = ask(trusted, NGINX_LIKE + [("X-Forwarded-Host", "example.org")])
+def test_x_forwarded_from_trusted_peer(trusted_xfh):
+    env = ask(trusted_xfh, NGINX_LIKE + [("X-Forwarded-Host", "example.org")])
     assert env["REMOTE_ADDR"] == "203.0.113.7"
     assert env["REMOTE_PORT"] == ""
     assert env["wsgi.url_scheme"] == "https"
@@ -63,6 +80,31 @@ def test_x_forwarded_from_trusted_peer(trusted):
     # The fields themselves stay visible.
     assert env["HTTP_X_FORWARDED_FOR"] == "203.0.113.7"
     assert env["HTTP_X_FORWARDED_PROTO"] == "https"
+
+
+def test_fields_not_named_are_not_believed(trusted):
+    """By default X-Forwarded-Host and Forwarded are plain headers: a proxy
+    that sets only X-Forwarded-For and -Proto (the README's nginx block)
+    passes the client's own on, and they named any host, address and
+    scheme the client liked (wire review s18)."""
+    env = ask(trusted, [("X-Forwarded-For", "203.0.113.7"),
+                        ("Forwarded",
+                         "for=6.6.6.6;proto=https;host=admin.internal"),
+                        ("X-Forwarded-Host", "admin.internal")])
+    assert env["REMOTE_ADDR"] == "203.0.113.7"
+    assert env["wsgi.url_scheme"] == "http"
+    assert env["HTTP_HOST"] == "app.test:8000"
+    assert env["SERVER_NAME"] == "127.0.0.1"
+    assert env["HTTP_FORWARDED"].startswith("for=6.6.6.6")
+    assert env["HTTP_X_FORWARDED_HOST"] == "admin.internal"
+
+
+@pytest.mark.parametrize("proxy_headers", ["none", [], ""])
+def test_no_field_named_believes_none(yimmo_server, proxy_headers):
+    addr = yimmo_server(environ_app, proxy_headers=proxy_headers).address
+    env = ask(addr, NGINX_LIKE)
+    assert (env["REMOTE_ADDR"], env["wsgi.url_scheme"]) == \
+        ("127.0.0.1", "http")
 
 
 def test_no_forwarding_fields_leave_the_socket_address(trusted):
@@ -186,9 +228,14 @@ MALFORMED = [
 ]
 
 
+BELIEVED_BY = {"X-Forwarded-For": "trusted", "X-Forwarded-Proto": "trusted",
+               "X-Forwarded-Host": "trusted_xfh", "Forwarded": "trusted_fwd"}
+
+
 @pytest.mark.parametrize("name, value", MALFORMED)
-def test_malformed_values_are_ignored(trusted, name, value):
-    env = ask(trusted, [(name, value)])
+def test_malformed_values_are_ignored(request, name, value):
+    # By a server that believes the field.
+    env = ask(request.getfixturevalue(BELIEVED_BY[name]), [(name, value)])
     assert env["REMOTE_ADDR"] == "127.0.0.1"
     assert env["REMOTE_PORT"].isdigit()
     assert env["wsgi.url_scheme"] == "http"
@@ -218,8 +265,8 @@ def test_malformed_values_are_ignored(trusted, name, value):
     ('for=192.0.2.1;ext="a,b;c"', "192.0.2.1", "", "http", None),
     ("for=192.0.2.1 ; proto=https , ", "192.0.2.1", "", "https", None),
 ])
-def test_forwarded_rfc7239(trusted, value, addr, port, scheme, host):
-    env = ask(trusted, [("Forwarded", value)])
+def test_forwarded_rfc7239(trusted_fwd, value, addr, port, scheme, host):
+    env = ask(trusted_fwd, [("Forwarded", value)])
     assert env["REMOTE_ADDR"] == addr
     if port is not None:
         assert env["REMOTE_PORT"] == port
@@ -232,19 +279,82 @@ def test_forwarded_rfc7239(trusted, value, addr, port, scheme, host):
         assert env["SERVER_PORT"] == (p or "443")
 
 
-def test_forwarded_wins_over_x_forwarded(trusted):
-    env = ask(trusted, [("X-Forwarded-For", "198.51.100.1"),
-                        ("X-Forwarded-Proto", "https"),
-                        ("Forwarded", "for=192.0.2.9")])
+def test_believing_forwarded_ignores_x_forwarded(trusted_fwd):
+    env = ask(trusted_fwd, [("X-Forwarded-For", "198.51.100.1"),
+                            ("X-Forwarded-Proto", "https"),
+                            ("X-Forwarded-Host", "evil.test"),
+                            ("Forwarded", "for=192.0.2.9")])
     assert env["REMOTE_ADDR"] == "192.0.2.9"
-    # Not mixed: X-Forwarded-Proto is not looked at either.
+    # Not mixed: X-Forwarded-Proto and -Host are not looked at either.
+    assert env["wsgi.url_scheme"] == "http"
+    assert env["HTTP_HOST"] == "app.test:8000"
+
+
+@pytest.mark.parametrize("forwarded", [
+    "for=;;;",
+    # A client's stray quote, the proxy's element appended after it.
+    'for="x, for=203.0.113.7;proto=http',
+])
+def test_malformed_forwarded_does_not_fall_back_to_x_forwarded(trusted_fwd,
+                                                               forwarded):
+    """The X-Forwarded-* fields are the client's when the proxy manages
+    Forwarded: a malformed Forwarded made them count (wire review s18)."""
+    env = ask(trusted_fwd, [("X-Forwarded-For", "198.51.100.1"),
+                            ("X-Forwarded-Proto", "https"),
+                            ("Forwarded", forwarded)])
+    assert env["REMOTE_ADDR"] == "127.0.0.1"
     assert env["wsgi.url_scheme"] == "http"
 
 
-def test_malformed_forwarded_falls_back_to_x_forwarded(trusted):
-    env = ask(trusted, [("X-Forwarded-For", "198.51.100.1"),
-                        ("Forwarded", "for=;;;")])
-    assert env["REMOTE_ADDR"] == "198.51.100.1"
+@pytest.mark.parametrize("value", [
+    "Forwarded,X-Forwarded-For", ["forwarded", "x-forwarded-host"],
+    "X-Real-IP", "x-forwarded-for,bogus", 42, [42],
+])
+def test_bad_proxy_headers_option(yimmo_server, value):
+    with pytest.raises((ValueError, TypeError)):
+        yimmo_server(environ_app, proxy_headers=value)
+
+
+@pytest.mark.parametrize("value", [
+    ["Forwarded", "X-Forwarded-For"], ["X-Real-IP"], ("x-forwarded-for\0",),
+    "X-Forwarded-For", [1],
+])
+def test_core_refuses_bad_proxy_headers(value):
+    import sys
+    from yimmo import _yimmo
+    with pytest.raises((ValueError, TypeError)):
+        _yimmo.Core(environ_app, [], print, sys.stderr,
+                    proxy_headers=value)
+
+
+def test_proxy_headers_from_flag_and_environment():
+    from yimmo._options import parse_args
+    _, opts = parse_args(["--proxy-headers",
+                          "x-forwarded-for, X-FORWARDED-HOST", "m:app"], {})
+    assert opts["proxy_headers"] == ["X-Forwarded-For", "X-Forwarded-Host"]
+    _, opts = parse_args(["m:app"], {"YIMMO_PROXY_HEADERS": "forwarded"})
+    assert opts["proxy_headers"] == ["Forwarded"]
+    _, opts = parse_args(["m:app"], {"YIMMO_PROXY_HEADERS": "none"})
+    assert opts["proxy_headers"] == []
+    _, opts = parse_args(["m:app"], {})
+    assert opts["proxy_headers"] == ["X-Forwarded-For", "X-Forwarded-Proto"]
+    with pytest.raises(SystemExit):
+        parse_args(["m:app"], {"YIMMO_PROXY_HEADERS": "x-real-ip"})
+
+
+def test_bad_proxy_headers_flag_one_line(tmp_path):
+    import subprocess
+    import sys
+    from helpers import subprocess_env
+    proc = subprocess.run(
+        [sys.executable, "-m", "yimmo", "--proxy-headers",
+         "forwarded,x-forwarded-for", "m:app"], cwd=str(tmp_path),
+        env=subprocess_env(), capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 or lines[-1].startswith("yimmo: error:"), \
+        proc.stderr
+    assert "Forwarded cannot be believed together" in proc.stderr
 
 
 def test_x_forwarded_proto_rightmost_and_http(trusted):
@@ -255,12 +365,12 @@ def test_x_forwarded_proto_rightmost_and_http(trusted):
     assert env["HTTPS"] is None
 
 
-def test_x_forwarded_host_with_port_and_ipv6(trusted):
-    env = ask(trusted, [("X-Forwarded-Host", "[2001:db8::1]:8080")])
+def test_x_forwarded_host_with_port_and_ipv6(trusted_xfh):
+    env = ask(trusted_xfh, [("X-Forwarded-Host", "[2001:db8::1]:8080")])
     assert env["HTTP_HOST"] == "[2001:db8::1]:8080"
     assert env["SERVER_NAME"] == "[2001:db8::1]"
     assert env["SERVER_PORT"] == "8080"
-    env = ask(trusted, [("X-Forwarded-Host", "a.test, b.test")])
+    env = ask(trusted_xfh, [("X-Forwarded-Host", "a.test, b.test")])
     assert env["HTTP_HOST"] == "b.test"
     assert env["SERVER_PORT"] == "80"
 
@@ -372,7 +482,9 @@ def test_unix_listener_forwarded_https_default_port(yimmo_server, tmp_path,
     no port there it is the scheme's default, also when the scheme is a
     trusted proxy's https (review D4)."""
     path = str(tmp_path / "s.sock")
-    yimmo_server(environ_app, bind="unix:" + path)
+    yimmo_server(environ_app, bind="unix:" + path,
+                 proxy_headers=("Forwarded" if "Forwarded:" in head
+                                else "X-Forwarded-Proto"))
     env = ask_raw(path, head)
     assert env["SERVER_PORT"] == port
     assert env["wsgi.url_scheme"] == ("http" if port == "80" else "https")

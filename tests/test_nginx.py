@@ -270,6 +270,13 @@ def test_nginx_in_front_over_unix_socket(yimmo_server, nginx_factory,
     env = http_get(port, [("X-Forwarded-For", "203.0.113.66")])
     assert env["HTTP_X_FORWARDED_FOR"] == "203.0.113.66, 127.0.0.1"
     assert env["REMOTE_ADDR"] == "127.0.0.1"
+    # Fields nginx passes on from the client as they are name nothing:
+    # they named any address, scheme and host (wire review s18).
+    env = http_get(port, [("Forwarded",
+                           "for=6.6.6.6;proto=https;host=admin.internal"),
+                          ("X-Forwarded-Host", "admin.internal")])
+    assert (env["REMOTE_ADDR"], env["wsgi.url_scheme"],
+            env["HTTP_HOST"]) == ("127.0.0.1", "http", "shop.test")
     try:
         env = http_get(port, source="127.0.0.2")
     except OSError:

@@ -53,6 +53,7 @@ def test_defaults_match_the_contract():
         "error_log": "-",
         "log_level": "info",
         "forwarded_allow_ips": ["127.0.0.1", "::1"],
+        "proxy_headers": ["X-Forwarded-For", "X-Forwarded-Proto"],
         "proxy_protocol": False,
         "log_config": None,
         "timeout": 30.0,

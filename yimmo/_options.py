@@ -135,6 +135,26 @@ class OptionalPath(NamedTuple):
         return self.check(text)
 
 
+def _str_list(value: object) -> List[str]:
+    """A list or tuple of str, or one comma-separated str: the items,
+    stripped (the empty ones of a str left out)."""
+    items: Sequence[object]
+    if isinstance(value, str):
+        items = [v for v in value.split(",") if v.strip()]
+    elif isinstance(value, (list, tuple)):
+        items = value
+    else:
+        raise TypeError("must be a str or a list of str, not %s"
+                        % type(value).__name__)
+    result = []
+    for item in items:
+        if not isinstance(item, str):
+            raise TypeError("must be a str or a list of str, not a list "
+                            "containing %s" % type(item).__name__)
+        result.append(item.strip())
+    return result
+
+
 class Networks(NamedTuple):
     """IP addresses and networks (ADDR or ADDR/PREFIX, IPv4 or IPv6), or
     "*" for any: a list, or one comma-separated string."""
@@ -143,24 +163,11 @@ class Networks(NamedTuple):
         return "IP addresses or networks (e.g. 10.0.0.0/8), or *"
 
     def check(self, value: object) -> List[str]:
-        items: Sequence[object]
-        if isinstance(value, str):
-            items = [v.strip() for v in value.split(",") if v.strip()]
-        elif isinstance(value, (list, tuple)):
-            items = value
-        else:
-            raise TypeError("must be a str or a list of str, not %s"
-                            % type(value).__name__)
-        result = []
+        items = _str_list(value)
         for item in items:
-            if not isinstance(item, str):
-                raise TypeError("must be a str or a list of str, not a list "
-                                "containing %s" % type(item).__name__)
-            item = item.strip()
             if item != "*":
                 check_network(item)
-            result.append(item)
-        return result
+        return items
 
     def parse(self, text: str) -> List[str]:
         return self.check(text)
@@ -191,6 +198,41 @@ def check_network(text: str) -> None:
         raise ValueError("bad network %r: an IPv4-mapped network "
                          "(::ffff:a.b.c.d/N) needs a prefix of 96 to 128"
                          % text)
+
+
+# The fields --proxy-headers may name, as they are written.
+PROXY_HEADER_FIELDS = ("X-Forwarded-For", "X-Forwarded-Proto",
+                       "X-Forwarded-Host", "Forwarded")
+
+
+class ProxyHeaders(NamedTuple):
+    """Forwarding field names (any case) from PROXY_HEADER_FIELDS, never
+    Forwarded with an X-Forwarded-* one: a list, or one comma-separated
+    string; "none" (or nothing) for none."""
+
+    def describe(self) -> str:
+        return "forwarding field names (e.g. X-Forwarded-For), or none"
+
+    def check(self, value: object) -> List[str]:
+        items = _str_list(value)
+        if isinstance(value, str) and [i.lower() for i in items] == ["none"]:
+            items = []
+        by_lower = {name.lower(): name for name in PROXY_HEADER_FIELDS}
+        chosen = set()
+        for item in items:
+            name = by_lower.get(item.lower())
+            if name is None:
+                raise ValueError("unknown field %r (expected %s, or none)"
+                                 % (item, ", ".join(PROXY_HEADER_FIELDS)))
+            chosen.add(name)
+        if "Forwarded" in chosen and len(chosen) > 1:
+            raise ValueError("Forwarded cannot be believed together with "
+                             "X-Forwarded-* fields: list the family your "
+                             "proxy sets")
+        return [name for name in PROXY_HEADER_FIELDS if name in chosen]
+
+    def parse(self, text: str) -> List[str]:
+        return self.check(text)
 
 
 def cpu_count() -> int:
@@ -542,11 +584,19 @@ OPTIONS = (
            "Proxies whose word about the client is believed: from these "
            "peers (IP addresses or networks such as 10.0.0.0/8, "
            "comma-separated; * for any; unix socket peers always), the "
-           "Forwarded, X-Forwarded-For, X-Forwarded-Proto and "
-           "X-Forwarded-Host fields set REMOTE_ADDR, wsgi.url_scheme and "
-           "HTTP_HOST, and PROXY headers are read (--proxy-protocol). From "
-           "anyone else those fields stay plain HTTP_* headers.",
+           "fields --proxy-headers names set REMOTE_ADDR, wsgi.url_scheme "
+           "and HTTP_HOST, and PROXY headers are read (--proxy-protocol). "
+           "From anyone else those fields stay plain HTTP_* headers.",
            metavar="ADDRS"),
+    Option("proxy_headers", ("--proxy-headers",), ProxyHeaders(),
+           ["X-Forwarded-For", "X-Forwarded-Proto"],
+           "The forwarding fields a trusted proxy's word is taken from "
+           "(comma-separated, any case): X-Forwarded-For, "
+           "X-Forwarded-Proto, X-Forwarded-Host, or Forwarded alone; none "
+           "for none. Name only fields your proxy sets or strips: it "
+           "passes the others on from the client, who can write anything "
+           "there.",
+           metavar="NAMES"),
     Option("proxy_protocol", ("--proxy-protocol",), Bool(), False,
            "Read a PROXY protocol header (v1 or v2, as HAProxy and cloud "
            "load balancers send) at the start of each connection from a "
@@ -648,6 +698,7 @@ class Options(TypedDict, total=False):
     start_timeout: float
     unix_socket_mode: Optional[int]
     forwarded_allow_ips: Union[str, List[str], Tuple[str, ...]]
+    proxy_headers: Union[str, List[str], Tuple[str, ...]]
     proxy_protocol: bool
     log_config: Union[_Path, Dict[str, Any], None]
     timeout: float
@@ -690,6 +741,7 @@ class ServerOptions(TypedDict):
     start_timeout: float
     unix_socket_mode: Optional[int]
     forwarded_allow_ips: List[str]
+    proxy_headers: List[str]
     proxy_protocol: bool
     log_config: Union[str, Dict[str, Any], None]
     timeout: float

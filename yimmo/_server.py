@@ -274,6 +274,7 @@ class Server:
                              else opts["max_pending"]),
                 queue_timeout=opts["queue_timeout"],
                 forwarded_allow_ips=opts["forwarded_allow_ips"],
+                proxy_headers=opts["proxy_headers"],
                 proxy_protocol=opts["proxy_protocol"],
                 timeout=opts["timeout"],
                 log_warning=_log_warning,
