@@ -1303,15 +1303,12 @@ conn_proxy_header(ymo_conn_t *c)
         c->trusted = 0;
         break;
     default:
-        /* LOCAL (the proxy's own health check) or UNKNOWN: the
-         * connection's own addresses stand. Only LOCAL keeps the proxy's
-         * trust: the proxy speaks for itself there. After UNKNOWN (a v1
-         * proxy's client on a unix socket, say) or a v2 client of family
-         * UNSPEC, a client the proxy does not name speaks, and its
+        /* LOCAL (a health check), UNKNOWN or UNSPEC: the connection's own
+         * addresses stand, but not the proxy's trust. What follows may be
+         * a client the proxy does not name (HAProxy sends UNKNOWN in v1,
+         * and LOCAL in v2, for a client on a unix socket), whose
          * forwarding fields are as unknown as it is. */
-        if (!h.local) {
-            c->trusted = 0;
-        }
+        c->trusted = 0;
         break;
     }
     c->busy->inlen -= (size_t)n;

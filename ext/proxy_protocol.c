@@ -169,7 +169,6 @@ parse_v2(const char *buf, size_t len, ymo_proxy_header_t *h)
         /* LOCAL: the proxy's own connection (a health check); whatever
          * the block holds is to be skipped. */
         h->family = YMO_PROXY_UNSPEC;
-        h->local = 1;
         return (int)(YMO_PROXY_V2_FIXED + body);
     }
     switch (fam) {

@@ -26,9 +26,6 @@ enum ymo_proxy_family {
 typedef struct ymo_proxy_header {
     int version;               /* 1 or 2 */
     int family;                /* enum ymo_proxy_family */
-    int local;                 /* version 2 LOCAL: the proxy's own
-                                * connection, not a client's (family
-                                * UNSPEC) */
     uint8_t src_addr[16];      /* network order: 4 bytes for INET */
     uint8_t dst_addr[16];
     uint16_t src_port;         /* host order */
