@@ -81,13 +81,15 @@ build_trust(ymo_trust_t *t, PyObject *allow_ips)
                      Py_TYPE(allow_ips)->tp_name);
         return -1;
     }
-    PyObject *seq = PySequence_Fast(allow_ips,
-                                    "forwarded_allow_ips must be a list");
+    /* A tuple: a snapshot (a list's items borrowed from the list itself
+     * could be freed by another thread of a free-threaded build changing
+     * it meanwhile: C review 2 of s18). */
+    PyObject *seq = PySequence_Tuple(allow_ips);
     if (seq == NULL) {
         return -1;
     }
-    for (Py_ssize_t i = 0; i < PySequence_Fast_GET_SIZE(seq); i++) {
-        PyObject *item = PySequence_Fast_GET_ITEM(seq, i);
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(seq); i++) {
+        PyObject *item = PyTuple_GET_ITEM(seq, i);
         Py_ssize_t len;
         const char *text = PyUnicode_Check(item)
                                ? PyUnicode_AsUTF8AndSize(item, &len)
@@ -143,12 +145,13 @@ build_proxy_headers(unsigned *mask, PyObject *names)
                      Py_TYPE(names)->tp_name);
         return -1;
     }
+    PyObject *seq = PySequence_Tuple(names);   /* a snapshot, as above */
+    if (seq == NULL) {
+        return -1;
+    }
     *mask = 0;
-    for (Py_ssize_t i = 0; i < PySequence_Size(names); i++) {
-        PyObject *item = PySequence_GetItem(names, i);
-        if (item == NULL) {
-            return -1;
-        }
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(seq); i++) {
+        PyObject *item = PyTuple_GET_ITEM(seq, i);
         Py_ssize_t n = 0;
         const char *s = PyUnicode_Check(item)
                             ? PyUnicode_AsUTF8AndSize(item, &n) : NULL;
@@ -165,12 +168,12 @@ build_proxy_headers(unsigned *mask, PyObject *names)
                              "X-Forwarded-For, X-Forwarded-Proto, "
                              "X-Forwarded-Host or Forwarded)", item);
             }
-            Py_DECREF(item);
+            Py_DECREF(seq);
             return -1;
         }
-        Py_DECREF(item);
         *mask |= fields[k].bit;
     }
+    Py_DECREF(seq);
     if ((*mask & YMO_PH_FORWARDED) && (*mask & ~YMO_PH_FORWARDED)) {
         PyErr_SetString(PyExc_ValueError,
                         "proxy_headers: Forwarded cannot be believed "
