@@ -47,8 +47,8 @@ typedef struct ymo_http_request {
     size_t target_len;
     const char *path;         /* path part, still percent-encoded: for
                                * absolute-form the path after the authority
-                               * ("/" when empty), "*" for asterisk-form,
-                               * the authority for CONNECT */
+                               * ("/" when empty), "*" for asterisk-form
+                               * (a CONNECT is refused: 501) */
     size_t path_len;
     const char *query;        /* after the first '?' (empty when none) */
     size_t query_len;

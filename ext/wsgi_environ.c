@@ -417,14 +417,6 @@ set_port(PyObject *env, PyObject *key, int port)
     return r;
 }
 
-/* A trusted proxy sent forwarding fields (bit 1 << enum fwd_kind in
- * `seen`): let them say who the client is and how it reached the proxy.
- * Forwarded, when present and well formed, wins, and the X-Forwarded-*
- * fields are then not looked at: a proxy that speaks RFC 7239 is the
- * better informed, and mixing the two could combine hops that do not
- * belong together. The fields themselves stay in env as HTTP_*. The
- * client's address, if one was given, is left in out->addr/port for the
- * caller. 0, or -1 with an exception set. */
 /* The value of forwarding field `kind`: straight from the request head
  * when it came in one field line (the usual case, and no dict lookup),
  * else the joined value env holds. Same returns as env_value. */
@@ -456,6 +448,13 @@ host_has_port(const ymo_http_request_t *req)
     return port_len > 0;
 }
 
+/* A trusted proxy sent forwarding fields that config.proxy_headers names
+ * (bit 1 << enum fwd_kind in `seen`): let them say who the client is and
+ * how it reached the proxy. Forwarded and the X-Forwarded-* fields are
+ * never both named (a proxy manages one family, and the client writes
+ * the other). The fields themselves stay in env as HTTP_*. The client's
+ * address, if one was given, is left in out->addr/port for the caller.
+ * 0, or -1 with an exception set. */
 static int
 apply_forwarded(ymo_module_state *st, PyObject *env, ymo_exchange_t *ex,
                 unsigned seen, const size_t *line, unsigned repeated,

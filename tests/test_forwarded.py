@@ -99,7 +99,8 @@ def test_fields_not_named_are_not_believed(trusted):
     assert env["HTTP_X_FORWARDED_HOST"] == "admin.internal"
 
 
-@pytest.mark.parametrize("proxy_headers", ["none", [], ""])
+@pytest.mark.parametrize("proxy_headers", ["none", [], "", ["None"],
+                                           "none, none"])
 def test_no_field_named_believes_none(yimmo_server, proxy_headers):
     addr = yimmo_server(environ_app, proxy_headers=proxy_headers).address
     env = ask(addr, NGINX_LIKE)
@@ -309,6 +310,7 @@ def test_malformed_forwarded_does_not_fall_back_to_x_forwarded(trusted_fwd,
 @pytest.mark.parametrize("value", [
     "Forwarded,X-Forwarded-For", ["forwarded", "x-forwarded-host"],
     "X-Real-IP", "x-forwarded-for,bogus", 42, [42],
+    ["none", "x-forwarded-for"],
 ])
 def test_bad_proxy_headers_option(yimmo_server, value):
     with pytest.raises((ValueError, TypeError)):

@@ -215,12 +215,14 @@ class ProxyHeaders(NamedTuple):
 
     def check(self, value: object) -> List[str]:
         items = _str_list(value)
-        if isinstance(value, str) and [i.lower() for i in items] == ["none"]:
+        if items and all(item.lower() == "none" for item in items):
             items = []
         by_lower = {name.lower(): name for name in PROXY_HEADER_FIELDS}
         chosen = set()
         for item in items:
             name = by_lower.get(item.lower())
+            if item.lower() == "none":
+                raise ValueError("none cannot be listed with fields")
             if name is None:
                 raise ValueError("unknown field %r (expected %s, or none)"
                                  % (item, ", ".join(PROXY_HEADER_FIELDS)))
