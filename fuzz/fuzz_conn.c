@@ -8,9 +8,10 @@
  *
  * The seam is the linker's, so conn.c is built exactly as in production:
  * -Wl,--wrap redirects the calls conn.c and bucket.c make on the client's
- * descriptor (read, sendmsg, sendfile, shutdown, close) and libev's clock
- * and timer calls (ev_now, ev_timer_start, ev_timer_stop,
- * ev_timer_remaining) to this file, which owns a virtual clock. I/O
+ * descriptor (read, sendmsg, sendfile, shutdown, close) and libev's timer
+ * calls (ev_timer_start, ev_timer_stop, ev_timer_remaining) to this file,
+ * which owns a virtual clock: the server's own clock field (`now`, what
+ * ymo_server_now() reads), set by the harness as time passes. I/O
  * watchers stay real libev watchers on a real loop that never runs: the
  * harness reads which events the connection asked for and calls its
  * callback as the loop would. ymo_exchange_new and ymo_exchange_release are
@@ -155,7 +156,6 @@ static struct {
     ymo_server_t server;
     ymo_listener_t listener;
     ymo_conn_t *conn;              /* NULL once closed */
-    double vnow;
     int drained;
     /* exchanges */
     rec_t **recs;
@@ -427,14 +427,7 @@ __wrap_close(int fd)
     return __real_close(fd);
 }
 
-/* -- Link-time wrappers: libev's clock and timers run on virtual time. -- */
-
-ev_tstamp
-__wrap_ev_now(struct ev_loop *loop)
-{
-    (void)loop;
-    return H.vnow;
-}
+/* -- Link-time wrappers: libev's timers run on virtual time. -- */
 
 void
 __wrap_ev_timer_start(struct ev_loop *loop, ev_timer *w)
@@ -444,7 +437,7 @@ __wrap_ev_timer_start(struct ev_loop *loop, ev_timer *w)
         return;
     }
     CHECK(w->at >= 0.);
-    w->at += H.vnow;               /* absolute, as libev keeps it */
+    w->at += H.server.now;     /* absolute, as libev keeps it */
     w->active = 1;
 }
 
@@ -459,7 +452,7 @@ ev_tstamp
 __wrap_ev_timer_remaining(struct ev_loop *loop, ev_timer *w)
 {
     (void)loop;
-    return w->at - (w->active ? H.vnow : 0.);
+    return w->at - (w->active ? H.server.now : 0.);
 }
 
 /* -- Link-time wrappers: the loop's side of an exchange's lifetime. -- */
@@ -623,9 +616,9 @@ ymo_wsgi_worker_stop(ymo_wsgi_worker_t *worker)
 }
 
 int
-ymo_wsgi_worker_join(ymo_wsgi_worker_t *worker, double timeout)
+ymo_wsgi_worker_join(ymo_wsgi_worker_t *worker, int wait)
 {
-    (void)timeout;
+    (void)wait;
     worker->started = 0;
     return 0;
 }
@@ -1213,7 +1206,7 @@ static int
 fire_timer(void)
 {
     ev_timer *t = next_timer();
-    if (t == NULL || t->at > H.vnow) {
+    if (t == NULL || t->at > H.server.now) {
         return 0;
     }
     t->active = 0;
@@ -1280,12 +1273,12 @@ action(void)
         unsigned k = pick(6);
         if (k == 5) {
             ev_timer *t = next_timer();
-            if (t != NULL && t->at > H.vnow) {
-                H.vnow = t->at;
+            if (t != NULL && t->at > H.server.now) {
+                H.server.now = t->at;
             }
         }
         else {
-            H.vnow += steps[k];
+            H.server.now += steps[k];
         }
         fire_timer();
         break;
@@ -1369,8 +1362,8 @@ finish(void)
         }
         ev_timer *t = next_timer();
         if (t != NULL) {
-            if (t->at > H.vnow) {
-                H.vnow = t->at;
+            if (t->at > H.server.now) {
+                H.server.now = t->at;
             }
             fire_timer();
             continue;
@@ -1499,7 +1492,6 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     config.out_high_water = out_hw[(cfg >> 5) & 3];
 
     H.active = 1;
-    H.vnow = 1000.0;
     H.writable = 1;
     switch (fin % 5) {
     case 0: H.client_eof = 1; break;
@@ -1511,6 +1503,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     H.write_stuck = (fin / 5) % 4 == 3;
 
     CHECK(ymo_server_init(&H.server, &config, NULL, NULL, 0, NULL) == 0);
+    H.server.now = 1000.0;         /* the virtual clock (see the top) */
     /* The peers: the client's address, and a unix socket's for the
      * neighbour (no address). */
     struct sockaddr_in peer = {.sin_family = AF_INET,
@@ -1585,7 +1578,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         /* What happened, for reading a reproducer. */
         fprintf(stderr, "%zu exchanges, %zu of %zu client bytes read, "
                 "t=+%.1f s; the client received:\n%.*s\n", H.n_recs,
-                H.client_pos, H.client_total, H.vnow - 1000.0,
+                H.client_pos, H.client_total, H.server.now - 1000.0,
                 (int)H.out.len, H.out.p ? H.out.p : "");
         for (size_t i = 0; i < H.n_recs; i++) {
             const rec_t *r = H.recs[i];

@@ -24,9 +24,9 @@ clang -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all \
     "$here/fuzz_parser.c" "$root/ext/http_parser.c" -o "$work/fuzz_parser"
 
 # The connection target takes conn.c as built for production: the linker
-# sends its socket calls, libev's clock and timers, and the loop's exchange
-# creation and release to the harness (see the opening of fuzz_conn.c).
-wraps=read,sendmsg,sendfile,shutdown,close,ev_now,ev_timer_start
+# sends its socket calls, libev's timers, and the loop's exchange creation
+# and release to the harness (see the opening of fuzz_conn.c).
+wraps=read,sendmsg,sendfile,shutdown,close,ev_timer_start
 wraps=$wraps,ev_timer_stop,ev_timer_remaining,ymo_exchange_new
 wraps=$wraps,ymo_exchange_release
 # A small YMO_FLUSH_TURN (bytes conn_flush writes per turn of the loop),
