@@ -7,6 +7,7 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <math.h>
 #include <stddef.h>
 #include <netinet/in.h>
@@ -45,6 +46,8 @@
 /* Seconds on CLOCK_MONOTONIC, the clock of the stop deadline: unlike the
  * loop's cached time, any thread can read it. */
 static void server_publish_conns(ymo_server_t *s);
+static void fork_fds_add(int fd);
+static void fork_fds_remove(int fd);
 static int server_sibling_less_loaded(const ymo_server_t *s);
 static void server_update_recycle_pause(ymo_server_t *s);
 
@@ -596,6 +599,7 @@ ymo_server_init(ymo_server_t *s, const ymo_config_t *config,
         ymo_listener_t *l = &s->listeners[i];
         l->server = s;
         l->fd = listen_fds[i];
+        fork_fds_add(l->fd);
         l->is_unix = is_unix[i];
         if (!l->is_unix) {
             int one = 1;
@@ -731,6 +735,7 @@ ymo_server_close_listeners(ymo_server_t *s)
             continue;
         }
         ev_io_stop(s->loop, &l->io);
+        fork_fds_remove(l->fd);
         /* close() of this process's descriptor, never shutdown() of the
          * socket: with several processes on one listening socket (a
          * supervisor that forks servers and reloads them), shutdown()
@@ -831,10 +836,69 @@ ymo_server_on_worker_thread(const ymo_server_t *s)
  * server records it when it starts (ymo_server_t.fork_gen). */
 unsigned ymo_fork_gen;
 
+/* The listening descriptors of this process's servers (fd + 1; 0: a free
+ * slot), for a child the app forks to let go of: kept open there (a
+ * background job, a multiprocessing pool), a listener outlived its server.
+ * After a stop new clients waited in its backlog instead of being
+ * refused, and a restart could not bind; with --reuse-port the kernel
+ * went on handing part of the new connections to it after a reload
+ * (hostile review of processes, s18). Any thread; lock-free, as the child
+ * reads it on the one thread it has, whatever the others were doing at
+ * the fork. A listener is taken out before it is closed, so the child
+ * never replaces a descriptor number the parent has reused. */
+#define FORK_FDS_MAX 256
+static atomic_int fork_fds[FORK_FDS_MAX];
+
+static void
+fork_fds_add(int fd)
+{
+    for (size_t i = 0; i < FORK_FDS_MAX; i++) {
+        int free_slot = 0;
+        if (atomic_compare_exchange_strong(&fork_fds[i], &free_slot,
+                                           fd + 1)) {
+            return;
+        }
+    }
+    /* Full (256 listeners in one process): this one stays in children,
+     * as every listener did before. */
+}
+
+static void
+fork_fds_remove(int fd)
+{
+    for (size_t i = 0; i < FORK_FDS_MAX; i++) {
+        int mine = fd + 1;
+        if (atomic_compare_exchange_strong(&fork_fds[i], &mine, 0)) {
+            return;
+        }
+    }
+}
+
 static void
 server_after_fork_child(void)
 {
     ymo_fork_gen++;
+    /* The child's copies of the listeners become /dev/null: closed, their
+     * numbers could be reused and then closed again by the child's own
+     * objects that still hold them (a Python socket). Async-signal-safe
+     * calls only (a fork from a multi-threaded process). */
+    int null = -1;
+    for (size_t i = 0; i < FORK_FDS_MAX; i++) {
+        int v = atomic_exchange(&fork_fds[i], 0);
+        if (v <= 0) {
+            continue;
+        }
+        if (null < 0) {
+            null = open("/dev/null", O_RDONLY | O_CLOEXEC);
+            if (null < 0) {
+                return;
+            }
+        }
+        (void)dup3(null, v - 1, O_CLOEXEC);
+    }
+    if (null >= 0) {
+        close(null);
+    }
 }
 
 static void

@@ -16,6 +16,7 @@ version."""
 
 import os
 import signal
+import socket
 import sys
 import textwrap
 import threading
@@ -487,3 +488,58 @@ def test_child_of_a_program_serving_on_a_thread_exits(tmp_path, code):
                            timeout=30)
         proc.wait_for_line("^parent stopped$", stream="stdout")
         assert proc.wait(20) == 0
+
+
+BACKGROUND_APP = textwrap.dedent("""
+    import os, time
+
+    def app(environ, start_response):
+        pid = os.fork()
+        if pid == 0:
+            # A background job: no stdio of the server's, then a while.
+            null = os.open(os.devnull, os.O_RDWR)
+            for fd in (0, 1, 2):
+                os.dup2(null, fd)
+            time.sleep(20)
+            os._exit(0)
+        body = str(pid).encode()
+        start_response("200 OK", [("Content-Length", str(len(body)))])
+        return [body]
+""")
+
+
+def test_a_background_job_the_app_forks_does_not_keep_the_listener(
+        tmp_path):
+    """The job had the server's listening socket: after the server
+    stopped, clients waited in its backlog instead of being refused, and
+    the port could not be bound again (with --reuse-port, after a reload
+    the kernel went on handing it new connections nobody accepted:
+    hostile review of processes, s18)."""
+    (tmp_path / "bg_app.py").write_text(BACKGROUND_APP)
+    job = None
+    with ServerProcess([sys.executable, "-m", "yimmo", "-b", "127.0.0.1:0",
+                        "--workers", "1", "bg_app:app"],
+                       cwd=tmp_path) as proc:
+        try:
+            addr = proc.wait_listening()
+            with connect(addr, 10) as sock:
+                sock.sendall(build_request("GET", "/bg"))
+                job = int(read_response(sock).body)
+            proc.signal(signal.SIGTERM)
+            assert proc.wait(20) == 0
+            os.kill(job, 0)         # the job still runs
+            with pytest.raises(ConnectionRefusedError):
+                connect(addr, 5).close()
+            again = socket.socket()
+            try:
+                again.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                again.bind(addr)
+                again.listen(1)
+            finally:
+                again.close()
+        finally:
+            if job is not None:
+                try:
+                    os.kill(job, signal.SIGKILL)
+                except OSError:
+                    pass
