@@ -583,12 +583,12 @@ class ServerProcess:
     manager: the process is killed on exit if it is still running."""
 
     def __init__(self, args, cwd=None, env=None, stdin=subprocess.DEVNULL,
-                 pass_fds=()):
+                 pass_fds=(), start_new_session=False):
         self.args = args
         self.proc = subprocess.Popen(
             args, cwd=cwd, env=env if env is not None else subprocess_env(),
             stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            pass_fds=pass_fds)
+            pass_fds=pass_fds, start_new_session=start_new_session)
         self.stdout_lines = []
         self.stderr_lines = []
         self._cond = threading.Condition()

@@ -1555,3 +1555,56 @@ def test_supervisor_serves_with_stdout_or_stderr_closed(tmp_path, closed):
         if proc.poll() is None:
             proc.kill()
             proc.wait(10)
+
+
+SLOW_IMPORT_APP = '''
+import os, time
+open(os.environ["IMPORTING"], "w").close()
+time.sleep(float(os.environ.get("IMPORT_SECONDS", "2")))
+
+def app(environ, start_response):
+    body = str(os.getpid()).encode()
+    start_response("200 OK", [("Content-Length", str(len(body)))])
+    return [body]
+'''
+
+
+@pytest.mark.parametrize("mode", [
+    ["--processes", "1"],
+    ["--processes", "2", "--preload"],
+    ["--processes", "2"],
+], ids=["single", "preload", "server-processes"])
+def test_signals_while_the_app_imports_neither_kill_nor_stop(tmp_path, mode):
+    """SIGHUP, SIGUSR1, SIGTTIN, SIGTTOU during a slow import (systemctl
+    reload just after a start, logrotate during a restart, a terminal's
+    signals to the process group) killed or stopped the process with
+    nothing logged (hostile review of processes, s18)."""
+    (tmp_path / "slow_app.py").write_text(SLOW_IMPORT_APP)
+    importing = tmp_path / "importing"
+    env = subprocess_env(IMPORTING=str(importing), IMPORT_SECONDS="2")
+    with ServerProcess([sys.executable, "-m", "yimmo", "-b", "127.0.0.1:0",
+                        "--workers", "1", *mode, "slow_app:app"],
+                       cwd=str(tmp_path), env=env,
+                       start_new_session=True) as proc:
+        deadline = time.monotonic() + 20
+        while not importing.exists():
+            assert time.monotonic() < deadline, proc.stderr
+            assert proc.proc.poll() is None, proc.stderr
+            time.sleep(0.01)
+        # The whole process group: the server processes too, as a
+        # terminal does.
+        for sig in (signal.SIGHUP, signal.SIGUSR1, signal.SIGTTIN,
+                    signal.SIGTTOU):
+            os.killpg(proc.proc.pid, sig)
+        addr = proc.wait_listening(timeout=30)
+        conn = http.client.HTTPConnection(*addr, timeout=10)
+        conn.request("GET", "/")
+        assert conn.getresponse().status == 200
+        conn.close()
+        if mode != ["--processes", "2"]:
+            proc.wait_for_line("Received SIGHUP while importing the "
+                               "application: ignored")
+        proc.signal(signal.SIGTERM)
+        assert proc.wait(30) == 0, proc.stderr
+        assert not re.search(r"killed by SIG(HUP|USR1|TTIN|TTOU)",
+                             proc.stderr), proc.stderr

@@ -8,10 +8,13 @@ application that cannot be loaded or an address that cannot be bound.
 
 from __future__ import annotations
 
+import logging
 import os
+import signal
 import sys
 import traceback
-from typing import TYPE_CHECKING, Optional, Sequence
+from types import FrameType
+from typing import TYPE_CHECKING, Dict, List, Optional, Sequence
 
 import yimmo
 from yimmo import _reload
@@ -72,7 +75,8 @@ def _run(argv: Sequence[str]) -> int:
     # process imports it after the fork (so SIGHUP reloads the code).
     if not supervised or options["preload"]:
         try:
-            app = load_app(app_spec)
+            with _SignalsWhileImporting():
+                app = load_app(app_spec)
         except AppLoadError as exc:
             if options["log_level"] == "debug" and \
                     exc.__cause__ is not None:
@@ -105,6 +109,55 @@ def _run(argv: Sequence[str]) -> int:
     except OSError as exc:
         return _fail(_describe(exc), EXIT_FAILURE)
     return EXIT_OK
+
+
+class _SignalsWhileImporting:
+    """SIGHUP, SIGUSR1, SIGTTIN and SIGTTOU while the app is imported
+    (which can take seconds): their default actions would kill or stop the
+    process, and a `systemctl reload` just after a start, or logrotate's
+    SIGUSR1 during a restart, sends them then (hostile review of
+    processes, s18). Where the process has them at their defaults, they
+    are noted until the import ends, then given back and acted on as the
+    server would: SIGUSR1 reopens the log files, the others are logged as
+    ignored. Main thread only (where signal handlers can be set)."""
+
+    NAMES = ("SIGHUP", "SIGUSR1", "SIGTTIN", "SIGTTOU")
+
+    def __init__(self) -> None:
+        self.noted: List[int] = []
+        self.ours: Dict[int, bool] = {}
+
+    def _note(self, signum: int, frame: Optional[FrameType]) -> None:
+        self.noted.append(signum)
+
+    def __enter__(self) -> "_SignalsWhileImporting":
+        for name in self.NAMES:
+            sig = getattr(signal, name, None)
+            if sig is None:
+                continue
+            try:
+                if signal.getsignal(sig) == signal.SIG_DFL:
+                    signal.signal(sig, self._note)
+                    self.ours[sig] = True
+            except ValueError:      # not the main thread
+                return self
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig in self.ours:
+            if signal.getsignal(sig) == self._note:   # not the app's now
+                signal.signal(sig, signal.SIG_DFL)
+        log = logging.getLogger("yimmo")
+        for sig in dict.fromkeys(self.noted):
+            name = signal.Signals(sig).name
+            if sig == signal.SIGUSR1:
+                from yimmo import _logging
+                log.info("Received SIGUSR1 while importing the application: "
+                         "reopening log files")
+                _logging.reopen_log_files()
+            else:
+                log.warning("Received %s while importing the application: "
+                            "ignored", name)
 
 
 def _describe(exc: OSError) -> str:

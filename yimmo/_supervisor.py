@@ -840,6 +840,11 @@ class Supervisor:
         # still importing the app; it opens its log files after that.
         if signal.getsignal(signal.SIGUSR1) == signal.SIG_DFL:
             signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+        # Nor may a terminal's SIGHUP, SIGTTIN or SIGTTOU to the process
+        # group (the supervisor's business: the server ignores them too).
+        for terminal in (signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU):
+            if signal.getsignal(terminal) == signal.SIG_DFL:
+                signal.signal(terminal, signal.SIG_IGN)
         signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED)
         _set_pdeathsig()
         if os.getppid() != self.pid:
