@@ -322,7 +322,7 @@ def test_options_rst_is_a_definition_list():
 
 
 def test_processes_auto_is_the_cpu_count():
-    expected = len(os.sched_getaffinity(0))
+    expected = min(len(os.sched_getaffinity(0)), 128)
     assert parse(["--processes", "auto", "a:b"])[1]["processes"] == expected
     assert validate({"processes": "auto"})["processes"] == expected
     assert parse(["a:b"], {"YIMMO_PROCESSES": "3"})[1]["processes"] == 3
@@ -347,9 +347,10 @@ def test_unix_socket_mode_is_octal():
 
 
 @pytest.mark.parametrize("argv, expected", [
-    (["--processes", "0", "a:b"], 'must be an int from 1 to 1024 or "auto"'),
+    (["--processes", "0", "a:b"], 'must be an int from 1 to 128 or "auto"'),
+    (["--processes", "129", "a:b"], 'must be an int from 1 to 128 or "auto"'),
     (["--processes", "many", "a:b"],
-     'must be an int from 1 to 1024 or "auto"'),
+     'must be an int from 1 to 128 or "auto"'),
     (["--unix-socket-mode", "8", "a:b"], "octal file mode"),
     (["--unix-socket-mode", "1777", "a:b"], "octal file mode"),
     (["--max-requests", "-1", "a:b"], "int from 0 to"),

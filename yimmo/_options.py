@@ -28,7 +28,9 @@ MAX_REQUEST_LINE = 65536
 # Every int option has a maximum, so a 20-digit value is refused as a bad
 # option value instead of overflowing a C int on the way in.
 MAX_WORKERS = 4096  # the C core refuses more
-MAX_PROCESSES = 1024
+# Half the supervisor's heartbeat slots (_supervisor.SLOTS): a reload
+# runs as many successors next to the old processes. "auto" is capped too.
+MAX_PROCESSES = 128
 MAX_HEADER_FIELDS = 32768  # as gunicorn
 INT_MAX = 2 ** 31 - 1  # a C int: listen()'s backlog, byte counts
 
@@ -253,7 +255,7 @@ class Processes(NamedTuple):
 
     def check(self, value: object) -> int:
         if isinstance(value, str) and value.strip().lower() == "auto":
-            return cpu_count()
+            return min(cpu_count(), MAX_PROCESSES)
         if isinstance(value, bool) or not isinstance(value, int):
             raise TypeError('must be an int or "auto", not %s'
                             % type(value).__name__)
@@ -263,7 +265,7 @@ class Processes(NamedTuple):
 
     def parse(self, text: str) -> int:
         if text.strip().lower() == "auto":
-            return cpu_count()
+            return min(cpu_count(), MAX_PROCESSES)
         try:
             value = int(text.strip())
         except ValueError:
@@ -534,7 +536,8 @@ OPTIONS = (
            "Number of server processes. 1 serves in this process; 2 or "
            "more puts a supervisor in front that binds the listeners, "
            "forks that many server processes, restarts them when they die "
-           "and reloads them on SIGHUP. \"auto\": one per CPU.",
+           "and reloads them on SIGHUP. \"auto\": one per CPU. At most "
+           "128 (a reload runs as many new processes next to the old).",
            metavar="P"),
     Option("reuse_port", ("--reuse-port",), Bool(), False,
            "Give each server process its own listening socket with "

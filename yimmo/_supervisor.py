@@ -36,7 +36,7 @@ import traceback
 from types import FrameType
 from typing import TYPE_CHECKING, Dict, List, Optional, Tuple
 
-from . import _logging, _sockets
+from . import _logging, _options, _sockets
 from ._options import ServerOptions
 
 if TYPE_CHECKING:
@@ -52,7 +52,9 @@ log = logging.getLogger("yimmo")
 # ext/heartbeat.h: beat_ns, requests, recycle, reason, conns, accepting.
 HEARTBEAT = struct.Struct("=QQIIII")
 HEARTBEAT_SIZE = 64
-SLOTS = 256                # processes alive at once, at most
+# Processes alive at once, at most: twice --processes' limit, so that a
+# reload of the most processes starts every successor at once.
+SLOTS = 2 * _options.MAX_PROCESSES
 RECYCLE_REASONS = {1: "it served its max-requests",
                    2: "it asked to be recycled"}
 
@@ -371,7 +373,12 @@ class Supervisor:
             elif signum == signal.SIGHUP:
                 self._reload()
             elif signum == signal.SIGTTIN:
-                if not self.stopping:
+                if self.stopping:
+                    pass
+                elif self.target >= _options.MAX_PROCESSES:
+                    log.warning("Received SIGTTIN: already %d processes, "
+                                "the most there can be", self.target)
+                else:
                     self.target += 1
                     log.info("Received SIGTTIN: now %d processes",
                              self.target)
@@ -766,8 +773,8 @@ class Supervisor:
         used = {c.slot for c in self.children.values()}
         slot = next((i for i in range(SLOTS) if i not in used), None)
         if slot is None:
-            log.error("%d server processes already; not starting another",
-                      SLOTS)
+            log.warning("%d server processes already; not starting another "
+                        "until one has exited", SLOTS)
             self.next_spawn = time.monotonic() + 1.0
             return None
         # A fresh slot: no beat, no recycle, not accepting.
