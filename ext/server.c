@@ -599,7 +599,6 @@ ymo_server_init(ymo_server_t *s, const ymo_config_t *config,
         ymo_listener_t *l = &s->listeners[i];
         l->server = s;
         l->fd = listen_fds[i];
-        fork_fds_add(l->fd);
         l->is_unix = is_unix[i];
         if (!l->is_unix) {
             int one = 1;
@@ -653,6 +652,17 @@ ymo_server_start_workers(ymo_server_t *s)
 {
     /* Before the threads: they read it (ymo_server_forked). */
     s->fork_gen = ymo_fork_gen;
+    if (!s->listeners_forked_away) {
+        /* Serving from now on: a fork's child lets go of the listeners
+         * (fork_fds). Not at init: a program may create a server, fork,
+         * and serve it in the child. */
+        s->listeners_forked_away = 1;
+        for (size_t i = 0; i < s->n_listeners; i++) {
+            if (s->listeners[i].fd >= 0) {
+                fork_fds_add(s->listeners[i].fd);
+            }
+        }
+    }
     for (size_t i = 0; i < s->config.workers && i < s->n_workers; i++) {
         if (!s->workers[i].started) {
             int r = ymo_wsgi_worker_start(&s->workers[i]);
@@ -849,9 +859,25 @@ unsigned ymo_fork_gen;
 #define FORK_FDS_MAX 256
 static atomic_int fork_fds[FORK_FDS_MAX];
 
+/* What the child puts in their place: a descriptor opened once, in the
+ * parent (a child out of descriptors, or in a chroot without /dev/null,
+ * could open none and kept the listeners), close-on-exec. */
+static atomic_int fork_placeholder = -1;
+
 static void
 fork_fds_add(int fd)
 {
+    if (atomic_load(&fork_placeholder) < 0) {
+        int p = open("/dev/null", O_RDONLY | O_CLOEXEC);
+        if (p < 0) {
+            p = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        }
+        int none = -1;
+        if (p >= 0 && !atomic_compare_exchange_strong(&fork_placeholder,
+                                                      &none, p)) {
+            close(p);           /* another thread's came first */
+        }
+    }
     for (size_t i = 0; i < FORK_FDS_MAX; i++) {
         int free_slot = 0;
         if (atomic_compare_exchange_strong(&fork_fds[i], &free_slot,
@@ -878,27 +904,20 @@ static void
 server_after_fork_child(void)
 {
     ymo_fork_gen++;
-    /* The child's copies of the listeners become /dev/null: closed, their
-     * numbers could be reused and then closed again by the child's own
-     * objects that still hold them (a Python socket). Async-signal-safe
-     * calls only (a fork from a multi-threaded process). */
-    int null = -1;
+    /* The child's copies of the listeners become the placeholder
+     * (/dev/null): closed, their numbers could be reused and then closed
+     * again by the child's own objects that still hold them (a Python
+     * socket). Async-signal-safe calls only (a fork from a multi-threaded
+     * process); errno as fork() left it. */
+    int saved = errno;
+    int null = atomic_load(&fork_placeholder);
     for (size_t i = 0; i < FORK_FDS_MAX; i++) {
         int v = atomic_exchange(&fork_fds[i], 0);
-        if (v <= 0) {
-            continue;
+        if (v > 0 && null >= 0) {
+            (void)dup3(null, v - 1, O_CLOEXEC);
         }
-        if (null < 0) {
-            null = open("/dev/null", O_RDONLY | O_CLOEXEC);
-            if (null < 0) {
-                return;
-            }
-        }
-        (void)dup3(null, v - 1, O_CLOEXEC);
     }
-    if (null >= 0) {
-        close(null);
-    }
+    errno = saved;
 }
 
 static void

@@ -117,6 +117,9 @@ typedef struct ymo_server {
                                 * threads when request_timeout is set
                                 * (those start retired and unused) */
     struct ymo_wsgi_app *app;  /* opaque to the loop; workers use it */
+    int listeners_forked_away; /* the listeners are in server.c's
+                                * fork_fds (from the first start of the
+                                * workers; the starting thread's) */
     unsigned fork_gen;         /* ymo_fork_gen when the workers started:
                                 * written by the thread starting them,
                                 * before it creates them; read-only

@@ -17,6 +17,7 @@ version."""
 import os
 import signal
 import socket
+import subprocess
 import sys
 import textwrap
 import threading
@@ -543,3 +544,49 @@ def test_a_background_job_the_app_forks_does_not_keep_the_listener(
                     os.kill(job, signal.SIGKILL)
                 except OSError:
                     pass
+
+
+SERVE_IN_A_CHILD = textwrap.dedent("""
+    import os, signal, socket, sys, time
+    import yimmo
+
+    def app(environ, start_response):
+        body = str(os.getpid()).encode()
+        start_response("200 OK", [("Content-Length", str(len(body)))])
+        return [body]
+
+    srv = yimmo.Server(app, bind="127.0.0.1:0", workers=1)
+    host, port = srv.address
+    pid = os.fork()
+    if pid == 0:
+        try:
+            srv.serve_forever()
+        finally:
+            os._exit(0)
+    try:
+        c = socket.create_connection((host, port), timeout=5)
+        c.sendall(b"GET / HTTP/1.0\\r\\nHost: x\\r\\n\\r\\n")
+        c.settimeout(5)
+        data = c.recv(1000)
+        print("answer", data.split(b"\\r\\n")[0].decode(), flush=True)
+    finally:
+        os.kill(pid, signal.SIGTERM)
+        for _ in range(200):
+            if os.waitpid(pid, os.WNOHANG)[0]:
+                break
+            time.sleep(0.05)
+        else:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+""")
+
+
+def test_a_server_created_before_a_fork_serves_in_the_child(tmp_path):
+    """Bind in the parent, serve in a forked child: the listeners are let
+    go of in forks only once their server has started (review of
+    239cbf3: the child's listener was /dev/null, and it spun)."""
+    (tmp_path / "prefork.py").write_text(SERVE_IN_A_CHILD)
+    proc = subprocess.run([sys.executable, str(tmp_path / "prefork.py")],
+                          env=subprocess_env(), capture_output=True,
+                          text=True, timeout=60)
+    assert "answer HTTP/1.1 200 OK" in proc.stdout, proc.stdout + proc.stderr
