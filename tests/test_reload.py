@@ -327,3 +327,23 @@ def test_a_retargeted_symlink_is_a_change(tmp_path):
         wait_body(addr, "from b!")
         proc.signal(signal.SIGTERM)
         assert proc.wait(WAIT) == 0
+
+
+def test_a_sigusr1_passed_on_while_the_server_starts_does_not_kill_it(
+        tmp_path):
+    """logrotate's SIGUSR1 right after a (re)start: the parent passed it
+    on while the child's interpreter was still starting, and the child
+    died of it, leaving no server until a file changed (review of
+    d80f9d6)."""
+    (tmp_path / "app.py").write_text(APP)
+    (tmp_path / "helper.py").write_text('MESSAGE = "one"\n')
+    port = free_port()
+    with ServerProcess([sys.executable, "-m", "yimmo", "--reload", "-b",
+                        "127.0.0.1:%d" % port, "app:app"],
+                       cwd=str(tmp_path)) as proc:
+        proc.wait_for_line(r"started the server")
+        proc.signal(signal.SIGUSR1)
+        wait_body(("127.0.0.1", port), "one")
+        proc.signal(signal.SIGTERM)
+        assert proc.wait(WAIT) == 0
+    assert "killed by SIGUSR1" not in proc.stderr, proc.stderr

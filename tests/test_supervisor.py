@@ -1608,3 +1608,40 @@ def test_signals_while_the_app_imports_neither_kill_nor_stop(tmp_path, mode):
         assert proc.wait(30) == 0, proc.stderr
         assert not re.search(r"killed by SIG(HUP|USR1|TTIN|TTOU)",
                              proc.stderr), proc.stderr
+
+
+@pytest.mark.parametrize("mode", [
+    ["--processes", "1"],
+    ["--processes", "2"],
+], ids=["single", "server-processes"])
+def test_sigusr1_while_the_app_imports_reopens_the_logs_after(tmp_path,
+                                                              mode):
+    """logrotate moved the access log and sent SIGUSR1 while the app was
+    importing: a server process ignored it and went on writing to the
+    moved file (review of d80f9d6)."""
+    (tmp_path / "slow_app.py").write_text(SLOW_IMPORT_APP)
+    importing = tmp_path / "importing"
+    log = tmp_path / "access.log"
+    env = subprocess_env(IMPORTING=str(importing), IMPORT_SECONDS="1.5")
+    with ServerProcess([sys.executable, "-m", "yimmo", "-b", "127.0.0.1:0",
+                        "--workers", "1", "--access-log", str(log), *mode,
+                        "slow_app:app"],
+                       cwd=str(tmp_path), env=env,
+                       start_new_session=True) as proc:
+        deadline = time.monotonic() + 20
+        while not importing.exists():
+            assert time.monotonic() < deadline, proc.stderr
+            time.sleep(0.01)
+        time.sleep(0.2)
+        os.rename(log, str(log) + ".1")
+        os.killpg(proc.proc.pid, signal.SIGUSR1)
+        addr = proc.wait_listening(timeout=30)
+        for _ in range(5):
+            conn = http.client.HTTPConnection(*addr, timeout=10)
+            conn.request("GET", "/after")
+            assert conn.getresponse().status == 200
+            conn.close()
+        proc.signal(signal.SIGTERM)
+        assert proc.wait(30) == 0, proc.stderr
+    assert log.exists(), proc.stderr
+    assert log.read_text().count("/after") == 5, proc.stderr

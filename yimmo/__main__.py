@@ -41,6 +41,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 def _run(argv: Sequence[str]) -> int:
+    # From the start (a config file runs, a --reload parent may pass a
+    # SIGUSR1 on at once) until the app is imported.
+    starting = _SignalsWhileImporting()
+    with starting:
+        return _run_started(argv, starting)
+
+
+def _run_started(argv: Sequence[str],
+                 starting: "_SignalsWhileImporting") -> int:
     try:
         app_spec, options, cli = parse_command_line(argv)
     except SystemExit as exc:
@@ -64,6 +73,7 @@ def _run(argv: Sequence[str]) -> int:
     except LogConfigError as exc:
         return _fail(str(exc), EXIT_USAGE)
     if cli["reload"]:
+        starting.end()          # the parent installs handlers of its own
         return _reload.run_parent(argv, options, cli)
 
     # Like `python -m`, find the application relative to where we run.
@@ -75,8 +85,7 @@ def _run(argv: Sequence[str]) -> int:
     # process imports it after the fork (so SIGHUP reloads the code).
     if not supervised or options["preload"]:
         try:
-            with _SignalsWhileImporting():
-                app = load_app(app_spec)
+            app = load_app(app_spec)
         except AppLoadError as exc:
             if options["log_level"] == "debug" and \
                     exc.__cause__ is not None:
@@ -93,6 +102,7 @@ def _run(argv: Sequence[str]) -> int:
     if reload_child and not supervised:
         _reload.report_modules(reload_child, cli["config"])
 
+    starting.end()
     # Logging is set up: serve() only adds what is missing.
     options["log_config"] = None
     try:
@@ -112,14 +122,14 @@ def _run(argv: Sequence[str]) -> int:
 
 
 class _SignalsWhileImporting:
-    """SIGHUP, SIGUSR1, SIGTTIN and SIGTTOU while the app is imported
-    (which can take seconds): their default actions would kill or stop the
-    process, and a `systemctl reload` just after a start, or logrotate's
-    SIGUSR1 during a restart, sends them then (hostile review of
-    processes, s18). Where the process has them at their defaults, they
-    are noted until the import ends, then given back and acted on as the
-    server would: SIGUSR1 reopens the log files, the others are logged as
-    ignored. Main thread only (where signal handlers can be set)."""
+    """SIGHUP, SIGUSR1, SIGTTIN and SIGTTOU while the process starts and
+    imports the app (which can take seconds): their default actions would
+    kill or stop the process, and a `systemctl reload` just after a start,
+    or logrotate's SIGUSR1 during a restart, sends them then (hostile
+    review of processes, s18). Where the process has them at their
+    defaults, they are noted until end(), then given back and acted on as
+    the server would: SIGUSR1 reopens the log files, the others are logged
+    as ignored. Main thread only (where signal handlers can be set)."""
 
     NAMES = ("SIGHUP", "SIGUSR1", "SIGTTIN", "SIGTTOU")
 
@@ -141,14 +151,24 @@ class _SignalsWhileImporting:
                     self.ours[sig] = True
             except ValueError:      # not the main thread
                 return self
+        if os.environ.get(_reload.CHILD_ENV):
+            # The --reload parent starts its child with SIGUSR1 blocked
+            # (_reload._in_child): one it passed on early is noted now.
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGUSR1})
         return self
 
     def __exit__(self, *exc: object) -> None:
-        for sig in self.ours:
+        self.end()
+
+    def end(self) -> None:
+        """Give the signals back (once) and act on those noted."""
+        ours, self.ours = self.ours, {}
+        for sig in ours:
             if signal.getsignal(sig) == self._note:   # not the app's now
                 signal.signal(sig, signal.SIG_DFL)
         log = logging.getLogger("yimmo")
-        for sig in dict.fromkeys(self.noted):
+        noted, self.noted = self.noted, []
+        for sig in dict.fromkeys(noted):
             name = signal.Signals(sig).name
             if sig == signal.SIGUSR1:
                 from yimmo import _logging

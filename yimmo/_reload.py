@@ -234,6 +234,11 @@ def _in_child() -> None:
     # first and be the app's KeyboardInterrupt in the server).
     os.setpgrp()
     _set_parent_death_signal()
+    # A SIGUSR1 passed on before the child can take it (its interpreter
+    # is still starting) stays pending across exec, not killing it; the
+    # child unblocks it once it notes it (__main__,
+    # _SignalsWhileImporting).
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})
 
 
 def _signature(path: str) -> Optional[Signature]:

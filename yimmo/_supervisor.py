@@ -844,9 +844,15 @@ class Supervisor:
                           else handler)
         # Until the server installs its own handler, SIGUSR1 (reopen the
         # log files, forwarded to every process) must not kill a process
-        # still importing the app; it opens its log files after that.
+        # still importing the app: noted, the files are reopened after the
+        # import (they are the supervisor's, inherited, until then).
+        usr1_noted: List[int] = []
+
+        def note_usr1(signum: int, frame: Optional[FrameType]) -> None:
+            usr1_noted.append(signum)
+
         if signal.getsignal(signal.SIGUSR1) == signal.SIG_DFL:
-            signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+            signal.signal(signal.SIGUSR1, note_usr1)
         # Nor may a terminal's SIGHUP, SIGTTIN or SIGTTOU to the process
         # group (the supervisor's business: the server ignores them too).
         for terminal in (signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU):
@@ -900,10 +906,14 @@ class Supervisor:
         if self.reload_report is not None:
             from ._reload import report_modules
             report_modules(*self.reload_report)
-        if signal.getsignal(signal.SIGUSR1) == signal.SIG_IGN:
+        if signal.getsignal(signal.SIGUSR1) == note_usr1:
             # Ours, left by the import: the server's own handler, which
             # it installs only over the default one.
             signal.signal(signal.SIGUSR1, _child_on_sigusr1)
+        if usr1_noted:
+            log.info("Received SIGUSR1 while importing the application: "
+                     "reopening log files")
+            _logging.reopen_log_files()
         max_requests = opts["max_requests"]
         if max_requests and opts["max_requests_jitter"]:
             # random reseeds itself in a forked child.
