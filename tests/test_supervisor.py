@@ -405,6 +405,56 @@ def test_sighup_with_broken_code_keeps_the_old_processes(tmp_path):
         assert stop(proc) == 0
 
 
+# New code that imports and becomes ready, then dies half a second later
+# (a background thread of the app's that fails, a bad config read late).
+CRASH_SOON = APP.replace('VERSION = "v1"', 'VERSION = "crashy"') + '''
+import threading
+
+def _die():
+    time.sleep(0.6)
+    os._exit(7)
+
+threading.Thread(target=_die, daemon=True).start()
+'''
+
+
+def test_sighup_with_code_that_dies_once_ready_keeps_the_old_processes(
+        tmp_path):
+    # The old processes drain only once their successors have served for
+    # a second: new code that dies right after it became ready counts as
+    # failing at start, and the reload is given up on as with code that
+    # cannot import (it used to drain every old process and crash-loop).
+    path = write_app(tmp_path)
+    with start(tmp_path) as proc:
+        port = wait_port(proc)
+        wait_ready(proc, 2)
+        old = set(children_of(proc.proc.pid))
+        path.write_text(CRASH_SOON)
+        with Load(port, threads=2) as load:
+            proc.signal(signal.SIGHUP)
+            proc.wait_for_line(r"right after it started\)?; the running "
+                               r"processes keep serving", timeout=30)
+            # The new processes still there drain and exit.
+            assert wait_children(proc.proc.pid, 2) == sorted(old)
+            n = len(load.snapshot())
+            load.wait_count(n + 50)
+            after = load.snapshot()[n:]
+        assert [r for r in after if r[1] != 200] == [], proc._describe()
+        assert {int(r[2].split()[0]) for r in after} <= old
+        assert old <= set(children_of(proc.proc.pid))
+        assert count_lines(proc, r"replaced \(reload\); its successor") \
+            == 0, proc._describe()
+        assert proc.proc.poll() is None
+        # Fixed: the next SIGHUP goes through.
+        path.write_text(APP.replace('VERSION = "v1"', 'VERSION = "fixed"'))
+        proc.signal(signal.SIGHUP)
+        deadline = time.monotonic() + 15
+        while not get(port)[1].endswith(" fixed"):
+            assert time.monotonic() < deadline, proc._describe()
+            time.sleep(0.05)
+        assert stop(proc) == 0
+
+
 @pytest.mark.parametrize("preload", [False, True])
 def test_preload_imports_the_app_in_the_supervisor_only_when_asked(
         tmp_path, preload):

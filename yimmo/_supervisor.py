@@ -11,11 +11,14 @@ mapping per process (layout: ext/heartbeat.h) whose loop thread stamps it.
 
 Replacing a process ("recycling": max_requests, max_rss, max_lifetime, a
 request from the process, SIGHUP) always starts the successor first and
-sends SIGTERM to the old process only once the successor is ready, so
-the listeners are never without a process accepting. A process that dies
-is replaced at once; processes that die before they are ready are
-restarted with back-off, and after MAX_START_FAILURES in a row the
-supervisor gives up, with the process's own error line.
+sends SIGTERM to the old process only once the successor has been ready
+for RAPID seconds, so the listeners are never without a process
+accepting, and a successor that dies right after it became ready finds
+its predecessor still serving. A process that dies is replaced at once;
+processes that die before they are ready (or successors that die within
+RAPID seconds of it) are restarted with back-off, and after
+MAX_START_FAILURES in a row the supervisor gives up, with the process's
+own error line (or, while others serve, waits for the next try).
 
 The supervisor never imports the application unless preload is set.
 """
@@ -479,10 +482,13 @@ class Supervisor:
                           key=lambda c: c.started)
         if not retiring:
             return
-        # Old processes drain once enough new ones accept in their place:
-        # never fewer processes accepting than the target.
-        ready_total = len(ready_new) + sum(1 for c in retiring
-                                           if c.ready_at is not None)
+        # Old processes drain once enough new ones accept in their place,
+        # and have for RAPID seconds: never fewer processes accepting than
+        # the target, and new code that dies right after it became ready
+        # (a reload of a broken app) finds the old processes still there.
+        proven_new = sum(1 for c in serving if c.proven)
+        ready_total = proven_new + sum(1 for c in retiring
+                                       if c.ready_at is not None)
         can_go = ready_total - self.target
         for child in retiring:
             if child.ready_at is None:
@@ -491,7 +497,7 @@ class Supervisor:
                             % child.retire)
             elif can_go > 0:
                 can_go -= 1
-                self._drain(child, "replaced (%s); its successor is ready"
+                self._drain(child, "replaced (%s); its successor serves"
                             % child.retire)
 
     def _check_children(self) -> None:
@@ -592,6 +598,13 @@ class Supervisor:
                    and c.killed_for is None and (c.proven or not proven)
                    for c in self.children.values())
 
+    def _replacing(self) -> bool:
+        """A process that serves waits for its successors to prove
+        themselves (a reload, a recycle)."""
+        return any(c.retire is not None and c.ready_at is not None
+                   and c.draining_since is None and c.killed_for is None
+                   for c in self.children.values())
+
     def _give_up_while_serving(self, how: str,
                                error_line: Optional[str]) -> None:
         """New processes fail at start while others serve (a reload or a
@@ -609,8 +622,10 @@ class Supervisor:
                   "SIGHUP)", how, ": " + error_line if error_line else "",
                   delay)
         for c in self.children.values():
-            if c.ready_at is None:
-                self._drain(c)   # a sibling of the failures
+            if not c.proven:
+                # A sibling of the failures, ready or not: serving on, it
+                # would take the place of one of the processes that work.
+                self._drain(c)
             elif c.retire is not None and c.draining_since is None:
                 c.cancelled_retire, c.retire = c.retire, None
 
@@ -706,11 +721,14 @@ class Supervisor:
             log.warning("Server process %d %s; %s", child.pid, how,
                         self._next_one())
             return
-        if child.ready_at is not None:
+        if child.ready_at is not None and not self._replacing():
             # It started and served: a crash soon after (a request that
             # kills the process, sent again and again) is restarted with
             # back-off for as long as it takes. Only processes that cannot
-            # start count toward giving up.
+            # start count toward giving up, and successors that die right
+            # after they became ready while the processes they replace
+            # still serve (a reload or a recycle to code that crashes):
+            # those keep serving, as when their successors cannot start.
             self.crashes += 1
             delay = min(CRASH_BACKOFF_MAX,
                         BACKOFF_FIRST * 2 ** (self.crashes - 1))
@@ -728,7 +746,9 @@ class Supervisor:
                 # processes cannot start: the old ones keep serving. (Not
                 # one that just started: it may crash like the others
                 # fail, and the tries would go on for good.)
-                self._give_up_while_serving(how, child.error_line)
+                self._give_up_while_serving(
+                    how if child.ready_at is None
+                    else how + " right after it started", child.error_line)
                 return
             fresh = [(c.ready_at, c.seq) for c in self.children.values()
                      if c.ready_at is not None and not c.proven
