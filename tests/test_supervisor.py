@@ -1695,3 +1695,112 @@ def test_sigusr1_while_the_app_imports_reopens_the_logs_after(tmp_path,
         assert proc.wait(30) == 0, proc.stderr
     assert log.exists(), proc.stderr
     assert log.read_text().count("/after") == 5, proc.stderr
+
+
+@pytest.mark.parametrize("mode,sig", [
+    (["--processes", "1"], signal.SIGHUP),
+    (["--processes", "1"], signal.SIGUSR1),
+    (["--processes", "2", "--preload"], signal.SIGUSR1),
+], ids=["single-hup", "single-usr1", "preload-usr1"])
+def test_signals_between_the_import_and_the_handlers_do_not_kill(
+        tmp_path, mode, sig):
+    """Between the end of the app's import and the server's (or the
+    supervisor's) own handlers, a few milliseconds with the defaults back
+    in place: SIGHUP or SIGUSR1 then killed the process. A stream of them
+    from the import until the process listens must find it handled at
+    every moment, and the process serving after it."""
+    (tmp_path / "slow_app.py").write_text(SLOW_IMPORT_APP)
+    importing = tmp_path / "importing"
+    env = subprocess_env(IMPORTING=str(importing), IMPORT_SECONDS="0.1")
+    with ServerProcess([sys.executable, "-m", "yimmo", "-b", "127.0.0.1:0",
+                        "--workers", "1", *mode, "slow_app:app"],
+                       cwd=str(tmp_path), env=env,
+                       start_new_session=True) as proc:
+        deadline = time.monotonic() + 20
+        while not importing.exists():
+            assert time.monotonic() < deadline, proc.stderr
+            assert proc.proc.poll() is None, proc.stderr
+            time.sleep(0.001)
+        listening = re.compile(r"Supervisor listening at |Listening at ")
+        done = threading.Event()
+        sent = []
+
+        def flood():
+            end = time.monotonic() + 20
+            while not done.is_set() and time.monotonic() < end:
+                try:
+                    os.kill(proc.proc.pid, sig)
+                except ProcessLookupError:
+                    return
+                sent.append(1)
+                time.sleep(0.0002)
+
+        sender = threading.Thread(target=flood, daemon=True)
+        sender.start()
+        try:
+            proc.wait_for_line(listening, timeout=30)
+            time.sleep(0.1)
+        finally:
+            done.set()
+            sender.join(10)
+        assert proc.proc.poll() is None, proc._describe()
+        assert len(sent) > 10
+        if mode == ["--processes", "1"]:
+            addr = proc.wait_listening(timeout=10)
+        else:
+            addr = ("127.0.0.1", wait_port(proc))
+            wait_ready(proc, 2)
+        conn = http.client.HTTPConnection(*addr, timeout=10)
+        conn.request("GET", "/")
+        assert conn.getresponse().status == 200
+        conn.close()
+        proc.signal(signal.SIGTERM)
+        assert proc.wait(30) == 0, proc.stderr
+        assert not re.search(r"killed by SIG(HUP|USR1)", proc.stderr), \
+            proc.stderr
+
+
+def test_sigusr1_in_bursts_to_server_processes_reopens_and_stops(tmp_path):
+    """A server process reopened its log files inside its SIGUSR1 handler:
+    a second SIGUSR1 landing while the first reopened (two logrotate
+    scripts, each signalling) deadlocked its main thread. It served on,
+    writing to the rotated file for good, and a SIGTERM never ran (killed
+    at the graceful timeout)."""
+    write_app(tmp_path)
+    log = tmp_path / "access.log"
+    with start(tmp_path, "--access-log", str(log)) as proc:
+        port = wait_port(proc)
+        wait_ready(proc, 2)
+        kids = wait_children(proc.proc.pid, 2)
+        end = time.monotonic() + 1.0
+        sent = 0
+        while time.monotonic() < end:
+            for kid in kids:
+                os.kill(kid, signal.SIGUSR1)
+                sent += 1
+            time.sleep(0.0001)
+        assert sent > 100
+        time.sleep(0.2)
+        os.rename(log, str(log) + ".1")
+        for kid in kids:
+            os.kill(kid, signal.SIGUSR1)
+        # Each process says it reopened, after the rename.
+        deadline = time.monotonic() + 10
+        while True:
+            with proc._cond:
+                lines = list(proc.stderr_lines)
+            if log.exists() and all(
+                    any("[%d]" % kid in line and "reopening log files"
+                        in line for line in lines[-50:]) for kid in kids):
+                break
+            assert time.monotonic() < deadline, proc._describe()
+            time.sleep(0.05)
+        for _ in range(20):
+            assert get(port)[0] == 200
+        deadline = time.monotonic() + 10
+        while log.read_text().count('"GET / ') < 20:
+            assert time.monotonic() < deadline, (log.read_text(),
+                                                 proc._describe())
+            time.sleep(0.05)
+        assert stop(proc) == 0
+        assert "SIGKILL" not in proc.stderr, proc.stderr

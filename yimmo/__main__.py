@@ -13,11 +13,10 @@ import os
 import signal
 import sys
 import traceback
-from types import FrameType
-from typing import TYPE_CHECKING, Dict, List, Optional, Sequence
+from typing import TYPE_CHECKING, List, Optional, Sequence
 
 import yimmo
-from yimmo import _reload
+from yimmo import _reload, _signals
 from yimmo._appload import AppLoadError, load_app
 from yimmo._logging import LogConfigError, configure_logging
 from yimmo._options import parse_command_line
@@ -127,28 +126,29 @@ class _SignalsWhileImporting:
     kill or stop the process, and a `systemctl reload` just after a start,
     or logrotate's SIGUSR1 during a restart, sends them then (hostile
     review of processes, s18). Where the process has them at their
-    defaults, they are noted until end(), then given back and acted on as
-    the server would: SIGUSR1 reopens the log files, the others are logged
-    as ignored. Main thread only (where signal handlers can be set)."""
-
-    NAMES = ("SIGHUP", "SIGUSR1", "SIGTTIN", "SIGTTOU")
+    defaults, a StandIn (yimmo._signals) notes them. end(), once the app
+    is imported, acts on those noted as the server would (SIGUSR1 reopens
+    the log files, the others are logged as ignored) and leaves the
+    StandIn in place: the server or supervisor that installs its handlers
+    next takes over what it notes from then on, so there is no moment
+    between the two where the default action applies. On the way out, the
+    signals still the StandIn's get their defaults back. Main thread only
+    (where signal handlers can be set)."""
 
     def __init__(self) -> None:
-        self.noted: List[int] = []
-        self.ours: Dict[int, bool] = {}
-
-    def _note(self, signum: int, frame: Optional[FrameType]) -> None:
-        self.noted.append(signum)
+        self.stand_in = _signals.StandIn()
+        self.ours: List[int] = []
+        self.ended = False
 
     def __enter__(self) -> "_SignalsWhileImporting":
-        for name in self.NAMES:
+        for name in _signals.NAMES:
             sig = getattr(signal, name, None)
             if sig is None:
                 continue
             try:
                 if signal.getsignal(sig) == signal.SIG_DFL:
-                    signal.signal(sig, self._note)
-                    self.ours[sig] = True
+                    signal.signal(sig, self.stand_in)
+                    self.ours.append(sig)
             except ValueError:      # not the main thread
                 return self
         if os.environ.get(_reload.CHILD_ENV):
@@ -159,16 +159,20 @@ class _SignalsWhileImporting:
 
     def __exit__(self, *exc: object) -> None:
         self.end()
+        for sig in self.ours:
+            if signal.getsignal(sig) is self.stand_in:  # nobody took it
+                signal.signal(sig, signal.SIG_DFL)
+        self.ours = []
 
     def end(self) -> None:
-        """Give the signals back (once) and act on those noted."""
-        ours, self.ours = self.ours, {}
-        for sig in ours:
-            if signal.getsignal(sig) == self._note:   # not the app's now
-                signal.signal(sig, signal.SIG_DFL)
+        """The import is done: act (once) on the signals noted so far."""
+        if self.ended:
+            return
+        self.ended = True
         log = logging.getLogger("yimmo")
-        noted, self.noted = self.noted, []
-        for sig in dict.fromkeys(noted):
+        for sig in self.ours:
+            if not self.stand_in.take(sig):
+                continue
             name = signal.Signals(sig).name
             if sig == signal.SIGUSR1:
                 from yimmo import _logging

@@ -23,7 +23,7 @@ from typing import (
     Type, Union,
 )
 
-from . import _logging, _options, _sockets, _yimmo
+from . import _logging, _options, _signals, _sockets, _yimmo
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import WSGIApplication, WSGIEnvironment
@@ -381,6 +381,8 @@ class Server:
             log.info("Listening at %s (%d workers)",
                      ", ".join(self._describe(a) for a in self.addresses),
                      self.options["workers"])
+            # What the handlers took over from a StandIn had to say.
+            self._log_from_handlers()
             fd = state.wakeup_r.fileno() if state.wakeup_r is not None \
                 else -1
             try:
@@ -527,11 +529,15 @@ class Server:
                 handlers[terminal] = signal.SIG_IGN
         for signum, handler in handlers.items():
             previous = signal.getsignal(signum)
-            if previous in (signal.SIG_DFL, None):
+            if _signals.is_default(previous):
                 # (None: not set from Python; its default is the nearest
-                # thing to give back.)
+                # thing to give back. A StandIn of python -m yimmo's was
+                # the default until now.)
                 old[signum] = signal.SIG_DFL
                 signal.signal(signum, handler)
+                if _signals.take_over(signum, previous) and \
+                        callable(handler):
+                    handler(signum, None)
         if self._process is not None:
             # yimmo's own signal (the supervisor died): always ours.
             from ._supervisor import ORPHAN_SIGNAL

@@ -39,7 +39,7 @@ import traceback
 from types import FrameType
 from typing import TYPE_CHECKING, Dict, List, Optional, Tuple
 
-from . import _logging, _options, _sockets
+from . import _logging, _options, _signals, _sockets
 from ._options import ServerOptions
 
 if TYPE_CHECKING:
@@ -251,8 +251,15 @@ class Supervisor:
         os.set_blocking(wake_w, False)
         self.wake_r, self.wake_w = wake_r, wake_w
         old_wakeup = signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
-        old_handlers: Dict[int, SignalHandler] = {
-            sig: signal.signal(sig, self._on_signal) for sig in HANDLED}
+        old_handlers: Dict[int, SignalHandler] = {}
+        for handled in HANDLED:
+            previous = signal.signal(handled, self._on_signal)
+            # python -m yimmo's StandIn (yimmo._signals) is the default,
+            # and what it noted since the import is ours to act on.
+            old_handlers[handled] = signal.SIG_DFL \
+                if _signals.is_default(previous) else previous
+            if _signals.take_over(handled, previous):
+                self.pending_signals.append(handled)
         # What the server processes start with again: the defaults, or
         # the handlers a preloaded app installed (they are the app's).
         self.app_handlers = old_handlers
@@ -864,15 +871,14 @@ class Supervisor:
                           else handler)
         # Until the server installs its own handler, SIGUSR1 (reopen the
         # log files, forwarded to every process) must not kill a process
-        # still importing the app: noted, the files are reopened after the
-        # import (they are the supervisor's, inherited, until then).
-        usr1_noted: List[int] = []
-
-        def note_usr1(signum: int, frame: Optional[FrameType]) -> None:
-            usr1_noted.append(signum)
-
+        # still importing the app: a StandIn notes it, the files are
+        # reopened after the import (they are the supervisor's, inherited,
+        # until then), and the server takes over what it notes after that.
+        # (Not reopened in a handler of our own: one that runs inside
+        # another, SIGUSR1s close together, deadlocked the process.)
+        stand_in = _signals.StandIn()
         if signal.getsignal(signal.SIGUSR1) == signal.SIG_DFL:
-            signal.signal(signal.SIGUSR1, note_usr1)
+            signal.signal(signal.SIGUSR1, stand_in)
         # Nor may a terminal's SIGHUP, SIGTTIN or SIGTTOU to the process
         # group (the supervisor's business: the server ignores them too).
         for terminal in (signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU):
@@ -926,11 +932,7 @@ class Supervisor:
         if self.reload_report is not None:
             from ._reload import report_modules
             report_modules(*self.reload_report)
-        if signal.getsignal(signal.SIGUSR1) == note_usr1:
-            # Ours, left by the import: the server's own handler, which
-            # it installs only over the default one.
-            signal.signal(signal.SIGUSR1, _child_on_sigusr1)
-        if usr1_noted:
+        if stand_in.take(signal.SIGUSR1):
             log.info("Received SIGUSR1 while importing the application: "
                      "reopening log files")
             _logging.reopen_log_files()
@@ -952,11 +954,6 @@ class Supervisor:
         except KeyboardInterrupt:
             pass
         return 0
-
-
-def _child_on_sigusr1(signum: int, frame: Optional[FrameType]) -> None:
-    log.info("Received SIGUSR1, reopening log files")
-    _logging.reopen_log_files()
 
 
 def opts_workers(options: ServerOptions) -> int:
