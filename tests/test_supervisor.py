@@ -1618,6 +1618,26 @@ def app(environ, start_response):
     return [body]
 '''
 
+@contextlib.contextmanager
+def slow_import_server(tmp_path, args, seconds, **extra_env):
+    """python -m yimmo serving SLOW_IMPORT_APP (its import takes seconds)
+    in a new session, yielded once the import has begun."""
+    (tmp_path / "slow_app.py").write_text(SLOW_IMPORT_APP)
+    importing = tmp_path / "importing"
+    env = subprocess_env(IMPORTING=str(importing),
+                         IMPORT_SECONDS=str(seconds), **extra_env)
+    with ServerProcess([sys.executable, "-m", "yimmo", "-b", "127.0.0.1:0",
+                        "--workers", "1", *args, "slow_app:app"],
+                       cwd=str(tmp_path), env=env,
+                       start_new_session=True) as proc:
+        deadline = time.monotonic() + 20
+        while not importing.exists():
+            assert time.monotonic() < deadline, proc.stderr
+            assert proc.proc.poll() is None, proc.stderr
+            time.sleep(0.001)
+        yield proc
+
+
 
 @pytest.mark.parametrize("mode", [
     ["--processes", "1"],
@@ -1629,18 +1649,7 @@ def test_signals_while_the_app_imports_neither_kill_nor_stop(tmp_path, mode):
     reload just after a start, logrotate during a restart, a terminal's
     signals to the process group) killed or stopped the process with
     nothing logged (hostile review of processes, s18)."""
-    (tmp_path / "slow_app.py").write_text(SLOW_IMPORT_APP)
-    importing = tmp_path / "importing"
-    env = subprocess_env(IMPORTING=str(importing), IMPORT_SECONDS="2")
-    with ServerProcess([sys.executable, "-m", "yimmo", "-b", "127.0.0.1:0",
-                        "--workers", "1", *mode, "slow_app:app"],
-                       cwd=str(tmp_path), env=env,
-                       start_new_session=True) as proc:
-        deadline = time.monotonic() + 20
-        while not importing.exists():
-            assert time.monotonic() < deadline, proc.stderr
-            assert proc.proc.poll() is None, proc.stderr
-            time.sleep(0.01)
+    with slow_import_server(tmp_path, mode, 2) as proc:
         # The whole process group: the server processes too, as a
         # terminal does.
         for sig in (signal.SIGHUP, signal.SIGUSR1, signal.SIGTTIN,
@@ -1669,19 +1678,9 @@ def test_sigusr1_while_the_app_imports_reopens_the_logs_after(tmp_path,
     """logrotate moved the access log and sent SIGUSR1 while the app was
     importing: a server process ignored it and went on writing to the
     moved file (review of d80f9d6)."""
-    (tmp_path / "slow_app.py").write_text(SLOW_IMPORT_APP)
-    importing = tmp_path / "importing"
     log = tmp_path / "access.log"
-    env = subprocess_env(IMPORTING=str(importing), IMPORT_SECONDS="1.5")
-    with ServerProcess([sys.executable, "-m", "yimmo", "-b", "127.0.0.1:0",
-                        "--workers", "1", "--access-log", str(log), *mode,
-                        "slow_app:app"],
-                       cwd=str(tmp_path), env=env,
-                       start_new_session=True) as proc:
-        deadline = time.monotonic() + 20
-        while not importing.exists():
-            assert time.monotonic() < deadline, proc.stderr
-            time.sleep(0.01)
+    with slow_import_server(tmp_path, ["--access-log", str(log), *mode],
+                            1.5) as proc:
         time.sleep(0.2)
         os.rename(log, str(log) + ".1")
         os.killpg(proc.proc.pid, signal.SIGUSR1)
@@ -1709,18 +1708,7 @@ def test_signals_between_the_import_and_the_handlers_do_not_kill(
     in place: SIGHUP or SIGUSR1 then killed the process. A stream of them
     from the import until the process listens must find it handled at
     every moment, and the process serving after it."""
-    (tmp_path / "slow_app.py").write_text(SLOW_IMPORT_APP)
-    importing = tmp_path / "importing"
-    env = subprocess_env(IMPORTING=str(importing), IMPORT_SECONDS="0.1")
-    with ServerProcess([sys.executable, "-m", "yimmo", "-b", "127.0.0.1:0",
-                        "--workers", "1", *mode, "slow_app:app"],
-                       cwd=str(tmp_path), env=env,
-                       start_new_session=True) as proc:
-        deadline = time.monotonic() + 20
-        while not importing.exists():
-            assert time.monotonic() < deadline, proc.stderr
-            assert proc.proc.poll() is None, proc.stderr
-            time.sleep(0.001)
+    with slow_import_server(tmp_path, mode, 0.1) as proc:
         listening = re.compile(r"Supervisor listening at |Listening at ")
         done = threading.Event()
         sent = []
