@@ -1792,3 +1792,109 @@ def test_sigusr1_in_bursts_to_server_processes_reopens_and_stops(tmp_path):
             time.sleep(0.05)
         assert stop(proc) == 0
         assert "SIGKILL" not in proc.stderr, proc.stderr
+
+
+@pytest.mark.parametrize("kind", ["pipe", "socket"])
+def test_a_stderr_nobody_reads_does_not_freeze_the_supervisor(tmp_path,
+                                                              kind):
+    """With stderr a pipe (or a journald-style socket) whose reader
+    stopped reading, the supervisor blocked in its first log line: it
+    started no process and a SIGTERM never ended it (processes review
+    defect 3, s18). Its lines now wait in a bounded backlog: it starts the
+    processes, and stops on SIGTERM (killing those stuck writing their own
+    lines at the graceful timeout), saying how many lines it dropped."""
+    write_app(tmp_path)
+    if kind == "pipe":
+        reader, writer = os.pipe()
+        import fcntl
+        fcntl.fcntl(writer, 1031, 4096)     # F_SETPIPE_SZ: one page
+        os.set_blocking(writer, False)
+        try:
+            while True:
+                os.write(writer, b"x" * 4096)
+        except BlockingIOError:
+            pass
+        os.set_blocking(writer, True)
+        read_end = None
+    else:
+        read_end, write_end = socket.socketpair()
+        write_end.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        write_end.setblocking(False)
+        try:
+            while True:
+                write_end.send(b"x" * 4096)
+        except BlockingIOError:
+            pass
+        write_end.setblocking(True)
+        writer = write_end.fileno()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "yimmo", "--processes", "2", "--bind",
+         "127.0.0.1:0", "--graceful-timeout", "1", "supapp:app"],
+        cwd=str(tmp_path), env=subprocess_env(), stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL, stderr=writer)
+    try:
+        if kind == "pipe":
+            os.close(writer)
+        else:
+            write_end.close()
+        # The processes start: the supervisor got past its lines.
+        wait_children(proc.pid, 2, timeout=15)
+        proc.send_signal(signal.SIGTERM)
+        # Its processes are stuck writing their "Listening at" lines: they
+        # are killed at the graceful timeout (1 s) plus 5 s.
+        assert proc.wait(20) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    if kind == "pipe":
+        os.close(reader)
+    else:
+        read_end.close()
+
+
+def test_the_stderr_backlog_keeps_order_and_counts_what_it_dropped():
+    """The supervisor's backlog: lines wait in order while the reader
+    takes nothing, up to 1 MB; later ones are dropped and counted in a
+    line written once the reader reads again."""
+    script = r'''
+import logging, sys, time
+from yimmo import _logging
+_logging.configure_logging("info", None, "-")
+_logging.hold_stderr_lines(True)
+log = logging.getLogger("yimmo")
+start = time.monotonic()
+for i in range(30000):
+    log.info("line %05d %s", i, "y" * 60)
+took = time.monotonic() - start
+sys.stdout.write("%.3f\n" % took)
+sys.stdout.flush()
+sys.stdin.readline()        # the test reads stderr from now on
+assert _logging.flush_stderr(10.0)
+'''
+    proc = subprocess.Popen([sys.executable, "-c", script],
+                            env=subprocess_env(), stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        import fcntl
+        fcntl.fcntl(proc.stderr.fileno(), 1031, 4096)   # F_SETPIPE_SZ
+        took = proc.stdout.readline()
+        assert took, proc.stderr.read()
+        # 30000 lines of ~100 bytes into a 4 KB pipe nobody reads: never
+        # blocked.
+        assert float(took) < 10
+        proc.stdin.write(b"\n")
+        proc.stdin.flush()
+        _, err = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    assert proc.returncode == 0, err
+    lines = err.decode().splitlines()
+    numbers = [int(line.split("line ")[1][:5]) for line in lines
+               if "] line " in line]
+    assert numbers == list(range(len(numbers))), err[:300]
+    assert 9000 < len(numbers) < 30000, err[:300]
+    assert lines[-1] == "yimmo: %d log line(s) dropped: stderr was not " \
+        "being read" % (30000 - len(numbers)), lines[-3:]

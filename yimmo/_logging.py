@@ -22,6 +22,9 @@ import logging
 import logging.config
 import os
 import re
+import select
+import socket
+import stat
 import sys
 import threading
 import time
@@ -414,9 +417,139 @@ class _StderrHandler(_TextStreamHandler):
                 getattr(stream, "encoding", None) or "utf-8",
                 "backslashreplace")
             stream.flush()
-            _write_all(fd, data)
+            if _backlog is not None and fd == _backlog.fd:
+                _backlog.write(data)
+            else:
+                _write_all(fd, data)
         except Exception:
             self.handleError(record)
+
+
+class _StderrBacklog:
+    """stderr written without ever blocking, for the supervisor: a log
+    reader that stopped reading (a stuck journald or log shipper, a
+    terminal held with Ctrl-S) must not freeze the process that restarts
+    server processes and answers SIGTERM.
+
+    Its own open file description of what fd 2 is (a pipe, FIFO or
+    terminal, opened again through /proc with O_NONBLOCK, so no other
+    process sharing the descriptor is affected), or MSG_DONTWAIT sends (a
+    socket). Lines the reader does not take yet wait here, at most LIMIT
+    bytes (later lines are dropped, and counted in a line written once the
+    reader takes them again); flush() writes them. A regular file never
+    blocks for long: it stays as it is. Supervisor's main thread only."""
+
+    LIMIT = 1 << 20
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd                 # the one it stands for (2)
+        self.own = -1                # its own non-blocking descriptor
+        self.sock: Optional[socket.socket] = None
+        self.lines: List[bytes] = []
+        self.size = 0
+        self.dropped = 0
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISSOCK(mode):
+            self.sock = socket.socket(fileno=os.dup(fd))
+        elif stat.S_ISFIFO(mode) or stat.S_ISCHR(mode):
+            self.own = os.open("/proc/self/fd/%d" % fd,
+                               os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC
+                               | os.O_NOCTTY)
+        else:
+            raise OSError("not a pipe, terminal or socket")
+
+    def close(self) -> None:
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+        if self.own >= 0:
+            os.close(self.own)
+            self.own = -1
+        self.lines = []
+        self.size = 0
+
+    def _send(self, data: bytes) -> int:
+        """Bytes written, 0 when the reader takes nothing now."""
+        try:
+            if self.sock is not None:
+                return self.sock.send(data, socket.MSG_DONTWAIT)
+            return os.write(self.own, data)
+        except BlockingIOError:
+            return 0
+
+    def write(self, data: bytes) -> None:
+        if not self.lines:
+            data = data[self._send(data):]
+            if not data:
+                return
+        if self.size + len(data) > self.LIMIT:
+            self.dropped += 1
+            return
+        self.lines.append(data)
+        self.size += len(data)
+
+    def flush(self, timeout: float = 0.0) -> bool:
+        """Write what waits (for up to timeout seconds); True once nothing
+        does."""
+        deadline = time.monotonic() + timeout
+        while self.lines or self.dropped:
+            if not self.lines:
+                self.lines.append(("yimmo: %d log line(s) dropped: stderr "
+                                   "was not being read\n"
+                                   % self.dropped).encode())
+                self.size += len(self.lines[0])
+                self.dropped = 0
+            first = self.lines[0]
+            n = self._send(first)
+            self.size -= n
+            if n == len(first):
+                self.lines.pop(0)
+                continue
+            self.lines[0] = first[n:]
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            target = self.sock if self.sock is not None else self.own
+            try:
+                select.select([], [target], [], left)
+            except InterruptedError:
+                pass
+        return True
+
+
+# The supervisor's stderr, written without blocking (hold_stderr_lines).
+_backlog: Optional[_StderrBacklog] = None
+
+
+def hold_stderr_lines(on: bool) -> None:
+    """on: this process's records for stderr never block it; they wait in
+    a bounded backlog while the reader takes nothing (the supervisor,
+    which flush_stderr()s each turn of its loop). off: back to blocking
+    writes, and what waits is dropped (in a forked server process, where
+    the lines are the supervisor's)."""
+    global _backlog
+    old, _backlog = _backlog, None
+    if old is not None:
+        old.close()
+    if on:
+        try:
+            _backlog = _StderrBacklog(2)
+        except OSError:
+            pass    # a regular file, no /proc: written as before
+
+
+def flush_stderr(timeout: float = 0.0) -> bool:
+    """Write what the stderr backlog holds (for up to timeout seconds);
+    True once nothing waits."""
+    return _backlog is None or _backlog.flush(timeout)
+
+
+def write_stderr(text: str) -> None:
+    """One line on stderr, through the backlog when there is one."""
+    if _backlog is not None:
+        _backlog.write(text.encode("utf-8", "backslashreplace"))
+        return
+    print(text.rstrip("\n"), file=sys.stderr, flush=True)
 
 
 def _replace_handler(logger: logging.Logger,

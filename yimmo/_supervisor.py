@@ -263,6 +263,9 @@ class Supervisor:
         # What the server processes start with again: the defaults, or
         # the handlers a preloaded app installed (they are the app's).
         self.app_handlers = old_handlers
+        # A log reader that stopped reading must not freeze the
+        # supervisor: its lines for stderr wait in a backlog instead.
+        _logging.hold_stderr_lines(True)
         log.info("Supervisor listening at %s: %d processes x %d workers",
                  ", ".join(_sockets.describe(l.address)
                            for l in self.listeners),
@@ -275,11 +278,17 @@ class Supervisor:
                 signal.signal(sig, handler)
             os.close(wake_r)
             os.close(wake_w)
-            if self.children:
-                # Only after a failure of the loop itself: the processes
-                # drain as on SIGTERM (their requests finish), and only
-                # those still there after the graceful timeout are killed.
-                self._stop_children()
+            try:
+                if self.children:
+                    # Only after a failure of the loop itself: the
+                    # processes drain as on SIGTERM (their requests
+                    # finish), and only those still there after the
+                    # graceful timeout are killed.
+                    self._stop_children()
+            finally:
+                # The last lines get a second to go out.
+                _logging.flush_stderr(1.0)
+                _logging.hold_stderr_lines(False)
         return self.exit_status
 
     def _stop_children(self) -> None:
@@ -321,6 +330,7 @@ class Supervisor:
             self._wait()
 
     def _wait(self) -> None:
+        _logging.flush_stderr()
         fds = [self.wake_r] + [c.pipe for c in self.children.values()
                                if c.pipe is not None]
         try:
@@ -776,7 +786,7 @@ class Supervisor:
             log.error("Server processes fail at start, %d times in a row; "
                       "giving up", self.failures)
             line = child.error_line or "server process %s at start" % how
-            print("yimmo: error: %s" % line, file=sys.stderr, flush=True)
+            _logging.write_stderr("yimmo: error: %s\n" % line)
             self.exit_status = 1
             self._begin_stop("start failures")
             return
@@ -864,6 +874,9 @@ class Supervisor:
 
     def _child_main(self, slot: int, notify_fd: int) -> int:
         """In the forked server process: returns its exit status."""
+        # The supervisor's lines waiting for stderr are its own; this
+        # process writes (and blocks) as a single server does.
+        _logging.hold_stderr_lines(False)
         signal.set_wakeup_fd(-1)
         for sig in HANDLED:
             handler = self.app_handlers.get(sig)
