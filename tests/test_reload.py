@@ -11,6 +11,7 @@ import os
 import re
 import signal
 import socket
+import subprocess
 import sys
 import time
 
@@ -347,3 +348,117 @@ def test_a_sigusr1_passed_on_while_the_server_starts_does_not_kill_it(
         proc.signal(signal.SIGTERM)
         assert proc.wait(WAIT) == 0
     assert "killed by SIGUSR1" not in proc.stderr, proc.stderr
+
+
+SLOW_PARENT = """\
+import sys, time
+import yimmo._reload as reload
+init = reload._Parent.__init__
+
+def slow_init(self, *args):
+    sys.stderr.write("parent set-up begins\\n")
+    sys.stderr.flush()
+    time.sleep(1)
+    init(self, *args)
+
+reload._Parent.__init__ = slow_init
+from yimmo.__main__ import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_a_sighup_before_the_parent_handles_it_restarts_the_server(
+        tmp_path):
+    """A SIGHUP between the end of the start-up guard and the --reload
+    parent's own handler (its set-up, widened here to a second) was noted
+    and never acted on (review s19; before the guard it killed the
+    parent): the server restarts once the parent runs."""
+    (tmp_path / "app.py").write_text(APP)
+    (tmp_path / "helper.py").write_text('MESSAGE = "one"\n')
+    (tmp_path / "slow_parent.py").write_text(SLOW_PARENT)
+    port = free_port()
+    with ServerProcess([sys.executable, "slow_parent.py", "--reload", "-b",
+                        "127.0.0.1:%d" % port, "app:app"],
+                       cwd=str(tmp_path), env=reload_env(tmp_path)) as proc:
+        proc.wait_for_line("parent set-up begins")
+        proc.signal(signal.SIGHUP)
+        deadline = time.monotonic() + WAIT
+        while len(child_pids(proc)) < 2:
+            assert time.monotonic() < deadline, proc.stderr
+            assert proc.proc.poll() is None, proc.stderr
+            time.sleep(0.05)
+        wait_body(("127.0.0.1", port), "one")
+        proc.signal(signal.SIGTERM)
+        assert proc.wait(WAIT) == 0
+
+
+TOSTOP_LEADER = """\
+import fcntl, os, sys, termios, time
+slave = int(sys.argv[1])
+fcntl.ioctl(slave, termios.TIOCSCTTY, 0)      # our session's terminal
+attrs = termios.tcgetattr(slave)
+attrs[3] |= termios.TOSTOP
+termios.tcsetattr(slave, termios.TCSANOW, attrs)
+pid = os.fork()
+if pid == 0:
+    os.setpgid(0, 0)                           # a background job
+    os.dup2(slave, 1)
+    os.dup2(slave, 2)
+    os.execv(sys.executable, [sys.executable] + sys.argv[2:])
+print(pid, flush=True)
+time.sleep(30)
+"""
+
+
+def test_the_reload_parent_leaves_sigttou_to_job_control(tmp_path):
+    """A --reload parent in the background of a terminal with `stty
+    tostop` kept a handler for SIGTTOU: each write to the terminal was
+    interrupted and tried again, at 100% CPU, instead of the job stopping
+    as job control wants (review s19)."""
+    import pty
+    (tmp_path / "app.py").write_text(APP)
+    (tmp_path / "helper.py").write_text('MESSAGE = "one"\n')
+    (tmp_path / "leader.py").write_text(TOSTOP_LEADER)
+    master, slave = pty.openpty()
+    leader = subprocess.Popen(
+        [sys.executable, "leader.py", str(slave), "-m", "yimmo", "--reload",
+         "-b", "127.0.0.1:%d" % free_port(), "app:app"],
+        cwd=str(tmp_path), env=reload_env(tmp_path), pass_fds=(slave,),
+        stdout=subprocess.PIPE, start_new_session=True)
+    os.close(slave)
+    job = None
+    try:
+        job = int(leader.stdout.readline())
+        deadline = time.monotonic() + WAIT
+        while True:
+            with open("/proc/%d/stat" % job) as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            if fields[0] == "T":
+                break                       # stopped: job control's way
+            assert time.monotonic() < deadline, \
+                "state %s, cpu ticks %d" % (fields[0],
+                                            int(fields[11]) + int(fields[12]))
+            time.sleep(0.05)
+    finally:
+        # The job's group, and the server the parent may have started (in
+        # a group of its own).
+        if job:
+            kids = [int(p) for p in os.listdir("/proc") if p.isdigit()
+                    and _ppid(int(p)) == job]
+            os.killpg(job, signal.SIGKILL)
+            for kid in kids:
+                try:
+                    os.kill(kid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+        leader.kill()
+        leader.wait(10)
+        os.close(master)
+
+
+def _ppid(pid):
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            return int(f.read().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return None

@@ -432,7 +432,7 @@ def test_sighup_with_code_that_dies_once_ready_keeps_the_old_processes(
         path.write_text(CRASH_SOON)
         with Load(port, threads=2) as load:
             proc.signal(signal.SIGHUP)
-            proc.wait_for_line(r"right after it started\)?; the running "
+            proc.wait_for_line(r"right after it became ready\); the running "
                                r"processes keep serving", timeout=30)
             # The new processes still there drain and exit.
             assert wait_children(proc.proc.pid, 2) == sorted(old)
@@ -452,6 +452,92 @@ def test_sighup_with_code_that_dies_once_ready_keeps_the_old_processes(
         while not get(port)[1].endswith(" fixed"):
             assert time.monotonic() < deadline, proc._describe()
             time.sleep(0.05)
+        assert stop(proc) == 0
+
+
+def test_a_second_sighup_before_the_successors_prove_keeps_the_old_ones(
+        tmp_path):
+    # systemctl reload twice in a row while the first reload's successors
+    # are ready but have not proven themselves: the old processes, which
+    # work, must not drain in favour of them (review s19: they did, and
+    # the new code crash-looped with the old code gone).
+    path = write_app(tmp_path)
+    with start(tmp_path) as proc:
+        port = wait_port(proc)
+        wait_ready(proc, 2)
+        time.sleep(1.5)                # the old ones have proven themselves
+        old = set(children_of(proc.proc.pid))
+        path.write_text(CRASH_SOON)
+        proc.signal(signal.SIGHUP)
+        wait_ready(proc, 4)            # the two successors are ready
+        proc.signal(signal.SIGHUP)
+        proc.wait_for_line(r"right after it became ready\); the running "
+                           r"processes keep serving", timeout=30)
+        assert old <= set(children_of(proc.proc.pid)), proc._describe()
+        assert count_lines(proc, r"replaced \(reload\); its successor") \
+            == 0, proc._describe()
+        assert get(port)[1].endswith(" v1")
+        assert stop(proc) == 0
+
+
+def test_sighup_with_code_whose_loop_stops_once_ready_keeps_the_old_ones(
+        tmp_path):
+    # New code that becomes ready and then stops (SIGSTOP here; a hang of
+    # the whole process): alive for a second is no proof, its loop must be
+    # beating. It is killed for its heartbeat, counts as a successor that
+    # failed, and the old processes serve on (review s19: they drained,
+    # and the stopped successors were killed and restarted for good).
+    path = write_app(tmp_path)
+    with start(tmp_path, "--heartbeat-timeout", "1.5") as proc:
+        port = wait_port(proc)
+        wait_ready(proc, 2)
+        old = set(children_of(proc.proc.pid))
+        path.write_text(APP + '''
+import signal, threading
+
+def _stop():
+    time.sleep(0.3)
+    os.kill(os.getpid(), signal.SIGSTOP)
+
+threading.Thread(target=_stop, daemon=True).start()
+''')
+        proc.signal(signal.SIGHUP)
+        proc.wait_for_line(r"before it proved itself\); the running "
+                           r"processes keep serving", timeout=40)
+        assert old <= set(children_of(proc.proc.pid)), proc._describe()
+        assert count_lines(proc, r"replaced \(reload\); its successor") \
+            == 0, proc._describe()
+        assert get(port)[0] == 200
+        assert stop(proc) == 0
+
+
+def test_a_poison_request_under_max_requests_is_survived(tmp_path):
+    # As test_a_request_that_crashes_the_app_again_and_again_is_survived,
+    # with --max-requests recycling going on: some process nearly always
+    # waits for its successor, and every young process that dies must not
+    # count as failing at start (review s19: the supervisor gave up and
+    # exited 1 while processes served).
+    write_app(tmp_path)
+    with start(tmp_path, "--max-requests", "3") as proc:
+        port = wait_port(proc)
+        wait_ready(proc, 2)
+        with Load(port, threads=2):
+            deadline = time.monotonic() + 40
+            crashes = 0
+            while crashes < 12 and time.monotonic() < deadline \
+                    and proc.proc.poll() is None:
+                try:
+                    get(port, "/exit", timeout=5)
+                except ConnectionRefusedError:
+                    time.sleep(0.02)
+                except (OSError, http.client.HTTPException):
+                    crashes += 1
+                time.sleep(0.3)
+        assert proc.proc.poll() is None, proc._describe()
+        assert not any(line.startswith("yimmo: error:") or
+                       "giving up" in line for line in proc.stderr_lines), \
+            proc._describe()
+        assert get(port)[0] == 200
         assert stop(proc) == 0
 
 

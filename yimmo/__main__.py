@@ -72,7 +72,9 @@ def _run_started(argv: Sequence[str],
     except LogConfigError as exc:
         return _fail(str(exc), EXIT_USAGE)
     if cli["reload"]:
-        starting.end()          # the parent installs handlers of its own
+        # The parent installs handlers of its own, for these two: it is no
+        # server, and SIGTTIN/SIGTTOU are job control's again.
+        starting.end(hand_over=("SIGHUP", "SIGUSR1"))
         return _reload.run_parent(argv, options, cli)
 
     # Like `python -m`, find the application relative to where we run.
@@ -164,12 +166,20 @@ class _SignalsWhileImporting:
                 signal.signal(sig, signal.SIG_DFL)
         self.ours = []
 
-    def end(self) -> None:
-        """The import is done: act (once) on the signals noted so far."""
+    def end(self, hand_over: Optional[Sequence[str]] = None) -> None:
+        """The import is done: act (once) on the signals noted so far.
+        hand_over: the names of the signals whose handlers come next
+        (every one by default); the others get their defaults back now."""
         if self.ended:
             return
         self.ended = True
         log = logging.getLogger("yimmo")
+        if hand_over is not None:
+            for sig in list(self.ours):
+                if signal.Signals(sig).name not in hand_over:
+                    self.ours.remove(sig)
+                    if signal.getsignal(sig) is self.stand_in:
+                        signal.signal(sig, signal.SIG_DFL)
         for sig in self.ours:
             if not self.stand_in.take(sig):
                 continue

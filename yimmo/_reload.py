@@ -42,10 +42,15 @@ import threading
 import time
 from types import FrameType
 from typing import (
-    Callable, Dict, Iterable, List, Optional, Sequence, Set, Tuple,
+    TYPE_CHECKING, Callable, Dict, Iterable, List, Optional, Sequence, Set,
+    Tuple,
 )
 
+from . import _signals
 from ._options import CliOptions, ServerOptions
+
+if TYPE_CHECKING:
+    from ._server import SignalHandler
 
 log = logging.getLogger("yimmo")
 
@@ -430,9 +435,18 @@ def run_parent(argv: Sequence[str], options: ServerOptions,
         if child is not None and child.poll() is None:
             child.send_signal(signal.SIGUSR1)
 
-    old = {s: signal.signal(s, h) for s, h in (
-        (signal.SIGTERM, on_stop), (signal.SIGINT, on_stop),
-        (signal.SIGUSR1, on_usr1), (signal.SIGHUP, on_hup))}
+    old: Dict[int, SignalHandler] = {}
+    for signum, handler in ((signal.SIGTERM, on_stop),
+                            (signal.SIGINT, on_stop),
+                            (signal.SIGUSR1, on_usr1),
+                            (signal.SIGHUP, on_hup)):
+        previous = signal.signal(signum, handler)
+        # python -m yimmo's StandIn stood for the default: given back as
+        # that, and what it noted since the import is acted on.
+        old[signum] = signal.SIG_DFL if _signals.is_default(previous) \
+            else previous
+        if _signals.take_over(signum, previous):
+            handler(signum, None)
     try:
         parent.run()
     finally:

@@ -74,6 +74,8 @@ RSS_EVERY = 2.0            # seconds between two checks of max_rss
 SPAWN_RETRY = 1.0          # seconds after a failed pipe() or fork()
 KILL_SLACK = 5.0           # past graceful_timeout, a draining process is
                            # killed
+BEAT_FRESH = 0.6           # seconds: a loop that beat this recently runs
+                           # (it beats every 0.25 s)
 
 HANDLED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGTTIN,
            signal.SIGTTOU, signal.SIGUSR1, signal.SIGCHLD)
@@ -112,7 +114,13 @@ class Child:
         # lifetime, its memory) starts a successor meanwhile, and at the
         # next try its replacement is tried again.
         self.cancelled_retire: Optional[str] = None
-        self.proven = False        # ready for RAPID seconds: a good start
+        # A good start: ready for RAPID seconds (its loop beating since),
+        # or it served its max-requests.
+        self.proven = False
+        # Started while a process waited for its successor (a reload, a
+        # recycle): its death right after it became ready, while such a
+        # process still serves, counts towards giving the replacement up.
+        self.successor = False
         self.buffer = b""
 
     def heartbeat(self) -> Tuple[int, ...]:
@@ -197,6 +205,9 @@ class Supervisor:
         self.gave_up_seq: Optional[int] = None
         self.spawned = 0           # processes started so far
         self.crashes = 0           # ready processes in a row that died soon
+        # Successors in a row that died soon after they became ready while
+        # a proven process waited for them (no successor proven since).
+        self.successor_crashes = 0
         # Child.seq of the fresh process a run of failures waits for
         # (_exited): only that one, so a run of them that never prove
         # themselves (killed, drained) cannot hold it off for good.
@@ -441,6 +452,7 @@ class Supervisor:
         log.info("Received SIGHUP: reloading; starting %d new process(es), "
                  "then the old ones drain", self.target)
         self.failures = 0
+        self.successor_crashes = 0
         self.held_for = None
         self.next_spawn = 0.0
         self.retry_at = None
@@ -493,27 +505,42 @@ class Supervisor:
                 log.info("Server process %d: draining (fewer processes)",
                          child.pid)
             self._drain(child)
+        ready_new = [c for c in ready_new if c.draining_since is None]
         retiring = sorted((c for c in self.children.values()
                            if c.retire is not None
                            and c.draining_since is None),
                           key=lambda c: c.started)
         if not retiring:
             return
-        # Old processes drain once enough new ones accept in their place,
-        # and have for RAPID seconds: never fewer processes accepting than
-        # the target, and new code that dies right after it became ready
-        # (a reload of a broken app) finds the old processes still there.
-        proven_new = sum(1 for c in serving if c.proven)
-        ready_total = proven_new + sum(1 for c in retiring
-                                       if c.ready_at is not None)
-        can_go = ready_total - self.target
-        for child in retiring:
+        # Never fewer processes accepting than the target, and a process
+        # that may be the last good code goes only once as many proven
+        # processes are there in its place: new code that dies right after
+        # it became ready (a reload of a broken app, and a second reload
+        # before the first one's processes proved themselves) finds the
+        # old processes still serving. Trusted: proven, or not started as
+        # anyone's successor (an old process that has not served a second
+        # yet). A successor that has not proven itself and is to be
+        # replaced in turn goes first, as soon as enough others accept.
+        def trusted(c: Child) -> bool:
+            return c.proven or not c.successor
+
+        accepting = len(ready_new) + sum(1 for c in retiring
+                                         if c.ready_at is not None)
+        good = sum(1 for c in ready_new if c.proven) + sum(
+            1 for c in retiring if c.ready_at is not None and trusted(c))
+        for child in sorted(retiring, key=lambda c: (trusted(c), c.started)):
             if child.ready_at is None:
                 # Never served: nothing to hand over.
                 self._drain(child, "replaced (%s) before it was ready"
                             % child.retire)
-            elif can_go > 0:
-                can_go -= 1
+            elif not trusted(child):
+                if accepting > self.target:
+                    accepting -= 1
+                    self._drain(child, "replaced (%s) before it proved "
+                                "itself" % child.retire)
+            elif good > self.target and accepting > self.target:
+                accepting -= 1
+                good -= 1
                 self._drain(child, "replaced (%s); its successor serves"
                             % child.retire)
 
@@ -548,23 +575,15 @@ class Supervisor:
                     self._kill(child, "it was not ready %.1f s after it "
                                "started" % (now - child.started))
                 continue
-            if not child.proven and now - child.ready_at >= RAPID:
-                # A start that worked ends a run of failures at start
-                # (failures far apart never add up to giving up) if it
-                # came after them: an older process says nothing of the
-                # app as it is now.
-                child.proven = True
-                if self.gave_up_seq is not None and \
-                        child.seq > self.gave_up_seq:
-                    log.info("Server process %d started and serves: new "
-                             "processes start again", child.pid)
-                    self.give_ups = 0
-                    self.gave_up_seq = None
-                if child.seq > self.last_failed_seq:
-                    self.failures = 0
-                    self.held_for = None
-                self.crashes = 0   # it did not die soon
             beat_ns, requests, recycle, reason, _, _ = child.heartbeat()
+            # Proven: ready for RAPID seconds with its loop beating now
+            # (one stopped or stuck since is not), or it served its
+            # max-requests.
+            if not child.proven and (
+                    now - child.ready_at >= RAPID
+                    and now - beat_ns / 1e9 < BEAT_FRESH
+                    or recycle and reason == 1):
+                self._proven(child)
             if stale_after > 0:
                 last = beat_ns / 1e9 if beat_ns else child.ready_at
                 if now - last > stale_after:
@@ -608,6 +627,23 @@ class Supervisor:
                 log.info("Server process %d: starting its successor, as %s",
                          child.pid, child.retire)
 
+    def _proven(self, child: Child) -> None:
+        """A start that worked ends a run of failures at start (failures
+        far apart never add up to giving up) if it came after them: an
+        older process says nothing of the app as it is now."""
+        child.proven = True
+        if self.gave_up_seq is not None and child.seq > self.gave_up_seq:
+            log.info("Server process %d started and serves: new processes "
+                     "start again", child.pid)
+            self.give_ups = 0
+            self.gave_up_seq = None
+        if child.seq > self.last_failed_seq:
+            self.failures = 0
+            self.held_for = None
+        self.crashes = 0   # it did not die soon
+        if child.successor:
+            self.successor_crashes = 0
+
     def _someone_serves(self, proven: bool = False) -> bool:
         """A process serves (proven: and has for RAPID seconds) that is
         not on its way out."""
@@ -615,12 +651,26 @@ class Supervisor:
                    and c.killed_for is None and (c.proven or not proven)
                    for c in self.children.values())
 
-    def _replacing(self) -> bool:
-        """A process that serves waits for its successors to prove
-        themselves (a reload, a recycle)."""
+    def _replacing(self, proven: bool = False) -> bool:
+        """A process that serves (proven: and has proven itself) waits for
+        its successor (a reload, a recycle)."""
         return any(c.retire is not None and c.ready_at is not None
                    and c.draining_since is None and c.killed_for is None
+                   and (c.proven or not proven)
                    for c in self.children.values())
+
+    def _successor_failed(self, child: Child) -> bool:
+        """Count the death of a successor that had not proven itself while
+        a proven process waits for it; True when that makes
+        MAX_START_FAILURES in a row: the replacement is to be given up
+        on."""
+        if not (child.successor and self._replacing(proven=True)):
+            return False
+        self.successor_crashes += 1
+        if self.successor_crashes < MAX_START_FAILURES:
+            return False
+        self.successor_crashes = 0
+        return True
 
     def _give_up_while_serving(self, how: str,
                                error_line: Optional[str]) -> None:
@@ -639,7 +689,7 @@ class Supervisor:
                   "SIGHUP)", how, ": " + error_line if error_line else "",
                   delay)
         for c in self.children.values():
-            if not c.proven:
+            if c.ready_at is None or c.successor and not c.proven:
                 # A sibling of the failures, ready or not: serving on, it
                 # would take the place of one of the processes that work.
                 self._drain(c)
@@ -728,6 +778,13 @@ class Supervisor:
         now = time.monotonic()
         rapid = child.ready_at is None or now - child.ready_at < RAPID
         if child.killed_for and child.ready_at is not None:
+            if not child.proven and self._successor_failed(child):
+                # (A successor whose loop stopped before it proved
+                # itself: it failed like one that died.)
+                self._give_up_while_serving(
+                    "killed, as %s, before it proved itself"
+                    % child.killed_for, child.error_line)
+                return
             log.warning("Server process %d %s (%s); %s", child.pid, how,
                         child.killed_for, self._next_one())
             return
@@ -738,19 +795,25 @@ class Supervisor:
             log.warning("Server process %d %s; %s", child.pid, how,
                         self._next_one())
             return
-        if child.ready_at is not None and not self._replacing():
+        if child.ready_at is not None:
             # It started and served: a crash soon after (a request that
             # kills the process, sent again and again) is restarted with
             # back-off for as long as it takes. Only processes that cannot
-            # start count toward giving up, and successors that die right
-            # after they became ready while the processes they replace
-            # still serve (a reload or a recycle to code that crashes):
-            # those keep serving, as when their successors cannot start.
+            # start make the supervisor give up. But successors that die
+            # right after they became ready, MAX_START_FAILURES in a row
+            # while the proven processes they were to replace still serve
+            # (a reload or a recycle to code that crashes soon after it
+            # starts), give the replacement up as successors that cannot
+            # start do: those serve on until the next try.
             self.crashes += 1
             delay = min(CRASH_BACKOFF_MAX,
                         BACKOFF_FIRST * 2 ** (self.crashes - 1))
             self.crash_spawn_at = now + delay
             self.next_spawn = max(self.next_spawn or 0.0, now + delay)
+            if self._successor_failed(child):
+                self._give_up_while_serving(
+                    how + " right after it became ready", child.error_line)
+                return
             log.warning("Server process %d %s right after it started; %s",
                         child.pid, how, self._next_one(delay))
             return
@@ -763,9 +826,7 @@ class Supervisor:
                 # processes cannot start: the old ones keep serving. (Not
                 # one that just started: it may crash like the others
                 # fail, and the tries would go on for good.)
-                self._give_up_while_serving(
-                    how if child.ready_at is None
-                    else how + " right after it started", child.error_line)
+                self._give_up_while_serving(how, child.error_line)
                 return
             fresh = [(c.ready_at, c.seq) for c in self.children.values()
                      if c.ready_at is not None and not c.proven
@@ -865,8 +926,10 @@ class Supervisor:
         os.close(write_end)
         os.set_blocking(read_end, False)
         self.spawned += 1
-        self.children[pid] = Child(pid, self.table, slot, read_end,
-                                   lifetime_end, self.spawned)
+        new = Child(pid, self.table, slot, read_end, lifetime_end,
+                    self.spawned)
+        new.successor = self._replacing()
+        self.children[pid] = new
         log.info("Started server process %d", pid)
         return pid
 
