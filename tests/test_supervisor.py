@@ -445,6 +445,17 @@ def test_sighup_with_code_that_dies_once_ready_keeps_the_old_processes(
         assert count_lines(proc, r"replaced \(reload\); its successor") \
             == 0, proc._describe()
         assert proc.proc.poll() is None
+        # At the next try (5 s later), the first successor that dies gives
+        # up again, for twice as long: no round of five more.
+        proc.wait_for_line(r"keep serving; trying again in 10 s",
+                           timeout=20)
+        with proc._cond:
+            lines = list(proc.stderr_lines)
+        first = next(i for i, line in enumerate(lines)
+                     if "trying again in 5 s" in line)
+        assert not [line for line in lines[first:] if
+                    "right after it started; starting a new one" in line], \
+            proc._describe()
         # Fixed: the next SIGHUP goes through.
         path.write_text(APP.replace('VERSION = "v1"', 'VERSION = "fixed"'))
         proc.signal(signal.SIGHUP)

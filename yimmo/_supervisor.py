@@ -713,7 +713,10 @@ class Supervisor:
                 log.info("Server process %d: starting its successor again, "
                          "as %s", c.pid, why)
         if self.target > len(self._serving()):
+            # One more failure at start, or successor dying right after it
+            # became ready, gives up again.
             self.failures = MAX_START_FAILURES - 1
+            self.successor_crashes = MAX_START_FAILURES - 1
         else:
             # Nothing to start (SIGTTOU): the wait is simply over.
             log.info("A try at new processes, with nothing to start: the "
