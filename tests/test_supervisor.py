@@ -522,6 +522,31 @@ threading.Thread(target=_stop, daemon=True).start()
         assert stop(proc) == 0
 
 
+def test_a_reload_completes_with_a_max_lifetime_shorter_than_the_proof(
+        tmp_path):
+    # Successors due for their own recycling (--max-lifetime) before they
+    # could prove themselves were drained at once, each of theirs too, and
+    # the old processes served the old code for good (hostile review s19).
+    path = write_app(tmp_path)
+    with start(tmp_path, "--max-lifetime", "0.5") as proc:
+        port = wait_port(proc)
+        wait_ready(proc, 2)
+        first = set(children_of(proc.proc.pid))
+        path.write_text(APP.replace('VERSION = "v1"', 'VERSION = "v2"'))
+        proc.signal(signal.SIGHUP)
+        deadline = time.monotonic() + 15
+        while True:
+            bodies = [get(port)[1] for _ in range(20)]
+            if all(body.endswith(" v2") for body in bodies) and \
+                    not first & set(children_of(proc.proc.pid)):
+                break
+            assert time.monotonic() < deadline, (bodies, proc._describe())
+            time.sleep(0.2)
+        # Bounded: each process lives for its proof and a drain.
+        assert len(children_of(proc.proc.pid)) <= 12, proc._describe()
+        assert stop(proc) == 0
+
+
 def test_a_poison_request_under_max_requests_is_survived(tmp_path):
     # As test_a_request_that_crashes_the_app_again_and_again_is_survived,
     # with --max-requests recycling going on: some process nearly always

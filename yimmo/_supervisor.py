@@ -77,6 +77,8 @@ KILL_SLACK = 5.0           # past graceful_timeout, a draining process is
 BEAT_FRESH = 0.6           # seconds: a loop that beat this recently runs
                            # (it beats every 0.25 s)
 
+RELOAD = "reload"          # Child.retire of the processes a SIGHUP replaces
+
 HANDLED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGTTIN,
            signal.SIGTTOU, signal.SIGUSR1, signal.SIGCHLD)
 
@@ -461,7 +463,7 @@ class Supervisor:
         for child in self.children.values():
             child.cancelled_retire = None
         for child in active:
-            child.retire = "reload"
+            child.retire = RELOAD
 
     def _remove_one(self) -> None:
         if self.stopping:
@@ -519,8 +521,12 @@ class Supervisor:
         # before the first one's processes proved themselves) finds the
         # old processes still serving. Trusted: proven, or not started as
         # anyone's successor (an old process that has not served a second
-        # yet). A successor that has not proven itself and is to be
-        # replaced in turn goes first, as soon as enough others accept.
+        # yet). A successor that has not proven itself and is replaced by
+        # a later reload goes first, as soon as enough others accept; one
+        # due for its own recycling (a short --max-lifetime) stays until
+        # it has proven itself, then goes as a trusted one does (drained
+        # at once, it would leave the processes it replaced serving for
+        # good, each of its successors going the same way).
         def trusted(c: Child) -> bool:
             return c.proven or not c.successor
 
@@ -534,7 +540,7 @@ class Supervisor:
                 self._drain(child, "replaced (%s) before it was ready"
                             % child.retire)
             elif not trusted(child):
-                if accepting > self.target:
+                if child.retire == RELOAD and accepting > self.target:
                     accepting -= 1
                     self._drain(child, "replaced (%s) before it proved "
                                 "itself" % child.retire)
