@@ -547,6 +547,38 @@ def test_a_reload_completes_with_a_max_lifetime_shorter_than_the_proof(
         assert stop(proc) == 0
 
 
+RECYCLE_ME = APP.replace("def app(environ, start_response):", """\
+def _recycle_me():
+    from yimmo import _server
+    for server in list(_server._running):
+        server._core.request_recycle()
+
+def app(environ, start_response):
+    _recycle_me()""")
+
+
+def test_processes_asking_to_be_recycled_at_once_do_not_pile_up(tmp_path):
+    # A process that asks to be recycled (or reaches its lifetime, its
+    # max-rss) before it has proven itself waits for that proof: replaced
+    # at once, each successor asked again, and the processes piled up, one
+    # started every few milliseconds, each living for its second of proof
+    # (31 alive at once for --processes 2 in review s19).
+    write_app(tmp_path, RECYCLE_ME)
+    with start(tmp_path) as proc:
+        port = wait_port(proc)
+        wait_ready(proc, 2)
+        peak = 0
+        with Load(port, threads=2) as load:
+            end = time.monotonic() + 6
+            while time.monotonic() < end:
+                peak = max(peak, len(children_of(proc.proc.pid)))
+                time.sleep(0.05)
+        assert load.failures() == [], load.failures()[:3]
+        assert len(load.pids()) >= 4, load.pids()   # they are recycled
+        assert peak <= 8, (peak, proc._describe())
+        assert stop(proc) == 0
+
+
 def test_a_poison_request_under_max_requests_is_survived(tmp_path):
     # As test_a_request_that_crashes_the_app_again_and_again_is_survived,
     # with --max-requests recycling going on: some process nearly always

@@ -522,11 +522,10 @@ class Supervisor:
         # old processes still serving. Trusted: proven, or not started as
         # anyone's successor (an old process that has not served a second
         # yet). A successor that has not proven itself and is replaced by
-        # a later reload goes first, as soon as enough others accept; one
-        # due for its own recycling (a short --max-lifetime) stays until
-        # it has proven itself, then goes as a trusted one does (drained
-        # at once, it would leave the processes it replaced serving for
-        # good, each of its successors going the same way).
+        # a later reload goes first, as soon as enough others accept. (Its
+        # own recycling waits until it has proven itself: _check_children.
+        # Drained at once, it would leave the processes it replaced
+        # serving for good, each of its successors going the same way.)
         def trusted(c: Child) -> bool:
             return c.proven or not c.successor
 
@@ -598,6 +597,13 @@ class Supervisor:
                     continue
             if child.retire is not None or \
                     child.cancelled_retire is not None:
+                continue
+            if not child.proven:
+                # Its own triggers (a request to be recycled, its lifetime,
+                # its memory) wait until it has proven itself: replaced at
+                # once, it would be replaced by one that does the same, a
+                # process started every few milliseconds, each living for
+                # its proof (review s19). Its max-requests proved it.
                 continue
             if recycle:
                 child.retire = RECYCLE_REASONS.get(
