@@ -259,6 +259,17 @@ def request_log(tmp_path):
     return out
 
 
+def assert_old_ones_kept(proc, old, why, timeout=30):
+    """The replacement of the old processes was given up on, as why (the
+    tail of the failure's description), and every one of them serves on:
+    none drained for a successor."""
+    proc.wait_for_line(why + r"\); the running processes keep serving",
+                       timeout=timeout)
+    assert old <= set(children_of(proc.proc.pid)), proc._describe()
+    assert count_lines(proc, r"replaced \(reload\); its successor") == 0, \
+        proc._describe()
+
+
 def stop(proc, timeout=20):
     proc.signal(signal.SIGTERM)
     return proc.wait(timeout)
@@ -432,8 +443,7 @@ def test_sighup_with_code_that_dies_once_ready_keeps_the_old_processes(
         path.write_text(CRASH_SOON)
         with Load(port, threads=2) as load:
             proc.signal(signal.SIGHUP)
-            proc.wait_for_line(r"right after it became ready\); the running "
-                               r"processes keep serving", timeout=30)
+            assert_old_ones_kept(proc, old, "right after it became ready")
             # The new processes still there drain and exit.
             assert wait_children(proc.proc.pid, 2) == sorted(old)
             n = len(load.snapshot())
@@ -482,11 +492,7 @@ def test_a_second_sighup_before_the_successors_prove_keeps_the_old_ones(
         proc.signal(signal.SIGHUP)
         wait_ready(proc, 4)            # the two successors are ready
         proc.signal(signal.SIGHUP)
-        proc.wait_for_line(r"right after it became ready\); the running "
-                           r"processes keep serving", timeout=30)
-        assert old <= set(children_of(proc.proc.pid)), proc._describe()
-        assert count_lines(proc, r"replaced \(reload\); its successor") \
-            == 0, proc._describe()
+        assert_old_ones_kept(proc, old, "right after it became ready")
         assert get(port)[1].endswith(" v1")
         assert stop(proc) == 0
 
@@ -513,11 +519,7 @@ def _stop():
 threading.Thread(target=_stop, daemon=True).start()
 ''')
         proc.signal(signal.SIGHUP)
-        proc.wait_for_line(r"before it proved itself\); the running "
-                           r"processes keep serving", timeout=40)
-        assert old <= set(children_of(proc.proc.pid)), proc._describe()
-        assert count_lines(proc, r"replaced \(reload\); its successor") \
-            == 0, proc._describe()
+        assert_old_ones_kept(proc, old, "before it proved itself", 40)
         assert get(port)[0] == 200
         assert stop(proc) == 0
 

@@ -77,8 +77,6 @@ KILL_SLACK = 5.0           # past graceful_timeout, a draining process is
 BEAT_FRESH = 0.6           # seconds: a loop that beat this recently runs
                            # (it beats every 0.25 s)
 
-RELOAD = "reload"          # Child.retire of the processes a SIGHUP replaces
-
 HANDLED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGTTIN,
            signal.SIGTTOU, signal.SIGUSR1, signal.SIGCHLD)
 
@@ -463,7 +461,7 @@ class Supervisor:
         for child in self.children.values():
             child.cancelled_retire = None
         for child in active:
-            child.retire = RELOAD
+            child.retire = "reload"
 
     def _remove_one(self) -> None:
         if self.stopping:
@@ -521,11 +519,10 @@ class Supervisor:
         # before the first one's processes proved themselves) finds the
         # old processes still serving. Trusted: proven, or not started as
         # anyone's successor (an old process that has not served a second
-        # yet). A successor that has not proven itself and is replaced by
-        # a later reload goes first, as soon as enough others accept. (Its
-        # own recycling waits until it has proven itself: _check_children.
-        # Drained at once, it would leave the processes it replaced
-        # serving for good, each of its successors going the same way.)
+        # yet). A successor that has not proven itself and is replaced in
+        # turn (only a later reload does that: its own recycling waits
+        # until it has proven itself, _check_children) goes first, as soon
+        # as enough others accept.
         def trusted(c: Child) -> bool:
             return c.proven or not c.successor
 
@@ -539,7 +536,7 @@ class Supervisor:
                 self._drain(child, "replaced (%s) before it was ready"
                             % child.retire)
             elif not trusted(child):
-                if child.retire == RELOAD and accepting > self.target:
+                if accepting > self.target:
                     accepting -= 1
                     self._drain(child, "replaced (%s) before it proved "
                                 "itself" % child.retire)
