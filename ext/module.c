@@ -318,10 +318,24 @@ Core_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
         return NULL;
     }
 
-    Py_ssize_t n = PyList_GET_SIZE(listeners);
-    int *fds = ymo_pymem_calloc((size_t)n, sizeof(int));
-    int *is_unix = ymo_pymem_calloc((size_t)n, sizeof(int));
+    int *fds = NULL;
+    int *is_unix = NULL;
     CoreObject *self = NULL;
+    /* A snapshot, holding each item: parsing one runs Python code (an
+     * fd's __index__, a flag's __bool__) that may change the list, as
+     * may another thread on a free-threaded build (C review s20). */
+    PyObject *items = PySequence_Tuple(listeners);
+    if (items == NULL) {
+        goto fail;
+    }
+    Py_ssize_t n = PyTuple_GET_SIZE(items);
+    if (n == 0) {
+        PyErr_SetString(PyExc_ValueError,
+                        "listeners must be a non-empty list");
+        goto fail;
+    }
+    fds = ymo_pymem_calloc((size_t)n, sizeof(int));
+    is_unix = ymo_pymem_calloc((size_t)n, sizeof(int));
     if (fds == NULL || is_unix == NULL) {
         PyErr_NoMemory();
         goto fail;
@@ -338,12 +352,24 @@ Core_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
     }
     self->n_listeners = (size_t)n;
     for (Py_ssize_t i = 0; i < n; i++) {
-        PyObject *item = PyList_GET_ITEM(listeners, i);
+        PyObject *item = PyTuple_GET_ITEM(items, i);
         PyObject *name, *port;
         int u;
         if (!PyArg_ParseTuple(item, "ipUU;listeners items are (fd, is_unix,"
                               " server_name, server_port)", &fds[i], &u,
                               &name, &port)) {
+            goto fail;
+        }
+        /* libev asserts on a negative descriptor (the process aborts),
+         * and one given twice would be closed twice at the end. */
+        int twice = 0;
+        for (Py_ssize_t j = 0; j < i; j++) {
+            twice |= fds[j] == fds[i];
+        }
+        if (fds[i] < 0 || twice) {
+            PyErr_Format(PyExc_ValueError,
+                         "listener fd %d is %s", fds[i],
+                         twice ? "given twice" : "not a descriptor");
             goto fail;
         }
         is_unix[i] = u;
@@ -409,11 +435,13 @@ Core_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
     }
     PyMem_Free(fds);
     PyMem_Free(is_unix);
+    Py_DECREF(items);
     return (PyObject *)self;
 fail:
     ymo_trust_free(&cfg.trust);
     PyMem_Free(fds);
     PyMem_Free(is_unix);
+    Py_XDECREF(items);
     Py_XDECREF(self);
     return NULL;
 }
@@ -517,6 +545,14 @@ Core_run(CoreObject *self, PyObject *args, PyObject *kwargs)
     int wakeup_fd = -1;
     if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|i:run", kwlist,
                                      &wakeup_fd)) {
+        return NULL;
+    }
+    if (self->initialized && ymo_server_on_worker_thread(&self->server)) {
+        /* The worker would become the loop inside its own exchange and,
+         * at the stop, wait to join itself (C review s20). */
+        PyErr_SetString(PyExc_RuntimeError,
+                        "run() cannot be called from one of the server's "
+                        "own workers");
         return NULL;
     }
     PyObject *r;
@@ -785,6 +821,17 @@ intern(PyObject **slot, const char *s)
 static int
 module_exec(PyObject *module)
 {
+    /* Workers and the watchdog attach with PyGILState_Ensure, which
+     * gives a thread state of the main interpreter: an app served from
+     * a subinterpreter ran in the main one, with its sys.modules, and
+     * objects of one interpreter were freed by the other (C review s20).
+     * 3.12 and later refuse the import through the slot below; this
+     * covers the versions before it. */
+    if (PyInterpreterState_Get() != PyInterpreterState_Main()) {
+        PyErr_SetString(PyExc_ImportError,
+                        "yimmo._yimmo runs only in the main interpreter");
+        return -1;
+    }
     ymo_module_state *st = get_state(module);
 #define TYPE(field, spec)                                                  \
     do {                                                                   \
@@ -953,6 +1000,9 @@ module_free(void *module)
 
 static PyModuleDef_Slot module_slots[] = {
     {Py_mod_exec, module_exec},
+#if PY_VERSION_HEX >= 0x030C0000
+    {Py_mod_multiple_interpreters, Py_MOD_MULTIPLE_INTERPRETERS_NOT_SUPPORTED},
+#endif
 #ifdef Py_GIL_DISABLED
     /* Free-threaded CPython (3.13t and later): importing yimmo must not
      * turn the GIL back on. What makes that safe (which lock or which

@@ -1051,11 +1051,15 @@ system_exit_status(PyObject *exc)
         status = (int)PyLong_AsLong(code);
     }
     else {
-        PyObject *f = PySys_GetObject("stderr");        /* borrowed */
+        /* Held: str(code) is the app's code, and may rebind sys.stderr
+         * (freeing the stream before the newline, C review s20). */
+        PyObject *f = PySys_GetObject("stderr");
+        Py_XINCREF(f);
         if (f != NULL && f != Py_None &&
             PyFile_WriteObject(code, f, Py_PRINT_RAW) == 0) {
             PyFile_WriteString("\n", f);
         }
+        Py_XDECREF(f);
     }
     PyErr_Clear();
     Py_XDECREF(code);

@@ -1,0 +1,260 @@
+"""The C core's Python-facing API (yimmo._yimmo.Core) called in ways
+yimmo's own Server never does: arguments whose conversion runs Python code,
+descriptors that are not, run() from the server's own workers, a
+subinterpreter. Each case runs in a child interpreter, so that a crash is
+a failed test rather than a dead test run (C review s20)."""
+
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from helpers import subprocess_env
+
+TIMEOUT = 60
+
+
+def run_child(*parts, timeout=TIMEOUT):
+    code = "".join(textwrap.dedent(part) for part in parts)
+    proc = subprocess.run([sys.executable, "-c", code],
+                          env=subprocess_env(), capture_output=True,
+                          timeout=timeout)
+    out = proc.stdout.decode(errors="replace")
+    err = proc.stderr.decode(errors="replace")
+    assert proc.returncode == 0, (proc.returncode, out, err)
+    return out
+
+
+LISTENER = """
+    import gc, socket, sys
+    from yimmo import _yimmo
+
+    def listener():
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        s.listen(1)
+        s.setblocking(False)
+        return s
+
+    def app(environ, start_response):
+        start_response("200 OK", [("Content-Length", "0")])
+        return []
+"""
+
+
+def test_listeners_changed_by_a_flags_bool_while_parsed():
+    """is_unix's __bool__ empties the list (the tuple being parsed loses
+    its last reference): the core parses a snapshot of its own."""
+    out = run_child(LISTENER, """
+        s = listener()
+        lst = []
+
+        class Flag:
+            def __bool__(self):
+                lst.clear()
+                gc.collect()
+                return False
+
+        lst.append((s.fileno(), Flag(), "127.0.0." + "1", "8" + "0"))
+        core = _yimmo.Core(app, lst, print, sys.stderr, workers=1)
+        s.detach()
+        core.stop(0)
+        print("constructed", core.run())
+    """)
+    assert "constructed True" in out
+
+
+def test_listeners_changed_by_an_fds_index_while_parsed():
+    out = run_child(LISTENER, """
+        socks = [listener(), listener()]
+        lst = []
+
+        class Fd:
+            def __init__(self, fd):
+                self.fd = fd
+
+            def __index__(self):
+                lst.clear()
+                gc.collect()
+                return self.fd
+
+        for i, s in enumerate(socks):
+            lst.append((Fd(s.fileno()), False, "127.0.0.1", str(i)))
+        core = _yimmo.Core(app, lst, print, sys.stderr, workers=1)
+        for s in socks:
+            s.detach()
+        core.stop(0)
+        print("constructed", core.run())
+    """)
+    assert "constructed True" in out
+
+
+@pytest.mark.parametrize("fds, message", [
+    ((-1,), "listener fd -1 is not a descriptor"),
+    ((-100000,), "listener fd -100000 is not a descriptor"),
+    ((None, None), "is given twice"),
+])
+def test_bad_listener_fds_are_refused(fds, message):
+    """A negative descriptor made libev abort the process; one given twice
+    would be closed twice at the end."""
+    out = run_child(LISTENER, """
+        s = listener()
+        fds = %r
+        lst = [(s.fileno() if fd is None else fd, False, "127.0.0.1", "1")
+               for fd in fds]
+        try:
+            _yimmo.Core(app, lst, print, sys.stderr, workers=1)
+        except ValueError as exc:
+            print("refused:", exc)
+        s.getsockname()        # the caller's still
+    """ % (fds,))
+    assert "refused:" in out and message in out, out
+
+
+def test_run_from_one_of_the_servers_own_workers_is_refused():
+    """The worker would have become the loop inside its own exchange, and
+    at the stop waited to join itself, the Core then kept for good as
+    abandoned."""
+    out = run_child(LISTENER, """
+        import threading, time
+        s = listener()
+        port = s.getsockname()[1]
+        holder = {}
+
+        def app(environ, start_response):
+            try:
+                holder["core"].run()
+                body = b"ran"
+            except RuntimeError as exc:
+                body = str(exc).encode()
+            start_response("200 OK", [("Content-Length", str(len(body)))])
+            return [body]
+
+        core = _yimmo.Core(app, [(s.detach(), False, "127.0.0.1",
+                                  str(port))], print, sys.stderr, workers=2)
+        holder["core"] = core
+        got = []
+
+        def client():
+            c = socket.create_connection(("127.0.0.1", port), timeout=20)
+            c.sendall(b"GET / HTTP/1.1\\r\\nHost: x\\r\\n"
+                      b"Connection: close\\r\\n\\r\\n")
+            data = b""
+            while True:
+                part = c.recv(4096)
+                if not part:
+                    break
+                data += part
+            got.append(data)
+            core.stop(5)
+
+        t = threading.Thread(target=client)
+        t.start()
+        started = time.monotonic()
+        print("run", core.run())
+        t.join(20)
+        print("took %.1f" % (time.monotonic() - started))
+        print("abandoned", core.abandoned_workers)
+        print("body", got[0].split(b"\\r\\n\\r\\n", 1)[1])
+    """)
+    assert "run True" in out, out
+    assert "abandoned 0" in out, out
+    assert "cannot be called from one of the server's own workers" in out
+    took = float(out.split("took ")[1].split()[0])
+    assert took < 4, out
+
+
+def test_forked_child_whose_exit_code_str_rebinds_stderr():
+    """A child the app forks ends with SystemExit(code) whose __str__
+    replaces sys.stderr: the stream written to must stay alive through the
+    line (it was borrowed, and freed before the newline)."""
+    out = run_child(LISTENER, """
+        import os, threading
+
+        class Writer:
+            def write(self, text):
+                os.write(1, b"[writer]" + text.encode())
+                return len(text)
+
+            def flush(self):
+                pass
+
+        class Code:
+            def __str__(self):
+                sys.stderr = sys.__stderr__
+                return "exit code text"
+
+        def app(environ, start_response):
+            pid = os.fork()
+            if pid == 0:
+                sys.stderr = Writer()
+                raise SystemExit(Code())
+            _, status = os.waitpid(pid, 0)
+            body = b"child %d" % os.waitstatus_to_exitcode(status)
+            start_response("200 OK", [("Content-Length", str(len(body)))])
+            return [body]
+
+        s = listener()
+        port = s.getsockname()[1]
+        core = _yimmo.Core(app, [(s.detach(), False, "127.0.0.1",
+                                  str(port))], print, sys.stderr, workers=1)
+        got = []
+
+        def client():
+            c = socket.create_connection(("127.0.0.1", port), timeout=20)
+            c.sendall(b"GET / HTTP/1.1\\r\\nHost: x\\r\\n"
+                      b"Connection: close\\r\\n\\r\\n")
+            data = b""
+            while True:
+                part = c.recv(4096)
+                if not part:
+                    break
+                data += part
+            got.append(data)
+            core.stop(0)
+
+        threading.Thread(target=client).start()
+        core.run()
+        print("body", got[0].split(b"\\r\\n\\r\\n", 1)[1])
+    """)
+    assert "body b'child 1'" in out, out
+    assert "[writer]exit code text[writer]\n" in out, out
+
+
+def _subinterpreters():
+    for name in ("_interpreters", "_xxsubinterpreters"):
+        try:
+            return __import__(name)
+        except ImportError:
+            pass
+    return None
+
+
+@pytest.mark.skipif(_subinterpreters() is None,
+                    reason="no subinterpreter module in this Python")
+def test_the_core_refuses_to_load_in_a_subinterpreter():
+    """Its workers attach with a thread state of the main interpreter: an
+    app served from a subinterpreter ran in the main one."""
+    out = run_child("""
+        import sys
+        try:
+            import _interpreters as interpreters
+            make = lambda: interpreters.create("legacy")
+        except ImportError:
+            import _xxsubinterpreters as interpreters
+            make = interpreters.create
+        sub = make()
+        code = "\\n".join([
+            "import sys",
+            "sys.path[:0] = %r" % (sys.path,),
+            "try:",
+            "    import yimmo._yimmo",
+            "    print('loaded', flush=True)",
+            "except ImportError as exc:",
+            "    print('refused:', exc, flush=True)",
+        ])
+        result = interpreters.run_string(sub, code)
+        print("result", result)
+    """)
+    assert "refused:" in out and "loaded" not in out, out
