@@ -600,6 +600,13 @@ ymo_server_init(ymo_server_t *s, const ymo_config_t *config,
         l->server = s;
         l->fd = listen_fds[i];
         l->is_unix = is_unix[i];
+        /* Accepting must never wait: a listener handed over in blocking
+         * mode hung the loop in accept4 once the queue was empty, and a
+         * stop was never seen (C review s20). */
+        int fl = fcntl(l->fd, F_GETFL);
+        if (fl >= 0 && (fl & O_NONBLOCK) == 0) {
+            fcntl(l->fd, F_SETFL, fl | O_NONBLOCK);
+        }
         if (!l->is_unix) {
             int one = 1;
             l->nodelay_inherited = setsockopt(l->fd, IPPROTO_TCP, TCP_NODELAY,

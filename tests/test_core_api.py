@@ -165,6 +165,33 @@ def test_run_from_one_of_the_servers_own_workers_is_refused():
     assert took < 4, out
 
 
+def test_a_listener_in_blocking_mode_does_not_hang_the_loop():
+    """The loop accepts until the queue is empty: a listener handed over
+    in blocking mode waited in accept4 for the next connection, and the
+    stop was never seen."""
+    out = run_child(LISTENER, """
+        import threading
+        s = listener()
+        s.setblocking(True)
+        port = s.getsockname()[1]
+        core = _yimmo.Core(app, [(s.detach(), False, "127.0.0.1",
+                                  str(port))], print, sys.stderr, workers=1)
+        got = []
+
+        def client():
+            c = socket.create_connection(("127.0.0.1", port), timeout=20)
+            c.sendall(b"GET / HTTP/1.1\\r\\nHost: x\\r\\n"
+                      b"Connection: close\\r\\n\\r\\n")
+            got.append(c.recv(4096))
+            core.stop(0)
+
+        threading.Thread(target=client).start()
+        print("run", core.run())
+        print("status", got[0].split(b"\\r\\n")[0])
+    """, timeout=20)
+    assert "run True" in out and "status b'HTTP/1.1 200 OK'" in out, out
+
+
 def test_forked_child_whose_exit_code_str_rebinds_stderr():
     """A child the app forks ends with SystemExit(code) whose __str__
     replaces sys.stderr: the stream written to must stay alive through the
