@@ -610,6 +610,14 @@ emit(StartResponseObject *self, const char *data, size_t n, int flush,
         return -1;
     }
     if (self->no_body || self->aborted || self->overflow) {
+        if (n > 0 && !self->aborted && self->ex != NULL &&
+            ymo_exchange_client_gone(self->ex)) {
+            /* None of it goes out, so no append tells this writer that
+             * the client has gone: a write() loop or a generator behind
+             * a HEAD, a 204/304 or a reached Content-Length went on for
+             * ever for a client long gone (hostile review s20). */
+            self->aborted = 1;
+        }
         n = 0;
     }
     if (self->content_length >= 0 &&

@@ -405,3 +405,65 @@ def test_a_connection_queued_before_the_server_started_has_nodelay(
         finally:
             release.set()
         assert read_response(client).body == b"ok"
+
+
+# -- writers learn of a client gone when nothing of the body goes out --------
+
+
+@pytest.mark.parametrize("how", ["reset", "close"])
+@pytest.mark.parametrize("case", ["HEAD write", "304 write", "CL write",
+                                  "304 generator"])
+def test_writer_learns_the_client_left_when_no_body_goes_out(
+        yimmo_server, case, how):
+    """A HEAD, a 204/304 or a reached Content-Length sends none of what
+    the app writes, so no append ever told it the client had left: a
+    write() loop (server-sent events) or a generator behind one ran on for
+    ever with --timeout 0, and a client could pin every worker that way
+    (hostile review s20)."""
+    result = {}
+    done = threading.Event()
+
+    def app(environ, start_response):
+        status = "304 Not Modified" if "304" in case else "200 OK"
+        headers = [("Content-Length", "3")] if case == "CL write" else []
+        write = start_response(status, headers)
+        started = time.monotonic()
+
+        def ticks():
+            try:
+                while time.monotonic() - started < 5:
+                    yield b"data: tick\n\n"
+                    time.sleep(0.01)
+                result["end"] = "ran out"
+            finally:
+                result.setdefault("end", "closed")
+                result["waited"] = time.monotonic() - started
+                done.set()
+
+        if case.endswith("generator"):
+            return ticks()
+        try:
+            while time.monotonic() - started < 5:
+                write(b"data: tick\n\n")
+                time.sleep(0.01)
+            result["end"] = "ran out"
+        except yimmo.ClientDisconnected:
+            result["end"] = "ClientDisconnected"
+        result["waited"] = time.monotonic() - started
+        done.set()
+        return []
+
+    server = yimmo_server(app, workers=2, timeout=0)
+    sock = connect(server.address, WAIT)
+    method = "HEAD" if case.startswith("HEAD") else "GET"
+    sock.sendall(build_request(method, "/events"))
+    time.sleep(0.3)
+    if how == "reset":
+        reset(sock)
+    else:
+        sock.close()
+    assert done.wait(WAIT)
+    expected = "closed" if case.endswith("generator") else \
+        "ClientDisconnected"
+    assert result["end"] == expected, result
+    assert result["waited"] < 2, result
