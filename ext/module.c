@@ -927,7 +927,19 @@ module_exec(PyObject *module)
         intern(&st->v_software, "yimmo") || intern(&st->v_get, "GET") ||
         intern(&st->v_post, "POST") || intern(&st->v_head, "HEAD") ||
         intern(&st->s_close, "close") || intern(&st->s_fileno, "fileno") ||
-        intern(&st->s_tell, "tell")) {
+        intern(&st->s_tell, "tell") || intern(&st->s_raw, "raw")) {
+        return -1;
+    }
+    PyObject *io = PyImport_ImportModule("io");
+    if (io == NULL) {
+        return -1;
+    }
+    st->io_fileio = PyObject_GetAttrString(io, "FileIO");
+    st->io_buffered_reader = PyObject_GetAttrString(io, "BufferedReader");
+    st->io_buffered_random = PyObject_GetAttrString(io, "BufferedRandom");
+    Py_DECREF(io);
+    if (st->io_fileio == NULL || st->io_buffered_reader == NULL ||
+        st->io_buffered_random == NULL) {
         return -1;
     }
     st->v_version = Py_BuildValue("(ii)", 1, 0);
@@ -962,7 +974,9 @@ module_exec(PyObject *module)
         &(st)->v_empty, &(st)->v_http,                                     \
         &(st)->v_http10, &(st)->v_http11, &(st)->v_version,                \
         &(st)->v_software, &(st)->v_get, &(st)->v_post, &(st)->v_head,     \
-        &(st)->s_close, &(st)->s_fileno, &(st)->s_tell, &(st)->is_gil_enabled
+        &(st)->s_close, &(st)->s_fileno, &(st)->s_tell, &(st)->s_raw,      \
+        &(st)->io_fileio, &(st)->io_buffered_reader,                       \
+        &(st)->io_buffered_random, &(st)->is_gil_enabled
 
 static int
 module_traverse(PyObject *module, visitproc visit, void *arg)

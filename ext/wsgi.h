@@ -85,7 +85,10 @@ typedef struct ymo_module_state {
     PyObject *RequestTimeout;  /* yimmo.RequestTimeout(BaseException) */
     PyObject *v_empty, *v_http, *v_http10, *v_http11, *v_version,
         *v_software, *v_get, *v_post, *v_head, *v_https, *v_on;
-    PyObject *s_close, *s_fileno, *s_tell;
+    PyObject *s_close, *s_fileno, *s_tell, *s_raw;
+    /* io.FileIO, io.BufferedReader, io.BufferedRandom: the files whose
+     * read() gives the bytes of their descriptor (send_file). */
+    PyObject *io_fileio, *io_buffered_reader, *io_buffered_random;
     PyObject *header_keys[YMO_COMMON_HEADER_KEYS];  /* HTTP_HOST, ... */
     /* The common headers by the length of their names: the index of the
      * first of each length, then of the next of the same length; -1 for

@@ -1206,6 +1206,30 @@ size_trusted(int fd, const struct stat *sb)
     }
 }
 
+/* Does the file's read() give the bytes of its descriptor? Only open()'s
+ * binary files (the exact types, not a subclass that may override read).
+ * A wrapper that passes on fileno() of the file under it -- gzip, bz2 and
+ * lzma files (their fileno() is the compressed file's), a text-mode file
+ * (its read() gives decoded str) -- is iterated, as PEP 3333 says the
+ * file wrapper must mean; sent with sendfile, the client got the
+ * compressed bytes (hostile review s20). */
+static int
+reads_its_descriptor(ymo_module_state *st, PyObject *f)
+{
+    PyObject *type = (PyObject *)Py_TYPE(f);
+    if (type == st->io_fileio) {
+        return 1;
+    }
+    if (type != st->io_buffered_reader && type != st->io_buffered_random) {
+        return 0;
+    }
+    PyObject *raw = PyObject_GetAttr(f, st->s_raw);     /* a C getter */
+    int ok = raw != NULL && (PyObject *)Py_TYPE(raw) == st->io_fileio;
+    Py_XDECREF(raw);
+    PyErr_Clear();
+    return ok;
+}
+
 /* Send a FileWrapper around a regular file with sendfile(2), from the
  * file's current position. Returns 1 when done that way, 0 when the caller
  * should iterate instead, -1 on error. */
@@ -1213,7 +1237,8 @@ static int
 send_file(StartResponseObject *self, ymo_file_wrapper_t *fw)
 {
     ymo_module_state *st = self->app->st;
-    if (!self->called || self->head_built) {
+    if (!self->called || self->head_built ||
+        !reads_its_descriptor(st, fw->filelike)) {
         return 0;
     }
     PyObject *r = PyObject_CallMethodNoArgs(fw->filelike, st->s_fileno);
