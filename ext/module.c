@@ -4,6 +4,7 @@
 #include "wsgi.h"
 
 #include <math.h>
+#include <stdio.h>
 #include <string.h>
 #include <strings.h>
 
@@ -49,7 +50,10 @@ get_double(PyObject *o, const char *name, double min)
         return -1.0;
     }
     if (v < min || v != v) {
-        PyErr_Format(PyExc_ValueError, "%s must be >= %g", name, min);
+        /* (PyErr_Format has no %g: the message once showed it as is.) */
+        char text[32];
+        snprintf(text, sizeof(text), "%g", min);
+        PyErr_Format(PyExc_ValueError, "%s must be >= %s", name, text);
         return -1.0;
     }
     return v;

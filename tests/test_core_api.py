@@ -285,3 +285,17 @@ def test_the_core_refuses_to_load_in_a_subinterpreter():
         print("result", result)
     """)
     assert "refused:" in out and "loaded" not in out, out
+
+
+def test_a_timeout_below_the_cores_minimum_names_the_minimum():
+    """The message once read "header_timeout must be >= %g" (PyErr_Format
+    has no %g)."""
+    out = run_child(LISTENER, """
+        s = listener()
+        try:
+            _yimmo.Core(app, [(s.fileno(), False, "127.0.0.1", "1")], print,
+                        sys.stderr, workers=1, header_timeout=0.0001)
+        except ValueError as exc:
+            print("refused:", exc)
+    """)
+    assert "refused: header_timeout must be >= 0.001" in out, out
