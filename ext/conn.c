@@ -618,12 +618,33 @@ conn_error_head(ymo_conn_t *c, int status, int head)
     c->busy->state = YMO_CONN_LINGER;
 }
 
-/* The same for a request whose method is unknown (mostly one that could
- * not be parsed). */
+static int
+req_is_head(const ymo_http_request_t *req)
+{
+    return req->method_len == 4 && memcmp(req->method, "HEAD", 4) == 0;
+}
+
+/* The same for the request whose head (complete or not, parsed or
+ * refused) is at the front of inbuf. Its method is read off its first
+ * bytes, as the parser may have refused it before: a HEAD's error
+ * response carried a text body (hostile review s20), which a client
+ * reading the next response would take for its status line. */
 static void
 conn_error(ymo_conn_t *c, int status)
 {
-    conn_error_head(c, status, 0);
+    int head = c->busy->inlen >= 5 && memcmp(c->busy->inbuf, "HEAD ", 5) == 0;
+    conn_error_head(c, status, head);
+}
+
+/* The same for the request of the exchange not yet given to a worker,
+ * which it drops. */
+static void
+conn_error_exchange(ymo_conn_t *c, int status)
+{
+    int head = req_is_head(&c->busy->ex->req);
+    conn_free_exchange(c);
+    c->busy->state = YMO_CONN_HEAD;
+    conn_error_head(c, status, head);
 }
 
 /* What is queued now is the last the connection sends: the response is
@@ -1005,9 +1026,7 @@ conn_start_exchange(ymo_conn_t *c, size_t head_len,
         static const char msg[] = "HTTP/1.1 100 Continue\r\n\r\n";
         ymo_bucket_t *b = ymo_bucket_copy(msg, sizeof(msg) - 1);
         if (b == NULL) {
-            conn_free_exchange(c);
-            c->busy->state = YMO_CONN_HEAD;
-            conn_error(c, 503);
+            conn_error_exchange(c, 503);
             return;
         }
         b->from_ex = 0;
@@ -1173,15 +1192,12 @@ conn_on_timer(struct ev_loop *loop, ev_timer *w, int revents)
          * of a connection stalled before parsing is not parsed: whether it
          * is a HEAD is read off its first bytes.) */
         conn_unlink_stalled(c);
-        int head = c->busy->inlen >= 5 &&
-                   memcmp(c->busy->inbuf, "HEAD ", 5) == 0;
         if (c->busy->state == YMO_CONN_EXCHANGE) {
-            head = c->busy->ex->req.method_len == 4 &&
-                   memcmp(c->busy->ex->req.method, "HEAD", 4) == 0;
-            conn_free_exchange(c);
-            c->busy->state = YMO_CONN_HEAD;
+            conn_error_exchange(c, 503);
         }
-        conn_error_head(c, 503, head);
+        else {
+            conn_error(c, 503);
+        }
         conn_step(c);
         return;
     }
@@ -1374,10 +1390,7 @@ conn_step(ymo_conn_t *c)
         if (c->busy->state == YMO_CONN_EXCHANGE && c->busy->dispatch_pending) {
             if (c->busy->body_error != 0) {
                 /* Nobody ran the app: the loop answers. */
-                int status = c->busy->body_error;
-                conn_free_exchange(c);
-                c->busy->state = YMO_CONN_HEAD;
-                conn_error(c, status);
+                conn_error_exchange(c, c->busy->body_error);
             }
             else if ((c->busy->body_done || c->busy->body_paused ||
                       c->busy->body_received >= s->config.buffer_body) &&

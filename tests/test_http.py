@@ -221,6 +221,38 @@ def test_body_over_max_body_size_gets_413_before_body_is_sent(
     assert_rejected(server, recorder, head, 413)
 
 
+HEAD_ERRORS = {     # status, fields, body, target
+    "431-too-many-fields": (
+        431, [b"X-H%d: v" % i for i in range(100)], b"", b"/"),
+    "417-unknown-expect": (417, [b"Expect: the-unexpected"], b"", b"/"),
+    "413-body-over-max": (413, [b"Content-Length: 1000"], b"", b"/"),
+    "400-bad-field": (400, [b"X-A : b"], b"", b"/"),
+    "400-bad-chunk-in-a-buffered-body": (
+        400, [b"Transfer-Encoding: chunked"], b"zz\r\n", b"/"),
+    "414-long-target": (414, [], b"", b"/" + b"a" * 5000),
+}
+
+
+@pytest.mark.parametrize("method", ["HEAD", "GET"])
+@pytest.mark.parametrize("case", HEAD_ERRORS.values(), ids=HEAD_ERRORS.keys())
+def test_error_responses_to_head_have_no_body(yimmo_server, recorder,
+                                              method, case):
+    """RFC 9110 9.3.2: a response to HEAD has no content, the loop's own
+    error responses included (they carried their text: a client reading
+    the next response took it for a status line; hostile review s20)."""
+    status, fields, body, target = case
+    server = yimmo_server(validator(recorder), workers=2, max_body_size=100)
+    data = raw_request(server.address, req(
+        HOST, *fields, request_line=method.encode() + b" " + target +
+        b" HTTP/1.1", body=body))
+    head, _, rest = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 %d " % status), data
+    if method == "HEAD":
+        assert rest == b"", data
+    else:
+        assert rest != b"", data
+
+
 def test_body_at_max_body_size_is_accepted(yimmo_server, recorder):
     server = yimmo_server(validator(recorder), workers=2, max_body_size=100)
     with connect(server.address) as sock:
