@@ -450,7 +450,7 @@ build_head(StartResponseObject *self, size_t extra)
     /* RFC 9110 8.6: no Content-Length in a 1xx or 204 response (the app's
      * is dropped; it has no body either way). */
     int no_length = code < 200 || code == 204;
-    int app_close = 0, has_date = 0, has_server = 0;
+    int app_close = 0, has_date = 0, has_server = 0, cl_written = 0;
     for (Py_ssize_t i = 0; i < nh; i++) {
         /* Checked by start_response; the tuple is our own copy, and
          * neither it nor its tuples and strings can change. */
@@ -466,7 +466,20 @@ build_head(StartResponseObject *self, size_t extra)
             app_close |= has_close_token(value, vlen);
             continue;
         }
-        if (no_length && YMO_ASCII_IS(name, nlen, "content-length")) {
+        if (YMO_ASCII_IS(name, nlen, "content-length")) {
+            /* Once, as the number start_response read: the app's fields
+             * "5" and "05" both went out, which a strict recipient
+             * refuses as two lengths (hostile review s20). Never longer
+             * than the app's field, which the size counted. */
+            if (!no_length && !cl_written) {
+                memcpy(p, "Content-Length: ", 16);
+                p += 16;
+                p += ymo_put_decimal(
+                    p, (unsigned long long)self->content_length);
+                *p++ = '\r';
+                *p++ = '\n';
+                cl_written = 1;
+            }
             continue;
         }
         if (YMO_ASCII_IS(name, nlen, "date")) {

@@ -17,6 +17,35 @@ WAIT = 10
 # -- statuses an app may not send -----------------------------------------
 
 
+@pytest.mark.parametrize("method", ["GET", "HEAD"])
+def test_an_apps_content_length_goes_out_once_as_a_number(yimmo_server,
+                                                          method):
+    """"5" and "05" (or "5" twice) from the app went out as they were: two
+    Content-Length fields, which a strict recipient refuses (RFC 9112
+    6.3). One field, in the app's place, the number start_response read
+    (hostile review s20)."""
+    def app(environ, start_response):
+        start_response("200 OK", [("X-Before", "1"),
+                                  ("Content-Length", "005"),
+                                  ("content-length", "5"),
+                                  ("X-After", "2")])
+        return [b"hello"]
+
+    server = yimmo_server(app, workers=2)
+    with connect(server.address, WAIT) as sock:
+        sock.sendall(build_request(method, "/"))
+        resp = read_response(sock, method=method)
+    assert resp.body == (b"hello" if method == "GET" else b"")
+    data = resp.raw_head
+    head = data.partition(b"\r\n\r\n")[0]
+    fields = head.split(b"\r\n")[1:]
+    assert [f for f in fields if f.lower().startswith(b"content-length")] \
+        == [b"Content-Length: 5"], head
+    names = [f.split(b":")[0] for f in fields]
+    assert names.index(b"X-Before") < names.index(b"Content-Length") < \
+        names.index(b"X-After"), head
+
+
 @pytest.mark.parametrize("length", ["0", "5"])
 def test_no_content_length_in_a_204(yimmo_server, length):
     # RFC 9110 8.6: a server must not send Content-Length in a 204 (an app
