@@ -281,3 +281,80 @@ def test_unix_path_too_long_is_a_clear_error(tmp_path, processes):
         "the path is %d bytes long; a unix socket's can be at most 107"
         % len(os.fsencode(str(path)))), lines
     assert "None" not in lines[-1]
+
+
+LAUNCHER = """
+import os, signal, sys, yimmo
+app = lambda e, s: (s("200 OK", [("Content-Length", "2")]), [b"ok"])[1]
+server = yimmo.Server(app, bind="unix:" + sys.argv[1], error_log=os.devnull)
+pid = os.fork()
+if pid == 0:
+    signal.alarm(30)            # bounded whatever happens
+    try:
+        server.serve_forever()
+    finally:
+        os._exit(0)
+open(sys.argv[2], "w").write(str(pid))
+"""
+
+
+def test_a_launcher_that_forked_its_server_away_leaves_the_socket_file(
+        tmp_path):
+    """README: a server created and not started may be forked and served in
+    the child. The launcher's exit removed the socket file the child
+    listened at: nobody could reach it (operations review s20)."""
+
+    path = str(tmp_path / "app.sock")
+    pidfile = tmp_path / "child.pid"
+    # (No pipes: the serving child would hold them open.)
+    subprocess.run([sys.executable, "-c", LAUNCHER, path, str(pidfile)],
+                   env=subprocess_env(), stdout=subprocess.DEVNULL,
+                   stderr=subprocess.DEVNULL, timeout=30, check=True)
+    child = int(pidfile.read_text())
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                with socket.socket(socket.AF_UNIX) as c:
+                    c.settimeout(5)
+                    c.connect(path)
+                    c.sendall(b"GET / HTTP/1.0\r\n\r\n")
+                    assert c.recv(15).startswith(b"HTTP/1.1 200")
+                break
+            except (ConnectionRefusedError, FileNotFoundError):
+                # (FileNotFoundError only while the child starts: the file
+                # exists from the Server() on, so this is the defect.)
+                assert os.path.exists(path), "the socket file is gone"
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+    finally:
+        os.kill(child, signal.SIGTERM)
+    deadline = time.monotonic() + 10
+    while os.path.exists(path) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not os.path.exists(path), "the serving child's stop removes it"
+
+
+def test_a_helper_child_of_a_serving_process_leaves_its_socket_file(
+        tmp_path):
+    """A child forked from a serving process that ends with sys.exit() ran
+    the server's finalizer, which removed the parent's socket file."""
+
+    code = """
+import os, sys, yimmo
+path = sys.argv[1]
+app = lambda e, s: (s("200 OK", []), [b"ok"])[1]
+server = yimmo.Server(app, bind="unix:" + path, error_log=os.devnull).start()
+pid = os.fork()
+if pid == 0:
+    sys.exit(0)
+os.waitpid(pid, 0)
+print("after-child", os.path.exists(path))
+server.stop()
+print("after-stop", os.path.exists(path))
+"""
+    path = str(tmp_path / "s.sock")
+    out = subprocess.run([sys.executable, "-c", code, path],
+                         env=subprocess_env(), capture_output=True,
+                         text=True, timeout=30).stdout
+    assert "after-child True" in out and "after-stop False" in out, out

@@ -207,8 +207,18 @@ class Server:
         # (absolute path, st_dev, st_ino) of each socket file we created;
         # removed when the server is done, or collected unstarted.
         self._unix_files: List[_sockets.UnixFile] = []
+        # The process that removes them: the one that serves (start() and
+        # serve_forever() take them over), the creator until then. One
+        # whose files another process may be serving removes nothing: a
+        # launcher that forked a child to serve an unstarted server and
+        # exited, or a helper child forked from a serving process that
+        # ended with sys.exit(), removed the file the server listened at
+        # (operations review s20). See _forked_away.
+        self._unix_owner = [os.getpid()]
         self._remove_unix_files = weakref.finalize(
-            self, _sockets.unlink_unix_files, self._unix_files)
+            self, _sockets.unlink_unix_files, self._unix_files,
+            self._unix_owner)
+        _unstarted.add(self)
         self.addresses: List[_sockets.Address] = []
         # Lock: _thread, _serving, _serving_thread and _stopped_unstarted
         # are written under
@@ -343,7 +353,8 @@ class Server:
                 self._check_startable()
                 self._serving = serving = True
                 self._serving_thread = threading.current_thread()
-                self._serve_pid = os.getpid()
+                self._serve_pid = self._unix_owner[0] = os.getpid()
+                _unstarted.discard(self)
             self._serve_forever()
         finally:
             if serving:
@@ -650,7 +661,8 @@ class Server:
             self._check_startable()
             thread = threading.Thread(target=self._run_in_thread,
                                       name="yimmo-server", daemon=True)
-            self._serve_pid = os.getpid()
+            self._serve_pid = self._unix_owner[0] = os.getpid()
+            _unstarted.discard(self)
             _running_add(self)
             # Started before _thread is published: a stop() on another
             # thread that finds _thread joins it, and joining a thread
@@ -735,6 +747,24 @@ class Server:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+# Servers not started yet, whose unix socket files a child forked now may
+# go on to serve (README: a server created and not started may be forked
+# and served in the child).
+_unstarted: "weakref.WeakSet[Server]" = weakref.WeakSet()
+
+
+def _forked_away() -> None:
+    """After a fork, in the parent: the unstarted servers' files are no
+    longer this process's to remove, unless it serves them itself later.
+    (A file nobody serves in the end stays: a stale socket file, which
+    the next bind replaces.)"""
+    for server in list(_unstarted):
+        server._unix_owner[0] = -1
+
+
+os.register_at_fork(after_in_parent=_forked_away)
 
 
 def serve(app: WSGIApplication, **options: Unpack[_options.Options]) -> None:

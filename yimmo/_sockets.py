@@ -273,10 +273,15 @@ def close_all(listeners: Sequence[Listener]) -> None:
     unlink_unix_files([l.unix_file for l in listeners if l.unix_file])
 
 
-def unlink_unix_files(files: List[UnixFile]) -> None:
+def unlink_unix_files(files: List[UnixFile],
+                      owner: Optional[List[int]] = None) -> None:
     """Remove the socket files a server created, unless another server has
     put its own there since (our listener closes when a stop begins, so a
-    new server may legitimately take the path over while we drain)."""
+    new server may legitimately take the path over while we drain), or
+    they are not this process's to remove (owner: [pid] of the process
+    that is)."""
+    if owner is not None and owner[0] != os.getpid():
+        return
     while files:
         path, dev, ino = files.pop()
         try:
