@@ -535,6 +535,7 @@ ymo_server_init(ymo_server_t *s, const ymo_config_t *config,
         ymo_trust_free(&s->config.trust);
         return -ENOMEM;
     }
+    s->loop_fork_gen = ymo_fork_gen;
     ev_set_userdata(s->loop, s);
     ev_set_invoke_pending_cb(s->loop, server_invoke_pending);
     s->now = ymo_monotonic_now();
@@ -659,6 +660,15 @@ ymo_server_start_workers(ymo_server_t *s)
 {
     /* Before the threads: they read it (ymo_server_forked). */
     s->fork_gen = ymo_fork_gen;
+    if (s->loop_fork_gen != ymo_fork_gen) {
+        /* Created in another process and forked: the epoll instance and
+         * the eventfd are shared with it, and two children serving one
+         * server by hand answered nothing (operations review s20). libev
+         * makes them anew at the loop's next turn (and looks at every
+         * async watcher then, so a worker's send before it is not lost). */
+        ev_loop_fork(s->loop);
+        s->loop_fork_gen = ymo_fork_gen;
+    }
     if (!s->listeners_forked_away) {
         /* Serving from now on: a fork's child lets go of the listeners
          * (fork_fds). Not at init: a program may create a server, fork,

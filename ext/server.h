@@ -124,6 +124,10 @@ typedef struct ymo_server {
                                 * written by the thread starting them,
                                 * before it creates them; read-only
                                 * after (ymo_server_forked) */
+    unsigned loop_fork_gen;    /* ymo_fork_gen the loop's kernel state
+                                * (epoll, the async eventfd) belongs to:
+                                * written at init and by the thread
+                                * starting the workers, before them */
 
     /* Loop thread only. */
     char *scratch;             /* connections read into this; a connection

@@ -10,6 +10,7 @@ import os
 import re
 import signal
 import socket
+import subprocess
 import sys
 import textwrap
 import threading
@@ -19,7 +20,7 @@ import pytest
 
 import yimmo
 from helpers import (ServerProcess, build_request, connect, read_response,
-                     read_until_close)
+                     read_until_close, subprocess_env)
 
 WAIT = 10
 
@@ -748,3 +749,59 @@ def test_exc_info_re_raises_its_value_whatever_class_it_names(yimmo_server,
         sock.sendall(build_request("GET", "/"))
         assert read_response(sock).body == b"started and done"
     assert raised == [(True, True)]
+
+
+TWO_CHILDREN = r"""
+import os, signal, socket, sys, time
+import yimmo
+
+app = lambda e, s: (s("200 OK", [("Content-Length", "2")]), [b"ok"])[1]
+server = yimmo.Server(app, bind="127.0.0.1:0", graceful_timeout=1,
+                      error_log=os.devnull)
+addr = server.address
+kids = []
+for _ in range(2):
+    pid = os.fork()
+    if pid == 0:
+        try:
+            signal.alarm(30)
+            server.serve_forever()
+        finally:
+            os._exit(0)
+    kids.append(pid)
+answers = []
+time.sleep(0.5)
+for _ in range(10):
+    try:
+        with socket.create_connection(addr, timeout=3) as c:
+            c.sendall(b"GET / HTTP/1.0\r\n\r\n")
+            answers.append(c.recv(15))
+    except OSError as exc:
+        answers.append(repr(exc))
+print("answers", answers)
+for k in kids:
+    os.kill(k, signal.SIGTERM)
+stuck = 0
+for k in kids:
+    deadline = time.monotonic() + 5
+    while not os.waitpid(k, os.WNOHANG)[0]:
+        if time.monotonic() > deadline:
+            stuck += 1
+            os.kill(k, signal.SIGKILL)
+            os.waitpid(k, 0)
+            break
+        time.sleep(0.05)
+print("stuck", stuck)
+"""
+
+
+def test_an_unstarted_server_served_by_two_forked_children(tmp_path):
+    """The classic pre-fork by hand: both children served one libev loop
+    made in the parent (one epoll instance, one eventfd): every request
+    timed out and a child ignored SIGTERM (operations review s20)."""
+    out = subprocess.run([sys.executable, "-c", TWO_CHILDREN],
+                         env=subprocess_env(), capture_output=True,
+                         text=True, timeout=60).stdout
+    assert "answers [" + ", ".join(["b'HTTP/1.1 200 OK'"] * 10) + "]" in out, \
+        out
+    assert "stuck 0" in out, out
