@@ -632,7 +632,11 @@ req_is_head(const ymo_http_request_t *req)
 static void
 conn_error(ymo_conn_t *c, int status)
 {
-    int head = c->busy->inlen >= 5 && memcmp(c->busy->inbuf, "HEAD ", 5) == 0;
+    /* (Past the empty lines the parser skips: a CRLF that came in two
+     * reads, or behind a PROXY header, is still there.) */
+    size_t k = empty_lines(c->busy->inbuf, c->busy->inlen);
+    int head = c->busy->inlen - k >= 5 &&
+               memcmp(c->busy->inbuf + k, "HEAD ", 5) == 0;
     conn_error_head(c, status, head);
 }
 
@@ -996,6 +1000,14 @@ conn_start_exchange(ymo_conn_t *c, size_t head_len,
         c->seq++;
     }
     ex->conn = c;
+    if (c->busy->read_eof && req->body == YMO_HTTP_BODY_NONE &&
+        c->busy->inlen - head_len ==
+            empty_lines(c->busy->inbuf + head_len,
+                        c->busy->inlen - head_len)) {
+        /* The last request of a client that has shut down its sending
+         * side (see conn_read's EOF). */
+        ymo_exchange_client_eof(ex);
+    }
     c->busy->ex = ex;
     c->busy->state = YMO_CONN_EXCHANGE;
     c->busy->head_written = 0;
@@ -1675,13 +1687,17 @@ conn_read(ymo_conn_t *c)
             ymo_conn_close(c);
             return -1;
         }
-        if (c->busy->ex != NULL) {
+        if (c->busy->ex != NULL &&
+            c->busy->inlen == empty_lines(c->busy->inbuf, c->busy->inlen)) {
             /* After a complete request an EOF may be a client that only
              * shut down its sending side (`nc -N`, HTTP/1.0 scripts, some
              * health checks) and waits for its answer: it gets it, and the
              * connection closes after it. Only a reset or a failed write
              * says for sure that a client is gone; the app may still ask
-             * (yimmo.client_gone). */
+             * (yimmo.client_gone), and a writer none of whose bytes go
+             * out learns it (emit). Not while requests it pipelined
+             * before wait behind this one: it waits for their answers
+             * (the last of them learns it at its start). */
             ymo_exchange_client_eof(c->busy->ex);
         }
         return 0;

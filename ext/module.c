@@ -5,6 +5,7 @@
 
 #include <math.h>
 #include <stdio.h>
+#include <sys/socket.h>
 #include <string.h>
 #include <strings.h>
 
@@ -370,10 +371,21 @@ Core_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
         for (Py_ssize_t j = 0; j < i; j++) {
             twice |= fds[j] == fds[i];
         }
-        if (fds[i] < 0 || twice) {
+        /* A descriptor that is not open made libev abort; one that is
+         * not a listening socket, the loop spin on accept4's errors
+         * (review s20). _sockets.inherit_fd checks fd:// the same way. */
+        int listening = 0;
+        socklen_t len = sizeof(listening);
+        if (fds[i] >= 0 &&
+            getsockopt(fds[i], SOL_SOCKET, SO_ACCEPTCONN, &listening,
+                       &len) < 0) {
+            listening = 0;
+        }
+        if (fds[i] < 0 || twice || !listening) {
             PyErr_Format(PyExc_ValueError,
                          "listener fd %d is %s", fds[i],
-                         twice ? "given twice" : "not a descriptor");
+                         twice ? "given twice"
+                               : "not a listening socket");
             goto fail;
         }
         is_unix[i] = u;

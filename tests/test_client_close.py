@@ -467,3 +467,40 @@ def test_writer_learns_the_client_left_when_no_body_goes_out(
         "ClientDisconnected"
     assert result["end"] == expected, result
     assert result["waited"] < 2, result
+
+
+@pytest.mark.parametrize("first", ["HEAD /write", "GET /gen304"])
+def test_half_closed_client_with_pipelined_requests_gets_every_answer(
+        yimmo_server, first):
+    """A client that shuts down its sending side after pipelining two
+    requests waits for both answers: the first's writer, none of whose
+    bytes go out, must not take the EOF for a client gone (a regression of
+    the fix above, found by review: the second request went unanswered)."""
+    def app(environ, start_response):
+        if environ["PATH_INFO"] == "/write":
+            write = start_response("200 OK", [])
+            for i in range(5):
+                write(b"part %d\n" % i)
+                time.sleep(0.02)
+            return []
+        if environ["PATH_INFO"] == "/gen304":
+            start_response("304 Not Modified", [("ETag", '"x"')])
+
+            def gen():
+                for _ in range(5):
+                    yield b"x"
+                    time.sleep(0.02)
+            return gen()
+        return hello(environ, start_response)
+
+    server = yimmo_server(app, workers=2, timeout=0)
+    method, path = first.split()
+    sock = connect(server.address, WAIT)
+    sock.sendall(build_request(method, path) + build_request("GET", "/last"))
+    time.sleep(0.02)
+    sock.shutdown(socket.SHUT_WR)
+    first_resp = read_response(sock, method=method)
+    last = read_response(sock)
+    assert first_resp.status in (200, 304)
+    assert last.status == 200 and last.body == b"hello /last"
+    read_until_close(sock)

@@ -91,18 +91,27 @@ def test_listeners_changed_by_an_fds_index_while_parsed():
 
 
 @pytest.mark.parametrize("fds, message", [
-    ((-1,), "listener fd -1 is not a descriptor"),
-    ((-100000,), "listener fd -100000 is not a descriptor"),
+    ((-1,), "listener fd -1 is not a listening socket"),
+    ((-100000,), "listener fd -100000 is not a listening socket"),
     ((None, None), "is given twice"),
+    ((999,), "listener fd 999 is not a listening socket"),       # not open
+    (("devnull",), "is not a listening socket"),
+    (("unlistened",), "is not a listening socket"),
 ])
 def test_bad_listener_fds_are_refused(fds, message):
-    """A negative descriptor made libev abort the process; one given twice
-    would be closed twice at the end."""
+    """A negative descriptor, or one not open, made libev abort the
+    process; one that is not a listening socket made the loop spin on
+    accept4's errors; one given twice would be closed twice at the end."""
     out = run_child(LISTENER, """
+        import os
         s = listener()
+        devnull = os.open(os.devnull, os.O_RDONLY)
+        unlistened = socket.socket()
+        unlistened.bind(("127.0.0.1", 0))
+        named = {None: s.fileno(), "devnull": devnull,
+                 "unlistened": unlistened.fileno()}
         fds = %r
-        lst = [(s.fileno() if fd is None else fd, False, "127.0.0.1", "1")
-               for fd in fds]
+        lst = [(named.get(fd, fd), False, "127.0.0.1", "1") for fd in fds]
         try:
             _yimmo.Core(app, lst, print, sys.stderr, workers=1)
         except ValueError as exc:

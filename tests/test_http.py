@@ -904,3 +904,25 @@ def test_body_timeout_closes_stalled_upload_and_fails_the_read(
         read_until_close(sock, timeout=WAIT)
     # A body cut short must not look like a whole one to the app.
     assert isinstance(outcome[0], Exception), outcome
+
+
+@pytest.mark.parametrize("proxy", [False, True])
+def test_error_response_to_a_head_after_a_split_empty_line(yimmo_server,
+                                                          recorder, proxy):
+    """The empty line the parser skips before a request may stay at the
+    front of the buffer (its CR and LF in two reads, or behind a PROXY
+    header): the loop still reads the method past it (review s20)."""
+    server = yimmo_server(validator(recorder), workers=2, max_body_size=10,
+                          proxy_protocol=proxy)
+    sock = connect(server.address, WAIT)
+    if proxy:
+        sock.sendall(b"PROXY TCP4 10.0.0.1 10.0.0.2 1000 80\r\n\r")
+    else:
+        sock.sendall(b"\r")
+    time.sleep(0.1)
+    sock.sendall(b"\n" + req(HOST, b"Content-Length: 100",
+                             request_line=b"HEAD / HTTP/1.1"))
+    data = read_until_close(sock)
+    head, _, rest = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 413 "), data
+    assert rest == b"", data
