@@ -25,6 +25,13 @@ ENV_PREFIX = "YIMMO_"
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 # limit_request_line=0 means "as long as the parser allows".
 MAX_REQUEST_LINE = 65536
+# The least values the C core takes (ext/module.c): smaller ones are refused
+# here, naming the option, rather than by the core after the listeners are
+# bound (or in every server process a supervisor forks).
+MIN_REQUEST_LINE = 16
+MIN_REQUEST_FIELD_SIZE = 16
+MIN_REQUEST_HEAD_SIZE = 64
+MIN_CLIENT_TIMEOUT = 0.001  # header, body and write timeouts
 # Every int option has a maximum, so a 20-digit value is refused as a bad
 # option value instead of overflowing a C int on the way in.
 MAX_WORKERS = 4096  # the C core refuses more
@@ -45,13 +52,19 @@ INT_MAX = 2 ** 31 - 1  # a C int: listen()'s backlog, byte counts
 class Int(NamedTuple):
     minimum: int
     maximum: Optional[int] = None
-    zero_means: Optional[int] = None  # value that 0 is replaced with
+    # Value that 0 is replaced with; 0 is then accepted whatever the
+    # minimum (limit_request_line: 0, or at least what the core needs).
+    zero_means: Optional[int] = None
     none_ok: bool = False  # None: the default that depends on others
 
     def describe(self) -> str:
         if self.maximum is not None:
-            return "an int from %d to %d" % (self.minimum, self.maximum)
-        return "an int >= %d" % self.minimum
+            text = "an int from %d to %d" % (self.minimum, self.maximum)
+        else:
+            text = "an int >= %d" % self.minimum
+        if self.zero_means is not None and self.minimum > 0:
+            text = "0 or " + text
+        return text
 
     def check(self, value: object) -> Optional[int]:
         if value is None and self.none_ok:
@@ -59,11 +72,11 @@ class Int(NamedTuple):
         # bool is an int subclass, but workers=True is a mistake.
         if isinstance(value, bool) or not isinstance(value, int):
             raise TypeError("must be an int, not %s" % type(value).__name__)
+        if value == 0 and self.zero_means is not None:
+            return self.zero_means
         if value < self.minimum or (self.maximum is not None
                                     and value > self.maximum):
             raise ValueError("must be %s, got %r" % (self.describe(), value))
-        if value == 0 and self.zero_means is not None:
-            return self.zero_means
         return value
 
     def parse(self, text: str) -> Optional[int]:
@@ -76,8 +89,14 @@ class Int(NamedTuple):
 
 class Seconds(NamedTuple):
     allow_zero: bool
+    # The least value above 0 (the core refuses a client timeout under a
+    # millisecond, ext/module.c); 0.0: any.
+    minimum: float = 0.0
 
     def describe(self) -> str:
+        if self.minimum > 0:
+            return "a number of seconds >= %g%s" % (
+                self.minimum, " or 0" if self.allow_zero else "")
         return "a number of seconds %s 0" % (">=" if self.allow_zero else ">")
 
     def check(self, value: object) -> float:
@@ -86,7 +105,8 @@ class Seconds(NamedTuple):
                             % type(value).__name__)
         # inf/nan would reach the event loop's timers as garbage.
         if not math.isfinite(value) or value < 0 or (
-                value == 0 and not self.allow_zero):
+                value == 0 and not self.allow_zero) or (
+                0 < value < self.minimum):
             raise ValueError("must be %s, got %r" % (self.describe(), value))
         return float(value)
 
@@ -443,7 +463,8 @@ OPTIONS = (
     Option("backlog", ("--backlog",), Int(1, INT_MAX), 2048,
            "Length of the listen() queue of pending connections."),
     Option("limit_request_line", ("--limit-request-line",),
-           Int(0, MAX_REQUEST_LINE, zero_means=MAX_REQUEST_LINE), 4094,
+           Int(MIN_REQUEST_LINE, MAX_REQUEST_LINE,
+               zero_means=MAX_REQUEST_LINE), 4094,
            "Longest request line in bytes; longer gets 414. 0 means the "
            "maximum, %d." % MAX_REQUEST_LINE,
            metavar="BYTES"),
@@ -451,11 +472,11 @@ OPTIONS = (
            Int(1, MAX_HEADER_FIELDS), 100,
            "Most header fields in a request; more gets 431."),
     Option("limit_request_field_size", ("--limit-request-field-size",),
-           Int(1, INT_MAX), 8190,
+           Int(MIN_REQUEST_FIELD_SIZE, INT_MAX), 8190,
            "Longest header field line in bytes; longer gets 431.",
            metavar="BYTES"),
     Option("limit_request_head_size", ("--limit-request-head-size",),
-           Int(1, INT_MAX), 65536,
+           Int(MIN_REQUEST_HEAD_SIZE, INT_MAX), 65536,
            "Largest request head (request line and headers) in bytes; "
            "larger gets 431.",
            metavar="BYTES"),
@@ -463,17 +484,20 @@ OPTIONS = (
            "Largest request body in bytes; larger gets 413. 0 means no "
            "limit.",
            metavar="BYTES"),
-    Option("header_timeout", ("--header-timeout",), Seconds(False), 10.0,
+    Option("header_timeout", ("--header-timeout",),
+           Seconds(False, MIN_CLIENT_TIMEOUT), 10.0,
            "Seconds a client has to send a complete request head.",
            metavar="SECONDS"),
     Option("keepalive_timeout", ("--keepalive-timeout",), Seconds(True), 5.0,
            "Seconds an idle keep-alive connection is kept open. 0 closes "
            "each connection after its response.",
            metavar="SECONDS"),
-    Option("body_timeout", ("--body-timeout",), Seconds(False), 30.0,
+    Option("body_timeout", ("--body-timeout",),
+           Seconds(False, MIN_CLIENT_TIMEOUT), 30.0,
            "Longest gap in seconds between two pieces of a request body.",
            metavar="SECONDS"),
-    Option("write_timeout", ("--write-timeout",), Seconds(False), 30.0,
+    Option("write_timeout", ("--write-timeout",),
+           Seconds(False, MIN_CLIENT_TIMEOUT), 30.0,
            "Seconds a client may stop reading a response before the "
            "connection is closed.",
            metavar="SECONDS"),
@@ -641,7 +665,8 @@ OPTIONS = (
            "wsgi.file_wrapper file is sent by the I/O thread and does not "
            "hold it).",
            metavar="SECONDS"),
-    Option("client_timeout", ("--client-timeout",), Seconds(False), None,
+    Option("client_timeout", ("--client-timeout",),
+           Seconds(False, MIN_CLIENT_TIMEOUT), None,
            "Sets --header-timeout, --body-timeout and --write-timeout "
            "together; the specific options win over it.",
            metavar="SECONDS",
