@@ -167,6 +167,13 @@ def test_syntax_error_in_the_module(modules):
     assert "line 1" in message
 
 
+def test_a_message_with_newlines_is_one_line(modules):
+    name = modules("raise RuntimeError('first\\n  second')\n")
+    assert error_of(name).startswith(
+        "module %r was found but importing it failed: RuntimeError: "
+        "first second (raised at " % name)
+
+
 def test_cause_is_kept_for_debugging():
     with pytest.raises(AppLoadError) as info:
         load_app("yimmo_no_such_module")

@@ -143,6 +143,19 @@ def _where(exc: BaseException, verb: str = "raised") -> str:
     return " (%s at %s:%s)" % (verb, frames[-1].filename, frames[-1].lineno)
 
 
+def _one_line(exc: BaseException) -> str:
+    """str(exc) on one line, whatever the message holds (the error is one
+    "yimmo: error:" line, as the config loader's are)."""
+    return " ".join(str(exc).split())
+
+
+def _what(exc: BaseException) -> str:
+    """exc as "Type: message" on one line."""
+    message = _one_line(exc)
+    return "%s: %s" % (type(exc).__name__, message) if message \
+        else type(exc).__name__
+
+
 def _is_the_module(exc: ModuleNotFoundError, name: str) -> bool:
     """True if ModuleNotFoundError exc is about name (or a package of it)
     rather than about something name imports."""
@@ -157,19 +170,19 @@ def _import(name: str) -> ModuleType:
     except ModuleNotFoundError as exc:
         if _is_the_module(exc, name):
             raise AppLoadError("cannot import module %r: %s"
-                               % (name, exc)) from exc
+                               % (name, _one_line(exc))) from exc
         # The module exists; something it imports does not.
         raise AppLoadError(
             "module %r needs a module that is not installed: %s%s"
-            % (name, exc, _where(exc, "imported"))) from exc
+            % (name, _one_line(exc), _where(exc, "imported"))) from exc
     except SyntaxError as exc:
         # str() of a SyntaxError already names the file and line.
         raise AppLoadError("module %r was found but importing it failed: "
-                           "SyntaxError: %s" % (name, exc)) from exc
+                           "%s" % (name, _what(exc))) from exc
     except Exception as exc:
         raise AppLoadError(
-            "module %r was found but importing it failed: %s: %s%s"
-            % (name, type(exc).__name__, exc, _where(exc))) from exc
+            "module %r was found but importing it failed: %s%s"
+            % (name, _what(exc), _where(exc))) from exc
 
 
 def _default_app(module: ModuleType, module_name: str) -> WSGIApplication:
@@ -206,9 +219,8 @@ def _call_factory(factory: Callable[..., object], call: Arguments,
     try:
         return factory(*args, **kwargs)
     except Exception as exc:
-        raise AppLoadError("calling %r failed: %s: %s%s"
-                           % (label, type(exc).__name__, exc,
-                              _where(exc))) from exc
+        raise AppLoadError("calling %r failed: %s%s"
+                           % (label, _what(exc), _where(exc))) from exc
 
 
 def _check_callable(obj: object, message: str) -> WSGIApplication:
