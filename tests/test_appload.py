@@ -174,6 +174,21 @@ def test_a_message_with_newlines_is_one_line(modules):
         "first second (raised at " % name)
 
 
+@pytest.mark.parametrize("call, shown", [
+    ("sys.exit(0)", "SystemExit(0)"),
+    ("sys.exit()", "SystemExit(None)"),
+    ("sys.exit('set DATABASE_URL')", "SystemExit('set DATABASE_URL')"),
+])
+def test_sys_exit_at_import_is_a_load_error(modules, call, shown):
+    # Not a SystemExit escaping: the CLI exited with its code (0: silently,
+    # as if it had served) and a supervisor's processes printed tracebacks.
+    name = modules("import sys\n%s\n" % call)
+    message = error_of(name + ":app")
+    assert message.startswith("module %r was found but importing it "
+                              "failed: %s (raised at " % (name, shown))
+    assert message.endswith("%s.py:2)" % name)
+
+
 def test_cause_is_kept_for_debugging():
     with pytest.raises(AppLoadError) as info:
         load_app("yimmo_no_such_module")
@@ -193,6 +208,51 @@ def test_missing_nested_attribute(modules):
     name = modules(APP_SOURCE)
     assert error_of(name + ":ns.inner.nope") == (
         "'%s:ns.inner' has no attribute 'nope'" % name)
+
+
+LAZY_SOURCE = """
+def __getattr__(name):
+    raise ImportError("lazy import of %s failed" % name)
+"""
+
+
+def test_module_getattr_that_raises_names_the_spec(modules):
+    # hasattr()/getattr() let anything but AttributeError escape as a
+    # traceback.
+    name = modules(LAZY_SOURCE)
+    message = error_of(name + ":app")
+    assert message.startswith(
+        "getting '%s:app' failed: ImportError: lazy import of app failed "
+        "(raised at " % name)
+    assert message.endswith("%s.py:3)" % name)
+
+
+def test_module_getattr_that_raises_for_the_default_name(modules):
+    name = modules(LAZY_SOURCE)
+    assert error_of(name).startswith(
+        "getting '%s:application' failed: ImportError: lazy import of "
+        "application failed (raised at " % name)
+
+
+def test_module_getattr_raising_attribute_error_is_a_missing_name(modules):
+    name = modules("def __getattr__(name):\n"
+                   "    raise AttributeError(name)\n"
+                   "app = lambda environ, start_response: []\n")
+    assert load_app(name) is sys.modules[name].app
+
+
+def test_property_that_raises_names_the_spec(modules):
+    name = modules("""
+        class Holder:
+            @property
+            def wsgi(self):
+                raise RuntimeError("settings not configured")
+        holder = Holder()
+    """)
+    message = error_of(name + ":holder.wsgi")
+    assert message.startswith(
+        "getting '%s:holder.wsgi' failed: RuntimeError: settings not "
+        "configured (raised at " % name)
 
 
 def test_bare_module_without_app(modules):
@@ -223,6 +283,12 @@ def test_factory_that_raises(modules):
     assert message.startswith(
         "calling \"%s:create_app('explode')\" failed: RuntimeError: "
         "factory exploded (raised at " % name)
+
+
+def test_factory_that_calls_sys_exit(modules):
+    name = modules("import sys\ndef make():\n    sys.exit(3)\n")
+    assert error_of(name + ":make()").startswith(
+        "calling '%s:make()' failed: SystemExit(3) (raised at " % name)
 
 
 def test_factory_returning_non_callable(modules):

@@ -199,6 +199,31 @@ def test_error_is_one_line_without_traceback(args, status):
     assert_one_error_line(result, status)
 
 
+@pytest.mark.parametrize("processes", ["1", "2"])
+@pytest.mark.parametrize("source", [
+    "import sys\nsys.exit(0)\n",
+    "def __getattr__(name):\n    raise ImportError('lazy ' + name)\n",
+], ids=["sys-exit-0", "getattr-raises"])
+def test_an_app_that_fails_to_resolve_is_one_line(tmp_path, source,
+                                                   processes):
+    """sys.exit(0) at import exited 0 in silence (one process) and a
+    module __getattr__ raising escaped as a traceback; under a supervisor
+    each server process printed one, and the last line was not the
+    process's error."""
+    (tmp_path / "failing.py").write_text(source)
+    result = run_cli(ANY_PORT + ["-p", processes, "failing:app"],
+                     cwd=str(tmp_path), timeout=60)
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+    errors = [line for line in result.stderr.splitlines()
+              if line.startswith("yimmo: error:")]
+    assert len(errors) == 1, result.stderr
+    assert "failing" in errors[0] and (
+        "SystemExit(0)" in errors[0] or "ImportError: lazy app" in errors[0])
+    if processes == "1":
+        assert_one_error_line(result, 1)
+
+
 def test_bad_bind_address_is_one_line():
     result = run_cli(["--bind", "127.0.0.1:notaport", "hello:app"],
                      cwd=APPS_DIR)

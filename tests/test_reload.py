@@ -294,7 +294,12 @@ def _reload_server(tmp_path, app_spec="app:app"):
 @pytest.mark.parametrize("broken", [
     'raise RuntimeError("broken at start")\n',  # fails when run
     'def f(:\n',  # does not even compile
-])
+    # Imports, but getting the app raises (a lazy import in a module
+    # __getattr__): the child failed before it listed its files, and the
+    # parent waited with nothing to watch.
+    'del app\ndef __getattr__(name):\n    raise ImportError(name)\n',
+    'import sys\nsys.exit(0)\n',  # exited 0, as if it had served
+], ids=["raises", "syntax-error", "getattr-raises", "sys-exit-0"])
 def test_a_first_start_that_fails_to_import_recovers_on_the_fix(
         tmp_path, broken):
     (tmp_path / "helper.py").write_text('MESSAGE = "one"\n')

@@ -151,6 +151,9 @@ def _one_line(exc: BaseException) -> str:
 
 def _what(exc: BaseException) -> str:
     """exc as "Type: message" on one line."""
+    if isinstance(exc, SystemExit):
+        # str() would be just the code ("0"), which says nothing.
+        return "SystemExit(%r)" % (exc.code,)
     message = _one_line(exc)
     return "%s: %s" % (type(exc).__name__, message) if message \
         else type(exc).__name__
@@ -179,18 +182,38 @@ def _import(name: str) -> ModuleType:
         # str() of a SyntaxError already names the file and line.
         raise AppLoadError("module %r was found but importing it failed: "
                            "%s" % (name, _what(exc))) from exc
-    except Exception as exc:
+    except (Exception, SystemExit) as exc:
+        # SystemExit too: an app that calls sys.exit() at import (even
+        # sys.exit(0)) has not started, and a process that serves nothing
+        # must neither exit 0 in silence nor print a traceback in each
+        # server process a supervisor starts.
         raise AppLoadError(
             "module %r was found but importing it failed: %s%s"
             % (name, _what(exc), _where(exc))) from exc
 
 
+def _lookup(obj: object, attr: str, label: str) -> object:
+    """getattr(obj, attr), which can run the app's code (a module
+    __getattr__, a property): AttributeError passes through (the
+    attribute is missing), anything else is an AppLoadError naming
+    label, the spec up to attr."""
+    try:
+        return getattr(obj, attr)
+    except AttributeError:
+        raise
+    except (Exception, SystemExit) as exc:
+        raise AppLoadError("getting %r failed: %s%s"
+                           % (label, _what(exc), _where(exc))) from exc
+
+
 def _default_app(module: ModuleType, module_name: str) -> WSGIApplication:
     for attr in DEFAULT_NAMES:
-        if hasattr(module, attr):
-            app = getattr(module, attr)
-            return _check_callable(app, "'%s:%s' is not callable"
-                                   % (module_name, attr))
+        label = "%s:%s" % (module_name, attr)
+        try:
+            app = _lookup(module, attr, label)
+        except AttributeError:
+            continue
+        return _check_callable(app, "%r is not callable" % label)
     raise AppLoadError(
         "module %r has no attribute %s; name the application, e.g. '%s:NAME'"
         % (module_name, " or ".join(repr(n) for n in DEFAULT_NAMES),
@@ -202,7 +225,8 @@ def _resolve(module: ModuleType, module_name: str,
     obj: object = module
     for i, attr in enumerate(path):
         try:
-            obj = getattr(obj, attr)
+            obj = _lookup(obj, attr,
+                          "%s:%s" % (module_name, ".".join(path[:i + 1])))
         except AttributeError:
             if i == 0:
                 raise AppLoadError("module %r has no attribute %r"
@@ -218,7 +242,7 @@ def _call_factory(factory: Callable[..., object], call: Arguments,
     args, kwargs = call
     try:
         return factory(*args, **kwargs)
-    except Exception as exc:
+    except (Exception, SystemExit) as exc:
         raise AppLoadError("calling %r failed: %s%s"
                            % (label, _what(exc), _where(exc))) from exc
 
