@@ -214,6 +214,29 @@ def test_a_bad_python_file_is_one_line(capsys, tmp_path, text, expected):
     assert expected.format(conf) in line, line
 
 
+@pytest.mark.parametrize("call, shown", [
+    ("sys.exit('set DATABASE_URL')", "SystemExit('set DATABASE_URL')"),
+    ("sys.exit(0)", "SystemExit(0)"),
+    ("sys.exit()", "SystemExit(None)"),
+    ("raise SystemExit(3)", "SystemExit(3)"),
+])
+def test_sys_exit_in_a_python_file_is_one_line(capsys, tmp_path, call,
+                                                shown):
+    # The message was lost (exit 2, nothing said) and sys.exit(0) exited
+    # 0 without serving.
+    conf = write(tmp_path / "c.py", "import sys\n\n%s\n" % call)
+    line = parse_error(capsys, ["-c", conf, "app"])
+    assert line == "yimmo: error: config file %s, line 3: %s" % (conf, shown)
+
+
+def test_sys_exit_0_in_a_config_file_is_not_a_clean_exit(tmp_path):
+    conf = write(tmp_path / "c.py", "import sys\nsys.exit(0)\n")
+    result = run_cli(["-c", conf, "hello:app"], cwd=APPS_DIR)
+    assert result.returncode == 2
+    assert result.stderr == ("yimmo: error: config file %s, line 2: "
+                             "SystemExit(0)\n" % conf)
+
+
 def test_a_missing_file_is_one_line(capsys, tmp_path):
     line = parse_error(capsys, ["-c", str(tmp_path / "nope.py"), "app"])
     assert line == "yimmo: error: config file %s: No such file or " \

@@ -134,6 +134,14 @@ def _run_python(path: str) -> Dict[str, object]:
         raise ConfigError("config file %s%s: %s: %s"
                           % (path, _error_line(exc, path),
                              type(exc).__name__, message)) from None
+    except SystemExit as exc:
+        # A guard such as sys.exit("set DATABASE_URL"): the server is not
+        # started, so it is an error like any other, said in one line. Left
+        # to escape, the message was lost (exit 2 and nothing on stderr),
+        # and sys.exit(0) exited 0 as if the server had run.
+        raise ConfigError("config file %s%s: SystemExit(%s)"
+                          % (path, _error_line(exc, path),
+                             " ".join(repr(exc.code).split()))) from None
     return namespace
 
 
