@@ -5,9 +5,11 @@ Every child process runs with a timeout and is killed in a finally (the
 ServerProcess context manager, or subprocess.run's timeout).
 """
 
+import os
 import re
 import signal
 import socket
+import subprocess
 import sys
 
 import pytest
@@ -222,6 +224,42 @@ def test_an_app_that_fails_to_resolve_is_one_line(tmp_path, source,
         "SystemExit(0)" in errors[0] or "ImportError: lazy app" in errors[0])
     if processes == "1":
         assert_one_error_line(result, 1)
+
+
+def in_removed_directory(tmp_path, *args):
+    """The command line to run `python -m yimmo ARGS` from a working
+    directory that no longer exists."""
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    return ["sh", "-c", 'cd "$0" && rmdir "$0" && exec "$@"', str(gone),
+            sys.executable, "-m", "yimmo"] + list(args)
+
+
+def test_a_removed_working_directory_serves_an_app_on_sys_path(tmp_path):
+    # os.getcwd() raised FileNotFoundError: a traceback. `python -m` goes
+    # on without the directory on sys.path; so does yimmo.
+    env = subprocess_env()
+    env["PYTHONPATH"] += os.pathsep + APPS_DIR
+    with ServerProcess(in_removed_directory(tmp_path, *ANY_PORT,
+                                            "hello:app"), env=env) as proc:
+        addr = proc.wait_listening()
+        assert get(addr).status == 200
+        proc.signal(signal.SIGTERM)
+        assert proc.wait(WAIT) == 0, proc.stderr
+    assert "Traceback" not in proc.stderr, proc.stderr
+    assert "working directory no longer exists" in proc.stderr
+
+
+def test_a_removed_working_directory_and_no_app_is_one_error(tmp_path):
+    result = subprocess.run(
+        in_removed_directory(tmp_path, *ANY_PORT, "yimmo_no_such_app:app"),
+        env=subprocess_env(), stdin=subprocess.DEVNULL, capture_output=True,
+        text=True, timeout=30)
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+    assert result.stderr.splitlines()[-1] == (
+        "yimmo: error: cannot import module 'yimmo_no_such_app': No module "
+        "named 'yimmo_no_such_app'")
 
 
 def test_bad_bind_address_is_one_line():

@@ -78,8 +78,20 @@ def _run_started(argv: Sequence[str],
         return _reload.run_parent(argv, options, cli)
 
     # Like `python -m`, find the application relative to where we run.
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
+    try:
+        cwd: Optional[str] = os.getcwd()
+    except FileNotFoundError:
+        # The directory was removed under us (a deploy replaced the
+        # release directory a shell was still in). `python -m` then puts
+        # no directory on sys.path and goes on; so do we, since an app
+        # installed on sys.path still imports. Said, as an import that
+        # fails next would otherwise not say why.
+        cwd = None
+        logging.getLogger("yimmo").warning(
+            "The working directory no longer exists: the application is "
+            "looked for on sys.path only")
+    if cwd is not None and cwd not in sys.path:
+        sys.path.insert(0, cwd)
     supervised = options["processes"] > 1
     app: Optional[WSGIApplication] = None
     # A supervisor imports the app only with --preload: each server
