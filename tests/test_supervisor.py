@@ -987,6 +987,32 @@ def test_serve_with_processes_supervises_the_imported_app(tmp_path):
         assert "serve returned" in proc.stdout
 
 
+@pytest.mark.parametrize("signum, outcome", [
+    (signal.SIGINT, "raised KeyboardInterrupt"),
+    (signal.SIGTERM, "returned")])
+def test_serve_with_processes_raises_keyboard_interrupt_after_sigint(
+        tmp_path, signum, outcome):
+    # README: serve() returns after SIGTERM and raises KeyboardInterrupt
+    # after SIGINT. With processes it returned after both, so the caller
+    # could not tell Ctrl-C from SIGTERM.
+    write_app(tmp_path)
+    (tmp_path / "run.py").write_text(
+        "import yimmo, supapp\n"
+        "try:\n"
+        "    yimmo.serve(supapp.app, bind='127.0.0.1:0', processes=2,\n"
+        "                graceful_timeout=5)\n"
+        "    print('serve returned', flush=True)\n"
+        "except KeyboardInterrupt:\n"
+        "    print('serve raised KeyboardInterrupt', flush=True)\n")
+    with ServerProcess([sys.executable, "run.py"], cwd=str(tmp_path),
+                       env=subprocess_env()) as proc:
+        wait_port(proc)
+        wait_ready(proc, 2)
+        proc.signal(signum)
+        assert proc.wait(20) == 0, proc.stderr
+    assert proc.stdout.strip() == "serve %s" % outcome, proc._describe()
+
+
 def test_the_loop_publishes_beats_requests_and_connections():
     """The slot a server process writes (ext/heartbeat.h), read as the
     supervisor reads it."""

@@ -803,7 +803,11 @@ def serve(app: WSGIApplication, **options: Unpack[_options.Options]) -> None:
     if opts["processes"] > 1:
         # The app is imported already: the processes share it (preload).
         from . import _supervisor
-        status = _supervisor.run(None, app, opts)
+        supervisor = _supervisor.Supervisor(None, app, opts)
+        status = supervisor.run()
+        if supervisor.interrupted:
+            # As in one process: the caller tells Ctrl-C from SIGTERM.
+            raise KeyboardInterrupt
         if status:
             raise RuntimeError("the server processes failed to start")
         return

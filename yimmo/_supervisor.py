@@ -191,6 +191,10 @@ class Supervisor:
         self.listeners: List[_sockets.Listener] = []
         self.pending_signals: List[int] = []
         self.stopping = False
+        # A SIGINT came (to stop, or during the stop): serve() raises
+        # KeyboardInterrupt once the processes are gone, as a single
+        # server does.
+        self.interrupted = False
         self.stop_deadline: Optional[float] = None
         self.failures = 0          # processes in a row that died at start
         self.last_failed_seq = 0   # Child.seq of the last of those
@@ -399,6 +403,8 @@ class Supervisor:
     def _handle_signals(self) -> None:
         while self.pending_signals:
             signum = self.pending_signals.pop(0)
+            if signum == signal.SIGINT:
+                self.interrupted = True
             if signum in (signal.SIGTERM, signal.SIGINT):
                 self._begin_stop(signal.Signals(signum).name)
             elif signum == signal.SIGHUP:
