@@ -17,9 +17,9 @@ import pytest
 
 import yimmo
 from yimmo import _yimmo
-from helpers import (ServerProcess, assert_closed, build_request, connect,
-                     get, read_response, reader_for, refuses, request,
-                     wait_readable, wait_until)
+from helpers import (LogWatcher, ServerProcess, assert_closed,
+                     build_request, connect, get, read_response, reader_for,
+                     refuses, request, wait_readable, wait_until)
 
 WAIT = 10
 
@@ -784,6 +784,42 @@ def test_serve_raises_keyboard_interrupt_on_sigint():
         assert proc.wait(WAIT) == 42, proc.stderr
         assert "KeyboardInterrupt raised" in proc.stdout
         assert "serve returned" not in proc.stdout
+
+
+SERVE_ON_A_THREAD = textwrap.dedent("""
+    import threading, yimmo
+    def app(environ, start_response):
+        start_response("200 OK", [("Content-Length", "2")])
+        return [b"ok"]
+    thread = threading.Thread(target=yimmo.serve, args=(app,),
+                              kwargs=dict(bind="127.0.0.1:0"),
+                              name="serving")
+    thread.start()
+    thread.join()
+""")
+
+
+def test_serve_off_the_main_thread_warns_that_signals_are_not_handled():
+    # It installed no handler and said nothing: a SIGTERM ended the
+    # process at once, cutting requests in flight.
+    with ServerProcess([sys.executable, "-c", SERVE_ON_A_THREAD]) as proc:
+        addr = proc.wait_listening()
+        assert get(addr).body == b"ok"
+        line = proc.wait_for_line("WARNING").string
+        assert "serve() runs on thread 'serving', not the main thread: " \
+               "signals are not handled" in line, line
+        assert line.index("WARNING") < proc.stderr.index("Listening at")
+        proc.signal(signal.SIGTERM)
+        assert proc.wait(WAIT) == -signal.SIGTERM
+
+
+def test_a_started_server_says_nothing_about_signals():
+    # start() serves on a thread of its own by design: no warning.
+    with LogWatcher() as logs:
+        with yimmo.Server(make_app(b"hi"), bind="127.0.0.1:0",
+                          workers=1) as server:
+            assert get(server.address).body == b"hi"
+    assert not [t for t in logs.texts if "WARNING" in t], logs.texts
 
 
 def test_app_signal_handler_runs_while_serving():

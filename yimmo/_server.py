@@ -811,4 +811,17 @@ def serve(app: WSGIApplication, **options: Unpack[_options.Options]) -> None:
         if status:
             raise RuntimeError("the server processes failed to start")
         return
+    if threading.current_thread() is not threading.main_thread():
+        # Python runs signal handlers on the main thread only, so
+        # serve_forever() installs none here: SIGTERM ends the process at
+        # once, cutting the requests in flight, where README promises a
+        # graceful stop. Said, not refused (Server.start() serves off the
+        # main thread by design, quietly: its caller stops it). Logged
+        # here, once logging is set up.
+        log.warning("serve() runs on thread %r, not the main thread: "
+                    "signals are not handled (SIGTERM ends the process "
+                    "at once, without a graceful stop); call serve() on "
+                    "the main thread, or use Server(...).start() and "
+                    "stop()",
+                    threading.current_thread().name)
     Server(app, _logging_done=True, **options).serve_forever()
