@@ -7,9 +7,13 @@ environment; serving through `python -m yimmo` children (bounded waits).
 """
 
 import json
+import os
 import re
+import shutil
 import signal
+import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 
@@ -460,6 +464,48 @@ def test_a_bad_log_config_is_one_line_exit_2(tmp_path, name, text, expected):
     assert len(lines) == 1, result.stderr
     assert lines[0].startswith("yimmo: error: " + expected.format(conf)), \
         lines[0]
+
+
+INI_LOG_CONFIG = ("[loggers]\nkeys = root\n[handlers]\nkeys =\n"
+                  "[formatters]\nkeys =\n[logger_root]\nhandlers =\n")
+
+
+def test_a_log_config_directory_is_said_to_be_one(tmp_path):
+    # It said "No such file or directory".
+    result = run_cli(["--log-config", str(tmp_path), "hello:app"],
+                     cwd=APPS_DIR)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr == "yimmo: error: log config %s: Is a directory\n" \
+        % tmp_path
+
+
+def test_an_unreadable_ini_log_config_is_said_to_be_one():
+    # configparser skips a file it cannot open: the error was a section
+    # fileConfig then missed, "log config F: 'formatters'".
+    as_user = []
+    if os.geteuid() == 0:
+        if shutil.which("setpriv") is None:
+            pytest.skip("root without setpriv: every file is readable")
+        as_user = ["setpriv", "--reuid=65534", "--regid=65534",
+                   "--clear-groups"]
+    # Not under tmp_path: the other user must reach the file.
+    where = tempfile.mkdtemp()
+    try:
+        os.chmod(where, 0o755)
+        conf = os.path.join(where, "log.ini")
+        with open(conf, "w") as f:
+            f.write(INI_LOG_CONFIG)
+        os.chmod(conf, 0)
+        result = subprocess.run(
+            as_user + [sys.executable, "-m", "yimmo", "--log-config", conf,
+                       "-b", "127.0.0.1:0", "hello:app"],
+            cwd=APPS_DIR, env=subprocess_env(), stdin=subprocess.DEVNULL,
+            capture_output=True, text=True, timeout=30)
+    finally:
+        shutil.rmtree(where)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr == ("yimmo: error: log config %s: Permission "
+                             "denied\n" % conf)
 
 
 def test_error_log_file(tmp_path):

@@ -190,9 +190,12 @@ def apply_log_config(log_config: Union[StrPath, Dict[str, Any]]) -> None:
                 config = _load_toml(log_config)
             else:
                 config = None
-                if not os.path.isfile(log_config):
-                    raise FileNotFoundError(2, "No such file or directory",
-                                            log_config)
+                # Opened here, not only checked: fileConfig's configparser
+                # skips a file it cannot open (no permission, a
+                # directory) without a word, and the error was then a
+                # section it missed ("'formatters'"), or "No such file"
+                # for a directory.
+                open(log_config, "rb").close()
         except OSError as exc:
             raise LogConfigError("%s: %s" % (source, exc.strerror or exc)) \
                 from None
