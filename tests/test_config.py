@@ -241,6 +241,16 @@ def test_sys_exit_0_in_a_config_file_is_not_a_clean_exit(tmp_path):
                              "SystemExit(0)\n" % conf)
 
 
+def test_a_nul_byte_in_a_python_file_names_its_line(capsys, tmp_path):
+    # compile() gives no line number for it: "line None".
+    conf = str(tmp_path / "c.py")
+    with open(conf, "wb") as f:
+        f.write(b"bind = '127.0.0.1:0'\nworkers = 2\0\n")
+    line = parse_error(capsys, ["-c", conf, "app"])
+    assert line == ("yimmo: error: config file %s, line 2: a null byte "
+                    "(is it Python source?)" % conf)
+
+
 def test_a_missing_file_is_one_line(capsys, tmp_path):
     line = parse_error(capsys, ["-c", str(tmp_path / "nope.py"), "app"])
     assert line == "yimmo: error: config file %s: No such file or " \

@@ -120,6 +120,13 @@ def _run_python(path: str) -> Dict[str, object]:
     except OSError as exc:
         raise ConfigError("config file %s: %s" % (path, exc.strerror or exc)) \
             from None
+    if b"\0" in source:
+        # Checked here: compile() names no line for it ("line None"), and
+        # older Pythons raise ValueError for it instead of SyntaxError.
+        raise ConfigError("config file %s, line %d: a null byte (is it "
+                          "Python source?)"
+                          % (path, source.count(b"\n", 0,
+                                                source.index(b"\0")) + 1))
     namespace: Dict[str, object] = {"__file__": os.path.abspath(path),
                                     "__name__": "__config__"}
     try:
