@@ -301,6 +301,22 @@ def test_unknown_keyword_is_a_type_error():
         validate({"zzz": 1})
 
 
+@pytest.mark.parametrize("name", ["config", "reload"])
+def test_a_command_line_only_option_as_a_keyword_says_so(name):
+    # It said "unknown option 'config' (did you mean 'config'?)".
+    with pytest.raises(TypeError, match=r"^option %r is only for the "
+                       r"command line \(--%s\), not a keyword argument$"
+                       % (name, name)):
+        validate({name: "x"})
+
+
+def test_a_keyword_typo_is_not_matched_to_a_command_line_only_option():
+    with pytest.raises(TypeError) as info:
+        validate({"confi": "x.py"})
+    assert str(info.value) == \
+        "unknown option 'confi' (did you mean 'log_config'?)"
+
+
 @pytest.mark.parametrize("options, error, message", [
     ({"workers": 0}, ValueError, "option 'workers': must be an int from 1 to 4096"),
     ({"workers": "4"}, TypeError, "option 'workers': must be an int, not str"),

@@ -848,8 +848,12 @@ def validate(options: Mapping[str, object]) -> ServerOptions:
     aliases = {}
     for name, value in options.items():
         opt = BY_NAME.get(name)
-        if opt is None or opt.cli_only:
-            raise TypeError(_unknown(name))
+        if opt is None:
+            raise TypeError(_unknown(name, keyword=True))
+        if opt.cli_only:
+            # Not "unknown option 'config' (did you mean 'config'?)".
+            raise TypeError("option %r is only for the command line (%s), "
+                            "not a keyword argument" % (name, opt.flags[-1]))
         if opt.sets and value is None:
             continue  # timeout=None: the alias is simply not used
         try:
@@ -871,9 +875,13 @@ def validate(options: Mapping[str, object]) -> ServerOptions:
     return cast(ServerOptions, result)
 
 
-def _unknown(name: str) -> str:
+def _unknown(name: str, keyword: bool = False) -> str:
+    """"unknown option NAME", with the closest option name if any (of the
+    keyword arguments only, for keyword)."""
     message = "unknown option %r" % name
-    close = difflib.get_close_matches(name, BY_NAME, n=1)
+    names = [opt.name for opt in OPTIONS
+             if not (keyword and opt.cli_only)]
+    close = difflib.get_close_matches(name, names, n=1)
     if close:
         message += " (did you mean %r?)" % close[0]
     return message
