@@ -361,6 +361,8 @@ def test_parse_address(text, expected):
 @pytest.mark.parametrize("text", [
     "", "host:", "host:-1", "host:65536", "::1:80", "[::1]", "[]:80",
     "[::1]80", "unix:", "a b:80", "host:8o",
+    # str.isdigit() takes these: "invalid literal for int()", or port 12.
+    "127.0.0.1:\u00b2", "127.0.0.1:\u0661\u0662", "[::1]:\u00b9",
 ])
 def test_parse_address_rejects(text):
     with pytest.raises(ValueError, match="bad address"):
@@ -437,6 +439,21 @@ def test_bad_switch_in_environment(capsys):
 
 def test_parse_address_fd():
     assert parse_address("fd://3") == 3
+    for text in ("fd://\u00b3", "fd://\u0663"):
+        with pytest.raises(ValueError, match="expected fd://N"):
+            parse_address(text)
+
+
+def test_a_superscript_port_is_the_usual_bad_port_line(capsys):
+    err = parse_error(capsys, ["--bind", "127.0.0.1:\u00b2", "app"])
+    assert err == ("yimmo: error: argument -b/--bind: bad address "
+                   "'127.0.0.1:\u00b2': port must be a number from 0 to "
+                   "65535\n")
+
+
+def test_a_network_prefix_in_other_digits_is_refused():
+    with pytest.raises(ValueError, match="bad address or network"):
+        validate({"forwarded_allow_ips": ["10.0.0.0/\u0668"]})
 
 
 def test_ipv4_mapped_networks_are_accepted():

@@ -205,7 +205,7 @@ def check_network(text: str) -> None:
             raise ValueError
         ip = ipaddress.ip_address(addr)
         bits = 32 if ip.version == 4 else 128
-        if slash and not (prefix.isdigit() and len(prefix) <= 3
+        if slash and not (_is_decimal(prefix) and len(prefix) <= 3
                           and int(prefix) <= bits):
             raise ValueError
     except ValueError:
@@ -792,6 +792,14 @@ def _copy_defaults() -> Dict[str, object]:
 # -- addresses ----------------------------------------------------------------
 
 
+def _is_decimal(text: str) -> bool:
+    """text is ASCII digits 0-9 only. str.isdigit() alone also takes "²"
+    (int() then fails: a traceback's message in the error line) and other
+    scripts' digits, which int() reads ("١٢" is 12) but the C core, given
+    a network's text, does not."""
+    return text.isascii() and text.isdigit()
+
+
 def parse_address(text: str) -> Union[str, int, Tuple[str, int]]:
     """Check a bind address and split it.
 
@@ -804,7 +812,7 @@ def parse_address(text: str) -> Union[str, int, Tuple[str, int]]:
         raise TypeError("address must be a str, not %s" % type(text).__name__)
     if text.startswith("fd://"):
         number = text[len("fd://"):]
-        if not number.isdigit() or int(number) > 65535:
+        if not _is_decimal(number) or int(number) > 65535:
             raise ValueError("bad address %r: expected fd://N with N a "
                              "descriptor number" % text)
         return int(number)
@@ -827,7 +835,7 @@ def parse_address(text: str) -> Union[str, int, Tuple[str, int]]:
         host, port = "0.0.0.0", text
     if not host.strip() or any(c.isspace() for c in host):
         raise ValueError("bad address %r: bad host" % text)
-    if not port.isdigit() or int(port) > 65535:
+    if not _is_decimal(port) or int(port) > 65535:
         raise ValueError("bad address %r: port must be a number from 0 to "
                          "65535" % text)
     return host, int(port)
