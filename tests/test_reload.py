@@ -280,13 +280,14 @@ def test_the_config_file_is_watched_too(tmp_path):
         assert proc.wait(WAIT) == 0
 
 
-def _reload_server(tmp_path, app_spec="app:app"):
+def _reload_server(tmp_path, app_spec="app:app", *args):
     port = free_port()
     env = reload_env(tmp_path)
     env[_reload.POLL_ENV] = "1"  # the same path whatever inotify does
     proc = ServerProcess([sys.executable, "-m", "yimmo", "--reload", "-b",
                           "127.0.0.1:%d" % port, "-w", "1",
-                          "--graceful-timeout", "1", app_spec],
+                          "--graceful-timeout", "1"] + list(args)
+                         + [app_spec],
                          cwd=str(tmp_path), env=env)
     return proc, ("127.0.0.1", port)
 
@@ -309,6 +310,24 @@ def test_a_first_start_that_fails_to_import_recovers_on_the_fix(
         proc.wait_for_line(r"the server exited \(exit status 1\); waiting")
         # Written after the failure was reported: still a change. (The
         # failed child listed app.py before it exited: reported already.)
+        wait_listed(tmp_path, "app.py")
+        edit(tmp_path / "app.py", APP)
+        wait_body(addr, "one")
+        proc.signal(signal.SIGTERM)
+        assert proc.wait(WAIT) == 0
+
+
+def test_a_first_start_under_a_supervisor_recovers_on_the_fix(tmp_path):
+    # The server processes of --processes 2 that failed to import listed
+    # nothing: the parent had no file to watch, and fixing the app never
+    # restarted it.
+    (tmp_path / "helper.py").write_text('MESSAGE = "one"\n')
+    (tmp_path / "app.py").write_text(
+        APP + 'raise RuntimeError("broken at start")\n')
+    proc, addr = _reload_server(tmp_path, "app:app", "-p", "2")
+    with proc:
+        proc.wait_for_line(r"the server exited \(exit status 1\); waiting",
+                           timeout=30)
         wait_listed(tmp_path, "app.py")
         edit(tmp_path / "app.py", APP)
         wait_body(addr, "one")

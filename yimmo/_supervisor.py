@@ -1022,6 +1022,14 @@ class Supervisor:
                     traceback.print_exception(
                         type(exc.__cause__), exc.__cause__,
                         exc.__cause__.__traceback__)
+                if self.reload_report is not None:
+                    # As python -m yimmo does for one process: the
+                    # --reload parent watches what was imported and the
+                    # files the failure points at, so fixing one restarts
+                    # (it had nothing to watch, and waited for good).
+                    from ._reload import failure_files, report_modules
+                    report_modules(*self.reload_report,
+                                   extra_files=failure_files(exc))
                 return fail(str(exc))
         if self.reload_report is not None:
             from ._reload import report_modules
