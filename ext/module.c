@@ -515,8 +515,20 @@ core_run_locked(CoreObject *self, int wakeup_fd)
          * stays, as with abandoned workers. */
         Py_INCREF(self);
         if (r < 0) {
-            errno = -r;
-            PyErr_SetFromErrno(PyExc_OSError);
+            /* Say what failed and what to change: the bare "Resource
+             * temporarily unavailable" named neither (operations review
+             * s20). */
+            char text[200];
+            snprintf(text, sizeof(text),
+                     "could not start the threads of %zu workers (%s): "
+                     "fewer --workers, or a higher limit on threads or "
+                     "memory (ulimit -u, -v)", self->server.config.workers,
+                     strerror(-r));
+            PyObject *exc = Py_BuildValue("(is)", -r, text);
+            if (exc != NULL) {
+                PyErr_SetObject(PyExc_OSError, exc);
+                Py_DECREF(exc);
+            }
             core_shutdown(self, 0);
             return NULL;
         }

@@ -308,3 +308,25 @@ def test_a_timeout_below_the_cores_minimum_names_the_minimum():
             print("refused:", exc)
     """)
     assert "refused: header_timeout must be >= 0.001" in out, out
+
+
+@pytest.mark.skipif("libasan" in __import__("os").environ.get("LD_PRELOAD",
+                                                                ""),
+                    reason="ASan reserves more address space than the limit")
+def test_worker_threads_that_cannot_start_say_so(tmp_path):
+    """Out of address space for 4096 thread stacks: the error line said
+    only "Resource temporarily unavailable" (operations review s20)."""
+    (tmp_path / "app.py").write_text(
+        "def app(environ, start_response):\n"
+        "    start_response('200 OK', [])\n"
+        "    return [b'x']\n")
+    proc = subprocess.run(
+        ["bash", "-c", 'ulimit -v 1000000; exec "$0" -m yimmo -w 4096 '
+         '-b 127.0.0.1:0 app:app', sys.executable],
+        cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True,
+        timeout=60)
+    assert proc.returncode == 1, (proc.returncode, proc.stderr)
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("yimmo: error: could not start the threads of "
+                           "4096 workers ("), proc.stderr
+    assert "fewer --workers" in last
