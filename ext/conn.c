@@ -1000,12 +1000,9 @@ conn_start_exchange(ymo_conn_t *c, size_t head_len,
         c->seq++;
     }
     ex->conn = c;
-    if (c->busy->read_eof && req->body == YMO_HTTP_BODY_NONE &&
-        c->busy->inlen - head_len ==
-            empty_lines(c->busy->inbuf + head_len,
-                        c->busy->inlen - head_len)) {
-        /* The last request of a client that has shut down its sending
-         * side (see conn_read's EOF). */
+    if (c->busy->read_eof) {
+        /* Pipelined by a client that has shut down its sending side
+         * since (see the EOF in conn_read). */
         ymo_exchange_client_eof(ex);
     }
     c->busy->ex = ex;
@@ -1687,17 +1684,16 @@ conn_read(ymo_conn_t *c)
             ymo_conn_close(c);
             return -1;
         }
-        if (c->busy->ex != NULL &&
-            c->busy->inlen == empty_lines(c->busy->inbuf, c->busy->inlen)) {
+        if (c->busy->ex != NULL) {
             /* After a complete request an EOF may be a client that only
              * shut down its sending side (`nc -N`, HTTP/1.0 scripts, some
              * health checks) and waits for its answer: it gets it, and the
              * connection closes after it. Only a reset or a failed write
              * says for sure that a client is gone; the app may still ask
-             * (yimmo.client_gone), and a writer none of whose bytes go
-             * out learns it (emit). Not while requests it pipelined
-             * before wait behind this one: it waits for their answers
-             * (the last of them learns it at its start). */
+             * (yimmo.client_gone), and a writer none of whose bytes can
+             * go out is stopped (wsgi_response.c, emit). The requests it
+             * pipelined before are answered; each learns it at its start
+             * (conn_start_exchange). */
             ymo_exchange_client_eof(c->busy->ex);
         }
         return 0;

@@ -73,6 +73,13 @@ typedef struct {
     int chunked;
     int keep_alive;
     int aborted;               /* the client is gone */
+    int stopped;               /* none of the app's bytes can go out any
+                                * more and the client has shut down its
+                                * sending side: the response is complete,
+                                * the app is stopped (write() raises
+                                * ClientDisconnected, the iterable is
+                                * closed), and the connection goes on to
+                                * the requests pipelined before */
     int overflow;              /* the app gave more than Content-Length */
     int head_req;              /* a HEAD request: count, send no body */
     int head_only;             /* HEAD of a streamed body: the head is
@@ -623,13 +630,24 @@ emit(StartResponseObject *self, const char *data, size_t n, int flush,
         return -1;
     }
     if (self->no_body || self->aborted || self->overflow) {
-        if (n > 0 && !self->aborted && self->ex != NULL &&
-            ymo_exchange_client_gone(self->ex)) {
+        if (n > 0 && !self->aborted && !self->stopped && self->ex != NULL) {
             /* None of it goes out, so no append tells this writer that
              * the client has gone: a write() loop or a generator behind
              * a HEAD, a 204/304 or a reached Content-Length went on for
-             * ever for a client long gone (hostile review s20). */
-            self->aborted = 1;
+             * ever for a client long gone (hostile review s20). A client
+             * that only shut down its sending side may still wait for
+             * answers to requests it pipelined: the response ends as if
+             * the app had (stopped), rather than aborted. */
+            ymo_exchange_t *ex = self->ex;
+            pthread_mutex_lock(&ex->lock);
+            int gone = ex->aborted, eof = ex->client_eof;
+            pthread_mutex_unlock(&ex->lock);
+            if (gone) {
+                self->aborted = 1;
+            }
+            else if (eof) {
+                self->stopped = 1;
+            }
         }
         n = 0;
     }
@@ -762,7 +780,7 @@ write_locked(StartResponseObject *self, PyObject *data)
                      Py_TYPE(data)->tp_name);
         return NULL;
     }
-    if (self->aborted) {
+    if (self->aborted || self->stopped) {
         PyErr_SetString(self->app->st->ClientDisconnected,
                         "client disconnected");
         return NULL;
@@ -1440,7 +1458,7 @@ start_response_new(struct ymo_wsgi_app *app, ymo_wsgi_worker_t *worker,
     self->called = self->head_built = 0;
     self->status_code = 0;
     self->no_body = self->chunked = self->keep_alive = 0;
-    self->aborted = self->overflow = 0;
+    self->aborted = self->overflow = self->stopped = 0;
     self->head_req = is_head(ex);
     self->head_count = 0;
     self->head_only = 0;
@@ -1766,7 +1784,8 @@ iterate(StartResponseObject *self, PyObject *result)
          * self->aborted and overflow are read racily here on purpose:
          * emit_item re-checks them under self's critical section. */
         for (Py_ssize_t i = 0; i < PySequence_Fast_GET_SIZE(result) &&
-                               !self->aborted && !self->overflow; i++) {
+                               !self->aborted && !self->overflow &&
+                               !self->stopped; i++) {
 #ifdef Py_GIL_DISABLED
             PyObject *item = PyList_CheckExact(result)
                                  ? PyList_GetItemRef(result, i)
@@ -1824,6 +1843,7 @@ iterate(StartResponseObject *self, PyObject *result)
     }
     PyObject *item;
     while (!self->aborted && !self->overflow && !self->head_only &&
+           !self->stopped &&
            (item = PyIter_Next(it)) != NULL) {
         /* Each chunk goes out before the next is asked for. */
         int r = emit_item(self, item, 1);
@@ -2035,11 +2055,20 @@ ymo_wsgi_run_exchange(struct ymo_wsgi_app *app, ymo_wsgi_worker_t *worker,
     YMO_FORK_GUARD(ex->server);
     int failed = result == NULL || iterate(sr, result) < 0;
     YMO_FORK_GUARD(ex->server);
+    if (failed && sr->stopped && !sr->aborted &&
+        PyErr_ExceptionMatches(st->ClientDisconnected)) {
+        /* The write() that raised it was stopped (see emit): the
+         * response is complete, not failed. */
+        PyErr_Clear();
+        failed = 0;
+    }
     PyObject *close = NULL;
     int mismatch = 0;
     unsigned long long sent = 0, declared = 0;
     if (!failed) {
-        close = lookup_close(app, worker, ex, environ, result);
+        close = result != NULL
+                    ? lookup_close(app, worker, ex, environ, result)
+                    : NULL;
         Py_BEGIN_CRITICAL_SECTION(sr);
         sr->closes = close != NULL;
         failed = finish_response(sr) < 0;

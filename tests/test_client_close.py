@@ -476,20 +476,29 @@ def test_half_closed_client_with_pipelined_requests_gets_every_answer(
     requests waits for both answers: the first's writer, none of whose
     bytes go out, must not take the EOF for a client gone (a regression of
     the fix above, found by review: the second request went unanswered)."""
+    ended = []
+
     def app(environ, start_response):
+        started = time.monotonic()
         if environ["PATH_INFO"] == "/write":
             write = start_response("200 OK", [])
-            for i in range(5):
-                write(b"part %d\n" % i)
-                time.sleep(0.02)
+            try:
+                while time.monotonic() - started < 5:
+                    write(b"part\n")
+                    time.sleep(0.02)
+            finally:
+                ended.append(time.monotonic() - started)
             return []
         if environ["PATH_INFO"] == "/gen304":
             start_response("304 Not Modified", [("ETag", '"x"')])
 
             def gen():
-                for _ in range(5):
-                    yield b"x"
-                    time.sleep(0.02)
+                try:
+                    while time.monotonic() - started < 5:
+                        yield b"x"
+                        time.sleep(0.02)
+                finally:
+                    ended.append(time.monotonic() - started)
             return gen()
         return hello(environ, start_response)
 
@@ -504,3 +513,8 @@ def test_half_closed_client_with_pipelined_requests_gets_every_answer(
     assert first_resp.status in (200, 304)
     assert last.status == 200 and last.body == b"hello /last"
     read_until_close(sock)
+    # Stopped once its client had shut down its side (nothing of it could
+    # go out), not run to its end: a writer behind a client that closed
+    # for good, pipelined request or not, held its worker until --timeout
+    # (review s20).
+    assert len(ended) == 1 and ended[0] < 2, ended
