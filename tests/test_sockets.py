@@ -358,3 +358,75 @@ print("after-stop", os.path.exists(path))
                          env=subprocess_env(), capture_output=True,
                          text=True, timeout=30).stdout
     assert "after-child True" in out and "after-stop False" in out, out
+
+
+TWO_CHILDREN_UNIX = r"""
+import os, signal, socket, sys, time, yimmo
+path = sys.argv[1]
+app = lambda e, s: (s("200 OK", [("Content-Length", "2")]), [b"ok"])[1]
+server = yimmo.Server(app, bind="unix:" + path, error_log=os.devnull,
+                      graceful_timeout=1)
+kids = []
+for _ in range(2):
+    pid = os.fork()
+    if pid == 0:
+        signal.alarm(30)
+        try:
+            server.serve_forever()
+        finally:
+            os._exit(0)
+    kids.append(pid)
+
+def ask():
+    with socket.socket(socket.AF_UNIX) as c:
+        c.settimeout(5)
+        c.connect(path)
+        c.sendall(b"GET / HTTP/1.0\r\n\r\n")
+        return c.recv(15)
+
+time.sleep(0.5)
+os.kill(kids[0], signal.SIGTERM)
+os.waitpid(kids[0], 0)
+print("after-first", os.path.exists(path), ask())
+os.kill(kids[1], signal.SIGTERM)
+os.waitpid(kids[1], 0)
+print("after-second", os.path.exists(path))     # the launcher listens too
+server.stop()
+print("after-launcher", os.path.exists(path))
+"""
+
+
+def test_two_children_serving_one_unix_server_keep_the_file_while_one_serves(
+        tmp_path):
+    """The first child to stop removed the socket file the other still
+    served (review s20): a file is removed only once nobody listens."""
+    path = str(tmp_path / "s.sock")
+    out = subprocess.run([sys.executable, "-c", TWO_CHILDREN_UNIX, path],
+                         env=subprocess_env(), capture_output=True,
+                         text=True, timeout=60).stdout
+    assert "after-first True b'HTTP/1.1 200 OK'" in out, out
+    assert "after-launcher False" in out, out
+
+
+def test_an_unstarted_server_of_a_process_that_forked_removes_its_file(
+        tmp_path):
+    """Once the creator has forked (multiprocessing, a helper), a child may
+    be serving its unstarted server; stopped, with nobody listening, the
+    file still goes (review s20)."""
+    code = """
+import os, sys, yimmo
+path = sys.argv[1]
+server = yimmo.Server(lambda e, s: [], bind="unix:" + path,
+                      error_log=os.devnull)
+pid = os.fork()
+if pid == 0:
+    os._exit(0)
+os.waitpid(pid, 0)
+server.stop()
+print("after-stop", os.path.exists(path))
+"""
+    path = str(tmp_path / "u.sock")
+    out = subprocess.run([sys.executable, "-c", code, path],
+                         env=subprocess_env(), capture_output=True,
+                         text=True, timeout=30).stdout
+    assert "after-stop False" in out, out

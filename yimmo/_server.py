@@ -207,18 +207,20 @@ class Server:
         # (absolute path, st_dev, st_ino) of each socket file we created;
         # removed when the server is done, or collected unstarted.
         self._unix_files: List[_sockets.UnixFile] = []
-        # The process that removes them: the one that serves (start() and
-        # serve_forever() take them over), the creator until then. One
-        # whose files another process may be serving removes nothing: a
-        # launcher that forked a child to serve an unstarted server and
-        # exited, or a helper child forked from a serving process that
-        # ended with sys.exit(), removed the file the server listened at
-        # (operations review s20). See _forked_away.
-        self._unix_owner = [os.getpid()]
+        # Which process removes them: the one that serves them (start()
+        # and serve_forever() record it), or, never served, the creator
+        # if it has not forked since (a child may be serving them: README
+        # lets an unstarted server be forked and served in the child).
+        # A launcher that forked its server to a child and exited, or a
+        # helper child of a serving process that ended with sys.exit(),
+        # removed the file the server listened at (operations review
+        # s20). And never while a process still listens at the path (two
+        # children serving one server: the first to stop removed the
+        # file the other served). See _UnixOwner.
+        self._unix_owner = _UnixOwner()
         self._remove_unix_files = weakref.finalize(
             self, _sockets.unlink_unix_files, self._unix_files,
-            self._unix_owner)
-        _unstarted.add(self)
+            self._unix_owner.may_remove)
         self.addresses: List[_sockets.Address] = []
         # Lock: _thread, _serving, _serving_thread and _stopped_unstarted
         # are written under
@@ -300,6 +302,7 @@ class Server:
         except BaseException:
             self._close_sockets()
             raise
+        self._unix_owner.core = self._core
         # The core owns the descriptors now (until here, a failure left
         # them to us): the socket objects must not close them too.
         for sock in self._sockets:
@@ -353,8 +356,7 @@ class Server:
                 self._check_startable()
                 self._serving = serving = True
                 self._serving_thread = threading.current_thread()
-                self._serve_pid = self._unix_owner[0] = os.getpid()
-                _unstarted.discard(self)
+                self._serve_pid = self._unix_owner.served = os.getpid()
             self._serve_forever()
         finally:
             if serving:
@@ -661,8 +663,7 @@ class Server:
             self._check_startable()
             thread = threading.Thread(target=self._run_in_thread,
                                       name="yimmo-server", daemon=True)
-            self._serve_pid = self._unix_owner[0] = os.getpid()
-            _unstarted.discard(self)
+            self._serve_pid = self._unix_owner.served = os.getpid()
             _running_add(self)
             # Started before _thread is published: a stop() on another
             # thread that finds _thread joins it, and joining a thread
@@ -749,22 +750,47 @@ class Server:
         self.stop()
 
 
-# Servers not started yet, whose unix socket files a child forked now may
-# go on to serve (README: a server created and not started may be forked
-# and served in the child).
-_unstarted: "weakref.WeakSet[Server]" = weakref.WeakSet()
+# Forks of this process (counted in the parent; a child's count is its
+# parent's at the fork, and its pid another).
+_forks = [0]
 
 
-def _forked_away() -> None:
-    """After a fork, in the parent: the unstarted servers' files are no
-    longer this process's to remove, unless it serves them itself later.
-    (A file nobody serves in the end stays: a stale socket file, which
-    the next bind replaces.)"""
-    for server in list(_unstarted):
-        server._unix_owner[0] = -1
+def _count_fork() -> None:
+    _forks[0] += 1
 
 
-os.register_at_fork(after_in_parent=_forked_away)
+os.register_at_fork(after_in_parent=_count_fork)
+
+
+class _UnixOwner:
+    """Whether this process may remove a server's unix socket files (see
+    Server.__init__). Plain values, read by the finalizer, which must not
+    hold the server."""
+
+    def __init__(self) -> None:
+        self.creator = os.getpid()
+        self.forks = _forks[0]
+        self.served = -1           # the pid that serves (or served) it
+        # The server's core, once made: never served here, its copy of
+        # the listener is let go before looking whether anyone listens.
+        self.core: Optional[_yimmo.Core] = None
+
+    def may_remove(self) -> int:
+        """0: not this process's; 1: yes; 2: if nobody listens there any
+        more (another process may be serving the same listener)."""
+        pid = os.getpid()
+        if self.served != -1:
+            return 2 if self.served == pid else 0
+        if self.creator != pid:
+            return 0
+        # Never served here. Not forked since: nobody else has the
+        # listener (and this process may still hold it open: the server
+        # is being collected).
+        if self.forks == _forks[0]:
+            return 1
+        if self.core is not None:
+            self.core.stop(0)      # closes a never-run core's listeners
+        return 2
 
 
 def serve(app: WSGIApplication, **options: Unpack[_options.Options]) -> None:

@@ -13,7 +13,8 @@ import logging
 import os
 import socket
 import stat
-from typing import List, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import (Callable, List, NamedTuple, Optional, Sequence, Tuple,
+                    Union)
 
 from . import _options
 
@@ -274,22 +275,39 @@ def close_all(listeners: Sequence[Listener]) -> None:
 
 
 def unlink_unix_files(files: List[UnixFile],
-                      owner: Optional[List[int]] = None) -> None:
+                      mine: Optional[Callable[[], int]] = None) -> None:
     """Remove the socket files a server created, unless another server has
     put its own there since (our listener closes when a stop begins, so a
-    new server may legitimately take the path over while we drain), or
-    they are not this process's to remove (owner: [pid] of the process
-    that is)."""
-    if owner is not None and owner[0] != os.getpid():
+    new server may legitimately take the path over while we drain). With
+    mine (a server's): only if mine() says they are this process's to
+    remove (1), or may be and nobody listens at them any more (2: another
+    process may serve the same listener)."""
+    how = mine() if mine is not None else 1
+    if how == 0:
         return
     while files:
         path, dev, ino = files.pop()
         try:
             st = os.lstat(path)
-            if (st.st_dev, st.st_ino) == (dev, ino):
+            if (st.st_dev, st.st_ino) == (dev, ino) and \
+                    not (how == 2 and _listened_at(path)):
                 os.unlink(path)
         except OSError:
             pass
+
+
+def _listened_at(path: str) -> bool:
+    """Does some process still accept connections at this socket file?
+    (It sees a connection that closes at once, as from a health check.)"""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        probe.setblocking(False)
+        try:
+            probe.connect(path)
+        except BlockingIOError:
+            return True            # listening, its queue full
+        except OSError:
+            return False           # refused: nobody listens
+        return True
 
 
 def describe(address: Address) -> str:
