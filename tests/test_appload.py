@@ -255,6 +255,25 @@ def test_property_that_raises_names_the_spec(modules):
         "configured (raised at " % name)
 
 
+@pytest.mark.skipif(sys.version_info < (3, 10),
+                    reason="AttributeError.name is 3.10's")
+def test_property_failing_on_another_name_is_not_a_missing_attribute(
+        modules):
+    """The property's own AttributeError (a name inside it missing) was
+    reported as the property itself missing (review s20)."""
+    name = modules("""
+        class Holder:
+            @property
+            def wsgi(self):
+                return self.missing_thing
+        holder = Holder()
+    """)
+    message = error_of(name + ":holder.wsgi")
+    assert message.startswith(
+        "getting '%s:holder.wsgi' failed: AttributeError: " % name), message
+    assert "missing_thing" in message and "raised at" in message, message
+
+
 def test_bare_module_without_app(modules):
     name = modules("x = 1\n")
     assert error_of(name) == (

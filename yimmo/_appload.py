@@ -199,8 +199,14 @@ def _lookup(obj: object, attr: str, label: str) -> object:
     label, the spec up to attr."""
     try:
         return getattr(obj, attr)
-    except AttributeError:
-        raise
+    except AttributeError as exc:
+        # Missing, unless the app's code behind it (a property, a module
+        # __getattr__) failed on another name: that is its error to show,
+        # not "has no attribute" (review s20). (name: 3.10 and later.)
+        if getattr(exc, "name", None) in (None, attr):
+            raise
+        raise AppLoadError("getting %r failed: %s%s"
+                           % (label, _what(exc), _where(exc))) from exc
     except (Exception, SystemExit) as exc:
         raise AppLoadError("getting %r failed: %s%s"
                            % (label, _what(exc), _where(exc))) from exc
