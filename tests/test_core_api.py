@@ -40,6 +40,21 @@ LISTENER = """
     def app(environ, start_response):
         start_response("200 OK", [("Content-Length", "0")])
         return []
+
+    def fetch(port, got, core, grace):
+        # One GET (the connection closes after it) into got, then stop
+        # the core.
+        c = socket.create_connection(("127.0.0.1", port), timeout=20)
+        c.sendall(b"GET / HTTP/1.1\\r\\nHost: x\\r\\n"
+                  b"Connection: close\\r\\n\\r\\n")
+        data = b""
+        while True:
+            part = c.recv(4096)
+            if not part:
+                break
+            data += part
+        got.append(data)
+        core.stop(grace)
 """
 
 
@@ -145,20 +160,7 @@ def test_run_from_one_of_the_servers_own_workers_is_refused():
         holder["core"] = core
         got = []
 
-        def client():
-            c = socket.create_connection(("127.0.0.1", port), timeout=20)
-            c.sendall(b"GET / HTTP/1.1\\r\\nHost: x\\r\\n"
-                      b"Connection: close\\r\\n\\r\\n")
-            data = b""
-            while True:
-                part = c.recv(4096)
-                if not part:
-                    break
-                data += part
-            got.append(data)
-            core.stop(5)
-
-        t = threading.Thread(target=client)
+        t = threading.Thread(target=fetch, args=(port, got, core, 5))
         t.start()
         started = time.monotonic()
         print("run", core.run())
@@ -237,20 +239,7 @@ def test_forked_child_whose_exit_code_str_rebinds_stderr():
                                   str(port))], print, sys.stderr, workers=1)
         got = []
 
-        def client():
-            c = socket.create_connection(("127.0.0.1", port), timeout=20)
-            c.sendall(b"GET / HTTP/1.1\\r\\nHost: x\\r\\n"
-                      b"Connection: close\\r\\n\\r\\n")
-            data = b""
-            while True:
-                part = c.recv(4096)
-                if not part:
-                    break
-                data += part
-            got.append(data)
-            core.stop(0)
-
-        threading.Thread(target=client).start()
+        threading.Thread(target=fetch, args=(port, got, core, 0)).start()
         core.run()
         print("body", got[0].split(b"\\r\\n\\r\\n", 1)[1])
     """)
