@@ -430,3 +430,28 @@ print("after-stop", os.path.exists(path))
                          env=subprocess_env(), capture_output=True,
                          text=True, timeout=30).stdout
     assert "after-stop False" in out, out
+
+
+@pytest.mark.parametrize("how", ["start", "serve_forever on a thread"])
+def test_a_server_running_at_exit_removes_its_socket_file(tmp_path, how):
+    """atexit ran the socket file's finalizer before the hook that stops
+    running servers: the file was looked at while the server still
+    listened, and left (review s20)."""
+    code = """
+import os, sys, threading, time, yimmo
+path = sys.argv[1]
+server = yimmo.Server(lambda e, s: [], bind="unix:" + path,
+                      error_log=os.devnull)
+if sys.argv[2] == "start":
+    server.start()
+else:
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    time.sleep(0.3)
+print("serving", os.path.exists(path))
+"""
+    path = str(tmp_path / "x.sock")
+    out = subprocess.run([sys.executable, "-c", code, path, how],
+                         env=subprocess_env(), capture_output=True,
+                         text=True, timeout=30).stdout
+    assert "serving True" in out, out
+    assert not os.path.exists(path)
