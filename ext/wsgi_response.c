@@ -2055,12 +2055,17 @@ ymo_wsgi_run_exchange(struct ymo_wsgi_app *app, ymo_wsgi_worker_t *worker,
     YMO_FORK_GUARD(ex->server);
     int failed = result == NULL || iterate(sr, result) < 0;
     YMO_FORK_GUARD(ex->server);
-    if (failed && sr->stopped && !sr->aborted &&
-        PyErr_ExceptionMatches(st->ClientDisconnected)) {
-        /* The write() that raised it was stopped (see emit): the
-         * response is complete, not failed. */
-        PyErr_Clear();
-        failed = 0;
+    if (failed && PyErr_ExceptionMatches(st->ClientDisconnected)) {
+        int stopped;
+        Py_BEGIN_CRITICAL_SECTION(sr);  /* app threads may write() */
+        stopped = sr->stopped && !sr->aborted;
+        Py_END_CRITICAL_SECTION();
+        if (stopped) {
+            /* The write() that raised it was stopped (see emit): the
+             * response is complete, not failed. */
+            PyErr_Clear();
+            failed = 0;
+        }
     }
     PyObject *close = NULL;
     int mismatch = 0;
