@@ -490,21 +490,21 @@ core_shutdown(CoreObject *self, double grace)
     }
 }
 
-/* run() with the Core's critical section held (see CoreObject). */
-static PyObject *
-core_run_locked(CoreObject *self, int wakeup_fd)
+/* Start the worker threads (and the watchdog) once, with the Core's
+ * critical section held: -1 with the error set (the Core is then shut
+ * down and finished). */
+static int
+core_start_workers_locked(CoreObject *self)
 {
-    if (self->finished) {
-        Py_RETURN_TRUE;
-    }
-    if (self->running) {
-        PyErr_SetString(PyExc_RuntimeError, "the server is already running");
-        return NULL;
-    }
     if (!self->workers_started) {
         int r = ymo_server_start_workers(&self->server);
         if (r == 0) {
             r = ymo_watchdog_start(&self->server);
+        }
+        if (r == 0) {
+            Py_BEGIN_ALLOW_THREADS
+            ymo_server_wait_workers_attached(&self->server);
+            Py_END_ALLOW_THREADS
         }
         self->workers_started = 1;
         /* A server that has threads owns itself until they are joined
@@ -530,8 +530,25 @@ core_run_locked(CoreObject *self, int wakeup_fd)
                 Py_DECREF(exc);
             }
             core_shutdown(self, 0);
-            return NULL;
+            return -1;
         }
+    }
+    return 0;
+}
+
+/* run() with the Core's critical section held (see CoreObject). */
+static PyObject *
+core_run_locked(CoreObject *self, int wakeup_fd)
+{
+    if (self->finished) {
+        Py_RETURN_TRUE;
+    }
+    if (self->running) {
+        PyErr_SetString(PyExc_RuntimeError, "the server is already running");
+        return NULL;
+    }
+    if (core_start_workers_locked(self) < 0) {
+        return NULL;
     }
     self->running = 1;
     int stopped;
@@ -588,6 +605,25 @@ Core_run(CoreObject *self, PyObject *args, PyObject *kwargs)
     r = core_run_locked(self, wakeup_fd);
     Py_END_CRITICAL_SECTION();
     return r;
+}
+
+static PyObject *
+Core_start_workers(CoreObject *self, PyObject *Py_UNUSED(ignored))
+{
+    if (self->initialized && ymo_server_on_worker_thread(&self->server)) {
+        PyErr_SetString(PyExc_RuntimeError,
+                        "start_workers() cannot be called from one of the "
+                        "server's own workers");
+        return NULL;
+    }
+    int r;
+    Py_BEGIN_CRITICAL_SECTION(self);
+    r = self->finished ? 0 : core_start_workers_locked(self);
+    Py_END_CRITICAL_SECTION();
+    if (r < 0) {
+        return NULL;
+    }
+    Py_RETURN_NONE;
 }
 
 static PyObject *
@@ -738,6 +774,11 @@ static PyMethodDef Core_methods[] = {
      " (negative: 0; NaN: ValueError), which a later stop may bring"
      " forward but never postpone. Thread-safe; run() returns True once"
      " stopped."},
+    {"start_workers", (PyCFunction)Core_start_workers, METH_NOARGS,
+     "start_workers(): start the worker threads now rather than in the"
+     " first run(), so that a failure (OSError: the system would not give"
+     " the threads) is raised here. Does nothing once they are started or"
+     " the server has finished."},
     {"request_recycle", (PyCFunction)Core_request_recycle, METH_NOARGS,
      "request_recycle(): ask the supervisor (processes >= 2) to replace"
      " this process gracefully: a successor starts first, then this one"

@@ -545,6 +545,7 @@ ymo_server_init(ymo_server_t *s, const ymo_config_t *config,
     pthread_mutex_init(&s->ctl_lock, NULL);
     pthread_mutex_init(&s->watchdog_lock, NULL);
     pthread_cond_init(&s->watchdog_cond, &monotonic);
+    atomic_init(&s->workers_attached, 0);
     atomic_init(&s->draining, 0);
     atomic_init(&s->gil_enabled, 1);
     atomic_init(&s->standby, 0);
@@ -689,6 +690,23 @@ ymo_server_start_workers(ymo_server_t *s)
         }
     }
     return 0;
+}
+
+void
+ymo_server_wait_workers_attached(ymo_server_t *s)
+{
+    /* Once per server, for about the time it takes to start the threads:
+     * a short sleep rather than a condition variable the workers would
+     * all have to signal. Each worker attaches unconditionally right at
+     * its start (PyGILState_Ensure), so this ends. */
+    size_t started = 0;
+    for (size_t i = 0; i < s->config.workers && i < s->n_workers; i++) {
+        started += s->workers[i].started ? 1 : 0;
+    }
+    while (atomic_load(&s->workers_attached) < started) {
+        struct timespec pause = {0, 100000};
+        nanosleep(&pause, NULL);
+    }
 }
 
 int

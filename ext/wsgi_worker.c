@@ -697,6 +697,12 @@ worker_main(void *arg)
     handover_times(self);
     ymo_server_t *s = self->server;
     PyThreadState *ts = PyEval_SaveThread();
+    /* The server's start waits for this (ymo_server_wait_workers_attached)
+     * so that it returns with every thread state made: on a free-threaded
+     * build, making one may stop the world (CPython 3.13 grows its QSBR
+     * array so), and a fork by the app meanwhile left the child with that
+     * lock held for ever: it hung at its first collection, at exit. */
+    atomic_fetch_add(&s->workers_attached, 1);
     ymo_exchange_t *ex;
     while ((ex = worker_next(self, 1)) != NULL) {
         do {

@@ -319,3 +319,34 @@ def test_worker_threads_that_cannot_start_say_so(tmp_path):
     assert last.startswith("yimmo: error: could not start the threads of "
                            "4096 workers ("), proc.stderr
     assert "fewer --workers" in last
+    # Not told first that it listened (the line came before the threads).
+    assert "Listening at" not in proc.stderr, proc.stderr
+
+
+@pytest.mark.skipif("libasan" in __import__("os").environ.get("LD_PRELOAD",
+                                                                ""),
+                    reason="ASan reserves more address space than the limit")
+def test_server_start_raises_when_the_workers_cannot_start(tmp_path):
+    """Server.start() returned as if it served and the failure was only
+    logged on its thread: the program went on with a server that answered
+    nothing, and its socket file stayed."""
+    path = str(tmp_path / "s.sock")
+    out = run_child("""
+        import os, resource, sys, yimmo
+        limit = 1000000 * 1024
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+        app = lambda e, s: (s("200 OK", []), [b"ok"])[1]
+        server = yimmo.Server(app, bind="unix:" + sys.argv[1], workers=4096,
+                              error_log=os.devnull)
+        try:
+            server.start()
+            print("returned")
+        except OSError as exc:
+            print("raised:", exc)
+        print("stopped", server.stopped, os.path.exists(sys.argv[1]))
+        server.stop()
+        print("done")
+    """.replace("sys.argv[1]", repr(path)))
+    assert "raised: [Errno " in out and "could not start the threads of " \
+        "4096 workers" in out, out
+    assert "stopped True False" in out and "done" in out, out

@@ -404,6 +404,9 @@ class Server:
             if on_main:
                 self._install_signals(state)
             _running_add(self)
+            # Before the line that says it listens: a server whose
+            # workers cannot start says only that (the finally stops it).
+            self._core.start_workers()
             log.info("Listening at %s (%d workers)",
                      ", ".join(self._describe(a) for a in self.addresses),
                      self.options["workers"])
@@ -674,6 +677,14 @@ class Server:
         already listening, so clients may connect right away)."""
         with self._lock:
             self._check_startable()
+            try:
+                # Here, not in the thread: a server whose workers cannot
+                # start raises to the caller instead of returning as if
+                # it served (and logging the failure on its thread).
+                self._core.start_workers()
+            except BaseException:
+                self._close_sockets()
+                raise
             thread = threading.Thread(target=self._run_in_thread,
                                       name="yimmo-server", daemon=True)
             self._serve_pid = self._unix_owner.served = os.getpid()
