@@ -490,6 +490,16 @@ core_shutdown(CoreObject *self, double grace)
     }
 }
 
+static int
+ymo_py_is_finalizing(void)
+{
+#if PY_VERSION_HEX >= 0x030D0000
+    return Py_IsFinalizing();
+#else
+    return _Py_IsFinalizing();
+#endif
+}
+
 /* Start the worker threads (and the watchdog) once, with the Core's
  * critical section held: -1 with the error set (the Core is then shut
  * down and finished). */
@@ -497,6 +507,14 @@ static int
 core_start_workers_locked(CoreObject *self)
 {
     if (!self->workers_started) {
+        if (ymo_py_is_finalizing()) {
+            /* A new thread cannot take the GIL then (it would hang, and
+             * the wait for the workers' thread states below with it). */
+            PyErr_SetString(PyExc_RuntimeError,
+                            "cannot start the server's workers while "
+                            "Python is shutting down");
+            return -1;
+        }
         int r = ymo_server_start_workers(&self->server);
         if (r == 0) {
             r = ymo_watchdog_start(&self->server);

@@ -333,11 +333,12 @@ def test_server_start_raises_when_the_workers_cannot_start(tmp_path):
     path = str(tmp_path / "s.sock")
     out = run_child("""
         import os, resource, sys, yimmo
-        limit = 1000000 * 1024
-        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
         app = lambda e, s: (s("200 OK", []), [b"ok"])[1]
         server = yimmo.Server(app, bind="unix:" + sys.argv[1], workers=4096,
                               error_log=os.devnull)
+        # After the server's own memory: too little for 4096 stacks.
+        limit = 1000000 * 1024
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
         try:
             server.start()
             print("returned")
@@ -350,3 +351,29 @@ def test_server_start_raises_when_the_workers_cannot_start(tmp_path):
     assert "raised: [Errno " in out and "could not start the threads of " \
         "4096 workers" in out, out
     assert "stopped True False" in out and "done" in out, out
+
+
+def test_a_server_started_while_python_shuts_down_says_so():
+    """start() from a __del__ run at interpreter shutdown: the workers
+    could never take the GIL, and start(), which waits for their thread
+    states, hung for ever."""
+    proc = subprocess.run([sys.executable, "-c", textwrap.dedent("""
+        import sys, yimmo
+        app = lambda e, s: (s("200 OK", []), [b"ok"])[1]
+
+        class Late:
+            def __init__(self, server, sys):
+                self.server, self.sys = server, sys
+
+            def __del__(self):
+                try:
+                    self.server.start()
+                    print("started", file=self.sys.stderr)
+                except RuntimeError as exc:
+                    print("refused:", exc, file=self.sys.stderr)
+
+        late = Late(yimmo.Server(app, bind="127.0.0.1:0", workers=2), sys)
+    """)], env=subprocess_env(), capture_output=True, text=True,
+        timeout=TIMEOUT)
+    assert "refused: cannot start the server's workers while Python is " \
+        "shutting down" in proc.stderr, proc.stderr
