@@ -673,8 +673,11 @@ class Server:
     _describe = staticmethod(_sockets.describe)
 
     def start(self) -> Server:
-        """Serve in a background thread; returns at once (the sockets are
-        already listening, so clients may connect right away)."""
+        """Serve in a background thread. Returns as soon as the worker
+        threads run (the sockets are already listening, so clients may
+        connect right away); OSError if the system will not give the
+        threads (too many workers for ulimit -u or -v), RuntimeError if
+        Python is shutting down."""
         with self._lock:
             self._check_startable()
             try:
