@@ -471,12 +471,18 @@ core_shutdown(CoreObject *self, double grace)
     }
     ymo_server_stop(&self->server, grace);
     if (self->workers_started) {
+        /* Running, for a run() or start_workers() on another thread
+         * meanwhile (the GIL, or the critical section, is let go below):
+         * two threads in the loop, both dropping the threads' reference,
+         * freed the Core (C review s21). */
+        self->running = 1;
         Py_BEGIN_ALLOW_THREADS
         while (!ymo_server_run(&self->server, -1)) {
         }
         int interrupted;
         ymo_server_join_workers(&self->server, 1, -1, &interrupted);
         Py_END_ALLOW_THREADS
+        self->running = 0;
     }
     /* The app's bytes the loop wrote after the workers' last look. */
     ymo_wsgi_release_owners(&self->server);
@@ -501,15 +507,26 @@ ymo_py_is_finalizing(void)
 }
 
 /* Start the worker threads (and the watchdog) once, with the Core's
- * critical section held: -1 with the error set (the Core is then shut
- * down and finished). */
+ * critical section held, and wait until each has made its thread state:
+ * 0 (also when the server was stopped before they started: it is then
+ * finished, with no threads), -1 with the error set. */
 static int
 core_start_workers_locked(CoreObject *self)
 {
+    if (self->running) {
+        PyErr_SetString(PyExc_RuntimeError, "the server is already running");
+        return -1;
+    }
     if (!self->workers_started) {
+        if (ymo_server_stop_requested(&self->server)) {
+            /* stop() came first and closed the listeners: threads now
+             * would wait for ever for a loop (C review s21). */
+            core_shutdown(self, 0);
+            return 0;
+        }
         if (ymo_py_is_finalizing()) {
             /* A new thread cannot take the GIL then (it would hang, and
-             * the wait for the workers' thread states below with it). */
+             * the wait for the threads' states below with it). */
             PyErr_SetString(PyExc_RuntimeError,
                             "cannot start the server's workers while "
                             "Python is shutting down");
@@ -519,18 +536,16 @@ core_start_workers_locked(CoreObject *self)
         if (r == 0) {
             r = ymo_watchdog_start(&self->server);
         }
-        if (r == 0) {
-            Py_BEGIN_ALLOW_THREADS
-            ymo_server_wait_workers_attached(&self->server);
-            Py_END_ALLOW_THREADS
-        }
+        /* Set before the GIL (or the critical section) is let go below,
+         * so that a run() or start_workers() on another thread meanwhile
+         * neither starts them again nor takes this reference twice (C
+         * review s21). A server that has threads owns itself until they
+         * are joined (finished): they use it, and the last reference
+         * dropped on one of them (an exchange's wsgi.input or
+         * StartResponse, which hold the Core) would have it shut down and
+         * join itself there, for ever (C review after 76de913). Dropped
+         * unfinished, the Core stays, as with abandoned workers. */
         self->workers_started = 1;
-        /* A server that has threads owns itself until they are joined
-         * (finished): they use it, and the last reference dropped on one
-         * of them (an exchange's wsgi.input or StartResponse, which hold
-         * the Core) would have it shut down and join itself there, for
-         * ever (C review after 76de913). Dropped unfinished, the Core
-         * stays, as with abandoned workers. */
         Py_INCREF(self);
         if (r < 0) {
             /* Say what failed and what to change: the bare "Resource
@@ -551,6 +566,14 @@ core_start_workers_locked(CoreObject *self)
             return -1;
         }
     }
+    /* Every caller returns once the thread states are made (a second
+     * one meanwhile too); at once after the first time. Not in a child
+     * forked from the serving process, where the threads do not exist. */
+    if (!self->finished && !ymo_server_forked(&self->server)) {
+        Py_BEGIN_ALLOW_THREADS
+        ymo_server_wait_workers_attached(&self->server);
+        Py_END_ALLOW_THREADS
+    }
     return 0;
 }
 
@@ -566,6 +589,15 @@ core_run_locked(CoreObject *self, int wakeup_fd)
         return NULL;
     }
     if (core_start_workers_locked(self) < 0) {
+        return NULL;
+    }
+    if (self->finished) {
+        Py_RETURN_TRUE;         /* stopped before it started */
+    }
+    if (self->running) {
+        /* Another thread's run() began while this one waited for the
+         * workers' thread states. */
+        PyErr_SetString(PyExc_RuntimeError, "the server is already running");
         return NULL;
     }
     self->running = 1;

@@ -699,7 +699,7 @@ ymo_server_wait_workers_attached(ymo_server_t *s)
      * a short sleep rather than a condition variable the workers would
      * all have to signal. Each worker attaches unconditionally right at
      * its start (PyGILState_Ensure), so this ends. */
-    size_t started = 0;
+    size_t started = s->watchdog_started ? 1 : 0;     /* it makes one */
     for (size_t i = 0; i < s->config.workers && i < s->n_workers; i++) {
         started += s->workers[i].started ? 1 : 0;
     }
@@ -803,6 +803,15 @@ ymo_server_stop(ymo_server_t *s, double grace)
     s->stop_requested = 1;
     pthread_mutex_unlock(&s->ctl_lock);
     ev_async_send(s->loop, &s->stop_watcher);
+}
+
+int
+ymo_server_stop_requested(ymo_server_t *s)
+{
+    pthread_mutex_lock(&s->ctl_lock);
+    int requested = s->stop_requested;
+    pthread_mutex_unlock(&s->ctl_lock);
+    return requested;
 }
 
 size_t

@@ -187,10 +187,11 @@ typedef struct ymo_server {
                                     * iteration; wake an idle worker */
 
     /* Shared. */
-    atomic_size_t workers_attached;    /* workers that have made their
-                                * thread state (each adds 1 once, at its
-                                * start, restarts included); the thread
-                                * that starts the workers waits for it
+    atomic_size_t workers_attached;    /* workers and the watchdog that
+                                * have made their thread state (each adds
+                                * 1 once, at its start, restarts
+                                * included); the thread that starts the
+                                * workers waits for it
                                 * (ymo_server_wait_workers_attached) */
     atomic_int draining;       /* loop writes; workers read (close conns) */
     atomic_int gil_enabled;    /* one worker runs Python at a time, so
@@ -337,6 +338,8 @@ int ymo_server_start_workers(ymo_server_t *s);
 /* Wait until the workers ymo_server_start_workers started have each made
  * their Python thread state. Called without the GIL (they need it). */
 void ymo_server_wait_workers_attached(ymo_server_t *s);
+/* Whether stop() was asked for (any thread). */
+int ymo_server_stop_requested(ymo_server_t *s);
 
 /* Run the loop on the calling thread until the server has stopped (returns
  * 1) or the wakeup fd became readable (returns 0; call again). SIGPIPE is

@@ -734,6 +734,7 @@ watchdog_main(void *arg)
     ymo_server_enter_worker_thread(s);
     PyGILState_STATE gstate = PyGILState_Ensure();
     PyThreadState *ts = PyEval_SaveThread();
+    atomic_fetch_add(&s->workers_attached, 1);     /* see worker_main */
     /* Often enough that an overrun is caught within a tenth of the
      * timeout (and a quarter second at most). */
     double tick = s->config.request_timeout / 10;

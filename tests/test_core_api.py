@@ -377,3 +377,258 @@ def test_a_server_started_while_python_shuts_down_says_so():
         timeout=TIMEOUT)
     assert "refused: cannot start the server's workers while Python is " \
         "shutting down" in proc.stderr, proc.stderr
+
+
+# -- start_workers(): the workers started before the loop (C review s21) --
+
+CORE = LISTENER + """
+    import os, threading, time, weakref
+
+    class App:
+        def __call__(self, environ, start_response):
+            start_response("200 OK", [])
+            return [b"ok"]
+
+    def make(workers, **options):
+        s = listener()
+        core = _yimmo.Core(App(), [(s.fileno(), False, "127.0.0.1", "1")],
+                           print, sys.stderr, workers=workers, **options)
+        s.detach()
+        return core
+
+    def threads():
+        return len(os.listdir("/proc/self/task"))
+"""
+
+
+@pytest.mark.parametrize("second", ["start_workers", "run"])
+def test_a_second_start_while_the_first_waits_takes_no_second_reference(
+        second):
+    """start_workers() and a start_workers() or run() on another thread
+    while the first waited for the thread states: both took the threads'
+    reference to the Core, which then never went (nor its app)."""
+    out = run_child(CORE, """
+        app = App()
+        ref = weakref.ref(app)
+        s = listener()
+        core = _yimmo.Core(app, [(s.fileno(), False, "127.0.0.1", "1")],
+                           print, sys.stderr, workers=256)
+        s.detach()
+        del app
+        go = threading.Barrier(2)
+        errors = []
+
+        def other():
+            go.wait()
+            time.sleep(0.0005)
+            try:
+                if %r == "run":
+                    while not core.run():
+                        pass
+                else:
+                    core.start_workers()
+            except RuntimeError as exc:
+                errors.append(str(exc))
+
+        t = threading.Thread(target=other)
+        t.start()
+        go.wait()
+        core.start_workers()
+        core.stop(0)
+        try:
+            while not core.run():
+                pass
+        except RuntimeError as exc:   # the other thread's run() has it
+            errors.append(str(exc))
+        t.join()
+        print("finished", core.finished, errors)
+        del core
+        gc.collect()
+        print("app freed", ref() is None)
+    """ % second)
+    assert "finished True" in out and "app freed True" in out, out
+
+
+def test_start_workers_counts_the_watchdog_thread_state():
+    """start_workers() returned before the watchdog had made its thread
+    state (one round in ten on 3.13t): a fork then could still leave the
+    child with the stop-the-world lock held."""
+    out = run_child(CORE, """
+        import ctypes
+        api = ctypes.pythonapi
+        api.PyInterpreterState_Main.restype = ctypes.c_void_p
+        api.PyInterpreterState_ThreadHead.restype = ctypes.c_void_p
+        api.PyInterpreterState_ThreadHead.argtypes = [ctypes.c_void_p]
+        api.PyThreadState_Next.restype = ctypes.c_void_p
+        api.PyThreadState_Next.argtypes = [ctypes.c_void_p]
+
+        def thread_states():
+            n = 0
+            t = api.PyInterpreterState_ThreadHead(
+                api.PyInterpreterState_Main())
+            while t:
+                n += 1
+                t = api.PyThreadState_Next(t)
+            return n
+
+        seen = set()
+        for _ in range(60):
+            core = make(2, timeout=30)
+            core.start_workers()
+            seen.add(thread_states())
+            core.stop(0)
+            while not core.run():
+                pass
+        print("seen", sorted(seen))
+    """)
+    assert "seen [4]" in out, out      # main, 2 workers, the watchdog
+
+
+def test_start_workers_after_stop_starts_nothing():
+    """stop() before the workers started closes the listeners; a
+    start_workers() after it started threads no loop would ever stop."""
+    out = run_child(CORE, """
+        before = threads()
+        core = make(16)
+        core.stop(0)
+        core.start_workers()
+        print("finished", core.finished, "threads", threads() - before)
+        print("run", core.run())
+    """)
+    assert "finished True threads 0" in out and "run True" in out, out
+
+
+@pytest.mark.skipif("libasan" in __import__("os").environ.get("LD_PRELOAD",
+                                                                ""),
+                    reason="ASan reserves more address space than the limit")
+def test_run_while_a_failed_start_shuts_down_is_refused():
+    """Thread creation failed partway and the Core shut down with the GIL
+    let go: a run() on another thread meanwhile ran the same loop and
+    dropped the threads' reference a second time (a crash)."""
+    out = run_child(CORE, """
+        import resource
+        core = make(4096)
+        res = {}
+        limited = threading.Event()
+
+        def runner():
+            limited.wait()
+            time.sleep(0.001)
+            try:
+                res["b"] = core.run()
+            except RuntimeError as exc:
+                res["b"] = str(exc)
+
+        # Started before the limit, which leaves no room for its stack.
+        t = threading.Thread(target=runner)
+        t.start()
+        limit = 1000000 * 1024
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+        limited.set()
+        try:
+            core.start_workers()
+            res["a"] = "returned"
+        except OSError:
+            res["a"] = "OSError"
+        t.join()
+        print(sorted(res.items()), "finished", core.finished)
+    """)
+    assert "('a', 'OSError')" in out and "finished True" in out, out
+
+
+def test_a_failed_start_leaves_no_workers_nor_listener(tmp_path):
+    """Server.start() failing after the workers had started (here the
+    server thread cannot start; a Ctrl-C as the wait for the workers
+    returns is the same): the workers stayed, the port listened with
+    nobody to answer, the unix socket file was removed while the socket
+    still listened, and stop() said stopped."""
+    path = str(tmp_path / "s.sock")
+    out = run_child(CORE, """
+        import yimmo
+        path = %r
+        before = threads()
+        app = lambda e, s: (s("200 OK", []), [b"ok"])[1]
+        server = yimmo.Server(app, bind=["127.0.0.1:0", "unix:" + path],
+                              workers=8, error_log=os.devnull)
+        port = server.address[1]
+        real = threading.Thread.start
+
+        def failing(self):
+            if self.name == "yimmo-server":
+                raise RuntimeError("can't start new thread")
+            return real(self)
+
+        threading.Thread.start = failing
+        try:
+            server.start()
+        except RuntimeError as exc:
+            print("raised:", exc)
+        threading.Thread.start = real
+        print("threads", threads() - before, "file", os.path.exists(path))
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=5)
+            print("port listening")
+        except ConnectionRefusedError:
+            print("port closed")
+        print("stopped", server.stopped)
+        try:
+            server.start()
+        except RuntimeError as exc:
+            print("again:", exc)
+    """ % path)
+    assert "raised: can't start new thread" in out, out
+    assert "threads 0 file False" in out and "port closed" in out, out
+    assert "stopped True" in out and "again: the server was stopped" in out, \
+        out
+
+
+def test_ctrl_c_while_start_waits_for_the_workers():
+    """SIGINT during Server.start() (its wait for 256 workers): whether
+    start() raised or returned, stop() leaves no thread and frees the
+    port."""
+    out = run_child(CORE, """
+        import signal, yimmo
+        before = threads()
+        app = lambda e, s: (s("200 OK", []), [b"ok"])[1]
+        for delay in (0.001, 0.003, 0.01):
+            server = yimmo.Server(app, bind="127.0.0.1:0", workers=256,
+                                  error_log=os.devnull)
+            port = server.address[1]
+            t = threading.Thread(target=lambda: (
+                time.sleep(delay), os.kill(os.getpid(), signal.SIGINT)))
+            t.start()
+            try:
+                try:
+                    server.start()
+                    print("returned")
+                finally:
+                    t.join()
+            except KeyboardInterrupt:
+                print("interrupted")
+            server.stop()
+            try:
+                yimmo.Server(app, bind="127.0.0.1:%d" % port).stop()
+                free = "free"
+            except OSError:
+                free = "held"
+            print("threads", threads() - before, "port", free)
+    """)
+    assert out.count("threads 0 port free") == 3, out
+
+
+def test_start_on_a_daemon_thread_as_the_program_exits():
+    """start() on a daemon thread while the main thread returned: the
+    server was not yet registered for the exit hook, so Python finalized
+    under workers still making their thread states (a crash on 3.13t, five
+    runs in eight)."""
+    for _ in range(4):
+        out = run_child(CORE, """
+            import yimmo
+            app = lambda e, s: (s("200 OK", []), [b"ok"])[1]
+            server = yimmo.Server(app, bind="127.0.0.1:0", workers=64,
+                                  error_log=os.devnull)
+            threading.Thread(target=server.start, daemon=True).start()
+            time.sleep(0.001)
+            print("exiting")
+        """)
+        assert "exiting" in out, out

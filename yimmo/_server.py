@@ -680,29 +680,54 @@ class Server:
         Python is shutting down."""
         with self._lock:
             self._check_startable()
+            self._serve_pid = self._unix_owner.served = os.getpid()
+            # Registered first: an interpreter exit meanwhile (start() on a
+            # daemon thread) stops it, waiting on self._lock, before Python
+            # finalizes under threads still making their states (C review
+            # s21: a crash on 3.13t).
+            _running_add(self)
+            thread: Optional[threading.Thread] = None
             try:
                 # Here, not in the thread: a server whose workers cannot
                 # start raises to the caller instead of returning as if
                 # it served (and logging the failure on its thread).
                 self._core.start_workers()
-            except BaseException:
-                self._close_sockets()
-                raise
-            thread = threading.Thread(target=self._run_in_thread,
-                                      name="yimmo-server", daemon=True)
-            self._serve_pid = self._unix_owner.served = os.getpid()
-            _running_add(self)
-            # Started before _thread is published: a stop() on another
-            # thread that finds _thread joins it, and joining a thread
-            # not started yet raises RuntimeError. (The new thread never
-            # takes self._lock, so starting it under the lock is safe.)
-            try:
+                thread = threading.Thread(target=self._run_in_thread,
+                                          name="yimmo-server", daemon=True)
+                # Started before _thread is published: a stop() on another
+                # thread that finds _thread joins it, and joining a thread
+                # not started yet raises RuntimeError. (The new thread
+                # never takes self._lock, so starting it under the lock is
+                # safe.)
                 thread.start()
             except BaseException:
-                _running_discard(self)
+                # A signal raised as a wait returned, or no thread: the
+                # workers may run; stop them rather than leave them and
+                # the listener with no loop (C review s21).
+                self._abandon_start(thread)
                 raise
             self._thread = thread
         return self
+
+    def _abandon_start(self, thread: Optional[threading.Thread]) -> None:
+        # Under self._lock, from start()'s failure.
+        if thread is not None and thread.ident is not None:
+            # The thread runs after all (interrupted in Thread.start's
+            # wait for it): it serves; stop it as stop() does.
+            self._thread = thread
+            self._core.stop(0)
+            thread.join()
+            return
+        self._stopped_unstarted = True
+        try:
+            try:
+                self._core.stop(0)
+            finally:
+                if not self._core.finished:
+                    self._core.run()
+        finally:
+            _running_discard(self)
+            self._close_sockets()
 
     def _check_startable(self) -> None:
         # Under self._lock.
