@@ -454,51 +454,17 @@ EMBED = textwrap.dedent("""
         start_response("200 OK", [("Content-Length", "2")])
         return [b"ok"]
 
-    srv = yimmo.Server(app, bind="127.0.0.1:0", workers=1)
-    t = threading.Thread(target=srv.serve_forever, daemon=True)
-    t.start()
+    srv = yimmo.Server(app, bind="127.0.0.1:0", workers=%(workers)d)
+    if %(on_thread)r:
+        t = threading.Thread(target=srv.serve_forever, daemon=True)
+        t.start()
+    else:
+        srv.start()
     pid = os.fork()
     if pid == 0:
         # Exits normally: yimmo's atexit hook stops the servers it knows,
         # and this one is the parent's.
-        sys.exit(%s)
-    status = "none"
-    for _ in range(1000):
-        done, st = os.waitpid(pid, os.WNOHANG)
-        if done:
-            status = str(os.waitstatus_to_exitcode(st))
-            break
-        time.sleep(0.01)
-    else:
-        os.kill(pid, 9)
-    print("child status=" + status, flush=True)
-    srv.stop()
-    t.join(10)
-    print("parent stopped", flush=True)
-""")
-
-
-@pytest.mark.parametrize("code", [0, 4])
-def test_child_of_a_program_serving_on_a_thread_exits(tmp_path, code):
-    # From a review: the child's atexit stop() waited for ever for a
-    # serve_forever that runs in the parent.
-    (tmp_path / "embed.py").write_text(EMBED % code)
-    with ServerProcess([sys.executable, "-W", "ignore", "embed.py"],
-                       cwd=tmp_path) as proc:
-        proc.wait_for_line("^child status=%d$" % code, stream="stdout",
-                           timeout=30)
-        proc.wait_for_line("^parent stopped$", stream="stdout")
-        assert proc.wait(20) == 0
-
-
-FORK_AFTER_START = textwrap.dedent("""
-    import os, sys, time, yimmo
-
-    app = lambda e, s: (s("200 OK", []), [b"ok"])[1]
-    srv = yimmo.Server(app, bind="127.0.0.1:0", workers=8).start()
-    pid = os.fork()
-    if pid == 0:
-        sys.exit(3)
+        sys.exit(%(code)d)
     status = "none"
     for _ in range(1000):
         done, st = os.waitpid(pid, os.WNOHANG)
@@ -509,9 +475,26 @@ FORK_AFTER_START = textwrap.dedent("""
     else:
         os.kill(pid, 9)
         os.waitpid(pid, 0)
-    srv.stop()
     print("child status=" + status, flush=True)
+    srv.stop()
+    if %(on_thread)r:
+        t.join(10)
+    print("parent stopped", flush=True)
 """)
+
+
+@pytest.mark.parametrize("code", [0, 4])
+def test_child_of_a_program_serving_on_a_thread_exits(tmp_path, code):
+    # From a review: the child's atexit stop() waited for ever for a
+    # serve_forever that runs in the parent.
+    (tmp_path / "embed.py").write_text(
+        EMBED % {"workers": 1, "on_thread": True, "code": code})
+    with ServerProcess([sys.executable, "-W", "ignore", "embed.py"],
+                       cwd=tmp_path) as proc:
+        proc.wait_for_line("^child status=%d$" % code, stream="stdout",
+                           timeout=30)
+        proc.wait_for_line("^parent stopped$", stream="stdout")
+        assert proc.wait(20) == 0
 
 
 def test_children_forked_right_after_start_exit():
@@ -522,12 +505,14 @@ def test_children_forked_right_after_start_exit():
     (most rounds). A new process each round: only a process's first
     threads grow the array."""
     # One after the other: a dozen at once on two cores did not hang.
+    code = EMBED % {"workers": 8, "on_thread": False, "code": 3}
     for _ in range(8):
-        proc = subprocess.run([sys.executable, "-W", "ignore", "-c",
-                               FORK_AFTER_START], env=subprocess_env(),
-                              capture_output=True, text=True, timeout=60)
-        assert proc.stdout.strip() == "child status=3", (proc.stdout,
-                                                         proc.stderr)
+        proc = subprocess.run([sys.executable, "-W", "ignore", "-c", code],
+                              env=subprocess_env(), capture_output=True,
+                              text=True, timeout=60)
+        assert proc.stdout.splitlines() == ["child status=3",
+                                            "parent stopped"], \
+            (proc.stdout, proc.stderr)
 
 
 BACKGROUND_APP = textwrap.dedent("""
