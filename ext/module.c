@@ -25,7 +25,9 @@ typedef struct {
     struct ymo_wsgi_app app;
     size_t n_listeners;
     int initialized;           /* server set up */
-    int running;               /* run() in progress */
+    int running;               /* run() in progress, or core_shutdown's
+                                * loop and join */
+    int shutting_down;         /* core_shutdown's loop and join */
     int workers_started;
     int finished;              /* stopped and workers joined */
     size_t abandoned;          /* workers still in the app after the
@@ -475,14 +477,14 @@ core_shutdown(CoreObject *self, double grace)
          * meanwhile (the GIL, or the critical section, is let go below):
          * two threads in the loop, both dropping the threads' reference,
          * freed the Core (C review s21). */
-        self->running = 1;
+        self->running = self->shutting_down = 1;
         Py_BEGIN_ALLOW_THREADS
         while (!ymo_server_run(&self->server, -1)) {
         }
         int interrupted;
         ymo_server_join_workers(&self->server, 1, -1, &interrupted);
         Py_END_ALLOW_THREADS
-        self->running = 0;
+        self->running = self->shutting_down = 0;
     }
     /* The app's bytes the loop wrote after the workers' last look. */
     ymo_wsgi_release_owners(&self->server);
@@ -513,8 +515,10 @@ ymo_py_is_finalizing(void)
 static int
 core_start_workers_locked(CoreObject *self)
 {
-    if (self->running) {
-        PyErr_SetString(PyExc_RuntimeError, "the server is already running");
+    if (self->shutting_down) {
+        /* A failed start's shutdown, the GIL let go (a start_workers()
+         * while run() serves is a no-op, as documented). */
+        PyErr_SetString(PyExc_RuntimeError, "the server is shutting down");
         return -1;
     }
     if (!self->workers_started) {
@@ -586,6 +590,15 @@ core_run_locked(CoreObject *self, int wakeup_fd)
     }
     if (self->running) {
         PyErr_SetString(PyExc_RuntimeError, "the server is already running");
+        return NULL;
+    }
+    if (self->workers_started && ymo_server_forked(&self->server)) {
+        /* A child forked from the process whose threads these are: its
+         * loop would run for ever, stop() does nothing here (C review
+         * s21). */
+        PyErr_SetString(PyExc_RuntimeError,
+                        "the server's workers belong to the process that "
+                        "started them");
         return NULL;
     }
     if (core_start_workers_locked(self) < 0) {

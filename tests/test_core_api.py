@@ -372,11 +372,24 @@ def test_a_server_started_while_python_shuts_down_says_so():
                 except RuntimeError as exc:
                     print("refused:", exc, file=self.sys.stderr)
 
+        class LateCore(Late):
+            def __del__(self):
+                try:
+                    self.server._core.start_workers()
+                    print("started", file=self.sys.stderr)
+                except RuntimeError as exc:
+                    print("core refused:", exc, file=self.sys.stderr)
+
         late = Late(yimmo.Server(app, bind="127.0.0.1:0", workers=2), sys)
+        late_core = LateCore(yimmo.Server(app, bind="127.0.0.1:0",
+                                          workers=2), sys)
     """)], env=subprocess_env(), capture_output=True, text=True,
         timeout=TIMEOUT)
-    assert "refused: cannot start the server's workers while Python is " \
-        "shutting down" in proc.stderr, proc.stderr
+    # The Server is refused by its exit hook's mark, a Core by itself.
+    assert "refused: cannot start a server while Python exits" \
+        in proc.stderr, proc.stderr
+    assert "core refused: cannot start the server's workers while Python " \
+        "is shutting down" in proc.stderr, proc.stderr
 
 
 # -- start_workers(): the workers started before the loop (C review s21) --
@@ -594,14 +607,19 @@ def test_ctrl_c_while_start_waits_for_the_workers():
             server = yimmo.Server(app, bind="127.0.0.1:0", workers=256,
                                   error_log=os.devnull)
             port = server.address[1]
+            starting = threading.Event()
             t = threading.Thread(target=lambda: (
-                time.sleep(delay), os.kill(os.getpid(), signal.SIGINT)))
-            t.start()
+                starting.wait(), time.sleep(delay),
+                os.kill(os.getpid(), signal.SIGINT)))
             try:
+                # In the try: the signal may land anywhere from here on.
                 try:
+                    t.start()
+                    starting.set()
                     server.start()
                     print("returned")
                 finally:
+                    starting.set()
                     t.join()
             except KeyboardInterrupt:
                 print("interrupted")
@@ -632,3 +650,110 @@ def test_start_on_a_daemon_thread_as_the_program_exits():
             print("exiting")
         """)
         assert "exiting" in out, out
+
+
+def test_start_workers_while_run_serves_does_nothing():
+    out = run_child(CORE, """
+        core = make(2)
+        t = threading.Thread(target=lambda: core.run())
+        t.start()
+        time.sleep(0.3)
+        print("start_workers", core.start_workers())
+        core.stop(0)
+        t.join()
+        print("finished", core.finished)
+    """)
+    assert "start_workers None" in out and "finished True" in out, out
+
+
+@pytest.mark.parametrize("where", ["_set_ident", "_set_native_id"])
+def test_ctrl_c_inside_thread_start_runs_one_loop(where):
+    """A SIGINT inside Thread.start() of the server thread: start() read
+    from the Thread object whether it ran, and either both threads ran the
+    loop ("the server thread failed", or start() raised RuntimeError with
+    the workers running) or it joined a thread not started yet."""
+    out = run_child(CORE, """
+        import logging, signal, yimmo
+        logging.basicConfig(stream=sys.stdout)
+        before = threads()
+        app = lambda e, s: (s("200 OK", []), [b"ok"])[1]
+        server = yimmo.Server(app, bind="127.0.0.1:0", workers=64)
+        real = getattr(threading.Thread, %r)
+
+        def slow(self, *args):
+            if self.name == "yimmo-server":
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(0.02)
+            return real(self, *args)
+
+        setattr(threading.Thread, %r, slow)
+        try:
+            server.start()
+            print("returned")
+        except KeyboardInterrupt:
+            print("interrupted")
+        except Exception as exc:
+            print("raised", repr(exc))
+        setattr(threading.Thread, %r, real)
+        print("stopped", server.stopped)
+        server.stop()
+        time.sleep(0.1)
+        print("threads", threads() - before)
+    """ % (where, where, where))
+    assert "interrupted" in out and "stopped True" in out, out
+    assert "threads 0" in out and "failed" not in out, out
+
+
+def test_a_start_after_the_exit_hook_is_refused():
+    """A daemon thread's start() that came after yimmo's exit hook had
+    stopped the servers it knew (here from an exit hook that runs after
+    it): the workers made their thread states while Python finalized (a
+    crash on 3.13t)."""
+    out = run_child("""
+        import atexit, os, sys, threading, time
+        late = threading.Event()
+        atexit.register(lambda: (late.set(), time.sleep(0.5)))
+        import yimmo
+        app = lambda e, s: (s("200 OK", []), [b"ok"])[1]
+        server = yimmo.Server(app, bind="127.0.0.1:0", workers=64,
+                              error_log=os.devnull)
+
+        def starter():
+            late.wait()
+            try:
+                server.start()
+                print("started", flush=True)
+            except RuntimeError as exc:
+                print("refused:", exc, flush=True)
+
+        threading.Thread(target=starter, daemon=True).start()
+    """)
+    assert "refused: cannot start a server while Python exits" in out, out
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="no fork")
+@pytest.mark.skipif("libasan" in __import__("os").environ.get("LD_PRELOAD",
+                                                                ""),
+                    reason="ASan's allocator is not fork-safe")
+def test_run_in_a_child_forked_after_start_workers_is_refused():
+    """The child's run() ran the parent's loop for ever, and its stop()
+    did nothing there."""
+    out = run_child(CORE, """
+        core = make(2)
+        core.start_workers()
+        pid = os.fork()
+        if pid == 0:
+            try:
+                core.run()
+                print("child ran", flush=True)
+            except RuntimeError as exc:
+                print("child refused:", exc, flush=True)
+            os._exit(0)
+        os.waitpid(pid, 0)
+        core.stop(0)
+        while not core.run():
+            pass
+        print("parent finished", core.finished)
+    """, timeout=30)
+    assert "child refused: the server's workers belong to the process " \
+        "that started them" in out and "parent finished True" in out, out

@@ -73,8 +73,17 @@ def _restore_handlers(items: List[Tuple[int, SignalHandler]]) -> None:
         _restore_handlers(items[1:])
 
 
+# Set by _stop_all (at exit) under _running_lock: a server that would
+# register after it has taken its list (a daemon thread's start(), another
+# exit hook's) would run while Python finalizes (C review s21: a crash on
+# 3.13t).
+_exiting = False
+
+
 def _running_add(server: Server) -> None:
     with _running_lock:
+        if _exiting:
+            raise RuntimeError("cannot start a server while Python exits")
         _running.add(server)
 
 
@@ -118,7 +127,9 @@ _finalize_after_stop_all = weakref.finalize(_anchor, lambda: None)
 
 @atexit.register
 def _stop_all() -> None:
+    global _exiting
     with _running_lock:
+        _exiting = True
         servers = list(_running)
     for server in servers:
         server.stop(timeout=0)
@@ -686,6 +697,14 @@ class Server:
             # finalizes under threads still making their states (C review
             # s21: a crash on 3.13t).
             _running_add(self)
+            # The server thread waits for start()'s verdict before it
+            # touches the Core: True, it serves; False, start() failed
+            # and drains the Core itself. Whether the thread exists when a
+            # signal lands inside Thread.start() cannot be told from the
+            # Thread object (C review s21), so only one of the two ever
+            # runs the loop.
+            go = threading.Event()
+            verdict: List[bool] = []
             thread: Optional[threading.Thread] = None
             try:
                 # Here, not in the thread: a server whose workers cannot
@@ -693,6 +712,7 @@ class Server:
                 # it served (and logging the failure on its thread).
                 self._core.start_workers()
                 thread = threading.Thread(target=self._run_in_thread,
+                                          args=(go, verdict),
                                           name="yimmo-server", daemon=True)
                 # Started before _thread is published: a stop() on another
                 # thread that finds _thread joins it, and joining a thread
@@ -700,25 +720,31 @@ class Server:
                 # never takes self._lock, so starting it under the lock is
                 # safe.)
                 thread.start()
+                verdict.append(True)
+                go.set()
             except BaseException:
-                # A signal raised as a wait returned, or no thread: the
-                # workers may run; stop them rather than leave them and
-                # the listener with no loop (C review s21).
-                self._abandon_start(thread)
+                if verdict:
+                    # Raised after the verdict: the thread serves (and has
+                    # started); stop it as stop() does.
+                    go.set()
+                    self._thread = thread
+                    self._core.stop(0)
+                    assert thread is not None
+                    thread.join()
+                else:
+                    # A signal raised as a wait returned, or no thread:
+                    # the workers may run; stop them rather than leave
+                    # them and the listener with no loop (C review s21).
+                    verdict.append(False)
+                    go.set()
+                    self._abandon_start()
                 raise
             self._thread = thread
         return self
 
-    def _abandon_start(self, thread: Optional[threading.Thread]) -> None:
-        # Under self._lock, from start()'s failure.
-        if thread is not None and thread.ident is not None:
-            # The thread runs after all (interrupted in Thread.start's
-            # wait for it): it serves; stop it as stop() does.
-            self._thread = thread
-            self._core.stop(0)
-            thread.join()
-            return
-        self._stopped_unstarted = True
+    def _abandon_start(self) -> None:
+        # Under self._lock, from start()'s failure; no other thread runs
+        # the Core.
         try:
             try:
                 self._core.stop(0)
@@ -726,6 +752,8 @@ class Server:
                 if not self._core.finished:
                     self._core.run()
         finally:
+            # After the drain: `stopped` says the workers have exited.
+            self._stopped_unstarted = True
             _running_discard(self)
             self._close_sockets()
 
@@ -736,7 +764,11 @@ class Server:
         if self._stopped_unstarted:
             raise RuntimeError("the server was stopped before it started")
 
-    def _run_in_thread(self) -> None:
+    def _run_in_thread(self, go: threading.Event,
+                       verdict: List[bool]) -> None:
+        go.wait()
+        if not verdict[0]:
+            return                  # start() failed and drains the Core
         try:
             while not self._core.run():
                 pass
