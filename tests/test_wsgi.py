@@ -1274,12 +1274,18 @@ def test_a_weak_reference_taken_as_the_status_is_freed_dies_too(
     server = yimmo_server(app, workers=1)
     with connect(server.address) as sock:
         assert request(sock, "GET", "/first").body == b"first"
-    time.sleep(0.1)
     import sysconfig
     # (A free-threaded build makes one write callable per call and keeps
     # none: the app let go of it before the finalizer ran.)
-    assert refs or sysconfig.get_config_var("Py_GIL_DISABLED"), \
-        "the finalizer found no write callable"
+    free_threaded = sysconfig.get_config_var("Py_GIL_DISABLED")
+    # The worker releases the status after the response went out: wait
+    # for it (a fixed 0.1 s was too short for the ASan run of a loaded
+    # machine), and for the callable to die.
+    deadline = time.monotonic() + (0.2 if free_threaded else 10)
+    while time.monotonic() < deadline and not (
+            refs and all(r() is None for r in refs)):
+        time.sleep(0.01)
+    assert refs or free_threaded, "the finalizer found no write callable"
     assert [r() for r in refs if r() is not None] == []
     with connect(server.address) as sock:
         assert request(sock, "GET", "/second").body == b"own body"
