@@ -704,18 +704,19 @@ def test_ctrl_c_inside_thread_start_runs_one_loop(where):
     assert "threads 0" in out and "failed" not in out, out
 
 
-def test_a_start_after_the_exit_hook_is_refused():
+def test_a_start_after_the_exit_hook_is_refused(tmp_path):
     """A daemon thread's start() that came after yimmo's exit hook had
     stopped the servers it knew (here from an exit hook that runs after
     it): the workers made their thread states while Python finalized (a
-    crash on 3.13t)."""
+    crash on 3.13t). Refused, it removes its socket file."""
+    path = str(tmp_path / "s.sock")
     out = run_child("""
         import atexit, os, sys, threading, time
         late = threading.Event()
         atexit.register(lambda: (late.set(), time.sleep(0.5)))
         import yimmo
         app = lambda e, s: (s("200 OK", []), [b"ok"])[1]
-        server = yimmo.Server(app, bind="127.0.0.1:0", workers=64,
+        server = yimmo.Server(app, bind="unix:" + %r, workers=64,
                               error_log=os.devnull)
 
         def starter():
@@ -725,10 +726,13 @@ def test_a_start_after_the_exit_hook_is_refused():
                 print("started", flush=True)
             except RuntimeError as exc:
                 print("refused:", exc, flush=True)
+            print("file", os.path.exists(%r), "stopped", server.stopped,
+                  flush=True)
 
         threading.Thread(target=starter, daemon=True).start()
-    """)
+    """ % (path, path))
     assert "refused: cannot start a server while Python exits" in out, out
+    assert "file False stopped True" in out, out
 
 
 @pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="no fork")

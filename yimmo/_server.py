@@ -692,11 +692,6 @@ class Server:
         with self._lock:
             self._check_startable()
             self._serve_pid = self._unix_owner.served = os.getpid()
-            # Registered first: an interpreter exit meanwhile (start() on a
-            # daemon thread) stops it, waiting on self._lock, before Python
-            # finalizes under threads still making their states (C review
-            # s21: a crash on 3.13t).
-            _running_add(self)
             # The server thread waits for start()'s verdict before it
             # touches the Core: True, it serves; False, start() failed
             # and drains the Core itself. Whether the thread exists when a
@@ -707,6 +702,13 @@ class Server:
             verdict: List[bool] = []
             thread: Optional[threading.Thread] = None
             try:
+                # Registered first: an interpreter exit meanwhile (start()
+                # on a daemon thread) stops it, waiting on self._lock,
+                # before Python finalizes under threads still making their
+                # states (C review s21: a crash on 3.13t). In the try:
+                # refused at exit, it still closes its sockets and removes
+                # its socket file (hostile review s21).
+                _running_add(self)
                 # Here, not in the thread: a server whose workers cannot
                 # start raises to the caller instead of returning as if
                 # it served (and logging the failure on its thread).
