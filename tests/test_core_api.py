@@ -747,6 +747,8 @@ def test_run_in_a_child_forked_after_start_workers_is_refused():
         core.start_workers()
         pid = os.fork()
         if pid == 0:
+            import signal
+            signal.alarm(20)        # bounded when run() serves (the bug)
             try:
                 core.run()
                 print("child ran", flush=True)
