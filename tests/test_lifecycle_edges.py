@@ -109,6 +109,7 @@ SLEEP_APP = textwrap.dedent('''
     import signal, sys, time, yimmo
     @HANDLER@
     def app(environ, start_response):
+        print("entered", flush=True)
         time.sleep(float(environ["QUERY_STRING"]))
         start_response("200 OK", [("Content-Length", "4")])
         return [b"done"]
@@ -126,6 +127,13 @@ SYSEXIT_APP = SLEEP_APP.replace(
     "@HANDLER@", "signal.signal(signal.SIGTERM, lambda *a: sys.exit(0))")
 
 
+def wait_until_entered(proc):
+    """Until the app has begun the request: a signal sent before, while the
+    server starts its workers (slow under TSan, or on a loaded machine),
+    stops it before it serves, so no request would be in flight."""
+    proc.wait_for_line("^entered$", stream="stdout", timeout=WAIT)
+
+
 def assert_the_request_finishes(script, seconds, signals):
     """Run script (SLEEP_APP's), a request of `seconds` in flight, send
     `signals` 0.3 s apart: the request still gets its whole response
@@ -134,7 +142,7 @@ def assert_the_request_finishes(script, seconds, signals):
         port = int(proc.wait_for_line(r"^\d+$", "stdout").group(0))
         with connect(("127.0.0.1", port), WAIT) as sock:
             sock.sendall(build_request("GET", "/?%g" % seconds))
-            time.sleep(0.2)
+            wait_until_entered(proc)
             for i, signum in enumerate(signals):
                 if i:
                     time.sleep(0.3)
@@ -165,7 +173,7 @@ def assert_a_second_signal_cuts_the_grace(script, first, second):
         port = int(proc.wait_for_line(r"^\d+$", "stdout").group(0))
         with connect(("127.0.0.1", port), WAIT) as sock:
             sock.sendall(build_request("GET", "/?30"))
-            time.sleep(0.2)
+            wait_until_entered(proc)
             t0 = time.monotonic()
             proc.signal(first)
             time.sleep(0.3)

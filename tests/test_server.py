@@ -899,8 +899,9 @@ def test_second_sigint_cuts_the_wait_for_a_stuck_worker_short():
 
 
 def test_repeated_sigterm_does_not_postpone_the_exit():
-    """SIGTERM every 0.5 s while a request is stuck: the process still
-    exits about graceful_timeout (3 s) after the first one. (The signals
+    """SIGTERM every 0.5 s while a request is stuck: the server still
+    gives up on it (and exits) about graceful_timeout (3 s) after the
+    first one. (The signals
     stop before that deadline: once serve() returns, SIGTERM has its
     default action again.)"""
     script = STUCK_APP.replace("graceful_timeout=60", "graceful_timeout=3")
@@ -913,10 +914,13 @@ def test_repeated_sigterm_does_not_postpone_the_exit():
             for _ in range(6):          # the last one 2.5 s in
                 proc.signal(signal.SIGTERM)
                 time.sleep(0.5)
-            assert proc.wait(WAIT) == 0, proc.stderr
+            # The line logged at the deadline, not the exit (the
+            # interpreter's own exit is slow under TSan): postponed by
+            # each SIGTERM, it would come 5.5 s in.
+            proc.wait_for_line("still running the app", timeout=WAIT)
             spent = time.monotonic() - t0
-        assert spent < 4.5, "exited %.2fs after the first SIGTERM" % spent
-        assert "still running the app" in proc.stderr
+            assert proc.wait(WAIT) == 0, proc.stderr
+        assert spent < 4.5, "gave up %.2fs after the first SIGTERM" % spent
 
 
 def test_server_sets_up_the_log_files_it_is_given(tmp_path):
