@@ -2080,3 +2080,34 @@ assert _logging.flush_stderr(10.0)
     assert 9000 < len(numbers) < 30000, err[:300]
     assert lines[-1] == "yimmo: %d log line(s) dropped: stderr was not " \
         "being read" % (30000 - len(numbers)), lines[-3:]
+
+
+@pytest.mark.skipif("libasan" in os.environ.get("LD_PRELOAD", ""),
+                    reason="ASan reserves more address space than the limit")
+def test_processes_whose_workers_cannot_start_give_up_with_one_line(
+        tmp_path):
+    """Server processes that cannot start their worker threads (ulimit -v
+    too low for 4096 stacks) said they were ready before they tried: each
+    died with a traceback as a process that crashed right after it
+    started, and the supervisor restarted them for good (hostile review
+    s21). Now it is a failure at start: a few, then one clear line and
+    exit status 1."""
+    (tmp_path / "app.py").write_text(
+        "def app(environ, start_response):\n"
+        "    start_response('200 OK', [])\n"
+        "    return [b'x']\n")
+    proc = subprocess.run(
+        ["bash", "-c", 'ulimit -v 1000000; exec "$0" -m yimmo -w 4096 -p 2 '
+         '-b 127.0.0.1:0 app:app', sys.executable],
+        cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True,
+        timeout=30)
+    assert proc.returncode == 1, (proc.returncode, proc.stderr)
+    errors = [line for line in proc.stderr.splitlines()
+              if line.startswith("yimmo: error:")]
+    assert len(errors) == 1, proc.stderr
+    assert errors[0].startswith("yimmo: error: could not start the threads "
+                                "of 4096 workers ("), proc.stderr
+    assert "fail at start, 5 times in a row; giving up" in proc.stderr
+    assert "Traceback" not in proc.stderr, proc.stderr
+    assert "is ready" not in proc.stderr, proc.stderr
+    assert "right after it started" not in proc.stderr, proc.stderr

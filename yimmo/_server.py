@@ -418,6 +418,8 @@ class Server:
             # Before the line that says it listens: a server whose
             # workers cannot start says only that (the finally stops it).
             self._core.start_workers()
+            if self._process is not None:
+                self._process.ready()
             log.info("Listening at %s (%d workers)",
                      ", ".join(self._describe(a) for a in self.addresses),
                      self.options["workers"])

@@ -90,6 +90,17 @@ class ProcessSlot:
         self.slot = slot                # this process's index in it
         self.notify_fd = notify_fd
         self.max_requests = max_requests
+        self.readied = False            # "R" written: it serves
+
+    def ready(self) -> None:
+        """Tell the supervisor the process serves: its worker threads run
+        (the Server calls it just before its "Listening at" line). Until
+        then a failure counts as one at start."""
+        self.readied = True
+        try:
+            os.write(self.notify_fd, b"R")
+        except OSError:
+            pass    # the supervisor is gone; its death signal follows
 
 
 class Child:
@@ -1043,18 +1054,25 @@ class Supervisor:
             # random reseeds itself in a forked child.
             max_requests += random.randint(0, opts["max_requests_jitter"])
         from ._server import Server
+        process = ProcessSlot(self.table, slot, notify_fd, max_requests)
         try:
-            server = Server(app, _listeners=listeners,
-                            _process=ProcessSlot(self.table, slot, notify_fd,
-                                                 max_requests),
+            server = Server(app, _listeners=listeners, _process=process,
                             **opts)
         except (OSError, TypeError, ValueError) as exc:
             return fail(str(exc))
-        os.write(notify_fd, b"R")
         try:
-            server.serve_forever()
+            server.serve_forever()      # says "R" once its workers run
         except KeyboardInterrupt:
             pass
+        except OSError as exc:
+            if process.readied:
+                raise
+            # Its worker threads could not start (ulimit -u, -v): a
+            # failure at start, told as one, so that the supervisor gives
+            # up after a few with this line rather than restarting a
+            # process that crashed right after it was ready, for good
+            # (hostile review s21).
+            return fail(exc.strerror or str(exc))
         return 0
 
 
