@@ -4,7 +4,8 @@ the server processes, and keeps them running.
 It is one thread (so it may fork at any time) running a select() loop over
 a signal wakeup pipe and one pipe per server process. A process tells it,
 through its pipe: "R" once it is ready to accept (its app imported, its
-Server built), "E<line>\\n" when it failed to start (the one-line error),
+Server built, its worker threads running: ProcessSlot.ready), "E<line>\\n"
+when it failed to start (the one-line error),
 "r" when it wants to be replaced (written by the loop thread in C, see
 ymo_server_request_recycle). Its heartbeat is a 64-byte anonymous shared
 mapping per process (layout: ext/heartbeat.h) whose loop thread stamps it.
