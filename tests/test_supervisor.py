@@ -2111,3 +2111,62 @@ def test_processes_whose_workers_cannot_start_give_up_with_one_line(
     assert "Traceback" not in proc.stderr, proc.stderr
     assert "is ready" not in proc.stderr, proc.stderr
     assert "right after it started" not in proc.stderr, proc.stderr
+
+
+# An app whose import sleeps IMPORT_SLEEP seconds, and whose process then
+# sleeps START_SLEEP seconds between loading the app and becoming ready (in
+# serve_forever's signal set-up, where the worker threads start: as
+# thousands of threads take, deterministically).
+SLOW_START_APP = '''
+import os, sys, time
+time.sleep(float(os.environ["IMPORT_SLEEP"]))
+def hook(event, args):
+    if event != "socket.__new__" or hook.done:
+        return
+    frame = sys._getframe(1)
+    while frame is not None:
+        if frame.f_code.co_name == "_install_signals":
+            hook.done = True
+            time.sleep(float(os.environ["START_SLEEP"]))
+            return
+        frame = frame.f_back
+hook.done = False
+sys.addaudithook(hook)
+def app(environ, start_response):
+    start_response("200 OK", [("Content-Length", "2")])
+    return [b"ok"]
+'''
+
+
+def test_start_timeout_times_the_import_and_the_threads_apart(tmp_path):
+    """The start timeout counted the import and the start of the worker
+    threads together once "ready" came after the threads (hostile review
+    s22: 2048 workers take about 2 s here, and a process that had served
+    with --start-timeout 1.5 was killed five times). Each part gets the
+    whole timeout: an import of 1.5 s, then 1.5 s to become ready, under a
+    2.5 s timeout, is ready."""
+    write_app(tmp_path, SLOW_START_APP, name="slowstart")
+    with start(tmp_path, "--start-timeout", "2.5", processes=2,
+               name="slowstart",
+               env={"IMPORT_SLEEP": "1.5", "START_SLEEP": "1.5"}) as proc:
+        wait_port(proc)
+        wait_ready(proc, 2, timeout=30)
+        assert "start-timeout" not in proc.stderr, proc.stderr
+        assert stop(proc) == 0
+
+
+def test_worker_threads_that_start_too_slowly_are_named(tmp_path):
+    """Not ready within the start timeout after the import: the line says
+    the worker threads did not start (and what to change), not that the
+    app hung."""
+    write_app(tmp_path, SLOW_START_APP, name="slowstart")
+    with start(tmp_path, "--start-timeout", "1", "--workers", "64",
+               processes=2, name="slowstart",
+               env={"IMPORT_SLEEP": "0", "START_SLEEP": "30"}) as proc:
+        assert proc.wait(60) == 1, proc.stderr
+    errors = [line for line in proc.stderr.splitlines()
+              if line.startswith("yimmo: error:")]
+    assert errors == ["yimmo: error: server process did not start its 64 "
+                      "worker threads within 1 s (--start-timeout; fewer "
+                      "--workers start sooner)"], proc.stderr
+

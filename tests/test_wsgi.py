@@ -1896,7 +1896,14 @@ def test_gil_is_released_while_server_idles(yimmo_server):
     baseline = max(_count_for(0.5) for _ in range(3))
     server = yimmo_server(validator(hello), workers=4)
     assert get(server.address, "/").status == 200  # workers are up
-    with_server = max(_count_for(0.5) for _ in range(3))
+    # Up to ten tries (5 s): a server that holds the GIL while idle never
+    # gets there; a machine loaded by other processes (CI runs suites side
+    # by side) has a quieter half-second in ten.
+    with_server = 0
+    for _ in range(10):
+        with_server = max(with_server, _count_for(0.5))
+        if with_server >= 0.5 * baseline:
+            break
     assert with_server >= 0.5 * baseline, (
         "a Python thread counted %d with an idle server running, %d "
         "without" % (with_server, baseline))

@@ -601,8 +601,9 @@ OPTIONS = (
            metavar="SECONDS"),
     Option("start_timeout", ("--start-timeout",), Seconds(True), 60.0,
            "A server process not ready this many seconds after it "
-           "started (hung importing the app) is killed; it counts as a "
-           "failure at start. 0: never.",
+           "started (hung importing the app), or this many more after "
+           "its app was loaded (its worker threads not started), is "
+           "killed; it counts as a failure at start. 0: never.",
            metavar="SECONDS"),
     Option("unix_socket_mode", ("--unix-socket-mode",), FileMode(), None,
            "Permissions of the unix socket files the server creates, in "

@@ -3,9 +3,10 @@ the server processes, and keeps them running.
 
 It is one thread (so it may fork at any time) running a select() loop over
 a signal wakeup pipe and one pipe per server process. A process tells it,
-through its pipe: "R" once it is ready to accept (its app imported, its
-Server built, its worker threads running: ProcessSlot.ready), "E<line>\\n"
-when it failed to start (the one-line error),
+through its pipe: "B" once its app is imported and its Server built, "R"
+once it is ready to accept (its worker threads running too:
+ProcessSlot.ready), "E<line>\\n" when it failed to start (the one-line
+error),
 "r" when it wants to be replaced (written by the loop thread in C, see
 ymo_server_request_recycle). Its heartbeat is a 64-byte anonymous shared
 mapping per process (layout: ext/heartbeat.h) whose loop thread stamps it.
@@ -113,6 +114,7 @@ class Child:
         self.pipe: Optional[int] = pipe  # read end; None once closed
         self.started = time.monotonic()
         self.seq = seq             # the how-manieth process started
+        self.loaded_at: Optional[float] = None  # "B": app and Server made
         self.ready_at: Optional[float] = None
         # why it is to be replaced, once it is
         self.retire: Optional[str] = None
@@ -403,7 +405,9 @@ class Supervisor:
                 child.buffer = rest
                 continue
             child.buffer = child.buffer[1:]
-            if kind == b"R" and child.ready_at is None:
+            if kind == b"B" and child.loaded_at is None:
+                child.loaded_at = time.monotonic()
+            elif kind == b"R" and child.ready_at is None:
                 child.ready_at = time.monotonic()
                 log.info("Server process %d is ready", child.pid)
             elif kind == b"r":
@@ -586,14 +590,29 @@ class Supervisor:
                     self._kill(child, "it did not finish draining in time")
                 continue
             if child.ready_at is None:
+                # The import of the app, then (timed afresh) the start of
+                # its worker threads: thousands take seconds, which a
+                # timeout meant for a hung import did not count before
+                # they came before "ready" (hostile review s22).
                 start_timeout = opts["start_timeout"]
+                loaded = child.loaded_at
+                since = child.started if loaded is None else loaded
                 if start_timeout > 0 and not suspended and \
-                        now - child.started > start_timeout:
-                    child.error_line = ("server process not ready %g s "
-                                        "after it started (--start-"
-                                        "timeout)" % start_timeout)
-                    self._kill(child, "it was not ready %.1f s after it "
-                               "started" % (now - child.started))
+                        now - since > start_timeout:
+                    if loaded is None:
+                        child.error_line = (
+                            "server process not ready %g s after it "
+                            "started (--start-timeout)" % start_timeout)
+                        why = "it was not ready %.1f s after it started"
+                    else:
+                        child.error_line = (
+                            "server process did not start its %d worker "
+                            "threads within %g s (--start-timeout; fewer "
+                            "--workers start sooner)"
+                            % (opts["workers"], start_timeout))
+                        why = ("its worker threads had not started %.1f s "
+                               "after its app was loaded")
+                    self._kill(child, why % (now - since))
                 continue
             beat_ns, requests, recycle, reason, _, _ = child.heartbeat()
             # Proven: ready for RAPID seconds with its loop beating now
@@ -1005,8 +1024,11 @@ class Supervisor:
 
         def fail(line: str) -> int:
             os.set_blocking(notify_fd, True)
-            os.write(notify_fd, b"E" + line.replace("\n", " ").encode(
-                "utf-8", "replace") + b"\n")
+            try:
+                os.write(notify_fd, b"E" + line.replace("\n", " ").encode(
+                    "utf-8", "replace") + b"\n")
+            except OSError:
+                pass    # the supervisor is gone (hostile review s22)
             return 1
 
         listeners: List[_sockets.Listener] = []
@@ -1061,6 +1083,10 @@ class Supervisor:
                             **opts)
         except (OSError, TypeError, ValueError) as exc:
             return fail(str(exc))
+        try:
+            os.write(notify_fd, b"B")
+        except OSError:
+            pass    # the supervisor is gone; its death signal follows
         try:
             server.serve_forever()      # says "R" once its workers run
         except KeyboardInterrupt:
