@@ -439,6 +439,21 @@ Core_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
     int r = ymo_server_init(&self->server, &cfg, fds, is_unix, (size_t)n,
                             &self->app);
     cfg.trust.nets = NULL;          /* the server's now, even on failure */
+    if (r == -EMFILE || r == -ENFILE) {
+        /* Say what ran out and what to change, not only "Too many open
+         * files" (hostile review s22). */
+        PyObject *exc = Py_BuildValue(
+            "(is)", -r, r == -EMFILE
+            ? "out of file descriptors for the server's event loop: "
+              "raise the limit (ulimit -n)"
+            : "the system is out of file descriptors for the server's "
+              "event loop (fs.file-max)");
+        if (exc != NULL) {
+            PyErr_SetObject(PyExc_OSError, exc);
+            Py_DECREF(exc);
+        }
+        goto fail;
+    }
     if (r < 0) {
         errno = -r;
         PyErr_SetFromErrno(PyExc_OSError);

@@ -15,6 +15,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <poll.h>
 #include <sched.h>
@@ -535,6 +536,21 @@ ymo_server_init(ymo_server_t *s, const ymo_config_t *config,
         ymo_trust_free(&s->config.trust);
         return -ENOMEM;
     }
+    /* libev makes its wake-up descriptor (an eventfd) at the first
+     * ev_async_start below and abort()s the process when it cannot: out
+     * of descriptors (ulimit -n), the server died of SIGABRT instead of
+     * saying so (hostile review s22). Make one first, to see. (Its slot
+     * is free again for libev's at once: this thread holds the GIL, and
+     * yimmo's own threads open nothing here.) */
+    int probe = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    if (probe < 0) {
+        int err = errno;
+        ev_loop_destroy(s->loop);
+        s->loop = NULL;
+        ymo_trust_free(&s->config.trust);
+        return -err;
+    }
+    close(probe);
     s->loop_fork_gen = ymo_fork_gen;
     ev_set_userdata(s->loop, s);
     ev_set_invoke_pending_cb(s->loop, server_invoke_pending);

@@ -120,3 +120,50 @@ def test_idle_keepalive_connections_cost_little_memory(tmp_path):
                 c.close()
         assert after - before < n * 2, (before, after)
         stop(proc)
+
+
+def test_too_few_descriptors_to_start_say_so_and_never_abort(tmp_path):
+    """A descriptor limit that leaves one or two past the listener: libev
+    abort()ed when it could not make its wake-up descriptor, and the
+    process died of SIGABRT with a core dump and libev's own line
+    (hostile review s22). Each limit from the descriptors open to a few
+    more (set once the modules are imported): the server serves, or exits
+    1 with one yimmo: error: line."""
+    (tmp_path / "app.py").write_text(
+        "def app(environ, start_response):\n"
+        "    start_response('200 OK', [])\n"
+        "    return [b'x']\n")
+    script = textwrap.dedent('''
+        import os, resource, sys
+        import app, yimmo.__main__
+        spare = int(sys.argv[1])
+        n = len(os.listdir("/proc/self/fd")) - 1 + spare
+        resource.setrlimit(resource.RLIMIT_NOFILE, (n, n))
+        sys.exit(yimmo.__main__.main(
+            ["-w", "2", "-b", "127.0.0.1:0", "app:app"]))
+    ''')
+    outcomes = {}
+    for spare in range(8):
+        proc = ServerProcess([sys.executable, "-c", script, str(spare)],
+                             cwd=str(tmp_path))
+        with proc:
+            deadline = time.monotonic() + 15
+            while proc.proc.poll() is None and "Listening at" not in \
+                    proc.stderr:
+                assert time.monotonic() < deadline, proc._describe()
+                time.sleep(0.01)
+            if proc.proc.poll() is None:
+                stop(proc)
+                outcomes[spare] = "served"
+                break
+            status = proc.wait(15)
+            errors = [line for line in proc.stderr.splitlines()
+                      if line.startswith("yimmo: error:")]
+            assert status == 1 and len(errors) == 1, (spare,
+                                                      proc._describe())
+            assert "Traceback" not in proc.stderr, (spare, proc.stderr)
+            outcomes[spare] = errors[0]
+    assert "served" in outcomes.values(), outcomes
+    # One limit fails at the event loop, and says so.
+    assert any("for the server's event loop: raise the limit (ulimit -n)"
+               in line for line in outcomes.values()), outcomes
