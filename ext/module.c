@@ -29,6 +29,11 @@ typedef struct {
                                 * loop and join */
     int shutting_down;         /* core_shutdown's loop and join */
     int workers_started;
+    int starting;              /* the threads are being created, with the
+                                * GIL (or the critical section) let go:
+                                * others wait (core_start_workers_locked) */
+    unsigned starting_gen;     /* ymo_fork_gen then: in a child forked
+                                * meanwhile no one is creating them */
     int finished;              /* stopped and workers joined */
     size_t abandoned;          /* workers still in the app after the
                                 * grace period: this object then keeps
@@ -530,6 +535,14 @@ ymo_py_is_finalizing(void)
 static int
 core_start_workers_locked(CoreObject *self)
 {
+    while (self->starting && self->starting_gen == ymo_fork_gen) {
+        /* Another thread is creating them (below), the GIL let go: its
+         * outcome decides what this call does. */
+        Py_BEGIN_ALLOW_THREADS
+        struct timespec pause = {0, 1000000};
+        nanosleep(&pause, NULL);
+        Py_END_ALLOW_THREADS
+    }
     if (self->shutting_down) {
         /* A failed start's shutdown, the GIL let go (a start_workers()
          * while run() serves is a no-op, as documented). */
@@ -551,10 +564,6 @@ core_start_workers_locked(CoreObject *self)
                             "Python is shutting down");
             return -1;
         }
-        int r = ymo_server_start_workers(&self->server);
-        if (r == 0) {
-            r = ymo_watchdog_start(&self->server);
-        }
         /* Set before the GIL (or the critical section) is let go below,
          * so that a run() or start_workers() on another thread meanwhile
          * neither starts them again nor takes this reference twice (C
@@ -566,6 +575,20 @@ core_start_workers_locked(CoreObject *self)
          * unfinished, the Core stays, as with abandoned workers. */
         self->workers_started = 1;
         Py_INCREF(self);
+        /* The threads are created with the GIL let go: each new one
+         * waits for it at once (PyGILState_Ensure), and with it held
+         * here they all woke every switch interval to ask, so that
+         * starting 4,096 took seconds. */
+        self->starting = 1;
+        self->starting_gen = ymo_fork_gen;
+        int r;
+        Py_BEGIN_ALLOW_THREADS
+        r = ymo_server_start_workers(&self->server);
+        if (r == 0) {
+            r = ymo_watchdog_start(&self->server);
+        }
+        Py_END_ALLOW_THREADS
+        self->starting = 0;
         if (r < 0) {
             /* Say what failed and what to change: the bare "Resource
              * temporarily unavailable" named neither (operations review
