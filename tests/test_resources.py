@@ -128,7 +128,7 @@ def test_too_few_descriptors_to_start_say_so_and_never_abort(tmp_path):
     process died of SIGABRT with a core dump and libev's own line
     (hostile review s22). Each limit from the descriptors open to a few
     more (set once the modules are imported): the server serves, or exits
-    1 with one yimmo: error: line."""
+    1 with one yimmo: error: line naming the limit."""
     (tmp_path / "app.py").write_text(
         "def app(environ, start_response):\n"
         "    start_response('200 OK', [])\n"
@@ -164,6 +164,11 @@ def test_too_few_descriptors_to_start_say_so_and_never_abort(tmp_path):
             assert "Traceback" not in proc.stderr, (spare, proc.stderr)
             outcomes[spare] = errors[0]
     assert "served" in outcomes.values(), outcomes
+    # Each says which limit to raise, also where the signal set-up's
+    # socket pair was the descriptor too many (a bare "Too many open
+    # files" before).
+    assert all("raise the limit (ulimit -n)" in line
+               for line in outcomes.values() if line != "served"), outcomes
     # One limit fails at the event loop, and says so.
     assert any("for the server's event loop: raise the limit (ulimit -n)"
                in line for line in outcomes.values()), outcomes

@@ -16,7 +16,7 @@ import traceback
 from typing import TYPE_CHECKING, List, Optional, Sequence
 
 import yimmo
-from yimmo import _reload, _signals
+from yimmo import _reload, _signals, _sockets
 from yimmo._appload import AppLoadError, load_app
 from yimmo._logging import LogConfigError, configure_logging
 from yimmo._options import parse_command_line
@@ -208,11 +208,9 @@ class _SignalsWhileImporting:
 
 def _describe(exc: OSError) -> str:
     """An OSError as one line without the "[Errno 98]" prefix."""
-    if exc.strerror:
-        if exc.filename is not None:
-            return "%s: %s" % (exc.filename, exc.strerror)
-        return exc.strerror
-    return str(exc) or type(exc).__name__
+    if exc.strerror and exc.filename is not None:
+        return "%s: %s" % (exc.filename, _sockets.explain(exc))
+    return _sockets.explain(exc)
 
 
 def _fail(message: str, status: int) -> int:

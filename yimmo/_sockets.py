@@ -47,15 +47,26 @@ class Listener(NamedTuple):
 UNIX_PATH_MAX = 107   # Linux's sun_path, less its terminating NUL
 
 
+def explain(exc: OSError) -> str:
+    """An OSError as one line, without the "[Errno 24]" prefix (not every
+    OSError has a strerror: socket.bind's "AF_UNIX path too long" has
+    only its text). Out of descriptors it names the limit to raise: the
+    bare "Too many open files" said neither which nor how (hostile review
+    s22)."""
+    text = exc.strerror or str(exc) or type(exc).__name__
+    if exc.errno in (errno.EMFILE, errno.ENFILE) and "ulimit" not in text:
+        text += (": raise the limit (ulimit -n)" if exc.errno == errno.EMFILE
+                 else ": the system's limit (fs.file-max) is reached")
+    return text
+
+
 def _fail(text: str, exc_or_errno: Union[OSError, int],
           message: Optional[str] = None) -> OSError:
     code = exc_or_errno if isinstance(exc_or_errno, int) \
         else exc_or_errno.errno
     if message is None:
         assert isinstance(exc_or_errno, OSError), "an errno needs a message"
-        # Not every OSError has a strerror (socket.bind's "AF_UNIX path
-        # too long" has only its text).
-        message = exc_or_errno.strerror or str(exc_or_errno)
+        message = explain(exc_or_errno)
     return OSError(code, "cannot bind %s: %s" % (text, message))
 
 

@@ -951,7 +951,7 @@ class Supervisor:
                 if fd is not None:
                     os.close(fd)
             log.error("Cannot start a server process: %s; trying again "
-                      "in %.0f s", exc.strerror or exc, SPAWN_RETRY)
+                      "in %.0f s", _sockets.explain(exc), SPAWN_RETRY)
             self.next_spawn = time.monotonic() + SPAWN_RETRY
             return None
         if pid != 0:
@@ -1043,7 +1043,7 @@ class Supervisor:
                     # Ours to use, the supervisor's to unlink.
                     listeners.append(listener._replace(unix_file=None))
         except OSError as exc:
-            return fail(exc.strerror or str(exc))
+            return fail(_sockets.explain(exc))
         app = self.app
         if app is None:
             from ._appload import AppLoadError, load_app
@@ -1099,7 +1099,7 @@ class Supervisor:
             # up after a few with this line rather than restarting a
             # process that crashed right after it was ready, for good
             # (hostile review s21).
-            return fail(exc.strerror or str(exc))
+            return fail(_sockets.explain(exc))
         return 0
 
 
