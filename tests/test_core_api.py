@@ -497,6 +497,45 @@ def test_start_workers_counts_the_watchdog_thread_state():
     assert "seen [4]" in out, out      # main, 2 workers, the watchdog
 
 
+def test_other_threads_run_while_the_worker_threads_are_created():
+    """The threads were created with the GIL held, and each new one asked
+    for it at once: every one of them woke every switch interval to ask
+    again, and starting 4,096 workers took seconds (other threads stood
+    still meanwhile). Now the GIL is let go while they are created, so
+    another thread sees the count of threads grow."""
+    out = run_child(CORE, """
+        seen_between = False
+        for attempt in range(5):
+            before = threads()
+            core = make(1024)
+            counts = set()
+            done = False
+            running = threading.Event()
+
+            def sample():
+                running.set()
+                while not done:
+                    counts.add(threads())
+
+            t = threading.Thread(target=sample)
+            t.start()
+            running.wait()
+            core.start_workers()
+            done = True
+            t.join()
+            full = before + 1 + 1024        # and the sampler
+            assert max(counts) <= full, (counts, full)
+            core.stop(0)
+            while not core.run():
+                pass
+            if any(before + 1 < n < full for n in counts):
+                seen_between = True
+                break
+        print("seen between", seen_between)
+    """)
+    assert "seen between True" in out, out
+
+
 def test_start_workers_after_stop_starts_nothing():
     """stop() before the workers started closes the listeners; a
     start_workers() after it started threads no loop would ever stop."""
