@@ -504,11 +504,14 @@ core_shutdown(CoreObject *self, double grace)
         int interrupted;
         ymo_server_join_workers(&self->server, 1, -1, &interrupted);
         Py_END_ALLOW_THREADS
-        self->running = self->shutting_down = 0;
     }
-    /* The app's bytes the loop wrote after the workers' last look. */
+    /* The app's bytes the loop wrote after the workers' last look. Still
+     * running: what they release may run a __del__ that lets the GIL go,
+     * and a run() meanwhile went into the loop and dropped the threads'
+     * reference a second time (C review s23). */
     ymo_wsgi_release_owners(&self->server);
     self->finished = 1;
+    self->running = self->shutting_down = 0;
     if (self->workers_started) {
         /* Joined: the threads' reference (see core_run_locked). Only
          * reached with the caller's own reference held: with workers
@@ -528,6 +531,50 @@ ymo_py_is_finalizing(void)
 #endif
 }
 
+/* Worker starts in progress in this process, from just before a Core's
+ * threads are created until they have made their thread states, and
+ * whether Python has begun to exit (wait_for_starts, an exit hook): any
+ * thread, atomics. A daemon thread's start_workers() that went on
+ * creating threads, the GIL let go, while the interpreter finalized gave
+ * threads that asked for a thread state with no interpreter left (a
+ * crash, C review s23); the exit hook waits for starts to end, and none
+ * begins after it has run. (yimmo.Server refuses to start at exit
+ * itself; a Core made directly did not.) */
+static atomic_int starts_in_progress;
+static atomic_int exiting;
+
+static PyObject *
+wait_for_starts(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(ignored))
+{
+    atomic_store(&exiting, 1);
+    Py_BEGIN_ALLOW_THREADS
+    while (atomic_load(&starts_in_progress) > 0) {
+        struct timespec pause = {0, 1000000};
+        nanosleep(&pause, NULL);
+    }
+    Py_END_ALLOW_THREADS
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef wait_for_starts_def = {
+    "_wait_for_starts", wait_for_starts, METH_NOARGS,
+    "At exit: refuse new worker starts and wait for those under way.",
+};
+
+/* In a forked child the starts of the parent's other threads do not go
+ * on: none is waited for there. */
+static void
+starts_reset_in_child(void)
+{
+    atomic_store(&starts_in_progress, 0);
+}
+
+static void
+starts_watch_forks(void)
+{
+    pthread_atfork(NULL, NULL, starts_reset_in_child);
+}
+
 /* Start the worker threads (and the watchdog) once, with the Core's
  * critical section held, and wait until each has made its thread state:
  * 0 (also when the server was stopped before they started: it is then
@@ -543,6 +590,7 @@ core_start_workers_locked(CoreObject *self)
         nanosleep(&pause, NULL);
         Py_END_ALLOW_THREADS
     }
+    int counted = 0;
     if (self->shutting_down) {
         /* A failed start's shutdown, the GIL let go (a start_workers()
          * while run() serves is a no-op, as documented). */
@@ -556,14 +604,20 @@ core_start_workers_locked(CoreObject *self)
             core_shutdown(self, 0);
             return 0;
         }
-        if (ymo_py_is_finalizing()) {
+        /* Counted before the look at exiting, which wait_for_starts
+         * sets before it looks at the count: one of the two sees the
+         * other. */
+        atomic_fetch_add(&starts_in_progress, 1);
+        if (ymo_py_is_finalizing() || atomic_load(&exiting)) {
             /* A new thread cannot take the GIL then (it would hang, and
              * the wait for the threads' states below with it). */
+            atomic_fetch_sub(&starts_in_progress, 1);
             PyErr_SetString(PyExc_RuntimeError,
                             "cannot start the server's workers while "
                             "Python is shutting down");
             return -1;
         }
+        counted = 1;
         /* Set before the GIL (or the critical section) is let go below,
          * so that a run() or start_workers() on another thread meanwhile
          * neither starts them again nor takes this reference twice (C
@@ -581,6 +635,10 @@ core_start_workers_locked(CoreObject *self)
          * starting 4,096 took seconds. */
         self->starting = 1;
         self->starting_gen = ymo_fork_gen;
+        /* Before the GIL is let go: a stop() or a fork meanwhile reads
+         * what it writes (C review s23: the stop was lost, a fork's child
+         * kept the listeners). */
+        ymo_server_prepare_workers(&self->server);
         int r;
         Py_BEGIN_ALLOW_THREADS
         r = ymo_server_start_workers(&self->server);
@@ -590,6 +648,10 @@ core_start_workers_locked(CoreObject *self)
         Py_END_ALLOW_THREADS
         self->starting = 0;
         if (r < 0) {
+            /* Shut down first: building the exception can run the GC,
+             * and a __del__ that lets the GIL go let a run() waiting
+             * above in, into the loop this shutdown runs (C review s23). */
+            core_shutdown(self, 0);
             /* Say what failed and what to change: the bare "Resource
              * temporarily unavailable" named neither (operations review
              * s20). */
@@ -604,7 +666,7 @@ core_start_workers_locked(CoreObject *self)
                 PyErr_SetObject(PyExc_OSError, exc);
                 Py_DECREF(exc);
             }
-            core_shutdown(self, 0);
+            atomic_fetch_sub(&starts_in_progress, 1);
             return -1;
         }
     }
@@ -615,6 +677,9 @@ core_start_workers_locked(CoreObject *self)
         Py_BEGIN_ALLOW_THREADS
         ymo_server_wait_workers_attached(&self->server);
         Py_END_ALLOW_THREADS
+    }
+    if (counted) {
+        atomic_fetch_sub(&starts_in_progress, 1);
     }
     return 0;
 }
@@ -663,13 +728,14 @@ core_run_locked(CoreObject *self, int wakeup_fd)
                                        &interrupted);
     }
     Py_END_ALLOW_THREADS
-    self->running = 0;
     if (interrupted) {
         /* A signal while waiting for workers: let Python run its handler
          * (which may stop(0)); the next run() goes on joining. */
+        self->running = 0;
         Py_RETURN_FALSE;
     }
     if (stopped) {
+        /* Still running meanwhile (see core_shutdown). */
         ymo_wsgi_release_owners(&self->server);
         self->finished = 1;
         if (busy > 0) {
@@ -681,6 +747,7 @@ core_run_locked(CoreObject *self, int wakeup_fd)
             Py_DECREF(self);    /* the threads' (the caller has one) */
         }
     }
+    self->running = 0;
     return PyBool_FromLong(stopped);
 }
 
@@ -1017,6 +1084,22 @@ module_exec(PyObject *module)
     TYPE(FileWrapper_type, ymo_file_wrapper_spec);
 #undef TYPE
     ymo_server_watch_forks();
+    static pthread_once_t starts_once = PTHREAD_ONCE_INIT;
+    pthread_once(&starts_once, starts_watch_forks);
+    PyObject *hook = PyCFunction_NewEx(&wait_for_starts_def, NULL, NULL);
+    PyObject *done = NULL;
+    if (hook != NULL) {
+        PyObject *atexit = PyImport_ImportModule("atexit");
+        if (atexit != NULL) {
+            done = PyObject_CallMethod(atexit, "register", "O", hook);
+            Py_DECREF(atexit);
+        }
+        Py_DECREF(hook);
+    }
+    if (done == NULL) {
+        return -1;
+    }
+    Py_DECREF(done);
     if (PyModule_AddType(module, st->Core_type) < 0 ||
         PyModule_AddType(module, st->FileWrapper_type) < 0) {
         return -1;

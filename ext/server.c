@@ -15,10 +15,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <poll.h>
 #include <sched.h>
+#include <setjmp.h>
 #include <signal.h>
 #include <sys/un.h>
 #include <time.h>
@@ -523,6 +523,54 @@ server_release_wake(void *arg)
     }
 }
 
+/* libev's ev_syserr calls this, where a system call it cannot go on
+ * without failed; with no callback it prints and abort()s, which is what
+ * happens here too unless the failing call is one the thread has armed
+ * syserr_jump around (async_start_or_errno): then it jumps back there.
+ * Both are this thread's own. The callback is the process's (set once);
+ * libev keeps nothing half made where it calls it from evpipe_init, the
+ * only call armed. */
+static _Thread_local jmp_buf *syserr_jump;
+static _Thread_local int syserr_errno;
+static pthread_once_t syserr_once = PTHREAD_ONCE_INIT;
+
+static void
+on_libev_syserr(const char *msg)
+{
+    if (syserr_jump != NULL) {
+        syserr_errno = errno;
+        longjmp(*syserr_jump, 1);
+    }
+    perror(msg);
+    abort();
+}
+
+static void
+set_syserr_cb(void)
+{
+    ev_set_syserr_cb(on_libev_syserr);
+}
+
+/* ev_async_start, the loop's first: libev makes its wake-up descriptor
+ * then, and out of descriptors it could not. 0, or the errno. A probe
+ * eventfd made and closed first was not enough: another thread (a
+ * free-threaded build's, or any without the GIL) took the slot in
+ * between (C review s23). */
+static int
+async_start_or_errno(struct ev_loop *loop, ev_async *w)
+{
+    jmp_buf jump;
+    pthread_once(&syserr_once, set_syserr_cb);
+    if (setjmp(jump) != 0) {
+        syserr_jump = NULL;
+        return syserr_errno != 0 ? syserr_errno : EIO;
+    }
+    syserr_jump = &jump;
+    ev_async_start(loop, w);
+    syserr_jump = NULL;
+    return 0;
+}
+
 int
 ymo_server_init(ymo_server_t *s, const ymo_config_t *config,
                 const int *listen_fds, const int *is_unix, size_t n,
@@ -536,21 +584,20 @@ ymo_server_init(ymo_server_t *s, const ymo_config_t *config,
         ymo_trust_free(&s->config.trust);
         return -ENOMEM;
     }
-    /* libev makes its wake-up descriptor (an eventfd) at the first
-     * ev_async_start below and abort()s the process when it cannot: out
+    /* libev makes its wake-up descriptor (an eventfd, else a pipe) at the
+     * first ev_async_start and abort()s the process when it cannot: out
      * of descriptors (ulimit -n), the server died of SIGABRT instead of
-     * saying so (hostile review s22). Make one first, to see. (Its slot
-     * is free again for libev's at once: this thread holds the GIL, and
-     * yimmo's own threads open nothing here.) */
-    int probe = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-    if (probe < 0) {
-        int err = errno;
+     * saying so (hostile review s22). That start comes first, where its
+     * failure can be caught (see async_start_or_errno). */
+    ev_async_init(&s->stop_watcher, server_on_stop);
+    s->stop_watcher.data = s;
+    int err = async_start_or_errno(s->loop, &s->stop_watcher);
+    if (err != 0) {
         ev_loop_destroy(s->loop);
         s->loop = NULL;
         ymo_trust_free(&s->config.trust);
         return -err;
     }
-    close(probe);
     s->loop_fork_gen = ymo_fork_gen;
     ev_set_userdata(s->loop, s);
     ev_set_invoke_pending_cb(s->loop, server_invoke_pending);
@@ -650,9 +697,6 @@ ymo_server_init(ymo_server_t *s, const ymo_config_t *config,
         l->io.data = l;
         ev_io_start(s->loop, &l->io);
     }
-    ev_async_init(&s->stop_watcher, server_on_stop);
-    s->stop_watcher.data = s;
-    ev_async_start(s->loop, &s->stop_watcher);
     ev_async_init(&s->release_watcher, server_on_release);
     s->release_watcher.data = s;
     ev_async_start(s->loop, &s->release_watcher);
@@ -672,8 +716,8 @@ ymo_server_init(ymo_server_t *s, const ymo_config_t *config,
     return 0;
 }
 
-int
-ymo_server_start_workers(ymo_server_t *s)
+void
+ymo_server_prepare_workers(ymo_server_t *s)
 {
     /* Before the threads: they read it (ymo_server_forked). */
     s->fork_gen = ymo_fork_gen;
@@ -697,6 +741,11 @@ ymo_server_start_workers(ymo_server_t *s)
             }
         }
     }
+}
+
+int
+ymo_server_start_workers(ymo_server_t *s)
+{
     for (size_t i = 0; i < s->config.workers && i < s->n_workers; i++) {
         if (!s->workers[i].started) {
             int r = ymo_wsgi_worker_start(&s->workers[i]);

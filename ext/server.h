@@ -333,7 +333,13 @@ int ymo_server_init(ymo_server_t *s, const ymo_config_t *config,
                     const int *listen_fds, const int *is_unix, size_t n,
                     struct ymo_wsgi_app *app);
 
-/* Start the worker threads (GIL held; see ymo_wsgi_worker_start). */
+/* Before the worker threads start, with the GIL (or the Core's critical
+ * section) held, as others read what it writes then (ymo_server_forked,
+ * the listeners a fork's child lets go of): the server is this process's
+ * from now on. */
+void ymo_server_prepare_workers(ymo_server_t *s);
+/* Start the worker threads (the GIL need not be held; see
+ * ymo_wsgi_worker_start). */
 int ymo_server_start_workers(ymo_server_t *s);
 /* Wait until the workers ymo_server_start_workers started have each made
  * their Python thread state. Called without the GIL (they need it). */

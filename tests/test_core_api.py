@@ -806,3 +806,264 @@ def test_run_in_a_child_forked_after_start_workers_is_refused():
     """, timeout=30)
     assert "child refused: the server's workers belong to the process " \
         "that started them" in out and "parent finished True" in out, out
+
+
+# -- the workers created with the GIL let go (C review s23) --
+
+# The creating thread on the same CPU as the main one and at idle
+# priority: the main thread runs as soon as the creator lets the GIL go.
+PINNED_CREATOR = """
+    sys.setswitchinterval(0.05)
+    cpu = min(os.sched_getaffinity(0))
+    os.sched_setaffinity(0, {cpu})
+
+    def pinned_start(core):
+        go = threading.Event()
+        inside = []
+
+        def creator():
+            os.sched_setaffinity(0, {cpu})
+            os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+            go.wait()
+            inside.append(1)
+            core.start_workers()
+
+        t = threading.Thread(target=creator)
+        t.start()
+        go.set()
+        while not inside:       # holds the GIL until the creator has it
+            pass
+        return t
+"""
+
+
+def test_a_stop_while_the_threads_are_created_in_a_forked_process():
+    """In a process forked after yimmo's import (a supervisor's server
+    process, a multiprocessing worker), a stop() while the threads were
+    created read the server as not this process's (its fork generation
+    was written only once the GIL was let go): the stop was lost, and the
+    loop ran for ever."""
+    out = run_child(CORE, PINNED_CREATOR, """
+        pid = os.fork()
+        if pid == 0:
+            try:
+                core = make(2)
+                t = pinned_start(core)
+                core.stop(0)
+                t.join()
+                r, w = os.pipe()
+                os.set_blocking(r, False)
+                timer = threading.Timer(5.0, os.write, (w, b"x"))
+                timer.start()
+                print("run", core.run(wakeup_fd=r), flush=True)
+                timer.cancel()
+            finally:
+                os._exit(0)
+        os.waitpid(pid, 0)
+    """)
+    assert "run True" in out, out
+
+
+def test_a_fork_while_the_threads_are_created_lets_go_of_the_listener():
+    """A fork by another thread while the threads were created, before
+    the listeners were marked for a fork's child to let go of: the child
+    kept the listening socket, and after the server stopped, clients
+    connected into its backlog instead of being refused."""
+    out = run_child(CORE, PINNED_CREATOR, """
+        s = listener()
+        fd, port = s.fileno(), s.getsockname()[1]
+        core = _yimmo.Core(App(), [(fd, False, "127.0.0.1", str(port))],
+                           print, sys.stderr, workers=2)
+        s.detach()
+        t = pinned_start(core)
+        pid = os.fork()
+        if pid == 0:
+            try:
+                probe = socket.socket(fileno=os.dup(fd))
+                listening = probe.getsockopt(socket.SOL_SOCKET,
+                                             socket.SO_ACCEPTCONN)
+                print("child listening", bool(listening), flush=True)
+            except OSError as exc:
+                print("child: no socket", exc.errno, flush=True)
+            finally:
+                os._exit(0)
+        os.waitpid(pid, 0)
+        t.join()
+        core.stop(0)
+        print("run", core.run())
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=2).close()
+            print("after stop: connected")
+        except ConnectionRefusedError:
+            print("after stop: refused")
+    """)
+    assert "child listening True" not in out, out
+    assert "run True" in out and "after stop: refused" in out, out
+
+
+@pytest.mark.skipif("libasan" in __import__("os").environ.get("LD_PRELOAD",
+                                                                ""),
+                    reason="ASan reserves more address space than the limit")
+def test_a_failed_start_whose_error_runs_the_gc_lets_no_run_in():
+    """Thread creation failed partway while another thread's run() waited
+    for its outcome; building the OSError ran the GC, whose __del__ let
+    the GIL go: the waiting run() went into the loop the failed start's
+    shutdown ran, and libev abort()ed (CPython 3.11)."""
+    out = run_child(CORE, """
+        import resource
+        core = make(4096)
+
+        class Sleeper:
+            def __del__(self):
+                time.sleep(0.3)         # lets the GIL go
+
+        res = {}
+        go = []
+
+        def other():
+            while not go:
+                pass
+            try:
+                res["other"] = core.run()
+            except RuntimeError as exc:
+                res["other"] = str(exc)
+
+        t = threading.Thread(target=other, daemon=True)
+        t.start()
+        time.sleep(0.05)
+        limit = 1000000 * 1024
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+        hold = [(i, -i) for i in range(5000)]   # no free 2-tuples left
+        gc.set_threshold(1)
+        a = Sleeper()           # collects, then the count is 0
+        b = Sleeper()           # the count is 1
+        a.o = b
+        b.o = a
+        del a, b
+        # The next tracked allocation (the OSError's tuple) collects.
+        go.append(1)
+        try:
+            res["main"] = core.run()
+        except OSError:
+            res["main"] = "OSError"
+        gc.set_threshold(700)
+        t.join(20)
+        print(sorted(res.items()), "finished", core.finished)
+    """)
+    assert "('main', 'OSError')" in out and "finished True" in out, out
+
+
+def test_another_thread_taking_descriptors_never_makes_libev_abort():
+    """Out of descriptors, the server made and closed an eventfd first to
+    see whether libev could make its own; another thread took the slot in
+    between, and libev abort()ed anyway. Each Core is made, or refused
+    with an OSError."""
+    out = run_child(CORE, """
+        import resource
+        base = listener()
+        low = os.open("/dev/null", os.O_RDONLY)
+        os.close(low)
+        # The listener's copy, the epoll instance, the wake-up eventfd.
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (low + 3, hard))
+        done = False
+
+        def competitor():
+            while not done:
+                try:
+                    os.close(os.open("/dev/null", os.O_RDONLY))
+                except OSError:
+                    pass
+
+        t = threading.Thread(target=competitor, daemon=True)
+        t.start()
+        made = refused = 0
+        for i in range(4000):
+            try:
+                fd = os.dup(base.fileno())
+            except OSError:
+                continue
+            try:
+                core = _yimmo.Core(App(), [(fd, False, "127.0.0.1", "1")],
+                                   print, sys.stderr, workers=1)
+            except OSError:
+                refused += 1
+                os.close(fd)
+                continue
+            made += 1
+            del core
+        done = True
+        print("made", made > 0, "refused", refused > 0)
+    """, timeout=120)
+    assert "made True" in out, out
+
+
+@pytest.mark.skipif(__import__("platform").machine() != "x86_64",
+                    reason="the seccomp filter names x86-64 system calls")
+def test_a_server_serves_where_eventfd_is_unavailable():
+    """Where eventfd(2) is not allowed (a seccomp sandbox; ENOSYS) libev
+    makes its wake-up descriptor from a pipe; the server refused to start
+    there (the eventfd it made first to see failed)."""
+    out = run_child("""
+        import ctypes, http.client, struct
+        libc = ctypes.CDLL(None, use_errno=True)
+
+        def insn(code, jt, jf, k):
+            return struct.pack("HBBI", code, jt, jf, k)
+
+        NR_EVENTFD, NR_EVENTFD2, ENOSYS = 284, 290, 38
+        prog = b"".join([
+            insn(0x20, 0, 0, 0),                    # load the call's nr
+            insn(0x15, 2, 0, NR_EVENTFD2),
+            insn(0x15, 1, 0, NR_EVENTFD),
+            insn(0x06, 0, 0, 0x7fff0000),           # allow
+            insn(0x06, 0, 0, 0x00050000 | ENOSYS),  # fail with ENOSYS
+        ])
+        buf = ctypes.create_string_buffer(prog)
+
+        class Fprog(ctypes.Structure):
+            _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+
+        fprog = Fprog(len(prog) // 8, ctypes.addressof(buf))
+        assert libc.prctl(38, 1, 0, 0, 0) == 0          # no new privileges
+        assert libc.prctl(22, 2, ctypes.byref(fprog), 0, 0) == 0, \\
+            ctypes.get_errno()
+        if libc.eventfd(0, 0) < 0:
+            print("eventfd", ctypes.get_errno())
+        import yimmo
+
+        def app(environ, start_response):
+            start_response("200 OK", [("Content-Length", "2")])
+            return [b"ok"]
+
+        server = yimmo.Server(app, bind="127.0.0.1:0", workers=1).start()
+        try:
+            conn = http.client.HTTPConnection(*server.addresses[0],
+                                              timeout=10)
+            conn.request("GET", "/")
+            resp = conn.getresponse()
+            print("status", resp.status, resp.read())
+        finally:
+            server.stop()
+    """)
+    assert "eventfd 38" in out and "status 200 b'ok'" in out, out
+
+
+def test_exiting_while_a_daemon_thread_creates_the_threads_never_crashes():
+    """Python exited while a daemon thread's start_workers() created 4,096
+    threads with the GIL let go: the threads that started after the
+    interpreter was gone asked it for a thread state, and the process
+    crashed (one run in five). The exit now waits for the start."""
+    for delay in (0, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.15):
+        run_child(CORE, """
+            core = make(4096)
+            inside = threading.Event()
+
+            def starter():
+                inside.set()
+                core.start_workers()
+
+            threading.Thread(target=starter, daemon=True).start()
+            inside.wait()
+            time.sleep(%r)
+        """ % delay)
