@@ -813,3 +813,66 @@ def test_an_unstarted_server_served_by_two_forked_children(tmp_path):
     assert "answers [" + ", ".join(["b'HTTP/1.1 200 OK'"] * 10) + "]" in out, \
         out
     assert "stuck 0" in out, out
+
+
+STOP_FROM_A_HANDLER_IN_START = """
+import http.client, os, signal, sys, threading
+import yimmo
+
+def app(environ, start_response):
+    start_response("200 OK", [("Content-Length", "2")])
+    return [b"ok"]
+
+srv = yimmo.Server(app, bind="127.0.0.1:0", workers=4,
+                   log_level="warning")
+raise_exit = sys.argv[1] == "exit"
+
+def on_term(signum, frame):
+    srv.stop(0)
+    print("handler returned", flush=True)
+    if raise_exit:
+        sys.exit(3)
+
+signal.signal(signal.SIGTERM, on_term)
+# The signal lands while start() holds its lock: its server thread is
+# being started.
+real_start = threading.Thread.start
+
+def start_with_a_signal(self):
+    threading.Thread.start = real_start
+    os.kill(os.getpid(), signal.SIGTERM)
+    real_start(self)
+
+threading.Thread.start = start_with_a_signal
+try:
+    srv.start()
+    print("start returned", flush=True)
+except SystemExit as exc:
+    print("start raised SystemExit", exc.code, flush=True)
+srv.stop()
+print("stopped", srv.stopped, flush=True)
+try:
+    http.client.HTTPConnection(*srv.addresses[0], timeout=2).request(
+        "GET", "/")
+    print("still answers")
+except ConnectionRefusedError:
+    print("refused")
+"""
+
+
+@pytest.mark.parametrize("then", ["return", "exit"])
+def test_stop_from_a_signal_handler_inside_start(then):
+    """A SIGTERM handler that calls stop() (the usual embedding pattern),
+    run while start() on the same thread held its lock: stop() waited for
+    that lock for good, and each further SIGTERM did the same (hostile
+    review s23). It asks for the stop and returns; the server ends once
+    started, or start() gives up when the handler raises."""
+    out = subprocess.run([sys.executable, "-c", STOP_FROM_A_HANDLER_IN_START,
+                          then], env=subprocess_env(), capture_output=True,
+                         text=True, timeout=30).stdout
+    assert "handler returned" in out, out
+    if then == "exit":
+        assert "start raised SystemExit 3" in out, out
+    else:
+        assert "start returned" in out, out
+    assert "stopped True" in out and "refused" in out, out

@@ -8,6 +8,7 @@ needs no speed: parsing bind addresses, binding, signals and shutdown.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import errno
 import logging
 import os
@@ -19,8 +20,8 @@ import threading
 import weakref
 from types import FrameType, TracebackType
 from typing import (
-    TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence, Tuple,
-    Type, Union,
+    TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Optional, Sequence,
+    Set, Tuple, Type, Union,
 )
 
 from . import _logging, _options, _signals, _sockets, _yimmo
@@ -260,6 +261,12 @@ class Server:
         self._stopped_unstarted = False
         self._done = threading.Event()  # serve_forever has returned
         self._lock = threading.Lock()
+        # The threads inside start() or serve_forever()'s set-up, which
+        # hold (or are about to take) self._lock: a signal handler there
+        # that calls stop() must not wait for the lock its own thread
+        # holds (hostile review s23: it hung for good). Each thread adds
+        # and removes only its own ident.
+        self._lock_holders: Set[int] = set()
         # The process the server was started in, -1 before: a process
         # forked from it (by the app) has none of its threads, and this
         # object's locks may be held for ever there (see _forked, stop).
@@ -376,7 +383,7 @@ class Server:
             # In the try: a signal that raises where a call returns here
             # must not leave the Core unstopped or _done unset (stop() on
             # another thread waits for it).
-            with self._lock:
+            with self._holding_lock():
                 self._check_startable()
                 self._serving = serving = True
                 self._serving_thread = threading.current_thread()
@@ -691,7 +698,7 @@ class Server:
         connect right away); OSError if the system will not give the
         threads (too many workers for ulimit -u or -v), RuntimeError if
         Python is shutting down."""
-        with self._lock:
+        with self._holding_lock():
             self._check_startable()
             self._serve_pid = self._unix_owner.served = os.getpid()
             # The server thread waits for start()'s verdict before it
@@ -746,6 +753,16 @@ class Server:
             self._thread = thread
         return self
 
+    @contextlib.contextmanager
+    def _holding_lock(self) -> Iterator[None]:
+        me = threading.get_ident()
+        try:
+            self._lock_holders.add(me)
+            with self._lock:
+                yield
+        finally:
+            self._lock_holders.discard(me)
+
     def _abandon_start(self) -> None:
         # Under self._lock, from start()'s failure; no other thread runs
         # the Core.
@@ -794,7 +811,8 @@ class Server:
         Called from inside a request handler (one of this server's worker
         threads), it only begins the graceful stop and returns at once:
         waiting would mean waiting for itself. The request that called it
-        still gets its response."""
+        still gets its response. So does a signal handler that runs while
+        its thread is inside start(): the server stops once started."""
         grace = self.options["graceful_timeout"] if timeout is None \
             else timeout
         self._core.stop(grace)
@@ -805,6 +823,11 @@ class Server:
             # must not hang the child.
             return
         if self._core.is_worker_thread():
+            return
+        if threading.get_ident() in self._lock_holders:
+            # A signal handler on a thread inside start() (or
+            # serve_forever's set-up), which holds self._lock: the stop is
+            # asked for, and the server ends as soon as it has started.
             return
         with self._lock:
             thread = self._thread
