@@ -1585,6 +1585,48 @@ def test_reuse_port_processes_hold_only_their_own_listener(tmp_path):
         assert stop(proc) == 0
 
 
+SLOW_RESTART_APP = """
+import os, time
+if os.path.exists(os.path.join(os.path.dirname(__file__), "SLOW")):
+    time.sleep(4)
+
+def app(environ, start_response):
+    start_response("200 OK", [("Content-Length", "2")])
+    return [b"ok"]
+"""
+
+
+def test_reuse_port_process_takes_no_connection_before_it_is_ready(
+        tmp_path):
+    """With --reuse-port each process listened on its own socket from
+    before it loaded the app: the kernel gave it its share of the new
+    connections at once, and they waited for the whole import (seconds),
+    or were reset when it failed (hostile review s23). Its socket now
+    listens once the process has loaded the app; the other process
+    answers meanwhile."""
+    write_app(tmp_path, SLOW_RESTART_APP)
+    with start(tmp_path, "--reuse-port") as proc:
+        port = wait_port(proc)
+        wait_ready(proc, 2)
+        (tmp_path / "SLOW").write_text("x")
+        started = count_lines(proc, "Started server process")
+        os.kill(children_of(proc.proc.pid)[0], signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while count_lines(proc, "Started server process") == started:
+            assert time.monotonic() < deadline, proc._describe()
+            time.sleep(0.02)
+        # The successor imports for 4 s: 20 new connections meanwhile.
+        began = time.monotonic()
+        for _ in range(20):
+            assert get(port, timeout=2)[0] == 200
+        assert time.monotonic() - began < 3, "waited for the import"
+        assert count_lines(proc, r"Server process \d+ is ready") == 2, \
+            "the successor was ready already: nothing was tested"
+        wait_ready(proc, 3)
+        assert get(port)[0] == 200
+        assert stop(proc) == 0
+
+
 def test_recycling_options_with_one_process_warn(tmp_path):
     write_app(tmp_path)
     with start(tmp_path, "--max-requests", "3", "--max-lifetime", "1",

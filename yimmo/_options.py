@@ -566,7 +566,9 @@ OPTIONS = (
     Option("reuse_port", ("--reuse-port",), Bool(), False,
            "Give each server process its own listening socket with "
            "SO_REUSEPORT (the kernel spreads connections across them) "
-           "instead of one shared listener.",
+           "instead of one shared listener. A process's socket listens "
+           "once it has loaded the app, so a process that is still "
+           "importing (or fails to) takes no connection.",
            metavar=""),
     Option("preload", ("--preload",), Bool(), False,
            "Import the application in the supervisor before forking, so "

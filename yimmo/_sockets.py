@@ -148,17 +148,21 @@ def tcp_socket(family: int, reuse_port: bool) -> socket.socket:
     return sock
 
 
-def reuse_port_listener(reserved: Listener, backlog: int) -> Listener:
+def reuse_port_listener(reserved: Listener, backlog: int,
+                        listen: bool = True) -> Listener:
     """A process's own listening socket on the address a reserved
     Listener holds (SO_REUSEPORT: the kernel spreads connections across
-    the processes' sockets)."""
+    the processes' sockets). listen=False: bound only, so that the kernel
+    gives it no connection yet; the caller listens (with the backlog)
+    once it can accept."""
     assert isinstance(reserved.address, tuple), "reuse_port is TCP only"
     host, port = reserved.address
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = tcp_socket(family, True)
     try:
         sock.bind(reserved.sock.getsockname())
-        sock.listen(backlog)
+        if listen:
+            sock.listen(backlog)
         sock.setblocking(False)
     except OSError as exc:
         sock.close()

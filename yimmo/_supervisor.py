@@ -1035,8 +1035,13 @@ class Supervisor:
         try:
             for listener in self.listeners:
                 if listener.reuse_port:
+                    # Bound now, listening once the app is loaded: a
+                    # listening socket joins the kernel's group at once,
+                    # and took its share of the new connections while the
+                    # process imported the app (seconds), or failed to
+                    # (they were reset) (hostile review s23).
                     listeners.append(_sockets.reuse_port_listener(
-                        listener, opts["backlog"]))
+                        listener, opts["backlog"], listen=False))
                     # The supervisor's reservation, not ours to hold.
                     listener.sock.close()
                 else:
@@ -1072,6 +1077,12 @@ class Supervisor:
             log.info("Received SIGUSR1 while importing the application: "
                      "reopening log files")
             _logging.reopen_log_files()
+        try:
+            for listener, shared in zip(listeners, self.listeners):
+                if shared.reuse_port:
+                    listener.sock.listen(opts["backlog"])
+        except OSError as exc:
+            return fail(_sockets.explain(exc))
         max_requests = opts["max_requests"]
         if max_requests and opts["max_requests_jitter"]:
             # random reseeds itself in a forked child.
