@@ -730,7 +730,15 @@ class Server:
                 # not started yet raises RuntimeError. (The new thread
                 # never takes self._lock, so starting it under the lock is
                 # safe.)
-                thread.start()
+                try:
+                    thread.start()
+                except RuntimeError as exc:
+                    # "can't start new thread": the workers took what
+                    # the limits left (hostile review s23).
+                    raise OSError(
+                        errno.EAGAIN, "could not start the server's thread "
+                        "(%s): a higher limit on threads or memory (ulimit "
+                        "-u, -v), or fewer --workers" % exc) from None
                 verdict.append(True)
                 go.set()
             except BaseException:
