@@ -2209,6 +2209,7 @@ def test_worker_threads_that_start_too_slowly_are_named(tmp_path):
     errors = [line for line in proc.stderr.splitlines()
               if line.startswith("yimmo: error:")]
     assert errors == ["yimmo: error: server process did not start its 64 "
-                      "worker threads within 1 s (--start-timeout; fewer "
-                      "--workers start sooner)"], proc.stderr
+                      "worker threads within 1 s (--start-timeout; each "
+                      "takes the GIL once: fewer --workers, or app threads "
+                      "that hold the GIL less, start sooner)"], proc.stderr
 

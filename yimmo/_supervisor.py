@@ -422,7 +422,7 @@ class Supervisor:
             if signum == signal.SIGINT:
                 self.interrupted = True
             if signum in (signal.SIGTERM, signal.SIGINT):
-                self._begin_stop(signal.Signals(signum).name)
+                self._begin_stop("Received " + signal.Signals(signum).name)
             elif signum == signal.SIGHUP:
                 self._reload()
             elif signum == signal.SIGTTIN:
@@ -443,12 +443,15 @@ class Supervisor:
                 for child in self.children.values():
                     self._signal(child, signal.SIGUSR1)
 
-    def _begin_stop(self, name: str) -> None:
+    def _begin_stop(self, why: str) -> None:
         if self.stopping:
             return
         grace = self.options["graceful_timeout"]
-        log.info("Received %s: stopping %d server process(es), "
-                 "%g s to finish", name, len(self.children), grace)
+        if self.children:
+            log.info("%s: stopping %d server process(es), %g s to finish",
+                     why, len(self.children), grace)
+        else:
+            log.info("%s: stopping", why)
         self.stopping = True
         self.stop_deadline = time.monotonic() + grace + KILL_SLACK
         # Our copies of the listeners close now, as a single server's do:
@@ -607,8 +610,9 @@ class Supervisor:
                     else:
                         child.error_line = (
                             "server process did not start its %d worker "
-                            "threads within %g s (--start-timeout; fewer "
-                            "--workers start sooner)"
+                            "threads within %g s (--start-timeout; each "
+                            "takes the GIL once: fewer --workers, or app "
+                            "threads that hold the GIL less, start sooner)"
                             % (opts["workers"], start_timeout))
                         why = ("its worker threads had not started %.1f s "
                                "after its app was loaded")
@@ -898,7 +902,7 @@ class Supervisor:
             line = child.error_line or "server process %s at start" % how
             _logging.write_stderr("yimmo: error: %s\n" % line)
             self.exit_status = 1
-            self._begin_stop("start failures")
+            self._begin_stop("Giving up")
             return
         delay = min(BACKOFF_MAX, BACKOFF_FIRST * 2 ** (self.failures - 1))
         self.next_spawn = max(self.next_spawn, now + delay)
