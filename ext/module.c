@@ -569,10 +569,30 @@ starts_reset_in_child(void)
     atomic_store(&starts_in_progress, 0);
 }
 
+/* At the very end of a finalization: an embedding program that starts
+ * Python again (Py_Initialize after Py_FinalizeEx) may serve again (C
+ * review s23: its workers were refused for good). */
+static void
+starts_reset_at_exit(void)
+{
+    atomic_store(&exiting, 0);
+}
+
 static void
 starts_watch_forks(void)
 {
     pthread_atfork(NULL, NULL, starts_reset_in_child);
+}
+
+/* Counts a start out, unless the process forked since it was counted in
+ * (a __del__ run by a failed start's shutdown may fork): the child's
+ * count was reset. */
+static void
+start_counted_out(unsigned counted_gen)
+{
+    if (counted_gen == ymo_fork_gen) {
+        atomic_fetch_sub(&starts_in_progress, 1);
+    }
 }
 
 /* Start the worker threads (and the watchdog) once, with the Core's
@@ -591,6 +611,7 @@ core_start_workers_locked(CoreObject *self)
         Py_END_ALLOW_THREADS
     }
     int counted = 0;
+    unsigned counted_gen = 0;
     if (self->shutting_down) {
         /* A failed start's shutdown, the GIL let go (a start_workers()
          * while run() serves is a no-op, as documented). */
@@ -608,6 +629,7 @@ core_start_workers_locked(CoreObject *self)
          * sets before it looks at the count: one of the two sees the
          * other. */
         atomic_fetch_add(&starts_in_progress, 1);
+        counted_gen = ymo_fork_gen;
         if (ymo_py_is_finalizing() || atomic_load(&exiting)) {
             /* A new thread cannot take the GIL then (it would hang, and
              * the wait for the threads' states below with it). */
@@ -666,7 +688,7 @@ core_start_workers_locked(CoreObject *self)
                 PyErr_SetObject(PyExc_OSError, exc);
                 Py_DECREF(exc);
             }
-            atomic_fetch_sub(&starts_in_progress, 1);
+            start_counted_out(counted_gen);
             return -1;
         }
     }
@@ -679,7 +701,7 @@ core_start_workers_locked(CoreObject *self)
         Py_END_ALLOW_THREADS
     }
     if (counted) {
-        atomic_fetch_sub(&starts_in_progress, 1);
+        start_counted_out(counted_gen);
     }
     return 0;
 }
@@ -1086,6 +1108,10 @@ module_exec(PyObject *module)
     ymo_server_watch_forks();
     static pthread_once_t starts_once = PTHREAD_ONCE_INIT;
     pthread_once(&starts_once, starts_watch_forks);
+    /* Each time: a finalization runs these once and forgets them. (Full,
+     * at 32, it is left out: only a later start in this process would
+     * then be refused.) */
+    (void)Py_AtExit(starts_reset_at_exit);
     PyObject *hook = PyCFunction_NewEx(&wait_for_starts_def, NULL, NULL);
     PyObject *done = NULL;
     if (hook != NULL) {

@@ -527,9 +527,12 @@ server_release_wake(void *arg)
  * without failed; with no callback it prints and abort()s, which is what
  * happens here too unless the failing call is one the thread has armed
  * syserr_jump around (async_start_or_errno): then it jumps back there.
- * Both are this thread's own. The callback is the process's (set once);
- * libev keeps nothing half made where it calls it from evpipe_init, the
- * only call armed. */
+ * Both are this thread's own. The callback is the process's (set once):
+ * another user of the shared libev in the same process (rare: gevent
+ * builds its own copy in) that sets one too replaces it, or has it
+ * replaced; each of them then sees the other's behaviour. libev keeps
+ * nothing half made where it calls it from evpipe_init, the only call
+ * armed (C review s23). */
 static _Thread_local jmp_buf *syserr_jump;
 static _Thread_local int syserr_errno;
 static pthread_once_t syserr_once = PTHREAD_ONCE_INIT;

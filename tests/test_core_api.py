@@ -1069,3 +1069,63 @@ def test_exiting_while_a_daemon_thread_creates_the_threads_never_crashes():
             inside.wait()
             time.sleep(%r)
         """ % delay)
+
+
+EMBED = r"""
+#include <Python.h>
+#include <stdio.h>
+
+static const char *code =
+"import socket, sys\n"
+"from yimmo import _yimmo\n"
+"s = socket.socket(); s.bind(('127.0.0.1', 0)); s.listen()\n"
+"app = lambda e, sr: (sr('200 OK', []), [b''])[1]\n"
+"core = _yimmo.Core(app, [(s.detach(), False, '127.0.0.1', '1')],\n"
+"                   print, sys.stderr, workers=1)\n"
+"try:\n"
+"    core.start_workers()\n"
+"    print('started', flush=True)\n"
+"except RuntimeError as exc:\n"
+"    print('refused:', exc, flush=True)\n"
+"core.stop(0)\n"
+"print('run', core.run(), flush=True)\n";
+
+int main(void)
+{
+    for (int round = 0; round < 3; round++) {
+        Py_Initialize();
+        PyRun_SimpleString(code);
+        if (Py_FinalizeEx() < 0) {
+            return 1;
+        }
+    }
+    return 0;
+}
+"""
+
+
+@pytest.mark.skipif(
+    not __import__("sysconfig").get_config_var("Py_ENABLE_SHARED"),
+    reason="embedding needs a shared libpython")
+def test_an_embedding_program_serves_again_after_finalizing(tmp_path):
+    """A program that embeds Python, finalizes it and starts it again: the
+    second interpreter's workers were refused for good, as Python's exit
+    had been seen once (C review s23)."""
+    import shutil
+    import sysconfig
+    cc = shutil.which("gcc") or shutil.which("cc")
+    if cc is None:
+        pytest.skip("no C compiler")
+    (tmp_path / "embed.c").write_text(EMBED)
+    libdir = sysconfig.get_config_var("LIBDIR")
+    subprocess.run(
+        [cc, str(tmp_path / "embed.c"), "-o", str(tmp_path / "embed"),
+         "-I" + sysconfig.get_paths()["include"], "-L" + libdir,
+         "-lpython" + sysconfig.get_config_var("LDVERSION"),
+         "-Wl,-rpath," + libdir], check=True, timeout=120)
+    # The embedded interpreter's own prefix, with yimmo on its path.
+    proc = subprocess.run([str(tmp_path / "embed")], env=subprocess_env(),
+                          capture_output=True, text=True, timeout=TIMEOUT)
+    assert proc.returncode == 0, (proc.stdout, proc.stderr)
+    assert proc.stdout.count("started") == 3, (proc.stdout, proc.stderr)
+    assert proc.stdout.count("run True") == 3, (proc.stdout, proc.stderr)
