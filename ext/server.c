@@ -35,6 +35,11 @@
  * sibling waits before it accepts; see listener_on_accept. */
 #define ACCEPT_DEFER 0.001
 
+/* At most this many connections taken from a listener's queue at a stop
+ * (server_take_queued): a queue that a flood keeps full must not keep the
+ * stop from going on. */
+#define ACCEPT_QUEUED_MAX 4096
+
 /* Seconds to stop accepting after running out of file descriptors. */
 #define ACCEPT_PAUSE 0.1
 
@@ -100,6 +105,67 @@ server_deadline(ymo_server_t *s)
     return deadline;
 }
 
+/* Accept one connection from l and make it the server's: 1; 0 when none
+ * is waiting; -1 out of descriptors or memory (it waits in the
+ * backlog). */
+static int
+listener_accept_one(ymo_listener_t *l)
+{
+    ymo_server_t *s = l->server;
+    struct sockaddr_storage ss;
+    socklen_t slen;
+    int fd;
+    do {
+        slen = sizeof(ss);
+        fd = accept4(l->fd, (struct sockaddr *)&ss, &slen,
+                     SOCK_NONBLOCK | SOCK_CLOEXEC);
+    } while (fd < 0 && (errno == EINTR || errno == ECONNABORTED));
+    if (fd < 0) {
+        return errno == EMFILE || errno == ENFILE || errno == ENOBUFS ||
+               errno == ENOMEM ? -1 : 0;
+    }
+    if (!l->is_unix && (!l->nodelay_inherited || l->nodelay_queued > 0)) {
+        int one = 1;
+        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+        if (l->nodelay_queued > 0) {
+            l->nodelay_queued--;
+        }
+    }
+    /* Trust is decided once, here, for the connection's life. */
+    int trusted = l->is_unix ||
+                  ymo_trust_match_sockaddr(&s->config.trust,
+                                           (struct sockaddr *)&ss);
+    if (ymo_conn_new(l, fd, (struct sockaddr *)&ss, trusted) == NULL) {
+        close(fd);
+    }
+    server_publish_conns(s);
+    return 1;
+}
+
+/* At a stop, the connections already waiting in the queue of a listener
+ * no other process accepts from (a single server's, or a --reuse-port
+ * socket of its own): taken, and served with the rest in the grace
+ * period. Closing the listener reset them: with --reuse-port, a few at
+ * every reload under load (hostile review s23). A listener shared with
+ * other processes keeps its queue for them. */
+static void
+server_take_queued(ymo_server_t *s)
+{
+    if (s->config.shared_listener) {
+        return;
+    }
+    for (size_t i = 0; i < s->n_listeners; i++) {
+        if (s->listeners[i].fd < 0) {
+            continue;
+        }
+        for (int n = 0; n < ACCEPT_QUEUED_MAX; n++) {
+            if (listener_accept_one(&s->listeners[i]) <= 0) {
+                break;
+            }
+        }
+    }
+}
+
 static void
 listener_on_accept(struct ev_loop *loop, ev_io *w, int revents)
 {
@@ -132,42 +198,21 @@ listener_on_accept(struct ev_loop *loop, ev_io *w, int revents)
         s->accept_deferred = 0;
     }
     for (int i = 0; i < batch; i++) {
-        struct sockaddr_storage ss;
-        socklen_t slen = sizeof(ss);
-        int fd = accept4(l->fd, (struct sockaddr *)&ss, &slen,
-                         SOCK_NONBLOCK | SOCK_CLOEXEC);
-        if (fd < 0) {
-            if (errno == EINTR || errno == ECONNABORTED) {
-                continue;
+        int r = listener_accept_one(l);
+        if (r < 0) {
+            /* Out of descriptors or memory: the connection waits in the
+             * backlog. The listener stays readable, so stop watching it
+             * for a moment instead of spinning. */
+            for (size_t k = 0; k < s->n_listeners; k++) {
+                ev_io_stop(s->loop, &s->listeners[k].io);
             }
-            if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS ||
-                errno == ENOMEM) {
-                /* Out of descriptors or memory: the connection waits in
-                 * the backlog. The listener stays readable, so stop
-                 * watching it for a moment instead of spinning. */
-                for (size_t k = 0; k < s->n_listeners; k++) {
-                    ev_io_stop(s->loop, &s->listeners[k].io);
-                }
-                ev_timer_set(&s->accept_timer, ACCEPT_PAUSE, 0.);
-                ev_timer_start(s->loop, &s->accept_timer);
-            }
-            return;             /* EAGAIN: all taken */
+            ev_timer_set(&s->accept_timer, ACCEPT_PAUSE, 0.);
+            ev_timer_start(s->loop, &s->accept_timer);
+            return;
         }
-        if (!l->is_unix && (!l->nodelay_inherited || l->nodelay_queued > 0)) {
-            int one = 1;
-            setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-            if (l->nodelay_queued > 0) {
-                l->nodelay_queued--;
-            }
+        if (r == 0) {
+            return;             /* all taken */
         }
-        /* Trust is decided once, here, for the connection's life. */
-        int trusted = l->is_unix ||
-                      ymo_trust_match_sockaddr(&s->config.trust,
-                                               (struct sockaddr *)&ss);
-        if (ymo_conn_new(l, fd, (struct sockaddr *)&ss, trusted) == NULL) {
-            close(fd);
-        }
-        server_publish_conns(s);
     }
 }
 
@@ -236,6 +281,7 @@ server_on_stop(struct ev_loop *loop, ev_async *w, int revents)
     ymo_server_now_update(s);
     s->drain_deadline = deadline;
     if (!s->draining_loop) {
+        server_take_queued(s);
         s->draining_loop = 1;
         s->drain_started = ymo_server_now(s);
         if (s->heartbeat != NULL) {

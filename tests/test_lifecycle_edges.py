@@ -829,6 +829,11 @@ raise_exit = sys.argv[1] == "exit"
 
 def on_term(signum, frame):
     srv.stop(0)
+    if sys.argv[1] == "restart":
+        try:
+            srv.start()
+        except RuntimeError as exc:
+            print("start refused:", exc, flush=True)
     print("handler returned", flush=True)
     if raise_exit:
         sys.exit(3)
@@ -860,7 +865,7 @@ except ConnectionRefusedError:
 """
 
 
-@pytest.mark.parametrize("then", ["return", "exit"])
+@pytest.mark.parametrize("then", ["return", "exit", "restart"])
 def test_stop_from_a_signal_handler_inside_start(then):
     """A SIGTERM handler that calls stop() (the usual embedding pattern),
     run while start() on the same thread held its lock: stop() waited for
@@ -871,8 +876,56 @@ def test_stop_from_a_signal_handler_inside_start(then):
                           then], env=subprocess_env(), capture_output=True,
                          text=True, timeout=30).stdout
     assert "handler returned" in out, out
+    if then == "restart":
+        # Its lock is the interrupted start()'s: refused, not a wait for
+        # good (hostile review s23).
+        assert "start refused: the server is being started or stopped" \
+            in out, out
     if then == "exit":
         assert "start raised SystemExit 3" in out, out
     else:
         assert "start returned" in out, out
     assert "stopped True" in out and "refused" in out, out
+
+
+def test_stop_from_a_signal_handler_inside_stop():
+    """A signal handler calling stop() that interrupted the same thread's
+    stop() while it held the server's lock (the main thread stopping the
+    server, and an app's SIGTERM handler that stops it too) waited for
+    that lock for good (hostile review s23). A trace function sends the
+    signal as stop() reads the state under its lock."""
+    out = subprocess.run([sys.executable, "-c", textwrap.dedent("""
+        import os, signal, sys
+        import yimmo
+        app = lambda e, s: (s("200 OK", []), [b"ok"])[1]
+        srv = yimmo.Server(app, bind="127.0.0.1:0", workers=2,
+                           log_level="warning").start()
+
+        def on_term(signum, frame):
+            srv.stop(0)
+            print("handler's stop returned", flush=True)
+
+        signal.signal(signal.SIGTERM, on_term)
+        sent = []
+
+        def trace(frame, event, arg):
+            if frame.f_code.co_name != "stop" or \\
+                    "_server" not in frame.f_code.co_filename:
+                return None
+            if event == "line" and not sent:
+                import linecache
+                line = linecache.getline(frame.f_code.co_filename,
+                                         frame.f_lineno)
+                if "thread = self._thread" in line:
+                    sent.append(1)
+                    os.kill(os.getpid(), signal.SIGTERM)
+            return trace
+
+        sys.settrace(trace)
+        srv.stop()
+        sys.settrace(None)
+        print("sent", bool(sent), "stopped", srv.stopped, flush=True)
+    """)], env=subprocess_env(), capture_output=True, text=True,
+        timeout=30).stdout
+    assert "handler's stop returned" in out, out
+    assert "sent True stopped True" in out, out

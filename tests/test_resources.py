@@ -5,13 +5,14 @@ import re
 import resource
 import signal
 import socket
+import subprocess
 import sys
 import textwrap
 import time
 
 import pytest
 
-from helpers import ServerProcess, skip_under_asan
+from helpers import ServerProcess, skip_under_asan, subprocess_env
 
 APP = textwrap.dedent('''
     import resource, sys, yimmo
@@ -172,3 +173,44 @@ def test_too_few_descriptors_to_start_say_so_and_never_abort(tmp_path):
     # One limit fails at the event loop, and says so.
     assert any("for the server's event loop: raise the limit (ulimit -n)"
                in line for line in outcomes.values()), outcomes
+
+
+def test_out_of_descriptors_the_api_says_which_limit(tmp_path):
+    """Server() and serve_forever() out of descriptors raised a bare
+    "Too many open files" to a program using the API (the socket, the
+    signal set-up's socket pair; hostile review s23): each OSError names
+    the limit, or the server serves."""
+    script = textwrap.dedent('''
+        import os, resource, signal, sys
+        import yimmo
+        app = lambda e, s: (s("200 OK", []), [b"x"])[1]
+        spare = int(sys.argv[1])
+        bind = sys.argv[2]
+        n = len(os.listdir("/proc/self/fd")) - 1 + spare
+        resource.setrlimit(resource.RLIMIT_NOFILE, (n, n))
+        # No thread of its own: one that exits out of descriptors aborts
+        # (glibc loads libgcc_s for it).
+        signal.signal(signal.SIGALRM,
+                      lambda *a: os.kill(os.getpid(), signal.SIGTERM))
+        signal.setitimer(signal.ITIMER_REAL, 1.0)
+        try:
+            yimmo.Server(app, bind=bind, workers=1,
+                         log_level="warning").serve_forever()
+            print("served")
+        except OSError as exc:
+            print("OSError:", exc)
+        signal.setitimer(signal.ITIMER_REAL, 0)
+    ''')
+    outcomes = []
+    for bind in ("127.0.0.1:0", "unix:" + str(tmp_path / "s.sock")):
+        for spare in range(-1, 6):
+            proc = subprocess.run(
+                [sys.executable, "-c", script, str(spare), bind],
+                cwd=str(tmp_path), env=subprocess_env(),
+                capture_output=True, text=True, timeout=30)
+            assert proc.returncode == 0, (spare, bind, proc.stderr)
+            outcomes.append(proc.stdout.strip())
+    assert "served" in outcomes, outcomes
+    for line in outcomes:
+        assert line == "served" or ("OSError:" in line and
+                                    "(ulimit -n)" in line), outcomes

@@ -261,7 +261,7 @@ class Server:
         self._stopped_unstarted = False
         self._done = threading.Event()  # serve_forever has returned
         self._lock = threading.Lock()
-        # The threads inside start() or serve_forever()'s set-up, which
+        # The threads inside start(), serve_forever()'s set-up or stop(), which
         # hold (or are about to take) self._lock: a signal handler there
         # that calls stop() must not wait for the lock its own thread
         # holds (hostile review s23: it hung for good). Each thread adds
@@ -519,7 +519,12 @@ class Server:
         where the app left it at its default, and the lifecycle handlers.
         Each replacement is recorded in state as it is made."""
         global _signal_owner
-        state.wakeup_r, state.wakeup_w = socket.socketpair()
+        try:
+            state.wakeup_r, state.wakeup_w = socket.socketpair()
+        except OSError as exc:
+            # Out of descriptors: say which limit (hostile review s23).
+            raise OSError(exc.errno, "cannot set up signal handling: %s"
+                          % _sockets.explain(exc)) from None
         state.wakeup_r.setblocking(False)
         state.wakeup_w.setblocking(False)
         state.wakeup_set = True     # before: a signal may land after it
@@ -764,6 +769,12 @@ class Server:
     @contextlib.contextmanager
     def _holding_lock(self) -> Iterator[None]:
         me = threading.get_ident()
+        if me in self._lock_holders:
+            # A signal handler that interrupted this thread's own start(),
+            # serve_forever() or stop(): the lock is its, and waiting for
+            # it would be for good (hostile review s23).
+            raise RuntimeError("the server is being started or stopped by "
+                               "the code this signal handler interrupted")
         try:
             self._lock_holders.add(me)
             with self._lock:
@@ -837,7 +848,7 @@ class Server:
             # serve_forever's set-up), which holds self._lock: the stop is
             # asked for, and the server ends as soon as it has started.
             return
-        with self._lock:
+        with self._holding_lock():
             thread = self._thread
             serving = self._serving
             serving_thread = self._serving_thread

@@ -111,6 +111,21 @@ def bind_all(options: _options.ServerOptions,
 def bind_one(text: str, backlog: int, reuse_port: bool = False,
              unix_mode: Optional[int] = None,
              reserve_reuse_port: bool = False) -> Listener:
+    try:
+        return _bind_one(text, backlog, reuse_port, unix_mode,
+                         reserve_reuse_port)
+    except OSError as exc:
+        if exc.errno in (errno.EMFILE, errno.ENFILE) and \
+                "ulimit" not in str(exc):
+            # Out of descriptors for the socket itself (or for the codec
+            # getaddrinfo imports): which limit (hostile review s23).
+            raise _fail(text, exc) from None
+        raise
+
+
+def _bind_one(text: str, backlog: int, reuse_port: bool,
+              unix_mode: Optional[int],
+              reserve_reuse_port: bool) -> Listener:
     parsed = _options.parse_address(text)
     if isinstance(parsed, int):
         return inherit_fd(text, parsed)
