@@ -59,19 +59,11 @@ now(const ymo_conn_t *c)
     return ymo_server_now(c->listener->server);
 }
 
-/* Stopping: may a connection idle from now on get a last call? Not when
- * the stop's deadline would cut off, in the app, a request that arrived
- * in it (see YMO_LAST_CALL). */
-static int
-last_call_fits(const ymo_server_t *s)
-{
-    return s->drain_deadline - ymo_server_now(s) >= 2 * YMO_LAST_CALL;
-}
 
 static int
 conn_last_call_fits(const ymo_conn_t *c)
 {
-    return last_call_fits(c->listener->server);
+    return ymo_server_last_call_fits(c->listener->server);
 }
 
 /* How many bytes of empty lines (CRLF pairs) buf begins with. RFC 9112
@@ -1876,7 +1868,7 @@ ymo_conn_drain_all(ymo_server_t *s)
      * conn_drain): their deadlines moved to the last call. Unless the
      * stop's deadline leaves no room for one: then they close now, as
      * idle ones with a busy part do in conn_drain. */
-    if (!last_call_fits(s)) {
+    if (!ymo_server_last_call_fits(s)) {
         for (int k = 0; k < 2; k++) {
             while (s->idle_head[k] != NULL) {
                 conn_idle_close(s->idle_head[k]);

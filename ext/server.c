@@ -145,13 +145,18 @@ listener_accept_one(ymo_listener_t *l)
 /* At a stop, the connections already waiting in the queue of a listener
  * no other process accepts from (a single server's, or a --reuse-port
  * socket of its own): taken, and served with the rest in the grace
- * period. Closing the listener reset them: with --reuse-port, a few at
- * every reload under load (hostile review s23). A listener shared with
- * other processes keeps its queue for them. */
+ * period (when the deadline leaves room for it). Closing the listener
+ * reset them: with --reuse-port, a few at every reload under load
+ * (hostile review s23). A listener shared with other processes keeps its
+ * queue for them. Called with drain_deadline set. */
 static void
 server_take_queued(ymo_server_t *s)
 {
-    if (s->config.shared_listener) {
+    if (s->config.shared_listener || !ymo_server_last_call_fits(s)) {
+        /* Shared: the queue is the other processes'. A deadline too
+         * close for last calls: they would be closed unanswered at once,
+         * while with the listener (fd://, socket activation) another
+         * process may still take them (C review s23). */
         return;
     }
     for (size_t i = 0; i < s->n_listeners; i++) {

@@ -434,6 +434,15 @@ ymo_server_now(const ymo_server_t *s)
 
 void ymo_server_now_update(ymo_server_t *s);
 
+/* Loop thread, stopping: may a connection idle from now on get a last
+ * call? Not when the stop's deadline would cut off, in the app, a request
+ * that arrived in it (see YMO_LAST_CALL). */
+static inline int
+ymo_server_last_call_fits(const ymo_server_t *s)
+{
+    return s->drain_deadline - ymo_server_now(s) >= 2 * YMO_LAST_CALL;
+}
+
 /* Seconds an ev_timer is armed past the deadline it stands for: libev
  * counts a timer from its own reading of the monotonic clock, taken a
  * little before the loop's (ymo_server_now), so a timer armed for exactly

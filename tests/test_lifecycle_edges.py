@@ -929,3 +929,62 @@ def test_stop_from_a_signal_handler_inside_stop():
         timeout=30).stdout
     assert "handler's stop returned" in out, out
     assert "sent True stopped True" in out, out
+
+
+def test_a_stop_cut_short_anywhere_leaves_the_lock_free():
+    """A signal handler that raises (Ctrl-C) where a Python function is
+    entered inside stop(): at the entry of the lock's context manager's
+    __exit__ (a generator-based one) the lock stayed held, and this
+    thread counted as its holder, as long as the exception was kept: a
+    later stop() returned at once, another thread's hung (C review s23).
+    Each point in turn; the lock is free after each."""
+    out = subprocess.run([sys.executable, "-c", textwrap.dedent("""
+        import sys, threading
+        import yimmo
+        app = lambda e, s: (s("200 OK", []), [b"ok"])[1]
+        kept, points = [], 0
+        for k in range(200):
+            srv = yimmo.Server(app, bind="127.0.0.1:0", workers=1,
+                               log_level="warning").start()
+            seen = [0]
+
+            def trace(frame, event, arg):
+                if event == "call":
+                    seen[0] += 1
+                    if seen[0] == k + 1:
+                        raise KeyboardInterrupt
+                return None
+
+            sys.settrace(trace)
+            try:
+                srv.stop(5)
+                sys.settrace(None)
+                srv.stop()
+                break                   # no point left to cut at
+            except KeyboardInterrupt as exc:
+                sys.settrace(None)
+                kept.append(exc)        # its traceback, frames and all
+            points += 1
+            got = []
+
+            def take():
+                got.append(srv._lock.acquire(timeout=5))
+                if got[0]:
+                    srv._lock.release()
+
+            t = threading.Thread(target=take)
+            t.start()
+            t.join()
+            if got != [True]:
+                print("lock held after a cut at point", k)
+                break
+            srv.stop()
+            if not srv.stopped:
+                print("not stopped after a cut at point", k)
+                break
+        print("points", points, "all free", flush=True)
+    """)], env=subprocess_env(), capture_output=True, text=True,
+        timeout=120).stdout
+    assert "all free" in out and "held" not in out and \
+        "not stopped" not in out, out
+    assert int(out.split("points ")[1].split()[0]) > 0, out

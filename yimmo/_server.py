@@ -8,7 +8,6 @@ needs no speed: parsing bind addresses, binding, signals and shutdown.
 from __future__ import annotations
 
 import atexit
-import contextlib
 import errno
 import logging
 import os
@@ -20,8 +19,8 @@ import threading
 import weakref
 from types import FrameType, TracebackType
 from typing import (
-    TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Optional, Sequence,
-    Set, Tuple, Type, Union,
+    TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence, Tuple,
+    Type, Union,
 )
 
 from . import _logging, _options, _signals, _sockets, _yimmo
@@ -260,13 +259,14 @@ class Server:
         # later start() or serve_forever() raises rather than pretending.
         self._stopped_unstarted = False
         self._done = threading.Event()  # serve_forever has returned
-        self._lock = threading.Lock()
-        # The threads inside start(), serve_forever()'s set-up or stop(), which
-        # hold (or are about to take) self._lock: a signal handler there
-        # that calls stop() must not wait for the lock its own thread
-        # holds (hostile review s23: it hung for good). Each thread adds
-        # and removes only its own ident.
-        self._lock_holders: Set[int] = set()
+        # An RLock only so that a signal handler on the thread that holds
+        # it (inside start(), serve_forever()'s set-up or stop()) can tell
+        # (_lock_is_mine) and not wait for it: that was for good (hostile
+        # review s23). Never taken twice by one thread. Its own C-level
+        # `with` leaves no point between the acquire and the release where
+        # a handler that raises could leave it held (a Python context
+        # manager did, C review s23).
+        self._lock = threading.RLock()
         # The process the server was started in, -1 before: a process
         # forked from it (by the app) has none of its threads, and this
         # object's locks may be held for ever there (see _forked, stop).
@@ -383,7 +383,8 @@ class Server:
             # In the try: a signal that raises where a call returns here
             # must not leave the Core unstopped or _done unset (stop() on
             # another thread waits for it).
-            with self._holding_lock():
+            self._refuse_if_lock_is_mine()
+            with self._lock:
                 self._check_startable()
                 self._serving = serving = True
                 self._serving_thread = threading.current_thread()
@@ -703,7 +704,8 @@ class Server:
         connect right away); OSError if the system will not give the
         threads (too many workers for ulimit -u or -v), RuntimeError if
         Python is shutting down."""
-        with self._holding_lock():
+        self._refuse_if_lock_is_mine()
+        with self._lock:
             self._check_startable()
             self._serve_pid = self._unix_owner.served = os.getpid()
             # The server thread waits for start()'s verdict before it
@@ -766,21 +768,15 @@ class Server:
             self._thread = thread
         return self
 
-    @contextlib.contextmanager
-    def _holding_lock(self) -> Iterator[None]:
-        me = threading.get_ident()
-        if me in self._lock_holders:
+    def _lock_is_mine(self) -> bool:
+        return bool(getattr(self._lock, "_is_owned")())
+
+    def _refuse_if_lock_is_mine(self) -> None:
+        if self._lock_is_mine():
             # A signal handler that interrupted this thread's own start(),
-            # serve_forever() or stop(): the lock is its, and waiting for
-            # it would be for good (hostile review s23).
+            # serve_forever() or stop() (hostile review s23).
             raise RuntimeError("the server is being started or stopped by "
                                "the code this signal handler interrupted")
-        try:
-            self._lock_holders.add(me)
-            with self._lock:
-                yield
-        finally:
-            self._lock_holders.discard(me)
 
     def _abandon_start(self) -> None:
         # Under self._lock, from start()'s failure; no other thread runs
@@ -843,12 +839,12 @@ class Server:
             return
         if self._core.is_worker_thread():
             return
-        if threading.get_ident() in self._lock_holders:
-            # A signal handler on a thread inside start() (or
-            # serve_forever's set-up), which holds self._lock: the stop is
-            # asked for, and the server ends as soon as it has started.
+        if self._lock_is_mine():
+            # A signal handler on a thread inside start(), serve_forever's
+            # set-up or stop(), which holds self._lock: the stop is asked
+            # for, and the server ends as soon as it has started.
             return
-        with self._holding_lock():
+        with self._lock:
             thread = self._thread
             serving = self._serving
             serving_thread = self._serving_thread
