@@ -543,16 +543,24 @@ ymo_py_is_finalizing(void)
 static atomic_int starts_in_progress;
 static atomic_int exiting;
 
+/* A millisecond's wait for another thread's start, the GIL (or the
+ * critical section) let go. */
+static void
+nap_for_a_start(void)
+{
+    Py_BEGIN_ALLOW_THREADS
+    struct timespec pause = {0, 1000000};
+    nanosleep(&pause, NULL);
+    Py_END_ALLOW_THREADS
+}
+
 static PyObject *
 wait_for_starts(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(ignored))
 {
     atomic_store(&exiting, 1);
-    Py_BEGIN_ALLOW_THREADS
     while (atomic_load(&starts_in_progress) > 0) {
-        struct timespec pause = {0, 1000000};
-        nanosleep(&pause, NULL);
+        nap_for_a_start();
     }
-    Py_END_ALLOW_THREADS
     Py_RETURN_NONE;
 }
 
@@ -605,10 +613,7 @@ core_start_workers_locked(CoreObject *self)
     while (self->starting && self->starting_gen == ymo_fork_gen) {
         /* Another thread is creating them (below), the GIL let go: its
          * outcome decides what this call does. */
-        Py_BEGIN_ALLOW_THREADS
-        struct timespec pause = {0, 1000000};
-        nanosleep(&pause, NULL);
-        Py_END_ALLOW_THREADS
+        nap_for_a_start();
     }
     int counted = 0;
     unsigned counted_gen = 0;
@@ -633,7 +638,7 @@ core_start_workers_locked(CoreObject *self)
         if (ymo_py_is_finalizing() || atomic_load(&exiting)) {
             /* A new thread cannot take the GIL then (it would hang, and
              * the wait for the threads' states below with it). */
-            atomic_fetch_sub(&starts_in_progress, 1);
+            start_counted_out(counted_gen);
             PyErr_SetString(PyExc_RuntimeError,
                             "cannot start the server's workers while "
                             "Python is shutting down");
