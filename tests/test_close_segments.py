@@ -29,6 +29,7 @@ from helpers import (APPS_DIR, NetnsHost, ServerProcess, build_request,
 
 WAIT = 10
 SO_ATTACH_FILTER = 26
+SO_RCVBUFFORCE = 33
 FIN, SYN, RST = 0x01, 0x02, 0x04
 
 
@@ -38,9 +39,17 @@ class Capture:
 
     def __init__(self, ifname, port):
         self.port = port
-        self.sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW,
-                                  socket.htons(0x0800))   # IPv4
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
+        # Protocol 0: the socket takes no frame until bind() names one,
+        # after the filter is attached. (Made with ETH_P_IP, it queued
+        # every frame of every interface until the filter came: with
+        # suites side by side a busy loopback filled its buffer in that
+        # moment, and the test's own segments were dropped.)
+        self.sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
+        try:    # root may pass net.core.rmem_max
+            self.sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, 8 << 20)
+        except OSError:
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF,
+                                 8 << 20)
         # Only TCP segments from the port are queued (classic BPF, "tcp
         # src port PORT"): a busy loopback (suites side by side) would
         # fill the buffer with other traffic before segments() reads it.
@@ -62,7 +71,7 @@ class Capture:
         self.sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER,
                              struct.pack("HL", len(insns),
                                          ctypes.addressof(code)))
-        self.sock.bind((ifname, 0))
+        self.sock.bind((ifname, 0x0800))   # IPv4 (Python orders the bytes)
 
     def segments(self):
         """What arrived until the port has sent nothing for 0.3 s. (Not
