@@ -32,6 +32,10 @@ one function and what it calls (e.g. ymo_wsgi_environ), which is exact;
 several, comma-separated, add up (ev_run,worker_main: all the serving a
 yimmo process does, on the loop thread and in the workers).
 
+--header 'Connection: close' sends each request on a new connection (the
+server closes it after the response): the accept and close path, the
+matrix's second row; with --load too, where wrk does the same.
+
 --load SECONDS counts under load instead: wrk (-t1, --connections, 50 by
 default) drives the server for that long, and the instructions inside
 --toggle (default ev_run,worker_main: yimmo's loop and workers, start-up
@@ -95,24 +99,35 @@ def request_bytes(headers, bare=False, upload=0):
                 b"x" * upload)
 
 
-def drive(port, n, request, proc, deadline=600.0):
-    """n requests, one at a time, on one connection; every response must
-    be a 200 with a Content-Length."""
-    end = time.monotonic() + deadline
+def connect(port, proc, end):
+    """A connection to the server, once it accepts (bounded by end)."""
     while True:
         if proc.poll() is not None:
             raise RuntimeError("the server exited before accepting")
         try:
             sock = socket.create_connection(("127.0.0.1", port), timeout=5)
-            break
+            sock.settimeout(120)
+            return sock
         except OSError:
             if time.monotonic() > end:
                 raise
             time.sleep(0.2)
-    sock.settimeout(120)
+
+
+def drive(port, n, request, proc, deadline=600.0):
+    """n requests, one at a time, on one connection (on a new one each
+    when the request says Connection: close, and the server closes after
+    the response); every response must be a 200 with a Content-Length."""
+    end = time.monotonic() + deadline
+    close = re.search(rb"(?im)^connection: *close\r$", request) is not None
+    sock = connect(port, proc, end)
     buf = b""
-    with sock:
-        for _ in range(n):
+    try:
+        for i in range(n):
+            if close and i > 0:
+                sock.close()
+                sock = connect(port, proc, end)
+                buf = b""
             sock.sendall(request)
             while True:
                 head_end = buf.find(b"\r\n\r\n")
@@ -132,6 +147,11 @@ def drive(port, n, request, proc, deadline=600.0):
                 if not chunk:
                     raise RuntimeError("server closed the connection")
                 buf += chunk
+            if close and sock.recv(1):      # the server's close
+                raise RuntimeError("bytes after a Connection: close "
+                                   "response")
+    finally:
+        sock.close()
 
 
 def under_callgrind(argv, cwd, env, toggle, out, work):
