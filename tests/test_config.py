@@ -322,6 +322,8 @@ def test_toml_file(tmp_path):
     ("workers = 3\nbogus = 1\n", "unknown option 'bogus'"),
     ("workers = \n", "config file {}: Invalid value"),
     ("workers = true\n", "workers: must be an int, not bool"),
+    # TOML reads 660 as a decimal number (0o1224): the line says so.
+    ("unix_socket_mode = 660\n", "got 660, a decimal number: write 0o660"),
 ])
 @needs_tomllib
 def test_a_bad_toml_file_is_one_line(capsys, tmp_path, text, expected):

@@ -414,6 +414,17 @@ def test_unix_socket_mode_is_octal():
         "unix_socket_mode"] == 0o600
     assert validate({"unix_socket_mode": 0o640})["unix_socket_mode"] == \
         0o640
+    assert parse(["--unix-socket-mode", "0777", "a:b"])[1][
+        "unix_socket_mode"] == 0o777
+
+
+def test_a_decimal_unix_socket_mode_is_named_as_such():
+    # 660 where 0o660 was meant (Python, a config file) is 0o1224.
+    with pytest.raises(ValueError, match="got 660, a decimal number: "
+                       "write 0o660"):
+        validate({"unix_socket_mode": 660})
+    with pytest.raises(ValueError, match="from 0 to 777, got 1747$"):
+        validate({"unix_socket_mode": 999})
 
 
 @pytest.mark.parametrize("argv, expected", [

@@ -306,6 +306,11 @@ class FileMode(NamedTuple):
             raise TypeError("must be an int (e.g. 0o660), not %s"
                             % type(value).__name__)
         if not 0 <= value <= 0o777:
+            if value > 0 and set(str(value)) <= set("01234567"):
+                # 660 where 0o660 was meant (a config file, Python).
+                raise ValueError("must be %s, got %d, a decimal number: "
+                                 "write 0o%d" % (self.describe(), value,
+                                                 value))
             raise ValueError("must be %s, got %o" % (self.describe(), value))
         return value
 
@@ -315,7 +320,9 @@ class FileMode(NamedTuple):
             word = word[2:]
         if not word or any(c not in "01234567" for c in word):
             raise ValueError("must be %s, got %r" % (self.describe(), text))
-        return self.check(int(word, 8))
+        if int(word, 8) > 0o777:
+            raise ValueError("must be %s, got %s" % (self.describe(), word))
+        return int(word, 8)
 
 
 class Addresses(NamedTuple):
