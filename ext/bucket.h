@@ -62,6 +62,17 @@ ymo_bucket_slack(const ymo_bucket_t *b)
     return sizeof(*b) + (b->owner == NULL ? b->cap - b->len : 0);
 }
 
+/* Whether n more bytes may be copied into b's data[]: a memory bucket
+ * with that much room. A reference bucket has no data[] to copy into, and
+ * a file bucket's len counts the file's bytes (its cap is 0: cap - len
+ * wraps round, and a write() after a file_wrapper overflowed the bucket,
+ * C review s24). */
+static inline int
+ymo_bucket_fits(const ymo_bucket_t *b, size_t n)
+{
+    return b->owner == NULL && b->fd < 0 && b->cap - b->len >= n;
+}
+
 /* The three allocate, and return NULL when out of memory. Each is called
  * through a macro of its name, which in a fault-injection build adds the
  * caller's site (see alloc.h): which bucket failed is the caller's

@@ -305,7 +305,7 @@ static char *
 pend_reserve_in(StartResponseObject *self, size_t n, size_t least)
 {
     ymo_bucket_t *b = self->pend_tail;
-    if (b == NULL || b->owner != NULL || b->cap - b->len < n) {
+    if (b == NULL || !ymo_bucket_fits(b, n)) {
         b = ymo_bucket_new_from(self->ex != NULL ? &self->ex->server->spares
                                                  : NULL,
                                 n > least ? n : least);
@@ -1292,7 +1292,12 @@ send_file(StartResponseObject *self, ymo_file_wrapper_t *fw)
      * head that promises a body which never comes. */
     int dupfd = fcntl(fd, F_DUPFD_CLOEXEC, 0);
     struct stat sb;
-    if (dupfd < 0 || fstat(dupfd, &sb) < 0 || !S_ISREG(sb.st_mode) ||
+    /* Not a file opened write-only either (io.FileIO in mode "w" or "a"):
+     * sendfile fails with EBADF after the head is out, and the client got
+     * a 200 with no body and a close; iterated, its read() raises before
+     * the head, a 500 and a traceback in the log (C review s24). */
+    if (dupfd < 0 || (fcntl(dupfd, F_GETFL) & O_ACCMODE) == O_WRONLY ||
+        fstat(dupfd, &sb) < 0 || !S_ISREG(sb.st_mode) ||
         !size_trusted(dupfd, &sb)) {
         if (dupfd >= 0) {
             close(dupfd);
@@ -1344,13 +1349,7 @@ send_file(StartResponseObject *self, ymo_file_wrapper_t *fw)
         ymo_bucket_free(b);     /* closes dupfd */
     }
     else {
-        if (self->pend_tail != NULL) {
-            self->pend_tail->next = b;
-        }
-        else {
-            self->pend_head = b;
-        }
-        self->pend_tail = b;
+        pend_link(self, b);
         self->body_sent += (unsigned long long)len;
     }
     return 1;

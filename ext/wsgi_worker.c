@@ -899,12 +899,12 @@ static ymo_bucket_t *
 merge_into_tail(ymo_exchange_t *exchange, ymo_bucket_t *chain)
 {
     ymo_bucket_t *tail = exchange->out_tail;
-    if (tail == NULL || tail->owner != NULL || tail->fd >= 0) {
+    if (tail == NULL) {
         return chain;
     }
     while (chain != NULL && chain->owner == NULL && chain->fd < 0 &&
            chain->from_ex == tail->from_ex && chain->off == 0 &&
-           chain->len <= tail->cap - tail->len) {
+           ymo_bucket_fits(tail, chain->len)) {
         ymo_bucket_t *next = chain->next;
         memcpy(tail->data + tail->len, chain->data, chain->len);
         tail->len += chain->len;

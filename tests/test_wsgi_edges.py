@@ -1,6 +1,7 @@
 """WSGI edges: statuses an app may not send, readline() with large
 limits, and wsgi.file_wrapper over files whose size cannot be trusted."""
 
+import io
 import signal
 import socket
 import sys
@@ -322,3 +323,85 @@ def test_file_wrapper_when_no_descriptor_is_left(tmp_path):
         assert second.body == b"ok"
         proc.signal(signal.SIGTERM)
         assert proc.wait(WAIT) == 0
+
+
+# -- file_wrapper and the rest of the response -----------------------------
+
+WRITE_AFTER_FILE_APP = textwrap.dedent("""
+    import gc, sys, yimmo
+
+    PATH = sys.argv[1]
+    state = {"armed": False, "write": None}
+
+    def collecting(phase, info):
+        # A collection while the worker takes the response apart (here:
+        # set off by an allocation of the server's own): an app's __del__
+        # or gc callback that calls the write() it kept.
+        if phase == "start" and state["armed"]:
+            state["armed"] = False
+            state["write"](b"W" * 64)
+
+    gc.callbacks.append(collecting)
+
+    def app(environ, start_response):
+        # The Content-Length promises more than the file has: the file's
+        # bucket is the last of the pending output when write() comes.
+        state["write"] = start_response("200 OK",
+                                        [("Content-Length", "100000")])
+        wrapper = environ["wsgi.file_wrapper"](open(PATH, "rb"))
+        gc.set_threshold(1)
+        state["armed"] = True
+        return wrapper
+
+    server = yimmo.Server(app, bind="127.0.0.1:0", workers=1)
+    print("port", server.address[1], flush=True)
+    server.serve_forever()
+""")
+
+
+def test_a_write_after_a_file_wrapper_is_its_own_bytes(tmp_path):
+    """A write() that ran after send_file had put the file's bucket last
+    in the pending output copied its bytes into that bucket: a file
+    bucket has no room, but cap - len wrapped round (a heap overflow, a
+    crash or a corrupt response), and the loop was asked for more of the
+    file than it has (C review s24)."""
+    (tmp_path / "f.bin").write_bytes(b"F" * 10)
+    (tmp_path / "app.py").write_text(WRITE_AFTER_FILE_APP)
+    with ServerProcess([sys.executable, "app.py", str(tmp_path / "f.bin")],
+                       cwd=tmp_path, env=subprocess_env()) as proc:
+        m = proc.wait_for_line(r"^port (\d+)$", "stdout", WAIT)
+        with connect(("127.0.0.1", int(m.group(1))), WAIT) as sock:
+            sock.sendall(build_request("GET", "/"))
+            data = read_until_close(sock, WAIT)
+        head, _, body = data.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200 OK"), data
+        # The file, then what write() gave; short of the promised length,
+        # so the connection closes.
+        assert body == b"F" * 10 + b"W" * 64, data
+        proc.wait_for_line(r"shorter than its Content-Length \(74 of "
+                           r"100000 bytes\)", "stderr", WAIT)
+        proc.signal(signal.SIGTERM)
+        assert proc.wait(WAIT) == 0
+
+
+def test_file_wrapper_on_a_write_only_file_is_a_500(yimmo_server, tmp_path,
+                                                    log_watcher):
+    """io.FileIO opened for writing only was sent with sendfile, which
+    failed (EBADF) after the head: the client got a 200 with no body and
+    a close, and nothing was logged. Iterated, its read() raises before
+    the head (C review s24)."""
+    path = tmp_path / "f.bin"
+    path.write_bytes(b"a" * 1000)
+
+    def app(environ, start_response):
+        start_response("200 OK", [])
+        f = io.FileIO(path, "a")     # O_WRONLY | O_APPEND, not emptied
+        f.seek(0)
+        return environ["wsgi.file_wrapper"](f)
+
+    server = yimmo_server(app, workers=1)
+    with connect(server.address, WAIT) as sock:
+        sock.sendall(build_request("GET", "/"))
+        resp = read_response(sock)
+    assert resp.status == 500
+    log_watcher.wait_for("File not open for reading")
