@@ -545,11 +545,39 @@ ymo_conn_close(ymo_conn_t *c)
     ymo_server_conn_closed(s);
 }
 
+/* Whether closing c now cuts short a response its client has begun to
+ * receive: bytes of it still wait in our queue, or its worker is still
+ * making it after some went out. */
+static int
+conn_cuts_response(const ymo_conn_t *c)
+{
+    const ymo_conn_busy_t *b = c->busy;
+    return b != NULL &&
+           (b->wq_head != NULL ||
+            (b->ex != NULL && !b->ex->worker_done && b->head_written));
+}
+
+/* Close c, with a reset when that cuts a response short (a write timeout,
+ * the stop's deadline). A body that ends at the close (HTTP/1.0, no
+ * Content-Length) cut by a FIN looks whole to its client, and to a proxy
+ * that passes it on (RFC 9112 8: only an abortive close tells); a reset
+ * also frees at once what the kernel still holds for a client that reads
+ * nothing (hostile review s24). */
+static void
+conn_close_cut(ymo_conn_t *c)
+{
+    if (conn_cuts_response(c)) {
+        struct linger lg = {1, 0};
+        (void)setsockopt(c->fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
+    }
+    ymo_conn_close(c);
+}
+
 void
 ymo_conn_close_all(ymo_server_t *s)
 {
     while (s->conns != NULL) {
-        ymo_conn_close(s->conns);
+        conn_close_cut(s->conns);
     }
     for (int k = 0; k < 2; k++) {
         while (s->idle_head[k] != NULL) {
@@ -1184,7 +1212,7 @@ conn_on_timer(struct ev_loop *loop, ev_timer *w, int revents)
         return;
     }
     if (c->busy->write_blocked || c->busy->state == YMO_CONN_LINGER) {
-        ymo_conn_close(c);
+        conn_close_cut(c);
         return;
     }
     if (c->busy->stalled) {
@@ -1783,9 +1811,10 @@ ymo_conn_on_exchange(ymo_exchange_t *ex)
         server_unstall(s);
     }
     if (reset) {
-        /* The response was cut (the watchdog): what is still queued is
-         * dropped and the client sees a reset now, not a body that goes
-         * on arriving until the write timeout. */
+        /* The response was cut (the watchdog, or an app error in a body
+         * that ends at the close): what is still queued is dropped and
+         * the client sees a reset now, not a body that goes on arriving
+         * until the write timeout, nor a FIN that ends it as if whole. */
         ymo_bucket_free_chain(out);
         struct linger lg = {1, 0};
         (void)setsockopt(c->fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));

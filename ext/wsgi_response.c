@@ -1732,6 +1732,13 @@ fail_response(StartResponseObject *self)
         ymo_wsgi_worker_response_body_append(ex, b, YMO_DONE |
                                                     YMO_DONE_CLOSE);
     }
+    else if (!self->no_body && self->content_length < 0 && !self->chunked) {
+        /* The body ends at the close (HTTP/1.0, no Content-Length): a
+         * FIN would end it as if whole, for the client and for a proxy
+         * that passes it on (RFC 9112 8). A reset says it is cut
+         * (hostile review s24). */
+        post(self, YMO_DONE | YMO_DONE_ABORT | YMO_DONE_RESET);
+    }
     else {
         post(self, YMO_DONE | YMO_DONE_ABORT);
     }

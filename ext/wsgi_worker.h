@@ -229,7 +229,9 @@ void ymo_wsgi_worker_add_exchange(ymo_wsgi_worker_t *worker,
 #define YMO_DONE_ABORT 4           /* the response is incomplete: close */
 #define YMO_DONE_RESET 8           /* with ABORT: drop what is still queued
                                     * and reset the connection (the
-                                    * watchdog cut a begun response) */
+                                    * watchdog cut a begun response, or
+                                    * an app error one that ends at the
+                                    * close) */
 #define YMO_OUT_COMPLETE 16        /* without YMO_DONE: the last bytes of
                                     * the response. The loop writes them;
                                     * the exchange (and the connection's

@@ -1,0 +1,130 @@
+"""A response cut short must look cut to its client. A body framed by
+Content-Length or chunked shows it by its framing, and the connection
+closes after what was sent. A body that ends at the close (an HTTP/1.0
+client, no Content-Length) cannot: a FIN would end it as if whole, for
+the client and for a proxy that passes it on as a complete response
+(nginx speaks HTTP/1.0 to its upstream by default). RFC 9112 section 8:
+only an abortive close tells. So such a cut is a reset: an app error
+after the head, a client that stops reading (the write timeout), the
+stop's deadline (hostile review s24)."""
+
+import select
+import socket
+import threading
+import time
+
+import pytest
+
+from helpers import build_request, connect
+
+WAIT = 10
+
+
+def read_to_end(sock, timeout=WAIT):
+    """(how the connection ended: "fin" or "reset", the bytes before)."""
+    data = bytearray()
+    deadline = time.monotonic() + timeout
+    while True:
+        remaining = deadline - time.monotonic()
+        assert remaining > 0, "not closed within %ss: %r" % (
+            timeout, bytes(data[:300]))
+        if not select.select([sock], [], [], remaining)[0]:
+            continue
+        try:
+            piece = sock.recv(1 << 18)
+        except ConnectionResetError:
+            return "reset", bytes(data)
+        if not piece:
+            return "fin", bytes(data)
+        data += piece
+
+
+def failing_app(framing):
+    def app(environ, start_response):
+        headers = [("Content-Type", "text/plain")]
+        if framing == "length":
+            headers.append(("Content-Length", "1000"))
+        start_response("200 OK", headers)
+
+        def body():
+            yield b"first half of the report\n"
+            raise RuntimeError("database went away")
+        return body()
+    return app
+
+
+@pytest.mark.parametrize("version, framing, ending", [
+    ("HTTP/1.0", "close", "reset"),     # the close is the body's end
+    ("HTTP/1.1", "close", "fin"),       # chunked: no last chunk
+    ("HTTP/1.0", "length", "fin"),      # short of its Content-Length
+    ("HTTP/1.1", "length", "fin"),
+])
+def test_an_app_error_after_the_head(yimmo_server, version, framing,
+                                     ending):
+    server = yimmo_server(failing_app(framing), workers=1,
+                          error_log="/dev/null")
+    with connect(server.address, WAIT) as sock:
+        sock.sendall(("GET / %s\r\nHost: x\r\n\r\n" % version).encode())
+        how, data = read_to_end(sock)
+    assert data.startswith(b"HTTP/1.1 200 OK\r\n"), data
+    assert how == ending, (how, data)
+    if ending == "fin":
+        # The framing tells the client the body is short.
+        head, _, body = data.partition(b"\r\n\r\n")
+        assert b"first half" in body and not body.endswith(b"0\r\n\r\n")
+        assert b"Content-Length: 1000" in head or \
+            b"Transfer-Encoding: chunked" in head
+
+
+def endless_app(environ, start_response):
+    start_response("200 OK", [("Content-Type", "application/octet-stream")])
+
+    def body():
+        chunk = b"x" * 65536
+        for _ in range(1 << 14):        # 1 GB: never read to the end
+            yield chunk
+    return body()
+
+
+def stalled_http10_client(address):
+    sock = connect(address, WAIT)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+    sock.sendall(b"GET /big HTTP/1.0\r\n\r\n")
+    return sock
+
+
+def test_a_client_that_stops_reading_a_body_that_ends_at_the_close(
+        yimmo_server):
+    server = yimmo_server(endless_app, workers=1, write_timeout=0.5)
+    with stalled_http10_client(server.address) as sock:
+        time.sleep(1.5)     # the write timeout passes
+        how, data = read_to_end(sock)
+    assert data.startswith(b"HTTP/1.1 200 OK\r\n"), data[:200]
+    assert b"Connection: close" in data.partition(b"\r\n\r\n")[0]
+    assert how == "reset", (how, len(data))
+
+
+def test_the_stops_deadline_cutting_a_body_that_ends_at_the_close(
+        yimmo_server):
+    server = yimmo_server(endless_app, workers=1)
+    with stalled_http10_client(server.address) as sock:
+        time.sleep(0.3)     # the response has begun and stalled
+        stopper = threading.Thread(target=server.stop, args=(0.3,))
+        stopper.start()
+        stopper.join(WAIT)
+        assert not stopper.is_alive()
+        how, data = read_to_end(sock)
+    assert data.startswith(b"HTTP/1.1 200 OK\r\n"), data[:200]
+    assert how == "reset", (how, len(data))
+
+
+def test_a_whole_response_still_ends_with_a_fin(yimmo_server):
+    def app(environ, start_response):
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return iter([b"all ", b"of ", b"it"])
+
+    server = yimmo_server(app, workers=1)
+    with connect(server.address, WAIT) as sock:
+        sock.sendall(b"GET / HTTP/1.0\r\n\r\n")
+        how, data = read_to_end(sock)
+    assert how == "fin" and data.endswith(b"\r\n\r\nall of it"), (how, data)
