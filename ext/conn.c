@@ -1812,10 +1812,15 @@ ymo_conn_on_exchange(ymo_exchange_t *ex)
     }
     if (reset) {
         /* The response was cut (the watchdog, or an app error in a body
-         * that ends at the close): what is still queued is dropped and
-         * the client sees a reset now, not a body that goes on arriving
-         * until the write timeout, nor a FIN that ends it as if whole. */
-        ymo_bucket_free_chain(out);
+         * that ends at the close): the client sees a reset now, not a
+         * body that goes on arriving until the write timeout, nor a FIN
+         * that ends it as if whole. What the socket takes at once goes
+         * first (the head and the body so far, often: without them the
+         * client saw a bare reset), the rest is dropped. */
+        wq_append(c, out);
+        if (conn_flush(c) < 0) {
+            return;             /* closed */
+        }
         struct linger lg = {1, 0};
         (void)setsockopt(c->fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
         ymo_conn_close(c);

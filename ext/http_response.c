@@ -48,6 +48,12 @@ ymo_http_date_header(size_t *len)
     return date_line;
 }
 
+size_t
+ymo_http_error_body_len(int status, int head)
+{
+    return head ? 0 : strlen(ymo_http_reason(status)) + 1;     /* and LF */
+}
+
 ymo_bucket_t *
 (ymo_http_error_bucket)(int status, int head YMO_SITE_PARAM)
 {
@@ -64,7 +70,8 @@ ymo_bucket_t *
                      "Connection: close\r\n"
                      "\r\n"
                      "%s%s",
-                     status, reason, (int)date_n, date, strlen(reason) + 1,
+                     status, reason, (int)date_n, date,
+                     ymo_http_error_body_len(status, 0),
                      /* Overloaded: a client may try again shortly. */
                      status == 503 ? "Retry-After: 1\r\n" : "",
                      /* A HEAD response has no body (RFC 9110 9.3.2). */

@@ -26,4 +26,7 @@ ymo_bucket_t *(ymo_http_error_bucket)(int status, int head YMO_SITE_PARAM);
 #define ymo_http_error_bucket(status, head)                                \
     (ymo_http_error_bucket)((status), (head) YMO_SITE_HERE("error response"))
 
+/* The body bytes of that response (for the access log). */
+size_t ymo_http_error_body_len(int status, int head);
+
 #endif /* YMO_HTTP_RESPONSE_H */

@@ -81,6 +81,9 @@ typedef struct {
                                 * closed), and the connection goes on to
                                 * the requests pipelined before */
     int overflow;              /* the app gave more than Content-Length */
+    int replaced;              /* what went out is the server's error
+                                * response (status_code, body_sent), not
+                                * the app's: the access log says so */
     int head_req;              /* a HEAD request: count, send no body */
     int head_only;             /* HEAD of a streamed body: the head is
                                 * out, the rest is not asked for */
@@ -1295,8 +1298,13 @@ send_file(StartResponseObject *self, ymo_file_wrapper_t *fw)
     /* Not a file opened write-only either (io.FileIO in mode "w" or "a"):
      * sendfile fails with EBADF after the head is out, and the client got
      * a 200 with no body and a close; iterated, its read() raises before
-     * the head, a 500 and a traceback in the log (C review s24). */
-    if (dupfd < 0 || (fcntl(dupfd, F_GETFL) & O_ACCMODE) == O_WRONLY ||
+     * the head, a 500 and a traceback in the log (C review s24). Nor one
+     * opened O_DIRECT, whose unaligned reads sendfile refuses (EINVAL):
+     * iterated, its read() gives the bytes or raises (hostile review
+     * s24). */
+    int fl = dupfd >= 0 ? fcntl(dupfd, F_GETFL) : -1;
+    if (dupfd < 0 || fl < 0 || (fl & O_ACCMODE) == O_WRONLY ||
+        (fl & O_DIRECT) != 0 ||
         fstat(dupfd, &sb) < 0 || !S_ISREG(sb.st_mode) ||
         !size_trusted(dupfd, &sb)) {
         if (dupfd >= 0) {
@@ -1457,7 +1465,7 @@ start_response_new(struct ymo_wsgi_app *app, ymo_wsgi_worker_t *worker,
     self->called = self->head_built = 0;
     self->status_code = 0;
     self->no_body = self->chunked = self->keep_alive = 0;
-    self->aborted = self->overflow = self->stopped = 0;
+    self->aborted = self->overflow = self->stopped = self->replaced = 0;
     self->head_req = is_head(ex);
     self->head_count = 0;
     self->head_only = 0;
@@ -1725,6 +1733,8 @@ fail_response(StartResponseObject *self)
         self->pend_head = self->pend_tail = NULL;
         self->pend_len = 0;
         self->status_code = status;
+        self->replaced = 1;
+        self->body_sent = ymo_http_error_body_len(status, self->head_req);
         ymo_bucket_t *b = ymo_http_error_bucket(status, self->head_req);
         if (b != NULL) {
             b->from_ex = 1;
@@ -1997,6 +2007,39 @@ close_result(struct ymo_wsgi_app *app, ymo_wsgi_worker_t *worker,
     Py_XDECREF(r);
 }
 
+/* One line of the access log (app->log_access set): the status string
+ * the app gave, or NULL for the code's number; the body bytes sent; the
+ * response headers as the app gave them (the checked tuple: passing it
+ * costs a reference, no copy, and log_access cannot change it), for the
+ * %({name}o)s atom of --access-log-format, or NULL. The logging is the
+ * app's code: the exchange may be gone after it. */
+static void
+access_log(struct ymo_wsgi_app *app, ymo_wsgi_worker_t *worker,
+           PyObject *environ, PyObject *status_str, int code,
+           unsigned long long sent, double secs, PyObject *headers)
+{
+    PyObject *status = status_str ? Py_NewRef(status_str)
+                                  : PyUnicode_FromFormat("%d", code);
+    PyObject *len = PyLong_FromUnsignedLongLong(sent);
+    PyObject *dur = PyFloat_FromDouble(secs);
+    if (status != NULL && len != NULL && dur != NULL) {
+        PyObject *a[5] = {environ, status, len, dur,
+                          headers ? headers : Py_None};
+        PyObject *r = PyObject_Vectorcall(app->log_access, a, 5, NULL);
+        YMO_FORK_GUARD(worker->server);
+        if (r == NULL) {
+            PyErr_WriteUnraisable(app->log_access);
+        }
+        Py_XDECREF(r);
+    }
+    else {
+        PyErr_Clear();
+    }
+    Py_XDECREF(status);
+    Py_XDECREF(len);
+    Py_XDECREF(dur);
+}
+
 void
 ymo_wsgi_run_exchange(struct ymo_wsgi_app *app, ymo_wsgi_worker_t *worker,
                       ymo_exchange_t *ex)
@@ -2018,8 +2061,17 @@ ymo_wsgi_run_exchange(struct ymo_wsgi_app *app, ymo_wsgi_worker_t *worker,
     if (queue_timeout > 0 &&
         ymo_monotonic_now() - ex->queued_at > queue_timeout) {
         /* Under a flood, work goes to requests whose clients are likely
-         * still waiting: this one waited too long for a worker. */
-        ymo_bucket_t *b = ymo_http_error_bucket(503, is_head(ex));
+         * still waiting: this one waited too long for a worker. Its line
+         * in the access log too (they were missing, under overload
+         * where they matter; hostile review s24): the environ is made
+         * first, while the request is still this thread's. */
+        PyObject *env = NULL;
+        if (app->log_access != NULL &&
+            (env = ymo_wsgi_environ(app, ex, worker->values)) == NULL) {
+            PyErr_Clear();
+        }
+        int head = is_head(ex);
+        ymo_bucket_t *b = ymo_http_error_bucket(503, head);
         if (b != NULL) {
             /* Counted out as it is written, as every bucket the exchange
              * appends (out_buffered; C review of the session after
@@ -2028,6 +2080,12 @@ ymo_wsgi_run_exchange(struct ymo_wsgi_app *app, ymo_wsgi_worker_t *worker,
         }
         ymo_wsgi_worker_response_body_append(ex, b, YMO_DONE |
                                                     YMO_DONE_CLOSE);
+        if (env != NULL) {
+            access_log(app, worker, env, NULL, 503,
+                       b != NULL ? ymo_http_error_body_len(503, head) : 0,
+                       0., NULL);
+            Py_DECREF(env);
+        }
         return;
     }
     struct timespec t0 = {0, 0};
@@ -2182,8 +2240,13 @@ done:;
     if (sr != NULL) {
         Py_BEGIN_CRITICAL_SECTION(sr);
         sr->ex = NULL;
-        r_status = Py_XNewRef(sr->status);
-        r_headers = Py_XNewRef(sr->headers);
+        if (!sr->replaced) {
+            /* (Replaced: the status and length of the server's error
+             * response, which went out instead; the access log said
+             * 200 for a 500, hostile review s24.) */
+            r_status = Py_XNewRef(sr->status);
+            r_headers = Py_XNewRef(sr->headers);
+        }
         r_code = sr->status_code;
         r_sent = sr->body_sent;
         Py_END_CRITICAL_SECTION();
@@ -2194,32 +2257,13 @@ done:;
         double secs = (double)(t1.tv_sec - t0.tv_sec) +
                       (double)(t1.tv_nsec - t0.tv_nsec) / 1e9;
         /* The client of a request the watchdog answered got its 503. */
-        int w503 = watched == YMO_WATCH_503;
-        PyObject *status = w503 ? PyUnicode_FromString("503")
-                           : r_status ? Py_NewRef(r_status)
-                                      : PyUnicode_FromFormat("%d", r_code);
-        PyObject *len = PyLong_FromUnsignedLongLong(w503 ? 0 : r_sent);
-        PyObject *dur = PyFloat_FromDouble(secs);
-        if (status != NULL && len != NULL && dur != NULL) {
-            /* The response headers as the app gave them (the checked
-             * tuple we already hold: passing it costs a reference, no
-             * copy, and log_access cannot change it), for
-             * the %({name}o)s atom of --access-log-format. */
-            PyObject *a[5] = {environ, status, len, dur,
-                              r_headers ? r_headers : Py_None};
-            PyObject *r = PyObject_Vectorcall(app->log_access, a, 5, NULL);
-            YMO_FORK_GUARD(worker->server);   /* ex may be gone */
-            if (r == NULL) {
-                PyErr_WriteUnraisable(app->log_access);
-            }
-            Py_XDECREF(r);
+        if (watched == YMO_WATCH_503) {
+            access_log(app, worker, environ, NULL, 503, 0, secs, NULL);
         }
         else {
-            PyErr_Clear();
+            access_log(app, worker, environ, r_status, r_code, r_sent, secs,
+                       r_headers);
         }
-        Py_XDECREF(status);
-        Py_XDECREF(len);
-        Py_XDECREF(dur);
     }
     Py_XDECREF(r_status);
     Py_XDECREF(r_headers);

@@ -11,13 +11,14 @@ import os
 import re
 import signal
 import sys
+import threading
 import time
 
 import pytest
 
 import yimmo
-from helpers import (APPS_DIR, ServerProcess, connect, get, request,
-                     run_cli)
+from helpers import (APPS_DIR, ServerProcess, build_request, connect, get,
+                     read_response, request, run_cli)
 from yimmo import _logging
 from yimmo._logging import (DEFAULT_ACCESS_FORMAT, compile_access_format,
                             format_access)
@@ -462,6 +463,63 @@ def test_response_header_atom_when_the_app_failed(access_file):
         line = wait_lines(access_file, 1)[0]
     # No headers from the app: "-" (the 500 the server sent is logged).
     assert re.fullmatch(r"500 - \S+", line), line
+
+
+def test_the_line_of_an_app_that_failed_after_start_response(access_file):
+    """start_response("200 OK") and then a body that fails before any byte
+    (a lazy generator, a str item): the client gets the server's 500, and
+    the line said 200 with the app's headers (hostile review s24)."""
+    def lazy(environ, start_response):
+        start_response("200 OK", [("Content-Type", "text/html")])
+        if environ["PATH_INFO"] == "/str":
+            return ["not bytes"]
+
+        def body():
+            raise RuntimeError("the template failed")
+            yield b""
+        return body()
+
+    with yimmo.Server(lazy, bind="127.0.0.1:0", workers=1,
+                      access_log=access_file, error_log=os.devnull,
+                      access_log_format="%(U)s %(s)s %(b)s "
+                      "%({content-type}o)s") as server:
+        with connect(server.address) as sock:
+            for path in ("/gen", "/str"):
+                assert request(sock, "GET", path).status == 500
+                sock.close()
+                sock = connect(server.address)
+        lines = wait_lines(access_file, 2)
+    # 22 bytes: "Internal Server Error\n".
+    assert lines == ["/gen 500 22 -", "/str 500 22 -"], lines
+
+
+def test_a_queue_timeout_503_has_its_line(access_file):
+    """The 503 of a request that waited longer than queue_timeout for a
+    worker was never logged: under overload the access log left out
+    exactly the errors it should show (hostile review s24)."""
+    release = threading.Event()
+
+    def app(environ, start_response):
+        if environ["PATH_INFO"] == "/slow":
+            release.wait(WAIT)
+        start_response("200 OK", [("Content-Length", "2")])
+        return [b"ok"]
+
+    with yimmo.Server(app, bind="127.0.0.1:0", workers=1, queue_timeout=0.3,
+                      access_log=access_file,
+                      access_log_format="%(U)s %(s)s %(b)s") as server:
+        slow = connect(server.address)
+        slow.sendall(build_request("GET", "/slow"))
+        time.sleep(0.2)         # the one worker is busy with it
+        with connect(server.address) as sock:
+            sock.sendall(build_request("GET", "/queued"))
+            time.sleep(0.5)     # past queue_timeout, still waiting
+            release.set()
+            assert read_response(sock).status == 503
+        assert read_response(slow).status == 200
+        slow.close()
+        lines = wait_lines(access_file, 2)
+    assert sorted(lines) == ["/queued 503 20", "/slow 200 2"], lines
 
 
 def test_a_file_handler_whose_directory_is_gone_keeps_logging(

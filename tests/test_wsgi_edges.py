@@ -2,6 +2,7 @@
 limits, and wsgi.file_wrapper over files whose size cannot be trusted."""
 
 import io
+import os
 import signal
 import socket
 import sys
@@ -409,3 +410,34 @@ def test_file_wrapper_on_a_write_only_file_is_a_500(yimmo_server, tmp_path,
         resp = read_response(sock)
     assert resp.status == 500
     log_watcher.wait_for("File not open for reading")
+
+
+def test_file_wrapper_on_an_o_direct_file_is_not_cut(yimmo_server, tmp_path,
+                                                     log_watcher):
+    """O_DIRECT: sendfile refuses its unaligned reads (EINVAL) after the
+    head is out, and the client got a 200 with none of its bytes and a
+    close, with nothing logged. Iterated, it gives what read() gives: here
+    an error before the head, a 500 and its traceback (hostile review
+    s24)."""
+    path = tmp_path / "f.bin"
+    path.write_bytes(b"a" * 1000)
+    try:
+        os.close(os.open(path, os.O_RDONLY | os.O_DIRECT))
+    except OSError as exc:
+        pytest.skip("no O_DIRECT on %s: %s" % (tmp_path, exc))
+
+    def app(environ, start_response):
+        start_response("200 OK", [])
+        f = open(os.open(path, os.O_RDONLY | os.O_DIRECT), "rb")
+        return environ["wsgi.file_wrapper"](f)
+
+    server = yimmo_server(app, workers=1)
+    with connect(server.address, WAIT) as sock:
+        sock.sendall(build_request("GET", "/"))
+        resp = read_response(sock)
+    if resp.status == 200:
+        # A kernel whose O_DIRECT reads take any buffer: the whole file.
+        assert resp.body == b"a" * 1000
+    else:
+        assert resp.status == 500
+        log_watcher.wait_for("error handling request")
