@@ -458,8 +458,11 @@ build_head(StartResponseObject *self, size_t extra)
     *p++ = '\n';
     int code = self->status_code;
     /* RFC 9110 8.6: no Content-Length in a 1xx or 204 response (the app's
-     * is dropped; it has no body either way). */
-    int no_length = code < 200 || code == 204;
+     * is dropped; it has no body either way). A 205 has no content either
+     * (RFC 9110 15.3.6), but its status does not say so to a client (RFC
+     * 9112 6.3): the app's field gives way to "0", below (hostile review
+     * s24: a 205 went out with the app's body). */
+    int no_length = code < 200 || code == 204 || code == 205;
     int app_close = 0, has_date = 0, has_server = 0, cl_written = 0;
     for (Py_ssize_t i = 0; i < nh; i++) {
         /* Checked by start_response; the tuple is our own copy, and
@@ -517,7 +520,8 @@ build_head(StartResponseObject *self, size_t extra)
         memcpy(p, "Server: yimmo\r\n", 15);
         p += 15;
     }
-    self->no_body = self->head_req || code < 200 || code == 204 || code == 304;
+    self->no_body = self->head_req || code < 200 || code == 204 ||
+                    code == 205 || code == 304;
     int keep = req->keep_alive && !atomic_load(&ex->server->draining) &&
                ex->server->config.keepalive_timeout > 0 && !app_close;
     /* A request body not fully received by now cannot be told apart from
@@ -532,8 +536,12 @@ build_head(StartResponseObject *self, size_t extra)
         }
         pthread_mutex_unlock(&ex->lock);
     }
-    if (self->content_length < 0 && self->known_length >= 0 &&
-        !(code < 200 || code == 204 || code == 304)) {
+    if (code == 205) {
+        memcpy(p, "Content-Length: 0\r\n", 19);
+        p += 19;
+    }
+    else if (self->content_length < 0 && self->known_length >= 0 &&
+             !(code < 200 || code == 204 || code == 304)) {
         self->content_length = self->known_length;
         memcpy(p, "Content-Length: ", 16);
         p += 16;

@@ -73,6 +73,36 @@ def test_no_content_length_in_a_204(yimmo_server, length):
     assert second.status == 200 and second.body == b"next"
 
 
+@pytest.mark.parametrize("version", ["HTTP/1.1", "HTTP/1.0"])
+@pytest.mark.parametrize("length", [None, "0", "4"])
+def test_a_205_goes_out_without_content(yimmo_server, length, version):
+    """RFC 9110 15.3.6: a server must not send content in a 205 Reset
+    Content. It went out with the app's body and Content-Length. Its
+    status does not tell a client there is no body (RFC 9112 6.3), so
+    the head says Content-Length: 0, and the connection goes on (hostile
+    review s24)."""
+    def app(environ, start_response):
+        if environ["PATH_INFO"] == "/next":
+            start_response("200 OK", [("Content-Length", "4")])
+            return [b"next"]
+        headers = [("X-Kept", "yes")]
+        if length is not None:
+            headers.append(("Content-Length", length))
+        start_response("205 Reset Content", headers)
+        return [b"body"]
+
+    server = yimmo_server(app, workers=2)
+    keep = "Connection: keep-alive\r\n" if version == "HTTP/1.0" else ""
+    req = "GET /%%s %s\r\nHost: x\r\n%s\r\n" % (version, keep)
+    with connect(server.address, WAIT) as sock:
+        sock.sendall((req % "" + req % "next").encode())
+        first = read_response(sock)
+        second = read_response(sock)
+    assert first.status == 205 and first.body == b""
+    assert first.headers.get_all("Content-Length") == ["0"]
+    assert first.headers.get("X-Kept") == "yes"
+    assert second.status == 200 and second.body == b"next"
+
 
 @pytest.mark.parametrize("status", [
     "100 Continue", "101 Switching Protocols", "103 Early Hints",
