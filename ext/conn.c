@@ -547,14 +547,17 @@ ymo_conn_close(ymo_conn_t *c)
 
 /* Whether closing c now cuts short a response its client has begun to
  * receive: bytes of it still wait in our queue, or its worker is still
- * making it after some went out. */
+ * making it after some went out. (Not one whose last bytes are all
+ * written while its iterable's close() runs: a reset then dropped what
+ * the kernel still held of a whole response; C review s24.) */
 static int
 conn_cuts_response(const ymo_conn_t *c)
 {
     const ymo_conn_busy_t *b = c->busy;
     return b != NULL &&
            (b->wq_head != NULL ||
-            (b->ex != NULL && !b->ex->worker_done && b->head_written));
+            (b->ex != NULL && !b->ex->worker_done && b->head_written &&
+             !b->out_complete));
 }
 
 /* Close c, with a reset when that cuts a response short (a write timeout,
@@ -682,6 +685,7 @@ static int
 conn_last_write(const ymo_conn_t *c)
 {
     return c->busy->closing && !c->busy->corked && !c->listener->is_unix &&
+           !c->busy->resetting &&
            (c->busy->ex == NULL || c->busy->ex->worker_done);
 }
 
@@ -1028,6 +1032,7 @@ conn_start_exchange(ymo_conn_t *c, size_t head_len,
     c->busy->ex = ex;
     c->busy->state = YMO_CONN_EXCHANGE;
     c->busy->head_written = 0;
+    c->busy->out_complete = 0;
     c->busy->body_kind = req->body;
     c->busy->body_left = req->content_length;
     c->busy->body_done = req->body == YMO_HTTP_BODY_NONE;
@@ -1777,6 +1782,7 @@ ymo_conn_on_exchange(ymo_exchange_t *ex)
     int done = ex->out_done;
     int close_after = ex->out_close || ex->out_abort;
     int reset = ex->out_done && ex->out_reset;
+    int complete = ex->out_complete;
     int cont = ex->need_continue;
     int resume = ex->need_resume;
     ex->need_continue = 0;
@@ -1816,7 +1822,9 @@ ymo_conn_on_exchange(ymo_exchange_t *ex)
          * body that goes on arriving until the write timeout, nor a FIN
          * that ends it as if whole. What the socket takes at once goes
          * first (the head and the body so far, often: without them the
-         * client saw a bare reset), the rest is dropped. */
+         * client saw a bare reset), the rest is dropped. Not held back
+         * for a FIN (conn_last_write), which the reset drops. */
+        c->busy->resetting = 1;
         wq_append(c, out);
         if (conn_flush(c) < 0) {
             return;             /* closed */
@@ -1848,6 +1856,9 @@ ymo_conn_on_exchange(ymo_exchange_t *ex)
     if (out != NULL) {
         c->busy->head_written = 1;
         wq_append(c, out);
+    }
+    if (complete) {
+        c->busy->out_complete = 1;
     }
     if (resume) {
         /* The body clock restarts: the pause was the app's doing. */

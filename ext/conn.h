@@ -83,6 +83,12 @@ typedef struct ymo_conn_busy {
                                 * took; the rest follows the same way):
                                 * they wait for our FIN (conn_last_write) */
     int shut;                  /* our side is shut down (FIN sent) */
+    int out_complete;          /* the worker posted the response's last
+                                * bytes (the loop took them): closing
+                                * once they are written cuts nothing,
+                                * though its close() may still run */
+    int resetting;             /* a reset follows what is written now:
+                                * nothing waits for a FIN */
     ev_tstamp linger_until;
 } ymo_conn_busy_t;
 

@@ -2243,7 +2243,7 @@ done:;
      * section too (a write() from a thread of the app may still be
      * running), then logged outside it: log_access is the app's code. */
     PyObject *r_status = NULL, *r_headers = NULL;
-    int r_code = 0;
+    int r_code = 0, r_head = 0;
     unsigned long long r_sent = 0;
     if (sr != NULL) {
         Py_BEGIN_CRITICAL_SECTION(sr);
@@ -2257,6 +2257,7 @@ done:;
         }
         r_code = sr->status_code;
         r_sent = sr->body_sent;
+        r_head = sr->head_req;
         Py_END_CRITICAL_SECTION();
     }
     if (app->log_access != NULL && environ != NULL && sr != NULL) {
@@ -2266,7 +2267,8 @@ done:;
                       (double)(t1.tv_nsec - t0.tv_nsec) / 1e9;
         /* The client of a request the watchdog answered got its 503. */
         if (watched == YMO_WATCH_503) {
-            access_log(app, worker, environ, NULL, 503, 0, secs, NULL);
+            access_log(app, worker, environ, NULL, 503,
+                       ymo_http_error_body_len(503, r_head), secs, NULL);
         }
         else {
             access_log(app, worker, environ, r_status, r_code, r_sent, secs,

@@ -522,6 +522,24 @@ def test_a_queue_timeout_503_has_its_line(access_file):
     assert sorted(lines) == ["/queued 503 20", "/slow 200 2"], lines
 
 
+def test_the_watchdogs_503_counts_its_bytes(access_file):
+    """The line of a request the watchdog answered said "-" bytes for the
+    20 the 503 carried (the queue-timeout 503's said 20; C review s24)."""
+    def app(environ, start_response):
+        time.sleep(1.5)
+        start_response("200 OK", [("Content-Length", "2")])
+        return [b"ok"]
+
+    with yimmo.Server(app, bind="127.0.0.1:0", workers=1, timeout=0.5,
+                      access_log=access_file, error_log=os.devnull,
+                      access_log_format="%(U)s %(s)s %(b)s") as server:
+        with connect(server.address) as sock:
+            resp = request(sock, "GET", "/slow")
+        lines = wait_lines(access_file, 1)
+    assert resp.status == 503
+    assert lines == ["/slow 503 %d" % len(resp.body)], lines
+
+
 def test_a_file_handler_whose_directory_is_gone_keeps_logging(
         tmp_path, capfd):
     # reopen_log_files() must open the new file before closing the old

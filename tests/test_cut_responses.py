@@ -128,3 +128,68 @@ def test_a_whole_response_still_ends_with_a_fin(yimmo_server):
         sock.sendall(b"GET / HTTP/1.0\r\n\r\n")
         how, data = read_to_end(sock)
     assert how == "fin" and data.endswith(b"\r\n\r\nall of it"), (how, data)
+
+
+class SlowClose:
+    """A whole body whose close() takes a while (a session saved, a pool
+    given back)."""
+
+    def __init__(self, body, seconds):
+        self.it, self.seconds = iter([body]), seconds
+
+    def __iter__(self):
+        return self.it
+
+    def close(self):
+        time.sleep(self.seconds)
+
+
+def test_a_whole_response_whose_close_runs_at_the_deadline_is_kept(
+        yimmo_server):
+    """Every byte handed to the kernel, the worker in the iterable's
+    close() when the stop's deadline comes: the response is whole, and a
+    reset dropped what the kernel still held for a client reading slowly
+    (C review s24)."""
+    size = 65536
+
+    def app(environ, start_response):
+        start_response("200 OK", [("Content-Length", str(size))])
+        return SlowClose(b"y" * size, 3)
+
+    server = yimmo_server(app, workers=1)
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8192)
+    with sock:
+        sock.settimeout(WAIT)
+        sock.connect(server.address)
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        time.sleep(0.8)     # written; close() sleeps; nothing read yet
+        stopper = threading.Thread(target=server.stop, args=(0.3,))
+        stopper.start()
+        stopper.join(WAIT)
+        how, data = read_to_end(sock)
+    body = data.partition(b"\r\n\r\n")[2]
+    assert (how, len(body)) == ("fin", size)
+
+
+def test_a_reset_after_a_failed_request_body_sends_the_head_first(
+        yimmo_server):
+    """A request body that failed (408 here) marks the connection to close
+    after the response: the reset post's last write went out with
+    MSG_MORE, held for a FIN that the reset replaced, and the client saw a
+    bare reset without the head (C review s24)."""
+    def app(environ, start_response):
+        try:
+            environ["wsgi.input"].read()
+        except OSError:
+            pass
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"first half of the report\n", "not bytes"]  # TypeError
+
+    server = yimmo_server(app, workers=1, body_timeout=0.5, buffer_body=0,
+                          error_log="/dev/null")
+    with connect(server.address, WAIT) as sock:
+        sock.sendall(b"POST / HTTP/1.0\r\nContent-Length: 100\r\n\r\nabc")
+        how, data = read_to_end(sock)
+    assert how == "reset" and data.startswith(b"HTTP/1.1 200 OK\r\n"), \
+        (how, data)
