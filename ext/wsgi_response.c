@@ -1742,8 +1742,9 @@ fail_response(StartResponseObject *self)
         self->pend_len = 0;
         self->status_code = status;
         self->replaced = 1;
-        self->body_sent = ymo_http_error_body_len(status, self->head_req);
         ymo_bucket_t *b = ymo_http_error_bucket(status, self->head_req);
+        self->body_sent =
+            b != NULL ? ymo_http_error_body_len(status, self->head_req) : 0;
         if (b != NULL) {
             b->from_ex = 1;
         }
