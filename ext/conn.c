@@ -545,27 +545,26 @@ ymo_conn_close(ymo_conn_t *c)
     ymo_server_conn_closed(s);
 }
 
-/* Whether closing c now cuts short a response its client has begun to
- * receive: bytes of it still wait in our queue, or its worker is still
- * making it after some went out. (Not one whose last bytes are all
- * written while its iterable's close() runs: a reset then dropped what
- * the kernel still held of a whole response; C review s24.) */
+/* Whether closing c now cuts short a response whose body ends at the
+ * close, begun for its client: bytes of it still wait in our queue, or its
+ * worker is still making it. (Not one whose last bytes are all written
+ * while its iterable's close() runs: it is whole.) Only such a body: one
+ * framed by Content-Length or chunked shows a cut by its framing, and a
+ * reset drops what the kernel still holds, whole responses before it
+ * included (review round 2, s24). */
 static int
 conn_cuts_response(const ymo_conn_t *c)
 {
     const ymo_conn_busy_t *b = c->busy;
-    return b != NULL &&
+    return b != NULL && b->out_to_close &&
            (b->wq_head != NULL ||
-            (b->ex != NULL && !b->ex->worker_done && b->head_written &&
-             !b->out_complete));
+            (b->ex != NULL && !b->ex->worker_done && !b->out_complete));
 }
 
-/* Close c, with a reset when that cuts a response short (a write timeout,
- * the stop's deadline). A body that ends at the close (HTTP/1.0, no
- * Content-Length) cut by a FIN looks whole to its client, and to a proxy
- * that passes it on (RFC 9112 8: only an abortive close tells); a reset
- * also frees at once what the kernel still holds for a client that reads
- * nothing (hostile review s24). */
+/* Close c, with a reset when that cuts short a body that ends at the
+ * close (a write timeout, the stop's deadline): cut by a FIN it looks
+ * whole to its client, and to a proxy that passes it on (RFC 9112 8: only
+ * an abortive close tells; hostile review s24). */
 static void
 conn_close_cut(ymo_conn_t *c)
 {
@@ -1033,6 +1032,7 @@ conn_start_exchange(ymo_conn_t *c, size_t head_len,
     c->busy->state = YMO_CONN_EXCHANGE;
     c->busy->head_written = 0;
     c->busy->out_complete = 0;
+    c->busy->out_to_close = 0;
     c->busy->body_kind = req->body;
     c->busy->body_left = req->content_length;
     c->busy->body_done = req->body == YMO_HTTP_BODY_NONE;
@@ -1783,6 +1783,7 @@ ymo_conn_on_exchange(ymo_exchange_t *ex)
     int close_after = ex->out_close || ex->out_abort;
     int reset = ex->out_done && ex->out_reset;
     int complete = ex->out_complete;
+    int to_close = ex->out_to_close;
     int cont = ex->need_continue;
     int resume = ex->need_resume;
     ex->need_continue = 0;
@@ -1859,6 +1860,9 @@ ymo_conn_on_exchange(ymo_exchange_t *ex)
     }
     if (complete) {
         c->busy->out_complete = 1;
+    }
+    if (to_close) {
+        c->busy->out_to_close = 1;
     }
     if (resume) {
         /* The body clock restarts: the pause was the app's doing. */

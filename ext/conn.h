@@ -87,6 +87,8 @@ typedef struct ymo_conn_busy {
                                 * bytes (the loop took them): closing
                                 * once they are written cuts nothing,
                                 * though its close() may still run */
+    int out_to_close;          /* the response's body ends at the close
+                                * (its worker said so with its head) */
     int resetting;             /* a reset follows what is written now:
                                 * nothing waits for a FIN */
     ev_tstamp linger_until;

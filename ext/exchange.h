@@ -126,6 +126,9 @@ typedef struct ymo_exchange {
     int out_abort;                 /* abort: close without finishing */
     int out_reset;                 /* abort at once: drop queued output,
                                     * reset the connection */
+    int out_to_close;              /* the body ends at the close (no
+                                    * Content-Length, not chunked): a cut
+                                    * must be a reset (conn_close_cut) */
     int need_continue;             /* send "100 Continue" */
     int need_resume;               /* resume reading the body */
 

@@ -81,6 +81,9 @@ typedef struct {
                                 * closed), and the connection goes on to
                                 * the requests pipelined before */
     int overflow;              /* the app gave more than Content-Length */
+    int to_close;              /* YMO_OUT_TO_CLOSE when the head says the
+                                * body ends at the close, else 0: posted
+                                * with the output (conn_close_cut) */
     int replaced;              /* what went out is the server's error
                                 * response (status_code, body_sent), not
                                 * the app's: the access log says so */
@@ -409,7 +412,8 @@ post(StartResponseObject *self, int done)
         self->aborted = 1;
         return;
     }
-    int r = ymo_wsgi_worker_response_body_append(self->ex, chain, done);
+    int r = ymo_wsgi_worker_response_body_append(self->ex, chain,
+                                                 done | self->to_close);
     if (done & YMO_DONE) {
         self->ex = NULL;        /* the loop's now */
         return;
@@ -557,6 +561,7 @@ build_head(StartResponseObject *self, size_t extra)
         }
         else {
             keep = 0;           /* the end of the body is the close */
+            self->to_close = YMO_OUT_TO_CLOSE;
         }
     }
     if (!keep) {
@@ -1474,6 +1479,7 @@ start_response_new(struct ymo_wsgi_app *app, ymo_wsgi_worker_t *worker,
     self->status_code = 0;
     self->no_body = self->chunked = self->keep_alive = 0;
     self->aborted = self->overflow = self->stopped = self->replaced = 0;
+    self->to_close = 0;
     self->head_req = is_head(ex);
     self->head_count = 0;
     self->head_only = 0;
@@ -1751,7 +1757,7 @@ fail_response(StartResponseObject *self)
         ymo_wsgi_worker_response_body_append(ex, b, YMO_DONE |
                                                     YMO_DONE_CLOSE);
     }
-    else if (!self->no_body && self->content_length < 0 && !self->chunked) {
+    else if (self->to_close) {
         /* The body ends at the close (HTTP/1.0, no Content-Length): a
          * FIN would end it as if whole, for the client and for a proxy
          * that passes it on (RFC 9112 8). A reset says it is cut

@@ -931,6 +931,9 @@ append_locked(ymo_exchange_t *exchange, ymo_bucket_t *body_item, int done)
         exchange->out_started = 1;
         body_item = merge_into_tail(exchange, body_item);
     }
+    if (done & YMO_OUT_TO_CLOSE) {
+        exchange->out_to_close = 1;
+    }
     if (body_item != NULL) {
         /* Each bucket's bytes and the memory around them: the loop
          * takes back the bytes as it writes them and the rest when it

@@ -238,6 +238,8 @@ void ymo_wsgi_worker_add_exchange(ymo_wsgi_worker_t *worker,
                                     * next request) waits for the done
                                     * post, made once the iterable's
                                     * close() has returned */
+#define YMO_OUT_TO_CLOSE 32        /* with any post once the head is in:
+                                    * the body ends at the close */
 
 /* What response_body_append reports back. */
 #define YMO_OUT_ABORTED 1          /* the client is gone: stop */

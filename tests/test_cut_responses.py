@@ -144,17 +144,25 @@ class SlowClose:
         time.sleep(self.seconds)
 
 
-def test_a_whole_response_whose_close_runs_at_the_deadline_is_kept(
-        yimmo_server):
+def lingering_generator(body, seconds):
+    yield body
+    time.sleep(seconds)     # its Content-Length is reached: whole
+
+
+@pytest.mark.parametrize("late", ["close", "generator"])
+def test_a_whole_response_whose_app_runs_on_at_the_deadline_is_kept(
+        yimmo_server, late):
     """Every byte handed to the kernel, the worker in the iterable's
-    close() when the stop's deadline comes: the response is whole, and a
-    reset dropped what the kernel still held for a client reading slowly
-    (C review s24)."""
+    close() (or in a generator past its Content-Length) when the stop's
+    deadline comes: the response is whole, and a reset dropped what the
+    kernel still held for a client reading slowly (reviews s24)."""
     size = 65536
 
     def app(environ, start_response):
         start_response("200 OK", [("Content-Length", str(size))])
-        return SlowClose(b"y" * size, 3)
+        if late == "close":
+            return SlowClose(b"y" * size, 3)
+        return lingering_generator(b"y" * size, 3)
 
     server = yimmo_server(app, workers=1)
     sock = socket.socket()
@@ -193,3 +201,28 @@ def test_a_reset_after_a_failed_request_body_sends_the_head_first(
         how, data = read_to_end(sock)
     assert how == "reset" and data.startswith(b"HTTP/1.1 200 OK\r\n"), \
         (how, data)
+
+
+def test_a_response_not_begun_is_not_reset_after_a_100_continue(
+        yimmo_server):
+    """The server's 100 Continue is not the response: the stop's deadline
+    closes such a connection as any other whose response has not begun
+    (review round 2, s24)."""
+    def app(environ, start_response):
+        environ["wsgi.input"].read(1)
+        time.sleep(3)
+        start_response("200 OK", [("Content-Length", "2")])
+        return [b"ok"]
+
+    server = yimmo_server(app, workers=1, buffer_body=0)
+    with connect(server.address, WAIT) as sock:
+        sock.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n"
+                     b"Expect: 100-continue\r\n\r\n")
+        assert sock.recv(100).startswith(b"HTTP/1.1 100 Continue")
+        sock.sendall(b"x")
+        time.sleep(0.3)
+        stopper = threading.Thread(target=server.stop, args=(0.3,))
+        stopper.start()
+        stopper.join(WAIT)
+        how, data = read_to_end(sock)
+    assert how == "fin", (how, data)
