@@ -1705,8 +1705,9 @@ conn_read(ymo_conn_t *c)
             /* The request can never complete: the client is gone. Abort
              * the exchange, so that a request still waiting for a worker
              * never reaches the app and a running one stops at its next
-             * read or write. */
-            ymo_conn_close(c);
+             * read or write. (A body that ends at the close, begun for
+             * it, is cut: a reset; C review s24.) */
+            conn_close_cut(c);
             return -1;
         }
         if (c->busy->ex != NULL) {

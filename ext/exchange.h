@@ -129,6 +129,11 @@ typedef struct ymo_exchange {
     int out_to_close;              /* the body ends at the close (no
                                     * Content-Length, not chunked): a cut
                                     * must be a reset (conn_close_cut) */
+    int out_whole;                 /* every byte of the response is
+                                    * posted (its Content-Length reached,
+                                    * or it has no body), though the app
+                                    * may still run: the watchdog must
+                                    * not reset it */
     int need_continue;             /* send "100 Continue" */
     int need_resume;               /* resume reading the body */
 

@@ -412,8 +412,18 @@ post(StartResponseObject *self, int done)
         self->aborted = 1;
         return;
     }
+    /* Whole: every byte is in, though the app may run on (see the
+     * watchdog's cut). */
+    int whole = self->head_built && !self->overflow &&
+                        (self->no_body ||
+                         (self->content_length >= 0 &&
+                          self->body_sent ==
+                              (unsigned long long)self->content_length))
+                    ? YMO_OUT_WHOLE
+                    : 0;
     int r = ymo_wsgi_worker_response_body_append(self->ex, chain,
-                                                 done | self->to_close);
+                                                 done | self->to_close |
+                                                     whole);
     if (done & YMO_DONE) {
         self->ex = NULL;        /* the loop's now */
         return;

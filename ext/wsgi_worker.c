@@ -934,6 +934,9 @@ append_locked(ymo_exchange_t *exchange, ymo_bucket_t *body_item, int done)
     if (done & YMO_OUT_TO_CLOSE) {
         exchange->out_to_close = 1;
     }
+    if (done & YMO_OUT_WHOLE) {
+        exchange->out_whole = 1;
+    }
     if (body_item != NULL) {
         /* Each bucket's bytes and the memory around them: the loop
          * takes back the bytes as it writes them and the rest when it
@@ -1019,8 +1022,10 @@ ymo_wsgi_worker_response_cut(ymo_exchange_t *exchange, ymo_bucket_t *error)
         exchange->in_error = -1;
     }
     int r;
-    if (exchange->out_complete) {
-        /* The client has the whole response; the app overran in close().
+    if (exchange->out_complete || exchange->out_whole) {
+        /* The client has the whole response; the app overran in close()
+         * (or in a generator past its Content-Length: a reset dropped
+         * what the kernel still held; C review s24).
          * The connection closes after it: its next request must not wait
          * for an app that may never come back. */
         ymo_bucket_free_chain(error);

@@ -240,6 +240,8 @@ void ymo_wsgi_worker_add_exchange(ymo_wsgi_worker_t *worker,
                                     * close() has returned */
 #define YMO_OUT_TO_CLOSE 32        /* with any post once the head is in:
                                     * the body ends at the close */
+#define YMO_OUT_WHOLE 64           /* with a post: every byte of the
+                                    * response is in (out_whole) */
 
 /* What response_body_append reports back. */
 #define YMO_OUT_ABORTED 1          /* the client is gone: stop */

@@ -226,3 +226,53 @@ def test_a_response_not_begun_is_not_reset_after_a_100_continue(
         stopper.join(WAIT)
         how, data = read_to_end(sock)
     assert how == "fin", (how, data)
+
+
+def test_the_watchdog_leaves_a_whole_response_whole(yimmo_server):
+    """A generator that gave its whole Content-Length and then ran on past
+    --timeout: the watchdog reset the connection, and a client reading
+    slowly lost what the kernel still held of a whole response (C review
+    s24). It closes after it instead."""
+    size = 65536
+
+    def app(environ, start_response):
+        start_response("200 OK", [("Content-Length", str(size))])
+        return lingering_generator(b"y" * size, 4)
+
+    server = yimmo_server(app, workers=1, timeout=1, error_log="/dev/null")
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8192)
+    with sock:
+        sock.settimeout(WAIT)
+        sock.connect(server.address)
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        time.sleep(2.5)     # the watchdog has acted; nothing read yet
+        how, data = read_to_end(sock)
+    body = data.partition(b"\r\n\r\n")[2]
+    assert (how, len(body)) == ("fin", size)
+
+
+def test_a_client_gone_mid_body_cuts_a_body_that_ends_at_the_close(
+        yimmo_server):
+    """The client shut down its side before its request body was whole:
+    the request can never complete, and the response begun for it (one
+    that ends at the close) was closed with a FIN, as if whole (C review
+    s24)."""
+    def app(environ, start_response):
+        write = start_response("200 OK", [("Content-Type", "text/plain")])
+        write(b"first half of the report\n")
+        try:
+            environ["wsgi.input"].read()
+        except OSError:
+            pass
+        return [b"second half\n"]
+
+    server = yimmo_server(app, workers=1, buffer_body=0,
+                          error_log="/dev/null")
+    with connect(server.address, WAIT) as sock:
+        sock.sendall(b"POST / HTTP/1.0\r\nContent-Length: 100\r\n\r\nabc")
+        time.sleep(0.3)
+        sock.shutdown(socket.SHUT_WR)
+        how, data = read_to_end(sock)
+    assert how == "reset" and data.startswith(b"HTTP/1.1 200 OK\r\n"), \
+        (how, data)
