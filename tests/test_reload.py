@@ -158,10 +158,13 @@ def test_an_edit_is_served_then_a_syntax_error_keeps_the_old_code(
         time.sleep(0.1)
     assert len(child_pids(proc)) == 2, "restarted despite the error"
 
-    # Fixed: the new code answers.
+    # Fixed: the new code answers. (One restart, or two where the
+    # reloader saw the file truncated before it was written: write_text
+    # in place, and on a loaded machine the gap passed the reloader's
+    # SETTLE. CI, s24.)
     edit(helper, 'MESSAGE = "three, fixed"\n')
     wait_body(addr, "three, fixed")
-    assert len(child_pids(proc)) == 3
+    assert len(child_pids(proc)) in (3, 4), child_pids(proc)
 
 
 def test_a_module_imported_later_is_watched_too(reloading, tmp_path):
