@@ -130,6 +130,17 @@ def test_a_whole_response_still_ends_with_a_fin(yimmo_server):
     assert how == "fin" and data.endswith(b"\r\n\r\nall of it"), (how, data)
 
 
+def slow_reader(address):
+    """A client with a small receive buffer that has sent a GET and reads
+    nothing yet: the server's kernel holds what it cannot take."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8192)
+    sock.settimeout(WAIT)
+    sock.connect(address)
+    sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    return sock
+
+
 class SlowClose:
     """A whole body whose close() takes a while (a session saved, a pool
     given back)."""
@@ -165,12 +176,7 @@ def test_a_whole_response_whose_app_runs_on_at_the_deadline_is_kept(
         return lingering_generator(b"y" * size, 3)
 
     server = yimmo_server(app, workers=1)
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8192)
-    with sock:
-        sock.settimeout(WAIT)
-        sock.connect(server.address)
-        sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    with slow_reader(server.address) as sock:
         time.sleep(0.8)     # written; close() sleeps; nothing read yet
         stopper = threading.Thread(target=server.stop, args=(0.3,))
         stopper.start()
@@ -240,12 +246,7 @@ def test_the_watchdog_leaves_a_whole_response_whole(yimmo_server):
         return lingering_generator(b"y" * size, 4)
 
     server = yimmo_server(app, workers=1, timeout=1, error_log="/dev/null")
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8192)
-    with sock:
-        sock.settimeout(WAIT)
-        sock.connect(server.address)
-        sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    with slow_reader(server.address) as sock:
         time.sleep(2.5)     # the watchdog has acted; nothing read yet
         how, data = read_to_end(sock)
     body = data.partition(b"\r\n\r\n")[2]
