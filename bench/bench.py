@@ -18,6 +18,7 @@ fails to install or start is skipped with a note.
 """
 
 import argparse
+import contextlib
 import json
 import mmap
 import os
@@ -44,6 +45,11 @@ REFERENCE_DIRS = (REPO.parent / "shared" / "reference-servers",)
 
 SERVER_CPU = "1"
 CLIENT_CPU = "0"
+# Where the servers listen, and the network namespace wrk runs in (None:
+# this one) and its address. two_hosts() sets them for the length of a run.
+HOST = "127.0.0.1"
+CLIENT_NETNS = None
+CLIENT_HOST = None
 EXPECTED_BODY = b"Hello, World!"
 PEERS = ("gunicorn", "waitress", "bjoern", "granian", "uwsgi")
 # 'other %' above this (CPU of unrelated processes, % of one core) gets a
@@ -65,7 +71,7 @@ def log(message):
 class Server(NamedTuple):
     name: str
     package: str  # what must be installed: a pip name, "yimmo" or "ref"
-    argv: List[str]  # "{port}" and "{ref}" are filled in by start()
+    argv: List[str]  # "{host}", "{port}" and "{ref}": filled in by start()
     cwd: str  # likewise
 
 
@@ -74,7 +80,7 @@ def all_servers(python, venv_bin, threads, app="hello:app"):
     directory where the reference servers were built. app is MODULE:NAME
     in bench/ (bench/matrix.py serves other apps with the same commands)."""
     module, name = app.split(":")
-    bind = "127.0.0.1:{port}"
+    bind = "{host}:{port}"
     servers = [
         Server("yimmo-w4", "yimmo",
                [python, "-m", "yimmo", "--bind", bind, "--workers", "4",
@@ -92,11 +98,11 @@ def all_servers(python, venv_bin, threads, app="hello:app"):
         # bjoern has no CLI and no threads: one process, one thread.
         Server("bjoern", "bjoern",
                [python, "-c", "import bjoern, %s as m; "
-                "bjoern.run(m.%s, '127.0.0.1', {port})" % (module, name)],
+                "bjoern.run(m.%s, '{host}', {port})" % (module, name)],
                str(BENCH_DIR)),
         Server("granian", "granian",
                [str(venv_bin / "granian"), "--interface", "wsgi", "--http",
-                "1", "--host", "127.0.0.1", "--port", "{port}", "--workers",
+                "1", "--host", "{host}", "--port", "{port}", "--workers",
                 "1", "--runtime-threads", "1", "--blocking-threads",
                 str(threads), "--log-level", "warning", "--no-ws", app],
                str(BENCH_DIR)),
@@ -253,7 +259,7 @@ def build_reference(python, logs, notes):
 
 def free_port():
     with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
+        sock.bind((HOST, 0))
         return sock.getsockname()[1]
 
 
@@ -262,6 +268,94 @@ def can_pin():
     allowed = os.sched_getaffinity(0)
     return bool(shutil.which("taskset")) and \
         {int(SERVER_CPU), int(CLIENT_CPU)} <= allowed
+
+
+# -- two hosts on one machine ---------------------------------------------------
+#
+# Over loopback the CPU that sends a segment also runs the receiver's side
+# of TCP for it (in a softirq, charged to whatever process that CPU is
+# running): a server that transmits from its own CPU is charged for part
+# of the client's work, and one that leaves its segments to go out on the
+# client's ACKs is charged for less than its own (bench/README.md, "The
+# file row, the whole machine and a fair client"). With --net veth, wrk
+# runs in a network namespace of its own, joined to this one by a veth
+# pair whose two ends steer their receive processing (RPS) to their own
+# side's CPU: each CPU does the network work its host would do on a real
+# network, and no more.
+
+
+class NetError(RuntimeError):
+    """--net veth could not be set up."""
+
+
+def _ip(*argv):
+    result = subprocess.run(["ip", *argv], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT,
+                            universal_newlines=True)
+    if result.returncode != 0:
+        raise NetError("ip %s: %s" % (" ".join(argv),
+                                          result.stdout.strip()))
+    return result.stdout
+
+
+@contextlib.contextmanager
+def two_hosts():
+    """Servers listen on HOST, wrk runs in the namespace CLIENT_NETNS and
+    connects from CLIENT_HOST, for the length of the with block. Needs
+    root (CAP_NET_ADMIN) and iproute2; raises NetError without them."""
+    global HOST, CLIENT_NETNS
+    if shutil.which("ip") is None:
+        raise NetError("--net veth needs iproute2 (apt-get install "
+                           "iproute2)")
+    global CLIENT_HOST
+    tag = os.getpid() % 1000000
+    ns, server_end, client_end = ("yimmo-bench-%d" % tag, "ybs%d" % tag,
+                                  "ybc%d" % tag)
+    # A /30 of 10.254.0.0/16 of this process's own, so that two runs (or
+    # two test processes) at once do not share an address.
+    net = (os.getpid() % 16384) * 4
+    server_host = "10.254.%d.%d" % (net >> 8, (net & 255) + 1)
+    client_host = "10.254.%d.%d" % (net >> 8, (net & 255) + 2)
+    made = False
+    try:
+        _ip("netns", "add", ns)
+        made = True
+        _ip("link", "add", server_end, "mtu", "1500", "type", "veth",
+            "peer", "name", client_end, "netns", ns)
+        _ip("addr", "add", server_host + "/30", "dev", server_end)
+        _ip("link", "set", server_end, "up")
+        _ip("-n", ns, "addr", "add", client_host + "/30", "dev",
+            client_end)
+        _ip("-n", ns, "link", "set", client_end, "up")
+        _ip("-n", ns, "link", "set", "lo", "up")
+        # What arrives at the server's end is the server host's work, what
+        # arrives at wrk's end the client host's. (ip netns exec mounts
+        # the namespace's own /sys.)
+        _ip("netns", "exec", ns, "sh", "-c",
+            "echo %x > /sys/class/net/%s/queues/rx-0/rps_cpus"
+            % (1 << int(CLIENT_CPU), client_end))
+        try:
+            with open("/sys/class/net/%s/queues/rx-0/rps_cpus"
+                      % server_end, "w") as f:
+                f.write("%x\n" % (1 << int(SERVER_CPU)))
+        except OSError as exc:
+            raise NetError("RPS for %s: %s" % (server_end, exc)) from exc
+        HOST, CLIENT_NETNS, CLIENT_HOST = server_host, ns, client_host
+        yield
+    finally:
+        HOST, CLIENT_NETNS, CLIENT_HOST = "127.0.0.1", None, None
+        if made:
+            # Deleting the namespace deletes its end of the pair, and with
+            # it the other end.
+            subprocess.run(["ip", "netns", "del", ns],
+                           stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL)
+
+
+def network(net):
+    """The context a run's measurements take place in: two_hosts() for
+    "veth", nothing for "lo"."""
+    return two_hosts() if net == "veth" else contextlib.nullcontext()
 
 
 # -- the machine's cross-CPU cost -----------------------------------------------
@@ -442,8 +536,8 @@ def pinned(argv, cpu):
 
 def start(server, port, logs, ref_dir):
     def fill(text):
-        return text.replace("{port}", str(port)).replace("{ref}",
-                                                         str(ref_dir))
+        return text.replace("{port}", str(port)).replace(
+            "{ref}", str(ref_dir)).replace("{host}", HOST)
     argv = [fill(a) for a in server.argv]
     env = dict(os.environ, PYTHONPATH=str(BENCH_DIR),
                PYTHONDONTWRITEBYTECODE="1")
@@ -491,7 +585,7 @@ def wait_ready(proc, port, timeout):
         if proc.poll() is not None:
             return False
         try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1):
+            with socket.create_connection((HOST, port), timeout=1):
                 return True
         except OSError:
             time.sleep(0.05)
@@ -501,7 +595,7 @@ def wait_ready(proc, port, timeout):
 def check_response(port):
     """One request before measuring: a server that answers wrongly is not
     benchmarked."""
-    url = "http://127.0.0.1:%d/" % port
+    url = "http://%s:%d/" % (HOST, port)
     with urllib.request.urlopen(url, timeout=5) as response:
         body = response.read()
         if response.status != 200 or body != EXPECTED_BODY:
@@ -578,7 +672,7 @@ def tree_rss_kb(root):
 
 def listen_queue(port):
     """Connections waiting in the accept queue of the listener on
-    127.0.0.1:port (rx_queue of a listening socket in /proc/net/tcp), or
+    HOST:port (rx_queue of a listening socket in /proc/net/tcp), or
     0. wrk never counts a request on a connection the server does not
     accept, neither in latency nor in errors: this shows such
     connections."""
@@ -702,7 +796,9 @@ def run_wrk(port, seconds, connections, extra=(), path="/"):
     -H header)."""
     argv = pinned(["wrk", "-t1", "-c%d" % connections, "-d%ds" % seconds,
                    "--latency", *extra,
-                   "http://127.0.0.1:%d%s" % (port, path)], CLIENT_CPU)
+                   "http://%s:%d%s" % (HOST, port, path)], CLIENT_CPU)
+    if CLIENT_NETNS is not None:
+        argv = ["ip", "netns", "exec", CLIENT_NETNS] + argv
     result = subprocess.run(argv, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, timeout=seconds + 60,
                             universal_newlines=True)
@@ -917,6 +1013,10 @@ def parse_args(argv):
                         help="seconds a server gets to start (default 30)")
     parser.add_argument("--json", type=Path,
                         help="also write every sample to this file")
+    parser.add_argument("--net", choices=("lo", "veth"), default="lo",
+                        help="lo: server and wrk on 127.0.0.1 (default); "
+                             "veth: wrk in a network namespace of its own "
+                             "(needs root; see bench/README.md)")
     args = parser.parse_args(argv)
     if min(args.duration, args.rounds, args.connections, args.threads) < 1:
         parser.error("--duration, --rounds, --connections and --threads "
@@ -957,7 +1057,11 @@ def main(argv=None):
     log("%d server(s), %d round(s) of %ds, %d connections; logs in %s"
         % (len(servers), args.rounds, args.duration, args.connections, logs))
     try:
-        results = run_rounds(servers, args, logs, notes)
+        with network(args.net):
+            results = run_rounds(servers, args, logs, notes)
+    except NetError as exc:
+        log("bench: %s" % exc)
+        return 1
     finally:
         if args.ref_dir is not None:
             shutil.rmtree(args.ref_dir.parent, ignore_errors=True)
@@ -965,8 +1069,9 @@ def main(argv=None):
     print()
     compared = same_state(results)
     print("hello world, wrk -t1 -c%d -d%ds, server on CPU %s, wrk on CPU %s, "
-          "medians of %d round(s)" % (args.connections, args.duration,
-                                      SERVER_CPU, CLIENT_CPU, args.rounds))
+          "over %s, medians of %d round(s)"
+          % (args.connections, args.duration, SERVER_CPU, CLIENT_CPU,
+             "loopback" if args.net == "lo" else "a veth pair", args.rounds))
     print(format_table(compared, [s.name for s in servers]))
     for note in left_out(results, compared):
         print("note: " + note)

@@ -142,7 +142,7 @@ http {
     uwsgi_temp_path %(dir)s/tmp-uwsgi;
     scgi_temp_path %(dir)s/tmp-scgi;
     server {
-        listen 127.0.0.1:@PORT@;
+        listen %(host)s:@PORT@;
         location / { root %(dir)s/files; }
     }
 }
@@ -160,7 +160,8 @@ def prepare_files(work, notes):
     if shutil.which("nginx") is None:
         notes.append("nginx skipped: not installed (apt-get install nginx)")
         return None
-    (work / "nginx.conf.in").write_text(NGINX_CONF % {"dir": work})
+    (work / "nginx.conf.in").write_text(NGINX_CONF % {
+        "dir": work, "host": bench.HOST})
     return work
 
 
@@ -170,7 +171,7 @@ def prepare_files(work, notes):
 def checker(row):
     """check(port) for bench.measure: one request, the right answer."""
     def check(port):
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        conn = http.client.HTTPConnection(bench.HOST, port, timeout=30)
         try:
             body = b"u" * UPLOAD_SIZE if row.method == "POST" else None
             conn.request(row.method, row.path, body=body)
@@ -484,6 +485,10 @@ def parse_args(argv):
     p.add_argument("--no-reinstall", action="store_true",
                    help="use the yimmo already in the venv")
     p.add_argument("--start-timeout", type=float, default=30.0)
+    p.add_argument("--net", choices=("lo", "veth"), default="lo",
+                   help="lo: server and wrk on 127.0.0.1 (default); veth: "
+                        "wrk in a network namespace of its own (needs root; "
+                        "see bench/README.md)")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT,
                    help="directory for matrix.json and the charts "
                         "(default bench/results)")
@@ -518,6 +523,16 @@ def main(argv=None):
     if shutil.which("wrk") is None:
         log("matrix: wrk not found (apt-get install wrk)")
         return 1
+    try:
+        with bench.network(args.net):
+            return run(args, argv)
+    except bench.NetError as exc:
+        log("matrix: %s" % exc)
+        return 1
+
+
+def run(args, argv):
+    """Every measurement of the matrix, the report and the charts."""
     # Inherited by the servers and wrk (10,000 connections each side).
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     for limits in ((max(soft, 65536), max(hard, 65536)), (hard, hard)):
@@ -560,6 +575,7 @@ def main(argv=None):
     args.connections = 50
     command = "python bench/matrix.py " + " ".join(argv)
     data = {"command": command.strip(), "machine": machine(),
+            "net": args.net,
             "started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
             "loadavg_start": loadavg(),
             "rows": {r.name: dict(r._asdict(), expect=r.expect.decode())
