@@ -728,10 +728,17 @@ class RssSampler(threading.Thread):
         return statistics.median(self.queues) if self.queues else 0
 
 
-def machine_busy_seconds():
-    """CPU time all CPUs spent not idle since boot (from /proc/stat)."""
+def machine_busy_seconds(cpu=None):
+    """CPU time all CPUs (or CPU number cpu) spent not idle since boot
+    (from /proc/stat)."""
+    name = "cpu" if cpu is None else "cpu%s" % cpu
     with open("/proc/stat") as f:
-        fields = [int(v) for v in f.readline().split()[1:]]
+        for line in f:
+            if line.split(None, 1)[0] == name:
+                break
+        else:
+            return 0.0
+        fields = [int(v) for v in line.split()[1:]]
     # user nice system idle iowait irq softirq steal [guest guest_nice]:
     # guest time is already inside user and nice.
     total = sum(fields[:8])
@@ -813,7 +820,9 @@ def run_wrk(port, seconds, connections, extra=(), path="/"):
 class Sample(NamedTuple):
     rps: float
     p99_ms: float
-    cpu_us: float  # server CPU microseconds per request
+    # Server CPU microseconds per request: of the server's processes over
+    # loopback (proc_us); of the whole server CPU with --net veth (core_us).
+    cpu_us: float
     errors: int
     # CPU used by processes other than the server and wrk during the run,
     # in % of one core: other load on the machine skews the comparison.
@@ -833,6 +842,10 @@ class Sample(NamedTuple):
     xcpu_us: float = 0.0
     xcpu_before_us: float = 0.0  # the first of the two (the load's effect
     # on the host's placement, if any, shows in the second)
+    proc_us: float = 0.0  # the server's processes' CPU, us per request
+    # SERVER_CPU's busy time (/proc/stat) per request: with --net veth,
+    # the server host's whole work, its network receive path included.
+    core_us: float = 0.0
 
 
 class Load(NamedTuple):
@@ -877,13 +890,14 @@ def measure(server, args, logs, load=None):
         sampler.start()
         started = time.monotonic()
         before = (tree_cpu_seconds(proc.pid), children_cpu_seconds(),
-                  machine_busy_seconds())
+                  machine_busy_seconds(), machine_busy_seconds(SERVER_CPU))
         try:
             wrk = run_wrk(port, args.duration, load.connections, load.extra,
                           load.path)
         finally:
             after = (tree_cpu_seconds(proc.pid), children_cpu_seconds(),
-                     machine_busy_seconds())
+                     machine_busy_seconds(),
+                     machine_busy_seconds(SERVER_CPU))
             rss_peak = sampler.stop()
         wall = time.monotonic() - started
         if proc.poll() is not None:
@@ -893,12 +907,22 @@ def measure(server, args, logs, load=None):
         os.sched_setaffinity(0, harness)
         stop(proc)
     xcpu = max(xcpu_before, cross_cpu_us())
-    server_cpu, wrk_cpu, busy = (a - b for a, b in zip(after, before))
-    cpu_us = server_cpu * 1e6 / wrk.requests if wrk.requests else 0.0
+    server_cpu, wrk_cpu, busy, core = (a - b for a, b in zip(after, before))
+    proc_us = server_cpu * 1e6 / wrk.requests if wrk.requests else 0.0
+    core_us = core * 1e6 / wrk.requests if wrk.requests else 0.0
+    # With --net veth the server's CPU does the server host's network
+    # work and nothing of the client's; part of it runs in softirqs while
+    # the CPU is otherwise idle, charged to no process: its busy time is
+    # the server's cost. Over loopback it also runs the client's receive
+    # path, so there the processes' own time is (bench/README.md).
+    cpu_us = core_us if CLIENT_NETNS is not None else proc_us
+    # What neither the server nor wrk was charged for; with --net veth
+    # that includes the server CPU's softirqs counted in cpu_us.
     other = max(0.0, busy - server_cpu - wrk_cpu) * 100 / wall
     return Sample(wrk.rps, wrk.p99_ms, cpu_us, wrk.errors, other,
                   wrk.p50_ms, wrk.requests, rss_idle, rss_peak,
-                  sampler.queued, sampler.waiting, xcpu, xcpu_before)
+                  sampler.queued, sampler.waiting, xcpu, xcpu_before,
+                  proc_us, core_us)
 
 
 def exited(proc, logs, server):
@@ -947,7 +971,9 @@ def medians(samples):
                   max(s.unaccepted for s in samples),
                   max(s.waiting for s in samples),
                   max(xcpu_of(s) for s in samples),
-                  max(s.xcpu_before_us for s in samples))
+                  max(s.xcpu_before_us for s in samples),
+                  statistics.median(s.proc_us for s in samples),
+                  statistics.median(s.core_us for s in samples))
 
 
 def ratio(value, base):

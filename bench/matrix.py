@@ -304,6 +304,13 @@ def markdown(results, rows):
     return "\n".join(lines)
 
 
+NET_TITLES = {
+    "lo": "Over loopback; server CPU: the server's processes' CPU time.",
+    "veth": "Over a veth pair to wrk's network namespace (--net veth); "
+            "server CPU: the busy time of the server's CPU.",
+}
+
+
 # wrk records one latency per batch of 16 pipelined requests and prints 0
 # for their p99: only p50 (of a batch) is kept for this row.
 NO_P99 = ("pipeline16",)
@@ -513,6 +520,8 @@ def main(argv=None):
     if args.charts:
         data = json.loads(args.charts.read_text())
         rows = [r for r in ROWS if r.name in data["results"]]
+        print(NET_TITLES[data.get("net", "lo")])
+        print()
         print(markdown(data["results"], rows))
         print()
         print(ratios(data["results"], rows))
@@ -607,10 +616,11 @@ def run(args, argv):
                         log("  dropped: %s" % str(exc)[:300])
                         continue
                     log("  %.0f req/s, p50 %.2f ms, p99 %.2f ms, %.1f us "
-                        "CPU/req, RSS %d KB, %d errors, other %.0f%%, "
-                        "cross-CPU %.1f us"
+                        "CPU/req (processes %.1f, server CPU %.1f), RSS %d "
+                        "KB, %d errors, other %.0f%%, cross-CPU %.1f us"
                         % (sample.rps, sample.p50_ms, sample.p99_ms,
-                           sample.cpu_us, sample.rss_peak_kb, sample.errors,
+                           sample.cpu_us, sample.proc_us, sample.core_us,
+                           sample.rss_peak_kb, sample.errors,
                            sample.other_pct, sample.xcpu_us))
                     d = sample._asdict()
                     d["round"] = round_no
@@ -622,6 +632,8 @@ def run(args, argv):
     data["finished"] = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
     data["loadavg_end"] = loadavg()
     json_path = save(data, args.out)
+    print(NET_TITLES[args.net])
+    print()
     print(markdown(results, rows))
     print()
     print(ratios(results, rows))

@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -109,3 +110,21 @@ def test_wrk_runs_in_the_namespace(yimmo_server):
         result = bench.run_wrk(server.address[1], 1, 2)
         server.stop(timeout=5)
     assert result.requests > 0 and result.errors == 0
+
+
+@pytest.mark.skipif(shutil.which("wrk") is None, reason="needs wrk")
+def test_a_measurement_charges_the_server_its_cpu(tmp_path):
+    # bench.measure over the pair: a fresh server on the namespace's
+    # address, its CPU per request the busy time of the server's CPU.
+    server = bench.Server("yimmo", "yimmo", [
+        sys.executable, "-m", "yimmo", "--bind", "{host}:{port}",
+        "--workers", "1", "--log-level", "warning", "hello:app"],
+        str(bench.BENCH_DIR))
+    args = types.SimpleNamespace(duration=1, warmup=0, start_timeout=20,
+                                 ref_dir=None)
+    with bench.two_hosts():
+        sample = bench.measure(server, args, tmp_path,
+                               bench.Load(connections=2))
+    assert sample.requests > 0 and sample.errors == 0
+    assert sample.core_us > 0 and sample.cpu_us == sample.core_us
+    assert sample.proc_us > 0
