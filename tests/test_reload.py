@@ -167,6 +167,44 @@ def test_an_edit_is_served_then_a_syntax_error_keeps_the_old_code(
     assert len(child_pids(proc)) in (3, 4), child_pids(proc)
 
 
+def watched(tmp_path, name):
+    """Wait until the parent watches tmp_path/name with inotify: the child
+    has reported it, and the parent has read the report (once a turn of
+    its loop, at most POLL_INTERVAL apart)."""
+    wait_listed(tmp_path, name)
+    time.sleep(_reload.POLL_INTERVAL + 0.3)
+
+
+@pytest.mark.parametrize("reloading", ["inotify"], indirect=True)
+def test_a_slow_write_in_place_restarts_once(reloading, tmp_path):
+    # Truncated, then written 0.4 s later (a slow editor, or any on a
+    # loaded machine): the reloader waits for the writer to close the
+    # file instead of restarting on the empty file and then again.
+    proc, addr = reloading
+    helper = tmp_path / "helper.py"
+    watched(tmp_path, "helper.py")
+    with open(helper, "w") as f:
+        time.sleep(0.4)
+        f.write('MESSAGE = "slow"\n')
+    wait_body(addr, "slow")
+    time.sleep(0.3)
+    assert len(child_pids(proc)) == 2, proc.stderr
+
+
+@pytest.mark.parametrize("reloading", ["inotify"], indirect=True)
+def test_a_file_held_open_after_a_write_still_restarts(reloading, tmp_path):
+    # A writer that keeps the file open is waited for at most SETTLE_MAX.
+    proc, addr = reloading
+    watched(tmp_path, "helper.py")
+    with open(tmp_path / "helper.py", "w") as f:
+        f.write('MESSAGE = "held open"\n')
+        f.flush()
+        started = time.monotonic()
+        wait_body(addr, "held open")
+        assert time.monotonic() - started < _reload.SETTLE_MAX + 4
+    assert len(child_pids(proc)) == 2, proc.stderr
+
+
 def test_a_module_imported_later_is_watched_too(reloading, tmp_path):
     proc, addr = reloading
     wait_body(addr, "lazy one", "/lazy")

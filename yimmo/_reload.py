@@ -8,7 +8,10 @@ the source files of the modules it has imported (rewritten when that set
 grows, since frameworks import lazily); files of the standard library,
 site-packages and yimmo itself are left out. The parent stats those files
 about once a second, sooner when inotify (through ctypes, Linux) reports
-a change in one of their directories. On a change it compiles the changed
+a change in one of their directories; then it waits until the files have
+been quiet for a moment and none written is still open for writing (an
+editor writing in place truncates first), for at most a second. On a
+change it compiles the changed
 files first: a syntax error is logged with the file and line and the
 running child keeps serving the old code; once they compile, the old child
 is stopped (SIGTERM, gracefully) and a new one started. Stop then start:
@@ -34,6 +37,7 @@ import os
 import select
 import signal
 import site
+import struct
 import subprocess
 import sys
 import sysconfig
@@ -58,8 +62,12 @@ CHILD_ENV = "_YIMMO_RELOAD_FILES"
 # Set (to anything) to poll even where inotify works: the tests use it.
 POLL_ENV = "_YIMMO_RELOAD_POLL"
 POLL_INTERVAL = 1.0
-# After inotify wakes us, wait this long for an editor to finish writing.
+# After inotify wakes us, the watched files must have been quiet this long
+# (no event, none open for writing after a write) before they are
+# compared; a file still open after a write is waited for at most
+# SETTLE_MAX.
 SETTLE = 0.05
+SETTLE_MAX = 1.0
 
 # A file's state: (st_mtime_ns, st_size, st_ino).
 Signature = Tuple[int, int, int]
@@ -179,14 +187,16 @@ def report_modules(list_path: str, config_path: Optional[str] = None,
 
 
 class _Inotify:
-    """inotify(7) through ctypes, used only to wake up early: what changed
-    is found by comparing stats. None of this is needed for correctness;
-    without it the parent polls."""
+    """inotify(7) through ctypes, used only to wake up early and to wait
+    for a writer to finish: what changed is found by comparing stats. None
+    of this is needed for correctness; without it the parent polls."""
 
-    MASK = (0x00000002 | 0x00000004 | 0x00000008 | 0x00000080 | 0x00000100
-            | 0x00000200 | 0x00000040)
-    # IN_MODIFY, IN_ATTRIB, IN_CLOSE_WRITE, IN_MOVED_TO, IN_CREATE,
-    # IN_DELETE, IN_MOVED_FROM
+    IN_MODIFY = 0x00000002
+    # A file written is done with: closed, gone, or replaced.
+    DONE = (0x00000008 | 0x00000200 | 0x00000040 | 0x00000080)
+    # IN_CLOSE_WRITE, IN_DELETE, IN_MOVED_FROM, IN_MOVED_TO
+    MASK = IN_MODIFY | DONE | 0x00000004 | 0x00000100  # IN_ATTRIB, IN_CREATE
+    _EVENT = struct.Struct("iIII")  # wd, mask, cookie, len; then the name
 
     def __init__(self) -> None:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6",
@@ -198,18 +208,35 @@ class _Inotify:
             raise OSError(ctypes.get_errno(), "inotify_init1")
         self.fd: int = fd
         self._dirs: Set[str] = set()
+        self._wds: Dict[int, str] = {}  # watch descriptor -> its directory
 
     def watch_dirs(self, dirs: Set[str]) -> None:
         for d in dirs - self._dirs:
-            if self._add(self.fd, os.fsencode(d), self.MASK) >= 0:
+            wd = self._add(self.fd, os.fsencode(d), self.MASK)
+            if wd >= 0:
                 self._dirs.add(d)
+                self._wds[wd] = d
 
-    def drain(self) -> None:
+    def events(self) -> List[Tuple[str, int]]:
+        """(path, mask) of every event queued now, in order."""
+        found = []
         try:
-            while os.read(self.fd, 65536):
-                pass
+            while True:
+                data = os.read(self.fd, 65536)
+                if not data:
+                    break
+                off = 0
+                while off + self._EVENT.size <= len(data):
+                    wd, mask, _, size = self._EVENT.unpack_from(data, off)
+                    off += self._EVENT.size
+                    name = data[off:off + size].split(b"\0", 1)[0]
+                    off += size
+                    if wd in self._wds and name:
+                        found.append((os.path.join(self._wds[wd],
+                                                   os.fsdecode(name)), mask))
         except BlockingIOError:
             pass
+        return found
 
     def close(self) -> None:
         os.close(self.fd)
@@ -351,8 +378,34 @@ class _Parent:
         except InterruptedError:
             return
         if r:
-            time.sleep(SETTLE)
-            self.inotify.drain()
+            self.settle(self.inotify)
+
+    def settle(self, inotify: _Inotify) -> None:
+        """Wait until the watched files have been quiet for SETTLE and
+        none written is still open for writing, for at most SETTLE_MAX: a
+        file written in place is truncated first, and a writer slower than
+        SETTLE (or a loaded machine) would otherwise have its empty or
+        half-written file restarted on, and then the whole one."""
+        writing: Set[str] = set()
+        deadline = time.monotonic() + SETTLE_MAX
+        while True:
+            for path, mask in inotify.events():
+                if path not in self.files:
+                    continue
+                if mask & inotify.IN_MODIFY:
+                    writing.add(path)
+                elif mask & inotify.DONE:
+                    writing.discard(path)
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            try:
+                r, _, _ = select.select([inotify.fd], [], [],
+                                        min(SETTLE, left))
+            except InterruptedError:
+                return
+            if not r and not writing:
+                return
 
     def run(self) -> None:
         self.start_child()
