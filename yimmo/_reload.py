@@ -397,8 +397,8 @@ class _Parent:
                 elif mask & inotify.DONE:
                     writing.discard(path)
             left = deadline - time.monotonic()
-            if left <= 0:
-                return
+            if left <= 0 or self.stopping or self.hup:
+                return  # (a signal handler ran during the select below)
             try:
                 r, _, _ = select.select([inotify.fd], [], [],
                                         min(SETTLE, left))
