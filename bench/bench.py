@@ -3,14 +3,16 @@
 
     python bench/bench.py [--duration 10] [--rounds 3] [--connections 50]
                           [--threads 4] [--only yimmo,gunicorn,...]
-                          [--reference]
+                          [--reference] [--net lo|veth]
 
 Each server serves bench/hello.py pinned to CPU 1 while wrk, pinned to CPU
 0, loads it over keep-alive connections on 127.0.0.1. Servers are measured
 round-robin, a fresh process for each measurement, and the medians over the
 rounds are reported: requests/s, p99 latency and server CPU time per
 request (user + system time of the server and all its child processes,
-from /proc). See bench/README.md for how to read the table.
+from /proc). With --net veth, wrk runs in a network namespace of its own
+behind a veth pair, and the server CPU per request is CPU 1's busy time
+(two_hosts() below). See bench/README.md for how to read the table.
 
 The servers are installed into bench/.venv (created on first use): this
 checkout of yimmo, gunicorn, waitress, bjoern, granian and uWSGI. A server that
@@ -19,6 +21,7 @@ fails to install or start is skipped with a note.
 
 import argparse
 import contextlib
+import fcntl
 import json
 import mmap
 import os
@@ -288,68 +291,147 @@ class NetError(RuntimeError):
     """--net veth could not be set up."""
 
 
+NETNS_PREFIX = "yimmo-bench-"
+
+
 def _ip(*argv):
     result = subprocess.run(["ip", *argv], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT,
                             universal_newlines=True)
     if result.returncode != 0:
         raise NetError("ip %s: %s" % (" ".join(argv),
-                                          result.stdout.strip()))
+                                      result.stdout.strip()))
     return result.stdout
+
+
+def check_net(net):
+    """Raise NetError, before anything slow, when --net cannot work here."""
+    if net != "veth":
+        return
+    if shutil.which("ip") is None:
+        raise NetError("--net veth needs iproute2 (apt-get install "
+                       "iproute2)")
+    if os.geteuid() != 0:
+        raise NetError("--net veth needs root (network namespaces)")
+    if not can_pin():
+        # Its server CPU is CPU SERVER_CPU's busy time: only meaningful
+        # with the server pinned there and nothing of wrk's.
+        raise NetError("--net veth needs taskset and CPUs %s and %s"
+                       % (SERVER_CPU, CLIENT_CPU))
+
+
+def _remove_pair(ns, server_end):
+    """Delete the pair (at once: deleting the namespace alone leaves the
+    pair to the kernel for some milliseconds more) and the namespace."""
+    for argv in (["ip", "link", "del", server_end],
+                 ["ip", "netns", "del", ns]):
+        subprocess.run(argv, stdout=subprocess.DEVNULL,
+                       stderr=subprocess.DEVNULL)
+
+
+def _remove_stale():
+    """The namespaces (and pairs) of runs whose process is gone: killed
+    with SIGKILL, or by a signal bench did not catch."""
+    out = subprocess.run(["ip", "netns", "list"], stdout=subprocess.PIPE,
+                         stderr=subprocess.DEVNULL,
+                         universal_newlines=True).stdout
+    for line in out.splitlines():
+        name = line.split()[0] if line.strip() else ""
+        pid = name[len(NETNS_PREFIX):]
+        if name.startswith(NETNS_PREFIX) and pid.isdigit() and \
+                (int(pid) == os.getpid() or
+                 not os.path.exists("/proc/%s" % pid)):
+            _remove_pair(name, "ybs" + pid)
+
+
+def _free_net():
+    """A /30 of 10.254.0.0/16 that no address of this namespace is in,
+    from the pid's: (server address, client address)."""
+    used = set()
+    out = _ip("-o", "-4", "addr", "show")
+    for word in out.split():
+        if word.startswith("10.254.") and "/" in word:
+            a, b = (int(x) for x in word.split("/")[0].split(".")[2:])
+            used.add(((a << 8) | b) >> 2)
+    for k in range(16384):
+        net = (os.getpid() + k) % 16384
+        if net not in used:
+            base = net * 4
+            return ("10.254.%d.%d" % (base >> 8, (base & 255) + 1),
+                    "10.254.%d.%d" % (base >> 8, (base & 255) + 2))
+    raise NetError("no free /30 in 10.254.0.0/16")
 
 
 @contextlib.contextmanager
 def two_hosts():
     """Servers listen on HOST, wrk runs in the namespace CLIENT_NETNS and
     connects from CLIENT_HOST, for the length of the with block. Needs
-    root (CAP_NET_ADMIN) and iproute2; raises NetError without them."""
-    global HOST, CLIENT_NETNS
-    if shutil.which("ip") is None:
-        raise NetError("--net veth needs iproute2 (apt-get install "
-                           "iproute2)")
-    global CLIENT_HOST
-    tag = os.getpid() % 1000000
-    ns, server_end, client_end = ("yimmo-bench-%d" % tag, "ybs%d" % tag,
-                                  "ybc%d" % tag)
-    # A /30 of 10.254.0.0/16 of this process's own, so that two runs (or
-    # two test processes) at once do not share an address.
-    net = (os.getpid() % 16384) * 4
-    server_host = "10.254.%d.%d" % (net >> 8, (net & 255) + 1)
-    client_host = "10.254.%d.%d" % (net >> 8, (net & 255) + 2)
+    root (CAP_NET_ADMIN), iproute2 and CPUs 0 and 1; raises NetError
+    without them. Everything is removed when the block ends, by an
+    exception or by a signal that ends the process through Python
+    (SIGINT; SIGTERM and SIGHUP with exit_on_signals()); a run killed
+    otherwise leaves its namespace to the next run, which removes it."""
+    global HOST, CLIENT_NETNS, CLIENT_HOST
+    check_net("veth")
+    pid = os.getpid()
+    ns, server_end, client_end = (NETNS_PREFIX + str(pid), "ybs%d" % pid,
+                                  "ybc%d" % pid)
+    # No signal between creating a piece and noting it: they wait.
+    stop = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, stop)
     made = False
     try:
-        _ip("netns", "add", ns)
-        made = True
-        _ip("link", "add", server_end, "mtu", "1500", "type", "veth",
-            "peer", "name", client_end, "netns", ns)
-        _ip("addr", "add", server_host + "/30", "dev", server_end)
-        _ip("link", "set", server_end, "up")
-        _ip("-n", ns, "addr", "add", client_host + "/30", "dev",
-            client_end)
-        _ip("-n", ns, "link", "set", client_end, "up")
-        _ip("-n", ns, "link", "set", "lo", "up")
-        # What arrives at the server's end is the server host's work, what
-        # arrives at wrk's end the client host's. (ip netns exec mounts
-        # the namespace's own /sys.)
-        _ip("netns", "exec", ns, "sh", "-c",
-            "echo %x > /sys/class/net/%s/queues/rx-0/rps_cpus"
-            % (1 << int(CLIENT_CPU), client_end))
         try:
-            with open("/sys/class/net/%s/queues/rx-0/rps_cpus"
-                      % server_end, "w") as f:
-                f.write("%x\n" % (1 << int(SERVER_CPU)))
-        except OSError as exc:
-            raise NetError("RPS for %s: %s" % (server_end, exc)) from exc
-        HOST, CLIENT_NETNS, CLIENT_HOST = server_host, ns, client_host
+            # Two runs at once must not pick the same /30.
+            with open("/run/yimmo-bench-net.lock", "w") as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX)
+                _remove_stale()
+                server_host, client_host = _free_net()
+                made = True
+                _ip("netns", "add", ns)
+                _ip("link", "add", server_end, "mtu", "1500", "type",
+                    "veth", "peer", "name", client_end, "netns", ns)
+                _ip("addr", "add", server_host + "/30", "dev", server_end)
+                _ip("link", "set", server_end, "up")
+                _ip("-n", ns, "addr", "add", client_host + "/30", "dev",
+                    client_end)
+                _ip("-n", ns, "link", "set", client_end, "up")
+                _ip("-n", ns, "link", "set", "lo", "up")
+            # What arrives at the server's end is the server host's work,
+            # what arrives at wrk's end the client host's. (ip netns exec
+            # mounts the namespace's own /sys.)
+            _ip("netns", "exec", ns, "sh", "-c",
+                "echo %x > /sys/class/net/%s/queues/rx-0/rps_cpus"
+                % (1 << int(CLIENT_CPU), client_end))
+            try:
+                with open("/sys/class/net/%s/queues/rx-0/rps_cpus"
+                          % server_end, "w") as f:
+                    f.write("%x\n" % (1 << int(SERVER_CPU)))
+            except OSError as exc:
+                raise NetError("RPS for %s: %s" % (server_end, exc)) \
+                    from exc
+            route = _ip("route", "get", client_host).split()
+            if route[route.index("dev") + 1] != server_end:
+                raise NetError("%s is routed through %s, not %s"
+                               % (client_host,
+                                  route[route.index("dev") + 1],
+                                  server_end))
+            HOST, CLIENT_NETNS, CLIENT_HOST = server_host, ns, client_host
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
         yield
     finally:
         HOST, CLIENT_NETNS, CLIENT_HOST = "127.0.0.1", None, None
         if made:
-            # Deleting the namespace deletes its end of the pair, and with
-            # it the other end.
-            subprocess.run(["ip", "netns", "del", ns],
-                           stdout=subprocess.DEVNULL,
-                           stderr=subprocess.DEVNULL)
+            _remove_pair(ns, server_end)
+
+
+def exit_on_signals():
+    """SIGTERM and SIGHUP end the process as ^C does, through Python, so
+    that what a run made (servers, the namespace) is undone on the way
+    out."""
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    signal.signal(signal.SIGHUP, lambda *_: sys.exit(129))
 
 
 def network(net):
@@ -728,21 +810,41 @@ class RssSampler(threading.Thread):
         return statistics.median(self.queues) if self.queues else 0
 
 
-def machine_busy_seconds(cpu=None):
-    """CPU time all CPUs (or CPU number cpu) spent not idle since boot
-    (from /proc/stat)."""
-    name = "cpu" if cpu is None else "cpu%s" % cpu
+def _stat_fields(name):
+    """The fields of /proc/stat's line `name` ("cpu", "cpu1"): user nice
+    system idle iowait irq softirq steal [guest guest_nice], in ticks."""
     with open("/proc/stat") as f:
         for line in f:
             if line.split(None, 1)[0] == name:
-                break
-        else:
-            return 0.0
-        fields = [int(v) for v in line.split()[1:]]
-    # user nice system idle iowait irq softirq steal [guest guest_nice]:
-    # guest time is already inside user and nice.
+                return [int(v) for v in line.split()[1:]]
+    raise RuntimeError("no %s line in /proc/stat" % name)
+
+
+def machine_busy_seconds():
+    """CPU time all CPUs spent not idle since boot (from /proc/stat)."""
+    fields = _stat_fields("cpu")
+    # Guest time is already inside user and nice.
     total = sum(fields[:8])
     return (total - fields[3] - fields[4]) / CLK_TCK
+
+
+def cpu_not_busy_seconds(cpu):
+    """Time CPU number cpu spent idle, waiting for I/O, or stolen by the
+    host, since boot. Its busy time over an interval is the interval's
+    wall time minus this one's growth: the busy fields undercount it,
+    as a softirq that runs while the CPU is idle is charged to no field
+    without IRQ time accounting (this guest's kernel has none), though
+    nohz still ends the idle time at the interrupt."""
+    fields = _stat_fields("cpu%s" % cpu)
+    return (fields[3] + fields[4] + fields[7]) / CLK_TCK
+
+
+def other_processes_seconds(exclude):
+    """pid -> CPU time (user + system) of every process other than the
+    pids in exclude and the kernel's threads (pid 2 and its children: a
+    ksoftirqd doing the network's work is not another load)."""
+    return {pid: t for pid, (ppid, t, _) in all_stats().items()
+            if pid not in exclude and pid != 2 and ppid != 2}
 
 
 def children_cpu_seconds():
@@ -843,8 +945,9 @@ class Sample(NamedTuple):
     xcpu_before_us: float = 0.0  # the first of the two (the load's effect
     # on the host's placement, if any, shows in the second)
     proc_us: float = 0.0  # the server's processes' CPU, us per request
-    # SERVER_CPU's busy time (/proc/stat) per request: with --net veth,
-    # the server host's whole work, its network receive path included.
+    # SERVER_CPU's busy time per request (the run's wall time less its
+    # idle, iowait and steal time in /proc/stat): with --net veth, the
+    # server host's whole work, its network receive path included.
     core_us: float = 0.0
 
 
@@ -888,18 +991,24 @@ def measure(server, args, logs, load=None):
             os.sched_setaffinity(0, {int(CLIENT_CPU)})
         sampler = RssSampler(proc.pid, port)
         sampler.start()
+        # Not this script nor what it runs (wrk, ip), nor the server.
+        mine = set(tree(os.getpid(), all_stats()))
+        others = other_processes_seconds(
+            mine | set(tree(proc.pid, all_stats())))
         started = time.monotonic()
         before = (tree_cpu_seconds(proc.pid), children_cpu_seconds(),
-                  machine_busy_seconds(), machine_busy_seconds(SERVER_CPU))
+                  machine_busy_seconds(), cpu_not_busy_seconds(SERVER_CPU))
         try:
             wrk = run_wrk(port, args.duration, load.connections, load.extra,
                           load.path)
         finally:
             after = (tree_cpu_seconds(proc.pid), children_cpu_seconds(),
                      machine_busy_seconds(),
-                     machine_busy_seconds(SERVER_CPU))
+                     cpu_not_busy_seconds(SERVER_CPU))
+            wall = time.monotonic() - started
+            others_after = other_processes_seconds(
+                mine | set(tree(proc.pid, all_stats())))
             rss_peak = sampler.stop()
-        wall = time.monotonic() - started
         if proc.poll() is not None:
             raise RuntimeError("exited during the run%s"
                                % exited(proc, logs, server))
@@ -907,7 +1016,9 @@ def measure(server, args, logs, load=None):
         os.sched_setaffinity(0, harness)
         stop(proc)
     xcpu = max(xcpu_before, cross_cpu_us())
-    server_cpu, wrk_cpu, busy, core = (a - b for a, b in zip(after, before))
+    server_cpu, wrk_cpu, busy, not_busy = (a - b for a, b in
+                                           zip(after, before))
+    core = max(0.0, wall - not_busy)
     proc_us = server_cpu * 1e6 / wrk.requests if wrk.requests else 0.0
     core_us = core * 1e6 / wrk.requests if wrk.requests else 0.0
     # With --net veth the server's CPU does the server host's network
@@ -916,9 +1027,18 @@ def measure(server, args, logs, load=None):
     # the server's cost. Over loopback it also runs the client's receive
     # path, so there the processes' own time is (bench/README.md).
     cpu_us = core_us if CLIENT_NETNS is not None else proc_us
-    # What neither the server nor wrk was charged for; with --net veth
-    # that includes the server CPU's softirqs counted in cpu_us.
-    other = max(0.0, busy - server_cpu - wrk_cpu) * 100 / wall
+    if CLIENT_NETNS is not None:
+        # The machine's busy time minus the server's and wrk's would be
+        # mostly the network work no process is charged for (a third of
+        # a core for gunicorn's hello world): count the other processes
+        # instead. (One that started and ended within the run is missed.)
+        other_s = sum(t - others.get(pid, 0)
+                      for pid, t in others_after.items()) / CLK_TCK
+    else:
+        # What neither the server nor wrk was charged for (loopback's
+        # softirqs land here too: 0-10% on a quiet machine).
+        other_s = busy - server_cpu - wrk_cpu
+    other = max(0.0, other_s) * 100 / wall
     return Sample(wrk.rps, wrk.p99_ms, cpu_us, wrk.errors, other,
                   wrk.p50_ms, wrk.requests, rss_idle, rss_peak,
                   sampler.queued, sampler.waiting, xcpu, xcpu_before,
@@ -1053,8 +1173,14 @@ def parse_args(argv):
 
 def main(argv=None):
     args = parse_args(sys.argv[1:] if argv is None else argv)
+    exit_on_signals()
     if shutil.which("wrk") is None:
         log("bench: wrk not found (apt-get install wrk)")
+        return 1
+    try:
+        check_net(args.net)
+    except NetError as exc:
+        log("bench: %s" % exc)
         return 1
     notes = []
     if not can_pin():
@@ -1111,7 +1237,7 @@ def main(argv=None):
         print("note: " + note)
     if args.json:
         args.json.write_text(json.dumps(
-            {name: [s._asdict() for s in samples]
+            {name: [dict(s._asdict(), net=args.net) for s in samples]
              for name, samples in results.items()}, indent=2))
     return 0 if results else 1
 

@@ -29,7 +29,6 @@ import os
 import platform
 import resource
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -515,8 +514,9 @@ def parse_args(argv):
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
-    # SIGTERM unwinds like ^C: bench.measure() stops the server it started.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    # SIGTERM and SIGHUP unwind like ^C: bench.measure() stops the server
+    # it started, bench.two_hosts() removes the namespace.
+    bench.exit_on_signals()
     if args.charts:
         data = json.loads(args.charts.read_text())
         rows = [r for r in ROWS if r.name in data["results"]]
@@ -533,6 +533,7 @@ def main(argv=None):
         log("matrix: wrk not found (apt-get install wrk)")
         return 1
     try:
+        bench.check_net(args.net)
         with bench.network(args.net):
             return run(args, argv)
     except bench.NetError as exc:
