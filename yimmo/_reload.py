@@ -10,7 +10,8 @@ site-packages and yimmo itself are left out. The parent stats those files
 about once a second, sooner when inotify (through ctypes, Linux) reports
 a change in one of their directories; then it waits until the files have
 been quiet for a moment and none written is still open for writing (an
-editor writing in place truncates first), for at most a second. On a
+editor writing in place truncates first), for at most a second (events
+of files it does not watch, an app's log, do not count). On a
 change it compiles the changed
 files first: a syntax error is logged with the file and line and the
 running child keeps serving the old code; once they compile, the old child
@@ -162,7 +163,10 @@ def report_modules(list_path: str, config_path: Optional[str] = None,
                 lines.append("%d %d %d %s" % (sig + (path,)))
         # Per process: the server processes of a supervisor all report.
         tmp = "%s.%d.tmp" % (list_path, os.getpid())
-        with open(tmp, "w", encoding="utf-8") as f:
+        # (surrogateescape: a path that is not UTF-8 goes through as its
+        # bytes, and the parent reads it back the same way.)
+        with open(tmp, "w", encoding="utf-8",
+                  errors="surrogateescape") as f:
             f.write("".join(line + "\n" for line in lines))
         os.replace(tmp, list_path)
 
@@ -195,7 +199,13 @@ class _Inotify:
     # A file written is done with: closed, gone, or replaced.
     DONE = (0x00000008 | 0x00000200 | 0x00000040 | 0x00000080)
     # IN_CLOSE_WRITE, IN_DELETE, IN_MOVED_FROM, IN_MOVED_TO
-    MASK = IN_MODIFY | DONE | 0x00000004 | 0x00000100  # IN_ATTRIB, IN_CREATE
+    IN_MOVE_SELF = 0x00000800  # the watched directory went elsewhere
+    IN_IGNORED = 0x00008000  # its watch is gone (the directory was removed)
+    IN_Q_OVERFLOW = 0x00004000  # events were lost
+    MASK = (IN_MODIFY | DONE | IN_MOVE_SELF | 0x00000004
+            | 0x00000100)  # IN_ATTRIB, IN_CREATE
+    LOST = ""  # the path events() gives an overflow: anything may have
+    # changed
     _EVENT = struct.Struct("iIII")  # wd, mask, cookie, len; then the name
 
     def __init__(self) -> None:
@@ -203,6 +213,8 @@ class _Inotify:
                            use_errno=True)
         self._add = libc.inotify_add_watch
         self._add.argtypes = (ctypes.c_int, ctypes.c_char_p, ctypes.c_uint32)
+        self._rm = libc.inotify_rm_watch
+        self._rm.argtypes = (ctypes.c_int, ctypes.c_int)
         fd = libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
         if fd < 0:
             raise OSError(ctypes.get_errno(), "inotify_init1")
@@ -218,7 +230,10 @@ class _Inotify:
                 self._wds[wd] = d
 
     def events(self) -> List[Tuple[str, int]]:
-        """(path, mask) of every event queued now, in order."""
+        """(path, mask) of every event queued now, in order; (LOST, mask)
+        for an overflow of the queue. A directory removed or moved away
+        stops being watched here, so that watch_dirs() watches what is at
+        its path again."""
         found = []
         try:
             while True:
@@ -231,7 +246,14 @@ class _Inotify:
                     off += self._EVENT.size
                     name = data[off:off + size].split(b"\0", 1)[0]
                     off += size
-                    if wd in self._wds and name:
+                    if mask & self.IN_Q_OVERFLOW:
+                        found.append((self.LOST, mask))
+                    elif wd in self._wds and not name and \
+                            mask & (self.IN_IGNORED | self.IN_MOVE_SELF):
+                        self._dirs.discard(self._wds.pop(wd))
+                        if mask & self.IN_MOVE_SELF:
+                            self._rm(self.fd, wd)
+                    elif wd in self._wds and name:
                         found.append((os.path.join(self._wds[wd],
                                                    os.fsdecode(name)), mask))
         except BlockingIOError:
@@ -273,6 +295,14 @@ def _in_child() -> None:
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})
 
 
+def _drain(fd: int) -> None:
+    try:
+        while os.read(fd, 512):
+            pass
+    except BlockingIOError:
+        pass
+
+
 def _signature(path: str) -> Optional[Signature]:
     try:
         st = os.stat(path)
@@ -311,6 +341,11 @@ class _Parent:
         self.hup = False  # SIGHUP: restart without a change
         # changed files waiting for a good compile
         self.pending: Set[str] = set()
+        # Written to by Python's signal handling (set_wakeup_fd in
+        # run_parent): a signal ends a wait at once.
+        self.wake_r, self.wake_w = os.pipe()
+        for fd in (self.wake_r, self.wake_w):
+            os.set_blocking(fd, False)
         self.inotify: Optional[_Inotify] = None
         if not os.environ.get(POLL_ENV):
             try:
@@ -347,7 +382,8 @@ class _Parent:
             return
         self.list_sig = sig
         try:
-            with open(self.list_path, encoding="utf-8") as f:
+            with open(self.list_path, encoding="utf-8",
+                      errors="surrogateescape") as f:
                 lines = [line for line in f.read().splitlines() if line]
         except OSError:
             return
@@ -369,43 +405,72 @@ class _Parent:
                 found.append(path)
         return found
 
-    def wait(self, timeout: float) -> None:
-        if self.inotify is None:
-            time.sleep(timeout)
-            return
+    def pause(self, timeout: float) -> None:
+        """Sleep for timeout, or until a signal handler ran (the wakeup
+        pipe; time.sleep and select are resumed after a handler)."""
         try:
-            r, _, _ = select.select([self.inotify.fd], [], [], timeout)
+            r, _, _ = select.select([self.wake_r], [], [], max(0.0, timeout))
         except InterruptedError:
             return
         if r:
-            self.settle(self.inotify)
+            _drain(self.wake_r)
 
-    def settle(self, inotify: _Inotify) -> None:
-        """Wait until the watched files have been quiet for SETTLE and
-        none written is still open for writing, for at most SETTLE_MAX: a
-        file written in place is truncated first, and a writer slower than
-        SETTLE (or a loaded machine) would otherwise have its empty or
-        half-written file restarted on, and then the whole one."""
-        writing: Set[str] = set()
-        deadline = time.monotonic() + SETTLE_MAX
-        while True:
-            for path, mask in inotify.events():
-                if path not in self.files:
-                    continue
-                if mask & inotify.IN_MODIFY:
-                    writing.add(path)
-                elif mask & inotify.DONE:
-                    writing.discard(path)
-            left = deadline - time.monotonic()
-            if left <= 0 or self.stopping or self.hup:
-                return  # (a signal handler ran during the select below)
+    def wait(self, timeout: float) -> None:
+        """Until a watched file changed and settled, a signal, or timeout."""
+        if self.inotify is None:
+            self.pause(timeout)
+            return
+        # A directory removed or moved away is watched again at its path.
+        self.inotify.watch_dirs({os.path.dirname(p) for p in self.files})
+        end = time.monotonic() + timeout
+        while not (self.stopping or self.hup):
+            left = end - time.monotonic()
+            if left <= 0:
+                return
             try:
-                r, _, _ = select.select([inotify.fd], [], [],
-                                        min(SETTLE, left))
+                r, _, _ = select.select([self.inotify.fd, self.wake_r], [],
+                                        [], left)
             except InterruptedError:
+                continue
+            if self.wake_r in r:
+                _drain(self.wake_r)
+            if self.inotify.fd not in r:
+                continue
+            events = self.inotify.events()
+            if any(p in self.files or p == _Inotify.LOST for p, _ in events):
+                self.settle(self.inotify, events)
                 return
-            if not r and not writing:
+            # Only files nobody watches (an app's log next to it): taken
+            # in batches, not one wake-up per line written.
+            self.pause(min(SETTLE, end - time.monotonic()))
+
+    def settle(self, inotify: _Inotify,
+               events: List[Tuple[str, int]]) -> None:
+        """From the first event on a watched file: wait until the watched
+        files have been quiet for SETTLE and none written is still open
+        for writing, for at most SETTLE_MAX. A file written in place is
+        truncated first, and a writer slower than SETTLE (or a loaded
+        machine) would otherwise have its empty or half-written file
+        restarted on, and then the whole one. Events of files not watched
+        do not count; lost events (an overflow) wait out SETTLE_MAX."""
+        writing: Set[str] = set()
+        start = last = time.monotonic()
+        while not (self.stopping or self.hup):
+            for path, mask in events:
+                if path == inotify.LOST:
+                    writing.add(path)
+                elif path in self.files:
+                    last = time.monotonic()
+                    if mask & inotify.IN_MODIFY:
+                        writing.add(path)
+                    elif mask & inotify.DONE:
+                        writing.discard(path)
+            now = time.monotonic()
+            if now - start >= SETTLE_MAX or \
+                    (not writing and now - last >= SETTLE):
                 return
+            self.pause(min(SETTLE / 2, start + SETTLE_MAX - now))
+            events = inotify.events()
 
     def run(self) -> None:
         self.start_child()
@@ -488,6 +553,8 @@ def run_parent(argv: Sequence[str], options: ServerOptions,
         if child is not None and child.poll() is None:
             child.send_signal(signal.SIGUSR1)
 
+    old_wakeup = signal.set_wakeup_fd(parent.wake_w,
+                                      warn_on_full_buffer=False)
     old: Dict[int, SignalHandler] = {}
     for signum, handler in ((signal.SIGTERM, on_stop),
                             (signal.SIGINT, on_stop),
@@ -506,4 +573,7 @@ def run_parent(argv: Sequence[str], options: ServerOptions,
         parent.cleanup()
         for s, h in old.items():
             signal.signal(s, h)
+        signal.set_wakeup_fd(old_wakeup)
+        os.close(parent.wake_r)
+        os.close(parent.wake_w)
     return 0
