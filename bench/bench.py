@@ -273,7 +273,7 @@ def can_pin():
         {int(SERVER_CPU), int(CLIENT_CPU)} <= allowed
 
 
-# -- two hosts on one machine ---------------------------------------------------
+# -- two hosts on one machine -------------------------------------------------
 #
 # Over loopback the CPU that sends a segment also runs the receiver's side
 # of TCP for it (in a softirq, charged to whatever process that CPU is

@@ -206,7 +206,8 @@ def test_the_server_cpu_is_charged_its_busy_time():
     # Two spinning processes pinned to the server's CPU for 0.6 s: its
     # busy time over that wall time is (nearly) all of it, whatever the
     # processes' own accounting says.
-    spin = "import time\nt = time.monotonic() + 0.6\nwhile time.monotonic() < t: pass"
+    spin = ("import time\nt = time.monotonic() + 0.6\n"
+            "while time.monotonic() < t: pass")
     t0, idle0 = time.monotonic(), bench.cpu_not_busy_seconds(bench.SERVER_CPU)
     procs = [subprocess.Popen(["taskset", "-c", bench.SERVER_CPU,
                                sys.executable, "-c", spin]) for _ in range(2)]

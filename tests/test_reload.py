@@ -7,6 +7,7 @@ child (killed at the end in any case) on a port picked for it, and every
 wait is bounded.
 """
 
+import contextlib
 import os
 import re
 import shutil
@@ -531,7 +532,7 @@ def _ppid(pid):
         return None
 
 
-# -- the settle (review s25) ----------------------------------------------------
+# -- the settle (review s25) --------------------------------------------------
 
 
 def start_reloading(tmp_path, app=APP):
@@ -573,36 +574,41 @@ def app_log(tmp_path):
     thread.join(5)
 
 
-def test_a_busy_file_next_to_the_app_leaves_the_settle_alone(tmp_path, app_log):
-    # Events of files that are not watched do not count: a settle begins
-    # at a watched file's event and ends when that file is closed, so a
-    # slow in-place write restarts once, not on the empty file and then
-    # again (review s25: it did, 9 restarts for 6 edits).
+@contextlib.contextmanager
+def next_to_a_busy_log(tmp_path, app_log):
+    """The reloading server, watching helper.py, with app_log running;
+    (process, address). Stopped cleanly at the end."""
     proc, addr = start_reloading(tmp_path)
     with proc:
         wait_body(addr, "one")
         watched(tmp_path, "helper.py")
         app_log.start()
         time.sleep(0.5)
+        yield proc, addr
+        proc.signal(signal.SIGTERM)
+        assert proc.wait(WAIT) == 0
+
+
+def test_a_busy_file_next_to_the_app_leaves_the_settle_alone(tmp_path,
+                                                             app_log):
+    # Events of files that are not watched do not count: a settle begins
+    # at a watched file's event and ends when that file is closed, so a
+    # slow in-place write restarts once, not on the empty file and then
+    # again (review s25: it did, 9 restarts for 6 edits).
+    with next_to_a_busy_log(tmp_path, app_log) as (proc, addr):
         before = len(child_pids(proc))
         for i in range(6):
             slow_write(tmp_path / "helper.py", 'MESSAGE = "v%d"\n' % i, 0.6)
             wait_body(addr, "v%d" % i)
             time.sleep(1.2)
         assert len(child_pids(proc)) - before == 6, proc.stderr
-        proc.signal(signal.SIGTERM)
-        assert proc.wait(WAIT) == 0
 
 
-def test_a_busy_file_next_to_the_app_does_not_delay_an_edit(tmp_path, app_log):
+def test_a_busy_file_next_to_the_app_does_not_delay_an_edit(tmp_path,
+                                                            app_log):
     # The same noise: an edit written in one go (closed at once) waits
     # SETTLE (50 ms), not the rest of a 1 s settle begun by the log.
-    proc, addr = start_reloading(tmp_path)
-    with proc:
-        wait_body(addr, "one")
-        watched(tmp_path, "helper.py")
-        app_log.start()
-        time.sleep(0.5)
+    with next_to_a_busy_log(tmp_path, app_log) as (proc, addr):
         delays = []
         for i in range(6):
             time.sleep(0.37)
@@ -616,8 +622,6 @@ def test_a_busy_file_next_to_the_app_does_not_delay_an_edit(tmp_path, app_log):
             wait_body(addr, "w%d" % i)
         delays.sort()
         assert delays[len(delays) // 2] < 0.25, delays
-        proc.signal(signal.SIGTERM)
-        assert proc.wait(WAIT) == 0
 
 
 def test_sigterm_while_a_file_is_held_open_stops_at_once(tmp_path):
