@@ -734,3 +734,20 @@ def test_an_app_in_a_directory_not_named_in_utf8(tmp_path):
         assert "UnicodeEncodeError" not in proc.stderr
         proc.signal(signal.SIGTERM)
         assert proc.wait(WAIT) == 0
+
+
+def test_an_edit_during_the_first_import_is_a_change(tmp_path):
+    # The child reports each file's state when Python loaded it: a module
+    # edited after its import but before the report (here: while the
+    # rest of the app takes 3 s to import) restarts the server (review
+    # s25: its state at the report was taken for what the server ran).
+    slow = "import helper, time\ntime.sleep(3)\n" + APP.replace(
+        "import helper\n", "")
+    proc, addr = start_reloading(tmp_path, slow)
+    with proc:
+        proc.wait_for_line("started the server")
+        time.sleep(1.5)  # helper imported; still importing the app
+        (tmp_path / "helper.py").write_text('MESSAGE = "edited early"\n')
+        wait_body(addr, "edited early", timeout=10)
+        proc.signal(signal.SIGTERM)
+        assert proc.wait(WAIT) == 0

@@ -49,13 +49,16 @@ def _run(argv: Sequence[str]) -> int:
 
 def _run_started(argv: Sequence[str],
                  starting: "_SignalsWhileImporting") -> int:
+    reload_child = os.environ.get(_reload.CHILD_ENV)
+    if reload_child:
+        # From the first import on (a config file can import too).
+        _reload.note_loads()
     try:
         app_spec, options, cli = parse_command_line(argv)
     except SystemExit as exc:
         # argparse has printed --help, --version or the one-line error.
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
 
-    reload_child = os.environ.get(_reload.CHILD_ENV)
     if reload_child:
         cli["reload"] = False  # the --reload parent runs this process
     try:

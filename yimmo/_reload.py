@@ -4,7 +4,8 @@ changes.
 
 The parent never imports the app. It runs `python -m yimmo` with the same
 arguments as a child, with CHILD_ENV naming a file where the child lists
-the source files of the modules it has imported (rewritten when that set
+the source files of the modules it has imported, each with its state when
+it was loaded (rewritten when that set
 grows, since frameworks import lazily); files of the standard library,
 site-packages and yimmo itself are left out. The parent stats those files
 about once a second, sooner when inotify (through ctypes, Linux) reports
@@ -47,8 +48,8 @@ import threading
 import time
 from types import FrameType
 from typing import (
-    TYPE_CHECKING, Callable, Dict, Iterable, List, Optional, Sequence, Set,
-    Tuple,
+    TYPE_CHECKING, Callable, Dict, Iterable, List, Mapping, Optional,
+    Sequence, Set, Tuple,
 )
 
 from . import _signals
@@ -141,6 +142,32 @@ def failure_files(exc: Optional[BaseException]) -> Set[str]:
     return files
 
 
+# path -> the file's state when the child loaded it (note_loads).
+_loaded: Dict[str, Signature] = {}
+
+
+def note_loads() -> None:
+    """In the child, before the app is imported: note each source file's
+    state when Python loads it (SourceFileLoader.path_stats, which decides
+    between the file and its cached bytecode). The list the parent
+    watches gives that state, not the state when the list is written: a
+    module edited after it was loaded but before the report (a slow
+    import of the rest of the app) is then a change the parent acts on,
+    where it was taken for what the server runs (review s25, D5)."""
+    from importlib.machinery import SourceFileLoader
+    original = SourceFileLoader.path_stats
+
+    def path_stats(self: SourceFileLoader,
+                   path: str) -> Mapping[str, object]:
+        sig = _signature(path)
+        if sig is not None:
+            for p in {os.path.abspath(path), os.path.realpath(path)}:
+                _loaded[p] = sig
+        return original(self, path)
+
+    SourceFileLoader.path_stats = path_stats  # type: ignore[method-assign]
+
+
 def report_modules(list_path: str, config_path: Optional[str] = None,
                    extra_files: Iterable[str] = ()) -> None:
     """In the child, after the app was imported (or failed to be: then
@@ -153,12 +180,13 @@ def report_modules(list_path: str, config_path: Optional[str] = None,
         extra.add(os.path.realpath(config_path))
 
     def write(files: Set[str]) -> None:
-        # Each file with its state now, before any edit the parent has
-        # yet to see: the parent compares with that, so an edit made
-        # before it reads the list is still a change.
+        # Each file with its state when it was loaded (note_loads), or
+        # else now, before any edit the parent has yet to see: the parent
+        # compares with that, so an edit made before it reads the list
+        # is still a change.
         lines = []
         for path in sorted(files | extra):
-            sig = _signature(path)
+            sig = _loaded.get(path) or _signature(path)
             if sig is not None:
                 lines.append("%d %d %d %s" % (sig + (path,)))
         # Per process: the server processes of a supervisor all report.
