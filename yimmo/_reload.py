@@ -5,9 +5,9 @@ changes.
 The parent never imports the app. It runs `python -m yimmo` with the same
 arguments as a child, with CHILD_ENV naming a file where the child lists
 the source files of the modules it has imported, each with its state when
-it was loaded (rewritten when that set
-grows, since frameworks import lazily); files of the standard library,
-site-packages and yimmo itself are left out. The parent stats those files
+it was loaded (rewritten when that set grows, since frameworks import
+lazily); files of the standard library, site-packages and yimmo itself
+are left out. The parent stats those files
 about once a second, sooner when inotify (through ctypes, Linux) reports
 a change in one of their directories; then it waits until the files have
 been quiet for a moment and none written is still open for writing (an
