@@ -232,8 +232,6 @@ class _Inotify:
     IN_Q_OVERFLOW = 0x00004000  # events were lost
     MASK = (IN_MODIFY | DONE | IN_MOVE_SELF | 0x00000004
             | 0x00000100)  # IN_ATTRIB, IN_CREATE
-    LOST = ""  # the path events() gives an overflow: anything may have
-    # changed
     _EVENT = struct.Struct("iIII")  # wd, mask, cookie, len; then the name
 
     def __init__(self) -> None:
@@ -247,22 +245,45 @@ class _Inotify:
         if fd < 0:
             raise OSError(ctypes.get_errno(), "inotify_init1")
         self.fd: int = fd
-        self._dirs: Set[str] = set()
-        self._wds: Dict[int, str] = {}  # watch descriptor -> its directory
+        self._wd_of: Dict[str, int] = {}  # directory -> its watch
+        self._dirs_of: Dict[int, Set[str]] = {}  # watch -> its directories
+        self._names: Set[bytes] = set()  # the watched files' names...
+        self._files: Set[str] = set()  # ...and paths
 
-    def watch_dirs(self, dirs: Set[str]) -> None:
-        for d in dirs - self._dirs:
+    def watch(self, files: Iterable[str]) -> None:
+        """Watch the directories of files, and note their names. Every
+        time, for every directory: one that was removed or moved, and
+        whose IN_IGNORED was lost with an overflow, is watched again at
+        its path (inotify_add_watch of a directory already watched gives
+        its watch back)."""
+        self._files = set(files)
+        self._names = {os.fsencode(os.path.basename(p)) for p in self._files}
+        dirs = {os.path.dirname(p) for p in self._files}
+        for d in dirs:
             wd = self._add(self.fd, os.fsencode(d), self.MASK)
+            old = self._wd_of.get(d)
+            if old is not None and old != wd:
+                self._forget(old, d)
             if wd >= 0:
-                self._dirs.add(d)
-                self._wds[wd] = d
+                self._wd_of[d] = wd
+                self._dirs_of.setdefault(wd, set()).add(d)
 
-    def events(self) -> List[Tuple[str, int]]:
-        """(path, mask) of every event queued now, in order; (LOST, mask)
-        for an overflow of the queue. A directory removed or moved away
-        stops being watched here, so that watch_dirs() watches what is at
-        its path again."""
+    def _forget(self, wd: int, d: str) -> None:
+        self._wd_of.pop(d, None)
+        dirs = self._dirs_of.get(wd)
+        if dirs is not None:
+            dirs.discard(d)
+            if not dirs:
+                del self._dirs_of[wd]
+                self._rm(self.fd, wd)  # (EINVAL if the kernel dropped it)
+
+    def events(self) -> Tuple[List[Tuple[str, int]], bool]:
+        """(path, mask) of every event queued now for a watched file's
+        name, in order, and whether events were lost (an overflow). Events
+        of other names are read and left out: an app's log next to its
+        files can write hundreds of thousands a second."""
         found = []
+        lost = False
         try:
             while True:
                 data = os.read(self.fd, 65536)
@@ -272,21 +293,31 @@ class _Inotify:
                 while off + self._EVENT.size <= len(data):
                     wd, mask, _, size = self._EVENT.unpack_from(data, off)
                     off += self._EVENT.size
-                    name = data[off:off + size].split(b"\0", 1)[0]
+                    name = data[off:off + size].rstrip(b"\0")
                     off += size
-                    if mask & self.IN_Q_OVERFLOW:
-                        found.append((self.LOST, mask))
-                    elif wd in self._wds and not name and \
-                            mask & (self.IN_IGNORED | self.IN_MOVE_SELF):
-                        self._dirs.discard(self._wds.pop(wd))
-                        if mask & self.IN_MOVE_SELF:
-                            self._rm(self.fd, wd)
-                    elif wd in self._wds and name:
-                        found.append((os.path.join(self._wds[wd],
-                                                   os.fsdecode(name)), mask))
+                    if name in self._names:
+                        for d in self._dirs_of.get(wd, ()):
+                            path = os.path.join(d, os.fsdecode(name))
+                            if path in self._files:
+                                found.append((path, mask))
+                    elif mask & self.IN_Q_OVERFLOW:
+                        lost = True
+                    elif not name and mask & (self.IN_IGNORED
+                                              | self.IN_MOVE_SELF):
+                        # Gone, or moved: watch() watches its path again.
+                        for d in list(self._dirs_of.get(wd, ())):
+                            self._forget(wd, d)
         except BlockingIOError:
             pass
-        return found
+        return found, lost
+
+    def discard(self) -> None:
+        """Read what is queued without looking at it."""
+        try:
+            while os.read(self.fd, 65536):
+                pass
+        except BlockingIOError:
+            pass
 
     def close(self) -> None:
         os.close(self.fd)
@@ -422,7 +453,7 @@ class _Parent:
             if path not in self.files:
                 self.files[path] = (int(mtime), int(size), int(ino))
         if self.inotify is not None:
-            self.inotify.watch_dirs({os.path.dirname(p) for p in paths})
+            self.inotify.watch(self.files)
 
     def changed(self) -> List[str]:
         found = []
@@ -443,51 +474,70 @@ class _Parent:
         if r:
             _drain(self.wake_r)
 
+    def moved(self) -> bool:
+        """Whether a watched file's state differs from the last seen."""
+        return any(_signature(p) != sig for p, sig in self.files.items())
+
     def wait(self, timeout: float) -> None:
         """Until a watched file changed and settled, a signal, or timeout."""
         if self.inotify is None:
             self.pause(timeout)
             return
-        # A directory removed or moved away is watched again at its path.
-        self.inotify.watch_dirs({os.path.dirname(p) for p in self.files})
+        inotify = self.inotify
+        inotify.watch(self.files)
         end = time.monotonic() + timeout
+        flood = False
         while not (self.stopping or self.hup):
             left = end - time.monotonic()
             if left <= 0:
                 return
+            if flood:
+                # Events are being lost: read none (parsing a full queue
+                # again and again costs most of a core), compare states.
+                self.pause(min(SETTLE, left))
+                inotify.discard()
+                if self.moved():
+                    self.settle(inotify, [], lost=True)
+                    return
+                continue
             try:
-                r, _, _ = select.select([self.inotify.fd, self.wake_r], [],
-                                        [], left)
+                r, _, _ = select.select([inotify.fd, self.wake_r], [], [],
+                                        left)
             except InterruptedError:
                 continue
             if self.wake_r in r:
                 _drain(self.wake_r)
-            if self.inotify.fd not in r:
+            if inotify.fd not in r:
                 continue
-            events = self.inotify.events()
-            if any(p in self.files or p == _Inotify.LOST for p, _ in events):
-                self.settle(self.inotify, events)
+            events, lost = inotify.events()
+            if events or (lost and self.moved()):
+                self.settle(inotify, events, lost)
                 return
-            # Only files nobody watches (an app's log next to it): taken
-            # in batches, not one wake-up per line written.
-            self.pause(min(SETTLE, end - time.monotonic()))
+            flood = lost
+            if not flood:
+                # Only files nobody watches (an app's log next to it):
+                # taken in batches, not one wake-up per line written.
+                self.pause(min(SETTLE, end - time.monotonic()))
 
-    def settle(self, inotify: _Inotify,
-               events: List[Tuple[str, int]]) -> None:
+    def settle(self, inotify: _Inotify, events: List[Tuple[str, int]],
+               lost: bool = False) -> None:
         """From the first event on a watched file: wait until the watched
         files have been quiet for SETTLE and none written is still open
         for writing, for at most SETTLE_MAX. A file written in place is
         truncated first, and a writer slower than SETTLE (or a loaded
         machine) would otherwise have its empty or half-written file
-        restarted on, and then the whole one. Events of files not watched
-        do not count; lost events (an overflow) wait out SETTLE_MAX."""
+        restarted on, and then the whole one. Once events were lost (an
+        overflow), quiet is the files' states unchanged for SETTLE."""
         writing: Set[str] = set()
         start = last = time.monotonic()
+        states: Dict[str, Optional[Signature]] = {}
         while not (self.stopping or self.hup):
+            if lost:
+                now_states = {p: _signature(p) for p in self.files}
+                if now_states != states:
+                    states, last = now_states, time.monotonic()
             for path, mask in events:
-                if path == inotify.LOST:
-                    writing.add(path)
-                elif path in self.files:
+                if path in self.files:
                     last = time.monotonic()
                     if mask & inotify.IN_MODIFY:
                         writing.add(path)
@@ -495,10 +545,14 @@ class _Parent:
                         writing.discard(path)
             now = time.monotonic()
             if now - start >= SETTLE_MAX or \
-                    (not writing and now - last >= SETTLE):
+                    ((lost or not writing) and now - last >= SETTLE):
                 return
             self.pause(min(SETTLE / 2, start + SETTLE_MAX - now))
-            events = inotify.events()
+            if lost:
+                inotify.discard()
+                events = []
+            else:
+                events, lost = inotify.events()
 
     def run(self) -> None:
         self.start_child()
@@ -518,8 +572,8 @@ class _Parent:
                 self.hup = False
                 log.info("Reloader: SIGHUP, restarting")
                 self.pending.clear()
-                self.stop_child()
-                self.start_child()
+                if self.restart():
+                    break
                 reported_exit = False
                 continue
             if not changed:
@@ -537,9 +591,20 @@ class _Parent:
             log.info("Reloader: %s changed, restarting",
                      ", ".join(sorted(self.pending)))
             self.pending.clear()
-            self.stop_child()
-            self.start_child()
+            if self.restart():
+                break
             reported_exit = False
+
+    def restart(self) -> bool:
+        """Stop the server and start a new one; True (and none started)
+        when a SIGTERM or SIGINT came meanwhile. A SIGHUP that came
+        meanwhile is this restart."""
+        self.stop_child()
+        if self.stopping:
+            return True
+        self.hup = False
+        self.start_child()
+        return False
 
     def cleanup(self) -> None:
         self.stop_child()
