@@ -48,8 +48,8 @@ import threading
 import time
 from types import FrameType
 from typing import (
-    TYPE_CHECKING, Callable, Dict, Iterable, List, Mapping, Optional,
-    Sequence, Set, Tuple,
+    TYPE_CHECKING, Callable, Dict, Iterable, Iterator, List, Mapping,
+    Optional, Sequence, Set, Tuple,
 )
 
 from . import _signals
@@ -233,6 +233,7 @@ class _Inotify:
     MASK = (IN_MODIFY | DONE | IN_MOVE_SELF | 0x00000004
             | 0x00000100)  # IN_ATTRIB, IN_CREATE
     _EVENT = struct.Struct("iIII")  # wd, mask, cookie, len; then the name
+    _OVERFLOW = _EVENT.pack(-1, IN_Q_OVERFLOW, 0, 0)
 
     def __init__(self) -> None:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6",
@@ -277,46 +278,58 @@ class _Inotify:
                 del self._dirs_of[wd]
                 self._rm(self.fd, wd)  # (EINVAL if the kernel dropped it)
 
+    def _reads(self) -> Iterator[bytes]:
+        """What is queued, in reads of whole records; no more than 8 of
+        them (a writer next to the app can fill the queue as fast as it is
+        read: what is left waits for the next turn)."""
+        for _ in range(8):
+            try:
+                data = os.read(self.fd, 65536)
+            except BlockingIOError:
+                return
+            if not data:
+                return
+            yield data
+            if len(data) < 65536 - 512:
+                return  # (a record is at most 16 + 256 bytes)
+
     def events(self) -> Tuple[List[Tuple[str, int]], bool]:
-        """(path, mask) of every event queued now for a watched file's
-        name, in order, and whether events were lost (an overflow). Events
-        of other names are read and left out: an app's log next to its
-        files can write hundreds of thousands a second."""
+        """(path, mask) of the events queued now for a watched file, in
+        order, and whether events were lost (an overflow). Events of
+        other names are read and left out: an app's log next to its files
+        can write hundreds of thousands a second."""
         found = []
         lost = False
-        try:
-            while True:
-                data = os.read(self.fd, 65536)
-                if not data:
-                    break
-                off = 0
-                while off + self._EVENT.size <= len(data):
-                    wd, mask, _, size = self._EVENT.unpack_from(data, off)
-                    off += self._EVENT.size
-                    name = data[off:off + size].rstrip(b"\0")
-                    off += size
-                    if name in self._names:
-                        for d in self._dirs_of.get(wd, ()):
-                            path = os.path.join(d, os.fsdecode(name))
-                            if path in self._files:
-                                found.append((path, mask))
-                    elif mask & self.IN_Q_OVERFLOW:
-                        lost = True
-                    elif not name and mask & (self.IN_IGNORED
-                                              | self.IN_MOVE_SELF):
-                        # Gone, or moved: watch() watches its path again.
-                        for d in list(self._dirs_of.get(wd, ())):
-                            self._forget(wd, d)
-        except BlockingIOError:
-            pass
+        for data in self._reads():
+            if not any(name in data for name in self._names):
+                # Nothing of ours (searched in C, not parsed). A
+                # directory's own events, gone with it, watch() makes up
+                # for.
+                lost = lost or self._OVERFLOW in data
+                continue
+            off = 0
+            while off + self._EVENT.size <= len(data):
+                wd, mask, _, size = self._EVENT.unpack_from(data, off)
+                off += self._EVENT.size
+                name = data[off:off + size].rstrip(b"\0")
+                off += size
+                if name in self._names:
+                    for d in self._dirs_of.get(wd, ()):
+                        path = os.path.join(d, os.fsdecode(name))
+                        if path in self._files:
+                            found.append((path, mask))
+                elif mask & self.IN_Q_OVERFLOW:
+                    lost = True
+                elif not name and mask & (self.IN_IGNORED
+                                          | self.IN_MOVE_SELF):
+                    # Gone, or moved: watch() watches its path again.
+                    for d in list(self._dirs_of.get(wd, ())):
+                        self._forget(wd, d)
         return found, lost
 
     def discard(self) -> None:
         """Read what is queued without looking at it."""
-        try:
-            while os.read(self.fd, 65536):
-                pass
-        except BlockingIOError:
+        for _ in self._reads():
             pass
 
     def close(self) -> None:
