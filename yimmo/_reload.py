@@ -301,7 +301,9 @@ class _Inotify:
         found = []
         lost = False
         for data in self._reads():
-            if not any(name in data for name in self._names):
+            # (A name in a record ends with NUL: "helper.py" is not found
+            # in "helper.py.log".)
+            if not any(name + b"\0" in data for name in self._names):
                 # Nothing of ours (searched in C, not parsed). A
                 # directory's own events, gone with it, watch() makes up
                 # for.
@@ -540,7 +542,9 @@ class _Parent:
         truncated first, and a writer slower than SETTLE (or a loaded
         machine) would otherwise have its empty or half-written file
         restarted on, and then the whole one. Once events were lost (an
-        overflow), quiet is the files' states unchanged for SETTLE."""
+        overflow), quiet is the files' states unchanged for SETTLE, and a
+        file emptied since it was last seen counts as being written (an
+        in-place write truncates first, and an empty module compiles)."""
         writing: Set[str] = set()
         start = last = time.monotonic()
         states: Dict[str, Optional[Signature]] = {}
@@ -549,6 +553,9 @@ class _Parent:
                 now_states = {p: _signature(p) for p in self.files}
                 if now_states != states:
                     states, last = now_states, time.monotonic()
+                writing = {p for p, sig in states.items()
+                           if sig is not None and sig[1] == 0 and
+                           (self.files[p] or (0, 0, 0))[1] > 0}
             for path, mask in events:
                 if path in self.files:
                     last = time.monotonic()
@@ -558,7 +565,7 @@ class _Parent:
                         writing.discard(path)
             now = time.monotonic()
             if now - start >= SETTLE_MAX or \
-                    ((lost or not writing) and now - last >= SETTLE):
+                    (not writing and now - last >= SETTLE):
                 return
             self.pause(min(SETTLE / 2, start + SETTLE_MAX - now))
             if lost:
