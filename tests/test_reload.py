@@ -136,6 +136,16 @@ def reloading(request, tmp_path):
         assert "Traceback" not in proc.stderr, proc.stderr
 
 
+def decided(proc, pattern, t0, before):
+    """Seconds from t0 until the parent has logged more lines matching
+    pattern than `before`: when it decided, whatever the servers' stop
+    and start then take (slow under a sanitizer or a loaded machine)."""
+    while len(re.findall(pattern, proc.stderr)) <= before:
+        assert time.monotonic() - t0 < WAIT, proc.stderr
+        time.sleep(0.002)
+    return time.monotonic() - t0
+
+
 def child_pids(proc):
     return [int(m) for m in re.findall(r"started the server \(pid (\d+)\)",
                                        proc.stderr)]
@@ -612,13 +622,10 @@ def test_a_busy_file_next_to_the_app_does_not_delay_an_edit(tmp_path,
         delays = []
         for i in range(6):
             time.sleep(0.37)
-            (tmp_path / "helper.py").write_text('MESSAGE = "w%d"\n' % i)
+            before = len(re.findall("changed, restarting", proc.stderr))
             t0 = time.monotonic()
-            # The old server stops answering once the reloader decided.
-            while body_of(addr) == ("one" if i == 0 else "w%d" % (i - 1)):
-                assert time.monotonic() - t0 < 5
-                time.sleep(0.005)
-            delays.append(time.monotonic() - t0)
+            (tmp_path / "helper.py").write_text('MESSAGE = "w%d"\n' % i)
+            delays.append(decided(proc, "changed, restarting", t0, before))
             wait_body(addr, "w%d" % i)
         delays.sort()
         assert delays[len(delays) // 2] < 0.25, delays
@@ -670,19 +677,15 @@ def test_a_signal_ends_the_parents_wait_at_once(tmp_path, polling):
         watched(tmp_path, "helper.py")
         took = []
         for _ in range(3):
-            # The child first: what is left is the parent's own wait.
-            child = child_pids(proc)[-1]
+            before = len(re.findall("SIGHUP, restarting", proc.stderr))
             t0 = time.monotonic()
             proc.signal(signal.SIGHUP)
-            deadline = t0 + WAIT
-            while child_pids(proc)[-1] == child:
-                assert time.monotonic() < deadline
-                time.sleep(0.005)
-            took.append(time.monotonic() - t0)
+            took.append(decided(proc, "SIGHUP, restarting", t0, before))
             wait_body(("127.0.0.1", port), "one")
             time.sleep(0.3)
-        # A SIGHUP during a 1 s wait took 0.5 s on average, up to 1 s.
-        assert max(took) < 0.4, took
+        # A SIGHUP during a 1 s wait was acted on after 0.5 s on average,
+        # up to 1 s.
+        assert max(took) < 0.3, took
 
 
 LIB_APP = APP.replace("import helper", "from lib import helper")
@@ -858,15 +861,11 @@ def test_two_busy_files_next_to_the_app(tmp_path):
             cpu = _cpu(proc.proc.pid) - c0
             delays = []
             for i in range(3):
-                children = len(child_pids(proc))
+                before = len(re.findall("changed, restarting", proc.stderr))
                 t0 = time.monotonic()
                 (tmp_path / "helper.py").write_text('MESSAGE = "w%d"\n' % i)
-                # Until the new server is started (not until it answers:
-                # its start is slow under a sanitizer).
-                while len(child_pids(proc)) == children:
-                    assert time.monotonic() - t0 < 5, proc.stderr
-                    time.sleep(0.005)
-                delays.append(time.monotonic() - t0)
+                delays.append(decided(proc, "changed, restarting", t0,
+                                      before))
                 wait_body(addr, "w%d" % i)
                 time.sleep(0.5)
         assert cpu < 1.0 and sorted(delays)[1] < 0.6, (cpu, delays)
