@@ -294,10 +294,19 @@ class NetError(RuntimeError):
 NETNS_PREFIX = "yimmo-bench-"
 
 
+def _tool_env():
+    """The environment for iproute2: without a sanitizer preloaded into
+    this process (the test suite's ASan stage), which `ip route get`
+    trips over."""
+    env = dict(os.environ)
+    env.pop("LD_PRELOAD", None)
+    return env
+
+
 def _ip(*argv):
     result = subprocess.run(["ip", *argv], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT,
-                            universal_newlines=True)
+                            universal_newlines=True, env=_tool_env())
     if result.returncode != 0:
         raise NetError("ip %s: %s" % (" ".join(argv),
                                       result.stdout.strip()))
@@ -326,15 +335,15 @@ def _remove_pair(ns, server_end):
     for argv in (["ip", "link", "del", server_end],
                  ["ip", "netns", "del", ns]):
         subprocess.run(argv, stdout=subprocess.DEVNULL,
-                       stderr=subprocess.DEVNULL)
+                       stderr=subprocess.DEVNULL, env=_tool_env())
 
 
 def _remove_stale():
     """The namespaces (and pairs) of runs whose process is gone: killed
     with SIGKILL, or by a signal bench did not catch."""
     out = subprocess.run(["ip", "netns", "list"], stdout=subprocess.PIPE,
-                         stderr=subprocess.DEVNULL,
-                         universal_newlines=True).stdout
+                         stderr=subprocess.DEVNULL, universal_newlines=True,
+                         env=_tool_env()).stdout
     for line in out.splitlines():
         name = line.split()[0] if line.strip() else ""
         pid = name[len(NETNS_PREFIX):]
