@@ -314,6 +314,12 @@ def test_worker_threads_that_cannot_start_say_so(tmp_path):
          '-b 127.0.0.1:0 app:app', sys.executable],
         cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True,
         timeout=60)
+    if proc.returncode == 127 and "thread-local data" in proc.stderr:
+        # glibc's loader ran out of the limit before yimmo's code ran (a
+        # module's TLS in dlopen; seen once on 3.9 with three suites side
+        # by side): nothing of what this test checks was reached.
+        pytest.skip("the address-space limit hit the loader: %s"
+                    % proc.stderr.strip())
     assert proc.returncode == 1, (proc.returncode, proc.stderr)
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("yimmo: error: could not start the threads of "
