@@ -691,6 +691,26 @@ def test_a_signal_ends_the_parents_wait_at_once(tmp_path, polling):
 LIB_APP = APP.replace("import helper", "from lib import helper")
 
 
+def regenerated_lib_restarts_once_a_save(proc, addr, tmp_path,
+                                         timeout=WAIT, extra=1.0):
+    """lib/ removed and written again, then four slow in-place saves in
+    it: one restart each (the new directory is watched); then stop."""
+    shutil.rmtree(tmp_path / "lib")
+    (tmp_path / "lib").mkdir()
+    (tmp_path / "lib" / "helper.py").write_text('MESSAGE = "regen"\n')
+    wait_body(addr, "regen", timeout=timeout)
+    time.sleep(_reload.POLL_INTERVAL + extra)
+    before = len(child_pids(proc))
+    for i in range(4):
+        slow_write(tmp_path / "lib" / "helper.py",
+                   'MESSAGE = "v%d"\n' % i, 0.6)
+        wait_body(addr, "v%d" % i)
+        time.sleep(1.5)
+    assert len(child_pids(proc)) - before == 4, proc.stderr
+    proc.signal(signal.SIGTERM)
+    assert proc.wait(WAIT) == 0
+
+
 def test_a_recreated_directory_is_watched_again(tmp_path):
     # rm -rf lib && regenerate (protoc, a template), or a git checkout of
     # a branch without it and back: the new directory is watched again
@@ -702,20 +722,7 @@ def test_a_recreated_directory_is_watched_again(tmp_path):
     with proc:
         wait_body(addr, "one")
         watched(tmp_path, os.path.join("lib", "helper.py"))
-        shutil.rmtree(tmp_path / "lib")
-        (tmp_path / "lib").mkdir()
-        (tmp_path / "lib" / "helper.py").write_text('MESSAGE = "regen"\n')
-        wait_body(addr, "regen")
-        time.sleep(_reload.POLL_INTERVAL + 1)
-        before = len(child_pids(proc))
-        for i in range(4):
-            slow_write(tmp_path / "lib" / "helper.py",
-                       'MESSAGE = "v%d"\n' % i, 0.6)
-            wait_body(addr, "v%d" % i)
-            time.sleep(1.5)
-        assert len(child_pids(proc)) - before == 4, proc.stderr
-        proc.signal(signal.SIGTERM)
-        assert proc.wait(WAIT) == 0
+        regenerated_lib_restarts_once_a_save(proc, addr, tmp_path)
 
 
 def test_an_app_in_a_directory_not_named_in_utf8(tmp_path):
@@ -803,20 +810,8 @@ def test_a_directory_removed_during_an_overflow_is_watched_again(
         proc.wait_for_line(r"changed, restarting")
         for i in range(20000):
             open(tmp_path / ("f%05d.txt" % i), "w").close()
-        shutil.rmtree(tmp_path / "lib")
-        (tmp_path / "lib").mkdir()
-        (tmp_path / "lib" / "helper.py").write_text('MESSAGE = "regen"\n')
-        wait_body(addr, "regen", timeout=30)
-        time.sleep(_reload.POLL_INTERVAL + 1.5)
-        before = len(child_pids(proc))
-        for i in range(4):
-            slow_write(tmp_path / "lib" / "helper.py",
-                       'MESSAGE = "v%d"\n' % i, 0.6)
-            wait_body(addr, "v%d" % i)
-            time.sleep(1.5)
-        assert len(child_pids(proc)) - before == 4, proc.stderr
-        proc.signal(signal.SIGTERM)
-        assert proc.wait(WAIT) == 0
+        regenerated_lib_restarts_once_a_save(proc, addr, tmp_path,
+                                             timeout=30, extra=1.5)
 
 
 @contextlib.contextmanager
