@@ -927,3 +927,160 @@ def test_a_busy_file_named_after_a_watched_one_costs_little(tmp_path):
         assert cpu < 1.0, cpu
         proc.signal(signal.SIGTERM)
         assert proc.wait(WAIT) == 0
+
+
+def save_in_steps(path, parts, pause):
+    # An in-place write that leaves a module that compiles (each part a
+    # whole line) for `pause` seconds between parts.
+    with open(path, "w") as f:
+        for part in parts:
+            f.write(part)
+            f.flush()
+            time.sleep(pause)
+
+
+def test_a_save_that_compiles_half_way_next_to_busy_files_restarts_once(
+        tmp_path):
+    # Each file has a watch of its own, its directory none for writes:
+    # files written next to the app give no events, the file's IN_MODIFY
+    # is seen, and the parent waits for its IN_CLOSE_WRITE (review s25c:
+    # the directory watch overflowed, the parent compared states, and a
+    # save that compiled half way restarted on the half, then again).
+    proc, addr = start_reloading(tmp_path)
+    with proc:
+        wait_body(addr, "one")
+        watched(tmp_path, "helper.py")
+        with busy_files(tmp_path):
+            time.sleep(1.0)
+            before = len(child_pids(proc))
+            for i in range(3):
+                save_in_steps(tmp_path / "helper.py",
+                              ['MESSAGE = "half"\n',
+                               'MESSAGE = "v%d"\n' % i], 0.35)
+                wait_body(addr, "v%d" % i)
+                time.sleep(1.2)
+            restarts = len(child_pids(proc)) - before
+        assert restarts == 3, proc.stderr
+        proc.signal(signal.SIGTERM)
+        assert proc.wait(WAIT) == 0
+
+
+def test_a_file_replaced_then_written_in_place_is_still_watched(tmp_path):
+    # An editor's atomic save (a new file renamed over helper.py) leaves
+    # the old file's watch on the old file: the new one at the path is
+    # watched from then on (its IN_MOVED_TO, and every turn), so a slow
+    # in-place save after it is waited for too, not restarted on while
+    # empty (by the stat once a second, with nothing watching it).
+    proc, addr = start_reloading(tmp_path)
+    with proc:
+        wait_body(addr, "one")
+        watched(tmp_path, "helper.py")
+        before = len(child_pids(proc))
+        for i in range(3):
+            tmp = tmp_path / "helper.py.swp"
+            tmp.write_text('MESSAGE = "r%d"\n' % i)
+            os.replace(tmp, tmp_path / "helper.py")
+            wait_body(addr, "r%d" % i)
+            time.sleep(0.3)
+            slow_write(tmp_path / "helper.py", 'MESSAGE = "w%d"\n' % i, 0.7)
+            wait_body(addr, "w%d" % i)
+            time.sleep(1.2)
+        restarts = len(child_pids(proc)) - before
+        assert restarts == 6, proc.stderr
+        proc.signal(signal.SIGTERM)
+        assert proc.wait(WAIT) == 0
+
+
+def _events(inotify, want, timeout=5):
+    """inotify.events() until `want` (a predicate on (files, names)) holds,
+    merged over the reads; bounded."""
+    files, names = [], []
+    deadline = time.monotonic() + timeout
+    while not want(files, names):
+        assert time.monotonic() < deadline, (files, names)
+        f, n, lost = inotify.events()
+        assert not lost
+        files += f
+        names += n
+        time.sleep(0.01)
+    return files, names
+
+
+def test_inotify_sees_the_files_own_writes_and_not_their_neighbours(
+        tmp_path):
+    # Driven directly: a write to a watched file is its own IN_MODIFY and
+    # IN_CLOSE_WRITE; writes to another file in the same directory give
+    # no event at all (the directory is watched only for names).
+    ino = _reload._Inotify()
+    try:
+        app = tmp_path / "app.py"
+        app.write_text("x = 1\n")
+        ino.watch([str(app)])
+        with open(tmp_path / "app.log", "a") as log:
+            for _ in range(1000):
+                log.write("line\n")
+                log.flush()
+        time.sleep(0.05)
+        assert ino.events() == ([], [], False)
+        with open(app, "w") as f:
+            f.write("x = 2\n")
+            f.flush()
+            files, _ = _events(ino, lambda f, n: f)
+            assert files[0] == (str(app), ino.IN_MODIFY)
+        files, names = _events(
+            ino, lambda f, n: any(m & ino.IN_CLOSE_WRITE for _, m in f))
+        assert all(p == str(app) for p, _ in files + names)
+    finally:
+        ino.close()
+
+
+def test_inotify_follows_a_file_replaced_at_its_path(tmp_path):
+    # A new file renamed over the watched one: its directory reports the
+    # name (IN_MOVED_TO), the old file's watch is let go (it is another
+    # file now, or none), and watch_file() watches the new one, whose
+    # writes are then seen; the old file's are not.
+    ino = _reload._Inotify()
+    try:
+        app = tmp_path / "app.py"
+        app.write_text("x = 1\n")
+        ino.watch([str(app)])
+        os.rename(app, tmp_path / "app.py~")
+        (tmp_path / "new").write_text("x = 2\n")
+        os.rename(tmp_path / "new", app)
+        files, names = _events(
+            ino, lambda f, n: (str(app), ino.IN_MOVED_TO) in n)
+        assert (str(app), ino.IN_MOVE_SELF) in files
+        assert (str(app), ino.IN_MOVED_FROM) in names
+        ino.watch_file(str(app))
+        with open(tmp_path / "app.py~", "a") as f:
+            f.write("# the backup\n")
+        with open(app, "a") as f:
+            f.write("# the file\n")
+        files, _ = _events(
+            ino, lambda f, n: any(m & ino.IN_CLOSE_WRITE for _, m in f))
+        assert [m for _, m in files] == [ino.IN_MODIFY, ino.IN_CLOSE_WRITE]
+    finally:
+        ino.close()
+
+
+def test_inotify_out_of_watches_is_noted(tmp_path, monkeypatch):
+    # fs.inotify.max_user_watches reached (ENOSPC from inotify_add_watch
+    # for a file): noted, so that the parent warns once that those files
+    # are only compared once a second.
+    import ctypes
+    import errno
+    ino = _reload._Inotify()
+    try:
+        real_add = ino._add
+
+        def add(fd, path, mask):
+            if fd == ino.files_fd:
+                ctypes.set_errno(errno.ENOSPC)
+                return -1
+            return real_add(fd, path, mask)
+        monkeypatch.setattr(ino, "_add", add)
+        (tmp_path / "app.py").write_text("x = 1\n")
+        ino.watch([str(tmp_path / "app.py")])
+        assert ino.out_of_watches
+    finally:
+        ino.close()

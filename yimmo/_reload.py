@@ -9,10 +9,11 @@ it was loaded (rewritten when that set grows, since frameworks import
 lazily); files of the standard library, site-packages and yimmo itself
 are left out. The parent stats those files
 about once a second, sooner when inotify (through ctypes, Linux) reports
-a change in one of their directories; then it waits until the files have
+an event of one of them (each file is watched, and its directory for
+files made, removed or moved there); then it waits until the files have
 been quiet for a moment and none written is still open for writing (an
-editor writing in place truncates first), for at most a second (events
-of files it does not watch, an app's log, do not count). On a
+editor writing in place truncates first), for at most a second (other
+files next to the app, its log, give no event). On a
 change it compiles the changed
 files first: a syntax error is logged with the file and line and the
 running child keeps serving the old code; once they compile, the old child
@@ -34,11 +35,13 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import errno
 import logging
 import os
 import select
 import signal
 import site
+import stat
 import struct
 import subprocess
 import sys
@@ -221,17 +224,36 @@ def report_modules(list_path: str, config_path: Optional[str] = None,
 class _Inotify:
     """inotify(7) through ctypes, used only to wake up early and to wait
     for a writer to finish: what changed is found by comparing stats. None
-    of this is needed for correctness; without it the parent polls."""
+    of this is needed for correctness; without it the parent polls.
+
+    Two queues. Each watched file has a watch of its own (on `files_fd`):
+    its writes, its close after a write, a touch, its removal or move.
+    Their directories are watched (on `fd`) only for names that appear,
+    go, or are closed after a write (a file made anew at a watched path):
+    the writes of other files next to the app (its log, its database)
+    give no event at all, and the queue of the files' own events, which
+    the kernel coalesces while a writer goes on, does not overflow."""
 
     IN_MODIFY = 0x00000002
-    # A file written is done with: closed, gone, or replaced.
-    DONE = (0x00000008 | 0x00000200 | 0x00000040 | 0x00000080)
-    # IN_CLOSE_WRITE, IN_DELETE, IN_MOVED_FROM, IN_MOVED_TO
-    IN_MOVE_SELF = 0x00000800  # the watched directory went elsewhere
-    IN_IGNORED = 0x00008000  # its watch is gone (the directory was removed)
+    IN_ATTRIB = 0x00000004
+    IN_CLOSE_WRITE = 0x00000008
+    IN_MOVED_FROM = 0x00000040
+    IN_MOVED_TO = 0x00000080
+    IN_CREATE = 0x00000100
+    IN_DELETE = 0x00000200
+    IN_DELETE_SELF = 0x00000400
+    IN_MOVE_SELF = 0x00000800  # the watched file or directory went elsewhere
     IN_Q_OVERFLOW = 0x00004000  # events were lost
-    MASK = (IN_MODIFY | DONE | IN_MOVE_SELF | 0x00000004
-            | 0x00000100)  # IN_ATTRIB, IN_CREATE
+    IN_IGNORED = 0x00008000  # its watch is gone (removed, or rm_watch)
+    # A file written is done with: closed, gone, or replaced.
+    DONE = (IN_CLOSE_WRITE | IN_DELETE | IN_MOVED_FROM | IN_MOVED_TO
+            | IN_DELETE_SELF | IN_MOVE_SELF)
+    # A name in a directory: a new file there, or another file under it.
+    REPLACED = IN_CREATE | IN_MOVED_TO
+    FILE_MASK = (IN_MODIFY | IN_ATTRIB | IN_CLOSE_WRITE | IN_DELETE_SELF
+                 | IN_MOVE_SELF)
+    DIR_MASK = (IN_CLOSE_WRITE | IN_CREATE | IN_DELETE | IN_MOVED_FROM
+                | IN_MOVED_TO | IN_MOVE_SELF)
     _EVENT = struct.Struct("iIII")  # wd, mask, cookie, len; then the name
     _OVERFLOW = _EVENT.pack(-1, IN_Q_OVERFLOW, 0, 0)
 
@@ -242,32 +264,67 @@ class _Inotify:
         self._add.argtypes = (ctypes.c_int, ctypes.c_char_p, ctypes.c_uint32)
         self._rm = libc.inotify_rm_watch
         self._rm.argtypes = (ctypes.c_int, ctypes.c_int)
-        fd = libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
-        if fd < 0:
-            raise OSError(ctypes.get_errno(), "inotify_init1")
-        self.fd: int = fd
+        fds = []
+        try:
+            for _ in range(2):
+                fd = libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
+                if fd < 0:
+                    raise OSError(ctypes.get_errno(), "inotify_init1")
+                fds.append(fd)
+        except OSError:
+            for fd in fds:
+                os.close(fd)
+            raise
+        self.fd: int = fds[0]  # the directories
+        self.files_fd: int = fds[1]  # the files
         self._wd_of: Dict[str, int] = {}  # directory -> its watch
         self._dirs_of: Dict[int, Set[str]] = {}  # watch -> its directories
+        self._file_wd: Dict[str, int] = {}  # file -> its watch
+        # watch -> its paths (a file and a symlink to it share a watch)
+        self._paths_of: Dict[int, Set[str]] = {}
         self._names: Set[bytes] = set()  # the watched files' names...
         self._files: Set[str] = set()  # ...and paths
+        # A file could not be watched: fs.inotify.max_user_watches (for
+        # all of this user's processes) was reached.
+        self.out_of_watches = False
 
     def watch(self, files: Iterable[str]) -> None:
-        """Watch the directories of files, and note their names. Every
-        time, for every directory: one that was removed or moved, and
-        whose IN_IGNORED was lost with an overflow, is watched again at
-        its path (inotify_add_watch of a directory already watched gives
-        its watch back)."""
+        """Watch files and their directories, and note their names. Every
+        time, for every path: one that was removed, moved or replaced, and
+        whose IN_IGNORED was lost with an overflow (a directory's) or came
+        only for the file it was (a file's), is watched again at its path
+        (inotify_add_watch of an inode already watched gives its watch
+        back)."""
         self._files = set(files)
         self._names = {os.fsencode(os.path.basename(p)) for p in self._files}
+        for gone in set(self._file_wd) - self._files:
+            self._forget_file(self._file_wd[gone], gone)
+        for path in self._files:
+            self.watch_file(path)
         dirs = {os.path.dirname(p) for p in self._files}
         for d in dirs:
-            wd = self._add(self.fd, os.fsencode(d), self.MASK)
+            wd = self._add(self.fd, os.fsencode(d), self.DIR_MASK)
             old = self._wd_of.get(d)
             if old is not None and old != wd:
                 self._forget(old, d)
             if wd >= 0:
                 self._wd_of[d] = wd
                 self._dirs_of.setdefault(wd, set()).add(d)
+
+    def watch_file(self, path: str) -> None:
+        """Watch the file now at path (following a symlink, as the
+        parent's stat does). A path with no file, or one the kernel will
+        not watch (no watches left), is left to its directory's events and
+        to the stat once a second."""
+        wd = self._add(self.files_fd, os.fsencode(path), self.FILE_MASK)
+        if wd < 0 and ctypes.get_errno() == errno.ENOSPC:
+            self.out_of_watches = True
+        old = self._file_wd.get(path)
+        if old is not None and old != wd:
+            self._forget_file(old, path)
+        if wd >= 0:
+            self._file_wd[path] = wd
+            self._paths_of.setdefault(wd, set()).add(path)
 
     def _forget(self, wd: int, d: str) -> None:
         self._wd_of.pop(d, None)
@@ -278,13 +335,24 @@ class _Inotify:
                 del self._dirs_of[wd]
                 self._rm(self.fd, wd)  # (EINVAL if the kernel dropped it)
 
-    def _reads(self) -> Iterator[bytes]:
-        """What is queued, in reads of whole records; no more than 8 of
-        them (a writer next to the app can fill the queue as fast as it is
-        read: what is left waits for the next turn)."""
+    def _forget_file(self, wd: int, path: str) -> None:
+        if self._file_wd.get(path) == wd:
+            del self._file_wd[path]
+        paths = self._paths_of.get(wd)
+        if paths is not None:
+            paths.discard(path)
+            if not paths:
+                del self._paths_of[wd]
+                self._rm(self.files_fd, wd)  # (EINVAL if already gone)
+
+    @staticmethod
+    def _reads(fd: int) -> Iterator[bytes]:
+        """What is queued on fd, in reads of whole records; no more than 8
+        of them (names appearing and going next to the app as fast as
+        they are read: what is left waits for the next turn)."""
         for _ in range(8):
             try:
-                data = os.read(self.fd, 65536)
+                data = os.read(fd, 65536)
             except BlockingIOError:
                 return
             if not data:
@@ -293,14 +361,46 @@ class _Inotify:
             if len(data) < 65536 - 512:
                 return  # (a record is at most 16 + 256 bytes)
 
-    def events(self) -> Tuple[List[Tuple[str, int]], bool]:
-        """(path, mask) of the events queued now for a watched file, in
-        order, and whether events were lost (an overflow). Events of
-        other names are read and left out: an app's log next to its files
-        can write hundreds of thousands a second."""
-        found = []
+    def _records(self, data: bytes) -> Iterator[Tuple[int, int, bytes]]:
+        off = 0
+        while off + self._EVENT.size <= len(data):
+            wd, mask, _, size = self._EVENT.unpack_from(data, off)
+            off += self._EVENT.size
+            yield wd, mask, data[off:off + size].rstrip(b"\0")
+            off += size
+
+    def file_events(self) -> Tuple[List[Tuple[str, int]], bool]:
+        """(path, mask) of the watched files' own events queued now, in
+        order, and whether some were lost."""
+        found: List[Tuple[str, int]] = []
         lost = False
-        for data in self._reads():
+        for data in self._reads(self.files_fd):
+            for wd, mask, _ in self._records(data):
+                if mask & self.IN_Q_OVERFLOW:
+                    lost = True
+                    continue
+                paths = self._paths_of.get(wd, set())
+                found.extend((p, mask) for p in sorted(paths))
+                if mask & (self.IN_IGNORED | self.IN_DELETE_SELF
+                           | self.IN_MOVE_SELF):
+                    # Gone, or elsewhere (a backup an editor renamed it
+                    # to): not these paths' file any more. watch() or
+                    # watch_file() watches what is at them now.
+                    for p in list(paths):
+                        self._forget_file(wd, p)
+        return found, lost
+
+    def events(self) -> Tuple[List[Tuple[str, int]], List[Tuple[str, int]],
+                              bool]:
+        """The watched files' own events (file_events), the events of
+        their names in their directories ((path, mask) in order), and
+        whether events were lost (an overflow of either queue). Events of
+        other names are read and left out: a directory where an app makes
+        and removes files (a database's journal) can have thousands a
+        second."""
+        files, lost = self.file_events()
+        names: List[Tuple[str, int]] = []
+        for data in self._reads(self.fd):
             # (A name in a record ends with NUL: "helper.py" is not found
             # in "helper.py.log".)
             if not any(name + b"\0" in data for name in self._names):
@@ -309,17 +409,12 @@ class _Inotify:
                 # for.
                 lost = lost or self._OVERFLOW in data
                 continue
-            off = 0
-            while off + self._EVENT.size <= len(data):
-                wd, mask, _, size = self._EVENT.unpack_from(data, off)
-                off += self._EVENT.size
-                name = data[off:off + size].rstrip(b"\0")
-                off += size
+            for wd, mask, name in self._records(data):
                 if name in self._names:
                     for d in self._dirs_of.get(wd, ()):
                         path = os.path.join(d, os.fsdecode(name))
                         if path in self._files:
-                            found.append((path, mask))
+                            names.append((path, mask))
                 elif mask & self.IN_Q_OVERFLOW:
                     lost = True
                 elif not name and mask & (self.IN_IGNORED
@@ -327,15 +422,16 @@ class _Inotify:
                     # Gone, or moved: watch() watches its path again.
                     for d in list(self._dirs_of.get(wd, ())):
                         self._forget(wd, d)
-        return found, lost
+        return files, names, lost
 
     def discard(self) -> None:
-        """Read what is queued without looking at it."""
-        for _ in self._reads():
+        """Read the directories' queue without looking at it."""
+        for _ in self._reads(self.fd):
             pass
 
     def close(self) -> None:
         os.close(self.fd)
+        os.close(self.files_fd)
 
 
 def _parent_death_signal() -> Callable[[], object]:
@@ -385,6 +481,13 @@ def _signature(path: str) -> Optional[Signature]:
     return (st.st_mtime_ns, st.st_size, st.st_ino)
 
 
+def _is_regular(path: str) -> bool:
+    try:
+        return stat.S_ISREG(os.lstat(path).st_mode)
+    except OSError:
+        return False
+
+
 def syntax_error(path: str) -> Optional[str]:
     """A one-line description of the syntax error in path, or None."""
     try:
@@ -421,6 +524,7 @@ class _Parent:
         for fd in (self.wake_r, self.wake_w):
             os.set_blocking(fd, False)
         self.inotify: Optional[_Inotify] = None
+        self.warned_watches = False
         if not os.environ.get(POLL_ENV):
             try:
                 self.inotify = _Inotify()
@@ -469,6 +573,12 @@ class _Parent:
                 self.files[path] = (int(mtime), int(size), int(ino))
         if self.inotify is not None:
             self.inotify.watch(self.files)
+            if self.inotify.out_of_watches and not self.warned_watches:
+                self.warned_watches = True
+                log.warning("Reloader: inotify has no watches left "
+                            "(fs.inotify.max_user_watches); the files it "
+                            "cannot watch are compared once a second, "
+                            "without waiting for an edit to end")
 
     def changed(self) -> List[str]:
         found = []
@@ -507,45 +617,58 @@ class _Parent:
             if left <= 0:
                 return
             if flood:
-                # Events are being lost: read none (parsing a full queue
-                # again and again costs most of a core), compare states.
+                # The directories' events are being lost: read none of
+                # them (parsing a full queue again and again costs most
+                # of a core), compare states; the files' own still count.
                 self.pause(min(SETTLE, left))
                 inotify.discard()
-                if self.moved():
-                    self.settle(inotify, [], lost=True)
+                files, _ = inotify.file_events()
+                if files or self.moved():
+                    self.settle(inotify, files, [], lost=True)
                     return
                 continue
             try:
-                r, _, _ = select.select([inotify.fd, self.wake_r], [], [],
-                                        left)
+                r, _, _ = select.select(
+                    [inotify.fd, inotify.files_fd, self.wake_r], [], [],
+                    left)
             except InterruptedError:
                 continue
             if self.wake_r in r:
                 _drain(self.wake_r)
-            if inotify.fd not in r:
+            if inotify.fd not in r and inotify.files_fd not in r:
                 continue
-            events, lost = inotify.events()
-            if events or (lost and self.moved()):
-                self.settle(inotify, events, lost)
+            files, names, lost = inotify.events()
+            if files or names or (lost and self.moved()):
+                self.settle(inotify, files, names, lost)
                 return
             flood = lost
             if not flood:
-                # Only files nobody watches (an app's log next to it):
-                # taken in batches, not one wake-up per line written.
+                # Only names nobody watches (files an app makes and
+                # removes next to its code): taken in batches, not one
+                # wake-up per file.
                 self.pause(min(SETTLE, end - time.monotonic()))
 
-    def settle(self, inotify: _Inotify, events: List[Tuple[str, int]],
-               lost: bool = False) -> None:
+    def settle(self, inotify: _Inotify, files: List[Tuple[str, int]],
+               names: List[Tuple[str, int]], lost: bool = False) -> None:
         """From the first event on a watched file: wait until the watched
         files have been quiet for SETTLE and none written is still open
         for writing, for at most SETTLE_MAX. A file written in place is
         truncated first, and a writer slower than SETTLE (or a loaded
         machine) would otherwise have its empty or half-written file
-        restarted on, and then the whole one. Once events were lost (an
-        overflow), quiet is the files' states unchanged for SETTLE, and a
-        file emptied since it was last seen counts as being written (an
-        in-place write truncates first, and an empty module compiles)."""
-        writing: Set[str] = set()
+        restarted on, and then the whole one.
+
+        files are the files' own events (a write, IN_MODIFY, until its
+        IN_CLOSE_WRITE), names those of their directories (a regular file
+        made at a watched path is being written until it is closed; the
+        file now at a path made or moved there is watched from then on).
+        Once the directories' events were lost (an overflow), quiet is
+        also the files' states unchanged for SETTLE, and a file emptied
+        since it was last seen counts as being written (one made anew
+        during the overflow has no watch of its own yet, and an empty
+        module compiles)."""
+        written: Set[str] = set()  # IN_MODIFY without IN_CLOSE_WRITE yet
+        made: Set[str] = set()  # IN_CREATE of a regular file, likewise
+        emptied: Set[str] = set()
         start = last = time.monotonic()
         states: Dict[str, Optional[Signature]] = {}
         while not (self.stopping or self.hup):
@@ -553,26 +676,41 @@ class _Parent:
                 now_states = {p: _signature(p) for p in self.files}
                 if now_states != states:
                     states, last = now_states, time.monotonic()
-                writing = {p for p, sig in states.items()
+                emptied = {p for p, sig in states.items()
                            if sig is not None and sig[1] == 0 and
                            (self.files[p] or (0, 0, 0))[1] > 0}
-            for path, mask in events:
+            for path, mask in files:
                 if path in self.files:
                     last = time.monotonic()
                     if mask & inotify.IN_MODIFY:
-                        writing.add(path)
+                        written.add(path)
                     elif mask & inotify.DONE:
-                        writing.discard(path)
+                        written.discard(path)
+            for path, mask in names:
+                if path not in self.files:
+                    continue
+                last = time.monotonic()
+                if mask & inotify.REPLACED:
+                    inotify.watch_file(path)
+                if mask & inotify.IN_CREATE:
+                    if _is_regular(path):
+                        made.add(path)
+                elif mask & inotify.DONE:
+                    made.discard(path)
+                    if not mask & inotify.IN_CLOSE_WRITE:
+                        written.discard(path)  # another file there now
             now = time.monotonic()
             if now - start >= SETTLE_MAX or \
-                    (not writing and now - last >= SETTLE):
+                    (not (written or made or emptied) and
+                     now - last >= SETTLE):
                 return
             self.pause(min(SETTLE / 2, start + SETTLE_MAX - now))
             if lost:
                 inotify.discard()
-                events = []
+                files, _ = inotify.file_events()
+                names = []
             else:
-                events, lost = inotify.events()
+                files, names, lost = inotify.events()
 
     def run(self) -> None:
         self.start_child()
