@@ -198,7 +198,9 @@ def report_modules(list_path: str, config_path: Optional[str] = None,
         # bytes, and the parent reads it back the same way.)
         with open(tmp, "w", encoding="utf-8",
                   errors="surrogateescape") as f:
-            f.write("".join(line + "\n" for line in lines))
+            # NUL-terminated: a path may hold any other character,
+            # line breaks included.
+            f.write("".join(line + "\0" for line in lines))
         os.replace(tmp, list_path)
 
     write(app_files(excluded))
@@ -299,17 +301,21 @@ class _Inotify:
         self._names = {os.fsencode(os.path.basename(p)) for p in self._files}
         for gone in set(self._file_wd) - self._files:
             self._forget_file(self._file_wd[gone], gone)
-        for path in self._files:
-            self.watch_file(path)
+        # The directories first: with few watches left, a file replaced
+        # (an editor's usual save) is still seen, and the rest is stat'ed.
         dirs = {os.path.dirname(p) for p in self._files}
         for d in dirs:
             wd = self._add(self.fd, os.fsencode(d), self.DIR_MASK)
+            if wd < 0 and ctypes.get_errno() == errno.ENOSPC:
+                self.out_of_watches = True
             old = self._wd_of.get(d)
             if old is not None and old != wd:
                 self._forget(old, d)
             if wd >= 0:
                 self._wd_of[d] = wd
                 self._dirs_of.setdefault(wd, set()).add(d)
+        for path in self._files:
+            self.watch_file(path)
 
     def watch_file(self, path: str) -> None:
         """Watch the file now at path (following a symlink, as the
@@ -381,11 +387,15 @@ class _Inotify:
                     continue
                 paths = self._paths_of.get(wd, set())
                 found.extend((p, mask) for p in sorted(paths))
-                if mask & (self.IN_IGNORED | self.IN_DELETE_SELF
-                           | self.IN_MOVE_SELF):
-                    # Gone, or elsewhere (a backup an editor renamed it
-                    # to): not these paths' file any more. watch() or
-                    # watch_file() watches what is at them now.
+                if mask & self.IN_MOVE_SELF:
+                    # Renamed (to a backup an editor keeps): each path is
+                    # watched again for what is at it now. Another name
+                    # of the same file (a hard link) keeps the watch.
+                    for p in list(paths):
+                        self.watch_file(p)
+                elif mask & (self.IN_IGNORED | self.IN_DELETE_SELF):
+                    # Gone: watch() or watch_file() watches what is at
+                    # these paths later, if anything.
                     for p in list(paths):
                         self._forget_file(wd, p)
         return found, lost
@@ -393,13 +403,14 @@ class _Inotify:
     def events(self) -> Tuple[List[Tuple[str, int]], List[Tuple[str, int]],
                               bool]:
         """The watched files' own events (file_events), the events of
-        their names in their directories ((path, mask) in order), and
-        whether events were lost (an overflow of either queue). Events of
+        their names in their directories ((path, mask) in order; each
+        read before the files' events, which come later), and whether
+        events were lost (an overflow of either queue). Events of
         other names are read and left out: a directory where an app makes
         and removes files (a database's journal) can have thousands a
         second."""
-        files, lost = self.file_events()
         names: List[Tuple[str, int]] = []
+        lost = False
         for data in self._reads(self.fd):
             # (A name in a record ends with NUL: "helper.py" is not found
             # in "helper.py.log".)
@@ -422,7 +433,16 @@ class _Inotify:
                     # Gone, or moved: watch() watches its path again.
                     for d in list(self._dirs_of.get(wd, ())):
                         self._forget(wd, d)
-        return files, names, lost
+        # The files at paths made or moved there are watched before the
+        # files' queue is read: a write to them already queued is theirs,
+        # and what is still queued for the file that was there maps to no
+        # path any more (the directories' queue is read first, so an
+        # older name event cannot follow a newer write).
+        for path, mask in names:
+            if mask & self.REPLACED:
+                self.watch_file(path)
+        files, files_lost = self.file_events()
+        return files, names, lost or files_lost
 
     def discard(self) -> None:
         """Read the directories' queue without looking at it."""
@@ -481,11 +501,15 @@ def _signature(path: str) -> Optional[Signature]:
     return (st.st_mtime_ns, st.st_size, st.st_ino)
 
 
-def _is_regular(path: str) -> bool:
+def _is_made(path: str) -> bool:
+    """Whether the name just made at path is a new regular file, which
+    its writer closes when it is written (not a symlink, nor another name
+    of a file that exists, a hard link)."""
     try:
-        return stat.S_ISREG(os.lstat(path).st_mode)
+        st = os.lstat(path)
     except OSError:
         return False
+    return stat.S_ISREG(st.st_mode) and st.st_nlink == 1
 
 
 def syntax_error(path: str) -> Optional[str]:
@@ -562,23 +586,29 @@ class _Parent:
         try:
             with open(self.list_path, encoding="utf-8",
                       errors="surrogateescape") as f:
-                lines = [line for line in f.read().splitlines() if line]
+                records = [r for r in f.read().split("\0") if r]
         except OSError:
             return
-        paths = []
-        for line in lines:
-            mtime, size, ino, path = line.split(" ", 3)
-            paths.append(path)
+        for record in records:
+            try:
+                mtime, size, ino, path = record.split(" ", 3)
+                sig = (int(mtime), int(size), int(ino))
+            except ValueError:
+                continue  # (a child of another version of yimmo)
             if path not in self.files:
-                self.files[path] = (int(mtime), int(size), int(ino))
+                self.files[path] = sig
         if self.inotify is not None:
             self.inotify.watch(self.files)
-            if self.inotify.out_of_watches and not self.warned_watches:
-                self.warned_watches = True
-                log.warning("Reloader: inotify has no watches left "
-                            "(fs.inotify.max_user_watches); the files it "
-                            "cannot watch are compared once a second, "
-                            "without waiting for an edit to end")
+
+    def warn_watches(self) -> None:
+        """Once: inotify could not watch some file or directory."""
+        if self.inotify is not None and self.inotify.out_of_watches and \
+                not self.warned_watches:
+            self.warned_watches = True
+            log.warning("Reloader: inotify has no watches left "
+                        "(fs.inotify.max_user_watches); the files it "
+                        "cannot watch are compared once a second, "
+                        "without waiting for an edit to end")
 
     def changed(self) -> List[str]:
         found = []
@@ -679,6 +709,18 @@ class _Parent:
                 emptied = {p for p, sig in states.items()
                            if sig is not None and sig[1] == 0 and
                            (self.files[p] or (0, 0, 0))[1] > 0}
+            # (The names first: they were read first.)
+            for path, mask in names:
+                if path not in self.files:
+                    continue
+                last = time.monotonic()
+                if mask & inotify.IN_CREATE:
+                    if _is_made(path):
+                        made.add(path)
+                elif mask & inotify.DONE:
+                    made.discard(path)
+                    if not mask & inotify.IN_CLOSE_WRITE:
+                        written.discard(path)  # another file there now
             for path, mask in files:
                 if path in self.files:
                     last = time.monotonic()
@@ -686,19 +728,11 @@ class _Parent:
                         written.add(path)
                     elif mask & inotify.DONE:
                         written.discard(path)
-            for path, mask in names:
-                if path not in self.files:
-                    continue
-                last = time.monotonic()
-                if mask & inotify.REPLACED:
-                    inotify.watch_file(path)
-                if mask & inotify.IN_CREATE:
-                    if _is_regular(path):
-                        made.add(path)
-                elif mask & inotify.DONE:
-                    made.discard(path)
-                    if not mask & inotify.IN_CLOSE_WRITE:
-                        written.discard(path)  # another file there now
+                        made.discard(path)
+            if lost:
+                # The directories' IN_CLOSE_WRITE will not be read: the
+                # file's own watch, and its state, tell from now on.
+                made.clear()
             now = time.monotonic()
             if now - start >= SETTLE_MAX or \
                     (not (written or made or emptied) and
@@ -720,6 +754,7 @@ class _Parent:
             if self.stopping:
                 break
             self.read_list()
+            self.warn_watches()
             code = self.child.poll() if self.child is not None else None
             if code is not None and not reported_exit:
                 reported_exit = True
@@ -768,11 +803,17 @@ class _Parent:
         self.stop_child()
         if self.inotify is not None:
             self.inotify.close()
-        for name in ("files", "files.tmp"):
-            try:
-                os.unlink(os.path.join(self.tmpdir, name))
-            except OSError:
-                pass
+        # The list, and what a child killed while writing it left.
+        try:
+            names = os.listdir(self.tmpdir)
+        except OSError:
+            names = []
+        for name in names:
+            if name == "files" or name.startswith("files."):
+                try:
+                    os.unlink(os.path.join(self.tmpdir, name))
+                except OSError:
+                    pass
         try:
             os.rmdir(self.tmpdir)
         except OSError:
