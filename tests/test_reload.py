@@ -1234,3 +1234,266 @@ def test_an_app_in_a_directory_with_a_line_break_in_its_name(tmp_path,
         wait_body(addr, "two")
         proc.signal(signal.SIGTERM)
         assert proc.wait(WAIT) == 0
+
+
+# -- tools and terminals (review s26) -------------------------------------------
+
+
+def restarts_after(proc, before, quiet=1.5):
+    """Restarts since `before`, once none has come for `quiet` s."""
+    time.sleep(quiet)
+    return len(child_pids(proc)) - before
+
+
+def git(cwd, *args):
+    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t",
+                    "-c", "core.hooksPath=/dev/null"] + list(args),
+                   cwd=str(cwd), check=True, timeout=60,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+CHECKOUT_APP = """\
+import aa, zz
+
+def app(environ, start_response):
+    body = (aa.VALUE + "/" + zz.VALUE).encode()
+    start_response("200 OK", [("Content-Length", str(len(body)))])
+    return [body]
+"""
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="no git")
+def test_a_git_checkout_restarts_once_on_the_whole_tree(tmp_path):
+    # git writes the work tree in index order: aa.py, then data/ (3000
+    # files that differ between the branches), then zz.py, and aa.py on
+    # the branch needs a name only the branch's zz.py has. While git holds
+    # its index.lock the settle goes on, so the server restarts once, on
+    # the checked out tree (review s26, D1: on aa.py new and zz.py old,
+    # an ImportError, then again).
+    (tmp_path / ".gitignore").write_text("tmp/\n__pycache__/\n")
+    (tmp_path / "app.py").write_text(CHECKOUT_APP)
+    (tmp_path / "aa.py").write_text('VALUE = "a1"\n')
+    (tmp_path / "zz.py").write_text('VALUE = "z1"\n')
+    (tmp_path / "data").mkdir()
+    for i in range(3000):
+        (tmp_path / "data" / ("d%04d.txt" % i)).write_text("one %d\n" % i)
+    git(tmp_path, "init", "-q", "-b", "main")
+    git(tmp_path, "add", "-A")
+    git(tmp_path, "commit", "-q", "-m", "one")
+    git(tmp_path, "checkout", "-q", "-b", "feature")
+    (tmp_path / "aa.py").write_text('from zz import NEW\nVALUE = NEW\n')
+    (tmp_path / "zz.py").write_text('NEW = "a2"\nVALUE = "z2"\n')
+    for i in range(3000):
+        (tmp_path / "data" / ("d%04d.txt" % i)).write_text("two %d\n" % i)
+    git(tmp_path, "commit", "-q", "-am", "two")
+    git(tmp_path, "checkout", "-q", "main")
+    port = free_port()
+    proc = ServerProcess([sys.executable, "-m", "yimmo", "--reload", "-b",
+                          "127.0.0.1:%d" % port, "--graceful-timeout", "1",
+                          "app:app"], cwd=str(tmp_path),
+                         env=reload_env(tmp_path))
+    with proc:
+        addr = ("127.0.0.1", port)
+        wait_body(addr, "a1/z1")
+        watched(tmp_path, "zz.py")
+        before = len(child_pids(proc))
+        git(tmp_path, "checkout", "-q", "feature")
+        wait_body(addr, "a2/z2")
+        n = restarts_after(proc, before)
+        assert "the server exited" not in proc.stderr and n == 1, \
+            (n, proc.stderr[-3000:])
+        proc.signal(signal.SIGTERM)
+        assert proc.wait(WAIT) == 0
+
+
+def test_git_index_lock_is_found_from_a_work_tree(tmp_path):
+    # The nearest .git up: a directory, or a file naming the git
+    # directory (a linked work tree, a submodule); none outside a repo.
+    (tmp_path / "repo" / ".git").mkdir(parents=True)
+    (tmp_path / "repo" / "pkg" / "sub").mkdir(parents=True)
+    assert _reload._git_index_lock(str(tmp_path / "repo" / "pkg" / "sub")) \
+        == str(tmp_path / "repo" / ".git" / "index.lock")
+    (tmp_path / "wt").mkdir()
+    (tmp_path / "wt" / ".git").write_text(
+        "gitdir: %s\n" % (tmp_path / "repo" / ".git" / "worktrees" / "wt"))
+    assert _reload._git_index_lock(str(tmp_path / "wt")) == str(
+        tmp_path / "repo" / ".git" / "worktrees" / "wt" / "index.lock")
+    (tmp_path / "sm").mkdir()
+    (tmp_path / "sm" / ".git").write_text("gitdir: ../repo/.git/modules/sm\n")
+    assert os.path.normpath(_reload._git_index_lock(str(tmp_path / "sm"))) \
+        == str(tmp_path / "repo" / ".git" / "modules" / "sm" / "index.lock")
+
+
+def test_a_module_removed_and_written_again_restarts_once(tmp_path):
+    # rm, then the file written anew 0.2 s later (a generator, a script):
+    # a watched path with no file is waited for like a file being
+    # written, up to the settle's second (review s26, D2: restarted on
+    # the missing module, an import error, then again).
+    proc, addr = start_reloading(tmp_path)
+    with proc:
+        wait_body(addr, "one")
+        watched(tmp_path, "helper.py")
+        before = len(child_pids(proc))
+        os.unlink(tmp_path / "helper.py")
+        time.sleep(0.2)
+        (tmp_path / "helper.py").write_text('MESSAGE = "regenerated"\n')
+        wait_body(addr, "regenerated")
+        n = restarts_after(proc, before)
+        assert "the server exited" not in proc.stderr and n == 1, \
+            (n, proc.stderr[-2000:])
+        proc.signal(signal.SIGTERM)
+        assert proc.wait(WAIT) == 0
+
+
+HANGUP_LEADER = """\
+import fcntl, os, signal, sys, termios
+slave = int(sys.argv[1])
+fcntl.ioctl(slave, termios.TIOCSCTTY, 0)
+pid = os.fork()
+if pid == 0:
+    os.setpgid(0, 0)
+    os.dup2(slave, 0); os.dup2(slave, 1); os.dup2(slave, 2)
+    os.execv(sys.executable, [sys.executable] + sys.argv[2:])
+os.setpgid(pid, pid)
+signal.signal(signal.SIGTTOU, signal.SIG_IGN)
+os.tcsetpgrp(slave, pid)            # the foreground job, as a shell does
+print(pid, flush=True)
+sys.stdin.readline()                # then the terminal window is closed:
+os.kill(pid, signal.SIGHUP)         # the shell passes SIGHUP on to its job
+os._exit(0)                         # and the session leader goes
+"""
+
+
+def _proc_state(pid):
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            return f.read().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return "gone"
+
+
+def test_closing_the_terminal_stops_the_reloading_parent(tmp_path):
+    # The parent in the foreground of a terminal (a pty here) that is
+    # closed: the shell sends the job SIGHUP, the session leader exits.
+    # SIGHUP means "restart", but a parent whose terminal is gone stops,
+    # server and all, rather than serving on, detached, holding the port
+    # (review s26, D3).
+    import pty
+    (tmp_path / "app.py").write_text(APP)
+    (tmp_path / "helper.py").write_text('MESSAGE = "one"\n')
+    (tmp_path / "leader.py").write_text(HANGUP_LEADER)
+    master, slave = pty.openpty()
+    port = free_port()
+    leader = subprocess.Popen(
+        [sys.executable, "leader.py", str(slave), "-m", "yimmo", "--reload",
+         "-b", "127.0.0.1:%d" % port, "app:app"],
+        cwd=str(tmp_path), env=reload_env(tmp_path), pass_fds=(slave,),
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        start_new_session=True)
+    os.close(slave)
+    job = None
+
+    def drain():
+        try:
+            while os.read(master, 4096):
+                pass
+        except OSError:
+            pass
+    try:
+        job = int(leader.stdout.readline())
+        threading.Thread(target=drain, daemon=True).start()
+        wait_body(("127.0.0.1", port), "one")
+        leader.stdin.write(b"\n")
+        leader.stdin.flush()
+        leader.wait(10)
+        deadline = time.monotonic() + 8
+        while time.monotonic() < deadline and \
+                _proc_state(job) not in ("gone", "Z"):
+            time.sleep(0.1)
+        assert _proc_state(job) in ("gone", "Z")
+        assert body_of(("127.0.0.1", port)) is None
+    finally:
+        if job and _proc_state(job) not in ("gone", "Z"):
+            kids = [int(p) for p in os.listdir("/proc") if p.isdigit()
+                    and _ppid(int(p)) == job]
+            for pid in kids + [job]:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+        leader.kill()
+        leader.wait(10)
+        os.close(master)
+
+
+def _unshare_works():
+    try:
+        return subprocess.run(["unshare", "-U", "-r", "true"],
+                              timeout=10).returncode == 0
+    except (OSError, subprocess.SubprocessError):
+        return False
+
+
+def in_user_namespace_with_watches(tmp_path, limit):
+    """A reloading server (app.py and lib/helper.py) in a user namespace
+    of its own whose inotify watches are `limit` (this machine's limit is
+    left alone); (process, address)."""
+    if shutil.which("unshare") is None or not _unshare_works():
+        pytest.skip("no user namespaces (unshare -U -r)")
+    (tmp_path / "lib").mkdir()
+    (tmp_path / "lib" / "__init__.py").write_text("")
+    (tmp_path / "lib" / "helper.py").write_text('MESSAGE = "one"\n')
+    (tmp_path / "app.py").write_text(
+        APP.replace("import helper", "from lib import helper"))
+    port = free_port()
+    script = ("echo %d > /proc/sys/user/max_inotify_watches && exec %s -m "
+              "yimmo --reload -b 127.0.0.1:%d --graceful-timeout 1 app:app"
+              % (limit, sys.executable, port))
+    proc = ServerProcess(["unshare", "-U", "-r", "sh", "-c", script],
+                         cwd=str(tmp_path), env=reload_env(tmp_path))
+    return proc, ("127.0.0.1", port)
+
+
+@pytest.mark.parametrize("limit", [1, 3])
+def test_out_of_watches_warns_once_and_reloads(tmp_path, limit):
+    # 1: not even a directory can be watched; 3: the two directories are
+    # (they come first), not every file (review s26, D4: the files took
+    # the three watches, the directories none, and no warning).
+    proc, addr = in_user_namespace_with_watches(tmp_path, limit)
+    with proc:
+        wait_body(addr, "one")
+        watched(tmp_path, os.path.join("lib", "helper.py"))
+        before = len(child_pids(proc))
+        for i in range(3):
+            (tmp_path / "lib" / "helper.py").write_text(
+                'MESSAGE = "w%d"\n' % i)
+            wait_body(addr, "w%d" % i, timeout=5)
+            time.sleep(1.3)
+        n = len(child_pids(proc)) - before
+        warnings = proc.stderr.count("inotify has no watches left")
+        assert n == 3 and warnings == 1, (n, warnings, proc.stderr)
+        proc.signal(signal.SIGTERM)
+        assert proc.wait(WAIT) == 0
+
+
+def test_with_few_watches_a_new_file_is_still_waited_for(tmp_path):
+    # 3 watches: the directories have theirs, so a save that renames the
+    # file away and writes a new one slowly (emacs, vim backupcopy=no) is
+    # seen through the name's IN_CREATE and IN_CLOSE_WRITE and restarts
+    # once (review s26, D4: twice, on the half first).
+    proc, addr = in_user_namespace_with_watches(tmp_path, 3)
+    with proc:
+        wait_body(addr, "one")
+        watched(tmp_path, os.path.join("lib", "helper.py"))
+        before = len(child_pids(proc))
+        helper = tmp_path / "lib" / "helper.py"
+        for i in range(3):
+            os.rename(helper, str(helper) + "~")
+            save_in_steps(helper, ["MESSAGE = 'half'\n",
+                                   'MESSAGE = "w%d"\n' % i], 0.3)
+            wait_body(addr, "w%d" % i, timeout=5)
+            time.sleep(1.3)
+        n = len(child_pids(proc)) - before
+        assert n == 3, proc.stderr
+        proc.signal(signal.SIGTERM)
+        assert proc.wait(WAIT) == 0

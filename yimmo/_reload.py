@@ -12,8 +12,9 @@ about once a second, sooner when inotify (through ctypes, Linux) reports
 an event of one of them (each file is watched, and its directory for
 files made, removed or moved there); then it waits until the files have
 been quiet for a moment and none written is still open for writing (an
-editor writing in place truncates first), for at most a second (other
-files next to the app, its log, give no event). On a
+editor writing in place truncates first) or missing, for at most a second
+(other files next to the app, its log, give no event), or while git
+holds the index of their repository. On a
 change it compiles the changed
 files first: a syntax error is logged with the file and line and the
 running child keeps serving the old code; once they compile, the old child
@@ -28,7 +29,9 @@ at both paths: editing the target or pointing the link elsewhere is a
 change.
 
 SIGTERM and SIGINT stop the child and the parent; SIGHUP restarts the
-child; SIGUSR1 is passed on. The child gets SIGTERM if the parent dies.
+child, unless the terminal the parent was started from is gone (then it
+stops, as it does whenever it finds that terminal gone); SIGUSR1 is
+passed on. The child gets SIGTERM if the parent dies.
 """
 
 from __future__ import annotations
@@ -73,6 +76,11 @@ POLL_INTERVAL = 1.0
 # SETTLE_MAX.
 SETTLE = 0.05
 SETTLE_MAX = 1.0
+# While git holds the index of a repository the watched files are in (a
+# checkout, a stash, a rebase writing the work tree), a settle goes on,
+# for at most this long: git writes the files in index order, with others
+# in between, and the server must not start on half the new tree.
+VCS_SETTLE_MAX = 10.0
 
 # A file's state: (st_mtime_ns, st_size, st_ino).
 Signature = Tuple[int, int, int]
@@ -501,6 +509,45 @@ def _signature(path: str) -> Optional[Signature]:
     return (st.st_mtime_ns, st.st_size, st.st_ino)
 
 
+def _controlling_tty_fd() -> Optional[int]:
+    """The first of stdin, stdout and stderr that is this process's
+    controlling terminal, or None."""
+    for fd in (0, 1, 2):
+        try:
+            if os.isatty(fd):
+                os.tcgetpgrp(fd)  # ENOTTY: a terminal, but not ours
+                return fd
+        except OSError:
+            pass
+    return None
+
+
+def _git_index_lock(directory: str) -> Optional[str]:
+    """The index.lock of the git work tree directory is in, or None: the
+    nearest .git up from it, a directory, or a file naming the git
+    directory (a linked work tree, a submodule)."""
+    d = directory
+    while True:
+        dot_git = os.path.join(d, ".git")
+        if os.path.isdir(dot_git):
+            return os.path.join(dot_git, "index.lock")
+        if os.path.isfile(dot_git):
+            try:
+                with open(dot_git, encoding="utf-8",
+                          errors="surrogateescape") as f:
+                    line = f.readline().strip()
+            except OSError:
+                return None
+            if not line.startswith("gitdir:"):
+                return None
+            return os.path.join(d, line[len("gitdir:"):].strip(),
+                                "index.lock")
+        parent = os.path.dirname(d)
+        if parent == d:
+            return None
+        d = parent
+
+
 def _is_made(path: str) -> bool:
     """Whether the name just made at path is a new regular file, which
     its writer closes when it is written (not a symlink, nor another name
@@ -549,6 +596,12 @@ class _Parent:
             os.set_blocking(fd, False)
         self.inotify: Optional[_Inotify] = None
         self.warned_watches = False
+        # directory -> the index.lock of the git repository it is in
+        self.vcs_lock_of: Dict[str, Optional[str]] = {}
+        # The terminal the parent was started from, if any (its fd): once
+        # it is gone (the window closed, the SSH session ended), the
+        # parent stops rather than serving on, detached.
+        self.tty_fd = _controlling_tty_fd()
         if not os.environ.get(POLL_ENV):
             try:
                 self.inotify = _Inotify()
@@ -597,8 +650,23 @@ class _Parent:
                 continue  # (a child of another version of yimmo)
             if path not in self.files:
                 self.files[path] = sig
+                d = os.path.dirname(path)
+                if d not in self.vcs_lock_of:
+                    self.vcs_lock_of[d] = _git_index_lock(d)
         if self.inotify is not None:
             self.inotify.watch(self.files)
+
+    def terminal_gone(self) -> bool:
+        """Whether the parent was started from a terminal that is no
+        longer its controlling terminal (hung up: a SIGHUP from closing it
+        must stop the parent, not restart the server)."""
+        if self.tty_fd is None:
+            return False
+        try:
+            os.tcgetpgrp(self.tty_fd)
+        except OSError:
+            return True
+        return False
 
     def warn_watches(self) -> None:
         """Once: inotify could not watch some file or directory."""
@@ -699,6 +767,11 @@ class _Parent:
         written: Set[str] = set()  # IN_MODIFY without IN_CLOSE_WRITE yet
         made: Set[str] = set()  # IN_CREATE of a regular file, likewise
         emptied: Set[str] = set()
+        # Paths with an event in this settle: one with no file now is
+        # waited for as if being written (removed, then written anew).
+        touched: Set[str] = set()
+        locks = {lock for lock in self.vcs_lock_of.values() if lock}
+        vcs_noted = False
         start = last = time.monotonic()
         states: Dict[str, Optional[Signature]] = {}
         while not (self.stopping or self.hup):
@@ -713,6 +786,7 @@ class _Parent:
             for path, mask in names:
                 if path not in self.files:
                     continue
+                touched.add(path)
                 last = time.monotonic()
                 if mask & inotify.IN_CREATE:
                     if _is_made(path):
@@ -723,6 +797,7 @@ class _Parent:
                         written.discard(path)  # another file there now
             for path, mask in files:
                 if path in self.files:
+                    touched.add(path)
                     last = time.monotonic()
                     if mask & inotify.IN_MODIFY:
                         written.add(path)
@@ -733,12 +808,23 @@ class _Parent:
                 # The directories' IN_CLOSE_WRITE will not be read: the
                 # file's own watch, and its state, tell from now on.
                 made.clear()
+                touched.update(p for p, sig in states.items()
+                               if sig is None and self.files[p])
+            gone = {p for p in touched if not os.path.exists(p)}
+            vcs = [lock for lock in locks if os.path.exists(lock)]
             now = time.monotonic()
-            if now - start >= SETTLE_MAX or \
-                    (not (written or made or emptied) and
+            if vcs:
+                last = now
+                if not vcs_noted:
+                    vcs_noted = True
+                    log.info("Reloader: waiting for git to finish (%s)",
+                             vcs[0])
+            cap = start + (VCS_SETTLE_MAX if vcs else SETTLE_MAX)
+            if now >= cap or \
+                    (not (written or made or emptied or gone) and
                      now - last >= SETTLE):
                 return
-            self.pause(min(SETTLE / 2, start + SETTLE_MAX - now))
+            self.pause(min(SETTLE / 2, cap - now))
             if lost:
                 inotify.discard()
                 files, _ = inotify.file_events()
@@ -752,6 +838,9 @@ class _Parent:
         while not self.stopping:
             self.wait(POLL_INTERVAL)
             if self.stopping:
+                break
+            if self.terminal_gone():
+                log.info("Reloader: the terminal is gone, stopping")
                 break
             self.read_list()
             self.warn_watches()
