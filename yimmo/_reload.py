@@ -14,7 +14,7 @@ files made, removed or moved there); then it waits until the files have
 been quiet for a moment and none written is still open for writing (an
 editor writing in place truncates first) or missing, for at most a second
 (other files next to the app, its log, give no event), or while git
-holds the index of their repository. On a
+writes the work tree of a changed file (at most 10 s). On a
 change it compiles the changed
 files first: a syntax error is logged with the file and line and the
 running child keeps serving the old code; once they compile, the old child
@@ -76,10 +76,10 @@ POLL_INTERVAL = 1.0
 # SETTLE_MAX.
 SETTLE = 0.05
 SETTLE_MAX = 1.0
-# While git holds the index of a repository the watched files are in (a
-# checkout, a stash, a rebase writing the work tree), a settle goes on,
-# for at most this long: git writes the files in index order, with others
-# in between, and the server must not start on half the new tree.
+# While git writes the work tree of a changed file (a checkout, a stash,
+# a rebase: its index.lock there, still empty), a settle goes on, for at
+# most this long: git writes the files in index order, with others in
+# between, and the server must not start on half the new tree.
 VCS_SETTLE_MAX = 10.0
 
 # A file's state: (st_mtime_ns, st_size, st_ino).
@@ -511,7 +511,8 @@ def _signature(path: str) -> Optional[Signature]:
 
 def _controlling_tty_fd() -> Optional[int]:
     """The first of stdin, stdout and stderr that is this process's
-    controlling terminal, or None."""
+    controlling terminal, else the terminal itself (/dev/tty) when it has
+    one (stdio redirected: `> dev.log 2>&1 &`), or None."""
     for fd in (0, 1, 2):
         try:
             if os.isatty(fd):
@@ -519,7 +520,16 @@ def _controlling_tty_fd() -> Optional[int]:
                 return fd
         except OSError:
             pass
-    return None
+    try:  # stdio elsewhere (> log 2>&1 < /dev/null): the terminal itself
+        fd = os.open("/dev/tty", os.O_RDONLY | os.O_NOCTTY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        os.tcgetpgrp(fd)
+    except OSError:
+        os.close(fd)
+        return None
+    return fd
 
 
 def _git_index_lock(directory: str) -> Optional[str]:
@@ -546,6 +556,18 @@ def _git_index_lock(directory: str) -> Optional[str]:
         if parent == d:
             return None
         d = parent
+
+
+def _git_writing(lock: str) -> bool:
+    """Whether git may be writing the work tree: its index.lock exists,
+    is still empty (git writes the new index into it once the tree is
+    written; git commit -a fills it before its editor opens) and is
+    younger than VCS_SETTLE_MAX (one a crashed git left is not)."""
+    try:
+        st = os.stat(lock)
+    except OSError:
+        return False
+    return st.st_size == 0 and time.time() - st.st_mtime < VCS_SETTLE_MAX
 
 
 def _is_made(path: str) -> bool:
@@ -770,7 +792,6 @@ class _Parent:
         # Paths with an event in this settle: one with no file now is
         # waited for as if being written (removed, then written anew).
         touched: Set[str] = set()
-        locks = {lock for lock in self.vcs_lock_of.values() if lock}
         vcs_noted = False
         start = last = time.monotonic()
         states: Dict[str, Optional[Signature]] = {}
@@ -811,7 +832,8 @@ class _Parent:
                 touched.update(p for p, sig in states.items()
                                if sig is None and self.files[p])
             gone = {p for p in touched if not os.path.exists(p)}
-            vcs = [lock for lock in locks if os.path.exists(lock)]
+            locks = {self.vcs_lock_of.get(os.path.dirname(p)) for p in touched}
+            vcs = [lock for lock in locks if lock and _git_writing(lock)]
             now = time.monotonic()
             if vcs:
                 last = now
@@ -820,6 +842,9 @@ class _Parent:
                     log.info("Reloader: waiting for git to finish (%s)",
                              vcs[0])
             cap = start + (VCS_SETTLE_MAX if vcs else SETTLE_MAX)
+            if vcs and now >= cap:
+                log.warning("Reloader: git still holds %s after %gs; going "
+                            "on", vcs[0], VCS_SETTLE_MAX)
             if now >= cap or \
                     (not (written or made or emptied or gone) and
                      now - last >= SETTLE):
