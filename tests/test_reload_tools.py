@@ -268,7 +268,10 @@ if pid == 0:
     for i, fd in enumerate(fds):
         os.dup2(fd, i)
     os.execv(sys.executable, [sys.executable] + sys.argv[4:])
-os.setpgid(pid, pid)
+try:
+    os.setpgid(pid, pid)
+except PermissionError:
+    pass  # (EACCES: the child has run exec already, in its own group)
 if mode == "fg":
     os.tcsetpgrp(slave, pid)
 print(pid, flush=True)

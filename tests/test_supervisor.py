@@ -1696,18 +1696,27 @@ def test_a_stopped_sibling_does_not_slow_down_accepting(tmp_path):
         wait_ready(proc, 2)
         kids = wait_children(proc.proc.pid, 2)
         n = 600
-        os.kill(kids[1], signal.SIGSTOP)
-        try:
+        tries = []
+        # Up to three tries: a loaded machine (CI's interpreters side by
+        # side) once made one take 1.38 s against 0.39; deferring each
+        # accept adds at least n x 1 ms to every one of them.
+        for _ in range(3):
+            os.kill(kids[1], signal.SIGSTOP)
+            try:
+                time.sleep(1.5)
+                took = _connect_many(port, n)
+            finally:
+                os.kill(kids[1], signal.SIGCONT)
+            # The same with both running again: how fast this machine is
+            # now (a loaded one made 300 connections take 0.32 s where
+            # they take 0.06).
             time.sleep(1.5)
-            took = _connect_many(port, n)
-        finally:
-            os.kill(kids[1], signal.SIGCONT)
-        # The same with both running again: how fast this machine is now
-        # (a loaded one made 300 connections take 0.32 s where they take
-        # 0.06). Deferring each accept would add at least n x 1 ms.
-        time.sleep(1.5)
-        base = _connect_many(port, n)
-        assert took < 1.5 * base + n * 0.0005, (took, base)
+            base = _connect_many(port, n)
+            tries.append((took, base))
+            if took < 1.5 * base + n * 0.0005:
+                break
+        else:
+            raise AssertionError(tries)
         assert stop(proc) == 0
 
 

@@ -653,17 +653,20 @@ class _Parent:
             child.kill()
             child.wait()
 
-    def read_list(self) -> None:
+    def read_list(self) -> List[str]:
+        """Read the child's list of files if it changed; the paths new in
+        it."""
+        new: List[str] = []
         sig = _signature(self.list_path)
         if sig is None or sig == self.list_sig:
-            return
+            return new
         self.list_sig = sig
         try:
             with open(self.list_path, encoding="utf-8",
                       errors="surrogateescape") as f:
                 records = [r for r in f.read().split("\0") if r]
         except OSError:
-            return
+            return new
         for record in records:
             try:
                 mtime, size, ino, path = record.split(" ", 3)
@@ -672,11 +675,24 @@ class _Parent:
                 continue  # (a child of another version of yimmo)
             if path not in self.files:
                 self.files[path] = sig
+                new.append(path)
                 d = os.path.dirname(path)
                 if d not in self.vcs_lock_of:
                     self.vcs_lock_of[d] = _git_index_lock(d)
         if self.inotify is not None:
             self.inotify.watch(self.files)
+        return new
+
+    def take_list(self) -> None:
+        """read_list(); files new in it that were edited between the
+        child's report and now, before they were watched (a loaded
+        machine), may be in the middle of an edit no event told of:
+        settle on their states first, as after an overflow (an emptied
+        file is one being written)."""
+        new = self.read_list()
+        if self.inotify is not None and any(
+                _signature(p) != self.files[p] for p in new):
+            self.settle(self.inotify, [], [], lost=True)
 
     def terminal_gone(self) -> bool:
         """Whether the parent was started from a terminal that is no
@@ -867,7 +883,7 @@ class _Parent:
             if self.terminal_gone():
                 log.info("Reloader: the terminal is gone, stopping")
                 break
-            self.read_list()
+            self.take_list()
             self.warn_watches()
             code = self.child.poll() if self.child is not None else None
             if code is not None and not reported_exit:
