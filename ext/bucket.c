@@ -169,13 +169,12 @@ ymo_release_take(ymo_release_t *r)
     return atomic_exchange(&r->head, NULL);
 }
 
-/* Push b (a reference bucket) onto its release list. seq_cst, so a
- * waker that then looks for a thread able to take the list pairs with
- * that thread's own store-then-look (see the list's owner). */
-static void
-release_push(ymo_bucket_t *b)
+/* seq_cst, so a waker that then looks for a thread able to take the
+ * list pairs with that thread's own store-then-look (see the list's
+ * owner). */
+void
+ymo_release_push(ymo_release_t *r, ymo_bucket_t *b)
 {
-    ymo_release_t *r = b->rel;
     ymo_bucket_t *old = atomic_load_explicit(&r->head, memory_order_relaxed);
     do {
         b->next = old;
@@ -195,7 +194,7 @@ void
 ymo_bucket_free(ymo_bucket_t *b)
 {
     if (b->owner != NULL) {
-        release_push(b);
+        ymo_release_push(b->rel, b);
         return;
     }
     if (b->fd >= 0) {

@@ -158,6 +158,11 @@ void ymo_release_init(ymo_release_t *r, void (*wake)(void *), void *arg);
  * after). */
 int ymo_release_pending(ymo_release_t *r);
 
+/* Any thread: push b onto r (ymo_bucket_free does so with a reference
+ * bucket, onto its own list; other lists carry buckets of their own
+ * kind, see their owner). */
+void ymo_release_push(ymo_release_t *r, ymo_bucket_t *b);
+
 /* Take every bucket waiting in the list, linked by `next`, or NULL. The
  * caller releases each one's owner and frees it (ymo_bucket_free_taken). */
 ymo_bucket_t *ymo_release_take(ymo_release_t *r);

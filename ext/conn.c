@@ -622,6 +622,52 @@ wq_append(ymo_conn_t *c, ymo_bucket_t *chain)
     }
 }
 
+/* The access log's record of an answer of the loop's own (status; the
+ * request's bytes as far as they came, head[0..len), of which the head
+ * is kept): it goes to the workers (server.h, `answered`). */
+static void
+conn_log_answer(ymo_conn_t *c, int status, int is_head, const char *head,
+                size_t len)
+{
+    ymo_server_t *s = c->listener->server;
+    if (!s->config.log_answers) {
+        return;
+    }
+    if (atomic_load(&s->answers_waiting) >= YMO_ANSWERS_MAX) {
+        atomic_fetch_add(&s->answers_dropped, 1);
+        return;
+    }
+    /* The head: up to its empty line, if it came. */
+    for (size_t i = 0; i + 1 < len && i < YMO_ANSWER_HEAD_MAX; i++) {
+        if (head[i] == '\n' &&
+            (head[i + 1] == '\n' ||
+             (head[i + 1] == '\r' && i + 2 < len && head[i + 2] == '\n'))) {
+            len = i + 1;
+            break;
+        }
+    }
+    if (len > YMO_ANSWER_HEAD_MAX) {
+        len = YMO_ANSWER_HEAD_MAX;
+    }
+    ymo_answer_t a;
+    memset(&a, 0, sizeof(a));
+    a.status = status;
+    a.remote_port = c->remote_family != AF_UNSPEC ? c->remote_port : -1;
+    a.body_len = ymo_http_error_body_len(status, is_head);
+    a.head_len = len;
+    conn_format_addr(c, a.remote_addr);
+    ymo_bucket_t *b = ymo_bucket_new(sizeof(a) + len);
+    if (b == NULL) {
+        atomic_fetch_add(&s->answers_dropped, 1);
+        return;
+    }
+    memcpy(b->data, &a, sizeof(a));
+    memcpy(b->data + sizeof(a), head, len);
+    b->len = sizeof(a) + len;
+    atomic_fetch_add(&s->answers_waiting, 1);
+    ymo_release_push(&s->answered, b);
+}
+
 /* The one place a request the parser refused becomes a response: status
  * line, a short text body (none for HEAD), and the connection closes
  * after it. */
@@ -659,6 +705,8 @@ conn_error(ymo_conn_t *c, int status)
     size_t k = empty_lines(c->busy->inbuf, c->busy->inlen);
     int head = c->busy->inlen - k >= 5 &&
                memcmp(c->busy->inbuf + k, "HEAD ", 5) == 0;
+    conn_log_answer(c, status, head, c->busy->inbuf + k,
+                    c->busy->inlen - k);
     conn_error_head(c, status, head);
 }
 
@@ -668,6 +716,8 @@ static void
 conn_error_exchange(ymo_conn_t *c, int status)
 {
     int head = req_is_head(&c->busy->ex->req);
+    conn_log_answer(c, status, head, c->busy->ex->head,
+                    c->busy->ex->head_len);
     conn_free_exchange(c);
     c->busy->state = YMO_CONN_HEAD;
     conn_error_head(c, status, head);

@@ -208,7 +208,7 @@ Core_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
         "buffer_body", "min_body_rate", "max_pending", "queue_timeout",
         "forwarded_allow_ips", "proxy_protocol", "timeout", "log_warning",
         "heartbeat", "notify_fd", "max_requests", "shared_listener",
-        "heartbeat_slot", "proxy_headers", NULL,
+        "heartbeat_slot", "proxy_headers", "log_answer", NULL,
     };
     PyObject *app, *listeners, *log_error, *errors;
     Py_ssize_t workers = 8, line = 4094, fields = 100, field_size = 8190,
@@ -226,15 +226,16 @@ Core_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
     int shared_listener = 0;
     Py_ssize_t heartbeat_slot = 0;
     PyObject *proxy_headers = NULL;
+    PyObject *log_answer = Py_None;
     if (!PyArg_ParseTupleAndKeywords(
-            args, kwargs, "OOOO|$nnnnnKOOOOOpnOnOOpOOOiKpnO:Core", kwlist,
+            args, kwargs, "OOOO|$nnnnnKOOOOOpnOnOOpOOOiKpnOO:Core", kwlist,
             &app, &listeners, &log_error, &errors, &workers, &line, &fields,
             &field_size, &head_size, &max_body, &t_header, &t_keepalive,
             &t_body, &t_write, &log_access, &multiprocess, &buffer_body,
             &min_rate, &max_pending, &t_queue, &allow_ips,
             &proxy_protocol, &t_request, &log_warning, &heartbeat,
             &notify_fd, &max_requests, &shared_listener, &heartbeat_slot,
-            &proxy_headers)) {
+            &proxy_headers, &log_answer)) {
         return NULL;
     }
     if (buffer_body < 0) {
@@ -248,10 +249,11 @@ Core_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
     ymo_module_state *st = get_state(module);
     if (!PyCallable_Check(app) || !PyCallable_Check(log_error) ||
         (log_warning != Py_None && !PyCallable_Check(log_warning)) ||
-        (log_access != Py_None && !PyCallable_Check(log_access))) {
+        (log_access != Py_None && !PyCallable_Check(log_access)) ||
+        (log_answer != Py_None && !PyCallable_Check(log_answer))) {
         PyErr_SetString(PyExc_TypeError,
-                        "app, log_error, log_warning and log_access must be"
-                        " callable");
+                        "app, log_error, log_warning, log_access and "
+                        "log_answer must be callable");
         return NULL;
     }
     if (!PyList_Check(listeners) || PyList_GET_SIZE(listeners) == 0) {
@@ -321,6 +323,7 @@ Core_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
     }
 
     cfg.proxy_protocol = proxy_protocol;
+    cfg.log_answers = log_answer != Py_None;
     if (build_proxy_headers(&cfg.proxy_headers, proxy_headers) < 0) {
         return NULL;
     }
@@ -409,6 +412,8 @@ Core_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
                                                    : Py_NewRef(log_warning);
     self->app.log_access = log_access == Py_None ? NULL
                                                  : Py_NewRef(log_access);
+    self->app.log_answer = log_answer == Py_None ? NULL
+                                                 : Py_NewRef(log_answer);
     self->app.errors = Py_NewRef(errors);
     self->app.file_wrapper = Py_NewRef((PyObject *)st->FileWrapper_type);
     self->app.multithread = Py_NewRef(workers > 1 ? Py_True : Py_False);
@@ -510,6 +515,7 @@ core_shutdown(CoreObject *self, double grace)
      * and a run() meanwhile went into the loop and dropped the threads'
      * reference a second time (C review s23). */
     ymo_wsgi_release_owners(&self->server);
+    ymo_wsgi_log_answers(&self->server);
     self->finished = 1;
     self->running = self->shutting_down = 0;
     if (self->workers_started) {
@@ -764,6 +770,7 @@ core_run_locked(CoreObject *self, int wakeup_fd)
     if (stopped) {
         /* Still running meanwhile (see core_shutdown). */
         ymo_wsgi_release_owners(&self->server);
+        ymo_wsgi_log_answers(&self->server);
         self->finished = 1;
         if (busy > 0) {
             /* Never freed: those threads use it (the threads' reference
@@ -892,6 +899,7 @@ Core_traverse(CoreObject *self, visitproc visit, void *arg)
     Py_VISIT(self->app.log_error);
     Py_VISIT(self->app.log_warning);
     Py_VISIT(self->app.log_access);
+    Py_VISIT(self->app.log_answer);
     Py_VISIT(self->app.errors);
     Py_VISIT(self->app.file_wrapper);
     for (size_t i = 0; self->app.environ_template != NULL &&
@@ -915,6 +923,7 @@ Core_clear(CoreObject *self)
     Py_CLEAR(self->app.log_error);
     Py_CLEAR(self->app.log_warning);
     Py_CLEAR(self->app.log_access);
+    Py_CLEAR(self->app.log_answer);
     Py_CLEAR(self->app.errors);
     Py_CLEAR(self->app.file_wrapper);
     for (size_t i = 0; self->app.environ_template != NULL &&

@@ -523,7 +523,7 @@ static _Thread_local const ymo_server_t *loop_of;
 static void
 server_release_poke(ymo_server_t *s)
 {
-    if (!ymo_release_pending(&s->release)) {
+    if (!ymo_server_owed(s)) {
         return;
     }
     for (size_t i = 0; i < s->n_workers; i++) {
@@ -681,6 +681,9 @@ ymo_server_init(ymo_server_t *s, const ymo_config_t *config,
     pthread_condattr_destroy(&monotonic);
     atomic_init(&s->recycle_requested, 0);
     ymo_release_init(&s->release, server_release_wake, s);
+    ymo_release_init(&s->answered, server_release_wake, s);
+    atomic_init(&s->answers_waiting, 0);
+    atomic_init(&s->answers_dropped, 0);
     ymo_spares_init(&s->spares, YMO_SPARE_BUCKET, YMO_SPARES_MAX);
     /* With a watchdog, room for as many replacement threads as workers
      * (see wsgi_watchdog.c). */
@@ -1113,6 +1116,10 @@ ymo_server_destroy(ymo_server_t *s)
     /* What is freed from now on waits for the caller's last take (no
      * worker or loop is left to wake). */
     s->release.wake = NULL;
+    /* Answers no thread logged (the stopping thread logs what was left
+     * when the workers were joined: these came later, or it never ran). */
+    s->answered.wake = NULL;
+    ymo_bucket_free_chain(ymo_release_take(&s->answered));
     for (size_t i = 0; i < s->n_workers; i++) {
         ymo_wsgi_worker_destroy(&s->workers[i]);
     }

@@ -63,7 +63,23 @@ typedef struct ymo_config {
                                     * listeners are shared: the others
                                     * and its successor take the new
                                     * clients) */
+    int log_answers;           /* the loop's own answers are logged: it
+                                * leaves a record of each in `answered` */
 } ymo_config_t;
+
+/* One request the loop answered alone, as it goes to the access log: a
+ * memory bucket's data holds this and then head_len bytes of what the
+ * client sent (the head as far as it came, at most YMO_ANSWER_HEAD_MAX
+ * bytes of it). */
+typedef struct ymo_answer {
+    int status;
+    int remote_port;           /* -1 for a unix socket */
+    size_t body_len;           /* of the answer */
+    size_t head_len;
+    char remote_addr[64];
+} ymo_answer_t;
+#define YMO_ANSWER_HEAD_MAX 8192
+#define YMO_ANSWERS_MAX 1024
 
 /* Seconds between two heartbeats of the loop. */
 #define YMO_HEARTBEAT_INTERVAL 0.25
@@ -275,6 +291,19 @@ typedef struct ymo_server {
                                 * (attached: they release the owners)
                                 * after each exchange, and by the thread
                                 * that stops the server; lock-free */
+    /* The requests the loop answers alone (a malformed head's 400, a 408,
+     * 413, 414, 431 or 501, a 503 for a connection that waited too long
+     * for room), for their access-log lines (config.log_answers): one
+     * record each (ymo_answer_t in a memory bucket), pushed by the loop,
+     * taken like `release`, by workers attached after each exchange (and
+     * woken for them alike) and by the thread that stops the server. At
+     * most YMO_ANSWERS_MAX wait: beyond that, and when a record cannot be
+     * allocated, answers are counted in answers_dropped instead. */
+    ymo_release_t answered;
+    atomic_int answers_waiting;    /* records in `answered`: the loop
+                                    * adds, the taker subtracts; seq_cst */
+    atomic_ulong answers_dropped;  /* the loop adds, the taker takes
+                                    * (exchange to 0); seq_cst */
     pthread_mutex_t ctl_lock;  /* guards stop_requested and deadline */
     int stop_requested;
     double deadline;           /* CLOCK_MONOTONIC seconds when in-flight
@@ -307,6 +336,15 @@ typedef struct ymo_server {
                                 * -1: a byte "r" when a recycle is first
                                 * asked for. Fixed once the loop runs. */
 } ymo_server_t;
+
+/* Any thread: owners wait to be released, or answers to be logged, by a
+ * worker (a hint: one may be pushed just after). */
+static inline int
+ymo_server_owed(ymo_server_t *s)
+{
+    return ymo_release_pending(&s->release) ||
+           ymo_release_pending(&s->answered);
+}
 
 /* The room of the response buckets the server keeps for reuse, and how
  * many it keeps at most (256 KB): about a turn's worth of responses. */

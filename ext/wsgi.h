@@ -131,6 +131,10 @@ struct ymo_wsgi_app {
     PyObject *log_access;      /* callable(environ, status, length,
                                 * seconds, response_headers), or NULL */
     PyObject *log_warning;     /* callable(message): the watchdog's */
+    PyObject *log_answer;      /* callable(head, remote_addr, remote_port,
+                                * status, length) for a request the loop
+                                * answered alone (server.h, `answered`),
+                                * or NULL */
     PyObject *errors;          /* wsgi.errors */
     PyObject *file_wrapper;    /* the FileWrapper type */
     PyObject *multithread;     /* bools */
@@ -145,6 +149,13 @@ struct ymo_wsgi_app {
  * the owners of the reference buckets waiting in s's release list (the
  * app's bytes the loop has written, see bucket.h) and free them. */
 void ymo_wsgi_release_owners(struct ymo_server *s);
+
+/* Attached, a worker between exchanges or the thread that stops the
+ * server: log the requests the loop answered alone that wait in
+ * s->answered (server.h), oldest first, through app->log_answer (the
+ * app's logging: any Python code may run), then one warning for those
+ * that could not be kept. */
+void ymo_wsgi_log_answers(struct ymo_server *s);
 
 /* GIL held: free a chain of output buckets at once, releasing the owners
  * of reference buckets here rather than through a release list (for

@@ -615,6 +615,83 @@ ymo_wsgi_release_owners(ymo_server_t *s)
     ymo_wsgi_free_chain(ymo_release_take(&s->release));
 }
 
+/* One record of s->answered (see ymo_answer_t) to app->log_answer. */
+static void
+log_answer(struct ymo_wsgi_app *app, const ymo_bucket_t *b)
+{
+    ymo_answer_t a;
+    memcpy(&a, b->data, sizeof(a));
+    PyObject *head = PyBytes_FromStringAndSize(b->data + sizeof(a),
+                                               (Py_ssize_t)a.head_len);
+    PyObject *addr = PyUnicode_DecodeASCII(a.remote_addr,
+                                           (Py_ssize_t)strlen(a.remote_addr),
+                                           NULL);
+    PyObject *port = PyLong_FromLong(a.remote_port);
+    PyObject *status = PyLong_FromLong(a.status);
+    PyObject *len = PyLong_FromSize_t(a.body_len);
+    if (head != NULL && addr != NULL && port != NULL && status != NULL &&
+        len != NULL) {
+        PyObject *args[5] = {head, addr, port, status, len};
+        PyObject *r = PyObject_Vectorcall(app->log_answer, args, 5, NULL);
+        YMO_FORK_GUARD(app->server);
+        if (r == NULL) {
+            PyErr_WriteUnraisable(app->log_answer);
+        }
+        Py_XDECREF(r);
+    }
+    else {
+        PyErr_Clear();
+    }
+    Py_XDECREF(head);
+    Py_XDECREF(addr);
+    Py_XDECREF(port);
+    Py_XDECREF(status);
+    Py_XDECREF(len);
+}
+
+void
+ymo_wsgi_log_answers(ymo_server_t *s)
+{
+    ymo_bucket_t *b = ymo_release_take(&s->answered);
+    if (b == NULL && atomic_load(&s->answers_dropped) == 0) {
+        return;
+    }
+    /* The list is a stack: the newest first. */
+    ymo_bucket_t *oldest = NULL;
+    while (b != NULL) {
+        ymo_bucket_t *next = b->next;
+        b->next = oldest;
+        oldest = b;
+        b = next;
+    }
+    struct ymo_wsgi_app *app = s->app;
+    for (b = oldest; b != NULL;) {
+        ymo_bucket_t *next = b->next;
+        /* Before the call, which may run for long (or, by a fork of the
+         * app, never come back): the loop keeps the next records. */
+        atomic_fetch_sub(&s->answers_waiting, 1);
+        if (app->log_answer != NULL) {
+            log_answer(app, b);
+        }
+        ymo_bucket_free(b);
+        b = next;
+    }
+    unsigned long dropped = atomic_exchange(&s->answers_dropped, 0);
+    if (dropped > 0) {
+        PyObject *msg = PyUnicode_FromFormat(
+            "%lu request(s) the server answered itself (a malformed "
+            "request, an overload) have no access log line: more than %d "
+            "waited for a worker to log them, or there was no memory",
+            dropped, YMO_ANSWERS_MAX);
+        if (msg == NULL) {
+            PyErr_Clear();
+            return;
+        }
+        ymo_wsgi_log_warning(app, msg);
+        Py_DECREF(msg);
+    }
+}
+
 /* HEAD: send the head now and stop producing the body (see emit). */
 static void
 head_now(StartResponseObject *self)

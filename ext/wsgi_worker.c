@@ -393,7 +393,7 @@ worker_next(ymo_wsgi_worker_t *self, int block)
             atomic_store(&self->idle, 0);
             return ex;
         }
-        if (ymo_release_pending(&self->server->release)) {
+        if (ymo_server_owed(self->server)) {
             /* Poked by the loop for them (server_on_release). */
             atomic_store(&self->idle, 0);
             return RELEASE_ONLY;
@@ -769,6 +769,7 @@ worker_main(void *arg)
                     ran = 1;
                 }
                 ymo_wsgi_release_owners(s);
+                ymo_wsgi_log_answers(s);
                 /* The exchange may have turned the GIL on (an import). */
                 note_gil(s);
                 if (ran && !self->retiring && TAKE_ATTACHED(self) &&
@@ -796,8 +797,7 @@ worker_main(void *arg)
              * loop wakes only idle workers for it (server_release_poke),
              * and this one is not idle yet. Both seq_cst. */
             atomic_store(&self->in_app, 0);
-            ex = ymo_release_pending(&self->server->release) ? RELEASE_ONLY
-                                                             : NULL;
+            ex = ymo_server_owed(self->server) ? RELEASE_ONLY : NULL;
         } while (ex != NULL);
     }
     standby_done(self->server);

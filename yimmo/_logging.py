@@ -29,6 +29,7 @@ import sys
 import threading
 import time
 import weakref
+from http import HTTPStatus
 from typing import (
     TYPE_CHECKING, Any, Callable, Collection, Dict, List, Optional, TextIO,
     Tuple, Union,
@@ -661,6 +662,55 @@ def _request_line(environ: WSGIEnvironment) -> str:
     return "%s %s %s" % (_env_text(environ, "REQUEST_METHOD", "-"),
                          uri or "-",
                          _env_text(environ, "SERVER_PROTOCOL", "-"))
+
+
+_TOKEN_RE = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+
+
+def answer_environ(head: bytes, remote_addr: str,
+                   remote_port: int) -> Dict[str, str]:
+    """The environ an access-log line is made from for a request the server
+    answered itself (a malformed or refused head, see _answer_logger):
+    what the client sent, read as far as it reads. The request line gives
+    REQUEST_METHOD, RAW_URI (PATH_INFO, QUERY_STRING) and SERVER_PROTOCOL
+    when it has those parts; each header line of the form "name: value"
+    gives its HTTP_ key (the first of a name), for the %(a)s, %(f)s and
+    %({name}i)s atoms. Nothing here is believed beyond the log line,
+    which escapes it: forwarding fields are not applied (REMOTE_ADDR is
+    the peer's, or the PROXY header's)."""
+    environ: Dict[str, str] = {
+        "REMOTE_ADDR": remote_addr,
+        "REMOTE_PORT": str(remote_port) if remote_port >= 0 else "",
+    }
+    lines = head.decode("latin-1").lstrip("\r\n").split("\n")
+    parts = lines[0].rstrip("\r").split(" ")
+    if parts[0]:
+        environ["REQUEST_METHOD"] = parts[0]
+    if len(parts) >= 2:
+        uri = " ".join(parts[1:-1] if len(parts) > 2 else parts[1:])
+        environ["RAW_URI"] = uri
+        path, _, query = uri.partition("?")
+        environ["PATH_INFO"] = path
+        environ["QUERY_STRING"] = query
+    if len(parts) >= 3:
+        environ["SERVER_PROTOCOL"] = parts[-1]
+    for line in lines[1:]:
+        name, colon, value = line.rstrip("\r").partition(":")
+        if not colon or _TOKEN_RE.fullmatch(name) is None:
+            continue
+        key = name.upper().replace("-", "_")
+        if key not in ("CONTENT_TYPE", "CONTENT_LENGTH"):
+            key = "HTTP_" + key
+        environ.setdefault(key, value.strip(" \t"))
+    return environ
+
+
+def status_line(code: int) -> str:
+    """ "400 Bad Request" for 400: the status line of a code."""
+    try:
+        return "%d %s" % (code, HTTPStatus(code).phrase)
+    except ValueError:
+        return str(code)
 
 
 def format_access(environ: WSGIEnvironment, status: Union[str, int, None],

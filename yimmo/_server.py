@@ -170,6 +170,22 @@ def _access_logger(fmt: Optional[str]) -> Callable[
     return log_access
 
 
+def _answer_logger(log_access: Callable[
+        [WSGIEnvironment, str, int, float,
+         Optional[Tuple[Tuple[str, str], ...]]], None]) -> Callable[
+        [bytes, str, int, int, int], None]:
+    """The core's log_answer callback: the access-log line of a request
+    the server answered itself, without the app (a malformed head's 400,
+    a 408, 413, 414, 431 or 501, a 503 for a connection that waited too
+    long for room), through the same format as the app's requests."""
+
+    def log_answer(head: bytes, remote_addr: str, remote_port: int,
+                   status: int, length: int) -> None:
+        environ = _logging.answer_environ(head, remote_addr, remote_port)
+        log_access(environ, _logging.status_line(status), length, 0.0, None)
+    return log_answer
+
+
 class Server:
     """A WSGI server bound to its addresses (binding happens here, so a
     port in use raises OSError at construction). Once constructed, the C
@@ -299,6 +315,8 @@ class Server:
                 max_requests = _process.max_requests
                 shared_listener = not opts["reuse_port"]
                 multiprocess = True
+            log_access = (_access_logger(opts["access_log_format"])
+                          if opts["access_log"] is not None else None)
             self._core = _yimmo.Core(
                 app, listeners, _log_error, sys.stderr,
                 workers=opts["workers"],
@@ -321,8 +339,9 @@ class Server:
                 proxy_protocol=opts["proxy_protocol"],
                 timeout=opts["timeout"],
                 log_warning=_log_warning,
-                log_access=(_access_logger(opts["access_log_format"])
-                            if opts["access_log"] is not None else None),
+                log_access=log_access,
+                log_answer=(_answer_logger(log_access)
+                            if log_access is not None else None),
                 heartbeat=heartbeat,
                 heartbeat_slot=heartbeat_slot,
                 notify_fd=notify_fd,

@@ -1,0 +1,341 @@
+"""Access-log lines for the requests the server answers itself, without the
+app: a malformed head's 400, a 408 for a head that never completed, 413,
+414, 431 and 501, a 503 for a connection that waited too long for room.
+The loop thread writes those answers and cannot log (it never touches
+Python); it leaves a record of each for a worker, which logs it between
+exchanges through the same format as the app's requests.
+
+Real servers on 127.0.0.1 port 0; every wait is bounded.
+"""
+
+import logging
+import socket
+import sys
+import threading
+import time
+
+import pytest
+
+import yimmo
+from helpers import build_request, connect, raw_request, read_response
+from yimmo import _logging
+
+WAIT = 10
+
+
+def app(environ, start_response):
+    start_response("200 OK", [("Content-Length", "2")])
+    return [b"ok"]
+
+
+@pytest.fixture
+def access_file(tmp_path):
+    """The "yimmo.access" logger writing to a file, as --access-log FILE
+    sets it up; off again afterwards."""
+    path = str(tmp_path / "access.log")
+    _logging.configure_access_log(path)
+    yield path
+    _logging.configure_access_log(None)
+
+
+def lines_of(path):
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read().splitlines()
+    except FileNotFoundError:
+        return []
+
+
+def wait_lines(path, count, timeout=WAIT):
+    deadline = time.monotonic() + timeout
+    while True:
+        lines = lines_of(path)
+        if len(lines) >= count:
+            return lines
+        if time.monotonic() > deadline:
+            raise AssertionError("%s has %d lines, expected %d: %r"
+                                 % (path, len(lines), count, lines))
+        time.sleep(0.02)
+
+
+def status_of(data):
+    return int(data.split(b" ", 2)[1])
+
+
+def answered(access_file, data, fmt='%(h)s "%(r)s" %(s)s %(b)s', **options):
+    """Send data on one connection to a fresh server, return (status, the
+    one access line)."""
+    options.setdefault("workers", 1)
+    with yimmo.Server(app, bind="127.0.0.1:0", access_log=access_file,
+                      access_log_format=fmt, **options) as server:
+        status = status_of(raw_request(server.address, data))
+        line = wait_lines(access_file, 1)
+        time.sleep(0.1)         # no second line follows
+        assert lines_of(access_file) == line
+    return status, line[0]
+
+
+def test_a_malformed_head_has_the_combined_line_of_what_it_said(
+        access_file):
+    """The request line, the referer and the user agent come from what
+    the client sent, in the default (Combined) format."""
+    status, line = answered(
+        access_file,
+        b"GET /x?q=1 HTTP/1.1\r\nHost: h\r\nUser-Agent: ua/1.0\r\n"
+        b"Referer: http://r/\r\nNo colon here\r\n\r\n", fmt=None)
+    assert status == 400
+    assert line.startswith('127.0.0.1 - - [') and \
+        line.endswith('] "GET /x?q=1 HTTP/1.1" 400 12 "http://r/" '
+                      '"ua/1.0"'), line
+
+
+def test_the_atoms_of_a_refused_request(access_file):
+    fmt = ("%(m)s|%(U)s|%(q)s|%(H)s|%(s)s|%(B)s|%({x-trace}i)s|"
+           "%({content-length}i)s|%(h)s|%({remote_port}e)s")
+    status, line = answered(
+        access_file,
+        b"POST /p/a?x=1 HTTP/1.1\r\nHost: h\r\nX-Trace: t-1\r\n"
+        b"Content-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n",
+        fmt=fmt)
+    assert status == 400
+    method, path, query, proto, code, length, trace, clen, host, port = \
+        line.split("|")
+    assert (method, path, query, proto, code, length, trace, clen,
+            host) == ("POST", "/p/a", "x=1", "HTTP/1.1", "400", "12",
+                      "t-1", "5", "127.0.0.1"), line
+    assert 1024 <= int(port) < 65536
+
+
+def test_binary_garbage_is_escaped_and_logged(access_file):
+    status, line = answered(access_file, b"\x00\x01\xff\x1b[31m\r\n\r\n")
+    assert status == 400
+    assert line == '127.0.0.1 "\\x00\\x01\\xff\\x1b[31m - -" 400 12', line
+
+
+def test_a_head_request_refused_has_no_body_bytes(access_file):
+    status, line = answered(
+        access_file, b"HEAD /h HTTP/1.1\r\nHost: h\r\nBad\r\n\r\n")
+    assert status == 400
+    assert line == '127.0.0.1 "HEAD /h HTTP/1.1" 400 -', line
+
+
+def test_a_long_uri_is_logged_in_part(access_file):
+    """414: the line keeps at most 8 KB of what the client sent."""
+    status, line = answered(
+        access_file, b"GET /" + b"a" * 100000 + b" HTTP/1.1\r\n\r\n",
+        limit_request_line=4094)
+    assert status == 414
+    assert line.startswith('127.0.0.1 "GET /aaaa') and \
+        line.endswith(' -" 414 13'), line[:60] + "..." + line[-40:]
+    assert 8000 < len(line) < 8300
+
+
+def test_too_many_headers_431(access_file):
+    head = b"GET /many HTTP/1.1\r\n" + b"".join(
+        b"X-%d: v\r\n" % i for i in range(20)) + b"\r\n"
+    status, line = answered(access_file, head, limit_request_fields=10)
+    assert status == 431
+    assert line.startswith('127.0.0.1 "GET /many HTTP/1.1" 431 '), line
+
+
+def test_an_unknown_transfer_coding_501(access_file):
+    status, line = answered(
+        access_file, b"POST /te HTTP/1.1\r\nHost: h\r\n"
+        b"Transfer-Encoding: gzip\r\n\r\n")
+    assert status == 501
+    assert line.startswith('127.0.0.1 "POST /te HTTP/1.1" 501 '), line
+
+
+def test_a_body_over_the_limit_413(access_file):
+    status, line = answered(
+        access_file, b"POST /big HTTP/1.1\r\nHost: h\r\n"
+        b"Content-Length: 2000\r\n\r\n", max_body_size=1000)
+    assert status == 413
+    assert line.startswith('127.0.0.1 "POST /big HTTP/1.1" 413 '), line
+
+
+def test_a_buffered_chunked_body_over_the_limit_413(access_file):
+    """A small chunked body is read whole before a worker sees it: past
+    the limit the loop answers for the exchange it never dispatched."""
+    status, line = answered(
+        access_file, b"POST /chunks HTTP/1.1\r\nHost: h\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n" + b"800\r\n" + b"x" * 2048 +
+        b"\r\n0\r\n\r\n", max_body_size=1000)
+    assert status == 413
+    assert line.startswith('127.0.0.1 "POST /chunks HTTP/1.1" 413 '), line
+
+
+def test_a_head_that_never_completes_408(access_file):
+    with yimmo.Server(app, bind="127.0.0.1:0", workers=1, header_timeout=0.3,
+                      access_log=access_file,
+                      access_log_format='"%(r)s" %(s)s') as server:
+        with connect(server.address) as sock:
+            sock.sendall(b"GET /slow HTTP/1.1\r\nHost: h\r\n")
+            assert read_response(sock).status == 408
+        lines = wait_lines(access_file, 1)
+    assert lines == ['"GET /slow HTTP/1.1" 408'], lines
+
+
+def test_a_connection_that_waited_too_long_for_room_503(access_file):
+    """With the server full, a new request waits unparsed; past
+    queue_timeout the loop answers 503 (it never reached a worker)."""
+    release = threading.Event()
+
+    def app(environ, start_response):
+        release.wait(WAIT)
+        start_response("200 OK", [("Content-Length", "2")])
+        return [b"ok"]
+
+    with yimmo.Server(app, bind="127.0.0.1:0", workers=1, max_pending=0,
+                      queue_timeout=0.3, access_log=access_file,
+                      access_log_format='"%(r)s" %(s)s') as server:
+        busy = connect(server.address)
+        busy.sendall(build_request("GET", "/busy"))
+        time.sleep(0.2)
+        with connect(server.address) as sock:
+            sock.sendall(build_request("GET", "/waits"))
+            assert read_response(sock).status == 503
+        release.set()
+        assert read_response(busy).status == 200
+        busy.close()
+        lines = wait_lines(access_file, 2)
+    assert sorted(lines) == ['"GET /busy HTTP/1.1" 200',
+                             '"GET /waits HTTP/1.1" 503'], lines
+
+
+def test_no_access_log_no_line_and_no_record(tmp_path, capfd):
+    """Without an access log nothing is kept for the answers: a flood of
+    them leaves no warning of lines dropped either."""
+    with yimmo.Server(app, bind="127.0.0.1:0", workers=1) as server:
+        for _ in range(YMO_ANSWERS_MAX + 50):
+            status_of(raw_request(server.address, b"BAD\r\n\r\n"))
+        with connect(server.address) as sock:
+            sock.sendall(build_request("GET", "/"))
+            assert read_response(sock).status == 200
+    out, err = capfd.readouterr()
+    assert "no access log line" not in err, err
+
+
+YMO_ANSWERS_MAX = 1024      # server.h
+
+
+def test_a_flood_beyond_the_bound_is_counted(access_file, caplog):
+    """While the only worker is busy, the records wait for it: at most
+    1,024; the rest are counted, and one warning says how many."""
+    release = threading.Event()
+
+    def app(environ, start_response):
+        release.wait(WAIT)
+        start_response("200 OK", [("Content-Length", "2")])
+        return [b"ok"]
+
+    extra = 30
+    with yimmo.Server(app, bind="127.0.0.1:0", workers=1,
+                      access_log=access_file,
+                      access_log_format="%(s)s %(U)s") as server:
+        busy = connect(server.address)
+        busy.sendall(build_request("GET", "/busy"))
+        time.sleep(0.2)
+        for i in range(YMO_ANSWERS_MAX + extra):
+            data = raw_request(server.address,
+                               b"GET /bad%d HTTP/1.1\r\nBad\r\n\r\n" % i)
+            assert status_of(data) == 400
+        time.sleep(0.2)
+        assert lines_of(access_file) == []      # the worker is busy
+        release.set()
+        assert read_response(busy).status == 200
+        busy.close()
+        lines = wait_lines(access_file, YMO_ANSWERS_MAX + 1)
+        time.sleep(0.2)
+        lines = lines_of(access_file)
+    bad = [line for line in lines if line.startswith("400 ")]
+    # Logged oldest first, the first 1,024 sent.
+    assert bad == ["400 /bad%d" % i for i in range(YMO_ANSWERS_MAX)], \
+        bad[:3] + bad[-3:]
+    assert "200 /busy" in lines
+    warned = [r.getMessage() for r in caplog.records
+              if r.name == "yimmo.error"]
+    assert len(warned) == 1 and warned[0].startswith(
+        "%d request(s) the server answered itself" % extra), warned
+
+
+def test_a_failing_log_handler_does_not_stop_the_server(access_file):
+    """A handler that raises costs its line (reported as unraisable), not
+    the worker that logs it."""
+    class Boom(logging.Handler):
+        def emit(self, record):
+            raise RuntimeError("handler broke")
+
+    access = logging.getLogger("yimmo.access")
+    with yimmo.Server(app, bind="127.0.0.1:0", workers=1,
+                      access_log=access_file) as server:
+        unraisable = []
+        # Set here, not by a fixture: pytest sets its own for the test's
+        # call.
+        hook, sys.unraisablehook = sys.unraisablehook, unraisable.append
+        access.addHandler(Boom())
+        try:
+            for _ in range(3):
+                assert status_of(raw_request(server.address,
+                                             b"BAD\r\n\r\n")) == 400
+            wait_lines(access_file, 3)
+            with connect(server.address) as sock:
+                sock.sendall(build_request("GET", "/"))
+                assert read_response(sock).status == 200
+            wait_lines(access_file, 4)
+            time.sleep(0.1)
+        finally:
+            access.handlers.pop()
+            sys.unraisablehook = hook
+    assert [(str(u.exc_value), u.object.__name__) for u in unraisable] == \
+        [("handler broke", "log_answer")] * 3 + \
+        [("handler broke", "log_access")], unraisable
+
+
+@pytest.mark.skipif(not hasattr(socket, "AF_UNIX"), reason="unix sockets")
+def test_a_unix_socket_peer(access_file, tmp_path):
+    path = str(tmp_path / "s.sock")
+    with yimmo.Server(app, bind="unix:" + path, workers=1,
+                      access_log=access_file,
+                      access_log_format='[%(h)s] "%(r)s" %(s)s'):
+        with socket.socket(socket.AF_UNIX) as sock:
+            sock.settimeout(WAIT)
+            sock.connect(path)
+            sock.sendall(b"GET /u HTTP/1.1\r\nBad\r\n\r\n")
+            assert read_response(sock).status == 400
+        lines = wait_lines(access_file, 1)
+    assert lines == ['[-] "GET /u HTTP/1.1" 400'], lines
+
+
+def test_answer_environ_reads_what_it_can():
+    env = _logging.answer_environ(
+        b"\r\nGET /a b?c HTTP/1.0\r\nUser-Agent: x\r\nuser-agent: y\r\n"
+        b"Bad Name: z\r\nContent-Type: t/p\r\n", "10.0.0.1", -1)
+    assert env == {"REMOTE_ADDR": "10.0.0.1", "REMOTE_PORT": "",
+                   "REQUEST_METHOD": "GET", "RAW_URI": "/a b?c",
+                   "PATH_INFO": "/a b", "QUERY_STRING": "c",
+                   "SERVER_PROTOCOL": "HTTP/1.0", "HTTP_USER_AGENT": "x",
+                   "CONTENT_TYPE": "t/p"}
+    assert _logging.answer_environ(b"", "", 5) == {
+        "REMOTE_ADDR": "", "REMOTE_PORT": "5"}
+    assert _logging.status_line(431) == \
+        "431 Request Header Fields Too Large"
+    assert _logging.status_line(599) == "599"
+
+
+def test_the_lines_survive_a_stop_right_after(access_file):
+    """Answers the loop gave just before a stop are logged by the thread
+    that stops the server if no worker took them."""
+    for _ in range(3):
+        server = yimmo.Server(app, bind="127.0.0.1:0", workers=1,
+                              access_log=access_file,
+                              access_log_format="%(s)s")
+        server.start()
+        try:
+            with connect(server.address) as sock:
+                sock.sendall(b"BAD\r\n\r\n")
+                assert read_response(sock).status == 400
+        finally:
+            server.stop()
+    assert lines_of(access_file) == ["400"] * 3
+
