@@ -70,7 +70,10 @@ def server_argv(name, app, python, venv_bin, ref_dir, extra):
     lookup = {"yimmo": "yimmo-w1"}.get(name, name)
     for s in bench.all_servers(python, venv_bin, 4, app):
         if s.name == lookup:
-            argv = [a.replace("{ref}", str(ref_dir)) for a in s.argv]
+            # bench.py's "{host}" (the address a server binds: loopback
+            # here); "{port}" is filled per run.
+            argv = [a.replace("{ref}", str(ref_dir)).replace(
+                "{host}", bench.HOST) for a in s.argv]
             if name.startswith("yimmo"):
                 argv[-1:-1] = extra  # options before the app
             return argv, s.cwd.replace("{ref}", str(ref_dir))

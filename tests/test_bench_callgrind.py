@@ -54,3 +54,16 @@ def test_drive_refuses_a_connection_closed_early(yimmo_server, alive):
     request = callgrind.request_bytes([], bare=True)
     with pytest.raises(RuntimeError, match="closed the connection"):
         callgrind.drive(server.address[1], 3, request, alive, deadline=20)
+
+
+@pytest.mark.parametrize("name", callgrind.SERVERS)
+def test_server_commands_leave_only_the_port_to_fill(name, tmp_path):
+    """bench.py's commands gained "{host}" (for --net veth) and callgrind
+    filled only "{port}": every yimmo and bjoern server it started was
+    told to bind "{host}:PORT" and exited at once."""
+    argv, cwd = callgrind.server_argv(name, "hello:app", sys.executable,
+                                      tmp_path, tmp_path, [])
+    placeholders = [a for a in argv + [cwd]
+                    if "{" in a.replace("{port}", "")]
+    assert placeholders == [], argv
+    assert any("{port}" in a for a in argv), argv
