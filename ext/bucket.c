@@ -154,12 +154,6 @@ ymo_release_init(ymo_release_t *r, void (*wake)(void *), void *arg)
     r->wake_arg = arg;
 }
 
-int
-ymo_release_pending(ymo_release_t *r)
-{
-    return atomic_load(&r->head) != NULL;
-}
-
 ymo_bucket_t *
 ymo_release_take(ymo_release_t *r)
 {

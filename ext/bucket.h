@@ -155,8 +155,12 @@ typedef struct ymo_release {
 void ymo_release_init(ymo_release_t *r, void (*wake)(void *), void *arg);
 
 /* Whether buckets wait in the list (a hint: one may be pushed just
- * after). */
-int ymo_release_pending(ymo_release_t *r);
+ * after). Inline: workers ask after every exchange. */
+static inline int
+ymo_release_pending(ymo_release_t *r)
+{
+    return atomic_load(&r->head) != NULL;
+}
 
 /* Any thread: push b onto r (ymo_bucket_free does so with a reference
  * bucket, onto its own list; other lists carry buckets of their own

@@ -337,6 +337,15 @@ typedef struct ymo_server {
                                 * asked for. Fixed once the loop runs. */
 } ymo_server_t;
 
+/* Any thread: answers wait to be logged (ymo_wsgi_log_answers), or a
+ * count of those dropped (a hint, as below). */
+static inline int
+ymo_server_answers_owed(ymo_server_t *s)
+{
+    return ymo_release_pending(&s->answered) ||
+           atomic_load(&s->answers_dropped) != 0;
+}
+
 /* Any thread: owners wait to be released, or answers to be logged, by a
  * worker (a hint: one may be pushed just after). */
 static inline int

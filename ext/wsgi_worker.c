@@ -769,7 +769,9 @@ worker_main(void *arg)
                     ran = 1;
                 }
                 ymo_wsgi_release_owners(s);
-                ymo_wsgi_log_answers(s);
+                if (ymo_server_answers_owed(s)) {
+                    ymo_wsgi_log_answers(s);
+                }
                 /* The exchange may have turned the GIL on (an import). */
                 note_gil(s);
                 if (ran && !self->retiring && TAKE_ATTACHED(self) &&
