@@ -622,19 +622,42 @@ wq_append(ymo_conn_t *c, ymo_bucket_t *chain)
     }
 }
 
+/* Leave record a (and head[0..len) after it) for a worker to log. */
+static void
+conn_push_record(ymo_conn_t *c, ymo_answer_t *a, const char *head,
+                 size_t len)
+{
+    ymo_server_t *s = c->listener->server;
+    if (atomic_load(&s->answers_waiting) >= YMO_ANSWERS_MAX) {
+        atomic_fetch_add(&s->answers_dropped, 1);
+        return;
+    }
+    if (len > YMO_ANSWER_HEAD_MAX) {
+        len = YMO_ANSWER_HEAD_MAX;
+    }
+    a->remote_port = c->remote_family != AF_UNSPEC ? c->remote_port : -1;
+    a->head_len = len;
+    conn_format_addr(c, a->remote_addr);
+    ymo_bucket_t *b = ymo_bucket_new(sizeof(*a) + len);
+    if (b == NULL) {
+        atomic_fetch_add(&s->answers_dropped, 1);
+        return;
+    }
+    memcpy(b->data, a, sizeof(*a));
+    memcpy(b->data + sizeof(*a), head, len);
+    b->len = sizeof(*a) + len;
+    atomic_fetch_add(&s->answers_waiting, 1);
+    ymo_release_push(&s->answered, b);
+}
+
 /* The access log's record of an answer of the loop's own (status; the
  * request's bytes as far as they came, head[0..len), of which the head
- * is kept): it goes to the workers (server.h, `answered`). */
+ * is kept). */
 static void
 conn_log_answer(ymo_conn_t *c, int status, int is_head, const char *head,
                 size_t len)
 {
-    ymo_server_t *s = c->listener->server;
-    if (!s->config.log_answers) {
-        return;
-    }
-    if (atomic_load(&s->answers_waiting) >= YMO_ANSWERS_MAX) {
-        atomic_fetch_add(&s->answers_dropped, 1);
+    if (!c->listener->server->config.log_answers) {
         return;
     }
     /* The head: up to its empty line, if it came. */
@@ -646,26 +669,31 @@ conn_log_answer(ymo_conn_t *c, int status, int is_head, const char *head,
             break;
         }
     }
-    if (len > YMO_ANSWER_HEAD_MAX) {
-        len = YMO_ANSWER_HEAD_MAX;
-    }
     ymo_answer_t a;
     memset(&a, 0, sizeof(a));
+    a.kind = YMO_ANSWER_ACCESS;
     a.status = status;
-    a.remote_port = c->remote_family != AF_UNSPEC ? c->remote_port : -1;
     a.body_len = ymo_http_error_body_len(status, is_head);
-    a.head_len = len;
-    conn_format_addr(c, a.remote_addr);
-    ymo_bucket_t *b = ymo_bucket_new(sizeof(a) + len);
-    if (b == NULL) {
-        atomic_fetch_add(&s->answers_dropped, 1);
-        return;
+    conn_push_record(c, &a, head, len);
+}
+
+/* The error log's record of a response cut because its file ended
+ * `missing` bytes early (it shrank while being sent). */
+static void
+conn_log_short_file(ymo_conn_t *c, unsigned long long missing)
+{
+    ymo_answer_t a;
+    memset(&a, 0, sizeof(a));
+    a.kind = YMO_ANSWER_SHORT_FILE;
+    a.missing = missing;
+    const char *line = "";
+    size_t len = 0;
+    if (c->busy->ex != NULL) {
+        line = c->busy->ex->head;
+        const char *end = memchr(line, '\n', c->busy->ex->head_len);
+        len = end != NULL ? (size_t)(end - line) : c->busy->ex->head_len;
     }
-    memcpy(b->data, &a, sizeof(a));
-    memcpy(b->data + sizeof(a), head, len);
-    b->len = sizeof(a) + len;
-    atomic_fetch_add(&s->answers_waiting, 1);
-    ymo_release_push(&s->answered, b);
+    conn_push_record(c, &a, line, len);
 }
 
 /* The one place a request the parser refused becomes a response: status
@@ -820,6 +848,7 @@ conn_flush(ymo_conn_t *c)
             if (n == 0 && want > 0) {
                 /* The file is shorter than promised: the response cannot
                  * be completed. */
+                conn_log_short_file(c, want);
                 r = -1;
                 break;
             }

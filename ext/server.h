@@ -67,14 +67,21 @@ typedef struct ymo_config {
                                 * leaves a record of each in `answered` */
 } ymo_config_t;
 
-/* One request the loop answered alone, as it goes to the access log: a
- * memory bucket's data holds this and then head_len bytes of what the
- * client sent (the head as far as it came, at most YMO_ANSWER_HEAD_MAX
- * bytes of it). */
+/* What the loop leaves for a worker to log (it cannot itself): a memory
+ * bucket's data holds this and then head_len bytes of what the client
+ * sent (the head as far as it came, at most YMO_ANSWER_HEAD_MAX bytes of
+ * it). YMO_ANSWER_ACCESS: a request it answered alone, for the access
+ * log (config.log_answers). YMO_ANSWER_SHORT_FILE: a response whose file
+ * ended `missing` bytes before the length it was sent with, for the
+ * error log (head: the request line). */
+#define YMO_ANSWER_ACCESS 0
+#define YMO_ANSWER_SHORT_FILE 1
 typedef struct ymo_answer {
+    int kind;
     int status;
     int remote_port;           /* -1 for a unix socket */
     size_t body_len;           /* of the answer */
+    unsigned long long missing;
     size_t head_len;
     char remote_addr[64];
 } ymo_answer_t;
@@ -293,8 +300,10 @@ typedef struct ymo_server {
                                 * that stops the server; lock-free */
     /* The requests the loop answers alone (a malformed head's 400, a 408,
      * 413, 414, 431 or 501, a 503 for a connection that waited too long
-     * for room), for their access-log lines (config.log_answers): one
-     * record each (ymo_answer_t in a memory bucket), pushed by the loop,
+     * for room), for their access-log lines (config.log_answers), and the
+     * responses it cut short because their file was shorter than said,
+     * for the error log: one record each (ymo_answer_t in a memory
+     * bucket), pushed by the loop,
      * taken like `release`, by workers attached after each exchange (and
      * woken for them alike) and by the thread that stops the server. At
      * most YMO_ANSWERS_MAX wait: beyond that, and when a record cannot be

@@ -649,6 +649,38 @@ log_answer(struct ymo_wsgi_app *app, const ymo_bucket_t *b)
     Py_XDECREF(len);
 }
 
+/* A response the loop cut because its file ended early: one WARNING
+ * line, as for an app's body shorter than its Content-Length (the access
+ * line, written when the app was done, counted the whole file). */
+static void
+log_short_file(struct ymo_wsgi_app *app, const ymo_answer_t *a,
+               const char *line)
+{
+    /* The request line of a dispatched request: parsed, so printable
+     * (latin-1, as the environ reads it). */
+    const char *end = line + a->head_len;
+    const char *sp = memchr(line, ' ', a->head_len);
+    const char *uri = sp != NULL ? sp + 1 : end;
+    const char *sp2 = memchr(uri, ' ', (size_t)(end - uri));
+    PyObject *method = PyUnicode_DecodeLatin1(
+        line, sp != NULL ? sp - line : 0, NULL);
+    PyObject *target = PyUnicode_DecodeLatin1(
+        uri, (sp2 != NULL ? sp2 : end) - uri, NULL);
+    PyObject *msg = method == NULL || target == NULL ? NULL
+        : PyUnicode_FromFormat(
+              "response body shorter than its Content-Length: its file "
+              "ended %llu bytes early (changed while being sent?), "
+              "connection closed: %U %U", a->missing, method, target);
+    Py_XDECREF(method);
+    Py_XDECREF(target);
+    if (msg == NULL) {
+        PyErr_Clear();
+        return;
+    }
+    ymo_wsgi_log_warning(app, msg);
+    Py_DECREF(msg);
+}
+
 void
 ymo_wsgi_log_answers(ymo_server_t *s)
 {
@@ -670,7 +702,12 @@ ymo_wsgi_log_answers(ymo_server_t *s)
         /* Before the call, which may run for long (or, by a fork of the
          * app, never come back): the loop keeps the next records. */
         atomic_fetch_sub(&s->answers_waiting, 1);
-        if (app->log_answer != NULL) {
+        ymo_answer_t a;
+        memcpy(&a, b->data, sizeof(a));
+        if (a.kind == YMO_ANSWER_SHORT_FILE) {
+            log_short_file(app, &a, b->data + sizeof(a));
+        }
+        else if (app->log_answer != NULL) {
             log_answer(app, b);
         }
         ymo_bucket_free(b);

@@ -3,7 +3,9 @@ app: a malformed head's 400, a 408 for a head that never completed, 413,
 414, 431 and 501, a 503 for a connection that waited too long for room.
 The loop thread writes those answers and cannot log (it never touches
 Python); it leaves a record of each for a worker, which logs it between
-exchanges through the same format as the app's requests.
+exchanges through the same format as the app's requests. The same way
+the error log learns of a response the loop cut because its file ended
+early.
 
 Real servers on 127.0.0.1 port 0; every wait is bounded.
 """
@@ -338,4 +340,44 @@ def test_the_lines_survive_a_stop_right_after(access_file):
         finally:
             server.stop()
     assert lines_of(access_file) == ["400"] * 3
+
+
+
+def test_a_file_that_shrinks_while_sent_is_logged(tmp_path, log_watcher):
+    """sendfile finds the end of a file before the length the response
+    was sent with: the loop closes the connection, and the error log now
+    says so (it said nothing: the loop cannot log, and the access line
+    counts the whole file). Logged with the access log off too."""
+    total, kept = 16 << 20, 6 << 20
+    path = tmp_path / "big.bin"
+    path.write_bytes(b"x" * total)
+
+    def app(environ, start_response):
+        f = open(path, "rb")
+        start_response("200 OK", [("Content-Length", str(total))])
+        return environ["wsgi.file_wrapper"](f)
+
+    with yimmo.Server(app, bind="127.0.0.1:0", workers=1) as server:
+        sock = socket.socket()
+        # A small window: the server cannot have sent 6 MB before the
+        # file is cut.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 32768)
+        sock.settimeout(WAIT)
+        sock.connect(server.address)
+        with sock:
+            sock.sendall(build_request("GET", "/file"))
+            got = sock.recv(65536)
+            with open(path, "r+b") as f:
+                f.truncate(kept)
+            deadline = time.monotonic() + WAIT
+            while time.monotonic() < deadline:
+                chunk = sock.recv(1 << 20)
+                if not chunk:
+                    break
+                got += chunk
+        head, body = got.split(b"\r\n\r\n", 1)
+        assert len(body) == kept
+        assert log_watcher.wait_for(
+            "WARNING", "its file ended %d bytes early" % (total - kept),
+            "connection closed: GET /file")
 
