@@ -717,8 +717,9 @@ ymo_wsgi_log_answers(ymo_server_t *s)
     if (dropped > 0) {
         PyObject *msg = PyUnicode_FromFormat(
             "%lu request(s) the server answered itself (a malformed "
-            "request, an overload) have no access log line: more than %d "
-            "waited for a worker to log them, or there was no memory",
+            "request, an overload) or cut short have no log line: more "
+            "than %d waited for a worker to log them, or there was no "
+            "memory",
             dropped, YMO_ANSWERS_MAX);
         if (msg == NULL) {
             PyErr_Clear();
