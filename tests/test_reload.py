@@ -1284,3 +1284,16 @@ def test_a_file_edited_before_it_was_watched_is_settled_on(tmp_path):
         assert took > 0.38, took
         assert p.changed() == [str(helper)]
         assert helper.read_text() == 'MESSAGE = "two"\n'
+
+
+def test_a_removed_module_is_said_removed(tmp_path):
+    # The line said "helper.py changed" for a module that was deleted.
+    proc, addr = start_reloading(tmp_path)
+    with proc:
+        wait_body(addr, "one")
+        watched(tmp_path, "helper.py")
+        os.unlink(tmp_path / "helper.py")
+        proc.wait_for_line(r"Reloader: \S*helper\.py removed, restarting")
+        assert "changed" not in proc.stderr, proc.stderr
+        proc.signal(signal.SIGTERM)
+        assert proc.wait(WAIT) == 0

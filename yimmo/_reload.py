@@ -911,12 +911,24 @@ class _Parent:
                     log.error("Reloader: SyntaxError in %s; the server keeps "
                               "running the previous code", error)
                 continue
-            log.info("Reloader: %s changed, restarting",
-                     ", ".join(sorted(self.pending)))
+            log.info("Reloader: %s, restarting", self.describe_pending())
             self.pending.clear()
             if self.restart():
                 break
             reported_exit = False
+
+    def describe_pending(self) -> str:
+        """"a.py changed, b.py removed": the pending files by what they
+        are now (a file gone since is removed; one back again changed)."""
+        gone = sorted(p for p in self.pending if self.files.get(p) is None)
+        here = sorted(p for p in self.pending if self.files.get(p)
+                      is not None)
+        parts = []
+        if here:
+            parts.append("%s changed" % ", ".join(here))
+        if gone:
+            parts.append("%s removed" % ", ".join(gone))
+        return ", ".join(parts)
 
     def restart(self) -> bool:
         """Stop the server and start a new one; True (and none started)
