@@ -20,6 +20,7 @@
 #include <sys/sendfile.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "http_response.h"
@@ -637,6 +638,9 @@ conn_push_record(ymo_conn_t *c, ymo_answer_t *a, const char *head,
     }
     a->remote_port = c->remote_family != AF_UNSPEC ? c->remote_port : -1;
     a->head_len = len;
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    a->at = (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
     conn_format_addr(c, a->remote_addr);
     ymo_bucket_t *b = ymo_bucket_new(sizeof(*a) + len);
     if (b == NULL) {
@@ -650,16 +654,20 @@ conn_push_record(ymo_conn_t *c, ymo_answer_t *a, const char *head,
     ymo_release_push(&s->answered, b);
 }
 
-/* The access log's record of an answer of the loop's own (status; the
- * request's bytes as far as they came, head[0..len), of which the head
- * is kept). */
+/* The access log's record of an answer of the loop's own (status, the
+ * body bytes it sent; the request's bytes as far as they came,
+ * head[0..len), of which the head is kept). */
 static void
-conn_log_answer(ymo_conn_t *c, int status, int is_head, const char *head,
+conn_log_answer(ymo_conn_t *c, int status, size_t sent, const char *head,
                 size_t len)
 {
     if (!c->listener->server->config.log_answers) {
         return;
     }
+    /* The empty lines before a request (the parser skips them). */
+    size_t k = empty_lines(head, len);
+    head += k;
+    len -= k;
     /* The head: up to its empty line, if it came. */
     for (size_t i = 0; i + 1 < len && i < YMO_ANSWER_HEAD_MAX; i++) {
         if (head[i] == '\n' &&
@@ -673,7 +681,7 @@ conn_log_answer(ymo_conn_t *c, int status, int is_head, const char *head,
     memset(&a, 0, sizeof(a));
     a.kind = YMO_ANSWER_ACCESS;
     a.status = status;
-    a.body_len = ymo_http_error_body_len(status, is_head);
+    a.body_len = sent;
     conn_push_record(c, &a, head, len);
 }
 
@@ -689,20 +697,30 @@ conn_log_short_file(ymo_conn_t *c, unsigned long long missing)
     const char *line = "";
     size_t len = 0;
     if (c->busy->ex != NULL) {
-        line = c->busy->ex->head;
-        const char *end = memchr(line, '\n', c->busy->ex->head_len);
-        len = end != NULL ? (size_t)(end - line) : c->busy->ex->head_len;
+        size_t k = empty_lines(c->busy->ex->head, c->busy->ex->head_len);
+        line = c->busy->ex->head + k;
+        len = c->busy->ex->head_len - k;
+        const char *end = memchr(line, '\n', len);
+        if (end != NULL) {
+            len = (size_t)(end - line);
+        }
     }
     conn_push_record(c, &a, line, len);
 }
 
 /* The one place a request the parser refused becomes a response: status
  * line, a short text body (none for HEAD), and the connection closes
- * after it. */
+ * after it. req[0..req_len): what the client sent of it, for the access
+ * log. */
 static void
-conn_error_head(ymo_conn_t *c, int status, int head)
+conn_error_head(ymo_conn_t *c, int status, int head, const char *req,
+                size_t req_len)
 {
     ymo_bucket_t *b = ymo_http_error_bucket(status, head);
+    /* (No memory for the answer: the client gets the close alone.) */
+    conn_log_answer(c, status,
+                    b != NULL ? ymo_http_error_body_len(status, head) : 0,
+                    req, req_len);
     c->busy->closing = 1;
     c->busy->inlen = 0;
     if (b == NULL) {
@@ -733,9 +751,8 @@ conn_error(ymo_conn_t *c, int status)
     size_t k = empty_lines(c->busy->inbuf, c->busy->inlen);
     int head = c->busy->inlen - k >= 5 &&
                memcmp(c->busy->inbuf + k, "HEAD ", 5) == 0;
-    conn_log_answer(c, status, head, c->busy->inbuf + k,
+    conn_error_head(c, status, head, c->busy->inbuf + k,
                     c->busy->inlen - k);
-    conn_error_head(c, status, head);
 }
 
 /* The same for the request of the exchange not yet given to a worker,
@@ -743,12 +760,14 @@ conn_error(ymo_conn_t *c, int status)
 static void
 conn_error_exchange(ymo_conn_t *c, int status)
 {
-    int head = req_is_head(&c->busy->ex->req);
-    conn_log_answer(c, status, head, c->busy->ex->head,
-                    c->busy->ex->head_len);
+    ymo_exchange_t *ex = c->busy->ex;
+    int head = req_is_head(&ex->req);
+    /* Its head, for the access log, outlives it here. */
+    ymo_exchange_retain(ex);
     conn_free_exchange(c);
     c->busy->state = YMO_CONN_HEAD;
-    conn_error_head(c, status, head);
+    conn_error_head(c, status, head, ex->head, ex->head_len);
+    ymo_exchange_release(ex);
 }
 
 /* What is queued now is the last the connection sends: the response is

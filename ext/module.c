@@ -515,7 +515,7 @@ core_shutdown(CoreObject *self, double grace)
      * and a run() meanwhile went into the loop and dropped the threads'
      * reference a second time (C review s23). */
     ymo_wsgi_release_owners(&self->server);
-    ymo_wsgi_log_answers(&self->server);
+    ymo_wsgi_log_answers(&self->server, 1);
     self->finished = 1;
     self->running = self->shutting_down = 0;
     if (self->workers_started) {
@@ -770,7 +770,7 @@ core_run_locked(CoreObject *self, int wakeup_fd)
     if (stopped) {
         /* Still running meanwhile (see core_shutdown). */
         ymo_wsgi_release_owners(&self->server);
-        ymo_wsgi_log_answers(&self->server);
+        ymo_wsgi_log_answers(&self->server, 1);
         self->finished = 1;
         if (busy > 0) {
             /* Never freed: those threads use it (the threads' reference

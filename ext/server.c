@@ -684,6 +684,8 @@ ymo_server_init(ymo_server_t *s, const ymo_config_t *config,
     ymo_release_init(&s->answered, server_release_wake, s);
     atomic_init(&s->answers_waiting, 0);
     atomic_init(&s->answers_dropped, 0);
+    pthread_mutex_init(&s->answers_lock, NULL);
+    s->answers_head = s->answers_tail = NULL;
     ymo_spares_init(&s->spares, YMO_SPARE_BUCKET, YMO_SPARES_MAX);
     /* With a watchdog, room for as many replacement threads as workers
      * (see wsgi_watchdog.c). */
@@ -1120,6 +1122,8 @@ ymo_server_destroy(ymo_server_t *s)
      * when the workers were joined: these came later, or it never ran). */
     s->answered.wake = NULL;
     ymo_bucket_free_chain(ymo_release_take(&s->answered));
+    ymo_bucket_free_chain(s->answers_head);
+    s->answers_head = s->answers_tail = NULL;
     for (size_t i = 0; i < s->n_workers; i++) {
         ymo_wsgi_worker_destroy(&s->workers[i]);
     }
@@ -1132,6 +1136,7 @@ ymo_server_destroy(ymo_server_t *s)
         pthread_mutex_destroy(&s->watchdog_lock);
         pthread_cond_destroy(&s->handover_cond);
         pthread_mutex_destroy(&s->handover_lock);
+        pthread_mutex_destroy(&s->answers_lock);
     }
     free(s->listeners);
     free(s->workers);

@@ -82,11 +82,13 @@ typedef struct ymo_answer {
     int remote_port;           /* -1 for a unix socket */
     size_t body_len;           /* of the answer */
     unsigned long long missing;
+    double at;                 /* when (CLOCK_REALTIME seconds) */
     size_t head_len;
     char remote_addr[64];
 } ymo_answer_t;
 #define YMO_ANSWER_HEAD_MAX 8192
 #define YMO_ANSWERS_MAX 1024
+#define YMO_ANSWERS_BATCH 32
 
 /* Seconds between two heartbeats of the loop. */
 #define YMO_HEARTBEAT_INTERVAL 0.25
@@ -303,14 +305,27 @@ typedef struct ymo_server {
      * for room), for their access-log lines (config.log_answers), and the
      * responses it cut short because their file was shorter than said,
      * for the error log: one record each (ymo_answer_t in a memory
-     * bucket), pushed by the loop,
-     * taken like `release`, by workers attached after each exchange (and
-     * woken for them alike) and by the thread that stops the server. At
-     * most YMO_ANSWERS_MAX wait: beyond that, and when a record cannot be
-     * allocated, answers are counted in answers_dropped instead. */
+     * bucket), pushed by the loop, taken by workers attached after each
+     * exchange (not, as `release` is, also while they post output: the
+     * logging is the app's code), woken for them as for `release`, and
+     * by the thread that stops the server. Each take logs its records
+     * oldest first; two workers taking at once may interleave theirs. At
+     * most YMO_ANSWERS_MAX wait (so they may wait behind long requests:
+     * each keeps the time it was answered for its line): beyond that,
+     * and when a record cannot be allocated, they are counted in
+     * answers_dropped instead. */
     ymo_release_t answered;
-    atomic_int answers_waiting;    /* records in `answered`: the loop
-                                    * adds, the taker subtracts; seq_cst */
+    atomic_int answers_waiting;    /* records no logger has taken yet
+                                    * (in `answered` or answers_head):
+                                    * the loop adds, a logger subtracts
+                                    * those it takes; seq_cst */
+    /* Records taken from `answered` (a stack) oldest first, for loggers to
+     * take YMO_ANSWERS_BATCH at a time: a worker logs one batch between
+     * two exchanges, so a flood of them delays its queued requests by a
+     * batch at most. answers_lock guards both pointers: workers and the
+     * stopping thread, for a few instructions (never while logging). */
+    pthread_mutex_t answers_lock;
+    ymo_bucket_t *answers_head, *answers_tail;
     atomic_ulong answers_dropped;  /* the loop adds, the taker takes
                                     * (exchange to 0); seq_cst */
     pthread_mutex_t ctl_lock;  /* guards stop_requested and deadline */
@@ -351,7 +366,7 @@ typedef struct ymo_server {
 static inline int
 ymo_server_answers_owed(ymo_server_t *s)
 {
-    return ymo_release_pending(&s->answered) ||
+    return atomic_load(&s->answers_waiting) != 0 ||
            atomic_load(&s->answers_dropped) != 0;
 }
 
@@ -360,8 +375,7 @@ ymo_server_answers_owed(ymo_server_t *s)
 static inline int
 ymo_server_owed(ymo_server_t *s)
 {
-    return ymo_release_pending(&s->release) ||
-           ymo_release_pending(&s->answered);
+    return ymo_release_pending(&s->release) || ymo_server_answers_owed(s);
 }
 
 /* The room of the response buckets the server keeps for reuse, and how

@@ -132,9 +132,9 @@ struct ymo_wsgi_app {
                                 * seconds, response_headers), or NULL */
     PyObject *log_warning;     /* callable(message): the watchdog's */
     PyObject *log_answer;      /* callable(head, remote_addr, remote_port,
-                                * status, length) for a request the loop
-                                * answered alone (server.h, `answered`),
-                                * or NULL */
+                                * status, length, time) for a request the
+                                * loop answered alone (server.h,
+                                * `answered`), or NULL */
     PyObject *errors;          /* wsgi.errors */
     PyObject *file_wrapper;    /* the FileWrapper type */
     PyObject *multithread;     /* bools */
@@ -151,11 +151,13 @@ struct ymo_wsgi_app {
 void ymo_wsgi_release_owners(struct ymo_server *s);
 
 /* Attached, a worker between exchanges or the thread that stops the
- * server: log the requests the loop answered alone that wait in
- * s->answered (server.h), oldest first, through app->log_answer (the
- * app's logging: any Python code may run), then one warning for those
- * that could not be kept. */
-void ymo_wsgi_log_answers(struct ymo_server *s);
+ * server: log records the loop left in s->answered (server.h), oldest
+ * first: a request the loop answered alone through app->log_answer, a
+ * response it cut short as a warning (the app's logging: any Python code
+ * may run); then one warning for the records that could not be kept.
+ * One batch (YMO_ANSWERS_BATCH), or with `all` every record left. Two
+ * workers logging batches at once may interleave their lines. */
+void ymo_wsgi_log_answers(struct ymo_server *s, int all);
 
 /* GIL held: free a chain of output buckets at once, releasing the owners
  * of reference buckets here rather than through a release list (for

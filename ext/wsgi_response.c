@@ -629,10 +629,11 @@ log_answer(struct ymo_wsgi_app *app, const ymo_bucket_t *b)
     PyObject *port = PyLong_FromLong(a.remote_port);
     PyObject *status = PyLong_FromLong(a.status);
     PyObject *len = PyLong_FromSize_t(a.body_len);
+    PyObject *at = PyFloat_FromDouble(a.at);
     if (head != NULL && addr != NULL && port != NULL && status != NULL &&
-        len != NULL) {
-        PyObject *args[5] = {head, addr, port, status, len};
-        PyObject *r = PyObject_Vectorcall(app->log_answer, args, 5, NULL);
+        len != NULL && at != NULL) {
+        PyObject *args[6] = {head, addr, port, status, len, at};
+        PyObject *r = PyObject_Vectorcall(app->log_answer, args, 6, NULL);
         YMO_FORK_GUARD(app->server);
         if (r == NULL) {
             PyErr_WriteUnraisable(app->log_answer);
@@ -647,6 +648,7 @@ log_answer(struct ymo_wsgi_app *app, const ymo_bucket_t *b)
     Py_XDECREF(port);
     Py_XDECREF(status);
     Py_XDECREF(len);
+    Py_XDECREF(at);
 }
 
 /* A response the loop cut because its file ended early: one WARNING
@@ -682,37 +684,66 @@ log_short_file(struct ymo_wsgi_app *app, const ymo_answer_t *a,
 }
 
 void
-ymo_wsgi_log_answers(ymo_server_t *s)
+ymo_wsgi_log_answers(ymo_server_t *s, int all)
 {
-    ymo_bucket_t *b = ymo_release_take(&s->answered);
-    if (b == NULL && atomic_load(&s->answers_dropped) == 0) {
-        return;
-    }
-    /* The list is a stack: the newest first. */
-    ymo_bucket_t *oldest = NULL;
-    while (b != NULL) {
-        ymo_bucket_t *next = b->next;
-        b->next = oldest;
-        oldest = b;
-        b = next;
-    }
     struct ymo_wsgi_app *app = s->app;
-    for (b = oldest; b != NULL;) {
-        ymo_bucket_t *next = b->next;
-        /* Before the call, which may run for long (or, by a fork of the
-         * app, never come back): the loop keeps the next records. */
-        atomic_fetch_sub(&s->answers_waiting, 1);
-        ymo_answer_t a;
-        memcpy(&a, b->data, sizeof(a));
-        if (a.kind == YMO_ANSWER_SHORT_FILE) {
-            log_short_file(app, &a, b->data + sizeof(a));
+    do {
+        /* What the loop pushed since (newest first) goes behind what
+         * waits, oldest first; then a batch off the front. */
+        ymo_bucket_t *batch = NULL;
+        int n = 0;
+        pthread_mutex_lock(&s->answers_lock);
+        ymo_bucket_t *b = ymo_release_take(&s->answered);
+        ymo_bucket_t *oldest = NULL, *last = b;
+        while (b != NULL) {
+            ymo_bucket_t *next = b->next;
+            b->next = oldest;
+            oldest = b;
+            b = next;
         }
-        else if (app->log_answer != NULL) {
-            log_answer(app, b);
+        if (oldest != NULL) {
+            if (s->answers_tail != NULL) {
+                s->answers_tail->next = oldest;
+            }
+            else {
+                s->answers_head = oldest;
+            }
+            s->answers_tail = last;
         }
-        ymo_bucket_free(b);
-        b = next;
-    }
+        batch = s->answers_head;
+        ymo_bucket_t *end = batch;
+        for (n = 1; end != NULL && n < YMO_ANSWERS_BATCH; n++) {
+            end = end->next;
+        }
+        if (end != NULL) {
+            s->answers_head = end->next;
+            end->next = NULL;
+        }
+        else {
+            s->answers_head = NULL;
+        }
+        if (s->answers_head == NULL) {
+            s->answers_tail = NULL;
+        }
+        pthread_mutex_unlock(&s->answers_lock);
+        if (batch == NULL) {
+            break;
+        }
+        for (b = batch; b != NULL;) {
+            ymo_bucket_t *next = b->next;
+            atomic_fetch_sub(&s->answers_waiting, 1);
+            ymo_answer_t a;
+            memcpy(&a, b->data, sizeof(a));
+            if (a.kind == YMO_ANSWER_SHORT_FILE) {
+                log_short_file(app, &a, b->data + sizeof(a));
+            }
+            else if (app->log_answer != NULL) {
+                log_answer(app, b);
+            }
+            ymo_bucket_free(b);
+            b = next;
+        }
+    } while (all);
     unsigned long dropped = atomic_exchange(&s->answers_dropped, 0);
     if (dropped > 0) {
         PyObject *msg = PyUnicode_FromFormat(

@@ -770,7 +770,7 @@ worker_main(void *arg)
                 }
                 ymo_wsgi_release_owners(s);
                 if (ymo_server_answers_owed(s)) {
-                    ymo_wsgi_log_answers(s);
+                    ymo_wsgi_log_answers(s, 0);
                 }
                 /* The exchange may have turned the GIL on (an import). */
                 note_gil(s);

@@ -167,6 +167,95 @@ def test_a_buffered_chunked_body_over_the_limit_413(access_file):
     assert line.startswith('127.0.0.1 "POST /chunks HTTP/1.1" 413 '), line
 
 
+def test_empty_lines_before_the_request_are_skipped(access_file):
+    """The exchange's copy of the head keeps the empty lines the parser
+    skipped before it when a CR came in a read of its own: the line read
+    "- - -" (C review s27)."""
+    with yimmo.Server(app, bind="127.0.0.1:0", workers=1,
+                      max_body_size=1000, access_log=access_file,
+                      access_log_format='"%(r)s" %(s)s') as server:
+        with connect(server.address) as sock:
+            sock.sendall(b"\r")
+            time.sleep(0.2)
+            sock.sendall(b"\n\r\nPOST /chunks HTTP/1.1\r\nHost: h\r\n"
+                         b"Transfer-Encoding: chunked\r\n\r\n800\r\n" +
+                         b"x" * 2048 + b"\r\n0\r\n\r\n")
+            assert read_response(sock).status == 413
+        lines = wait_lines(access_file, 1)
+    assert lines == ['"POST /chunks HTTP/1.1" 413'], lines
+
+
+def test_the_time_is_when_it_was_answered(access_file):
+    """Logged by a worker once it is free, the line says when the server
+    answered: it said when the worker got round to it (6 s late in the
+    review's case; hostile and C review s27)."""
+    release = threading.Event()
+
+    def app(environ, start_response):
+        release.wait(WAIT)
+        start_response("200 OK", [("Content-Length", "2")])
+        return [b"ok"]
+
+    with yimmo.Server(app, bind="127.0.0.1:0", workers=1,
+                      access_log=access_file,
+                      access_log_format="%(t)s %(U)s %(s)s") as server:
+        busy = connect(server.address)
+        busy.sendall(build_request("GET", "/busy"))
+        time.sleep(0.2)
+        answered_at = time.time()
+        assert status_of(raw_request(server.address,
+                                     b"GET /bad HTTP/1.1\r\nBad\r\n\r\n")) \
+            == 400
+        time.sleep(2.5)
+        release.set()
+        assert read_response(busy).status == 200
+        busy.close()
+        lines = wait_lines(access_file, 2)
+    bad = [line for line in lines if "/bad" in line][0]
+    stamp = time.mktime(time.strptime(bad.split("]")[0][1:],
+                                      "%d/%b/%Y:%H:%M:%S %z"))
+    # (mktime reads it as local time: the server writes local time too.)
+    assert abs(stamp - answered_at) <= 1.5, (bad, answered_at)
+
+
+def test_a_backlog_of_lines_does_not_hold_up_requests(access_file):
+    """A worker logs the records in batches of 32 between exchanges: a
+    request queued behind a backlog of 1,000 runs after one batch, not
+    after the whole backlog (hostile review s27: a flood's lines, all
+    logged at once, held the app up for seconds)."""
+    release = threading.Event()
+
+    def app(environ, start_response):
+        if environ["PATH_INFO"] == "/busy":
+            release.wait(WAIT)
+        start_response("200 OK", [("Content-Length", "2")])
+        return [b"ok"]
+
+    with yimmo.Server(app, bind="127.0.0.1:0", workers=1,
+                      access_log=access_file,
+                      access_log_format="%(U)s %(s)s") as server:
+        busy = connect(server.address)
+        busy.sendall(build_request("GET", "/busy"))
+        time.sleep(0.2)
+        for i in range(1000):
+            raw_request(server.address, b"GET /bad%d HTTP/1.1\r\nB\r\n\r\n"
+                        % i)
+        queued = connect(server.address)
+        queued.sendall(build_request("GET", "/queued"))
+        time.sleep(0.2)
+        release.set()
+        assert read_response(busy).status == 200
+        assert read_response(queued).status == 200
+        busy.close()
+        queued.close()
+        lines = wait_lines(access_file, 1002)
+    assert lines[0] == "/busy 200", lines[:3]
+    assert lines.index("/queued 200") <= 1 + 2 * 32, lines.index(
+        "/queued 200")
+    bad = [line for line in lines if line.startswith("/bad")]
+    assert bad == ["/bad%d 400" % i for i in range(1000)], bad[:3]
+
+
 def test_a_head_that_never_completes_408(access_file):
     with yimmo.Server(app, bind="127.0.0.1:0", workers=1, header_timeout=0.3,
                       access_log=access_file,
@@ -311,18 +400,57 @@ def test_a_unix_socket_peer(access_file, tmp_path):
 
 def test_answer_environ_reads_what_it_can():
     env = _logging.answer_environ(
-        b"\r\nGET /a b?c HTTP/1.0\r\nUser-Agent: x\r\nuser-agent: y\r\n"
-        b"Bad Name: z\r\nContent-Type: t/p\r\n", "10.0.0.1", -1)
-    assert env == {"REMOTE_ADDR": "10.0.0.1", "REMOTE_PORT": "",
-                   "REQUEST_METHOD": "GET", "RAW_URI": "/a b?c",
-                   "PATH_INFO": "/a b", "QUERY_STRING": "c",
-                   "SERVER_PROTOCOL": "HTTP/1.0", "HTTP_USER_AGENT": "x",
-                   "CONTENT_TYPE": "t/p"}
-    assert _logging.answer_environ(b"", "", 5) == {
+        b"\r\nGET /a%20b/%C3%A9 c?d=%20 HTTP/1.0\r\nUser-Agent: x\r\n"
+        b"user-agent:  y \r\nBad Name: z\r\nContent-Type: t/p\r\n"
+        b"X_Forwarded_For: 6.6.6.6\r\nX-Forwarded-For: 1.2.3.4\r\n"
+        b"Cookie: a=1\r\nCookie: b=2\r\n", "10.0.0.1", -1, 12.5)
+    assert dict(env) == {
+        "REMOTE_ADDR": "10.0.0.1", "REMOTE_PORT": "",
+        "yimmo.answered_at": 12.5, "REQUEST_METHOD": "GET",
+        "RAW_URI": "/a%20b/%C3%A9 c?d=%20", "PATH_INFO": "/a b/\xc3\xa9 c",
+        "QUERY_STRING": "d=%20", "SERVER_PROTOCOL": "HTTP/1.0"}
+    # Headers are found when asked for, as the app's environ has them:
+    # repeated lines joined, a name with "_" never one.
+    assert env.get("HTTP_USER_AGENT") == "x,y"
+    assert env.get("CONTENT_TYPE") == "t/p"
+    assert env.get("HTTP_X_FORWARDED_FOR") == "1.2.3.4"
+    assert env.get("HTTP_COOKIE") == "a=1; b=2"
+    assert env.get("HTTP_BAD_NAME") is None
+    assert env.get("HTTP_REFERER", "-") == "-"
+    absolute = _logging.answer_environ(
+        b"POST http://example.com:8080/p?q=1 HTTP/1.1\r\nHost: h\r\n",
+        "", 5)
+    assert (absolute.get("HTTP_HOST"), absolute["PATH_INFO"],
+            absolute["QUERY_STRING"]) == ("example.com:8080", "/p", "q=1")
+    assert dict(_logging.answer_environ(b"", "", 5)) == {
         "REMOTE_ADDR": "", "REMOTE_PORT": "5"}
     assert _logging.status_line(431) == \
         "431 Request Header Fields Too Large"
     assert _logging.status_line(599) == "599"
+
+
+def test_a_head_of_many_short_lines_is_not_split():
+    """8 KB of "a:" lines made the line cost 3.5 ms of Python with the GIL
+    (every line was split into a key), for a request that cost the client
+    nothing: a flood of them starved the app (hostile review s27). The
+    head is now searched only for the fields the format asks for."""
+    head = (b"GET / HTTP/1.1\n" + b"a:\n" * 2725)[:8192]
+    asked = []
+
+    class Watched(_logging._AnswerEnviron):
+        def _header(self, name):
+            asked.append(name)
+            return super()._header(name)
+
+    env = _logging.answer_environ(head, "127.0.0.1", 1, time.time())
+    env = Watched(dict(env), env._headers)
+    assert sorted(env) == ["PATH_INFO", "QUERY_STRING", "RAW_URI",
+                           "REMOTE_ADDR", "REMOTE_PORT", "REQUEST_METHOD",
+                           "SERVER_PROTOCOL", "yimmo.answered_at"]
+    line = _logging.compile_access_format(None)(env, "400 Bad Request", 12,
+                                                0.0, None)
+    assert line.endswith('"GET / HTTP/1.1" 400 12 "-" "-"'), line
+    assert sorted(asked) == ["REFERER", "USER-AGENT"], asked
 
 
 def test_the_lines_survive_a_stop_right_after(access_file):

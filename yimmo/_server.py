@@ -173,15 +173,17 @@ def _access_logger(fmt: Optional[str]) -> Callable[
 def _answer_logger(log_access: Callable[
         [WSGIEnvironment, str, int, float,
          Optional[Tuple[Tuple[str, str], ...]]], None]) -> Callable[
-        [bytes, str, int, int, int], None]:
+        [bytes, str, int, int, int, float], None]:
     """The core's log_answer callback: the access-log line of a request
     the server answered itself, without the app (a malformed head's 400,
     a 408, 413, 414, 431 or 501, a 503 for a connection that waited too
-    long for room), through the same format as the app's requests."""
+    long for room), through the same format as the app's requests; its
+    %(t)s is when it was answered, its request time 0."""
 
     def log_answer(head: bytes, remote_addr: str, remote_port: int,
-                   status: int, length: int) -> None:
-        environ = _logging.answer_environ(head, remote_addr, remote_port)
+                   status: int, length: int, answered_at: float) -> None:
+        environ = _logging.answer_environ(head, remote_addr, remote_port,
+                                          answered_at)
         log_access(environ, _logging.status_line(status), length, 0.0, None)
     return log_answer
 
