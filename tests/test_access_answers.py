@@ -405,10 +405,10 @@ def test_answer_environ_reads_what_it_can():
         b"X_Forwarded_For: 6.6.6.6\r\nX-Forwarded-For: 1.2.3.4\r\n"
         b"Cookie: a=1\r\nCookie: b=2\r\n", "10.0.0.1", -1, 12.5)
     assert dict(env) == {
-        "REMOTE_ADDR": "10.0.0.1", "REMOTE_PORT": "",
-        "yimmo.answered_at": 12.5, "REQUEST_METHOD": "GET",
+        "REMOTE_ADDR": "10.0.0.1", "REMOTE_PORT": "", "REQUEST_METHOD": "GET",
         "RAW_URI": "/a%20b/%C3%A9 c?d=%20", "PATH_INFO": "/a b/\xc3\xa9 c",
         "QUERY_STRING": "d=%20", "SERVER_PROTOCOL": "HTTP/1.0"}
+    assert env.answered_at == 12.5
     # Headers are found when asked for, as the app's environ has them:
     # repeated lines joined, a name with "_" never one.
     assert env.get("HTTP_USER_AGENT") == "x,y"
@@ -443,10 +443,10 @@ def test_a_head_of_many_short_lines_is_not_split():
             return super()._header(name)
 
     env = _logging.answer_environ(head, "127.0.0.1", 1, time.time())
-    env = Watched(dict(env), env._headers)
+    env = Watched(dict(env), env._headers, env.answered_at)
     assert sorted(env) == ["PATH_INFO", "QUERY_STRING", "RAW_URI",
                            "REMOTE_ADDR", "REMOTE_PORT", "REQUEST_METHOD",
-                           "SERVER_PROTOCOL", "yimmo.answered_at"]
+                           "SERVER_PROTOCOL"]
     line = _logging.compile_access_format(None)(env, "400 Bad Request", 12,
                                                 0.0, None)
     assert line.endswith('"GET / HTTP/1.1" 400 12 "-" "-"'), line

@@ -665,10 +665,6 @@ def _request_line(environ: WSGIEnvironment) -> str:
                          _env_text(environ, "SERVER_PROTOCOL", "-"))
 
 
-# The environ key of the time (time.time()) a request the server answered
-# itself was answered: its line's %(t)s (it is logged later, by a worker).
-ANSWERED_AT = "yimmo.answered_at"
-
 _ABSOLUTE_FORM = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://([^/?#]*)(.*)",
                             re.S)
 
@@ -681,9 +677,14 @@ class _AnswerEnviron(Dict[str, Any]):
     a line, for a request that cost it nothing to send (hostile review
     s27)."""
 
-    def __init__(self, fields: Dict[str, Any], headers: str) -> None:
+    def __init__(self, fields: Dict[str, Any], headers: str,
+                 answered_at: Optional[float] = None) -> None:
         super().__init__(fields)
         self._headers = headers
+        # When it was answered (time.time()): the line's %(t)s, as it is
+        # logged later, by a worker. Not an environ key, which an app's
+        # own environ could carry.
+        self.answered_at = answered_at
 
     def get(self, key: str, default: Any = None) -> Any:
         if key in self:
@@ -727,13 +728,11 @@ def answer_environ(head: bytes, remote_addr: str, remote_port: int,
     HTTP_ key when a format asks for it (%(a)s, %(f)s, %({name}i)s).
     Nothing here is believed beyond the log line, which escapes it:
     forwarding fields are not applied (REMOTE_ADDR is the peer's, or the
-    PROXY header's). answered_at, when given, is kept under ANSWERED_AT."""
+    PROXY header's). answered_at, when given, is the line's %(t)s."""
     fields: Dict[str, Any] = {
         "REMOTE_ADDR": remote_addr,
         "REMOTE_PORT": str(remote_port) if remote_port >= 0 else "",
     }
-    if answered_at is not None:
-        fields[ANSWERED_AT] = answered_at
     text = head.decode("latin-1").lstrip("\r\n")
     line, _, headers = text.partition("\n")
     parts = line.rstrip("\r").split(" ")
@@ -751,7 +750,7 @@ def answer_environ(head: bytes, remote_addr: str, remote_port: int,
         fields["QUERY_STRING"] = query
     if len(parts) >= 3:
         fields["SERVER_PROTOCOL"] = parts[-1]
-    return _AnswerEnviron(fields, headers)
+    return _AnswerEnviron(fields, headers, answered_at)
 
 
 def status_line(code: int) -> str:
@@ -919,9 +918,10 @@ def _format_default(environ: WSGIEnvironment, status: str, length: int,
 
 def _started(environ: WSGIEnvironment, seconds: float) -> float:
     """When the request of a line began: `seconds` before now, or, for one
-    the server answered itself, when it answered (ANSWERED_AT)."""
-    at = environ.get(ANSWERED_AT)
-    return at if isinstance(at, float) else time.time() - seconds
+    the server answered itself, when it answered."""
+    if type(environ) is _AnswerEnviron and environ.answered_at is not None:
+        return environ.answered_at
+    return time.time() - seconds
 
 
 def _env_atom(key: str) -> Atom:
