@@ -712,7 +712,9 @@ ymo_wsgi_log_answers(ymo_server_t *s, int all)
         }
         batch = s->answers_head;
         ymo_bucket_t *end = batch;
-        for (n = 1; end != NULL && n < YMO_ANSWERS_BATCH; n++) {
+        n = batch != NULL;
+        for (; end != NULL && end->next != NULL && n < YMO_ANSWERS_BATCH;
+             n++) {
             end = end->next;
         }
         if (end != NULL) {
@@ -725,13 +727,16 @@ ymo_wsgi_log_answers(ymo_server_t *s, int all)
         if (s->answers_head == NULL) {
             s->answers_tail = NULL;
         }
+        /* Taken: with the lock, so that an idle worker never sees records
+         * owed that none can take (it would spin in worker_main while
+         * this batch is logged). */
+        atomic_fetch_sub(&s->answers_waiting, n);
         pthread_mutex_unlock(&s->answers_lock);
         if (batch == NULL) {
             break;
         }
         for (b = batch; b != NULL;) {
             ymo_bucket_t *next = b->next;
-            atomic_fetch_sub(&s->answers_waiting, 1);
             ymo_answer_t a;
             memcpy(&a, b->data, sizeof(a));
             if (a.kind == YMO_ANSWER_SHORT_FILE) {

@@ -670,17 +670,22 @@ _ABSOLUTE_FORM = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://([^/?#]*)(.*)",
 
 
 class _AnswerEnviron(Dict[str, Any]):
-    """answer_environ's result: the request line's keys at once, a header's
-    (HTTP_*, CONTENT_TYPE, CONTENT_LENGTH) found in the head only when a
-    format asks for it. A client's head is up to 8 KB of lines of its
-    choosing: splitting it all cost milliseconds of Python (with the GIL)
-    a line, for a request that cost it nothing to send (hostile review
-    s27)."""
+    """answer_environ's result: the request line's keys at once; PATH_INFO
+    (percent-decoded) and a header's key (HTTP_*, CONTENT_TYPE,
+    CONTENT_LENGTH) computed only when a format asks for it, through get()
+    (the only way the access-log formats read an environ). A client's head
+    is up to 8 KB of its choosing: splitting all its lines, or decoding an
+    8 KB path of "%", cost milliseconds of Python (with the GIL) a line,
+    for a request that cost it nothing to send (reviews s27)."""
 
     def __init__(self, fields: Dict[str, Any], headers: str,
+                 path: Optional[str],
                  answered_at: Optional[float] = None) -> None:
         super().__init__(fields)
         self._headers = headers
+        self._lower: Optional[str] = None
+        self._path = path
+        self._missing: set[str] = set()
         # When it was answered (time.time()): the line's %(t)s, as it is
         # logged later, by a worker. Not an environ key, which an app's
         # own environ could carry.
@@ -689,28 +694,42 @@ class _AnswerEnviron(Dict[str, Any]):
     def get(self, key: str, default: Any = None) -> Any:
         if key in self:
             return self[key]
-        if not isinstance(key, str) or not (
-                key.startswith("HTTP_") or
-                key in ("CONTENT_TYPE", "CONTENT_LENGTH")):
+        if not isinstance(key, str) or key in self._missing:
             return default
-        name = key[5:] if key.startswith("HTTP_") else key
-        value = self._header(name.replace("_", "-"))
+        upper = key.upper()     # (the %({name}e)s atom's case)
+        if upper == "PATH_INFO" and self._path is not None:
+            value: Optional[str] = unquote_to_bytes(
+                self._path.encode("latin-1")).decode("latin-1")
+        elif upper.startswith("HTTP_") and len(upper) > 5:
+            value = self._header(upper[5:].replace("_", "-"))
+        elif upper in ("CONTENT_TYPE", "CONTENT_LENGTH"):
+            value = self._header(upper.replace("_", "-"))
+        else:
+            return default
+        if value is None:
+            self._missing.add(key)
+            return default
         self[key] = value
-        return default if value is None else value
+        return value
 
     def _header(self, name: str) -> Optional[str]:
         """The value of field `name` as the app's environ would have it:
         repeated lines joined with "," (a cookie's with "; "); a name with
         "_" is never one (the environ drops those: a way to smuggle a
-        field past a proxy that checks its "-" twin)."""
+        field past a proxy that checks its "-" twin). Found in the head
+        lower-cased once (latin-1 keeps every length), read from the head
+        itself."""
         if not _TOKEN_RE.fullmatch(name):
             return None
-        found = re.findall(r"(?im)^%s[ \t]*:([^\r\n]*)" % re.escape(name),
-                           self._headers)
-        if not found:
+        if self._lower is None:
+            self._lower = self._headers.lower()
+        values = [self._headers[m.start(1):m.end(1)].strip(" \t")
+                  for m in re.finditer(r"(?m)^%s[ \t]*:([^\r\n]*)"
+                                       % re.escape(name.lower()),
+                                       self._lower)]
+        if not values:
             return None
-        return ("; " if name.lower() == "cookie" else ",").join(
-            v.strip(" \t") for v in found)
+        return ("; " if name.lower() == "cookie" else ",").join(values)
 
 
 _TOKEN_RE = re.compile(r"[!#$%&'*+.^`|~0-9A-Za-z-]+")
@@ -746,11 +765,12 @@ def answer_environ(head: bytes, remote_addr: str, remote_port: int,
             fields["HTTP_HOST"] = absolute.group(1)
             uri = absolute.group(2) or "/"
         path, _, query = uri.partition("?")
-        fields["PATH_INFO"] = unquote_to_bytes(path).decode("latin-1")
         fields["QUERY_STRING"] = query
+    else:
+        path = None
     if len(parts) >= 3:
         fields["SERVER_PROTOCOL"] = parts[-1]
-    return _AnswerEnviron(fields, headers, answered_at)
+    return _AnswerEnviron(fields, headers, path, answered_at)
 
 
 def status_line(code: int) -> str:
