@@ -566,7 +566,10 @@ def test_workers_woken_by_the_deadline_are_joined_not_abandoned():
         server.stop(0.05)
         abandoned += server._core.abandoned_workers
         sock.close()
-    assert abandoned == 0
+    # Without the join of woken workers every try abandons one; on a
+    # loaded machine (CI's 3.13t side by side) the app's cleanup and its
+    # traceback's logging once took longer than the join's slack (0.1 s).
+    assert abandoned <= 2, abandoned
 
 
 def test_read_cut_off_by_the_deadline_is_not_a_client_disconnect(
