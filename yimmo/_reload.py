@@ -891,6 +891,17 @@ class _Parent:
                 log.error("Reloader: the server exited (%s); waiting for a "
                           "file to change", _status(code))
             changed = self.changed()
+            if changed and self.inotify is not None:
+                # A state that moved with no event read yet: wait() ran
+                # out as the edit began (a loaded machine: CI's 3.13t
+                # side by side restarted on half a save, then again). The
+                # edit's events are queued already (inotify queues them
+                # in the call that made the change, before this stat saw
+                # it), so its end is waited for as wait() would have.
+                files, names, lost = self.inotify.events()
+                if files or names or lost:
+                    self.settle(self.inotify, files, names, lost)
+                    changed = sorted(set(changed) | set(self.changed()))
             if self.hup:
                 self.hup = False
                 log.info("Reloader: SIGHUP, restarting")
