@@ -519,3 +519,46 @@ def test_with_few_watches_a_new_file_is_still_waited_for(tmp_path):
         assert n == 3, proc.stderr
         proc.signal(signal.SIGTERM)
         assert proc.wait(WAIT) == 0
+
+
+# The parent with wait() made to run out at once, every turn, without
+# reading an event: every decision then comes from the comparison of
+# states after it, as when wait() runs out just as an edit begins.
+TIMED_OUT_PARENT = """\
+import sys, time
+from yimmo import _reload
+_reload._Parent.wait = lambda self, timeout: time.sleep(0.05)
+sys.argv = ["yimmo"] + sys.argv[1:]
+import runpy
+runpy.run_module("yimmo", run_name="__main__")
+"""
+
+
+def test_a_change_found_by_comparison_waits_for_its_writer(tmp_path):
+    # A save that renames the file away and writes a new one slowly, found
+    # by the comparison of states with its events still unread: the
+    # parent reads them and waits for the writer's close, rather than
+    # restarting on the half, then again (CI 3.13t side by side, s27: a
+    # loaded machine ran wait() out just as the save began).
+    (tmp_path / "app.py").write_text(APP)
+    (tmp_path / "helper.py").write_text('MESSAGE = "one"\n')
+    port = free_port()
+    proc = ServerProcess(
+        [sys.executable, "-c", TIMED_OUT_PARENT, "--reload", "-b",
+         "127.0.0.1:%d" % port, "--graceful-timeout", "1", "app:app"],
+        cwd=str(tmp_path), env=reload_env(tmp_path))
+    addr = ("127.0.0.1", port)
+    with proc:
+        wait_body(addr, "one")
+        watched(tmp_path, "helper.py")
+        before = len(child_pids(proc))
+        helper = tmp_path / "helper.py"
+        os.rename(helper, str(helper) + "~")
+        save_in_steps(helper, ["MESSAGE = 'half'\n", 'MESSAGE = "two"\n'],
+                      0.5)
+        wait_body(addr, "two")
+        time.sleep(1.0)
+        n = len(child_pids(proc)) - before
+        assert n == 1, (n, proc.stderr[-2000:])
+        proc.signal(signal.SIGTERM)
+        assert proc.wait(WAIT) == 0
