@@ -61,6 +61,26 @@ def wait_lines(path, count, timeout=WAIT):
         time.sleep(0.02)
 
 
+def held_app(release, only=None):
+    """An app that holds its worker until release is set (only for the
+    path `only`, when given), then answers "ok"."""
+    def app(environ, start_response):
+        if only is None or environ["PATH_INFO"] == only:
+            release.wait(WAIT)
+        start_response("200 OK", [("Content-Length", "2")])
+        return [b"ok"]
+    return app
+
+
+def occupy(server):
+    """The connection of a GET /busy, which the one worker is now
+    running."""
+    busy = connect(server.address)
+    busy.sendall(build_request("GET", "/busy"))
+    time.sleep(0.2)
+    return busy
+
+
 def status_of(data):
     return int(data.split(b" ", 2)[1])
 
@@ -191,18 +211,12 @@ def test_the_time_is_when_it_was_answered(access_file):
     answered: it said when the worker got round to it (6 s late in the
     review's case; hostile and C review s27)."""
     release = threading.Event()
-
-    def app(environ, start_response):
-        release.wait(WAIT)
-        start_response("200 OK", [("Content-Length", "2")])
-        return [b"ok"]
+    app = held_app(release)
 
     with yimmo.Server(app, bind="127.0.0.1:0", workers=1,
                       access_log=access_file,
                       access_log_format="%(t)s %(U)s %(s)s") as server:
-        busy = connect(server.address)
-        busy.sendall(build_request("GET", "/busy"))
-        time.sleep(0.2)
+        busy = occupy(server)
         answered_at = time.time()
         assert status_of(raw_request(server.address,
                                      b"GET /bad HTTP/1.1\r\nBad\r\n\r\n")) \
@@ -225,19 +239,12 @@ def test_a_backlog_of_lines_does_not_hold_up_requests(access_file):
     after the whole backlog (hostile review s27: a flood's lines, all
     logged at once, held the app up for seconds)."""
     release = threading.Event()
-
-    def app(environ, start_response):
-        if environ["PATH_INFO"] == "/busy":
-            release.wait(WAIT)
-        start_response("200 OK", [("Content-Length", "2")])
-        return [b"ok"]
+    app = held_app(release, "/busy")
 
     with yimmo.Server(app, bind="127.0.0.1:0", workers=1,
                       access_log=access_file,
                       access_log_format="%(U)s %(s)s") as server:
-        busy = connect(server.address)
-        busy.sendall(build_request("GET", "/busy"))
-        time.sleep(0.2)
+        busy = occupy(server)
         for i in range(1000):
             raw_request(server.address, b"GET /bad%d HTTP/1.1\r\nB\r\n\r\n"
                         % i)
@@ -272,18 +279,12 @@ def test_a_connection_that_waited_too_long_for_room_503(access_file):
     """With the server full, a new request waits unparsed; past
     queue_timeout the loop answers 503 (it never reached a worker)."""
     release = threading.Event()
-
-    def app(environ, start_response):
-        release.wait(WAIT)
-        start_response("200 OK", [("Content-Length", "2")])
-        return [b"ok"]
+    app = held_app(release)
 
     with yimmo.Server(app, bind="127.0.0.1:0", workers=1, max_pending=0,
                       queue_timeout=0.3, access_log=access_file,
                       access_log_format='"%(r)s" %(s)s') as server:
-        busy = connect(server.address)
-        busy.sendall(build_request("GET", "/busy"))
-        time.sleep(0.2)
+        busy = occupy(server)
         with connect(server.address) as sock:
             sock.sendall(build_request("GET", "/waits"))
             assert read_response(sock).status == 503
@@ -315,19 +316,13 @@ def test_a_flood_beyond_the_bound_is_counted(access_file, log_watcher):
     """While the only worker is busy, the records wait for it: at most
     1,024; the rest are counted, and one warning says how many."""
     release = threading.Event()
-
-    def app(environ, start_response):
-        release.wait(WAIT)
-        start_response("200 OK", [("Content-Length", "2")])
-        return [b"ok"]
+    app = held_app(release)
 
     extra = 30
     with yimmo.Server(app, bind="127.0.0.1:0", workers=1,
                       access_log=access_file,
                       access_log_format="%(s)s %(U)s") as server:
-        busy = connect(server.address)
-        busy.sendall(build_request("GET", "/busy"))
-        time.sleep(0.2)
+        busy = occupy(server)
         for i in range(YMO_ANSWERS_MAX + extra):
             data = raw_request(server.address,
                                b"GET /bad%d HTTP/1.1\r\nBad\r\n\r\n" % i)
