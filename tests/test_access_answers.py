@@ -21,6 +21,7 @@ import pytest
 import yimmo
 from helpers import (build_request, connect, raw_request, read_response,
                      wait_until)
+from test_access_format import wait_lines
 from yimmo import _logging
 
 WAIT = 10
@@ -47,18 +48,6 @@ def lines_of(path):
             return f.read().splitlines()
     except FileNotFoundError:
         return []
-
-
-def wait_lines(path, count, timeout=WAIT):
-    deadline = time.monotonic() + timeout
-    while True:
-        lines = lines_of(path)
-        if len(lines) >= count:
-            return lines
-        if time.monotonic() > deadline:
-            raise AssertionError("%s has %d lines, expected %d: %r"
-                                 % (path, len(lines), count, lines))
-        time.sleep(0.02)
 
 
 def held_app(release, only=None):
