@@ -718,14 +718,63 @@ class ServerProcess:
         self.kill()
 
 
+def run_bounded(args, timeout, env=None, cwd=None, input=None):
+    """subprocess.run(args, capture_output=True, text=True) for a child
+    Python, bounded by timeout. A child still running then is a hang, and
+    the test fails with where it hangs: the native stacks of its threads
+    (gdb, when there is one) and Python's tracebacks of them (faulthandler,
+    on SIGABRT), with what it printed. A bare TimeoutExpired said nothing
+    of where (a CI run's hang inside stop(), under ASan: no line to go
+    on)."""
+    env = dict(env if env is not None else subprocess_env())
+    env.setdefault("PYTHONFAULTHANDLER", "1")
+    proc = subprocess.Popen(
+        args, cwd=cwd, env=env, text=True, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL if input is None else subprocess.PIPE)
+    try:
+        out, err = proc.communicate(input, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        native = _native_stacks(proc.pid)
+        proc.send_signal(signal.SIGABRT)
+        try:
+            out, err = proc.communicate(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, err = proc.communicate()
+        raise AssertionError(
+            "the child did not finish within %ss: %r\n--- its stdout:\n%s"
+            "\n--- its stderr (then Python's tracebacks, on SIGABRT):\n%s"
+            "\n--- its native stacks:\n%s"
+            % (timeout, args, out, err, native)) from None
+    return subprocess.CompletedProcess(args, proc.returncode, out, err)
+
+
+def _native_stacks(pid):
+    gdb = shutil.which("gdb")
+    if gdb is None:
+        return "(no gdb)"
+    try:
+        return subprocess.run(
+            [gdb, "-p", str(pid), "-batch", "-nx",
+             "-ex", "thread apply all bt 30"],
+            capture_output=True, text=True, timeout=60,
+            stdin=subprocess.DEVNULL).stdout
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return "(gdb: %s)" % exc
+
+
+def run_python(code, timeout=30, env=None, cwd=None, args=()):
+    """Run `python -c CODE ARGS` (run_bounded): the CompletedProcess."""
+    return run_bounded([sys.executable, "-c", code] + list(args), timeout,
+                       env=env, cwd=cwd)
+
+
 def run_cli(args, cwd=None, env=None, timeout=30):
-    """Run `python -m yimmo ARGS` to completion (bounded); returns the
+    """Run `python -m yimmo ARGS` to completion (run_bounded); returns the
     CompletedProcess with text stdout/stderr."""
-    return subprocess.run(
-        [sys.executable, "-m", "yimmo"] + list(args), cwd=cwd,
-        env=env if env is not None else subprocess_env(),
-        stdin=subprocess.DEVNULL, capture_output=True, text=True,
-        timeout=timeout)
+    return run_bounded([sys.executable, "-m", "yimmo"] + list(args),
+                       timeout, env=env, cwd=cwd)
 
 
 def wait_until(cond, timeout=DEFAULT_TIMEOUT, what="a condition"):

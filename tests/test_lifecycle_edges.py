@@ -10,7 +10,6 @@ import os
 import re
 import signal
 import socket
-import subprocess
 import sys
 import textwrap
 import threading
@@ -20,7 +19,7 @@ import pytest
 
 import yimmo
 from helpers import (ServerProcess, build_request, connect, read_response,
-                     read_until_close, subprocess_env)
+                     read_until_close, run_python)
 
 WAIT = 10
 
@@ -810,9 +809,7 @@ def test_an_unstarted_server_served_by_two_forked_children(tmp_path):
     """The classic pre-fork by hand: both children served one libev loop
     made in the parent (one epoll instance, one eventfd): every request
     timed out and a child ignored SIGTERM (operations review s20)."""
-    out = subprocess.run([sys.executable, "-c", TWO_CHILDREN],
-                         env=subprocess_env(), capture_output=True,
-                         text=True, timeout=60).stdout
+    out = run_python(TWO_CHILDREN, timeout=60).stdout
     assert "answers [" + ", ".join(["b'HTTP/1.1 200 OK'"] * 10) + "]" in out, \
         out
     assert "stuck 0" in out, out
@@ -875,9 +872,7 @@ def test_stop_from_a_signal_handler_inside_start(then):
     that lock for good, and each further SIGTERM did the same (hostile
     review s23). It asks for the stop and returns; the server ends once
     started, or start() gives up when the handler raises."""
-    out = subprocess.run([sys.executable, "-c", STOP_FROM_A_HANDLER_IN_START,
-                          then], env=subprocess_env(), capture_output=True,
-                         text=True, timeout=30).stdout
+    out = run_python(STOP_FROM_A_HANDLER_IN_START, args=[then]).stdout
     assert "handler returned" in out, out
     if then == "restart":
         # Its lock is the interrupted start()'s: refused, not a wait for
@@ -897,7 +892,7 @@ def test_stop_from_a_signal_handler_inside_stop():
     server, and an app's SIGTERM handler that stops it too) waited for
     that lock for good (hostile review s23). A trace function sends the
     signal as stop() reads the state under its lock."""
-    out = subprocess.run([sys.executable, "-c", textwrap.dedent("""
+    out = run_python(textwrap.dedent("""
         import os, signal, sys
         import yimmo
         app = lambda e, s: (s("200 OK", []), [b"ok"])[1]
@@ -928,8 +923,7 @@ def test_stop_from_a_signal_handler_inside_stop():
         srv.stop()
         sys.settrace(None)
         print("sent", bool(sent), "stopped", srv.stopped, flush=True)
-    """)], env=subprocess_env(), capture_output=True, text=True,
-        timeout=30).stdout
+    """)).stdout
     assert "handler's stop returned" in out, out
     assert "sent True stopped True" in out, out
 
@@ -941,7 +935,7 @@ def test_a_stop_cut_short_anywhere_leaves_the_lock_free():
     thread counted as its holder, as long as the exception was kept: a
     later stop() returned at once, another thread's hung (C review s23).
     Each point in turn; the lock is free after each."""
-    out = subprocess.run([sys.executable, "-c", textwrap.dedent("""
+    out = run_python(textwrap.dedent("""
         import sys, threading
         import yimmo
         app = lambda e, s: (s("200 OK", []), [b"ok"])[1]
@@ -986,8 +980,7 @@ def test_a_stop_cut_short_anywhere_leaves_the_lock_free():
                 print("not stopped after a cut at point", k)
                 break
         print("points", points, "all free", flush=True)
-    """)], env=subprocess_env(), capture_output=True, text=True,
-        timeout=120).stdout
+    """), timeout=120).stdout
     assert "all free" in out and "held" not in out and \
         "not stopped" not in out, out
     assert int(out.split("points ")[1].split()[0]) > 0, out
