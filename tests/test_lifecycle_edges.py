@@ -928,6 +928,68 @@ def test_stop_from_a_signal_handler_inside_stop():
     assert "sent True stopped True" in out, out
 
 
+STOP_FROM_A_HANDLER_IN_THE_WAIT = """
+import os, signal, sys, threading
+import http.client
+import yimmo
+app = lambda e, s: (s("200 OK", []), [b"ok"])[1]
+srv = yimmo.Server(app, bind="127.0.0.1:0", workers=2, log_level="warning")
+if sys.argv[1] == "join":
+    srv.start()
+    # Inside Thread.join's wait, between the acquire and the release of
+    # the thread's lock; on 3.13, where that wait is C, as join begins.
+    frames = {"_wait_for_tstate_lock": "lock.release()",
+              "join": "self._handle.join(timeout)"}
+else:
+    threading.Thread(target=srv.serve_forever).start()
+    # Inside Event.wait, under its condition's lock.
+    frames = {"wait": "signaled = self._flag"}
+host, port = srv.addresses[0][:2]
+conn = http.client.HTTPConnection(host, port, timeout=10)
+conn.request("GET", "/")
+assert conn.getresponse().read() == b"ok"
+conn.close()
+
+def on_term(signum, frame):
+    srv.stop(0)
+    print("handler's stop returned", flush=True)
+
+signal.signal(signal.SIGTERM, on_term)
+sent = []
+
+def trace(frame, event, arg):
+    if "threading" not in frame.f_code.co_filename:
+        return trace if frame.f_code.co_name == "stop" else None
+    if frame.f_code.co_name not in frames:
+        return None
+    if event == "line" and not sent:
+        import linecache
+        line = linecache.getline(frame.f_code.co_filename, frame.f_lineno)
+        if frames[frame.f_code.co_name] in line:
+            sent.append(1)
+            os.kill(os.getpid(), signal.SIGTERM)
+    return trace
+
+sys.settrace(trace)
+srv.stop()
+sys.settrace(None)
+print("sent", bool(sent), "stopped", srv.stopped, flush=True)
+"""
+
+
+@pytest.mark.parametrize("waiting_in", ["join", "serve_forever"])
+def test_stop_from_a_signal_handler_inside_the_wait_of_stop(waiting_in):
+    """A SIGTERM handler calling stop() that ran while the same thread's
+    stop() waited for the server to end, inside Thread.join (start()) or
+    Event.wait (serve_forever on another thread) holding a lock that is
+    not reentrant: its own stop() waited for that lock for good. It now
+    returns, and the wait it interrupted ends with the server."""
+    out = run_python(STOP_FROM_A_HANDLER_IN_THE_WAIT,
+                     args=[waiting_in]).stdout
+    assert "handler's stop returned" in out, out
+    assert "sent True stopped True" in out, out
+
+
 def test_a_stop_cut_short_anywhere_leaves_the_lock_free():
     """A signal handler that raises (Ctrl-C) where a Python function is
     entered inside stop(): at the entry of the lock's context manager's

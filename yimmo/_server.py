@@ -19,7 +19,7 @@ import threading
 import weakref
 from types import FrameType, TracebackType
 from typing import (
-    TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence, Tuple,
+    TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence, Set, Tuple,
     Type, Union,
 )
 
@@ -277,6 +277,12 @@ class Server:
         # later start() or serve_forever() raises rather than pretending.
         self._stopped_unstarted = False
         self._done = threading.Event()  # serve_forever has returned
+        # The threads waiting in stop() for the server to end (idents). A
+        # signal handler's stop() on one of them returns without waiting:
+        # waiting inside the wait it interrupted hung for good when it
+        # landed between Thread.join's acquire and release of the thread's
+        # lock, which is not reentrant (likewise Event.wait's lock).
+        self._stop_waiters: Set[int] = set()
         # An RLock only so that a signal handler on the thread that holds
         # it (inside start(), serve_forever()'s set-up or stop()) can tell
         # (_lock_is_mine) and not wait for it: that was for good (hostile
@@ -848,7 +854,9 @@ class Server:
         threads), it only begins the graceful stop and returns at once:
         waiting would mean waiting for itself. The request that called it
         still gets its response. So does a signal handler that runs while
-        its thread is inside start(): the server stops once started."""
+        its thread is inside start(): the server stops once started; and
+        one that runs while its thread waits in stop(): the wait it
+        interrupted goes on until the server has stopped."""
         grace = self.options["graceful_timeout"] if timeout is None \
             else timeout
         self._core.stop(grace)
@@ -871,17 +879,33 @@ class Server:
             serving_thread = self._serving_thread
             if thread is None and not serving:
                 self._stopped_unstarted = True
+        me = threading.get_ident()
+        if (thread is not None or serving) and me in self._stop_waiters:
+            # A signal handler on a thread waiting below: the stop is
+            # asked for (perhaps sooner), and the wait it interrupted ends
+            # when the server has.
+            return
         if thread is not None and thread is not threading.current_thread():
-            thread.join()
+            self._wait_in_stop(me, thread.join)
         elif serving:
             # serve_forever on another thread: wait until it has returned.
             if serving_thread is not threading.current_thread():
-                self._done.wait()
+                self._wait_in_stop(me, self._done.wait)
         elif thread is None:
             # Never served: the core has closed the listeners; nothing
             # else will remove the socket files. (serve_forever removes
             # them itself once it has stopped.)
             self._close_sockets()
+
+    def _wait_in_stop(self, me: int, wait: Callable[[], object]) -> None:
+        # Added in the try: a handler that raises where add() returns
+        # leaves nothing behind (discard is a C call: no handler runs
+        # before it does its work).
+        try:
+            self._stop_waiters.add(me)
+            wait()
+        finally:
+            self._stop_waiters.discard(me)
 
     @property
     def stopped(self) -> bool:
