@@ -88,8 +88,10 @@ typedef struct {
                                 * response (status_code, body_sent), not
                                 * the app's: the access log says so */
     int head_req;              /* a HEAD request: count, send no body */
-    int head_only;             /* HEAD of a streamed body: the head is
-                                * out, the rest is not asked for */
+    int head_only;             /* the head is out and no body may follow
+                                * it (HEAD of a streamed body, a 1xx, 204
+                                * or 304 given body bytes): the rest of
+                                * the iterable is not asked for */
     unsigned long long head_count;  /* body bytes a HEAD app produced */
     long long content_length;  /* -1 when not known */
     long long known_length;    /* length of a one-item body, or -1 */
@@ -825,6 +827,13 @@ emit(StartResponseObject *self, const char *data, size_t n, int flush,
             else if (eof) {
                 self->stopped = 1;
             }
+        }
+        if (n > 0 && self->no_body) {
+            /* None of an iterable's further bytes could go out either:
+             * it is not asked for them, as for a HEAD (head_now). A 304
+             * whose body was an endless generator ran until --timeout
+             * (hostile review s24). */
+            self->head_only = 1;
         }
         n = 0;
     }

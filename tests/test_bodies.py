@@ -142,6 +142,40 @@ def test_bodiless_status_sends_no_body_even_if_app_returns_one(
         assert rest.endswith(b"\r\n\r\nnext")
 
 
+@pytest.mark.parametrize("status", ["204 No Content", "304 Not Modified"])
+def test_bodiless_status_stops_asking_an_endless_generator(yimmo_server,
+                                                           status):
+    """Nothing of a 204's or 304's body goes out, so an endless generator
+    behind one is not iterated for ever: it was, until --timeout, where a
+    HEAD's stops at once (hostile review s24). It is closed, and the
+    connection goes on."""
+    pulled, closed = [0], threading.Event()
+
+    def endless():
+        try:
+            while True:
+                pulled[0] += 1
+                yield b"tick"
+        finally:
+            closed.set()
+
+    def app(environ, start_response):
+        if environ["PATH_INFO"] == "/next":
+            start_response("200 OK", TEXT + [("Content-Length", "4")])
+            return [b"next"]
+        start_response(status, [])
+        return endless()
+
+    server = yimmo_server(app, workers=1, timeout=30)
+    with connect(server.address) as sock:
+        sock.sendall(build_request("GET", "/"))
+        assert read_response(sock).status == int(status[:3])
+        assert closed.wait(WAIT)
+        assert pulled[0] == 1
+        sock.sendall(build_request("GET", "/next"))
+        assert read_response(sock).body == b"next"
+
+
 # -- chunked response framing ------------------------------------------------
 
 
