@@ -1005,6 +1005,15 @@ Core_get_abandoned(CoreObject *self, void *closure)
 }
 
 static PyObject *
+Core_get_answers_unlogged(CoreObject *self, void *closure)
+{
+    (void)closure;
+    int n = self->initialized
+                ? atomic_load(&self->server.answers_logging) : 0;
+    return PyLong_FromLong(n);
+}
+
+static PyObject *
 Core_get_recycle_requested(CoreObject *self, void *closure)
 {
     (void)closure;
@@ -1043,6 +1052,10 @@ static PyGetSetDef Core_getset[] = {
      " recycled (a worker stuck and no replacement thread left)", NULL},
     {"abandoned_workers", (getter)Core_get_abandoned, NULL,
      "workers still running the app when the grace period ran out", NULL},
+    {"answers_unlogged", (getter)Core_get_answers_unlogged, NULL,
+     "records of requests the server answered itself that a worker has"
+     " taken to log and not logged yet (after a stop that gave up on"
+     " workers: the lines those may never write)", NULL},
     {"gil_handovers", (getter)Core_get_gil_handovers, NULL,
      "(handovers, missed): times a worker handed the GIL over between two"
      " requests (wsgi_worker.c, handover_due), and of those, the times no"

@@ -684,6 +684,7 @@ ymo_server_init(ymo_server_t *s, const ymo_config_t *config,
     ymo_release_init(&s->answered, server_release_wake, s);
     atomic_init(&s->answers_waiting, 0);
     atomic_init(&s->answers_dropped, 0);
+    atomic_init(&s->answers_logging, 0);
     pthread_mutex_init(&s->answers_lock, NULL);
     s->answers_head = s->answers_tail = NULL;
     ymo_spares_init(&s->spares, YMO_SPARE_BUCKET, YMO_SPARES_MAX);

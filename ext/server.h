@@ -328,6 +328,13 @@ typedef struct ymo_server {
     ymo_bucket_t *answers_head, *answers_tail;
     atomic_ulong answers_dropped;  /* the loop adds, the taker takes
                                     * (exchange to 0); seq_cst */
+    atomic_int answers_logging;    /* records a logger has taken and not
+                                    * logged yet: it adds a batch as it
+                                    * takes it (under answers_lock) and
+                                    * subtracts each once logged; read
+                                    * after a stop that gave up on
+                                    * workers (Core.answers_unlogged);
+                                    * seq_cst */
     pthread_mutex_t ctl_lock;  /* guards stop_requested and deadline */
     int stop_requested;
     double deadline;           /* CLOCK_MONOTONIC seconds when in-flight

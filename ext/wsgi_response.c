@@ -733,6 +733,7 @@ ymo_wsgi_log_answers(ymo_server_t *s, int all)
          * owed that none can take (it would spin in worker_main while
          * this batch is logged). */
         atomic_fetch_sub(&s->answers_waiting, n);
+        atomic_fetch_add(&s->answers_logging, n);
         pthread_mutex_unlock(&s->answers_lock);
         if (batch == NULL) {
             break;
@@ -748,6 +749,7 @@ ymo_wsgi_log_answers(ymo_server_t *s, int all)
                 log_answer(app, b);
             }
             ymo_bucket_free(b);
+            atomic_fetch_sub(&s->answers_logging, 1);
             b = next;
         }
     } while (all);

@@ -520,20 +520,76 @@ def test_idle_workers_do_not_spin_while_one_logs(access_file):
 
 def test_the_lines_survive_a_stop_right_after(access_file):
     """Answers the loop gave just before a stop are logged by the thread
-    that stops the server if no worker took them."""
-    for _ in range(3):
-        server = yimmo.Server(app, bind="127.0.0.1:0", workers=1,
-                              access_log=access_file,
-                              access_log_format="%(s)s")
-        server.start()
-        try:
+    that stops the server if no worker took them: here the one worker is
+    still in the app when the stop gives up on it."""
+    release = threading.Event()
+    server = yimmo.Server(held_app(release, "/busy"), bind="127.0.0.1:0",
+                          workers=1, access_log=access_file,
+                          access_log_format="%(s)s %(U)s")
+    server.start()
+    try:
+        with occupy(server):
             with connect(server.address) as sock:
                 sock.sendall(b"BAD\r\n\r\n")
                 assert read_response(sock).status == 400
-        finally:
-            server.stop()
-    assert lines_of(access_file) == ["400"] * 3
+            server.stop(0.2)
+            # Before the worker could have logged it: still in the app.
+            assert lines_of(access_file) == ["400 -"]
+            release.set()
+    finally:
+        release.set()
+        server.stop()
+    wait_lines(access_file, 2)
+    assert sorted(lines_of(access_file)) == ["200 /busy", "400 -"]
 
+
+def test_a_worker_given_up_on_while_logging_answers_is_said(access_file,
+                                                            log_watcher):
+    """A worker logging a batch of the server's own answers when the
+    graceful stop gave up on it (the access log's handlers are the app's
+    code: here one that blocks) lost those lines without a word, and the
+    warning said only that it was still running the app. It now says how
+    many lines it was writing; the answers no worker took are logged by
+    the stopping thread."""
+    entered, release = threading.Event(), threading.Event()
+    blocked = []
+
+    class BlockFirst(logging.Filter):
+        # A logger's filter: run without a handler's lock, so the stopping
+        # thread's own lines are not held up behind this one.
+        def filter(self, record):
+            if not blocked:
+                blocked.append(record)
+                entered.set()
+                release.wait(WAIT)
+            return True
+
+    access = logging.getLogger("yimmo.access")
+    block = BlockFirst()
+    access.addFilter(block)
+    server = yimmo.Server(app, bind="127.0.0.1:0", workers=1,
+                          access_log=access_file, access_log_format="%(s)s")
+    server.start()
+    try:
+        with connect(server.address) as sock:
+            sock.sendall(b"BAD\r\n\r\n")
+            assert read_response(sock).status == 400
+        assert entered.wait(WAIT)
+        with connect(server.address) as sock:
+            sock.sendall(b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n")
+            assert read_response(sock).status == 400
+        server.stop(0.2)
+        log_watcher.wait_for(
+            "1 worker thread(s) still running the app",
+            "nor for the access-log lines of 1 request(s) the server "
+            "answered itself")
+        # The second answer, which no worker took: the stopping thread's.
+        assert lines_of(access_file) == ["400"]
+    finally:
+        release.set()
+        server.stop()
+        access.removeFilter(block)
+    wait_lines(access_file, 2)
 
 
 def test_a_file_that_shrinks_while_sent_is_logged(tmp_path, log_watcher):

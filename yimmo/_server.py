@@ -589,8 +589,15 @@ class Server:
     def _report_abandoned(self) -> None:
         busy = self._core.abandoned_workers
         if busy:
+            # A worker logging the server's own answers (the access log's
+            # handlers are the app's code) counts as running the app.
+            unlogged = self._core.answers_unlogged
             log.warning("%d worker thread(s) still running the app after "
-                        "the graceful timeout; not waiting for them", busy)
+                        "the graceful timeout; not waiting for them%s",
+                        busy, "" if not unlogged else
+                        " (nor for the access-log lines of %d request(s) "
+                        "the server answered itself, which they were "
+                        "logging)" % unlogged)
 
     def _install_lifecycle_handlers(self,
                                     old: Dict[int, SignalHandler]) -> None:
