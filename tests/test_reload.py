@@ -228,6 +228,33 @@ def test_a_module_imported_later_is_watched_too(reloading, tmp_path):
     wait_body(addr, "lazy two!", "/lazy")
 
 
+def test_a_module_no_longer_imported_is_no_longer_watched(reloading,
+                                                          tmp_path):
+    """A module the app stopped importing restarted the server when it
+    was edited, for as long as the reloader ran: the watched files were
+    only ever added to. Once the new server has reported its files, the
+    old ones it did not import are dropped; imported again, watched
+    again."""
+    proc, addr = reloading
+    wait_listed(tmp_path, "helper.py")
+    edit(tmp_path / "app.py", APP.replace("import helper\n", "")
+         .replace("helper.MESSAGE", '"no helper"'))
+    wait_body(addr, "no helper")
+    assert len(child_pids(proc)) == 2, proc.stderr
+    # The new server's list, read by the parent (once a turn).
+    time.sleep(3 * _reload.POLL_INTERVAL)
+    edit(tmp_path / "helper.py", 'MESSAGE = "not the app\'s any more"\n')
+    time.sleep(2 * _reload.POLL_INTERVAL + 1)
+    assert len(child_pids(proc)) == 2, proc.stderr
+    assert body_of(addr) == "no helper"
+    edit(tmp_path / "app.py", APP)
+    wait_body(addr, "not the app's any more")
+    wait_listed(tmp_path, "helper.py")
+    time.sleep(3 * _reload.POLL_INTERVAL)
+    edit(tmp_path / "helper.py", 'MESSAGE = "the app\'s again"\n')
+    wait_body(addr, "the app's again")
+
+
 def test_an_import_error_waits_for_the_fix(reloading, tmp_path):
     proc, addr = reloading
     # Compiles, but fails when imported: the new server exits.

@@ -611,6 +611,10 @@ class _Parent:
         self.hup = False  # SIGHUP: restart without a change
         # changed files waiting for a good compile
         self.pending: Set[str] = set()
+        # Set by a restart: the next list read is the new server's first,
+        # and files the old one reported that this one did not are no
+        # longer the app's (see read_list).
+        self.new_server = False
         # Written to by Python's signal handling (set_wakeup_fd in
         # run_parent): a signal ends a wait at once.
         self.wake_r, self.wake_w = os.pipe()
@@ -667,18 +671,34 @@ class _Parent:
                 records = [r for r in f.read().split("\0") if r]
         except OSError:
             return new
+        reported = set()
         for record in records:
             try:
                 mtime, size, ino, path = record.split(" ", 3)
                 sig = (int(mtime), int(size), int(ino))
             except ValueError:
                 continue  # (a child of another version of yimmo)
+            reported.add(path)
             if path not in self.files:
                 self.files[path] = sig
                 new.append(path)
                 d = os.path.dirname(path)
                 if d not in self.vcs_lock_of:
                     self.vcs_lock_of[d] = _git_index_lock(d)
+        if self.new_server:
+            # The first list since a restart (the new server's, written
+            # once it has imported the app or failed to): a file it did
+            # not import is no longer the app's, and an edit of it must
+            # not restart the server. Kept: a file that is gone (the app
+            # may fail to import without it, and wait for it to come
+            # back), and one whose change waits for a good compile. Later
+            # lists (a lazy import, another process's under a supervisor)
+            # only add.
+            self.new_server = False
+            for path in [p for p, sig in self.files.items()
+                         if sig is not None and p not in reported and
+                         p not in self.pending]:
+                del self.files[path]
         if self.inotify is not None:
             self.inotify.watch(self.files)
         return new
@@ -949,6 +969,7 @@ class _Parent:
         if self.stopping:
             return True
         self.hup = False
+        self.new_server = True
         self.start_child()
         return False
 
