@@ -698,7 +698,8 @@ def check_response(port):
 
 
 def read_stat(pid):
-    """(ppid, utime + stime, cutime + cstime) in clock ticks, or None."""
+    """(ppid, utime + stime, cutime + cstime, utime, cutime) in clock
+    ticks, or None."""
     try:
         with open("/proc/%d/stat" % pid) as f:
             data = f.read()
@@ -709,7 +710,7 @@ def read_stat(pid):
     ppid = int(fields[1])
     own = int(fields[11]) + int(fields[12])
     reaped = int(fields[13]) + int(fields[14])
-    return ppid, own, reaped
+    return ppid, own, reaped, int(fields[11]), int(fields[13])
 
 
 def all_stats():
@@ -725,8 +726,8 @@ def all_stats():
 def tree(root, stats):
     """root and its live descendants (pids), from all_stats()."""
     children = {}
-    for pid, (ppid, _, _) in stats.items():
-        children.setdefault(ppid, []).append(pid)
+    for pid, stat in stats.items():
+        children.setdefault(stat[0], []).append(pid)
     found, todo = [], [root]
     while todo:
         pid = todo.pop()
@@ -736,13 +737,15 @@ def tree(root, stats):
     return found
 
 
-def tree_cpu_seconds(root):
+def tree_cpu_seconds(root, user=False):
     """CPU time of root and every live descendant, plus children root has
-    already reaped. /proc/PID/stat sums all threads of a process."""
+    already reaped (user: only their time in user space). /proc/PID/stat
+    sums all threads of a process."""
     stats = all_stats()
-    total = sum(stats[pid][1] for pid in tree(root, stats))
+    own, reaped = (3, 4) if user else (1, 2)
+    total = sum(stats[pid][own] for pid in tree(root, stats))
     if root in stats:
-        total += stats[root][2]
+        total += stats[root][reaped]
     return total / CLK_TCK
 
 
@@ -852,7 +855,7 @@ def other_processes_seconds(exclude):
     """pid -> CPU time (user + system) of every process other than the
     pids in exclude and the kernel's threads (pid 2 and its children: a
     ksoftirqd doing the network's work is not another load)."""
-    return {pid: t for pid, (ppid, t, _) in all_stats().items()
+    return {pid: t for pid, (ppid, t, *_) in all_stats().items()
             if pid not in exclude and pid != 2 and ppid != 2}
 
 
@@ -958,6 +961,10 @@ class Sample(NamedTuple):
     # idle, iowait and steal time in /proc/stat): with --net veth, the
     # server host's whole work, its network receive path included.
     core_us: float = 0.0
+    # The part of proc_us spent in user space: the rest is the kernel's
+    # (over loopback most of it TCP, the client's receive path included),
+    # much the same for every server (bench/README.md, "Last measured").
+    user_us: float = 0.0
 
 
 class Load(NamedTuple):
@@ -1006,14 +1013,16 @@ def measure(server, args, logs, load=None):
             mine | set(tree(proc.pid, all_stats())))
         started = time.monotonic()
         before = (tree_cpu_seconds(proc.pid), children_cpu_seconds(),
-                  machine_busy_seconds(), cpu_not_busy_seconds(SERVER_CPU))
+                  machine_busy_seconds(), cpu_not_busy_seconds(SERVER_CPU),
+                  tree_cpu_seconds(proc.pid, user=True))
         try:
             wrk = run_wrk(port, args.duration, load.connections, load.extra,
                           load.path)
         finally:
             after = (tree_cpu_seconds(proc.pid), children_cpu_seconds(),
                      machine_busy_seconds(),
-                     cpu_not_busy_seconds(SERVER_CPU))
+                     cpu_not_busy_seconds(SERVER_CPU),
+                     tree_cpu_seconds(proc.pid, user=True))
             wall = time.monotonic() - started
             others_after = other_processes_seconds(
                 mine | set(tree(proc.pid, all_stats())))
@@ -1025,11 +1034,12 @@ def measure(server, args, logs, load=None):
         os.sched_setaffinity(0, harness)
         stop(proc)
     xcpu = max(xcpu_before, cross_cpu_us())
-    server_cpu, wrk_cpu, busy, not_busy = (a - b for a, b in
-                                           zip(after, before))
+    server_cpu, wrk_cpu, busy, not_busy, server_user = (
+        a - b for a, b in zip(after, before))
     core = max(0.0, wall - not_busy)
     proc_us = server_cpu * 1e6 / wrk.requests if wrk.requests else 0.0
     core_us = core * 1e6 / wrk.requests if wrk.requests else 0.0
+    user_us = server_user * 1e6 / wrk.requests if wrk.requests else 0.0
     # With --net veth the server's CPU does the server host's network
     # work and nothing of the client's; part of it runs in softirqs while
     # the CPU is otherwise idle, charged to no process: its busy time is
@@ -1051,7 +1061,7 @@ def measure(server, args, logs, load=None):
     return Sample(wrk.rps, wrk.p99_ms, cpu_us, wrk.errors, other,
                   wrk.p50_ms, wrk.requests, rss_idle, rss_peak,
                   sampler.queued, sampler.waiting, xcpu, xcpu_before,
-                  proc_us, core_us)
+                  proc_us, core_us, user_us)
 
 
 def exited(proc, logs, server):
@@ -1102,7 +1112,8 @@ def medians(samples):
                   max(xcpu_of(s) for s in samples),
                   max(s.xcpu_before_us for s in samples),
                   statistics.median(s.proc_us for s in samples),
-                  statistics.median(s.core_us for s in samples))
+                  statistics.median(s.core_us for s in samples),
+                  statistics.median(s.user_us for s in samples))
 
 
 def ratio(value, base):
@@ -1113,14 +1124,14 @@ def format_table(results, order):
     rows = [(name, medians(results[name])) for name in order
             if name in results]
     baselines = [b for b in BASELINES if b in results]
-    header = ["server", "req/s", "p99 ms", "CPU us/req", "errors",
-              "other %"]
+    header = ["server", "req/s", "p99 ms", "CPU us/req", "user us/req",
+              "errors", "other %"]
     for base in baselines:
         header += ["req/s vs " + base, "CPU vs " + base]
     lines = [header]
     for name, m in rows:
         line = [name, "%.0f" % m.rps, "%.2f" % m.p99_ms, "%.1f" % m.cpu_us,
-                str(m.errors), "%.0f" % m.other_pct]
+                "%.1f" % m.user_us, str(m.errors), "%.0f" % m.other_pct]
         for base in baselines:
             b = medians(results[base])
             line += [ratio(m.rps, b.rps), ratio(m.cpu_us, b.cpu_us)]
