@@ -1130,6 +1130,51 @@ def timed_wait(p, timeout=3.0):
     return time.monotonic() - t0
 
 
+def test_polling_waits_for_an_edit_in_place_to_end(tmp_path, monkeypatch):
+    """Without inotify the parent compares states once a second; an edit
+    in place (truncated, then written) seen in between restarted the
+    server on the empty module, then again on the whole one. It now waits
+    for the states to settle, as inotify's settle does. Driven directly:
+    the file is truncated as the parent's wait ends, and written 0.3 s
+    later."""
+    monkeypatch.setenv(_reload.POLL_ENV, "1")
+    helper = tmp_path / "helper.py"
+    helper.write_text('MESSAGE = "one"\n')
+    p = _reload._Parent([], {"graceful_timeout": 1})
+    assert p.inotify is None
+    p.files[str(helper)] = _reload._signature(str(helper))
+    sizes, turns, writers = [], [0], []
+    monkeypatch.setattr(p, "start_child", lambda: None)
+
+    def restart():
+        sizes.append(helper.stat().st_size)
+        return False
+
+    def wait(timeout):
+        turns[0] += 1
+        if turns[0] == 1:
+            helper.write_text("")
+
+            def write():
+                time.sleep(0.3)
+                helper.write_text('MESSAGE = "two, whole"\n')
+            writers.append(threading.Thread(target=write))
+            writers[0].start()
+        elif turns[0] == 2:
+            writers[0].join()
+        else:
+            p.stopping = True
+    monkeypatch.setattr(p, "restart", restart)
+    monkeypatch.setattr(p, "wait", wait)
+    try:
+        p.run()
+    finally:
+        p.cleanup()
+        os.close(p.wake_r)
+        os.close(p.wake_w)
+    assert sizes == [len('MESSAGE = "two, whole"\n')]
+
+
 def test_a_file_made_anew_during_an_overflow_settles_on_its_close(
         tmp_path):
     # helper.py removed and made anew, then the directory's queue

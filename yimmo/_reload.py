@@ -893,6 +893,31 @@ class _Parent:
             else:
                 files, names, lost = inotify.events()
 
+    def settle_states(self) -> None:
+        """Polling (no inotify): from a watched file's state found moved,
+        wait until the states have stayed the same for SETTLE, with no
+        file emptied or gone since it was last seen (an editor that
+        writes in place truncates first; one that replaces may remove
+        first), for at most SETTLE_MAX. Without it the once-a-second stat
+        could restart the server on an empty module, and then again on
+        the whole one."""
+        start = last = time.monotonic()
+        states: Optional[Dict[str, Optional[Signature]]] = None
+        while not (self.stopping or self.hup):
+            now_states = {p: _signature(p) for p in self.files}
+            now = time.monotonic()
+            if now_states != states:
+                states, last = now_states, now
+            unfinished = any(
+                was is not None and (sig is None or
+                                     (sig[1] == 0 and was[1] > 0))
+                for was, sig in ((self.files[p], sig)
+                                 for p, sig in states.items()))
+            cap = start + SETTLE_MAX
+            if now >= cap or (not unfinished and now - last >= SETTLE):
+                return
+            self.pause(min(SETTLE / 2, cap - now))
+
     def run(self) -> None:
         self.start_child()
         reported_exit = False
@@ -910,6 +935,8 @@ class _Parent:
                 reported_exit = True
                 log.error("Reloader: the server exited (%s); waiting for a "
                           "file to change", _status(code))
+            if self.inotify is None and self.moved():
+                self.settle_states()
             changed = self.changed()
             if changed and self.inotify is not None:
                 # A state that moved with no event read yet: wait() ran
