@@ -977,6 +977,50 @@ print("sent", bool(sent), "stopped", srv.stopped, flush=True)
 """
 
 
+STOP_CUT_BY_CTRL_C_THEN_AGAIN = """
+import signal, socket, threading, time
+import yimmo
+entered = threading.Event()
+
+def app(environ, start_response):
+    entered.set()
+    time.sleep(1.5)
+    start_response("200 OK", [("Content-Length", "2")])
+    return [b"ok"]
+
+server = yimmo.Server(app, bind="127.0.0.1:0", workers=1,
+                      log_level="warning").start()
+sock = socket.create_connection(server.address[:2], timeout=10)
+sock.sendall(b"GET / HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n")
+entered.wait(10)
+
+def interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+signal.signal(signal.SIGALRM, interrupt)
+signal.setitimer(signal.ITIMER_REAL, 0.3)
+try:
+    server.stop(10)
+    print("first stop returned")
+except KeyboardInterrupt:
+    print("first stop interrupted")
+server.stop(10)
+print("second stop: stopped", server.stopped, "answer",
+      sock.recv(100)[:15], flush=True)
+"""
+
+
+def test_a_stop_after_ctrl_c_cut_the_first_one_still_waits():
+    """Ctrl-C while stop() waited for the server thread (Thread.join, on
+    3.11 and 3.12) left that thread marked stopped while it still ran:
+    every later stop(), yimmo's exit hook's included, returned at once
+    with the server still draining (C review s28). stop() now waits for
+    the server thread's own Event."""
+    out = run_python(STOP_CUT_BY_CTRL_C_THEN_AGAIN).stdout
+    assert "first stop interrupted" in out, out
+    assert "second stop: stopped True answer b'HTTP/1.1 200 OK'" in out, out
+
+
 @pytest.mark.parametrize("waiting_in", ["join", "serve_forever"])
 def test_stop_from_a_signal_handler_inside_the_wait_of_stop(waiting_in):
     """A SIGTERM handler calling stop() that ran while the same thread's

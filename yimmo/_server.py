@@ -271,6 +271,12 @@ class Server:
         # reads them under it too. The core (self._core) has its own
         # lock for its state: its run() and stop() are thread-safe.
         self._thread: Optional[threading.Thread] = None
+        # Set by the server thread once it is done (its sockets closed):
+        # stop() waits for this, not Thread.join alone. On 3.11/3.12 a
+        # handler that raises inside join (Ctrl-C) marks the thread
+        # stopped while it still runs, and every later stop() then
+        # returned at once, the server still running (C review s28).
+        self._thread_done = threading.Event()
         self._serving = False
         self._serving_thread: Optional[threading.Thread] = None
         # stop() came before any start(): the listeners are closed, so a
@@ -790,7 +796,7 @@ class Server:
                     self._thread = thread
                     self._core.stop(0)
                     assert thread is not None
-                    thread.join()
+                    self._join_server_thread(thread)
                 else:
                     # A signal raised as a wait returned, or no thread:
                     # the workers may run; stop them rather than leave
@@ -836,18 +842,25 @@ class Server:
 
     def _run_in_thread(self, go: threading.Event,
                        verdict: List[bool]) -> None:
-        go.wait()
-        if not verdict[0]:
-            return                  # start() failed and drains the Core
         try:
-            while not self._core.run():
-                pass
-        except BaseException:
-            log.exception("the server thread failed")
+            go.wait()
+            if not verdict[0]:
+                return              # start() failed and drains the Core
+            try:
+                while not self._core.run():
+                    pass
+            except BaseException:
+                log.exception("the server thread failed")
+            finally:
+                self._report_abandoned()
+                _running_discard(self)
+                self._close_sockets()
         finally:
-            self._report_abandoned()
-            _running_discard(self)
-            self._close_sockets()
+            self._thread_done.set()
+
+    def _join_server_thread(self, thread: threading.Thread) -> None:
+        self._thread_done.wait()
+        thread.join()
 
     def stop(self, timeout: Optional[float] = None) -> None:
         """Stop accepting, give in-flight requests `timeout` seconds
@@ -893,7 +906,8 @@ class Server:
             # when the server has.
             return
         if thread is not None and thread is not threading.current_thread():
-            self._wait_in_stop(me, thread.join)
+            self._wait_in_stop(me,
+                               lambda: self._join_server_thread(thread))
         elif serving:
             # serve_forever on another thread: wait until it has returned.
             if serving_thread is not threading.current_thread():
