@@ -255,6 +255,120 @@ def test_a_module_no_longer_imported_is_no_longer_watched(reloading,
     wait_body(addr, "the app's again")
 
 
+# An optional module, as Django's `try: from .local_settings import *`.
+OPTIONAL_APP = """\
+try:
+    import local_settings
+    MESSAGE = local_settings.MESSAGE
+except ImportError:
+    MESSAGE = "defaults"
+
+def app(environ, start_response):
+    body = MESSAGE.encode()
+    start_response("200 OK", [("Content-Length", str(len(body)))])
+    return [body]
+"""
+
+
+@pytest.mark.parametrize("polling", [False, True], ids=["inotify", "polling"])
+def test_an_optional_module_broken_then_fixed_restarts(tmp_path, polling):
+    """A module imported under try/except ImportError, edited so that its
+    import fails: the new server runs without it, and listed only the
+    modules in sys.modules, so the parent stopped watching it and its fix
+    never restarted the server (C review s28, F1). The server now lists
+    every source file Python loaded."""
+    (tmp_path / "app.py").write_text(OPTIONAL_APP)
+    (tmp_path / "local_settings.py").write_text('MESSAGE = "local one"\n')
+    port = free_port()
+    env = reload_env(tmp_path)
+    if polling:
+        env[_reload.POLL_ENV] = "1"
+    with ServerProcess([sys.executable, "-m", "yimmo", "--reload", "-b",
+                        "127.0.0.1:%d" % port, "-w", "1",
+                        "--graceful-timeout", "1", "app:app"],
+                       cwd=str(tmp_path), env=env) as proc:
+        addr = ("127.0.0.1", port)
+        wait_body(addr, "local one")
+        wait_listed(tmp_path, "local_settings.py")
+        time.sleep(2 * _reload.POLL_INTERVAL)
+        (tmp_path / "local_settings.py").write_text(
+            'from os import no_such_name\nMESSAGE = "broken"\n')
+        wait_body(addr, "defaults")
+        time.sleep(3 * _reload.POLL_INTERVAL)   # the new list is read
+        (tmp_path / "local_settings.py").write_text(
+            'MESSAGE = "local fixed"\n')
+        wait_body(addr, "local fixed")
+        proc.signal(signal.SIGTERM)
+        assert proc.wait(WAIT) == 0
+
+
+def _parent_with(paths):
+    p = _reload._Parent([], {"graceful_timeout": 1})
+    for path in paths:
+        p.files[str(path)] = _reload._signature(str(path))
+    return p
+
+
+def _write_list(p, paths):
+    with open(p.list_path, "w") as f:
+        for path in paths:
+            f.write("%d %d %d %s\0" % (_reload._signature(str(path))
+                                        + (str(path),)))
+
+
+def _close_parent(p):
+    p.cleanup()
+    os.close(p.wake_r)
+    os.close(p.wake_w)
+
+
+def test_a_file_removed_before_the_new_servers_list_stays_watched(
+        tmp_path, monkeypatch):
+    """A module removed as the new server imports (it fails for want of
+    it) whose removal the parent had not compared yet: its stored state
+    said present, so the new server's list dropped it, and putting it
+    back never restarted the server (C review s28, F2). Whether it is
+    there now is what counts."""
+    app, b = tmp_path / "app.py", tmp_path / "b.py"
+    app.write_text("import b\n")
+    b.write_text("X = 1\n")
+    p = _parent_with([app, b])
+    monkeypatch.setattr(p, "start_child", lambda: None)
+    try:
+        p.restart()
+        os.unlink(b)
+        _write_list(p, [app])        # ModuleNotFoundError: b only
+        p.take_list()
+        b.write_text("X = 2\n")
+        assert str(b) in p.files
+        assert p.changed() == [str(b)]
+    finally:
+        _close_parent(p)
+
+
+def test_the_old_servers_last_list_is_not_the_new_ones(tmp_path,
+                                                       monkeypatch):
+    """The old server may write its list as it drains (a lazy import in a
+    request in flight) after the parent's last read: that list was taken
+    for the new server's first, and the prune then ran against the old
+    imports (C review s28, F3). A restart removes it."""
+    app, helper = tmp_path / "app.py", tmp_path / "helper.py"
+    app.write_text("import helper\n")
+    helper.write_text("X = 1\n")
+    p = _parent_with([app, helper])
+    monkeypatch.setattr(p, "start_child", lambda: None)
+    try:
+        _write_list(p, [app, helper])     # written as the old one drained
+        p.restart()
+        assert p.read_list() == []        # nothing from the old server
+        app.write_text("# no helper\n")
+        _write_list(p, [app])             # the new server's first list
+        p.read_list()
+        assert str(helper) not in p.files
+    finally:
+        _close_parent(p)
+
+
 def test_an_import_error_waits_for_the_fix(reloading, tmp_path):
     proc, addr = reloading
     # Compiles, but fails when imported: the new server exits.

@@ -194,9 +194,17 @@ def report_modules(list_path: str, config_path: Optional[str] = None,
         # Each file with its state when it was loaded (note_loads), or
         # else now, before any edit the parent has yet to see: the parent
         # compares with that, so an edit made before it reads the list
-        # is still a change.
+        # is still a change. Every source file loaded, too, the modules
+        # whose import raised included (not in sys.modules): an app that
+        # catches the ImportError of an optional module runs without it,
+        # and the parent, which keeps watching only what the server
+        # reports, must still restart it when that module is fixed (C
+        # review s28).
+        loaded: Set[str] = set()
+        for path in list(_loaded):
+            _add_file(loaded, path, excluded)
         lines = []
-        for path in sorted(files | extra):
+        for path in sorted(files | loaded | extra):
             sig = _loaded.get(path) or _signature(path)
             if sig is not None:
                 lines.append("%d %d %d %s" % (sig + (path,)))
@@ -693,11 +701,13 @@ class _Parent:
             # may fail to import without it, and wait for it to come
             # back), and one whose change waits for a good compile. Later
             # lists (a lazy import, another process's under a supervisor)
-            # only add.
+            # only add. (Gone now, too: removed since last compared, the
+            # new server may have failed for want of it, C review s28.)
             self.new_server = False
             for path in [p for p, sig in self.files.items()
                          if sig is not None and p not in reported and
-                         p not in self.pending]:
+                         p not in self.pending and
+                         _signature(p) is not None]:
                 del self.files[path]
         if self.inotify is not None:
             self.inotify.watch(self.files)
@@ -996,6 +1006,14 @@ class _Parent:
         if self.stopping:
             return True
         self.hup = False
+        # The old server's list goes with it: it may have written one as
+        # it drained (a lazy import in a request in flight), which the
+        # first read would take for the new server's (C review s28).
+        try:
+            os.unlink(self.list_path)
+        except OSError:
+            pass
+        self.list_sig = None
         self.new_server = True
         self.start_child()
         return False
