@@ -39,6 +39,10 @@ typedef struct {
                                 * grace period: this object then keeps
                                 * its own reference for good, as they
                                 * use it */
+    unsigned long answers_discarded;  /* records of the server's own
+                                * answers freed unlogged at a stop that
+                                * gave up on a worker logging a batch
+                                * (ymo_wsgi_discard_answers) */
     Py_buffer heartbeat;       /* the supervisor's slot (heartbeat.h),
                                 * held for the Core's life so the memory
                                 * stays mapped; .obj NULL without one */
@@ -770,7 +774,18 @@ core_run_locked(CoreObject *self, int wakeup_fd)
     if (stopped) {
         /* Still running meanwhile (see core_shutdown). */
         ymo_wsgi_release_owners(&self->server);
-        ymo_wsgi_log_answers(&self->server, 1);
+        if (busy > 0 && atomic_load(&self->server.answers_logging) > 0) {
+            /* A worker given up on is logging a batch, inside the app's
+             * handlers: logging the rest through them here could wait
+             * for it (a stalled stream holds a handler's lock), past the
+             * deadline (C review s28). They are counted instead
+             * (answers_unlogged). */
+            self->answers_discarded =
+                ymo_wsgi_discard_answers(&self->server);
+        }
+        else {
+            ymo_wsgi_log_answers(&self->server, 1);
+        }
         self->finished = 1;
         if (busy > 0) {
             /* Never freed: those threads use it (the threads' reference
@@ -1008,9 +1023,15 @@ static PyObject *
 Core_get_answers_unlogged(CoreObject *self, void *closure)
 {
     (void)closure;
-    int n = self->initialized
-                ? atomic_load(&self->server.answers_logging) : 0;
-    return PyLong_FromLong(n);
+    unsigned long n = 0;
+    if (self->initialized) {
+        int logging = atomic_load(&self->server.answers_logging);
+        n = (logging > 0 ? (unsigned long)logging : 0);
+    }
+    Py_BEGIN_CRITICAL_SECTION(self);
+    n += self->answers_discarded;
+    Py_END_CRITICAL_SECTION();
+    return PyLong_FromUnsignedLong(n);
 }
 
 static PyObject *
@@ -1053,9 +1074,10 @@ static PyGetSetDef Core_getset[] = {
     {"abandoned_workers", (getter)Core_get_abandoned, NULL,
      "workers still running the app when the grace period ran out", NULL},
     {"answers_unlogged", (getter)Core_get_answers_unlogged, NULL,
-     "records of requests the server answered itself that a worker has"
-     " taken to log and not logged yet (after a stop that gave up on"
-     " workers: the lines those may never write)", NULL},
+     "log records about requests the server answered itself or cut"
+     " short that a worker has taken to log and not logged yet, and, at"
+     " a stop that gave up on such a worker, those left unlogged with"
+     " it", NULL},
     {"gil_handovers", (getter)Core_get_gil_handovers, NULL,
      "(handovers, missed): times a worker handed the GIL over between two"
      " requests (wsgi_worker.c, handover_due), and of those, the times no"

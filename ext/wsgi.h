@@ -159,6 +159,14 @@ void ymo_wsgi_release_owners(struct ymo_server *s);
  * workers logging batches at once may interleave their lines. */
 void ymo_wsgi_log_answers(struct ymo_server *s, int all);
 
+/* Any thread, at the stop: free every record waiting to be logged
+ * instead of logging it, and return how many there were, the ones that
+ * could not be kept included. For a stop that gave up on a worker while
+ * it logged a batch: the app's handlers it is in may hold their locks
+ * for good (a stalled stream), and logging through them would wait with
+ * it. */
+unsigned long ymo_wsgi_discard_answers(struct ymo_server *s);
+
 /* GIL held: free a chain of output buckets at once, releasing the owners
  * of reference buckets here rather than through a release list (for
  * output that never reached the loop). */

@@ -770,6 +770,27 @@ ymo_wsgi_log_answers(ymo_server_t *s, int all)
     }
 }
 
+unsigned long
+ymo_wsgi_discard_answers(ymo_server_t *s)
+{
+    pthread_mutex_lock(&s->answers_lock);
+    ymo_bucket_t *stack = ymo_release_take(&s->answered);
+    ymo_bucket_t *queue = s->answers_head;
+    s->answers_head = s->answers_tail = NULL;
+    unsigned long n = 0;
+    for (ymo_bucket_t *b = stack; b != NULL; b = b->next) {
+        n++;
+    }
+    for (ymo_bucket_t *b = queue; b != NULL; b = b->next) {
+        n++;
+    }
+    atomic_fetch_sub(&s->answers_waiting, (int)n);
+    pthread_mutex_unlock(&s->answers_lock);
+    ymo_bucket_free_chain(stack);
+    ymo_bucket_free_chain(queue);
+    return n + atomic_exchange(&s->answers_dropped, 0);
+}
+
 /* HEAD: send the head now and stop producing the body (see emit). */
 static void
 head_now(StartResponseObject *self)

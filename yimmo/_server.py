@@ -16,6 +16,7 @@ import socket
 import stat
 import sys
 import threading
+import time
 import weakref
 from types import FrameType, TracebackType
 from typing import (
@@ -272,8 +273,8 @@ class Server:
         # lock for its state: its run() and stop() are thread-safe.
         self._thread: Optional[threading.Thread] = None
         # Set by the server thread once it is done (its sockets closed):
-        # stop() waits for this, not Thread.join alone. On 3.11/3.12 a
-        # handler that raises inside join (Ctrl-C) marks the thread
+        # stop() waits for this too, not Thread.join alone. On 3.11/3.12
+        # a handler that raises inside join (Ctrl-C) marks the thread
         # stopped while it still runs, and every later stop() then
         # returned at once, the server still running (C review s28).
         self._thread_done = threading.Event()
@@ -601,9 +602,10 @@ class Server:
             log.warning("%d worker thread(s) still running the app after "
                         "the graceful timeout; not waiting for them%s",
                         busy, "" if not unlogged else
-                        " (nor for the access-log lines of %d request(s) "
-                        "the server answered itself, which they were "
-                        "logging)" % unlogged)
+                        "; %d log line(s) about requests the server "
+                        "answered itself or cut short, which they were "
+                        "logging or had yet to log, may never be written"
+                        % unlogged)
 
     def _install_lifecycle_handlers(self,
                                     old: Dict[int, SignalHandler]) -> None:
@@ -859,8 +861,14 @@ class Server:
             self._thread_done.set()
 
     def _join_server_thread(self, thread: threading.Thread) -> None:
-        self._thread_done.wait()
         thread.join()
+        # Returned at once after a join a Ctrl-C cut (3.11/3.12: see
+        # _thread_done). Polled, not Event.wait: a Ctrl-C at a function's
+        # entry inside Condition.wait left its lock released under the
+        # `with`, which then raised RuntimeError (and every point of
+        # Thread.join is safe).
+        while not self._thread_done.is_set():
+            time.sleep(0.005)
 
     def stop(self, timeout: Optional[float] = None) -> None:
         """Stop accepting, give in-flight requests `timeout` seconds
