@@ -272,9 +272,11 @@ def test_two_signals_at_once_whose_handlers_raise_still_stop(tmp_path):
     # Which of the two propagates: the first that reaches serve_forever.
     # CPython 3.9 runs a pending handler at almost every instruction, so
     # there the SIGTERM handler's SystemExit is raised on the way into
-    # the except clause, over the KeyboardInterrupt (its __context__).
+    # the except clause, over the KeyboardInterrupt (its __context__); so
+    # may a slow build's (3.13t under TSan, CI s28), where the second
+    # handler runs later. Either way the server must have stopped.
     assert ("raised KeyboardInterrupt" in out or
-            sys.version_info < (3, 10) and "raised SystemExit" in out), out
+            "raised SystemExit" in out), out
     assert "stopped=True" in out, out
     assert "refused" in out, out
 
