@@ -944,8 +944,9 @@ if sys.argv[1] == "join":
               "join": "self._handle.join(timeout)"}
 else:
     threading.Thread(target=srv.serve_forever).start()
-    # Inside Event.wait, under its condition's lock.
-    frames = {"wait": "signaled = self._flag"}
+    # Inside the wait for serve_forever to return (an Event.wait, under
+    # its condition's lock, until hostile review s28; now a poll).
+    frames = {"_wait_served": "time.sleep("}
 host, port = srv.addresses[0][:2]
 conn = http.client.HTTPConnection(host, port, timeout=10)
 conn.request("GET", "/")
@@ -960,10 +961,8 @@ signal.signal(signal.SIGTERM, on_term)
 sent = []
 
 def trace(frame, event, arg):
-    if "threading" not in frame.f_code.co_filename:
-        return trace if frame.f_code.co_name == "stop" else None
     if frame.f_code.co_name not in frames:
-        return None
+        return trace if frame.f_code.co_name == "stop" else None
     if event == "line" and not sent:
         import linecache
         line = linecache.getline(frame.f_code.co_filename, frame.f_lineno)
@@ -1021,6 +1020,31 @@ def test_a_stop_after_ctrl_c_cut_the_first_one_still_waits():
     out = run_python(STOP_CUT_BY_CTRL_C_THEN_AGAIN).stdout
     assert "first stop interrupted" in out, out
     assert "second stop: stopped True answer b'HTTP/1.1 200 OK'" in out, out
+
+
+CTRL_C_IN_SERVE_FOREVERS_LAST_STEP = 'import faulthandler, sys, threading, time\nimport http.client\nimport yimmo\nfrom yimmo import _server\n\nfaulthandler.dump_traceback_later(10, exit=True)\napp = lambda e, s: (s("200 OK", []), [b"ok"])[1]\nsrv = yimmo.Server(app, bind="127.0.0.1:0", workers=2, log_level="warning")\nport = srv.addresses[0][1]\n\ndef stopper():\n    for _ in range(100):\n        try:\n            c = http.client.HTTPConnection("127.0.0.1", port, timeout=5)\n            c.request("GET", "/"); c.getresponse().read(); c.close()\n            break\n        except OSError:\n            time.sleep(0.05)\n    srv.stop()\n    print("other thread\'s stop() returned; stopped:", srv.stopped, flush=True)\n\ndef trace(frame, event, arg):\n    code = frame.f_code\n    if code.co_name == "set" and code.co_filename == threading.__file__ \\\n            and event == "call" and frame.f_back.f_code.co_name == \\\n            "serve_forever":\n        sys.settrace(None)\n        raise KeyboardInterrupt         # what a Ctrl-C pending here does\n    return None\n\nt = threading.Thread(target=stopper)\nt.start()\nsys.settrace(trace)\ntry:\n    srv.serve_forever()\nexcept KeyboardInterrupt:\n    print("serve_forever raised KeyboardInterrupt; stopped:", srv.stopped,\n          flush=True)\nsys.settrace(None)\nt.join(5)\nprint("other thread still waiting in stop():", t.is_alive(), flush=True)\n'
+
+CTRL_C_AS_START_LETS_ITS_THREAD_GO = 'import faulthandler, signal, sys, threading\nimport yimmo\nfrom yimmo import _server\n\nfaulthandler.dump_traceback_later(10, exit=True)\napp = lambda e, s: (s("200 OK", []), [b"ok"])[1]\nsrv = yimmo.Server(app, bind="127.0.0.1:0", workers=2, log_level="warning")\nWHERE = sys.argv[1] if len(sys.argv) > 1 else "__exit__"   # or __enter__\n\ndef trace(frame, event, arg):\n    code = frame.f_code\n    if code.co_filename != threading.__file__ or code.co_name != WHERE:\n        return trace if code.co_name in ("start", "set") else None\n    caller = frame.f_back\n    if caller.f_code.co_name == "set" and \\\n            caller.f_back.f_code.co_filename == _server.__file__ and \\\n            caller.f_back.f_code.co_name == "start":\n        if (WHERE == "__exit__" and event == "call") or \\\n                (WHERE == "__enter__" and event == "return"):\n            sys.settrace(None)\n            raise KeyboardInterrupt     # what a Ctrl-C pending here does\n    return trace\n\nsys.settrace(trace)\ntry:\n    srv.start()\n    print("start returned")\nexcept KeyboardInterrupt:\n    print("start raised KeyboardInterrupt")\nsys.settrace(None)\nsrv.stop()\nprint("stopped:", srv.stopped)\n'
+
+
+def test_ctrl_c_as_serve_forever_ends_still_ends_anothers_stop():
+    """A Ctrl-C at the entry of Event.set() in serve_forever's finally
+    (how it told a stop() on another thread that it had returned) left
+    the Event unset: that stop() waited for good, and the process could
+    not exit (hostile review s28, 3). A flag, polled, is what it sets."""
+    out = run_python(CTRL_C_IN_SERVE_FOREVERS_LAST_STEP).stdout
+    assert "other thread still waiting in stop(): False" in out, out
+    assert "other thread's stop() returned; stopped: True" in out, out
+
+
+@pytest.mark.parametrize("where", ["__exit__", "__enter__"])
+def test_ctrl_c_as_start_lets_its_thread_go(where):
+    """A Ctrl-C inside go.set() in start() (the Event that let the
+    server thread go), where the Event's lock was held: start()'s error
+    path set it again and waited for itself for good, holding the
+    server's lock (hostile review s28, 4). The thread polls the verdict."""
+    out = run_python(CTRL_C_AS_START_LETS_ITS_THREAD_GO, args=[where]).stdout
+    assert "stopped: True" in out, out
 
 
 @pytest.mark.parametrize("waiting_in", ["join", "serve_forever"])

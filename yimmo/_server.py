@@ -283,7 +283,12 @@ class Server:
         # stop() came before any start(): the listeners are closed, so a
         # later start() or serve_forever() raises rather than pretending.
         self._stopped_unstarted = False
-        self._done = threading.Event()  # serve_forever has returned
+        # serve_forever has returned. A flag that stop() polls, not an
+        # Event: a handler that raised inside Event.set() (at a function's
+        # entry there) left it unset and a stop() on another thread
+        # waiting for good, and one inside Event.wait could leave its lock
+        # held by the waiter (hostile review s28). A store cannot be cut.
+        self._serve_done = False
         # The threads waiting in stop() for the server to end (idents). A
         # signal handler's stop() on one of them returns without waiting:
         # waiting inside the wait it interrupted hung for good when it
@@ -415,8 +420,8 @@ class Server:
         serving = False
         try:
             # In the try: a signal that raises where a call returns here
-            # must not leave the Core unstopped or _done unset (stop() on
-            # another thread waits for it).
+            # must not leave the Core unstopped or _serve_done unset
+            # (stop() on another thread waits for it).
             self._refuse_if_lock_is_mine()
             with self._lock:
                 self._check_startable()
@@ -437,7 +442,7 @@ class Server:
                         finally:
                             self._core.run()
                 finally:
-                    self._done.set()
+                    self._serve_done = True
 
     def _serve_forever(self) -> None:
         # A signal whose Python handler raises (Ctrl-C, an app's SIGTERM
@@ -756,7 +761,10 @@ class Server:
             # signal lands inside Thread.start() cannot be told from the
             # Thread object (C review s21), so only one of the two ever
             # runs the loop.
-            go = threading.Event()
+            # The thread polls verdict, not an Event: a handler that raised
+            # inside go.set() (at Condition.__exit__'s entry) left the
+            # Event's lock held, and start()'s error path, setting it
+            # again, waited for itself for good (hostile review s28).
             verdict: List[bool] = []
             thread: Optional[threading.Thread] = None
             try:
@@ -772,7 +780,7 @@ class Server:
                 # it served (and logging the failure on its thread).
                 self._core.start_workers()
                 thread = threading.Thread(target=self._run_in_thread,
-                                          args=(go, verdict),
+                                          args=(verdict,),
                                           name="yimmo-server", daemon=True)
                 # Started before _thread is published: a stop() on another
                 # thread that finds _thread joins it, and joining a thread
@@ -789,12 +797,10 @@ class Server:
                         "(%s): a higher limit on threads or memory (ulimit "
                         "-u, -v), or fewer --workers" % exc) from None
                 verdict.append(True)
-                go.set()
             except BaseException:
                 if verdict:
                     # Raised after the verdict: the thread serves (and has
                     # started); stop it as stop() does.
-                    go.set()
                     self._thread = thread
                     self._core.stop(0)
                     assert thread is not None
@@ -804,7 +810,6 @@ class Server:
                     # the workers may run; stop them rather than leave
                     # them and the listener with no loop (C review s21).
                     verdict.append(False)
-                    go.set()
                     self._abandon_start()
                 raise
             self._thread = thread
@@ -842,10 +847,10 @@ class Server:
         if self._stopped_unstarted:
             raise RuntimeError("the server was stopped before it started")
 
-    def _run_in_thread(self, go: threading.Event,
-                       verdict: List[bool]) -> None:
+    def _run_in_thread(self, verdict: List[bool]) -> None:
         try:
-            go.wait()
+            while not verdict:
+                time.sleep(0.0005)
             if not verdict[0]:
                 return              # start() failed and drains the Core
             try:
@@ -859,6 +864,10 @@ class Server:
                 self._close_sockets()
         finally:
             self._thread_done.set()
+
+    def _wait_served(self) -> None:
+        while not self._serve_done:
+            time.sleep(0.005)
 
     def _join_server_thread(self, thread: threading.Thread) -> None:
         thread.join()
@@ -919,7 +928,7 @@ class Server:
         elif serving:
             # serve_forever on another thread: wait until it has returned.
             if serving_thread is not threading.current_thread():
-                self._wait_in_stop(me, self._done.wait)
+                self._wait_in_stop(me, self._wait_served)
         elif thread is None:
             # Never served: the core has closed the listeners; nothing
             # else will remove the socket files. (serve_forever removes
