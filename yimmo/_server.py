@@ -301,7 +301,9 @@ class Server:
         # review s23). Never taken twice by one thread. Its own C-level
         # `with` leaves no point between the acquire and the release where
         # a handler that raises could leave it held (a Python context
-        # manager did, C review s23).
+        # manager did, C review s23): on CPython 3.10 and later, and
+        # without a Python trace function (3.9 checks for signals at the
+        # `with`'s exit too: hostile review s28, left as it is).
         self._lock = threading.RLock()
         # The process the server was started in, -1 before: a process
         # forked from it (by the app) has none of its threads, and this
@@ -896,7 +898,9 @@ class Server:
         threads), it only begins the graceful stop and returns at once:
         waiting would mean waiting for itself. The request that called it
         still gets its response. So does a signal handler that runs while
-        its thread is inside start(): the server stops once started; and
+        its thread is inside start() and holds the server's lock (earlier
+        in start(), start() then raises RuntimeError: stopped before it
+        started): the server stops once started; and
         one that runs while its thread waits in stop(): the wait it
         interrupted goes on until the server has stopped."""
         grace = self.options["graceful_timeout"] if timeout is None \
@@ -943,7 +947,7 @@ class Server:
     def _wait_in_stop(self, me: int, wait: Callable[[], object]) -> None:
         # Added in the try: a handler that raises where add() returns
         # leaves nothing behind (discard is a C call: no handler runs
-        # before it does its work).
+        # before it does its work; on 3.10+, without a trace function).
         try:
             self._stop_waiters.add(me)
             wait()
