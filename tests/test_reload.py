@@ -1233,9 +1233,7 @@ def parent_watching(*paths):
     try:
         yield p
     finally:
-        p.cleanup()
-        os.close(p.wake_r)
-        os.close(p.wake_w)
+        _close_parent(p)
 
 
 def timed_wait(p, timeout=3.0):
@@ -1283,9 +1281,7 @@ def test_polling_waits_for_an_edit_in_place_to_end(tmp_path, monkeypatch):
     try:
         p.run()
     finally:
-        p.cleanup()
-        os.close(p.wake_r)
-        os.close(p.wake_w)
+        _close_parent(p)
     assert sizes == [len('MESSAGE = "two, whole"\n')]
 
 
