@@ -927,14 +927,25 @@ def test_stop_from_a_signal_handler_inside_stop():
         print("sent", bool(sent), "stopped", srv.stopped, flush=True)
     """)).stdout
     assert "handler's stop returned" in out, out
-    assert "sent True stopped True" in out, out
+    assert "sent True stopped True slow [b'ok']" in out, out
 
 
 STOP_FROM_A_HANDLER_IN_THE_WAIT = """
-import os, signal, sys, threading
+import os, signal, sys, threading, time
 import http.client
 import yimmo
-app = lambda e, s: (s("200 OK", []), [b"ok"])[1]
+entered = threading.Event()
+
+def app(environ, start_response):
+    if environ["PATH_INFO"] == "/slow":
+        # Held while stop() begins, so the server cannot have finished
+        # before stop() reaches the wait this test interrupts (under TSan
+        # an idle server's serve_forever could return first).
+        entered.set()
+        time.sleep(0.5)
+    start_response("200 OK", [])
+    return [b"ok"]
+
 srv = yimmo.Server(app, bind="127.0.0.1:0", workers=2, log_level="warning")
 if sys.argv[1] == "join":
     srv.start()
@@ -952,9 +963,19 @@ conn = http.client.HTTPConnection(host, port, timeout=10)
 conn.request("GET", "/")
 assert conn.getresponse().read() == b"ok"
 conn.close()
+slow = []
+
+def ask_slow():
+    c = http.client.HTTPConnection(host, port, timeout=10)
+    c.request("GET", "/slow")
+    slow.append(c.getresponse().read())
+
+asker = threading.Thread(target=ask_slow)
+asker.start()
+assert entered.wait(10)
 
 def on_term(signum, frame):
-    srv.stop(0)
+    srv.stop(5)
     print("handler's stop returned", flush=True)
 
 signal.signal(signal.SIGTERM, on_term)
@@ -974,7 +995,8 @@ def trace(frame, event, arg):
 sys.settrace(trace)
 srv.stop()
 sys.settrace(None)
-print("sent", bool(sent), "stopped", srv.stopped, flush=True)
+asker.join(10)
+print("sent", bool(sent), "stopped", srv.stopped, "slow", slow, flush=True)
 """
 
 
@@ -1057,7 +1079,7 @@ def test_stop_from_a_signal_handler_inside_the_wait_of_stop(waiting_in):
     out = run_python(STOP_FROM_A_HANDLER_IN_THE_WAIT,
                      args=[waiting_in]).stdout
     assert "handler's stop returned" in out, out
-    assert "sent True stopped True" in out, out
+    assert "sent True stopped True slow [b'ok']" in out, out
 
 
 def test_a_stop_cut_short_anywhere_leaves_the_lock_free():
