@@ -59,19 +59,7 @@ class _SignalState:
         self.wakeup_set = False
         self.old_wakeup = -1
         self.old: Dict[int, SignalHandler] = {}
-
-
-def _restore_handlers(items: List[Tuple[int, SignalHandler]]) -> None:
-    """signal.signal(signum, handler) for each, every one of them even if
-    a handler raises when one of the calls returns."""
-    if not items:
-        return
-    try:
-        signum, handler = items[0]
-        if handler is not None:
-            signal.signal(signum, handler)
-    finally:
-        _restore_handlers(items[1:])
+        self.restored = False   # _restore_signals has done every step
 
 
 # Set by _stop_all (at exit) under _running_lock: a server that would
@@ -538,16 +526,28 @@ class Server:
                 try:
                     _running_discard(self)
                 finally:
+                    cut: Optional[BaseException] = None
                     try:
-                        if on_main:
-                            self._restore_signals(state)
+                        # Until every step is done: an exception (a
+                        # handler that raised at _restore_signals' entry
+                        # or after a step) waits until the rest is given
+                        # back. (A second one at this loop's jump, outside
+                        # the try, escapes it.)
+                        while on_main and not state.restored:
+                            try:
+                                self._restore_signals(state)
+                            except BaseException as exc:
+                                if cut is None:
+                                    cut = exc
                     finally:
                         self._close_sockets()
                         # What a handler that ran in this finally, before
                         # the handlers were given back, had to say.
                         self._log_from_handlers()
-                        if late is not None and returned:
+                        if returned and late is not None:
                             raise late
+                        if returned and cut is not None:
+                            raise cut
                         if first is not None and \
                                 sys.exc_info()[1] is not first:
                             # Another exception landed on the way out:
@@ -581,24 +581,38 @@ class Server:
         _signal_owner = self
 
     def _restore_signals(self, state: "_SignalState") -> None:
-        """Give back what _install_signals replaced (whatever it got to),
-        each step surviving an exception from the one before."""
+        """Give back what _install_signals replaced (whatever it got to).
+        Resumable: each step is struck off state once done, so a call
+        again after a handler raised (at this function's entry, inside
+        signal.signal, which is Python code, or after a step) does the
+        rest; doing a step twice gives back the same thing. A step's own
+        failure (an Exception: a handler raises KeyboardInterrupt or
+        SystemExit) strikes it off too, and raises once the rest is done
+        (hostile review s28, 2: a Ctrl-C at the entry left the dead
+        server's handlers and wakeup fd in place)."""
         global _signal_owner
-        try:
-            if _signal_owner is self:
-                _signal_owner = None
-        finally:
+        failed: Optional[Exception] = None
+        if _signal_owner is self:
+            _signal_owner = None
+        if state.wakeup_set:
             try:
-                if state.wakeup_set:
-                    signal.set_wakeup_fd(state.old_wakeup)
-            finally:
-                try:
-                    _restore_handlers(list(state.old.items()))
-                finally:
-                    if state.wakeup_r is not None:
-                        state.wakeup_r.close()
-                    if state.wakeup_w is not None:
-                        state.wakeup_w.close()
+                signal.set_wakeup_fd(state.old_wakeup)
+            except Exception as exc:
+                failed = exc
+            state.wakeup_set = False
+        for signum, handler in list(state.old.items()):
+            try:
+                if handler is not None:
+                    signal.signal(signum, handler)
+            except Exception as exc:
+                failed = failed or exc
+            del state.old[signum]
+        for sock in (state.wakeup_r, state.wakeup_w):
+            if sock is not None:
+                sock.close()
+        state.restored = True
+        if failed is not None:
+            raise failed
 
     def _report_abandoned(self) -> None:
         busy = self._core.abandoned_workers
