@@ -20,7 +20,7 @@ import time
 
 import pytest
 
-from helpers import NoResponse, ServerProcess, get, subprocess_env
+from helpers import NoResponse, ServerProcess, get, run_python, subprocess_env
 from yimmo import _reload
 
 WAIT = 15
@@ -87,7 +87,7 @@ def reload_env(tmp_path, **extra):
 def listed(tmp_path, path):
     """Whether the reload child has reported path (the parent watches
     what it reported, with the file's state as of the report)."""
-    for files in (tmp_path / "tmp").glob("yimmo-reload-*/files"):
+    for files in (tmp_path / "tmp").glob("yimmo-reload-*/files.*"):
         try:
             text = files.read_text()
         except OSError:
@@ -309,8 +309,9 @@ def _parent_with(paths):
     return p
 
 
-def _write_list(p, paths):
-    with open(p.list_path, "w") as f:
+def _write_list(p, paths, pid=1):
+    """Write a list as server process pid does."""
+    with open(_reload._list_of(p.list_path, pid), "w") as f:
         for path in paths:
             f.write("%d %d %d %s\0" % (_reload._signature(str(path))
                                         + (str(path),)))
@@ -320,6 +321,29 @@ def _close_parent(p):
     p.cleanup()
     os.close(p.wake_r)
     os.close(p.wake_w)
+
+
+def test_every_server_process_has_a_list_of_its_own(tmp_path):
+    """Under --processes N each server process imports lazily for its own
+    requests, and each rewrote the one list file: one process's lazy
+    import was lost whenever another's list replaced it before the
+    parent read it, and an edit of that module never restarted the
+    server. Each process writes a list of its own now, and the parent
+    reads them all."""
+    p = _parent_with([])
+    try:
+        for name in ("one", "two"):
+            (tmp_path / (name + ".py")).write_text("X = 1\n")
+            # Two processes of one server, each after its own import.
+            run_python("import sys; sys.path.insert(0, %r); import %s; "
+                       "from yimmo import _reload; "
+                       "_reload.report_modules(%r)"
+                       % (str(tmp_path), name, p.list_path))
+        p.read_list()
+        for name in ("one", "two"):
+            assert os.path.realpath(tmp_path / (name + ".py")) in p.files
+    finally:
+        _close_parent(p)
 
 
 def test_a_file_removed_before_the_new_servers_list_stays_watched(
@@ -1378,9 +1402,7 @@ def test_running_out_of_watches_after_the_start_is_warned(tmp_path,
     a = tmp_path / "a.py"
     a.write_text("x = 1\n")
     with parent_watching() as p:
-        sig = _reload._signature(str(a))
-        with open(p.list_path, "w") as f:
-            f.write("%d %d %d %s\0" % (sig + (str(a),)))
+        _write_list(p, [a])
         p.read_list()
         p.warn_watches()
         real = p.inotify._add
@@ -1448,9 +1470,7 @@ def test_a_file_edited_before_it_was_watched_is_settled_on(tmp_path):
     helper = tmp_path / "helper.py"
     helper.write_text('MESSAGE = "one"\n')
     with parent_watching() as p:
-        with open(p.list_path, "w") as f:
-            f.write("%d %d %d %s\0" % (_reload._signature(str(helper))
-                                        + (str(helper),)))
+        _write_list(p, [helper])
         f = open(helper, "w")
 
         def finish():

@@ -3,10 +3,11 @@ Python files and runs the real server as a child, restarting it when one
 changes.
 
 The parent never imports the app. It runs `python -m yimmo` with the same
-arguments as a child, with CHILD_ENV naming a file where the child lists
-the source files of the modules it has imported, each with its state when
-it was loaded (rewritten when that set grows, since frameworks import
-lazily); files of the standard library, site-packages and yimmo itself
+arguments as a child, with CHILD_ENV naming where each server process
+(one, or those of --processes N) lists in a file of its own the source
+files of the modules it has imported, each with its state when it was
+loaded (rewritten when that set grows, since frameworks import lazily,
+each process on its own requests); files of the standard library, site-packages and yimmo itself
 are left out. The parent stats those files
 about once a second, sooner when inotify (through ctypes, Linux) reports
 an event of one of them (each file is watched, and its directory for
@@ -67,6 +68,18 @@ if TYPE_CHECKING:
 log = logging.getLogger("yimmo")
 
 CHILD_ENV = "_YIMMO_RELOAD_FILES"
+
+
+def _list_of(list_path: str, pid: int) -> str:
+    """The list file of server process pid: CHILD_ENV's path, ".PID"."""
+    return "%s.%d" % (list_path, pid)
+
+
+def _is_list(name: str) -> bool:
+    """Whether a name in the parent's directory is a process's list (not
+    the ".tmp" file a process killed while writing it left)."""
+    prefix, _, pid = name.partition(".")
+    return prefix == "files" and pid.isdigit()
 # Set (to anything) to poll even where inotify works: the tests use it.
 POLL_ENV = "_YIMMO_RELOAD_POLL"
 POLL_INTERVAL = 1.0
@@ -183,8 +196,8 @@ def report_modules(list_path: str, config_path: Optional[str] = None,
                    extra_files: Iterable[str] = ()) -> None:
     """In the child, after the app was imported (or failed to be: then
     extra_files are those failure_files() found): write the app's files
-    to list_path now, and again from a daemon thread whenever more modules
-    have been imported."""
+    to this process's list (_list_of list_path) now, and again from a
+    daemon thread whenever more modules have been imported."""
     excluded = _excluded_dirs()
     extra = set(extra_files)
     if config_path:
@@ -208,8 +221,12 @@ def report_modules(list_path: str, config_path: Optional[str] = None,
             sig = _loaded.get(path) or _signature(path)
             if sig is not None:
                 lines.append("%d %d %d %s" % (sig + (path,)))
-        # Per process: the server processes of a supervisor all report.
-        tmp = "%s.%d.tmp" % (list_path, os.getpid())
+        # Per process: the server processes of a supervisor all report,
+        # each its own imports (a lazy one made in one process only).
+        # (os.getpid() each time: a process forked from this one after the
+        # thread began has no thread, but may write once, failing.)
+        mine = _list_of(list_path, os.getpid())
+        tmp = mine + ".tmp"
         # (surrogateescape: a path that is not UTF-8 goes through as its
         # bytes, and the parent reads it back the same way.)
         with open(tmp, "w", encoding="utf-8",
@@ -217,7 +234,7 @@ def report_modules(list_path: str, config_path: Optional[str] = None,
             # NUL-terminated: a path may hold any other character,
             # line breaks included.
             f.write("".join(line + "\0" for line in lines))
-        os.replace(tmp, list_path)
+        os.replace(tmp, mine)
 
     write(app_files(excluded))
 
@@ -610,11 +627,13 @@ class _Parent:
         self.argv = list(argv)
         self.grace = options["graceful_timeout"]
         self.tmpdir = tempfile.mkdtemp(prefix="yimmo-reload-")
+        # Where the server processes write their lists (_list_of).
         self.list_path = os.path.join(self.tmpdir, "files")
         self.child: Optional[subprocess.Popen[bytes]] = None
         # path -> signature when last (re)started (None: it was missing)
         self.files: Dict[str, Optional[Signature]] = {}
-        self.list_sig: Optional[Signature] = None
+        # each list file read -> its signature when read
+        self.list_sigs: Dict[str, Signature] = {}
         self.stopping = False
         self.hup = False  # SIGHUP: restart without a change
         # changed files waiting for a good compile
@@ -666,35 +685,41 @@ class _Parent:
             child.wait()
 
     def read_list(self) -> List[str]:
-        """Read the child's list of files if it changed; the paths new in
-        it."""
+        """Read the server processes' lists of files that changed; the
+        paths new in them."""
         new: List[str] = []
-        sig = _signature(self.list_path)
-        if sig is None or sig == self.list_sig:
-            return new
-        self.list_sig = sig
-        try:
-            with open(self.list_path, encoding="utf-8",
-                      errors="surrogateescape") as f:
-                records = [r for r in f.read().split("\0") if r]
-        except OSError:
-            return new
-        reported = set()
-        for record in records:
+        reported: Set[str] = set()
+        read = False
+        for name in sorted(self._list_names()):
+            path = os.path.join(self.tmpdir, name)
+            sig = _signature(path)
+            if sig is None or sig == self.list_sigs.get(path):
+                continue
+            self.list_sigs[path] = sig
             try:
-                mtime, size, ino, path = record.split(" ", 3)
-                sig = (int(mtime), int(size), int(ino))
-            except ValueError:
-                continue  # (a child of another version of yimmo)
-            reported.add(path)
-            if path not in self.files:
-                self.files[path] = sig
-                new.append(path)
-                d = os.path.dirname(path)
-                if d not in self.vcs_lock_of:
-                    self.vcs_lock_of[d] = _git_index_lock(d)
+                with open(path, encoding="utf-8",
+                          errors="surrogateescape") as f:
+                    records = [r for r in f.read().split("\0") if r]
+            except OSError:
+                continue
+            read = True
+            for record in records:
+                try:
+                    mtime, size, ino, file = record.split(" ", 3)
+                    state = (int(mtime), int(size), int(ino))
+                except ValueError:
+                    continue  # (a child of another version of yimmo)
+                reported.add(file)
+                if file not in self.files:
+                    self.files[file] = state
+                    new.append(file)
+                    d = os.path.dirname(file)
+                    if d not in self.vcs_lock_of:
+                        self.vcs_lock_of[d] = _git_index_lock(d)
+        if not read:
+            return new
         if self.new_server:
-            # The first list since a restart (the new server's, written
+            # The first lists since a restart (the new server's, written
             # once it has imported the app or failed to): a file it did
             # not import is no longer the app's, and an edit of it must
             # not restart the server. Kept: a file that is gone (the app
@@ -712,6 +737,27 @@ class _Parent:
         if self.inotify is not None:
             self.inotify.watch(self.files)
         return new
+
+    def _list_names(self) -> List[str]:
+        try:
+            return [n for n in os.listdir(self.tmpdir) if _is_list(n)]
+        except OSError:
+            return []
+
+    def remove_lists(self) -> None:
+        """Remove the server processes' lists, and what a process killed
+        while writing one left (none is running)."""
+        try:
+            names = os.listdir(self.tmpdir)
+        except OSError:
+            names = []
+        for name in names:
+            if name.startswith("files."):
+                try:
+                    os.unlink(os.path.join(self.tmpdir, name))
+                except OSError:
+                    pass
+        self.list_sigs.clear()
 
     def take_list(self) -> None:
         """read_list(); files new in it that were edited between the
@@ -1006,14 +1052,10 @@ class _Parent:
         if self.stopping:
             return True
         self.hup = False
-        # The old server's list goes with it: it may have written one as
+        # The old server's lists go with it: it may have written one as
         # it drained (a lazy import in a request in flight), which the
         # first read would take for the new server's (C review s28).
-        try:
-            os.unlink(self.list_path)
-        except OSError:
-            pass
-        self.list_sig = None
+        self.remove_lists()
         self.new_server = True
         self.start_child()
         return False
@@ -1022,17 +1064,7 @@ class _Parent:
         self.stop_child()
         if self.inotify is not None:
             self.inotify.close()
-        # The list, and what a child killed while writing it left.
-        try:
-            names = os.listdir(self.tmpdir)
-        except OSError:
-            names = []
-        for name in names:
-            if name == "files" or name.startswith("files."):
-                try:
-                    os.unlink(os.path.join(self.tmpdir, name))
-                except OSError:
-                    pass
+        self.remove_lists()
         try:
             os.rmdir(self.tmpdir)
         except OSError:
