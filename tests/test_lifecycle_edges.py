@@ -1220,3 +1220,38 @@ def test_a_tear_down_cut_anywhere_gives_every_signal_back(event):
     points = int(re.search(r"points (\d+)", out).group(1))
     assert points > 20, out
     assert "bad []" in out, out
+
+
+APPS_WAKEUP_FD_CLOSED = """
+import os, signal, threading, time
+import yimmo
+
+app = lambda e, s: (s("200 OK", []), [b"ok"])[1]
+r, w = os.pipe()
+os.set_blocking(w, False)
+signal.set_wakeup_fd(w)            # the app's own
+srv = yimmo.Server(app, bind="127.0.0.1:0", workers=1, log_level="warning")
+
+def stopper():
+    time.sleep(0.3)
+    os.close(w); os.close(r)       # the app closes it meanwhile
+    srv.stop()
+
+threading.Thread(target=stopper).start()
+try:
+    srv.serve_forever()
+except OSError as exc:
+    print("raised", exc.errno == 9, flush=True)
+print("wakeup fd left", signal.set_wakeup_fd(-1), flush=True)
+"""
+
+
+def test_an_app_that_closed_its_wakeup_fd_is_left_none():
+    """The app closed the wakeup fd it had installed while the server
+    ran: giving it back failed, and the dead server's socket stayed the
+    wakeup fd, closed, its number the next open()'s; every signal then
+    wrote a byte into the app's file (review s29, S4). No wakeup fd is
+    left, and the failure still propagates."""
+    out = run_python(APPS_WAKEUP_FD_CLOSED).stdout
+    assert "raised True" in out, out
+    assert "wakeup fd left -1" in out, out

@@ -87,7 +87,7 @@ def reload_env(tmp_path, **extra):
 def listed(tmp_path, path):
     """Whether the reload child has reported path (the parent watches
     what it reported, with the file's state as of the report)."""
-    for files in (tmp_path / "tmp").glob("yimmo-reload-*/files.*"):
+    for files in (tmp_path / "tmp").glob("yimmo-reload-*/gen-*/files.*"):
         try:
             text = files.read_text()
         except OSError:
@@ -335,13 +335,55 @@ def test_every_server_process_has_a_list_of_its_own(tmp_path):
         for name in ("one", "two"):
             (tmp_path / (name + ".py")).write_text("X = 1\n")
             # Two processes of one server, each after its own import.
-            run_python("import sys; sys.path.insert(0, %r); import %s; "
-                       "from yimmo import _reload; "
-                       "_reload.report_modules(%r)"
-                       % (str(tmp_path), name, p.list_path))
+            _report_from_a_process(tmp_path, name, p.list_path)
         p.read_list()
         for name in ("one", "two"):
             assert os.path.realpath(tmp_path / (name + ".py")) in p.files
+    finally:
+        _close_parent(p)
+
+
+def _report_from_a_process(tmp_path, module, list_path):
+    """What a server process does: import module, report_modules()."""
+    return run_python("import sys; sys.path.insert(0, %r); import %s; "
+                      "from yimmo import _reload; "
+                      "_reload.report_modules(%r)"
+                      % (str(tmp_path), module, list_path))
+
+
+def test_a_list_an_old_server_writes_after_a_restart_is_not_read(
+        tmp_path, monkeypatch):
+    """The processes of a supervisor killed outright drain on their own
+    and go on reporting: one that wrote its list after a restart had its
+    modules taken for the new server's, and an edit of one the new code
+    never imports restarted it (review s29, R1). Each server started has
+    a directory of its own, removed by the next restart."""
+    (tmp_path / "old_only.py").write_text("X = 1\n")
+    p = _parent_with([])
+    monkeypatch.setattr(p, "start_child", lambda: None)
+    try:
+        old = p.list_path
+        p.restart()
+        _report_from_a_process(tmp_path, "old_only", old)
+        p.take_list()
+        assert os.path.realpath(tmp_path / "old_only.py") not in p.files
+    finally:
+        _close_parent(p)
+
+
+def test_the_lists_of_processes_that_are_gone_are_removed(tmp_path):
+    """A supervisor recycles its processes (--max-requests): each left
+    its list, which the parent stat'ed once a second for as long as it
+    ran (review s29, R2). Read, then no longer stat'ed; what it listed
+    stays watched."""
+    (tmp_path / "one.py").write_text("X = 1\n")
+    p = _parent_with([])
+    try:
+        _report_from_a_process(tmp_path, "one", p.list_path)
+        p.take_list()
+        assert os.path.realpath(tmp_path / "one.py") in p.files
+        assert p._list_names() == [] and p.list_sigs == {}
+        assert len(p.dead_lists) == 1
     finally:
         _close_parent(p)
 

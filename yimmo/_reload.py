@@ -43,6 +43,7 @@ import errno
 import logging
 import os
 import select
+import shutil
 import signal
 import site
 import stat
@@ -627,13 +628,18 @@ class _Parent:
         self.argv = list(argv)
         self.grace = options["graceful_timeout"]
         self.tmpdir = tempfile.mkdtemp(prefix="yimmo-reload-")
-        # Where the server processes write their lists (_list_of).
-        self.list_path = os.path.join(self.tmpdir, "files")
+        # Where the server processes write their lists (_list_of): a
+        # directory per server started (new_generation).
+        self.generation = 0
+        self.list_path = ""
         self.child: Optional[subprocess.Popen[bytes]] = None
         # path -> signature when last (re)started (None: it was missing)
         self.files: Dict[str, Optional[Signature]] = {}
         # each list file read -> its signature when read
         self.list_sigs: Dict[str, Signature] = {}
+        # the names of those of processes that are gone, read already
+        self.dead_lists: Set[str] = set()
+        self.new_generation()
         self.stopping = False
         self.hup = False  # SIGHUP: restart without a change
         # changed files waiting for a good compile
@@ -691,7 +697,7 @@ class _Parent:
         reported: Set[str] = set()
         read = False
         for name in sorted(self._list_names()):
-            path = os.path.join(self.tmpdir, name)
+            path = os.path.join(os.path.dirname(self.list_path), name)
             sig = _signature(path)
             if sig is None or sig == self.list_sigs.get(path):
                 continue
@@ -738,26 +744,46 @@ class _Parent:
             self.inotify.watch(self.files)
         return new
 
+    def new_generation(self) -> None:
+        """A directory of its own for the lists of the server about to
+        start; the last one's goes, lists and all. A process of an older
+        server still running (the orphans of a supervisor killed outright
+        drain on their own) then writes nowhere (review s29, R1: its list
+        was read as the new server's)."""
+        if self.list_path:
+            shutil.rmtree(os.path.dirname(self.list_path), ignore_errors=True)
+        self.generation += 1
+        d = os.path.join(self.tmpdir, "gen-%d" % self.generation)
+        os.mkdir(d, 0o700)
+        self.list_path = os.path.join(d, "files")
+        self.list_sigs.clear()
+        self.dead_lists.clear()
+
     def _list_names(self) -> List[str]:
         try:
-            return [n for n in os.listdir(self.tmpdir) if _is_list(n)]
+            return [n for n in os.listdir(os.path.dirname(self.list_path))
+                    if _is_list(n) and n not in self.dead_lists]
         except OSError:
             return []
 
-    def remove_lists(self) -> None:
-        """Remove the server processes' lists, and what a process killed
-        while writing one left (none is running)."""
-        try:
-            names = os.listdir(self.tmpdir)
-        except OSError:
-            names = []
-        for name in names:
-            if name.startswith("files."):
-                try:
-                    os.unlink(os.path.join(self.tmpdir, name))
-                except OSError:
-                    pass
-        self.list_sigs.clear()
+    def drop_dead_lists(self) -> None:
+        """Read no more the lists, read already, of processes that are
+        gone (a supervisor recycles them: --max-requests): what they
+        listed stays watched, and the files stay until the restart (the
+        tests look in them), but they are no longer stat'ed each turn
+        (review s29, R2)."""
+        for path, sig in list(self.list_sigs.items()):
+            pid = int(path.rsplit(".", 1)[1])
+            try:
+                os.kill(pid, 0)
+                continue
+            except ProcessLookupError:
+                pass
+            except OSError:
+                continue            # someone's: alive
+            if _signature(path) == sig:     # nothing written since read
+                self.dead_lists.add(os.path.basename(path))
+                del self.list_sigs[path]
 
     def take_list(self) -> None:
         """read_list(); files new in it that were edited between the
@@ -766,6 +792,7 @@ class _Parent:
         settle on their states first, as after an overflow (an emptied
         file is one being written)."""
         new = self.read_list()
+        self.drop_dead_lists()
         if self.inotify is not None and any(
                 _signature(p) != self.files[p] for p in new):
             self.settle(self.inotify, [], [], lost=True)
@@ -1055,7 +1082,7 @@ class _Parent:
         # The old server's lists go with it: it may have written one as
         # it drained (a lazy import in a request in flight), which the
         # first read would take for the new server's (C review s28).
-        self.remove_lists()
+        self.new_generation()
         self.new_server = True
         self.start_child()
         return False
@@ -1064,11 +1091,8 @@ class _Parent:
         self.stop_child()
         if self.inotify is not None:
             self.inotify.close()
-        self.remove_lists()
-        try:
-            os.rmdir(self.tmpdir)
-        except OSError:
-            pass
+        # The lists, and what a process killed while writing one left.
+        shutil.rmtree(self.tmpdir, ignore_errors=True)
 
 
 def _status(code: int) -> str:

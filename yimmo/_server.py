@@ -598,7 +598,11 @@ class Server:
             try:
                 signal.set_wakeup_fd(state.old_wakeup)
             except Exception as exc:
+                # The app closed its own (or made it blocking) meanwhile:
+                # none, rather than the server's socket about to close,
+                # whose number the next open() takes (review s29, S4).
                 failed = exc
+                signal.set_wakeup_fd(-1)
             state.wakeup_set = False
         for signum, handler in list(state.old.items()):
             try:
