@@ -1255,3 +1255,49 @@ def test_an_app_that_closed_its_wakeup_fd_is_left_none():
     out = run_python(APPS_WAKEUP_FD_CLOSED).stdout
     assert "raised True" in out, out
     assert "wakeup fd left -1" in out, out
+
+
+CTRL_C_AS_THE_TEAR_DOWN_ENDS = """
+import os, signal, sys, tempfile, threading
+import yimmo
+
+app = lambda e, s: (s("200 OK", []), [b"ok"])[1]
+path = os.path.join(tempfile.mkdtemp(), "s.sock")
+srv = yimmo.Server(app, bind="unix:" + path, workers=1, log_level="warning")
+signal.signal(signal.SIGTERM, lambda *a: sys.exit(3))   # the app's
+threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGTERM)).start()
+
+name, nth = sys.argv[1], int(sys.argv[2])
+calls = [0]
+
+def trace(frame, event, arg):
+    # What a Ctrl-C pending as the function is entered (its nth call
+    # once the server has finished) does.
+    if event == "call" and frame.f_code.co_name == name and \
+            srv._core.finished:
+        calls[0] += 1
+        if calls[0] == nth:
+            sys.settrace(None)
+            raise KeyboardInterrupt
+    return None
+
+sys.settrace(trace)
+try:
+    srv.serve_forever()
+except BaseException as exc:
+    sys.settrace(None)
+    print("raised", type(exc).__name__, flush=True)
+print("socket file left", os.path.exists(path), flush=True)
+"""
+
+
+@pytest.mark.parametrize("where", [("_close_sockets", "1"),
+                                   ("_log_from_handlers", "2")])
+def test_a_ctrl_c_as_the_tear_down_ends_keeps_the_first_exception(where):
+    """The app's SIGTERM handler called sys.exit, and a Ctrl-C landed at
+    the entry of the tear-down's last calls: KeyboardInterrupt propagated
+    instead of SystemExit, and (at _close_sockets) the socket file stayed
+    (review s29, S3)."""
+    out = run_python(CTRL_C_AS_THE_TEAR_DOWN_ENDS, args=list(where)).stdout
+    assert "raised SystemExit" in out, out
+    assert "socket file left False" in out, out

@@ -540,18 +540,33 @@ class Server:
                                 if cut is None:
                                     cut = exc
                     finally:
-                        self._close_sockets()
-                        # What a handler that ran in this finally, before
-                        # the handlers were given back, had to say.
-                        self._log_from_handlers()
+                        # Each kept as the loop's are: a Ctrl-C at the
+                        # entry of one skipped the other, and propagated
+                        # instead of the first exception (review s29, S3).
+                        try:
+                            self._close_sockets()
+                        except BaseException as exc:
+                            cut = cut or exc
+                            try:
+                                self._close_sockets()   # (once: it is)
+                            except BaseException:
+                                pass
+                        try:
+                            # What a handler that ran in this finally,
+                            # before the handlers were given back, had
+                            # to say.
+                            self._log_from_handlers()
+                        except BaseException as exc:
+                            cut = cut or exc
                         if returned and late is not None:
                             raise late
                         if returned and cut is not None:
                             raise cut
-                        if first is not None and \
-                                sys.exc_info()[1] is not first:
-                            # Another exception landed on the way out:
-                            # the first is the one that propagates.
+                        if first is not None:
+                            # The first is the one that propagates (it
+                            # may be on its way already; without a call
+                            # to ask: one more point where a handler
+                            # raises).
                             raise first from None
 
     def _install_signals(self, state: "_SignalState") -> None:
