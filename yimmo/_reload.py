@@ -7,8 +7,8 @@ arguments as a child, with CHILD_ENV naming where each server process
 (one, or those of --processes N) lists in a file of its own the source
 files of the modules it has imported, each with its state when it was
 loaded (rewritten when that set grows, since frameworks import lazily,
-each process on its own requests); files of the standard library, site-packages and yimmo itself
-are left out. The parent stats those files
+each process on its own requests); files of the standard library,
+site-packages and yimmo itself are left out. The parent stats those files
 about once a second, sooner when inotify (through ctypes, Linux) reports
 an event of one of them (each file is watched, and its directory for
 files made, removed or moved there); then it waits until the files have
@@ -70,6 +70,10 @@ log = logging.getLogger("yimmo")
 
 CHILD_ENV = "_YIMMO_RELOAD_FILES"
 
+# Set (to anything) to poll even where inotify works: the tests use it.
+POLL_ENV = "_YIMMO_RELOAD_POLL"
+POLL_INTERVAL = 1.0
+
 
 def _list_of(list_path: str, pid: int) -> str:
     """The list file of server process pid: CHILD_ENV's path, ".PID"."""
@@ -81,9 +85,8 @@ def _is_list(name: str) -> bool:
     the ".tmp" file a process killed while writing it left)."""
     prefix, _, pid = name.partition(".")
     return prefix == "files" and pid.isdigit()
-# Set (to anything) to poll even where inotify works: the tests use it.
-POLL_ENV = "_YIMMO_RELOAD_POLL"
-POLL_INTERVAL = 1.0
+
+
 # After inotify wakes us, the watched files must have been quiet this long
 # (no event, none open for writing after a write) before they are
 # compared; a file still open after a write is waited for at most
